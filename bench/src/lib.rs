@@ -1,0 +1,2 @@
+//! bench: ringmesh side by side with sidecar Envoy.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! The ringmesh node proxy.
+#![forbid(unsafe_code)]
