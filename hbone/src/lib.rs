@@ -10,6 +10,7 @@
 //! This crate knows nothing about workloads, policies or config files.
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod error;
 pub mod identity;
 pub mod wire;
