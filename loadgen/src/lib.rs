@@ -15,3 +15,8 @@ pub mod svg;
 pub mod sweep;
 
 pub use error::Error;
+pub mod cli;
+pub mod client;
+pub mod progress;
+pub mod run;
+pub mod serve;

@@ -1,0 +1,396 @@
+//! One load run: start one worker per core, give each its share of the slots, drive every
+//! slot closed- or open-loop until the run's bounds, then merge the workers' stats.
+//!
+//! Invariants:
+//! - Bounded: a slot stops at `--requests` (its share), at the end of the duration, and in
+//!   any case at the hard end (end + request timeout), checked before every request; every
+//!   request is bounded by the request timeout. The control thread waits for workers with a
+//!   deadline derived from the same bounds.
+//! - Latency is measured from the intended send time in open loop (wrk2's coordinated-
+//!   omission correction) and from the actual send time in closed loop.
+//! - Requests intended (open loop) or sent (closed loop) before the warm-up ends are not
+//!   counted anywhere.
+//! - One `Instant::now()` per request on the closed-loop path: the completion time of one
+//!   request is the send time of the next.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use runtime::{RuntimeConfig, Worker};
+
+use crate::Error;
+use crate::client::{Client, ClientConfig, IoTally, Mode, h2c::H2Group};
+use crate::progress::{Progress, ProgressShard};
+use crate::report::{Report, RunInfo};
+use crate::schedule::{Arrival, Schedule, is_late};
+use crate::stats::{ErrorKind, WorkerStats};
+
+/// After a failed connect in closed loop, a slot waits this long before trying again, so a
+/// dead target is not hammered with a SYN flood at full CPU; every attempt still counts as a
+/// failed request.
+const CONNECT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Everything that defines one run.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    pub client: ClientConfig,
+    /// Label for reports (the URL or address as given).
+    pub target_label: String,
+    /// Connections across all workers.
+    pub connections: usize,
+    /// Concurrent streams per connection (HTTP/2); 1 otherwise.
+    pub streams: usize,
+    /// Open-loop target rate; `None` = closed loop.
+    pub rate: Option<f64>,
+    pub arrival: Arrival,
+    /// Measured duration (after warm-up).
+    pub duration: Option<Duration>,
+    /// Total requests to complete (measured; warm-up requests come on top).
+    pub requests: Option<u64>,
+    pub warmup: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    pub runtime: RuntimeConfig,
+    /// Print a progress line on stderr every second.
+    pub progress: bool,
+    pub seed: u64,
+}
+
+/// The merged result of a run.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub report: Report,
+    pub stats: WorkerStats,
+    pub started_at: SystemTime,
+}
+
+struct WorkerResult {
+    stats: WorkerStats,
+    measured: Duration,
+    started_at: SystemTime,
+}
+
+/// The slice of the run one worker drives.
+#[derive(Clone, Debug)]
+struct Share {
+    /// Global index of this worker's first slot.
+    first_slot: usize,
+    connections: usize,
+}
+
+/// Runs the load and returns the merged report.
+pub fn run(spec: &LoadSpec) -> Result<RunOutcome, Error> {
+    if spec.connections == 0 || spec.streams == 0 {
+        return Err(Error::Invalid {
+            what: "connections",
+            detail: "need at least one connection and stream".into(),
+        });
+    }
+    if spec.duration.is_none() && spec.requests.is_none() {
+        return Err(Error::Invalid {
+            what: "bounds",
+            detail: "give --duration and/or --requests".into(),
+        });
+    }
+    let planned = planned_cores(&spec.runtime)?;
+    let workers = planned.min(spec.connections);
+    let mut cfg = spec.runtime.clone();
+    if let runtime::Cores::Count(_) | runtime::Cores::All = cfg.cores {
+        cfg.cores = runtime::Cores::Count(workers);
+    } else if let runtime::Cores::List(ids) = &cfg.cores {
+        cfg.cores = runtime::Cores::List(ids[..workers].to_vec());
+    }
+    let shares: Vec<Share> = {
+        let mut v = Vec::with_capacity(workers);
+        let mut first = 0;
+        for i in 0..workers {
+            let c = spec.connections / workers + usize::from(i < spec.connections % workers);
+            v.push(Share {
+                first_slot: first * spec.streams,
+                connections: c,
+            });
+            first += c;
+        }
+        v
+    };
+    let progress = Progress::new(workers);
+    let (tx, rx) = mpsc::channel::<(usize, WorkerResult)>();
+    let spec_w = spec.clone();
+    let progress_w = progress.clone();
+    let rt = runtime::launch::<(), _, _>(&cfg, move |worker: Worker<()>| {
+        let spec = spec_w.clone();
+        let share = shares[worker.index()].clone();
+        let progress = progress_w.clone();
+        let tx = tx.clone();
+        Ok(async move {
+            let index = worker.index();
+            let result = run_worker(&spec, &share, progress.shard(index)).await;
+            let _ = tx.send((index, result));
+        })
+    })
+    .map_err(|e| Error::Runtime(e.to_string()))?;
+    let driver = rt.driver().map(|d| d.to_string()).unwrap_or_default();
+
+    let began = Instant::now();
+    // Upper bound on how long the workers can take: warm-up + duration (or, for request-
+    // bounded runs, a generous per-request allowance) + the hard-end grace + start-up slack.
+    let budget = spec.warmup
+        + spec.duration.unwrap_or(Duration::from_secs(3600))
+        + spec.timeout * 2
+        + Duration::from_secs(10);
+    let mut results: Vec<Option<WorkerResult>> = (0..workers).map(|_| None).collect();
+    let mut got = 0;
+    let mut last = (Instant::now(), 0u64);
+    while got < workers {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok((i, r)) => {
+                results[i] = Some(r);
+                got += 1;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if began.elapsed() > budget {
+                    rt.drain(Duration::ZERO);
+                    return Err(Error::Runtime(format!(
+                        "workers did not finish within {budget:?}"
+                    )));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if spec.progress && last.0.elapsed() >= Duration::from_secs(1) {
+            let (req, err) = progress.totals();
+            let dt = last.0.elapsed().as_secs_f64();
+            eprintln!(
+                "[{:>6.1}s] {req} requests, {:.0} req/s, {err} errors",
+                began.elapsed().as_secs_f64(),
+                (req - last.1) as f64 / dt
+            );
+            last = (Instant::now(), req);
+        }
+    }
+    rt.join().map_err(|e| Error::Runtime(e.to_string()))?;
+
+    let mut merged = WorkerStats::default();
+    let mut measured = Duration::ZERO;
+    let mut started_at = None;
+    for (i, r) in results.iter().enumerate() {
+        let r = r
+            .as_ref()
+            .ok_or_else(|| Error::Runtime(format!("worker {i} ended without a result")))?;
+        merged.merge(&r.stats)?;
+        measured = measured.max(r.measured);
+        started_at.get_or_insert(r.started_at);
+    }
+    let info = RunInfo {
+        mode: spec.client.mode.name().to_string(),
+        target: spec.target_label.clone(),
+        target_rps: spec.rate,
+        arrival: spec.rate.map(|_| spec.arrival.as_str().to_string()),
+        connections: spec.connections,
+        streams: spec.streams,
+        cores: workers,
+        driver,
+        warmup: spec.warmup,
+        measured,
+        started_at,
+    };
+    let report = Report::new(&info, &merged);
+    Ok(RunOutcome {
+        report,
+        stats: merged,
+        started_at: started_at.unwrap_or_else(SystemTime::now),
+    })
+}
+
+fn planned_cores(cfg: &RuntimeConfig) -> Result<usize, Error> {
+    Ok(match &cfg.cores {
+        runtime::Cores::Count(n) => *n,
+        runtime::Cores::List(v) => v.len(),
+        runtime::Cores::All => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    })
+}
+
+/// Shared per-worker state of the slots.
+struct WorkerCtx<'a> {
+    spec: &'a LoadSpec,
+    stats: RefCell<WorkerStats>,
+    shard: &'a ProgressShard,
+    measure_start: Instant,
+    end: Option<Instant>,
+    hard_end: Option<Instant>,
+    last_done: Cell<Instant>,
+}
+
+async fn run_worker(spec: &LoadSpec, share: &Share, shard: &ProgressShard) -> WorkerResult {
+    let start = Instant::now();
+    let started_at = SystemTime::now() + spec.warmup;
+    let measure_start = start + spec.warmup;
+    let end = spec.duration.map(|d| measure_start + d);
+    let ctx = WorkerCtx {
+        spec,
+        stats: RefCell::new(WorkerStats::default()),
+        shard,
+        measure_start,
+        end,
+        hard_end: end.map(|e| e + spec.timeout),
+        last_done: Cell::new(start),
+    };
+    let total_slots = spec.connections * spec.streams;
+    let mut slots = Vec::with_capacity(share.connections * spec.streams);
+    for c in 0..share.connections {
+        let group = matches!(spec.client.mode, Mode::Http2(_))
+            .then(|| Rc::new(H2Group::new(spec.client.clone())));
+        for s in 0..spec.streams {
+            let slot = share.first_slot + c * spec.streams + s;
+            let client = Client::new(&spec.client, group.clone());
+            let quota = spec.requests.map(|r| {
+                r / total_slots as u64 + u64::from((slot as u64) < r % total_slots as u64)
+            });
+            let schedule = spec.rate.map(|rate| {
+                let per_slot = rate / total_slots as f64;
+                Schedule::new(
+                    start,
+                    per_slot,
+                    slot as f64 / total_slots as f64,
+                    spec.arrival,
+                    spec.seed ^ slot as u64,
+                )
+            });
+            slots.push(run_slot(&ctx, client, schedule, quota));
+        }
+    }
+    futures_util::future::join_all(slots).await;
+    let stats = ctx.stats.into_inner();
+    shard.publish(stats.requests, stats.errors.total());
+    let last = ctx.last_done.get();
+    let until = match end {
+        Some(e) => e.min(last),
+        None => last,
+    };
+    WorkerResult {
+        stats,
+        measured: until.saturating_duration_since(measure_start),
+        started_at,
+    }
+}
+
+async fn run_slot(
+    ctx: &WorkerCtx<'_>,
+    mut client: Client,
+    mut schedule: Option<Schedule>,
+    quota: Option<u64>,
+) {
+    let mut done_measured: u64 = 0;
+    let mut now = Instant::now();
+    loop {
+        if quota.is_some_and(|q| done_measured >= q) {
+            break;
+        }
+        if ctx.hard_end.is_some_and(|h| now >= h) {
+            break;
+        }
+        let intended = match schedule.as_mut() {
+            Some(s) => {
+                let t = s.next_send();
+                if ctx.end.is_some_and(|e| t >= e) {
+                    break;
+                }
+                if t > now {
+                    runtime::time::sleep(t - now).await;
+                    now = Instant::now();
+                }
+                t
+            }
+            None => {
+                if ctx.end.is_some_and(|e| now >= e) {
+                    break;
+                }
+                now
+            }
+        };
+        let sent_at = now;
+        let mut io = IoTally::default();
+        let res = match runtime::time::timeout(ctx.spec.timeout, client.exchange(&mut io)).await {
+            Ok(r) => r,
+            Err(_) => {
+                client.abort();
+                Err(ErrorKind::Timeout)
+            }
+        };
+        now = Instant::now();
+        let measured = intended >= ctx.measure_start;
+        if measured {
+            done_measured += 1;
+            let mut st = ctx.stats.borrow_mut();
+            st.bytes_sent += io.sent;
+            st.bytes_received += io.received;
+            st.connects += io.connects;
+            if schedule.is_some() && is_late(intended, sent_at) {
+                st.late_sends += 1;
+            }
+            match res {
+                Ok(()) => st.ok(now - intended),
+                Err(kind) => st.err(kind),
+            }
+            ctx.shard.publish(st.requests, st.errors.total());
+            drop(st);
+            if now > ctx.last_done.get() {
+                ctx.last_done.set(now);
+            }
+        }
+        if schedule.is_none()
+            && matches!(
+                res,
+                Err(ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout)
+            )
+        {
+            runtime::time::sleep(CONNECT_ERROR_BACKOFF).await;
+            now = Instant::now();
+        }
+    }
+}
+
+/// Resolves `host:port` and checks the loopback rule.
+pub fn resolve_target(addr: &str, allow_remote: bool) -> Result<SocketAddr, Error> {
+    use std::net::ToSocketAddrs;
+    let resolved: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| Error::Invalid {
+            what: "target address",
+            detail: format!("{addr:?}: {e}"),
+        })?
+        .collect();
+    let first = *resolved.first().ok_or_else(|| Error::Invalid {
+        what: "target address",
+        detail: format!("{addr:?} resolved to nothing"),
+    })?;
+    if !allow_remote && !resolved.iter().all(|a| a.ip().is_loopback()) {
+        return Err(Error::RemoteTarget(addr.to_string()));
+    }
+    Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_rule() {
+        assert!(resolve_target("127.0.0.1:80", false).is_ok());
+        assert!(resolve_target("[::1]:80", false).is_ok());
+        assert!(matches!(
+            resolve_target("10.1.2.3:80", false),
+            Err(Error::RemoteTarget(_))
+        ));
+        assert!(resolve_target("10.1.2.3:80", true).is_ok());
+        assert!(matches!(
+            resolve_target("nonsense", false),
+            Err(Error::Invalid { .. })
+        ));
+    }
+}
