@@ -1,2 +1,4 @@
 //! The ringmesh node proxy.
 #![forbid(unsafe_code)]
+pub mod config;
+pub mod identity;
