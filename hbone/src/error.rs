@@ -94,7 +94,7 @@ pub enum Error {
     TlsConfig(String),
 
     /// A TLS handshake or record-layer failure.
-    #[error("TLS: {0}")]
+    #[error("TLS: {}", crate::tls::describe(.0))]
     Tls(#[from] rustls::Error),
 
     /// A field of an HBONE request (authority, `forwarded`, `baggage`, `traceparent`, method)
@@ -127,6 +127,32 @@ pub enum Error {
     /// A socket or stream I/O error.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+
+    /// An HTTP/2 error: protocol violation, GOAWAY, RST_STREAM, or the connection's I/O.
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+
+    /// The TLS peer did not negotiate ALPN `h2` (HBONE speaks HTTP/2 only).
+    #[error("peer did not negotiate ALPN h2 (negotiated {0:?})")]
+    NoH2Alpn(Option<String>),
+
+    /// A handshake, dial or PING did not finish in time.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// What was waited for.
+        what: &'static str,
+        /// The deadline.
+        after: std::time::Duration,
+    },
+
+    /// A pooled HBONE dial failed; every request that waited on it gets the same cause.
+    #[error("HBONE connection to {addr} failed: {source}")]
+    Dial {
+        /// The HBONE server address.
+        addr: std::net::SocketAddr,
+        /// Why the dial failed.
+        source: std::sync::Arc<Error>,
+    },
 }
 
 impl Error {

@@ -13,6 +13,7 @@
 pub mod certs;
 pub mod error;
 pub mod identity;
+pub mod tls;
 pub mod wire;
 
 pub use error::{Error, Result};
