@@ -120,7 +120,7 @@ fn http_conn(entry: SocketAddr, requests: usize) -> usize {
     for done in 0..requests {
         let ok =
             (|| -> std::io::Result<bool> {
-                w.write_all(format!("GET /x HTTP/1.1\r\nhost: server\r\n\r\n").as_bytes())?;
+                w.write_all(b"GET /x HTTP/1.1\r\nhost: server\r\n\r\n")?;
                 let mut status = String::new();
                 r.read_line(&mut status)?;
                 let mut len = 0usize;

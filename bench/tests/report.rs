@@ -1,0 +1,228 @@
+//! The report from synthetic runs: results.json parses and carries every scenario, workload
+//! and documented figure; medians, spreads and added latency are computed right; the
+//! Markdown table and the SVG charts name every scenario.
+
+use bench::report::{Meta, Results, Run, summarize, write_all};
+use bench::sampler::ProcUsage;
+use bench::scenario::Kind;
+use bench::workload::{ClientResult, Latency, Workload};
+
+const FIELDS: [&str; 13] = [
+    "scenario",
+    "workload",
+    "rps",
+    "gbps",
+    "p50_us",
+    "p99_us",
+    "p999_us",
+    "added_p99_us",
+    "proxy_cpu_s_per_1k_req",
+    "proxy_cpu_s_per_gb",
+    "proxy_rss_mib",
+    "proxy_rss_anon_mib",
+    "errors",
+];
+
+fn proc(pid: u32, cpu_s: f64, rss_mib: u64, anon_mib: u64) -> ProcUsage {
+    ProcUsage {
+        pid,
+        cpu_s,
+        rss_peak_kib: rss_mib * 1024 + 2048,
+        rss_steady_kib: rss_mib * 1024,
+        rss_anon_peak_kib: anon_mib * 1024 + 1024,
+        rss_anon_steady_kib: anon_mib * 1024,
+        samples: 30,
+    }
+}
+
+/// Runs where scenario `i` adds `i * 100` µs at p99 and uses `i` CPU-s per proxy process.
+fn synthetic() -> (Vec<Run>, Vec<(String, String)>) {
+    let mut runs = Vec::new();
+    let mut order = Vec::new();
+    for w in Workload::ALL {
+        for (i, k) in Kind::ALL.iter().enumerate() {
+            if !k.carries(w.protocol()) {
+                continue;
+            }
+            order.push((k.name().to_string(), w.name().to_string()));
+            for rep in 1..=3u32 {
+                let jitter = rep as f64; // medians must pick the middle repetition
+                let proxies = if *k == Kind::Direct {
+                    vec![]
+                } else {
+                    vec![proc(10, i as f64, 60, 14), proc(11, i as f64, 60, 16)]
+                };
+                runs.push(Run {
+                    scenario: k.name().into(),
+                    workload: w.name().into(),
+                    repetition: rep,
+                    client: Some(ClientResult {
+                        achieved_rps: 1000.0 + jitter,
+                        requests: 10_000,
+                        errors: if *k == Kind::External { 1 } else { 0 },
+                        latency_us: Latency {
+                            p50: 50.0 + i as f64 * 10.0,
+                            p90: 80.0 + i as f64 * 50.0,
+                            p99: 100.0 + i as f64 * 100.0 + jitter,
+                            p999: 300.0 + i as f64 * 200.0,
+                            max: 1000.0,
+                        },
+                        late_sends: 0,
+                        bytes: 2_000_000_000,
+                        duration_s: 10.0,
+                    }),
+                    proxies,
+                    wall_s: 10.2,
+                    failure: None,
+                });
+            }
+        }
+    }
+    // One failed run: excluded from medians, counted.
+    runs.push(Run {
+        scenario: "ringmesh".into(),
+        workload: "http-1k".into(),
+        repetition: 4,
+        client: None,
+        proxies: vec![],
+        wall_s: 0.0,
+        failure: Some("ringmesh node-1 did not become ready: exited with status 1".into()),
+    });
+    (runs, order)
+}
+
+#[test]
+fn results_json_has_every_pair_and_figure() {
+    let (runs, order) = synthetic();
+    let results = Results {
+        meta: Meta {
+            date: "2026-11-28T03:00:00Z".into(),
+            repeat: 3,
+            ..Meta::default()
+        },
+        summary: summarize(&runs, &order),
+        runs,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let written = write_all(&results, dir.path()).unwrap();
+    assert!(written.iter().any(|p| p.ends_with("report.md")));
+
+    let text = std::fs::read_to_string(dir.path().join("results.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let summary = v["summary"].as_array().unwrap();
+    assert_eq!(summary.len(), order.len());
+    for (sc, w) in &order {
+        let s = summary
+            .iter()
+            .find(|s| s["scenario"] == sc.as_str() && s["workload"] == w.as_str())
+            .unwrap_or_else(|| panic!("{sc}/{w} missing"));
+        for f in FIELDS {
+            assert!(s.get(f).is_some(), "{sc}/{w} has no `{f}`");
+        }
+    }
+    assert_eq!(v["runs"].as_array().unwrap().len(), results.runs.len());
+
+    let get = |sc: &str, w: &str| {
+        results
+            .summary
+            .iter()
+            .find(|s| s.scenario == sc && s.workload == w)
+            .unwrap()
+    };
+    let rm = get("ringmesh", "http-1k");
+    assert_eq!((rm.runs, rm.failed_runs), (3, 1));
+    assert_eq!(rm.p99_us, 202.0); // 100 + 1*100 + median jitter 2
+    assert_eq!(rm.spread["p99_us"], [201.0, 203.0]);
+    assert_eq!(rm.added_p99_us, Some(100.0));
+    // 2 proxies × 1 CPU-s over 10,000 requests = 0.2 CPU-s per 1k; over 2 GB = 1 per GB.
+    assert!((rm.proxy_cpu_s_per_1k_req.unwrap() - 0.2).abs() < 1e-9);
+    assert!((rm.proxy_cpu_s_per_gb.unwrap() - 1.0).abs() < 1e-9);
+    assert_eq!((rm.proxy_rss_mib, rm.proxy_rss_anon_mib), (60.0, 15.0));
+    assert!((rm.gbps - 1.6).abs() < 1e-9);
+    let eh = get("envoy-sidecar-http", "http-1k");
+    assert_eq!(eh.added_p99_us, Some(300.0));
+    assert_eq!(get("direct", "bulk-1").added_p99_us, Some(0.0));
+    assert_eq!(get("external", "churn").errors, 3);
+    assert!(
+        results
+            .summary
+            .iter()
+            .all(|s| !(s.scenario == "envoy-sidecar-http" && s.workload == "bulk-1"))
+    );
+
+    let back = bench::report::read(&dir.path().join("results.json")).unwrap();
+    assert_eq!(back, results);
+}
+
+#[test]
+fn markdown_and_charts_name_every_scenario() {
+    let (runs, order) = synthetic();
+    let results = Results {
+        meta: Meta::default(),
+        summary: summarize(&runs, &order),
+        runs,
+    };
+    let md = bench::report::markdown(&results);
+    for k in Kind::ALL {
+        assert!(md.contains(&format!("| {} |", k.name())), "table lacks {k}");
+    }
+    for h in [
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "added p99 µs",
+        "CPU-s / 1k req",
+        "CPU-s / GB",
+        "RSS MiB",
+        "RssAnon MiB",
+        "errors",
+    ] {
+        assert!(md.contains(h), "table lacks column {h}");
+    }
+    assert!(
+        md.contains("202 (201–203)"),
+        "median with spread missing:\n{md}"
+    );
+    assert!(md.contains("Failed runs") && md.contains("did not become ready"));
+
+    let dir = tempfile::tempdir().unwrap();
+    write_all(&results, dir.path()).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".svg"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "cpu-per-1k-req.svg",
+            "cpu-per-gb.svg",
+            "latency-churn.svg",
+            "latency-http-1k.svg",
+            "latency-http-max.svg",
+            "memory.svg"
+        ]
+    );
+    let lat = std::fs::read_to_string(dir.path().join("latency-http-1k.svg")).unwrap();
+    assert!(lat.starts_with("<svg") && lat.trim_end().ends_with("</svg>"));
+    for k in Kind::ALL {
+        assert!(
+            lat.contains(&format!(">{}</text>", k.name())),
+            "latency chart lacks {k}"
+        );
+    }
+    let mem = std::fs::read_to_string(dir.path().join("memory.svg")).unwrap();
+    assert!(
+        !mem.contains(">direct</text>"),
+        "direct has no proxy memory to chart"
+    );
+    assert!(mem.contains(">ringmesh</text>"));
+    // Bars never overflow the plot: every rect height is finite and non-negative.
+    for bar in lat.split("<rect x=").skip(1) {
+        let h = bar.split("height=\"").nth(1).unwrap();
+        let h: f64 = h.split('"').next().unwrap().parse().unwrap();
+        assert!(h.is_finite() && h >= 0.0);
+    }
+}
