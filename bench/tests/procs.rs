@@ -65,7 +65,7 @@ fn shutdown_stops_every_group_and_refuses_new_work() {
     let mut g1 = sup.group("a").unwrap();
     let mut g2 = sup.group("b").unwrap();
     let dirs = [g1.dir().to_path_buf(), g2.dir().to_path_buf()];
-    let mut sleep = || {
+    let sleep = || {
         let mut c = Command::new("sleep");
         c.arg("60");
         c
