@@ -82,9 +82,18 @@ pub enum ClientCmd {
     Tcp {
         /// Target host:port.
         addr: String,
-        /// Bytes per request (echoed back and compared).
+        /// Bytes per request (echoed back and compared); with --bulk, bytes per write
+        /// (rounded to whole 26-byte pattern cycles).
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// Stream for throughput instead of request/response: write --size chunks as fast
+        /// as the peer takes them (against sink or echo; echoed bytes are checked). Closed
+        /// loop only; "requests" then counts writes.
+        #[arg(long)]
+        bulk: bool,
+        /// With --bulk: only read (against `serve --mode source`); "requests" counts reads.
+        #[arg(long, requires = "bulk")]
+        download: bool,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -362,12 +371,34 @@ impl ClientCmd {
     pub fn spec(&self) -> Result<LoadSpec, Error> {
         let load = self.load();
         let (mode, label, target, streams) = match self {
-            ClientCmd::Tcp { addr, size, .. } => (
-                Mode::TcpEcho { size: *size },
-                addr.clone(),
-                resolve_target(addr, load.allow_remote)?,
-                1,
-            ),
+            ClientCmd::Tcp {
+                addr,
+                size,
+                bulk,
+                download,
+                ..
+            } => {
+                let mode = if *bulk {
+                    if load.rate.is_some() {
+                        return Err(Error::Invalid {
+                            what: "--bulk",
+                            detail: "bulk streaming is closed loop only (drop --rate)".into(),
+                        });
+                    }
+                    Mode::TcpBulk {
+                        chunk: *size,
+                        download: *download,
+                    }
+                } else {
+                    Mode::TcpEcho { size: *size }
+                };
+                (
+                    mode,
+                    addr.clone(),
+                    resolve_target(addr, load.allow_remote)?,
+                    1,
+                )
+            }
             ClientCmd::Http1 { url, http, .. } => {
                 let (spec, hostport) = http_spec(url, http)?;
                 (

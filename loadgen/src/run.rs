@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use runtime::{RuntimeConfig, Worker};
 
 use crate::Error;
+use crate::client::bulk::{self, BulkSink};
 use crate::client::{Client, ClientConfig, IoTally, Mode, h2c::H2Group};
 use crate::progress::{Progress, ProgressShard};
 use crate::report::{Report, RunInfo};
@@ -261,7 +262,15 @@ async fn run_worker(spec: &LoadSpec, share: &Share, shard: &ProgressShard) -> Wo
                     spec.seed ^ slot as u64,
                 )
             });
-            slots.push(run_slot(&ctx, client, schedule, quota));
+            if let Mode::TcpBulk { chunk, download } = spec.client.mode {
+                slots.push(futures_util::future::Either::Left(run_bulk_slot(
+                    &ctx, chunk, download, quota,
+                )));
+            } else {
+                slots.push(futures_util::future::Either::Right(run_slot(
+                    &ctx, client, schedule, quota,
+                )));
+            }
         }
     }
     futures_util::future::join_all(slots).await;
@@ -351,6 +360,67 @@ async fn run_slot(
         {
             runtime::time::sleep(CONNECT_ERROR_BACKOFF).await;
             now = Instant::now();
+        }
+    }
+}
+
+impl BulkSink for WorkerCtx<'_> {
+    fn chunk(&self, latency: Duration, sent: u64, received: u64) {
+        let now = Instant::now();
+        if now < self.measure_start {
+            return;
+        }
+        let mut st = self.stats.borrow_mut();
+        st.bytes_sent += sent;
+        st.bytes_received += received;
+        st.ok(latency);
+        self.shard.publish(st.requests, st.errors.total());
+        if now > self.last_done.get() {
+            self.last_done.set(now);
+        }
+    }
+
+    fn received(&self, n: u64) {
+        if Instant::now() >= self.measure_start {
+            self.stats.borrow_mut().bytes_received += n;
+        }
+    }
+
+    fn error(&self, kind: ErrorKind) {
+        if Instant::now() >= self.measure_start {
+            let mut st = self.stats.borrow_mut();
+            st.err(kind);
+            self.shard.publish(st.requests, st.errors.total());
+        }
+    }
+}
+
+/// A bulk-streaming slot: connect (retrying after failures until the end), then stream.
+async fn run_bulk_slot(ctx: &WorkerCtx<'_>, chunk: usize, download: bool, quota: Option<u64>) {
+    loop {
+        let now = Instant::now();
+        if ctx.end.is_some_and(|e| now >= e) {
+            return;
+        }
+        let mut io = IoTally::default();
+        match crate::client::connect(
+            ctx.spec.client.target,
+            ctx.spec.client.connect_timeout,
+            &mut io,
+        )
+        .await
+        {
+            Ok(s) => {
+                if now >= ctx.measure_start {
+                    ctx.stats.borrow_mut().connects += 1;
+                }
+                bulk::stream(&s, chunk, download, ctx.end, ctx.hard_end, quota, ctx).await;
+                return;
+            }
+            Err(kind) => {
+                ctx.error(kind);
+                runtime::time::sleep(CONNECT_ERROR_BACKOFF).await;
+            }
         }
     }
 }

@@ -577,3 +577,59 @@ fn usage_errors_exit_2() {
     let r = loadgen(&["tcp", "127.0.0.1:1", "--rate", "10", "--closed"], DL);
     assert_eq!(r.code, 2);
 }
+
+#[test]
+fn tcp_bulk_upload_echo_and_download() {
+    let _g = serial();
+    let sink = Backend::start(&["--mode", "sink", "--cores", "1"]);
+    let r = loadgen(
+        &[
+            "tcp", &sink.addr, "--bulk", "--size", "65536", "-c", "2", "--cores", "1", "-d",
+            "500ms",
+        ],
+        DL,
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v = r.json.unwrap();
+    assert!(u(&v, "bytes_sent") > 10 << 20, "{v}");
+    assert_eq!(
+        u(&v, "bytes_sent"),
+        u(&v, "requests") * 65520,
+        "whole pattern cycles per write"
+    );
+
+    let echo = Backend::start(&["--mode", "echo", "--cores", "1"]);
+    let r = loadgen(
+        &[
+            "tcp", &echo.addr, "--bulk", "--size", "16384", "-c", "2", "--cores", "1", "-n", "2000",
+        ],
+        DL,
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v = r.json.unwrap();
+    assert_eq!(u(&v, "requests"), 2000);
+    // Every byte came back, in order (checked against the pattern as it arrived).
+    assert_eq!(u(&v, "bytes_received"), u(&v, "bytes_sent"));
+    assert_eq!(u(&v, "bytes_sent"), 2000 * 16380);
+
+    let source = Backend::start(&["--mode", "source", "--cores", "1"]);
+    let r = loadgen(
+        &[
+            "tcp",
+            &source.addr,
+            "--bulk",
+            "--download",
+            "-c",
+            "1",
+            "--cores",
+            "1",
+            "-d",
+            "500ms",
+        ],
+        DL,
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v = r.json.unwrap();
+    assert!(u(&v, "bytes_received") > 10 << 20, "{v}");
+    assert_eq!(u(&v, "errors_total"), 0);
+}

@@ -18,6 +18,7 @@ use runtime::net::TcpStream;
 use crate::http1::Method;
 use crate::stats::ErrorKind;
 
+pub mod bulk;
 pub mod h1;
 pub mod h2c;
 pub mod tcp;
@@ -60,6 +61,8 @@ impl HttpSpec {
 pub enum Mode {
     /// Write `size` bytes, read the same `size` bytes back from an echo server and check them.
     TcpEcho { size: usize },
+    /// Stream `chunk`-byte writes (upload) or reads (download) for throughput.
+    TcpBulk { chunk: usize, download: bool },
     /// HTTP/1.1 keep-alive requests.
     Http1(HttpSpec),
     /// HTTP/2 streams multiplexed over shared connections.
@@ -74,7 +77,7 @@ impl Mode {
     /// Name used in reports.
     pub fn name(&self) -> &'static str {
         match self {
-            Mode::TcpEcho { .. } => "tcp",
+            Mode::TcpEcho { .. } | Mode::TcpBulk { .. } => "tcp",
             Mode::Http1(_) => "http1",
             Mode::Http2(_) => "http2",
             Mode::ChurnTcp { .. } | Mode::ChurnHttp1(_) => "connect-churn",
@@ -101,7 +104,10 @@ impl Client {
     /// A client for one slot. HTTP/2 slots of one connection share `group`.
     pub fn new(cfg: &ClientConfig, group: Option<Rc<h2c::H2Group>>) -> Client {
         match &cfg.mode {
-            Mode::TcpEcho { size } => Client::Tcp(tcp::EchoClient::new(cfg, *size, false)),
+            // Bulk slots are driven by `bulk::stream`, not per request; this arm is unused.
+            Mode::TcpEcho { size } | Mode::TcpBulk { chunk: size, .. } => {
+                Client::Tcp(tcp::EchoClient::new(cfg, *size, false))
+            }
             Mode::ChurnTcp { size } => Client::Tcp(tcp::EchoClient::new(cfg, *size, true)),
             Mode::Http1(spec) => Client::Http1(h1::Http1Client::new(cfg, spec, false)),
             Mode::ChurnHttp1(spec) => Client::Http1(h1::Http1Client::new(cfg, spec, true)),
