@@ -249,15 +249,18 @@ const IDLE_WAKE: Duration = Duration::from_secs(3600);
 impl State {
     fn run(mut self, rx: mpsc::Receiver<Command>) {
         loop {
-            let mut changed = self.work_due();
+            if self.work_due() {
+                self.publish();
+            }
             let wait = self.next_wake().saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(cmd) => changed |= self.handle(cmd),
+                Ok(cmd) => {
+                    if self.handle(cmd) {
+                        self.publish();
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
-            }
-            if changed {
-                self.publish();
             }
         }
     }
