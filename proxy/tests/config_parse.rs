@@ -540,3 +540,60 @@ fn policy_scoping_by_service_and_namespace() {
         );
     }
 }
+
+/// Snapshots go from the control thread to every core.
+#[test]
+fn snapshot_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Snapshot>();
+    check::<ConfigError>();
+}
+
+/// Cheap deterministic fuzzing: thousands of mutations of the example must each parse or be
+/// rejected with a path and reason, never panic. (Bounded: 3,000 cases, well under a second.)
+#[test]
+fn mutated_configs_never_panic() {
+    let text = std::fs::read_to_string(example_path()).unwrap();
+    let bytes = text.as_bytes();
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: usize| {
+        // xorshift64*: a fixed sequence, so a failure reproduces.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1) as u64) as usize
+    };
+    const NOISE: &[u8] = b":-[]{}\"' \n#&*!|>0123456789/.,?%@`\t";
+    let mut rejected = 0;
+    for _ in 0..3000 {
+        let mut m = bytes.to_vec();
+        for _ in 0..1 + next(4) {
+            let at = next(m.len());
+            match next(4) {
+                0 => {
+                    let end = (at + next(40)).min(m.len());
+                    m.drain(at..end);
+                }
+                1 => m[at] = NOISE[next(NOISE.len())],
+                2 => m.insert(at, NOISE[next(NOISE.len())]),
+                _ => {
+                    let end = (at + next(80)).min(m.len());
+                    let chunk = m[at..end].to_vec();
+                    let to = next(m.len());
+                    m.splice(to..to, chunk);
+                }
+            }
+        }
+        let Ok(s) = std::str::from_utf8(&m) else {
+            continue;
+        };
+        if let Err(e) = parse(s, &LoadOptions::default()) {
+            assert!(!e.reason().is_empty());
+            rejected += 1;
+        }
+    }
+    assert!(
+        rejected > 1000,
+        "mutations were mostly accepted ({rejected} rejected): the parser is too lax"
+    );
+}
