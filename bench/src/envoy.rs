@@ -70,19 +70,30 @@ pub fn find() -> Result<PathBuf> {
     })
 }
 
-/// The first line of `envoy --version`.
+/// Envoy's version from `envoy --version` ("1.40.0/Clean/RELEASE/BoringSSL"), or the
+/// whole first line when its shape is unexpected.
 pub fn version(binary: &Path) -> Result<String> {
     let out = std::process::Command::new(binary)
         .arg("--version")
         .output()
         .map_err(|e| Error::os(format!("running {} --version", binary.display()), e))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_string())
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    Ok(parse_version(line))
+}
+
+/// "…envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL" → "1.40.0/Clean/RELEASE/BoringSSL".
+pub fn parse_version(line: &str) -> String {
+    match line.split_once("version:") {
+        Some((_, v)) => {
+            let v = v.trim();
+            v.split_once('/')
+                .map(|(_, rest)| rest)
+                .unwrap_or(v)
+                .to_string()
+        }
+        None => line.trim().to_string(),
+    }
 }
 
 fn admin_block() -> &'static str {
@@ -375,6 +386,13 @@ mod tests {
             "127.0.0.1:40123".parse().unwrap()
         );
         assert!(parse_listener(r#"{"listener_statuses":[]}"#).is_err());
+    }
+
+    #[test]
+    fn version_line() {
+        let line = "/usr/bin/envoy  version: 9e5580933739775e8bce696a57a2e1bc99368f23/1.40.0/Clean/RELEASE/BoringSSL";
+        assert_eq!(parse_version(line), "1.40.0/Clean/RELEASE/BoringSSL");
+        assert_eq!(parse_version("odd"), "odd");
     }
 
     #[test]

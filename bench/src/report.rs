@@ -74,10 +74,10 @@ impl Run {
         } else {
             self.wall_s
         };
-        let cpu: f64 = self.proxies.iter().map(|p| p.cpu_s).sum();
+        let cpu: f64 = self.proxies.iter().map(|p| p.cpu_s).fold(0.0, |a, b| a + b);
         let n = self.proxies.len().max(1) as f64;
         let mean = |f: fn(&ProcUsage) -> u64| {
-            self.proxies.iter().map(|p| f(p) as f64).sum::<f64>() / n / KIB_PER_MIB
+            self.proxies.iter().fold(0.0, |a, p| a + f(p) as f64) / n / KIB_PER_MIB
         };
         Some(Figures {
             rps: c.achieved_rps,
@@ -268,7 +268,7 @@ fn summarize_pair(runs: &[Run], scenario: &str, workload: &str) -> Summary {
 /// A number with precision suited to its size (3 significant digits, no exponent).
 pub fn num(v: f64) -> String {
     let a = v.abs();
-    if a == 0.0 {
+    if a == 0.0 || !v.is_finite() {
         "0".into()
     } else if a >= 100.0 {
         format!("{v:.0}")

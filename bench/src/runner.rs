@@ -116,11 +116,15 @@ pub fn run_plan(
                 let line = match (&run.failure, run.figures()) {
                     (Some(f), _) => format!("FAILED: {}", f.lines().next().unwrap_or("")),
                     (None, Some(f)) => format!(
-                        "{:.0} req/s, {:.2} Gbit/s, p99 {:.0} µs, proxy CPU {:.2} s, errors {}",
+                        "{:.0} req/s, {:.2} Gbit/s, p99 {:.0} µs, proxy CPU {}, errors {}",
                         f.rps,
                         f.gbps,
                         f.p99_us,
-                        f.proxy_cpu_s,
+                        if run.proxies.is_empty() {
+                            "–".to_string()
+                        } else {
+                            format!("{:.2} s", f.proxy_cpu_s)
+                        },
                         run.client.as_ref().map(|c| c.errors).unwrap_or(0)
                     ),
                     (None, None) => "no result".into(),

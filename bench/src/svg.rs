@@ -15,7 +15,7 @@ const PALETTE: [&str; 6] = [
     "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00",
 ];
 
-const BAR_W: f64 = 22.0;
+const BAR_W: f64 = 30.0;
 const GROUP_GAP: f64 = 28.0;
 const LEFT: f64 = 70.0;
 const TOP: f64 = 50.0;
@@ -53,7 +53,9 @@ pub fn grouped_bars(
     groups: &[(String, Vec<Option<f64>>)],
 ) -> String {
     let per_group = series.len().max(1) as f64 * BAR_W;
-    let width = LEFT + groups.len() as f64 * (per_group + GROUP_GAP) + GROUP_GAP + 150.0;
+    // Wide enough for the bars and legend, and for the title (~8 px per character at 15 px).
+    let width = (LEFT + groups.len() as f64 * (per_group + GROUP_GAP) + GROUP_GAP + 150.0)
+        .max(LEFT + title.chars().count() as f64 * 8.0 + 20.0);
     let height = TOP + PLOT_H + BOTTOM;
     let top_value = groups
         .iter()
