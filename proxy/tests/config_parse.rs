@@ -597,3 +597,75 @@ fn mutated_configs_never_panic() {
         "mutations were mostly accepted ({rejected} rejected): the parser is too lax"
     );
 }
+
+/// ztunnel's local config writes a workload's services as a map whose ports override the
+/// service's target ports for that workload; both forms are accepted.
+#[test]
+fn ztunnel_map_form_of_workload_services() {
+    let yaml = BASE.replacen(
+        "services: [\"ns/s.ns\"]\n  - name: b",
+        "services:\n      ns/s.ns: {80: 9090}\n  - name: b",
+        1,
+    );
+    let snap = parse(&yaml, &LoadOptions::default()).unwrap();
+    let port = snap.service_port(sa("10.1.0.1:80")).unwrap();
+    let addrs: Vec<SocketAddr> = port.endpoints.iter().map(|e| e.addr).collect();
+    assert_eq!(
+        addrs,
+        [sa("10.0.0.1:9090"), sa("10.0.0.2:8080")],
+        "a overrides, b does not"
+    );
+    assert_eq!(port.target_port, 8080);
+
+    let empty = BASE.replacen(
+        "services: [\"ns/s.ns\"]\n  - name: b",
+        "services:\n      ns/s.ns: {}\n  - name: b",
+        1,
+    );
+    let snap = parse(&empty, &LoadOptions::default()).unwrap();
+    assert_eq!(
+        snap.service_port(sa("10.1.0.1:80")).unwrap().endpoints[0].addr,
+        sa("10.0.0.1:8080")
+    );
+
+    let bad_port = BASE.replacen(
+        "services: [\"ns/s.ns\"]\n  - name: b",
+        "services:\n      ns/s.ns: {81: 9090}\n  - name: b",
+        1,
+    );
+    let err = parse(&bad_port, &LoadOptions::default()).unwrap_err();
+    assert_eq!(
+        (err.field_path(), err.reason().as_str()),
+        (
+            "workloads[0].services.ns/s.ns",
+            "81 is not a port of service \"ns/s.ns\""
+        )
+    );
+    let bad_value = BASE.replacen(
+        "services: [\"ns/s.ns\"]\n  - name: b",
+        "services:\n      ns/s.ns: {80: http}\n  - name: b",
+        1,
+    );
+    let err = parse(&bad_value, &LoadOptions::default()).unwrap_err();
+    assert_eq!(err.reason(), "\"http\" is not a port number");
+    assert!(
+        err.field_path().starts_with("workloads[0].services"),
+        "{}",
+        err.field_path()
+    );
+}
+
+#[test]
+fn local_identities_are_distinct() {
+    let yaml = BASE.replacen(
+        "    node: n2\n",
+        "    node: n1\n    serviceAccount: sa-a\n",
+        1,
+    );
+    let snap = parse(&yaml, &LoadOptions::default()).unwrap();
+    assert_eq!(snap.local_workloads().len(), 2);
+    assert_eq!(
+        snap.local_identities(),
+        [id("spiffe://cluster.local/ns/ns/sa/sa-a")]
+    );
+}

@@ -96,12 +96,16 @@ pub(crate) fn build(
         )?;
     }
 
-    // Workload → service membership.
-    let mut members: Vec<Vec<usize>> = vec![Vec::new(); raw.services.len()];
+    // Workload → service membership, with any per-workload target ports (ztunnel's map form).
+    let mut members: Vec<Vec<(usize, Vec<(u16, u16)>)>> = vec![Vec::new(); raw.services.len()];
     for (i, w) in raw.workloads.iter().enumerate() {
         let mut seen = HashSet::new();
-        for (j, r) in w.services.iter().enumerate() {
-            let path = format!("workloads[{i}].services[{j}]");
+        for (j, (r, overrides)) in w.services.0.iter().enumerate() {
+            let path = if w.services.is_map() {
+                format!("workloads[{i}].services.{r}")
+            } else {
+                format!("workloads[{i}].services[{j}]")
+            };
             let key = service_ref(&path, r)?;
             let Some(&si) = svc_index.get(&key) else {
                 return Err(invalid(
@@ -112,7 +116,17 @@ pub(crate) fn build(
             if !seen.insert(si) {
                 return Err(invalid(path, format!("service {r:?} is listed twice")));
             }
-            members[si].push(i);
+            let mut ports = Vec::new();
+            for (port, target) in overrides.iter().flat_map(|m| &m.0) {
+                if !raw.services[si].ports.0.iter().any(|(p, _)| p == port) {
+                    return Err(invalid(
+                        path,
+                        format!("{} is not a port of service {r:?}", port.0),
+                    ));
+                }
+                ports.push((port.0, target.0));
+            }
+            members[si].push((i, ports));
         }
     }
 
@@ -150,19 +164,25 @@ pub(crate) fn build(
             load_balancing: s.load_balancing,
             members: members[si]
                 .iter()
-                .map(|&wi| workloads[wi].clone())
+                .map(|(wi, _)| workloads[*wi].clone())
                 .collect(),
         });
         for vip in &s.vips {
             by_vip_ip.insert(vip.ip, service.clone());
             for &(port, target_port) in &service.ports {
-                let endpoints = service
-                    .members
+                let endpoints = members[si]
                     .iter()
-                    .filter(|w| w.status == HealthStatus::Healthy)
-                    .map(|w| Endpoint {
-                        workload: w.clone(),
-                        addr: SocketAddr::new(endpoint_ip(w, vip.ip), target_port),
+                    .map(|(wi, overrides)| (&workloads[*wi], overrides))
+                    .filter(|(w, _)| w.status == HealthStatus::Healthy)
+                    .map(|(w, overrides)| {
+                        let target = overrides
+                            .iter()
+                            .find(|(p, _)| *p == port)
+                            .map_or(target_port, |(_, t)| *t);
+                        Endpoint {
+                            workload: w.clone(),
+                            addr: SocketAddr::new(endpoint_ip(w, vip.ip), target),
+                        }
                     })
                     .collect();
                 by_vip.insert(
@@ -282,7 +302,12 @@ fn build_workload(
         protocol: w.protocol,
         status: w.status,
         identity,
-        services: w.services.iter().map(|s| s.as_str().into()).collect(),
+        services: w
+            .services
+            .0
+            .iter()
+            .map(|(s, _)| s.as_str().into())
+            .collect(),
         policies: Vec::new(),
     })
 }
@@ -360,7 +385,7 @@ fn policy_targets(
     raw_workloads: &[RawWorkload],
     uid_owner: &HashMap<String, usize>,
     svc_index: &HashMap<(String, String), usize>,
-    members: &[Vec<usize>],
+    members: &[Vec<(usize, Vec<(u16, u16)>)>],
 ) -> Result<Vec<usize>, ConfigError> {
     let Some(d) = &p.destination else {
         return Ok((0..raw_workloads.len()).collect());
@@ -387,7 +412,7 @@ fn policy_targets(
         let path = format!("{base}.destination.services[{j}]");
         let key = service_ref(&path, r)?;
         match svc_index.get(&key) {
-            Some(&si) => out.extend(&members[si]),
+            Some(&si) => out.extend(members[si].iter().map(|(wi, _)| *wi)),
             None => return Err(invalid(path, format!("unknown service {r:?}"))),
         }
     }

@@ -59,7 +59,7 @@ pub(crate) struct RawWorkload {
     pub trust_domain: Option<String>,
     /// Services this workload is an endpoint of, as `namespace/hostname`.
     #[serde(default)]
-    pub services: Vec<String>,
+    pub services: WorkloadServices,
     #[serde(default)]
     pub status: HealthStatus,
 }
@@ -251,6 +251,55 @@ impl<'de> Deserialize<'de> for PortMap {
             }
         }
         d.deserialize_map(MapVisitor)
+    }
+}
+
+/// A workload's `services`, in either form:
+/// - a list of `namespace/hostname`;
+/// - ztunnel's local-config map `namespace/hostname: {servicePort: targetPort}`, whose
+///   ports override the service's target ports for this workload (`{}` for none).
+#[derive(Debug, Default)]
+pub(crate) struct WorkloadServices(pub Vec<(String, Option<PortMap>)>);
+
+impl WorkloadServices {
+    /// Whether it was written as a map (paths then name the key, not an index).
+    pub fn is_map(&self) -> bool {
+        self.0.first().is_some_and(|(_, ports)| ports.is_some())
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkloadServices {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<WorkloadServices, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WorkloadServices;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a list of \"namespace/hostname\", or a map of \"namespace/hostname\" to {servicePort: targetPort}",
+                )
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<WorkloadServices, A::Error> {
+                let mut out = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    out.push((name, None));
+                }
+                Ok(WorkloadServices(out))
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<WorkloadServices, A::Error> {
+                let mut out = Vec::new();
+                while let Some((name, ports)) = map.next_entry::<String, Option<PortMap>>()? {
+                    out.push((name, Some(ports.unwrap_or_default())));
+                }
+                Ok(WorkloadServices(out))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

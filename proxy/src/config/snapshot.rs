@@ -75,6 +75,7 @@ pub struct Endpoint {
 pub struct ServicePort {
     pub service: Arc<Service>,
     pub port: u16,
+    /// The service's target port; an endpoint may override it (its `addr` has the port to use).
     pub target_port: u16,
     /// Healthy endpoints, in file order.
     pub endpoints: Vec<Endpoint>,
@@ -163,6 +164,15 @@ impl Snapshot {
 
     pub fn policies(&self) -> &[Policy] {
         &self.policies
+    }
+
+    /// The distinct identities of local workloads: what the identity manager must hold
+    /// certificates for.
+    pub fn local_identities(&self) -> Vec<Identity> {
+        let mut ids: Vec<Identity> = self.local.iter().map(|w| w.identity.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     /// Workloads whose `node` is this node, in file order.
