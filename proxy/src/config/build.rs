@@ -97,7 +97,7 @@ pub(crate) fn build(
     }
 
     // Workload → service membership, with any per-workload target ports (ztunnel's map form).
-    let mut members: Vec<Vec<(usize, Vec<(u16, u16)>)>> = vec![Vec::new(); raw.services.len()];
+    let mut members: Vec<Vec<Member>> = vec![Vec::new(); raw.services.len()];
     for (i, w) in raw.workloads.iter().enumerate() {
         let mut seen = HashSet::new();
         for (j, (r, overrides)) in w.services.0.iter().enumerate() {
@@ -126,7 +126,10 @@ pub(crate) fn build(
                 }
                 ports.push((port.0, target.0));
             }
-            members[si].push((i, ports));
+            members[si].push(Member {
+                workload: i,
+                target_ports: ports,
+            });
         }
     }
 
@@ -164,7 +167,7 @@ pub(crate) fn build(
             load_balancing: s.load_balancing,
             members: members[si]
                 .iter()
-                .map(|(wi, _)| workloads[*wi].clone())
+                .map(|m| workloads[m.workload].clone())
                 .collect(),
         });
         for vip in &s.vips {
@@ -172,7 +175,7 @@ pub(crate) fn build(
             for &(port, target_port) in &service.ports {
                 let endpoints = members[si]
                     .iter()
-                    .map(|(wi, overrides)| (&workloads[*wi], overrides))
+                    .map(|m| (&workloads[m.workload], &m.target_ports))
                     .filter(|(w, _)| w.status == HealthStatus::Healthy)
                     .map(|(w, overrides)| {
                         let target = overrides
@@ -224,6 +227,14 @@ pub(crate) fn build(
         local,
         content_hash,
     })
+}
+
+/// A workload's membership in a service.
+#[derive(Clone)]
+struct Member {
+    workload: usize,
+    /// Service port → this workload's target port (ztunnel's map form), overriding the service's.
+    target_ports: Vec<(u16, u16)>,
 }
 
 /// The workload's first IP of the VIP's family, else its first IP.
@@ -385,7 +396,7 @@ fn policy_targets(
     raw_workloads: &[RawWorkload],
     uid_owner: &HashMap<String, usize>,
     svc_index: &HashMap<(String, String), usize>,
-    members: &[Vec<(usize, Vec<(u16, u16)>)>],
+    members: &[Vec<Member>],
 ) -> Result<Vec<usize>, ConfigError> {
     let Some(d) = &p.destination else {
         return Ok((0..raw_workloads.len()).collect());
@@ -412,7 +423,7 @@ fn policy_targets(
         let path = format!("{base}.destination.services[{j}]");
         let key = service_ref(&path, r)?;
         match svc_index.get(&key) {
-            Some(&si) => out.extend(members[si].iter().map(|(wi, _)| *wi)),
+            Some(&si) => out.extend(members[si].iter().map(|m| m.workload)),
             None => return Err(invalid(path, format!("unknown service {r:?}"))),
         }
     }
