@@ -209,7 +209,8 @@ pub struct LoadArgs {
 /// Worker threads and I/O driver.
 #[derive(Debug, Clone, Args)]
 pub struct RuntimeArgs {
-    /// Worker threads, one per core: a count ("2"), a core list ("0,1") or "all".
+    /// Worker threads, one per core: a count ("2", pinned to the first cores), a core list
+    /// ("0,1"; "1," for core 1 alone) or "all".
     #[arg(long, default_value = "all")]
     pub cores: String,
     /// I/O driver: auto | io-uring | epoll.
@@ -220,10 +221,7 @@ pub struct RuntimeArgs {
 impl RuntimeArgs {
     pub fn config(&self) -> Result<runtime::RuntimeConfig, Error> {
         Ok(runtime::RuntimeConfig {
-            cores: self.cores.parse().map_err(|e: String| Error::Invalid {
-                what: "--cores",
-                detail: e,
-            })?,
+            cores: parse_cores(&self.cores)?,
             driver: self.driver.parse().map_err(|e: String| Error::Invalid {
                 what: "--driver",
                 detail: e,
@@ -482,6 +480,24 @@ impl ClientCmd {
     }
 }
 
+/// The runtime's core syntax, plus a trailing comma for a one-core list ("1,").
+fn parse_cores(s: &str) -> Result<runtime::Cores, Error> {
+    let bad = |detail: String| Error::Invalid {
+        what: "--cores",
+        detail,
+    };
+    match s.trim().strip_suffix(',') {
+        Some(one) if !one.contains(',') => {
+            let id = one
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("{one:?} is not a core id")))?;
+            Ok(runtime::Cores::List(vec![id]))
+        }
+        _ => s.parse().map_err(bad),
+    }
+}
+
 fn http_spec(url: &str, a: &HttpArgs) -> Result<(HttpSpec, String), Error> {
     let (authority, path) = parse_url(url)?;
     let hostport = if authority
@@ -571,6 +587,17 @@ mod tests {
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("2 weeks").is_err());
         assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn core_lists() {
+        assert_eq!(parse_cores("1,").unwrap(), runtime::Cores::List(vec![1]));
+        assert_eq!(
+            parse_cores("0,1").unwrap(),
+            runtime::Cores::List(vec![0, 1])
+        );
+        assert_eq!(parse_cores("2").unwrap(), runtime::Cores::Count(2));
+        assert!(parse_cores("x,").is_err());
     }
 
     #[test]

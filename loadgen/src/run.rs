@@ -128,7 +128,7 @@ pub fn run(spec: &LoadSpec) -> Result<RunOutcome, Error> {
         let tx = tx.clone();
         Ok(async move {
             let index = worker.index();
-            let result = run_worker(&spec, &share, progress.shard(index)).await;
+            let result = run_worker(&spec, &share, progress, index).await;
             let _ = tx.send((index, result));
         })
     })
@@ -217,30 +217,43 @@ fn planned_cores(cfg: &RuntimeConfig) -> Result<usize, Error> {
 }
 
 /// Shared per-worker state of the slots.
-struct WorkerCtx<'a> {
-    spec: &'a LoadSpec,
+struct WorkerCtx {
+    spec: LoadSpec,
     stats: RefCell<WorkerStats>,
-    shard: &'a ProgressShard,
+    progress: Progress,
+    index: usize,
     measure_start: Instant,
     end: Option<Instant>,
     hard_end: Option<Instant>,
     last_done: Cell<Instant>,
 }
 
-async fn run_worker(spec: &LoadSpec, share: &Share, shard: &ProgressShard) -> WorkerResult {
+impl WorkerCtx {
+    fn shard(&self) -> &ProgressShard {
+        self.progress.shard(self.index)
+    }
+}
+
+async fn run_worker(
+    spec: &LoadSpec,
+    share: &Share,
+    progress: Progress,
+    index: usize,
+) -> WorkerResult {
     let start = Instant::now();
     let started_at = SystemTime::now() + spec.warmup;
     let measure_start = start + spec.warmup;
     let end = spec.duration.map(|d| measure_start + d);
-    let ctx = WorkerCtx {
-        spec,
+    let ctx = Rc::new(WorkerCtx {
+        spec: spec.clone(),
         stats: RefCell::new(WorkerStats::default()),
-        shard,
+        progress,
+        index,
         measure_start,
         end,
         hard_end: end.map(|e| e + spec.timeout),
         last_done: Cell::new(start),
-    };
+    });
     let total_slots = spec.connections * spec.streams;
     let mut slots = Vec::with_capacity(share.connections * spec.streams);
     for c in 0..share.connections {
@@ -263,19 +276,28 @@ async fn run_worker(spec: &LoadSpec, share: &Share, shard: &ProgressShard) -> Wo
                 )
             });
             if let Mode::TcpBulk { chunk, download } = spec.client.mode {
-                slots.push(futures_util::future::Either::Left(run_bulk_slot(
-                    &ctx, chunk, download, quota,
+                slots.push(runtime::spawn(run_bulk_slot(
+                    ctx.clone(),
+                    chunk,
+                    download,
+                    quota,
                 )));
             } else {
-                slots.push(futures_util::future::Either::Right(run_slot(
-                    &ctx, client, schedule, quota,
+                slots.push(runtime::spawn(run_slot(
+                    ctx.clone(),
+                    client,
+                    schedule,
+                    quota,
                 )));
             }
         }
     }
-    futures_util::future::join_all(slots).await;
-    let stats = ctx.stats.into_inner();
-    shard.publish(stats.requests, stats.errors.total());
+    // One task per slot: a task is polled only when its own socket or timer wakes it.
+    for slot in slots {
+        let _ = slot.await;
+    }
+    let stats = ctx.stats.replace(WorkerStats::default());
+    ctx.shard().publish(stats.requests, stats.errors.total());
     let last = ctx.last_done.get();
     let until = match end {
         Some(e) => e.min(last),
@@ -289,7 +311,7 @@ async fn run_worker(spec: &LoadSpec, share: &Share, shard: &ProgressShard) -> Wo
 }
 
 async fn run_slot(
-    ctx: &WorkerCtx<'_>,
+    ctx: Rc<WorkerCtx>,
     mut client: Client,
     mut schedule: Option<Schedule>,
     quota: Option<u64>,
@@ -346,7 +368,7 @@ async fn run_slot(
                 Ok(()) => st.ok(now - intended),
                 Err(kind) => st.err(kind),
             }
-            ctx.shard.publish(st.requests, st.errors.total());
+            ctx.shard().publish(st.requests, st.errors.total());
             drop(st);
             if now > ctx.last_done.get() {
                 ctx.last_done.set(now);
@@ -364,7 +386,7 @@ async fn run_slot(
     }
 }
 
-impl BulkSink for WorkerCtx<'_> {
+impl BulkSink for WorkerCtx {
     fn chunk(&self, latency: Duration, sent: u64, received: u64) {
         let now = Instant::now();
         if now < self.measure_start {
@@ -374,7 +396,7 @@ impl BulkSink for WorkerCtx<'_> {
         st.bytes_sent += sent;
         st.bytes_received += received;
         st.ok(latency);
-        self.shard.publish(st.requests, st.errors.total());
+        self.shard().publish(st.requests, st.errors.total());
         if now > self.last_done.get() {
             self.last_done.set(now);
         }
@@ -390,13 +412,13 @@ impl BulkSink for WorkerCtx<'_> {
         if Instant::now() >= self.measure_start {
             let mut st = self.stats.borrow_mut();
             st.err(kind);
-            self.shard.publish(st.requests, st.errors.total());
+            self.shard().publish(st.requests, st.errors.total());
         }
     }
 }
 
 /// A bulk-streaming slot: connect (retrying after failures until the end), then stream.
-async fn run_bulk_slot(ctx: &WorkerCtx<'_>, chunk: usize, download: bool, quota: Option<u64>) {
+async fn run_bulk_slot(ctx: Rc<WorkerCtx>, chunk: usize, download: bool, quota: Option<u64>) {
     loop {
         let now = Instant::now();
         if ctx.end.is_some_and(|e| now >= e) {
@@ -414,7 +436,7 @@ async fn run_bulk_slot(ctx: &WorkerCtx<'_>, chunk: usize, download: bool, quota:
                 if now >= ctx.measure_start {
                     ctx.stats.borrow_mut().connects += 1;
                 }
-                bulk::stream(&s, chunk, download, ctx.end, ctx.hard_end, quota, ctx).await;
+                bulk::stream(&s, chunk, download, ctx.end, ctx.hard_end, quota, &*ctx).await;
                 return;
             }
             Err(kind) => {

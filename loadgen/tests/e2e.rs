@@ -23,7 +23,7 @@ fn assert_clean(v: &serde_json::Value, requests: u64) {
 #[test]
 fn tcp_echo_counts_and_bytes_intact() {
     let _g = serial();
-    let b = Backend::start(&["--mode", "echo", "--cores", "1"]);
+    let b = Backend::start(&["--mode", "echo", "--cores", "0,"]);
     let r = loadgen(
         &[
             "tcp", &b.addr, "--size", "1000", "-c", "4", "--cores", "2", "-n", "2000",
@@ -43,9 +43,9 @@ fn tcp_echo_counts_and_bytes_intact() {
 #[test]
 fn http1_get_and_post_against_serve() {
     let _g = serial();
-    let b = Backend::start(&["--mode", "http1", "--cores", "1", "--body-size", "300"]);
+    let b = Backend::start(&["--mode", "http1", "--cores", "0,", "--body-size", "300"]);
     let r = loadgen(
-        &["http1", &b.url(), "-c", "3", "--cores", "1", "-n", "1500"],
+        &["http1", &b.url(), "-c", "3", "--cores", "1,", "-n", "1500"],
         DL,
     );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
@@ -64,7 +64,7 @@ fn http1_get_and_post_against_serve() {
             "-c",
             "2",
             "--cores",
-            "1",
+            "1,",
             "-n",
             "500",
         ],
@@ -79,7 +79,7 @@ fn http1_get_and_post_against_serve() {
 #[test]
 fn http2_streams_against_serve() {
     let _g = serial();
-    let b = Backend::start(&["--mode", "http2", "--cores", "1", "--body-size", "1000"]);
+    let b = Backend::start(&["--mode", "http2", "--cores", "0,", "--body-size", "1000"]);
     let r = loadgen(
         &[
             "http2",
@@ -106,7 +106,7 @@ fn http2_streams_against_serve() {
 #[test]
 fn connect_churn_tcp_and_http() {
     let _g = serial();
-    let echo = Backend::start(&["--mode", "echo", "--cores", "1"]);
+    let echo = Backend::start(&["--mode", "echo", "--cores", "0,"]);
     let r = loadgen(
         &[
             "connect-churn",
@@ -116,7 +116,7 @@ fn connect_churn_tcp_and_http() {
             "-c",
             "2",
             "--cores",
-            "1",
+            "1,",
             "-n",
             "300",
         ],
@@ -128,7 +128,7 @@ fn connect_churn_tcp_and_http() {
     assert_eq!(u(&v, "connects"), 300, "one connection per request");
     assert_eq!(u(&v, "bytes_received"), 300 * 100);
 
-    let http = Backend::start(&["--mode", "http1", "--cores", "1"]);
+    let http = Backend::start(&["--mode", "http1", "--cores", "0,"]);
     let r = loadgen(
         &[
             "connect-churn",
@@ -137,7 +137,7 @@ fn connect_churn_tcp_and_http() {
             "-c",
             "2",
             "--cores",
-            "1",
+            "1,",
             "-n",
             "300",
         ],
@@ -163,7 +163,7 @@ fn open_loop_shows_stall_closed_loop_does_not() {
         "--mode",
         "http1",
         "--cores",
-        "1",
+        "1,",
         "--stall-once-ms",
         "200",
         "--stall-after",
@@ -178,7 +178,7 @@ fn open_loop_shows_stall_closed_loop_does_not() {
             "-c",
             "4",
             "--cores",
-            "1",
+            "1,",
             "-d",
             "3s",
             "--warmup",
@@ -201,7 +201,7 @@ fn open_loop_shows_stall_closed_loop_does_not() {
         "--mode",
         "http1",
         "--cores",
-        "1",
+        "1,",
         "--stall-once-ms",
         "200",
         "--stall-after",
@@ -215,7 +215,7 @@ fn open_loop_shows_stall_closed_loop_does_not() {
             "-c",
             "4",
             "--cores",
-            "1",
+            "1,",
             "-d",
             "3s",
         ],
@@ -238,7 +238,7 @@ fn open_loop_shows_stall_closed_loop_does_not() {
 #[test]
 fn achieved_rate_within_two_percent() {
     let _g = serial();
-    let b = Backend::start(&["--mode", "http1", "--cores", "1"]);
+    let b = Backend::start(&["--mode", "http1", "--cores", "0,"]);
     for poisson in [false, true] {
         let mut args = vec![
             "http1",
@@ -248,7 +248,7 @@ fn achieved_rate_within_two_percent() {
             "-c",
             "8",
             "--cores",
-            "1",
+            "1,",
             "-d",
             "3s",
         ];
@@ -281,7 +281,7 @@ fn refused_port_counts_connect_refused_and_exits_1() {
             "-c",
             "2",
             "--cores",
-            "1",
+            "1,",
             "-d",
             "500ms",
         ],
@@ -302,14 +302,14 @@ fn reset_mid_response_counts_reset_and_exits_1() {
         "--mode",
         "http1",
         "--cores",
-        "1",
+        "1,",
         "--body-size",
         "20000",
         "--reset-after",
         "3",
     ]);
     let r = loadgen(
-        &["http1", &b.url(), "-c", "2", "--cores", "1", "-n", "400"],
+        &["http1", &b.url(), "-c", "2", "--cores", "1,", "-n", "400"],
         DL,
     );
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
@@ -326,10 +326,10 @@ fn reset_mid_response_counts_reset_and_exits_1() {
     assert!(u(&v["errors"], "reset") > 0, "{v}");
     assert_eq!(u(&v, "responses"), 300);
 
-    let echo = Backend::start(&["--mode", "echo", "--cores", "1", "--reset-after", "2"]);
+    let echo = Backend::start(&["--mode", "echo", "--cores", "0,", "--reset-after", "2"]);
     let r = loadgen(
         &[
-            "tcp", &echo.addr, "--size", "100", "-c", "1", "--cores", "1", "-n", "30",
+            "tcp", &echo.addr, "--size", "100", "-c", "1", "--cores", "1,", "-n", "30",
         ],
         DL,
     );
@@ -346,16 +346,16 @@ fn reset_mid_response_counts_reset_and_exits_1() {
 #[test]
 fn http_500_counts_bad_status_and_exits_1() {
     let _g = serial();
-    let b = Backend::start(&["--mode", "http1", "--cores", "1", "--status", "500"]);
+    let b = Backend::start(&["--mode", "http1", "--cores", "0,", "--status", "500"]);
     let r = loadgen(
-        &["http1", &b.url(), "-c", "2", "--cores", "1", "-n", "200"],
+        &["http1", &b.url(), "-c", "2", "--cores", "1,", "-n", "200"],
         DL,
     );
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let v = r.json.unwrap();
     assert_eq!(u(&v["errors"], "bad_status"), 200, "{v}");
     assert_eq!(u(&v, "connects"), 2, "a bad status keeps the connection");
-    let h2 = Backend::start(&["--mode", "http2", "--cores", "1", "--status", "500"]);
+    let h2 = Backend::start(&["--mode", "http2", "--cores", "0,", "--status", "500"]);
     let r = loadgen(
         &[
             "http2",
@@ -365,7 +365,7 @@ fn http_500_counts_bad_status_and_exits_1() {
             "--streams",
             "4",
             "--cores",
-            "1",
+            "1,",
             "-n",
             "100",
         ],
@@ -383,7 +383,7 @@ fn http_500_counts_bad_status_and_exits_1() {
             "-c",
             "1",
             "--cores",
-            "1",
+            "1,",
             "-n",
             "50",
         ],
@@ -396,7 +396,7 @@ fn http_500_counts_bad_status_and_exits_1() {
 #[test]
 fn json_carries_the_documented_fields() {
     let _g = serial();
-    let b = Backend::start(&["--mode", "http1", "--cores", "1"]);
+    let b = Backend::start(&["--mode", "http1", "--cores", "0,"]);
     let r = loadgen(
         &[
             "http1",
@@ -406,7 +406,7 @@ fn json_carries_the_documented_fields() {
             "-c",
             "2",
             "--cores",
-            "1",
+            "1,",
             "-d",
             "1s",
         ],
@@ -465,7 +465,7 @@ fn json_carries_the_documented_fields() {
 #[test]
 fn hdr_log_is_written() {
     let _g = serial();
-    let b = Backend::start(&["--mode", "echo", "--cores", "1"]);
+    let b = Backend::start(&["--mode", "echo", "--cores", "0,"]);
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("h.hlog");
     let r = loadgen(
@@ -475,7 +475,7 @@ fn hdr_log_is_written() {
             "-c",
             "1",
             "--cores",
-            "1",
+            "1,",
             "-n",
             "100",
             "--hdr-log",
@@ -496,7 +496,7 @@ fn hdr_log_is_written() {
 fn both_drivers_serve_and_load() {
     let _g = serial();
     for driver in ["epoll", "io-uring"] {
-        let b = Backend::start(&["--mode", "http1", "--cores", "1", "--driver", driver]);
+        let b = Backend::start(&["--mode", "http1", "--cores", "0,", "--driver", driver]);
         let r = loadgen(
             &[
                 "http1",
@@ -504,7 +504,7 @@ fn both_drivers_serve_and_load() {
                 "-c",
                 "2",
                 "--cores",
-                "1",
+                "1,",
                 "--driver",
                 driver,
                 "-n",
@@ -522,7 +522,7 @@ fn both_drivers_serve_and_load() {
 #[test]
 fn sweep_writes_curve_json_and_svg() {
     let _g = serial();
-    let b = Backend::start(&["--mode", "http1", "--cores", "1"]);
+    let b = Backend::start(&["--mode", "http1", "--cores", "0,"]);
     let dir = tempfile::tempdir().unwrap();
     let (j, s) = (dir.path().join("s.json"), dir.path().join("s.svg"));
     let r = loadgen(
@@ -547,7 +547,7 @@ fn sweep_writes_curve_json_and_svg() {
             "-c",
             "2",
             "--cores",
-            "1",
+            "1,",
         ],
         DL,
     );
@@ -581,10 +581,10 @@ fn usage_errors_exit_2() {
 #[test]
 fn tcp_bulk_upload_echo_and_download() {
     let _g = serial();
-    let sink = Backend::start(&["--mode", "sink", "--cores", "1"]);
+    let sink = Backend::start(&["--mode", "sink", "--cores", "0,"]);
     let r = loadgen(
         &[
-            "tcp", &sink.addr, "--bulk", "--size", "65536", "-c", "2", "--cores", "1", "-d",
+            "tcp", &sink.addr, "--bulk", "--size", "65536", "-c", "2", "--cores", "1,", "-d",
             "500ms",
         ],
         DL,
@@ -598,10 +598,11 @@ fn tcp_bulk_upload_echo_and_download() {
         "whole pattern cycles per write"
     );
 
-    let echo = Backend::start(&["--mode", "echo", "--cores", "1"]);
+    let echo = Backend::start(&["--mode", "echo", "--cores", "0,"]);
     let r = loadgen(
         &[
-            "tcp", &echo.addr, "--bulk", "--size", "16384", "-c", "2", "--cores", "1", "-n", "2000",
+            "tcp", &echo.addr, "--bulk", "--size", "16384", "-c", "2", "--cores", "1,", "-n",
+            "2000",
         ],
         DL,
     );
@@ -612,7 +613,7 @@ fn tcp_bulk_upload_echo_and_download() {
     assert_eq!(u(&v, "bytes_received"), u(&v, "bytes_sent"));
     assert_eq!(u(&v, "bytes_sent"), 2000 * 16380);
 
-    let source = Backend::start(&["--mode", "source", "--cores", "1"]);
+    let source = Backend::start(&["--mode", "source", "--cores", "0,"]);
     let r = loadgen(
         &[
             "tcp",
@@ -622,7 +623,7 @@ fn tcp_bulk_upload_echo_and_download() {
             "-c",
             "1",
             "--cores",
-            "1",
+            "1,",
             "-d",
             "500ms",
         ],
