@@ -1,17 +1,16 @@
 //! Mesh certificates for the proxies under test: one root CA and SPIFFE workload leaves
-//! signed by it, written as PEM files.
+//! signed by it, written as PEM files, made by `hbone::certs` — the same code that makes
+//! ringmesh's own development certificates.
 //!
-//! Every proxy pair in a run gets certificates from the same kind of root, the same key
-//! type (ECDSA P-256, what ringmesh issues) and the same SAN shape as Istio
-//! (`spiffe://cluster.local/ns/<ns>/sa/<sa>` as the only URI SAN), so TLS cost is compared
-//! like for like. Leaves carry both serverAuth and clientAuth, as mesh certificates do.
+//! Every proxy pair in a run gets certificates of the same shape: ECDSA P-256 keys, an
+//! empty subject and one URI SAN `spiffe://cluster.local/ns/<ns>/sa/<sa>` (as Istio
+//! issues them), serverAuth + clientAuth, 24 h lifetime. So TLS cost is compared like for
+//! like across data planes.
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
-};
+use hbone::certs::{CaOptions, CertificateAuthority, LeafOptions};
+use hbone::identity::Identity;
 
 use crate::{Error, Result};
 
@@ -27,20 +26,20 @@ pub fn spiffe_id(ns: &str, sa: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct LeafFiles {
     pub spiffe_id: String,
+    /// The leaf's chain (leaf first; the root is not included).
     pub cert: PathBuf,
+    /// Its PKCS#8 private key.
     pub key: PathBuf,
 }
 
-/// A root CA kept in memory to sign leaves, and its certificate on disk.
+/// A root CA kept in memory to sign leaves, and its certificate and key on disk.
 pub struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    ca: CertificateAuthority,
     /// PEM of the root certificate.
     pub cert_pem: String,
     /// Where the root certificate is written.
     pub cert_path: PathBuf,
-    /// PEM of the root's private key (some proxies sign their own leaves from it).
-    pub key_pem: String,
-    /// Where the root key is written.
+    /// Where the root key is written (for proxies that sign their own leaves).
     pub key_path: PathBuf,
 }
 
@@ -55,30 +54,16 @@ impl std::fmt::Debug for Ca {
 impl Ca {
     /// A new root, written to `dir/ca.pem` and `dir/ca-key.pem`.
     pub fn new(dir: &Path) -> Result<Ca> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let key_pem = key.serialize_pem();
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "ringmesh-bench");
-        dn.push(DnType::CommonName, "ringmesh-bench root CA");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer = CertifiedIssuer::self_signed(params, key)?;
-        let cert_pem = issuer.pem();
+        let ca = CertificateAuthority::new_root(&CaOptions::new("ringmesh-bench root CA"))?;
+        let cert_pem = ca.root_pem();
         let cert_path = dir.join("ca.pem");
         let key_path = dir.join("ca-key.pem");
         write(&cert_path, &cert_pem)?;
-        write(&key_path, &key_pem)?;
+        write(&key_path, ca.key_pem())?;
         Ok(Ca {
-            issuer,
+            ca,
             cert_pem,
             cert_path,
-            key_pem,
             key_path,
         })
     }
@@ -86,33 +71,38 @@ impl Ca {
     /// A leaf for `spiffe://cluster.local/ns/<ns>/sa/<sa>`, written to `dir/<sa>.pem` and
     /// `dir/<sa>-key.pem`.
     pub fn leaf(&self, dir: &Path, ns: &str, sa: &str) -> Result<LeafFiles> {
-        let id = spiffe_id(ns, sa);
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "ringmesh-bench");
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(id.clone().try_into()?)];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let id = Identity::new(TRUST_DOMAIN, ns, sa)?;
+        let leaf = self.ca.issue(&id, &LeafOptions::default())?;
         let files = LeafFiles {
-            spiffe_id: id,
+            spiffe_id: id.to_string(),
             cert: dir.join(format!("{sa}.pem")),
             key: dir.join(format!("{sa}-key.pem")),
         };
-        write(&files.cert, &cert.pem())?;
-        write(&files.key, &key.serialize_pem())?;
+        write(&files.cert, &leaf.chain_pem)?;
+        write(&files.key, &leaf.key_pem)?;
         Ok(files)
     }
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaf_carries_the_spiffe_id_and_chains_to_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(dir.path()).unwrap();
+        let leaf = ca.leaf(dir.path(), "default", "server").unwrap();
+        assert_eq!(leaf.spiffe_id, spiffe_id("default", "server"));
+        let pem = std::fs::read(&leaf.cert).unwrap();
+        let der = hbone::certs::certs_from_pem(&pem, "leaf").unwrap();
+        let id = Identity::from_leaf_cert(&der[0]).unwrap();
+        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/server");
+        assert!(std::fs::read_to_string(&leaf.key).unwrap().contains("PRIVATE KEY"));
+        assert!(ca.cert_pem.contains("BEGIN CERTIFICATE"));
+    }
 }

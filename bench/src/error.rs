@@ -64,7 +64,7 @@ pub enum Error {
 
     /// Certificate generation failed.
     #[error("certificate generation: {0}")]
-    Cert(#[from] rcgen::Error),
+    Cert(#[from] hbone::Error),
 }
 
 fn log_tail(log: &str) -> String {
