@@ -1,4 +1,9 @@
-//! The ringmesh node proxy.
+//! The ringmesh node proxy: mesh config and workload registry, identity manager and CA,
+//! the outbound, inbound and passthrough paths, L4 authorization, metrics and the admin
+//! API, and the `demo`. It holds no protocol framing (that is `hbone`) and no runtime
+//! internals (that is `runtime`).
 #![forbid(unsafe_code)]
+
 pub mod config;
+pub mod forward;
 pub mod identity;

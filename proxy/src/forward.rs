@@ -1,0 +1,79 @@
+//! `ringmesh forward`: a multi-core TCP forwarder on the runtime, with no mesh logic.
+//!
+//! Each core binds the listen address with `SO_REUSEPORT`, accepts, dials the target and
+//! relays. It is useful on its own and it is the baseline for the relay's copy modes.
+//!
+//! When the target refuses or cannot be reached, the accepted client connection is closed
+//! with a reset (RST), so the client sees "connection reset" at once rather than an EOF it
+//! could mistake for an empty response; the error is logged with both addresses.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use runtime::net::{TcpListener, TcpStream};
+use runtime::relay::{RelayOptions, relay};
+use runtime::{Runtime, RuntimeConfig};
+
+/// What a forwarder does.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    pub listen: SocketAddr,
+    pub to: SocketAddr,
+    pub relay: RelayOptions,
+    /// How long a dial to the target may take before the client is reset.
+    pub connect_timeout: Duration,
+}
+
+/// Starts the forwarder's workers; the caller decides how long it runs.
+pub fn start(
+    runtime: &RuntimeConfig,
+    config: ForwardConfig,
+) -> Result<Runtime<()>, runtime::Error> {
+    runtime::launch(runtime, move |worker| {
+        let listener = TcpListener::bind(config.listen)?;
+        let config = Rc::new(config.clone());
+        Ok(async move {
+            let index = worker.index();
+            worker
+                .serve(listener, move |client, peer| {
+                    forward_one(client, peer, index, config.clone())
+                })
+                .await;
+        })
+    })
+}
+
+async fn forward_one(
+    client: TcpStream,
+    peer: SocketAddr,
+    worker: usize,
+    config: Rc<ForwardConfig>,
+) {
+    let upstream = match runtime::time::timeout(
+        config.connect_timeout,
+        TcpStream::connect(config.to),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(client = %peer, target = %config.to, error = %e, "dial failed, resetting client");
+            let _ = client.set_zero_linger();
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(client = %peer, target = %config.to, timeout = ?config.connect_timeout, "dial timed out, resetting client");
+            let _ = client.set_zero_linger();
+            return;
+        }
+    };
+    match relay(client, upstream, &config.relay).await {
+        Ok(stats) => {
+            tracing::debug!(worker, client = %peer, sent = stats.a_to_b, received = stats.b_to_a, "connection done")
+        }
+        Err(e) => {
+            tracing::debug!(worker, client = %peer, error = %e, "connection ended with an error")
+        }
+    }
+}

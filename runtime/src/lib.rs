@@ -1,0 +1,46 @@
+//! The ringmesh runtime: one pinned compio event loop per core, `SO_REUSEPORT` listeners,
+//! the per-core [`Worker`] context, and the TCP relay (splice zero-copy or buffered).
+//!
+//! What this crate owns and promises:
+//! - Threads: one worker thread per planned core, pinned, each with its own event loop
+//!   (io_uring, or epoll when io_uring cannot start or is not wanted). No work item ever
+//!   moves between cores; the control thread talks to workers only by message.
+//! - Sockets: every socket is non-blocking and driven by readiness on the core that
+//!   accepted or dialled it ([`net`]); dropping a pending operation never loses bytes.
+//! - Relay: [`relay::relay`] moves bytes between two sockets until both directions ended,
+//!   propagating FIN as FIN and RST as RST, and reports byte counts.
+//! - Shutdown: a drain stops accepting, lets live connections run to a deadline, then
+//!   closes them ([`Shutdown`]).
+//!
+//! It knows nothing of HTTP, TLS or the mesh. It is the only crate with `unsafe` code, all
+//! of it in the private `sys` module.
+
+pub mod driver;
+pub mod net;
+pub mod relay;
+pub mod signal;
+mod sys;
+mod worker;
+
+pub use compio;
+pub use driver::{DriverChoice, DriverKind};
+pub use worker::{Cores, Error, Runtime, RuntimeConfig, Shutdown, Worker, WorkerInfo, launch};
+
+/// Timers on the current worker's event loop.
+pub mod time {
+    pub use compio::time::{Elapsed, Interval, interval, sleep, sleep_until, timeout, timeout_at};
+}
+
+/// Spawns a task on the current worker. A dropped `JoinHandle` cancels the task: call
+/// `.detach()` on what must run on.
+pub use compio::runtime::spawn;
+
+/// Runs `fut` to completion on a fresh event loop of the chosen driver on this thread
+/// (tests, tools, and code that needs one loop without the worker machinery).
+pub fn block_on<F: std::future::Future>(
+    driver: DriverChoice,
+    fut: F,
+) -> std::io::Result<F::Output> {
+    let (rt, _) = driver::build(driver)?;
+    Ok(rt.block_on(fut))
+}

@@ -1,0 +1,289 @@
+//! TCP sockets driven by readiness on the owning core's event loop.
+//!
+//! Every socket here is non-blocking. A read or write is first tried as a plain syscall;
+//! only when the kernel answers `EAGAIN` does the task wait for readiness, which compio's
+//! `PollFd` turns into a one-shot `POLL_ADD` on io_uring or an epoll registration on the
+//! polling driver. This is the shape rustls and h2 want (poll-style `AsyncRead`/`AsyncWrite`)
+//! without the extra copy a completion-to-poll adapter costs (DESIGN.md, "Runtime choice").
+//!
+//! Invariants:
+//! - a readiness wait that is dropped consumes no bytes: the data stays in the kernel until
+//!   a later syscall reads it, so these streams may be used under `select!` and timeouts;
+//! - the file descriptor is closed when the last owner drops, after any in-flight readiness
+//!   operation has been cancelled and completed (compio's `SharedFd` keeps it alive until then).
+
+use std::future::poll_fn;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use compio::runtime::fd::PollFd;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+/// Listen backlog for every listener. A node proxy absorbs connection bursts from every pod
+/// on the node; 4096 matches the default `net.core.somaxconn` of current kernels (the kernel
+/// caps it there anyway).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A listening socket bound with `SO_REUSEPORT`, so that each core binds its own socket to
+/// the same address and the kernel spreads new connections over the cores.
+#[derive(Debug)]
+pub struct TcpListener {
+    inner: PollFd<std::net::TcpListener>,
+}
+
+impl TcpListener {
+    /// Binds `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`. Call it on a worker thread.
+    ///
+    /// Errors name the address: "address in use" and "permission denied" abort start-up.
+    pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.set_cloexec(true)?;
+        socket
+            .bind(&addr.into())
+            .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+        socket
+            .listen(LISTEN_BACKLOG)
+            .map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
+        Self::from_std(socket.into())
+    }
+
+    /// Wraps a listening std socket (set non-blocking here).
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        listener.set_nonblocking(true)?;
+        Ok(TcpListener {
+            inner: PollFd::new(listener)?,
+        })
+    }
+
+    /// Accepts one connection; the returned stream is non-blocking with `TCP_NODELAY` set
+    /// (a proxy forwards what it gets at once; batching is the endpoints' business).
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = poll_fn(|cx| self.inner.poll_accept_with(cx, |l| l.accept())).await?;
+        stream.set_nonblocking(true)?;
+        stream.set_nodelay(true)?;
+        Ok((TcpStream::from_nonblocking(stream)?, peer))
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+impl AsFd for TcpListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.as_fd()
+    }
+}
+
+/// A connected, non-blocking TCP socket with readiness-driven async I/O.
+///
+/// `&TcpStream` reads and writes too, so the two directions of a relay can run at once on
+/// one socket (read and write readiness are tracked separately).
+#[derive(Debug)]
+pub struct TcpStream {
+    inner: PollFd<std::net::TcpStream>,
+}
+
+impl TcpStream {
+    /// Connects to `addr` without blocking the core.
+    pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+        Self::connect_from(None, addr).await
+    }
+
+    /// Connects to `addr`, first binding the local side to `local` when given (a proxy may
+    /// keep the original source address, or pin traffic to a workload IP).
+    pub async fn connect_from(
+        local: Option<SocketAddr>,
+        addr: SocketAddr,
+    ) -> io::Result<TcpStream> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        socket.set_cloexec(true)?;
+        socket.set_tcp_nodelay(true)?;
+        if let Some(local) = local {
+            socket.bind(&local.into())?;
+        }
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        let stream = TcpStream::from_nonblocking(socket.into())?;
+        stream.inner.connect_ready().await?;
+        if let Some(err) = stream.inner.take_error()? {
+            return Err(err);
+        }
+        // A readiness report without an error still has to be a connected socket.
+        stream.peer_addr()?;
+        Ok(stream)
+    }
+
+    /// Wraps a connected std socket; it is switched to non-blocking mode.
+    pub fn from_std(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+        stream.set_nonblocking(true)?;
+        Self::from_nonblocking(stream)
+    }
+
+    fn from_nonblocking(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+        Ok(TcpStream {
+            inner: PollFd::new(stream)?,
+        })
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.inner.set_nodelay(on)
+    }
+
+    /// Sends FIN: the peer reads end of stream, and our read side stays open.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        match self.inner.shutdown(std::net::Shutdown::Write) {
+            // Already shut or reset by the peer: the write side is closed either way.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Makes the close that follows send RST instead of FIN (used to propagate a reset).
+    pub fn set_zero_linger(&self) -> io::Result<()> {
+        SockRef::from(&*self.inner).set_linger(Some(Duration::ZERO))
+    }
+
+    /// Sets the kernel's send and receive buffer sizes (bulk paths), ignoring refusals.
+    pub fn set_buffer_sizes(&self, bytes: usize) {
+        let sock = SockRef::from(&*self.inner);
+        let _ = sock.set_send_buffer_size(bytes);
+        let _ = sock.set_recv_buffer_size(bytes);
+    }
+
+    /// The destination before iptables redirected this connection to us.
+    pub fn original_dst(&self) -> io::Result<SocketAddr> {
+        let ipv6 = self.local_addr()?.is_ipv6();
+        crate::sys::original_dst(self.as_fd(), ipv6)
+    }
+
+    /// Reads into `buf`; `Ok(0)` is end of stream.
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_read_buf(cx, buf)).await
+    }
+
+    /// Writes some of `buf`.
+    pub async fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_write_buf(cx, buf)).await
+    }
+
+    pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = self.write(buf).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    pub fn poll_read_buf(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.inner.poll_read_with(cx, |mut s| s.read(buf))
+    }
+
+    pub fn poll_write_buf(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.inner.poll_write_with(cx, |mut s| s.write(buf))
+    }
+
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_read_ready(cx)
+    }
+
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_write_ready(cx)
+    }
+
+    pub(crate) async fn read_ready(&self) -> io::Result<()> {
+        self.inner.read_ready().await
+    }
+
+    pub(crate) async fn write_ready(&self) -> io::Result<()> {
+        self.inner.write_ready().await
+    }
+
+    /// Hands the socket to compio's completion-based stream (the buffered relay path).
+    pub fn into_compio(self) -> io::Result<compio::net::TcpStream> {
+        let shared = compio::buf::IntoInner::into_inner(self.inner);
+        let std = shared
+            .try_unwrap()
+            .map_err(|_| io::Error::other("socket still has an operation in flight"))?;
+        // compio wants a blocking socket on io_uring (the ring arms its own poll) and a
+        // non-blocking one on the polling driver; `from_std` sets the latter.
+        std.set_nonblocking(false)?;
+        compio::net::TcpStream::from_std(std)
+    }
+}
+
+impl AsFd for TcpStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.as_fd()
+    }
+}
+
+impl tokio::io::AsyncRead for TcpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let dst = buf.initialize_unfilled();
+        let n = std::task::ready!(self.poll_read_buf(cx, dst))?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for TcpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_buf(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.inner
+            .poll_write_with(cx, |mut s| s.write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Writes go straight to the kernel; there is nothing buffered here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.shutdown_write())
+    }
+}

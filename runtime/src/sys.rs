@@ -1,0 +1,180 @@
+//! The syscalls the runtime makes that no safe crate wraps: `pipe2`, `splice`, pipe sizing
+//! and the netfilter original-destination socket options.
+//!
+//! This module is the crate's only home for `unsafe`. Every call here works on file
+//! descriptors that the caller borrows for the duration of the call (`BorrowedFd`), so no
+//! call can outlive or double-close a descriptor; each `unsafe` block says which other
+//! invariant it relies on.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// A kernel pipe used as the in-kernel buffer between two sockets for `splice(2)`.
+///
+/// Both ends are non-blocking and close-on-exec. Invariant: `len` is the number of bytes
+/// spliced in and not yet spliced out; the owner drains it before the pipe is dropped or
+/// accepts that those bytes are lost with the connection.
+#[derive(Debug)]
+pub(crate) struct Pipe {
+    pub(crate) read: OwnedFd,
+    pub(crate) write: OwnedFd,
+}
+
+impl Pipe {
+    pub(crate) fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` is a valid, writable array of two c_ints, as pipe2 requires.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(Pipe { read, write })
+    }
+
+    /// Asks the kernel for a pipe of `bytes` capacity; returns the capacity granted.
+    /// An unprivileged process may be refused sizes above `/proc/sys/fs/pipe-max-size`, in
+    /// which case the default (64 KiB) stays and the caller still works, just in smaller steps.
+    pub(crate) fn set_capacity(&self, bytes: usize) -> io::Result<usize> {
+        let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: F_SETPIPE_SZ takes an int argument and only acts on the open pipe fd we own.
+        let rc = unsafe { libc::fcntl(self.write.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(rc as usize)
+    }
+}
+
+/// Non-blocking `splice(2)` of up to `len` bytes from `from` to `to`.
+///
+/// Returns `Ok(0)` at end of stream on `from`, `WouldBlock` when `from` has no data or `to`
+/// has no room. One of the two descriptors must be a pipe (the kernel enforces it).
+pub(crate) fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+    // SAFETY: both descriptors are borrowed and so open for the whole call; null offsets
+    // mean "use and advance the file position", which is the only valid choice for sockets
+    // and pipes. No user memory is passed.
+    let rc = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            flags,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as usize)
+}
+
+// From <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>; libc does not
+// export them for every target.
+const SO_ORIGINAL_DST: libc::c_int = 80;
+const IP6T_SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// The destination a connection had before an iptables REDIRECT/TPROXY-less NAT rewrote it.
+///
+/// `ipv6` selects the socket option family; the caller knows it from its local address.
+pub(crate) fn original_dst(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<SocketAddr> {
+    if ipv6 {
+        // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        // SAFETY: `addr` and `len` are valid for writes and `len` holds the buffer's size,
+        // so the kernel writes at most that many bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_IPV6,
+                IP6T_SO_ORIGINAL_DST,
+                (&raw mut addr).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
+        Ok(SocketAddr::V6(SocketAddrV6::new(
+            ip,
+            u16::from_be(addr.sin6_port),
+            addr.sin6_flowinfo,
+            addr.sin6_scope_id,
+        )))
+    } else {
+        // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: as above: valid out-pointers and the true buffer length.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_IP,
+                SO_ORIGINAL_DST,
+                (&raw mut addr).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+        Ok(SocketAddr::V4(SocketAddrV4::new(
+            ip,
+            u16::from_be(addr.sin_port),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn splice_moves_bytes_through_a_pipe() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let pipe = Pipe::new().unwrap();
+        // Nothing to read yet: non-blocking splice must say so, not block.
+        let err = splice(server.as_fd(), pipe.write.as_fd(), 4096).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        client.write_all(b"hello").unwrap();
+        let mut n = 0;
+        for _ in 0..1000 {
+            match splice(server.as_fd(), pipe.write.as_fd(), 4096) {
+                Ok(k) => {
+                    n = k;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(n, 5);
+        let mut out = [0u8; 8];
+        let mut reader = std::fs::File::from(pipe.read.try_clone().unwrap());
+        assert_eq!(reader.read(&mut out).unwrap(), 5);
+        assert_eq!(&out[..5], b"hello");
+    }
+
+    #[test]
+    fn original_dst_on_unredirected_socket_is_an_error_not_a_panic() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        // Without a NAT entry the kernel answers ENOENT (or ENOPROTOOPT without conntrack).
+        assert!(original_dst(server.as_fd(), false).is_err());
+    }
+}
