@@ -5,14 +5,24 @@
 //! - [`tls`]: rustls client/server configs that authenticate peers by SPIFFE identity.
 //! - [`wire`]: HBONE request fields (authority, `forwarded`, `baggage`, `traceparent`) and
 //!   response statuses; parse and encode with no I/O.
+//! - [`h2conn`], [`stream`]: HTTP/2 settings and connection driving; one tunnel as a byte
+//!   stream.
+//! - [`client`], [`server`], [`pool`]: the CONNECT client, the CONNECT server, and the
+//!   per-core connection pool.
 //! - [`certs`]: development CA and leaf certificates (tests, demo, bench) and PEM loading.
+//! - [`error`]: the crate's one error type and its HBONE status classification.
 //!
 //! This crate knows nothing about workloads, policies or config files.
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod client;
 pub mod error;
+pub mod h2conn;
 pub mod identity;
+pub mod pool;
+pub mod server;
+pub mod stream;
 pub mod tls;
 pub mod wire;
 
