@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use runtime::net::{TcpListener, TcpStream};
 use runtime::relay::{RelayOptions, relay};
-use runtime::{Runtime, RuntimeConfig};
+use runtime::{Runtime, RuntimeConfig, Shutdown};
 
 /// What a forwarder does.
 #[derive(Debug, Clone)]
@@ -28,9 +28,10 @@ pub struct ForwardConfig {
 /// Starts the forwarder's workers; the caller decides how long it runs.
 pub fn start(
     runtime: &RuntimeConfig,
+    shutdown: Shutdown,
     config: ForwardConfig,
 ) -> Result<Runtime<()>, runtime::Error> {
-    runtime::launch(runtime, move |worker| {
+    runtime::launch_with(runtime, shutdown, move |worker| {
         let listener = TcpListener::bind(config.listen)?;
         let config = Rc::new(config.clone());
         Ok(async move {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use proxy::forward::{self, ForwardConfig};
 use runtime::relay::{CopyMode, RelayOptions};
-use runtime::{Cores, DriverChoice, RuntimeConfig};
+use runtime::{Cores, DriverChoice, RuntimeConfig, Shutdown};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -108,6 +108,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Forward(args) => run_forward(args),
@@ -131,7 +132,9 @@ fn run_forward(args: ForwardArgs) -> anyhow::Result<()> {
         },
         connect_timeout: args.connect_timeout,
     };
-    let rt = forward::start(&args.runtime.config(), config)?;
+    let shutdown = Shutdown::default();
+    shutdown.drain_on_signals(args.runtime.drain_timeout)?;
+    let rt = forward::start(&args.runtime.config(), shutdown, config)?;
     tracing::info!(
         listen = %args.listen,
         to = %args.to,
@@ -140,7 +143,7 @@ fn run_forward(args: ForwardArgs) -> anyhow::Result<()> {
         driver = %rt.driver().map(|d| d.as_str()).unwrap_or("none"),
         "forwarding"
     );
-    rt.run_until_signal(args.runtime.drain_timeout)?;
+    rt.join()?;
     tracing::info!("drained, exiting");
     Ok(())
 }

@@ -24,7 +24,9 @@ mod worker;
 
 pub use compio;
 pub use driver::{DriverChoice, DriverKind};
-pub use worker::{Cores, Error, Runtime, RuntimeConfig, Shutdown, Worker, WorkerInfo, launch};
+pub use worker::{
+    Cores, Error, Runtime, RuntimeConfig, Shutdown, Worker, WorkerInfo, launch, launch_with,
+};
 
 /// Timers on the current worker's event loop.
 pub mod time {

@@ -181,6 +181,21 @@ impl Shutdown {
         self.inner.event.notify(usize::MAX);
     }
 
+    /// From now on, SIGTERM or SIGINT starts a drain with `deadline`; a second signal exits
+    /// the process at once with status 130.
+    pub fn drain_on_signals(&self, deadline: Duration) -> io::Result<()> {
+        let shutdown = self.clone();
+        crate::signal::on_terminate(move |count| {
+            if count == 1 {
+                tracing::info!(?deadline, "signal received, draining");
+                shutdown.drain(deadline);
+            } else {
+                tracing::warn!("second signal, exiting now");
+                std::process::exit(130);
+            }
+        })
+    }
+
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::Acquire)
     }
@@ -414,9 +429,23 @@ where
     F: Fn(Worker<M>) -> io::Result<Fut> + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
+    launch_with(config, Shutdown::default(), init)
+}
+
+/// [`launch`] with a drain signal made beforehand, so that signal handlers can be in place
+/// before any listener exists (see [`Shutdown::drain_on_signals`]).
+pub fn launch_with<M, F, Fut>(
+    config: &RuntimeConfig,
+    shutdown: Shutdown,
+    init: F,
+) -> Result<Runtime<M>, Error>
+where
+    M: Send + 'static,
+    F: Fn(Worker<M>) -> io::Result<Fut> + Send + Sync + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
     let plan = config.cores.plan()?;
     let init = Arc::new(init);
-    let shutdown = Shutdown::default();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<WorkerInfo, Error>>();
     let mut threads = Vec::with_capacity(plan.len());
     let mut senders = Vec::with_capacity(plan.len());
@@ -556,18 +585,12 @@ impl<M> Runtime<M> {
 
     /// Runs until SIGTERM or SIGINT, then drains with `drain` as the deadline and returns
     /// when every worker has ended. A second signal exits the process at once (status 130).
+    /// (Prefer [`Shutdown::drain_on_signals`] before [`launch_with`]: no window in which a
+    /// signal would kill the process outright.)
     pub fn run_until_signal(self, drain: Duration) -> Result<(), Error> {
-        let shutdown = self.shutdown.clone();
-        crate::signal::on_terminate(move |count| {
-            if count == 1 {
-                tracing::info!(deadline = ?drain, "signal received, draining");
-                shutdown.drain(drain);
-            } else {
-                tracing::warn!("second signal, exiting now");
-                std::process::exit(130);
-            }
-        })
-        .map_err(Error::Signals)?;
+        self.shutdown
+            .drain_on_signals(drain)
+            .map_err(Error::Signals)?;
         self.join()
     }
 }

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::Result;
-use e2e::{Proc, bin, checksum, free_addr, wait_for, wait_listening};
+use e2e::{Proc, bin, checksum, free_addr, wait_for};
 
 const START: Duration = Duration::from_secs(20);
 
@@ -17,7 +17,11 @@ fn forwarder(to: SocketAddr, extra: &[&str]) -> Result<(Proc, SocketAddr)> {
     let mut args = vec!["forward", "--listen", &l, "--to", &t];
     args.extend_from_slice(extra);
     let p = Proc::spawn(&bin("ringmesh"), &args)?;
-    wait_listening(listen, START)?;
+    // Wait for the start-up log line rather than probing the port: a probe connection
+    // would itself be forwarded and reach the backend.
+    wait_for(START, "forwarder start-up", || {
+        p.stderr().contains("forwarding")
+    })?;
     Ok((p, listen))
 }
 
