@@ -101,8 +101,15 @@ mod tests {
         let pem = std::fs::read(&leaf.cert).unwrap();
         let der = hbone::certs::certs_from_pem(&pem, "leaf").unwrap();
         let id = Identity::from_leaf_cert(&der[0]).unwrap();
-        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/server");
-        assert!(std::fs::read_to_string(&leaf.key).unwrap().contains("PRIVATE KEY"));
+        assert_eq!(
+            id.to_string(),
+            "spiffe://cluster.local/ns/default/sa/server"
+        );
+        assert!(
+            std::fs::read_to_string(&leaf.key)
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
         assert!(ca.cert_pem.contains("BEGIN CERTIFICATE"));
     }
 }

@@ -100,7 +100,7 @@ struct RunArgs {
     external_cmd: Vec<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -109,15 +109,25 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Report { dir } => {
-            let results = report::read(&dir.join("results.json"))?;
-            report::write_all(&results, &dir)?;
-            print!("{}", report::markdown(&results));
-            Ok(())
+        Command::Report { dir } => rerender(&dir),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole cause chain on one line, without a backtrace.
+            eprintln!("ringmesh-bench: error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn rerender(dir: &std::path::Path) -> anyhow::Result<()> {
+    let results = report::read(&dir.join("results.json"))?;
+    report::write_all(&results, dir)?;
+    print!("{}", report::markdown(&results));
+    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

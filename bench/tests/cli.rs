@@ -176,3 +176,69 @@ fn short_real_run_through_envoy_has_zero_errors_and_leaves_nothing() {
         }
     }
 }
+
+#[test]
+fn report_subcommand_rerenders_from_results_json() {
+    use bench::report::{Meta, Results, Run, summarize};
+    use bench::workload::{ClientResult, Latency};
+    let run = |scenario: &str, p99: f64| Run {
+        scenario: scenario.into(),
+        workload: "http-1k".into(),
+        repetition: 1,
+        client: Some(ClientResult {
+            achieved_rps: 1000.0,
+            requests: 3000,
+            errors: 0,
+            latency_us: Latency {
+                p50: 50.0,
+                p90: 70.0,
+                p99,
+                p999: 2.0 * p99,
+                max: 3.0 * p99,
+            },
+            late_sends: 0,
+            bytes: 3_000_000,
+            duration_s: 3.0,
+        }),
+        proxies: vec![],
+        wall_s: 3.0,
+        failure: None,
+    };
+    let runs = vec![run("direct", 100.0), run("external", 180.0)];
+    let order = vec![
+        ("direct".into(), "http-1k".into()),
+        ("external".into(), "http-1k".into()),
+    ];
+    let results = Results {
+        meta: Meta::default(),
+        summary: summarize(&runs, &order),
+        runs,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("results.json"),
+        serde_json::to_string(&results).unwrap(),
+    )
+    .unwrap();
+    let out = bench().arg("report").arg(dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("| external | http-1k |") && table.contains("| 80.0 |"),
+        "{table}"
+    );
+    assert!(
+        dir.path().join("report.md").is_file() && dir.path().join("latency-http-1k.svg").is_file()
+    );
+    let bad = bench()
+        .arg("report")
+        .arg("/nonexistent-dir")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent-dir/results.json"));
+}
