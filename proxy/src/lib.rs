@@ -4,6 +4,10 @@
 //! internals (that is `runtime`).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
+pub mod demo;
 pub mod forward;
+pub mod node;
 pub mod identity;
+pub mod metrics;

@@ -2,13 +2,19 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use proxy::admin::AdminAddrs;
 use proxy::forward::{self, ForwardConfig};
+use proxy::node::listeners::EntryAddrs;
+use proxy::node::{self, NodeOptions, UnknownSource};
 use runtime::relay::{CopyMode, RelayOptions};
 use runtime::{Cores, DriverChoice, RuntimeConfig, Shutdown};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -26,8 +32,102 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a node proxy: outbound capture and SOCKS5 entry, inbound HBONE and plaintext,
+    /// built-in CA certificates, config file watching, admin and metrics endpoints.
+    Run(RunArgs),
+    /// Start a two-node mesh on loopback, send real traffic through it, print what happened.
+    Demo(proxy::demo::DemoArgs),
+    /// The built-in certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Mesh config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Forward TCP from one address to another on every core (no mesh logic).
     Forward(ForwardArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a root CA (ECDSA P-256, 10 years) in DIR: ca-cert.pem and ca-key.pem (0600).
+    Init {
+        /// Directory to write the CA into (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Overwrite an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a mesh config file without starting anything; exit status 1 if invalid.
+    Check {
+        /// The YAML file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The mesh config file (YAML; see examples/mesh.yaml). Watched for changes.
+    #[arg(long)]
+    config: PathBuf,
+    /// This node's name (overrides `node:` in the config file).
+    #[arg(long)]
+    node: Option<String>,
+    /// Directory of the built-in CA (from `ringmesh ca init`).
+    #[arg(long)]
+    ca_dir: PathBuf,
+    /// Outbound capture listener (redirected traffic; original destination from
+    /// SO_ORIGINAL_DST). "none" disables it.
+    #[arg(long, default_value = "127.0.0.1:15001", value_parser = parse_opt_addr)]
+    capture: OptAddr,
+    /// SOCKS5 entry (CONNECT, no auth) for hosts without redirection. "none" disables it.
+    #[arg(long, default_value = "127.0.0.1:15080", value_parser = parse_opt_addr)]
+    socks5: OptAddr,
+    /// Admin endpoint (/config_dump, /logging, /drain). "none" disables it.
+    #[arg(long, default_value = "127.0.0.1:15000", value_parser = parse_opt_addr)]
+    admin: OptAddr,
+    /// Prometheus endpoint (/metrics). "none" disables it.
+    #[arg(long, default_value = "127.0.0.1:15020", value_parser = parse_opt_addr)]
+    metrics: OptAddr,
+    /// Readiness endpoint (/healthz/ready). "none" disables it.
+    #[arg(long, default_value = "127.0.0.1:15021", value_parser = parse_opt_addr)]
+    ready: OptAddr,
+    /// HBONE port, on every node's workload IPs (mesh-wide).
+    #[arg(long, default_value_t = 15008)]
+    hbone_port: u16,
+    /// Inbound plaintext port, on every local workload IP.
+    #[arg(long, default_value_t = 15006)]
+    plaintext_port: u16,
+    /// Outbound traffic from an IP that is no local workload: "passthrough" or "reject".
+    #[arg(long, default_value = "passthrough")]
+    unknown_source: UnknownSource,
+    /// Lifetime of workload certificates (renewed at half-life).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    cert_lifetime: Duration,
+    /// Close pooled HBONE connections idle for this long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pool_idle_timeout: Duration,
+    /// How often to check the config file for changes ("0" = never).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    watch_interval: Duration,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+/// An address flag that can be turned off with "none".
+type OptAddr = Option<SocketAddr>;
+
+fn parse_opt_addr(s: &str) -> Result<OptAddr, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:15000 (or \"none\")"))
 }
 
 /// Flags shared by every command that runs workers.
@@ -105,13 +205,26 @@ fn main() -> ExitCode {
         );
         tracing_subscriber::EnvFilter::new("info")
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
+    let set_log: node::LogReload = Box::new(move |f: &str| -> Result<(), String> {
+        let filter = tracing_subscriber::EnvFilter::try_new(f)
+            .map_err(|e| format!("bad log filter {f:?}: {e}"))?;
+        reload.reload(filter).map_err(|e| e.to_string())
+    });
     let result = match cli.command {
         Command::Forward(args) => run_forward(args),
+        Command::Run(args) => run_node(args, set_log),
+        Command::Demo(args) => proxy::demo::run(args),
+        Command::Ca(CaCommand::Init { dir, force }) => ca_init(&dir, force),
+        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,6 +233,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_node(args: RunArgs, set_log: node::LogReload) -> anyhow::Result<()> {
+    let opts = NodeOptions {
+        config: args.config,
+        node: args.node,
+        ca_dir: args.ca_dir,
+        runtime: args.runtime.config(),
+        drain_timeout: args.runtime.drain_timeout,
+        entries: EntryAddrs {
+            capture: args.capture,
+            socks5: args.socks5,
+        },
+        admin: AdminAddrs {
+            admin: args.admin,
+            metrics: args.metrics,
+            ready: args.ready,
+        },
+        hbone_port: args.hbone_port,
+        plaintext_port: args.plaintext_port,
+        unknown_source: args.unknown_source,
+        cert_lifetime: args.cert_lifetime,
+        pool_idle_timeout: args.pool_idle_timeout,
+        watch_interval: args.watch_interval,
+    };
+    node::run(opts, set_log)
+}
+
+fn ca_init(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let files = proxy::identity::ca::init(dir, force)?;
+    println!(
+        "created CA: certificate {}, key {} (mode 0600)",
+        files.cert.display(),
+        files.key.display()
+    );
+    Ok(())
+}
+
+fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
+    let summary = proxy::config::check_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{}: ok ({summary})", file.display());
+    Ok(())
 }
 
 fn run_forward(args: ForwardArgs) -> anyhow::Result<()> {

@@ -25,7 +25,8 @@ mod worker;
 pub use compio;
 pub use driver::{DriverChoice, DriverKind};
 pub use worker::{
-    Cores, Error, Runtime, RuntimeConfig, Shutdown, Worker, WorkerInfo, launch, launch_with,
+    Broadcaster, Cores, Error, Runtime, RuntimeConfig, Shutdown, Worker, WorkerInfo, launch,
+    launch_with,
 };
 
 /// Timers on the current worker's event loop.

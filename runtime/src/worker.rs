@@ -403,6 +403,37 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
+/// Sends control-plane messages to every worker; see [`Runtime::broadcaster`].
+pub struct Broadcaster<M> {
+    senders: Arc<[async_channel::Sender<M>]>,
+}
+
+impl<M> Clone for Broadcaster<M> {
+    fn clone(&self) -> Self {
+        Broadcaster {
+            senders: self.senders.clone(),
+        }
+    }
+}
+
+impl<M> std::fmt::Debug for Broadcaster<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broadcaster")
+            .field("workers", &self.senders.len())
+            .finish()
+    }
+}
+
+impl<M: Clone> Broadcaster<M> {
+    /// Sends `msg` to every worker (unbounded queues: the control plane never blocks on a
+    /// busy core, and its messages are rare).
+    pub fn send(&self, msg: M) {
+        for tx in self.senders.iter() {
+            let _ = tx.try_send(msg.clone());
+        }
+    }
+}
+
 /// The control thread's handle on the running workers.
 pub struct Runtime<M> {
     workers: Vec<WorkerInfo>,
@@ -564,6 +595,14 @@ impl<M> Runtime<M> {
     {
         for tx in &self.senders {
             let _ = tx.try_send(msg.clone());
+        }
+    }
+
+    /// A cloneable, `Send` handle that broadcasts to every worker (for control-plane threads
+    /// such as a config watcher or the identity manager).
+    pub fn broadcaster(&self) -> Broadcaster<M> {
+        Broadcaster {
+            senders: self.senders.clone().into(),
         }
     }
 

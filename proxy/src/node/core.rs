@@ -1,0 +1,174 @@
+//! Per-core node state: the config snapshot and certificate set this core serves with, the
+//! rustls configs built from them, the HBONE connection pool and the load-balancing
+//! counter. Lives in the worker's thread only (`Rc`, `RefCell`): nothing here is locked.
+//!
+//! Invariants:
+//! - a new snapshot or certificate set replaces the old one between connections; a
+//!   connection reads what it needs once at its start and keeps it (an `Arc`) to its end;
+//! - rustls configs are cached per identity and dropped whenever the certificate set
+//!   changes, so a renewed certificate is used by the next handshake.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use hbone::identity::Identity;
+use hbone::pool::{Pool, PoolConfig, PoolKey};
+
+use crate::config::Snapshot;
+use crate::identity::CertSet;
+use crate::metrics::Shard;
+
+/// A message from the control thread to every core.
+#[derive(Debug, Clone)]
+pub enum CoreMsg {
+    Config(Arc<Snapshot>),
+    Certs(Arc<CertSet>),
+}
+
+/// Options every core needs, fixed for the process's life.
+#[derive(Debug, Clone)]
+pub struct CoreOptions {
+    /// The HBONE port on every node (15008).
+    pub hbone_port: u16,
+    /// The inbound plaintext port on every node (15006).
+    pub plaintext_port: u16,
+    /// What to do with outbound traffic from an IP that is no local workload.
+    pub unknown_source: UnknownSource,
+    pub pool: PoolConfig,
+}
+
+/// Outbound traffic whose source is not a local workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownSource {
+    /// Forward it as plain TCP to its original destination.
+    Passthrough,
+    /// Reset it.
+    Reject,
+}
+
+impl std::str::FromStr for UnknownSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "passthrough" => Ok(UnknownSource::Passthrough),
+            "reject" => Ok(UnknownSource::Reject),
+            other => Err(format!("{other:?}: expected passthrough or reject")),
+        }
+    }
+}
+
+/// Everything one core serves with.
+pub struct Core {
+    pub options: Rc<CoreOptions>,
+    snapshot: RefCell<Arc<Snapshot>>,
+    certs: RefCell<Arc<CertSet>>,
+    server_tls: RefCell<HashMap<Identity, Arc<rustls::ServerConfig>>>,
+    pub pool: Pool,
+    pub metrics: Arc<Shard>,
+    lb_counter: Cell<u64>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    pub fn new(
+        options: CoreOptions,
+        snapshot: Arc<Snapshot>,
+        certs: Arc<CertSet>,
+        metrics: Arc<Shard>,
+    ) -> Rc<Core> {
+        Rc::new_cyclic(|weak: &std::rc::Weak<Core>| {
+            let weak = weak.clone();
+            // The pool asks for a client config per dial; it reads the core's current
+            // certificate set at that moment.
+            let tls = move |key: &PoolKey| -> hbone::Result<Arc<rustls::ClientConfig>> {
+                let core = weak
+                    .upgrade()
+                    .ok_or_else(|| hbone::Error::TlsConfig("node core is shutting down".into()))?;
+                core.client_tls(key)
+            };
+            Core {
+                pool: Pool::new(options.pool.clone(), tls),
+                options: Rc::new(options),
+                snapshot: RefCell::new(snapshot),
+                certs: RefCell::new(certs),
+                server_tls: RefCell::new(HashMap::new()),
+                metrics,
+                lb_counter: Cell::new(0),
+            }
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn certs(&self) -> Arc<CertSet> {
+        self.certs.borrow().clone()
+    }
+
+    pub fn apply(&self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Config(s) => *self.snapshot.borrow_mut() = s,
+            CoreMsg::Certs(c) => {
+                *self.certs.borrow_mut() = c;
+                self.server_tls.borrow_mut().clear();
+            }
+        }
+    }
+
+    /// The next value of this core's load-balancing counter.
+    pub fn next_pick(&self) -> u64 {
+        let n = self.lb_counter.get();
+        self.lb_counter.set(n.wrapping_add(1));
+        n
+    }
+
+    /// The server config presenting `identity`'s certificate (inbound HBONE).
+    pub fn server_tls(&self, identity: &Identity) -> hbone::Result<Arc<rustls::ServerConfig>> {
+        if let Some(cfg) = self.server_tls.borrow().get(identity) {
+            return Ok(cfg.clone());
+        }
+        let certs = self.certs();
+        let cert = certs
+            .get(identity)
+            .ok_or_else(|| hbone::Error::TlsConfig(format!("no certificate for {identity} yet")))?;
+        let cfg = hbone::tls::server_config(
+            cert.chain.clone(),
+            cert.key_der(),
+            certs.roots(),
+            identity.trust_domain(),
+        )?;
+        self.server_tls
+            .borrow_mut()
+            .insert(identity.clone(), cfg.clone());
+        Ok(cfg)
+    }
+
+    /// The client config presenting `key.src`'s certificate and expecting `key.dst_ids`.
+    /// Built per dial (the pool reuses connections, so this is off the per-request path).
+    fn client_tls(&self, key: &PoolKey) -> hbone::Result<Arc<rustls::ClientConfig>> {
+        let certs = self.certs();
+        let cert = certs.get(&key.src).ok_or_else(|| {
+            hbone::Error::TlsConfig(format!("no certificate for {} yet", key.src))
+        })?;
+        hbone::tls::client_config(
+            cert.chain.clone(),
+            cert.key_der(),
+            certs.roots(),
+            key.dst_ids.clone(),
+        )
+    }
+
+    /// The HBONE address of a workload IP on its node.
+    pub fn hbone_addr(&self, ip: IpAddr) -> SocketAddr {
+        SocketAddr::new(ip, self.options.hbone_port)
+    }
+}
