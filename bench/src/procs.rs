@@ -7,8 +7,9 @@
 //! - Each child leads its own process group (`setpgid(0)` at spawn), and is stopped with
 //!   SIGKILL to the whole group, so a command that forks (a shell template, a wrapper)
 //!   leaves nothing behind. Then it is reaped, so no zombie stays either.
-//! - A [`Group`] owns a temporary directory (configs, certificates, logs); dropping the group
-//!   kills its children and removes the directory. The signal thread does the same for
+//! - A [`Group`] owns a temporary directory (configs, certificates, logs) and may register
+//!   undo commands (an iptables rule to delete); dropping the group kills its children,
+//!   runs its undo commands and removes the directory. The signal thread does the same for
 //!   every group on SIGINT/SIGTERM/SIGHUP and exits with status 130.
 //! - Only processes this harness started are ever signalled, and only by their own PID.
 
@@ -43,6 +44,9 @@ struct Registry {
     next_id: u64,
     children: HashMap<u64, Tracked>,
     dirs: HashMap<u64, PathBuf>,
+    /// Commands that undo a group's changes outside its processes (an iptables rule),
+    /// run after its children are stopped.
+    undo: HashMap<u64, Vec<Vec<String>>>,
     shutting_down: bool,
 }
 
@@ -105,6 +109,9 @@ impl Supervisor {
         for mut t in children {
             stop_child(&mut t.child);
         }
+        for (_, cmds) in reg.undo.drain() {
+            run_undo(&cmds);
+        }
         for (_, dir) in reg.dirs.drain() {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -137,6 +144,24 @@ impl Supervisor {
             dir,
             procs: Vec::new(),
         })
+    }
+}
+
+/// Runs undo commands in reverse order of registration, ignoring failures (each one is
+/// best effort: the thing it undoes may already be gone).
+fn run_undo(cmds: &[Vec<String>]) {
+    for argv in cmds.iter().rev() {
+        if let Some((program, args)) = argv.split_first() {
+            let status = Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !matches!(status, Ok(s) if s.success()) {
+                tracing::warn!(?argv, ?status, "undo command failed");
+            }
+        }
     }
 }
 
@@ -226,6 +251,12 @@ impl Group {
         Ok(proc)
     }
 
+    /// Registers `argv` to run when this group is dropped (or on Ctrl-C), after its
+    /// children are stopped: how a change outside the group's processes is undone.
+    pub fn on_drop(&mut self, argv: Vec<String>) {
+        self.sup.lock().undo.entry(self.id).or_default().push(argv);
+    }
+
     /// `Some(status)` once `proc` has exited (it is then reaped), `None` while it runs.
     pub fn exited(&self, proc: &Proc) -> Option<ExitStatus> {
         let mut reg = self.sup.lock();
@@ -298,10 +329,12 @@ impl Drop for Group {
             .filter_map(|id| reg.children.remove(id))
             .collect();
         reg.dirs.remove(&self.id);
+        let undo = reg.undo.remove(&self.id).unwrap_or_default();
         drop(reg);
         for t in &mut mine {
             stop_child(&mut t.child);
         }
+        run_undo(&undo);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,19 +1,32 @@
 //! The `ringmesh` scenario: two `ringmesh run` nodes on loopback, client → node 1 → HBONE
-//! (mTLS + HTTP/2 CONNECT) → node 2 → backend, with the same two-node layout as
-//! `ringmesh demo`.
+//! (mTLS + HTTP/2 CONNECT) → node 2 → backend — the layout of `ringmesh demo`, entered the
+//! way ambient mode enters it: the client connects to a service VIP, and an iptables DNAT
+//! rule (nat OUTPUT) sends the connection to node 1's outbound capture listener, which
+//! reads the VIP back with SO_ORIGINAL_DST.
 //!
-//! The node config format belongs to the `proxy` crate; the only place that knows it here
-//! is [`node_config`], so a change of format is a change of that one function. Every port
-//! of both nodes is chosen free on loopback, the root CA comes from [`crate::certs`], and
-//! a node is ready when its readiness endpoint answers 200 and its entry accepts.
+//! Addresses, all inside one 127.X.0.0/16 chosen per harness process (X in 192..=247, so
+//! it never meets the demo's 64..=191):
+//! - node 1 at 127.X.0.1 (capture 15001, admin 15000, metrics 15020, ready 15021),
+//!   node 2 at 127.X.0.2 (same ports, no capture);
+//! - the client workload is 127.0.0.1 (the source address the kernel picks for loopback
+//!   connections, so loadgen needs no source binding), on node 1;
+//! - the server workload is 127.X.2.1 on node 2; the backend listens there
+//!   ([`backend_ip`]);
+//! - service VIP 127.X.100.1:80 → the backend's port. HBONE and inbound-plaintext ports
+//!   are chosen free (they are bound on every workload IP, 127.0.0.1 included).
+//!
+//! Needs root and `iptables` for the DNAT rule; the rule is deleted when the scenario
+//! stops, also on Ctrl-C. Nodes log at `warn`: no per-connection access log, as Istio
+//! sidecars ship with access logging off. The config is written by [`mesh_config`] only,
+//! so a config-format change is a change of that one function.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::certs::Ca;
-use crate::net::{accepts, find_program, free_port, http_get, wait_for};
-use crate::procs::Supervisor;
+use crate::net::{find_program, free_port, http_get, on_path, wait_for};
+use crate::procs::{Group, Supervisor};
 use crate::scenario::{Kind, Options, Sut, launch};
 use crate::{Error, Result};
 
@@ -24,148 +37,278 @@ pub const BUILD_HINT: &str =
 /// Start-up deadline of one node.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
-/// The loopback addresses of one node.
-#[derive(Debug, Clone)]
-pub struct NodePorts {
-    /// Plain TCP entry for local clients (node 1's is the client's target).
-    pub entry: SocketAddr,
-    /// Inbound HBONE (15008 in production).
-    pub hbone: SocketAddr,
-    /// Admin (15000).
-    pub admin: SocketAddr,
-    /// Readiness (15021).
-    pub ready: SocketAddr,
+/// The service port the client dials on the VIP.
+const SERVICE_PORT: u16 = 80;
+
+/// The 127.X.0.0/16 of this harness process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    x: u8,
 }
 
-impl NodePorts {
-    fn free() -> Result<NodePorts> {
-        Ok(NodePorts {
-            entry: free_port()?,
-            hbone: free_port()?,
-            admin: free_port()?,
-            ready: free_port()?,
-        })
+impl Net {
+    /// The block for this process: stable for its lifetime, so the backend (started before
+    /// the scenario) and the scenario agree on it.
+    pub fn for_process() -> Net {
+        Net {
+            x: 192 + (std::process::id() % 56) as u8,
+        }
+    }
+
+    fn ip(self, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, self.x, c, d))
+    }
+
+    /// Node `i`'s own address (0 = node 1).
+    pub fn node(self, i: usize) -> IpAddr {
+        self.ip(0, i as u8 + 1)
+    }
+
+    /// The server workload's IP, where the backend listens.
+    pub fn server(self) -> IpAddr {
+        self.ip(2, 1)
+    }
+
+    /// The service VIP the client dials.
+    pub fn vip(self) -> SocketAddr {
+        SocketAddr::new(self.ip(100, 1), SERVICE_PORT)
     }
 }
 
-/// Everything [`node_config`] needs to write one node's config.
-#[derive(Debug, Clone)]
-pub struct Topology {
-    pub nodes: [NodePorts; 2],
-    pub backend: SocketAddr,
-    pub ca_cert: PathBuf,
-    pub ca_key: PathBuf,
+/// Where the backend must listen for the ringmesh scenario (the server workload's IP).
+pub fn backend_ip() -> IpAddr {
+    Net::for_process().server()
 }
 
-/// The config file of node `index` (0 = client side, 1 = server side).
-pub fn node_config(t: &Topology, index: usize) -> String {
-    let me = &t.nodes[index];
-    let peer = &t.nodes[1 - index];
-    let (name, peer_name) = if index == 0 {
-        ("node-1", "node-2")
-    } else {
-        ("node-2", "node-1")
-    };
+/// The client workload's IP: the kernel's source address for loopback connections.
+pub const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// The mesh config both nodes load (`--node` picks which one each is).
+pub fn mesh_config(net: Net, backend: SocketAddr) -> String {
     format!(
-        "# ringmesh-bench: {name} of a two-node loopback mesh
-node: {name}
-trust_domain: {td}
-ca:
-  cert: {ca_cert}
-  key: {ca_key}
-listen:
-  hbone: {hbone}
-  admin: {admin}
-  ready: {ready}
-entries:
-  - listen: {entry}
-    source: client
-    destination: {backend}
-nodes:
-  - name: {peer_name}
-    hbone: {peer_hbone}
+        "# Written by ringmesh-bench: client on node-1, server (HBONE) on node-2.
 workloads:
-  - name: client
-    namespace: default
-    service_account: client
+  - uid: bench/client
+    name: client
+    namespace: bench
+    serviceAccount: client
+    workloadIps: [\"{client}\"]
     node: node-1
-  - name: server
-    namespace: default
-    service_account: server
+    protocol: HBONE
+  - uid: bench/server
+    name: server
+    namespace: bench
+    serviceAccount: server
+    workloadIps: [\"{server}\"]
     node: node-2
-    address: {backend}
+    protocol: HBONE
+    services: [\"bench/server.bench.svc.cluster.local\"]
+services:
+  - name: server
+    namespace: bench
+    hostname: server.bench.svc.cluster.local
+    vips: [\"{vip}\"]
+    ports: {{{port}: {target}}}
 ",
-        td = crate::certs::TRUST_DOMAIN,
-        ca_cert = t.ca_cert.display(),
-        ca_key = t.ca_key.display(),
-        hbone = me.hbone,
-        admin = me.admin,
-        ready = me.ready,
-        entry = me.entry,
-        backend = t.backend,
-        peer_hbone = peer.hbone,
+        client = CLIENT_IP,
+        server = backend.ip(),
+        vip = net.vip().ip(),
+        port = SERVICE_PORT,
+        target = backend.port(),
     )
 }
 
-/// Starts the two nodes in front of `backend` and returns node 1's entry.
+/// The iptables rule (without the -A/-D verb) that sends the VIP to node 1's capture.
+fn dnat_rule(net: Net, capture: SocketAddr) -> Vec<String> {
+    let vip = net.vip();
+    [
+        "-t",
+        "nat",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        &vip.ip().to_string(),
+        "--dport",
+        &vip.port().to_string(),
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &capture.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn iptables(verb: &str, rule: &[String]) -> Vec<String> {
+    // `-w`: wait for the xtables lock instead of failing when another tool holds it.
+    let mut argv = vec!["iptables".to_string(), "-w".into(), "5".into()];
+    argv.extend(rule[..2].iter().cloned());
+    argv.push(verb.to_string());
+    argv.extend(rule[2..].iter().cloned());
+    argv
+}
+
+/// Starts the two nodes in front of `backend` (which must listen on [`backend_ip`]) and
+/// returns the service VIP as the entry.
 pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Sut> {
     let binary = find_program("ringmesh", opts.ringmesh.as_deref(), BUILD_HINT)?;
+    let net = Net::for_process();
+    if backend.ip() != net.server() {
+        return Err(Error::invalid(
+            "ringmesh backend",
+            format!("must listen on {} (got {backend})", net.server()),
+        ));
+    }
+    if on_path("iptables").is_none() {
+        return Err(Error::MissingProgram {
+            program: "iptables".into(),
+            hint: "the ringmesh scenario redirects the client to node 1 with an iptables DNAT rule, as ambient mode does: `apt-get install iptables`, run as root".into(),
+        });
+    }
     let mut group = sup.group("ringmesh")?;
     let dir = group.dir().to_path_buf();
-    let ca = Ca::new(&dir)?;
-    let topo = Topology {
-        nodes: [NodePorts::free()?, NodePorts::free()?],
-        backend,
-        ca_cert: ca.cert_path.clone(),
-        ca_key: ca.key_path.clone(),
-    };
+    let ca_dir = dir.join("ca");
+    let out = Command::new(&binary)
+        .args(["ca", "init", "--dir"])
+        .arg(&ca_dir)
+        .output()
+        .map_err(|e| Error::os(format!("running {} ca init", binary.display()), e))?;
+    if !out.status.success() {
+        return Err(Error::NotReady {
+            what: "ringmesh ca init".into(),
+            reason: format!("exited with {}", out.status),
+            log: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    let config = mesh_config(net, backend);
+    let config_path = dir.join("mesh.yaml");
+    std::fs::write(&config_path, &config).map_err(|e| Error::io(&config_path, e))?;
+    // Bound on 127.0.0.1 (the client workload) and 127.X.2.1: a port free on 127.0.0.1
+    // is free on 127.X.2.1 too, which only this harness uses.
+    let hbone_port = free_port()?.port();
+    let plaintext_port = free_port()?.port();
+    let capture = SocketAddr::new(net.node(0), 15001);
+
+    let rule = dnat_rule(net, capture);
+    run_checked(&iptables("-A", &rule))?;
+    group.on_drop(iptables("-D", &rule));
+
     let mut pids = Vec::new();
-    let mut configs = Vec::new();
+    let mut cmdlines = Vec::new();
     // Server-side node first, so node 1's first dial finds it up.
     for index in [1usize, 0] {
-        let text = node_config(&topo, index);
+        let ip = net.node(index);
+        let at = |port: u16| SocketAddr::new(ip, port).to_string();
         let name = format!("node-{}", index + 1);
-        let path = dir.join(format!("{name}.yaml"));
-        std::fs::write(&path, &text).map_err(|e| Error::io(&path, e))?;
+        let mut args: Vec<String> = vec!["run".into(), "--config".into()];
+        args.push(config_path.display().to_string());
+        args.extend(["--ca-dir".into(), ca_dir.display().to_string()]);
+        args.extend(["--node".into(), name.clone()]);
+        args.extend(["--log".into(), "warn".into()]);
+        let capture_arg = if index == 0 {
+            capture.to_string()
+        } else {
+            "none".into()
+        };
+        args.extend(["--capture".into(), capture_arg]);
+        args.extend(["--socks5".into(), "none".into()]);
+        args.extend(["--admin".into(), at(15000)]);
+        args.extend(["--metrics".into(), at(15020)]);
+        args.extend(["--ready".into(), at(15021)]);
+        args.extend(["--hbone-port".into(), hbone_port.to_string()]);
+        args.extend(["--plaintext-port".into(), plaintext_port.to_string()]);
         let mut cmd = launch(&opts.proxy_launcher, &binary);
-        cmd.arg("run").arg("--config").arg(&path);
+        cmd.args(&args);
         let what = format!("ringmesh {name}");
         let proc = group.spawn(&what, cmd)?;
-        let ports = &topo.nodes[index];
-        let deadline = Instant::now() + START_DEADLINE;
-        let ready = wait_for(deadline, || {
-            if let Some(status) = group.exited(&proc) {
-                return Err(Error::NotReady {
-                    what: what.clone(),
-                    reason: format!("exited with {status}"),
-                    log: group.log_tail(&proc),
-                });
-            }
-            let healthy = matches!(http_get(ports.ready, "/healthz/ready"), Ok((200, _)));
-            Ok((healthy && (index == 1 || accepts(ports.entry))).then_some(()))
-        })?;
-        if ready.is_none() {
-            return Err(Error::NotReady {
-                what,
-                reason: format!("{}/healthz/ready not 200 before the deadline", ports.ready),
-                log: group.log_tail(&proc),
-            });
-        }
+        wait_ready(&group, &proc, SocketAddr::new(ip, 15021))?;
         pids.push(proc.pid);
-        configs.push((format!("{name}.yaml"), text));
+        cmdlines.push((
+            format!("{name}.cmd"),
+            format!("ringmesh {}", args.join(" ")),
+        ));
     }
     pids.reverse();
-    configs.reverse();
+    cmdlines.reverse();
+    let mut configs = vec![("mesh.yaml".to_string(), config)];
+    configs.extend(cmdlines);
+    configs.push(("iptables.rule".into(), iptables("-A", &rule).join(" ")));
     Ok(Sut {
         kind: Kind::Ringmesh,
-        entry: topo.nodes[0].entry,
+        entry: net.vip(),
         proxy_pids: pids,
         configs,
         group: Some(group),
     })
 }
 
+fn wait_ready(group: &Group, proc: &crate::procs::Proc, ready: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + START_DEADLINE;
+    let ok = wait_for(deadline, || {
+        if let Some(status) = group.exited(proc) {
+            return Err(Error::NotReady {
+                what: proc.what.clone(),
+                reason: format!("exited with {status}"),
+                log: group.log_tail(proc),
+            });
+        }
+        Ok(matches!(http_get(ready, "/healthz/ready"), Ok((200, _))).then_some(()))
+    })?;
+    ok.ok_or_else(|| Error::NotReady {
+        what: proc.what.clone(),
+        reason: format!("{ready}/healthz/ready not 200 before the deadline"),
+        log: group.log_tail(proc),
+    })
+}
+
+fn run_checked(argv: &[String]) -> Result<()> {
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
+        .output()
+        .map_err(|e| Error::os(format!("running {}", argv.join(" ")), e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "iptables rule",
+            format!(
+                "`{}` failed ({}): {} (the ringmesh scenario needs root)",
+                argv.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ))
+    }
+}
+
 /// Where a `ringmesh` binary would be found (for messages).
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     find_program("ringmesh", explicit, BUILD_HINT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_config_agree() {
+        let net = Net::for_process();
+        let backend = SocketAddr::new(backend_ip(), 41000);
+        let cfg = mesh_config(net, backend);
+        assert!(cfg.contains(&format!("workloadIps: [\"{}\"]", net.server())));
+        assert!(cfg.contains("workloadIps: [\"127.0.0.1\"]"));
+        assert!(cfg.contains(&format!("vips: [\"{}\"]", net.vip().ip())));
+        assert!(cfg.contains("ports: {80: 41000}"));
+        let rule = dnat_rule(net, SocketAddr::new(net.node(0), 15001));
+        let add = iptables("-A", &rule).join(" ");
+        assert!(
+            add.starts_with("iptables -w 5 -t nat -A OUTPUT -p tcp -d 127."),
+            "{add}"
+        );
+        assert!(
+            add.ends_with(&format!("--to-destination {}:15001", net.node(0))),
+            "{add}"
+        );
+    }
 }

@@ -177,7 +177,7 @@ fn try_run(
     run: &mut Run,
 ) -> Result<()> {
     let mut backend_group = sup.group("backend")?;
-    let backend = start_backend(plan, &mut backend_group, w)?;
+    let backend = start_backend(plan, &mut backend_group, w, scenario::backend_ip(kind))?;
     let sut = scenario::start(kind, &plan.scenario_opts, sup, backend, w.protocol())?;
     if show_config {
         for (name, text) in &sut.configs {
@@ -208,9 +208,14 @@ fn try_run(
     Ok(())
 }
 
-fn start_backend(plan: &Plan, group: &mut Group, w: Workload) -> Result<SocketAddr> {
+fn start_backend(
+    plan: &Plan,
+    group: &mut Group,
+    w: Workload,
+    ip: std::net::IpAddr,
+) -> Result<SocketAddr> {
     let mut cmd = launch(&plan.client_launcher, &plan.loadgen);
-    cmd.args(w.backend_args());
+    cmd.args(w.backend_args(ip));
     let what = format!("loadgen serve for {w}");
     let proc = group.spawn(&what, cmd)?;
     let ready = wait_for(Instant::now() + BACKEND_DEADLINE, || {

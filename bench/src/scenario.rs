@@ -112,6 +112,15 @@ pub struct Sut {
     pub group: Option<Group>,
 }
 
+/// Where the backend of `kind` must listen: the server workload's IP for `ringmesh`
+/// (node 2 dials the workload's own address), 127.0.0.1 for every other scenario.
+pub fn backend_ip(kind: Kind) -> std::net::IpAddr {
+    match kind {
+        Kind::Ringmesh => ringmesh::backend_ip(),
+        _ => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    }
+}
+
 /// A command running `program` under `launcher` (e.g. `["taskset", "-c", "1"]`), if any.
 pub fn launch(launcher: &[String], program: &Path) -> Command {
     match launcher.split_first() {

@@ -82,13 +82,14 @@ impl Workload {
     }
 
     /// `loadgen serve` arguments for this workload's backend. It listens on an ephemeral
-    /// loopback port and prints `listening on ADDR` (see [`parse_listening`]).
-    pub fn backend_args(self) -> Vec<String> {
+    /// port of loopback address `ip` and prints `listening on ADDR` (see [`parse_listening`]).
+    pub fn backend_args(self, ip: std::net::IpAddr) -> Vec<String> {
         let mode = match self {
             Workload::Http1k | Workload::HttpMax => "http1",
             Workload::Bulk1 | Workload::Bulk8 | Workload::Churn => "echo",
         };
-        let mut args: Vec<String> = ["serve", "--mode", mode, "--listen", "127.0.0.1:0"]
+        let listen = SocketAddr::new(ip, 0).to_string();
+        let mut args: Vec<String> = ["serve", "--mode", mode, "--listen", &listen]
             .map(String::from)
             .to_vec();
         if self.protocol() == Protocol::Http {

@@ -33,7 +33,12 @@ pub fn envoy_or_skip(test: &str) -> Option<std::path::PathBuf> {
 /// An HTTP/1.1 keep-alive backend answering every request with 200 and a `BODY`-byte body.
 /// Serves until the test process exits (threads blocked in accept hold no resources).
 pub fn http_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    http_backend_on("127.0.0.1".parse().unwrap())
+}
+
+/// [`http_backend`] on loopback address `ip`.
+pub fn http_backend_on(ip: std::net::IpAddr) -> SocketAddr {
+    let l = TcpListener::bind((ip, 0)).unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for conn in l.incoming() {
@@ -87,7 +92,12 @@ fn serve_http(conn: TcpStream) {
 
 /// A TCP echo backend.
 pub fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    echo_backend_on("127.0.0.1".parse().unwrap())
+}
+
+/// [`echo_backend`] on loopback address `ip`.
+pub fn echo_backend_on(ip: std::net::IpAddr) -> SocketAddr {
+    let l = TcpListener::bind((ip, 0)).unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for conn in l.incoming() {
@@ -175,6 +185,13 @@ pub fn echo_load(entry: SocketAddr, connections: usize, rounds: usize, size: usi
         })
         .collect();
     threads.into_iter().map(|t| t.join().unwrap()).sum()
+}
+
+/// True when CI is set (a missing tool is then a failure, not a skip).
+pub fn ci() -> bool {
+    std::env::var("CI")
+        .map(|v| !v.is_empty() && v != "false")
+        .unwrap_or(false)
 }
 
 /// True while `/proc/PID` exists (a running or unreaped process).
