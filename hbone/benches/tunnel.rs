@@ -3,7 +3,8 @@
 //! Run: `cargo bench -p ringmesh-hbone --bench tunnel` (release profile). Options after `--`:
 //! `--mib N` bytes per bulk run (default 1024), `--reps N` bulk runs per mode (default 3,
 //! the median is reported), `--rtt N` round trips per latency run (default 20000),
-//! `--driver auto|io-uring|epoll`.
+//! `--driver auto|io-uring|epoll`, `--only tcp|tls|hbone|hbone-io` (one bulk mode, no latency runs;
+//! for profiling).
 //!
 //! Two threads, each with its own event loop, stand for the two nodes: the client side
 //! (source) and the server side (HBONE server, TLS server, TCP server, each consuming what
@@ -12,7 +13,12 @@
 //! - `tcp`: bytes as written;
 //! - `tls`: TLS 1.3 AES-128-GCM with mutual authentication (hbone::tls configs);
 //! - `hbone`: the same TLS, plus HTTP/2 CONNECT framing and flow control (hbone client and
-//!   server, one stream).
+//!   server, one stream), moving payload with the zero-copy calls the relay uses
+//!   (`HboneStream::poll_send` of `Bytes`, `poll_chunk` + `release`);
+//! - `hbone-io`: the same through `AsyncWrite`/`AsyncRead`, which copies once more per side.
+//!
+//! The process allocator is mimalloc, as in the `ringmesh` binary (with glibc malloc, h2's
+//! large frame buffers go through mmap/munmap and page faults dominate the profile).
 //!
 //! Bulk: the client writes `--mib` MiB in 256 KiB writes, half-closes, and waits for the
 //! server's byte count; throughput is payload over that time, CPU is the whole process's
@@ -26,20 +32,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use hbone::certs::{CaOptions, CertificateAuthority, LeafOptions};
 use hbone::pool::{Pool, PoolConfig, PoolKey};
 use hbone::server::{Incoming, ServerConfig};
+use hbone::stream::HboneStream;
 use hbone::wire::ConnectRequest;
 use hbone::{Identity, client};
 use runtime::DriverChoice;
 use runtime::net::{TcpListener, TcpStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TRUST_DOMAIN: &str = "cluster.local";
 const CHUNK: usize = 256 * 1024;
 const MSG: usize = 64;
 /// HBONE authorities the bench server understands (the handler is in-process).
 const SINK_PORT: u16 = 9;
+/// Like [`SINK_PORT`], consuming through `AsyncRead` (one copy more).
+const SINK_IO_PORT: u16 = 10;
 const ECHO_PORT: u16 = 7;
 
 struct Opts {
@@ -47,6 +60,7 @@ struct Opts {
     reps: usize,
     rtt: usize,
     driver: DriverChoice,
+    only: Option<String>,
 }
 
 fn parse_opts() -> Result<Opts> {
@@ -55,6 +69,7 @@ fn parse_opts() -> Result<Opts> {
         reps: 3,
         rtt: 20_000,
         driver: DriverChoice::Auto,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -64,6 +79,7 @@ fn parse_opts() -> Result<Opts> {
             "--reps" => o.reps = val()?.parse()?,
             "--rtt" => o.rtt = val()?.parse()?,
             "--driver" => o.driver = val()?.parse().map_err(anyhow::Error::msg)?,
+            "--only" => o.only = Some(val()?),
             "--bench" => {}
             other => bail!("unknown option {other}"),
         }
@@ -168,11 +184,46 @@ fn serve_tls(l: TcpListener, cfg: Arc<rustls::ServerConfig>, echo_mode: bool) {
 async fn hbone_handler(i: Incoming) {
     let port = i.request().authority.port();
     let Ok(t) = i.accept() else { return };
-    let _ = if port == ECHO_PORT {
-        echo(t).await
-    } else {
-        sink(t).await
+    let _ = match port {
+        ECHO_PORT => echo(t).await,
+        SINK_IO_PORT => sink(t).await,
+        _ => sink_chunks(t).await,
     };
+}
+
+/// [`sink`] without copying: takes h2's buffers and gives the window back.
+async fn sink_chunks(mut t: HboneStream) -> std::io::Result<()> {
+    let mut total = 0u64;
+    while let Some(chunk) = std::future::poll_fn(|cx| t.poll_chunk(cx)).await? {
+        total += chunk.len() as u64;
+        t.release(chunk.len());
+    }
+    t.write_all(&total.to_be_bytes()).await?;
+    t.shutdown().await
+}
+
+/// [`upload`] without copying: hands h2 slices of one shared buffer.
+async fn upload_chunks(mut t: HboneStream, bytes: u64) -> Result<()> {
+    let buf = Bytes::from(vec![0x5au8; CHUNK]);
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        let mut b = buf.slice(..n);
+        while !b.is_empty() {
+            std::future::poll_fn(|cx| t.poll_send(cx, &mut b)).await?;
+        }
+        left -= n as u64;
+    }
+    t.shutdown().await?;
+    let mut ack = [0u8; 8];
+    t.read_exact(&mut ack).await?;
+    if u64::from_be_bytes(ack) != bytes {
+        bail!(
+            "server counted {} of {bytes} bytes",
+            u64::from_be_bytes(ack)
+        );
+    }
+    Ok(())
 }
 
 async fn server_side(
@@ -251,15 +302,24 @@ async fn bulk(mode: &str, a: Addrs, tls: &Tls, bytes: u64) -> Result<Bulk> {
                 .await?;
             upload(s, bytes).await?
         }
-        "hbone" => {
+        "hbone" | "hbone-io" => {
             let conn = client::connect(a.hbone, tls.client.clone(), &Default::default()).await?;
+            let port = if mode == "hbone" {
+                SINK_PORT
+            } else {
+                SINK_IO_PORT
+            };
             let t = conn
                 .send_connect(&ConnectRequest::new(SocketAddr::from((
                     [127, 0, 0, 1],
-                    SINK_PORT,
+                    port,
                 ))))
                 .await?;
-            upload(t, bytes).await?
+            if mode == "hbone" {
+                upload_chunks(t, bytes).await?
+            } else {
+                upload(t, bytes).await?
+            }
         }
         _ => unreachable!(),
     }
@@ -353,7 +413,10 @@ fn main() -> Result<()> {
             o.driver, o.mib, o.reps
         );
         println!("{:<8} {:>10} {:>12}", "mode", "Gbit/s", "CPU-s/GB");
-        for mode in ["tcp", "tls", "hbone"] {
+        for mode in ["tcp", "tls", "hbone", "hbone-io"] {
+            if o.only.as_deref().is_some_and(|m| m != mode) {
+                continue;
+            }
             let mut runs = Vec::new();
             for _ in 0..o.reps {
                 runs.push(bulk(mode, addrs, &t, o.mib << 20).await?);
@@ -361,6 +424,9 @@ fn main() -> Result<()> {
             runs.sort_by(|a, b| a.gbit_s.total_cmp(&b.gbit_s));
             let m = &runs[runs.len() / 2];
             println!("{mode:<8} {:>10.2} {:>12.2}", m.gbit_s, m.cpu_s_per_gb);
+        }
+        if o.only.is_some() {
+            return Ok(());
         }
         println!();
         println!("{:<11} {:>8} {:>9} {:>9}", "rtt", "n", "p50 us", "p99 us");

@@ -338,7 +338,7 @@ where
 #[derive(Default)]
 struct Down {
     chunk: Bytes,
-    /// Bytes of `chunk` written to the socket and not yet released to the peer's window.
+    /// Something was written to the socket since the last flush.
     unflushed: bool,
     done: bool,
 }

@@ -7,182 +7,17 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+mod h2_scripted_util;
+
+use anyhow::{Result, bail, ensure};
+use h2_scripted_util::*;
 use hbone::h2conn::H2Settings;
 use hbone::server::{self, Incoming};
 use runtime::DriverChoice;
-use runtime::net::{TcpListener, TcpStream};
+use runtime::net::TcpListener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-
-const FRAME_SIZE_ERROR: u32 = 0x6;
-const NO_ERROR: u32 = 0x0;
-
-/// Upper bound on any single wait in these tests; they finish in milliseconds when healthy.
-const DEADLINE: Duration = Duration::from_secs(10);
-
-#[derive(Debug)]
-struct Frame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-}
-
-fn frame(buf: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    buf.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    buf.push(kind);
-    buf.push(flags);
-    buf.extend_from_slice(&stream.to_be_bytes());
-    buf.extend_from_slice(payload);
-}
-
-/// HEADERS block for `CONNECT authority` as HPACK "literal without indexing, indexed name"
-/// (RFC 7541 §6.2.2): `:authority` is static index 1, `:method` index 2.
-fn connect_headers(authority: &str) -> Vec<u8> {
-    let mut block = vec![0x02, 7];
-    block.extend_from_slice(b"CONNECT");
-    block.push(0x01);
-    block.push(authority.len() as u8);
-    block.extend_from_slice(authority.as_bytes());
-    block
-}
-
-/// The client side of a hand-scripted connection.
-struct Peer {
-    tcp: TcpStream,
-    rbuf: Vec<u8>,
-}
-
-impl Peer {
-    /// Connects, sends the preface and an empty SETTINGS, and ACKs the server's SETTINGS.
-    async fn connect(addr: SocketAddr) -> Result<Peer> {
-        let tcp = TcpStream::connect(addr).await?;
-        let mut p = Peer {
-            tcp,
-            rbuf: Vec::new(),
-        };
-        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        frame(&mut out, SETTINGS, 0, 0, &[]);
-        p.send(&out).await?;
-        let f = p
-            .next_where(|f| f.kind == SETTINGS && f.flags & ACK == 0)
-            .await?;
-        ensure!(f.stream == 0);
-        p.send_frame(SETTINGS, ACK, 0, &[]).await?;
-        Ok(p)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.tcp.write_all(bytes).await?;
-        Ok(())
-    }
-
-    async fn send_frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result<()> {
-        let mut out = Vec::with_capacity(9 + payload.len());
-        frame(&mut out, kind, flags, stream, payload);
-        self.send(&out).await
-    }
-
-    /// The next frame, or an error at EOF or after [`DEADLINE`].
-    async fn next(&mut self) -> Result<Frame> {
-        runtime::time::timeout(DEADLINE, self.next_inner())
-            .await
-            .context("timed out waiting for a frame")?
-    }
-
-    async fn next_inner(&mut self) -> Result<Frame> {
-        loop {
-            if self.rbuf.len() >= 9 {
-                let len =
-                    u32::from_be_bytes([0, self.rbuf[0], self.rbuf[1], self.rbuf[2]]) as usize;
-                if self.rbuf.len() >= 9 + len {
-                    let f = Frame {
-                        kind: self.rbuf[3],
-                        flags: self.rbuf[4],
-                        stream: u32::from_be_bytes(self.rbuf[5..9].try_into()?) & 0x7fff_ffff,
-                        payload: self.rbuf[9..9 + len].to_vec(),
-                    };
-                    self.rbuf.drain(..9 + len);
-                    return Ok(f);
-                }
-            }
-            let mut buf = vec![0u8; 64 * 1024];
-            let n = self.tcp.read(&mut buf).await?;
-            if n == 0 {
-                bail!("connection closed by server");
-            }
-            self.rbuf.extend_from_slice(&buf[..n]);
-        }
-    }
-
-    /// Skips frames until one matches; PINGs from the server are answered on the way.
-    async fn next_where(&mut self, want: impl Fn(&Frame) -> bool) -> Result<Frame> {
-        loop {
-            let f = self.next().await?;
-            if want(&f) {
-                return Ok(f);
-            }
-            if f.kind == PING && f.flags & ACK == 0 {
-                self.send_frame(PING, ACK, 0, &f.payload).await?;
-            }
-        }
-    }
-
-    /// Sends a PING and collects every frame up to its ACK: since the server handles frames in
-    /// order, everything it did in response to earlier frames is in the returned list.
-    async fn sync(&mut self, tag: u8) -> Result<Vec<Frame>> {
-        self.send_frame(PING, 0, 0, &[tag; 8]).await?;
-        let mut seen = Vec::new();
-        loop {
-            let f = self.next().await?;
-            if f.kind == PING && f.flags & ACK != 0 && f.payload == [tag; 8] {
-                return Ok(seen);
-            }
-            if f.kind == PING && f.flags & ACK == 0 {
-                self.send_frame(PING, ACK, 0, &f.payload).await?;
-            }
-            seen.push(f);
-        }
-    }
-
-    async fn expect_eof(&mut self) -> Result<()> {
-        let mut buf = [0u8; 1024];
-        runtime::time::timeout(DEADLINE, async {
-            loop {
-                match self.tcp.read(&mut buf).await {
-                    Ok(0) | Err(_) => return Ok(()),
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
-        .context("server did not close the connection")?
-    }
-}
-
-fn window_increment(f: &Frame) -> u32 {
-    u32::from_be_bytes(f.payload[..4].try_into().expect("4-byte WINDOW_UPDATE")) & 0x7fff_ffff
-}
-
-fn goaway_parts(f: &Frame) -> (u32, u32) {
-    let last = u32::from_be_bytes(f.payload[..4].try_into().expect("GOAWAY")) & 0x7fff_ffff;
-    let code = u32::from_be_bytes(f.payload[4..8].try_into().expect("GOAWAY"));
-    (last, code)
-}
 
 fn test_settings() -> H2Settings {
     H2Settings {
@@ -222,21 +57,6 @@ where
     })
     .detach();
     Ok((addr, done))
-}
-
-async fn wait_until(what: &str, cond: impl Fn() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while !cond() {
-        if start.elapsed() > DEADLINE {
-            bail!("timed out waiting for {what}");
-        }
-        runtime::time::sleep(Duration::from_millis(2)).await;
-    }
-    Ok(())
-}
-
-fn run(driver: DriverChoice, f: impl AsyncFnOnce() -> Result<()>) -> Result<()> {
-    runtime::block_on(driver, f())?
 }
 
 #[test]

@@ -64,7 +64,7 @@ async fn raw_status(
 }
 
 #[test]
-fn handler_refusals_map_to_401_and_503() -> Result<()> {
+fn handler_refusals_map_to_401_and_503_and_drop_to_503() -> Result<()> {
     run(DriverChoice::Auto, async || {
         let pki = Pki::new();
         let server_id = id("server");
@@ -97,6 +97,17 @@ fn handler_refusals_map_to_401_and_503() -> Result<()> {
                 ensure!(e.status() == Status::ServiceUnavailable, "{e}")
             }
             other => bail!("expected 503, got {other:?}"),
+        }
+        // A handler that drops the request unanswered: the server answers 503 for it.
+        match conn
+            .send_connect(&ConnectRequest::new(SocketAddr::from((
+                [127, 0, 0, 1],
+                DROP_PORT,
+            ))))
+            .await
+        {
+            Err(Error::Rejected { status }) => ensure!(status == 503, "{status}"),
+            other => bail!("expected 503 for a dropped request, got {other:?}"),
         }
         {
             let served = server.log.served.borrow();

@@ -25,6 +25,10 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// CONNECT to this port is refused by the test handler with 401 (as authorization would).
 pub const DENY_PORT: u16 = 1;
 
+/// CONNECT to this port is dropped by the handler without an answer (the server must answer
+/// 503 for it).
+pub const DROP_PORT: u16 = 2;
+
 /// CONNECT to this port is answered 200 and echoed by the handler itself, without a backend
 /// socket (so a thousand streams need no thousand file descriptors).
 pub const ECHO_PORT: u16 = 7;
@@ -170,6 +174,10 @@ async fn dial_and_relay(i: Incoming, log: Rc<ServerLog>) {
         log.served
             .borrow_mut()
             .push(Served::Rejected(Status::Unauthorized));
+        return;
+    }
+    if target.port() == DROP_PORT {
+        drop(i);
         return;
     }
     if target.port() == ECHO_PORT {
