@@ -162,6 +162,10 @@ impl Shard {
     /// A connection opened with the same `dir`/`proto` ended. `bytes_sent` is what the proxy
     /// wrote towards the downstream (the connection's originator), `bytes_received` what it
     /// read from it, as in Istio's `tcp_sent_bytes` / `tcp_received_bytes`.
+    ///
+    /// Must pair with an earlier [`Shard::conn_opened`] for the same `dir`/`proto` (also for
+    /// connections refused before routing): `ringmesh_connections_active` is opened minus
+    /// closed, so an unpaired close hides a live connection.
     pub fn conn_closed(
         &self,
         dir: Direction,
