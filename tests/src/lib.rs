@@ -181,3 +181,375 @@ pub fn checksum(data: &[u8]) -> u64 {
     }
     h
 }
+
+// ---------------------------------------------------------------------------------------
+// Mesh nodes on loopback (`ringmesh run`): a CA and config in a temporary directory, node
+// processes with their endpoints on their own 127.X.0.N, echo backends on workload IPs,
+// SOCKS5 clients bound to a workload IP, access-log and metrics readers.
+//
+// Each test picks its own 127.X.0.0/16 (X distinct per test) so tests can run in parallel;
+// node N listens on 127.X.0.N (admin 15000, metrics 15020, ready 15021, SOCKS5 15080) and
+// its workloads' HBONE listeners on their own IPs.
+// ---------------------------------------------------------------------------------------
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// How long a node gets to become ready (it signs certificates and binds listeners).
+pub const NODE_START: Duration = Duration::from_secs(20);
+
+/// `127.x.c.d`.
+pub fn ip4(x: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, x, c, d))
+}
+
+/// A temporary directory holding a built-in CA (`ca/`) and the mesh config (`mesh.yaml`),
+/// removed on drop.
+pub struct MeshDir {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub config: PathBuf,
+}
+
+impl MeshDir {
+    /// Creates the CA with `ringmesh ca init` (the real CLI) and writes `config`.
+    pub fn new(config: &str) -> Result<MeshDir> {
+        let dir = tempfile::Builder::new().prefix("ringmesh-e2e-").tempdir()?;
+        let ca = dir.path().join("ca");
+        let out = Command::new(bin("ringmesh"))
+            .args(["ca", "init", "--dir"])
+            .arg(&ca)
+            .output()
+            .context("run ringmesh ca init")?;
+        if !out.status.success() {
+            bail!(
+                "ringmesh ca init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let config_path = dir.path().join("mesh.yaml");
+        let mesh = MeshDir {
+            dir,
+            ca,
+            config: config_path,
+        };
+        mesh.write_config(config)?;
+        Ok(mesh)
+    }
+
+    /// Replaces the config file atomically (write a sibling, then rename), so a watcher
+    /// never reads half a file.
+    pub fn write_config(&self, text: &str) -> Result<()> {
+        let tmp = self.dir.path().join(".mesh.yaml.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.config)?;
+        Ok(())
+    }
+}
+
+/// A running `ringmesh run` node whose endpoints listen on `ip`.
+pub struct Node {
+    pub proc: Proc,
+    pub name: String,
+    pub ip: IpAddr,
+}
+
+impl Node {
+    /// Starts node `name` on `ip` (`--capture none`, SOCKS5/admin/metrics/ready on `ip`)
+    /// and waits until `/healthz/ready` answers "ready".
+    pub fn start(mesh: &MeshDir, name: &str, ip: IpAddr, extra: &[&str]) -> Result<Node> {
+        let addr = |port: u16| SocketAddr::new(ip, port).to_string();
+        let (socks, admin, metrics, ready) = (addr(15080), addr(15000), addr(15020), addr(15021));
+        let config = mesh.config.to_string_lossy().into_owned();
+        let ca = mesh.ca.to_string_lossy().into_owned();
+        let mut args = vec![
+            "run",
+            "--config",
+            &config,
+            "--ca-dir",
+            &ca,
+            "--node",
+            name,
+            "--capture",
+            "none",
+            "--socks5",
+            &socks,
+            "--admin",
+            &admin,
+            "--metrics",
+            &metrics,
+            "--ready",
+            &ready,
+            "--log",
+            "info",
+        ];
+        if !extra.contains(&"--cores") {
+            args.extend(["--cores", "1"]);
+        }
+        args.extend_from_slice(extra);
+        let node = Node {
+            proc: Proc::spawn(&bin("ringmesh"), &args)?,
+            name: name.to_string(),
+            ip,
+        };
+        let ready_addr = SocketAddr::new(ip, 15021);
+        wait_for(NODE_START, &format!("{name} ready"), || {
+            proxy::demo::http_get(ready_addr, "/healthz/ready")
+                .map(|b| b.starts_with("ready"))
+                .unwrap_or(false)
+        })
+        .with_context(|| format!("{name} log:\n{}", node.proc.stderr()))?;
+        Ok(node)
+    }
+
+    pub fn socks(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, 15080)
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, 15000)
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub fn metrics(&self) -> Result<String> {
+        proxy::demo::http_get(SocketAddr::new(self.ip, 15020), "/metrics")
+    }
+
+    /// `/config_dump` as JSON.
+    pub fn config_dump(&self) -> Result<serde_json::Value> {
+        let body = proxy::demo::http_get(self.admin(), "/config_dump")?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// The access-log entries ("connection closed" lines) written so far.
+    pub fn access_logs(&self) -> Vec<AccessLog> {
+        self.proc
+            .stderr()
+            .lines()
+            .filter_map(AccessLog::parse)
+            .collect()
+    }
+
+    /// Waits until an access-log entry matching `pred` appears; returns it.
+    pub fn wait_access(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&AccessLog) -> bool,
+    ) -> Result<AccessLog> {
+        let mut found = None;
+        wait_for(timeout, what, || {
+            found = self.access_logs().into_iter().find(|l| pred(l));
+            found.is_some()
+        })
+        .with_context(|| format!("{} log:\n{}", self.name, self.proc.stderr()))?;
+        Ok(found.unwrap())
+    }
+}
+
+/// One access-log line of a node (`ringmesh::access ... connection closed k=v ...`).
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    pub fields: HashMap<String, String>,
+    pub line: String,
+}
+
+impl AccessLog {
+    pub fn parse(line: &str) -> Option<AccessLog> {
+        if !line.contains("ringmesh::access") || !line.contains("connection closed") {
+            return None;
+        }
+        let mut fields = HashMap::new();
+        let mut rest = line;
+        // Fields follow the message; each is ` key=value` or ` key="value"`.
+        while let Some(eq) = rest.find('=') {
+            let key = rest[..eq].rsplit(' ').next().unwrap_or("").to_string();
+            let after = &rest[eq + 1..];
+            let (value, next) = if let Some(q) = after.strip_prefix('"') {
+                match q.find('"') {
+                    Some(e) => (q[..e].to_string(), &q[e + 1..]),
+                    None => (q.to_string(), ""),
+                }
+            } else {
+                let e = after.find(' ').unwrap_or(after.len());
+                (after[..e].to_string(), &after[e..])
+            };
+            if !key.is_empty() {
+                fields.insert(key, value);
+            }
+            rest = next;
+        }
+        Some(AccessLog {
+            fields,
+            line: line.to_string(),
+        })
+    }
+
+    /// A field's value ("" when absent).
+    pub fn get(&self, key: &str) -> &str {
+        self.fields.get(key).map(String::as_str).unwrap_or("")
+    }
+
+    /// A numeric field (`sent`, `received`); 0 when absent or not a number.
+    pub fn num(&self, key: &str) -> u64 {
+        self.get(key).parse().unwrap_or(0)
+    }
+}
+
+/// Sum of every sample of metric `name` whose labels contain all of `labels`
+/// (e.g. `direction="inbound"`).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// An echo backend on `addr` (thread per connection) that counts accepted connections.
+pub fn spawn_echo(addr: SocketAddr) -> Result<Arc<AtomicUsize>> {
+    let l = TcpListener::bind(addr).with_context(|| format!("binding backend {addr}"))?;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let Ok(mut w) = s.try_clone() else { return };
+                let _ = std::io::copy(&mut s, &mut w);
+                let _ = w.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    Ok(accepted)
+}
+
+/// Connects from workload IP `source` through the SOCKS5 entry at `socks` to `target`.
+pub fn socks_connect(source: IpAddr, socks: SocketAddr, target: SocketAddr) -> Result<TcpStream> {
+    proxy::demo::socks_connect(source, socks, target)
+}
+
+/// One request/response through an echo: writes `msg`, half-closes, reads everything back.
+/// Returns what came back.
+pub fn echo_once(mut s: TcpStream, msg: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    s.write_all(msg)?;
+    s.shutdown(Shutdown::Write)?;
+    Ok(read_all(&s)?)
+}
+
+/// Sends `total` pseudo-random bytes through an echo connection on one thread while reading
+/// them back on this one; returns (checksum sent, checksum received, bytes received).
+pub fn bulk_echo(s: TcpStream, total: usize) -> Result<(u64, u64, usize)> {
+    use std::io::Write;
+    let mut w = s.try_clone()?;
+    let sender = std::thread::spawn(move || -> std::io::Result<u64> {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut sums = Vec::new();
+        let mut sent = 0;
+        while sent < total {
+            let n = (total - sent).min(buf.len());
+            for chunk in buf[..n].chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+            }
+            sums.push(checksum(&buf[..n]));
+            w.write_all(&buf[..n])?;
+            sent += n;
+        }
+        w.shutdown(Shutdown::Write)?;
+        Ok(checksum(
+            &sums
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<_>>(),
+        ))
+    });
+    // Read back in the same chunk boundaries the sender hashed.
+    let mut r = s;
+    let mut sums = Vec::new();
+    let mut got = 0;
+    let mut buf = vec![0u8; 256 * 1024];
+    while got < total {
+        let n = (total - got).min(buf.len());
+        if let Err(e) = std::io::Read::read_exact(&mut r, &mut buf[..n]) {
+            let _ = r.shutdown(Shutdown::Both);
+            let _ = sender.join();
+            bail!("echo stream ended after {got} of {total} bytes: {e}");
+        }
+        sums.push(checksum(&buf[..n]));
+        got += n;
+    }
+    let extra = read_all(&r)?;
+    let sent_sum = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
+    let got_sum = checksum(
+        &sums
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
+    Ok((sent_sum, got_sum, got + extra.len()))
+}
+
+/// The SPIFFE identity `spiffe://cluster.local/ns/<ns>/sa/<sa>`.
+pub fn spiffe(ns: &str, sa: &str) -> hbone::Identity {
+    hbone::Identity::new("cluster.local", ns, sa).expect("valid identity")
+}
+
+/// One HBONE tunnel opened by the test itself, as a peer node proxy would: a leaf for
+/// `client` signed by the CA in `ca_dir`, mTLS to `addr` expecting `server`, CONNECT to
+/// `authority`, then `payload` sent and the stream read to its end.
+///
+/// The outer `Result` is the test's own setup (CA files, runtime); the inner one is what
+/// the HBONE server did: the bytes it relayed back, or the error (for a rejected CONNECT,
+/// [`hbone::Error::status`] gives the status).
+pub fn hbone_request(
+    ca_dir: &std::path::Path,
+    client: &hbone::Identity,
+    server: &hbone::Identity,
+    addr: SocketAddr,
+    authority: SocketAddr,
+    payload: &[u8],
+) -> Result<std::result::Result<Vec<u8>, hbone::Error>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = proxy::identity::ca::load(ca_dir)?;
+    let leaf = ca.sign_leaf(client, Duration::from_secs(3600))?;
+    let tls = hbone::tls::client_config(
+        leaf.chain(),
+        leaf.key(),
+        &[ca.root_der().clone()],
+        vec![server.clone()],
+    )?;
+    let payload = payload.to_vec();
+    let run = async move {
+        let conn = hbone::client::connect(addr, tls, &hbone::h2conn::H2Settings::default()).await?;
+        let req = hbone::wire::ConnectRequest::new(authority);
+        let mut stream = conn.send_connect(&req).await?;
+        stream.write_all(&payload).await?;
+        stream.shutdown().await?;
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).await?;
+        Ok::<_, hbone::Error>(back)
+    };
+    let deadline = async move {
+        match runtime::time::timeout(Duration::from_secs(10), run).await {
+            Ok(r) => r,
+            Err(_) => Err(hbone::Error::Timeout {
+                what: "test HBONE request",
+                after: Duration::from_secs(10),
+            }),
+        }
+    };
+    Ok(runtime::block_on(runtime::DriverChoice::Auto, deadline)?)
+}

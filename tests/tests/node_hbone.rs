@@ -1,0 +1,132 @@
+//! Inbound HBONE (15008) answered to a peer the test plays itself: a CONNECT is relayed
+//! (200) only for the IP the tunnel arrived on, to a pod port that accepts, from a peer the
+//! policies allow; otherwise the status says why (400, 503, 401), and the node logs it.
+//! The client side checks the server's identity: expecting another one fails the handshake.
+//!
+//! Address plan: 127.225.0.0/16; node-2 on 127.225.0.2 with workloads echo (.2.1) and
+//! echo2 (.2.2).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Result, bail, ensure};
+use e2e::{MeshDir, Node, hbone_request, ip4, spawn_echo, spiffe};
+
+const X: u8 = 225;
+
+fn status(r: &std::result::Result<Vec<u8>, hbone::Error>) -> Result<u16> {
+    match r {
+        Ok(_) => Ok(200),
+        Err(e @ hbone::Error::Rejected { .. }) => Ok(e.status().code()),
+        Err(e) => bail!("expected an HBONE response, got {e}"),
+    }
+}
+
+#[test]
+fn inbound_hbone_answers_400_503_401_and_relays_only_what_is_allowed() -> Result<()> {
+    let (echo, echo2) = (ip4(X, 2, 1), ip4(X, 2, 2));
+    let config = format!(
+        r#"workloads:
+  - name: echo
+    namespace: test
+    serviceAccount: echo
+    workloadIps: ["{echo}"]
+    node: node-2
+    protocol: HBONE
+  - name: echo2
+    namespace: test
+    serviceAccount: echo2
+    workloadIps: ["{echo2}"]
+    node: node-2
+    protocol: HBONE
+policies:
+  - name: no-denied
+    action: Deny
+    from:
+      - principals: ["cluster.local/ns/test/sa/denied"]
+"#
+    );
+    let mesh = MeshDir::new(&config)?;
+    spawn_echo(SocketAddr::new(echo, 8080))?;
+    spawn_echo(SocketAddr::new(echo2, 8080))?;
+    let n2 = Node::start(&mesh, "node-2", ip4(X, 0, 2), &[])?;
+
+    let hbone = SocketAddr::new(echo, 15008);
+    let (client, denied, server) = (
+        spiffe("test", "client"),
+        spiffe("test", "denied"),
+        spiffe("test", "echo"),
+    );
+    let request = |from: &hbone::Identity, authority: SocketAddr| {
+        hbone_request(
+            &mesh.ca,
+            from,
+            &server,
+            hbone,
+            authority,
+            b"through the tunnel",
+        )
+    };
+
+    // Allowed: relayed to the pod and back.
+    let ok = request(&client, SocketAddr::new(echo, 8080))?;
+    ensure!(
+        ok.as_ref().is_ok_and(|b| b == b"through the tunnel"),
+        "allowed CONNECT: {ok:?}"
+    );
+
+    // Authority IP is not the IP the tunnel arrived on: a local workload's, and one outside the mesh.
+    for other in [echo2, ip4(X, 9, 9)] {
+        let r = request(&client, SocketAddr::new(other, 8080))?;
+        ensure!(status(&r)? == 400, "CONNECT {other}:8080 on {hbone}: {r:?}");
+    }
+    // The right IP, a port nobody listens on.
+    let r = request(&client, SocketAddr::new(echo, 8081))?;
+    ensure!(status(&r)? == 503, "CONNECT to a closed pod port: {r:?}");
+    // A principal a Deny policy names.
+    let r = request(&denied, SocketAddr::new(echo, 8080))?;
+    ensure!(status(&r)? == 401, "CONNECT from a denied principal: {r:?}");
+
+    // The node logs each refusal with its outcome and the peer's verified identity.
+    let wait = Duration::from_secs(5);
+    n2.wait_access(wait, "a bad_request log", |l| {
+        l.get("outcome") == "bad_request" && l.get("dst") == format!("{echo2}:8080")
+    })?;
+    n2.wait_access(wait, "an unreachable log", |l| {
+        l.get("outcome") == "unreachable" && l.get("dst") == format!("{echo}:8081")
+    })?;
+    let d = n2.wait_access(wait, "a denied log", |l| l.get("outcome") == "denied")?;
+    ensure!(d.get("src_identity") == denied.to_string(), "{}", d.line);
+    let m = n2.metrics()?;
+    for outcome in ["ok", "bad_request", "unreachable", "denied"] {
+        let label = format!("outcome=\"{outcome}\"");
+        let n = e2e::metric_sum(
+            &m,
+            "istio_tcp_connections_closed_total",
+            &["direction=\"inbound\"", &label],
+        );
+        ensure!(
+            n >= 1.0,
+            "no inbound close with {label} in the metrics:\n{m}"
+        );
+    }
+
+    // The client verifies the server: expecting echo2's identity from echo's listener fails
+    // the TLS handshake before any CONNECT.
+    let wrong = hbone_request(
+        &mesh.ca,
+        &client,
+        &spiffe("test", "echo2"),
+        hbone,
+        SocketAddr::new(echo, 8080),
+        b"x",
+    )?;
+    match wrong {
+        Err(e) => ensure!(
+            format!("{e}").contains("peer identity mismatch"),
+            "wrong server identity failed, but not on the identity check: {e}"
+        ),
+        Ok(_) => bail!("connected to a server presenting an identity the client did not expect"),
+    }
+    Ok(())
+}
