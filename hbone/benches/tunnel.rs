@@ -4,7 +4,7 @@
 //! `--mib N` bytes per bulk run (default 1024), `--reps N` bulk runs per mode (default 3,
 //! the median is reported), `--rtt N` round trips per latency run (default 20000),
 //! `--driver auto|io-uring|epoll`, `--only tcp|tls|hbone|hbone-io` (one bulk mode, no latency runs;
-//! for profiling).
+//! for profiling), `--only rtt` (latency runs only).
 //!
 //! Two threads, each with its own event loop, stand for the two nodes: the client side
 //! (source) and the server side (HBONE server, TLS server, TCP server, each consuming what
@@ -415,6 +415,7 @@ fn main() -> Result<()> {
         println!("{:<8} {:>10} {:>12}", "mode", "Gbit/s", "CPU-s/GB");
         for mode in ["tcp", "tls", "hbone", "hbone-io"] {
             if o.only.as_deref().is_some_and(|m| m != mode) {
+                // `--only rtt` skips every bulk mode.
                 continue;
             }
             let mut runs = Vec::new();
@@ -425,18 +426,22 @@ fn main() -> Result<()> {
             let m = &runs[runs.len() / 2];
             println!("{mode:<8} {:>10.2} {:>12.2}", m.gbit_s, m.cpu_s_per_gb);
         }
-        if o.only.is_some() {
+        if o.only.as_deref().is_some_and(|m| m != "rtt") {
             return Ok(());
         }
         println!();
-        println!("{:<11} {:>8} {:>9} {:>9}", "rtt", "n", "p50 us", "p99 us");
+        println!(
+            "{:<11} {:>8} {:>9} {:>9} {:>9}",
+            "rtt", "n", "p50 us", "p90 us", "p99 us"
+        );
         for mode in ["tcp", "tls", "hbone", "hbone-open"] {
             let mut d = latency(mode, addrs, &t, o.rtt).await?;
             d.sort();
             println!(
-                "{mode:<11} {:>8} {:>9.1} {:>9.1}",
+                "{mode:<11} {:>8} {:>9.1} {:>9.1} {:>9.1}",
                 d.len(),
                 pct(&d, 0.5),
+                pct(&d, 0.9),
                 pct(&d, 0.99)
             );
         }

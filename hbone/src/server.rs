@@ -107,29 +107,35 @@ impl Incoming {
         &self.peer
     }
 
-    /// Answers with `status` (not 200) and END_STREAM.
+    /// Answers with `status` and END_STREAM. A 200 here would announce a tunnel and close it
+    /// in the same breath, so it is answered as 503 instead.
     pub fn reject(mut self, status: Status) -> Result<()> {
-        let respond = self
-            .respond
-            .take()
-            .expect("answered at most once (consumes self)");
+        let status = if status.is_ok() {
+            Status::ServiceUnavailable
+        } else {
+            status
+        };
+        let respond = self.take_respond()?;
         answer(respond, status)
     }
 
     /// Answers 200 and returns the tunnel. Call only once the upstream is connected
     /// (DESIGN.md: 200 means the bytes have somewhere to go).
     pub fn accept(mut self) -> Result<HboneStream> {
-        let mut respond = self
-            .respond
-            .take()
-            .expect("answered at most once (consumes self)");
-        let body = self.body.take().expect("taken only here");
+        let mut respond = self.take_respond()?;
+        let body = self.body.take().ok_or_else(answered_twice)?;
         let response = http::Response::builder()
             .status(http::StatusCode::OK)
             .body(())
             .map_err(|e| Error::Unavailable(format!("building 200 response: {e}")))?;
         let send = respond.send_response(response, false).map_err(Error::H2)?;
         Ok(HboneStream::new(send, body, None))
+    }
+
+    /// The response handle; present from construction until `reject`/`accept`/drop take it,
+    /// each of which consumes `self`, so this cannot fail in practice.
+    fn take_respond(&mut self) -> Result<SendResponse<Bytes>> {
+        self.respond.take().ok_or_else(answered_twice)
     }
 
     /// Waits for `upstream` (the caller's dial); on success answers 200 and relays until both
@@ -179,6 +185,10 @@ impl Drop for Incoming {
             let _ = answer(respond, Status::ServiceUnavailable);
         }
     }
+}
+
+fn answered_twice() -> Error {
+    Error::Unavailable("HBONE request already answered".into())
 }
 
 /// Sends a final non-200 answer with END_STREAM.
