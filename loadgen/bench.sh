@@ -1,72 +1,96 @@
 #!/usr/bin/env bash
 # Self-overhead benchmark (not a test): the maximum request rate of `loadgen http1 --closed`
 # next to wrk and h2load (--h1) against the same `loadgen serve --mode http1`, with the same
-# connection count, in the same run, interleaved round by round.
+# connection count, in the same run, interleaved round by round (the machine is shared, so
+# only side-by-side ratios and medians over rounds mean anything).
 #
 # Layout on a 2-core machine: the server runs one worker pinned to core 0, every client runs
-# one thread pinned to core 1 (taskset; loadgen pins its worker inside that mask). Each tool
-# keeps one request in flight per connection (no pipelining), so they do the same work.
-# Optional HTTP/2 rows: loadgen http2 vs h2load (h2c prior knowledge) against serve --mode http2.
+# one thread on core 1. Each tool keeps one request in flight per connection (no pipelining),
+# so all do the same work. loadgen runs on both of the runtime's drivers; the server runs on
+# SERVER_DRIVERS (default: io-uring and epoll, one server each).
+# HTTP/2 rows (H2=1): loadgen http2 vs h2load (h2c prior knowledge) against serve --mode http2.
 #
-# Usage: loadgen/bench.sh            (from the workspace root; builds the release binary)
-#   env: DUR=10 CONNS=64 ROUNDS=3 STREAMS=8 H2=1 LG=target/release/loadgen
+# Usage (from anywhere): loadgen/bench.sh        builds the release binary first
+#   env: DUR=3 CONNS=64 ROUNDS=5 STREAMS=8 H2=1 SERVER_DRIVERS="io-uring epoll" NOBUILD=1
+#        LG=target/release/loadgen
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DUR=${DUR:-10}
+DUR=${DUR:-3}
 CONNS=${CONNS:-64}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 STREAMS=${STREAMS:-8}
 H2=${H2:-1}
+SERVER_DRIVERS=${SERVER_DRIVERS:-io-uring epoll}
 LG=${LG:-target/release/loadgen}
 [ -n "${NOBUILD:-}" ] || cargo build --release -p ringmesh-loadgen >&2
-for t in wrk h2load taskset; do command -v $t >/dev/null || { echo "missing $t (apt-get install wrk nghttp2-client util-linux)" >&2; exit 2; }; done
+for t in wrk h2load python3; do command -v $t >/dev/null || { echo "missing $t (apt-get install wrk nghttp2-client)" >&2; exit 2; }; done
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 
-start_server() { # mode -> prints address
-  taskset -c 0 "$LG" serve --mode "$1" --listen 127.0.0.1:0 --cores 1 >"$TMP/srv-$1" 2>&1 &
+start_server() { # mode driver -> address
+  "$LG" serve --mode "$1" --driver "$2" --listen 127.0.0.1:0 --cores 0, >"$TMP/srv-$1-$2" 2>&1 &
   PIDS+=($!)
-  for _ in $(seq 100); do grep -q listening "$TMP/srv-$1" 2>/dev/null && break; sleep 0.05; done
-  grep -o '127.0.0.1:[0-9]*' "$TMP/srv-$1"
+  for _ in $(seq 200); do grep -q listening "$TMP/srv-$1-$2" 2>/dev/null && break; sleep 0.05; done
+  grep -o '127.0.0.1:[0-9]*' "$TMP/srv-$1-$2"
+}
+lg() { # args… -> "rps p50 p99 errors"
+  "$LG" "$@" --cores 1, -d "${DUR}s" -q --json "$TMP/lg.json" >/dev/null || true
+  python3 -c "import json; d=json.load(open('$TMP/lg.json')); print(f\"{d['achieved_rps']:.0f} {d['latency_us']['p50']}us {d['latency_us']['p99']}us {d['errors_total']}\")"
+}
+wrk_() { # url
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$1" >"$TMP/wrk.txt" || true
+  awk '/Requests\/sec/ {r=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2} /Socket errors|Non-2xx/ {e=1}
+       END {printf "%.0f %s %s %d\n", r, p50, p99, e}' "$TMP/wrk.txt"
+}
+h2load_() { # args… url
+  taskset -c 1 h2load -t1 -D "$DUR" "$@" >"$TMP/h2load.txt" 2>&1 || true
+  awk '/^finished in/ {r=$4} /^requests:/ {f=$10+$12} /^time for request:/ {mean=$6}
+       END {printf "%.0f mean=%s - %d\n", r, mean, f}' "$TMP/h2load.txt"
 }
 
-H1=$(start_server http1)
-[ "$H2" = 1 ] && H2ADDR=$(start_server http2)
-
-lg_rps() { # args… -> req/s
-  taskset -c 1 "$LG" "$@" --cores 1 -d "${DUR}s" --warmup 1s -q --json "$TMP/lg.json" >/dev/null || true
-  python3 -c "import json,sys; d=json.load(open('$TMP/lg.json')); print(f\"{d['achieved_rps']:.0f} {d['latency_us']['p50']} {d['latency_us']['p99']} {d['errors_total']}\")"
-}
-wrk_rps() {
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "http://$H1/" >"$TMP/wrk.txt"
-  rps=$(awk '/Requests\/sec/ {print $2}' "$TMP/wrk.txt")
-  p50=$(awk '$1=="50%" {print $2}' "$TMP/wrk.txt"); p99=$(awk '$1=="99%" {print $2}' "$TMP/wrk.txt")
-  err=$(awk '/Socket errors|Non-2xx/ {e=1} END {print e+0}' "$TMP/wrk.txt")
-  printf '%.0f %s %s %s\n' "$rps" "$p50" "$p99" "$err"
-}
-h2load_rps() { # extra args… url
-  taskset -c 1 h2load -t1 -D "$DUR" --warm-up-time=1 "$@" >"$TMP/h2load.txt" 2>&1 || true
-  rps=$(awk '/^finished in/ {print $4}' "$TMP/h2load.txt")
-  fail=$(awk '/^requests:/ {print $8}' "$TMP/h2load.txt")
-  printf '%.0f - - %s\n' "$rps" "${fail:-?}"
-}
-
-echo "| round | tool | protocol | connections | req/s | p50 | p99 | errors |"
-echo "|---|---|---|---|---|---|---|---|"
-for r in $(seq "$ROUNDS"); do
-  read -r a b c d < <(lg_rps http1 "http://$H1/" --closed -c "$CONNS")
-  echo "| $r | loadgen http1 --closed | HTTP/1.1 | $CONNS | $a | ${b}us | ${c}us | $d |"
-  read -r a b c d < <(wrk_rps)
-  echo "| $r | wrk -t1 | HTTP/1.1 | $CONNS | $a | $b | $c | $d |"
-  read -r a b c d < <(h2load_rps --h1 -c "$CONNS" "http://$H1/")
-  echo "| $r | h2load --h1 -t1 | HTTP/1.1 | $CONNS | $a | $b | $c | $d |"
-  if [ "$H2" = 1 ]; then
-    n=$((CONNS / STREAMS)); [ "$n" -ge 1 ] || n=1
-    read -r a b c d < <(lg_rps http2 "http://$H2ADDR/" --closed -c "$n" --streams "$STREAMS")
-    echo "| $r | loadgen http2 --closed | HTTP/2 ${n}x${STREAMS} | $n | $a | ${b}us | ${c}us | $d |"
-    read -r a b c d < <(h2load_rps -c "$n" -m "$STREAMS" "http://$H2ADDR/")
-    echo "| $r | h2load -t1 | HTTP/2 ${n}x${STREAMS} | $n | $a | $b | $c | $d |"
-  fi
+declare -A URL
+for d in $SERVER_DRIVERS; do
+  URL[h1-$d]="http://$(start_server http1 "$d")/"
+  [ "$H2" = 1 ] && URL[h2-$d]="http://$(start_server http2 "$d")/"
 done
+N2=$((CONNS / STREAMS)); [ "$N2" -ge 1 ] || N2=1
+
+echo "| round | server | client | connections | req/s | p50 | p99 | errors |" > "$TMP/rows"
+echo "|---|---|---|---|---|---|---|---|" >> "$TMP/rows"
+row() { echo "| $1 | $2 | $3 | $4 | $5 | $6 | $7 | $8 |" | tee -a "$TMP/rows" >&2; }
+for r in $(seq "$ROUNDS"); do
+  for d in $SERVER_DRIVERS; do
+    u=${URL[h1-$d]}
+    for cd in io-uring epoll; do
+      read -r a b c e < <(lg http1 "$u" --closed -c "$CONNS" --driver "$cd")
+      row "$r" "http1 ($d)" "loadgen http1 --closed --driver $cd" "$CONNS" "$a" "$b" "$c" "$e"
+    done
+    read -r a b c e < <(wrk_ "$u"); row "$r" "http1 ($d)" "wrk -t1" "$CONNS" "$a" "$b" "$c" "$e"
+    read -r a b c e < <(h2load_ --h1 -c "$CONNS" "$u"); row "$r" "http1 ($d)" "h2load --h1 -t1" "$CONNS" "$a" "$b" "$c" "$e"
+    if [ "$H2" = 1 ]; then
+      u=${URL[h2-$d]}
+      for cd in io-uring epoll; do
+        read -r a b c e < <(lg http2 "$u" --closed -c "$N2" --streams "$STREAMS" --driver "$cd")
+        row "$r" "http2 ($d)" "loadgen http2 --closed --driver $cd (${N2}x${STREAMS})" "$N2" "$a" "$b" "$c" "$e"
+      done
+      read -r a b c e < <(h2load_ -c "$N2" -m "$STREAMS" "$u")
+      row "$r" "http2 ($d)" "h2load -t1 -m$STREAMS (${N2}x${STREAMS})" "$N2" "$a" "$b" "$c" "$e"
+    fi
+  done
+done
+echo
+echo "Median req/s over $ROUNDS rounds of ${DUR}s (server on core 0, client on core 1):"
+echo
+python3 - "$TMP/rows" <<'PY'
+import sys, statistics, collections
+rows = collections.OrderedDict()
+for line in open(sys.argv[1]).read().splitlines()[2:]:
+    c = [x.strip() for x in line.strip('|').split('|')]
+    rows.setdefault((c[1], c[2], c[3]), []).append(float(c[4] or 0))
+print("| server | client | connections | median req/s | min | max |")
+print("|---|---|---|---|---|---|")
+for (srv, cli, conns), v in rows.items():
+    print(f"| {srv} | {cli} | {conns} | {statistics.median(v):.0f} | {min(v):.0f} | {max(v):.0f} |")
+PY
