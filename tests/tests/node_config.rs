@@ -154,7 +154,9 @@ fn running_node_rejects_bad_file_keeps_serving_and_picks_up_a_new_service() -> R
     let mesh = MeshDir::new(&config(false))?;
     spawn_echo(SocketAddr::new(echo, 8080))?;
     spawn_echo(SocketAddr::new(echo2, 9090))?;
-    let watch = ["--watch-interval", "100ms"];
+    // Two cores each: every core must get the new snapshot (and node-2 bind the new
+    // workload's listener on each).
+    let watch = ["--watch-interval", "100ms", "--cores", "2"];
     let n1 = Node::start(&mesh, "node-1", ip4(X, 0, 1), &watch)?;
     let n2 = Node::start(&mesh, "node-2", ip4(X, 0, 2), &watch)?;
 
@@ -211,6 +213,14 @@ fn running_node_rejects_bad_file_keeps_serving_and_picks_up_a_new_service() -> R
             n2.proc.stderr()
         ))
     })?;
+    // Connections land on either core (SO_REUSEPORT hashing): all of them see the new service.
+    for i in 0..12 {
+        let msg = format!("new service {i}");
+        ensure!(
+            roundtrip(vip2, msg.as_bytes())? == msg.as_bytes(),
+            "connection {i} to the new service"
+        );
+    }
     ensure!(roundtrip(vip1, b"old service")? == b"old service");
     let new = n1.wait_access(RELOAD, "node-1 log of the new service", |l| {
         l.get("dst") == vip2.to_string() && l.get("outcome") == "ok"

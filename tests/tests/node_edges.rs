@@ -1,0 +1,274 @@
+//! The node proxy's refusals and shutdown, end to end: every way an outbound connection
+//! can fail is answered on the SOCKS5 entry with a failure reply (never a success followed
+//! by a reset) and logged with its outcome; traffic from an IP that is no local workload
+//! is rejected when configured so; SIGTERM drains — readiness goes down, live connections
+//! keep working, the process exits 0 when they are done or when the drain deadline passes.
+//!
+//! Address plan: 127.212/16 (refusals), 127.213/16 (unknown source), 127.214/16 and
+//! 127.215/16 (drain).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use e2e::{MeshDir, Node, ip4, socks_connect, socks_reply_code, spawn_echo, wait_for};
+
+const LOG_WAIT: Duration = Duration::from_secs(5);
+/// RFC 1928 §6 reply codes.
+const SUCCEEDED: u8 = 0;
+const NOT_ALLOWED: u8 = 2;
+const HOST_UNREACHABLE: u8 = 4;
+
+#[test]
+fn outbound_refusals_get_a_socks_failure_and_an_access_log() -> Result<()> {
+    const X: u8 = 212;
+    let ip = |c, d| ip4(X, c, d);
+    let config = format!(
+        r#"workloads:
+  - {{name: client, namespace: test, serviceAccount: client, workloadIps: ["{client}"], node: node-1, protocol: HBONE}}
+  - {{name: echo, namespace: test, serviceAccount: echo, workloadIps: ["{echo}"], node: node-2, protocol: HBONE, services: ["test/echo.test.svc.cluster.local"]}}
+  - {{name: locked, namespace: test, serviceAccount: locked, workloadIps: ["{locked}"], node: node-2, protocol: HBONE}}
+  - {{name: sick, namespace: test, workloadIps: ["{sick}"], node: node-2, protocol: HBONE, status: Unhealthy, services: ["test/sick.test.svc.cluster.local"]}}
+  - {{name: down, namespace: test, workloadIps: ["{down}"], node: node-3, protocol: HBONE, services: ["test/down.test.svc.cluster.local"]}}
+  - {{name: db, namespace: test, workloadIps: ["{db}"], node: node-2, protocol: TCP}}
+services:
+  - {{name: echo, namespace: test, hostname: echo.test.svc.cluster.local, vips: ["{echo_vip}"], ports: {{80: 8080}}}}
+  - {{name: sick, namespace: test, hostname: sick.test.svc.cluster.local, vips: ["{sick_vip}"], ports: {{80: 8080}}}}
+  - {{name: down, namespace: test, hostname: down.test.svc.cluster.local, vips: ["{down_vip}"], ports: {{80: 8080}}}}
+policies:
+  - name: lock
+    action: Deny
+    destination: {{workloads: ["test/locked"]}}
+    from:
+      - principals: ["cluster.local/ns/test/sa/client"]
+"#,
+        client = ip(1, 1),
+        echo = ip(2, 1),
+        locked = ip(2, 2),
+        sick = ip(2, 3),
+        db = ip(2, 4),
+        down = ip(3, 1),
+        echo_vip = ip(100, 1),
+        sick_vip = ip(100, 2),
+        down_vip = ip(100, 3),
+    );
+    let mesh = MeshDir::new(&config)?;
+    spawn_echo(SocketAddr::new(ip(2, 1), 8080))?;
+    let locked_backend = spawn_echo(SocketAddr::new(ip(2, 2), 8080))?;
+    spawn_echo(SocketAddr::new(ip(2, 3), 8080))?;
+    let n1 = Node::start(&mesh, "node-1", ip(0, 1), &[])?;
+    let n2 = Node::start(&mesh, "node-2", ip(0, 2), &[])?;
+    // node-3 is never started: its workload's HBONE port is closed.
+
+    let client = ip(1, 1);
+    let code = |target: SocketAddr| socks_reply_code(client, n1.socks(), target);
+    let outbound = |dst: SocketAddr| {
+        n1.wait_access(LOG_WAIT, &format!("node-1 log for {dst}"), |l| {
+            l.get("dst") == dst.to_string()
+        })
+    };
+
+    let ok = SocketAddr::new(ip(100, 1), 80);
+    ensure!(code(ok)? == SUCCEEDED, "the healthy service refused");
+
+    let cases: [(&str, SocketAddr, &[u8], &str); 6] = [
+        (
+            "a port the service does not expose",
+            SocketAddr::new(ip(100, 1), 81),
+            &[HOST_UNREACHABLE],
+            "no_endpoint",
+        ),
+        (
+            "a service whose only endpoint is unhealthy",
+            SocketAddr::new(ip(100, 2), 80),
+            &[HOST_UNREACHABLE],
+            "no_endpoint",
+        ),
+        (
+            "an endpoint whose node is down",
+            SocketAddr::new(ip(100, 3), 80),
+            &[HOST_UNREACHABLE],
+            "unreachable",
+        ),
+        (
+            "a closed port of an HBONE pod (node-2 answers 503)",
+            SocketAddr::new(ip(2, 1), 9999),
+            &[HOST_UNREACHABLE],
+            "unreachable",
+        ),
+        (
+            "a workload a Deny policy protects (node-2 answers 401)",
+            SocketAddr::new(ip(2, 2), 8080),
+            &[NOT_ALLOWED],
+            "denied",
+        ),
+        (
+            "a closed port of a plain-TCP pod",
+            SocketAddr::new(ip(2, 4), 5432),
+            &[HOST_UNREACHABLE, 5],
+            "unreachable",
+        ),
+    ];
+    for (what, target, want, outcome) in cases {
+        let started = Instant::now();
+        let got = code(target)?;
+        ensure!(
+            want.contains(&got),
+            "{what} ({target}): SOCKS5 reply {got}, expected one of {want:?}"
+        );
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: the refusal took {:?}",
+            started.elapsed()
+        );
+        let log = outbound(target)?;
+        ensure!(log.get("outcome") == outcome, "{what}: {}", log.line);
+        ensure!(
+            log.num("sent") == 0 && log.num("received") == 0,
+            "{what}: {}",
+            log.line
+        );
+    }
+    ensure!(
+        locked_backend.load(std::sync::atomic::Ordering::SeqCst) == 0,
+        "the denied connection reached the pod"
+    );
+    // Node 2's side of the two it refused.
+    n2.wait_access(LOG_WAIT, "node-2's 503", |l| {
+        l.get("dst") == format!("{}:9999", ip(2, 1)) && l.get("outcome") == "unreachable"
+    })?;
+    n2.wait_access(LOG_WAIT, "node-2's 401", |l| {
+        l.get("dst") == format!("{}:8080", ip(2, 2)) && l.get("outcome") == "denied"
+    })?;
+    // And the healthy path still works after all that.
+    let mut s = socks_connect(client, n1.socks(), ok)?;
+    s.write_all(b"still fine")?;
+    let mut b = [0u8; 10];
+    s.read_exact(&mut b)?;
+    ensure!(&b == b"still fine");
+    Ok(())
+}
+
+#[test]
+fn unknown_source_is_rejected_when_configured() -> Result<()> {
+    const X: u8 = 213;
+    let client = ip4(X, 1, 1);
+    let config = format!(
+        "workloads:\n  - {{name: client, namespace: test, workloadIps: [\"{client}\"], node: node-1, protocol: HBONE}}\n"
+    );
+    let mesh = MeshDir::new(&config)?;
+    let outside = TcpListener::bind(SocketAddr::new(ip4(X, 9, 9), 0))?;
+    let target = outside.local_addr()?;
+    let n1 = Node::start(
+        &mesh,
+        "node-1",
+        ip4(X, 0, 1),
+        &["--unknown-source", "reject"],
+    )?;
+    let stranger = ip4(X, 1, 99);
+    let got = socks_reply_code(stranger, n1.socks(), target)?;
+    ensure!(
+        got == NOT_ALLOWED,
+        "SOCKS5 reply {got} for a source that is no workload"
+    );
+    let log = n1.wait_access(LOG_WAIT, "node-1 log of the rejection", |l| {
+        l.get("src").starts_with(&format!("{stranger}:"))
+    })?;
+    ensure!(log.get("outcome") == "denied", "{}", log.line);
+    // The local workload itself may still go out (passthrough to a non-mesh address).
+    ensure!(
+        socks_reply_code(client, n1.socks(), target)? == SUCCEEDED,
+        "the local workload was refused"
+    );
+    Ok(())
+}
+
+/// A two-node mesh in 127.x/16 with one live tunnelled connection; returns it with node-1.
+fn mesh_with_live_connection(
+    x: u8,
+    drain_timeout: &str,
+) -> Result<(MeshDir, Node, Node, TcpStream)> {
+    let (client, echo) = (ip4(x, 1, 1), ip4(x, 2, 1));
+    let config = format!(
+        "workloads:\n  - {{name: client, namespace: test, workloadIps: [\"{client}\"], node: node-1, protocol: HBONE}}\n  - {{name: echo, namespace: test, workloadIps: [\"{echo}\"], node: node-2, protocol: HBONE}}\n"
+    );
+    let mesh = MeshDir::new(&config)?;
+    spawn_echo(SocketAddr::new(echo, 8080))?;
+    let n1 = Node::start(
+        &mesh,
+        "node-1",
+        ip4(x, 0, 1),
+        &["--drain-timeout", drain_timeout],
+    )?;
+    let n2 = Node::start(&mesh, "node-2", ip4(x, 0, 2), &[])?;
+    let mut live = socks_connect(client, n1.socks(), SocketAddr::new(echo, 8080))?;
+    ping(&mut live, b"before")?;
+    Ok((mesh, n1, n2, live))
+}
+
+fn ping(s: &mut TcpStream, msg: &[u8]) -> Result<()> {
+    s.write_all(msg)?;
+    let mut b = vec![0u8; msg.len()];
+    s.read_exact(&mut b)?;
+    ensure!(b == msg, "echoed {b:?}");
+    Ok(())
+}
+
+fn is_ready(node: &Node) -> bool {
+    proxy::demo::http_get(SocketAddr::new(node.ip, 15021), "/healthz/ready")
+        .is_ok_and(|b| b.starts_with("ready"))
+}
+
+#[test]
+fn sigterm_drains_live_connections_then_exits_zero() -> Result<()> {
+    let (_mesh, mut n1, _n2, mut live) = mesh_with_live_connection(214, "20s")?;
+    n1.proc.signal("TERM")?;
+    wait_for(
+        LOG_WAIT,
+        "node-1 to report not ready while draining",
+        || !is_ready(&n1),
+    )?;
+    ping(&mut live, b"during the drain")?;
+    ensure!(
+        n1.proc.wait_exit(Duration::from_millis(300)).is_err(),
+        "node-1 exited with a live connection"
+    );
+    live.shutdown(std::net::Shutdown::Write)?;
+    let rest = e2e::read_all(&live)?;
+    ensure!(rest.is_empty(), "unexpected bytes {rest:?}");
+    drop(live);
+    let code = n1.proc.wait_exit(Duration::from_secs(10))?;
+    ensure!(
+        code == Some(0),
+        "node-1 exited with {code:?}:\n{}",
+        n1.proc.stderr()
+    );
+    Ok(())
+}
+
+#[test]
+fn sigterm_closes_connections_still_open_at_the_drain_deadline() -> Result<()> {
+    let (_mesh, mut n1, _n2, mut live) = mesh_with_live_connection(215, "1s")?;
+    let signalled = Instant::now();
+    n1.proc.signal("TERM")?;
+    let code = n1.proc.wait_exit(Duration::from_secs(10))?;
+    ensure!(
+        code == Some(0),
+        "node-1 exited with {code:?}:\n{}",
+        n1.proc.stderr()
+    );
+    ensure!(
+        signalled.elapsed() >= Duration::from_millis(900),
+        "node-1 exited before the drain deadline"
+    );
+    // The client's connection is gone with the node.
+    live.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut b = [0u8; 1];
+    let gone = matches!(
+        live.write_all(b"x").and_then(|_| live.read(&mut b)),
+        Ok(0) | Err(_)
+    );
+    ensure!(gone, "the client's connection outlived the node");
+    Ok(())
+}

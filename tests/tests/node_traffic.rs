@@ -1,0 +1,200 @@
+//! Traffic shapes through a two-node mesh that a byte relay can get wrong: a server that
+//! speaks first, many concurrent tunnels multiplexed on one pooled connection, and a client
+//! that aborts mid-transfer (every connection's both ends are closed; nothing leaks).
+//!
+//! Address plan: 127.204/16, 127.205/16, 127.206/16.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use e2e::{MeshDir, Node, bulk_echo, ip4, metric_sum, socks_connect, spawn_echo, wait_for};
+
+const LOG_WAIT: Duration = Duration::from_secs(5);
+
+/// client on node-1; `echo` (HBONE) and `db` (TCP) on node-2, both reached by workload IP.
+fn two_nodes(x: u8, node1_args: &[&str]) -> Result<(MeshDir, Node, Node)> {
+    let config = format!(
+        "workloads:\n  - {{name: client, namespace: test, serviceAccount: client, workloadIps: [\"{}\"], node: node-1, protocol: HBONE}}\n  - {{name: echo, namespace: test, serviceAccount: echo, workloadIps: [\"{}\"], node: node-2, protocol: HBONE}}\n  - {{name: db, namespace: test, workloadIps: [\"{}\"], node: node-2, protocol: TCP}}\n",
+        ip4(x, 1, 1),
+        ip4(x, 2, 1),
+        ip4(x, 2, 2),
+    );
+    let mesh = MeshDir::new(&config)?;
+    let n1 = Node::start(&mesh, "node-1", ip4(x, 0, 1), node1_args)?;
+    let n2 = Node::start(&mesh, "node-2", ip4(x, 0, 2), &[])?;
+    Ok((mesh, n1, n2))
+}
+
+/// A backend that writes `banner` as soon as it accepts, then echoes.
+fn spawn_banner(addr: SocketAddr, banner: &'static [u8]) -> Result<()> {
+    let l = TcpListener::bind(addr)?;
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                if s.write_all(banner).is_err() {
+                    return;
+                }
+                let Ok(mut w) = s.try_clone() else { return };
+                let _ = std::io::copy(&mut s, &mut w);
+                let _ = w.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    Ok(())
+}
+
+#[test]
+fn server_first_protocols_work_over_hbone_and_plain_tcp() -> Result<()> {
+    const X: u8 = 204;
+    let (client, echo, db) = (ip4(X, 1, 1), ip4(X, 2, 1), ip4(X, 2, 2));
+    const BANNER: &[u8] = b"220 ready, speak when spoken to\r\n";
+    spawn_banner(SocketAddr::new(echo, 25), BANNER)?;
+    spawn_banner(SocketAddr::new(db, 3306), BANNER)?;
+    let (_mesh, n1, _n2) = two_nodes(X, &[])?;
+    for target in [SocketAddr::new(echo, 25), SocketAddr::new(db, 3306)] {
+        let mut s = socks_connect(client, n1.socks(), target)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut got = vec![0u8; BANNER.len()];
+        s.read_exact(&mut got)
+            .map_err(|e| anyhow::anyhow!("{target}: no banner before the client spoke: {e}"))?;
+        ensure!(got == BANNER, "{target}: banner {got:?}");
+        s.write_all(b"QUIT\r\n")?;
+        s.shutdown(Shutdown::Write)?;
+        let rest = e2e::read_all(&s)?;
+        ensure!(rest == b"QUIT\r\n", "{target}: after the banner {rest:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn hundred_concurrent_tunnels_share_the_pool_intact() -> Result<()> {
+    const X: u8 = 205;
+    const CONNS: usize = 100;
+    const EACH: usize = 256 << 10;
+    let (client, echo) = (ip4(X, 1, 1), ip4(X, 2, 1));
+    let accepted = spawn_echo(SocketAddr::new(echo, 8080))?;
+    let (_mesh, n1, n2) = two_nodes(X, &["--cores", "2"])?;
+    let socks = n1.socks();
+    let done = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..CONNS)
+        .map(|i| {
+            let done = done.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let s = socks_connect(client, socks, SocketAddr::new(echo, 8080))?;
+                let (sent, got, n) = bulk_echo(s, EACH)?;
+                ensure!(
+                    n == EACH && sent == got,
+                    "connection {i}: {n} bytes back, intact: {}",
+                    sent == got
+                );
+                done.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    }
+    ensure!(done.load(Ordering::SeqCst) == CONNS);
+    ensure!(
+        accepted.load(Ordering::SeqCst) == CONNS,
+        "backend accepted {}",
+        accepted.load(Ordering::SeqCst)
+    );
+    wait_for(LOG_WAIT, "100 inbound log lines on node-2", || {
+        n2.access_logs().len() >= CONNS
+    })
+    .map_err(|e| e.context(n2.proc.stderr()))?;
+    let bad: Vec<_> = n2
+        .access_logs()
+        .into_iter()
+        .filter(|l| l.get("outcome") != "ok" || l.num("sent") != EACH as u64)
+        .collect();
+    ensure!(bad.is_empty(), "node-2 logged {bad:?}");
+    Ok(())
+}
+
+/// `ringmesh_connections_active` summed over labels matching `labels`.
+fn active(node: &Node, labels: &[&str]) -> f64 {
+    node.metrics()
+        .map(|m| metric_sum(&m, "ringmesh_connections_active", labels))
+        .unwrap_or(-1.0)
+}
+
+/// Opens a connection, starts a transfer, and aborts it with a TCP reset.
+fn abort_midway(client: IpAddr, socks: SocketAddr, target: SocketAddr) -> Result<()> {
+    let mut s = socks_connect(client, socks, target)?;
+    let chunk = vec![7u8; 64 << 10];
+    s.write_all(&chunk)?;
+    let mut back = vec![0u8; 1024];
+    s.read_exact(&mut back)?;
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+    drop(s);
+    Ok(())
+}
+
+#[test]
+fn client_reset_mid_transfer_closes_both_ends_and_leaks_nothing() -> Result<()> {
+    const X: u8 = 206;
+    let (client, echo, db) = (ip4(X, 1, 1), ip4(X, 2, 1), ip4(X, 2, 2));
+    let open_backends = Arc::new(AtomicUsize::new(0));
+    for addr in [SocketAddr::new(echo, 8080), SocketAddr::new(db, 5432)] {
+        // An echo that counts connections open right now.
+        let l = TcpListener::bind(addr)?;
+        let open = open_backends.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { break };
+                open.fetch_add(1, Ordering::SeqCst);
+                let open = open.clone();
+                std::thread::spawn(move || {
+                    if let Ok(mut w) = s.try_clone() {
+                        let _ = std::io::copy(&mut s, &mut w);
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+    }
+    let (_mesh, n1, n2) = two_nodes(X, &[])?;
+    for _ in 0..5 {
+        abort_midway(client, n1.socks(), SocketAddr::new(echo, 8080))?;
+        abort_midway(client, n1.socks(), SocketAddr::new(db, 5432))?;
+    }
+    wait_for(
+        LOG_WAIT,
+        "the backends to see every aborted connection closed",
+        || open_backends.load(Ordering::SeqCst) == 0,
+    )
+    .map_err(|e| {
+        e.context(format!(
+            "{} backend connections still open",
+            open_backends.load(Ordering::SeqCst)
+        ))
+    })?;
+    wait_for(LOG_WAIT, "no active connections on either node", || {
+        active(&n1, &[]) == 0.0 && active(&n2, &[]) == 0.0
+    })
+    .map_err(|e| {
+        e.context(format!(
+            "node-1:\n{}\nnode-2:\n{}",
+            n1.metrics().unwrap_or_default(),
+            n2.metrics().unwrap_or_default()
+        ))
+    })?;
+    wait_for(LOG_WAIT, "10 outbound log lines", || {
+        n1.access_logs().len() >= 10
+    })?;
+    let logs = n1.access_logs();
+    ensure!(
+        logs.iter().all(|l| l.get("outcome") != "ok"),
+        "an aborted connection was logged ok: {logs:?}"
+    );
+    Ok(())
+}
