@@ -12,14 +12,16 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use e2e::{MeshDir, Node, bin, echo_once, ip4, socks_connect, spawn_echo, wait_for};
+use e2e::{
+    MeshDir, Node, bin, echo_once, hbone_request, ip4, socks_connect, spawn_echo, spiffe, wait_for,
+};
 
 const X: u8 = 210;
 const RELOAD: Duration = Duration::from_secs(10);
 
 /// The mesh: a client on node-1, `echo` (VIP .100.1) on node-2; `with_echo2` adds a
 /// workload `echo2` on node-2 and its service (VIP .100.2, port 80 → 9090).
-fn config(with_echo2: bool) -> String {
+fn config_in(x: u8, with_echo2: bool) -> String {
     let mut c = format!(
         r#"workloads:
   - name: client
@@ -36,8 +38,8 @@ fn config(with_echo2: bool) -> String {
     protocol: HBONE
     services: ["test/echo.test.svc.cluster.local"]
 "#,
-        client = ip4(X, 1, 1),
-        echo = ip4(X, 2, 1)
+        client = ip4(x, 1, 1),
+        echo = ip4(x, 2, 1)
     );
     if with_echo2 {
         c += &format!(
@@ -49,7 +51,7 @@ fn config(with_echo2: bool) -> String {
     protocol: HBONE
     services: ["test/echo2.test.svc.cluster.local"]
 "#,
-            ip4(X, 2, 2)
+            ip4(x, 2, 2)
         );
     }
     c += &format!(
@@ -60,7 +62,7 @@ fn config(with_echo2: bool) -> String {
     vips: ["{}"]
     ports: {{80: 8080}}
 "#,
-        ip4(X, 100, 1)
+        ip4(x, 100, 1)
     );
     if with_echo2 {
         c += &format!(
@@ -70,10 +72,14 @@ fn config(with_echo2: bool) -> String {
     vips: ["{}"]
     ports: {{80: 9090}}
 "#,
-            ip4(X, 100, 2)
+            ip4(x, 100, 2)
         );
     }
     c
+}
+
+fn config(with_echo2: bool) -> String {
+    config_in(X, with_echo2)
 }
 
 /// `config(false)` with the echo service's port map broken.
@@ -293,5 +299,84 @@ fn unknown_destination_is_passed_through() -> Result<()> {
         "{}",
         log.line
     );
+    Ok(())
+}
+
+#[test]
+fn removed_workload_loses_its_listener_and_comes_back_when_re_added() -> Result<()> {
+    const Y: u8 = 216;
+    let (client, echo2) = (ip4(Y, 1, 1), ip4(Y, 2, 2));
+    let vip2 = SocketAddr::new(ip4(Y, 100, 2), 80);
+    let mesh = MeshDir::new(&config_in(Y, true))?;
+    spawn_echo(SocketAddr::new(ip4(Y, 2, 1), 8080))?;
+    spawn_echo(SocketAddr::new(echo2, 9090))?;
+    let args = ["--watch-interval", "100ms", "--cores", "2"];
+    let n1 = Node::start(&mesh, "node-1", ip4(Y, 0, 1), &args)?;
+    let n2 = Node::start(&mesh, "node-2", ip4(Y, 0, 2), &args)?;
+    let roundtrip = |msg: &[u8]| -> Result<Vec<u8>> {
+        echo_once(socks_connect(client, n1.socks(), vip2)?, msg)
+    };
+    // The test's own tunnel straight to echo2's HBONE listener on node-2.
+    let direct = || {
+        hbone_request(
+            &mesh.ca,
+            &spiffe("test", "client"),
+            &spiffe("test", "echo2"),
+            SocketAddr::new(echo2, 15008),
+            SocketAddr::new(echo2, 9090),
+            b"direct",
+        )
+    };
+    ensure!(roundtrip(b"first")? == b"first");
+    ensure!(
+        direct()?.is_ok_and(|b| b == b"direct"),
+        "direct tunnel to echo2 before removal"
+    );
+
+    // Removed: the service is gone on node-1, the listener and certificate on node-2.
+    mesh.write_config(&config_in(Y, false))?;
+    wait_for(RELOAD, "echo2's service to stop answering", || {
+        roundtrip(b"x").is_err()
+    })?;
+    wait_for(RELOAD, "echo2's HBONE listener to close", || {
+        direct().is_ok_and(|r| r.is_err())
+    })
+    .map_err(|e| e.context(n2.proc.stderr()))?;
+    wait_for(RELOAD, "node-2 to drop echo2's certificate", || {
+        n2.config_dump()
+            .is_ok_and(|d| d["certificates"].as_array().is_some_and(|c| c.len() == 1))
+    })?;
+
+    // Re-added: listeners bind again on every core, the service answers again.
+    mesh.write_config(&config_in(Y, true))?;
+    wait_for(RELOAD, "echo2's service to answer again", || {
+        roundtrip(b"again").is_ok_and(|b| b == b"again")
+    })
+    .map_err(|e| {
+        e.context(format!(
+            "node-1:\n{}\nnode-2:\n{}",
+            n1.proc.stderr(),
+            n2.proc.stderr()
+        ))
+    })?;
+    for i in 0..12 {
+        let msg = format!("re-added {i}");
+        ensure!(
+            roundtrip(msg.as_bytes())? == msg.as_bytes(),
+            "connection {i} after re-adding"
+        );
+        ensure!(
+            direct()?.is_ok_and(|b| b == b"direct"),
+            "direct tunnel {i} after re-adding"
+        );
+    }
+    let errors: Vec<_> = n2
+        .proc
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("could not bind"))
+        .map(String::from)
+        .collect();
+    ensure!(errors.is_empty(), "node-2: {errors:?}");
     Ok(())
 }
