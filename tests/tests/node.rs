@@ -354,3 +354,111 @@ fn hbone_pool_metrics_count_dials_and_reuses() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn endpoint_on_the_same_node_goes_through_its_own_hbone_listener() -> Result<()> {
+    const X: u8 = 207;
+    let (client, echo, vip) = (ip4(X, 1, 1), ip4(X, 1, 2), ip4(X, 100, 1));
+    let config = format!(
+        "workloads:{}{}\nservices:{}\n",
+        workload("client", "client", client, "node-1", "HBONE", None),
+        workload("echo", "echo", echo, "node-1", "HBONE", Some("echo")),
+        service("echo", vip, 80, 8080),
+    );
+    let mesh = MeshDir::new(&config)?;
+    spawn_echo(SocketAddr::new(echo, 8080))?;
+    let n1 = Node::start(&mesh, "node-1", ip4(X, 0, 1), &[])?;
+    const TOTAL: usize = 1 << 20;
+    let (sent, got, n) = bulk_echo(
+        socks_connect(client, n1.socks(), SocketAddr::new(vip, 80))?,
+        TOTAL,
+    )?;
+    ensure!(
+        n == TOTAL && sent == got,
+        "echoed {n} of {TOTAL} bytes, intact: {}",
+        sent == got
+    );
+    let out = n1.wait_access(LOG_WAIT, "the outbound half", |l| {
+        l.get("direction") == "outbound"
+    })?;
+    ensure!(
+        out.get("protocol") == "hbone" && out.get("upstream") == format!("{echo}:15008"),
+        "{}",
+        out.line
+    );
+    let inb = n1.wait_access(LOG_WAIT, "the inbound half", |l| {
+        l.get("direction") == "inbound"
+    })?;
+    ensure!(
+        inb.get("src_identity") == "spiffe://cluster.local/ns/test/sa/client",
+        "{}",
+        inb.line
+    );
+    ensure!(inb.num("received") == TOTAL as u64, "{}", inb.line);
+    Ok(())
+}
+
+#[test]
+fn per_workload_target_ports_multi_port_services_and_random_balancing() -> Result<()> {
+    const X: u8 = 208;
+    let (client, a, b, vip) = (ip4(X, 1, 1), ip4(X, 2, 1), ip4(X, 2, 2), ip4(X, 100, 1));
+    let config = format!(
+        r#"workloads:{client_wl}
+  - name: web-a
+    namespace: test
+    serviceAccount: web
+    workloadIps: ["{a}"]
+    node: node-2
+    protocol: HBONE
+    services: ["test/web.test.svc.cluster.local"]
+  - name: web-b
+    namespace: test
+    serviceAccount: web
+    workloadIps: ["{b}"]
+    node: node-2
+    protocol: HBONE
+    services: {{"test/web.test.svc.cluster.local": {{80: 9080, 443: 9443}}}}
+services:
+  - name: web
+    namespace: test
+    hostname: web.test.svc.cluster.local
+    vips: ["{vip}"]
+    ports: {{80: 8080, 443: 8443}}
+    loadBalancing: random
+"#,
+        client_wl = workload("client", "client", client, "node-1", "HBONE", None),
+    );
+    let mesh = MeshDir::new(&config)?;
+    // web-a listens on the service's target ports, web-b on its own override.
+    let counters = [(a, 8080), (a, 8443), (b, 9080), (b, 9443)]
+        .map(|(ip, port)| spawn_echo(SocketAddr::new(ip, port)));
+    let [a80, a443, b80, b443] = counters;
+    let (a80, a443, b80, b443) = (a80?, a443?, b80?, b443?);
+    let n1 = Node::start(&mesh, "node-1", ip4(X, 0, 1), &[])?;
+    let _n2 = Node::start(&mesh, "node-2", ip4(X, 0, 2), &[])?;
+    const CONNS: usize = 40;
+    for port in [80, 443] {
+        for i in 0..CONNS {
+            let msg = format!("port {port} request {i}");
+            let back = echo_once(
+                socks_connect(client, n1.socks(), SocketAddr::new(vip, port))?,
+                msg.as_bytes(),
+            )?;
+            ensure!(
+                back == msg.as_bytes(),
+                "port {port} connection {i}: got {back:?}"
+            );
+        }
+    }
+    let got = [&a80, &a443, &b80, &b443].map(|c| c.load(Ordering::SeqCst));
+    ensure!(
+        got.iter().sum::<usize>() == 2 * CONNS,
+        "backends accepted {got:?}"
+    );
+    // Random over two endpoints: fewer than 5 of 40 on one side has probability ~2e-7.
+    ensure!(
+        got.iter().all(|&n| n >= 5),
+        "a:8080, a:8443, b:9080, b:9443 accepted {got:?}"
+    );
+    Ok(())
+}

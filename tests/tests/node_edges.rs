@@ -141,6 +141,21 @@ policies:
     n2.wait_access(LOG_WAIT, "node-2's 401", |l| {
         l.get("dst") == format!("{}:8080", ip(2, 2)) && l.get("outcome") == "denied"
     })?;
+    // SOCKS5 requests the entry does not serve: a domain name (the mesh routes by IP), BIND.
+    let hostname = b"echo.test.svc.cluster.local";
+    let mut by_name = vec![5, 1, 0, 3, hostname.len() as u8];
+    by_name.extend_from_slice(hostname);
+    by_name.extend_from_slice(&80u16.to_be_bytes());
+    ensure!(
+        raw_socks(n1.socks(), &by_name)? == 8,
+        "domain-name CONNECT not refused with 8"
+    );
+    let mut bind = vec![5, 2, 0, 1];
+    bind.extend_from_slice(&[127, X, 100, 1, 0, 80]);
+    ensure!(
+        raw_socks(n1.socks(), &bind)? == 7,
+        "BIND not refused with 7"
+    );
     // And the healthy path still works after all that.
     let mut s = socks_connect(client, n1.socks(), ok)?;
     s.write_all(b"still fine")?;
@@ -148,6 +163,21 @@ policies:
     s.read_exact(&mut b)?;
     ensure!(&b == b"still fine");
     Ok(())
+}
+
+/// Sends a raw SOCKS5 request after the greeting; returns the reply code.
+fn raw_socks(socks: SocketAddr, request: &[u8]) -> Result<u8> {
+    let mut s = TcpStream::connect_timeout(&socks, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(&[5, 1, 0])?;
+    let mut greeting = [0u8; 2];
+    s.read_exact(&mut greeting)?;
+    ensure!(greeting == [5, 0], "greeting answered {greeting:?}");
+    s.write_all(request)?;
+    let mut rep = [0u8; 4];
+    s.read_exact(&mut rep)?;
+    ensure!(rep[0] == 5, "reply version {}", rep[0]);
+    Ok(rep[1])
 }
 
 #[test]
