@@ -3,7 +3,7 @@
 //! Run: `cargo bench -p ringmesh-hbone --bench tunnel` (release profile). Options after `--`:
 //! `--mib N` bytes per bulk run (default 1024), `--reps N` bulk runs per mode (default 3,
 //! the median is reported), `--rtt N` round trips per latency run (default 20000),
-//! `--driver auto|io-uring|epoll`, `--only tcp|tls|hbone|hbone-io` (one bulk mode, no latency runs;
+//! `--driver auto|io-uring|epoll`, `--only tcp|tls|hbone|hbone-io|hbone-relay` (one bulk mode, no latency runs;
 //! for profiling), `--only rtt` (latency runs only).
 //!
 //! Two threads, each with its own event loop, stand for the two nodes: the client side
@@ -15,7 +15,10 @@
 //! - `hbone`: the same TLS, plus HTTP/2 CONNECT framing and flow control (hbone client and
 //!   server, one stream), moving payload with the zero-copy calls the relay uses
 //!   (`HboneStream::poll_send` of `Bytes`, `poll_chunk` + `release`);
-//! - `hbone-io`: the same through `AsyncWrite`/`AsyncRead`, which copies once more per side.
+//! - `hbone-io`: the same through `AsyncWrite`/`AsyncRead`, which copies once more per side;
+//! - `hbone-relay`: `hbone`, but the server side relays the tunnel to the TCP sink with
+//!   `Incoming::serve` (`stream::relay`), the inbound path of a node proxy: one more loopback
+//!   TCP hop than the other modes.
 //!
 //! The process allocator is mimalloc, as in the `ringmesh` binary (with glibc malloc, h2's
 //! large frame buffers go through mmap/munmap and page faults dominate the profile).
@@ -182,9 +185,26 @@ fn serve_tls(l: TcpListener, cfg: Arc<rustls::ServerConfig>, echo_mode: bool) {
 }
 
 async fn hbone_handler(i: Incoming) {
-    let port = i.request().authority.port();
+    let authority = i.request().authority.clone();
+    match authority.port() {
+        ECHO_PORT | SINK_IO_PORT | SINK_PORT => {}
+        _ => {
+            // Any other authority is a real address: dial it and relay, as a node proxy does.
+            let _ = i
+                .serve(async move {
+                    let addr = authority
+                        .socket_addr()
+                        .ok_or(hbone::wire::Status::BadRequest)?;
+                    TcpStream::connect(addr)
+                        .await
+                        .map_err(|_| hbone::wire::Status::ServiceUnavailable)
+                })
+                .await;
+            return;
+        }
+    }
     let Ok(t) = i.accept() else { return };
-    let _ = match port {
+    let _ = match authority.port() {
         ECHO_PORT => echo(t).await,
         SINK_IO_PORT => sink(t).await,
         _ => sink_chunks(t).await,
@@ -302,20 +322,15 @@ async fn bulk(mode: &str, a: Addrs, tls: &Tls, bytes: u64) -> Result<Bulk> {
                 .await?;
             upload(s, bytes).await?
         }
-        "hbone" | "hbone-io" => {
+        "hbone" | "hbone-io" | "hbone-relay" => {
             let conn = client::connect(a.hbone, tls.client.clone(), &Default::default()).await?;
-            let port = if mode == "hbone" {
-                SINK_PORT
-            } else {
-                SINK_IO_PORT
+            let target = match mode {
+                "hbone" => SocketAddr::from(([127, 0, 0, 1], SINK_PORT)),
+                "hbone-io" => SocketAddr::from(([127, 0, 0, 1], SINK_IO_PORT)),
+                _ => a.tcp_sink,
             };
-            let t = conn
-                .send_connect(&ConnectRequest::new(SocketAddr::from((
-                    [127, 0, 0, 1],
-                    port,
-                ))))
-                .await?;
-            if mode == "hbone" {
+            let t = conn.send_connect(&ConnectRequest::new(target)).await?;
+            if mode != "hbone-io" {
                 upload_chunks(t, bytes).await?
             } else {
                 upload(t, bytes).await?
@@ -412,8 +427,8 @@ fn main() -> Result<()> {
             "driver={} payload={} MiB reps={} (median)",
             o.driver, o.mib, o.reps
         );
-        println!("{:<8} {:>10} {:>12}", "mode", "Gbit/s", "CPU-s/GB");
-        for mode in ["tcp", "tls", "hbone", "hbone-io"] {
+        println!("{:<12} {:>10} {:>12}", "mode", "Gbit/s", "CPU-s/GB");
+        for mode in ["tcp", "tls", "hbone", "hbone-io", "hbone-relay"] {
             if o.only.as_deref().is_some_and(|m| m != mode) {
                 // `--only rtt` skips every bulk mode.
                 continue;
@@ -424,7 +439,7 @@ fn main() -> Result<()> {
             }
             runs.sort_by(|a, b| a.gbit_s.total_cmp(&b.gbit_s));
             let m = &runs[runs.len() / 2];
-            println!("{mode:<8} {:>10.2} {:>12.2}", m.gbit_s, m.cpu_s_per_gb);
+            println!("{mode:<12} {:>10.2} {:>12.2}", m.gbit_s, m.cpu_s_per_gb);
         }
         if o.only.as_deref().is_some_and(|m| m != "rtt") {
             return Ok(());

@@ -285,13 +285,13 @@ pub struct RelayStats {
     pub from_tunnel: u64,
 }
 
-/// First read buffer of a relay direction. Small, because most tunnels are idle or carry
-/// short messages and the buffer is held for the connection's life (DESIGN.md: memory per
-/// idle connection is a tracked figure).
-const RELAY_BUF_MIN: usize = 16 * 1024;
-/// Largest read buffer: a read that fills the buffer doubles it up to this. ≥ 64 KiB for bulk
-/// (DESIGN.md measured 4 KiB copy loops losing 77 % of throughput); 256 KiB gives h2 whole
-/// 1 MiB-frame runs in four reads.
+/// First read buffer of a relay direction, and the size it shrinks back to. Small, because
+/// most tunnels are idle or carry short messages and the buffer is held for the tunnel's life
+/// (DESIGN.md: memory per idle connection is a tracked figure). A read that fills the buffer
+/// doubles the next one, so a bulk transfer reaches [`RELAY_BUF_MAX`] within seven reads.
+const RELAY_BUF_MIN: usize = 4 * 1024;
+/// Largest read buffer. ≥ 64 KiB for bulk (DESIGN.md measured 4 KiB copy loops losing 77 % of
+/// throughput); 256 KiB gives h2 whole 1 MiB-frame runs in four reads.
 const RELAY_BUF_MAX: usize = 256 * 1024;
 
 /// Moves bytes both ways between `tunnel` and `io` until both directions have ended.
@@ -420,6 +420,10 @@ impl Up {
             }
             if n == self.buf.len() && self.next < RELAY_BUF_MAX {
                 self.next *= 2;
+            } else if n < self.next / 8 && self.next > RELAY_BUF_MIN {
+                // Traffic turned small: the next buffer (allocated once this one is used up)
+                // shrinks back towards the idle size.
+                self.next /= 2;
             }
             self.out = self.buf.split_to(n).freeze();
         }
