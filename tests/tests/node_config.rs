@@ -380,3 +380,135 @@ fn removed_workload_loses_its_listener_and_comes_back_when_re_added() -> Result<
     ensure!(errors.is_empty(), "node-2: {errors:?}");
     Ok(())
 }
+
+#[test]
+fn ca_init_refuses_to_overwrite_and_keeps_the_key_private() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("ca");
+    let init = |force: bool| {
+        let mut c = Command::new(bin("ringmesh"));
+        c.args(["ca", "init", "--dir"]).arg(&ca);
+        if force {
+            c.arg("--force");
+        }
+        c.output()
+    };
+    let out = init(false)?;
+    ensure!(
+        out.status.success(),
+        "ca init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = ca.join("root-key.pem");
+    let mode = std::fs::metadata(&key)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "root key mode {mode:o}");
+    let first = std::fs::read(&key)?;
+    let again = init(false)?;
+    ensure!(!again.status.success(), "ca init overwrote an existing CA");
+    ensure!(
+        std::fs::read(&key)? == first,
+        "the refused init changed the key"
+    );
+    let forced = init(true)?;
+    ensure!(
+        forced.status.success(),
+        "ca init --force: {}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    ensure!(std::fs::read(&key)? != first, "--force kept the old key");
+    Ok(())
+}
+
+#[test]
+fn run_refuses_to_start_on_a_bad_config_or_missing_ca() -> Result<()> {
+    let mesh = MeshDir::new(&bad_config())?;
+    // Each attempt must exit on its own; one that starts anyway is killed (Proc) and fails.
+    let run = |config: &std::path::Path, ca: &std::path::Path| -> Result<(Option<i32>, String)> {
+        let (config, ca) = (
+            config.to_string_lossy().into_owned(),
+            ca.to_string_lossy().into_owned(),
+        );
+        let args = [
+            "run",
+            "--node",
+            "node-1",
+            "--capture",
+            "none",
+            "--socks5",
+            "none",
+            "--admin",
+            "none",
+            "--metrics",
+            "none",
+            "--ready",
+            "none",
+            "--cores",
+            "1",
+            "--config",
+            &config,
+            "--ca-dir",
+            &ca,
+        ];
+        let mut p = e2e::Proc::spawn(&bin("ringmesh"), &args)?;
+        let code = p.wait_exit(Duration::from_secs(10))?;
+        Ok((code, p.stderr()))
+    };
+    let (code, stderr) = run(&mesh.config, &mesh.ca)?;
+    ensure!(
+        code.is_some_and(|c| c != 0),
+        "ran with a bad config: {code:?}"
+    );
+    ensure!(
+        stderr.contains("services[0].ports"),
+        "start-up error lacks the field path: {stderr}"
+    );
+
+    mesh.write_config(&config_in(218, false))?;
+    let missing = mesh.dir.path().join("no-such-ca");
+    let (code, stderr) = run(&mesh.config, &missing)?;
+    ensure!(code.is_some_and(|c| c != 0), "ran without a CA: {code:?}");
+    ensure!(
+        stderr.contains("no-such-ca"),
+        "start-up error does not name the CA directory: {stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn deleted_config_file_keeps_the_old_snapshot_until_a_new_one_appears() -> Result<()> {
+    const Y: u8 = 217;
+    let client = ip4(Y, 1, 1);
+    let (vip1, vip2) = (
+        SocketAddr::new(ip4(Y, 100, 1), 80),
+        SocketAddr::new(ip4(Y, 100, 2), 80),
+    );
+    let mesh = MeshDir::new(&config_in(Y, false))?;
+    spawn_echo(SocketAddr::new(ip4(Y, 2, 1), 8080))?;
+    spawn_echo(SocketAddr::new(ip4(Y, 2, 2), 9090))?;
+    let watch = ["--watch-interval", "100ms"];
+    let n1 = Node::start(&mesh, "node-1", ip4(Y, 0, 1), &watch)?;
+    let _n2 = Node::start(&mesh, "node-2", ip4(Y, 0, 2), &watch)?;
+    let roundtrip = |target: SocketAddr, msg: &[u8]| -> Result<Vec<u8>> {
+        echo_once(socks_connect(client, n1.socks(), target)?, msg)
+    };
+    ensure!(roundtrip(vip1, b"before")? == b"before");
+    std::fs::remove_file(&mesh.config)?;
+    wait_for(RELOAD, "node-1 to log the missing file", || {
+        n1.proc
+            .stderr()
+            .lines()
+            .any(|l| l.contains("config rejected") && l.contains("mesh.yaml"))
+    })
+    .map_err(|e| e.context(n1.proc.stderr()))?;
+    ensure!(
+        roundtrip(vip1, b"file gone")? == b"file gone",
+        "stopped serving without its file"
+    );
+    mesh.write_config(&config_in(Y, true))?;
+    wait_for(RELOAD, "the new file's service", || {
+        roundtrip(vip2, b"new").is_ok_and(|b| b == b"new")
+    })
+    .map_err(|e| e.context(n1.proc.stderr()))?;
+    Ok(())
+}
