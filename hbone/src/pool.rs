@@ -142,6 +142,8 @@ pub struct PoolStats {
     pub reuses: u64,
     /// Requests that waited for a dial.
     pub waited_for_dial: u64,
+    /// Requests retried on another connection after the peer refused them unprocessed.
+    pub retries: u64,
     /// Connections dropped because they broke (GOAWAY, PING timeout, I/O error).
     pub evicted_broken: u64,
     /// Connections dropped after `idle_timeout` without streams.
@@ -251,9 +253,24 @@ impl Pool {
     }
 
     /// Opens a tunnel for `req` over a pooled connection for `key`, dialing if needed.
+    ///
+    /// A request the peer refused unprocessed — cut by its GOAWAY (RFC 9113 §6.8: streams above
+    /// the GOAWAY's last stream id were not processed) or reset with REFUSED_STREAM (§8.7) — is
+    /// retried once on another connection: a peer that is draining does not fail requests.
+    /// Nothing has been sent on the tunnel by then, so the retry cannot duplicate payload.
     pub async fn connect(&self, key: &PoolKey, req: &ConnectRequest) -> Result<HboneStream> {
-        let (conn, slot) = self.checkout(key).await?;
-        conn.send_connect_in(req, slot).await
+        let mut retried = false;
+        loop {
+            let (conn, slot) = self.checkout(key).await?;
+            match conn.send_connect_in(req, slot).await {
+                Err(Error::H2(e)) if !retried && refused_unprocessed(&e) => {
+                    debug!(%key, error = %e, "pool: request refused unprocessed; retrying");
+                    self.bump(|s| s.retries += 1);
+                    retried = true;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// The counters.
@@ -393,6 +410,15 @@ impl Pool {
                     entry.dials.retain(|d| !Rc::ptr_eq(d, &dial));
                     let mut s = inner.stats.get();
                     let outcome = match res {
+                        // A peer allowing no streams at all (SETTINGS_MAX_CONCURRENT_STREAMS
+                        // = 0) would have every waiter dial again forever.
+                        Ok(conn) if conn.peer_max_streams() == 0 => {
+                            s.dial_failures += 1;
+                            Err(Arc::new(Error::Unavailable(format!(
+                                "HBONE peer {} allows no streams (SETTINGS_MAX_CONCURRENT_STREAMS = 0)",
+                                key.dst
+                            ))))
+                        }
                         Ok(conn) => {
                             s.dials += 1;
                             entry.conns.push(conn);
@@ -416,4 +442,9 @@ impl Pool {
         })
         .detach();
     }
+}
+
+/// Whether the peer refused a request without processing it (safe to send again elsewhere).
+fn refused_unprocessed(e: &h2::Error) -> bool {
+    (e.is_go_away() && e.is_remote()) || e.reason() == Some(h2::Reason::REFUSED_STREAM)
 }

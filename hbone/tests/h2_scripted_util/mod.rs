@@ -1,5 +1,5 @@
 //! A hand-written HTTP/2 peer for protocol tests: RFC 9113 §4.1 framing, HPACK literals from
-//! RFC 7541 §6.2.2, over a loopback `TcpStream`. Either side: [`Peer::connect`] speaks the
+//! RFC 7541 §6.2.2, over a loopback `TcpStream` (or TLS over one). Either side: [`Peer::connect`] speaks the
 //! client preface, [`Peer::accept`] the server's.
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -9,6 +9,11 @@ use anyhow::{Context, Result, bail, ensure};
 use runtime::DriverChoice;
 use runtime::net::TcpStream;
 use std::net::SocketAddr;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Any byte stream the peer can speak over.
+pub trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 
 pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
@@ -57,26 +62,26 @@ pub fn connect_headers(authority: &str) -> Vec<u8> {
 
 /// The client side of a hand-scripted connection.
 pub struct Peer {
-    pub tcp: TcpStream,
+    io: Box<dyn Io>,
     rbuf: Vec<u8>,
     /// Answer the other side's PINGs while skipping frames (on by default).
     pub answer_pings: bool,
 }
 
 impl Peer {
-    pub fn new(tcp: TcpStream) -> Peer {
+    pub fn new(io: impl Io + 'static) -> Peer {
         Peer {
-            tcp,
+            io: Box::new(io),
             rbuf: Vec::new(),
             answer_pings: true,
         }
     }
 
     /// The server side: reads the client preface, sends an empty SETTINGS.
-    pub async fn accept(tcp: TcpStream) -> Result<Peer> {
-        let mut p = Peer::new(tcp);
+    pub async fn accept(io: impl Io + 'static) -> Result<Peer> {
+        let mut p = Peer::new(io);
         let mut preface = [0u8; 24];
-        runtime::time::timeout(DEADLINE, read_exact(&p.tcp, &mut preface))
+        runtime::time::timeout(DEADLINE, p.io.read_exact(&mut preface))
             .await
             .context("timed out waiting for the client preface")??;
         ensure!(
@@ -102,7 +107,8 @@ impl Peer {
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.tcp.write_all(bytes).await?;
+        self.io.write_all(bytes).await?;
+        self.io.flush().await?;
         Ok(())
     }
 
@@ -142,7 +148,7 @@ impl Peer {
                 }
             }
             let mut buf = vec![0u8; 64 * 1024];
-            let n = self.tcp.read(&mut buf).await?;
+            let n = self.io.read(&mut buf).await?;
             if n == 0 {
                 bail!("connection closed by server");
             }
@@ -187,7 +193,7 @@ impl Peer {
         let mut buf = [0u8; 1024];
         runtime::time::timeout(DEADLINE, async {
             loop {
-                match self.tcp.read(&mut buf).await {
+                match self.io.read(&mut buf).await {
                     Ok(0) | Err(_) => return Ok(()),
                     Ok(_) => {}
                 }
@@ -206,17 +212,6 @@ pub fn goaway_parts(f: &Frame) -> (u32, u32) {
     let last = u32::from_be_bytes(f.payload[..4].try_into().expect("GOAWAY")) & 0x7fff_ffff;
     let code = u32::from_be_bytes(f.payload[4..8].try_into().expect("GOAWAY"));
     (last, code)
-}
-
-async fn read_exact(tcp: &TcpStream, mut buf: &mut [u8]) -> Result<()> {
-    while !buf.is_empty() {
-        let n = tcp.read(buf).await?;
-        if n == 0 {
-            bail!("connection closed");
-        }
-        buf = &mut buf[n..];
-    }
-    Ok(())
 }
 
 pub async fn wait_until(what: &str, cond: impl Fn() -> bool) -> Result<()> {
