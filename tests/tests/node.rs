@@ -138,6 +138,10 @@ fn hbone_service_traffic_is_intact_and_identities_are_logged_on_both_nodes() -> 
         "direct: {}",
         direct.line
     );
+    // Node-2 counts a connection when its inbound half closes, which can trail node-1's log.
+    e2e::wait_for(LOG_WAIT, "node-2's log of both connections", || {
+        n2.access_logs().len() >= 2
+    })?;
 
     for node in [&n1, &n2] {
         let m = node.metrics()?;

@@ -130,3 +130,113 @@ policies:
     }
     Ok(())
 }
+
+#[test]
+fn inbound_authorization_follows_allow_and_deny_policies() -> Result<()> {
+    const Y: u8 = 227;
+    let (web, admin) = (ip4(Y, 2, 1), ip4(Y, 2, 2));
+    let config = format!(
+        r#"workloads:
+  - {{name: web, namespace: app, serviceAccount: web, workloadIps: ["{web}"], node: node-2, protocol: HBONE, services: ["app/web.app.svc.cluster.local"]}}
+  - {{name: admin, namespace: app, serviceAccount: admin, workloadIps: ["{admin}"], node: node-2, protocol: HBONE}}
+services:
+  - {{name: web, namespace: app, hostname: web.app.svc.cluster.local, vips: ["{vip}"], ports: {{80: 8080}}}}
+policies:
+  - name: web-from-front
+    action: Allow
+    destination: {{services: ["app/web.app.svc.cluster.local"]}}
+    from:
+      - namespaces: ["front"]
+    ports: [8080]
+  - name: no-legacy
+    action: Deny
+    from:
+      - principals: ["cluster.local/ns/front/sa/legacy*"]
+"#,
+        vip = ip4(Y, 100, 1)
+    );
+    let mesh = MeshDir::new(&config)?;
+    for addr in [
+        SocketAddr::new(web, 8080),
+        SocketAddr::new(web, 9090),
+        SocketAddr::new(admin, 8080),
+    ] {
+        spawn_echo(addr)?;
+    }
+    let n2 = Node::start(&mesh, "node-2", ip4(Y, 0, 2), &[])?;
+    let cases = [
+        (
+            ("front", "client"),
+            (web, 8080, "web"),
+            200,
+            "allowed namespace and port",
+        ),
+        (
+            ("other", "client"),
+            (web, 8080, "web"),
+            401,
+            "namespace no Allow policy names",
+        ),
+        (
+            ("front", "client"),
+            (web, 9090, "web"),
+            401,
+            "port the Allow policy does not list",
+        ),
+        (
+            ("front", "legacy-1"),
+            (web, 8080, "web"),
+            401,
+            "principal a Deny policy matches by prefix",
+        ),
+        (
+            ("other", "client"),
+            (admin, 8080, "admin"),
+            200,
+            "workload no Allow policy protects",
+        ),
+        (
+            ("front", "legacy-2"),
+            (admin, 8080, "admin"),
+            401,
+            "Deny applies to every workload",
+        ),
+    ];
+    for ((ns, sa), (ip, port, server), want, what) in cases {
+        let r = hbone_request(
+            &mesh.ca,
+            &spiffe(ns, sa),
+            &spiffe("app", server),
+            SocketAddr::new(ip, 15008),
+            SocketAddr::new(ip, port),
+            b"authz",
+        )?;
+        let got = status(&r)?;
+        ensure!(
+            got == want,
+            "{what}: {ns}/{sa} → {ip}:{port} answered {got}, expected {want}: {r:?}"
+        );
+        if want == 200 {
+            ensure!(
+                r.as_ref().is_ok_and(|b| b == b"authz"),
+                "{what}: relayed {r:?}"
+            );
+        }
+    }
+    // Logged when each request ends, which may be just after the client saw its answer.
+    let denied = || {
+        n2.access_logs()
+            .into_iter()
+            .filter(|l| l.get("outcome") == "denied")
+            .count()
+    };
+    e2e::wait_for(Duration::from_secs(5), "4 denials in node-2's log", || {
+        denied() >= 4
+    })?;
+    ensure!(
+        denied() == 4,
+        "node-2 logged {} denials, expected 4",
+        denied()
+    );
+    Ok(())
+}
