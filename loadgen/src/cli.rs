@@ -64,8 +64,62 @@ pub enum Command {
     /// Step the load up until p99 exceeds the SLO or errors appear; report the curve.
     #[command(after_long_help = SWEEP_AFTER)]
     Sweep(SweepArgs),
+    /// Write a development CA and HBONE client/server certificates (PEM) into a directory.
+    DevCerts(DevCertsArgs),
     #[command(flatten)]
     Client(ClientCmd),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevCertsArgs {
+    /// Directory to write root.pem, client.pem, client.key, server.pem, server.key into.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+}
+
+impl DevCertsArgs {
+    /// Writes the files; returns (client identity, server identity).
+    pub fn write(&self) -> Result<(String, String), Error> {
+        use hbone::certs::{CaOptions, CertificateAuthority, LeafOptions};
+        let gen_err = |e: hbone::Error| Error::Invalid {
+            what: "dev-certs",
+            detail: e.to_string(),
+        };
+        let ca =
+            CertificateAuthority::new_root(&CaOptions::new("loadgen dev CA")).map_err(gen_err)?;
+        let client =
+            hbone::Identity::new(&self.trust_domain, "loadgen", "client").map_err(gen_err)?;
+        let server =
+            hbone::Identity::new(&self.trust_domain, "loadgen", "server").map_err(gen_err)?;
+        let c = ca
+            .issue(&client, &LeafOptions::default())
+            .map_err(gen_err)?;
+        let sv = ca
+            .issue(&server, &LeafOptions::default())
+            .map_err(gen_err)?;
+        std::fs::create_dir_all(&self.out).map_err(|source| Error::Output {
+            what: "certificates",
+            path: self.out.clone(),
+            source,
+        })?;
+        for (name, text) in [
+            ("root.pem", ca.root_pem()),
+            ("client.pem", c.chain_pem.clone()),
+            ("client.key", c.key_pem.clone()),
+            ("server.pem", sv.chain_pem.clone()),
+            ("server.key", sv.key_pem.clone()),
+        ] {
+            let path = self.out.join(name);
+            std::fs::write(&path, text).map_err(|source| Error::Output {
+                what: "certificates",
+                path,
+                source,
+            })?;
+        }
+        Ok((client.to_string(), server.to_string()))
+    }
 }
 
 const SWEEP_AFTER: &str = "\
@@ -137,6 +191,66 @@ pub enum ClientCmd {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// TCP request/response of --size bytes through HBONE tunnels (mTLS with a workload
+    /// certificate + HTTP/2 CONNECT) to a node proxy's inbound port; the destination echoes.
+    #[command(after_long_help = JSON_FIELDS)]
+    Hbone {
+        /// The node proxy's HBONE address (its port 15008).
+        node: String,
+        /// Destination ip:port inside the tunnel (the CONNECT :authority).
+        #[arg(long)]
+        dest: String,
+        /// Bytes per request (echoed by the destination and compared).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Concurrent tunnels per connection.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        /// Open a new CONNECT for every request (loads the CONNECT path) instead of keeping
+        /// each slot's tunnel open.
+        #[arg(long)]
+        tunnel_per_request: bool,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+}
+
+/// Workload certificate for the HBONE client (PEM files; `loadgen dev-certs` writes some).
+#[derive(Debug, Clone, Args)]
+pub struct ClientTlsArgs {
+    /// Certificate chain (leaf first) whose URI SAN is the client's SPIFFE identity.
+    #[arg(long)]
+    pub cert: PathBuf,
+    /// Private key of the certificate.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Trust roots for the server's chain.
+    #[arg(long)]
+    pub roots: PathBuf,
+    /// Expected SPIFFE identity of the server (repeatable).
+    #[arg(long = "server-identity", required = true)]
+    pub server_identity: Vec<String>,
+}
+
+impl ClientTlsArgs {
+    pub fn config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, Error> {
+        let tls = |e: hbone::Error| Error::Invalid {
+            what: "HBONE TLS settings",
+            detail: e.to_string(),
+        };
+        let chain = hbone::certs::read_certs(&self.cert).map_err(tls)?;
+        let key = hbone::certs::read_key(&self.key).map_err(tls)?;
+        let roots = hbone::certs::read_certs(&self.roots).map_err(tls)?;
+        let expected = self
+            .server_identity
+            .iter()
+            .map(|s| s.parse::<hbone::Identity>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(tls)?;
+        hbone::tls::client_config(chain, key, &roots, expected).map_err(tls)
+    }
 }
 
 /// HTTP request options.
@@ -232,7 +346,8 @@ impl RuntimeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// echo | sink | source | http1 | http2
+    /// echo | sink | source | http1 | http2 | hbone (HBONE terminator that echoes inside
+    /// each tunnel)
     #[arg(long)]
     pub mode: ServeMode,
     /// Address to listen on (port 0 picks one; the bound address is printed on stdout).
@@ -260,9 +375,43 @@ pub struct ServeArgs {
     /// Allow listening outside loopback.
     #[arg(long)]
     pub allow_remote: bool,
+    /// HBONE mode: server certificate chain (its URI SAN is the server's SPIFFE identity).
+    #[arg(long, required_if_eq("mode", "hbone"))]
+    pub cert: Option<PathBuf>,
+    /// HBONE mode: private key of --cert.
+    #[arg(long, required_if_eq("mode", "hbone"))]
+    pub key: Option<PathBuf>,
+    /// HBONE mode: trust roots for client certificates.
+    #[arg(long, required_if_eq("mode", "hbone"))]
+    pub roots: Option<PathBuf>,
+    /// HBONE mode: trust domain clients must belong to.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
 }
 
 impl ServeArgs {
+    fn hbone_tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, Error> {
+        if self.mode != ServeMode::Hbone {
+            return Ok(None);
+        }
+        let tls = |e: hbone::Error| Error::Invalid {
+            what: "HBONE TLS settings",
+            detail: e.to_string(),
+        };
+        let need = |p: &Option<PathBuf>, flag: &'static str| {
+            p.clone().ok_or(Error::Invalid {
+                what: flag,
+                detail: "required with --mode hbone".into(),
+            })
+        };
+        let chain = hbone::certs::read_certs(need(&self.cert, "--cert")?).map_err(tls)?;
+        let key = hbone::certs::read_key(need(&self.key, "--key")?).map_err(tls)?;
+        let roots = hbone::certs::read_certs(need(&self.roots, "--roots")?).map_err(tls)?;
+        hbone::tls::server_config(chain, key, &roots, &self.trust_domain)
+            .map(Some)
+            .map_err(tls)
+    }
+
     pub fn config(&self) -> Result<ServeConfig, Error> {
         if !self.allow_remote && !self.listen.ip().is_loopback() {
             return Err(Error::RemoteTarget(self.listen.to_string()));
@@ -282,6 +431,7 @@ impl ServeArgs {
             reset_after: self.reset_after,
             stall_once: self.stall_once_ms.map(Duration::from_millis),
             stall_after: self.stall_after.max(1),
+            hbone_tls: self.hbone_tls()?,
         })
     }
 }
@@ -361,7 +511,8 @@ impl ClientCmd {
             ClientCmd::Tcp { load, .. }
             | ClientCmd::Http1 { load, .. }
             | ClientCmd::Http2 { load, .. }
-            | ClientCmd::ConnectChurn { load, .. } => load,
+            | ClientCmd::ConnectChurn { load, .. }
+            | ClientCmd::Hbone { load, .. } => load,
         }
     }
 
@@ -440,6 +591,29 @@ impl ClientCmd {
                         1,
                     )
                 }
+            }
+            ClientCmd::Hbone {
+                node,
+                dest,
+                size,
+                streams,
+                tunnel_per_request,
+                tls,
+                ..
+            } => {
+                let dest_addr = resolve_target(dest, load.allow_remote)?;
+                let spec = crate::client::hbone::HboneSpec {
+                    tls: tls.config()?,
+                    dest: dest_addr,
+                    size: *size,
+                    tunnel_per_request: *tunnel_per_request,
+                };
+                (
+                    Mode::Hbone(spec),
+                    format!("{node} -> {dest}"),
+                    resolve_target(node, load.allow_remote)?,
+                    *streams,
+                )
             }
         };
         if let Some(r) = load.rate

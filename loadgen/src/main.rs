@@ -46,6 +46,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             server.run_until_signal(std::time::Duration::from_secs(1))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::DevCerts(args) => {
+            let (client, server) = args.write()?;
+            println!(
+                "wrote {}: root.pem, client.pem/.key ({client}), server.pem/.key ({server})",
+                args.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Client(cmd) => run_client(&cmd),
         Command::Sweep(args) => sweep(&args),
     }

@@ -23,7 +23,7 @@ use runtime::{RuntimeConfig, Worker};
 
 use crate::Error;
 use crate::client::bulk::{self, BulkSink};
-use crate::client::{Client, ClientConfig, IoTally, Mode, h2c::H2Group};
+use crate::client::{Client, ClientConfig, Group, IoTally, Mode};
 use crate::progress::{Progress, ProgressShard};
 use crate::report::{Report, RunInfo};
 use crate::schedule::{Arrival, Schedule, is_late};
@@ -257,11 +257,10 @@ async fn run_worker(
     let total_slots = spec.connections * spec.streams;
     let mut slots = Vec::with_capacity(share.connections * spec.streams);
     for c in 0..share.connections {
-        let group = matches!(spec.client.mode, Mode::Http2(_))
-            .then(|| Rc::new(H2Group::new(spec.client.clone())));
+        let group = Group::for_mode(&spec.client);
         for s in 0..spec.streams {
             let slot = share.first_slot + c * spec.streams + s;
-            let client = Client::new(&spec.client, group.clone());
+            let client = Client::new(&spec.client, group.as_ref());
             let quota = spec.requests.map(|r| {
                 r / total_slots as u64 + u64::from((slot as u64) < r % total_slots as u64)
             });

@@ -44,6 +44,8 @@ pub enum ServeMode {
     Http1,
     /// HTTP/2 (prior knowledge) responder with a fixed body.
     Http2,
+    /// HBONE terminator (mTLS + HTTP/2 CONNECT) that echoes the bytes of every tunnel.
+    Hbone,
 }
 
 impl std::str::FromStr for ServeMode {
@@ -55,9 +57,10 @@ impl std::str::FromStr for ServeMode {
             "source" => ServeMode::Source,
             "http1" => ServeMode::Http1,
             "http2" => ServeMode::Http2,
+            "hbone" => ServeMode::Hbone,
             _ => {
                 return Err(format!(
-                    "unknown serve mode {s:?}: expected echo, sink, source, http1 or http2"
+                    "unknown serve mode {s:?}: expected echo, sink, source, http1, http2 or hbone"
                 ));
             }
         })
@@ -81,6 +84,8 @@ pub struct ServeConfig {
     /// (server-wide count) for this long, once — a whole-core pause like a GC stop.
     pub stall_once: Option<Duration>,
     pub stall_after: u64,
+    /// HBONE mode: the server TLS config (`hbone::tls::server_config`).
+    pub hbone_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Fault-injection state shared by all cores (only used when a knob is set).
@@ -167,6 +172,7 @@ pub fn start(cfg: &ServeConfig) -> Result<Server, Error> {
                             ServeMode::Source => source(&stream).await,
                             ServeMode::Http1 => http1(&stream, &cfg, &faults, &response).await,
                             ServeMode::Http2 => http2(stream, &cfg, &w).await,
+                            ServeMode::Hbone => hbone_echo(stream, &cfg, &w).await,
                         };
                         if let Err(e) = res {
                             tracing::debug!(error = %e, "backend connection ended");
@@ -330,4 +336,42 @@ async fn http2(stream: TcpStream, cfg: &ServeConfig, worker: &Worker<()>) -> std
         });
     }
     Ok(())
+}
+
+async fn hbone_echo(
+    stream: TcpStream,
+    cfg: &ServeConfig,
+    worker: &Worker<()>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(tls) = cfg.hbone_tls.clone() else {
+        return Err(std::io::Error::other("HBONE mode without a TLS config"));
+    };
+    let server_cfg = hbone::server::ServerConfig::new(tls);
+    let res = hbone::server::serve_tls(
+        stream,
+        &server_cfg,
+        worker.shutdown().draining(),
+        |incoming| async move {
+            let Ok(mut tunnel) = incoming.accept() else {
+                return;
+            };
+            let mut buf = vec![0u8; BUF];
+            loop {
+                match tunnel.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tunnel.write_all(&buf[..n]).await.is_err()
+                            || tunnel.flush().await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = tunnel.shutdown().await;
+        },
+    )
+    .await;
+    res.map_err(std::io::Error::other)
 }

@@ -634,3 +634,91 @@ fn tcp_bulk_upload_echo_and_download() {
     assert!(u(&v, "bytes_received") > 10 << 20, "{v}");
     assert_eq!(u(&v, "errors_total"), 0);
 }
+
+/// HBONE: dev certificates, `serve --mode hbone` (echo inside each tunnel), keep-alive
+/// tunnels and a CONNECT per request; a wrong expected server identity fails every request.
+#[test]
+fn hbone_tunnels_against_serve() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let r = loadgen(&["dev-certs", "--out", d], DL);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let p = |f: &str| format!("{d}/{f}");
+    let b = Backend::start(&[
+        "--mode",
+        "hbone",
+        "--cores",
+        "0,",
+        "--cert",
+        &p("server.pem"),
+        "--key",
+        &p("server.key"),
+        "--roots",
+        &p("root.pem"),
+    ]);
+    let tls = [
+        "--cert".to_string(),
+        p("client.pem"),
+        "--key".into(),
+        p("client.key"),
+        "--roots".into(),
+        p("root.pem"),
+        "--server-identity".into(),
+        "spiffe://cluster.local/ns/loadgen/sa/server".into(),
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "hbone",
+            &b.addr,
+            "--dest",
+            "127.0.0.1:9",
+            "--size",
+            "500",
+            "--cores",
+            "1,",
+        ];
+        args.extend(tls.iter().map(String::as_str));
+        args.extend_from_slice(extra);
+        loadgen(&args, DL)
+    };
+    let r = run(&["-c", "2", "--streams", "4", "-n", "1000"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v = r.json.unwrap();
+    assert_clean(&v, 1000);
+    assert_eq!(u(&v, "bytes_received"), 1000 * 500);
+    assert_eq!(u(&v, "connects"), 2, "tunnels share their connection");
+    assert_eq!(v["mode"], "hbone");
+
+    let r = run(&[
+        "-c",
+        "1",
+        "--streams",
+        "2",
+        "-n",
+        "200",
+        "--tunnel-per-request",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_clean(&r.json.unwrap(), 200);
+
+    let mut args = vec![
+        "hbone",
+        &b.addr,
+        "--dest",
+        "127.0.0.1:9",
+        "--cores",
+        "1,",
+        "-c",
+        "1",
+        "-n",
+        "5",
+    ];
+    args.extend(tls[..6].iter().map(String::as_str));
+    args.extend(["--server-identity", "spiffe://cluster.local/ns/other/sa/x"]);
+    let r = loadgen(&args, DL);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let v = r.json.unwrap();
+    assert_eq!(u(&v, "responses"), 0);
+    assert_eq!(u(&v["errors"], "other"), 5, "{v}");
+}

@@ -21,6 +21,7 @@ use crate::stats::ErrorKind;
 pub mod bulk;
 pub mod h1;
 pub mod h2c;
+pub mod hbone;
 pub mod tcp;
 
 /// Bytes and connects done by one exchange (added to the worker's stats when measured).
@@ -71,6 +72,8 @@ pub enum Mode {
     ChurnTcp { size: usize },
     /// A new TCP connection per request carrying one HTTP/1.1 request.
     ChurnHttp1(HttpSpec),
+    /// TCP echo through HBONE tunnels (mTLS + HTTP/2 CONNECT) to a node proxy.
+    Hbone(hbone::HboneSpec),
 }
 
 impl Mode {
@@ -81,6 +84,7 @@ impl Mode {
             Mode::Http1(_) => "http1",
             Mode::Http2(_) => "http2",
             Mode::ChurnTcp { .. } | Mode::ChurnHttp1(_) => "connect-churn",
+            Mode::Hbone(_) => "hbone",
         }
     }
 }
@@ -98,11 +102,12 @@ pub enum Client {
     Tcp(tcp::EchoClient),
     Http1(h1::Http1Client),
     Http2(h2c::H2Slot),
+    Hbone(hbone::HboneSlot),
 }
 
 impl Client {
-    /// A client for one slot. HTTP/2 slots of one connection share `group`.
-    pub fn new(cfg: &ClientConfig, group: Option<Rc<h2c::H2Group>>) -> Client {
+    /// A client for one slot. HTTP/2 and HBONE slots of one connection share `group`.
+    pub fn new(cfg: &ClientConfig, group: Option<&Group>) -> Client {
         match &cfg.mode {
             // Bulk slots are driven by `bulk::stream`, not per request; this arm is unused.
             Mode::TcpEcho { size } | Mode::TcpBulk { chunk: size, .. } => {
@@ -112,8 +117,22 @@ impl Client {
             Mode::Http1(spec) => Client::Http1(h1::Http1Client::new(cfg, spec, false)),
             Mode::ChurnHttp1(spec) => Client::Http1(h1::Http1Client::new(cfg, spec, true)),
             Mode::Http2(spec) => {
-                let group = group.unwrap_or_else(|| Rc::new(h2c::H2Group::new(cfg.clone())));
+                let group = match group {
+                    Some(Group::H2(g)) => g.clone(),
+                    _ => Rc::new(h2c::H2Group::new(cfg.clone())),
+                };
                 Client::Http2(h2c::H2Slot::new(group, spec))
+            }
+            Mode::Hbone(spec) => {
+                let group = match group {
+                    Some(Group::Hbone(g)) => g.clone(),
+                    _ => Rc::new(hbone::HboneGroup::new(
+                        cfg.target,
+                        cfg.connect_timeout,
+                        spec.tls.clone(),
+                    )),
+                };
+                Client::Hbone(hbone::HboneSlot::new(group, spec))
             }
         }
     }
@@ -124,6 +143,7 @@ impl Client {
             Client::Tcp(c) => c.exchange(io).await,
             Client::Http1(c) => c.exchange(io).await,
             Client::Http2(c) => c.exchange(io).await,
+            Client::Hbone(c) => c.exchange(io).await,
         }
     }
 
@@ -133,6 +153,28 @@ impl Client {
             Client::Tcp(c) => c.abort(),
             Client::Http1(c) => c.abort(),
             Client::Http2(c) => c.abort(),
+            Client::Hbone(c) => c.abort(),
+        }
+    }
+}
+
+/// A connection shared by several slots (HTTP/2, HBONE).
+pub enum Group {
+    H2(Rc<h2c::H2Group>),
+    Hbone(Rc<hbone::HboneGroup>),
+}
+
+impl Group {
+    /// The shared connection for one connection's slots, if the mode multiplexes.
+    pub fn for_mode(cfg: &ClientConfig) -> Option<Group> {
+        match &cfg.mode {
+            Mode::Http2(_) => Some(Group::H2(Rc::new(h2c::H2Group::new(cfg.clone())))),
+            Mode::Hbone(spec) => Some(Group::Hbone(Rc::new(hbone::HboneGroup::new(
+                cfg.target,
+                cfg.connect_timeout,
+                spec.tls.clone(),
+            )))),
+            _ => None,
         }
     }
 }

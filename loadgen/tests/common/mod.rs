@@ -81,7 +81,9 @@ pub fn loadgen(args: &[&str], deadline: Duration) -> Run {
     let json_path = dir.path().join("out.json");
     let mut cmd = Command::new(BIN);
     cmd.args(args);
-    let wants_json = args.first().is_some_and(|a| *a != "sweep" && *a != "serve");
+    let wants_json = args
+        .first()
+        .is_some_and(|a| !["sweep", "serve", "dev-certs"].contains(a));
     if wants_json {
         cmd.arg("--json").arg(&json_path).arg("--quiet");
     }
