@@ -198,3 +198,40 @@ fn client_reset_mid_transfer_closes_both_ends_and_leaks_nothing() -> Result<()> 
     );
     Ok(())
 }
+
+#[test]
+fn both_paths_work_on_the_epoll_driver() -> Result<()> {
+    const X: u8 = 209;
+    let (client, echo, db) = (ip4(X, 1, 1), ip4(X, 2, 1), ip4(X, 2, 2));
+    spawn_echo(SocketAddr::new(echo, 8080))?;
+    spawn_echo(SocketAddr::new(db, 5432))?;
+    let config = format!(
+        "workloads:\n  - {{name: client, namespace: test, serviceAccount: client, workloadIps: [\"{client}\"], node: node-1, protocol: HBONE}}\n  - {{name: echo, namespace: test, serviceAccount: echo, workloadIps: [\"{echo}\"], node: node-2, protocol: HBONE}}\n  - {{name: db, namespace: test, workloadIps: [\"{db}\"], node: node-2, protocol: TCP}}\n"
+    );
+    let mesh = MeshDir::new(&config)?;
+    let args = ["--driver", "epoll", "--cores", "2"];
+    let n1 = Node::start(&mesh, "node-1", ip4(X, 0, 1), &args)?;
+    let n2 = Node::start(&mesh, "node-2", ip4(X, 0, 2), &args)?;
+    for node in [&n1, &n2] {
+        let driver = node.config_dump()?["runtime"]["driver"].clone();
+        ensure!(driver == "epoll", "{} runs on {driver}", node.name);
+    }
+    const TOTAL: usize = 4 << 20;
+    for target in [SocketAddr::new(echo, 8080), SocketAddr::new(db, 5432)] {
+        let (sent, got, n) = bulk_echo(socks_connect(client, n1.socks(), target)?, TOTAL)?;
+        ensure!(
+            n == TOTAL && sent == got,
+            "{target}: {n} of {TOTAL} bytes back, intact: {}",
+            sent == got
+        );
+    }
+    let inb = n2.wait_access(LOG_WAIT, "node-2's HBONE log", |l| {
+        l.num("received") == TOTAL as u64
+    })?;
+    ensure!(
+        inb.get("src_identity") == "spiffe://cluster.local/ns/test/sa/client",
+        "{}",
+        inb.line
+    );
+    Ok(())
+}
