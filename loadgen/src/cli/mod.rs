@@ -17,6 +17,9 @@ use crate::schedule::Arrival;
 use crate::serve::{ServeConfig, ServeMode};
 use crate::sweep::{SweepAxis, SweepPlan};
 
+mod tls;
+pub use tls::{ClientTlsArgs, DevCertsArgs};
+
 /// The JSON report fields, shown in `--help` of every load command.
 pub const JSON_FIELDS: &str = "\
 JSON report (--json FILE), one object:
@@ -68,58 +71,6 @@ pub enum Command {
     DevCerts(DevCertsArgs),
     #[command(flatten)]
     Client(ClientCmd),
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct DevCertsArgs {
-    /// Directory to write root.pem, client.pem, client.key, server.pem, server.key into.
-    #[arg(long)]
-    pub out: PathBuf,
-    #[arg(long, default_value = "cluster.local")]
-    pub trust_domain: String,
-}
-
-impl DevCertsArgs {
-    /// Writes the files; returns (client identity, server identity).
-    pub fn write(&self) -> Result<(String, String), Error> {
-        use hbone::certs::{CaOptions, CertificateAuthority, LeafOptions};
-        let gen_err = |e: hbone::Error| Error::Invalid {
-            what: "dev-certs",
-            detail: e.to_string(),
-        };
-        let ca =
-            CertificateAuthority::new_root(&CaOptions::new("loadgen dev CA")).map_err(gen_err)?;
-        let client =
-            hbone::Identity::new(&self.trust_domain, "loadgen", "client").map_err(gen_err)?;
-        let server =
-            hbone::Identity::new(&self.trust_domain, "loadgen", "server").map_err(gen_err)?;
-        let c = ca
-            .issue(&client, &LeafOptions::default())
-            .map_err(gen_err)?;
-        let sv = ca
-            .issue(&server, &LeafOptions::default())
-            .map_err(gen_err)?;
-        std::fs::create_dir_all(&self.out).map_err(|source| Error::Output {
-            what: "certificates",
-            path: self.out.clone(),
-            source,
-        })?;
-        for (name, text) in [
-            ("root.pem", ca.root_pem()),
-            ("client.pem", c.chain_pem.clone()),
-            ("client.key", c.key_pem.clone()),
-            ("server.pem", sv.chain_pem.clone()),
-            ("server.key", sv.key_pem.clone()),
-        ] {
-            let path = self.out.join(name);
-            std::fs::write(&path, text).map_err(|source| Error::Output {
-                what: "certificates",
-                path,
-                source,
-            })?;
-        }
-        Ok((client.to_string(), server.to_string()))
-    }
 }
 
 const SWEEP_AFTER: &str = "\
@@ -215,42 +166,6 @@ pub enum ClientCmd {
         #[command(flatten)]
         load: LoadArgs,
     },
-}
-
-/// Workload certificate for the HBONE client (PEM files; `loadgen dev-certs` writes some).
-#[derive(Debug, Clone, Args)]
-pub struct ClientTlsArgs {
-    /// Certificate chain (leaf first) whose URI SAN is the client's SPIFFE identity.
-    #[arg(long)]
-    pub cert: PathBuf,
-    /// Private key of the certificate.
-    #[arg(long)]
-    pub key: PathBuf,
-    /// Trust roots for the server's chain.
-    #[arg(long)]
-    pub roots: PathBuf,
-    /// Expected SPIFFE identity of the server (repeatable).
-    #[arg(long = "server-identity", required = true)]
-    pub server_identity: Vec<String>,
-}
-
-impl ClientTlsArgs {
-    pub fn config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, Error> {
-        let tls = |e: hbone::Error| Error::Invalid {
-            what: "HBONE TLS settings",
-            detail: e.to_string(),
-        };
-        let chain = hbone::certs::read_certs(&self.cert).map_err(tls)?;
-        let key = hbone::certs::read_key(&self.key).map_err(tls)?;
-        let roots = hbone::certs::read_certs(&self.roots).map_err(tls)?;
-        let expected = self
-            .server_identity
-            .iter()
-            .map(|s| s.parse::<hbone::Identity>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(tls)?;
-        hbone::tls::client_config(chain, key, &roots, expected).map_err(tls)
-    }
 }
 
 /// HTTP request options.
@@ -749,103 +664,4 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("2ms").unwrap(), Duration::from_millis(2));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("500us").unwrap(), Duration::from_micros(500));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("2 weeks").is_err());
-        assert!(parse_duration("ms").is_err());
-    }
-
-    #[test]
-    fn core_lists() {
-        assert_eq!(parse_cores("1,").unwrap(), runtime::Cores::List(vec![1]));
-        assert_eq!(
-            parse_cores("0,1").unwrap(),
-            runtime::Cores::List(vec![0, 1])
-        );
-        assert_eq!(parse_cores("2").unwrap(), runtime::Cores::Count(2));
-        assert!(parse_cores("x,").is_err());
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            parse_url("http://127.0.0.1:80/a?b").unwrap(),
-            ("127.0.0.1:80".into(), "/a?b".into())
-        );
-        assert_eq!(parse_url("http://localhost").unwrap().1, "/");
-        assert!(parse_url("https://x/").is_err());
-        assert!(parse_url("http:///x").is_err());
-    }
-
-    #[test]
-    fn cli_is_consistent_and_help_documents_json() {
-        Cli::command().debug_assert();
-        let help = Cli::command().render_long_help().to_string();
-        for f in [
-            "achieved_rps",
-            "requests",
-            "errors",
-            "latency_us",
-            "late_sends",
-            "bytes",
-            "duration_s",
-            "target_rps",
-        ] {
-            assert!(help.contains(f), "root help lacks {f}");
-        }
-        let mut cmd = Cli::command();
-        let http1 = cmd
-            .find_subcommand_mut("http1")
-            .unwrap()
-            .render_long_help()
-            .to_string();
-        assert!(http1.contains("p9999") && http1.contains("connect_refused"));
-    }
-
-    #[test]
-    fn specs_from_args() {
-        let cli = Cli::try_parse_from([
-            "loadgen",
-            "http1",
-            "http://127.0.0.1:9/x",
-            "--rate",
-            "100",
-            "--poisson",
-            "-c",
-            "4",
-        ])
-        .unwrap();
-        let Command::Client(c) = cli.command else {
-            panic!()
-        };
-        let spec = c.spec().unwrap();
-        assert_eq!(spec.rate, Some(100.0));
-        assert_eq!(spec.arrival, Arrival::Poisson);
-        assert_eq!(spec.connections, 4);
-        assert_eq!(spec.duration, Some(Duration::from_secs(10)));
-        let cli = Cli::try_parse_from(["loadgen", "tcp", "10.0.0.1:9"]).unwrap();
-        let Command::Client(c) = cli.command else {
-            panic!()
-        };
-        assert!(matches!(c.spec(), Err(Error::RemoteTarget(_))));
-        assert!(
-            Cli::try_parse_from([
-                "loadgen",
-                "http1",
-                "http://127.0.0.1:9/",
-                "--rate",
-                "5",
-                "--closed"
-            ])
-            .is_err()
-        );
-    }
-}
+mod tests;
