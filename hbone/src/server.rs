@@ -140,10 +140,13 @@ impl Incoming {
 
     /// Waits for `upstream` (the caller's dial); on success answers 200 and relays until both
     /// directions end, on failure answers the status. The caller logs and counts the outcome.
+    /// If the relay fails (a reset from either side, an I/O error), the upstream is closed with
+    /// a reset ([`Upstream::abort`]) and the tunnel with RST_STREAM, so neither end mistakes
+    /// the abort for a complete stream.
     pub async fn serve<U, F>(self, upstream: F) -> Served
     where
         F: Future<Output = std::result::Result<U, Status>>,
-        U: AsyncRead + AsyncWrite + Unpin,
+        U: Upstream,
     {
         let mut up = match upstream.await {
             Ok(up) => up,
@@ -167,14 +170,31 @@ impl Incoming {
         };
         match stream::relay(&mut tunnel, &mut up).await {
             Ok(stats) => Served::Relayed(stats),
-            Err(e) => Served::RelayFailed(
-                RelayStats {
-                    to_tunnel: tunnel.bytes_written(),
-                    from_tunnel: tunnel.bytes_read(),
-                },
-                e,
-            ),
+            Err(e) => {
+                up.abort();
+                // Dropping the tunnel unfinished resets it (RST_STREAM CANCEL).
+                Served::RelayFailed(
+                    RelayStats {
+                        to_tunnel: tunnel.bytes_written(),
+                        from_tunnel: tunnel.bytes_read(),
+                    },
+                    e,
+                )
+            }
         }
+    }
+}
+
+/// The socket [`Incoming::serve`] relays a tunnel into.
+pub trait Upstream: AsyncRead + AsyncWrite + Unpin {
+    /// Makes the coming close a reset, so the far end sees an abort and not end of stream.
+    fn abort(&self);
+}
+
+impl Upstream for runtime::net::TcpStream {
+    fn abort(&self) {
+        // SO_LINGER 0: close sends RST. Failing to set it leaves a FIN, nothing worse.
+        let _ = self.set_zero_linger();
     }
 }
 

@@ -299,7 +299,8 @@ const RELAY_BUF_MAX: usize = 256 * 1024;
 /// End of stream in one direction is passed on as a half-close (END_STREAM towards the
 /// tunnel, `poll_shutdown` towards `io`) while the other direction keeps flowing. Returns the
 /// first error of either direction; the caller then drops both ends, which resets the tunnel
-/// (RST_STREAM CANCEL). Tunnel payload is written to `io` straight from h2's buffers, and socket
+/// (RST_STREAM CANCEL), and should reset the socket too (`TcpStream::set_zero_linger` before
+/// the drop) so its peer sees the abort rather than a clean end of stream. Tunnel payload is written to `io` straight from h2's buffers, and socket
 /// reads go straight into the buffers h2 sends from: no copy beyond the kernel's.
 pub async fn relay<T>(tunnel: &mut HboneStream, io: &mut T) -> io::Result<RelayStats>
 where

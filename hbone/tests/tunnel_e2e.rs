@@ -139,3 +139,84 @@ fn half_close_server_first() -> Result<()> {
         Ok(())
     })
 }
+
+/// A backend that reads one connection until EOF or error and reports which, with the byte
+/// count so far.
+fn start_reading_backend() -> Result<(std::net::SocketAddr, ReadEnd)> {
+    let listener = runtime::net::TcpListener::bind("127.0.0.1:0".parse()?)?;
+    let addr = listener.local_addr()?;
+    let state: ReadEnd = Default::default();
+    let s2 = state.clone();
+    runtime::spawn(async move {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) => {
+                    s2.borrow_mut().1 = Some(Ok(()));
+                    return;
+                }
+                Ok(n) => s2.borrow_mut().0 += n,
+                Err(e) => {
+                    s2.borrow_mut().1 = Some(Err(e.kind()));
+                    return;
+                }
+            }
+        }
+    })
+    .detach();
+    Ok((addr, state))
+}
+
+/// Bytes read so far, and how reading ended (`Ok` = EOF).
+type ReadEnd = std::rc::Rc<std::cell::RefCell<(usize, Option<Result<(), std::io::ErrorKind>>)>>;
+
+#[test]
+fn tunnel_reset_reaches_upstream_as_rst_cancel_as_eof() -> Result<()> {
+    run(DriverChoice::Auto, async || {
+        let pki = Pki::new();
+        let server_id = id("server");
+        let server = start_server(&pki, &server_id)?;
+        let conn = client::connect(
+            server.addr,
+            pki.client_tls(&id("client"), std::slice::from_ref(&server_id)),
+            &H2Settings::default(),
+        )
+        .await?;
+        // RST_STREAM INTERNAL_ERROR from the client: an abort, so the pod must see a reset.
+        let (backend, state) = start_reading_backend()?;
+        let mut t = conn.send_connect(&ConnectRequest::new(backend)).await?;
+        t.write_all(&[7u8; 1000]).await?;
+        wait_until("backend to get the bytes", || state.borrow().0 == 1000).await?;
+        t.reset(h2::Reason::INTERNAL_ERROR);
+        wait_until("backend read to end", || state.borrow().1.is_some()).await?;
+        let end = state.borrow().1;
+        ensure!(
+            end == Some(Err(std::io::ErrorKind::ConnectionReset)),
+            "backend saw {end:?} after the tunnel was reset"
+        );
+        wait_until("server relay to finish", || {
+            !server.log.served.borrow().is_empty()
+        })
+        .await?;
+        ensure!(
+            matches!(&server.log.served.borrow()[0], Served::RelayFailed(s, _) if s.from_tunnel == 1000),
+            "{:?}",
+            server.log.served.borrow()[0]
+        );
+
+        // Dropping the stream sends RST_STREAM CANCEL, which HBONE reads as end of stream
+        // (as ztunnel does): the pod sees a FIN.
+        let (backend, state) = start_reading_backend()?;
+        let mut t = conn.send_connect(&ConnectRequest::new(backend)).await?;
+        t.write_all(&[7u8; 10]).await?;
+        wait_until("backend to get the bytes", || state.borrow().0 == 10).await?;
+        drop(t);
+        wait_until("backend read to end", || state.borrow().1.is_some()).await?;
+        let end = state.borrow().1;
+        ensure!(end == Some(Ok(())), "backend saw {end:?} after CANCEL");
+        Ok(())
+    })
+}
