@@ -82,7 +82,9 @@ impl std::fmt::Debug for ClientConn {
 /// Dials `addr`, runs the mTLS handshake with `tls` (a config from [`crate::tls`], which
 /// checks the server's SPIFFE identity and sends no SNI) and the HTTP/2 handshake.
 ///
-/// Must run inside the core's runtime: the connection's driver task is spawned on it.
+/// Must run inside the core's runtime: the connection's driver task is spawned on it. Has no
+/// deadline of its own (the kernel's SYN retries take ~2 min); [`crate::pool::Pool`] bounds it
+/// with `PoolConfig::connect_timeout`, direct callers should wrap it in a timeout.
 pub async fn connect(
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,

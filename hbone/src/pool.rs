@@ -448,3 +448,48 @@ impl Pool {
 fn refused_unprocessed(e: &h2::Error) -> bool {
     (e.is_go_away() && e.is_remote()) || e.reason() == Some(h2::Reason::REFUSED_STREAM)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(sa: &str) -> Identity {
+        Identity::new("cluster.local", "ns", sa).unwrap()
+    }
+
+    #[test]
+    fn key_ignores_order_and_duplicates_of_expected_identities() {
+        let dst: SocketAddr = "10.0.0.2:15008".parse().unwrap();
+        let a = PoolKey::new(id("src"), vec![id("b"), id("a"), id("b")], dst);
+        let b = PoolKey::new(id("src"), vec![id("a"), id("b")], dst);
+        assert_eq!(a, b);
+        assert_eq!(a.dst_ids.len(), 2);
+        // Any field that differs makes another key.
+        assert_ne!(a, PoolKey::new(id("other"), vec![id("a"), id("b")], dst));
+        assert_ne!(a, PoolKey::new(id("src"), vec![id("a")], dst));
+        assert_ne!(
+            a,
+            PoolKey::new(
+                id("src"),
+                vec![id("a"), id("b")],
+                "10.0.0.3:15008".parse().unwrap()
+            )
+        );
+        assert_eq!(
+            a.to_string(),
+            "spiffe://cluster.local/ns/ns/sa/src -> 10.0.0.2:15008 \
+             [spiffe://cluster.local/ns/ns/sa/a, spiffe://cluster.local/ns/ns/sa/b]"
+        );
+    }
+
+    #[test]
+    fn refused_unprocessed_only_for_goaway_and_refused_stream() {
+        assert!(refused_unprocessed(&h2::Error::from(
+            h2::Reason::REFUSED_STREAM
+        )));
+        assert!(!refused_unprocessed(&h2::Error::from(
+            h2::Reason::INTERNAL_ERROR
+        )));
+        assert!(!refused_unprocessed(&h2::Error::from(h2::Reason::CANCEL)));
+    }
+}
