@@ -128,7 +128,7 @@ pub fn run(spec: &LoadSpec) -> Result<RunOutcome, Error> {
         let tx = tx.clone();
         Ok(async move {
             let index = worker.index();
-            let result = run_worker(&spec, &share, progress, index).await;
+            let result = run_worker(&spec, &share, progress, index, worker.driver()).await;
             let _ = tx.send((index, result));
         })
     })
@@ -239,6 +239,7 @@ async fn run_worker(
     share: &Share,
     progress: Progress,
     index: usize,
+    driver: runtime::DriverKind,
 ) -> WorkerResult {
     let start = Instant::now();
     let started_at = SystemTime::now() + spec.warmup;
@@ -260,7 +261,11 @@ async fn run_worker(
         let group = Group::for_mode(&spec.client);
         for s in 0..spec.streams {
             let slot = share.first_slot + c * spec.streams + s;
-            let client = Client::new(&spec.client, group.as_ref());
+            let client = Client::new(
+                &spec.client,
+                group.as_ref(),
+                driver == runtime::DriverKind::IoUring,
+            );
             let quota = spec.requests.map(|r| {
                 r / total_slots as u64 + u64::from((slot as u64) < r % total_slots as u64)
             });

@@ -107,15 +107,21 @@ pub enum Client {
 
 impl Client {
     /// A client for one slot. HTTP/2 and HBONE slots of one connection share `group`.
-    pub fn new(cfg: &ClientConfig, group: Option<&Group>) -> Client {
+    /// `completion_io`: the worker runs io_uring, where owned-buffer completion I/O is the
+    /// cheaper style (see `h1`).
+    pub fn new(cfg: &ClientConfig, group: Option<&Group>, completion_io: bool) -> Client {
         match &cfg.mode {
             // Bulk slots are driven by `bulk::stream`, not per request; this arm is unused.
             Mode::TcpEcho { size } | Mode::TcpBulk { chunk: size, .. } => {
                 Client::Tcp(tcp::EchoClient::new(cfg, *size, false))
             }
             Mode::ChurnTcp { size } => Client::Tcp(tcp::EchoClient::new(cfg, *size, true)),
-            Mode::Http1(spec) => Client::Http1(h1::Http1Client::new(cfg, spec, false)),
-            Mode::ChurnHttp1(spec) => Client::Http1(h1::Http1Client::new(cfg, spec, true)),
+            Mode::Http1(spec) => {
+                Client::Http1(h1::Http1Client::new(cfg, spec, false, completion_io))
+            }
+            Mode::ChurnHttp1(spec) => {
+                Client::Http1(h1::Http1Client::new(cfg, spec, true, completion_io))
+            }
             Mode::Http2(spec) => {
                 let group = match group {
                     Some(Group::H2(g)) => g.clone(),
