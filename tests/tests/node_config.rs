@@ -452,6 +452,12 @@ fn run_refuses_to_start_on_a_bad_config_or_missing_ca() -> Result<()> {
         ];
         let mut p = e2e::Proc::spawn(&bin("ringmesh"), &args)?;
         let code = p.wait_exit(Duration::from_secs(10))?;
+        // The stderr reader thread may trail the exit; its last line is the error.
+        let _ = wait_for(
+            Duration::from_secs(5),
+            "the start-up error on stderr",
+            || p.stderr().contains("error"),
+        );
         Ok((code, p.stderr()))
     };
     let (code, stderr) = run(&mesh.config, &mesh.ca)?;

@@ -112,7 +112,8 @@ policies:
     ];
     for (what, target, want, outcome) in cases {
         let started = Instant::now();
-        let got = code(target)?;
+        let got = code(target)
+            .map_err(|e| e.context(format!("{what} ({target}) after {:?}", started.elapsed())))?;
         ensure!(
             want.contains(&got),
             "{what} ({target}): SOCKS5 reply {got}, expected one of {want:?}"
@@ -147,17 +148,18 @@ policies:
     by_name.extend_from_slice(hostname);
     by_name.extend_from_slice(&80u16.to_be_bytes());
     ensure!(
-        raw_socks(n1.socks(), &by_name)? == 8,
+        raw_socks(n1.socks(), &by_name).map_err(|e| e.context("domain-name CONNECT"))? == 8,
         "domain-name CONNECT not refused with 8"
     );
     let mut bind = vec![5, 2, 0, 1];
     bind.extend_from_slice(&[127, X, 100, 1, 0, 80]);
     ensure!(
-        raw_socks(n1.socks(), &bind)? == 7,
+        raw_socks(n1.socks(), &bind).map_err(|e| e.context("BIND"))? == 7,
         "BIND not refused with 7"
     );
     // And the healthy path still works after all that.
-    let mut s = socks_connect(client, n1.socks(), ok)?;
+    let mut s = socks_connect(client, n1.socks(), ok)
+        .map_err(|e| e.context("the healthy path at the end"))?;
     s.write_all(b"still fine")?;
     let mut b = [0u8; 10];
     s.read_exact(&mut b)?;

@@ -78,7 +78,10 @@ policies:
     // Authority IP is not the IP the tunnel arrived on: a local workload's, and one outside the mesh.
     for other in [echo2, ip4(X, 9, 9)] {
         let r = request(&client, SocketAddr::new(other, 8080))?;
-        ensure!(status(&r)? == 400, "CONNECT {other}:8080 on {hbone}: {r:?}");
+        ensure!(
+            status(&r).map_err(|e| e.context(n2.proc.stderr()))? == 400,
+            "CONNECT {other}:8080 on {hbone}: {r:?}"
+        );
     }
     // The right IP, a port nobody listens on.
     let r = request(&client, SocketAddr::new(echo, 8081))?;
@@ -211,7 +214,12 @@ policies:
             SocketAddr::new(ip, port),
             b"authz",
         )?;
-        let got = status(&r)?;
+        let got = status(&r).map_err(|e| {
+            e.context(format!(
+                "{what}: {ns}/{sa} → {ip}:{port}\nnode-2:\n{}",
+                n2.proc.stderr()
+            ))
+        })?;
         ensure!(
             got == want,
             "{what}: {ns}/{sa} → {ip}:{port} answered {got}, expected {want}: {r:?}"

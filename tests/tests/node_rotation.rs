@@ -156,7 +156,9 @@ fn nodes_renew_short_certificates_before_expiry_and_new_handshakes_use_them() ->
     )?;
     ensure!(
         direct.as_ref().is_ok_and(|b| b == b"direct"),
-        "direct HBONE after expiry: {direct:?}"
+        "direct HBONE after expiry (now {}): {direct:?}\nnode-2:\n{}",
+        now_secs(),
+        n2.proc.stderr()
     );
     // Another connection to echo (may ride the pooled connection made with the first
     // certificates, which TLS does not re-check once established).
