@@ -3,6 +3,7 @@
 //! Run: `cargo bench -p ringmesh-hbone --bench tunnel` (release profile). Options after `--`:
 //! `--mib N` bytes per bulk run (default 1024), `--reps N` bulk runs per mode (default 3,
 //! the median is reported), `--rtt N` round trips per latency run (default 20000),
+//! `--idle N` idle connections and tunnels for the memory figure (default 1000, 0 skips),
 //! `--driver auto|io-uring|epoll`, `--only tcp|tls|hbone|hbone-io|hbone-relay` (one bulk mode, no latency runs;
 //! for profiling), `--only rtt` (latency runs only).
 //!
@@ -27,7 +28,9 @@
 //! server's byte count; throughput is payload over that time, CPU is the whole process's
 //! user+system CPU (both sides) per GB of payload. Latency: 64-byte request/response round
 //! trips on one established stream (HBONE stream taken from a `Pool`), plus the time to open a
-//! new stream on the pooled connection and do one round trip (`hbone-open`).
+//! new stream on the pooled connection and do one round trip (`hbone-open`). Memory: resident
+//! set growth per idle HBONE connection (TLS + HTTP/2, both ends) and per idle tunnel on it
+//! (one stream each, both ends; the server side waits in `poll_chunk`, holding no buffer).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -62,6 +65,7 @@ struct Opts {
     mib: u64,
     reps: usize,
     rtt: usize,
+    idle: usize,
     driver: DriverChoice,
     only: Option<String>,
 }
@@ -71,6 +75,7 @@ fn parse_opts() -> Result<Opts> {
         mib: 1024,
         reps: 3,
         rtt: 20_000,
+        idle: 1000,
         driver: DriverChoice::Auto,
         only: None,
     };
@@ -81,6 +86,7 @@ fn parse_opts() -> Result<Opts> {
             "--mib" => o.mib = val()?.parse()?,
             "--reps" => o.reps = val()?.parse()?,
             "--rtt" => o.rtt = val()?.parse()?,
+            "--idle" => o.idle = val()?.parse()?,
             "--driver" => o.driver = val()?.parse().map_err(anyhow::Error::msg)?,
             "--only" => o.only = Some(val()?),
             "--bench" => {}
@@ -274,6 +280,41 @@ async fn server_side(
     Ok(())
 }
 
+/// Resident set size from /proc/self/statm, in KiB (4 KiB pages).
+fn rss_kib() -> Result<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .context("statm format")?
+        .parse()?;
+    Ok(pages * 4.0)
+}
+
+/// KiB of resident memory per idle connection and per idle tunnel (both ends counted).
+async fn idle_memory(a: Addrs, tls: &Tls, n: usize) -> Result<(f64, f64)> {
+    // Let the allocator and the event loops reach a steady state first.
+    let warm = client::connect(a.hbone, tls.client.clone(), &Default::default()).await?;
+    drop(warm);
+    let rss0 = rss_kib()?;
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(client::connect(a.hbone, tls.client.clone(), &Default::default()).await?);
+    }
+    let rss1 = rss_kib()?;
+    let sink = ConnectRequest::new(SocketAddr::from(([127, 0, 0, 1], SINK_PORT)));
+    let mut tunnels = Vec::with_capacity(n);
+    for c in &conns {
+        tunnels.push(c.send_connect(&sink).await?);
+    }
+    // The server's handler tasks start as the 200s go out; give them a moment to park.
+    runtime::time::sleep(Duration::from_millis(200)).await;
+    let rss2 = rss_kib()?;
+    drop(tunnels);
+    drop(conns);
+    Ok(((rss1 - rss0) / n as f64, (rss2 - rss1) / n as f64))
+}
+
 /// Process CPU time (user + system) from /proc/self/stat, in seconds.
 fn cpu_seconds() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
@@ -458,6 +499,15 @@ fn main() -> Result<()> {
                 pct(&d, 0.5),
                 pct(&d, 0.9),
                 pct(&d, 0.99)
+            );
+        }
+        if o.idle > 0 {
+            let (conn, tunnel) = idle_memory(addrs, &t, o.idle).await?;
+            println!();
+            println!(
+                "idle memory (n={}): {conn:.1} KiB per HBONE connection, {tunnel:.1} KiB per tunnel \
+                 (client + server side)",
+                o.idle
             );
         }
         Ok::<_, anyhow::Error>(())
