@@ -60,13 +60,15 @@ def main():
     results = []
     try:
         sink_port = free_port()
-        start([f"{REL}/loadgen", "serve", "--mode", "sink", "--listen", f"127.0.0.1:{sink_port}", "--cores", "1"])
+        # Placement on two cores: the client alone on core 0; the sink and the forwarder
+        # share core 1 (the sink only discards). Direct runs use the same sink and client.
+        start([f"{REL}/loadgen", "serve", "--mode", "sink", "--listen", f"127.0.0.1:{sink_port}", "--cores", "1,"])
         wait_port(sink_port)
         fwd = {}
         for mode in ("splice", "buffered"):
             port = free_port()
             p = start([f"{REL}/ringmesh", "forward", "--listen", f"127.0.0.1:{port}", "--to",
-                       f"127.0.0.1:{sink_port}", "--cores", "1", "--copy", mode])
+                       f"127.0.0.1:{sink_port}", "--cores", "1,", "--copy", mode])
             fwd[mode] = (port, p)
         for mode, (port, _) in fwd.items():
             # Wait on the forwarder's listener without forwarding a probe into the sink
@@ -80,7 +82,7 @@ def main():
                     out = f"/tmp/ringmesh-relay-{os.getpid()}.json"
                     c0 = cpu_seconds(pid) if pid else 0.0
                     subprocess.run([f"{REL}/loadgen", "tcp", f"127.0.0.1:{port}", "--bulk", "--size", "262144",
-                                    "-c", str(streams), "--duration", f"{args.seconds}s", "--cores", "1",
+                                    "-c", str(streams), "--duration", f"{args.seconds}s", "--cores", "0,",
                                     "--quiet", "--json", out], check=False, stdout=subprocess.DEVNULL)
                     c1 = cpu_seconds(pid) if pid else 0.0
                     with open(out) as f:

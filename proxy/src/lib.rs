@@ -8,6 +8,6 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod forward;
-pub mod node;
 pub mod identity;
 pub mod metrics;
+pub mod node;

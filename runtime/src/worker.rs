@@ -68,7 +68,8 @@ pub enum Cores {
 impl FromStr for Cores {
     type Err = String;
 
-    /// `"all"`, a count (`"2"`) or a comma-separated list of core ids (`"0,1"`).
+    /// `"all"`, a count (`"2"`) or a comma-separated list of core ids (`"0,1"`; `"1,"` is
+    /// core 1 alone).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         if s == "all" {
@@ -84,7 +85,8 @@ impl FromStr for Cores {
             return Ok(Cores::Count(n));
         }
         let mut ids = Vec::new();
-        for part in s.split(',') {
+        // "1," is a list of one core (core 1), not a count.
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
             let id: usize = part
                 .trim()
                 .parse()
@@ -642,6 +644,7 @@ mod tests {
     fn parses_core_sets() {
         assert_eq!("2".parse::<Cores>().unwrap(), Cores::Count(2));
         assert_eq!("0,1".parse::<Cores>().unwrap(), Cores::List(vec![0, 1]));
+        assert_eq!("1,".parse::<Cores>().unwrap(), Cores::List(vec![1]));
         assert_eq!("all".parse::<Cores>().unwrap(), Cores::All);
         assert!("0".parse::<Cores>().unwrap_err().contains("at least 1"));
         assert!("0,x".parse::<Cores>().unwrap_err().contains("\"x\""));

@@ -49,6 +49,10 @@ pub struct NodeOptions {
     pub watch_interval: Duration,
 }
 
+/// How often each core copies its pool counters into its metrics shard. Scrapes come every
+/// 15 s or so; a second is fresh enough and costs nothing.
+const POOL_STATS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Replaces the process's log filter (from the admin endpoint); set up by `main`.
 pub type LogReload = Box<dyn Fn(&str) -> std::result::Result<(), String> + Send + Sync>;
 
@@ -293,6 +297,7 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
 /// connections (up to the deadline).
 async fn worker_main(worker: runtime::Worker<CoreMsg>, core: Rc<Core>, mut inbound: Inbound) {
     let w = worker.clone();
+    let core_for_stats = core.clone();
     let messages = async move {
         while let Ok(msg) = w.messages().recv().await {
             let reconcile = matches!(msg, CoreMsg::Config(_));
@@ -304,6 +309,18 @@ async fn worker_main(worker: runtime::Worker<CoreMsg>, core: Rc<Core>, mut inbou
             }
         }
     };
+    // Pool figures for /metrics, every few seconds (the pool's own counters are cumulative).
+    let (pool_core, w2) = (core_for_stats, worker.clone());
+    runtime::spawn(async move {
+        while !w2.shutdown().is_draining() {
+            let s = pool_core.pool.stats();
+            pool_core
+                .metrics
+                .hbone_pool(s.dials, s.reuses, s.open as u64);
+            runtime::time::sleep(POOL_STATS_INTERVAL).await;
+        }
+    })
+    .detach();
     let messages = std::pin::pin!(messages);
     let drain = std::pin::pin!(worker.shutdown().draining());
     futures_util::future::select(messages, drain).await;
