@@ -582,3 +582,57 @@ pub fn socks_reply_code(source: IpAddr, socks: SocketAddr, target: SocketAddr) -
     s.read_exact(&mut rep).context("reading the SOCKS5 reply")?;
     Ok(rep[1])
 }
+
+impl Node {
+    /// Like [`Node::start`], but with its own config file `config` (for meshes whose nodes
+    /// disagree, e.g. about who a workload is).
+    pub fn start_with_config(
+        mesh: &MeshDir,
+        config: &std::path::Path,
+        name: &str,
+        ip: IpAddr,
+        extra: &[&str],
+    ) -> Result<Node> {
+        let addr = |port: u16| SocketAddr::new(ip, port).to_string();
+        let (socks, admin, metrics, ready) = (addr(15080), addr(15000), addr(15020), addr(15021));
+        let config = config.to_string_lossy().into_owned();
+        let ca = mesh.ca.to_string_lossy().into_owned();
+        let mut args = vec![
+            "run",
+            "--config",
+            &config,
+            "--ca-dir",
+            &ca,
+            "--node",
+            name,
+            "--capture",
+            "none",
+            "--socks5",
+            &socks,
+            "--admin",
+            &admin,
+            "--metrics",
+            &metrics,
+            "--ready",
+            &ready,
+            "--log",
+            "info",
+            "--cores",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let node = Node {
+            proc: Proc::spawn(&bin("ringmesh"), &args)?,
+            name: name.to_string(),
+            ip,
+        };
+        let ready_addr = SocketAddr::new(ip, 15021);
+        wait_for(NODE_START, &format!("{name} ready"), || {
+            proxy::demo::http_get(ready_addr, "/healthz/ready")
+                .map(|b| b.starts_with("ready"))
+                .unwrap_or(false)
+        })
+        .with_context(|| format!("{name} log:\n{}", node.proc.stderr()))?;
+        Ok(node)
+    }
+}

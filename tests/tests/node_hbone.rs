@@ -248,3 +248,41 @@ policies:
     );
     Ok(())
 }
+
+#[test]
+fn outbound_refuses_a_server_presenting_another_identity() -> Result<()> {
+    // node-1 believes the workload at .2.1 is test/echo; node-2 serves it as test/impostor
+    // (and holds only the impostor's certificate). node-1 must refuse the tunnel.
+    const Y: u8 = 228;
+    let (client, echo) = (ip4(Y, 1, 1), ip4(Y, 2, 1));
+    let config = |sa: &str| {
+        format!(
+            "workloads:\n  - {{name: client, namespace: test, serviceAccount: client, workloadIps: [\"{client}\"], node: node-1, protocol: HBONE}}\n  - {{name: echo, namespace: test, serviceAccount: {sa}, workloadIps: [\"{echo}\"], node: node-2, protocol: HBONE}}\n"
+        )
+    };
+    let mesh = MeshDir::new(&config("echo"))?;
+    let impostor = mesh.dir.path().join("impostor.yaml");
+    std::fs::write(&impostor, config("impostor"))?;
+    let accepted = spawn_echo(SocketAddr::new(echo, 8080))?;
+    let n1 = Node::start(&mesh, "node-1", ip4(Y, 0, 1), &[])?;
+    let _n2 = Node::start_with_config(&mesh, &impostor, "node-2", ip4(Y, 0, 2), &[])?;
+    let code = e2e::socks_reply_code(client, n1.socks(), SocketAddr::new(echo, 8080))?;
+    ensure!(
+        code != 0,
+        "node-1 connected to a server presenting the wrong identity"
+    );
+    let log = n1.wait_access(Duration::from_secs(5), "node-1's log of the refusal", |l| {
+        l.get("dst") == format!("{echo}:8080")
+    })?;
+    ensure!(log.get("outcome") != "ok", "{}", log.line);
+    ensure!(
+        log.line.contains("impostor"),
+        "the refusal does not name the identity presented: {}",
+        log.line
+    );
+    ensure!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) == 0,
+        "the pod got a connection"
+    );
+    Ok(())
+}
