@@ -304,3 +304,84 @@ fn sigterm_closes_connections_still_open_at_the_drain_deadline() -> Result<()> {
     ensure!(gone, "the client's connection outlived the node");
     Ok(())
 }
+
+/// A POST to the node's admin endpoint; returns the status line and body.
+fn admin_post(node: &Node, target: &str) -> Result<(String, String)> {
+    let mut s = TcpStream::connect_timeout(&node.admin(), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    Ok((
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    ))
+}
+
+#[test]
+fn admin_api_changes_the_log_level_and_drains_a_running_node() -> Result<()> {
+    let (_mesh, mut n1, _n2, mut live) = mesh_with_live_connection(231, "20s")?;
+    // debug lines appear only after the level change.
+    let debug_lines = |n: &Node| {
+        n.proc
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("DEBUG"))
+            .count()
+    };
+    ensure!(debug_lines(&n1) == 0, "debug lines at level info");
+    let (status, body) = admin_post(&n1, "/logging?level=debug")?;
+    ensure!(status.contains("200"), "POST /logging: {status} {body}");
+    let body = proxy::demo::http_get(n1.admin(), "/logging")?;
+    ensure!(
+        body.trim() == "debug",
+        "GET /logging after the change: {body:?}"
+    );
+    let (status, _) = admin_post(&n1, "/logging?level=no-such-level[")?;
+    ensure!(
+        status.contains("400"),
+        "a bad filter was accepted: {status}"
+    );
+    // Some traffic at debug level (the SOCKS5 handshake failure below is logged at debug).
+    let _ = TcpStream::connect(n1.socks())?.write_all(b"not socks");
+    wait_for(LOG_WAIT, "debug lines after the level change", || {
+        debug_lines(&n1) > 0
+    })
+    .map_err(|e| e.context(n1.proc.stderr()))?;
+
+    // POST /drain: not ready at once, live connections finish, then the process exits 0.
+    let (status, _) = admin_post(&n1, "/drain")?;
+    ensure!(status.contains("200"), "POST /drain: {status}");
+    wait_for(LOG_WAIT, "node-1 not ready after /drain", || !is_ready(&n1))?;
+    ping(&mut live, b"during the drain")?;
+    drop(live);
+    let code = n1.proc.wait_exit(Duration::from_secs(15))?;
+    ensure!(
+        code == Some(0),
+        "node-1 exited with {code:?} after /drain:\n{}",
+        n1.proc.stderr()
+    );
+    Ok(())
+}
+
+#[test]
+fn admin_drain_honours_the_configured_drain_timeout() -> Result<()> {
+    // --drain-timeout 1s: a drain asked through the admin API must not keep a live
+    // connection (and the process) for longer than the operator configured.
+    let (_mesh, mut n1, _n2, _live) = mesh_with_live_connection(232, "1s")?;
+    let asked = Instant::now();
+    let (status, _) = admin_post(&n1, "/drain")?;
+    ensure!(status.contains("200"), "POST /drain: {status}");
+    let code = n1.proc.wait_exit(Duration::from_secs(15))?;
+    ensure!(code == Some(0), "node-1 exited with {code:?}");
+    let took = asked.elapsed();
+    ensure!(
+        took < Duration::from_secs(5),
+        "node-1 exited {took:?} after POST /drain with --drain-timeout 1s and a live connection"
+    );
+    Ok(())
+}
