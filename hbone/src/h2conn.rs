@@ -6,8 +6,10 @@
 //!
 //! Invariants:
 //! - one task per HTTP/2 connection polls the h2 `Connection`, its keepalive and its drain
-//!   signal together; nothing else touches the connection state, so no locking is needed
-//!   beyond h2's own (uncontended, since everything runs on one core);
+//!   signal together; request handles and streams only queue work in h2's shared state (its
+//!   mutex is never contended: the connection and all its streams live on one core);
+//! - a client connection is handed out only after one PING round trip, so the server's
+//!   SETTINGS (its preface, §3.4) are in effect before anyone counts its stream limit;
 //! - a keepalive failure ends the connection; it never stalls it: the driver returns and the
 //!   streams see the connection error;
 //! - the numbers here are the ones Istio's ztunnel uses (`src/config.rs`,
