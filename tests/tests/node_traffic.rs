@@ -235,3 +235,78 @@ fn both_paths_work_on_the_epoll_driver() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn more_concurrent_tunnels_than_one_connection_allows_open_a_second_connection() -> Result<()> {
+    // node-2 advertises 200 concurrent streams per HBONE connection (hbone's
+    // SERVER_MAX_CONCURRENT_STREAMS); 250 tunnels open at once from one core's pool need two.
+    const X: u8 = 234;
+    const CONNS: usize = 250;
+    let (client, echo) = (ip4(X, 1, 1), ip4(X, 2, 1));
+    spawn_echo(SocketAddr::new(echo, 8080))?;
+    let (_mesh, n1, n2) = two_nodes(X, &["--cores", "1"])?;
+    let socks = n1.socks();
+    let barrier = Arc::new(std::sync::Barrier::new(CONNS + 1));
+    let threads: Vec<_> = (0..CONNS)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let opened = (|| -> Result<std::net::TcpStream> {
+                    let mut s = socks_connect(client, socks, SocketAddr::new(echo, 8080))?;
+                    let msg = (i as u32).to_le_bytes();
+                    s.write_all(&msg)?;
+                    let mut b = [0u8; 4];
+                    s.read_exact(&mut b)?;
+                    ensure!(b == msg, "connection {i}: echoed {b:?}");
+                    Ok(s)
+                })();
+                // Everyone waits until all are open (or failed), so the tunnels overlap.
+                barrier.wait();
+                let mut s = opened?;
+                s.write_all(b"bye")?;
+                s.shutdown(Shutdown::Write)?;
+                let rest = e2e::read_all(&s)?;
+                ensure!(rest == b"bye", "connection {i}: {rest:?}");
+                Ok(())
+            })
+        })
+        .collect();
+    // All 250 are open (or failed) here; then they finish.
+    barrier.wait();
+    let failures: Vec<String> = threads
+        .into_iter()
+        .filter_map(|t| {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("thread panicked"))
+                .and_then(|r| r)
+                .err()
+        })
+        .map(|e| format!("{e:#}"))
+        .collect();
+    ensure!(
+        failures.is_empty(),
+        "{} of {CONNS} tunnels failed, e.g. {:?}\nnode-1:\n{}",
+        failures.len(),
+        &failures[..failures.len().min(3)],
+        n1.proc
+            .stderr()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    wait_for(LOG_WAIT, "250 inbound log lines", || {
+        n2.access_logs().len() >= CONNS
+    })?;
+    let dials = || {
+        metric_sum(
+            &n1.metrics().unwrap_or_default(),
+            "ringmesh_hbone_pool_dials_total",
+            &[],
+        )
+    };
+    wait_for(LOG_WAIT, "two pool dials in /metrics", || dials() >= 2.0)
+        .map_err(|e| e.context(format!("dials {}", dials())))?;
+    Ok(())
+}
