@@ -1,10 +1,11 @@
-//! Hand-written SVG charts of a summary: grouped bar charts with a linear axis starting at
-//! zero (so bar lengths compare honestly), value labels on every bar, and a legend.
+//! Hand-written SVG charts of a summary: grouped bar charts with value labels on every bar
+//! and a legend. Cost charts use a linear axis from zero (bar lengths compare as ratios);
+//! latency charts a log axis, labelled so, since percentiles span three decades.
 //!
 //! Charts: `latency-<workload>.svg` (p50/p90/p99/p99.9 per scenario, one per request
-//! workload), `cpu-per-1k-req.svg`, `cpu-per-gb.svg` (proxy CPU per scenario and workload)
-//! and `memory.svg` (steady and peak RSS / RssAnon per proxy process, per scenario, the
-//! largest over workloads).
+//! workload, log axis), `cpu-per-1k-req.svg`, `cpu-per-gb.svg` (proxy CPU per scenario and
+//! workload) and `memory-rss.svg`, `memory-rss-anon.svg` (steady memory per proxy process,
+//! per scenario and workload).
 
 use std::fmt::Write as _;
 
@@ -44,11 +45,75 @@ pub fn nice_max(v: f64) -> f64 {
     10.0 * p
 }
 
+/// The value axis of a chart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    /// From zero: bar lengths compare as ratios (CPU, memory).
+    Linear,
+    /// Powers of ten: latency percentiles spanning 100 µs to 100 ms all stay readable.
+    Log,
+}
+
+/// Maps values to plot heights (0 = baseline, 1 = top) and lists the tick values.
+struct Scale {
+    axis: Axis,
+    lo: f64,
+    hi: f64,
+}
+
+impl Scale {
+    fn new(axis: Axis, values: impl Iterator<Item = f64> + Clone) -> Scale {
+        let max = values.clone().fold(0.0, f64::max);
+        match axis {
+            Axis::Linear => Scale {
+                axis,
+                lo: 0.0,
+                hi: nice_max(max),
+            },
+            Axis::Log => {
+                let min = values.filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
+                let lo = if min.is_finite() {
+                    10f64.powf(min.log10().floor())
+                } else {
+                    1.0
+                };
+                let hi = 10f64.powf(max.max(lo * 10.0).log10().ceil());
+                Scale { axis, lo, hi }
+            }
+        }
+    }
+
+    fn frac(&self, v: f64) -> f64 {
+        let f = match self.axis {
+            Axis::Linear => v / self.hi,
+            Axis::Log if v <= self.lo => 0.0,
+            Axis::Log => (v / self.lo).log10() / (self.hi / self.lo).log10(),
+        };
+        f.clamp(0.0, 1.0)
+    }
+
+    fn ticks(&self) -> Vec<f64> {
+        match self.axis {
+            Axis::Linear => (0..=5).map(|i| self.hi * i as f64 / 5.0).collect(),
+            Axis::Log => {
+                let mut t = Vec::new();
+                let mut v = self.lo;
+                while v <= self.hi * 1.0001 {
+                    t.push(v);
+                    v *= 10.0;
+                }
+                t
+            }
+        }
+    }
+}
+
 /// A grouped bar chart: one group per `(label, values)`, one bar per series in each group
 /// (`None` leaves a gap).
 pub fn grouped_bars(
     title: &str,
     unit: &str,
+    axis: Axis,
     series: &[String],
     groups: &[(String, Vec<Option<f64>>)],
 ) -> String {
@@ -57,12 +122,11 @@ pub fn grouped_bars(
     let width = (LEFT + groups.len() as f64 * (per_group + GROUP_GAP) + GROUP_GAP + 150.0)
         .max(LEFT + title.chars().count() as f64 * 8.0 + 20.0);
     let height = TOP + PLOT_H + BOTTOM;
-    let top_value = groups
-        .iter()
-        .flat_map(|(_, v)| v.iter().flatten().copied())
-        .fold(0.0, f64::max);
-    let ymax = nice_max(top_value);
-    let y = |v: f64| TOP + PLOT_H - v / ymax * PLOT_H;
+    let scale = Scale::new(
+        axis,
+        groups.iter().flat_map(|(_, v)| v.iter().flatten().copied()),
+    );
+    let y = |v: f64| TOP + PLOT_H - scale.frac(v) * PLOT_H;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -78,11 +142,13 @@ pub fn grouped_bars(
         r#"<text x="14" y="{:.0}" transform="rotate(-90 14 {:.0})" text-anchor="middle">{}</text>"#,
         TOP + PLOT_H / 2.0,
         TOP + PLOT_H / 2.0,
-        escape(unit)
+        escape(&match axis {
+            Axis::Linear => unit.to_string(),
+            Axis::Log => format!("{unit} (log scale)"),
+        })
     );
     let plot_right = width - 150.0;
-    for i in 0..=5 {
-        let v = ymax * i as f64 / 5.0;
+    for v in scale.ticks() {
         let yy = y(v);
         let _ = writeln!(
             s,
@@ -189,11 +255,11 @@ pub fn charts(summary: &[Summary]) -> Vec<(String, String)> {
             .collect();
         out.push((
             format!("latency-{w}.svg"),
-            grouped_bars(&format!("Latency, {w}"), "µs", &pct, &groups),
+            grouped_bars(&format!("Latency, {w}"), "µs", Axis::Log, &pct, &groups),
         ));
     }
 
-    let cpu_chart = |pick: &dyn Fn(&Summary) -> Option<f64>, ws: Vec<&String>| {
+    let by_workload = |pick: &dyn Fn(&Summary) -> Option<f64>, ws: Vec<&String>| {
         ws.into_iter()
             .map(|w| {
                 let vals = proxied
@@ -206,12 +272,13 @@ pub fn charts(summary: &[Summary]) -> Vec<(String, String)> {
     };
     let req_ws: Vec<&String> = workloads.iter().filter(|w| !bulk(w)).collect();
     if !req_ws.is_empty() && !proxied.is_empty() {
-        let groups = cpu_chart(&|s| s.proxy_cpu_s_per_1k_req, req_ws);
+        let groups = by_workload(&|s| s.proxy_cpu_s_per_1k_req, req_ws);
         out.push((
             "cpu-per-1k-req.svg".into(),
             grouped_bars(
                 "Proxy CPU per 1,000 requests (all proxy processes)",
                 "CPU-seconds",
+                Axis::Linear,
                 &proxied,
                 &groups,
             ),
@@ -219,47 +286,38 @@ pub fn charts(summary: &[Summary]) -> Vec<(String, String)> {
     }
     let bulk_ws: Vec<&String> = workloads.iter().filter(|w| bulk(w)).collect();
     if !bulk_ws.is_empty() && !proxied.is_empty() {
-        let groups = cpu_chart(&|s| s.proxy_cpu_s_per_gb, bulk_ws);
+        let groups = by_workload(&|s| s.proxy_cpu_s_per_gb, bulk_ws);
         out.push((
             "cpu-per-gb.svg".into(),
             grouped_bars(
                 "Proxy CPU per GB carried (all proxy processes)",
                 "CPU-seconds",
+                Axis::Linear,
                 &proxied,
                 &groups,
             ),
         ));
     }
     if !proxied.is_empty() {
-        let mem_series: Vec<String> = ["RSS steady", "RssAnon steady", "RSS peak", "RssAnon peak"]
-            .map(String::from)
-            .to_vec();
-        let groups: Vec<(String, Vec<Option<f64>>)> = proxied
-            .iter()
-            .map(|sc| {
-                let mine: Vec<&&Summary> = ok.iter().filter(|s| &s.scenario == sc).collect();
-                let most =
-                    |f: fn(&Summary) -> f64| Some(mine.iter().map(|s| f(s)).fold(0.0, f64::max));
-                (
-                    sc.clone(),
-                    vec![
-                        most(|s| s.proxy_rss_mib),
-                        most(|s| s.proxy_rss_anon_mib),
-                        most(|s| s.proxy_rss_peak_mib),
-                        most(|s| s.proxy_rss_anon_peak_mib),
-                    ],
-                )
-            })
-            .collect();
-        out.push((
-            "memory.svg".into(),
-            grouped_bars(
-                "Memory per proxy process (largest over workloads)",
-                "MiB",
-                &mem_series,
-                &groups,
+        let all_ws: Vec<&String> = workloads.iter().collect();
+        for (file, title, pick) in [
+            (
+                "memory-rss.svg",
+                "Steady RSS per proxy process",
+                (|s: &Summary| Some(s.proxy_rss_mib)) as fn(&Summary) -> Option<f64>,
             ),
-        ));
+            (
+                "memory-rss-anon.svg",
+                "Steady RssAnon per proxy process",
+                |s: &Summary| Some(s.proxy_rss_anon_mib),
+            ),
+        ] {
+            let groups = by_workload(&pick, all_ws.clone());
+            out.push((
+                file.into(),
+                grouped_bars(title, "MiB", Axis::Linear, &proxied, &groups),
+            ));
+        }
     }
     out
 }
@@ -278,10 +336,21 @@ mod tests {
     }
 
     #[test]
+    fn log_scale_spans_whole_decades() {
+        let s = Scale::new(Axis::Log, [150.0, 2_500.0, 45_000.0].into_iter());
+        assert_eq!((s.lo, s.hi), (100.0, 100_000.0));
+        assert_eq!(s.ticks(), vec![100.0, 1000.0, 10_000.0, 100_000.0]);
+        assert!((s.frac(1000.0) - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(s.frac(50.0), 0.0);
+        assert_eq!(s.frac(1e9), 1.0);
+    }
+
+    #[test]
     fn bars_are_escaped_and_scaled() {
         let svg = grouped_bars(
             "a <b>",
             "µs",
+            Axis::Linear,
             &["x".into(), "y".into()],
             &[
                 ("g&1".into(), vec![Some(50.0), None]),

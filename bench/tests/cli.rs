@@ -160,7 +160,8 @@ fn short_real_run_through_envoy_has_zero_errors_and_leaves_nothing() {
         "report.md",
         "latency-http-1k.svg",
         "cpu-per-gb.svg",
-        "memory.svg",
+        "memory-rss.svg",
+        "memory-rss-anon.svg",
     ] {
         assert!(out_dir.path().join(f).is_file(), "{f} missing");
     }

@@ -202,7 +202,8 @@ fn markdown_and_charts_name_every_scenario() {
             "latency-churn.svg",
             "latency-http-1k.svg",
             "latency-http-max.svg",
-            "memory.svg"
+            "memory-rss-anon.svg",
+            "memory-rss.svg"
         ]
     );
     let lat = std::fs::read_to_string(dir.path().join("latency-http-1k.svg")).unwrap();
@@ -213,12 +214,14 @@ fn markdown_and_charts_name_every_scenario() {
             "latency chart lacks {k}"
         );
     }
-    let mem = std::fs::read_to_string(dir.path().join("memory.svg")).unwrap();
+    let mem = std::fs::read_to_string(dir.path().join("memory-rss-anon.svg")).unwrap();
     assert!(
         !mem.contains(">direct</text>"),
         "direct has no proxy memory to chart"
     );
-    assert!(mem.contains(">ringmesh</text>"));
+    assert!(mem.contains(">ringmesh</text>") && mem.contains(">bulk-8</text>"));
+    // Synthetic RssAnon is 15 MiB for every proxied pair: one labelled bar per pair.
+    assert!(mem.matches(">15.0</text>").count() >= 4 * 3, "{mem}");
     // Bars never overflow the plot: every rect height is finite and non-negative.
     for bar in lat.split("<rect x=").skip(1) {
         let h = bar.split("height=\"").nth(1).unwrap();
