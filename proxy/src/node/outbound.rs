@@ -332,12 +332,17 @@ async fn serve(
             let mut client = client;
             match hbone::stream::relay(&mut tunnel, &mut client).await {
                 Ok(s) => (Outcome::Ok, s.to_tunnel, s.from_tunnel, String::new()),
-                Err(e) => (
-                    Outcome::Reset,
-                    tunnel.bytes_written(),
-                    tunnel.bytes_read(),
-                    e.to_string(),
-                ),
+                Err(e) => {
+                    // The tunnel was reset (or broke): the pod sees a reset too, not an
+                    // orderly end it could mistake for a complete response.
+                    let _ = client.set_zero_linger();
+                    (
+                        Outcome::Reset,
+                        tunnel.bytes_written(),
+                        tunnel.bytes_read(),
+                        e.to_string(),
+                    )
+                }
             }
         }
     };
