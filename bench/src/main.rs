@@ -189,13 +189,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         (None, false) => None,
     };
     let envoy_version = envoy_bin.as_deref().map(envoy::version).transpose()?;
-    let ringmesh_bin = if scenarios.contains(&Kind::Ringmesh) {
-        Some(ringmesh::locate(args.ringmesh.as_deref()).context(
-            "the ringmesh scenario needs the node binary; leave it out with --scenarios to run without it",
-        )?)
-    } else {
-        None
-    };
+    let ringmesh_bin =
+        if scenarios.contains(&Kind::Ringmesh) {
+            let leave_out = "leave it out with --scenarios to run without it";
+            ringmesh::check_prerequisites()
+                .with_context(|| format!("the ringmesh scenario: {leave_out}"))?;
+            Some(ringmesh::locate(args.ringmesh.as_deref()).with_context(|| {
+                format!("the ringmesh scenario needs the node binary; {leave_out}")
+            })?)
+        } else {
+            None
+        };
     if scenarios.contains(&Kind::External) {
         if args.external_cmd.is_empty() {
             bail!("the external scenario needs --external-cmd TEMPLATE (see --help)");

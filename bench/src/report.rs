@@ -11,6 +11,8 @@
 //!   proxy processes during the load, per 1,000 requests / per 1e9 payload bytes.
 //! - `proxy_rss_mib` / `proxy_rss_anon_mib`: steady `VmRSS` / `RssAnon` per proxy process
 //!   (mean over the scenario's proxy processes); `_peak_` variants: the largest sample.
+//! - `proxy_idle_cpu_pct`: CPU of all proxy processes during 1 s with no traffic before
+//!   the load, in % of one core.
 //! - `errors`: loadgen errors summed over all runs of the pair; `failed_runs`: runs that
 //!   could not be carried out at all (a proxy did not start, loadgen crashed).
 
@@ -37,6 +39,9 @@ pub struct Run {
     pub proxies: Vec<ProcUsage>,
     /// Wall-clock seconds of the sampling window (client start to client exit).
     pub wall_s: f64,
+    /// CPU of all proxy processes while idle (1 s before the load), in % of one core.
+    #[serde(default)]
+    pub idle_cpu_pct: Option<f64>,
     /// Why the run failed, if it did.
     pub failure: Option<String>,
 }
@@ -58,6 +63,7 @@ pub struct Figures {
     pub rss_anon_mib: f64,
     pub rss_peak_mib: f64,
     pub rss_anon_peak_mib: f64,
+    pub idle_cpu_pct: Option<f64>,
 }
 
 const KIB_PER_MIB: f64 = 1024.0;
@@ -98,6 +104,7 @@ impl Run {
             rss_anon_mib: mean(|p| p.rss_anon_steady_kib),
             rss_peak_mib: mean(|p| p.rss_peak_kib),
             rss_anon_peak_mib: mean(|p| p.rss_anon_peak_kib),
+            idle_cpu_pct: self.idle_cpu_pct,
         })
     }
 }
@@ -129,6 +136,8 @@ pub struct Summary {
     pub proxy_rss_anon_mib: f64,
     pub proxy_rss_peak_mib: f64,
     pub proxy_rss_anon_peak_mib: f64,
+    /// CPU of all proxy processes while idle, % of one core (absent without proxies).
+    pub proxy_idle_cpu_pct: Option<f64>,
     pub errors: u64,
     pub late_sends: u64,
     /// `[min, max]` over the successful runs, per figure.
@@ -227,6 +236,7 @@ fn summarize_pair(runs: &[Run], scenario: &str, workload: &str) -> Summary {
     let anon = stat("proxy_rss_anon_mib", &|f| Some(f.rss_anon_mib)).unwrap_or(0.0);
     let rss_peak = stat("proxy_rss_peak_mib", &|f| Some(f.rss_peak_mib)).unwrap_or(0.0);
     let anon_peak = stat("proxy_rss_anon_peak_mib", &|f| Some(f.rss_anon_peak_mib)).unwrap_or(0.0);
+    let idle = stat("proxy_idle_cpu_pct", &|f| f.idle_cpu_pct);
     Summary {
         scenario: scenario.to_string(),
         workload: workload.to_string(),
@@ -251,6 +261,7 @@ fn summarize_pair(runs: &[Run], scenario: &str, workload: &str) -> Summary {
         proxy_rss_anon_mib: anon,
         proxy_rss_peak_mib: rss_peak,
         proxy_rss_anon_peak_mib: anon_peak,
+        proxy_idle_cpu_pct: idle,
         errors: mine
             .iter()
             .filter_map(|r| r.client.as_ref())
@@ -318,17 +329,17 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "| scenario | workload | req/s | Gbit/s | p50 µs | p90 µs | p99 µs | p99.9 µs | added p99 µs | proxy CPU-s / 1k req | proxy CPU-s / GB | RSS MiB (peak) | RssAnon MiB (peak) | errors |"
+        "| scenario | workload | req/s | Gbit/s | p50 µs | p90 µs | p99 µs | p99.9 µs | added p99 µs | proxy CPU-s / 1k req | proxy CPU-s / GB | idle CPU % | RSS MiB (peak) | RssAnon MiB (peak) | errors |"
     );
     let _ = writeln!(
         out,
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     );
     for s in &r.summary {
         if s.runs == 0 {
             let _ = writeln!(
                 out,
-                "| {} | {} | failed ({} runs) | | | | | | | | | | | {} |",
+                "| {} | {} | failed ({} runs) | | | | | | | | | | | | {} |",
                 s.scenario, s.workload, s.failed_runs, s.errors
             );
             continue;
@@ -343,7 +354,7 @@ pub fn markdown(r: &Results) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} |",
             s.scenario,
             s.workload,
             with_spread(s, "rps", s.rps),
@@ -362,6 +373,11 @@ pub fn markdown(r: &Results) -> String {
             },
             if proxied {
                 opt(s.proxy_cpu_s_per_gb)
+            } else {
+                "–".into()
+            },
+            if proxied {
+                opt(s.proxy_idle_cpu_pct)
             } else {
                 "–".into()
             },

@@ -149,6 +149,23 @@ fn iptables(verb: &str, rule: &[String]) -> Vec<String> {
     argv
 }
 
+/// What the scenario needs beyond the binary: `iptables` and root (for the DNAT entry).
+pub fn check_prerequisites() -> Result<()> {
+    if on_path("iptables").is_none() {
+        return Err(Error::MissingProgram {
+            program: "iptables".into(),
+            hint: "the ringmesh scenario redirects the client to node 1 with an iptables DNAT rule, as ambient mode does: `apt-get install iptables`, run as root".into(),
+        });
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err(Error::invalid(
+            "user",
+            "the ringmesh scenario adds an iptables DNAT rule and needs root",
+        ));
+    }
+    Ok(())
+}
+
 /// Starts the two nodes in front of `backend` (which must listen on [`backend_ip`]) and
 /// returns the service VIP as the entry.
 pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Sut> {
@@ -160,12 +177,7 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
             format!("must listen on {} (got {backend})", net.server()),
         ));
     }
-    if on_path("iptables").is_none() {
-        return Err(Error::MissingProgram {
-            program: "iptables".into(),
-            hint: "the ringmesh scenario redirects the client to node 1 with an iptables DNAT rule, as ambient mode does: `apt-get install iptables`, run as root".into(),
-        });
-    }
+    check_prerequisites()?;
     let mut group = sup.group("ringmesh")?;
     let dir = group.dir().to_path_buf();
     let ca_dir = dir.join("ca");

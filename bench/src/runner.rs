@@ -19,6 +19,11 @@ use crate::scenario::{self, Kind, launch};
 use crate::workload::{Workload, parse_client_json, parse_listening};
 use crate::{Error, Result};
 
+/// Idle window before the load: the proxies' CPU while they carry nothing (timers,
+/// wake-ups, stats flushes) — the fixed cost that dominates CPU per request at low rates.
+/// 1 s resolves it to 1% of a core at the usual 100 clock ticks per second.
+pub const IDLE_WINDOW: Duration = Duration::from_secs(1);
+
 /// Backend start-up deadline.
 const BACKEND_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -159,6 +164,7 @@ pub fn one_run(
         client: None,
         proxies: Vec::new(),
         wall_s: 0.0,
+        idle_cpu_pct: None,
         failure: None,
     };
     if let Err(e) = try_run(plan, sup, ticks_per_s, kind, w, show_config, &mut run) {
@@ -188,6 +194,14 @@ fn try_run(
     let json = client_group.dir().join("result.json");
     let mut cmd = launch(&plan.client_launcher, &plan.loadgen);
     cmd.args(w.client_args(sut.entry, plan.duration, &json));
+    if !sut.proxy_pids.is_empty() {
+        // A measurement window, not a synchronisation: the proxies are already ready.
+        let idle = Sampler::start(&sut.proxy_pids, ticks_per_s)?;
+        std::thread::sleep(IDLE_WINDOW);
+        let (usage, wall) = idle.finish()?;
+        let cpu = usage.iter().fold(0.0, |a, u| a + u.cpu_s);
+        run.idle_cpu_pct = Some(cpu / wall.as_secs_f64() * 100.0);
+    }
     let sampler = Sampler::start(&sut.proxy_pids, ticks_per_s)?;
     let client = client_group.spawn(&format!("loadgen {w}"), cmd)?;
     let status = client_group.wait(&client, Instant::now() + plan.duration + CLIENT_GRACE);

@@ -145,6 +145,8 @@ fn short_real_run_through_envoy_has_zero_errors_and_leaves_nothing() {
                 "{sc}/{w}: {s:?}"
             );
             assert!(s.added_p99_us.is_some());
+            let idle = s.proxy_idle_cpu_pct.expect("idle CPU measured");
+            assert!((0.0..200.0).contains(&idle), "{sc}/{w}: idle CPU {idle}%");
         }
     }
     let bulk = results
@@ -203,6 +205,7 @@ fn report_subcommand_rerenders_from_results_json() {
         }),
         proxies: vec![],
         wall_s: 3.0,
+        idle_cpu_pct: None,
         failure: None,
     };
     let runs = vec![run("direct", 100.0), run("external", 180.0)];

@@ -73,6 +73,7 @@ fn synthetic() -> (Vec<Run>, Vec<(String, String)>) {
                     }),
                     proxies,
                     wall_s: 10.2,
+                    idle_cpu_pct: (*k != Kind::Direct).then_some(0.5 + rep as f64),
                     failure: None,
                 });
             }
@@ -86,6 +87,7 @@ fn synthetic() -> (Vec<Run>, Vec<(String, String)>) {
         client: None,
         proxies: vec![],
         wall_s: 0.0,
+        idle_cpu_pct: None,
         failure: Some("ringmesh node-1 did not become ready: exited with status 1".into()),
     });
     (runs, order)
@@ -138,6 +140,8 @@ fn results_json_has_every_pair_and_figure() {
     assert!((rm.proxy_cpu_s_per_1k_req.unwrap() - 0.2).abs() < 1e-9);
     assert!((rm.proxy_cpu_s_per_gb.unwrap() - 1.0).abs() < 1e-9);
     assert_eq!((rm.proxy_rss_mib, rm.proxy_rss_anon_mib), (60.0, 15.0));
+    assert_eq!(rm.proxy_idle_cpu_pct, Some(2.5));
+    assert_eq!(get("direct", "http-1k").proxy_idle_cpu_pct, None);
     assert!((rm.gbps - 1.6).abs() < 1e-9);
     let eh = get("envoy-sidecar-http", "http-1k");
     assert_eq!(eh.added_p99_us, Some(300.0));
@@ -174,6 +178,7 @@ fn markdown_and_charts_name_every_scenario() {
         "added p99 µs",
         "CPU-s / 1k req",
         "CPU-s / GB",
+        "idle CPU %",
         "RSS MiB",
         "RssAnon MiB",
         "errors",

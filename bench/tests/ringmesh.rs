@@ -21,13 +21,10 @@ fn nat_rules() -> String {
 fn prerequisites() -> Option<std::path::PathBuf> {
     let missing = match (
         bench::ringmesh::locate(None),
-        bench::net::on_path("iptables"),
-        rustix::process::geteuid().is_root(),
+        bench::ringmesh::check_prerequisites(),
     ) {
-        (Ok(bin), Some(_), true) => return Some(bin),
-        (Err(e), _, _) => e.to_string(),
-        (_, None, _) => "iptables not installed (apt-get install iptables)".into(),
-        (_, _, false) => "not root (the DNAT entry rule needs root)".into(),
+        (Ok(bin), Ok(())) => return Some(bin),
+        (Err(e), _) | (_, Err(e)) => e.to_string(),
     };
     if ci() {
         panic!("CI is set but the ringmesh scenario cannot run: {missing}");
