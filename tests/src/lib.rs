@@ -256,50 +256,69 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts node `name` on `ip` (`--capture none`, SOCKS5/admin/metrics/ready on `ip`)
-    /// and waits until `/healthz/ready` answers "ready".
+    /// Starts node `name` on `ip` (`--capture none`, SOCKS5/admin/metrics/ready on `ip`,
+    /// `--cores 1`; any of these given in `extra` wins) and waits until `/healthz/ready`
+    /// answers "ready".
     pub fn start(mesh: &MeshDir, name: &str, ip: IpAddr, extra: &[&str]) -> Result<Node> {
+        Node::launch(&mesh.config, &mesh.ca, name, ip, extra)
+    }
+
+    fn launch(
+        config: &std::path::Path,
+        ca: &std::path::Path,
+        name: &str,
+        ip: IpAddr,
+        extra: &[&str],
+    ) -> Result<Node> {
         let addr = |port: u16| SocketAddr::new(ip, port).to_string();
         let (socks, admin, metrics, ready) = (addr(15080), addr(15000), addr(15020), addr(15021));
-        let config = mesh.config.to_string_lossy().into_owned();
-        let ca = mesh.ca.to_string_lossy().into_owned();
+        let config = config.to_string_lossy().into_owned();
+        let ca = ca.to_string_lossy().into_owned();
         let mut args = vec![
-            "run",
-            "--config",
-            &config,
-            "--ca-dir",
-            &ca,
-            "--node",
-            name,
-            "--capture",
-            "none",
-            "--socks5",
-            &socks,
-            "--admin",
-            &admin,
-            "--metrics",
-            &metrics,
-            "--ready",
-            &ready,
-            "--log",
-            "info",
+            "run", "--config", &config, "--ca-dir", &ca, "--node", name, "--log", "info",
         ];
-        if !extra.contains(&"--cores") {
-            args.extend(["--cores", "1"]);
+        let defaults = [
+            ("--capture", "none"),
+            ("--socks5", socks.as_str()),
+            ("--admin", admin.as_str()),
+            ("--metrics", metrics.as_str()),
+            ("--ready", ready.as_str()),
+            ("--cores", "1"),
+        ];
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
         }
         args.extend_from_slice(extra);
-        let node = Node {
+        let mut node = Node {
             proc: Proc::spawn(&bin("ringmesh"), &args)?,
             name: name.to_string(),
             ip,
         };
         let ready_addr = SocketAddr::new(ip, 15021);
-        wait_for(NODE_START, &format!("{name} ready"), || {
+        let mut exited = None;
+        let waited = wait_for(NODE_START, &format!("{name} ready"), || {
+            // A node that exits (bad flag, port in use) fails the start at once.
+            if let Ok(code) = node.proc.wait_exit(Duration::ZERO) {
+                exited = Some(code);
+                return true;
+            }
             proxy::demo::http_get(ready_addr, "/healthz/ready")
                 .map(|b| b.starts_with("ready"))
                 .unwrap_or(false)
-        })
-        .with_context(|| format!("{name} log:\n{}", node.proc.stderr()))?;
+        });
+        if let Some(code) = exited {
+            // The stderr reader may trail the exit; its last line is the reason.
+            let _ = wait_for(Duration::from_secs(1), "the exit reason on stderr", || {
+                node.proc.stderr().contains("error")
+            });
+            bail!(
+                "{name} exited with {code:?} while starting:\n{}",
+                node.proc.stderr()
+            );
+        }
+        waited.with_context(|| format!("{name} log:\n{}", node.proc.stderr()))?;
         Ok(node)
     }
 
@@ -594,46 +613,6 @@ impl Node {
         ip: IpAddr,
         extra: &[&str],
     ) -> Result<Node> {
-        let addr = |port: u16| SocketAddr::new(ip, port).to_string();
-        let (socks, admin, metrics, ready) = (addr(15080), addr(15000), addr(15020), addr(15021));
-        let config = config.to_string_lossy().into_owned();
-        let ca = mesh.ca.to_string_lossy().into_owned();
-        let mut args = vec![
-            "run",
-            "--config",
-            &config,
-            "--ca-dir",
-            &ca,
-            "--node",
-            name,
-            "--capture",
-            "none",
-            "--socks5",
-            &socks,
-            "--admin",
-            &admin,
-            "--metrics",
-            &metrics,
-            "--ready",
-            &ready,
-            "--log",
-            "info",
-            "--cores",
-            "1",
-        ];
-        args.extend_from_slice(extra);
-        let node = Node {
-            proc: Proc::spawn(&bin("ringmesh"), &args)?,
-            name: name.to_string(),
-            ip,
-        };
-        let ready_addr = SocketAddr::new(ip, 15021);
-        wait_for(NODE_START, &format!("{name} ready"), || {
-            proxy::demo::http_get(ready_addr, "/healthz/ready")
-                .map(|b| b.starts_with("ready"))
-                .unwrap_or(false)
-        })
-        .with_context(|| format!("{name} log:\n{}", node.proc.stderr()))?;
-        Ok(node)
+        Node::launch(config, &mesh.ca, name, ip, extra)
     }
 }

@@ -1,0 +1,200 @@
+//! Redirected traffic, as ambient mode captures it — needs root (iptables); skipped when not
+//! root (CI runs as root, so it always runs there).
+//!
+//! - Outbound capture (15001): a client's plain connection to a service VIP is DNATed to
+//!   node-1's capture listener, which reads the original destination (SO_ORIGINAL_DST) and
+//!   tunnels it over HBONE to the endpoint on node-2.
+//! - Inbound plaintext (15006): a client outside the mesh connecting to a workload IP is
+//!   DNATed to node-2's plaintext listener on that IP, which relays it to the pod.
+//!
+//! The iptables rules match only this test's addresses (127.235.0.0/16) and are deleted when
+//! the test ends, also on failure.
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Result, bail, ensure};
+use e2e::{MeshDir, Node, bulk_echo, echo_once, ip4, spawn_echo};
+
+const X: u8 = 235;
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A `-t nat OUTPUT` DNAT rule, deleted on drop.
+struct Dnat(Vec<String>);
+
+impl Dnat {
+    fn add(src: IpAddr, dst: SocketAddr, to: SocketAddr) -> Result<Dnat> {
+        let rule: Vec<String> = [
+            "-p",
+            "tcp",
+            "-s",
+            &src.to_string(),
+            "-d",
+            &dst.ip().to_string(),
+            "--dport",
+            &dst.port().to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = Command::new("iptables")
+            .args(["-w", "5", "-t", "nat", "-A", "OUTPUT"])
+            .args(&rule)
+            .output()?;
+        if !out.status.success() {
+            bail!("iptables -A: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Dnat(rule))
+    }
+}
+
+impl Drop for Dnat {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables")
+            .args(["-w", "5", "-t", "nat", "-D", "OUTPUT"])
+            .args(&self.0)
+            .status();
+    }
+}
+
+/// A plain TCP connection from `source` to `target` (what a captured pod does).
+fn connect_from(source: IpAddr, target: SocketAddr) -> Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(source, 0).into())?;
+    sock.connect_timeout(&target.into(), Duration::from_secs(5))?;
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    Ok(s)
+}
+
+#[test]
+fn captured_outbound_and_inbound_plaintext_are_relayed() -> Result<()> {
+    if !is_root() {
+        eprintln!("skipped: needs root for iptables (CI runs as root)");
+        return Ok(());
+    }
+    let (client, outsider, echo, vip) = (
+        ip4(X, 1, 1),
+        ip4(X, 9, 9),
+        ip4(X, 2, 1),
+        SocketAddr::new(ip4(X, 100, 1), 80),
+    );
+    let guarded = ip4(X, 2, 2);
+    let config = format!(
+        r#"workloads:
+  - {{name: client, namespace: test, serviceAccount: client, workloadIps: ["{client}"], node: node-1, protocol: HBONE}}
+  - {{name: echo, namespace: test, serviceAccount: echo, workloadIps: ["{echo}"], node: node-2, protocol: HBONE, services: ["test/echo.test.svc.cluster.local"]}}
+  - {{name: guarded, namespace: test, serviceAccount: guarded, workloadIps: ["{guarded}"], node: node-2, protocol: HBONE}}
+services:
+  - {{name: echo, namespace: test, hostname: echo.test.svc.cluster.local, vips: ["{vip_ip}"], ports: {{80: 8080}}}}
+policies:
+  - name: guarded-from-test-only
+    action: Allow
+    destination: {{workloads: ["test/guarded"]}}
+    from:
+      - namespaces: ["test"]
+"#,
+        vip_ip = vip.ip()
+    );
+    let mesh = MeshDir::new(&config)?;
+    spawn_echo(SocketAddr::new(echo, 8080))?;
+    let guarded_backend = spawn_echo(SocketAddr::new(guarded, 8080))?;
+    let capture = SocketAddr::new(ip4(X, 0, 1), 15001);
+    let n1 = Node::start(
+        &mesh,
+        "node-1",
+        ip4(X, 0, 1),
+        &["--capture", &capture.to_string()],
+    )?;
+    let n2 = Node::start(&mesh, "node-2", ip4(X, 0, 2), &[])?;
+    let _out = Dnat::add(client, vip, capture)?;
+    let _in = Dnat::add(
+        outsider,
+        SocketAddr::new(echo, 8080),
+        SocketAddr::new(echo, 15006),
+    )?;
+    let _in_guarded = Dnat::add(
+        outsider,
+        SocketAddr::new(guarded, 8080),
+        SocketAddr::new(guarded, 15006),
+    )?;
+
+    // Outbound: the client dials the VIP itself; node-1 sees the VIP as the original destination.
+    const TOTAL: usize = 2 << 20;
+    let (sent, got, n) = bulk_echo(connect_from(client, vip)?, TOTAL)?;
+    ensure!(
+        n == TOTAL && sent == got,
+        "captured: {n} of {TOTAL} bytes back, intact: {}",
+        sent == got
+    );
+    let out = n1.wait_access(
+        Duration::from_secs(5),
+        "node-1's log of the captured connection",
+        |l| l.get("direction") == "outbound" && l.get("dst") == vip.to_string(),
+    )?;
+    ensure!(
+        out.get("protocol") == "hbone" && out.get("upstream") == format!("{echo}:15008"),
+        "{}",
+        out.line
+    );
+    ensure!(
+        out.get("src_identity") == "spiffe://cluster.local/ns/test/sa/client",
+        "{}",
+        out.line
+    );
+
+    // Inbound plaintext: a source outside the mesh, redirected to node-2's 15006 on echo's IP.
+    let back = echo_once(
+        connect_from(outsider, SocketAddr::new(echo, 8080))?,
+        b"plain in",
+    )?;
+    ensure!(back == b"plain in", "plaintext inbound: got {back:?}");
+    let inb = n2.wait_access(Duration::from_secs(5), "node-2's plaintext log", |l| {
+        l.get("direction") == "inbound" && l.get("protocol") == "tcp"
+    })?;
+    ensure!(
+        inb.get("dst") == format!("{echo}:8080") && inb.get("outcome") == "ok",
+        "{}",
+        inb.line
+    );
+    ensure!(
+        inb.get("src").starts_with(&format!("{outsider}:")),
+        "{}",
+        inb.line
+    );
+
+    // Plaintext has no identity, so an Allow policy naming a namespace keeps it out.
+    let refused = echo_once(
+        connect_from(outsider, SocketAddr::new(guarded, 8080))?,
+        b"let me in",
+    );
+    ensure!(
+        refused.as_ref().map_or(true, |b| b.is_empty()),
+        "a denied plaintext connection got {refused:?}; the pod accepted {} connections; node-2:\n{}",
+        guarded_backend.load(std::sync::atomic::Ordering::SeqCst),
+        n2.proc.stderr()
+    );
+    let denied = n2.wait_access(Duration::from_secs(5), "node-2's denial", |l| {
+        l.get("dst") == format!("{guarded}:8080")
+    })?;
+    ensure!(
+        denied.get("outcome") == "denied" && denied.get("protocol") == "tcp",
+        "{}",
+        denied.line
+    );
+    ensure!(
+        guarded_backend.load(std::sync::atomic::Ordering::SeqCst) == 0,
+        "the denied connection reached the pod"
+    );
+    Ok(())
+}
