@@ -251,10 +251,36 @@ impl Group {
         Ok(proc)
     }
 
-    /// Registers `argv` to run when this group is dropped (or on Ctrl-C), after its
-    /// children are stopped: how a change outside the group's processes is undone.
-    pub fn on_drop(&mut self, argv: Vec<String>) {
-        self.sup.lock().undo.entry(self.id).or_default().push(argv);
+    /// Runs `apply` (a command that changes something outside the group's processes, like
+    /// adding an iptables rule) and registers `undo` to run when the group is dropped or on
+    /// Ctrl-C. Both happen under the registry lock, so a concurrent shutdown either sees
+    /// the undo registered or stops this change from being made at all.
+    pub fn change(&mut self, apply: &[String], undo: Vec<String>) -> Result<()> {
+        let mut reg = self.sup.lock();
+        if reg.shutting_down {
+            return Err(Error::invalid("state", "shutting down"));
+        }
+        let (program, args) = apply
+            .split_first()
+            .ok_or_else(|| Error::invalid("command", "empty"))?;
+        let out = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::os(format!("running {}", apply.join(" ")), e))?;
+        if !out.status.success() {
+            return Err(Error::invalid(
+                "command",
+                format!(
+                    "`{}` failed ({}): {}",
+                    apply.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        reg.undo.entry(self.id).or_default().push(undo);
+        Ok(())
     }
 
     /// `Some(status)` once `proc` has exited (it is then reaped), `None` while it runs.

@@ -203,8 +203,7 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
     let capture = SocketAddr::new(net.node(0), 15001);
 
     let rule = dnat_rule(net, capture);
-    run_checked(&iptables("-A", &rule))?;
-    group.on_drop(iptables("-D", &rule));
+    group.change(&iptables("-A", &rule), iptables("-D", &rule))?;
 
     let mut pids = Vec::new();
     let mut cmdlines = Vec::new();
@@ -272,26 +271,6 @@ fn wait_ready(group: &Group, proc: &crate::procs::Proc, ready: SocketAddr) -> Re
         reason: format!("{ready}/healthz/ready not 200 before the deadline"),
         log: group.log_tail(proc),
     })
-}
-
-fn run_checked(argv: &[String]) -> Result<()> {
-    let out = Command::new(&argv[0])
-        .args(&argv[1..])
-        .output()
-        .map_err(|e| Error::os(format!("running {}", argv.join(" ")), e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "iptables rule",
-            format!(
-                "`{}` failed ({}): {} (the ringmesh scenario needs root)",
-                argv.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ))
-    }
 }
 
 /// Where a `ringmesh` binary would be found (for messages).

@@ -163,3 +163,43 @@ fn ctrl_c_stops_children_and_exits_130() {
     }
     assert!(!alive(backend), "backend {backend} survived Ctrl-C");
 }
+
+#[test]
+fn changes_are_undone_on_drop_and_on_shutdown_and_refused_after() {
+    let outside = tempfile::tempdir().unwrap();
+    let marker = |n: &str| outside.path().join(n).display().to_string();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let sup = Supervisor::new();
+
+    let mut g = sup.group("change").unwrap();
+    g.change(&s(&["touch", &marker("a")]), s(&["rm", &marker("a")]))
+        .unwrap();
+    assert!(outside.path().join("a").exists());
+    let err = g
+        .change(&s(&["false"]), s(&["true"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`false` failed"), "{err}");
+    drop(g);
+    assert!(
+        !outside.path().join("a").exists(),
+        "undo did not run on drop"
+    );
+
+    let mut g = sup.group("change2").unwrap();
+    g.change(&s(&["touch", &marker("b")]), s(&["rm", &marker("b")]))
+        .unwrap();
+    sup.shutdown();
+    assert!(
+        !outside.path().join("b").exists(),
+        "undo did not run on shutdown"
+    );
+    assert!(
+        g.change(&s(&["touch", &marker("c")]), s(&["rm", &marker("c")]))
+            .is_err()
+    );
+    assert!(
+        !outside.path().join("c").exists(),
+        "a change was made after shutdown"
+    );
+}
