@@ -722,3 +722,45 @@ fn hbone_tunnels_against_serve() {
     assert_eq!(u(&v, "responses"), 0);
     assert_eq!(u(&v["errors"], "other"), 5, "{v}");
 }
+
+/// A request that outlives --timeout counts as `timeout` (the slot's watchdog fires) and the
+/// slot carries on with a new connection.
+#[test]
+fn slow_responses_count_as_timeouts() {
+    let _g = serial();
+    let b = Backend::start(&[
+        "--mode",
+        "http1",
+        "--cores",
+        "0,",
+        "--stall-once-ms",
+        "600",
+        "--stall-after",
+        "50",
+    ]);
+    let r = loadgen(
+        &[
+            "http1",
+            &b.url(),
+            "-c",
+            "1",
+            "--cores",
+            "1,",
+            "-n",
+            "300",
+            "--timeout",
+            "150ms",
+        ],
+        DL,
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let v = r.json.unwrap();
+    let timeouts = u(&v["errors"], "timeout");
+    // The backend's only core sleeps 600 ms: the stalled request and the retries behind it
+    // time out every 150 ms until it wakes.
+    assert!((1..=5).contains(&timeouts), "{v}");
+    assert_eq!(u(&v, "errors_total"), timeouts, "{v}");
+    assert_eq!(u(&v, "requests"), 300);
+    assert_eq!(u(&v, "responses"), 300 - timeouts);
+    assert!(u(&v, "connects") > 1, "a timed-out connection is replaced");
+}

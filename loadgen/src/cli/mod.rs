@@ -23,12 +23,12 @@ pub use tls::{ClientTlsArgs, DevCertsArgs};
 /// The JSON report fields, shown in `--help` of every load command.
 pub const JSON_FIELDS: &str = "\
 JSON report (--json FILE), one object:
-  mode             client mode: tcp | http1 | http2 | connect-churn
+  mode             client mode: tcp | http1 | http2 | connect-churn | hbone
   load             \"closed\" or \"open\"; arrival: \"uniform\" | \"poisson\" | null
   target           target as given
   target_rps       open-loop target rate (null in closed loop)
   achieved_rps     completed requests (ok + failed) per second of the measured window
-  connections      connections across all workers; streams: per connection (http2)
+  connections      connections across all workers; streams: per connection (http2, hbone)
   cores, driver    worker threads and their I/O driver (io_uring | epoll)
   duration_s       measured window in seconds (warm-up excluded); warmup_s
   requests         completed requests = responses + errors_total
@@ -62,7 +62,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a backend server (echo, sink, source, http1, http2), thread-per-core.
+    /// Run a backend server (echo, sink, source, http1, http2, hbone), thread-per-core.
     Serve(ServeArgs),
     /// Step the load up until p99 exceeds the SLO or errors appear; report the curve.
     #[command(after_long_help = SWEEP_AFTER)]
