@@ -63,6 +63,7 @@ struct Control {
     metrics: Arc<Metrics>,
     ready: AtomicBool,
     shutdown: Shutdown,
+    drain_timeout: Duration,
     driver: Mutex<String>,
     workers: Mutex<usize>,
     log_reload: LogReload,
@@ -141,7 +142,7 @@ impl AdminSource for Control {
     }
 
     fn drain(&self) {
-        self.shutdown.drain(Duration::from_secs(10));
+        self.shutdown.drain(self.drain_timeout);
     }
 }
 
@@ -236,6 +237,7 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
         shutdown: shutdown.clone(),
+        drain_timeout: opts.drain_timeout,
         driver: Mutex::new(rt.driver().map(|d| d.to_string()).unwrap_or_default()),
         workers: Mutex::new(rt.workers().len()),
         log_reload,
