@@ -496,26 +496,29 @@ fn hdr_log_is_written() {
 fn both_drivers_serve_and_load() {
     let _g = serial();
     for driver in ["epoll", "io-uring"] {
-        let b = Backend::start(&["--mode", "http1", "--cores", "0,", "--driver", driver]);
-        let r = loadgen(
-            &[
-                "http1",
-                &b.url(),
-                "-c",
-                "2",
-                "--cores",
-                "1,",
-                "--driver",
-                driver,
-                "-n",
-                "500",
-            ],
-            DL,
-        );
-        assert_eq!(r.code, 0, "{driver}: {}{}", r.stdout, r.stderr);
-        let v = r.json.unwrap();
-        assert_clean(&v, 500);
-        assert_eq!(v["driver"], driver.replace('-', "_"));
+        // (serve mode, client args): every client I/O path on this driver, server on it too.
+        let cases: [(&str, &[&str]); 4] = [
+            ("http1", &["http1"]),
+            ("echo", &["tcp", "--size", "300"]),
+            ("http2", &["http2", "--streams", "4"]),
+            ("echo", &["connect-churn", "--size", "10"]),
+        ];
+        for (mode, client) in cases {
+            let b = Backend::start(&["--mode", mode, "--cores", "0,", "--driver", driver]);
+            let target = if client[0].starts_with("http") {
+                b.url()
+            } else {
+                b.addr.clone()
+            };
+            let mut args = vec![client[0], &target];
+            args.extend_from_slice(&client[1..]);
+            args.extend(["-c", "2", "--cores", "1,", "--driver", driver, "-n", "400"]);
+            let r = loadgen(&args, DL);
+            assert_eq!(r.code, 0, "{driver} {client:?}: {}{}", r.stdout, r.stderr);
+            let v = r.json.unwrap();
+            assert_clean(&v, 400);
+            assert_eq!(v["driver"], driver.replace('-', "_"));
+        }
     }
 }
 
