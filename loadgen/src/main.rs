@@ -76,6 +76,10 @@ fn run_client(cmd: &ClientCmd) -> anyhow::Result<ExitCode> {
             &out.report.mode,
         )?;
     }
+    if out.report.requests == 0 {
+        eprintln!("loadgen: no request completed in the measured window");
+        return Ok(ExitCode::from(1));
+    }
     Ok(if out.report.has_errors() {
         ExitCode::from(1)
     } else {

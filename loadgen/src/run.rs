@@ -301,7 +301,11 @@ async fn run_worker(
     }
     // One task per slot: a task is polled only when its own socket or timer wakes it.
     for slot in slots {
-        let _ = slot.await;
+        if let Err(e) = slot.await {
+            // A slot that died took its in-flight request with it: count it, say why.
+            tracing::error!(worker = index, error = ?e, "load slot task failed");
+            ctx.stats.borrow_mut().err(ErrorKind::Other);
+        }
     }
     let stats = ctx.stats.replace(WorkerStats::default());
     ctx.shard().publish(stats.requests, stats.errors.total());
