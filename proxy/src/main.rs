@@ -134,11 +134,11 @@ fn parse_opt_addr(s: &str) -> Result<OptAddr, String> {
 #[derive(Debug, Args)]
 struct RuntimeArgs {
     /// Cores to run on: "all", a count ("2"), or a list of core ids ("0,1").
-    #[arg(long, default_value = "all")]
+    #[arg(long, default_value = "all", env = "RINGMESH_CORES")]
     cores: Cores,
     /// Event driver: "auto" (io_uring, falling back to epoll when it cannot start),
     /// "io-uring" (fail if unavailable) or "epoll".
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", env = "RINGMESH_DRIVER")]
     driver: DriverChoice,
     /// On SIGTERM/SIGINT, how long live connections may run before they are closed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
