@@ -54,6 +54,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plot { json, svg, title } => {
+            let text = std::fs::read_to_string(&json)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", json.display()))?;
+            let result: loadgen::sweep::SweepResult = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{} is not a sweep JSON: {e}", json.display()))?;
+            std::fs::write(&svg, loadgen::svg::sweep_svg(&result, &title))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Client(cmd) => run_client(&cmd),
         Command::Sweep(args) => sweep(&args),
     }

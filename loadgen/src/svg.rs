@@ -11,7 +11,7 @@ use crate::sweep::SweepResult;
 const W: f64 = 800.0;
 const H: f64 = 480.0;
 const LEFT: f64 = 80.0;
-const RIGHT: f64 = 150.0;
+const RIGHT: f64 = 190.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
 
@@ -122,8 +122,8 @@ pub fn sweep_svg(result: &SweepResult, title: &str) -> String {
     let _ = writeln!(
         s,
         r##"<text x="{:.1}" y="{:.1}" fill="#d62728">p99 SLO {}</text>"##,
-        LEFT + pw + 8.0,
-        slo_y + 4.0,
+        LEFT + 6.0,
+        slo_y - 5.0,
         fmt_us(result.slo_p99_us as f64)
     );
     // Curves.

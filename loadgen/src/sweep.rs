@@ -10,7 +10,7 @@
 //!   bisection steps between the last good and the first bad load narrow the answer.
 //! - Every step tried is kept in the curve, in the order run.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::histogram::LatencySummary;
 use crate::report::Report;
@@ -20,7 +20,7 @@ use crate::report::Report;
 pub const ACHIEVED_TOLERANCE: f64 = 0.95;
 
 /// What a sweep varies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SweepAxis {
     /// Open-loop target rate (req/s).
@@ -45,7 +45,7 @@ pub struct SweepPlan {
 }
 
 /// One measured step of the curve.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SweepPoint {
     /// Target rate (rate axis) or connection count (connections axis).
     pub load: f64,
@@ -59,7 +59,7 @@ pub struct SweepPoint {
 }
 
 /// The answer of a sweep.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SweepResult {
     pub axis: SweepAxis,
     pub slo_p99_us: u64,

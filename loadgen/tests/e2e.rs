@@ -568,6 +568,26 @@ fn sweep_writes_curve_json_and_svg() {
     let svg = std::fs::read_to_string(&s).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
     assert!(r.stdout.contains("max sustainable"));
+    // The plot can be re-drawn from the JSON alone.
+    let again = dir.path().join("again.svg");
+    let r = loadgen(
+        &[
+            "plot",
+            "--json",
+            j.to_str().unwrap(),
+            "--svg",
+            again.to_str().unwrap(),
+        ],
+        DL,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&again)
+            .unwrap()
+            .matches("<circle")
+            .count(),
+        svg.matches("<circle").count()
+    );
 }
 
 #[test]

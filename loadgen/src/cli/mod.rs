@@ -69,6 +69,18 @@ pub enum Command {
     Sweep(SweepArgs),
     /// Write a development CA and HBONE client/server certificates (PEM) into a directory.
     DevCerts(DevCertsArgs),
+    /// Re-draw the SVG plot of a sweep from its JSON (`sweep --json`).
+    Plot {
+        /// Sweep JSON written by `loadgen sweep --json`.
+        #[arg(long)]
+        json: PathBuf,
+        /// SVG file to write.
+        #[arg(long)]
+        svg: PathBuf,
+        /// Plot title.
+        #[arg(long, default_value = "latency vs rate")]
+        title: String,
+    },
     #[command(flatten)]
     Client(ClientCmd),
 }

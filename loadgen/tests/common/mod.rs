@@ -83,7 +83,7 @@ pub fn loadgen(args: &[&str], deadline: Duration) -> Run {
     cmd.args(args);
     let wants_json = args
         .first()
-        .is_some_and(|a| !["sweep", "serve", "dev-certs"].contains(a));
+        .is_some_and(|a| !["sweep", "serve", "dev-certs", "plot"].contains(a));
     if wants_json {
         cmd.arg("--json").arg(&json_path).arg("--quiet");
     }
