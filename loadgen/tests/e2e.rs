@@ -38,6 +38,29 @@ fn tcp_echo_counts_and_bytes_intact() {
     assert_eq!(u(&v, "bytes_received"), 2000 * 1000);
     assert_eq!(u(&v, "connects"), 4);
     assert_eq!(v["mode"], "tcp");
+    // Requests larger than the socket buffers: written and read at once, so no stall.
+    let big = (16 << 20).to_string();
+    let r = loadgen(
+        &[
+            "tcp",
+            &b.addr,
+            "--size",
+            &big,
+            "-c",
+            "1",
+            "--cores",
+            "1,",
+            "-n",
+            "6",
+            "--timeout",
+            "20s",
+        ],
+        DL,
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v = r.json.unwrap();
+    assert_clean(&v, 6);
+    assert_eq!(u(&v, "bytes_received"), 6 << 24);
 }
 
 #[test]
