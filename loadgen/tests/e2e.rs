@@ -714,21 +714,12 @@ fn hbone_tunnels_against_serve() {
         "spiffe://cluster.local/ns/loadgen/sa/server".into(),
     ];
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "hbone",
-            &b.addr,
-            "--dest",
-            "127.0.0.1:9",
-            "--size",
-            "500",
-            "--cores",
-            "1,",
-        ];
+        let mut args = vec!["hbone", &b.addr, "--dest", "127.0.0.1:9", "--cores", "1,"];
         args.extend(tls.iter().map(String::as_str));
         args.extend_from_slice(extra);
         loadgen(&args, DL)
     };
-    let r = run(&["-c", "2", "--streams", "4", "-n", "1000"]);
+    let r = run(&["--size", "500", "-c", "2", "--streams", "4", "-n", "1000"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let v = r.json.unwrap();
     assert_clean(&v, 1000);
@@ -736,7 +727,25 @@ fn hbone_tunnels_against_serve() {
     assert_eq!(u(&v, "connects"), 2, "tunnels share their connection");
     assert_eq!(v["mode"], "hbone");
 
+    // Larger than the 4 MiB stream window: written and read at once, no stall.
     let r = run(&[
+        "-c",
+        "1",
+        "-n",
+        "3",
+        "--size",
+        "9000000",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v = r.json.unwrap();
+    assert_clean(&v, 3);
+    assert_eq!(u(&v, "bytes_received"), 27_000_000);
+
+    let r = run(&[
+        "--size",
+        "500",
         "-c",
         "1",
         "--streams",

@@ -196,22 +196,33 @@ impl HboneSlot {
         if self.out.is_empty() {
             return Ok(());
         }
-        t.write_all(&self.out)
-            .await
-            .map_err(|e| ErrorKind::from_io(&e))?;
-        t.flush().await.map_err(|e| ErrorKind::from_io(&e))?;
-        io.sent += self.out.len() as u64;
-        let mut got = 0;
-        while got < self.inbuf.len() {
-            match t.read(&mut self.inbuf[got..]).await {
-                Ok(0) => return Err(ErrorKind::ShortRead),
-                Ok(n) => {
-                    got += n;
-                    io.received += n as u64;
+        // Write and read at once (through a split of the tunnel), so an echo larger than
+        // the HTTP/2 windows cannot stall with both directions' buffers full.
+        let (mut rd, mut wr) = tokio::io::split(t);
+        let out = &self.out;
+        let inbuf = &mut self.inbuf;
+        let write = async {
+            wr.write_all(out).await?;
+            wr.flush().await
+        };
+        let read = async {
+            let mut got = 0;
+            while got < inbuf.len() {
+                match rd.read(&mut inbuf[got..]).await {
+                    Ok(0) => return Err((ErrorKind::ShortRead, got)),
+                    Ok(n) => got += n,
+                    Err(e) => return Err((ErrorKind::from_io(&e), got)),
                 }
-                Err(e) => return Err(ErrorKind::from_io(&e)),
             }
+            Ok(got)
+        };
+        let (w, r) = futures_util::future::join(write, read).await;
+        if w.is_ok() {
+            io.sent += out.len() as u64;
         }
+        io.received += r.as_ref().map_or_else(|(_, n)| *n, |n| *n) as u64;
+        w.map_err(|e| ErrorKind::from_io(&e))?;
+        r.map_err(|(kind, _)| kind)?;
         if self.inbuf != self.out {
             return Err(ErrorKind::Other);
         }
