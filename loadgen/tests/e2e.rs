@@ -555,7 +555,7 @@ fn sweep_writes_curve_json_and_svg() {
         &[
             "sweep",
             "--slo-p99",
-            "50ms",
+            "1s",
             "--start",
             "200",
             "--step",
