@@ -25,13 +25,13 @@ LG=${LG:-target/release/loadgen}
 [ -n "${NOBUILD:-}" ] || cargo build --release -p ringmesh-loadgen >&2
 for t in wrk h2load python3; do command -v $t >/dev/null || { echo "missing $t (apt-get install wrk nghttp2-client)" >&2; exit 2; }; done
 TMP=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+# start_server runs in a command substitution (a subshell), so server PIDs go to a file.
+cleanup() { [ -f "$TMP/pids" ] && while read -r p; do kill "$p" 2>/dev/null || true; done <"$TMP/pids"; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 start_server() { # mode driver -> address
   "$LG" serve --mode "$1" --driver "$2" --listen 127.0.0.1:0 --cores 0, >"$TMP/srv-$1-$2" 2>&1 &
-  PIDS+=($!)
+  echo $! >>"$TMP/pids"
   for _ in $(seq 200); do grep -q listening "$TMP/srv-$1-$2" 2>/dev/null && break; sleep 0.05; done
   grep -o '127.0.0.1:[0-9]*' "$TMP/srv-$1-$2"
 }
