@@ -24,8 +24,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "ringmesh", version, about, long_about = None)]
 struct Cli {
     /// Log filter, in tracing's EnvFilter syntax (e.g. "info", "ringmesh=debug").
-    #[arg(long, global = true, default_value = "info", env = "RINGMESH_LOG")]
-    log: String,
+    /// Default: "info" ("warn" for `demo`, whose own output is the report).
+    #[arg(long, global = true, env = "RINGMESH_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -198,11 +199,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
-        eprintln!(
-            "ringmesh: bad --log filter {:?}: {e}; using \"info\"",
-            cli.log
-        );
+    let default_log = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    let log = cli.log.clone().unwrap_or_else(|| default_log.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&log).unwrap_or_else(|e| {
+        eprintln!("ringmesh: bad --log filter {log:?}: {e}; using \"info\"");
         tracing_subscriber::EnvFilter::new("info")
     });
     let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
