@@ -13,7 +13,7 @@
 //! - One `Instant::now()` per request on the closed-loop path: the completion time of one
 //!   request is the send time of the next.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
@@ -225,16 +225,66 @@ struct WorkerCtx {
     stats: RefCell<WorkerStats>,
     progress: Progress,
     index: usize,
+    /// When `run_worker` began (only to report a late start).
+    created: Instant,
+    /// The run's clock, started by the first slot that runs: the window then begins when
+    /// load begins, however late the event loop first polls the slots.
+    window: OnceCell<Window>,
+    last_done: Cell<Option<Instant>>,
+}
+
+/// The time frame of one worker's run.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    start: Instant,
+    started_at: SystemTime,
     measure_start: Instant,
     end: Option<Instant>,
     hard_end: Option<Instant>,
-    last_done: Cell<Instant>,
 }
 
 impl WorkerCtx {
     fn shard(&self) -> &ProgressShard {
         self.progress.shard(self.index)
     }
+
+    fn window(&self) -> Window {
+        *self.window.get_or_init(|| {
+            let start = Instant::now();
+            let late = start - self.created;
+            if late > Duration::from_millis(100) {
+                tracing::warn!(
+                    worker = self.index,
+                    ?late,
+                    "slots first ran late; the run starts now"
+                );
+            }
+            let measure_start = start + self.spec.warmup;
+            let end = self.spec.duration.map(|d| measure_start + d);
+            Window {
+                start,
+                started_at: SystemTime::now() + self.spec.warmup,
+                measure_start,
+                end,
+                hard_end: end.map(|e| e + self.spec.timeout),
+            }
+        })
+    }
+
+    fn done_at(&self, t: Instant) {
+        if self.last_done.get().is_none_or(|l| t > l) {
+            self.last_done.set(Some(t));
+        }
+    }
+}
+
+/// Open-loop parameters of one slot (its schedule starts with the run's clock).
+#[derive(Clone, Copy, Debug)]
+struct SlotRate {
+    rate: f64,
+    phase: f64,
+    arrival: Arrival,
+    seed: u64,
 }
 
 async fn run_worker(
@@ -244,19 +294,14 @@ async fn run_worker(
     index: usize,
     driver: runtime::DriverKind,
 ) -> WorkerResult {
-    let start = Instant::now();
-    let started_at = SystemTime::now() + spec.warmup;
-    let measure_start = start + spec.warmup;
-    let end = spec.duration.map(|d| measure_start + d);
     let ctx = Rc::new(WorkerCtx {
         spec: spec.clone(),
         stats: RefCell::new(WorkerStats::default()),
         progress,
         index,
-        measure_start,
-        end,
-        hard_end: end.map(|e| e + spec.timeout),
-        last_done: Cell::new(start),
+        created: Instant::now(),
+        window: OnceCell::new(),
+        last_done: Cell::new(None),
     });
     let total_slots = spec.connections * spec.streams;
     let mut slots = Vec::with_capacity(share.connections * spec.streams);
@@ -272,15 +317,11 @@ async fn run_worker(
             let quota = spec.requests.map(|r| {
                 r / total_slots as u64 + u64::from((slot as u64) < r % total_slots as u64)
             });
-            let schedule = spec.rate.map(|rate| {
-                let per_slot = rate / total_slots as f64;
-                Schedule::new(
-                    start,
-                    per_slot,
-                    slot as f64 / total_slots as f64,
-                    spec.arrival,
-                    spec.seed ^ slot as u64,
-                )
+            let schedule = spec.rate.map(|rate| SlotRate {
+                rate: rate / total_slots as f64,
+                phase: slot as f64 / total_slots as f64,
+                arrival: spec.arrival,
+                seed: spec.seed ^ slot as u64,
             });
             if let Mode::TcpBulk { chunk, download } = spec.client.mode {
                 slots.push(runtime::spawn(run_bulk_slot(
@@ -309,24 +350,27 @@ async fn run_worker(
     }
     let stats = ctx.stats.replace(WorkerStats::default());
     ctx.shard().publish(stats.requests, stats.errors.total());
-    let last = ctx.last_done.get();
-    let until = match end {
+    let w = ctx.window();
+    let last = ctx.last_done.get().unwrap_or(w.measure_start);
+    let until = match w.end {
         Some(e) => e.min(last),
         None => last,
     };
     WorkerResult {
         stats,
-        measured: until.saturating_duration_since(measure_start),
-        started_at,
+        measured: until.saturating_duration_since(w.measure_start),
+        started_at: w.started_at,
     }
 }
 
 async fn run_slot(
     ctx: Rc<WorkerCtx>,
     mut client: Client,
-    mut schedule: Option<Schedule>,
+    rate: Option<SlotRate>,
     quota: Option<u64>,
 ) {
+    let w = ctx.window();
+    let mut schedule = rate.map(|r| Schedule::new(w.start, r.rate, r.phase, r.arrival, r.seed));
     let mut done_measured: u64 = 0;
     let mut now = Instant::now();
     let mut watchdog = Watchdog::new(ctx.spec.timeout, now);
@@ -334,13 +378,13 @@ async fn run_slot(
         if quota.is_some_and(|q| done_measured >= q) {
             break;
         }
-        if ctx.hard_end.is_some_and(|h| now >= h) {
+        if w.hard_end.is_some_and(|h| now >= h) {
             break;
         }
         let intended = match schedule.as_mut() {
             Some(s) => {
                 let t = s.next_send();
-                if ctx.end.is_some_and(|e| t >= e) {
+                if w.end.is_some_and(|e| t >= e) {
                     break;
                 }
                 if t > now {
@@ -350,7 +394,7 @@ async fn run_slot(
                 t
             }
             None => {
-                if ctx.end.is_some_and(|e| now >= e) {
+                if w.end.is_some_and(|e| now >= e) {
                     break;
                 }
                 now
@@ -366,7 +410,7 @@ async fn run_slot(
             client.abort();
         }
         now = Instant::now();
-        let measured = intended >= ctx.measure_start;
+        let measured = intended >= w.measure_start;
         if measured {
             done_measured += 1;
             let mut st = ctx.stats.borrow_mut();
@@ -382,9 +426,7 @@ async fn run_slot(
             }
             ctx.shard().publish(st.requests, st.errors.total());
             drop(st);
-            if now > ctx.last_done.get() {
-                ctx.last_done.set(now);
-            }
+            ctx.done_at(now);
         }
         if schedule.is_none()
             && matches!(
@@ -401,7 +443,7 @@ async fn run_slot(
 impl BulkSink for WorkerCtx {
     fn chunk(&self, latency: Duration, sent: u64, received: u64) {
         let now = Instant::now();
-        if now < self.measure_start {
+        if now < self.window().measure_start {
             return;
         }
         let mut st = self.stats.borrow_mut();
@@ -409,19 +451,17 @@ impl BulkSink for WorkerCtx {
         st.bytes_received += received;
         st.ok(latency);
         self.shard().publish(st.requests, st.errors.total());
-        if now > self.last_done.get() {
-            self.last_done.set(now);
-        }
+        self.done_at(now);
     }
 
     fn received(&self, n: u64) {
-        if Instant::now() >= self.measure_start {
+        if Instant::now() >= self.window().measure_start {
             self.stats.borrow_mut().bytes_received += n;
         }
     }
 
     fn error(&self, kind: ErrorKind) {
-        if Instant::now() >= self.measure_start {
+        if Instant::now() >= self.window().measure_start {
             let mut st = self.stats.borrow_mut();
             st.err(kind);
             self.shard().publish(st.requests, st.errors.total());
@@ -431,9 +471,10 @@ impl BulkSink for WorkerCtx {
 
 /// A bulk-streaming slot: connect (retrying after failures until the end), then stream.
 async fn run_bulk_slot(ctx: Rc<WorkerCtx>, chunk: usize, download: bool, quota: Option<u64>) {
+    let w = ctx.window();
     loop {
         let now = Instant::now();
-        if ctx.end.is_some_and(|e| now >= e) {
+        if w.end.is_some_and(|e| now >= e) {
             return;
         }
         let mut io = IoTally::default();
@@ -445,10 +486,10 @@ async fn run_bulk_slot(ctx: Rc<WorkerCtx>, chunk: usize, download: bool, quota: 
         .await
         {
             Ok(s) => {
-                if now >= ctx.measure_start {
+                if now >= w.measure_start {
                     ctx.stats.borrow_mut().connects += 1;
                 }
-                bulk::stream(&s, chunk, download, ctx.end, ctx.hard_end, quota, &*ctx).await;
+                bulk::stream(&s, chunk, download, w.end, w.hard_end, quota, &*ctx).await;
                 return;
             }
             Err(kind) => {
