@@ -198,6 +198,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // Already done at load time by runtime's constructor; calling it here also keeps that
+    // constructor's object linked into the binary.
+    runtime::alloc::tune_mimalloc();
     let cli = Cli::parse();
     let default_log = if matches!(cli.command, Command::Demo(_)) {
         "warn"

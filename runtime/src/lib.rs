@@ -15,6 +15,7 @@
 //! It knows nothing of HTTP, TLS or the mesh. It is the only crate with `unsafe` code, all
 //! of it in the private `sys` module.
 
+pub mod alloc;
 pub mod driver;
 pub mod net;
 pub mod relay;
