@@ -12,6 +12,7 @@
 //! - the file descriptor is closed when the last owner drops, after any in-flight readiness
 //!   operation has been cancelled and completed (compio's `SharedFd` keeps it alive until then).
 
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -92,6 +93,13 @@ impl AsFd for TcpListener {
 #[derive(Debug)]
 pub struct TcpStream {
     inner: PollFd<std::net::TcpStream>,
+    /// Set after a read hit EAGAIN; cleared when the kernel reports readability. While set,
+    /// a poll does not try the syscall again: the readiness wait still in flight says the
+    /// socket has nothing (rustls and h2 poll their socket on every wake-up, most of which
+    /// are not about it, and each would otherwise cost a failing `recv`).
+    read_parked: Cell<bool>,
+    /// The same for writes.
+    write_parked: Cell<bool>,
 }
 
 impl TcpStream {
@@ -137,6 +145,8 @@ impl TcpStream {
     fn from_nonblocking(stream: std::net::TcpStream) -> io::Result<TcpStream> {
         Ok(TcpStream {
             inner: PollFd::new(stream)?,
+            read_parked: Cell::new(false),
+            write_parked: Cell::new(false),
         })
     }
 
@@ -201,11 +211,41 @@ impl TcpStream {
     }
 
     pub fn poll_read_buf(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        self.inner.poll_read_with(cx, |mut s| s.read(buf))
+        self.poll_io(cx, &self.read_parked, true, |mut s| s.read(buf))
     }
 
     pub fn poll_write_buf(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.inner.poll_write_with(cx, |mut s| s.write(buf))
+        self.poll_io(cx, &self.write_parked, false, |mut s| s.write(buf))
+    }
+
+    /// Tries `op` unless an earlier EAGAIN is still unanswered by the kernel; on EAGAIN,
+    /// parks on readiness (see `read_parked`).
+    fn poll_io<R>(
+        &self,
+        cx: &mut Context<'_>,
+        parked: &Cell<bool>,
+        read: bool,
+        mut op: impl FnMut(&std::net::TcpStream) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        let ready = |cx: &mut Context<'_>| {
+            if read {
+                self.inner.poll_read_ready(cx)
+            } else {
+                self.inner.poll_write_ready(cx)
+            }
+        };
+        loop {
+            if parked.get() {
+                // Pending without a syscall while the readiness wait is in flight.
+                std::task::ready!(ready(cx))?;
+                parked.set(false);
+            }
+            match op(&self.inner) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => parked.set(true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return Poll::Ready(other),
+            }
+        }
     }
 
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
