@@ -127,3 +127,18 @@ pub fn u(v: &serde_json::Value, field: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("{field} missing or not an integer in {v}"))
 }
+
+/// Deadline for one loadgen run in these tests.
+pub const DL: Duration = Duration::from_secs(60);
+
+/// requests == responses + errors, and nothing failed.
+pub fn assert_clean(v: &serde_json::Value, requests: u64) {
+    assert_eq!(u(v, "requests"), requests, "{v}");
+    assert_eq!(
+        u(v, "requests"),
+        u(v, "responses") + u(v, "errors_total"),
+        "{v}"
+    );
+    assert_eq!(u(v, "errors_total"), 0, "{v}");
+    assert_eq!(v["latency_us"]["samples"].as_u64(), Some(requests));
+}
