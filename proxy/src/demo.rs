@@ -396,6 +396,20 @@ fn spawn_echo(addr: SocketAddr) -> Result<()> {
 
 /// Connects from `source` through the SOCKS5 entry at `socks` to `target`.
 pub fn socks_connect(source: IpAddr, socks: SocketAddr, target: SocketAddr) -> Result<TcpStream> {
+    let (s, code) = socks_handshake(source, socks, target)?;
+    if code != 0 {
+        bail!("SOCKS5 CONNECT to {target} failed with reply code {code}");
+    }
+    Ok(s)
+}
+
+/// Runs a SOCKS5 CONNECT from `source` through `socks` to `target`; returns the stream and
+/// the reply code (0 = succeeded; RFC 1928 §6).
+pub fn socks_handshake(
+    source: IpAddr,
+    socks: SocketAddr,
+    target: SocketAddr,
+) -> Result<(TcpStream, u8)> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     sock.bind(&SocketAddr::new(source, 0).into())
         .with_context(|| format!("binding the client to its workload IP {source}"))?;
@@ -411,21 +425,15 @@ pub fn socks_connect(source: IpAddr, socks: SocketAddr, target: SocketAddr) -> R
         bail!("SOCKS5 entry refused the greeting: {r:?}");
     }
     let IpAddr::V4(ip) = target.ip() else {
-        bail!("demo uses IPv4 targets")
+        bail!("IPv4 targets only")
     };
     let mut req = vec![5, 1, 0, 1];
     req.extend_from_slice(&ip.octets());
     req.extend_from_slice(&target.port().to_be_bytes());
     s.write_all(&req)?;
     let mut rep = [0u8; 10];
-    s.read_exact(&mut rep)?;
-    if rep[1] != 0 {
-        bail!(
-            "SOCKS5 CONNECT to {target} failed with reply code {}",
-            rep[1]
-        );
-    }
-    Ok(s)
+    s.read_exact(&mut rep).context("reading the SOCKS5 reply")?;
+    Ok((s, rep[1]))
 }
 
 /// Sends `total` bytes through an echo and checks what comes back; returns seconds taken.

@@ -577,30 +577,7 @@ pub fn hbone_request(
 /// Runs a SOCKS5 CONNECT from `source` through `socks` to `target` and returns the reply
 /// code (0 = succeeded; RFC 1928 §6), closing the connection either way.
 pub fn socks_reply_code(source: IpAddr, socks: SocketAddr, target: SocketAddr) -> Result<u8> {
-    use std::io::Write;
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    sock.bind(&SocketAddr::new(source, 0).into())
-        .with_context(|| format!("binding the client to {source}"))?;
-    sock.connect_timeout(&socks.into(), Duration::from_secs(5))
-        .with_context(|| format!("connecting to the SOCKS5 entry {socks}"))?;
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    s.write_all(&[5, 1, 0])?;
-    let mut r = [0u8; 2];
-    s.read_exact(&mut r)?;
-    if r != [5, 0] {
-        bail!("SOCKS5 entry refused the greeting: {r:?}");
-    }
-    let IpAddr::V4(ip) = target.ip() else {
-        bail!("IPv4 targets only")
-    };
-    let mut req = vec![5, 1, 0, 1];
-    req.extend_from_slice(&ip.octets());
-    req.extend_from_slice(&target.port().to_be_bytes());
-    s.write_all(&req)?;
-    let mut rep = [0u8; 10];
-    s.read_exact(&mut rep).context("reading the SOCKS5 reply")?;
-    Ok(rep[1])
+    Ok(proxy::demo::socks_handshake(source, socks, target)?.1)
 }
 
 impl Node {
