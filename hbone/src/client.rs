@@ -37,6 +37,8 @@ struct Shared {
     /// Set by the driver task when the connection has ended.
     closed: Cell<bool>,
     peer: SocketAddr,
+    /// The stream receive window in effect (grown by the driver's window tuner).
+    recv_window: Rc<Cell<u32>>,
 }
 
 /// One slot of a connection's stream count, held by a stream (or a request in flight) and
@@ -144,22 +146,30 @@ impl ClientConn {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
     {
-        let (send, conn) = settings
+        let meter = h2conn::Metered::default();
+        let (send, mut conn) = settings
             .client_builder()
-            .handshake::<_, Bytes>(io)
+            .handshake::<_, Bytes>(meter.wrap(io))
             .await
             .map_err(Error::H2)?;
+        let recv_window = Rc::new(Cell::new(settings.stream_window));
         let shared = Rc::new(Shared {
             active: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
             closed: Cell::new(false),
             peer,
+            recv_window: recv_window.clone(),
         });
         let driver_shared = shared.clone();
-        let keepalive = settings.keepalive;
         let (settled_tx, settled_rx) = futures_channel::oneshot::channel();
+        let liveness = h2conn::Liveness::new(
+            conn.ping_pong(),
+            settings.keepalive,
+            Some(settled_tx),
+            settings.tuner(&meter),
+        );
         runtime::spawn(async move {
-            let end = h2conn::drive_client(conn, keepalive, settled_tx).await;
+            let end = h2conn::drive_client(conn, liveness, recv_window).await;
             driver_shared.closed.set(true);
             match end {
                 ClientEnd::Closed(Ok(())) => debug!(%peer, "HBONE connection closed"),
@@ -173,7 +183,7 @@ impl ClientConn {
             }
         })
         .detach();
-        // Wait for the server's SETTINGS (see `h2conn::liveness`); if the driver ends first,
+        // Wait for the server's SETTINGS (see `h2conn::Liveness`); if the driver ends first,
         // the sender is dropped and the connection is unusable.
         if settled_rx.await.is_err() {
             let mut send = send;
@@ -229,6 +239,12 @@ impl ClientConn {
     }
 
     /// Whether the driver task has ended (the connection is gone).
+    /// The stream receive window this side advertises now: the first one until the window
+    /// tuner has seen it limit a transfer (`h2conn::INITIAL_STREAM_WINDOW`).
+    pub fn recv_window(&self) -> u32 {
+        self.shared.recv_window.get()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.shared.closed.get()
     }

@@ -281,13 +281,18 @@ where
     Fut: Future<Output = ()> + 'static,
 {
     let peer = Rc::new(peer);
+    let meter = h2conn::Metered::default();
     let mut conn = settings
         .server_builder()
-        .handshake::<_, Bytes>(io)
+        .handshake::<_, Bytes>(meter.wrap(io))
         .await
         .map_err(Error::H2)?;
-    let pp = conn.ping_pong();
-    let mut keepalive = pin!(h2conn::liveness(pp, settings.keepalive, None));
+    let mut liveness = h2conn::Liveness::new(
+        conn.ping_pong(),
+        settings.keepalive,
+        None,
+        settings.tuner(&meter),
+    );
     let mut drain = pin!(drain);
     let mut draining = false;
     loop {
@@ -297,7 +302,7 @@ where
                 conn.graceful_shutdown();
                 draining = true;
             }
-            if let Poll::Ready(f) = keepalive.as_mut().poll(cx) {
+            if let Poll::Ready(f) = liveness.poll(cx, &mut conn) {
                 return Poll::Ready(Err(f));
             }
             conn.poll_accept(cx).map(Ok)

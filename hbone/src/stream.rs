@@ -384,7 +384,8 @@ impl Down {
 
 /// Socket → tunnel.
 struct Up {
-    /// Spare read buffer; filled bytes are split off and frozen for h2.
+    /// Spare read capacity (always empty between reads); filled bytes are split off and
+    /// frozen for h2.
     buf: BytesMut,
     /// Size of the next buffer to allocate (adaptive, see [`RELAY_BUF_MIN`]).
     next: usize,
@@ -406,20 +407,23 @@ impl Up {
                 let n = ready!(tunnel.poll_send(cx, &mut self.out))?;
                 *count += n as u64;
             }
-            if self.buf.len() < RELAY_BUF_MIN / 2 {
-                // Reading straight into a fresh zeroed buffer costs a memset per byte, cheaper
-                // than the copy into h2's `Bytes` it replaces (and needs no unsafe).
-                self.buf = BytesMut::zeroed(self.next);
+            if self.buf.capacity() < RELAY_BUF_MIN / 2 {
+                // Read straight into the memory h2 will send from. The socket reads into
+                // uninitialised capacity (`runtime::net::TcpStream` does not zero it first).
+                self.buf = BytesMut::with_capacity(self.next);
             }
-            let mut rb = ReadBuf::new(&mut self.buf[..]);
-            ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
-            let n = rb.filled().len();
+            let room = self.buf.capacity();
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut *io),
+                cx,
+                &mut self.buf
+            ))?;
             if n == 0 {
                 ready!(tunnel.poll_close_write(cx))?;
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            if n == self.buf.len() && self.next < RELAY_BUF_MAX {
+            if n == room && self.next < RELAY_BUF_MAX {
                 self.next *= 2;
             } else if n < self.next / 8 && self.next > RELAY_BUF_MIN {
                 // Traffic turned small: the next buffer (allocated once this one is used up)

@@ -21,8 +21,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn test_settings() -> H2Settings {
     H2Settings {
-        // The scripted peer answers PINGs itself; the server's own keepalive would only add noise.
+        // The scripted peer answers PINGs itself; the server's own keepalive and window
+        // samples (PINGs of their own) would only add noise.
         keepalive: None,
+        max_stream_window: None,
         ..H2Settings::default()
     }
 }
@@ -110,11 +112,12 @@ fn window_updates_follow_consumption() -> Result<()> {
             "expected :status 200, got {resp:?}"
         );
 
-        // 2 MiB in 16 KiB frames (the default SETTINGS_MAX_FRAME_SIZE a client may always use).
-        const TOTAL: usize = 2 * 1024 * 1024;
+        // One whole stream window in 16 KiB frames (the default SETTINGS_MAX_FRAME_SIZE a
+        // client may always use): all a peer may send before the server reads anything.
+        let total = test_settings().stream_window as usize;
         let chunk = vec![0xabu8; 16 * 1024];
         let mut out = Vec::new();
-        for _ in 0..TOTAL / chunk.len() {
+        for _ in 0..total / chunk.len() {
             frame(&mut out, DATA, 0, 1, &chunk);
         }
         peer.send(&out).await?;
@@ -129,17 +132,17 @@ fn window_updates_follow_consumption() -> Result<()> {
         );
 
         go.set(true);
-        wait_until("handler to consume all data", || consumed.get() == TOTAL).await?;
+        wait_until("handler to consume all data", || consumed.get() == total).await?;
         // Collect WINDOW_UPDATEs until the stream's increments cover half of what was
-        // consumed: h2 returns credit in batches once half the 4 MiB stream window is unclaimed
-        // (§6.9 allows any split). The connection window (16 MiB) is credited the same way at
-        // 8 MiB; the 64 MiB tunnel tests cannot pass without that.
+        // consumed: h2 returns credit in batches once half the stream window is unclaimed
+        // (§6.9 allows any split). The connection window is credited the same way; the
+        // 64 MiB tunnel tests cannot pass without that.
         let mut stream_credit = 0u64;
         let start = Instant::now();
-        while stream_credit < TOTAL as u64 / 2 {
+        while stream_credit < total as u64 / 2 {
             ensure!(
                 start.elapsed() < DEADLINE,
-                "stream WINDOW_UPDATE total {stream_credit} after consuming {TOTAL}"
+                "stream WINDOW_UPDATE total {stream_credit} after consuming {total}"
             );
             for f in peer.sync(2).await? {
                 if f.kind == WINDOW_UPDATE && f.stream == 1 {
@@ -152,7 +155,7 @@ fn window_updates_follow_consumption() -> Result<()> {
             }
         }
         ensure!(
-            stream_credit <= TOTAL as u64,
+            stream_credit <= total as u64,
             "credited {stream_credit}, more than consumed"
         );
         Ok(())

@@ -289,9 +289,10 @@ impl tokio::io::AsyncRead for TcpStream {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let dst = buf.initialize_unfilled();
-        let n = std::task::ready!(self.poll_read_buf(cx, dst))?;
-        buf.advance(n);
+        // Straight into the caller's (possibly uninitialised) memory: no memset first.
+        std::task::ready!(self.poll_io(cx, &self.read_parked, true, |s| {
+            crate::sys::recv_into(s.as_fd(), buf)
+        }))?;
         Poll::Ready(Ok(()))
     }
 }
