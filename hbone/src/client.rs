@@ -144,9 +144,10 @@ impl ClientConn {
     /// and spawns the connection's driver task on the current core.
     pub async fn handshake<T>(io: T, peer: SocketAddr, settings: &H2Settings) -> Result<ClientConn>
     where
-        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + h2conn::PathRtt + Unpin + 'static,
     {
         let meter = h2conn::Metered::default();
+        let probe = io.rtt_probe();
         let (send, mut conn) = settings
             .client_builder()
             .handshake::<_, Bytes>(meter.wrap(io))
@@ -166,7 +167,7 @@ impl ClientConn {
             conn.ping_pong(),
             settings.keepalive,
             Some(settled_tx),
-            settings.tuner(&meter),
+            settings.tuner(&meter, probe),
         );
         runtime::spawn(async move {
             let end = h2conn::drive_client(conn, liveness, recv_window).await;

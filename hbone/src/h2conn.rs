@@ -177,15 +177,21 @@ impl H2Settings {
 
     /// The window tuner for a connection with these settings, fed by `meter`; `None` when
     /// the windows are fixed.
-    pub(crate) fn tuner(&self, meter: &Metered) -> Option<WindowTuner> {
+    pub(crate) fn tuner(
+        &self,
+        meter: &Metered,
+        probe: Option<runtime::net::RttProbe>,
+    ) -> Option<WindowTuner> {
         let max = self.max_stream_window?;
         (max > self.stream_window).then(|| {
-            WindowTuner::new(
+            let mut t = WindowTuner::new(
                 meter.bytes.clone(),
                 self.stream_window,
                 self.connection_window,
                 max,
-            )
+            );
+            t.probe = probe;
+            t
         })
     }
 }
@@ -259,6 +265,34 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MeteredIo<T> {
     }
 }
 
+/// A transport that can tell the path's round-trip time: the TCP socket under TLS, whose
+/// kernel keeps the smallest RTT of the connection's ACKs. The [`WindowTuner`] prefers that
+/// figure to its own PINGs', which a busy core can delay (a PONG handled 1 ms late on a
+/// loaded node looks like a 1 ms path and would grow the windows for nothing).
+pub trait PathRtt {
+    /// A probe that outlives the borrow (it reads a duplicate of the descriptor); `None`
+    /// when the transport cannot say.
+    fn rtt_probe(&self) -> Option<runtime::net::RttProbe>;
+}
+
+impl PathRtt for runtime::net::TcpStream {
+    fn rtt_probe(&self) -> Option<runtime::net::RttProbe> {
+        runtime::net::TcpStream::rtt_probe(self).ok()
+    }
+}
+
+impl<T: PathRtt> PathRtt for tokio_rustls::client::TlsStream<T> {
+    fn rtt_probe(&self) -> Option<runtime::net::RttProbe> {
+        self.get_ref().0.rtt_probe()
+    }
+}
+
+impl<T: PathRtt> PathRtt for tokio_rustls::server::TlsStream<T> {
+    fn rtt_probe(&self) -> Option<runtime::net::RttProbe> {
+        self.get_ref().0.rtt_probe()
+    }
+}
+
 /// First pause between a window sample and the next, as hyper's BDP estimator: at most ten
 /// PINGs a second while a transfer is young.
 const SAMPLE_DELAY: Duration = Duration::from_millis(100);
@@ -294,6 +328,8 @@ pub(crate) struct WindowTuner {
     /// Earliest next sample; and the byte count at the last PONG.
     next_at: Option<Instant>,
     bytes_at_pong: u64,
+    /// The kernel's view of the path's round trip, when the transport has one.
+    probe: Option<runtime::net::RttProbe>,
 }
 
 impl WindowTuner {
@@ -310,6 +346,7 @@ impl WindowTuner {
             stable: 0,
             next_at: None,
             bytes_at_pong: 0,
+            probe: None,
         }
     }
 
@@ -332,7 +369,11 @@ impl WindowTuner {
         let now_bytes = self.bytes.get();
         self.bytes_at_pong = now_bytes;
         self.next_at = Some(now + self.delay);
-        self.sample(now_bytes.saturating_sub(from), rtt);
+        let path = self
+            .probe
+            .as_ref()
+            .and_then(runtime::net::RttProbe::min_rtt);
+        self.sample(now_bytes.saturating_sub(from), rtt, path);
     }
 
     /// A round trip of a PING sent with nothing queued ahead of it (the connection's first,
@@ -346,7 +387,9 @@ impl WindowTuner {
         };
     }
 
-    fn sample(&mut self, bytes: u64, rtt: Duration) {
+    /// `bytes` arrived during a PING round trip of `rtt`; `path` is the kernel's smallest
+    /// round trip for the connection, if known.
+    fn sample(&mut self, bytes: u64, rtt: Duration, path: Option<Duration>) {
         self.observe_rtt(rtt);
         let rtt = rtt.as_secs_f64().max(1e-6);
         let bandwidth = bytes as f64 / rtt;
@@ -358,10 +401,11 @@ impl WindowTuner {
         // buffers, both socket buffers, up to a window), so a sample's round trip grows with
         // the queue and its byte count with it: on one host, windows grown on raw samples
         // climbed to the limit and brought back the memory they were meant to save. The
-        // path's delay is the smallest round trip seen (as BBR keeps it), first from the
-        // PING each connection sends before any data; bandwidth times that is the product
-        // the window must cover.
-        let bdp = (bandwidth * self.min_rtt) as u64;
+        // path's delay is the smallest round trip seen (as BBR keeps it): the kernel's, over
+        // TCP; otherwise the PINGs', first from the one each connection sends before any
+        // data. Bandwidth times that is the product the window must cover.
+        let delay = path.map_or(self.min_rtt, |p| p.as_secs_f64().max(1e-6));
+        let bdp = (bandwidth * delay) as u64;
         if bdp >= u64::from(self.stream) * 2 / 3 {
             let grown = (bdp * 2).min(u64::from(self.max_stream)) as u32;
             if grown > self.stream {
@@ -661,12 +705,12 @@ mod tests {
     fn a_window_bound_sample_doubles_the_window_up_to_the_limit() {
         let mut t = tuner();
         // 5 ms RTT carrying the whole 256 KiB window: the window limited the transfer.
-        t.sample(u64::from(INITIAL_STREAM_WINDOW), 5 * MS);
+        t.sample(u64::from(INITIAL_STREAM_WINDOW), 5 * MS, None);
         assert_eq!(t.stream, 2 * INITIAL_STREAM_WINDOW);
         assert_eq!(t.connection, 4 * t.stream);
         for _ in 0..10 {
             let w = u64::from(t.stream);
-            t.sample(w, 5 * MS);
+            t.sample(w, 5 * MS, None);
         }
         assert_eq!(t.stream, STREAM_WINDOW, "never beyond the limit");
         assert_eq!(t.connection, CONNECTION_WINDOW);
@@ -679,8 +723,23 @@ mod tests {
         t.observe_rtt(Duration::from_micros(100));
         // Under bulk the PING waits behind 4 MiB of queued data: 4 ms, 4 MiB. Bandwidth
         // 1 GB/s times 100 µs is 100 KB, under two thirds of the window.
-        t.sample(4 << 20, 4 * MS);
+        t.sample(4 << 20, 4 * MS, None);
         assert_eq!(t.stream, INITIAL_STREAM_WINDOW);
+    }
+
+    #[test]
+    fn the_kernels_round_trip_wins_over_a_late_pong() {
+        // The first PONG was handled 2 ms late on a busy core; the kernel saw 30 µs. A
+        // 1 MiB sample over 4 ms is 262 MB/s: 7.9 KB over the real path, no growth.
+        let mut t = tuner();
+        t.observe_rtt(2 * MS);
+        t.sample(1 << 20, 4 * MS, Some(Duration::from_micros(30)));
+        assert_eq!(t.stream, INITIAL_STREAM_WINDOW);
+        // Without the kernel's figure, the late PONG passes for a 2 ms path: 524 KB.
+        let mut u = tuner();
+        u.observe_rtt(2 * MS);
+        u.sample(1 << 20, 4 * MS, None);
+        assert!(u.stream > INITIAL_STREAM_WINDOW);
     }
 
     #[test]
@@ -688,7 +747,7 @@ mod tests {
         let mut t = tuner();
         // Loopback-like: 50 µs round trips carry a few KiB; the window is not the limit.
         for _ in 0..6 {
-            t.sample(40 * 1024, Duration::from_micros(50));
+            t.sample(40 * 1024, Duration::from_micros(50), None);
         }
         assert_eq!(t.stream, INITIAL_STREAM_WINDOW);
         assert_eq!(t.connection, INITIAL_CONNECTION_WINDOW);
@@ -740,7 +799,7 @@ mod tests {
     #[test]
     fn a_refused_settings_change_is_retried() {
         let mut t = tuner();
-        t.sample(u64::from(INITIAL_STREAM_WINDOW), 5 * MS);
+        t.sample(u64::from(INITIAL_STREAM_WINDOW), 5 * MS, None);
         let mut conn = FakeConn {
             refuse: true,
             ..FakeConn::default()

@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::h2conn::{self, H2Settings, KeepaliveFailure};
+use crate::h2conn::{self, H2Settings, KeepaliveFailure, PathRtt};
 use crate::identity::Identity;
 use crate::stream::{self, HboneStream, RelayStats};
 use crate::wire::{ConnectRequest, Status};
@@ -230,7 +230,7 @@ pub async fn serve_tls<T, H, Fut>(
     handler: H,
 ) -> Result<()>
 where
-    T: AsyncRead + AsyncWrite + Unpin + 'static,
+    T: AsyncRead + AsyncWrite + PathRtt + Unpin + 'static,
     H: Fn(Incoming) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
@@ -276,12 +276,13 @@ pub async fn serve_h2<T, H, Fut>(
     handler: H,
 ) -> Result<()>
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + PathRtt + Unpin,
     H: Fn(Incoming) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
     let peer = Rc::new(peer);
     let meter = h2conn::Metered::default();
+    let probe = io.rtt_probe();
     let mut conn = settings
         .server_builder()
         .handshake::<_, Bytes>(meter.wrap(io))
@@ -291,7 +292,7 @@ where
         conn.ping_pong(),
         settings.keepalive,
         None,
-        settings.tuner(&meter),
+        settings.tuner(&meter, probe),
     );
     let mut drain = pin!(drain);
     let mut draining = false;

@@ -171,6 +171,14 @@ impl TcpStream {
         }
     }
 
+    /// A handle that reads this connection's round-trip time from the kernel after the
+    /// stream has been handed to a TLS and HTTP/2 stack (see [`RttProbe`]).
+    pub fn rtt_probe(&self) -> io::Result<RttProbe> {
+        Ok(RttProbe {
+            fd: self.inner.as_fd().try_clone_to_owned()?,
+        })
+    }
+
     /// Makes the close that follows send RST instead of FIN (used to propagate a reset).
     pub fn set_zero_linger(&self) -> io::Result<()> {
         SockRef::from(&*self.inner).set_linger(Some(Duration::ZERO))
@@ -274,6 +282,25 @@ impl TcpStream {
         // non-blocking one on the polling driver; `from_std` sets the latter.
         std.set_nonblocking(false)?;
         compio::net::TcpStream::from_std(std)
+    }
+}
+
+/// Reads a TCP connection's smallest round-trip time (`TCP_INFO`) from a duplicate of its
+/// descriptor, for code that no longer owns the stream (an HTTP/2 driver tuning its windows).
+///
+/// Invariant: the duplicate keeps the socket open, so the probe must be dropped together
+/// with the stream it came from (a close on the stream alone sends no FIN while a probe
+/// lives), and it must not outlive it for long.
+#[derive(Debug)]
+pub struct RttProbe {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl RttProbe {
+    /// The smallest round trip the kernel has seen on this connection; `None` before its
+    /// first sample or if the socket cannot say.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        crate::sys::tcp_min_rtt(self.fd.as_fd()).ok().flatten()
     }
 }
 

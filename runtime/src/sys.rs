@@ -1,5 +1,6 @@
 //! The syscalls the runtime makes that no safe crate wraps: `pipe2`, `splice`, pipe sizing,
-//! `recv` into uninitialised memory and the netfilter original-destination socket options.
+//! `recv` into uninitialised memory, `TCP_INFO`, and the netfilter original-destination
+//! socket options.
 //!
 //! This module is the crate's only home for `unsafe`. Every call here works on file
 //! descriptors that the caller borrows for the duration of the call (`BorrowedFd`), so no
@@ -94,6 +95,38 @@ pub(crate) fn recv_into(fd: BorrowedFd<'_>, buf: &mut tokio::io::ReadBuf<'_>) ->
     unsafe { buf.assume_init(n) };
     buf.advance(n);
     Ok(n)
+}
+
+/// The kernel's smallest round-trip time seen on a TCP socket (`TCP_INFO`'s `tcpi_min_rtt`,
+/// a windowed minimum of the ACK timings): the path's delay without the application's
+/// queues. `None` before the kernel has a sample.
+pub(crate) fn tcp_min_rtt(fd: BorrowedFd<'_>) -> io::Result<Option<std::time::Duration>> {
+    // SAFETY: `tcp_info` is plain old data (integers only), valid when zeroed.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the descriptor is borrowed, so open for the call; `info` and `len` are valid
+    // for writes and `len` holds the size of `info`, which the kernel never exceeds (it
+    // copies min(len, its own struct size) bytes and writes the copied length back).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // An older kernel may return a shorter struct without the field: treat as unknown.
+    let end = std::mem::offset_of!(libc::tcp_info, tcpi_min_rtt) + 4;
+    if (len as usize) < end || info.tcpi_min_rtt == 0 || info.tcpi_min_rtt == u32::MAX {
+        return Ok(None);
+    }
+    Ok(Some(std::time::Duration::from_micros(u64::from(
+        info.tcpi_min_rtt,
+    ))))
 }
 
 // From <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>; libc does not
@@ -204,4 +237,43 @@ mod tests {
             Err(e) => assert!(e.raw_os_error().is_some(), "{e}"),
         }
     }
+
+    #[test]
+    fn tcp_min_rtt_is_known_after_an_exchange_and_small_on_loopback() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).unwrap();
+        server.write_all(b"pong").unwrap();
+        client.read_exact(&mut buf).unwrap();
+        let rtt = tcp_min_rtt(client.as_fd()).unwrap().expect("an RTT after an exchange");
+        assert!(rtt < std::time::Duration::from_millis(100), "{rtt:?}");
+        // Not a TCP socket: the kernel refuses, it is not a zero RTT.
+        let pipe = Pipe::new().unwrap();
+        assert!(tcp_min_rtt(pipe.read.as_fd()).is_err());
+    }
+
+    #[test]
+    fn recv_into_fills_uninitialised_memory_and_reports_end_of_stream() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.write_all(b"hello").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut mem = [std::mem::MaybeUninit::<u8>::uninit(); 16];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut mem);
+        let mut total = 0;
+        loop {
+            let n = recv_into(server.as_fd(), &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        assert_eq!(total, 5);
+        assert_eq!(buf.filled(), b"hello");
+    }
 }
+
