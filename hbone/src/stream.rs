@@ -288,11 +288,14 @@ pub struct RelayStats {
 /// First read buffer of a relay direction, and the size it shrinks back to. Small, because
 /// most tunnels are idle or carry short messages and the buffer is held for the tunnel's life
 /// (DESIGN.md: memory per idle connection is a tracked figure). A read that fills the buffer
-/// doubles the next one, so a bulk transfer reaches [`RELAY_BUF_MAX`] within seven reads.
+/// doubles the next one, so a bulk transfer reaches [`RELAY_BUF_MAX`] within six reads.
 const RELAY_BUF_MIN: usize = 4 * 1024;
 /// Largest read buffer. ≥ 64 KiB for bulk (DESIGN.md measured 4 KiB copy loops losing 77 % of
-/// throughput); 256 KiB gives h2 whole 1 MiB-frame runs in four reads.
-const RELAY_BUF_MAX: usize = 256 * 1024;
+/// throughput). Each buffer stays pinned until h2 has sent its last byte, so a bulk stream
+/// holds a few of them: 128 KiB instead of 256 KiB, with the send queue at 256 KiB, took an
+/// 8-stream bulk node from 22–27 to 11–14 MiB RssAnon at the same CPU per GB
+/// (docs/design-notes.md).
+const RELAY_BUF_MAX: usize = 128 * 1024;
 
 /// Moves bytes both ways between `tunnel` and `io` until both directions have ended.
 ///

@@ -248,7 +248,9 @@ mod tests {
         server.read_exact(&mut buf).unwrap();
         server.write_all(b"pong").unwrap();
         client.read_exact(&mut buf).unwrap();
-        let rtt = tcp_min_rtt(client.as_fd()).unwrap().expect("an RTT after an exchange");
+        let rtt = tcp_min_rtt(client.as_fd())
+            .unwrap()
+            .expect("an RTT after an exchange");
         assert!(rtt < std::time::Duration::from_millis(100), "{rtt:?}");
         // Not a TCP socket: the kernel refuses, it is not a zero RTT.
         let pipe = Pipe::new().unwrap();
@@ -276,4 +278,3 @@ mod tests {
         assert_eq!(buf.filled(), b"hello");
     }
 }
-
