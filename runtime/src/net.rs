@@ -93,8 +93,7 @@ impl AsFd for TcpListener {
 #[derive(Debug)]
 pub struct TcpStream {
     inner: PollFd<std::net::TcpStream>,
-    /// Set after a read hit EAGAIN or came back short (see `poll_io`); cleared when the
-    /// kernel reports readability. While set,
+    /// Set after a read hit EAGAIN; cleared when the kernel reports readability. While set,
     /// a poll does not try the syscall again: the readiness wait still in flight says the
     /// socket has nothing (rustls and h2 poll their socket on every wake-up, most of which
     /// are not about it, and each would otherwise cost a failing `recv`).
@@ -220,32 +219,22 @@ impl TcpStream {
     }
 
     pub fn poll_read_buf(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let want = buf.len();
-        self.poll_io(cx, &self.read_parked, true, want, |mut s| s.read(buf))
+        self.poll_io(cx, &self.read_parked, true, |mut s| s.read(buf))
     }
 
     pub fn poll_write_buf(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, &self.write_parked, false, buf.len(), |mut s| {
-            s.write(buf)
-        })
+        self.poll_io(cx, &self.write_parked, false, |mut s| s.write(buf))
     }
 
-    /// Tries `op` (which moves at most `want` bytes) unless the kernel has not yet answered
-    /// a readiness wait; parks on readiness after EAGAIN and after a short transfer.
-    ///
-    /// A read that returns less than asked for has emptied the socket's receive queue, and a
-    /// short write has filled its send buffer: the next try would almost always be a failing
-    /// syscall (as tokio's `PollEvented` also assumes). Parking instead costs nothing when
-    /// the guess is wrong: a readiness wait armed on a ready socket completes at once. Under
-    /// HTTP load half the `recv`s of a node failed with EAGAIN before this.
-    fn poll_io(
+    /// Tries `op` unless an earlier EAGAIN is still unanswered by the kernel; on EAGAIN,
+    /// parks on readiness (see `read_parked`).
+    fn poll_io<R>(
         &self,
         cx: &mut Context<'_>,
         parked: &Cell<bool>,
         read: bool,
-        want: usize,
-        mut op: impl FnMut(&std::net::TcpStream) -> io::Result<usize>,
-    ) -> Poll<io::Result<usize>> {
+        mut op: impl FnMut(&std::net::TcpStream) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
         let ready = |cx: &mut Context<'_>| {
             if read {
                 self.inner.poll_read_ready(cx)
@@ -260,12 +249,6 @@ impl TcpStream {
                 parked.set(false);
             }
             match op(&self.inner) {
-                Ok(n) => {
-                    if n > 0 && n < want {
-                        parked.set(true);
-                    }
-                    return Poll::Ready(Ok(n));
-                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => parked.set(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 other => return Poll::Ready(other),
@@ -334,8 +317,7 @@ impl tokio::io::AsyncRead for TcpStream {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         // Straight into the caller's (possibly uninitialised) memory: no memset first.
-        let want = buf.remaining();
-        std::task::ready!(self.poll_io(cx, &self.read_parked, true, want, |s| {
+        std::task::ready!(self.poll_io(cx, &self.read_parked, true, |s| {
             crate::sys::recv_into(s.as_fd(), buf)
         }))?;
         Poll::Ready(Ok(()))
@@ -356,10 +338,8 @@ impl tokio::io::AsyncWrite for TcpStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let want = bufs.iter().map(|b| b.len()).sum();
-        self.poll_io(cx, &self.write_parked, false, want, |mut s| {
-            s.write_vectored(bufs)
-        })
+        self.inner
+            .poll_write_with(cx, |mut s| s.write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
