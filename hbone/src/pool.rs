@@ -148,6 +148,8 @@ pub struct PoolStats {
     pub evicted_broken: u64,
     /// Connections dropped after `idle_timeout` without streams.
     pub evicted_idle: u64,
+    /// Connections taken out of service by [`Pool::retire`] (their certificate was replaced).
+    pub retired: u64,
     /// Connections currently held by the pool.
     pub open: usize,
 }
@@ -316,6 +318,32 @@ impl Pool {
             s.evicted_idle += idle;
         });
         (broken + idle) as usize
+    }
+
+    /// Takes the connections of every key `which` selects out of service: no new stream is
+    /// placed on them, streams already open carry on, and each connection closes when its
+    /// last stream ends (the pool held the only other handle). The next request for such a
+    /// key dials a new connection with the TLS config its [`TlsSource`] gives then.
+    ///
+    /// For certificate rotation: a TLS connection keeps the certificate it was established
+    /// with, so without this a busy pooled connection would present a replaced, and in the
+    /// end an expired, certificate for as long as it lives. A dial already in flight keeps
+    /// the config it started with (still valid: leaves are renewed at half-life). Returns
+    /// how many connections were retired.
+    pub fn retire(&self, mut which: impl FnMut(&PoolKey) -> bool) -> usize {
+        let mut n = 0;
+        self.inner.keys.borrow_mut().retain(|key, entry| {
+            if which(key) {
+                n += entry.conns.len();
+                if !entry.conns.is_empty() {
+                    debug!(%key, conns = entry.conns.len(), "pool: retiring connections");
+                }
+                entry.conns.clear();
+            }
+            !entry.conns.is_empty() || !entry.dials.is_empty()
+        });
+        self.bump(|s| s.retired += n as u64);
+        n
     }
 
     fn bump(&self, f: impl FnOnce(&mut PoolStats)) {

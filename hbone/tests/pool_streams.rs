@@ -1,6 +1,6 @@
 //! The per-core HBONE pool against a real HBONE server on loopback: multiplexing limits,
-//! connection reuse, shared dials (successful and failed), per-key independence, and
-//! eviction of idle and GOAWAY'd connections.
+//! connection reuse, shared dials (successful and failed), per-key independence,
+//! eviction of idle and GOAWAY'd connections, and retirement on certificate rotation.
 
 mod tunnel_util;
 
@@ -299,6 +299,55 @@ fn goaway_evicts_connection_and_next_request_redials() -> Result<()> {
         batch(&pool, &key, 1).await?;
         let s = pool.stats();
         ensure!(s.dials == 2 && s.evicted_broken == 1, "{s:?}");
+        Ok(())
+    })
+}
+
+#[test]
+fn retired_connections_finish_their_streams_and_new_requests_redial() -> Result<()> {
+    run(DriverChoice::Auto, async || {
+        let pki = Rc::new(Pki::new());
+        let server_id = id("server");
+        let server = start_server(&pki, &server_id)?;
+        // Counts the TLS configs handed out: one per dial.
+        let configs = Rc::new(Cell::new(0usize));
+        let (pki2, configs2) = (pki.clone(), configs.clone());
+        let pool = Pool::new(
+            PoolConfig::default(),
+            move |key: &PoolKey| -> hbone::Result<Arc<rustls::ClientConfig>> {
+                configs2.set(configs2.get() + 1);
+                Ok(pki2.client_tls(&key.src, &key.dst_ids))
+            },
+        );
+        let key = PoolKey::new(id("client"), vec![server_id.clone()], server.addr);
+        let other = PoolKey::new(id("other"), vec![server_id], server.addr);
+        batch(&pool, &other, 1).await?;
+
+        // A stream open on the connection when its certificate is replaced.
+        let mut inflight = pool.connect(&key, &echo_authority()).await?;
+        ensure!(configs.get() == 2 && pool.stats().open == 2);
+        ensure!(pool.retire(|k| k.src == key.src) == 1);
+        ensure!(pool.stats().open == 1, "other key's connection retired too");
+        ensure!(pool.stats().retired == 1, "{:?}", pool.stats());
+
+        // The next request dials with a fresh config; the other key's connection is reused.
+        batch(&pool, &key, 1).await?;
+        batch(&pool, &other, 1).await?;
+        ensure!(configs.get() == 3, "{} configs", configs.get());
+        ensure!(pool.stats().dials == 3, "{:?}", pool.stats());
+
+        // The retired connection still carries its open stream to the end, then closes.
+        ensure!(server.log.live.get() == 3, "live {}", server.log.live.get());
+        inflight.write_all(b"rotated").await?;
+        inflight.shutdown().await?;
+        let mut back = Vec::new();
+        inflight.read_to_end(&mut back).await?;
+        ensure!(back == b"rotated", "stream on a retired connection cut");
+        drop(inflight);
+        wait_until("retired connection to close after its last stream", || {
+            server.log.live.get() == 2
+        })
+        .await?;
         Ok(())
     })
 }

@@ -1,6 +1,7 @@
 //! Certificate rotation end to end: nodes started with 6 s workload certificates renew them
-//! at half-life (seen in `/config_dump`), a connection opened before the renewal keeps
-//! working through it and past the first certificate's expiry, and new TLS handshakes after
+//! at half-life (seen in `/config_dump`), the pooled HBONE connection made with the old
+//! certificate is retired, a connection opened before the renewal keeps working through it
+//! and past the first certificate's expiry, and new TLS handshakes after
 //! that expiry succeed — which they could not if either node still presented the expired
 //! certificate (both sides verify validity).
 //!
@@ -123,6 +124,17 @@ fn nodes_renew_short_certificates_before_expiry_and_new_handshakes_use_them() ->
         );
     }
     ping(&mut live, b"after renewal")?;
+    // node-1's pooled connection to echo was made with the first client certificate: the
+    // renewal retired it (no new streams on it), while `live` keeps running on it.
+    wait_for(
+        Duration::from_secs(5),
+        "node-1 to retire the pooled connection made with the old certificate",
+        || {
+            n1.proc
+                .stderr()
+                .contains("pooled HBONE connections retired")
+        },
+    )?;
 
     // Past the first certificates' expiry (not_after has 1 s resolution).
     let expired = client_after.max(echo_after).max(echo_b_after) + 1;
@@ -162,8 +174,8 @@ fn nodes_renew_short_certificates_before_expiry_and_new_handshakes_use_them() ->
         now_secs(),
         n2.proc.stderr()
     );
-    // Another connection to echo (may ride the pooled connection made with the first
-    // certificates, which TLS does not re-check once established).
+    // Another connection to echo: a new pooled connection, made with the renewed
+    // certificates (the first one was retired at the renewal).
     let back = echo_once(
         socks_connect(client, n1.socks(), SocketAddr::new(echo, 8080))?,
         b"again",

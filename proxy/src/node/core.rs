@@ -118,8 +118,26 @@ impl Core {
         match msg {
             CoreMsg::Config(s) => *self.snapshot.borrow_mut() = s,
             CoreMsg::Certs(c) => {
-                *self.certs.borrow_mut() = c;
+                let old = std::mem::replace(&mut *self.certs.borrow_mut(), c.clone());
                 self.server_tls.borrow_mut().clear();
+                // Pooled connections keep the certificate they were made with: retire those
+                // whose source certificate (or the trust roots) changed, so new streams use
+                // the new one and none outlives its certificate.
+                let roots_changed = old.roots() != c.roots();
+                let retired = self.pool.retire(|key| {
+                    roots_changed
+                        || match (old.get(&key.src), c.get(&key.src)) {
+                            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                            (None, None) => false,
+                            _ => true,
+                        }
+                });
+                if retired > 0 {
+                    tracing::info!(
+                        retired,
+                        "certificates replaced; pooled HBONE connections retired"
+                    );
+                }
             }
         }
     }
