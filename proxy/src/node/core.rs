@@ -6,18 +6,22 @@
 //! - a new snapshot or certificate set replaces the old one between connections; a
 //!   connection reads what it needs once at its start and keeps it (an `Arc`) to its end;
 //! - rustls configs are cached per identity and dropped whenever the certificate set
-//!   changes, so a renewed certificate is used by the next handshake.
+//!   changes, so a renewed certificate is used by the next handshake;
+//! - every inbound connection past its authorization is registered ([`Core::track_inbound`])
+//!   until it ends; a new snapshot re-decides each one and revokes those its policies now
+//!   deny (DESIGN.md: "a policy change re-checks live connections").
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 use hbone::identity::Identity;
 use hbone::pool::{Pool, PoolConfig, PoolKey};
 
-use crate::config::Snapshot;
+use crate::config::{Decision, Snapshot};
 use crate::identity::CertSet;
 use crate::metrics::Shard;
 
@@ -69,6 +73,54 @@ pub struct Core {
     pub pool: Pool,
     pub metrics: Arc<Shard>,
     lb_counter: Cell<u64>,
+    /// Inbound connections being relayed, by registration number.
+    live: RefCell<HashMap<u64, LiveInbound>>,
+    next_live: Cell<u64>,
+}
+
+/// What a live inbound connection was authorized for.
+struct LiveInbound {
+    /// The peer's verified identity (`None`: plaintext, no identity).
+    peer: Option<Identity>,
+    dst: SocketAddr,
+    revoke: Rc<Revoke>,
+}
+
+/// Set when a policy change denies a live connection; wakes the connection's task.
+#[derive(Default)]
+struct Revoke {
+    revoked: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// A registered inbound connection; dropping it unregisters. [`Self::revoked`] completes
+/// when a new snapshot's policies deny what the connection was authorized for.
+pub struct LiveGuard {
+    core: Weak<Core>,
+    id: u64,
+    revoke: Rc<Revoke>,
+}
+
+impl LiveGuard {
+    pub async fn revoked(&self) {
+        std::future::poll_fn(|cx| {
+            if self.revoke.revoked.get() {
+                Poll::Ready(())
+            } else {
+                *self.revoke.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if let Some(core) = self.core.upgrade() {
+            core.live.borrow_mut().remove(&self.id);
+        }
+    }
 }
 
 impl std::fmt::Debug for Core {
@@ -102,6 +154,8 @@ impl Core {
                 server_tls: RefCell::new(HashMap::new()),
                 metrics,
                 lb_counter: Cell::new(0),
+                live: RefCell::new(HashMap::new()),
+                next_live: Cell::new(0),
             }
         })
     }
@@ -116,7 +170,10 @@ impl Core {
 
     pub fn apply(&self, msg: CoreMsg) {
         match msg {
-            CoreMsg::Config(s) => *self.snapshot.borrow_mut() = s,
+            CoreMsg::Config(s) => {
+                *self.snapshot.borrow_mut() = s.clone();
+                self.recheck_live(&s);
+            }
             CoreMsg::Certs(c) => {
                 let old = std::mem::replace(&mut *self.certs.borrow_mut(), c.clone());
                 self.server_tls.borrow_mut().clear();
@@ -139,6 +196,56 @@ impl Core {
                     );
                 }
             }
+        }
+    }
+
+    /// Registers an inbound connection authorized for `peer` → `dst` until the guard drops.
+    pub fn track_inbound(self: &Rc<Self>, peer: Option<Identity>, dst: SocketAddr) -> LiveGuard {
+        let id = self.next_live.get();
+        self.next_live.set(id + 1);
+        let revoke = Rc::new(Revoke::default());
+        self.live.borrow_mut().insert(
+            id,
+            LiveInbound {
+                peer,
+                dst,
+                revoke: revoke.clone(),
+            },
+        );
+        LiveGuard {
+            core: Rc::downgrade(self),
+            id,
+            revoke,
+        }
+    }
+
+    /// Re-decides every live inbound connection under `snapshot`; revokes the denied ones.
+    /// A destination that is no longer a local workload is left alone (its listener goes
+    /// with it; connections end with the pod).
+    fn recheck_live(&self, snapshot: &Snapshot) {
+        let mut revoked = 0;
+        for live in self.live.borrow().values() {
+            if live.revoke.revoked.get() {
+                continue;
+            }
+            let Some(workload) = snapshot.local_workload_by_ip(live.dst.ip()) else {
+                continue;
+            };
+            if let Decision::Deny(_) =
+                snapshot.decide(live.peer.as_ref(), workload, live.dst.port())
+            {
+                live.revoke.revoked.set(true);
+                if let Some(w) = live.revoke.waker.borrow_mut().take() {
+                    w.wake();
+                }
+                revoked += 1;
+            }
+        }
+        if revoked > 0 {
+            tracing::info!(
+                revoked,
+                "policy change: live inbound connections now denied are closed"
+            );
         }
     }
 

@@ -8,8 +8,10 @@
 //! SPIFFE identity (401), and answered 200 only after the dial to the pod succeeded (503 if
 //! it did not).
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hbone::server::{Incoming, Served, ServerConfig};
@@ -18,7 +20,7 @@ use runtime::Worker;
 use runtime::net::TcpStream;
 use runtime::relay::{RelayOptions, relay};
 
-use super::core::{Core, CoreMsg};
+use super::core::{Core, CoreMsg, LiveGuard};
 use crate::config::Decision;
 use crate::metrics::{Direction, Outcome, Proto};
 
@@ -138,7 +140,21 @@ async fn handle_connect(core: Rc<Core>, incoming: Incoming, peer: SocketAddr, lo
             Err(_) => Err(Status::ServiceUnavailable),
         }
     };
-    let (outcome, sent, received, detail) = match incoming.serve(dial).await {
+    // Until it ends, a policy change that denies this peer closes the tunnel (dropping the
+    // relay resets the stream and closes the pod socket).
+    let live = core.track_inbound(Some(peer_id.clone()), target);
+    let served = until_revoked(&live, incoming.serve(dial)).await;
+    let Some(served) = served else {
+        core.metrics
+            .conn_closed(Direction::Inbound, Proto::Hbone, Outcome::Denied, 0, 0);
+        return log(
+            Outcome::Denied,
+            0,
+            0,
+            "denied by a policy change while open (byte counts lost)",
+        );
+    };
+    let (outcome, sent, received, detail) = match served {
         Served::Relayed(s) => (Outcome::Ok, s.from_tunnel, s.to_tunnel, String::new()),
         Served::Rejected(status) => (
             Outcome::Unreachable,
@@ -183,15 +199,24 @@ pub async fn serve_plaintext(
             (Outcome::Denied, 0, 0, format!("denied: {reason:?}"))
         } else {
             match runtime::time::timeout(POD_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-                Ok(Ok(pod)) => match relay(client, pod, &RelayOptions::default()).await {
-                    Ok(s) => (Outcome::Ok, s.b_to_a, s.a_to_b, String::new()),
-                    Err(e) => (
-                        Outcome::Reset,
-                        e.stats().b_to_a,
-                        e.stats().a_to_b,
-                        e.to_string(),
-                    ),
-                },
+                Ok(Ok(pod)) => {
+                    let live = core.track_inbound(None, target);
+                    match until_revoked(&live, relay(client, pod, &RelayOptions::default())).await {
+                        Some(Ok(s)) => (Outcome::Ok, s.b_to_a, s.a_to_b, String::new()),
+                        Some(Err(e)) => (
+                            Outcome::Reset,
+                            e.stats().b_to_a,
+                            e.stats().a_to_b,
+                            e.to_string(),
+                        ),
+                        None => (
+                            Outcome::Denied,
+                            0,
+                            0,
+                            "denied by a policy change while open (byte counts lost)".into(),
+                        ),
+                    }
+                }
                 _ => {
                     let _ = client.set_zero_linger();
                     (
@@ -219,4 +244,20 @@ pub async fn serve_plaintext(
         detail,
         "connection closed"
     );
+}
+
+/// Runs `work` unless `live` is revoked first (then `work` is dropped: `None`).
+async fn until_revoked<T>(live: &LiveGuard, work: impl Future<Output = T>) -> Option<T> {
+    let mut work = std::pin::pin!(work);
+    let mut revoked = std::pin::pin!(live.revoked());
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        if revoked.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
 }

@@ -1,0 +1,91 @@
+//! A policy change re-checks live connections (DESIGN.md, "Config"): two tunnels from two
+//! identities are open through node-1 → HBONE → node-2 when node-2's config gains a Deny
+//! policy naming one of them. That tunnel is closed (its client sees the end of stream) and
+//! logged as denied; the other keeps carrying bytes, and new connections from the denied
+//! identity are refused.
+//!
+//! Address plan: 127.236.0.0/16; clients on node-1, echo (.2.1) on node-2.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use e2e::{MeshDir, Node, echo_once, ip4, socks_connect, spawn_echo};
+
+const X: u8 = 236;
+
+fn config(deny_client: bool) -> String {
+    let wl = |name: &str, ip, node: &str| {
+        format!(
+            "  - name: {name}\n    namespace: test\n    serviceAccount: {name}\n    workloadIps: [\"{ip}\"]\n    node: {node}\n    protocol: HBONE\n"
+        )
+    };
+    let mut c = format!(
+        "workloads:\n{}{}{}",
+        wl("client", ip4(X, 1, 1), "node-1"),
+        wl("other", ip4(X, 1, 2), "node-1"),
+        wl("echo", ip4(X, 2, 1), "node-2"),
+    );
+    if deny_client {
+        c.push_str(
+            "policies:\n  - name: no-client\n    action: Deny\n    from:\n      - principals: [\"cluster.local/ns/test/sa/client\"]\n",
+        );
+    }
+    c
+}
+
+fn ping(conn: &mut TcpStream, msg: &[u8]) -> Result<()> {
+    conn.write_all(msg)?;
+    let mut back = vec![0u8; msg.len()];
+    conn.read_exact(&mut back)?;
+    ensure!(back == msg, "echoed {back:?} for {msg:?}");
+    Ok(())
+}
+
+#[test]
+fn a_new_deny_policy_closes_live_tunnels_it_denies_and_only_those() -> Result<()> {
+    let (client, other, echo) = (ip4(X, 1, 1), ip4(X, 1, 2), ip4(X, 2, 1));
+    let mesh = MeshDir::new(&config(false))?;
+    spawn_echo(SocketAddr::new(echo, 8080))?;
+    let n1 = Node::start(&mesh, "node-1", ip4(X, 0, 1), &[])?;
+    let n2 = Node::start(&mesh, "node-2", ip4(X, 0, 2), &[])?;
+    let target = SocketAddr::new(echo, 8080);
+
+    let mut denied_later = socks_connect(client, n1.socks(), target)?;
+    let mut kept = socks_connect(other, n1.socks(), target)?;
+    ping(&mut denied_later, b"allowed now")?;
+    ping(&mut kept, b"allowed now")?;
+
+    mesh.write_config(&config(true))?;
+    let d = n2.wait_access(Duration::from_secs(10), "the live tunnel's denial", |l| {
+        l.get("outcome") == "denied" && l.get("detail").contains("policy change")
+    })?;
+    ensure!(
+        d.get("src_identity") == "spiffe://cluster.local/ns/test/sa/client",
+        "{}",
+        d.line
+    );
+
+    // The denied client's stream ends (node-1 passes the reset tunnel on as end of stream).
+    denied_later.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = [0u8; 64];
+    let end = denied_later.read(&mut buf);
+    ensure!(
+        matches!(end, Ok(0))
+            || end
+                .as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut),
+        "the denied tunnel is still open: read gave {end:?}"
+    );
+    // The other identity's tunnel is untouched.
+    ping(&mut kept, b"still allowed")?;
+    // And the denied identity cannot open a new one.
+    let again = socks_connect(client, n1.socks(), target).and_then(|s| echo_once(s, b"again"));
+    ensure!(
+        again.as_ref().map_or(true, |b| b.is_empty()),
+        "a new connection from the denied identity got {again:?}"
+    );
+    Ok(())
+}
