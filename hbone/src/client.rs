@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 use crate::error::{Error, Result};
 use crate::h2conn::{self, ClientEnd, H2Settings, KeepaliveFailure};
 use crate::stream::HboneStream;
+use crate::window::{Metered, PathRtt};
 use crate::wire::ConnectRequest;
 
 /// State shared between a connection's handles, its streams and its driver task.
@@ -144,9 +145,9 @@ impl ClientConn {
     /// and spawns the connection's driver task on the current core.
     pub async fn handshake<T>(io: T, peer: SocketAddr, settings: &H2Settings) -> Result<ClientConn>
     where
-        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + h2conn::PathRtt + Unpin + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + PathRtt + Unpin + 'static,
     {
-        let meter = h2conn::Metered::default();
+        let meter = Metered::default();
         let probe = io.rtt_probe();
         let (send, mut conn) = settings
             .client_builder()
@@ -167,10 +168,10 @@ impl ClientConn {
             conn.ping_pong(),
             settings.keepalive,
             Some(settled_tx),
-            settings.tuner(&meter, probe),
+            settings.tuner(&meter, probe, recv_window.clone()),
         );
         runtime::spawn(async move {
-            let end = h2conn::drive_client(conn, liveness, recv_window).await;
+            let end = h2conn::drive_client(conn, liveness).await;
             driver_shared.closed.set(true);
             match end {
                 ClientEnd::Closed(Ok(())) => debug!(%peer, "HBONE connection closed"),

@@ -6,7 +6,7 @@
 //! - [`wire`]: HBONE request fields (authority, `forwarded`, `baggage`, `traceparent`) and
 //!   response statuses; parse and encode with no I/O.
 //! - [`h2conn`], [`stream`]: HTTP/2 settings and connection driving; one tunnel as a byte
-//!   stream.
+//!   stream; [`window`]: receive-window tuning.
 //! - [`client`], [`server`], [`pool`]: the CONNECT client, the CONNECT server, and the
 //!   per-core connection pool.
 //! - [`certs`]: development CA and leaf certificates (tests, demo, bench) and PEM loading.
@@ -24,6 +24,7 @@ pub mod pool;
 pub mod server;
 pub mod stream;
 pub mod tls;
+pub mod window;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -32,9 +32,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::h2conn::{self, H2Settings, KeepaliveFailure, PathRtt};
+use crate::h2conn::{self, H2Settings, KeepaliveFailure};
 use crate::identity::Identity;
 use crate::stream::{self, HboneStream, RelayStats};
+use crate::window::{Metered, PathRtt};
 use crate::wire::{ConnectRequest, Status};
 
 /// TLS handshake deadline for an accepted connection. A client that has not finished the
@@ -281,7 +282,7 @@ where
     Fut: Future<Output = ()> + 'static,
 {
     let peer = Rc::new(peer);
-    let meter = h2conn::Metered::default();
+    let meter = Metered::default();
     let probe = io.rtt_probe();
     let mut conn = settings
         .server_builder()
@@ -292,7 +293,7 @@ where
         conn.ping_pong(),
         settings.keepalive,
         None,
-        settings.tuner(&meter, probe),
+        settings.tuner(&meter, probe, Default::default()),
     );
     let mut drain = pin!(drain);
     let mut draining = false;

@@ -1,4 +1,4 @@
-//! Receive-window tuning (`h2conn::WindowTuner`) on a path with a real round trip: a client
+//! Receive-window tuning (`window::WindowTuner`) on a path with a real round trip: a client
 //! and `serve_h2` over plain TCP through a forwarder that holds every chunk for 10 ms each way.
 //! At the first 256 KiB window such a path carries ~12 MB/s.
 //!
@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use h2_scripted_util::run;
 use hbone::client::ClientConn;
-use hbone::h2conn::{H2Settings, INITIAL_STREAM_WINDOW, PathRtt};
+use hbone::h2conn::{H2Settings, INITIAL_STREAM_WINDOW};
 use hbone::server::{self, Incoming};
+use hbone::window::PathRtt;
 use hbone::wire::ConnectRequest;
 use runtime::DriverChoice;
 use runtime::net::{TcpListener, TcpStream};

@@ -454,6 +454,17 @@ pub fn socks_connect(source: IpAddr, socks: SocketAddr, target: SocketAddr) -> R
     proxy::demo::socks_connect(source, socks, target)
 }
 
+/// One round trip on a connection kept open through an echo: writes `msg` and reads the
+/// same bytes back.
+pub fn ping(conn: &mut TcpStream, msg: &[u8]) -> Result<()> {
+    use std::io::Write;
+    conn.write_all(msg)?;
+    let mut back = vec![0u8; msg.len()];
+    conn.read_exact(&mut back)?;
+    anyhow::ensure!(back == msg, "echoed {back:?} for {msg:?}");
+    Ok(())
+}
+
 /// One request/response through an echo: writes `msg`, half-closes, reads everything back.
 /// Returns what came back.
 pub fn echo_once(mut s: TcpStream, msg: &[u8]) -> Result<Vec<u8>> {

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use e2e::{MeshDir, Node, ip4, socks_connect, socks_reply_code, spawn_echo, wait_for};
+use e2e::{MeshDir, Node, ip4, ping, socks_connect, socks_reply_code, spawn_echo, wait_for};
 
 const LOG_WAIT: Duration = Duration::from_secs(5);
 /// RFC 1928 §6 reply codes.
@@ -237,14 +237,6 @@ fn mesh_with_live_connection(
     let mut live = socks_connect(client, n1.socks(), SocketAddr::new(echo, 8080))?;
     ping(&mut live, b"before")?;
     Ok((mesh, n1, n2, live))
-}
-
-fn ping(s: &mut TcpStream, msg: &[u8]) -> Result<()> {
-    s.write_all(msg)?;
-    let mut b = vec![0u8; msg.len()];
-    s.read_exact(&mut b)?;
-    ensure!(b == msg, "echoed {b:?}");
-    Ok(())
 }
 
 fn is_ready(node: &Node) -> bool {

@@ -6,12 +6,12 @@
 //!
 //! Address plan: 127.236.0.0/16; clients on node-1, echo (.2.1) on node-2.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use e2e::{MeshDir, Node, echo_once, ip4, socks_connect, spawn_echo};
+use e2e::{MeshDir, Node, echo_once, ip4, ping, socks_connect, spawn_echo};
 
 const X: u8 = 236;
 
@@ -33,14 +33,6 @@ fn config(deny_client: bool) -> String {
         );
     }
     c
-}
-
-fn ping(conn: &mut TcpStream, msg: &[u8]) -> Result<()> {
-    conn.write_all(msg)?;
-    let mut back = vec![0u8; msg.len()];
-    conn.read_exact(&mut back)?;
-    ensure!(back == msg, "echoed {back:?} for {msg:?}");
-    Ok(())
 }
 
 #[test]

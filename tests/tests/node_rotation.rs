@@ -7,13 +7,12 @@
 //!
 //! Address plan: 127.220.0.0/16; client on node-1, echo (.2.1) and echo-b (.2.2) on node-2.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
 use e2e::{
-    MeshDir, Node, echo_once, hbone_request, ip4, socks_connect, spawn_echo, spiffe, wait_for,
+    MeshDir, Node, echo_once, hbone_request, ip4, ping, socks_connect, spawn_echo, spiffe, wait_for,
 };
 
 const X: u8 = 220;
@@ -56,14 +55,6 @@ fn wait_renewed(node: &Node, identity: &str, first_not_after: u64) -> Result<(u6
     )
     .map_err(|e| e.context(node.proc.stderr()))?;
     Ok(renewed.unwrap())
-}
-
-fn ping(conn: &mut TcpStream, msg: &[u8]) -> Result<()> {
-    conn.write_all(msg)?;
-    let mut back = vec![0u8; msg.len()];
-    conn.read_exact(&mut back)?;
-    ensure!(back == msg, "echoed {back:?} for {msg:?}");
-    Ok(())
 }
 
 #[test]
