@@ -87,6 +87,10 @@ struct RunArgs {
     /// The ringmesh binary [default: next to this binary, target/{release,debug}, PATH].
     #[arg(long)]
     ringmesh: Option<PathBuf>,
+    /// An extra argument for both `ringmesh run` nodes, appended after the harness's own
+    /// (repeat for more, e.g. `--ringmesh-arg=--incoming-cpu=all`). Recorded in the report.
+    #[arg(long = "ringmesh-arg", allow_hyphen_values = true)]
+    ringmesh_args: Vec<String>,
     /// The envoy binary [default: `envoy` on PATH].
     #[arg(long)]
     envoy: Option<PathBuf>,
@@ -227,6 +231,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             envoy: envoy_bin,
             envoy_concurrency: args.envoy_concurrency,
             ringmesh: ringmesh_bin,
+            ringmesh_args: args.ringmesh_args.clone(),
             external_cmds: args.external_cmd.clone(),
             proxy_launcher,
         },

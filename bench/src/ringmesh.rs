@@ -229,6 +229,7 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
         args.extend(["--ready".into(), at(15021)]);
         args.extend(["--hbone-port".into(), hbone_port.to_string()]);
         args.extend(["--plaintext-port".into(), plaintext_port.to_string()]);
+        args.extend(opts.ringmesh_args.iter().cloned());
         let mut cmd = launch(&opts.proxy_launcher, &binary);
         cmd.args(&args);
         let what = format!("ringmesh {name}");

@@ -92,6 +92,8 @@ pub struct Options {
     pub envoy_concurrency: u32,
     /// The `ringmesh` binary (found next to this binary / in target / on PATH when `None`).
     pub ringmesh: Option<PathBuf>,
+    /// Extra arguments for both `ringmesh run` nodes (`--ringmesh-arg`).
+    pub ringmesh_args: Vec<String>,
     /// `--external-cmd` templates: one proxy, or a client-side and a server-side proxy.
     pub external_cmds: Vec<String>,
     /// Launcher prefix for proxy processes (e.g. `taskset -c 1`); empty for none.

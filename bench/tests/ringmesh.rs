@@ -77,4 +77,35 @@ fn ringmesh_two_nodes_carry_http_and_echo_then_stop_cleanly() {
         );
         assert_eq!(sup.live_children(), 0);
     }
+
+    // `--ringmesh-arg` reaches both nodes: a valid node flag still carries load, and a bad
+    // one stops the scenario with the node's own complaint, leaving nothing behind.
+    let steered = Options {
+        ringmesh_args: vec!["--incoming-cpu".into(), "capture".into()],
+        ..opts.clone()
+    };
+    let backend = http_backend_on(scenario::backend_ip(Kind::Ringmesh));
+    let sut = scenario::start(Kind::Ringmesh, &steered, &sup, backend, Protocol::Http)
+        .expect("ringmesh starts with --incoming-cpu capture");
+    assert_eq!(
+        http_load(sut.entry, 8, 50),
+        0,
+        "errors with --incoming-cpu capture"
+    );
+    drop(sut);
+    let bad = Options {
+        ringmesh_args: vec!["--incoming-cpu".into(), "sideways".into()],
+        ..opts
+    };
+    let backend = http_backend_on(scenario::backend_ip(Kind::Ringmesh));
+    let err = match scenario::start(Kind::Ringmesh, &bad, &sup, backend, Protocol::Http) {
+        Ok(_) => panic!("a node flag the node refuses must fail the scenario"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("sideways"), "{err}");
+    assert!(
+        !nat_rules().contains(&vip.ip().to_string()),
+        "DNAT rule left behind after a failed start"
+    );
+    assert_eq!(sup.live_children(), 0);
 }

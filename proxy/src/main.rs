@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use proxy::admin::AdminAddrs;
 use proxy::forward::{self, ForwardConfig};
 use proxy::node::listeners::EntryAddrs;
-use proxy::node::{self, NodeOptions, UnknownSource};
+use proxy::node::{self, IncomingCpu, NodeOptions, UnknownSource};
 use runtime::relay::{CopyMode, RelayOptions};
 use runtime::{Cores, DriverChoice, RuntimeConfig, Shutdown};
 use tracing_subscriber::layer::SubscriberExt;
@@ -106,6 +106,13 @@ struct RunArgs {
     /// Outbound traffic from an IP that is no local workload: "passthrough" or "reject".
     #[arg(long, default_value = "passthrough")]
     unknown_source: UnknownSource,
+    /// Keep each new connection on the worker of the core that received it
+    /// (SO_INCOMING_CPU): "all" listeners; "capture" (only the capture and SOCKS5 entries,
+    /// whose peers are pods on this node: for NICs with fewer queues than workers, which
+    /// would gather inbound connections on a few workers); "off" (the kernel's
+    /// SO_REUSEPORT hash everywhere).
+    #[arg(long, default_value = "all")]
+    incoming_cpu: IncomingCpu,
     /// Lifetime of workload certificates (renewed at half-life).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_lifetime: Duration,
@@ -261,6 +268,7 @@ fn run_node(args: RunArgs, set_log: node::LogReload) -> anyhow::Result<()> {
         hbone_port: args.hbone_port,
         plaintext_port: args.plaintext_port,
         unknown_source: args.unknown_source,
+        incoming_cpu: args.incoming_cpu,
         cert_lifetime: args.cert_lifetime,
         pool_idle_timeout: args.pool_idle_timeout,
         watch_interval: args.watch_interval,

@@ -38,9 +38,21 @@ pub struct TcpListener {
 
 impl TcpListener {
     /// Binds `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`. Call it on a worker thread.
+    /// The kernel picks the listener of each new connection by hashing its addresses.
     ///
     /// Errors name the address: "address in use" and "permission denied" abort start-up.
     pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+        Self::bind_on_core(addr, None)
+    }
+
+    /// Like [`bind`](Self::bind), and with `Some(core)` (the calling worker's pinned core)
+    /// the listener also takes `SO_INCOMING_CPU = core`: among the group's listeners the
+    /// kernel then hands a new connection to the one whose core processed its SYN, and
+    /// falls back to the hash when no listener claims that core. For a connection from a
+    /// process on this host (a captured pod, loopback) that core is the one the connecting
+    /// thread ran on, so the connection stays on the core — and the cache — of its sender,
+    /// and the proxy wakes the sender without a cross-core interrupt.
+    pub fn bind_on_core(addr: SocketAddr, core: Option<usize>) -> io::Result<TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
@@ -49,6 +61,11 @@ impl TcpListener {
         }
         socket.set_nonblocking(true)?;
         socket.set_cloexec(true)?;
+        if let Some(core) = core {
+            socket.set_cpu_affinity(core).map_err(|e| {
+                io::Error::new(e.kind(), format!("SO_INCOMING_CPU {core} on {addr}: {e}"))
+            })?;
+        }
         socket
             .bind(&addr.into())
             .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;

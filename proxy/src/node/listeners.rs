@@ -75,15 +75,16 @@ pub fn bind_entries(
     core: &Rc<Core>,
     entries: &EntryAddrs,
 ) -> std::io::Result<()> {
+    let steer = core.options.incoming_cpu.core(worker, false);
     if let Some(addr) = entries.capture {
-        let l = TcpListener::bind(addr)?;
+        let l = TcpListener::bind_on_core(addr, steer)?;
         let core = core.clone();
         spawn_accept_loop(worker, l, None, move |s, peer| {
             outbound::serve_captured(core.clone(), s, peer)
         });
     }
     if let Some(addr) = entries.socks5 {
-        let l = TcpListener::bind(addr)?;
+        let l = TcpListener::bind_on_core(addr, steer)?;
         let core = core.clone();
         spawn_accept_loop(worker, l, None, move |s, peer| {
             outbound::serve_socks5(core.clone(), s, peer)
@@ -136,8 +137,9 @@ impl Inbound {
 
     fn bind(&self, ip: IpAddr) -> std::io::Result<Vec<oneshot::Sender<()>>> {
         let opts = &self.core.options;
-        let hbone = TcpListener::bind(SocketAddr::new(ip, opts.hbone_port))?;
-        let plain = TcpListener::bind(SocketAddr::new(ip, opts.plaintext_port))?;
+        let steer = opts.incoming_cpu.core(&self.worker, true);
+        let hbone = TcpListener::bind_on_core(SocketAddr::new(ip, opts.hbone_port), steer)?;
+        let plain = TcpListener::bind_on_core(SocketAddr::new(ip, opts.plaintext_port), steer)?;
         let (stop_h, rx_h) = oneshot::channel();
         let (stop_p, rx_p) = oneshot::channel();
         let (core, worker) = (self.core.clone(), self.worker.clone());

@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use hbone::pool::PoolConfig;
 use runtime::{Broadcaster, RuntimeConfig, Shutdown};
 
-pub use self::core::{Core, CoreMsg, CoreOptions, UnknownSource};
+pub use self::core::{Core, CoreMsg, CoreOptions, IncomingCpu, UnknownSource};
 use self::listeners::{EntryAddrs, Inbound};
 use crate::admin::{AdminAddrs, AdminSource};
 use crate::config::{self, LoadOptions, Snapshot, WatchOptions};
@@ -43,6 +43,7 @@ pub struct NodeOptions {
     pub hbone_port: u16,
     pub plaintext_port: u16,
     pub unknown_source: UnknownSource,
+    pub incoming_cpu: IncomingCpu,
     pub cert_lifetime: Duration,
     pub pool_idle_timeout: Duration,
     /// Re-read the config file this often (0: never).
@@ -204,6 +205,7 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
         hbone_port: opts.hbone_port,
         plaintext_port: opts.plaintext_port,
         unknown_source: opts.unknown_source,
+        incoming_cpu: opts.incoming_cpu,
         pool: PoolConfig {
             idle_timeout: opts.pool_idle_timeout,
             ..PoolConfig::default()
