@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 use crate::error::{Error, Result};
 use crate::h2conn::{self, H2Settings, KeepaliveFailure};
 use crate::identity::Identity;
-use crate::stream::{self, HboneStream, RelayStats};
+use crate::stream::{self, HboneStream, RelayMeter, RelayStats};
 use crate::window::{Metered, PathRtt};
 use crate::wire::{ConnectRequest, Status};
 
@@ -149,6 +149,16 @@ impl Incoming {
         F: Future<Output = std::result::Result<U, Status>>,
         U: Upstream,
     {
+        self.serve_metered(upstream, &RelayMeter::default()).await
+    }
+
+    /// [`serve`](Self::serve), counting the relayed bytes into `meter` as they move, so a
+    /// caller that drops this future early (a revoked connection) still knows them.
+    pub async fn serve_metered<U, F>(self, upstream: F, meter: &RelayMeter) -> Served
+    where
+        F: Future<Output = std::result::Result<U, Status>>,
+        U: Upstream,
+    {
         let mut up = match upstream.await {
             Ok(up) => up,
             Err(status) => {
@@ -169,18 +179,12 @@ impl Incoming {
                 return Served::RelayFailed(RelayStats::default(), std::io::Error::other(e));
             }
         };
-        match stream::relay(&mut tunnel, &mut up).await {
+        match stream::relay_metered(&mut tunnel, &mut up, meter).await {
             Ok(stats) => Served::Relayed(stats),
             Err(e) => {
                 up.abort();
                 // Dropping the tunnel unfinished resets it (RST_STREAM CANCEL).
-                Served::RelayFailed(
-                    RelayStats {
-                        to_tunnel: tunnel.bytes_written(),
-                        from_tunnel: tunnel.bytes_read(),
-                    },
-                    e,
-                )
+                Served::RelayFailed(meter.stats(), e)
             }
         }
     }

@@ -15,6 +15,7 @@
 //!   which is how an aborted relay propagates to the peer.
 //! - Byte counts are payload bytes moved through this stream, for telemetry.
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -285,6 +286,24 @@ pub struct RelayStats {
     pub from_tunnel: u64,
 }
 
+/// The bytes a [`relay_metered`] has moved so far, kept outside the relay's future: a relay
+/// cancelled from outside (dropped when a policy change revokes its connection) still
+/// reports what it carried.
+#[derive(Debug, Default)]
+pub struct RelayMeter {
+    to_tunnel: Cell<u64>,
+    from_tunnel: Cell<u64>,
+}
+
+impl RelayMeter {
+    pub fn stats(&self) -> RelayStats {
+        RelayStats {
+            to_tunnel: self.to_tunnel.get(),
+            from_tunnel: self.from_tunnel.get(),
+        }
+    }
+}
+
 /// First read buffer of a relay direction, and the size it shrinks back to. Small, because
 /// most tunnels are idle or carry short messages and the buffer is held for the tunnel's life
 /// (DESIGN.md: memory per idle connection is a tracked figure). A read that fills the buffer
@@ -303,9 +322,22 @@ const RELAY_BUF_MAX: usize = 128 * 1024;
 /// tunnel, `poll_shutdown` towards `io`) while the other direction keeps flowing. Returns the
 /// first error of either direction; the caller then drops both ends, which resets the tunnel
 /// (RST_STREAM CANCEL), and should reset the socket too (`TcpStream::set_zero_linger` before
-/// the drop) so its peer sees the abort rather than a clean end of stream. Tunnel payload is written to `io` straight from h2's buffers, and socket
-/// reads go straight into the buffers h2 sends from: no copy beyond the kernel's.
+/// the drop) so its peer sees the abort rather than a clean end of stream. Tunnel payload is
+/// written to `io` straight from h2's buffers, and socket reads go straight into the buffers
+/// h2 sends from: no copy beyond the kernel's.
 pub async fn relay<T>(tunnel: &mut HboneStream, io: &mut T) -> io::Result<RelayStats>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    relay_metered(tunnel, io, &RelayMeter::default()).await
+}
+
+/// [`relay`], counting into `meter` as bytes move.
+pub async fn relay_metered<T>(
+    tunnel: &mut HboneStream,
+    io: &mut T,
+    meter: &RelayMeter,
+) -> io::Result<RelayStats>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -316,22 +348,21 @@ where
         out: Bytes::new(),
         done: false,
     };
-    let mut stats = RelayStats::default();
     std::future::poll_fn(|cx| {
         // Poll both directions every time: each registers its own wake-ups.
         let down_res = if down.done {
             Poll::Ready(Ok(()))
         } else {
-            down.poll(cx, tunnel, io, &mut stats.from_tunnel)
+            down.poll(cx, tunnel, io, &meter.from_tunnel)
         };
         let up_res = if up.done {
             Poll::Ready(Ok(()))
         } else {
-            up.poll(cx, tunnel, io, &mut stats.to_tunnel)
+            up.poll(cx, tunnel, io, &meter.to_tunnel)
         };
         match (down_res, up_res) {
             (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(stats)),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(meter.stats())),
             _ => Poll::Pending,
         }
     })
@@ -353,7 +384,7 @@ impl Down {
         cx: &mut Context<'_>,
         tunnel: &mut HboneStream,
         io: &mut T,
-        count: &mut u64,
+        count: &Cell<u64>,
     ) -> Poll<io::Result<()>> {
         loop {
             if self.chunk.is_empty() {
@@ -380,7 +411,7 @@ impl Down {
             self.chunk.advance(n);
             self.unflushed = true;
             tunnel.release(n);
-            *count += n as u64;
+            count.set(count.get() + n as u64);
         }
     }
 }
@@ -403,12 +434,12 @@ impl Up {
         cx: &mut Context<'_>,
         tunnel: &mut HboneStream,
         io: &mut T,
-        count: &mut u64,
+        count: &Cell<u64>,
     ) -> Poll<io::Result<()>> {
         loop {
             while !self.out.is_empty() {
                 let n = ready!(tunnel.poll_send(cx, &mut self.out))?;
-                *count += n as u64;
+                count.set(count.get() + n as u64);
             }
             if self.buf.capacity() < RELAY_BUF_MIN / 2 {
                 // Read straight into the memory h2 will send from. The socket reads into

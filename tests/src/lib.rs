@@ -604,3 +604,62 @@ impl Node {
         Node::launch(config, &mesh.ca, name, ip, extra)
     }
 }
+
+/// True when the tests run as root (iptables, namespaces); those tests skip otherwise.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A `-t nat OUTPUT` DNAT rule, deleted on drop.
+pub struct Dnat(Vec<String>);
+
+impl Dnat {
+    pub fn add(src: IpAddr, dst: SocketAddr, to: SocketAddr) -> Result<Dnat> {
+        let rule: Vec<String> = [
+            "-p",
+            "tcp",
+            "-s",
+            &src.to_string(),
+            "-d",
+            &dst.ip().to_string(),
+            "--dport",
+            &dst.port().to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = Command::new("iptables")
+            .args(["-w", "5", "-t", "nat", "-A", "OUTPUT"])
+            .args(&rule)
+            .output()?;
+        if !out.status.success() {
+            bail!("iptables -A: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Dnat(rule))
+    }
+}
+
+impl Drop for Dnat {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables")
+            .args(["-w", "5", "-t", "nat", "-D", "OUTPUT"])
+            .args(&self.0)
+            .status();
+    }
+}
+
+/// A plain TCP connection from `source` to `target` (what a captured pod does).
+pub fn connect_from(source: IpAddr, target: SocketAddr) -> Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(source, 0).into())?;
+    sock.connect_timeout(&target.into(), Duration::from_secs(5))?;
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    Ok(s)
+}

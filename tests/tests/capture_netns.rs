@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use e2e::{Proc, bin, wait_for};
+use e2e::{Proc, bin, is_root, wait_for};
 
 /// Deletes the namespace (and with it its iptables rules) when the test ends, even on panic.
 struct Netns(String);
@@ -46,14 +46,6 @@ fn run(cmd: &str, args: &[&str]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 const CONFIG: &str = r#"

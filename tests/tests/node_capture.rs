@@ -10,72 +10,13 @@
 //! The iptables rules match only this test's addresses (127.235.0.0/16) and are deleted when
 //! the test ends, also on failure.
 
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::process::Command;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Result, bail, ensure};
-use e2e::{MeshDir, Node, bulk_echo, echo_once, ip4, spawn_echo};
+use anyhow::{Result, ensure};
+use e2e::{Dnat, MeshDir, Node, bulk_echo, connect_from, echo_once, ip4, is_root, spawn_echo};
 
 const X: u8 = 235;
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// A `-t nat OUTPUT` DNAT rule, deleted on drop.
-struct Dnat(Vec<String>);
-
-impl Dnat {
-    fn add(src: IpAddr, dst: SocketAddr, to: SocketAddr) -> Result<Dnat> {
-        let rule: Vec<String> = [
-            "-p",
-            "tcp",
-            "-s",
-            &src.to_string(),
-            "-d",
-            &dst.ip().to_string(),
-            "--dport",
-            &dst.port().to_string(),
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &to.to_string(),
-        ]
-        .map(String::from)
-        .to_vec();
-        let out = Command::new("iptables")
-            .args(["-w", "5", "-t", "nat", "-A", "OUTPUT"])
-            .args(&rule)
-            .output()?;
-        if !out.status.success() {
-            bail!("iptables -A: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(Dnat(rule))
-    }
-}
-
-impl Drop for Dnat {
-    fn drop(&mut self) {
-        let _ = Command::new("iptables")
-            .args(["-w", "5", "-t", "nat", "-D", "OUTPUT"])
-            .args(&self.0)
-            .status();
-    }
-}
-
-/// A plain TCP connection from `source` to `target` (what a captured pod does).
-fn connect_from(source: IpAddr, target: SocketAddr) -> Result<TcpStream> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    sock.bind(&SocketAddr::new(source, 0).into())?;
-    sock.connect_timeout(&target.into(), Duration::from_secs(5))?;
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    Ok(s)
-}
 
 #[test]
 fn captured_outbound_and_inbound_plaintext_are_relayed() -> Result<()> {

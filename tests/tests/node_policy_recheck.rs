@@ -1,17 +1,24 @@
 //! A policy change re-checks live connections (DESIGN.md, "Config"): two tunnels from two
 //! identities are open through node-1 → HBONE → node-2 when node-2's config gains a Deny
 //! policy naming one of them. That tunnel is closed (its client sees the end of stream) and
-//! logged as denied; the other keeps carrying bytes, and new connections from the denied
+//! logged as denied with the bytes it carried; the other keeps carrying bytes, and new connections from the denied
 //! identity are refused.
 //!
-//! Address plan: 127.236.0.0/16; clients on node-1, echo (.2.1) on node-2.
+//! The same for plaintext: a connection from outside the mesh, redirected to node-2's
+//! plaintext listener, is closed when a new Allow policy on its pod requires a peer
+//! identity (needs root for the iptables DNAT; skipped otherwise, CI runs as root).
+//!
+//! Address plan: 127.236.0.0/16 (HBONE test) and 127.237.0.0/16 (plaintext test); clients on
+//! node-1, echo (.2.1) on node-2.
 
 use std::io::Read;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use e2e::{MeshDir, Node, echo_once, ip4, ping, socks_connect, spawn_echo};
+use e2e::{
+    Dnat, MeshDir, Node, connect_from, echo_once, ip4, is_root, ping, socks_connect, spawn_echo,
+};
 
 const X: u8 = 236;
 
@@ -58,6 +65,13 @@ fn a_new_deny_policy_closes_live_tunnels_it_denies_and_only_those() -> Result<()
         "{}",
         d.line
     );
+    // The revoked relay still reports what it carried: one ping each way.
+    let carried = b"allowed now".len().to_string();
+    ensure!(
+        d.get("sent") == carried && d.get("received") == carried,
+        "byte counts of the revoked tunnel: {}",
+        d.line
+    );
 
     // The denied client's stream ends (node-1 passes the reset tunnel on as end of stream).
     denied_later.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -78,6 +92,55 @@ fn a_new_deny_policy_closes_live_tunnels_it_denies_and_only_those() -> Result<()
     ensure!(
         again.as_ref().map_or(true, |b| b.is_empty()),
         "a new connection from the denied identity got {again:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_new_policy_closes_a_live_plaintext_connection_it_denies() -> Result<()> {
+    if !is_root() {
+        eprintln!("skipped: needs root for iptables (CI runs as root)");
+        return Ok(());
+    }
+    const Y: u8 = 237;
+    let (outsider, echo) = (ip4(Y, 9, 9), ip4(Y, 2, 1));
+    let workloads = format!(
+        "workloads:\n  - {{name: echo, namespace: test, serviceAccount: echo, workloadIps: [\"{echo}\"], node: node-2, protocol: HBONE}}\n"
+    );
+    let identity_required = format!(
+        "{workloads}policies:\n  - name: echo-from-mesh-only\n    action: Allow\n    destination: {{workloads: [\"test/echo\"]}}\n    from:\n      - namespaces: [\"test\"]\n"
+    );
+    let mesh = MeshDir::new(&workloads)?;
+    spawn_echo(SocketAddr::new(echo, 8080))?;
+    let n2 = Node::start(&mesh, "node-2", ip4(Y, 0, 2), &[])?;
+    let _in = Dnat::add(
+        outsider,
+        SocketAddr::new(echo, 8080),
+        SocketAddr::new(echo, 15006),
+    )?;
+    let mut conn = connect_from(outsider, SocketAddr::new(echo, 8080))?;
+    ping(&mut conn, b"plain and allowed")?;
+
+    mesh.write_config(&identity_required)?;
+    let d = n2.wait_access(Duration::from_secs(10), "the plaintext denial", |l| {
+        l.get("outcome") == "denied" && l.get("detail").contains("policy change")
+    })?;
+    let carried = b"plain and allowed".len().to_string();
+    ensure!(
+        d.get("protocol") == "tcp" && d.get("sent") == carried && d.get("received") == carried,
+        "{}",
+        d.line
+    );
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = [0u8; 64];
+    let end = conn.read(&mut buf);
+    ensure!(
+        matches!(end, Ok(0))
+            || end
+                .as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut),
+        "the denied plaintext connection is still open: read gave {end:?}"
     );
     Ok(())
 }

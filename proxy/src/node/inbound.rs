@@ -15,10 +15,11 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hbone::server::{Incoming, Served, ServerConfig};
+use hbone::stream::RelayMeter;
 use hbone::wire::Status;
 use runtime::Worker;
 use runtime::net::TcpStream;
-use runtime::relay::{RelayOptions, relay};
+use runtime::relay::{Progress, RelayOptions, relay_metered};
 
 use super::core::{Core, CoreMsg, LiveGuard};
 use crate::config::Decision;
@@ -143,15 +144,22 @@ async fn handle_connect(core: Rc<Core>, incoming: Incoming, peer: SocketAddr, lo
     // Until it ends, a policy change that denies this peer closes the tunnel (dropping the
     // relay resets the stream and closes the pod socket).
     let live = core.track_inbound(Some(peer_id.clone()), target);
-    let served = until_revoked(&live, incoming.serve(dial)).await;
+    let meter = RelayMeter::default();
+    let served = until_revoked(&live, incoming.serve_metered(dial, &meter)).await;
     let Some(served) = served else {
-        core.metrics
-            .conn_closed(Direction::Inbound, Proto::Hbone, Outcome::Denied, 0, 0);
+        let s = meter.stats();
+        core.metrics.conn_closed(
+            Direction::Inbound,
+            Proto::Hbone,
+            Outcome::Denied,
+            s.from_tunnel,
+            s.to_tunnel,
+        );
         return log(
             Outcome::Denied,
-            0,
-            0,
-            "denied by a policy change while open (byte counts lost)",
+            s.from_tunnel,
+            s.to_tunnel,
+            "denied by a policy change while open",
         );
     };
     let (outcome, sent, received, detail) = match served {
@@ -201,7 +209,9 @@ pub async fn serve_plaintext(
             match runtime::time::timeout(POD_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
                 Ok(Ok(pod)) => {
                     let live = core.track_inbound(None, target);
-                    match until_revoked(&live, relay(client, pod, &RelayOptions::default())).await {
+                    let (meter, opts) = (Progress::new(), RelayOptions::default());
+                    let relay = relay_metered(client, pod, &opts, &meter);
+                    match until_revoked(&live, relay).await {
                         Some(Ok(s)) => (Outcome::Ok, s.b_to_a, s.a_to_b, String::new()),
                         Some(Err(e)) => (
                             Outcome::Reset,
@@ -211,9 +221,9 @@ pub async fn serve_plaintext(
                         ),
                         None => (
                             Outcome::Denied,
-                            0,
-                            0,
-                            "denied by a policy change while open (byte counts lost)".into(),
+                            meter.stats().b_to_a,
+                            meter.stats().a_to_b,
+                            "denied by a policy change while open".into(),
                         ),
                     }
                 }

@@ -128,16 +128,25 @@ pub(crate) fn is_reset(e: &io::Error) -> bool {
     )
 }
 
-/// Shared by the two directions of one relay (same task, so plain cells).
+/// The bytes a relay has moved so far and when it last moved one. Shared by the two
+/// directions of one relay (same task, so plain cells); give one to [`relay_metered`] to
+/// read the counts even after the relay's future was dropped (a connection revoked from
+/// outside).
 #[derive(Debug)]
-pub(crate) struct Progress {
+pub struct Progress {
     a_to_b: Cell<u64>,
     b_to_a: Cell<u64>,
     last_activity: Cell<Instant>,
 }
 
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
+    }
+}
+
 impl Progress {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Progress {
             a_to_b: Cell::new(0),
             b_to_a: Cell::new(0),
@@ -154,7 +163,8 @@ impl Progress {
         self.last_activity.set(Instant::now());
     }
 
-    fn stats(&self) -> RelayStats {
+    /// The bytes moved so far.
+    pub fn stats(&self) -> RelayStats {
         RelayStats {
             a_to_b: self.a_to_b.get(),
             b_to_a: self.b_to_a.get(),
@@ -168,22 +178,26 @@ pub async fn relay(
     b: TcpStream,
     opts: &RelayOptions,
 ) -> Result<RelayStats, RelayError> {
-    let progress = Progress::new();
+    relay_metered(a, b, opts, &Progress::new()).await
+}
+
+/// [`relay`], counting into `progress` as bytes move.
+pub async fn relay_metered(
+    a: TcpStream,
+    b: TcpStream,
+    opts: &RelayOptions,
+    progress: &Progress,
+) -> Result<RelayStats, RelayError> {
     let result = match opts.mode {
         CopyMode::Splice => {
-            with_idle(
-                splice::relay(&a, &b, &progress),
-                &progress,
-                opts.idle_timeout,
-            )
-            .await
+            with_idle(splice::relay(&a, &b, progress), progress, opts.idle_timeout).await
         }
         CopyMode::Buffered => {
             let a = a.into_compio().map_err(RelayError::Setup)?;
             let b = b.into_compio().map_err(RelayError::Setup)?;
             with_idle(
-                buffered::relay(&a, &b, &progress),
-                &progress,
+                buffered::relay(&a, &b, progress),
+                progress,
                 opts.idle_timeout,
             )
             .await
