@@ -7,6 +7,9 @@
 //!   moves between cores; the control thread talks to workers only by message.
 //! - Sockets: every socket is non-blocking and driven by readiness on the core that
 //!   accepted or dialled it ([`net`]); dropping a pending operation never loses bytes.
+//! - Listeners: every core binds the same address with `SO_REUSEPORT`; bound with
+//!   [`net::TcpListener::bind_on_core`], the kernel hands each connection to the core that
+//!   processed its SYN instead of hashing it.
 //! - Relay: [`relay::relay`] moves bytes between two sockets until both directions ended,
 //!   propagating FIN as FIN and RST as RST, and reports byte counts.
 //! - Shutdown: a drain stops accepting, lets live connections run to a deadline, then

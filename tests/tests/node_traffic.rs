@@ -210,11 +210,27 @@ fn both_paths_work_on_the_epoll_driver() -> Result<()> {
     );
     let mesh = MeshDir::new(&config)?;
     let args = ["--driver", "epoll", "--cores", "2"];
-    let n1 = Node::start(&mesh, "node-1", ip4(X, 0, 1), &args)?;
+    // node-1 hashes new connections over its workers, node-2 keeps each on its core.
+    let n1 = Node::start(
+        &mesh,
+        "node-1",
+        ip4(X, 0, 1),
+        &[&args[..], &["--incoming-cpu", "off"]].concat(),
+    )?;
     let n2 = Node::start(&mesh, "node-2", ip4(X, 0, 2), &args)?;
-    for node in [&n1, &n2] {
-        let driver = node.config_dump()?["runtime"]["driver"].clone();
-        ensure!(driver == "epoll", "{} runs on {driver}", node.name);
+    for (node, steering) in [(&n1, "off"), (&n2, "all")] {
+        let runtime = node.config_dump()?["runtime"].clone();
+        ensure!(
+            runtime["driver"] == "epoll",
+            "{} runs on {runtime}",
+            node.name
+        );
+        ensure!(
+            runtime["incoming_cpu"] == steering
+                && runtime["cores"].as_array().map(Vec::len) == Some(2),
+            "{}: {runtime}",
+            node.name
+        );
     }
     const TOTAL: usize = 4 << 20;
     for target in [SocketAddr::new(echo, 8080), SocketAddr::new(db, 5432)] {

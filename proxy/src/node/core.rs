@@ -77,6 +77,15 @@ impl IncomingCpu {
         self.steer(worker.core(), inbound)
     }
 
+    /// The flag value (`--incoming-cpu`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncomingCpu::Off => "off",
+            IncomingCpu::Capture => "capture",
+            IncomingCpu::All => "all",
+        }
+    }
+
     fn steer(self, pinned: Option<usize>, inbound: bool) -> Option<usize> {
         let on = match self {
             IncomingCpu::Off => false,
@@ -366,6 +375,7 @@ mod tests {
         ];
         for (text, outbound, inbound) in cases {
             let mode: IncomingCpu = text.parse().unwrap();
+            assert_eq!(mode.as_str(), text);
             assert_eq!(mode.steer(Some(3), false), outbound, "{text}, outbound");
             assert_eq!(mode.steer(Some(3), true), inbound, "{text}, inbound");
             // An unpinned worker has no core to claim.

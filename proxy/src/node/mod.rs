@@ -67,6 +67,9 @@ struct Control {
     drain_timeout: Duration,
     driver: Mutex<String>,
     workers: Mutex<usize>,
+    /// Each worker's pinned core, in worker order (`None`: not pinned).
+    cores: Vec<Option<usize>>,
+    incoming_cpu: IncomingCpu,
     log_reload: LogReload,
 }
 
@@ -113,7 +116,12 @@ impl AdminSource for Control {
         serde_json::json!({
             "node": snap.node(),
             "config_hash": format!("{:016x}", snap.content_hash()),
-            "runtime": { "driver": *self.driver.lock().unwrap_or_else(|p| p.into_inner()), "workers": *self.workers.lock().unwrap_or_else(|p| p.into_inner()) },
+            "runtime": {
+                "driver": *self.driver.lock().unwrap_or_else(|p| p.into_inner()),
+                "workers": *self.workers.lock().unwrap_or_else(|p| p.into_inner()),
+                "cores": self.cores,
+                "incoming_cpu": self.incoming_cpu.as_str(),
+            },
             "workloads": workloads,
             "services": services,
             "policies": snap.policies().len(),
@@ -242,6 +250,8 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
         drain_timeout: opts.drain_timeout,
         driver: Mutex::new(rt.driver().map(|d| d.to_string()).unwrap_or_default()),
         workers: Mutex::new(rt.workers().len()),
+        cores: rt.workers().iter().map(|w| w.core).collect(),
+        incoming_cpu: opts.incoming_cpu,
         log_reload,
     });
     let _admin = crate::admin::start(&opts.admin, control.clone())?;
@@ -290,6 +300,7 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
         local_workloads = snapshot.local_workloads().len(),
         capture = ?opts.entries.capture,
         socks5 = ?opts.entries.socks5,
+        incoming_cpu = opts.incoming_cpu.as_str(),
         "node proxy ready"
     );
     rt.join()?;
