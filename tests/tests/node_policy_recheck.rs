@@ -74,17 +74,7 @@ fn a_new_deny_policy_closes_live_tunnels_it_denies_and_only_those() -> Result<()
     );
 
     // The denied client's stream ends (node-1 passes the reset tunnel on as end of stream).
-    denied_later.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut buf = [0u8; 64];
-    let end = denied_later.read(&mut buf);
-    ensure!(
-        matches!(end, Ok(0))
-            || end
-                .as_ref()
-                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock
-                    && e.kind() != std::io::ErrorKind::TimedOut),
-        "the denied tunnel is still open: read gave {end:?}"
-    );
+    expect_closed(&mut denied_later, "the denied tunnel")?;
     // The other identity's tunnel is untouched.
     ping(&mut kept, b"still allowed")?;
     // And the denied identity cannot open a new one.
@@ -131,6 +121,11 @@ fn a_new_policy_closes_a_live_plaintext_connection_it_denies() -> Result<()> {
         "{}",
         d.line
     );
+    expect_closed(&mut conn, "the denied plaintext connection")
+}
+
+/// The peer closed `conn` (end of stream or reset) within 10 s.
+fn expect_closed(conn: &mut std::net::TcpStream, what: &str) -> Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut buf = [0u8; 64];
     let end = conn.read(&mut buf);
@@ -140,7 +135,7 @@ fn a_new_policy_closes_a_live_plaintext_connection_it_denies() -> Result<()> {
                 .as_ref()
                 .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock
                     && e.kind() != std::io::ErrorKind::TimedOut),
-        "the denied plaintext connection is still open: read gave {end:?}"
+        "{what} is still open: read gave {end:?}"
     );
     Ok(())
 }
