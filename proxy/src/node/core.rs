@@ -56,10 +56,12 @@ pub struct CoreOptions {
 /// Measured on the 2-core bench (two nodes on loopback, docs/design-notes.md), `All`
 /// against `Off`: node CPU per request −35 % at 1,000 req/s, p99 −30 %, closed-loop
 /// requests/s +50 %, connection churn +45 %; one bulk stream −10 %, because on one host
-/// the sender, both nodes' workers for the stream share one core. `Capture` alone gave
-/// about a third of the request gains. A node whose NIC spreads flows over fewer queues
-/// than it has workers should run `Capture`: inbound connections would otherwise gather on
-/// the workers of the queues' cores.
+/// the sender and both nodes' workers for the stream share one core. `Capture` alone gave
+/// from a seventh (full-load requests/s) to two thirds (CPU at 1,000 req/s) of the gains.
+/// A node whose NIC spreads flows over fewer queues than it has workers should run
+/// `Capture`: inbound connections would otherwise gather on the workers of the queues'
+/// cores. `Off` spreads one heavy connection's work over two cores more often, at the cost
+/// of every request's cross-core wake-ups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IncomingCpu {
     /// The kernel's `SO_REUSEPORT` hash for every listener.
