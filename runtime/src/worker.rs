@@ -141,6 +141,8 @@ pub struct RuntimeConfig {
 #[derive(Debug, Clone)]
 pub struct WorkerInfo {
     pub index: usize,
+    /// The core this worker's thread is pinned to; `None` when it is not pinned (no core
+    /// planned, or pinning failed).
     pub core: Option<usize>,
     pub driver: DriverKind,
 }
@@ -492,11 +494,15 @@ where
         let thread = std::thread::Builder::new()
             .name(format!("ringmesh-w{index}"))
             .spawn(move || {
-                if let Some(core) = core
-                    && !core_affinity::set_for_current(core_affinity::CoreId { id: core })
-                {
-                    tracing::warn!(worker = index, core, "could not pin worker to its core");
-                }
+                // A worker that could not be pinned reports no core: nothing may assume it
+                // runs there (listener steering would send it the wrong core's connections).
+                let pinned = core.filter(|&core| {
+                    let ok = core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                    if !ok {
+                        tracing::warn!(worker = index, core, "could not pin worker to its core");
+                    }
+                    ok
+                });
                 let fail = |source: io::Error| Error::WorkerStart {
                     index,
                     core,
@@ -511,7 +517,7 @@ where
                 };
                 let info = WorkerInfo {
                     index,
-                    core,
+                    core: pinned,
                     driver,
                 };
                 let worker = Worker {
