@@ -110,7 +110,8 @@ struct RunArgs {
     /// (SO_INCOMING_CPU): "all" listeners; "capture" (only the capture and SOCKS5 entries,
     /// whose peers are pods on this node: for NICs with fewer queues than workers, which
     /// would gather inbound connections on a few workers); "off" (the kernel's
-    /// SO_REUSEPORT hash everywhere).
+    /// SO_REUSEPORT hash everywhere). /metrics shows the spread per worker
+    /// (ringmesh_worker_connections_opened_total, ringmesh_worker_connections_active).
     #[arg(long, default_value = "all")]
     incoming_cpu: IncomingCpu,
     /// Lifetime of workload certificates (renewed at half-life).

@@ -405,6 +405,41 @@ impl Metrics {
         );
         let _ = writeln!(out, "ringmesh_workers {}", self.shards.len());
 
+        // Per worker: how evenly the kernel hands connections to the cores' listeners
+        // (`--incoming-cpu` keeps each on the core it arrived on, so a single busy sender
+        // shows here as one busy worker).
+        type PerWorker = (&'static str, &'static str, &'static str, fn(&Shard) -> u64);
+        let worker_families: [PerWorker; 2] = [
+            (
+                "ringmesh_worker_connections_opened_total",
+                "counter",
+                "Connections accepted by each worker",
+                |s| s.opened.iter().flatten().map(|c| c.load(Relaxed)).sum(),
+            ),
+            (
+                "ringmesh_worker_connections_active",
+                "gauge",
+                "Connections open now on each worker",
+                |s| {
+                    let closed: u64 = s
+                        .closed
+                        .iter()
+                        .flatten()
+                        .flatten()
+                        .map(|c| c.load(Relaxed))
+                        .sum();
+                    let opened: u64 = s.opened.iter().flatten().map(|c| c.load(Relaxed)).sum();
+                    opened.saturating_sub(closed)
+                },
+            ),
+        ];
+        for (name, kind, help, value) in worker_families {
+            header(&mut out, name, kind, help);
+            for (worker, shard) in self.shards.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{worker=\"{worker}\"}} {}", value(shard));
+            }
+        }
+
         let t = self.totals();
         header(
             &mut out,
@@ -636,8 +671,13 @@ mod tests {
         );
         let samples = check_exposition(&text);
         // 6 opened + 3 families × (2 dirs × 3 protos "ok" rows + 7 extra outcomes × 3 protos
-        // on outbound) + 6 active + info + workers + 3 pool + 3 valid extras.
-        assert_eq!(samples, 6 + 3 * (6 + 7 * 3) + 6 + 1 + 1 + 3 + 3);
+        // on outbound) + 6 active + info + workers + 2 per-worker families × 2 workers + 3
+        // pool + 3 valid extras.
+        assert_eq!(samples, 6 + 3 * (6 + 7 * 3) + 6 + 1 + 1 + 2 * 2 + 3 + 3);
+        // Worker 1 took all 24 connections and closed them; worker 0 none.
+        assert!(text.contains("ringmesh_worker_connections_opened_total{worker=\"0\"} 0\n"));
+        assert!(text.contains("ringmesh_worker_connections_opened_total{worker=\"1\"} 24\n"));
+        assert!(text.contains("ringmesh_worker_connections_active{worker=\"1\"} 0\n"));
         assert!(text.contains("ringmesh_runtime_info{driver=\"ep\\\"oll\\\\\"} 1\n"));
         assert!(text.contains("ringmesh_config_generation 1.5\n"));
         assert!(text.contains("ringmesh_weird +Inf\n"));
@@ -645,6 +685,9 @@ mod tests {
         for o in Outcome::ALL {
             assert!(text.contains(&format!("outcome=\"{}\"", o.label())));
         }
+        s.conn_opened(Direction::Inbound, Proto::Hbone);
+        let text = m.render_prometheus("epoll", &[]);
+        assert!(text.contains("ringmesh_worker_connections_active{worker=\"1\"} 1\n"));
     }
 
     #[test]

@@ -249,6 +249,17 @@ fn both_paths_work_on_the_epoll_driver() -> Result<()> {
         "{}",
         inb.line
     );
+    // Each worker's accepted connections are listed, and they add up to the node's.
+    for node in [&n1, &n2] {
+        let m = node.metrics()?;
+        let total = metric_sum(&m, "istio_tcp_connections_opened_total", &[]);
+        let by_worker = metric_sum(&m, "ringmesh_worker_connections_opened_total", &[]);
+        ensure!(
+            total >= 1.0 && by_worker == total && m.contains("_opened_total{worker=\"1\"}"),
+            "{}: {by_worker} by worker, {total} in all:\n{m}",
+            node.name
+        );
+    }
     Ok(())
 }
 
