@@ -171,11 +171,15 @@ impl LiveGuard {
     pub async fn revoked(&self) {
         std::future::poll_fn(|cx| {
             if self.revoke.revoked.get() {
-                Poll::Ready(())
-            } else {
-                *self.revoke.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
+                return Poll::Ready(());
             }
+            // Polled on every wake-up of the connection's relay: clone the waker only when
+            // the task's waker changed.
+            let mut waker = self.revoke.waker.borrow_mut();
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
         })
         .await
     }

@@ -146,31 +146,22 @@ async fn handle_connect(core: Rc<Core>, incoming: Incoming, peer: SocketAddr, lo
     let live = core.track_inbound(Some(peer_id.clone()), target);
     let meter = RelayMeter::default();
     let served = until_revoked(&live, incoming.serve_metered(dial, &meter)).await;
-    let Some(served) = served else {
-        let s = meter.stats();
-        core.metrics.conn_closed(
-            Direction::Inbound,
-            Proto::Hbone,
-            Outcome::Denied,
-            s.from_tunnel,
-            s.to_tunnel,
-        );
-        return log(
-            Outcome::Denied,
-            s.from_tunnel,
-            s.to_tunnel,
-            "denied by a policy change while open",
-        );
-    };
     let (outcome, sent, received, detail) = match served {
-        Served::Relayed(s) => (Outcome::Ok, s.from_tunnel, s.to_tunnel, String::new()),
-        Served::Rejected(status) => (
+        Some(Served::Relayed(s)) => (Outcome::Ok, s.from_tunnel, s.to_tunnel, String::new()),
+        Some(Served::Rejected(status)) => (
             Outcome::Unreachable,
             0,
             0,
             format!("pod {target} unreachable ({status})"),
         ),
-        Served::RelayFailed(s, e) => (Outcome::Reset, s.from_tunnel, s.to_tunnel, e.to_string()),
+        Some(Served::RelayFailed(s, e)) => {
+            (Outcome::Reset, s.from_tunnel, s.to_tunnel, e.to_string())
+        }
+        None => {
+            let s = meter.stats();
+            let detail = "denied by a policy change while open".to_string();
+            (Outcome::Denied, s.from_tunnel, s.to_tunnel, detail)
+        }
     };
     core.metrics
         .conn_closed(Direction::Inbound, Proto::Hbone, outcome, sent, received);
@@ -219,12 +210,11 @@ pub async fn serve_plaintext(
                             e.stats().a_to_b,
                             e.to_string(),
                         ),
-                        None => (
-                            Outcome::Denied,
-                            meter.stats().b_to_a,
-                            meter.stats().a_to_b,
-                            "denied by a policy change while open".into(),
-                        ),
+                        None => {
+                            let s = meter.stats();
+                            let detail = "denied by a policy change while open".into();
+                            (Outcome::Denied, s.b_to_a, s.a_to_b, detail)
+                        }
                     }
                 }
                 _ => {

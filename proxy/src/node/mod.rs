@@ -66,7 +66,6 @@ struct Control {
     shutdown: Shutdown,
     drain_timeout: Duration,
     driver: Mutex<String>,
-    workers: Mutex<usize>,
     /// Each worker's pinned core, in worker order (`None`: not pinned).
     cores: Vec<Option<usize>>,
     incoming_cpu: IncomingCpu,
@@ -118,7 +117,7 @@ impl AdminSource for Control {
             "config_hash": format!("{:016x}", snap.content_hash()),
             "runtime": {
                 "driver": *self.driver.lock().unwrap_or_else(|p| p.into_inner()),
-                "workers": *self.workers.lock().unwrap_or_else(|p| p.into_inner()),
+                "workers": self.cores.len(),
                 "cores": self.cores,
                 "incoming_cpu": self.incoming_cpu.as_str(),
             },
@@ -249,7 +248,6 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
         shutdown: shutdown.clone(),
         drain_timeout: opts.drain_timeout,
         driver: Mutex::new(rt.driver().map(|d| d.to_string()).unwrap_or_default()),
-        workers: Mutex::new(rt.workers().len()),
         cores: rt.workers().iter().map(|w| w.core).collect(),
         incoming_cpu: opts.incoming_cpu,
         log_reload,
