@@ -21,10 +21,10 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::certs::{Ca, LeafFiles};
-use crate::net::{accepts, free_port, wait_for};
+use crate::net::{free_port, wait_accepting};
 use crate::procs::Supervisor;
 use crate::scenario::{Kind, Options, Sut, launch};
 use crate::{Error, Result};
@@ -169,24 +169,7 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
         cmd.arg("-c").arg(format!("exec {line}"));
         let what = format!("external proxy {}", i + 1);
         let proc = group.spawn(&what, cmd)?;
-        let deadline = Instant::now() + START_DEADLINE;
-        let ready = wait_for(deadline, || {
-            if let Some(status) = group.exited(&proc) {
-                return Err(Error::NotReady {
-                    what: what.clone(),
-                    reason: format!("exited with {status}: {line}"),
-                    log: group.log_tail(&proc),
-                });
-            }
-            Ok(accepts(side.listen).then_some(()))
-        })?;
-        if ready.is_none() {
-            return Err(Error::NotReady {
-                what,
-                reason: format!("{} did not accept before the deadline", side.listen),
-                log: group.log_tail(&proc),
-            });
-        }
+        wait_accepting(&group, &proc, &what, side.listen, START_DEADLINE, &line)?;
         configs.push((format!("external-{}.cmd", i + 1), line));
         pids.push(proc.pid);
     }

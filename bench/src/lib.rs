@@ -8,6 +8,8 @@
 //!   them all on Ctrl-C. Nothing outlives the harness.
 //! - [`scenario`]: a "system under test" starts its proxy processes in front of a backend
 //!   and hands back the address the client targets and the PIDs to sample.
+//!   [`tcp_relay`] is the floor: two plain `ringmesh forward` hops, whose CPU the report
+//!   subtracts.
 //! - [`sampler`]: CPU-seconds and RSS/RssAnon of those PIDs from `/proc`.
 //! - [`workload`]: the loadgen command lines for each workload and the JSON they write.
 //! - [`runner`]: repetitions with scenarios interleaved; one raw [`report::Run`] per run.
@@ -26,6 +28,7 @@ pub mod runner;
 pub mod sampler;
 pub mod scenario;
 pub mod svg;
+pub mod tcp_relay;
 pub mod workload;
 
 pub use error::{Error, Result};

@@ -15,7 +15,8 @@ use bench::{envoy, net, report, ringmesh, sampler};
 use clap::{Parser, Subcommand};
 
 /// Load duration of one run: 10 s gives ~10,000 samples at 1,000 req/s (a stable p99.9)
-/// while 3 repetitions of every pair still finish in about 10 minutes.
+/// while 3 repetitions of every pair still finish in about 16 minutes (22 pairs: five
+/// scenarios × five workloads, less the three Envoy HTTP cannot carry).
 const DEFAULT_DURATION_S: u64 = 10;
 /// `--quick`: 3 s runs, one repetition: every scenario and workload in under 3 minutes.
 const QUICK_DURATION_S: u64 = 3;
@@ -27,8 +28,9 @@ const QUICK_DURATION_S: u64 = 3;
     about = "ringmesh side by side with sidecar Envoy: latency, CPU and memory for the same traffic",
     long_about = "Runs the same loadgen traffic through each data plane on this machine and reports \
 throughput, latency percentiles (and the latency added over `direct`), proxy CPU-seconds per \
-1,000 requests and per GB, and proxy memory (RSS and RssAnon).\n\n\
-Scenarios: direct (no proxy), ringmesh (two `ringmesh run` nodes, HBONE between them), \
+1,000 requests and per GB (and over the `tcp-relay` floor), and proxy memory (RSS and RssAnon).\n\n\
+Scenarios: direct (no proxy), tcp-relay (two plain TCP forwarders, no TLS: the CPU floor of \
+any two-hop data plane), ringmesh (two `ringmesh run` nodes, HBONE between them), \
 envoy-sidecar-tcp and envoy-sidecar-http (two real Envoys with Istio-style mTLS), external \
 (your own proxy from --external-cmd).\n\
 Workloads: http-1k (HTTP/1.1, 1,000 req/s, 1 KiB, 16 connections), http-max (closed loop), \
@@ -55,8 +57,8 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Comma-separated scenarios [default: direct,ringmesh,envoy-sidecar-tcp,envoy-sidecar-http,
-    /// plus external when --external-cmd is given].
+    /// Comma-separated scenarios [default: direct,tcp-relay,ringmesh,envoy-sidecar-tcp,
+    /// envoy-sidecar-http, plus external when --external-cmd is given].
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<String>>,
     /// Comma-separated workloads [default: all: http-1k,http-max,bulk-1,bulk-8,churn].
@@ -143,6 +145,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         None => {
             let mut v = vec![
                 Kind::Direct,
+                Kind::TcpRelay,
                 Kind::Ringmesh,
                 Kind::EnvoySidecarTcp,
                 Kind::EnvoySidecarHttp,
@@ -193,16 +196,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         (None, false) => None,
     };
     let envoy_version = envoy_bin.as_deref().map(envoy::version).transpose()?;
+    let leave_out = "leave it out with --scenarios to run without it";
+    if scenarios.contains(&Kind::Ringmesh) {
+        ringmesh::check_prerequisites()
+            .with_context(|| format!("the ringmesh scenario: {leave_out}"))?;
+    }
+    // The tcp-relay floor runs `ringmesh forward`, so it needs the binary too.
     let ringmesh_bin =
-        if scenarios.contains(&Kind::Ringmesh) {
-            let leave_out = "leave it out with --scenarios to run without it";
-            ringmesh::check_prerequisites()
-                .with_context(|| format!("the ringmesh scenario: {leave_out}"))?;
-            Some(ringmesh::locate(args.ringmesh.as_deref()).with_context(|| {
-                format!("the ringmesh scenario needs the node binary; {leave_out}")
-            })?)
-        } else {
-            None
+        match scenarios
+            .iter()
+            .find(|k| matches!(k, Kind::Ringmesh | Kind::TcpRelay))
+        {
+            Some(k) => Some(ringmesh::locate(args.ringmesh.as_deref()).with_context(|| {
+                format!("the {k} scenario needs the ringmesh binary; {leave_out}")
+            })?),
+            None => None,
         };
     if scenarios.contains(&Kind::External) {
         if args.external_cmd.is_empty() {

@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::procs::{Group, Proc};
 use crate::{Error, Result};
 
 /// Poll period of readiness waits: short against a proxy's ~0.3–1 s start-up.
@@ -131,6 +132,34 @@ pub fn on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// Waits until `proc` (started in `group` as `what`) accepts TCP connections on `listen`,
+/// for at most `within`. An exit before that, or the deadline, is a [`Error::NotReady`]
+/// naming `what`, the reason (with `cmdline` after an exit) and the tail of its log.
+pub fn wait_accepting(
+    group: &Group,
+    proc: &Proc,
+    what: &str,
+    listen: SocketAddr,
+    within: Duration,
+    cmdline: &str,
+) -> Result<()> {
+    let ready = wait_for(Instant::now() + within, || {
+        if let Some(status) = group.exited(proc) {
+            return Err(Error::NotReady {
+                what: what.to_string(),
+                reason: format!("exited with {status}: {cmdline}"),
+                log: group.log_tail(proc),
+            });
+        }
+        Ok(accepts(listen).then_some(()))
+    })?;
+    ready.ok_or_else(|| Error::NotReady {
+        what: what.to_string(),
+        reason: format!("{listen} did not accept before the deadline"),
+        log: group.log_tail(proc),
+    })
 }
 
 #[cfg(test)]

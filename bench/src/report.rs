@@ -9,6 +9,10 @@
 //!   (absent when `direct` was not run).
 //! - `proxy_cpu_s_per_1k_req` / `_per_gb`: user+system CPU-seconds of all the scenario's
 //!   proxy processes during the load, per 1,000 requests / per 1e9 payload bytes.
+//! - `proxy_cpu_s_per_1k_req_over_floor` / `_per_gb_over_floor`: the same minus
+//!   `tcp-relay`'s for the same workload — the data plane's own cost above what the kernel
+//!   charges any two hops for moving the bytes (absent when `tcp-relay` was not run, and
+//!   for `direct` and `tcp-relay` themselves).
 //! - `proxy_rss_mib` / `proxy_rss_anon_mib`: steady `VmRSS` / `RssAnon` per proxy process
 //!   (mean over the scenario's proxy processes); `_peak_` variants: the largest sample.
 //! - `proxy_idle_cpu_pct`: CPU of all proxy processes during 1 s with no traffic before
@@ -131,6 +135,12 @@ pub struct Summary {
     pub proxy_cpu_s: f64,
     pub proxy_cpu_s_per_1k_req: Option<f64>,
     pub proxy_cpu_s_per_gb: Option<f64>,
+    /// `proxy_cpu_s_per_1k_req` minus `tcp-relay`'s (see the module docs).
+    #[serde(default)]
+    pub proxy_cpu_s_per_1k_req_over_floor: Option<f64>,
+    /// `proxy_cpu_s_per_gb` minus `tcp-relay`'s.
+    #[serde(default)]
+    pub proxy_cpu_s_per_gb_over_floor: Option<f64>,
     pub proxy_processes: usize,
     pub proxy_rss_mib: f64,
     pub proxy_rss_anon_mib: f64,
@@ -203,8 +213,28 @@ pub fn summarize(runs: &[Run], order: &[(String, String)]) -> Vec<Summary> {
             s.added_p999_us = Some(s.p999_us - d.p999_us);
         }
     }
+    // CPU over the two-hop floor of the same workload.
+    let floor: BTreeMap<String, Summary> = out
+        .iter()
+        .filter(|s| s.scenario == FLOOR && s.runs > 0)
+        .map(|s| (s.workload.clone(), s.clone()))
+        .collect();
+    for s in &mut out {
+        if s.scenario == FLOOR || s.proxy_processes == 0 || s.runs == 0 {
+            continue;
+        }
+        if let Some(f) = floor.get(&s.workload) {
+            let over = |mine: Option<f64>, base: Option<f64>| Some(mine? - base?);
+            s.proxy_cpu_s_per_1k_req_over_floor =
+                over(s.proxy_cpu_s_per_1k_req, f.proxy_cpu_s_per_1k_req);
+            s.proxy_cpu_s_per_gb_over_floor = over(s.proxy_cpu_s_per_gb, f.proxy_cpu_s_per_gb);
+        }
+    }
     out
 }
+
+/// The scenario whose CPU is the floor the "over the floor" figures subtract.
+pub const FLOOR: &str = "tcp-relay";
 
 fn summarize_pair(runs: &[Run], scenario: &str, workload: &str) -> Summary {
     let mine: Vec<&Run> = runs
@@ -256,6 +286,8 @@ fn summarize_pair(runs: &[Run], scenario: &str, workload: &str) -> Summary {
         proxy_cpu_s: cpu,
         proxy_cpu_s_per_1k_req: per_1k,
         proxy_cpu_s_per_gb: per_gb,
+        proxy_cpu_s_per_1k_req_over_floor: None,
+        proxy_cpu_s_per_gb_over_floor: None,
         proxy_processes: mine.iter().map(|r| r.proxies.len()).max().unwrap_or(0),
         proxy_rss_mib: rss,
         proxy_rss_anon_mib: anon,
@@ -390,6 +422,37 @@ pub fn markdown(r: &Results) -> String {
                 String::new()
             },
         );
+    }
+    let over: Vec<&Summary> = r
+        .summary
+        .iter()
+        .filter(|s| {
+            s.proxy_cpu_s_per_1k_req_over_floor.is_some()
+                || s.proxy_cpu_s_per_gb_over_floor.is_some()
+        })
+        .collect();
+    if !over.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## Cost over the two-hop floor\n\nProxy CPU minus `{FLOOR}`'s for the same workload: \
+             what the data plane itself costs above what the kernel charges any two hops \
+             (loopback TCP, wake-ups, copies) for moving the same bytes.\n"
+        );
+        let _ = writeln!(
+            out,
+            "| scenario | workload | proxy CPU-s / 1k req over floor | proxy CPU-s / GB over floor |"
+        );
+        let _ = writeln!(out, "|---|---|--:|--:|");
+        for s in over {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                s.scenario,
+                s.workload,
+                opt(s.proxy_cpu_s_per_1k_req_over_floor),
+                opt(s.proxy_cpu_s_per_gb_over_floor)
+            );
+        }
     }
     let failures: Vec<&Run> = r.runs.iter().filter(|x| x.failure.is_some()).collect();
     if !failures.is_empty() {

@@ -16,13 +16,16 @@ use std::str::FromStr;
 use crate::certs::Ca;
 use crate::procs::{Group, Supervisor};
 use crate::workload::Protocol;
-use crate::{Error, Result, envoy, external, ringmesh};
+use crate::{Error, Result, envoy, external, ringmesh, tcp_relay};
 
 /// The data planes compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
-    /// Client → backend, no proxy: the floor every other scenario is compared with.
+    /// Client → backend, no proxy: the latency floor every other scenario is compared with.
     Direct,
+    /// Two plain TCP forwarders (no TLS, no HTTP/2): the CPU floor of any two-hop data
+    /// plane, which the report subtracts to show each data plane's own cost.
+    TcpRelay,
     /// Client → ringmesh node 1 → HBONE (mTLS, HTTP/2 CONNECT) → node 2 → backend.
     Ringmesh,
     /// Two Envoy sidecars, `tcp_proxy` with mTLS between them.
@@ -35,8 +38,9 @@ pub enum Kind {
 
 impl Kind {
     /// Every scenario, in report order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Direct,
+        Kind::TcpRelay,
         Kind::Ringmesh,
         Kind::EnvoySidecarTcp,
         Kind::EnvoySidecarHttp,
@@ -47,6 +51,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
+            Kind::TcpRelay => "tcp-relay",
             Kind::Ringmesh => "ringmesh",
             Kind::EnvoySidecarTcp => "envoy-sidecar-tcp",
             Kind::EnvoySidecarHttp => "envoy-sidecar-http",
@@ -90,7 +95,7 @@ pub struct Options {
     pub envoy: Option<PathBuf>,
     /// Worker threads per Envoy sidecar.
     pub envoy_concurrency: u32,
-    /// The `ringmesh` binary (found next to this binary / in target / on PATH when `None`).
+    /// The `ringmesh` binary, for the `ringmesh` nodes and the `tcp-relay` forwarders.
     pub ringmesh: Option<PathBuf>,
     /// Extra arguments for both `ringmesh run` nodes (`--ringmesh-arg`).
     pub ringmesh_args: Vec<String>,
@@ -167,6 +172,7 @@ pub fn start(
         }
         Kind::Ringmesh => ringmesh::start(opts, sup, backend),
         Kind::External => external::start(opts, sup, backend),
+        Kind::TcpRelay => tcp_relay::start(opts, sup, backend),
     }
 }
 

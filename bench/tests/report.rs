@@ -1,5 +1,6 @@
 //! The report from synthetic runs: results.json parses and carries every scenario, workload
-//! and documented figure; medians, spreads and added latency are computed right; the
+//! and documented figure; medians, spreads, added latency and CPU over the `tcp-relay`
+//! floor are computed right; the
 //! Markdown table and the SVG charts name every scenario.
 
 use bench::report::{Meta, Results, Run, summarize, write_all};
@@ -133,18 +134,25 @@ fn results_json_has_every_pair_and_figure() {
     };
     let rm = get("ringmesh", "http-1k");
     assert_eq!((rm.runs, rm.failed_runs), (3, 1));
-    assert_eq!(rm.p99_us, 202.0); // 100 + 1*100 + median jitter 2
-    assert_eq!(rm.spread["p99_us"], [201.0, 203.0]);
-    assert_eq!(rm.added_p99_us, Some(100.0));
-    // 2 proxies × 1 CPU-s over 10,000 requests = 0.2 CPU-s per 1k; over 2 GB = 1 per GB.
-    assert!((rm.proxy_cpu_s_per_1k_req.unwrap() - 0.2).abs() < 1e-9);
-    assert!((rm.proxy_cpu_s_per_gb.unwrap() - 1.0).abs() < 1e-9);
+    assert_eq!(rm.p99_us, 302.0); // 100 + 2*100 + median jitter 2
+    assert_eq!(rm.spread["p99_us"], [301.0, 303.0]);
+    assert_eq!(rm.added_p99_us, Some(200.0));
+    // 2 proxies × 2 CPU-s over 10,000 requests = 0.4 CPU-s per 1k; over 2 GB = 2 per GB.
+    assert!((rm.proxy_cpu_s_per_1k_req.unwrap() - 0.4).abs() < 1e-9);
+    assert!((rm.proxy_cpu_s_per_gb.unwrap() - 2.0).abs() < 1e-9);
+    // The floor (tcp-relay: 2 × 1 CPU-s) is subtracted: 0.2 per 1k and 1 per GB over it.
+    assert!((rm.proxy_cpu_s_per_1k_req_over_floor.unwrap() - 0.2).abs() < 1e-9);
+    assert!((rm.proxy_cpu_s_per_gb_over_floor.unwrap() - 1.0).abs() < 1e-9);
+    let floor = get("tcp-relay", "http-1k");
+    assert_eq!(floor.proxy_cpu_s_per_1k_req_over_floor, None);
+    assert_eq!(get("direct", "http-1k").proxy_cpu_s_per_gb_over_floor, None);
     assert_eq!((rm.proxy_rss_mib, rm.proxy_rss_anon_mib), (60.0, 15.0));
     assert_eq!(rm.proxy_idle_cpu_pct, Some(2.5));
     assert_eq!(get("direct", "http-1k").proxy_idle_cpu_pct, None);
     assert!((rm.gbps - 1.6).abs() < 1e-9);
     let eh = get("envoy-sidecar-http", "http-1k");
-    assert_eq!(eh.added_p99_us, Some(300.0));
+    assert_eq!(eh.added_p99_us, Some(400.0));
+    assert!((eh.proxy_cpu_s_per_1k_req_over_floor.unwrap() - 0.6).abs() < 1e-9);
     assert_eq!(get("direct", "bulk-1").added_p99_us, Some(0.0));
     assert_eq!(get("external", "churn").errors, 3);
     assert!(
@@ -186,8 +194,15 @@ fn markdown_and_charts_name_every_scenario() {
         assert!(md.contains(h), "table lacks column {h}");
     }
     assert!(
-        md.contains("202 (201–203)"),
+        md.contains("302 (301–303)"),
         "median with spread missing:\n{md}"
+    );
+    // The over-the-floor table: ringmesh http-1k is 0.2 CPU-s per 1k over tcp-relay.
+    assert!(md.contains("## Cost over the two-hop floor"), "{md}");
+    assert!(md.contains("| ringmesh | http-1k | 0.200 | 1.00 |"), "{md}");
+    assert!(
+        !md.contains("| tcp-relay | http-1k | 0"),
+        "the floor over itself: {md}"
     );
     assert!(md.contains("Failed runs") && md.contains("did not become ready"));
 

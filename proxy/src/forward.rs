@@ -2,6 +2,10 @@
 //!
 //! Each core binds the listen address with `SO_REUSEPORT`, accepts, dials the target and
 //! relays. It is useful on its own and it is the baseline for the relay's copy modes.
+//! With `--incoming-cpu all` its listeners are steered as a node's entries are (each
+//! connection stays on the worker of the core that received it), which makes two of them
+//! the two-hop floor `ringmesh-bench` measures data planes against (`tcp-relay`); the
+//! default is the kernel's hash, as before the flag existed.
 //!
 //! When the target refuses or cannot be reached, the accepted client connection is closed
 //! with a reset (RST), so the client sees "connection reset" at once rather than an EOF it
@@ -15,6 +19,8 @@ use runtime::net::{TcpListener, TcpStream};
 use runtime::relay::{RelayOptions, relay};
 use runtime::{Runtime, RuntimeConfig, Shutdown};
 
+use crate::node::IncomingCpu;
+
 /// What a forwarder does.
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
@@ -23,6 +29,8 @@ pub struct ForwardConfig {
     pub relay: RelayOptions,
     /// How long a dial to the target may take before the client is reset.
     pub connect_timeout: Duration,
+    /// Listener steering, as a node's outbound entry (`Capture` and `All` steer).
+    pub incoming_cpu: IncomingCpu,
 }
 
 /// Starts the forwarder's workers; the caller decides how long it runs.
@@ -32,7 +40,8 @@ pub fn start(
     config: ForwardConfig,
 ) -> Result<Runtime<()>, runtime::Error> {
     runtime::launch_with(runtime, shutdown, move |worker| {
-        let listener = TcpListener::bind(config.listen)?;
+        let steer = config.incoming_cpu.core(&worker, false);
+        let listener = TcpListener::bind_on_core(config.listen, steer)?;
         let config = Rc::new(config.clone());
         Ok(async move {
             let index = worker.index();

@@ -181,6 +181,11 @@ struct ForwardArgs {
     /// Give up dialling the target after this long and reset the client.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
+    /// Keep each new connection on the worker of the core that received it
+    /// (SO_INCOMING_CPU), as `ringmesh run` does by default: "all" (or "capture": the
+    /// listener is an entry like a node's capture) or "off" (the kernel's SO_REUSEPORT hash).
+    #[arg(long, default_value = "off")]
+    incoming_cpu: IncomingCpu,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -302,6 +307,7 @@ fn run_forward(args: ForwardArgs) -> anyhow::Result<()> {
             idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
         },
         connect_timeout: args.connect_timeout,
+        incoming_cpu: args.incoming_cpu,
     };
     let shutdown = Shutdown::default();
     shutdown.drain_on_signals(args.runtime.drain_timeout)?;
@@ -310,6 +316,7 @@ fn run_forward(args: ForwardArgs) -> anyhow::Result<()> {
         listen = %args.listen,
         to = %args.to,
         copy = %args.copy,
+        incoming_cpu = args.incoming_cpu.as_str(),
         workers = rt.workers().len(),
         driver = %rt.driver().map(|d| d.as_str()).unwrap_or("none"),
         "forwarding"

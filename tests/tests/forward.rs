@@ -193,6 +193,71 @@ fn a_thousand_concurrent_connections_spread_over_two_workers() -> Result<()> {
     Ok(())
 }
 
+/// Connects `n` times from a thread pinned to `core`, echoes 4 bytes on each and closes.
+fn connect_from_core(addr: SocketAddr, core: usize, n: u32) -> thread::JoinHandle<Result<()>> {
+    thread::spawn(move || {
+        anyhow::ensure!(
+            core_affinity::set_for_current(core_affinity::CoreId { id: core }),
+            "cannot pin the client thread to core {core}"
+        );
+        for i in 0..n {
+            let mut c = TcpStream::connect(addr)?;
+            c.set_read_timeout(Some(Duration::from_secs(20)))?;
+            c.write_all(&i.to_le_bytes())?;
+            let mut b = [0u8; 4];
+            c.read_exact(&mut b)?;
+            anyhow::ensure!(
+                u32::from_le_bytes(b) == i,
+                "connection {i} got another's bytes"
+            );
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn incoming_cpu_all_keeps_each_connection_on_the_clients_core() -> Result<()> {
+    let cores = core_affinity::get_core_ids().map(|c| c.len()).unwrap_or(0);
+    if cores < 2 {
+        eprintln!("SKIPPED: needs 2 cores, this machine has {cores}");
+        return Ok(());
+    }
+    let backend = echo_backend();
+    let (proc, addr) = forwarder(
+        backend,
+        &[
+            "--cores",
+            "0,1",
+            "--incoming-cpu",
+            "all",
+            "--log",
+            "info,proxy::forward=debug",
+        ],
+    )?;
+    assert!(
+        proc.stderr().contains("incoming_cpu=\"all\""),
+        "{}",
+        proc.stderr()
+    );
+    // One after the other, so each side's SYNs are processed on its own core.
+    for core in [0, 1] {
+        connect_from_core(addr, core, 20).join().unwrap()?;
+    }
+    wait_for(Duration::from_secs(10), "all connections logged", || {
+        proc.stderr().matches("connection done").count() >= 40
+    })?;
+    let log = proc.stderr();
+    let on = |w: &str| {
+        log.lines()
+            .filter(|l| l.contains("connection done") && l.contains(w))
+            .count()
+    };
+    // Loopback processes a SYN on the sending core: with steering, the worker pinned to
+    // that core takes every connection (the kernel's hash would split them).
+    assert_eq!((on("worker=0"), on("worker=1")), (20, 20), "{log}");
+    Ok(())
+}
+
 #[test]
 fn refused_backend_resets_the_client_and_logs_both_addresses() -> Result<()> {
     let dead = free_addr(); // nothing listens here
@@ -270,20 +335,21 @@ fn drain_deadline_closes_connections_that_do_not_end() -> Result<()> {
 
 #[test]
 fn bad_flags_are_rejected_with_a_clear_message() -> Result<()> {
-    let out = std::process::Command::new(bin("ringmesh"))
-        .args([
-            "forward",
-            "--listen",
-            "127.0.0.1:1",
-            "--to",
-            "127.0.0.1:2",
-            "--copy",
-            "teleport",
-        ])
-        .output()?;
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let refused = |flag: &str, value: &str| -> Result<String> {
+        let out = std::process::Command::new(bin("ringmesh"))
+            .args(["forward", "--listen", "127.0.0.1:1", "--to", "127.0.0.1:2"])
+            .args([flag, value])
+            .output()?;
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let err = refused("--copy", "teleport")?;
     assert!(err.contains("teleport") && err.contains("splice"), "{err}");
+    let err = refused("--incoming-cpu", "sideways")?;
+    assert!(
+        err.contains("--incoming-cpu") && err.contains("sideways"),
+        "{err}"
+    );
     // A port already in use aborts start-up and names the address.
     let taken = TcpListener::bind("127.0.0.1:0")?;
     let a = taken.local_addr()?.to_string();
