@@ -23,8 +23,9 @@ use crate::{Error, Result, envoy, external, ringmesh, tcp_relay};
 pub enum Kind {
     /// Client → backend, no proxy: the latency floor every other scenario is compared with.
     Direct,
-    /// Two plain TCP forwarders (no TLS, no HTTP/2): the CPU floor of any two-hop data
-    /// plane, which the report subtracts to show each data plane's own cost.
+    /// Two plain TCP forwarders on ringmesh's runtime (no TLS, no HTTP/2): the cost of two
+    /// hops that copy the bytes through user space, which the report subtracts to show
+    /// each two-proxy data plane's own cost.
     TcpRelay,
     /// Client → ringmesh node 1 → HBONE (mTLS, HTTP/2 CONNECT) → node 2 → backend.
     Ringmesh,

@@ -40,6 +40,7 @@ fn help_names_every_option_and_scenario() {
     let help = String::from_utf8_lossy(&out.stdout);
     for s in [
         "direct",
+        "tcp-relay",
         "ringmesh",
         "envoy-sidecar-tcp",
         "envoy-sidecar-http",

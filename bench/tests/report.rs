@@ -36,11 +36,13 @@ fn proc(pid: u32, cpu_s: f64, rss_mib: u64, anon_mib: u64) -> ProcUsage {
     }
 }
 
-/// Runs where scenario `i` adds `i * 100` µs at p99 and uses `i` CPU-s per proxy process.
+/// Runs where scenario `i` adds `i * 100` µs at p99 and uses `i * (1 + j)` CPU-s per proxy
+/// process in workload `j` (so a figure taken from the wrong workload shows). `external` is
+/// a one-proxy scenario.
 fn synthetic() -> (Vec<Run>, Vec<(String, String)>) {
     let mut runs = Vec::new();
     let mut order = Vec::new();
-    for w in Workload::ALL {
+    for (j, w) in Workload::ALL.into_iter().enumerate() {
         for (i, k) in Kind::ALL.iter().enumerate() {
             if !k.carries(w.protocol()) {
                 continue;
@@ -48,10 +50,11 @@ fn synthetic() -> (Vec<Run>, Vec<(String, String)>) {
             order.push((k.name().to_string(), w.name().to_string()));
             for rep in 1..=3u32 {
                 let jitter = rep as f64; // medians must pick the middle repetition
-                let proxies = if *k == Kind::Direct {
-                    vec![]
-                } else {
-                    vec![proc(10, i as f64, 60, 14), proc(11, i as f64, 60, 16)]
+                let cpu = (i * (1 + j)) as f64;
+                let proxies = match k {
+                    Kind::Direct => vec![],
+                    Kind::External => vec![proc(10, cpu, 60, 15)],
+                    _ => vec![proc(10, cpu, 60, 14), proc(11, cpu, 60, 16)],
                 };
                 runs.push(Run {
                     scenario: k.name().into(),
@@ -146,6 +149,25 @@ fn results_json_has_every_pair_and_figure() {
     let floor = get("tcp-relay", "http-1k");
     assert_eq!(floor.proxy_cpu_s_per_1k_req_over_floor, None);
     assert_eq!(get("direct", "http-1k").proxy_cpu_s_per_gb_over_floor, None);
+    // The floor of the same workload: http-max has 2 × 4 CPU-s for ringmesh and 2 × 2 for
+    // the floor, so 0.4 over it (the http-1k floor would give 0.6).
+    let rm_max = get("ringmesh", "http-max");
+    assert!((rm_max.proxy_cpu_s_per_1k_req_over_floor.unwrap() - 0.4).abs() < 1e-9);
+    // No two-hop baseline for a one-proxy scenario, nor for churn (the relay dials per
+    // connection where a data plane may pool).
+    assert_eq!(
+        get("external", "http-1k").proxy_cpu_s_per_1k_req_over_floor,
+        None
+    );
+    assert_eq!(
+        get("ringmesh", "churn").proxy_cpu_s_per_1k_req_over_floor,
+        None
+    );
+    assert!(
+        get("envoy-sidecar-tcp", "bulk-1")
+            .proxy_cpu_s_per_gb_over_floor
+            .is_some()
+    );
     assert_eq!((rm.proxy_rss_mib, rm.proxy_rss_anon_mib), (60.0, 15.0));
     assert_eq!(rm.proxy_idle_cpu_pct, Some(2.5));
     assert_eq!(get("direct", "http-1k").proxy_idle_cpu_pct, None);

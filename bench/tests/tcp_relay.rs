@@ -44,7 +44,16 @@ fn two_forwarders_carry_http_and_echo_then_stop_cleanly() {
         );
         // The generated command lines are shown by --show-config, client side first.
         assert_eq!(sut.configs[0].0, "forwarder-1.cmd");
-        assert!(sut.configs[1].1.contains(&backend.to_string()));
+        // A chain of two: the entry forwards to the second, which forwards to the backend.
+        let flag = |cmd: &str, name: &str| {
+            let words: Vec<&str> = cmd.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == name).unwrap();
+            words[at + 1].to_string()
+        };
+        let (first, second) = (&sut.configs[0].1, &sut.configs[1].1);
+        assert_eq!(flag(first, "--listen"), sut.entry.to_string());
+        assert_eq!(flag(first, "--to"), flag(second, "--listen"));
+        assert_eq!(flag(second, "--to"), backend.to_string());
         // Placed like a node: steered listeners, user-space copies.
         assert!(
             sut.configs[0].1.contains("--incoming-cpu all"),
