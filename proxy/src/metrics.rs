@@ -154,6 +154,17 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// Connections this core opened, over every direction and protocol.
+    fn opened_total(&self) -> u64 {
+        self.opened.iter().flatten().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Connections this core closed, over every direction, protocol and outcome.
+    fn closed_total(&self) -> u64 {
+        let cells = self.closed.iter().flatten().flatten();
+        cells.map(|c| c.load(Relaxed)).sum()
+    }
+
     /// A connection was accepted (or a SOCKS5 CONNECT parsed) and routed as `proto`.
     pub fn conn_opened(&self, dir: Direction, proto: Proto) {
         self.opened[dir.index()][proto.index()].fetch_add(1, Relaxed);
@@ -414,23 +425,13 @@ impl Metrics {
                 "ringmesh_worker_connections_opened_total",
                 "counter",
                 "Connections accepted by each worker",
-                |s| s.opened.iter().flatten().map(|c| c.load(Relaxed)).sum(),
+                Shard::opened_total,
             ),
             (
                 "ringmesh_worker_connections_active",
                 "gauge",
                 "Connections open now on each worker",
-                |s| {
-                    let closed: u64 = s
-                        .closed
-                        .iter()
-                        .flatten()
-                        .flatten()
-                        .map(|c| c.load(Relaxed))
-                        .sum();
-                    let opened: u64 = s.opened.iter().flatten().map(|c| c.load(Relaxed)).sum();
-                    opened.saturating_sub(closed)
-                },
+                |s| s.opened_total().saturating_sub(s.closed_total()),
             ),
         ];
         for (name, kind, help, value) in worker_families {
