@@ -20,6 +20,7 @@ pub mod certs;
 pub mod envoy;
 pub mod error;
 pub mod external;
+pub mod fairness;
 pub mod net;
 pub mod procs;
 pub mod report;

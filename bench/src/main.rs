@@ -53,6 +53,29 @@ enum Command {
         /// Directory holding results.json.
         dir: PathBuf,
     },
+    /// Worker fairness: a normal client's handshake latency while one peer floods the same
+    /// worker (PING, SETTINGS, window overruns, one-byte DATA frames, handshakes). Writes
+    /// fairness.json and fairness.md.
+    Fairness(FairnessArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct FairnessArgs {
+    /// Comma-separated attacks [default: all: none,ping,settings,overrun,tiny-data,handshakes].
+    #[arg(long, value_delimiter = ',')]
+    attacks: Option<Vec<String>>,
+    /// Handshakes timed per attack.
+    #[arg(long, default_value_t = 200)]
+    probes: usize,
+    /// The node's `--cores` (one: the attacker and the probes share its worker).
+    #[arg(long, default_value = "1")]
+    cores: String,
+    /// Output directory.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// The ringmesh binary [default: next to this binary, target/{release,debug}, PATH].
+    #[arg(long)]
+    ringmesh: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -107,6 +130,39 @@ struct RunArgs {
     external_cmd: Vec<String>,
 }
 
+fn fairness(args: FairnessArgs) -> anyhow::Result<()> {
+    let attacks = args.attacks.unwrap_or_else(|| {
+        bench::fairness::ATTACKS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    if let Some(bad) = attacks
+        .iter()
+        .find(|a| !bench::fairness::ATTACKS.contains(&a.as_str()))
+    {
+        bail!(
+            "--attacks: unknown attack {bad:?} (expected some of {})",
+            bench::fairness::ATTACKS.join(", ")
+        );
+    }
+    let opts = bench::fairness::Options {
+        ringmesh: ringmesh::locate(args.ringmesh.as_deref())?,
+        cores: args.cores,
+        attacks,
+        probes: args.probes.max(1),
+        out: args.out.clone(),
+    };
+    let report = bench::fairness::run(&opts)?;
+    print!("{}", bench::fairness::markdown(&report));
+    println!(
+        "\nwrote {} and {}",
+        args.out.join("fairness.json").display(),
+        args.out.join("fairness.md").display()
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -118,6 +174,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Fairness(args) => fairness(args),
         Command::Report { dir } => rerender(&dir),
     };
     match result {

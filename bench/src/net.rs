@@ -29,9 +29,13 @@ pub fn free_port() -> Result<SocketAddr> {
         .map_err(|e| Error::os("reading an ephemeral port", e))
 }
 
-/// True when a TCP connect to `addr` succeeds now.
+/// True when a TCP connect to `addr` succeeds now and reaches a listener.
+///
+/// A connect to an unbound loopback port in the ephemeral range can pick that very port as
+/// its source and "succeed" by TCP simultaneous open with itself; that is not a listener.
 pub fn accepts(addr: SocketAddr) -> bool {
-    TcpStream::connect_timeout(&addr, ATTEMPT_TIMEOUT).is_ok()
+    TcpStream::connect_timeout(&addr, ATTEMPT_TIMEOUT)
+        .is_ok_and(|s| s.local_addr().is_ok_and(|local| local != addr))
 }
 
 /// Polls `ready` every [`POLL`] until it returns `Ok(Some(v))`, it errors, or `deadline`.

@@ -196,15 +196,20 @@ async fn hbone_handler(i: Incoming) {
         ECHO_PORT | SINK_IO_PORT | SINK_PORT => {}
         _ => {
             // Any other authority is a real address: dial it and relay, as a node proxy does.
+            let meter = runtime::meter::Meter::new();
             let _ = i
-                .serve(async move {
-                    let addr = authority
-                        .socket_addr()
-                        .ok_or(hbone::wire::Status::BadRequest)?;
-                    TcpStream::connect(addr)
-                        .await
-                        .map_err(|_| hbone::wire::Status::ServiceUnavailable)
-                })
+                .serve(
+                    async move {
+                        let addr = authority
+                            .socket_addr()
+                            .ok_or(hbone::wire::Status::BadRequest)?;
+                        TcpStream::connect(addr)
+                            .await
+                            .map_err(|_| hbone::wire::Status::ServiceUnavailable)
+                    },
+                    &meter,
+                    std::future::pending(),
+                )
                 .await;
             return;
         }

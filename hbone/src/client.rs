@@ -23,9 +23,10 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
+use crate::guard::GuardState;
 use crate::h2conn::{self, ClientEnd, H2Settings, KeepaliveFailure};
 use crate::stream::HboneStream;
-use crate::window::{Metered, PathRtt};
+use crate::window::PathRtt;
 use crate::wire::ConnectRequest;
 
 /// State shared between a connection's handles, its streams and its driver task.
@@ -147,11 +148,11 @@ impl ClientConn {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + PathRtt + Unpin + 'static,
     {
-        let meter = Metered::default();
+        let meter = GuardState::default();
         let probe = io.rtt_probe();
         let (send, mut conn) = settings
             .client_builder()
-            .handshake::<_, Bytes>(meter.wrap(io))
+            .handshake::<_, Bytes>(meter.wrap(io, false))
             .await
             .map_err(Error::H2)?;
         let recv_window = Rc::new(Cell::new(settings.stream_window));

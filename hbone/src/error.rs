@@ -145,6 +145,11 @@ pub enum Error {
         after: std::time::Duration,
     },
 
+    /// The peer flooded control frames (PING, SETTINGS, PRIORITY, unknown types) far above
+    /// any client's rate, and the connection was ended (`crate::guard`).
+    #[error("{0}")]
+    Flood(String),
+
     /// A pooled HBONE dial failed; every request that waited on it gets the same cause.
     #[error("HBONE connection to {addr} failed: {source}")]
     Dial {

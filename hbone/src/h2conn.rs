@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, trace};
 
-use crate::window::{Metered, WindowTuner, Windows};
+use crate::guard::GuardState;
+use crate::window::{WindowTuner, Windows};
 
 /// Largest stream receive window (SETTINGS_INITIAL_WINDOW_SIZE, RFC 9113 §6.5.2, §6.9.2)
 /// the window tuner grows to. 4 MiB as in ztunnel: one stream can keep ~4 MiB in flight,
@@ -84,6 +85,17 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// See [`KEEPALIVE_INTERVAL`].
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Deadline for a peer's HTTP/2 preface and first SETTINGS once TLS is done. A peer that
+/// completed mTLS and then said nothing held its connection forever before this existed
+/// (issue 12); 10 s, as the TLS handshake's deadline. (ztunnel has neither.)
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a server connection may carry no stream before it is closed with GOAWAY: longer
+/// than the 5 min a client pool (ztunnel's `POOL_UNUSED_RELEASE_TIMEOUT`, and ours) keeps an
+/// unused connection, so well-behaved peers close idle connections themselves first, and a
+/// peer that opens connections and never uses them cannot hold them for good.
+pub const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
 /// PING keepalive parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
@@ -128,6 +140,12 @@ pub struct H2Settings {
     pub max_send_buffer_size: usize,
     /// PING keepalive; `None` disables it (tests that script frames by hand).
     pub keepalive: Option<Keepalive>,
+    /// Deadline for the peer's side of the HTTP/2 handshake: the client preface (server
+    /// side) and the peer's first SETTINGS (RFC 9113 §3.4).
+    pub handshake_timeout: Duration,
+    /// Server side: close a connection that has carried no stream for this long, with
+    /// GOAWAY (before its first CONNECT, or between streams). `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for H2Settings {
@@ -141,6 +159,8 @@ impl Default for H2Settings {
             max_header_list_size: MAX_HEADER_LIST_SIZE,
             max_send_buffer_size: 256 * 1024,
             keepalive: Some(Keepalive::default()),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            idle_timeout: Some(SERVER_IDLE_TIMEOUT),
         }
     }
 }
@@ -156,12 +176,12 @@ impl H2Settings {
             .max_header_list_size(self.max_header_list_size)
             .initial_max_send_streams(CLIENT_INITIAL_MAX_SEND_STREAMS)
             .max_send_buffer_size(self.max_send_buffer_size)
-            .enable_push(false)
-            // Flow control already bounds what a peer can make us buffer (16 MiB per
-            // connection); h2's extra small-frame budget would instead close a healthy
-            // connection with ENHANCE_YOUR_CALM when a relay writes many small DATA frames
-            // and the reader is slow. ztunnel disables it the same way.
-            .data_frame_budget(usize::MAX);
+            .enable_push(false);
+        // h2's DATA frame budget stays at its default (half the connection window): flow
+        // control caps bytes, not frames, and without the budget 262,000 one-byte frames
+        // (2.6 MB on the wire) took a node from 10 to 139 MB (issue 12). Frames under 256
+        // bytes spend it while they sit unread, so a reader that keeps up never runs out,
+        // and a peer that floods a stalled stream gets GOAWAY ENHANCE_YOUR_CALM.
         b
     }
 
@@ -173,8 +193,7 @@ impl H2Settings {
             .max_frame_size(self.max_frame_size)
             .max_header_list_size(self.max_header_list_size)
             .max_concurrent_streams(self.max_concurrent_streams)
-            .max_send_buffer_size(self.max_send_buffer_size)
-            .data_frame_budget(usize::MAX);
+            .max_send_buffer_size(self.max_send_buffer_size);
         b
     }
 
@@ -182,14 +201,14 @@ impl H2Settings {
     /// keeping the stream window in effect in `announced`; `None` when the windows are fixed.
     pub(crate) fn tuner(
         &self,
-        meter: &Metered,
+        meter: &GuardState,
         probe: Option<runtime::net::RttProbe>,
         announced: Rc<Cell<u32>>,
     ) -> Option<WindowTuner> {
         let max = self.max_stream_window?;
         (max > self.stream_window).then(|| {
             WindowTuner::new(
-                meter.bytes.clone(),
+                meter.bytes_read.clone(),
                 self.stream_window,
                 self.connection_window,
                 max,
@@ -212,7 +231,7 @@ pub(crate) enum KeepaliveFailure {
 /// Signalled once the peer's SETTINGS are known to be in effect.
 pub(crate) type Settled = futures_channel::oneshot::Sender<()>;
 
-type Timer = Pin<Box<dyn Future<Output = ()>>>;
+pub(crate) type Timer = Pin<Box<dyn Future<Output = ()>>>;
 
 /// What the PING in flight was sent for.
 enum Purpose {

@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -22,12 +23,56 @@ const MAX_LEN: usize = 2048;
 
 /// A SPIFFE identity of a Kubernetes-style workload: trust domain, namespace, service account.
 ///
-/// Ordering compares trust domain, then namespace, then service account.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Held as one shared string (the URI, scheme in lowercase) with the parts' offsets, so a
+/// clone is a reference count: connection records and metric series keep identities per
+/// connection. Ordering compares trust domain, then namespace, then service account.
+#[derive(Clone)]
 pub struct Identity {
-    trust_domain: String,
-    namespace: String,
-    service_account: String,
+    uri: Arc<str>,
+    /// End of the trust domain; the namespace starts after `/ns/`.
+    td_end: u16,
+    ns_end: u16,
+}
+
+impl PartialEq for Identity {
+    fn eq(&self, other: &Self) -> bool {
+        self.uri == other.uri
+    }
+}
+
+impl Eq for Identity {}
+
+impl std::hash::Hash for Identity {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.uri.hash(state)
+    }
+}
+
+impl PartialOrd for Identity {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Identity {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (
+            self.trust_domain(),
+            self.namespace(),
+            self.service_account(),
+        )
+            .cmp(&(
+                other.trust_domain(),
+                other.namespace(),
+                other.service_account(),
+            ))
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Identity").field(&&*self.uri).finish()
+    }
 }
 
 impl Identity {
@@ -40,26 +85,48 @@ impl Identity {
         if rendered.len() > MAX_LEN {
             return Err(Error::identity(&rendered, too_long(rendered.len())));
         }
-        Ok(Identity {
-            trust_domain: trust_domain.to_owned(),
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
-        })
+        Ok(Identity::from_parts(
+            trust_domain,
+            namespace,
+            service_account,
+        ))
+    }
+
+    /// Assembles checked parts (the length is within [`MAX_LEN`], so offsets fit in u16).
+    fn from_parts(trust_domain: &str, namespace: &str, service_account: &str) -> Identity {
+        let uri = format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}");
+        let td_end = SCHEME.len() + trust_domain.len();
+        let ns_end = td_end + "/ns/".len() + namespace.len();
+        Identity {
+            uri: uri.into(),
+            td_end: td_end as u16,
+            ns_end: ns_end as u16,
+        }
     }
 
     /// The trust domain, e.g. `cluster.local`.
     pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
+        &self.uri[SCHEME.len()..self.td_end as usize]
     }
 
     /// The namespace.
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.uri[self.td_end as usize + "/ns/".len()..self.ns_end as usize]
     }
 
     /// The service account.
     pub fn service_account(&self) -> &str {
-        &self.service_account
+        &self.uri[self.ns_end as usize + "/sa/".len()..]
+    }
+
+    /// The whole URI, `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    pub fn as_str(&self) -> &str {
+        &self.uri
+    }
+
+    /// Istio's principal form: the URI without `spiffe://` (`cluster.local/ns/a/sa/b`).
+    pub fn principal(&self) -> &str {
+        &self.uri[SCHEME.len()..]
     }
 
     /// The identity of the first URI SAN of a DER-encoded leaf certificate that parses as one
@@ -137,21 +204,17 @@ impl FromStr for Identity {
         }
         check_segment(s, "namespace", namespace)?;
         check_segment(s, "service account", service_account)?;
-        Ok(Identity {
-            trust_domain: trust_domain.to_owned(),
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
-        })
+        Ok(Identity::from_parts(
+            trust_domain,
+            namespace,
+            service_account,
+        ))
     }
 }
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{SCHEME}{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        f.write_str(&self.uri)
     }
 }
 

@@ -6,7 +6,8 @@
 //! - [`wire`]: HBONE request fields (authority, `forwarded`, `baggage`, `traceparent`) and
 //!   response statuses; parse and encode with no I/O.
 //! - [`h2conn`], [`stream`]: HTTP/2 settings and connection driving; one tunnel as a byte
-//!   stream; [`window`]: receive-window tuning.
+//!   stream; [`window`]: receive-window tuning; [`guard`]: the frame scanner under h2 that
+//!   ends control-frame floods and sees the peer's preface arrive.
 //! - [`client`], [`server`], [`pool`]: the CONNECT client, the CONNECT server, and the
 //!   per-core connection pool.
 //! - [`certs`]: development CA and leaf certificates (tests, demo, bench) and PEM loading.
@@ -18,6 +19,7 @@
 pub mod certs;
 pub mod client;
 pub mod error;
+pub mod guard;
 pub mod h2conn;
 pub mod identity;
 pub mod pool;

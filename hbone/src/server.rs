@@ -19,12 +19,13 @@
 //!   and keeps serving the streams already started until they end; a keepalive failure
 //!   drops the connection at once (the peer is gone, nothing can be flushed to it).
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
-use std::time::Duration;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -32,11 +33,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
+use crate::guard::GuardState;
 use crate::h2conn::{self, H2Settings, KeepaliveFailure};
 use crate::identity::Identity;
-use crate::stream::{self, HboneStream, RelayMeter, RelayStats};
-use crate::window::{Metered, PathRtt};
+use crate::stream::{self, Abort, HboneStream, Originator, RelayError};
+use crate::window::PathRtt;
 use crate::wire::{ConnectRequest, Status};
+use runtime::meter::Meter;
 
 /// TLS handshake deadline for an accepted connection. A client that has not finished the
 /// handshake in 10 s is broken or hostile (slowloris); its task and socket are freed.
@@ -90,11 +93,13 @@ impl std::fmt::Debug for Incoming {
 #[derive(Debug)]
 pub enum Served {
     /// 200 was sent and the relay ran to the end of both directions.
-    Relayed(RelayStats),
+    Relayed,
     /// The upstream could not be had; the request was answered with this status.
     Rejected(Status),
-    /// 200 was sent, then the relay failed after moving these bytes.
-    RelayFailed(RelayStats, std::io::Error),
+    /// The peer reset the stream before the upstream was ready; the dial was dropped.
+    Cancelled,
+    /// 200 was sent, then the relay ended early (both ends were reset).
+    RelayFailed(RelayError),
 }
 
 impl Incoming {
@@ -140,28 +145,42 @@ impl Incoming {
     }
 
     /// Waits for `upstream` (the caller's dial); on success answers 200 and relays until both
-    /// directions end, on failure answers the status. The caller logs and counts the outcome.
-    /// If the relay fails (a reset from either side, an I/O error), the upstream is closed with
-    /// a reset ([`Upstream::abort`]) and the tunnel with RST_STREAM, so neither end mistakes
-    /// the abort for a complete stream.
-    pub async fn serve<U, F>(self, upstream: F) -> Served
+    /// directions end, counting into `meter` (the tunnel faces the originator); on failure
+    /// answers the status. The caller logs and counts the outcome.
+    ///
+    /// If the peer resets the stream while the dial is under way, the dial is dropped: a peer
+    /// that floods HEADERS-then-RST cannot make the node dial for streams nobody waits for.
+    /// If the relay fails (a reset from either side, an I/O error) or `abort` completes, both
+    /// ends are reset (`crate::stream::relay`), so neither mistakes the cut for a complete
+    /// stream.
+    pub async fn serve<U, F>(
+        mut self,
+        upstream: F,
+        meter: &Meter,
+        abort: impl Future<Output = ()>,
+    ) -> Served
     where
         F: Future<Output = std::result::Result<U, Status>>,
-        U: Upstream,
+        U: AsyncRead + AsyncWrite + Abort + Unpin,
     {
-        self.serve_metered(upstream, &RelayMeter::default()).await
-    }
-
-    /// [`serve`](Self::serve), counting the relayed bytes into `meter` as they move, so a
-    /// caller that drops this future early (a revoked connection) still knows them.
-    pub async fn serve_metered<U, F>(self, upstream: F, meter: &RelayMeter) -> Served
-    where
-        F: Future<Output = std::result::Result<U, Status>>,
-        U: Upstream,
-    {
-        let mut up = match upstream.await {
-            Ok(up) => up,
-            Err(status) => {
+        let dialed = {
+            let mut upstream = pin!(upstream);
+            let respond = &mut self.respond;
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = upstream.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                // A reset (or a dead connection) ends the wait.
+                if peer_reset(cx, respond) {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        let mut up = match dialed {
+            Some(Ok(up)) => up,
+            Some(Err(status)) => {
                 let status = if status.is_ok() {
                     Status::ServiceUnavailable
                 } else {
@@ -172,34 +191,31 @@ impl Incoming {
                 }
                 return Served::Rejected(status);
             }
+            None => {
+                // Nobody to answer: drop the handle without the 503 of an unanswered request.
+                self.respond = None;
+                return Served::Cancelled;
+            }
         };
         let mut tunnel = match self.accept() {
             Ok(t) => t,
             Err(e) => {
-                return Served::RelayFailed(RelayStats::default(), std::io::Error::other(e));
+                up.abort();
+                return Served::RelayFailed(RelayError::Tunnel(std::io::Error::other(e)));
             }
         };
-        match stream::relay_metered(&mut tunnel, &mut up, meter).await {
-            Ok(stats) => Served::Relayed(stats),
-            Err(e) => {
-                up.abort();
-                // Dropping the tunnel unfinished resets it (RST_STREAM CANCEL).
-                Served::RelayFailed(meter.stats(), e)
-            }
+        match stream::relay(&mut tunnel, &mut up, meter, Originator::Tunnel, abort).await {
+            Ok(()) => Served::Relayed,
+            Err(e) => Served::RelayFailed(e),
         }
     }
 }
 
-/// The socket [`Incoming::serve`] relays a tunnel into.
-pub trait Upstream: AsyncRead + AsyncWrite + Unpin {
-    /// Makes the coming close a reset, so the far end sees an abort and not end of stream.
-    fn abort(&self);
-}
-
-impl Upstream for runtime::net::TcpStream {
-    fn abort(&self) {
-        // SO_LINGER 0: close sends RST. Failing to set it leaves a FIN, nothing worse.
-        let _ = self.set_zero_linger();
+/// Whether the peer has reset the stream behind `respond` (or its connection is gone).
+fn peer_reset(cx: &mut std::task::Context<'_>, respond: &mut Option<SendResponse<Bytes>>) -> bool {
+    match respond.as_mut() {
+        Some(r) => r.poll_reset(cx).is_ready(),
+        None => false,
     }
 }
 
@@ -269,10 +285,41 @@ fn tls_accept_error(e: std::io::Error) -> Error {
     }
 }
 
+/// The requests of one connection still being handled, and the connection task's waker, so
+/// that the last one to finish can start the connection's idle clock.
+#[derive(Default)]
+struct Streams {
+    live: Cell<usize>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// One request's place in its connection's [`Streams`]; released when its handler ends.
+struct StreamTicket(Rc<Streams>);
+
+impl Drop for StreamTicket {
+    fn drop(&mut self) {
+        let left = self.0.live.get() - 1;
+        self.0.live.set(left);
+        if left == 0
+            && let Some(w) = self.0.waker.borrow_mut().take()
+        {
+            w.wake();
+        }
+    }
+}
+
 /// Serves HTTP/2 on an already authenticated stream whose client is `peer` (after
 /// [`serve_tls`], or directly in tests). Returns when the connection has ended: the client
 /// closed it, `drain` fired and the streams in flight finished, or an error. `handler` runs in
 /// its own task for each well-formed CONNECT.
+///
+/// Bounds what the peer can hold: its preface and first SETTINGS must arrive within
+/// `settings.handshake_timeout`; a connection with no request in flight for
+/// `settings.idle_timeout` is closed with GOAWAY; at most `settings.max_concurrent_streams`
+/// handlers run at once (a stream the peer resets right after its HEADERS is closed for h2
+/// but its handler may still be dialling, so h2's own limit alone would let a
+/// HEADERS-then-RST flood start dials without bound: past the cap, requests are refused with
+/// REFUSED_STREAM); control-frame floods end the connection (`crate::guard`).
 pub async fn serve_h2<T, H, Fut>(
     io: T,
     peer: Identity,
@@ -286,21 +333,39 @@ where
     Fut: Future<Output = ()> + 'static,
 {
     let peer = Rc::new(peer);
-    let meter = Metered::default();
+    let guard = GuardState::default();
     let probe = io.rtt_probe();
-    let mut conn = settings
-        .server_builder()
-        .handshake::<_, Bytes>(meter.wrap(io))
-        .await
-        .map_err(Error::H2)?;
+    let handshake_deadline = Instant::now() + settings.handshake_timeout;
+    let handshake_timeout = || Error::Timeout {
+        what: "HTTP/2 preface and SETTINGS",
+        after: settings.handshake_timeout,
+    };
+    let mut conn = match runtime::time::timeout_at(
+        handshake_deadline,
+        settings
+            .server_builder()
+            .handshake::<_, Bytes>(guard.wrap(io, true)),
+    )
+    .await
+    {
+        Ok(r) => r.map_err(h2_error)?,
+        Err(_) => return Err(handshake_timeout()),
+    };
     let mut liveness = h2conn::Liveness::new(
         conn.ping_pong(),
         settings.keepalive,
         None,
-        settings.tuner(&meter, probe, Default::default()),
+        settings.tuner(&guard, probe, Default::default()),
     );
+    let streams = Rc::new(Streams::default());
+    let mut settle = pin!(runtime::time::sleep_until(handshake_deadline));
+    let mut idle: Option<h2conn::Timer> = None;
+    // After an idle GOAWAY, how long the peer has to close (h2 waits for the PING it sends
+    // with the GOAWAY; a peer that never answers would hold the connection forever).
+    let mut closing: Option<h2conn::Timer> = None;
     let mut drain = pin!(drain);
     let mut draining = false;
+    let max_streams = settings.max_concurrent_streams as usize;
     loop {
         let next = std::future::poll_fn(|cx| {
             if !draining && drain.as_mut().poll(cx).is_ready() {
@@ -308,32 +373,103 @@ where
                 conn.graceful_shutdown();
                 draining = true;
             }
+            if !guard.settled() && settle.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Ended::Handshake));
+            }
             if let Poll::Ready(f) = liveness.poll(cx, &mut conn) {
-                return Poll::Ready(Err(f));
+                return Poll::Ready(Err(Ended::Keepalive(f)));
+            }
+            if let Some(limit) = settings.idle_timeout.filter(|_| !draining) {
+                if streams.live.get() == 0 {
+                    let timer = idle.get_or_insert_with(|| Box::pin(runtime::time::sleep(limit)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        debug!(peer = %peer, ?limit, "HBONE: connection idle; closing (GOAWAY)");
+                        conn.graceful_shutdown();
+                        draining = true;
+                        idle = None;
+                        closing = Some(Box::pin(runtime::time::sleep(settings.handshake_timeout)));
+                    }
+                } else {
+                    idle = None;
+                    let mut w = streams.waker.borrow_mut();
+                    if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *w = Some(cx.waker().clone());
+                    }
+                }
+            }
+            if let Some(t) = closing.as_mut()
+                && streams.live.get() == 0
+                && t.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Err(Ended::Idle));
             }
             conn.poll_accept(cx).map(Ok)
         })
         .await;
         match next {
-            Ok(Some(Ok((request, respond)))) => dispatch(request, respond, &peer, &handler),
+            Ok(Some(Ok((request, mut respond)))) => {
+                if streams.live.get() >= max_streams {
+                    debug!(peer = %peer, "HBONE: too many requests in flight; REFUSED_STREAM");
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    continue;
+                }
+                streams.live.set(streams.live.get() + 1);
+                let ticket = StreamTicket(streams.clone());
+                dispatch(request, respond, &peer, &handler, ticket);
+            }
             Ok(Some(Err(e))) => {
                 debug!(peer = %peer, error = %e, "HBONE: connection error");
-                return Err(Error::H2(e));
+                if guard.sent_goaway() == Some(u32::from(h2::Reason::ENHANCE_YOUR_CALM)) {
+                    return Err(Error::Flood(format!(
+                        "HTTP/2 frame flood: the peer broke h2's limits (GOAWAY ENHANCE_YOUR_CALM): {e}"
+                    )));
+                }
+                return Err(h2_error(e));
             }
             Ok(None) => {
+                // h2 may end a connection that broke one of its own limits (its DATA frame
+                // budget, rapid resets) as a clean close after its GOAWAY: say so.
+                if guard.sent_goaway() == Some(u32::from(h2::Reason::ENHANCE_YOUR_CALM)) {
+                    return Err(Error::Flood(
+                        "HTTP/2 frame flood: the peer broke h2's limits (GOAWAY ENHANCE_YOUR_CALM)"
+                            .into(),
+                    ));
+                }
                 debug!(peer = %peer, "HBONE: connection closed");
                 return Ok(());
             }
-            Err(KeepaliveFailure::Timeout) => {
+            Err(Ended::Handshake) => return Err(handshake_timeout()),
+            Err(Ended::Idle) => {
+                debug!(peer = %peer, "HBONE: idle connection not closed by the peer after GOAWAY; dropping it");
+                return Ok(());
+            }
+            Err(Ended::Keepalive(KeepaliveFailure::Timeout)) => {
                 warn!(peer = %peer, "HBONE: PING timeout; dropping connection");
                 return Err(Error::Timeout {
                     what: "HTTP/2 PING",
                     after: settings.keepalive.map(|k| k.timeout).unwrap_or_default(),
                 });
             }
-            Err(KeepaliveFailure::Error(e)) => return Err(Error::H2(e)),
+            Err(Ended::Keepalive(KeepaliveFailure::Error(e))) => return Err(h2_error(e)),
         }
     }
+}
+
+/// Why the connection loop stopped other than through h2.
+enum Ended {
+    Handshake,
+    /// Idle, GOAWAY sent, and the peer did not close in time.
+    Idle,
+    Keepalive(KeepaliveFailure),
+}
+
+/// An h2 error, with the guard's flood verdict lifted out of h2's I/O wrapper so callers
+/// can tell a hostile peer from a broken one.
+fn h2_error(e: h2::Error) -> Error {
+    if crate::guard::is_flood(&e) {
+        return Error::Flood(e.to_string());
+    }
+    Error::H2(e)
 }
 
 /// Validates one request and hands it to the handler in its own task, or answers 400.
@@ -342,6 +478,7 @@ fn dispatch<H, Fut>(
     respond: SendResponse<Bytes>,
     peer: &Rc<Identity>,
     handler: &H,
+    ticket: StreamTicket,
 ) where
     H: Fn(Incoming) -> Fut,
     Fut: Future<Output = ()> + 'static,
@@ -356,7 +493,12 @@ fn dispatch<H, Fut>(
                 respond: Some(respond),
                 body: Some(body),
             };
-            runtime::spawn(handler(incoming)).detach();
+            let fut = handler(incoming);
+            runtime::spawn(async move {
+                let _ticket = ticket;
+                fut.await
+            })
+            .detach();
         }
         Err(e) => {
             debug!(peer = %peer, error = %e, "HBONE: bad request; answering 400");

@@ -11,17 +11,27 @@
 //!   WINDOW_UPDATE as the reader consumes.
 //! - Shutting down the write side sends an empty DATA frame with END_STREAM (half-close per
 //!   direction; the other direction keeps flowing).
-//! - Dropping the stream before both directions ended resets it (h2 sends RST_STREAM CANCEL),
-//!   which is how an aborted relay propagates to the peer.
-//! - Byte counts are payload bytes moved through this stream, for telemetry.
+//! - Dropping the stream before its own direction ended resets it with RST_STREAM
+//!   CONNECT_ERROR, and so does a relay whose socket was reset: RFC 9113 §8.5 has a proxy
+//!   turn a TCP RST (or any error of the TCP connection) into a stream error of type
+//!   CONNECT_ERROR, and a stream error back into a TCP RST, so a client can tell a truncated
+//!   transfer from a complete one. ztunnel deviates here: it maps a TCP RST to END_STREAM (a
+//!   clean end) and aborts with CANCEL, which this side reads as end of stream. Between two
+//!   ringmesh nodes a reset therefore reaches the far client as a reset; with a ztunnel peer,
+//!   its resets reach us as clean ends (as they do between two ztunnels) and ours reach it
+//!   as a stream error.
+//! - Byte counts are payload bytes moved through this stream, for telemetry; [`relay`]
+//!   counts into a `runtime::meter::Meter` with the directions named from the connection's
+//!   originator, as the TCP relay does.
 
-use std::cell::Cell;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
+use runtime::meter::{Flow, Meter};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::client::StreamSlot;
@@ -87,6 +97,26 @@ impl HboneStream {
     /// Aborts the tunnel with RST_STREAM `reason` (RFC 9113 §6.4) in both directions.
     pub fn reset(mut self, reason: Reason) {
         self.send.send_reset(reason);
+        self.finished();
+    }
+
+    /// Aborts the tunnel because the TCP connection behind it failed (RFC 9113 §8.5:
+    /// RST_STREAM CONNECT_ERROR, which the peer turns into a TCP RST).
+    pub fn abort(&mut self) {
+        if !self.is_finished() {
+            self.send.send_reset(Reason::CONNECT_ERROR);
+            self.finished();
+        }
+    }
+
+    /// Both directions ended (END_STREAM each way), or the stream was reset.
+    pub fn is_finished(&self) -> bool {
+        self.read_eof && self.write_closed
+    }
+
+    fn finished(&mut self) {
+        self.read_eof = true;
+        self.write_closed = true;
     }
 
     /// Polls the next chunk of payload without copying it. `None` is end of stream.
@@ -107,7 +137,11 @@ impl HboneStream {
                 Some(Ok(b)) if b.is_empty() => {}
                 Some(Ok(b)) => return Poll::Ready(Ok(Some(b))),
                 Some(Err(e)) if is_clean_reset(&e) => self.read_eof = true,
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                Some(Err(e)) => {
+                    // Reset by the peer (or the connection broke): nothing left to abort.
+                    self.finished();
+                    return Poll::Ready(Err(h2_to_io(e)));
+                }
             }
         }
     }
@@ -184,6 +218,19 @@ impl HboneStream {
                 ))),
                 Err(e) => Poll::Ready(Err(h2_to_io(e))),
             },
+        }
+    }
+}
+
+impl Drop for HboneStream {
+    /// A tunnel dropped before its sending direction ended was cut short: say so with
+    /// CONNECT_ERROR (h2 would send CANCEL, which peers read as a clean end). One whose own
+    /// side finished (END_STREAM sent) is left to h2, which resets what the peer may still
+    /// send with NO_ERROR or CANCEL (RFC 9113 §8.1: a complete response may end a stream
+    /// before its request has).
+    fn drop(&mut self) {
+        if !self.write_closed {
+            self.abort();
         }
     }
 }
@@ -277,29 +324,57 @@ pub(crate) fn h2_to_io(e: h2::Error) -> io::Error {
     io::Error::new(kind, e)
 }
 
-/// Bytes moved by [`relay`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RelayStats {
-    /// From the socket into the tunnel.
-    pub to_tunnel: u64,
-    /// From the tunnel out to the socket.
-    pub from_tunnel: u64,
+/// Which end of a [`relay`] faces the connection's originator (the client): the socket on
+/// the outbound side of a node (a pod's connection), the tunnel on the inbound side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Originator {
+    Socket,
+    Tunnel,
 }
 
-/// The bytes a [`relay_metered`] has moved so far, kept outside the relay's future: a relay
-/// cancelled from outside (dropped when a policy change revokes its connection) still
-/// reports what it carried.
-#[derive(Debug, Default)]
-pub struct RelayMeter {
-    to_tunnel: Cell<u64>,
-    from_tunnel: Cell<u64>,
+impl Originator {
+    /// The flow of bytes going from the socket into the tunnel.
+    fn into_tunnel(self) -> Flow {
+        match self {
+            Originator::Socket => Flow::FromOriginator,
+            Originator::Tunnel => Flow::TowardOriginator,
+        }
+    }
 }
 
-impl RelayMeter {
-    pub fn stats(&self) -> RelayStats {
-        RelayStats {
-            to_tunnel: self.to_tunnel.get(),
-            from_tunnel: self.from_tunnel.get(),
+/// A socket a relay can reset: its coming close sends RST, so the far end sees an abort and
+/// not an end of stream.
+pub trait Abort {
+    fn abort(&self);
+}
+
+impl Abort for runtime::net::TcpStream {
+    fn abort(&self) {
+        // SO_LINGER 0: close sends RST. Failing to set it leaves a FIN, nothing worse.
+        let _ = self.set_zero_linger();
+    }
+}
+
+/// Why a [`relay`] ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The tunnel was reset by the peer or its connection broke; the socket was reset.
+    #[error("tunnel: {0}")]
+    Tunnel(#[source] io::Error),
+    /// The socket failed (a reset, usually); the tunnel was aborted with CONNECT_ERROR.
+    #[error("socket: {0}")]
+    Socket(#[source] io::Error),
+    /// The caller's abort signal fired; both ends were reset.
+    #[error("aborted")]
+    Aborted,
+}
+
+impl RelayError {
+    /// The underlying I/O error, if any.
+    pub fn io(&self) -> Option<&io::Error> {
+        match self {
+            RelayError::Tunnel(e) | RelayError::Socket(e) => Some(e),
+            RelayError::Aborted => None,
         }
     }
 }
@@ -316,31 +391,28 @@ const RELAY_BUF_MIN: usize = 4 * 1024;
 /// (docs/design-notes.md).
 const RELAY_BUF_MAX: usize = 128 * 1024;
 
-/// Moves bytes both ways between `tunnel` and `io` until both directions have ended.
+/// Moves bytes both ways between `tunnel` and `io` until both directions have ended, counting
+/// what it writes into `meter` (flows named from `originator`'s side), or until `abort`
+/// completes.
 ///
 /// End of stream in one direction is passed on as a half-close (END_STREAM towards the
-/// tunnel, `poll_shutdown` towards `io`) while the other direction keeps flowing. Returns the
-/// first error of either direction; the caller then drops both ends, which resets the tunnel
-/// (RST_STREAM CANCEL), and should reset the socket too (`TcpStream::set_zero_linger` before
-/// the drop) so its peer sees the abort rather than a clean end of stream. Tunnel payload is
+/// tunnel, `poll_shutdown` towards `io`) while the other direction keeps flowing. A failure
+/// of either end resets the other (RFC 9113 §8.5): a socket error aborts the tunnel with
+/// CONNECT_ERROR, a tunnel error resets the socket; `abort` resets both. Tunnel payload is
 /// written to `io` straight from h2's buffers, and socket reads go straight into the buffers
 /// h2 sends from: no copy beyond the kernel's.
-pub async fn relay<T>(tunnel: &mut HboneStream, io: &mut T) -> io::Result<RelayStats>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    relay_metered(tunnel, io, &RelayMeter::default()).await
-}
-
-/// [`relay`], counting into `meter` as bytes move.
-pub async fn relay_metered<T>(
+pub async fn relay<T>(
     tunnel: &mut HboneStream,
     io: &mut T,
-    meter: &RelayMeter,
-) -> io::Result<RelayStats>
+    meter: &Meter,
+    originator: Originator,
+    abort: impl Future<Output = ()>,
+) -> Result<(), RelayError>
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Abort + Unpin,
 {
+    let up_flow = originator.into_tunnel();
+    let down_flow = up_flow.reverse();
     let mut down = Down::default();
     let mut up = Up {
         buf: BytesMut::new(),
@@ -348,25 +420,40 @@ where
         out: Bytes::new(),
         done: false,
     };
-    std::future::poll_fn(|cx| {
+    let mut abort = std::pin::pin!(abort);
+    let result = std::future::poll_fn(|cx| {
         // Poll both directions every time: each registers its own wake-ups.
         let down_res = if down.done {
             Poll::Ready(Ok(()))
         } else {
-            down.poll(cx, tunnel, io, &meter.from_tunnel)
+            down.poll(cx, tunnel, io, meter, down_flow)
         };
         let up_res = if up.done {
             Poll::Ready(Ok(()))
         } else {
-            up.poll(cx, tunnel, io, &meter.to_tunnel)
+            up.poll(cx, tunnel, io, meter, up_flow)
         };
         match (down_res, up_res) {
             (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(meter.stats())),
-            _ => Poll::Pending,
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+            _ => match abort.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(RelayError::Aborted)),
+                Poll::Pending => Poll::Pending,
+            },
         }
     })
-    .await
+    .await;
+    match &result {
+        Ok(()) => {}
+        // Already aborted toward the tunnel by the direction that failed.
+        Err(RelayError::Socket(_)) => {}
+        Err(RelayError::Tunnel(_)) => io.abort(),
+        Err(RelayError::Aborted) => {
+            tunnel.abort();
+            io.abort();
+        }
+    }
+    result
 }
 
 /// Tunnel → socket.
@@ -384,36 +471,47 @@ impl Down {
         cx: &mut Context<'_>,
         tunnel: &mut HboneStream,
         io: &mut T,
-        count: &Cell<u64>,
-    ) -> Poll<io::Result<()>> {
+        meter: &Meter,
+        flow: Flow,
+    ) -> Poll<Result<(), RelayError>> {
         loop {
             if self.chunk.is_empty() {
-                match tunnel.poll_chunk(cx)? {
+                match tunnel.poll_chunk(cx).map_err(RelayError::Tunnel)? {
                     Poll::Ready(Some(c)) => self.chunk = c,
                     Poll::Ready(None) => {
-                        ready!(Pin::new(&mut *io).poll_shutdown(cx))?;
+                        ready!(Pin::new(&mut *io).poll_shutdown(cx))
+                            .map_err(|e| socket_failed(tunnel, e))?;
                         self.done = true;
                         return Poll::Ready(Ok(()));
                     }
                     Poll::Pending => {
                         if self.unflushed {
-                            ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                            ready!(Pin::new(&mut *io).poll_flush(cx))
+                                .map_err(|e| socket_failed(tunnel, e))?;
                             self.unflushed = false;
                         }
                         return Poll::Pending;
                     }
                 }
             }
-            let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.chunk))?;
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.chunk))
+                .map_err(|e| socket_failed(tunnel, e))?;
             if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                return Poll::Ready(Err(socket_failed(tunnel, io::ErrorKind::WriteZero.into())));
             }
             self.chunk.advance(n);
             self.unflushed = true;
             tunnel.release(n);
-            count.set(count.get() + n as u64);
+            meter.add(flow, n);
         }
     }
+}
+
+/// The socket side of a relay failed (a reset, most often): the tunnel is aborted with
+/// CONNECT_ERROR (RFC 9113 §8.5) so the peer resets its end too.
+fn socket_failed(tunnel: &mut HboneStream, e: io::Error) -> RelayError {
+    tunnel.abort();
+    RelayError::Socket(e)
 }
 
 /// Socket → tunnel.
@@ -434,12 +532,13 @@ impl Up {
         cx: &mut Context<'_>,
         tunnel: &mut HboneStream,
         io: &mut T,
-        count: &Cell<u64>,
-    ) -> Poll<io::Result<()>> {
+        meter: &Meter,
+        flow: Flow,
+    ) -> Poll<Result<(), RelayError>> {
         loop {
             while !self.out.is_empty() {
-                let n = ready!(tunnel.poll_send(cx, &mut self.out))?;
-                count.set(count.get() + n as u64);
+                let n = ready!(tunnel.poll_send(cx, &mut self.out)).map_err(RelayError::Tunnel)?;
+                meter.add(flow, n);
             }
             if self.buf.capacity() < RELAY_BUF_MIN / 2 {
                 // Read straight into the memory h2 will send from. The socket reads into
@@ -451,9 +550,10 @@ impl Up {
                 Pin::new(&mut *io),
                 cx,
                 &mut self.buf
-            ))?;
+            ))
+            .map_err(|e| socket_failed(tunnel, e))?;
             if n == 0 {
-                ready!(tunnel.poll_close_write(cx))?;
+                ready!(tunnel.poll_close_write(cx)).map_err(RelayError::Tunnel)?;
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }

@@ -1,7 +1,7 @@
 //! Receive-window tuning for HBONE connections: how much a peer may send before we read.
 //!
 //! Owns: the [`WindowTuner`] (bandwidth-delay samples over PING round trips, hyper's growth
-//! rule), what feeds it (the byte count of [`Metered`] transports, the path's round trip from
+//! rule), what feeds it (the byte count of the guarded transport (`crate::guard`), the path's round trip from
 //! a [`PathRtt`] transport) and the [`Windows`] setters of h2's client and server
 //! connections. `h2conn::Liveness` owns the PINGs and calls into the tuner.
 //!
@@ -14,85 +14,13 @@
 //!   smallest PING round trip: a sample's own round trip includes the queue it measures.
 
 use std::cell::Cell;
-use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, trace};
 
 use crate::h2conn::CONNECTION_WINDOW;
-
-/// Counts the bytes h2 reads from its transport (frames of every kind): what the
-/// [`WindowTuner`] samples over a PING round trip.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Metered {
-    pub(crate) bytes: Rc<Cell<u64>>,
-}
-
-impl Metered {
-    /// `io` with its reads counted here.
-    pub(crate) fn wrap<T>(&self, io: T) -> MeteredIo<T> {
-        MeteredIo {
-            io,
-            bytes: self.bytes.clone(),
-        }
-    }
-}
-
-/// A transport whose reads are counted by a [`Metered`]; everything else passes through.
-#[derive(Debug)]
-pub(crate) struct MeteredIo<T> {
-    io: T,
-    bytes: Rc<Cell<u64>>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        let n = (buf.filled().len() - before) as u64;
-        this.bytes.set(this.bytes.get() + n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for MeteredIo<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
 
 /// A transport that can tell the path's round-trip time: the TCP socket under TLS, whose
 /// kernel keeps the smallest RTT of the connection's ACKs. The [`WindowTuner`] prefers that

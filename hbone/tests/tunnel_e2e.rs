@@ -52,9 +52,9 @@ fn bulk_both_ways(driver: DriverChoice) -> Result<()> {
         })
         .await?;
         match &server.log.served.borrow()[0] {
-            Served::Relayed(stats) => {
+            (Served::Relayed, stats) => {
                 ensure!(
-                    stats.to_tunnel == BULK && stats.from_tunnel == BULK,
+                    stats.toward_originator == BULK && stats.from_originator == BULK,
                     "{stats:?}"
                 )
             }
@@ -103,7 +103,7 @@ fn half_close_client_first() -> Result<()> {
         })
         .await?;
         ensure!(
-            matches!(server.log.served.borrow()[0], Served::Relayed(s) if s.to_tunnel == 4 && s.from_tunnel == 4),
+            matches!(server.log.served.borrow()[0], (Served::Relayed, s) if s.toward_originator == 4 && s.from_originator == 4),
             "{:?}",
             server.log.served.borrow()[0]
         );
@@ -174,7 +174,7 @@ fn start_reading_backend() -> Result<(std::net::SocketAddr, ReadEnd)> {
 type ReadEnd = std::rc::Rc<std::cell::RefCell<(usize, Option<Result<(), std::io::ErrorKind>>)>>;
 
 #[test]
-fn tunnel_reset_reaches_upstream_as_rst_cancel_as_eof() -> Result<()> {
+fn tunnel_reset_and_drop_reach_upstream_as_rst_cancel_as_eof() -> Result<()> {
     run(DriverChoice::Auto, async || {
         let pki = Pki::new();
         let server_id = id("server");
@@ -202,13 +202,24 @@ fn tunnel_reset_reaches_upstream_as_rst_cancel_as_eof() -> Result<()> {
         })
         .await?;
         ensure!(
-            matches!(&server.log.served.borrow()[0], Served::RelayFailed(s, _) if s.from_tunnel == 1000),
+            matches!(&server.log.served.borrow()[0], (Served::RelayFailed(_), s) if s.from_originator == 1000),
             "{:?}",
             server.log.served.borrow()[0]
         );
 
-        // Dropping the stream sends RST_STREAM CANCEL, which HBONE reads as end of stream
-        // (as ztunnel does): the pod sees a FIN.
+        // RST_STREAM CANCEL is what ztunnel sends when it drops a stream early, finished or
+        // not: HBONE reads it as end of stream, and the pod sees a FIN.
+        let (backend, state) = start_reading_backend()?;
+        let mut t = conn.send_connect(&ConnectRequest::new(backend)).await?;
+        t.write_all(&[7u8; 10]).await?;
+        wait_until("backend to get the bytes", || state.borrow().0 == 10).await?;
+        t.reset(h2::Reason::CANCEL);
+        wait_until("backend read to end", || state.borrow().1.is_some()).await?;
+        let end = state.borrow().1;
+        ensure!(end == Some(Ok(())), "backend saw {end:?} after CANCEL");
+
+        // Dropping an unfinished stream is an abort (RFC 9113 §8.5: CONNECT_ERROR), which
+        // the server turns into a TCP RST toward the pod.
         let (backend, state) = start_reading_backend()?;
         let mut t = conn.send_connect(&ConnectRequest::new(backend)).await?;
         t.write_all(&[7u8; 10]).await?;
@@ -216,7 +227,10 @@ fn tunnel_reset_reaches_upstream_as_rst_cancel_as_eof() -> Result<()> {
         drop(t);
         wait_until("backend read to end", || state.borrow().1.is_some()).await?;
         let end = state.borrow().1;
-        ensure!(end == Some(Ok(())), "backend saw {end:?} after CANCEL");
+        ensure!(
+            end == Some(Err(std::io::ErrorKind::ConnectionReset)),
+            "backend saw {end:?} after the tunnel was dropped unfinished"
+        );
         Ok(())
     })
 }

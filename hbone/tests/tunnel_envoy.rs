@@ -357,7 +357,7 @@ fn envoy_hbone_client_into_our_server() -> Result<()> {
         })?;
         // The readiness probe in `start_envoy` was tunneled too (an empty stream): look for the
         // relay that carried the payload.
-        let full = |s: &Served| matches!(s, Served::Relayed(st) if st.from_tunnel == 1 << 20 && st.to_tunnel == 1 << 20);
+        let full = |s: &(Served, runtime::meter::Transferred)| matches!(s, (Served::Relayed, st) if st.from_originator == 1 << 20 && st.toward_originator == 1 << 20);
         wait_until("our server to finish the relay", || {
             server.log.served.borrow().iter().any(full)
         })

@@ -115,8 +115,8 @@ fn handler_refusals_map_to_401_and_503_and_drop_to_503() -> Result<()> {
                 matches!(
                     served[..],
                     [
-                        Served::Rejected(Status::Unauthorized),
-                        Served::Rejected(Status::ServiceUnavailable)
+                        (Served::Rejected(Status::Unauthorized), _),
+                        (Served::Rejected(Status::ServiceUnavailable), _)
                     ]
                 ),
                 "{served:?}"

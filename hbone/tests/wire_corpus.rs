@@ -1,12 +1,12 @@
 //! Replays the committed `wire_parse` fuzz corpus on stable Rust: every file in
-//! `hbone/fuzz/corpus/wire_parse/` goes through the same `hbone::wire::fuzz::check` the fuzzer
+//! `fuzz/corpus/wire_parse/` (at the workspace root) goes through the same `hbone::wire::fuzz::check` the fuzzer
 //! runs, so a crash found by fuzzing and added to the corpus stays fixed.
 
 use std::path::Path;
 
 #[test]
 fn wire_parse_corpus() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/wire_parse");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/wire_parse");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -32,7 +32,7 @@ fn wire_parse_corpus() {
 fn seeds_exercise_the_parsers() {
     // The seeds are meant to parse; if a parser starts rejecting them, the corpus no longer
     // reaches the code past validation and the fuzzer loses its footing.
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/wire_parse");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/wire_parse");
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
     read("authority_v6")
         .parse::<hbone::wire::Authority>()

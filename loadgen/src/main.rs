@@ -13,6 +13,12 @@ use loadgen::sweep::{Sweep, SweepAxis};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Set by harnesses (tests, ringmesh-bench) so their load generators die with them.
+    if std::env::var_os("RINGMESH_EXIT_WITH_PARENT").is_some()
+        && let Err(e) = runtime::signal::exit_with_parent()
+    {
+        eprintln!("loadgen: RINGMESH_EXIT_WITH_PARENT: {e}");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOADGEN_LOG")

@@ -15,28 +15,27 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// What the node exposes to the admin endpoints. Implemented by the node's control state.
 pub trait AdminSource: Send + Sync + 'static {
-    /// Snapshot summary, certificates (identity, not_after), workers and driver.
+    /// The config dump (istioctl's `ztunnel-config` shape).
     fn config_dump(&self) -> serde_json::Value;
-    /// Workers started and certificates issued.
-    fn ready(&self) -> bool;
+    /// `Ok` when ready to serve; else what is still pending.
+    fn ready(&self) -> Result<(), String>;
     /// Prometheus text exposition (format 0.0.4).
     fn metrics(&self) -> String;
-    /// Replace the log filter (`tracing_subscriber::EnvFilter` syntax).
-    fn set_log_level(&self, filter: &str) -> Result<(), String>;
-    /// Start a graceful drain.
+    /// The log filter in force (`tracing_subscriber::EnvFilter` syntax).
+    fn log_filter(&self) -> String;
+    /// The filter the process started with (what `reset` restores).
+    fn default_log_filter(&self) -> String;
+    /// Replaces the log filter.
+    fn set_log_filter(&self, filter: &str) -> Result<(), String>;
+    /// Starts a graceful drain.
     fn drain(&self);
-    /// The log filter in force, if the source knows it. `GET /logging` falls back to the last
-    /// filter set through this server.
-    fn log_level(&self) -> Option<String> {
-        None
-    }
 }
 
 /// Where each endpoint listens; `None` disables it. Also returned by
@@ -163,7 +162,6 @@ pub fn start_with(
         source,
         limits,
         active: AtomicUsize::new(0),
-        last_log_level: Mutex::new(None),
     });
     let endpoints = [
         (Endpoint::Admin, addrs.admin),
@@ -216,8 +214,6 @@ struct Shared {
     source: Arc<dyn AdminSource>,
     limits: Limits,
     active: AtomicUsize,
-    /// Last filter accepted through `POST /logging`; control-plane only, never on the data path.
-    last_log_level: Mutex<Option<String>>,
 }
 
 /// Holds one slot of `Shared::active`; released even if the handler panics.
@@ -483,10 +479,59 @@ fn is_get(req: &Request) -> bool {
 }
 
 const ADMIN_INDEX: &str = "ringmesh admin\n\
-GET  /config_dump         snapshot, certificates, workers (JSON)\n\
-GET  /logging             current log filter\n\
-POST /logging?level=F     set the log filter (tracing EnvFilter syntax)\n\
-POST /drain               start a graceful drain\n";
+GET  /config_dump                  workloads, services, policies, certificates (istioctl's shape)\n\
+GET  /logging                      the log filter in force\n\
+POST /logging                      the same (as ztunnel)\n\
+POST /logging?level=F              add directives to the filter: a level, or target=level (or target:level), comma-separated\n\
+POST /logging?level=F&reset        the filter the process started with, then F\n\
+POST /quitquitquit                 drain and exit\n\
+POST /drain                        drain and exit\n";
+
+/// `POST /logging`'s answer: the filter in force, as ztunnel words it.
+fn current_level(src: &dyn AdminSource) -> Response {
+    Response::text(200, format!("current log level is {}\n", src.log_filter()))
+}
+
+/// Checks ztunnel's (and istioctl's) `level` directives and turns them into EnvFilter ones:
+/// each clause is a level (`off|error|warn|info|debug|trace`, and istioctl's `warning` and
+/// `critical`) or `target=level` / `target:level`.
+pub(crate) fn level_directives(level: &str) -> Result<String, String> {
+    let norm = |l: &str| -> Option<&'static str> {
+        Some(match l.trim() {
+            "off" => "off",
+            "error" | "critical" => "error",
+            "warn" | "warning" => "warn",
+            "info" => "info",
+            "debug" => "debug",
+            "trace" => "trace",
+            _ => return None,
+        })
+    };
+    let mut out = Vec::new();
+    for clause in level.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        if let Some(l) = norm(clause) {
+            out.push(l.to_string());
+            continue;
+        }
+        // `target=level`, or istioctl's `target:level` (targets may hold `::`).
+        let split = match clause.split_once('=') {
+            Some(p) => Some(p),
+            None => clause.rsplit_once(':'),
+        };
+        let Some((target, l)) = split else {
+            return Err(format!("invalid level provided: {clause}"));
+        };
+        let target_ok = !target.is_empty()
+            && target
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'));
+        match (target_ok, norm(l)) {
+            (true, Some(l)) => out.push(format!("{target}={l}")),
+            _ => return Err(format!("invalid level provided: {clause}")),
+        }
+    }
+    Ok(out.join(","))
+}
 
 fn route(endpoint: Endpoint, req: &Request, shared: &Shared) -> Response {
     let src = &*shared.source;
@@ -506,56 +551,67 @@ fn route(endpoint: Endpoint, req: &Request, shared: &Shared) -> Response {
                 Err(e) => Response::text(500, format!("config dump: {e}\n")),
             }
         }
-        (Endpoint::Admin, "/logging") if is_get(req) => {
-            let last = shared
-                .last_log_level
-                .lock()
-                .map(|g| g.clone())
-                .unwrap_or(None);
-            match src.log_level().or(last) {
-                Some(level) => Response::text(200, format!("{level}\n")),
-                None => Response::text(200, "unknown (not set through the admin API)\n"),
+        (Endpoint::Admin, "/logging") if is_get(req) => current_level(src),
+        (Endpoint::Admin, "/logging") if req.method == "POST" => {
+            let query = req.query.as_deref().unwrap_or("");
+            let level = match query_param(query, "level") {
+                Ok(l) => l.unwrap_or_default(),
+                Err(why) => return Response::text(400, format!("level: {why}\n{ADMIN_INDEX}")),
+            };
+            let reset = query
+                .split('&')
+                .any(|p| p == "reset" || p.starts_with("reset="));
+            if level.trim().is_empty() && !reset {
+                return current_level(src);
+            }
+            let directives = match level_directives(&level) {
+                Ok(d) => d,
+                Err(why) => return Response::text(400, format!("{why}\n{ADMIN_INDEX}")),
+            };
+            let base = if reset {
+                src.default_log_filter()
+            } else {
+                src.log_filter()
+            };
+            let filter = match (base.is_empty(), directives.is_empty()) {
+                (_, true) => base,
+                (true, false) => directives,
+                (false, false) => format!("{base},{directives}"),
+            };
+            match src.set_log_filter(&filter) {
+                Ok(()) => {
+                    tracing::info!(filter = %filter, "log filter changed through the admin API");
+                    current_level(src)
+                }
+                Err(why) => Response::text(400, format!("Failed to set new level: {why}\n")),
             }
         }
-        (Endpoint::Admin, "/logging") if req.method == "POST" => {
-            let level = match req.query.as_deref().map(|q| query_param(q, "level")) {
-                Some(Ok(Some(level))) if !level.trim().is_empty() => level,
-                Some(Err(why)) => return Response::text(400, format!("level: {why}\n")),
-                _ => return Response::text(400, "missing query parameter: level=FILTER\n"),
-            };
-            match src.set_log_level(&level) {
-                Ok(()) => {
-                    if let Ok(mut g) = shared.last_log_level.lock() {
-                        *g = Some(level.clone());
-                    }
-                    tracing::info!(filter = %level, "log filter changed through the admin API");
-                    Response::text(200, format!("{level}\n"))
-                }
-                Err(why) => Response::text(400, format!("level {level:?}: {why}\n")),
-            }
+        (Endpoint::Admin, "/quitquitquit") if req.method == "POST" => {
+            tracing::info!("shutdown requested through the admin API (/quitquitquit)");
+            src.drain();
+            Response::text(200, "shutdown now\n")
         }
         (Endpoint::Admin, "/drain") if req.method == "POST" => {
             tracing::info!("drain requested through the admin API");
             src.drain();
             Response::text(200, "draining\n")
         }
-        (Endpoint::Metrics, "/metrics") if is_get(req) => Response {
+        (Endpoint::Metrics, "/metrics" | "/stats/prometheus") if is_get(req) => Response {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: src.metrics().into_bytes(),
             allow: None,
         },
-        (Endpoint::Ready, "/healthz/ready") if is_get(req) => {
-            if src.ready() {
-                Response::text(200, "ready\n")
-            } else {
-                Response::text(503, "not ready\n")
-            }
-        }
+        (Endpoint::Ready, "/healthz/ready") if is_get(req) => match src.ready() {
+            Ok(()) => Response::text(200, "ready\n"),
+            Err(pending) => Response::text(500, format!("not ready, pending: {pending}\n")),
+        },
         // Known paths with the wrong method.
-        (Endpoint::Admin, "/" | "/config_dump") | (Endpoint::Metrics, "/metrics") => {
+        (Endpoint::Admin, "/" | "/config_dump")
+        | (Endpoint::Metrics, "/metrics" | "/stats/prometheus") => {
             Response::not_allowed("GET, HEAD")
         }
+        (Endpoint::Admin, "/quitquitquit") => Response::not_allowed("POST"),
         (Endpoint::Ready, "/healthz/ready") => Response::not_allowed("GET, HEAD"),
         (Endpoint::Admin, "/logging") => Response::not_allowed("GET, HEAD, POST"),
         (Endpoint::Admin, "/drain") => Response::not_allowed("POST"),
@@ -673,6 +729,21 @@ mod tests {
         assert_eq!(head_end(b"GET / HTTP/1.1\n\nbody"), Some(16));
         assert_eq!(head_end(b"GET / HTTP/1.1\n\r\nbody"), Some(17));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+    }
+
+    #[test]
+    fn logging_levels_follow_ztunnel_and_accept_istioctls_forms() {
+        assert_eq!(level_directives("debug").unwrap(), "debug");
+        assert_eq!(level_directives("warning").unwrap(), "warn");
+        assert_eq!(level_directives("critical").unwrap(), "error");
+        assert_eq!(
+            level_directives("access=debug,hbone::server:trace").unwrap(),
+            "access=debug,hbone::server=trace"
+        );
+        assert_eq!(level_directives("").unwrap(), "");
+        assert!(level_directives("loud").unwrap_err().contains("loud"));
+        assert!(level_directives("access=loud").is_err());
+        assert!(level_directives("=debug").is_err());
     }
 
     #[test]

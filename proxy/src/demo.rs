@@ -506,47 +506,41 @@ fn wait_access_logs(dir: &Path, min: usize, timeout: Duration) -> Vec<(String, V
 
 /// One line of the report from one access-log line.
 fn summarize_access(line: &str) -> Option<String> {
-    if !line.contains("connection closed") || !line.contains("ringmesh::access") {
+    let line = crate::telemetry::format::parse_text_line(line)?;
+    if line.target != "access" || line.message != "connection complete" {
         return None;
     }
-    let f = |k: &str| field(line, k).unwrap_or_else(|| "-".into());
-    let dir = f("direction");
-    let text = if dir == "outbound" {
+    let f = |k: &str| line.field(k).unwrap_or("-").to_string();
+    let end = match (line.field("error"), line.field("reset")) {
+        (Some(e), _) => format!("error: {e}"),
+        (None, Some(side)) => format!("reset by {side}"),
+        (None, None) => "complete".into(),
+    };
+    let text = if f("direction") == "outbound" {
         format!(
-            "outbound {} → {} via {} [{}] {} → {}: sent {} B, received {} B, {}",
-            f("src"),
-            f("dst"),
-            f("upstream"),
-            f("protocol"),
-            f("src_identity"),
-            f("dst_identity"),
-            f("sent"),
-            f("received"),
-            f("outcome")
+            "outbound {} → {} (hbone {}) {} → {}: sent {} B, received {} B in {}, {end}",
+            f("src.addr"),
+            f("dst.addr"),
+            f("dst.hbone_addr"),
+            f("src.identity"),
+            f("dst.identity"),
+            f("bytes_sent"),
+            f("bytes_recv"),
+            f("duration"),
         )
     } else {
         format!(
-            "inbound  {} [{}] peer identity {} (verified by mTLS): sent {} B, received {} B, {}",
-            f("dst"),
-            f("protocol"),
-            f("src_identity"),
-            f("sent"),
-            f("received"),
-            f("outcome")
+            "inbound  {} → {} ({}) peer identity {} (verified by mTLS): sent {} B, received {} B in {}, {end}",
+            f("src.addr"),
+            f("dst.hbone_addr"),
+            f("dst.workload"),
+            f("src.identity"),
+            f("bytes_sent"),
+            f("bytes_recv"),
+            f("duration"),
         )
     };
     Some(text)
-}
-
-/// `key=value` or `key="value"` from a tracing fmt line.
-fn field(line: &str, key: &str) -> Option<String> {
-    let pat = format!(" {key}=");
-    let start = line.find(&pat)? + pat.len();
-    let rest = &line[start..];
-    if let Some(q) = rest.strip_prefix('"') {
-        return q.find('"').map(|e| q[..e].to_string());
-    }
-    Some(rest.split(' ').next().unwrap_or("").to_string())
 }
 
 fn print_keep(plan: &Plan, socks: SocketAddr, dir: &Path, mesh: &Mesh) {

@@ -80,7 +80,7 @@ async fn forward_one(
     };
     match relay(client, upstream, &config.relay).await {
         Ok(stats) => {
-            tracing::debug!(worker, client = %peer, sent = stats.a_to_b, received = stats.b_to_a, "connection done")
+            tracing::debug!(worker, client = %peer, from_client = stats.from_originator, to_client = stats.toward_originator, "connection done")
         }
         Err(e) => {
             tracing::debug!(worker, client = %peer, error = %e, "connection ended with an error")

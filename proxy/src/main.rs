@@ -23,10 +23,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "ringmesh", version, about, long_about = None)]
 struct Cli {
-    /// Log filter, in tracing's EnvFilter syntax (e.g. "info", "ringmesh=debug").
-    /// Default: "info" ("warn" for `demo`, whose own output is the report).
+    /// Log filter, in tracing's EnvFilter syntax (e.g. "info", "access=debug"). Falls back to
+    /// RUST_LOG, as ztunnel. Default: "info" ("warn" for `demo`, whose own output is the
+    /// report).
     #[arg(long, global = true, env = "RINGMESH_LOG")]
     log: Option<String>,
+    /// Log line layout: "plain" (TAB-separated, ztunnel's) or "json" (one object per line,
+    /// ztunnel's keys). Read from LOG_FORMAT, as ztunnel.
+    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "plain")]
+    log_format: proxy::telemetry::format::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,7 +40,7 @@ struct Cli {
 enum Command {
     /// Run a node proxy: outbound capture and SOCKS5 entry, inbound HBONE and plaintext,
     /// built-in CA certificates, config file watching, admin and metrics endpoints.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start a two-node mesh on loopback, send real traffic through it, print what happened.
     Demo(proxy::demo::DemoArgs),
     /// The built-in certificate authority.
@@ -124,7 +129,70 @@ struct RunArgs {
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     watch_interval: Duration,
     #[command(flatten)]
+    limits: LimitArgs,
+    /// The Istio version `istio_build{tag}` reports (ztunnel's chart sets this variable).
+    #[arg(long, env = "ISTIO_META_ISTIO_VERSION", hide = true)]
+    istio_version: Option<String>,
+    #[command(flatten)]
     runtime: RuntimeArgs,
+}
+
+/// What a peer may hold or make the node wait for (README: "Limits a node enforces").
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// Deadline for an inbound TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    tls_handshake_timeout: Duration,
+    /// Deadline for a peer's HTTP/2 preface and first SETTINGS once TLS is done.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    h2_handshake_timeout: Duration,
+    /// Close an inbound HBONE connection that carries no stream for this long (GOAWAY).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    h2_idle_timeout: Duration,
+    /// Deadline for a SOCKS5 client's greeting and request.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    socks5_handshake_timeout: Duration,
+    /// Deadline for dialling an upstream (a local pod, or a plain-TCP destination).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Close a relayed connection after this long without a byte either way ("0": never,
+    /// as ztunnel).
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Connections the node holds at once (each worker takes its share).
+    #[arg(long, default_value_t = proxy::node::limits::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Inbound HBONE connections one peer IP may hold on one worker.
+    #[arg(long, default_value_t = proxy::node::limits::MAX_PEER_CONNECTIONS)]
+    max_peer_connections: usize,
+    /// Refuse new connections while the node's resident memory is above this ("512MiB",
+    /// "2GiB"; "none": no limit).
+    #[arg(long, default_value = "none", value_parser = parse_memory_limit)]
+    memory_limit: MemoryLimit,
+}
+
+/// `--memory-limit` (a newtype: clap reads a bare `Option` as "flag may be absent").
+#[derive(Debug, Clone, Copy)]
+struct MemoryLimit(Option<u64>);
+
+fn parse_memory_limit(s: &str) -> Result<MemoryLimit, String> {
+    proxy::node::limits::parse_size(s).map(MemoryLimit)
+}
+
+impl LimitArgs {
+    fn limits(&self) -> proxy::node::Limits {
+        proxy::node::Limits {
+            tls_handshake_timeout: self.tls_handshake_timeout,
+            h2_handshake_timeout: self.h2_handshake_timeout,
+            h2_idle_timeout: self.h2_idle_timeout,
+            socks5_handshake_timeout: self.socks5_handshake_timeout,
+            connect_timeout: self.connect_timeout,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            max_connections: self.max_connections,
+            max_peer_connections: self.max_peer_connections,
+            memory_limit: self.memory_limit.0,
+        }
+    }
 }
 
 /// An address flag that can be turned off with "none".
@@ -207,41 +275,58 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
     };
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
 }
 
 fn main() -> ExitCode {
     // Already done at load time by runtime's constructor; calling it here also keeps that
     // constructor's object linked into the binary.
     runtime::alloc::tune_mimalloc();
+    // Set by harnesses (tests, ringmesh-bench) so their nodes die with them.
+    if std::env::var_os("RINGMESH_EXIT_WITH_PARENT").is_some()
+        && let Err(e) = runtime::signal::exit_with_parent()
+    {
+        eprintln!("ringmesh: RINGMESH_EXIT_WITH_PARENT: {e}");
+    }
     let cli = Cli::parse();
     let default_log = if matches!(cli.command, Command::Demo(_)) {
         "warn"
     } else {
         "info"
     };
-    let log = cli.log.clone().unwrap_or_else(|| default_log.to_string());
-    let filter = tracing_subscriber::EnvFilter::try_new(&log).unwrap_or_else(|e| {
-        eprintln!("ringmesh: bad --log filter {log:?}: {e}; using \"info\"");
-        tracing_subscriber::EnvFilter::new("info")
-    });
+    let mut log = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|l| !l.is_empty()))
+        .unwrap_or_else(|| default_log.to_string());
+    let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ringmesh: bad log filter {log:?}: {e}; using \"info\"");
+            log = "info".into();
+            tracing_subscriber::EnvFilter::new("info")
+        }
+    };
     let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+                .event_format(proxy::telemetry::format::Formatter(cli.log_format))
+                .with_writer(std::io::stderr),
         )
         .init();
-    let set_log: node::LogReload = Box::new(move |f: &str| -> Result<(), String> {
-        let filter = tracing_subscriber::EnvFilter::try_new(f)
-            .map_err(|e| format!("bad log filter {f:?}: {e}"))?;
-        reload.reload(filter).map_err(|e| e.to_string())
-    });
+    let set_log = node::LogControl {
+        default: log,
+        reload: Box::new(move |f: &str| -> Result<(), String> {
+            let filter = tracing_subscriber::EnvFilter::try_new(f)
+                .map_err(|e| format!("bad log filter {f:?}: {e}"))?;
+            reload.reload(filter).map_err(|e| e.to_string())
+        }),
+    };
     let result = match cli.command {
         Command::Forward(args) => run_forward(args),
-        Command::Run(args) => run_node(args, set_log),
+        Command::Run(args) => run_node(*args, set_log),
         Command::Demo(args) => proxy::demo::run(args),
         Command::Ca(CaCommand::Init { dir, force }) => ca_init(&dir, force),
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
@@ -255,7 +340,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_node(args: RunArgs, set_log: node::LogReload) -> anyhow::Result<()> {
+fn run_node(args: RunArgs, set_log: node::LogControl) -> anyhow::Result<()> {
     let opts = NodeOptions {
         config: args.config,
         node: args.node,
@@ -278,6 +363,8 @@ fn run_node(args: RunArgs, set_log: node::LogReload) -> anyhow::Result<()> {
         cert_lifetime: args.cert_lifetime,
         pool_idle_timeout: args.pool_idle_timeout,
         watch_interval: args.watch_interval,
+        limits: args.limits.limits(),
+        istio_version: args.istio_version,
     };
     node::run(opts, set_log)
 }

@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proxy::admin::{self, AdminAddrs, AdminServer, AdminSource, Limits};
-use proxy::metrics::{Direction, Metrics, Outcome, Proto};
+use proxy::telemetry::metrics::Refusal;
+use proxy::telemetry::{Extras, Metrics};
 
 struct Fake {
     ready: AtomicBool,
     drains: AtomicUsize,
-    level: Mutex<Option<String>>,
+    level: Mutex<String>,
     metrics: Arc<Metrics>,
 }
 
@@ -23,7 +24,7 @@ impl Fake {
         Arc::new(Fake {
             ready: AtomicBool::new(false),
             drains: AtomicUsize::new(0),
-            level: Mutex::new(None),
+            level: Mutex::new("info".into()),
             metrics: Metrics::new(2),
         })
     }
@@ -38,18 +39,31 @@ impl AdminSource for Fake {
             "driver": "io_uring",
         })
     }
-    fn ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+    fn ready(&self) -> Result<(), String> {
+        if self.ready.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("proxy".into())
+        }
     }
     fn metrics(&self) -> String {
-        self.metrics
-            .render_prometheus("io_uring", &[("ringmesh_certificates", 1.0)])
+        self.metrics.render_prometheus(&Extras {
+            driver: "io_uring".into(),
+            gauges: vec![("ringmesh_certificates", "Certificates.", 1.0)],
+            ..Extras::default()
+        })
     }
-    fn set_log_level(&self, filter: &str) -> Result<(), String> {
-        if filter.contains("!!") {
-            return Err("invalid filter directive".into());
+    fn log_filter(&self) -> String {
+        self.level.lock().unwrap().clone()
+    }
+    fn default_log_filter(&self) -> String {
+        "info".into()
+    }
+    fn set_log_filter(&self, filter: &str) -> Result<(), String> {
+        if filter.contains("hbone=trace") {
+            return Err("the source refuses this one".into());
         }
-        *self.level.lock().unwrap() = Some(filter.to_string());
+        *self.level.lock().unwrap() = filter.to_string();
         Ok(())
     }
     fn drain(&self) {
@@ -132,7 +146,7 @@ fn admin_routes() {
 
     let r = req(a, "GET", "/");
     assert_eq!(r.status, 200);
-    for route in ["/config_dump", "/logging", "/drain"] {
+    for route in ["/config_dump", "/logging", "/drain", "/quitquitquit"] {
         assert!(r.body.contains(route), "{}", r.body);
     }
 
@@ -149,33 +163,51 @@ fn admin_routes() {
         "spiffe://cluster.local/ns/default/sa/a"
     );
 
+    // ztunnel's /logging: a plain POST (or GET) lists; `level` adds directives; `reset`
+    // starts from the filter the process started with; istioctl's `target:level` works.
     let r = req(a, "GET", "/logging");
-    assert_eq!(r.status, 200);
-    assert!(r.body.starts_with("unknown"), "{}", r.body);
-    let r = req(a, "POST", "/logging?level=info%2Cproxy%3Ddebug");
+    assert_eq!(
+        (r.status, r.body.trim()),
+        (200, "current log level is info")
+    );
+    let r = req(a, "POST", "/logging");
+    assert_eq!(
+        (r.status, r.body.trim()),
+        (200, "current log level is info")
+    );
+    assert_eq!(req(a, "POST", "/logging?level=").status, 200);
+    let r = req(a, "POST", "/logging?level=access%3Adebug%2Cproxy%3Dwarning");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
-        fake.level.lock().unwrap().as_deref(),
-        Some("info,proxy=debug")
+        r.body.trim(),
+        "current log level is info,access=debug,proxy=warn"
     );
-    let r = req(a, "GET", "/logging");
-    assert_eq!(r.body.trim(), "info,proxy=debug");
-    // The source rejects the filter: 400 with its reason, and the old filter stays.
-    let r = req(a, "POST", "/logging?level=!!");
+    assert_eq!(*fake.level.lock().unwrap(), "info,access=debug,proxy=warn");
+    // A level the admin API does not know: 400 naming it, and the filter stays.
+    let r = req(a, "POST", "/logging?level=loud");
     assert_eq!(r.status, 400);
-    assert!(r.body.contains("invalid filter directive"), "{}", r.body);
-    assert_eq!(
-        fake.level.lock().unwrap().as_deref(),
-        Some("info,proxy=debug")
+    assert!(
+        r.body.contains("invalid level provided: loud"),
+        "{}",
+        r.body
     );
-    assert_eq!(req(a, "POST", "/logging").status, 400);
-    assert_eq!(req(a, "POST", "/logging?level=").status, 400);
+    // The source refuses it: 400 with its reason, and the filter stays.
+    let r = req(a, "POST", "/logging?level=hbone%3Dtrace");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("refuses"), "{}", r.body);
+    assert_eq!(*fake.level.lock().unwrap(), "info,access=debug,proxy=warn");
+    let r = req(a, "POST", "/logging?level=debug&reset");
+    assert_eq!(r.body.trim(), "current log level is info,debug");
     assert_eq!(req(a, "POST", "/logging?level=%zz").status, 400);
 
     assert_eq!(fake.drains.load(Ordering::SeqCst), 0);
     let r = req(a, "POST", "/drain");
     assert_eq!((r.status, r.body.trim()), (200, "draining"));
     assert_eq!(fake.drains.load(Ordering::SeqCst), 1);
+    let r = req(a, "POST", "/quitquitquit");
+    assert_eq!((r.status, r.body.trim()), (200, "shutdown now"));
+    assert_eq!(fake.drains.load(Ordering::SeqCst), 2);
+    assert_eq!(req(a, "GET", "/quitquitquit").status, 405);
 
     // HEAD: the GET headers without the body.
     let r = req(a, "HEAD", "/config_dump");
@@ -204,9 +236,7 @@ fn post_with_a_body_still_gets_its_response() {
 #[test]
 fn metrics_route() {
     let fake = Fake::new();
-    let shard = fake.metrics.shard(1);
-    shard.conn_opened(Direction::Outbound, Proto::Hbone);
-    shard.conn_closed(Direction::Outbound, Proto::Hbone, Outcome::Ok, 42, 7);
+    fake.metrics.shard(1).refused(Refusal::Loop);
     let server = start(Arc::clone(&fake));
     let m = server.local_addrs().metrics.unwrap();
     let r = req(m, "GET", "/metrics");
@@ -216,10 +246,15 @@ fn metrics_route() {
         "{}",
         r.head
     );
-    assert!(r.body.contains("# TYPE istio_tcp_sent_bytes_total counter"));
-    assert!(r.body.contains(
-        "istio_tcp_sent_bytes_total{direction=\"outbound\",protocol=\"hbone\",outcome=\"ok\"} 42\n"
-    ));
+    assert!(r.body.contains("# TYPE istio_build gauge"));
+    assert!(
+        r.body
+            .contains("ringmesh_connections_refused_total{reason=\"loop\"} 1\n")
+    );
+    // Istio's path for the same figures.
+    let r2 = req(m, "GET", "/stats/prometheus");
+    assert_eq!(r2.status, 200);
+    assert!(r2.body.contains("# TYPE istio_build gauge"));
     assert!(
         r.body
             .contains("ringmesh_runtime_info{driver=\"io_uring\"} 1\n")
@@ -231,12 +266,15 @@ fn metrics_route() {
 }
 
 #[test]
-fn ready_flips_from_503_to_200() {
+fn ready_flips_from_500_to_200() {
     let fake = Fake::new();
     let server = start(Arc::clone(&fake));
     let rd = server.local_addrs().ready.unwrap();
     let r = req(rd, "GET", "/healthz/ready");
-    assert_eq!((r.status, r.body.trim()), (503, "not ready"));
+    assert_eq!(
+        (r.status, r.body.trim()),
+        (500, "not ready, pending: proxy")
+    );
     fake.ready.store(true, Ordering::SeqCst);
     let r = req(rd, "GET", "/healthz/ready");
     assert_eq!((r.status, r.body.trim()), (200, "ready"));

@@ -284,7 +284,7 @@ fn rejects_with_path_and_reason() {
             "serviceAccount: sa-a",
             "serviceAccount: sa-a\n    port: 80",
             "workloads[0]",
-            "unknown field `port`, expected one of `uid`, `name`, `namespace`, `serviceAccount`, `workloadIps`, `node`, `protocol`, `trustDomain`, `services`, `status`",
+            "unknown field `port`, expected one of `uid`, `name`, `namespace`, `serviceAccount`, `workloadIps`, `node`, `protocol`, `trustDomain`, `services`, `status`, `workloadName`, `canonicalName`, `canonicalRevision`, `clusterId`, `locality`",
         ),
         (
             "      80: 8080\n",

@@ -22,6 +22,18 @@ pub fn tune_mimalloc() {
     unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_ARENA_EAGER_COMMIT, 0) }
 }
 
+/// Returns the memory the calling thread's heap holds free to the OS (mimalloc's
+/// `mi_collect(false)`: delayed purges run now, empty pages are released).
+///
+/// mimalloc purges freed pages lazily, when the thread allocates again; a worker that goes
+/// quiet after a burst would otherwise keep its peak resident. Cheap on an idle heap (it
+/// walks the thread's pages once); workers call it about once a second.
+pub fn collect() {
+    // SAFETY: mi_collect takes no pointers and acts on the calling thread's own heap, which
+    // mimalloc creates on demand; `force = false` only purges memory that is free.
+    unsafe { libmimalloc_sys::mi_collect(false) }
+}
+
 extern "C" fn tune_at_load() {
     tune_mimalloc();
 }

@@ -19,7 +19,9 @@
 //! of it in the private `sys` module.
 
 pub mod alloc;
+pub mod coop;
 pub mod driver;
+pub mod meter;
 pub mod net;
 pub mod relay;
 pub mod signal;
@@ -38,9 +40,12 @@ pub mod time {
     pub use compio::time::{Elapsed, Interval, interval, sleep, sleep_until, timeout, timeout_at};
 }
 
-/// Spawns a task on the current worker. A dropped `JoinHandle` cancels the task: call
-/// `.detach()` on what must run on.
-pub use compio::runtime::spawn;
+/// Spawns a task on the current worker, with a cooperative budget per poll
+/// ([`coop`]). A dropped `JoinHandle` cancels the task: call `.detach()` on what must run
+/// on.
+pub fn spawn<F: std::future::Future + 'static>(fut: F) -> compio::runtime::JoinHandle<F::Output> {
+    compio::runtime::spawn(coop::budgeted(fut))
+}
 
 /// Runs `fut` to completion on a fresh event loop of the chosen driver on this thread
 /// (tests, tools, and code that needs one loop without the worker machinery).

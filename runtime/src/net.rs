@@ -86,7 +86,14 @@ impl TcpListener {
     /// Accepts one connection; the returned stream is non-blocking with `TCP_NODELAY` set
     /// (a proxy forwards what it gets at once; batching is the endpoints' business).
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let (stream, peer) = poll_fn(|cx| self.inner.poll_accept_with(cx, |l| l.accept())).await?;
+        let (stream, peer) = poll_fn(|cx| {
+            // An accept loop under a connection flood yields like any other busy task.
+            std::task::ready!(crate::coop::poll_proceed(cx));
+            let r = std::task::ready!(self.inner.poll_accept_with(cx, |l| l.accept()));
+            crate::coop::spend();
+            Poll::Ready(r)
+        })
+        .await?;
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
         Ok((TcpStream::from_nonblocking(stream)?, peer))
@@ -95,6 +102,36 @@ impl TcpListener {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
     }
+}
+
+/// Fails with `AddrInUse` when some socket already listens on `addr` (this process's
+/// included), by binding it once without `SO_REUSEPORT`, then closing.
+///
+/// [`TcpListener::bind`] joins any `SO_REUSEPORT` group of the same user on the address, so
+/// it cannot tell "another process serves this" from "my other cores bound it": call this
+/// before the first core binds. `SO_REUSEADDR` is set, so connections of an earlier process
+/// still in TIME_WAIT do not count.
+pub fn probe_unserved(addr: SocketAddr) -> io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_cloexec(true)?;
+    socket.bind(&addr.into())
+}
+
+/// Whether `ip` is an address of this network namespace (so a connection to it reaches a
+/// local socket): binding a datagram socket to it succeeds only then. One syscall pair;
+/// callers use it only for ports the node itself listens on.
+pub fn is_local_ip(ip: std::net::IpAddr) -> bool {
+    if ip.is_loopback() || ip.is_unspecified() {
+        return true;
+    }
+    let addr = SocketAddr::new(ip, 0);
+    Socket::new(Domain::for_address(addr), Type::DGRAM, None)
+        .and_then(|s| s.bind(&addr.into()))
+        .is_ok()
 }
 
 impl AsFd for TcpListener {
@@ -244,7 +281,8 @@ impl TcpStream {
     }
 
     /// Tries `op` unless an earlier EAGAIN is still unanswered by the kernel; on EAGAIN,
-    /// parks on readiness (see `read_parked`).
+    /// parks on readiness (see `read_parked`). An operation that completes spends one unit
+    /// of the task's budget, and a spent budget yields before trying (`crate::coop`).
     fn poll_io<R>(
         &self,
         cx: &mut Context<'_>,
@@ -259,6 +297,7 @@ impl TcpStream {
                 self.inner.poll_write_ready(cx)
             }
         };
+        std::task::ready!(crate::coop::poll_proceed(cx));
         loop {
             if parked.get() {
                 // Pending without a syscall while the readiness wait is in flight.
@@ -268,7 +307,10 @@ impl TcpStream {
             match op(&self.inner) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => parked.set(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                other => return Poll::Ready(other),
+                other => {
+                    crate::coop::spend();
+                    return Poll::Ready(other);
+                }
             }
         }
     }
@@ -355,8 +397,13 @@ impl tokio::io::AsyncWrite for TcpStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.inner
-            .poll_write_with(cx, |mut s| s.write_vectored(bufs))
+        std::task::ready!(crate::coop::poll_proceed(cx));
+        let r = std::task::ready!(
+            self.inner
+                .poll_write_with(cx, |mut s| s.write_vectored(bufs))
+        );
+        crate::coop::spend();
+        Poll::Ready(r)
     }
 
     fn is_write_vectored(&self) -> bool {

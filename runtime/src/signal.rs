@@ -25,3 +25,12 @@ where
         })?;
     Ok(())
 }
+
+/// Asks the kernel to kill this process when the thread that started it exits
+/// (`PR_SET_PDEATHSIG` with SIGKILL). For processes that test harnesses and benchmarks start:
+/// a harness killed by a signal cannot run its clean-up, and its nodes would otherwise live
+/// on holding their ports. Call first thing in `main`, before any thread exists.
+pub fn exit_with_parent() -> io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(io::Error::from)
+}

@@ -329,10 +329,10 @@ impl<M: 'static> Worker<M> {
         let guard = LiveGuard {
             worker: self.inner.clone(),
         };
-        compio::runtime::spawn(async move {
+        compio::runtime::spawn(crate::coop::budgeted(async move {
             let _guard = guard;
             fut.await;
-        })
+        }))
         .detach();
     }
 
@@ -344,31 +344,65 @@ impl<M: 'static> Worker<M> {
         H: Fn(TcpStream, SocketAddr) -> Fut + 'static,
         Fut: Future<Output = ()> + 'static,
     {
+        self.accept_until(listener, std::future::pending(), handler)
+            .await;
+        self.wait_idle().await;
+    }
+
+    /// Runs [`Worker::accept_until`] in a task of its own: a listener that lives beside
+    /// others (a node's per-workload listeners), closed when `stop` completes or the drain
+    /// starts.
+    pub fn spawn_accept<H, Fut>(
+        &self,
+        listener: TcpListener,
+        stop: impl Future<Output = ()> + 'static,
+        handler: H,
+    ) where
+        H: Fn(TcpStream, SocketAddr) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let w = self.clone();
+        crate::spawn(async move { w.accept_until(listener, stop, handler).await }).detach();
+    }
+
+    /// The one accept loop: accepts on `listener` until `stop` completes or a drain starts,
+    /// handing each connection to `handler` in its own tracked task
+    /// ([`Worker::spawn_conn`]); then closes the listener. An accept error from a lack of
+    /// descriptors or memory backs off briefly instead of spinning (the connections waiting
+    /// in the backlog are kept); accepting yields to other tasks like any busy task
+    /// ([`crate::coop`]).
+    pub async fn accept_until<H, Fut>(
+        &self,
+        listener: TcpListener,
+        stop: impl Future<Output = ()>,
+        handler: H,
+    ) where
+        H: Fn(TcpStream, SocketAddr) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
         let local = listener.local_addr().ok();
+        let mut stop = pin!(stop);
         loop {
             let accepted = {
                 let accept = pin!(listener.accept());
                 let drain = pin!(self.inner.shutdown.draining());
-                match select(accept, drain).await {
+                let end = pin!(select(stop.as_mut(), drain));
+                match select(accept, end).await {
                     Either::Left((res, _)) => res,
-                    Either::Right(((), _)) => break,
+                    Either::Right(_) => break,
                 }
             };
             match accepted {
                 Ok((stream, peer)) => self.spawn_conn(handler(stream, peer)),
                 Err(e) => {
-                    // Out of descriptors or memory: back off instead of spinning on the
-                    // same error; the connections waiting in the backlog are kept.
                     tracing::warn!(listener = ?local, error = %e, "accept failed");
-                    if is_resource_exhaustion(&e) {
-                        compio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    let pause = if is_resource_exhaustion(&e) { 50 } else { 5 };
+                    compio::time::sleep(Duration::from_millis(pause)).await;
                 }
             }
         }
         drop(listener);
         tracing::debug!(listener = ?local, live = self.live_connections(), "stopped accepting");
-        self.wait_idle().await;
     }
 
     /// Waits until no connection is live on this core, or the drain deadline passes.

@@ -6,6 +6,11 @@
 //! drops, including when the test panics.
 #![forbid(unsafe_code)]
 
+pub mod istioctl;
+mod prom;
+
+pub use prom::{Sample, metric_samples, metric_value};
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -76,7 +81,9 @@ pub fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -
 /// Waits until something accepts TCP connections on `addr`.
 pub fn wait_listening(addr: SocketAddr, timeout: Duration) -> Result<()> {
     wait_for(timeout, &format!("a listener on {addr}"), || {
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+        // A self-connect (source port == the unbound destination port) is not a listener.
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100))
+            .is_ok_and(|s| s.local_addr().is_ok_and(|local| local != addr))
     })
 }
 
@@ -92,6 +99,9 @@ impl Proc {
     pub fn spawn(path: &PathBuf, args: &[&str]) -> Result<Proc> {
         let mut child = Command::new(path)
             .args(args)
+            // The process dies with the test thread that started it, even when the test
+            // binary is killed and cannot run its guards.
+            .env("RINGMESH_EXIT_WITH_PARENT", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -198,6 +208,35 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How long a node gets to become ready (it signs certificates and binds listeners).
 pub const NODE_START: Duration = Duration::from_secs(20);
+
+/// One HTTP/1.1 request with an empty body; returns the status code and the body, whatever
+/// the status (unlike `proxy::demo::http_get`, which fails on anything but 200).
+pub fn http_request(addr: SocketAddr, method: &str, target: &str) -> Result<(u16, String)> {
+    use std::io::Write;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("{method} {target}: no status in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// Unix seconds of an RFC 3339 timestamp (`2026-01-02T03:04:05Z`), parsed as Go's
+/// `time.RFC3339` layout accepts it (what istioctl does with a certificate's validity).
+pub fn rfc3339_unix(text: &str) -> Result<i64> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("{text:?} is not an RFC 3339 time"))?;
+    Ok(t.unix_timestamp())
+}
 
 /// `127.x.c.d`.
 pub fn ip4(x: u8, c: u8, d: u8) -> IpAddr {
@@ -367,40 +406,28 @@ impl Node {
     }
 }
 
-/// One access-log line of a node (`ringmesh::access ... connection closed k=v ...`).
+/// One access-log line of a node, in ztunnel's schema: `connection complete` (an opened
+/// connection) or `connection failed` (refused before it was opened), target `access`.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
     pub fields: HashMap<String, String>,
+    /// `connection complete` or `connection failed`.
+    pub message: String,
+    /// `info`, `warn` or `error`.
+    pub level: String,
     pub line: String,
 }
 
 impl AccessLog {
     pub fn parse(line: &str) -> Option<AccessLog> {
-        if !line.contains("ringmesh::access") || !line.contains("connection closed") {
+        let parsed = proxy::telemetry::format::parse_text_line(line)?;
+        if parsed.target != "access" {
             return None;
         }
-        let mut fields = HashMap::new();
-        let mut rest = line;
-        // Fields follow the message; each is ` key=value` or ` key="value"`.
-        while let Some(eq) = rest.find('=') {
-            let key = rest[..eq].rsplit(' ').next().unwrap_or("").to_string();
-            let after = &rest[eq + 1..];
-            let (value, next) = if let Some(q) = after.strip_prefix('"') {
-                match q.find('"') {
-                    Some(e) => (q[..e].to_string(), &q[e + 1..]),
-                    None => (q.to_string(), ""),
-                }
-            } else {
-                let e = after.find(' ').unwrap_or(after.len());
-                (after[..e].to_string(), &after[e..])
-            };
-            if !key.is_empty() {
-                fields.insert(key, value);
-            }
-            rest = next;
-        }
         Some(AccessLog {
-            fields,
+            fields: parsed.fields.into_iter().collect(),
+            message: parsed.message,
+            level: parsed.level,
             line: line.to_string(),
         })
     }
@@ -410,9 +437,36 @@ impl AccessLog {
         self.fields.get(key).map(String::as_str).unwrap_or("")
     }
 
-    /// A numeric field (`sent`, `received`); 0 when absent or not a number.
+    /// A numeric field (`bytes_sent`, `bytes_recv`); 0 when absent or not a number.
     pub fn num(&self, key: &str) -> u64 {
         self.get(key).parse().unwrap_or(0)
+    }
+
+    /// How the connection ended, in ringmesh's words: a complete line's `outcome`
+    /// (`complete`, `denied`, `unreachable`, `reset`, `drained`, ...) or a failed line's
+    /// `reason` (`bad_request`, `loop`, `no_endpoint`, ...).
+    pub fn outcome(&self) -> &str {
+        match self.message.as_str() {
+            "connection failed" => self.get("reason"),
+            _ => self.get("outcome"),
+        }
+    }
+
+    /// Whether this is a `connection complete` line (the connection was opened).
+    pub fn complete(&self) -> bool {
+        self.message == "connection complete"
+    }
+
+    /// The hop the connection took: `hbone` (it has an HBONE authority), `tcp` (to a mesh
+    /// workload) or `passthrough` (out of the mesh).
+    pub fn carrier(&self) -> &'static str {
+        if !self.get("dst.hbone_addr").is_empty() {
+            "hbone"
+        } else if !self.get("dst.workload").is_empty() {
+            "tcp"
+        } else {
+            "passthrough"
+        }
     }
 }
 

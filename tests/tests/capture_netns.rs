@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use e2e::{Proc, bin, is_root, wait_for};
+use e2e::{AccessLog, Proc, bin, is_root, wait_for};
 
 /// Deletes the namespace (and with it its iptables rules) when the test ends, even on panic.
 struct Netns(String);
@@ -161,31 +161,48 @@ fn redirected_traffic_is_captured_and_tunnelled() -> Result<()> {
         String::from_utf8_lossy(&out.stderr),
         node.stderr()
     );
+    let outbound = || -> Vec<AccessLog> {
+        node.stderr()
+            .lines()
+            .filter_map(AccessLog::parse)
+            .filter(|l| l.complete() && l.get("direction") == "outbound")
+            .collect()
+    };
     wait_for(Duration::from_secs(5), "access logs", || {
-        node.stderr().matches("direction=\"outbound\"").count() >= 2
+        outbound().len() >= 2
     })?;
-    let log = node.stderr();
-    let hbone = log
-        .lines()
-        .find(|l| l.contains("direction=\"outbound\"") && l.contains("dst=127.31.100.1:80"))
-        .with_context(|| format!("no outbound log for the echo VIP:\n{log}"))?;
-    assert!(hbone.contains("protocol=\"hbone\""), "{hbone}");
+    let log = outbound();
+    let find = |hostname: &str| {
+        log.iter()
+            .find(|l| l.get("dst.service") == hostname)
+            .with_context(|| format!("no outbound log for {hostname}:\n{}", node.stderr()))
+    };
+    let hbone = find("echo.t.svc.cluster.local")?;
     assert!(
-        hbone.contains("src_identity=spiffe://cluster.local/ns/t/sa/client"),
-        "{hbone}"
+        hbone.carrier() == "hbone" && hbone.get("dst.addr") == "127.31.2.1:15008",
+        "{}",
+        hbone.line
     );
     assert!(
-        hbone.contains("dst_identity=spiffe://cluster.local/ns/t/sa/echo"),
-        "{hbone}"
+        hbone.get("src.identity") == "spiffe://cluster.local/ns/t/sa/client",
+        "{}",
+        hbone.line
     );
-    assert!(hbone.contains("sent=1048576"), "{hbone}");
-    let tcp = log
-        .lines()
-        .find(|l| l.contains("direction=\"outbound\"") && l.contains("dst=127.31.100.2:5432"))
-        .with_context(|| format!("no outbound log for the db VIP:\n{log}"))?;
     assert!(
-        tcp.contains("protocol=\"tcp\"") && tcp.contains("upstream=127.31.2.2:5432"),
-        "{tcp}"
+        hbone.get("dst.identity") == "spiffe://cluster.local/ns/t/sa/echo",
+        "{}",
+        hbone.line
+    );
+    assert!(
+        hbone.num("bytes_sent") == 1 << 20 && hbone.num("bytes_recv") == 1 << 20,
+        "{}",
+        hbone.line
+    );
+    let tcp = find("db.t.svc.cluster.local")?;
+    assert!(
+        tcp.carrier() == "tcp" && tcp.get("dst.addr") == "127.31.2.2:5432",
+        "{}",
+        tcp.line
     );
     drop(node);
     Ok(())

@@ -66,8 +66,21 @@ fn demo_runs_to_completion_and_reports_identities_and_bytes() -> Result<()> {
         sent.contains(&(8 << 20)),
         "no connection sent the 8 MiB bulk transfer: {sent:?}\n{stdout}"
     );
+    // The report names each outbound connection's hop: HBONE to the peer node's 15008 with
+    // the CONNECT authority, or plain TCP (no authority, no identities).
+    let outbound: Vec<&str> = stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("outbound "))
+        .collect();
+    let hbone = outbound
+        .iter()
+        .any(|l| l.contains(":15008 (hbone ") && !l.contains("(hbone -)"));
+    let tcp = outbound
+        .iter()
+        .any(|l| l.contains("(hbone -) - → -") && !l.contains(":15008"));
     ensure!(
-        stdout.contains("[hbone]") && stdout.contains("[tcp]"),
+        hbone && tcp,
         "demo output lacks the HBONE or TCP path:\n{stdout}"
     );
     Ok(())

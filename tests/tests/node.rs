@@ -71,70 +71,81 @@ fn hbone_service_traffic_is_intact_and_identities_are_logged_on_both_nodes() -> 
 
     let client_id = "spiffe://cluster.local/ns/test/sa/client";
     let echo_id = "spiffe://cluster.local/ns/test/sa/echo";
+    let hostname = "echo.test.svc.cluster.local";
+    // Outbound: `bytes_sent` is what the client sent, `bytes_recv` what came back.
     let out = n1.wait_access(
         LOG_WAIT,
         "node-1 outbound log of the bulk connection",
-        |l| l.get("direction") == "outbound" && l.num("sent") == TOTAL as u64,
+        |l| l.get("direction") == "outbound" && l.num("bytes_sent") == TOTAL as u64,
     )?;
-    ensure!(out.get("protocol") == "hbone", "outbound: {}", out.line);
+    ensure!(out.carrier() == "hbone", "outbound: {}", out.line);
     ensure!(
-        out.get("src_identity") == client_id,
+        out.get("src.identity") == client_id,
         "outbound: {}",
         out.line
     );
-    ensure!(out.get("dst_identity") == echo_id, "outbound: {}", out.line);
+    ensure!(out.get("dst.identity") == echo_id, "outbound: {}", out.line);
     ensure!(
-        out.get("upstream") == format!("{echo}:15008"),
+        out.get("dst.addr") == format!("{echo}:15008"),
+        "outbound: {}",
+        out.line
+    );
+    // The VIP is not logged: the service's hostname says what the client asked for, the
+    // CONNECT authority which endpoint (ip:targetPort) served it.
+    ensure!(
+        out.get("dst.service") == hostname
+            && out.get("dst.hbone_addr") == format!("{echo}:8080")
+            && !out.line.contains(&vip.to_string()),
         "outbound: {}",
         out.line
     );
     ensure!(
-        out.get("dst") == format!("{vip}:80"),
-        "outbound: {}",
-        out.line
-    );
-    ensure!(
-        out.get("outcome") == "ok" && out.num("received") == TOTAL as u64,
+        out.outcome() == "complete" && out.level == "info" && out.num("bytes_recv") == TOTAL as u64,
         "outbound: {}",
         out.line
     );
 
+    // Inbound: `bytes_recv` is what the client sent, `bytes_sent` what the pod answered.
     let inb = n2.wait_access(LOG_WAIT, "node-2 inbound log of the bulk connection", |l| {
-        l.get("direction") == "inbound" && l.num("received") == TOTAL as u64
+        l.get("direction") == "inbound" && l.num("bytes_recv") == TOTAL as u64
     })?;
-    ensure!(inb.get("protocol") == "hbone", "inbound: {}", inb.line);
+    ensure!(inb.carrier() == "hbone", "inbound: {}", inb.line);
     ensure!(
-        inb.get("src_identity") == client_id,
+        inb.get("src.identity") == client_id,
         "inbound: {}",
         inb.line
     );
     ensure!(
-        inb.get("dst") == format!("{echo}:8080"),
+        inb.get("dst.hbone_addr") == format!("{echo}:8080")
+            && inb.get("dst.addr") == format!("{echo}:15008"),
         "inbound: {}",
         inb.line
     );
     ensure!(
-        inb.get("src").starts_with(&format!("{client}:")),
+        inb.get("src.addr").starts_with(&format!("{client}:")),
         "inbound source: {}",
         inb.line
     );
     ensure!(
-        inb.get("outcome") == "ok" && inb.num("sent") == TOTAL as u64,
+        inb.outcome() == "complete" && inb.num("bytes_sent") == TOTAL as u64,
         "inbound: {}",
         inb.line
     );
 
     // A workload IP as the destination (no service): still HBONE to that workload.
+    let direct_msg = b"direct to the pod";
     let back = echo_once(
         socks_connect(client, n1.socks(), SocketAddr::new(echo, 8080))?,
-        b"direct to the pod",
+        direct_msg,
     )?;
-    ensure!(back == b"direct to the pod", "direct: got {back:?}");
+    ensure!(back == direct_msg, "direct: got {back:?}");
     let direct = n1.wait_access(LOG_WAIT, "node-1 log of the direct connection", |l| {
-        l.get("dst") == format!("{echo}:8080")
+        l.get("dst.hbone_addr") == format!("{echo}:8080") && l.get("dst.service").is_empty()
     })?;
     ensure!(
-        direct.get("protocol") == "hbone" && direct.get("dst_identity") == echo_id,
+        direct.carrier() == "hbone"
+            && direct.get("dst.identity") == echo_id
+            && direct.get("dst.workload") == "echo",
         "direct: {}",
         direct.line
     );
@@ -143,30 +154,36 @@ fn hbone_service_traffic_is_intact_and_identities_are_logged_on_both_nodes() -> 
         n2.access_logs().len() >= 2
     })?;
 
-    for node in [&n1, &n2] {
+    // Both nodes count the same two connections, request bytes as received and response
+    // bytes as sent (an echo: the same amount both ways).
+    let bytes = (TOTAL + direct_msg.len()) as f64;
+    for (node, reporter) in [
+        (&n1, "reporter=\"source\""),
+        (&n2, "reporter=\"destination\""),
+    ] {
         let m = node.metrics()?;
-        let dir = if node.name == "node-1" {
-            "direction=\"outbound\""
-        } else {
-            "direction=\"inbound\""
-        };
-        let hbone = "protocol=\"hbone\"";
-        let opened = metric_sum(&m, "istio_tcp_connections_opened_total", &[dir, hbone]);
+        let mtls = "connection_security_policy=\"mutual_tls\"";
+        let opened = metric_sum(&m, "istio_tcp_connections_opened_total", &[reporter, mtls]);
         let closed = metric_sum(
             &m,
             "istio_tcp_connections_closed_total",
-            &[dir, hbone, "outcome=\"ok\""],
+            &[reporter, mtls, "response_flags=\"-\""],
         );
-        let sent = metric_sum(&m, "istio_tcp_sent_bytes_total", &[dir, hbone]);
-        let received = metric_sum(&m, "istio_tcp_received_bytes_total", &[dir, hbone]);
+        let hbone_closed = metric_sum(
+            &m,
+            "ringmesh_connections_closed_total",
+            &[reporter, "protocol=\"hbone\""],
+        );
+        let sent = metric_sum(&m, "istio_tcp_sent_bytes_total", &[reporter, mtls]);
+        let received = metric_sum(&m, "istio_tcp_received_bytes_total", &[reporter, mtls]);
         ensure!(
-            opened >= 2.0 && closed >= 2.0,
-            "{}: opened {opened} closed {closed}\n{m}",
+            opened == 2.0 && closed == 2.0 && hbone_closed == 2.0,
+            "{}: opened {opened} closed {closed} (ringmesh: {hbone_closed})\n{m}",
             node.name
         );
         ensure!(
-            sent >= TOTAL as f64 && received >= TOTAL as f64,
-            "{}: sent {sent} received {received}\n{m}",
+            sent == bytes && received == bytes,
+            "{}: sent {sent} received {received}, expected {bytes} each\n{m}",
             node.name
         );
     }
@@ -215,7 +232,7 @@ fn service_connections_spread_over_endpoints_on_two_nodes() -> Result<()> {
     let upstreams: Vec<String> = n1
         .access_logs()
         .iter()
-        .map(|l| l.get("upstream").to_string())
+        .map(|l| l.get("dst.addr").to_string())
         .collect();
     ensure!(
         upstreams.iter().any(|u| *u == format!("{e2}:15008"))
@@ -263,54 +280,83 @@ fn tcp_workload_traffic_goes_plain_without_hbone() -> Result<()> {
     );
 
     let out = n1.wait_access(LOG_WAIT, "node-1 log of the bulk connection", |l| {
-        l.num("sent") == TOTAL as u64
+        l.num("bytes_sent") == TOTAL as u64
     })?;
-    ensure!(out.get("protocol") == "tcp", "outbound: {}", out.line);
+    ensure!(out.carrier() == "tcp", "outbound: {}", out.line);
     ensure!(
-        out.get("upstream") == format!("{db}:15432"),
+        out.get("dst.addr") == format!("{db}:15432"),
+        "outbound: {}",
+        out.line
+    );
+    // Plain TCP: the destination workload is named, but no identity is claimed (no mTLS).
+    ensure!(
+        out.get("dst.workload") == "db"
+            && out.get("dst.namespace") == "test"
+            && out.get("dst.service") == "db.test.svc.cluster.local"
+            && out.get("dst.identity").is_empty()
+            && out.get("src.identity").is_empty(),
         "outbound: {}",
         out.line
     );
     ensure!(
-        out.get("dst_identity") == "spiffe://cluster.local/ns/test/sa/db",
-        "outbound: {}",
-        out.line
-    );
-    ensure!(
-        out.get("outcome") == "ok" && out.num("received") == TOTAL as u64,
+        out.outcome() == "complete" && out.num("bytes_recv") == TOTAL as u64,
         "outbound: {}",
         out.line
     );
     let direct = n1.wait_access(LOG_WAIT, "node-1 log of the direct connection", |l| {
-        l.get("dst") == format!("{db}:15432")
+        l.get("dst.addr") == format!("{db}:15432") && l.get("dst.service").is_empty()
     })?;
     ensure!(
-        direct.get("protocol") == "tcp" && direct.get("upstream") == format!("{db}:15432"),
+        direct.carrier() == "tcp" && direct.get("dst.hbone_addr").is_empty(),
         "direct: {}",
         direct.line
     );
 
-    // Node 2 saw none of it: no inbound entries, no HBONE connections in its metrics.
+    // Node 2 saw none of it: no inbound entries, no destination-side connections in its
+    // metrics.
     let inbound = n2.access_logs();
     ensure!(inbound.is_empty(), "node-2 logged {inbound:?}");
     let m = n2.metrics()?;
     let hbone_in = metric_sum(
         &m,
         "istio_tcp_connections_opened_total",
-        &["direction=\"inbound\""],
+        &["reporter=\"destination\""],
+    ) + metric_sum(
+        &m,
+        "ringmesh_connections_closed_total",
+        &["reporter=\"destination\""],
     );
     ensure!(
         hbone_in == 0.0,
-        "node-2 opened {hbone_in} inbound connections\n{m}"
+        "node-2 counted {hbone_in} inbound connections\n{m}"
+    );
+    // Node 1 counted both as plain TCP, none as mutual TLS.
+    let m = n1.metrics()?;
+    let plain = metric_sum(
+        &m,
+        "istio_tcp_connections_opened_total",
+        &[
+            "reporter=\"source\"",
+            "connection_security_policy=\"unknown\"",
+        ],
+    );
+    let tcp_closed = metric_sum(
+        &m,
+        "ringmesh_connections_closed_total",
+        &["reporter=\"source\"", "protocol=\"tcp\""],
     );
     let hbone_out = metric_sum(
-        &n1.metrics()?,
+        &m,
         "istio_tcp_connections_opened_total",
+        &["connection_security_policy=\"mutual_tls\""],
+    ) + metric_sum(
+        &m,
+        "ringmesh_connections_closed_total",
         &["protocol=\"hbone\""],
     );
     ensure!(
-        hbone_out == 0.0,
-        "node-1 opened {hbone_out} HBONE connections"
+        plain == 2.0 && tcp_closed == 2.0 && hbone_out == 0.0,
+        "node-1: {plain} plain connections opened, {tcp_closed} TCP closed, {hbone_out} HBONE\n{m}"
     );
     Ok(())
 }
@@ -386,7 +432,7 @@ fn endpoint_on_the_same_node_goes_through_its_own_hbone_listener() -> Result<()>
         l.get("direction") == "outbound"
     })?;
     ensure!(
-        out.get("protocol") == "hbone" && out.get("upstream") == format!("{echo}:15008"),
+        out.carrier() == "hbone" && out.get("dst.addr") == format!("{echo}:15008"),
         "{}",
         out.line
     );
@@ -394,11 +440,15 @@ fn endpoint_on_the_same_node_goes_through_its_own_hbone_listener() -> Result<()>
         l.get("direction") == "inbound"
     })?;
     ensure!(
-        inb.get("src_identity") == "spiffe://cluster.local/ns/test/sa/client",
+        inb.get("src.identity") == "spiffe://cluster.local/ns/test/sa/client",
         "{}",
         inb.line
     );
-    ensure!(inb.num("received") == TOTAL as u64, "{}", inb.line);
+    ensure!(
+        inb.num("bytes_recv") == TOTAL as u64 && inb.num("bytes_sent") == TOTAL as u64,
+        "{}",
+        inb.line
+    );
     Ok(())
 }
 

@@ -81,15 +81,22 @@ policies:
     let out = n1.wait_access(
         Duration::from_secs(5),
         "node-1's log of the captured connection",
-        |l| l.get("direction") == "outbound" && l.get("dst") == vip.to_string(),
+        |l| {
+            l.get("direction") == "outbound"
+                && l.get("dst.service") == "echo.test.svc.cluster.local"
+        },
     )?;
     ensure!(
-        out.get("protocol") == "hbone" && out.get("upstream") == format!("{echo}:15008"),
+        out.carrier() == "hbone"
+            && out.get("dst.addr") == format!("{echo}:15008")
+            && out.get("dst.hbone_addr") == format!("{echo}:8080"),
         "{}",
         out.line
     );
     ensure!(
-        out.get("src_identity") == "spiffe://cluster.local/ns/test/sa/client",
+        out.get("src.identity") == "spiffe://cluster.local/ns/test/sa/client"
+            && out.num("bytes_sent") == TOTAL as u64
+            && out.num("bytes_recv") == TOTAL as u64,
         "{}",
         out.line
     );
@@ -101,15 +108,17 @@ policies:
     )?;
     ensure!(back == b"plain in", "plaintext inbound: got {back:?}");
     let inb = n2.wait_access(Duration::from_secs(5), "node-2's plaintext log", |l| {
-        l.get("direction") == "inbound" && l.get("protocol") == "tcp"
+        l.get("direction") == "inbound" && l.carrier() == "tcp"
     })?;
     ensure!(
-        inb.get("dst") == format!("{echo}:8080") && inb.get("outcome") == "ok",
+        inb.get("dst.addr") == format!("{echo}:8080")
+            && inb.outcome() == "complete"
+            && inb.get("src.identity").is_empty(),
         "{}",
         inb.line
     );
     ensure!(
-        inb.get("src").starts_with(&format!("{outsider}:")),
+        inb.get("src.addr").starts_with(&format!("{outsider}:")),
         "{}",
         inb.line
     );
@@ -126,10 +135,10 @@ policies:
         n2.proc.stderr()
     );
     let denied = n2.wait_access(Duration::from_secs(5), "node-2's denial", |l| {
-        l.get("dst") == format!("{guarded}:8080")
+        l.get("dst.addr") == format!("{guarded}:8080")
     })?;
     ensure!(
-        denied.get("outcome") == "denied" && denied.get("protocol") == "tcp",
+        denied.outcome() == "denied" && denied.carrier() == "tcp" && denied.level == "error",
         "{}",
         denied.line
     );

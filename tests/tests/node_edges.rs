@@ -63,54 +63,81 @@ policies:
 
     let client = ip(1, 1);
     let code = |target: SocketAddr| socks_reply_code(client, n1.socks(), target);
-    let outbound = |dst: SocketAddr| {
-        n1.wait_access(LOG_WAIT, &format!("node-1 log for {dst}"), |l| {
-            l.get("dst") == dst.to_string()
+    // Which line is whose: a refusal logs the address the client asked for (`dst.addr`); an
+    // opened connection the hop it took (the peer's 15008 for HBONE, with the CONNECT
+    // authority in `dst.hbone_addr`), or the service hostname when the client named a VIP.
+    let outbound = |key: &str, value: &str| {
+        n1.wait_access(LOG_WAIT, &format!("node-1 log with {key}={value}"), |l| {
+            l.get(key) == value
         })
     };
 
     let ok = SocketAddr::new(ip(100, 1), 80);
     ensure!(code(ok)? == SUCCEEDED, "the healthy service refused");
 
-    let cases: [(&str, SocketAddr, &[u8], &str); 6] = [
+    let vip = |d, port| SocketAddr::new(ip(100, d), port);
+    let hbone_addr = |d, port| SocketAddr::new(ip(2, d), port).to_string();
+    // (what, target, SOCKS5 replies, outcome, the field and value that find its line, and
+    // whether it was refused before it was opened: a `connection failed` line, no bytes).
+    type Case<'a> = (
+        &'a str,
+        SocketAddr,
+        &'a [u8],
+        &'a str,
+        (&'a str, String),
+        bool,
+    );
+    let cases: [Case<'_>; 6] = [
         (
             "a port the service does not expose",
-            SocketAddr::new(ip(100, 1), 81),
+            vip(1, 81),
             &[HOST_UNREACHABLE],
             "no_endpoint",
+            ("dst.addr", vip(1, 81).to_string()),
+            true,
         ),
         (
             "a service whose only endpoint is unhealthy",
-            SocketAddr::new(ip(100, 2), 80),
+            vip(2, 80),
             &[HOST_UNREACHABLE],
             "no_endpoint",
+            ("dst.addr", vip(2, 80).to_string()),
+            true,
         ),
         (
             "an endpoint whose node is down",
-            SocketAddr::new(ip(100, 3), 80),
+            vip(3, 80),
             &[HOST_UNREACHABLE],
             "unreachable",
+            ("dst.service", "down.test.svc.cluster.local".into()),
+            false,
         ),
         (
             "a closed port of an HBONE pod (node-2 answers 503)",
             SocketAddr::new(ip(2, 1), 9999),
             &[HOST_UNREACHABLE],
             "unreachable",
+            ("dst.hbone_addr", hbone_addr(1, 9999)),
+            false,
         ),
         (
             "a workload a Deny policy protects (node-2 answers 401)",
             SocketAddr::new(ip(2, 2), 8080),
             &[NOT_ALLOWED],
             "denied",
+            ("dst.hbone_addr", hbone_addr(2, 8080)),
+            false,
         ),
         (
             "a closed port of a plain-TCP pod",
             SocketAddr::new(ip(2, 4), 5432),
             &[HOST_UNREACHABLE, 5],
             "unreachable",
+            ("dst.addr", SocketAddr::new(ip(2, 4), 5432).to_string()),
+            false,
         ),
     ];
-    for (what, target, want, outcome) in cases {
+    for (what, target, want, outcome, (key, value), refused) in cases {
         let started = Instant::now();
         let got = code(target)
             .map_err(|e| e.context(format!("{what} ({target}) after {:?}", started.elapsed())))?;
@@ -123,24 +150,54 @@ policies:
             "{what}: the refusal took {:?}",
             started.elapsed()
         );
-        let log = outbound(target)?;
-        ensure!(log.get("outcome") == outcome, "{what}: {}", log.line);
+        let log = outbound(key, &value)?;
+        ensure!(log.outcome() == outcome, "{what}: {}", log.line);
         ensure!(
-            log.num("sent") == 0 && log.num("received") == 0,
+            log.get("direction") == "outbound" && !log.get("error").is_empty(),
             "{what}: {}",
             log.line
         );
+        if refused {
+            ensure!(
+                !log.complete() && log.level == "warn" && !log.fields.contains_key("bytes_sent"),
+                "{what}: not a `connection failed` line: {}",
+                log.line
+            );
+        } else {
+            ensure!(
+                log.complete()
+                    && log.level == "error"
+                    && log.num("bytes_sent") == 0
+                    && log.num("bytes_recv") == 0
+                    && log.fields.contains_key("bytes_sent"),
+                "{what}: {}",
+                log.line
+            );
+        }
     }
+    // The endpoint behind the VIP of the down node was picked and dialled on its 15008.
+    let down = outbound("dst.service", "down.test.svc.cluster.local")?;
+    ensure!(
+        down.get("dst.addr") == format!("{}:15008", ip(3, 1))
+            && down.get("dst.hbone_addr") == format!("{}:8080", ip(3, 1)),
+        "{}",
+        down.line
+    );
     ensure!(
         locked_backend.load(std::sync::atomic::Ordering::SeqCst) == 0,
         "the denied connection reached the pod"
     );
     // Node 2's side of the two it refused.
     n2.wait_access(LOG_WAIT, "node-2's 503", |l| {
-        l.get("dst") == format!("{}:9999", ip(2, 1)) && l.get("outcome") == "unreachable"
+        l.get("direction") == "inbound"
+            && l.get("dst.hbone_addr") == hbone_addr(1, 9999)
+            && l.outcome() == "unreachable"
     })?;
     n2.wait_access(LOG_WAIT, "node-2's 401", |l| {
-        l.get("dst") == format!("{}:8080", ip(2, 2)) && l.get("outcome") == "denied"
+        l.get("direction") == "inbound"
+            && l.get("dst.hbone_addr") == hbone_addr(2, 8080)
+            && l.outcome() == "denied"
+            && l.get("src.identity") == "spiffe://cluster.local/ns/test/sa/client"
     })?;
     // SOCKS5 requests the entry does not serve: a domain name (the mesh routes by IP), BIND.
     let hostname = b"echo.test.svc.cluster.local";
@@ -205,9 +262,26 @@ fn unknown_source_is_rejected_when_configured() -> Result<()> {
         "SOCKS5 reply {got} for a source that is no workload"
     );
     let log = n1.wait_access(LOG_WAIT, "node-1 log of the rejection", |l| {
-        l.get("src").starts_with(&format!("{stranger}:"))
+        l.get("src.addr").starts_with(&format!("{stranger}:"))
     })?;
-    ensure!(log.get("outcome") == "denied", "{}", log.line);
+    ensure!(
+        !log.complete()
+            && log.outcome() == "unknown_source"
+            && log.get("dst.addr") == target.to_string(),
+        "{}",
+        log.line
+    );
+    // Refused before it was opened: no Istio metric, one refusal by reason.
+    let m = n1.metrics()?;
+    ensure!(
+        e2e::metric_sum(&m, "istio_tcp_connections_opened_total", &[]) == 0.0
+            && e2e::metric_sum(
+                &m,
+                "ringmesh_connections_refused_total",
+                &["reason=\"unknown_source\""]
+            ) == 1.0,
+        "{m}"
+    );
     // The local workload itself may still go out (passthrough to a non-mesh address).
     ensure!(
         socks_reply_code(client, n1.socks(), target)? == SUCCEEDED,
@@ -253,6 +327,12 @@ fn sigterm_drains_live_connections_then_exits_zero() -> Result<()> {
         "node-1 to report not ready while draining",
         || !is_ready(&n1),
     )?;
+    // Not ready is a 500 naming what is pending, as ztunnel answers.
+    let (status, body) = e2e::http_request(SocketAddr::new(n1.ip, 15021), "GET", "/healthz/ready")?;
+    ensure!(
+        status == 500 && body.starts_with("not ready, pending: "),
+        "readiness while draining: {status} {body:?}"
+    );
     ping(&mut live, b"during the drain")?;
     ensure!(
         n1.proc.wait_exit(Duration::from_millis(300)).is_err(),
@@ -316,21 +396,30 @@ fn admin_post(node: &Node, target: &str) -> Result<(String, String)> {
 
 #[test]
 fn admin_api_changes_the_log_level_and_drains_a_running_node() -> Result<()> {
-    let (_mesh, mut n1, _n2, mut live) = mesh_with_live_connection(231, "20s")?;
-    // debug lines appear only after the level change.
+    let (mesh, mut n1, _n2, mut live) = mesh_with_live_connection(231, "20s")?;
+    // debug lines appear only after the level change (the level is the second TAB field).
     let debug_lines = |n: &Node| {
         n.proc
             .stderr()
             .lines()
-            .filter(|l| l.contains("DEBUG"))
+            .filter(|l| l.split('\t').nth(1) == Some("debug"))
             .count()
     };
     ensure!(debug_lines(&n1) == 0, "debug lines at level info");
+    // A POST without a level changes nothing and says what is in force, as ztunnel's does.
+    let (status, before) = admin_post(&n1, "/logging")?;
+    ensure!(
+        status.contains("200") && before == "current log level is info\n",
+        "POST /logging: {status} {before:?}"
+    );
     let (status, body) = admin_post(&n1, "/logging?level=debug")?;
-    ensure!(status.contains("200"), "POST /logging: {status} {body}");
+    ensure!(
+        status.contains("200") && body == "current log level is info,debug\n",
+        "POST /logging?level=debug: {status} {body:?}"
+    );
     let body = proxy::demo::http_get(n1.admin(), "/logging")?;
     ensure!(
-        body.trim() == "debug",
+        body == "current log level is info,debug\n",
         "GET /logging after the change: {body:?}"
     );
     let (status, _) = admin_post(&n1, "/logging?level=no-such-level[")?;
@@ -338,23 +427,44 @@ fn admin_api_changes_the_log_level_and_drains_a_running_node() -> Result<()> {
         status.contains("400"),
         "a bad filter was accepted: {status}"
     );
-    // Some traffic at debug level (the SOCKS5 handshake failure below is logged at debug).
-    let _ = TcpStream::connect(n1.socks())?.write_all(b"not socks");
+    let body = proxy::demo::http_get(n1.admin(), "/logging")?;
+    ensure!(
+        body == "current log level is info,debug\n",
+        "a rejected level changed the filter: {body:?}"
+    );
+    // Some traffic at debug level: an HBONE tunnel to node-1's own workload, whose end the
+    // HBONE server logs at debug (the CONNECT's answer does not matter).
+    let client = ip4(231, 1, 1);
+    e2e::hbone_request(
+        &mesh.ca,
+        &e2e::spiffe("test", "peer"),
+        &e2e::spiffe("test", "default"),
+        SocketAddr::new(client, 15008),
+        SocketAddr::new(client, 8080),
+        b"x",
+    )?
+    .ok();
     wait_for(LOG_WAIT, "debug lines after the level change", || {
         debug_lines(&n1) > 0
     })
     .map_err(|e| e.context(n1.proc.stderr()))?;
 
-    // POST /drain: not ready at once, live connections finish, then the process exits 0.
-    let (status, _) = admin_post(&n1, "/drain")?;
-    ensure!(status.contains("200"), "POST /drain: {status}");
-    wait_for(LOG_WAIT, "node-1 not ready after /drain", || !is_ready(&n1))?;
+    // POST /quitquitquit (ztunnel's drain): not ready at once, live connections finish,
+    // then the process exits 0.
+    let (status, body) = admin_post(&n1, "/quitquitquit")?;
+    ensure!(
+        status.contains("200") && body == "shutdown now\n",
+        "POST /quitquitquit: {status} {body:?}"
+    );
+    wait_for(LOG_WAIT, "node-1 not ready after /quitquitquit", || {
+        !is_ready(&n1)
+    })?;
     ping(&mut live, b"during the drain")?;
     drop(live);
     let code = n1.proc.wait_exit(Duration::from_secs(15))?;
     ensure!(
         code == Some(0),
-        "node-1 exited with {code:?} after /drain:\n{}",
+        "node-1 exited with {code:?} after /quitquitquit:\n{}",
         n1.proc.stderr()
     );
     Ok(())

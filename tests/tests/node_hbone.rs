@@ -90,29 +90,63 @@ policies:
     let r = request(&denied, SocketAddr::new(echo, 8080))?;
     ensure!(status(&r)? == 401, "CONNECT from a denied principal: {r:?}");
 
-    // The node logs each refusal with its outcome and the peer's verified identity.
+    // The node logs each refusal with its outcome and the peer's verified identity. The
+    // malformed CONNECTs were refused before they were opened (`connection failed`, the error
+    // names the authority); the others were opened and ended with an error.
     let wait = Duration::from_secs(5);
-    n2.wait_access(wait, "a bad_request log", |l| {
-        l.get("outcome") == "bad_request" && l.get("dst") == format!("{echo2}:8080")
+    let bad = n2.wait_access(wait, "a bad_request log", |l| {
+        l.outcome() == "bad_request" && l.get("error").contains(&format!("{echo2}"))
     })?;
-    n2.wait_access(wait, "an unreachable log", |l| {
-        l.get("outcome") == "unreachable" && l.get("dst") == format!("{echo}:8081")
+    ensure!(
+        !bad.complete() && bad.get("dst.addr") == hbone.to_string() && bad.level == "warn",
+        "{}",
+        bad.line
+    );
+    let unreachable = n2.wait_access(wait, "an unreachable log", |l| {
+        l.outcome() == "unreachable" && l.get("dst.hbone_addr") == format!("{echo}:8081")
     })?;
-    let d = n2.wait_access(wait, "a denied log", |l| l.get("outcome") == "denied")?;
-    ensure!(d.get("src_identity") == denied.to_string(), "{}", d.line);
+    ensure!(
+        unreachable.complete()
+            && unreachable.level == "error"
+            && unreachable.get("src.identity") == client.to_string()
+            && unreachable.get("dst.addr") == hbone.to_string(),
+        "{}",
+        unreachable.line
+    );
+    let d = n2.wait_access(wait, "a denied log", |l| l.outcome() == "denied")?;
+    ensure!(
+        d.get("src.identity") == denied.to_string()
+            && d.get("dst.hbone_addr") == format!("{echo}:8080"),
+        "{}",
+        d.line
+    );
+    // Istio's counters: the opened connections closed with their flags (the relayed one with
+    // none, the denied one DENY, the unreachable one CONNECT); the two malformed ones were
+    // never opened, so only ringmesh's refusal counter has them.
     let m = n2.metrics()?;
-    for outcome in ["ok", "bad_request", "unreachable", "denied"] {
-        let label = format!("outcome=\"{outcome}\"");
+    for (flags, want) in [("-", 1.0), ("DENY", 1.0), ("CONNECT", 1.0)] {
+        let label = format!("response_flags=\"{flags}\"");
         let n = e2e::metric_sum(
             &m,
             "istio_tcp_connections_closed_total",
-            &["direction=\"inbound\"", &label],
+            &["reporter=\"destination\"", &label],
         );
         ensure!(
-            n >= 1.0,
-            "no inbound close with {label} in the metrics:\n{m}"
+            n == want,
+            "{n} inbound closes with {label} in the metrics, expected {want}:\n{m}"
         );
     }
+    let opened = e2e::metric_sum(&m, "istio_tcp_connections_opened_total", &[]);
+    let failed = e2e::metric_sum(&m, "istio_tcp_connections_failed_total", &[]);
+    let refused = e2e::metric_sum(
+        &m,
+        "ringmesh_connections_refused_total",
+        &["reason=\"bad_request\""],
+    );
+    ensure!(
+        opened == 3.0 && failed == 2.0 && refused == 2.0,
+        "opened {opened}, failed {failed}, refused as bad requests {refused}:\n{m}"
+    );
 
     // The client verifies the server: expecting echo2's identity from echo's listener fails
     // the TLS handshake before any CONNECT.
@@ -235,7 +269,7 @@ policies:
     let denied = || {
         n2.access_logs()
             .into_iter()
-            .filter(|l| l.get("outcome") == "denied")
+            .filter(|l| l.outcome() == "denied")
             .count()
     };
     e2e::wait_for(Duration::from_secs(5), "4 denials in node-2's log", || {
@@ -272,9 +306,13 @@ fn outbound_refuses_a_server_presenting_another_identity() -> Result<()> {
         "node-1 connected to a server presenting the wrong identity"
     );
     let log = n1.wait_access(Duration::from_secs(5), "node-1's log of the refusal", |l| {
-        l.get("dst") == format!("{echo}:8080")
+        l.get("dst.hbone_addr") == format!("{echo}:8080")
     })?;
-    ensure!(log.get("outcome") != "ok", "{}", log.line);
+    ensure!(
+        log.outcome() == "tls" && log.level == "error",
+        "{}",
+        log.line
+    );
     ensure!(
         log.line.contains("impostor"),
         "the refusal does not name the identity presented: {}",

@@ -86,20 +86,34 @@ services:
             sent == got
         );
     }
+    // The VIP is not logged: the service's hostname is, and the endpoint it chose.
     let out = n1.wait_access(Duration::from_secs(5), "node-1's log", |l| {
-        l.get("dst") == "[fd00:233::1]:80"
+        l.get("dst.service") == "echo6.test.svc.cluster.local"
     })?;
     ensure!(
-        out.get("protocol") == "hbone" && out.get("upstream") == "[::1]:15008",
+        out.carrier() == "hbone"
+            && out.get("dst.addr") == "[::1]:15008"
+            && out.get("dst.hbone_addr") == format!("[::1]:{port}")
+            && !out.line.contains("fd00:233::1"),
+        "{}",
+        out.line
+    );
+    ensure!(
+        out.num("bytes_sent") == TOTAL as u64 && out.num("bytes_recv") == TOTAL as u64,
         "{}",
         out.line
     );
     let inb = n2.wait_access(Duration::from_secs(5), "node-2's log", |l| {
         l.get("direction") == "inbound"
     })?;
-    ensure!(inb.get("dst") == format!("[::1]:{port}"), "{}", inb.line);
     ensure!(
-        inb.get("src_identity") == "spiffe://cluster.local/ns/test/sa/client",
+        inb.get("dst.hbone_addr") == format!("[::1]:{port}")
+            && inb.get("dst.addr") == "[::1]:15008",
+        "{}",
+        inb.line
+    );
+    ensure!(
+        inb.get("src.identity") == "spiffe://cluster.local/ns/test/sa/client",
         "{}",
         inb.line
     );

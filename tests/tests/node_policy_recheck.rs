@@ -57,20 +57,40 @@ fn a_new_deny_policy_closes_live_tunnels_it_denies_and_only_those() -> Result<()
     ping(&mut kept, b"allowed now")?;
 
     mesh.write_config(&config(true))?;
+    // Revoked (not denied at its start): an error line naming the policy rejection.
     let d = n2.wait_access(Duration::from_secs(10), "the live tunnel's denial", |l| {
-        l.get("outcome") == "denied" && l.get("detail").contains("policy change")
+        l.outcome() == "revoked"
     })?;
     ensure!(
-        d.get("src_identity") == "spiffe://cluster.local/ns/test/sa/client",
+        d.get("src.identity") == "spiffe://cluster.local/ns/test/sa/client"
+            && d.level == "error"
+            && d.get("error")
+                .starts_with("connection closed due to policy rejection"),
         "{}",
         d.line
     );
     // The revoked relay still reports what it carried: one ping each way.
     let carried = b"allowed now".len().to_string();
     ensure!(
-        d.get("sent") == carried && d.get("received") == carried,
+        d.get("bytes_sent") == carried && d.get("bytes_recv") == carried,
         "byte counts of the revoked tunnel: {}",
         d.line
+    );
+    // Istio counts it closed with DENY; the other tunnel is still open.
+    let m = n2.metrics()?;
+    let denied = e2e::metric_sum(
+        &m,
+        "istio_tcp_connections_closed_total",
+        &["response_flags=\"DENY\""],
+    );
+    let active = e2e::metric_sum(
+        &m,
+        "ringmesh_connections_active",
+        &["reporter=\"destination\"", "protocol=\"hbone\""],
+    );
+    ensure!(
+        denied == 1.0 && active == 1.0,
+        "DENY closes {denied}, active {active}:\n{m}"
     );
 
     // The denied client's stream ends (node-1 passes the reset tunnel on as end of stream).
@@ -113,11 +133,14 @@ fn a_new_policy_closes_a_live_plaintext_connection_it_denies() -> Result<()> {
 
     mesh.write_config(&identity_required)?;
     let d = n2.wait_access(Duration::from_secs(10), "the plaintext denial", |l| {
-        l.get("outcome") == "denied" && l.get("detail").contains("policy change")
+        l.outcome() == "revoked"
     })?;
     let carried = b"plain and allowed".len().to_string();
     ensure!(
-        d.get("protocol") == "tcp" && d.get("sent") == carried && d.get("received") == carried,
+        d.carrier() == "tcp"
+            && d.get("src.identity").is_empty()
+            && d.get("bytes_sent") == carried
+            && d.get("bytes_recv") == carried,
         "{}",
         d.line
     );

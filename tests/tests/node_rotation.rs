@@ -34,8 +34,13 @@ fn validity(node: &Node, identity: &str) -> Result<(u64, u64)> {
         .as_array()
         .and_then(|certs| certs.iter().find(|c| c["identity"] == identity))
         .with_context(|| format!("{}: no certificate for {identity} in {dump}", node.name))?;
-    let secs = |k: &str| cert[k].as_u64().with_context(|| format!("{k} in {cert}"));
-    Ok((secs("not_before")?, secs("not_after")?))
+    // The leaf is the chain's first entry; its validity is RFC 3339, as istioctl reads it.
+    let leaf = &cert["certChain"][0];
+    let secs = |k: &str| -> Result<u64> {
+        let text = leaf[k].as_str().with_context(|| format!("{k} in {cert}"))?;
+        Ok(u64::try_from(e2e::rfc3339_unix(text)?)?)
+    };
+    Ok((secs("validFrom")?, secs("expirationTime")?))
 }
 
 /// Waits until `identity`'s certificate on `node` is replaced; returns the new not_after

@@ -114,7 +114,11 @@ fn hundred_concurrent_tunnels_share_the_pool_intact() -> Result<()> {
     let bad: Vec<_> = n2
         .access_logs()
         .into_iter()
-        .filter(|l| l.get("outcome") != "ok" || l.num("sent") != EACH as u64)
+        .filter(|l| {
+            l.outcome() != "complete"
+                || l.num("bytes_sent") != EACH as u64
+                || l.num("bytes_recv") != EACH as u64
+        })
         .collect();
     ensure!(bad.is_empty(), "node-2 logged {bad:?}");
     Ok(())
@@ -193,7 +197,7 @@ fn client_reset_mid_transfer_closes_both_ends_and_leaks_nothing() -> Result<()> 
     })?;
     let logs = n1.access_logs();
     ensure!(
-        logs.iter().all(|l| l.get("outcome") == "reset"),
+        logs.iter().all(|l| l.complete() && l.outcome() == "reset"),
         "an aborted connection was not logged as reset: {logs:?}"
     );
     Ok(())
@@ -219,16 +223,17 @@ fn both_paths_work_on_the_epoll_driver() -> Result<()> {
     )?;
     let n2 = Node::start(&mesh, "node-2", ip4(X, 0, 2), &args)?;
     for (node, steering) in [(&n1, "off"), (&n2, "all")] {
-        let runtime = node.config_dump()?["runtime"].clone();
+        let config = node.config_dump()?["config"].clone();
         ensure!(
-            runtime["driver"] == "epoll",
-            "{} runs on {runtime}",
+            config["driver"] == "epoll",
+            "{} runs on {config}",
             node.name
         );
         ensure!(
-            runtime["incoming_cpu"] == steering
-                && runtime["cores"].as_array().map(Vec::len) == Some(2),
-            "{}: {runtime}",
+            config["incomingCpu"] == steering
+                && config["workers"] == 2
+                && config["cores"].as_array().map(Vec::len) == Some(2),
+            "{}: {config}",
             node.name
         );
     }
@@ -242,10 +247,11 @@ fn both_paths_work_on_the_epoll_driver() -> Result<()> {
         );
     }
     let inb = n2.wait_access(LOG_WAIT, "node-2's HBONE log", |l| {
-        l.num("received") == TOTAL as u64
+        l.num("bytes_recv") == TOTAL as u64
     })?;
     ensure!(
-        inb.get("src_identity") == "spiffe://cluster.local/ns/test/sa/client",
+        inb.get("src.identity") == "spiffe://cluster.local/ns/test/sa/client"
+            && inb.carrier() == "hbone",
         "{}",
         inb.line
     );

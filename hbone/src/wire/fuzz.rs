@@ -1,4 +1,4 @@
-//! The `wire_parse` fuzz entry point, shared by the cargo-fuzz target (`hbone/fuzz`) and the
+//! The `wire_parse` fuzz entry point, shared by the cargo-fuzz target (`fuzz/`) and the
 //! stable test that replays the committed corpus (`hbone/tests/wire_corpus.rs`).
 //!
 //! [`check`] feeds the input to every parser in [`crate::wire`] and, for each value that parses,

@@ -2,12 +2,13 @@
 //!
 //! Everything here takes text a peer sent and either returns a validated value or an
 //! [`Error::Wire`](crate::Error::Wire) naming the field, the value (truncated) and the problem;
-//! nothing panics on any input (fuzzed by `hbone/fuzz`, target `wire_parse`, whose corpus also
+//! nothing panics on any input (fuzzed by `fuzz/`, target `wire_parse`, whose corpus also
 //! runs as a plain test). Every type that parses also encodes, and encoding then parsing gives
 //! the same value back.
 
 mod authority;
 mod forwarded;
+pub mod frame;
 pub mod fuzz;
 mod request;
 mod status;

@@ -1,7 +1,7 @@
 //! A hand-written HTTP/2 peer for protocol tests: RFC 9113 §4.1 framing, HPACK literals from
 //! RFC 7541 §6.2.2, over a loopback `TcpStream` (or TLS over one). Either side: [`Peer::connect`] speaks the
 //! client preface, [`Peer::accept`] the server's.
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 use std::time::{Duration, Instant};
 
@@ -15,50 +15,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub trait Io: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 
-pub const DATA: u8 = 0x0;
-pub const HEADERS: u8 = 0x1;
-pub const RST_STREAM: u8 = 0x3;
-pub const SETTINGS: u8 = 0x4;
-pub const PING: u8 = 0x6;
-pub const GOAWAY: u8 = 0x7;
-pub const WINDOW_UPDATE: u8 = 0x8;
-
-pub const END_STREAM: u8 = 0x1;
-pub const ACK: u8 = 0x1;
-pub const END_HEADERS: u8 = 0x4;
-
-pub const FRAME_SIZE_ERROR: u32 = 0x6;
-pub const NO_ERROR: u32 = 0x0;
+pub use hbone::wire::frame::{
+    ACK, DATA, END_HEADERS, END_STREAM, FRAME_SIZE_ERROR, GOAWAY, HEADERS, NO_ERROR, PING,
+    RST_STREAM, RawFrame as Frame, SETTINGS, WINDOW_UPDATE, connect_block as connect_headers,
+    encode as frame,
+};
 
 /// Upper bound on any single wait in these tests; they finish in milliseconds when healthy.
 pub const DEADLINE: Duration = Duration::from_secs(10);
-
-#[derive(Debug)]
-pub struct Frame {
-    pub kind: u8,
-    pub flags: u8,
-    pub stream: u32,
-    pub payload: Vec<u8>,
-}
-
-pub fn frame(buf: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    buf.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    buf.push(kind);
-    buf.push(flags);
-    buf.extend_from_slice(&stream.to_be_bytes());
-    buf.extend_from_slice(payload);
-}
-
-/// HEADERS block for `CONNECT authority` as HPACK "literal without indexing, indexed name"
-/// (RFC 7541 §6.2.2): `:authority` is static index 1, `:method` index 2.
-pub fn connect_headers(authority: &str) -> Vec<u8> {
-    let mut block = vec![0x02, 7];
-    block.extend_from_slice(b"CONNECT");
-    block.push(0x01);
-    block.push(authority.len() as u8);
-    block.extend_from_slice(authority.as_bytes());
-    block
-}
 
 /// The client side of a hand-scripted connection.
 pub struct Peer {
@@ -133,19 +97,9 @@ impl Peer {
 
     pub async fn next_inner(&mut self) -> Result<Frame> {
         loop {
-            if self.rbuf.len() >= 9 {
-                let len =
-                    u32::from_be_bytes([0, self.rbuf[0], self.rbuf[1], self.rbuf[2]]) as usize;
-                if self.rbuf.len() >= 9 + len {
-                    let f = Frame {
-                        kind: self.rbuf[3],
-                        flags: self.rbuf[4],
-                        stream: u32::from_be_bytes(self.rbuf[5..9].try_into()?) & 0x7fff_ffff,
-                        payload: self.rbuf[9..9 + len].to_vec(),
-                    };
-                    self.rbuf.drain(..9 + len);
-                    return Ok(f);
-                }
+            if let Some((f, used)) = Frame::split(&self.rbuf) {
+                self.rbuf.drain(..used);
+                return Ok(f);
             }
             let mut buf = vec![0u8; 64 * 1024];
             let n = self.io.read(&mut buf).await?;
@@ -205,13 +159,11 @@ impl Peer {
 }
 
 pub fn window_increment(f: &Frame) -> u32 {
-    u32::from_be_bytes(f.payload[..4].try_into().expect("4-byte WINDOW_UPDATE")) & 0x7fff_ffff
+    f.window_increment()
 }
 
 pub fn goaway_parts(f: &Frame) -> (u32, u32) {
-    let last = u32::from_be_bytes(f.payload[..4].try_into().expect("GOAWAY")) & 0x7fff_ffff;
-    let code = u32::from_be_bytes(f.payload[4..8].try_into().expect("GOAWAY"));
-    (last, code)
+    f.goaway()
 }
 
 pub async fn wait_until(what: &str, cond: impl Fn() -> bool) -> Result<()> {

@@ -15,6 +15,7 @@ use hbone::certs::{CaOptions, CertificateAuthority, LeafOptions};
 use hbone::server::{Incoming, Served, ServerConfig};
 use hbone::wire::Status;
 use runtime::DriverChoice;
+use runtime::meter::{Meter, Transferred};
 use runtime::net::{TcpListener, TcpStream};
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
@@ -108,7 +109,9 @@ pub struct ServerLog {
     /// Results of `serve_tls`, as strings (Ok or the error).
     pub ended: RefCell<Vec<Result<(), String>>>,
     /// Outcome of every request that reached the handler.
-    pub served: RefCell<Vec<Served>>,
+    /// How each request ended, with what its relay moved (`from_originator` is what the
+    /// client sent into the tunnel).
+    pub served: RefCell<Vec<(Served, Transferred)>>,
     /// Peer identities seen by the handler.
     pub peers: RefCell<Vec<Identity>>,
     /// Set to start a graceful drain of every connection.
@@ -171,9 +174,10 @@ async fn dial_and_relay(i: Incoming, log: Rc<ServerLog>) {
     let target = i.request().authority.clone();
     if target.port() == DENY_PORT {
         i.reject(Status::Unauthorized).expect("send 401");
-        log.served
-            .borrow_mut()
-            .push(Served::Rejected(Status::Unauthorized));
+        log.served.borrow_mut().push((
+            Served::Rejected(Status::Unauthorized),
+            Transferred::default(),
+        ));
         return;
     }
     if target.port() == DROP_PORT {
@@ -198,23 +202,29 @@ async fn dial_and_relay(i: Incoming, log: Rc<ServerLog>) {
             }
         }
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut t).await;
-        log.served
-            .borrow_mut()
-            .push(Served::Relayed(hbone::stream::RelayStats {
-                to_tunnel: t.bytes_written(),
-                from_tunnel: t.bytes_read(),
-            }));
+        log.served.borrow_mut().push((
+            Served::Relayed,
+            Transferred {
+                toward_originator: t.bytes_written(),
+                from_originator: t.bytes_read(),
+            },
+        ));
         return;
     }
+    let meter = Meter::new();
     let served = i
-        .serve(async move {
-            let addr = target.socket_addr().ok_or(Status::BadRequest)?;
-            TcpStream::connect(addr)
-                .await
-                .map_err(|_| Status::ServiceUnavailable)
-        })
+        .serve(
+            async move {
+                let addr = target.socket_addr().ok_or(Status::BadRequest)?;
+                TcpStream::connect(addr)
+                    .await
+                    .map_err(|_| Status::ServiceUnavailable)
+            },
+            &meter,
+            std::future::pending(),
+        )
         .await;
-    log.served.borrow_mut().push(served);
+    log.served.borrow_mut().push((served, meter.transferred()));
 }
 
 /// A TCP echo server: echoes each connection until EOF, then half-closes.

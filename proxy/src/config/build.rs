@@ -12,22 +12,21 @@ use std::sync::Arc;
 use super::ConfigError;
 use super::model::{HealthStatus, RawConfig, RawPolicy, RawService, RawWorkload};
 use super::policy::{Policy, PrincipalMatch, SourceMatch};
-use super::snapshot::{Endpoint, Service, ServicePort, Snapshot, Workload};
+use super::snapshot::{Endpoint, Service, ServicePort, Snapshot, Workload, WorkloadMeta};
 use crate::identity::Identity;
 use crate::identity::spiffe::{check_segment, check_trust_domain};
 
 /// Istio's default trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// The cluster a workload is in when the config does not say: istiod's default cluster id
+/// (and ztunnel's `CLUSTER_ID` default).
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 /// Kubernetes' service account for a pod that names none.
 const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 
 fn invalid(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        file: None,
-        path: path.into(),
-        reason: reason.into(),
-        location: None,
-    }
+    super::invalid_at(&path.into(), &reason.into(), None)
 }
 
 fn non_empty(path: &str, v: &str) -> Result<(), ConfigError> {
@@ -320,6 +319,19 @@ fn build_workload(
             .map(|(s, _)| s.as_str().into())
             .collect(),
         policies: Vec::new(),
+        meta: {
+            let workload_name = w.workload_name.clone().unwrap_or_else(|| w.name.clone());
+            let locality = w.locality.as_ref();
+            WorkloadMeta {
+                canonical_name: w.canonical_name.as_deref().unwrap_or(&workload_name).into(),
+                workload_name: workload_name.as_str().into(),
+                canonical_revision: w.canonical_revision.as_deref().unwrap_or("latest").into(),
+                cluster_id: w.cluster_id.as_deref().unwrap_or(DEFAULT_CLUSTER_ID).into(),
+                region: locality.map_or("", |l| l.region.as_str()).into(),
+                zone: locality.map_or("", |l| l.zone.as_str()).into(),
+                subzone: locality.map_or("", |l| l.subzone.as_str()).into(),
+            }
+        },
     })
 }
 
@@ -483,6 +495,7 @@ fn build_policy(base: &str, p: &RawPolicy) -> Result<Policy, ConfigError> {
     Ok(Policy {
         name: p.name.as_str().into(),
         action: p.action,
+        global: p.destination.is_none(),
         from,
         ports: p.ports.iter().map(|p| p.0).collect(),
     })

@@ -20,11 +20,11 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-pub use build::DEFAULT_TRUST_DOMAIN;
+pub use build::{DEFAULT_CLUSTER_ID, DEFAULT_TRUST_DOMAIN};
 pub use model::{Action, HealthStatus, LoadBalancing, Protocol, Vip};
 pub use policy::{Decision, DenyReason, Policy};
 pub use snapshot::{
-    Destination, Endpoint, Service, ServicePort, Snapshot, Summary, Workload, pick,
+    Destination, Endpoint, Service, ServicePort, Snapshot, Summary, Workload, WorkloadMeta, pick,
 };
 pub use watch::{WatchOptions, Watcher, watch};
 
@@ -140,12 +140,28 @@ pub fn parse(yaml: &str, opts: &LoadOptions) -> Result<Snapshot, ConfigError> {
     build::build(raw, opts.node.as_deref(), hash_bytes(yaml.as_bytes()))
 }
 
-fn invalid_at(path: &str, reason: &str, location: Option<(usize, usize)>) -> ConfigError {
+/// The longest part of an error reason quoted from the file: a reason that quotes a value
+/// (serde's `invalid type: string "…"`) is cut there, so a 6.7 MB bad value gives a line,
+/// not 6.7 MB of log.
+pub const MAX_REASON: usize = 300;
+
+pub(crate) fn invalid_at(
+    path: &str,
+    reason: &str,
+    location: Option<(usize, usize)>,
+) -> ConfigError {
     ConfigError::Invalid {
         file: None,
-        path: path.to_string(),
-        reason: reason.to_string(),
+        path: hbone::error::excerpt(path),
+        reason: truncate_reason(reason),
         location,
+    }
+}
+
+fn truncate_reason(reason: &str) -> String {
+    match reason.char_indices().nth(MAX_REASON) {
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &reason[..cut], reason.len()),
+        None => reason.to_string(),
     }
 }
 
@@ -199,6 +215,41 @@ pub fn load_file(path: &Path, opts: &LoadOptions) -> Result<Snapshot, ConfigErro
         source,
     })?;
     parse(&text, opts).map_err(|e| e.in_file(path))
+}
+
+/// Runs the parser on arbitrary bytes and checks what it promises (the `config` fuzz target
+/// and its corpus test call this): no panic; an accepted config's lookups agree with its
+/// lists; a rejection's message stays one short line, whatever the input.
+pub fn fuzz_check(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let opts = LoadOptions {
+        node: Some("node-1".into()),
+    };
+    match parse(text, &opts) {
+        Ok(snap) => {
+            let summary = snap.summary();
+            assert_eq!(summary.workloads, snap.workloads().len());
+            for w in snap.workloads() {
+                for ip in &w.ips {
+                    let found = snap
+                        .workload_by_ip(*ip)
+                        .expect("every workload IP resolves");
+                    assert!(std::sync::Arc::ptr_eq(found, w));
+                }
+            }
+            for s in snap.services() {
+                for vip in &s.vips {
+                    assert!(snap.service_by_vip(vip.ip).is_some());
+                }
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.len() <= 1024, "an error message of {} bytes", msg.len());
+        }
+    }
 }
 
 /// `ringmesh config check FILE`: validates a file without starting anything.

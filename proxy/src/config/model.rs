@@ -62,6 +62,40 @@ pub(crate) struct RawWorkload {
     pub services: WorkloadServices,
     #[serde(default)]
     pub status: HealthStatus,
+    /// The workload (controller) this pod belongs to, e.g. the Deployment; Istio's
+    /// `source_workload` label. Defaults to `name`.
+    #[serde(default)]
+    pub workload_name: Option<String>,
+    /// Istio's canonical service (`service.istio.io/canonical-name`, else `app`). Defaults to
+    /// the workload name.
+    #[serde(default)]
+    pub canonical_name: Option<String>,
+    /// Istio's canonical revision (`service.istio.io/canonical-revision`, else `version`).
+    /// Defaults to `latest`, as istiod does.
+    #[serde(default)]
+    pub canonical_revision: Option<String>,
+    /// The cluster the workload runs in. Defaults to `Kubernetes`, istiod's default.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    #[serde(default)]
+    pub locality: Option<RawLocality>,
+}
+
+/// Where a workload runs (ztunnel's `locality`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    rename = "locality",
+    expecting = "a locality (a mapping with region, zone, subzone)",
+    rename_all = "camelCase",
+    deny_unknown_fields
+)]
+pub(crate) struct RawLocality {
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub zone: String,
+    #[serde(default)]
+    pub subzone: String,
 }
 
 /// A list of IP addresses whose errors quote the bad text.

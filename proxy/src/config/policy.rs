@@ -27,6 +27,8 @@ pub use super::model::Action;
 pub struct Policy {
     pub name: Arc<str>,
     pub action: Action,
+    /// It protects every workload (no `destination`).
+    pub global: bool,
     pub(crate) from: Vec<SourceMatch>,
     pub(crate) ports: Vec<u16>,
 }
@@ -70,6 +72,15 @@ pub enum DenyReason {
 impl Decision {
     pub fn is_allow(&self) -> bool {
         matches!(self, Decision::Allow)
+    }
+}
+
+impl std::fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DenyReason::DeniedBy(name) => write!(f, "explicitly denied by: {name}"),
+            DenyReason::NotAllowed => f.write_str("allow policies exist, but none allowed"),
+        }
     }
 }
 
@@ -131,7 +142,61 @@ impl SourceMatch {
     }
 }
 
+impl PrincipalMatch {
+    /// ztunnel's string-match JSON (`{"Exact": "td/ns/x/sa/y"}`, `{"Prefix": …}`, …), in
+    /// Istio's principal form.
+    fn dump(&self) -> serde_json::Value {
+        match self {
+            PrincipalMatch::Exact(id) => serde_json::json!({"Exact": id.principal()}),
+            PrincipalMatch::Prefix(p) => serde_json::json!({"Prefix": p}),
+            PrincipalMatch::Suffix(s) => serde_json::json!({"Suffix": s}),
+            PrincipalMatch::Any => serde_json::json!({"Presence": []}),
+        }
+    }
+}
+
 impl Policy {
+    /// The policy as ztunnel's config dump writes rules: rules (any) → clauses (all) →
+    /// matches (any). Each `from` entry is a rule; each of its lists a clause; the ports are a
+    /// clause of every rule.
+    pub fn rules_dump(&self) -> serde_json::Value {
+        use serde_json::{Value, json};
+        let ports: Option<Value> =
+            (!self.ports.is_empty()).then(|| json!([{"destinationPorts": self.ports}]));
+        let mut rules: Vec<Value> = Vec::new();
+        let froms: Vec<Option<&SourceMatch>> = if self.from.is_empty() {
+            vec![None]
+        } else {
+            self.from.iter().map(Some).collect()
+        };
+        for from in froms {
+            let mut clauses: Vec<Value> = Vec::new();
+            if let Some(m) = from {
+                let dump =
+                    |l: &[PrincipalMatch]| l.iter().map(PrincipalMatch::dump).collect::<Vec<_>>();
+                let ns =
+                    |l: &[Arc<str>]| l.iter().map(|n| json!({"Exact": &**n})).collect::<Vec<_>>();
+                if !m.principals.is_empty() {
+                    clauses.push(json!([{"principals": dump(&m.principals)}]));
+                }
+                if !m.not_principals.is_empty() {
+                    clauses.push(json!([{"notPrincipals": dump(&m.not_principals)}]));
+                }
+                if !m.namespaces.is_empty() {
+                    clauses.push(json!([{"namespaces": ns(&m.namespaces)}]));
+                }
+                if !m.not_namespaces.is_empty() {
+                    clauses.push(json!([{"notNamespaces": ns(&m.not_namespaces)}]));
+                }
+            }
+            if let Some(p) = &ports {
+                clauses.push(p.clone());
+            }
+            rules.push(Value::Array(clauses));
+        }
+        Value::Array(rules)
+    }
+
     /// Whether this policy's conditions hold for a connection (regardless of its action).
     pub fn matches(&self, src: Option<&Identity>, dst_port: u16) -> bool {
         if !self.ports.is_empty() && !self.ports.contains(&dst_port) {
@@ -180,6 +245,7 @@ mod tests {
         Policy {
             name: name.into(),
             action,
+            global: true,
             from,
             ports,
         }

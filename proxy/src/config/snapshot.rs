@@ -39,6 +39,22 @@ pub struct Workload {
     pub services: Vec<Arc<str>>,
     /// Indices into `Snapshot::policies` that apply to this workload.
     pub(crate) policies: Vec<u32>,
+    /// What telemetry says of it (Istio's standard labels).
+    pub meta: WorkloadMeta,
+}
+
+/// A workload's telemetry names: Istio's `*_workload`, `*_canonical_*`, `*_cluster` and
+/// locality labels. Empty strings mean unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadMeta {
+    /// The controller (Deployment, ...) the pod belongs to.
+    pub workload_name: Arc<str>,
+    pub canonical_name: Arc<str>,
+    pub canonical_revision: Arc<str>,
+    pub cluster_id: Arc<str>,
+    pub region: Arc<str>,
+    pub zone: Arc<str>,
+    pub subzone: Arc<str>,
 }
 
 /// A service: a hostname with VIPs whose ports map to endpoint target ports.
@@ -210,6 +226,27 @@ impl Snapshot {
         self.services
             .iter()
             .find(|s| &*s.namespace == namespace && &*s.hostname == hostname)
+    }
+
+    /// The service an inbound connection to `workload` on `port` was most likely for (Istio's
+    /// `destination_service`, guessed as ztunnel does): the first of the workload's services
+    /// that maps a port to `port` for this workload.
+    pub fn inbound_service(&self, workload: &Arc<Workload>, port: u16) -> Option<&Arc<Service>> {
+        workload.services.iter().find_map(|key| {
+            let (ns, host) = key.split_once('/')?;
+            let svc = self.service(ns, host)?;
+            let serves = svc.ports.iter().any(|&(svc_port, target)| {
+                let endpoint_port = svc.vips.iter().find_map(|vip| {
+                    let sp = self.by_vip.get(&SocketAddr::new(vip.ip, svc_port))?;
+                    sp.endpoints
+                        .iter()
+                        .find(|e| Arc::ptr_eq(&e.workload, workload))
+                        .map(|e| e.addr.port())
+                });
+                endpoint_port.unwrap_or(target) == port
+            });
+            serves.then_some(svc)
+        })
     }
 
     /// Resolves an outbound original destination; `counter` drives the endpoint pick.

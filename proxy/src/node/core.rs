@@ -1,35 +1,44 @@
 //! Per-core node state: the config snapshot and certificate set this core serves with, the
-//! rustls configs built from them, the HBONE connection pool and the load-balancing
-//! counter. Lives in the worker's thread only (`Rc`, `RefCell`): nothing here is locked.
+//! rustls configs built from them, the HBONE connection pool, the connection records' home
+//! (`crate::conn::Conns`), the node's own listening addresses, and the limits a peer meets.
+//! Lives in the worker's thread only (`Rc`, `RefCell`): nothing here is locked.
 //!
 //! Invariants:
 //! - a new snapshot or certificate set replaces the old one between connections; a
 //!   connection reads what it needs once at its start and keeps it (an `Arc`) to its end;
 //! - rustls configs are cached per identity and dropped whenever the certificate set
 //!   changes, so a renewed certificate is used by the next handshake;
-//! - every inbound connection past its authorization is registered ([`Core::track_inbound`])
-//!   until it ends; a new snapshot re-decides each one and revokes those its policies now
-//!   deny (DESIGN.md: "a policy change re-checks live connections").
+//! - every inbound connection past its authorization is registered with what it was
+//!   granted; a new snapshot re-decides each one and revokes those its policies now deny
+//!   (DESIGN.md: "a policy change re-checks live connections");
+//! - [`Core::admit`] is asked before any work for a new connection: it refuses past this
+//!   core's share of the node's connections, past a peer's share, and while the node is
+//!   above its memory limit.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 
 use hbone::identity::Identity;
 use hbone::pool::{Pool, PoolConfig, PoolKey};
 
+use super::guard::OwnListeners;
+use super::limits::{Limits, NodeLoad};
 use crate::config::{Decision, Snapshot};
+use crate::conn::Conns;
 use crate::identity::CertSet;
-use crate::metrics::Shard;
+use crate::telemetry::Refusal;
 
 /// A message from the control thread to every core.
 #[derive(Debug, Clone)]
 pub enum CoreMsg {
     Config(Arc<Snapshot>),
     Certs(Arc<CertSet>),
+    /// The local workload IPs whose inbound listeners the node serves (their ports claimed
+    /// by the control thread).
+    Inbound(Arc<std::collections::HashSet<IpAddr>>),
 }
 
 /// Options every core needs, fixed for the process's life.
@@ -44,6 +53,11 @@ pub struct CoreOptions {
     /// Which listeners keep a new connection on the core that received it.
     pub incoming_cpu: IncomingCpu,
     pub pool: PoolConfig,
+    pub limits: Limits,
+    /// The node-wide endpoints (entries, admin, metrics, readiness): no path dials them.
+    pub endpoints: Vec<SocketAddr>,
+    /// The number of workers (a core's share of the node's limits).
+    pub workers: usize,
 }
 
 /// Which of a core's listeners take `SO_INCOMING_CPU` (its pinned core), so that the kernel
@@ -136,61 +150,15 @@ pub struct Core {
     snapshot: RefCell<Arc<Snapshot>>,
     certs: RefCell<Arc<CertSet>>,
     server_tls: RefCell<HashMap<Identity, Arc<rustls::ServerConfig>>>,
+    own: RefCell<Rc<OwnListeners>>,
     pub pool: Pool,
-    pub metrics: Arc<Shard>,
+    pub conns: Rc<Conns>,
+    pub load: Arc<NodeLoad>,
     lb_counter: Cell<u64>,
-    /// Inbound connections being relayed, by registration number.
-    live: RefCell<HashMap<u64, LiveInbound>>,
-    next_live: Cell<u64>,
-}
-
-/// What a live inbound connection was authorized for.
-struct LiveInbound {
-    /// The peer's verified identity (`None`: plaintext, no identity).
-    peer: Option<Identity>,
-    dst: SocketAddr,
-    revoke: Rc<Revoke>,
-}
-
-/// Set when a policy change denies a live connection; wakes the connection's task.
-#[derive(Default)]
-struct Revoke {
-    revoked: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-/// A registered inbound connection; dropping it unregisters. [`Self::revoked`] completes
-/// when a new snapshot's policies deny what the connection was authorized for.
-pub struct LiveGuard {
-    core: Weak<Core>,
-    id: u64,
-    revoke: Rc<Revoke>,
-}
-
-impl LiveGuard {
-    pub async fn revoked(&self) {
-        std::future::poll_fn(|cx| {
-            if self.revoke.revoked.get() {
-                return Poll::Ready(());
-            }
-            // Polled on every wake-up of the connection's relay: clone the waker only when
-            // the task's waker changed.
-            let mut waker = self.revoke.waker.borrow_mut();
-            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *waker = Some(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
-    }
-}
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        if let Some(core) = self.core.upgrade() {
-            core.live.borrow_mut().remove(&self.id);
-        }
-    }
+    /// Inbound HBONE connections open per peer IP.
+    peers: RefCell<HashMap<IpAddr, usize>>,
+    /// Connections held by [`Admission`]s now.
+    admitted: Cell<usize>,
 }
 
 impl std::fmt::Debug for Core {
@@ -199,13 +167,42 @@ impl std::fmt::Debug for Core {
     }
 }
 
+/// A connection let in by [`Core::admit`]; its place is given back on drop.
+#[derive(Debug)]
+pub struct Admission {
+    core: Rc<Core>,
+    peer: Option<IpAddr>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.core.admitted.set(self.core.admitted.get() - 1);
+        if let Some(ip) = self.peer {
+            let mut peers = self.core.peers.borrow_mut();
+            if let Some(n) = peers.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    peers.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
 impl Core {
     pub fn new(
         options: CoreOptions,
         snapshot: Arc<Snapshot>,
         certs: Arc<CertSet>,
-        metrics: Arc<Shard>,
+        conns: Rc<Conns>,
+        load: Arc<NodeLoad>,
     ) -> Rc<Core> {
+        let own = OwnListeners::new(
+            &options.endpoints,
+            &snapshot,
+            options.hbone_port,
+            options.plaintext_port,
+        );
         Rc::new_cyclic(|weak: &std::rc::Weak<Core>| {
             let weak = weak.clone();
             // The pool asks for a client config per dial; it reads the core's current
@@ -222,10 +219,12 @@ impl Core {
                 snapshot: RefCell::new(snapshot),
                 certs: RefCell::new(certs),
                 server_tls: RefCell::new(HashMap::new()),
-                metrics,
+                own: RefCell::new(Rc::new(own)),
+                conns,
+                load,
                 lb_counter: Cell::new(0),
-                live: RefCell::new(HashMap::new()),
-                next_live: Cell::new(0),
+                peers: RefCell::new(HashMap::new()),
+                admitted: Cell::new(0),
             }
         })
     }
@@ -238,10 +237,27 @@ impl Core {
         self.certs.borrow().clone()
     }
 
+    /// The node's own listening addresses under the current snapshot.
+    pub fn own_listeners(&self) -> Rc<OwnListeners> {
+        self.own.borrow().clone()
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.options.limits
+    }
+
     pub fn apply(&self, msg: CoreMsg) {
         match msg {
             CoreMsg::Config(s) => {
+                let own = OwnListeners::new(
+                    &self.options.endpoints,
+                    &s,
+                    self.options.hbone_port,
+                    self.options.plaintext_port,
+                );
+                *self.own.borrow_mut() = Rc::new(own);
                 *self.snapshot.borrow_mut() = s.clone();
+                self.conns.snapshot_replaced();
                 self.recheck_live(&s);
             }
             CoreMsg::Certs(c) => {
@@ -266,51 +282,69 @@ impl Core {
                     );
                 }
             }
+            // The worker's listeners handle it (`listeners::Inbound`).
+            CoreMsg::Inbound(_) => {}
         }
     }
 
-    /// Registers an inbound connection authorized for `peer` → `dst` until the guard drops.
-    pub fn track_inbound(self: &Rc<Self>, peer: Option<Identity>, dst: SocketAddr) -> LiveGuard {
-        let id = self.next_live.get();
-        self.next_live.set(id + 1);
-        let revoke = Rc::new(Revoke::default());
-        self.live.borrow_mut().insert(
-            id,
-            LiveInbound {
-                peer,
-                dst,
-                revoke: revoke.clone(),
-            },
-        );
-        LiveGuard {
-            core: Rc::downgrade(self),
-            id,
-            revoke,
+    /// Lets a new connection in, or says why not. `peer` is the peer IP of an inbound HBONE
+    /// connection (counted against [`Limits::max_peer_connections`]).
+    pub fn admit(self: &Rc<Self>, peer: Option<IpAddr>) -> Result<Admission, (Refusal, String)> {
+        if self.load.over_memory() {
+            self.load.count_shed();
+            return Err((
+                Refusal::Overload,
+                format!(
+                    "resident memory {} MiB is above --memory-limit; refusing new connections",
+                    self.load.rss() >> 20
+                ),
+            ));
         }
+        let limits = &self.options.limits;
+        let share = limits.per_core_connections(self.options.workers);
+        if self.admitted.get() >= share {
+            self.load.count_shed();
+            return Err((
+                Refusal::Overload,
+                format!(
+                    "this worker holds its share ({share}) of --max-connections {}",
+                    limits.max_connections
+                ),
+            ));
+        }
+        if let Some(ip) = peer {
+            let mut peers = self.peers.borrow_mut();
+            let n = peers.entry(ip).or_default();
+            if *n >= limits.max_peer_connections {
+                self.load.count_shed();
+                return Err((
+                    Refusal::Overload,
+                    format!(
+                        "peer {ip} holds {} connections on this worker (--max-peer-connections)",
+                        *n
+                    ),
+                ));
+            }
+            *n += 1;
+        }
+        self.admitted.set(self.admitted.get() + 1);
+        Ok(Admission {
+            core: self.clone(),
+            peer,
+        })
     }
 
-    /// Re-decides every live inbound connection under `snapshot`; revokes the denied ones.
-    /// A destination that is no longer a local workload is left alone (its listener goes
-    /// with it; connections end with the pod).
+    /// Re-decides every authorized inbound connection under `snapshot`; revokes the denied
+    /// ones. A destination that is no longer a local workload is left alone (its listener
+    /// goes with it; connections end with the pod).
     fn recheck_live(&self, snapshot: &Snapshot) {
-        let mut revoked = 0;
-        for live in self.live.borrow().values() {
-            if live.revoke.revoked.get() {
-                continue;
+        let revoked = self.conns.live.revoke(|grant| {
+            let workload = snapshot.local_workload_by_ip(grant.dst.ip())?;
+            match snapshot.decide(grant.peer.as_ref(), workload, grant.dst.port()) {
+                Decision::Allow => None,
+                Decision::Deny(reason) => Some(reason.to_string()),
             }
-            let Some(workload) = snapshot.local_workload_by_ip(live.dst.ip()) else {
-                continue;
-            };
-            if let Decision::Deny(_) =
-                snapshot.decide(live.peer.as_ref(), workload, live.dst.port())
-            {
-                live.revoke.revoked.set(true);
-                if let Some(w) = live.revoke.waker.borrow_mut().take() {
-                    w.wake();
-                }
-                revoked += 1;
-            }
-        }
+        });
         if revoked > 0 {
             tracing::info!(
                 revoked,
@@ -360,6 +394,11 @@ impl Core {
             certs.roots(),
             key.dst_ids.clone(),
         )
+    }
+
+    /// Whether this core holds a certificate for `identity` now.
+    pub fn has_cert(&self, identity: &Identity) -> bool {
+        self.certs.borrow().get(identity).is_some()
     }
 
     /// The HBONE address of a workload IP on its node.

@@ -2,31 +2,32 @@
 //! (what ztunnel does in the pod's network namespace, and what lets several nodes share one
 //! host on loopback).
 //!
-//! HBONE: the TLS handshake presents the listening workload's certificate and requires a
-//! client certificate in our trust domain; each CONNECT is checked (authority IP = the IP it
-//! arrived on, 400 otherwise; a local workload, 503 otherwise), authorized with the peer's
-//! SPIFFE identity (401), and answered 200 only after the dial to the pod succeeded (503 if
-//! it did not).
+//! HBONE: the connection is admitted (node memory, this worker's share, the peer's share);
+//! the TLS handshake presents the listening workload's certificate and requires a client
+//! certificate in our trust domain, within its deadline, and so do the HTTP/2 preface and
+//! SETTINGS; each CONNECT is checked (authority IP = the IP it arrived on, 400 otherwise;
+//! not one of the node's own listeners and a local workload, 503 otherwise), authorized with
+//! the peer's SPIFFE identity (401), and answered 200 only after the dial to the pod
+//! succeeded (503 if it did not). Handshake failures and refusals are counted and logged at
+//! WARN, rate-limited (`crate::telemetry::ratelimit`).
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::task::Poll;
-use std::time::{Duration, Instant};
 
+use hbone::h2conn::H2Settings;
 use hbone::server::{Incoming, Served, ServerConfig};
-use hbone::stream::RelayMeter;
+use hbone::stream::Originator;
 use hbone::wire::Status;
 use runtime::Worker;
 use runtime::net::TcpStream;
-use runtime::relay::{Progress, RelayOptions, relay_metered};
+use runtime::relay::{RelayOptions, relay_metered};
 
-use super::core::{Core, CoreMsg, LiveGuard};
+use super::core::{Core, CoreMsg};
+use super::outbound::{tcp_relay_outcome, tunnel_relay_outcome};
 use crate::config::Decision;
-use crate::metrics::{Direction, Outcome, Proto};
-
-/// Deadline for dialing the local pod.
-const POD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::conn::{ConnRecord, Grant, Outcome};
+use crate::telemetry::ratelimit::LineKind;
+use crate::telemetry::{Carrier, Refusal, Reporter, Security};
 
 /// Serves one TCP connection that arrived on `local_ip`:15008.
 pub async fn serve_hbone(
@@ -36,136 +37,186 @@ pub async fn serve_hbone(
     peer: SocketAddr,
     local_ip: IpAddr,
 ) {
-    let snapshot = core.snapshot();
-    let Some(workload) = snapshot.local_workload_by_ip(local_ip).cloned() else {
-        tracing::warn!(%peer, %local_ip, "HBONE: connection to an IP that is no local workload; closing");
-        return;
-    };
-    let tls = match core.server_tls(&workload.identity) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(%peer, identity = %workload.identity, error = %e, "HBONE: no server certificate; closing");
+    let _socket = core.conns.socket(Reporter::Destination);
+    let _admitted = match core.admit(Some(peer.ip())) {
+        Ok(a) => a,
+        Err((why, detail)) => {
+            let _ = client.set_zero_linger();
+            core.conns.refused(why, LineKind::Overload, |suppressed| {
+                tracing::warn!(%peer, %local_ip, suppressed, "HBONE connection refused: {detail}")
+            });
             return;
         }
     };
-    let cfg = ServerConfig::new(tls);
+    let snapshot = core.snapshot();
+    let workload = snapshot.local_workload_by_ip(local_ip).cloned();
+    let tls = workload
+        .as_ref()
+        .ok_or_else(|| format!("{local_ip} is no local workload"))
+        .and_then(|w| core.server_tls(&w.identity).map_err(|e| e.to_string()));
+    let tls = match tls {
+        Ok(t) => t,
+        Err(detail) => {
+            let _ = client.set_zero_linger();
+            core.conns
+                .refused(Refusal::NotServed, LineKind::Refused, |suppressed| {
+                    tracing::warn!(%peer, %local_ip, suppressed, "HBONE connection refused: {detail}")
+                });
+            return;
+        }
+    };
+    let limits = core.limits();
+    let cfg = ServerConfig {
+        tls,
+        h2: H2Settings {
+            handshake_timeout: limits.h2_handshake_timeout,
+            idle_timeout: Some(limits.h2_idle_timeout),
+            ..H2Settings::default()
+        },
+        tls_handshake_timeout: limits.tls_handshake_timeout,
+    };
     let drain = {
         let w = worker.clone();
         async move { w.shutdown().draining().await }
     };
-    let handler = move |incoming: Incoming| {
+    let handler = {
         let core = core.clone();
-        async move { handle_connect(core, incoming, peer, local_ip).await }
+        move |incoming: Incoming| {
+            let core = core.clone();
+            async move { handle_connect(core, incoming, peer, local_ip).await }
+        }
     };
     if let Err(e) = hbone::server::serve_tls(client, &cfg, drain, handler).await {
-        tracing::debug!(%peer, %local_ip, error = %e, "HBONE connection ended with an error");
+        report_connection_error(&core, peer, local_ip, &e);
     }
 }
 
+/// Counts and logs (rate-limited, at WARN) an HBONE connection a peer got wrong.
+fn report_connection_error(core: &Core, peer: SocketAddr, local_ip: IpAddr, e: &hbone::Error) {
+    use hbone::Error as E;
+    let (why, kind, what) = match e {
+        E::Tls(_) | E::NoH2Alpn(_) | E::NoIdentity { .. } | E::WrongTrustDomain { .. } => {
+            (Refusal::Tls, LineKind::Handshake, "TLS handshake failed")
+        }
+        E::Timeout { what, .. } if what.contains("TLS") || what.contains("preface") => (
+            Refusal::HandshakeTimeout,
+            LineKind::Handshake,
+            "handshake timed out",
+        ),
+        E::Flood(_) => (
+            Refusal::Flood,
+            LineKind::Protocol,
+            "peer flooded control frames",
+        ),
+        // A peer that goes away, a PING timeout, a protocol error after streams ran: the
+        // connection had its chance; nothing to refuse.
+        _ => {
+            tracing::debug!(%peer, %local_ip, error = %e, "HBONE connection ended with an error");
+            return;
+        }
+    };
+    core.conns.refused(
+        why,
+        kind,
+        |suppressed| tracing::warn!(%peer, %local_ip, error = %e, suppressed, "HBONE: {what}"),
+    );
+}
+
 async fn handle_connect(core: Rc<Core>, incoming: Incoming, peer: SocketAddr, local_ip: IpAddr) {
-    let started = Instant::now();
     let peer_id = incoming.peer_identity().clone();
     let authority = incoming.request().authority.clone();
-    let source = incoming
+    // The original client, as the source node says (`forwarded: for=`), else the peer.
+    let src = incoming
         .request()
         .forwarded
         .as_ref()
-        .and_then(|f| f.client_addr());
-    let snapshot = core.snapshot();
-    core.metrics.conn_opened(Direction::Inbound, Proto::Hbone);
-    let log = |outcome: Outcome, sent: u64, received: u64, detail: &str| {
-        tracing::info!(
-            target: "ringmesh::access",
-            direction = "inbound",
-            peer = %peer,
-            src = %source.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-            dst = %authority,
-            src_identity = %peer_id,
-            protocol = "hbone",
-            outcome = outcome.label(),
-            sent,
-            received,
-            duration_ms = started.elapsed().as_millis() as u64,
-            detail,
-            "connection closed"
-        );
-    };
-    let reject = |incoming: Incoming, status: Status, outcome: Outcome, detail: String| {
-        let _ = incoming.reject(status);
-        core.metrics
-            .conn_closed(Direction::Inbound, Proto::Hbone, outcome, 0, 0);
-        log(outcome, 0, 0, &detail);
+        .and_then(|f| f.client_addr())
+        .unwrap_or(peer);
+    let here = SocketAddr::new(local_ip, core.options.hbone_port);
+    let mut rec = ConnRecord::accept(
+        &core.conns,
+        Reporter::Destination,
+        Carrier::Hbone,
+        src,
+        here,
+    );
+    let refuse = |rec: ConnRecord, incoming: Incoming, why: Refusal, detail: String| {
+        let _ = incoming.reject(why.hbone_status());
+        rec.refuse(why, &detail);
     };
     let Some(target) = authority.socket_addr() else {
-        return reject(
-            incoming,
-            Status::BadRequest,
-            Outcome::BadRequest,
-            format!("authority {authority} is not ip:port"),
-        );
+        let detail = format!("authority {authority} is not ip:port");
+        return refuse(rec, incoming, Refusal::BadRequest, detail);
     };
+    rec.set_hbone_addr(target);
     if target.ip() != local_ip {
-        return reject(
-            incoming,
-            Status::BadRequest,
-            Outcome::BadRequest,
-            format!(
-                "authority IP {} is not the IP the tunnel arrived on ({local_ip})",
-                target.ip()
-            ),
+        let detail = format!(
+            "ip mismatch: authority IP {} is not the IP the tunnel arrived on ({local_ip})",
+            target.ip()
         );
+        return refuse(rec, incoming, Refusal::BadRequest, detail);
     }
+    if core.own_listeners().contains(target) {
+        let detail = format!("{target} is this node's own listener (a loop)");
+        return refuse(rec, incoming, Refusal::Loop, detail);
+    }
+    let snapshot = core.snapshot();
     let Some(workload) = snapshot.local_workload_by_ip(target.ip()).cloned() else {
-        return reject(
-            incoming,
-            Status::ServiceUnavailable,
-            Outcome::NoEndpoint,
-            format!("{} is no local workload", target.ip()),
-        );
+        let detail = format!("{} is no local workload", target.ip());
+        return refuse(rec, incoming, Refusal::NotServed, detail);
     };
-    if let Decision::Deny(reason) = snapshot.decide(Some(&peer_id), &workload, target.port()) {
-        return reject(
-            incoming,
-            Status::Unauthorized,
-            Outcome::Denied,
-            format!("denied: {reason:?}"),
-        );
+    let source = snapshot.workload_by_ip(src.ip()).cloned();
+    let service = snapshot.inbound_service(&workload, target.port()).cloned();
+    rec.set_source(source, Some(peer_id.clone()));
+    rec.set_destination(Some(workload.clone()), service);
+    rec.open(Security::MutualTls);
+    if core.load.over_memory() {
+        core.load.count_shed();
+        let outcome = Outcome::Shed("resident memory is above --memory-limit".into());
+        let _ = incoming.reject(Status::ServiceUnavailable);
+        return rec.finish(outcome);
     }
+    if let Decision::Deny(reason) = snapshot.decide(Some(&peer_id), &workload, target.port()) {
+        let outcome = Outcome::Denied(reason.to_string());
+        let _ = incoming.reject(outcome.hbone_status());
+        return rec.finish(outcome);
+    }
+    // Until it ends, a policy change that denies this peer closes the tunnel.
+    rec.grant(Grant {
+        peer: Some(peer_id),
+        src,
+        dst: target,
+    });
+    let dial_error = std::cell::RefCell::new(None);
+    let limit = core.limits().connect_timeout;
     let dial = async {
-        match runtime::time::timeout(POD_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+        match runtime::time::timeout(limit, TcpStream::connect(target)).await {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => {
-                tracing::debug!(%target, error = %e, "inbound dial failed");
+                *dial_error.borrow_mut() =
+                    Some(Outcome::Unreachable(format!("connect {target}: {e}")));
                 Err(Status::ServiceUnavailable)
             }
-            Err(_) => Err(Status::ServiceUnavailable),
+            Err(_) => {
+                *dial_error.borrow_mut() = Some(Outcome::Timeout {
+                    detail: format!("connect {target} after {limit:?}"),
+                    hbone: false,
+                });
+                Err(Status::ServiceUnavailable)
+            }
         }
     };
-    // Until it ends, a policy change that denies this peer closes the tunnel (dropping the
-    // relay resets the stream and closes the pod socket).
-    let live = core.track_inbound(Some(peer_id.clone()), target);
-    let meter = RelayMeter::default();
-    let served = until_revoked(&live, incoming.serve_metered(dial, &meter)).await;
-    let (outcome, sent, received, detail) = match served {
-        Some(Served::Relayed(s)) => (Outcome::Ok, s.from_tunnel, s.to_tunnel, String::new()),
-        Some(Served::Rejected(status)) => (
-            Outcome::Unreachable,
-            0,
-            0,
-            format!("pod {target} unreachable ({status})"),
-        ),
-        Some(Served::RelayFailed(s, e)) => {
-            (Outcome::Reset, s.from_tunnel, s.to_tunnel, e.to_string())
-        }
-        None => {
-            let s = meter.stats();
-            let detail = "denied by a policy change while open".to_string();
-            (Outcome::Denied, s.from_tunnel, s.to_tunnel, detail)
-        }
+    let idle = core.limits().idle_timeout;
+    let served = incoming.serve(dial, rec.meter(), rec.cut(idle)).await;
+    let outcome = match served {
+        Served::Relayed => Outcome::Complete,
+        Served::Rejected(status) => dial_error
+            .take()
+            .unwrap_or_else(|| Outcome::Unreachable(format!("answered {status}"))),
+        Served::Cancelled => Outcome::Reset(crate::conn::ResetBy::Downstream),
+        Served::RelayFailed(e) => tunnel_relay_outcome(&rec, &e, Originator::Tunnel, idle),
     };
-    core.metrics
-        .conn_closed(Direction::Inbound, Proto::Hbone, outcome, sent, received);
-    log(outcome, sent, received, &detail);
+    rec.finish(outcome);
 }
 
 /// Serves one plaintext connection that arrived on `local_ip`:15006 from a source outside
@@ -176,88 +227,70 @@ pub async fn serve_plaintext(
     peer: SocketAddr,
     local_ip: IpAddr,
 ) {
-    let started = Instant::now();
+    let _socket = core.conns.socket(Reporter::Destination);
+    let here = SocketAddr::new(local_ip, core.options.plaintext_port);
+    let mut rec = ConnRecord::accept(&core.conns, Reporter::Destination, Carrier::Tcp, peer, here);
+    let refuse = |rec: ConnRecord, client: &TcpStream, why: Refusal, detail: String| {
+        let _ = client.set_zero_linger();
+        rec.refuse(why, &detail);
+    };
+    let _admitted = match core.admit(None) {
+        Ok(a) => a,
+        Err((why, detail)) => return refuse(rec, &client, why, detail),
+    };
     let target = match client.original_dst() {
         Ok(d) => d,
         Err(e) => {
-            tracing::warn!(%peer, %local_ip, error = %e, "plaintext inbound: no original destination (not redirected); resetting");
-            let _ = client.set_zero_linger();
-            return;
+            let detail = format!("no original destination (not redirected): {e}");
+            return refuse(rec, &client, Refusal::BadRequest, detail);
         }
     };
+    rec.set_dst(target);
+    if core.own_listeners().contains(target) {
+        let detail = format!("{target} is this node's own listener (a loop)");
+        return refuse(rec, &client, Refusal::Loop, detail);
+    }
     let snapshot = core.snapshot();
     let Some(workload) = snapshot.local_workload_by_ip(target.ip()).cloned() else {
-        tracing::warn!(%peer, %target, "plaintext inbound: destination is no local workload; resetting");
-        let _ = client.set_zero_linger();
-        return;
+        let detail = format!("destination {} is no local workload", target.ip());
+        return refuse(rec, &client, Refusal::NotServed, detail);
     };
-    core.metrics.conn_opened(Direction::Inbound, Proto::Tcp);
-    let (outcome, sent, received, detail) =
-        if let Decision::Deny(reason) = snapshot.decide(None, &workload, target.port()) {
+    let source = snapshot.workload_by_ip(peer.ip()).cloned();
+    let service = snapshot.inbound_service(&workload, target.port()).cloned();
+    rec.set_source(source, None);
+    rec.set_destination(Some(workload.clone()), service);
+    rec.open(Security::Unknown);
+    if let Decision::Deny(reason) = snapshot.decide(None, &workload, target.port()) {
+        let _ = client.set_zero_linger();
+        return rec.finish(Outcome::Denied(reason.to_string()));
+    }
+    rec.grant(Grant {
+        peer: None,
+        src: peer,
+        dst: target,
+    });
+    let limit = core.limits().connect_timeout;
+    let pod = match runtime::time::timeout(limit, TcpStream::connect(target)).await {
+        Ok(Ok(pod)) => pod,
+        Ok(Err(e)) => {
             let _ = client.set_zero_linger();
-            (Outcome::Denied, 0, 0, format!("denied: {reason:?}"))
-        } else {
-            match runtime::time::timeout(POD_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-                Ok(Ok(pod)) => {
-                    let live = core.track_inbound(None, target);
-                    let (meter, opts) = (Progress::new(), RelayOptions::default());
-                    let relay = relay_metered(client, pod, &opts, &meter);
-                    match until_revoked(&live, relay).await {
-                        Some(Ok(s)) => (Outcome::Ok, s.b_to_a, s.a_to_b, String::new()),
-                        Some(Err(e)) => (
-                            Outcome::Reset,
-                            e.stats().b_to_a,
-                            e.stats().a_to_b,
-                            e.to_string(),
-                        ),
-                        None => {
-                            let s = meter.stats();
-                            let detail = "denied by a policy change while open".into();
-                            (Outcome::Denied, s.b_to_a, s.a_to_b, detail)
-                        }
-                    }
-                }
-                _ => {
-                    let _ = client.set_zero_linger();
-                    (
-                        Outcome::Unreachable,
-                        0,
-                        0,
-                        format!("pod {target} unreachable"),
-                    )
-                }
-            }
-        };
-    core.metrics
-        .conn_closed(Direction::Inbound, Proto::Tcp, outcome, sent, received);
-    tracing::info!(
-        target: "ringmesh::access",
-        direction = "inbound",
-        src = %peer,
-        dst = %target,
-        dst_identity = %workload.identity,
-        protocol = "tcp",
-        outcome = outcome.label(),
-        sent,
-        received,
-        duration_ms = started.elapsed().as_millis() as u64,
-        detail,
-        "connection closed"
-    );
-}
-
-/// Runs `work` unless `live` is revoked first (then `work` is dropped: `None`).
-async fn until_revoked<T>(live: &LiveGuard, work: impl Future<Output = T>) -> Option<T> {
-    let mut work = std::pin::pin!(work);
-    let mut revoked = std::pin::pin!(live.revoked());
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = work.as_mut().poll(cx) {
-            return Poll::Ready(Some(v));
+            return rec.finish(Outcome::Unreachable(format!("connect {target}: {e}")));
         }
-        if revoked.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
+        Err(_) => {
+            let _ = client.set_zero_linger();
+            return rec.finish(Outcome::Timeout {
+                detail: format!("connect {target} after {limit:?}"),
+                hbone: false,
+            });
         }
-        Poll::Pending
-    })
-    .await
+    };
+    let opts = RelayOptions {
+        idle_timeout: core.limits().idle_timeout,
+        ..RelayOptions::default()
+    };
+    let outcome = match relay_metered(client, pod, &opts, rec.meter(), rec.aborted()).await {
+        Ok(()) => Outcome::Complete,
+        Err(e) => tcp_relay_outcome(&rec, e),
+    };
+    rec.finish(outcome);
 }

@@ -1,72 +1,34 @@
 //! This core's listeners: the node-wide entries (15001 capture, 15080 SOCKS5) bound once,
 //! and the per-workload inbound listeners (15008 HBONE, 15006 plaintext) reconciled with
-//! every config snapshot: a new local workload gets its listeners, a removed one loses them
-//! (its live connections go on).
+//! every plan the control thread sends: a new local workload gets its listeners, a removed
+//! one loses them (its live connections go on).
+//!
+//! Invariant: a core binds only addresses the control thread has claimed for the node
+//! (`options::claim_port`), so a port another process serves is never shared through
+//! `SO_REUSEPORT`. Every listener runs the runtime's one accept loop
+//! (`runtime::Worker::spawn_accept`).
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::pin;
 use std::rc::Rc;
 
 use futures_channel::oneshot;
-use futures_util::future::{Either, select};
 use runtime::Worker;
-use runtime::net::{TcpListener, TcpStream};
+use runtime::net::TcpListener;
 
 use super::core::{Core, CoreMsg};
 use super::{inbound, outbound};
-
-/// Accepts on `listener` until `stop` fires (its sender dropped) or the process drains; each
-/// connection runs in a task tracked for drain.
-fn spawn_accept_loop<H, Fut>(
-    worker: &Worker<CoreMsg>,
-    listener: TcpListener,
-    stop: Option<oneshot::Receiver<()>>,
-    handler: H,
-) where
-    H: Fn(TcpStream, SocketAddr) -> Fut + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    let w = worker.clone();
-    runtime::spawn(async move {
-        let local = listener.local_addr().ok();
-        let mut stop = pin!(async move {
-            match stop {
-                Some(rx) => {
-                    let _ = rx.await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        });
-        loop {
-            let accepted = {
-                let accept = pin!(listener.accept());
-                let draining = pin!(w.shutdown().draining());
-                let end = pin!(select(stop.as_mut(), draining));
-                match select(accept, end).await {
-                    Either::Left((r, _)) => r,
-                    Either::Right(_) => break,
-                }
-            };
-            match accepted {
-                Ok((stream, peer)) => w.spawn_conn(handler(stream, peer)),
-                Err(e) => {
-                    tracing::warn!(listener = ?local, error = %e, "accept failed");
-                    runtime::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            }
-        }
-        tracing::debug!(listener = ?local, "listener closed");
-    })
-    .detach();
-}
 
 /// Node-wide entry points of one core.
 #[derive(Debug, Clone, Default)]
 pub struct EntryAddrs {
     pub capture: Option<SocketAddr>,
     pub socks5: Option<SocketAddr>,
+}
+
+/// A future that completes when `rx`'s sender is dropped (a listener's stop signal).
+async fn stopped(rx: oneshot::Receiver<()>) {
+    let _ = rx.await;
 }
 
 /// Binds the node-wide entries; errors abort start-up.
@@ -79,14 +41,14 @@ pub fn bind_entries(
     if let Some(addr) = entries.capture {
         let l = TcpListener::bind_on_core(addr, steer)?;
         let core = core.clone();
-        spawn_accept_loop(worker, l, None, move |s, peer| {
+        worker.spawn_accept(l, std::future::pending(), move |s, peer| {
             outbound::serve_captured(core.clone(), s, peer)
         });
     }
     if let Some(addr) = entries.socks5 {
         let l = TcpListener::bind_on_core(addr, steer)?;
         let core = core.clone();
-        spawn_accept_loop(worker, l, None, move |s, peer| {
+        worker.spawn_accept(l, std::future::pending(), move |s, peer| {
             outbound::serve_socks5(core.clone(), s, peer)
         });
     }
@@ -110,18 +72,13 @@ impl Inbound {
         }
     }
 
-    /// Makes the listeners match the current snapshot's local workloads. Returns the bind
-    /// errors (at start-up they abort; later they are logged and retried next snapshot).
-    pub fn reconcile(&mut self) -> Vec<std::io::Error> {
-        let snapshot = self.core.snapshot();
-        let want: HashSet<IpAddr> = snapshot
-            .local_workloads()
-            .iter()
-            .flat_map(|w| w.ips.iter().copied())
-            .collect();
-        self.running.retain(|ip, _| want.contains(ip));
+    /// Makes the listeners match `plan` (the local workload IPs the node serves). Returns
+    /// the bind errors (at start-up they abort; later they are logged and retried with the
+    /// next plan).
+    pub fn reconcile(&mut self, plan: &HashSet<IpAddr>) -> Vec<std::io::Error> {
+        self.running.retain(|ip, _| plan.contains(ip));
         let mut errors = Vec::new();
-        for ip in want {
+        for &ip in plan {
             if self.running.contains_key(&ip) {
                 continue;
             }
@@ -143,13 +100,15 @@ impl Inbound {
         let (stop_h, rx_h) = oneshot::channel();
         let (stop_p, rx_p) = oneshot::channel();
         let (core, worker) = (self.core.clone(), self.worker.clone());
-        spawn_accept_loop(&self.worker, hbone, Some(rx_h), move |s, peer| {
-            inbound::serve_hbone(core.clone(), worker.clone(), s, peer, ip)
-        });
+        self.worker
+            .spawn_accept(hbone, stopped(rx_h), move |s, peer| {
+                inbound::serve_hbone(core.clone(), worker.clone(), s, peer, ip)
+            });
         let core = self.core.clone();
-        spawn_accept_loop(&self.worker, plain, Some(rx_p), move |s, peer| {
-            inbound::serve_plaintext(core.clone(), s, peer, ip)
-        });
+        self.worker
+            .spawn_accept(plain, stopped(rx_p), move |s, peer| {
+                inbound::serve_plaintext(core.clone(), s, peer, ip)
+            });
         tracing::debug!(worker = self.worker.index(), %ip, "inbound listeners up");
         Ok(vec![stop_h, stop_p])
     }

@@ -1,75 +1,83 @@
 //! The node proxy: `ringmesh run`.
 //!
-//! Threads: the control thread (this module's [`run`]) loads the config, owns the identity
-//! manager, the config watcher and the admin endpoints, and publishes immutable snapshots
-//! to the cores by message ([`CoreMsg`]); one worker per core serves connections with its
-//! own [`Core`] state. Nothing on the data path is shared between cores.
+//! Threads: the control thread (this module's [`run`]) validates the options, claims the
+//! node's ports, loads the config, owns the identity manager, the config watcher, the memory
+//! sampler and the admin endpoints, and publishes immutable snapshots to the cores by message
+//! ([`CoreMsg`]); one worker per core serves connections with its own [`Core`] state.
+//! Nothing on the data path is shared between cores but the load-shedding flag
+//! ([`limits::NodeLoad`]).
+//!
+//! Drain: on SIGTERM, SIGINT, `POST /quitquitquit` or `POST /drain`, listeners stop
+//! accepting and HBONE connections get GOAWAY; live connections run until the drain
+//! deadline; then every one still open is reset on both sides and logged as
+//! `connection closed due to connection drain`, and the process exits.
 
 pub mod core;
+pub mod dump;
+pub mod guard;
 pub mod inbound;
+pub mod limits;
 pub mod listeners;
+pub mod options;
 pub mod outbound;
-pub mod socks5;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hbone::pool::PoolConfig;
-use runtime::{Broadcaster, RuntimeConfig, Shutdown};
+use runtime::{Broadcaster, Shutdown};
 
 pub use self::core::{Core, CoreMsg, CoreOptions, IncomingCpu, UnknownSource};
+use self::limits::NodeLoad;
 use self::listeners::{EntryAddrs, Inbound};
-use crate::admin::{AdminAddrs, AdminSource};
+pub use self::options::NodeOptions;
+use crate::admin::AdminSource;
 use crate::config::{self, LoadOptions, Snapshot, WatchOptions};
+use crate::conn::{AbortReason, Conns};
 use crate::identity::{CertSet, IdentityManager, ManagerOptions, Signer, ca};
-use crate::metrics::Metrics;
-
-/// Everything `ringmesh run` needs.
-#[derive(Debug, Clone)]
-pub struct NodeOptions {
-    pub config: PathBuf,
-    /// Overrides the config file's `node:`.
-    pub node: Option<String>,
-    pub ca_dir: PathBuf,
-    pub runtime: RuntimeConfig,
-    pub drain_timeout: Duration,
-    pub entries: EntryAddrs,
-    pub admin: AdminAddrs,
-    pub hbone_port: u16,
-    pub plaintext_port: u16,
-    pub unknown_source: UnknownSource,
-    pub incoming_cpu: IncomingCpu,
-    pub cert_lifetime: Duration,
-    pub pool_idle_timeout: Duration,
-    /// Re-read the config file this often (0: never).
-    pub watch_interval: Duration,
-}
+use crate::telemetry::{Extras, Metrics};
 
 /// How often each core copies its pool counters into its metrics shard. Scrapes come every
 /// 15 s or so; a second is fresh enough and costs nothing.
 const POOL_STATS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often a worker returns the memory its allocator holds free to the OS. mimalloc purges
+/// freed pages only when the thread allocates again, so a worker that goes quiet after a
+/// flood would keep its peak (a 4-stream flood kept 275 MB after it closed); a collect per
+/// second costs microseconds on an idle heap.
+const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// After the drain deadline, how long the reset connections get to log and close.
+const DRAIN_ABORT_GRACE: Duration = Duration::from_secs(2);
+
 /// Replaces the process's log filter (from the admin endpoint); set up by `main`.
 pub type LogReload = Box<dyn Fn(&str) -> std::result::Result<(), String> + Send + Sync>;
+
+/// The log filter as `main` set it up, and how to change it.
+pub struct LogControl {
+    /// The filter at start (`--log`, `RINGMESH_LOG` or `RUST_LOG`), which `reset` restores.
+    pub default: String,
+    pub reload: LogReload,
+}
 
 /// The control thread's view, for the admin endpoints.
 struct Control {
     snapshot: Mutex<Arc<Snapshot>>,
     identities: Arc<IdentityManager>,
     metrics: Arc<Metrics>,
+    load: Arc<NodeLoad>,
     ready: AtomicBool,
     shutdown: Shutdown,
     drain_timeout: Duration,
-    driver: Mutex<String>,
-    /// Each worker's pinned core, in worker order (`None`: not pinned).
-    cores: Vec<Option<usize>>,
-    incoming_cpu: IncomingCpu,
-    log_reload: LogReload,
+    info: Mutex<dump::NodeInfo>,
+    log: LogControl,
+    log_filter: Mutex<String>,
+    istio_version: Option<String>,
 }
 
 impl AdminSource for Control {
@@ -79,74 +87,78 @@ impl AdminSource for Control {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let certs = self.identities.current();
-        let workloads: Vec<_> = snap
-            .workloads()
-            .iter()
-            .map(|w| {
-                serde_json::json!({
-                    "uid": &*w.uid, "name": &*w.name, "namespace": &*w.namespace,
-                    "identity": w.identity.to_string(), "ips": w.ips, "node": &*w.node,
-                    "protocol": format!("{:?}", w.protocol), "local": snap.local_workload_by_ip(w.ips[0]).is_some(),
-                })
-            })
-            .collect();
-        let services: Vec<_> = snap
-            .services()
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "name": &*s.name, "namespace": &*s.namespace, "hostname": &*s.hostname,
-                    "vips": s.vips.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
-                    "ports": s.ports, "endpoints": s.members.iter().map(|m| m.uid.to_string()).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        let certificates: Vec<_> = certs
-            .iter()
-            .map(|(id, c)| {
-                serde_json::json!({
-                    "identity": id.to_string(),
-                    "not_before": humantime_secs(c.not_before),
-                    "not_after": humantime_secs(c.not_after),
-                })
-            })
-            .collect();
-        serde_json::json!({
-            "node": snap.node(),
-            "config_hash": format!("{:016x}", snap.content_hash()),
-            "runtime": {
-                "driver": *self.driver.lock().unwrap_or_else(|p| p.into_inner()),
-                "workers": self.cores.len(),
-                "cores": self.cores,
-                "incoming_cpu": self.incoming_cpu.as_str(),
-            },
-            "workloads": workloads,
-            "services": services,
-            "policies": snap.policies().len(),
-            "certificates": certificates,
-        })
+        let info = self.info.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        dump::config_dump(&snap, &self.identities.current(), &info)
     }
 
-    fn ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.shutdown.is_draining()
+    fn ready(&self) -> std::result::Result<(), String> {
+        if self.shutdown.is_draining() {
+            return Err("draining".into());
+        }
+        if !self.ready.load(Ordering::Acquire) {
+            return Err("proxy".into());
+        }
+        Ok(())
     }
 
     fn metrics(&self) -> String {
         let driver = self
-            .driver
+            .info
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .driver
             .clone();
         let certs = self.identities.current();
-        self.metrics.render_prometheus(
-            &driver,
-            &[("ringmesh_workload_certificates", certs.len() as f64)],
-        )
+        let fds = open_fds();
+        let extras = Extras {
+            driver,
+            istio_version: self.istio_version.clone(),
+            gauges: vec![
+                (
+                    "ringmesh_workload_certificates",
+                    "Workload certificates the node holds.",
+                    certs.len() as f64,
+                ),
+                (
+                    "ringmesh_resident_memory_bytes",
+                    "The node's resident memory at the last sample (what --memory-limit is checked against).",
+                    self.load.rss() as f64,
+                ),
+                (
+                    "process_open_fds",
+                    "Number of open file descriptors",
+                    fds.0 as f64,
+                ),
+                (
+                    "process_max_fds",
+                    "Maximum number of file descriptors",
+                    fds.1 as f64,
+                ),
+            ],
+            counters: vec![(
+                "ringmesh_load_shed_total",
+                "Connections and tunnels refused by a limit (memory, connections per node or per peer).",
+                self.load.shed() as f64,
+            )],
+        };
+        self.metrics.render_prometheus(&extras)
     }
 
-    fn set_log_level(&self, filter: &str) -> std::result::Result<(), String> {
-        (self.log_reload)(filter)
+    fn log_filter(&self) -> String {
+        self.log_filter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn default_log_filter(&self) -> String {
+        self.log.default.clone()
+    }
+
+    fn set_log_filter(&self, filter: &str) -> std::result::Result<(), String> {
+        (self.log.reload)(filter)?;
+        *self.log_filter.lock().unwrap_or_else(|p| p.into_inner()) = filter.to_string();
+        Ok(())
     }
 
     fn drain(&self) {
@@ -154,15 +166,67 @@ impl AdminSource for Control {
     }
 }
 
-/// Seconds since the Unix epoch (for JSON; exact and unambiguous).
-fn humantime_secs(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// Open descriptors (`/proc/self/fd`) and the soft limit (`/proc/self/limits`).
+fn open_fds() -> (usize, u64) {
+    let open = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count().saturating_sub(1))
+        .unwrap_or(0);
+    let max = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0);
+    (open, max)
+}
+
+/// The local workload IPs whose inbound listeners the node serves under `snapshot`: the ones
+/// already served, and the new ones whose two ports no other process listens on. Each
+/// refusal names the workload and the address.
+fn plan_inbound(
+    snapshot: &Snapshot,
+    opts: &NodeOptions,
+    served: &HashSet<IpAddr>,
+) -> (HashSet<IpAddr>, Vec<String>) {
+    let mut plan = HashSet::new();
+    let mut errors = Vec::new();
+    let entries = opts.shared_listeners();
+    for w in snapshot.local_workloads() {
+        'ip: for &ip in &w.ips {
+            if served.contains(&ip) {
+                plan.insert(ip);
+                continue;
+            }
+            for (flag, port) in [
+                ("--hbone-port", opts.hbone_port),
+                ("--plaintext-port", opts.plaintext_port),
+            ] {
+                let addr = SocketAddr::new(ip, port);
+                if let Some((entry, at)) =
+                    entries.iter().find(|(_, at)| options::overlaps(*at, addr))
+                {
+                    errors.push(format!(
+                        "workload {} ({ip}): {flag} {addr} is the {entry} listener {at}",
+                        w.uid
+                    ));
+                    continue 'ip;
+                }
+                if let Err(e) = options::claim_port(flag, addr) {
+                    errors.push(format!("workload {} ({ip}): {e}", w.uid));
+                    continue 'ip;
+                }
+            }
+            plan.insert(ip);
+        }
+    }
+    (plan, errors)
 }
 
 /// Runs a node until SIGTERM/SIGINT (or an admin drain) and its drain are over.
-pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
+pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
+    opts.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = Shutdown::default();
     shutdown.drain_on_signals(opts.drain_timeout)?;
 
@@ -172,6 +236,17 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
     let snapshot =
         Arc::new(config::load_file(&opts.config, &load).map_err(|e| anyhow::anyhow!("{e}"))?);
     let node = snapshot.node().unwrap_or("-").to_string();
+
+    // Ports first: a node must not start on ports another process serves.
+    for (flag, addr) in opts.shared_listeners() {
+        options::claim_port(flag, addr).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let (plan, errors) = plan_inbound(&snapshot, &opts, &HashSet::new());
+    if let Some(e) = errors.first() {
+        anyhow::bail!("{e}");
+    }
+    let plan = Arc::new(plan);
+
     let ca = ca::load(&opts.ca_dir)
         .with_context(|| format!("loading the CA from {}", opts.ca_dir.display()))?;
     let signer: Arc<dyn Signer> = Arc::new(ca);
@@ -200,14 +275,25 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
             .with_context(|| format!("issuing a certificate for {id}"))?;
     }
 
-    let cores = match &opts.runtime.cores {
+    let workers = match &opts.runtime.cores {
         runtime::Cores::All => std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
         runtime::Cores::Count(n) => *n,
         runtime::Cores::List(l) => l.len(),
     };
-    let metrics = Metrics::new(cores);
+    let metrics = Metrics::new(workers);
+    let node_load = NodeLoad::new();
+    let endpoints: Vec<SocketAddr> = [
+        opts.entries.capture,
+        opts.entries.socks5,
+        opts.admin.admin,
+        opts.admin.metrics,
+        opts.admin.ready,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let core_opts = CoreOptions {
         hbone_port: opts.hbone_port,
         plaintext_port: opts.plaintext_port,
@@ -217,21 +303,29 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
             idle_timeout: opts.pool_idle_timeout,
             ..PoolConfig::default()
         },
+        limits: opts.limits.clone(),
+        endpoints,
+        workers,
     };
     let init_snapshot = snapshot.clone();
     let init_certs = identities.current();
     let init_metrics = metrics.clone();
+    let init_plan = plan.clone();
+    let init_load = node_load.clone();
     let entries = opts.entries.clone();
     let rt = runtime::launch_with(&opts.runtime, shutdown.clone(), move |worker| {
+        let i = worker.index();
+        let conns = Conns::new(init_metrics.shard(i), init_metrics.series_cache(i));
         let core = Core::new(
             core_opts.clone(),
             init_snapshot.clone(),
             init_certs.clone(),
-            init_metrics.shard(worker.index()),
+            conns,
+            init_load.clone(),
         );
         listeners::bind_entries(&worker, &core, &entries)?;
         let mut inbound = Inbound::new(worker.clone(), core.clone());
-        if let Some(e) = inbound.reconcile().into_iter().next() {
+        if let Some(e) = inbound.reconcile(&init_plan).into_iter().next() {
             return Err(e);
         }
         Ok(worker_main(worker, core, inbound))
@@ -240,19 +334,40 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
     // Anything renewed between start-up and now.
     rt.broadcast(CoreMsg::Certs(identities.current()));
 
+    let driver = rt.driver().map(|d| d.to_string()).unwrap_or_default();
+    let info = dump::NodeInfo {
+        node: snapshot.node().map(str::to_string),
+        driver: driver.clone(),
+        cores: rt.workers().iter().map(|w| w.core).collect(),
+        incoming_cpu: opts.incoming_cpu.as_str(),
+        listeners: [
+            ("capture", opts.entries.capture),
+            ("socks5", opts.entries.socks5),
+            ("admin", opts.admin.admin),
+            ("metrics", opts.admin.metrics),
+            ("ready", opts.admin.ready),
+        ]
+        .into_iter()
+        .collect(),
+        hbone_port: opts.hbone_port,
+        plaintext_port: opts.plaintext_port,
+        config_hash: snapshot.content_hash(),
+    };
     let control = Arc::new(Control {
         snapshot: Mutex::new(snapshot.clone()),
         identities: identities.clone(),
         metrics: metrics.clone(),
+        load: node_load.clone(),
         ready: AtomicBool::new(false),
         shutdown: shutdown.clone(),
         drain_timeout: opts.drain_timeout,
-        driver: Mutex::new(rt.driver().map(|d| d.to_string()).unwrap_or_default()),
-        cores: rt.workers().iter().map(|w| w.core).collect(),
-        incoming_cpu: opts.incoming_cpu,
-        log_reload,
+        info: Mutex::new(info),
+        log_filter: Mutex::new(log.default.clone()),
+        log,
+        istio_version: opts.istio_version.clone(),
     });
     let _admin = crate::admin::start(&opts.admin, control.clone())?;
+    let _sampler = spawn_memory_sampler(node_load, opts.limits.memory_limit, shutdown.clone());
 
     let _watcher = if opts.watch_interval.is_zero() {
         None
@@ -261,6 +376,8 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
         let control = control.clone();
         let ids = identities.clone();
         let path = opts.config.clone();
+        let opts2 = opts.clone();
+        let served = Mutex::new((*plan).clone());
         Some(config::watch(
             &opts.config,
             WatchOptions {
@@ -268,9 +385,12 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
                 interval: opts.watch_interval,
                 current: Some(snapshot.content_hash()),
             },
-            move |res| match res {
-                Ok(snap) => {
-                    tracing::info!(config = %path.display(), workloads = snap.workloads().len(), services = snap.services().len(), "config reloaded");
+            move |res| {
+                // An error was logged by the watcher (with the file and the field path); the
+                // previous config keeps serving.
+                let Ok(snap) = res else { return };
+                {
+                    tracing::info!(config = %path.display(), workloads = snap.workloads().len(), services = snap.services().len(), "config applied");
                     if let Err(e) = ids.set_identities(snap.local_identities()) {
                         tracing::error!(error = %e, "identity manager refused the new identities");
                     }
@@ -279,12 +399,21 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
                             tracing::warn!(identity = %id, error = %e, "no certificate yet for new workload");
                         }
                     }
+                    let mut served = served.lock().unwrap_or_else(|p| p.into_inner());
+                    let (plan, errors) = plan_inbound(&snap, &opts2, &served);
+                    for e in errors {
+                        tracing::error!("not serving inbound traffic: {e}");
+                    }
+                    *served = plan.clone();
                     b.send(CoreMsg::Certs(ids.current()));
                     b.send(CoreMsg::Config(snap.clone()));
+                    b.send(CoreMsg::Inbound(Arc::new(plan)));
+                    control
+                        .info
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .config_hash = snap.content_hash();
                     *control.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = snap;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "config rejected; still serving the previous one")
                 }
             },
         )?)
@@ -294,7 +423,7 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
     tracing::info!(
         node = %node,
         workers = rt.workers().len(),
-        driver = %rt.driver().map(|d| d.as_str()).unwrap_or("none"),
+        driver = %driver,
         local_workloads = snapshot.local_workloads().len(),
         capture = ?opts.entries.capture,
         socks5 = ?opts.entries.socks5,
@@ -306,30 +435,65 @@ pub fn run(opts: NodeOptions, log_reload: LogReload) -> Result<()> {
     Ok(())
 }
 
-/// A worker's main task: apply control messages until the drain, then wait for the live
-/// connections (up to the deadline).
+/// Samples the resident set every [`limits::MEMORY_SAMPLE_INTERVAL`] and flips the
+/// load-shedding flag across the limit (logged once per crossing).
+fn spawn_memory_sampler(
+    load: Arc<NodeLoad>,
+    limit: Option<u64>,
+    shutdown: Shutdown,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("ringmesh-memory".into())
+        .spawn(move || {
+            while !shutdown.is_draining() {
+                if let Some(rss) = limits::resident_bytes() {
+                    match load.observe(rss, limit) {
+                        Some(true) => tracing::error!(
+                            rss_mib = rss >> 20,
+                            limit_mib = limit.unwrap_or(0) >> 20,
+                            "memory above --memory-limit: refusing new connections until it falls"
+                        ),
+                        Some(false) => tracing::warn!(
+                            rss_mib = rss >> 20,
+                            "memory back under --memory-limit: accepting new connections"
+                        ),
+                        None => {}
+                    }
+                }
+                std::thread::sleep(limits::MEMORY_SAMPLE_INTERVAL);
+            }
+        })
+}
+
+/// A worker's main task: apply control messages until the drain, wait for the live
+/// connections until the deadline, then reset the rest (each logs its line).
 async fn worker_main(worker: runtime::Worker<CoreMsg>, core: Rc<Core>, mut inbound: Inbound) {
     let w = worker.clone();
-    let core_for_stats = core.clone();
+    let msg_core = core.clone();
     let messages = async move {
         while let Ok(msg) = w.messages().recv().await {
-            let reconcile = matches!(msg, CoreMsg::Config(_));
-            core.apply(msg);
-            if reconcile {
-                for e in inbound.reconcile() {
+            if let CoreMsg::Inbound(plan) = &msg {
+                for e in inbound.reconcile(plan) {
                     tracing::error!(worker = w.index(), error = %e, "could not bind an inbound listener for a new workload");
                 }
             }
+            msg_core.apply(msg);
         }
     };
-    // Pool figures for /metrics, every few seconds (the pool's own counters are cumulative).
-    let (pool_core, w2) = (core_for_stats, worker.clone());
+    // Pool figures for /metrics, and the allocator's free memory back to the OS.
+    let (house_core, w2) = (core.clone(), worker.clone());
     runtime::spawn(async move {
+        let mut last_collect = Instant::now();
         while !w2.shutdown().is_draining() {
-            let s = pool_core.pool.stats();
-            pool_core
-                .metrics
+            let s = house_core.pool.stats();
+            house_core
+                .conns
+                .shard
                 .hbone_pool(s.dials, s.reuses, s.open as u64);
+            if last_collect.elapsed() >= COLLECT_INTERVAL {
+                runtime::alloc::collect();
+                last_collect = Instant::now();
+            }
             runtime::time::sleep(POOL_STATS_INTERVAL).await;
         }
     })
@@ -338,16 +502,27 @@ async fn worker_main(worker: runtime::Worker<CoreMsg>, core: Rc<Core>, mut inbou
     let drain = std::pin::pin!(worker.shutdown().draining());
     futures_util::future::select(messages, drain).await;
     worker.wait_idle().await;
+    if worker.live_connections() > 0 {
+        let n = core.conns.live.abort_all(AbortReason::Drain);
+        tracing::info!(
+            worker = worker.index(),
+            reset = n,
+            "drain deadline passed: resetting the connections still open"
+        );
+        let until = Instant::now() + DRAIN_ABORT_GRACE;
+        while !core.conns.live.is_empty() && Instant::now() < until {
+            runtime::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// Addresses for a node whose entries listen on `ip` (tests and the demo).
-pub fn entries_on(
-    ip: std::net::IpAddr,
-    capture_port: Option<u16>,
-    socks_port: Option<u16>,
-) -> EntryAddrs {
+pub fn entries_on(ip: IpAddr, capture_port: Option<u16>, socks_port: Option<u16>) -> EntryAddrs {
     EntryAddrs {
         capture: capture_port.map(|p| SocketAddr::new(ip, p)),
         socks5: socks_port.map(|p| SocketAddr::new(ip, p)),
     }
 }
+
+/// Re-exported for `main`.
+pub use self::limits::Limits;

@@ -1,126 +1,127 @@
 //! Outbound: traffic leaving a local workload, captured on 15001 (original destination from
 //! `SO_ORIGINAL_DST`) or entered through SOCKS5 (15080).
 //!
-//! Decision first, bytes second (STYLE.md): the source workload is found by source IP, the
+//! Decision first, bytes second (STYLE.md): the connection is admitted, its destination
+//! checked against the node's own listeners, the source workload found by source IP, the
 //! destination resolved (service VIP → endpoint, workload IP, or unknown) and the upstream
 //! opened — an HBONE CONNECT stream from this core's pool, or a plain TCP socket — before
-//! any byte of the client's is relayed. The relay then only moves and counts bytes.
+//! any byte of the client's is relayed. The relay then only moves and counts bytes. Every
+//! step reports through the connection's record (`crate::conn`).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use hbone::pool::PoolKey;
-use hbone::stream::HboneStream;
+use hbone::stream::{HboneStream, Originator};
 use hbone::wire::ConnectRequest;
 use runtime::net::TcpStream;
-use runtime::relay::{RelayOptions, relay};
+use runtime::relay::{RelayError, RelayOptions, Side, relay_metered};
 
 use super::core::{Core, UnknownSource};
-use super::socks5::{self, Reply};
-use crate::config::{Destination, Protocol, Snapshot, Workload};
-use crate::metrics::{Direction, Outcome, Proto};
-
-/// Deadline for dialing a plain-TCP upstream. HBONE dials have the pool's own deadline.
-const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deadline for a SOCKS5 client to send its greeting and request.
-const SOCKS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::config::{Destination, Protocol, Service, Snapshot, Workload};
+use crate::conn::{ConnRecord, Outcome, ResetBy};
+use crate::socks5::{self, Reply};
+use crate::telemetry::{Carrier, Refusal, Reporter, Security};
 
 /// Where an outbound connection goes, decided before any byte moves.
 enum Route {
     Hbone {
         key: Box<PoolKey>,
         request: Box<ConnectRequest>,
-        dst_workload: Arc<Workload>,
     },
     Tcp {
         addr: SocketAddr,
-        dst_workload: Option<Arc<Workload>>,
-        proto: Proto,
     },
 }
 
-/// A refused route: the outcome for metrics and logs, and the SOCKS reply.
-struct Refusal {
-    outcome: Outcome,
-    reason: String,
+/// What the route resolution learnt, for the record.
+struct Resolved {
+    route: Route,
+    carrier: Carrier,
+    destination: Option<Arc<Workload>>,
+    service: Option<Arc<Service>>,
 }
 
 fn route(
     core: &Core,
     snapshot: &Snapshot,
+    source: Option<&Arc<Workload>>,
     src: SocketAddr,
     dst: SocketAddr,
-) -> Result<(Option<Arc<Workload>>, Route), Refusal> {
-    let source = snapshot.local_workload_by_ip(src.ip()).cloned();
+) -> Result<Resolved, (Refusal, String)> {
     let Some(source) = source else {
         return match core.options.unknown_source {
-            UnknownSource::Passthrough => Ok((
-                None,
-                Route::Tcp {
-                    addr: dst,
-                    dst_workload: None,
-                    proto: Proto::Passthrough,
-                },
-            )),
-            UnknownSource::Reject => Err(Refusal {
-                outcome: Outcome::Denied,
-                reason: format!("source {} is not a local workload", src.ip()),
+            UnknownSource::Passthrough => Ok(Resolved {
+                route: Route::Tcp { addr: dst },
+                carrier: Carrier::Passthrough,
+                destination: None,
+                service: None,
             }),
+            UnknownSource::Reject => Err((
+                Refusal::UnknownSource,
+                format!("source {} is not a local workload", src.ip()),
+            )),
         };
     };
-    let (workload, addr) = match snapshot.resolve(dst, core.next_pick()) {
-        Destination::Service { endpoint, .. } => (endpoint.workload.clone(), endpoint.addr),
-        Destination::Workload { workload, addr } => (workload.clone(), addr),
+    let (workload, addr, service) = match snapshot.resolve(dst, core.next_pick()) {
+        Destination::Service { endpoint, port } => (
+            endpoint.workload.clone(),
+            endpoint.addr,
+            Some(port.service.clone()),
+        ),
+        Destination::Workload { workload, addr } => (workload.clone(), addr, None),
         Destination::NoEndpoint { port } => {
-            return Err(Refusal {
-                outcome: Outcome::NoEndpoint,
-                reason: format!(
-                    "service {} has no healthy endpoint for port {}",
+            return Err((
+                Refusal::NoEndpoint,
+                format!(
+                    "no healthy upstream: service {} has no endpoint for port {}",
                     port.service.key(),
                     port.port
                 ),
-            });
+            ));
         }
         Destination::UnknownServicePort { service } => {
-            return Err(Refusal {
-                outcome: Outcome::NoEndpoint,
-                reason: format!(
+            return Err((
+                Refusal::NoEndpoint,
+                format!(
                     "service {} does not expose port {}",
                     service.key(),
                     dst.port()
                 ),
-            });
-        }
-        Destination::Unknown => {
-            return Ok((
-                Some(source),
-                Route::Tcp {
-                    addr: dst,
-                    dst_workload: None,
-                    proto: Proto::Passthrough,
-                },
             ));
         }
+        Destination::Unknown => {
+            return Ok(Resolved {
+                route: Route::Tcp { addr: dst },
+                carrier: Carrier::Passthrough,
+                destination: None,
+                service: None,
+            });
+        }
     };
-    let route = match workload.protocol {
-        Protocol::Hbone => Route::Hbone {
-            key: Box::new(PoolKey::new(
-                source.identity.clone(),
-                vec![workload.identity.clone()],
-                core.hbone_addr(addr.ip()),
-            )),
-            request: Box::new(ConnectRequest::new(addr).with_source(src)),
-            dst_workload: workload,
+    let resolved = match workload.protocol {
+        Protocol::Hbone => Resolved {
+            route: Route::Hbone {
+                key: Box::new(PoolKey::new(
+                    source.identity.clone(),
+                    vec![workload.identity.clone()],
+                    core.hbone_addr(addr.ip()),
+                )),
+                request: Box::new(ConnectRequest::new(addr).with_source(src)),
+            },
+            carrier: Carrier::Hbone,
+            destination: Some(workload),
+            service,
         },
-        Protocol::Tcp => Route::Tcp {
-            addr,
-            dst_workload: Some(workload),
-            proto: Proto::Tcp,
+        Protocol::Tcp => Resolved {
+            route: Route::Tcp { addr },
+            carrier: Carrier::Tcp,
+            destination: Some(workload),
+            service,
         },
     };
-    Ok((Some(source), route))
+    Ok(resolved)
 }
 
 enum Upstream {
@@ -128,234 +129,276 @@ enum Upstream {
     Tcp(TcpStream),
 }
 
-/// What the access log says of a connection.
-struct Log<'a> {
-    src: SocketAddr,
-    dst: SocketAddr,
-    source: Option<&'a Workload>,
-    dst_workload: Option<&'a Workload>,
-    upstream: Option<SocketAddr>,
-    proto: Proto,
-}
-
-fn access_log(
-    log: &Log<'_>,
-    outcome: Outcome,
-    sent: u64,
-    received: u64,
-    started: Instant,
-    detail: &str,
-) {
-    tracing::info!(
-        target: "ringmesh::access",
-        direction = "outbound",
-        src = %log.src,
-        dst = %log.dst,
-        src_identity = %log.source.map(|w| w.identity.to_string()).unwrap_or_else(|| "-".into()),
-        dst_identity = %log.dst_workload.map(|w| w.identity.to_string()).unwrap_or_else(|| "-".into()),
-        upstream = %log.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-        protocol = log.proto.label(),
-        outcome = outcome.label(),
-        sent,
-        received,
-        duration_ms = started.elapsed().as_millis() as u64,
-        detail,
-        "connection closed"
-    );
-}
-
-async fn open(core: &Core, route: &Route) -> Result<Upstream, (Outcome, String)> {
+async fn open(core: &Core, route: &Route) -> Result<Upstream, Outcome> {
     match route {
-        Route::Hbone { key, request, .. } => core
+        Route::Hbone { key, request } => core
             .pool
             .connect(key, request)
             .await
             .map(Upstream::Hbone)
-            .map_err(|e| (outcome_of_hbone(&e), e.to_string())),
-        Route::Tcp { addr, .. } => {
-            match runtime::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(*addr)).await {
+            .map_err(|e| outcome_of_hbone(&e)),
+        Route::Tcp { addr } => {
+            let limit = core.limits().connect_timeout;
+            match runtime::time::timeout(limit, TcpStream::connect(*addr)).await {
                 Ok(Ok(s)) => Ok(Upstream::Tcp(s)),
-                Ok(Err(e)) => Err((Outcome::Unreachable, format!("connect {addr}: {e}"))),
-                Err(_) => Err((
-                    Outcome::Timeout,
-                    format!("connect {addr}: timed out after {TCP_CONNECT_TIMEOUT:?}"),
-                )),
+                Ok(Err(e)) => Err(Outcome::Unreachable(format!("connect {addr}: {e}"))),
+                Err(_) => Err(Outcome::Timeout {
+                    detail: format!("connect {addr} after {limit:?}"),
+                    hbone: false,
+                }),
             }
         }
     }
 }
 
+/// The outcome of a failed HBONE request (pool dial or CONNECT).
 fn outcome_of_hbone(e: &hbone::Error) -> Outcome {
-    match e.status() {
-        hbone::wire::Status::Unauthorized => Outcome::Denied,
-        hbone::wire::Status::BadRequest => Outcome::BadRequest,
-        _ => match e {
-            hbone::Error::Timeout { .. } => Outcome::Timeout,
-            _ => Outcome::Unreachable,
+    use hbone::Error as E;
+    let text = e.to_string();
+    match e {
+        E::Dial { source, .. } => match outcome_of_hbone(source) {
+            Outcome::Failed(_) => Outcome::Unreachable(text),
+            other => other,
         },
+        E::Rejected { status } => match status.as_u16() {
+            401 | 403 => Outcome::Denied(format!("the destination node answered {status}")),
+            _ => Outcome::Unreachable(format!("the destination node answered {status}")),
+        },
+        E::Timeout { .. } => Outcome::Timeout {
+            detail: text,
+            hbone: true,
+        },
+        E::Tls(_) | E::UnexpectedPeerIdentity { .. } | E::WrongTrustDomain { .. } => {
+            Outcome::Tls(text)
+        }
+        E::NoH2Alpn(_) | E::H2(_) | E::Flood(_) => Outcome::Http2(text),
+        E::TlsConfig(_) => Outcome::NoIdentity(text),
+        E::Io(_) | E::Unavailable(_) => Outcome::Unreachable(text),
+        _ => Outcome::Failed(text),
     }
+}
+
+/// How the client hears of a refusal: a SOCKS5 reply, or a reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    Capture,
+    Socks5,
 }
 
 /// Serves one connection captured on 15001: its original destination is where it goes.
 pub async fn serve_captured(core: Rc<Core>, client: TcpStream, src: SocketAddr) {
+    let _socket = core.conns.socket(Reporter::Source);
     let dst = match client.original_dst() {
         Ok(d) => d,
         Err(e) => {
-            tracing::warn!(%src, error = %e, "outbound: no original destination (was the connection redirected?); resetting");
+            let local = client.local_addr().unwrap_or(src);
+            let rec = ConnRecord::accept(
+                &core.conns,
+                Reporter::Source,
+                Carrier::Passthrough,
+                src,
+                local,
+            );
             let _ = client.set_zero_linger();
+            rec.refuse(
+                Refusal::BadRequest,
+                &format!("no original destination (was the connection redirected?): {e}"),
+            );
             return;
         }
     };
-    // A redirected connection to our own listener would loop forever.
-    if client.local_addr().ok() == Some(dst) {
-        tracing::warn!(%src, %dst, "outbound: destination is the capture port itself; resetting");
-        let _ = client.set_zero_linger();
-        return;
-    }
-    serve(core, client, src, dst, None).await;
+    serve(core, client, src, dst, Entry::Capture).await;
 }
 
 /// Serves one SOCKS5 connection.
 pub async fn serve_socks5(core: Rc<Core>, client: TcpStream, src: SocketAddr) {
-    let dst = match runtime::time::timeout(SOCKS_HANDSHAKE_TIMEOUT, socks5::accept(&client)).await {
-        Ok(Ok(dst)) => dst,
-        Ok(Err(e)) => {
-            tracing::debug!(%src, error = %e, "SOCKS5 handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%src, "SOCKS5 handshake timed out");
-            return;
-        }
+    let _socket = core.conns.socket(Reporter::Source);
+    let limit = core.limits().socks5_handshake_timeout;
+    let refused = match runtime::time::timeout(limit, socks5::accept(&client)).await {
+        Ok(Ok(dst)) => return serve(core, client, src, dst, Entry::Socks5).await,
+        Ok(Err(e)) => (Refusal::BadRequest, e.to_string()),
+        Err(_) => (
+            Refusal::HandshakeTimeout,
+            format!("SOCKS5 handshake not done after {limit:?}"),
+        ),
     };
-    serve(core, client, src, dst, Some(())).await;
+    let local = client.local_addr().unwrap_or(src);
+    let rec = ConnRecord::accept(
+        &core.conns,
+        Reporter::Source,
+        Carrier::Passthrough,
+        src,
+        local,
+    );
+    rec.refuse(refused.0, &refused.1);
 }
 
-async fn serve(
-    core: Rc<Core>,
-    client: TcpStream,
-    src: SocketAddr,
-    dst: SocketAddr,
-    socks: Option<()>,
-) {
-    let started = Instant::now();
-    let snapshot = core.snapshot();
-    let (source, route) = match route(&core, &snapshot, src, dst) {
-        Ok(r) => r,
-        Err(refusal) => {
-            let log = Log {
-                src,
-                dst,
-                source: snapshot.local_workload_by_ip(src.ip()).map(|w| &**w),
-                dst_workload: None,
-                upstream: None,
-                proto: Proto::Passthrough,
-            };
-            core.metrics.conn_closed(
-                Direction::Outbound,
-                Proto::Passthrough,
-                refusal.outcome,
-                0,
-                0,
-            );
-            access_log(&log, refusal.outcome, 0, 0, started, &refusal.reason);
-            if socks.is_some() {
-                let _ = socks5::reply(&client, socks_reply(refusal.outcome), None).await;
-            } else {
-                let _ = client.set_zero_linger();
-            }
-            return;
+async fn refuse(rec: ConnRecord, client: &TcpStream, entry: Entry, why: Refusal, detail: &str) {
+    match entry {
+        Entry::Socks5 => {
+            let _ = socks5::reply(client, why.socks_reply(), None).await;
         }
-    };
-    let (proto, dst_workload, upstream_addr) = match &route {
-        Route::Hbone {
-            key, dst_workload, ..
-        } => (Proto::Hbone, Some(dst_workload.clone()), key.dst),
-        Route::Tcp {
-            addr,
-            dst_workload,
-            proto,
-        } => (*proto, dst_workload.clone(), *addr),
-    };
-    let log = Log {
+        Entry::Capture => {
+            let _ = client.set_zero_linger();
+        }
+    }
+    rec.refuse(why, detail);
+}
+
+async fn serve(core: Rc<Core>, client: TcpStream, src: SocketAddr, dst: SocketAddr, entry: Entry) {
+    let mut rec = ConnRecord::accept(
+        &core.conns,
+        Reporter::Source,
+        Carrier::Passthrough,
         src,
         dst,
-        source: source.as_deref(),
-        dst_workload: dst_workload.as_deref(),
-        upstream: Some(upstream_addr),
-        proto,
+    );
+    let _admitted = match core.admit(None) {
+        Ok(a) => a,
+        Err((why, detail)) => return refuse(rec, &client, entry, why, &detail).await,
     };
-    core.metrics.conn_opened(Direction::Outbound, proto);
-    let upstream = match open(&core, &route).await {
-        Ok(u) => u,
-        Err((outcome, reason)) => {
-            core.metrics
-                .conn_closed(Direction::Outbound, proto, outcome, 0, 0);
-            access_log(&log, outcome, 0, 0, started, &reason);
-            if socks.is_some() {
-                let _ = socks5::reply(&client, socks_reply(outcome), None).await;
-            } else {
-                let _ = client.set_zero_linger();
+    let own = core.own_listeners();
+    if own.contains(dst) {
+        let detail = format!("{dst} is this node's own listener (a loop)");
+        return refuse(rec, &client, entry, Refusal::Loop, &detail).await;
+    }
+    let snapshot = core.snapshot();
+    let source = snapshot.local_workload_by_ip(src.ip()).cloned();
+    let resolved = match route(&core, &snapshot, source.as_ref(), src, dst) {
+        Ok(r) => r,
+        Err((why, detail)) => return refuse(rec, &client, entry, why, &detail).await,
+    };
+    let security = match &resolved.route {
+        Route::Hbone { key, request } => {
+            rec.set_dst(key.dst);
+            rec.set_hbone_addr(request.authority.socket_addr().unwrap_or(key.dst));
+            Security::MutualTls
+        }
+        Route::Tcp { addr } => {
+            if own.contains(*addr) {
+                let detail = format!("{addr} is this node's own listener (a loop)");
+                return refuse(rec, &client, entry, Refusal::Loop, &detail).await;
             }
-            return;
+            rec.set_dst(*addr);
+            Security::Unknown
         }
     };
-    if socks.is_some()
-        && let Err(e) = socks5::reply(&client, Reply::Succeeded, client.local_addr().ok()).await
-    {
-        core.metrics
-            .conn_closed(Direction::Outbound, proto, Outcome::Reset, 0, 0);
-        access_log(
-            &log,
-            Outcome::Reset,
-            0,
-            0,
-            started,
-            &format!("SOCKS5 reply: {e}"),
-        );
-        return;
-    }
-    let (outcome, sent, received, detail) = match upstream {
-        Upstream::Tcp(up) => match relay(client, up, &RelayOptions::default()).await {
-            Ok(s) => (Outcome::Ok, s.a_to_b, s.b_to_a, String::new()),
-            Err(e) => {
-                let s = e.stats();
-                let outcome = if e.is_reset() {
-                    Outcome::Reset
-                } else {
-                    Outcome::Error
-                };
-                (outcome, s.a_to_b, s.b_to_a, e.to_string())
-            }
-        },
-        Upstream::Hbone(mut tunnel) => {
-            let mut client = client;
-            match hbone::stream::relay(&mut tunnel, &mut client).await {
-                Ok(s) => (Outcome::Ok, s.to_tunnel, s.from_tunnel, String::new()),
-                Err(e) => {
-                    // The tunnel was reset (or broke): the pod sees a reset too, not an
-                    // orderly end it could mistake for a complete response.
+    let identity = source.as_ref().map(|w| w.identity.clone());
+    rec.set_source(source, identity);
+    rec.set_destination(resolved.destination, resolved.service);
+    rec.set_carrier(resolved.carrier);
+    rec.open(security);
+
+    let upstream = match open(&core, &resolved.route).await {
+        Ok(u) => u,
+        Err(outcome) => {
+            match entry {
+                Entry::Socks5 => {
+                    let _ = socks5::reply(&client, outcome.socks_reply(), None).await;
+                }
+                Entry::Capture => {
                     let _ = client.set_zero_linger();
-                    (
-                        Outcome::Reset,
-                        tunnel.bytes_written(),
-                        tunnel.bytes_read(),
-                        e.to_string(),
-                    )
                 }
             }
+            return rec.finish(outcome);
         }
     };
-    core.metrics
-        .conn_closed(Direction::Outbound, proto, outcome, sent, received);
-    access_log(&log, outcome, sent, received, started, &detail);
+    if entry == Entry::Socks5
+        && let Err(e) = socks5::reply(&client, Reply::Succeeded, client.local_addr().ok()).await
+    {
+        return rec.finish(Outcome::Reset(ResetBy::Downstream).or_failed(&e));
+    }
+    let outcome = match upstream {
+        Upstream::Tcp(up) => {
+            let opts = RelayOptions {
+                idle_timeout: core.limits().idle_timeout,
+                ..RelayOptions::default()
+            };
+            match relay_metered(client, up, &opts, rec.meter(), rec.aborted()).await {
+                Ok(()) => Outcome::Complete,
+                Err(e) => tcp_relay_outcome(&rec, e),
+            }
+        }
+        Upstream::Hbone(mut tunnel) => {
+            let mut client = client;
+            let idle = core.limits().idle_timeout;
+            let cut = rec.cut(idle);
+            match hbone::stream::relay(
+                &mut tunnel,
+                &mut client,
+                rec.meter(),
+                Originator::Socket,
+                cut,
+            )
+            .await
+            {
+                Ok(()) => Outcome::Complete,
+                Err(e) => tunnel_relay_outcome(&rec, &e, Originator::Socket, idle),
+            }
+        }
+    };
+    rec.finish(outcome);
 }
 
-fn socks_reply(outcome: Outcome) -> Reply {
-    match outcome {
-        Outcome::Denied => Reply::NotAllowed,
-        Outcome::Unreachable | Outcome::NoEndpoint => Reply::HostUnreachable,
-        Outcome::BadRequest => Reply::GeneralFailure,
-        _ => Reply::ConnectionRefused,
+/// The outcome of a TCP relay that ended early (the relay reset both sockets).
+pub(super) fn tcp_relay_outcome(rec: &ConnRecord, e: RelayError) -> Outcome {
+    match e {
+        RelayError::Aborted => rec.abort_outcome(),
+        RelayError::IdleTimeout(d) => Outcome::IdleTimeout(d),
+        RelayError::Io {
+            side, ref source, ..
+        } if runtime::relay::RelayError::is_reset(&e) => {
+            let _ = source;
+            Outcome::Reset(match side {
+                Side::Originator => ResetBy::Downstream,
+                Side::Upstream => ResetBy::Upstream,
+            })
+        }
+        other => Outcome::Failed(other.to_string()),
+    }
+}
+
+/// The outcome of a tunnel relay that ended early; `originator` says which end faced the
+/// client.
+pub(super) fn tunnel_relay_outcome(
+    rec: &ConnRecord,
+    e: &hbone::stream::RelayError,
+    originator: Originator,
+    idle: Option<std::time::Duration>,
+) -> Outcome {
+    use hbone::stream::RelayError as R;
+    let socket_side = match originator {
+        Originator::Socket => ResetBy::Downstream,
+        Originator::Tunnel => ResetBy::Upstream,
+    };
+    let tunnel_side = match socket_side {
+        ResetBy::Downstream => ResetBy::Upstream,
+        ResetBy::Upstream => ResetBy::Downstream,
+    };
+    match e {
+        R::Aborted => rec.cut_outcome(idle),
+        R::Socket(io) => Outcome::Reset(socket_side).or_failed(io),
+        R::Tunnel(_) => Outcome::Reset(tunnel_side),
+    }
+}
+
+trait OrFailed {
+    fn or_failed(self, e: &std::io::Error) -> Outcome;
+}
+
+impl OrFailed for Outcome {
+    /// This outcome if `e` is a reset, else a failure naming `e`.
+    fn or_failed(self, e: &std::io::Error) -> Outcome {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::UnexpectedEof
+        ) {
+            self
+        } else {
+            Outcome::Failed(e.to_string())
+        }
     }
 }

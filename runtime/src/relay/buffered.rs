@@ -13,7 +13,7 @@ use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use futures_util::future::try_join;
 
-use super::{DirResult, Direction, Progress, is_reset};
+use super::{DirResult, Flow, Meter, Side, is_reset};
 
 /// First buffer of a direction: enough for a typical request or response without holding
 /// much memory on idle connections.
@@ -59,10 +59,10 @@ impl Adaptive {
     }
 }
 
-pub(super) async fn relay(a: &TcpStream, b: &TcpStream, progress: &Progress) -> DirResult {
+pub(super) async fn relay(a: &TcpStream, b: &TcpStream, meter: &Meter) -> DirResult {
     try_join(
-        direction(a, b, Direction::AToB, progress),
-        direction(b, a, Direction::BToA, progress),
+        direction(a, b, Flow::FromOriginator, meter),
+        direction(b, a, Flow::TowardOriginator, meter),
     )
     .await
     .map(|_| ())
@@ -71,14 +71,18 @@ pub(super) async fn relay(a: &TcpStream, b: &TcpStream, progress: &Progress) -> 
 async fn direction(
     mut from: &TcpStream,
     mut to: &TcpStream,
-    dir: Direction,
-    progress: &Progress,
+    flow: Flow,
+    meter: &Meter,
 ) -> DirResult {
-    let fail = |e: io::Error, reset_other: &TcpStream| {
+    let (reader, writer) = match flow {
+        Flow::FromOriginator => (Side::Originator, Side::Upstream),
+        Flow::TowardOriginator => (Side::Upstream, Side::Originator),
+    };
+    let fail = |e: io::Error, side: Side, reset_other: &TcpStream| {
         if is_reset(&e) {
             let _ = reset_other.set_zero_linger();
         }
-        (dir, e)
+        (flow, side, e)
     };
     let mut sizing = Adaptive::new();
     let mut buf: Vec<u8> = Vec::with_capacity(sizing.size());
@@ -94,20 +98,20 @@ async fn direction(
                 to.shutdown()
                     .await
                     .or_else(ignore_not_connected)
-                    .map_err(|e| (dir, e))?;
+                    .map_err(|e| (flow, writer, e))?;
                 return Ok(());
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(fail(e, to)),
+            Err(e) => return Err(fail(e, reader, to)),
         };
         sizing.observe(n);
         let BufResult(res, b) = to.write_all(buf).await;
         buf = b;
         if let Err(e) = res {
-            return Err(fail(e, from));
+            return Err(fail(e, writer, from));
         }
-        progress.add(dir, n);
+        meter.add(flow, n);
     }
 }
 

@@ -1,7 +1,8 @@
 //! Bidirectional TCP relay.
 //!
-//! A relay owns two connected sockets and moves bytes both ways until both directions have
-//! ended. Per direction: end of stream on the reading side becomes `shutdown(SHUT_WR)` on
+//! A relay owns two connected sockets — `a`, the originator's, and `b`, the destination's —
+//! and moves bytes both ways until both directions have ended, counting each write into a
+//! [`Meter`] ([`Flow::FromOriginator`] for `a` → `b`). Per direction: end of stream on the reading side becomes `shutdown(SHUT_WR)` on
 //! the writing side (FIN for FIN) and the other direction keeps flowing; a reset on either
 //! side resets the other (RST for RST: zero linger, then close). The relay never decides
 //! anything about the bytes (STYLE.md: keep policy out of the copy loop); it only moves and
@@ -15,24 +16,22 @@
 //! - [`CopyMode::Buffered`]: completion I/O (io_uring recv/send, or the epoll driver's
 //!   emulation) through a user-space buffer that adapts to the traffic.
 //!
-//! [`copy_bidirectional`] is the same contract over any poll-style streams (TLS, HTTP/2
-//! tunnels), for the paths where one side is not a plain socket.
+//! The HBONE tunnel relay (`hbone::stream::relay`) keeps the same contract, meter and
+//! vocabulary for the paths where one side is an HTTP/2 stream.
 
 mod buffered;
-mod generic;
 mod splice;
 
-use std::cell::Cell;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::pin;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::{Either, select};
 
-pub use generic::copy_bidirectional;
-
+pub use crate::meter::{Flow, Meter};
 use crate::net::TcpStream;
 
 /// How a relay moves bytes.
@@ -75,44 +74,39 @@ pub struct RelayOptions {
     pub idle_timeout: Option<Duration>,
 }
 
-/// Bytes moved by a relay: `a_to_b` were read from `a` and written to `b`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RelayStats {
-    pub a_to_b: u64,
-    pub b_to_a: u64,
-}
+/// Bytes moved by a relay (the meter's figures): `a` is the originator's side.
+pub use crate::meter::Transferred as RelayStats;
 
-/// Which way bytes were moving when a relay failed.
+/// Which of the relay's two sockets failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    AToB,
-    BToA,
+pub enum Side {
+    /// `a`: the connection's originator (the client).
+    Originator,
+    /// `b`: the destination.
+    Upstream,
 }
 
-/// Why a relay ended early. Every variant carries the bytes moved until then.
+/// Why a relay ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("relay {direction:?}: {source}")]
+    /// A socket failed while bytes moved in `flow`; `side` is the socket at fault.
+    #[error("{}: {source}", match side { Side::Originator => "downstream", Side::Upstream => "upstream" })]
     Io {
-        direction: Direction,
+        flow: Flow,
+        side: Side,
         #[source]
         source: io::Error,
-        stats: RelayStats,
     },
-    #[error("relay idle for {0:?}")]
-    IdleTimeout(Duration, RelayStats),
+    #[error("no byte moved for {0:?}")]
+    IdleTimeout(Duration),
+    /// The caller's abort signal fired; both sockets were reset.
+    #[error("aborted")]
+    Aborted,
     #[error("relay setup: {0}")]
     Setup(#[source] io::Error),
 }
 
 impl RelayError {
-    pub fn stats(&self) -> RelayStats {
-        match self {
-            RelayError::Io { stats, .. } | RelayError::IdleTimeout(_, stats) => *stats,
-            RelayError::Setup(_) => RelayStats::default(),
-        }
-    }
-
     /// True when a peer reset the connection (as opposed to a local failure or timeout).
     pub fn is_reset(&self) -> bool {
         matches!(self, RelayError::Io { source, .. } if is_reset(source))
@@ -128,120 +122,100 @@ pub(crate) fn is_reset(e: &io::Error) -> bool {
     )
 }
 
-/// The bytes a relay has moved so far and when it last moved one. Shared by the two
-/// directions of one relay (same task, so plain cells); give one to [`relay_metered`] to
-/// read the counts even after the relay's future was dropped (a connection revoked from
-/// outside).
-#[derive(Debug)]
-pub struct Progress {
-    a_to_b: Cell<u64>,
-    b_to_a: Cell<u64>,
-    last_activity: Cell<Instant>,
-}
-
-impl Default for Progress {
-    fn default() -> Self {
-        Progress::new()
-    }
-}
-
-impl Progress {
-    pub fn new() -> Self {
-        Progress {
-            a_to_b: Cell::new(0),
-            b_to_a: Cell::new(0),
-            last_activity: Cell::new(Instant::now()),
-        }
-    }
-
-    pub(crate) fn add(&self, dir: Direction, n: usize) {
-        let c = match dir {
-            Direction::AToB => &self.a_to_b,
-            Direction::BToA => &self.b_to_a,
-        };
-        c.set(c.get() + n as u64);
-        self.last_activity.set(Instant::now());
-    }
-
-    /// The bytes moved so far.
-    pub fn stats(&self) -> RelayStats {
-        RelayStats {
-            a_to_b: self.a_to_b.get(),
-            b_to_a: self.b_to_a.get(),
-        }
-    }
-}
-
-/// Relays between `a` and `b` until both directions end; see the module docs.
+/// Relays between `a` (the originator's socket) and `b` until both directions end; see the
+/// module docs.
 pub async fn relay(
     a: TcpStream,
     b: TcpStream,
     opts: &RelayOptions,
 ) -> Result<RelayStats, RelayError> {
-    relay_metered(a, b, opts, &Progress::new()).await
+    let meter = Meter::new();
+    relay_metered(a, b, opts, &meter, std::future::pending())
+        .await
+        .map(|()| meter.transferred())
 }
 
-/// [`relay`], counting into `progress` as bytes move.
+/// [`relay`], counting into `meter` as bytes move, until both directions end, a socket
+/// fails, the idle timeout passes, or `abort` completes. On abort (and on idle timeout) both
+/// sockets are closed with a reset, so neither peer mistakes the cut for a complete stream.
 pub async fn relay_metered(
     a: TcpStream,
     b: TcpStream,
     opts: &RelayOptions,
-    progress: &Progress,
-) -> Result<RelayStats, RelayError> {
-    let result = match opts.mode {
+    meter: &Meter,
+    abort: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    let abort = pin!(abort);
+    match opts.mode {
         CopyMode::Splice => {
-            with_idle(splice::relay(&a, &b, progress), progress, opts.idle_timeout).await
+            let r = watch(
+                splice::relay(&a, &b, meter),
+                meter,
+                opts.idle_timeout,
+                abort,
+            )
+            .await;
+            if r.is_err() {
+                reset_both(&a, &b);
+            }
+            r
         }
         CopyMode::Buffered => {
             let a = a.into_compio().map_err(RelayError::Setup)?;
             let b = b.into_compio().map_err(RelayError::Setup)?;
-            with_idle(
-                buffered::relay(&a, &b, progress),
-                progress,
+            let r = watch(
+                buffered::relay(&a, &b, meter),
+                meter,
                 opts.idle_timeout,
+                abort,
             )
-            .await
+            .await;
+            if r.is_err() {
+                for s in [&a, &b] {
+                    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+                }
+            }
+            r
         }
-    };
-    match result {
-        Some(Ok(())) => Ok(progress.stats()),
-        Some(Err((direction, source))) => Err(RelayError::Io {
-            direction,
-            source,
-            stats: progress.stats(),
-        }),
-        None => Err(RelayError::IdleTimeout(
-            opts.idle_timeout.unwrap_or_default(),
-            progress.stats(),
-        )),
     }
 }
 
-/// The direction that failed and how.
-pub(crate) type DirResult = Result<(), (Direction, io::Error)>;
+fn reset_both(a: &TcpStream, b: &TcpStream) {
+    let _ = a.set_zero_linger();
+    let _ = b.set_zero_linger();
+}
 
-/// Runs `copy`, or gives up (`None`) once no byte moved for `idle`. Dropping the copy is
-/// safe: the splice path only drops readiness waits, and the buffered path's in-flight
+/// A direction that failed: its flow, the socket at fault, and how.
+pub(crate) type DirResult = Result<(), (Flow, Side, io::Error)>;
+
+/// Runs `copy` until it ends, no byte moved for `idle`, or `abort` fires. Dropping the copy
+/// is safe: the splice path only drops readiness waits, and the buffered path's in-flight
 /// buffers stay owned by their operations until the kernel completes them.
-async fn with_idle<F: Future<Output = DirResult>>(
+async fn watch<F: Future<Output = DirResult>>(
     copy: F,
-    progress: &Progress,
+    meter: &Meter,
     idle: Option<Duration>,
-) -> Option<DirResult> {
-    let Some(idle) = idle else {
-        return Some(copy.await);
-    };
+    abort: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<(), RelayError> {
     let copy = pin!(copy);
-    let watchdog = pin!(idle_watchdog(progress, idle));
-    match select(copy, watchdog).await {
-        Either::Left((res, _)) => Some(res),
-        Either::Right(((), _)) => None,
+    let watchdog = pin!(idle_watchdog(meter, idle));
+    let stop = select(watchdog, abort);
+    match select(copy, stop).await {
+        Either::Left((Ok(()), _)) => Ok(()),
+        Either::Left((Err((flow, side, source)), _)) => Err(RelayError::Io { flow, side, source }),
+        Either::Right((Either::Left(_), _)) => {
+            Err(RelayError::IdleTimeout(idle.unwrap_or_default()))
+        }
+        Either::Right((Either::Right(_), _)) => Err(RelayError::Aborted),
     }
 }
 
-async fn idle_watchdog(progress: &Progress, idle: Duration) {
+async fn idle_watchdog(meter: &Meter, idle: Option<Duration>) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
     loop {
-        let since = progress.last_activity.get().elapsed();
+        let since = meter.last_activity().elapsed();
         if since >= idle {
             return;
         }

@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 
 use futures_util::future::try_join;
 
-use super::{DirResult, Direction, Progress, is_reset};
+use super::{DirResult, Flow, Meter, Side, is_reset};
 use crate::net::TcpStream;
 use crate::sys::{self, Pipe};
 
@@ -24,12 +24,12 @@ const PIPE_START: usize = 64 * 1024;
 /// the kernel refuses to grow (quota), the pipe keeps its size and the relay goes on.
 const PIPE_MAX: usize = 1024 * 1024;
 
-pub(super) async fn relay(a: &TcpStream, b: &TcpStream, progress: &Progress) -> DirResult {
-    let ab = Pipe::new().map_err(|e| (Direction::AToB, e))?;
-    let ba = Pipe::new().map_err(|e| (Direction::BToA, e))?;
+pub(super) async fn relay(a: &TcpStream, b: &TcpStream, meter: &Meter) -> DirResult {
+    let ab = Pipe::new().map_err(|e| (Flow::FromOriginator, Side::Originator, e))?;
+    let ba = Pipe::new().map_err(|e| (Flow::TowardOriginator, Side::Upstream, e))?;
     try_join(
-        direction(a, b, &ab, Direction::AToB, progress),
-        direction(b, a, &ba, Direction::BToA, progress),
+        direction(a, b, &ab, Flow::FromOriginator, meter),
+        direction(b, a, &ba, Flow::TowardOriginator, meter),
     )
     .await
     .map(|_| ())
@@ -39,25 +39,33 @@ async fn direction(
     from: &TcpStream,
     to: &TcpStream,
     pipe: &Pipe,
-    dir: Direction,
-    progress: &Progress,
+    flow: Flow,
+    meter: &Meter,
 ) -> DirResult {
-    let fail = |e: io::Error, reset_other: &TcpStream| {
+    // The socket this direction reads from, and the one it writes to.
+    let (reader, writer) = match flow {
+        Flow::FromOriginator => (Side::Originator, Side::Upstream),
+        Flow::TowardOriginator => (Side::Upstream, Side::Originator),
+    };
+    let fail = |e: io::Error, side: Side, reset_other: &TcpStream| {
         if is_reset(&e) {
             // Make our close of the other side a reset too.
             let _ = reset_other.set_zero_linger();
         }
-        (dir, e)
+        (flow, side, e)
     };
     let mut capacity = PIPE_START;
     loop {
+        // A stream whose socket always has data yields its core between batches.
+        crate::coop::proceed().await;
         let mut in_pipe = match sys::splice(from.as_fd(), pipe.write.as_fd(), capacity) {
             Ok(0) => {
                 // End of stream: pass the FIN on and let the other direction go on.
-                to.shutdown_write().map_err(|e| (dir, e))?;
+                to.shutdown_write().map_err(|e| (flow, writer, e))?;
                 return Ok(());
             }
             Ok(n) => {
+                crate::coop::spend();
                 if n == capacity && capacity < PIPE_MAX {
                     // Bulk: grow once this batch is drained (the pipe may not shrink below
                     // what it holds, so growing now is also fine).
@@ -66,23 +74,23 @@ async fn direction(
                 n
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                from.read_ready().await.map_err(|e| (dir, e))?;
+                from.read_ready().await.map_err(|e| (flow, reader, e))?;
                 continue;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(fail(e, to)),
+            Err(e) => return Err(fail(e, reader, to)),
         };
         while in_pipe > 0 {
             match sys::splice(pipe.read.as_fd(), to.as_fd(), in_pipe) {
                 Ok(n) => {
                     in_pipe -= n;
-                    progress.add(dir, n);
+                    meter.add(flow, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    to.write_ready().await.map_err(|e| (dir, e))?;
+                    to.write_ready().await.map_err(|e| (flow, writer, e))?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(fail(e, from)),
+                Err(e) => return Err(fail(e, writer, from)),
             }
         }
     }

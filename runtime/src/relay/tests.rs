@@ -26,20 +26,43 @@ fn relay_once<C>(
 where
     C: FnOnce(SocketAddr) + Send + 'static,
 {
+    relay_once_until(driver, opts, backend, client, None).0
+}
+
+/// [`relay_once`] with an abort signal after `abort_after`; also returns the meter's figures.
+fn relay_once_until<C>(
+    driver: DriverChoice,
+    opts: RelayOptions,
+    backend: SocketAddr,
+    client: C,
+    abort_after: Option<Duration>,
+) -> (Result<RelayStats, RelayError>, RelayStats)
+where
+    C: FnOnce(SocketAddr) + Send + 'static,
+{
     crate::block_on(driver, async move {
         let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let client = thread::spawn(move || client(addr));
         let (a, _) = listener.accept().await.unwrap();
         let b = TcpStream::connect(backend).await.unwrap();
-        let res = relay(a, b, &opts).await;
+        let meter = Meter::new();
+        let abort = async move {
+            match abort_after {
+                Some(d) => crate::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let res = relay_metered(a, b, &opts, &meter, abort)
+            .await
+            .map(|()| meter.transferred());
         // Keep the event loop running while the client finishes: sockets whose readiness
         // waits were cancelled close only once the loop has processed the cancellation.
         while !client.is_finished() {
             crate::time::sleep(Duration::from_millis(5)).await;
         }
         client.join().unwrap();
-        res
+        (res, meter.transferred())
     })
     .unwrap()
 }
@@ -95,8 +118,8 @@ fn moves_bulk_both_ways_intact_in_every_mode_and_driver() {
             assert_eq!(
                 stats,
                 RelayStats {
-                    a_to_b: LEN as u64,
-                    b_to_a: LEN as u64
+                    from_originator: LEN as u64,
+                    toward_originator: LEN as u64
                 },
                 "{driver} {mode}"
             );
@@ -196,16 +219,87 @@ fn idle_timeout_closes_both_sides() {
             mode: CopyMode::Splice,
             idle_timeout: Some(Duration::from_millis(200)),
         };
-        let res = relay_once(driver, opts, baddr, |addr| {
-            let mut c = StdStream::connect(addr).unwrap();
-            c.write_all(b"x").unwrap();
-            let mut buf = Vec::new();
-            let _ = c.read_to_end(&mut buf);
-        });
+        let (res, stats) = relay_once_until(
+            driver,
+            opts,
+            baddr,
+            |addr| {
+                let mut c = StdStream::connect(addr).unwrap();
+                c.write_all(b"x").unwrap();
+                let mut buf = Vec::new();
+                let _ = c.read_to_end(&mut buf);
+            },
+            None,
+        );
         server.join().unwrap();
         match res {
-            Err(RelayError::IdleTimeout(_, stats)) => assert_eq!(stats.a_to_b, 1),
+            Err(RelayError::IdleTimeout(_)) => assert_eq!(stats.from_originator, 1),
             other => panic!("{driver}: expected idle timeout, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_abort_resets_both_peers_and_keeps_the_counts() {
+    for driver in DRIVERS {
+        for mode in MODES {
+            let backend = StdListener::bind("127.0.0.1:0").unwrap();
+            let baddr = backend.local_addr().unwrap();
+            let server = thread::spawn(move || {
+                let (mut s, _) = backend.accept().unwrap();
+                s.write_all(b"hello").unwrap();
+                let mut buf = [0u8; 64];
+                // The relay is aborted while we wait for more: a reset, not an end.
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => continue,
+                        Err(e) => return Err(e.kind()),
+                    }
+                }
+            });
+            let (res, stats) = relay_once_until(
+                driver,
+                RelayOptions {
+                    mode,
+                    idle_timeout: None,
+                },
+                baddr,
+                |addr| {
+                    let mut c = StdStream::connect(addr).unwrap();
+                    c.write_all(b"abc").unwrap();
+                    let mut buf = [0u8; 64];
+                    let mut got = 0;
+                    let end = loop {
+                        match c.read(&mut buf) {
+                            Ok(0) => break Ok(()),
+                            Ok(n) => got += n,
+                            Err(e) => break Err(e.kind()),
+                        }
+                    };
+                    assert_eq!(got, 5);
+                    assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset));
+                },
+                Some(Duration::from_millis(300)),
+            );
+            let backend_end = server.join().unwrap();
+            assert!(
+                matches!(res, Err(RelayError::Aborted)),
+                "{driver} {mode}: {res:?}"
+            );
+            assert_eq!(
+                backend_end,
+                Err(std::io::ErrorKind::ConnectionReset),
+                "{driver} {mode}"
+            );
+            assert_eq!(
+                stats,
+                RelayStats {
+                    from_originator: 3,
+                    toward_originator: 5
+                },
+                "{driver} {mode}"
+            );
         }
     }
 }

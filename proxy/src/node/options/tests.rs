@@ -1,0 +1,91 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+use crate::node::limits::Limits;
+
+fn opts() -> NodeOptions {
+    NodeOptions {
+        config: "mesh.yaml".into(),
+        node: None,
+        ca_dir: "ca".into(),
+        runtime: runtime::RuntimeConfig::default(),
+        drain_timeout: Duration::from_secs(5),
+        entries: EntryAddrs {
+            capture: Some("127.0.0.1:15001".parse().unwrap()),
+            socks5: Some("127.0.0.1:15080".parse().unwrap()),
+        },
+        admin: AdminAddrs::default(),
+        hbone_port: 15008,
+        plaintext_port: 15006,
+        unknown_source: UnknownSource::Passthrough,
+        incoming_cpu: IncomingCpu::All,
+        cert_lifetime: Duration::from_secs(24 * 3600),
+        pool_idle_timeout: Duration::from_secs(300),
+        watch_interval: Duration::from_millis(500),
+        limits: Limits::default(),
+        istio_version: None,
+    }
+}
+
+fn flag_of(o: &NodeOptions) -> String {
+    o.validate().unwrap_err().flag
+}
+
+#[test]
+fn the_defaults_are_valid() {
+    opts().validate().unwrap();
+}
+
+#[test]
+fn each_bad_setting_is_refused_naming_its_flag() {
+    let mut o = opts();
+    o.hbone_port = 0;
+    assert_eq!(flag_of(&o), "--hbone-port");
+    let mut o = opts();
+    o.plaintext_port = 15008;
+    assert_eq!(flag_of(&o), "--hbone-port and --plaintext-port");
+    let mut o = opts();
+    o.entries.capture = Some("127.0.0.1:0".parse().unwrap());
+    let e = o.validate().unwrap_err();
+    assert_eq!(e.flag, "--capture");
+    assert!(e.reason.contains("every core"), "{e}");
+    let mut o = opts();
+    o.entries.socks5 = Some("0.0.0.0:15001".parse().unwrap());
+    assert_eq!(flag_of(&o), "--capture and --socks5");
+    let mut o = opts();
+    o.admin.metrics = Some("0.0.0.0:15008".parse().unwrap());
+    assert_eq!(flag_of(&o), "--metrics and --hbone-port");
+    let mut o = opts();
+    o.cert_lifetime = Duration::ZERO;
+    let e = o.validate().unwrap_err();
+    assert_eq!(e.flag, "--cert-lifetime");
+    assert!(e.to_string().contains("--cert-lifetime: 0ns"), "{e}");
+    let mut o = opts();
+    o.cert_lifetime = Duration::from_secs(365 * 24 * 3600);
+    assert_eq!(flag_of(&o), "--cert-lifetime");
+    let mut o = opts();
+    o.pool_idle_timeout = Duration::ZERO;
+    assert_eq!(flag_of(&o), "--pool-idle-timeout");
+}
+
+#[test]
+fn overlap_is_same_port_and_family_with_one_ip_or_a_wildcard() {
+    let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+    assert!(overlaps(a("127.0.0.1:1"), a("127.0.0.1:1")));
+    assert!(overlaps(a("0.0.0.0:1"), a("127.0.0.1:1")));
+    assert!(!overlaps(a("127.0.0.1:1"), a("127.0.0.2:1")));
+    assert!(!overlaps(a("127.0.0.1:1"), a("127.0.0.1:2")));
+    assert!(!overlaps(a("[::]:1"), a("127.0.0.1:1")));
+}
+
+#[test]
+fn a_port_another_process_serves_is_refused() {
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = other.local_addr().unwrap();
+    let e = claim_port("--socks5", addr).unwrap_err();
+    assert_eq!(e.flag, "--socks5");
+    assert!(e.reason.contains("already served"), "{e}");
+    drop(other);
+    claim_port("--socks5", addr).unwrap();
+}
