@@ -234,7 +234,7 @@ pub fn resident_bytes() -> Option<u64> {
 }
 
 /// How often the control thread measures the resident set. A flood at line rate grows a
-/// node by at most a few MiB in 100 ms, and reading `statm` costs a few microseconds.
+/// node by at most a few MiB in 100 ms, and reading `/proc/self/status` costs microseconds.
 pub const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 
 #[cfg(test)]
