@@ -199,23 +199,7 @@ impl CertificateAuthority {
     /// Issue a workload leaf for `identity`.
     pub fn issue(&self, identity: &Identity, opts: &LeafOptions) -> Result<LeafCert> {
         let key = opts.algorithm.generate()?;
-        let mut params = CertificateParams::default();
-        // Istio leaves carry the identity only in the SAN; with an empty subject RFC 5280
-        // §4.2.1.6 makes the SAN critical, which rcgen does.
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        opts.validity.apply(&mut params);
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = leaf_params(identity, opts.validity)?.signed_by(&key, &self.issuer)?;
 
         let mut chain = vec![cert.der().clone()];
         chain.extend(self.chain.iter().cloned());
@@ -227,6 +211,24 @@ impl CertificateAuthority {
             key: PrivatePkcs8KeyDer::from(key.serialize_der()),
             validity: opts.validity,
         })
+    }
+
+    /// Signs a PKCS#10 CSR (PEM) as a workload leaf for `identity`, as istiod's CA does: the
+    /// CSR's signature is checked and its public key used; its subject and SANs are ignored
+    /// (the leaf carries `identity` only). Returns the leaf then this CA's intermediates, one
+    /// PEM each.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        validity: Validity,
+    ) -> Result<Vec<String>> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params = leaf_params(identity, validity)?;
+        let cert = csr.signed_by(&self.issuer)?;
+        let mut out = vec![to_pem("CERTIFICATE", cert.der())];
+        out.extend(self.chain.iter().map(|c| to_pem("CERTIFICATE", c)));
+        Ok(out)
     }
 
     /// The DER of this CA's own certificate.
@@ -312,6 +314,27 @@ impl Clone for LeafCert {
             validity: self.validity,
         }
     }
+}
+
+/// A workload leaf's parameters, one shape for leaves issued here and CSRs signed here: the
+/// identity only in the SAN (with an empty subject RFC 5280 §4.2.1.6 makes the SAN
+/// critical, which rcgen does), not a CA, server and client auth.
+fn leaf_params(identity: &Identity, validity: Validity) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    validity.apply(&mut params);
+    Ok(params)
 }
 
 /// Encode DER as PEM with 64-column lines (RFC 7468 §2).

@@ -77,15 +77,21 @@ enum ConfigCommand {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// The mesh config file (YAML; see examples/mesh.yaml). Watched for changes.
-    #[arg(long)]
-    config: PathBuf,
-    /// This node's name (overrides `node:` in the config file).
-    #[arg(long)]
+    /// The mesh config file (YAML; see examples/mesh.yaml; ztunnel's local config format is
+    /// accepted too). Watched for changes. Embedded mode; without it, cluster mode takes the
+    /// mesh from istiod (--xds-address).
+    #[arg(long, env = "LOCAL_XDS_PATH")]
+    config: Option<PathBuf>,
+    /// This node's name (overrides `node:` in the config file; in a cluster the Kubernetes
+    /// node, from the downward API).
+    #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
-    /// Directory of the built-in CA (from `ringmesh ca init`).
+    /// Directory of the built-in CA (from `ringmesh ca init`). Without it, certificates come
+    /// from the Istio CA (--ca-address).
     #[arg(long)]
-    ca_dir: PathBuf,
+    ca_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Outbound capture listener (redirected traffic; original destination from
     /// SO_ORIGINAL_DST). "none" disables it.
     #[arg(long, default_value = "127.0.0.1:15001", value_parser = parse_opt_addr)]
@@ -96,12 +102,14 @@ struct RunArgs {
     /// Admin endpoint (/config_dump, /logging, /drain). "none" disables it.
     #[arg(long, default_value = "127.0.0.1:15000", value_parser = parse_opt_addr)]
     admin: OptAddr,
-    /// Prometheus endpoint (/metrics). "none" disables it.
-    #[arg(long, default_value = "127.0.0.1:15020", value_parser = parse_opt_addr)]
-    metrics: OptAddr,
-    /// Readiness endpoint (/healthz/ready). "none" disables it.
-    #[arg(long, default_value = "127.0.0.1:15021", value_parser = parse_opt_addr)]
-    ready: OptAddr,
+    /// Prometheus endpoint (/metrics). "none" disables it. Default: 127.0.0.1:15020, and
+    /// [::]:15020 in cluster mode (Prometheus scrapes the pod IP).
+    #[arg(long, value_parser = parse_opt_addr)]
+    metrics: Option<OptAddr>,
+    /// Readiness endpoint (/healthz/ready). "none" disables it. Default: 127.0.0.1:15021,
+    /// and [::]:15021 in cluster mode (the kubelet probes the pod IP).
+    #[arg(long, value_parser = parse_opt_addr)]
+    ready: Option<OptAddr>,
     /// HBONE port, on every node's workload IPs (mesh-wide).
     #[arg(long, default_value_t = 15008)]
     hbone_port: u16,
@@ -120,7 +128,7 @@ struct RunArgs {
     #[arg(long, default_value = "all")]
     incoming_cpu: IncomingCpu,
     /// Lifetime of workload certificates (renewed at half-life).
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
     cert_lifetime: Duration,
     /// Close pooled HBONE connections idle for this long.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -135,6 +143,38 @@ struct RunArgs {
     istio_version: Option<String>,
     #[command(flatten)]
     runtime: RuntimeArgs,
+}
+
+/// Cluster mode: istiod and the Istio CA, read from ztunnel's environment variables (the
+/// flags win). See README "Cluster mode".
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// istiod's xDS address (host:port or https://host:port). Empty disables xDS. Default in
+    /// a cluster without --config: https://istiod.istio-system.svc:15012.
+    #[arg(long, env = "XDS_ADDRESS")]
+    xds_address: Option<String>,
+    /// The Istio CA's address. Default: the xDS address (unless --ca-dir).
+    #[arg(long, env = "CA_ADDRESS")]
+    ca_address: Option<String>,
+    /// Roots that verify istiod: a PEM file, inline PEM, or SYSTEM.
+    /// Default ./var/run/secrets/istio/root-cert.pem.
+    #[arg(long, env = "XDS_ROOT_CA")]
+    xds_root_ca: Option<String>,
+    /// Roots that verify the Istio CA (same forms).
+    #[arg(long, env = "CA_ROOT_CA")]
+    ca_root_ca: Option<String>,
+    /// Bearer token for istiod: a file (re-read on every call) or the token itself.
+    /// Default ./var/run/secrets/tokens/istio-token when it exists.
+    #[arg(long, env = "AUTH_TOKEN")]
+    auth_token: Option<String>,
+    /// Cluster id sent to istiod (`clusterid`). Default ISTIO_META_CLUSTER_ID, CLUSTER_ID,
+    /// then "Kubernetes".
+    #[arg(long)]
+    cluster_id: Option<String>,
+    /// "shared" (one proxy for the node's pods: certificates on their behalf) or
+    /// "dedicated".
+    #[arg(long, env = "PROXY_MODE")]
+    proxy_mode: Option<proxy::node::cluster::ProxyMode>,
 }
 
 /// What a peer may hold or make the node wait for (README: "Limits a node enforces").
@@ -210,24 +250,34 @@ fn parse_opt_addr(s: &str) -> Result<OptAddr, String> {
 /// Flags shared by every command that runs workers.
 #[derive(Debug, Args)]
 struct RuntimeArgs {
-    /// Cores to run on: "all", a count ("2"), or a list of core ids ("0,1").
-    #[arg(long, default_value = "all", env = "RINGMESH_CORES")]
-    cores: Cores,
+    /// Cores to run on: "all", a count ("2"), or a list of core ids ("0,1"). Default "all"
+    /// (`ringmesh run`: ZTUNNEL_WORKER_THREADS when set).
+    #[arg(long, env = "RINGMESH_CORES")]
+    cores: Option<Cores>,
     /// Event driver: "auto" (io_uring, falling back to epoll when it cannot start),
     /// "io-uring" (fail if unavailable) or "epoll".
     #[arg(long, default_value = "auto", env = "RINGMESH_DRIVER")]
     driver: DriverChoice,
     /// On SIGTERM/SIGINT, how long live connections may run before they are closed.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    drain_timeout: Duration,
+    /// Default 10s (`ringmesh run`: CONNECTION_TERMINATION_DEADLINE, or derived from
+    /// TERMINATION_GRACE_PERIOD_SECONDS as ztunnel does, when set).
+    #[arg(long, value_parser = parse_duration)]
+    drain_timeout: Option<Duration>,
 }
+
+/// `--drain-timeout`'s default.
+const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 
 impl RuntimeArgs {
     fn config(&self) -> RuntimeConfig {
         RuntimeConfig {
-            cores: self.cores.clone(),
+            cores: self.cores.clone().unwrap_or(Cores::All),
             driver: self.driver,
         }
+    }
+
+    fn drain(&self) -> Duration {
+        self.drain_timeout.unwrap_or(DEFAULT_DRAIN)
     }
 }
 
@@ -341,20 +391,76 @@ fn main() -> ExitCode {
 }
 
 fn run_node(args: RunArgs, set_log: node::LogControl) -> anyhow::Result<()> {
+    use proxy::node::cluster::{self, ClusterFlags, ClusterSettings};
+    let flags = ClusterFlags {
+        xds_address: args.cluster.xds_address.clone(),
+        ca_address: args.cluster.ca_address.clone(),
+        xds_root_ca: args.cluster.xds_root_ca.clone(),
+        ca_root_ca: args.cluster.ca_root_ca.clone(),
+        auth_token: args.cluster.auth_token.clone(),
+        cluster_id: args.cluster.cluster_id.clone(),
+        node_name: args.node.clone(),
+        proxy_mode: args.cluster.proxy_mode,
+        secret_ttl: Some(args.cert_lifetime),
+        has_config_file: args.config.is_some(),
+        has_ca_dir: args.ca_dir.is_some(),
+    };
+    let settings =
+        ClusterSettings::from_env(std::env::vars(), &flags).map_err(|e| anyhow::anyhow!(e))?;
+    let cluster_mode = settings.xds.is_some();
+    let all = |port: u16| {
+        Some(SocketAddr::new(
+            std::net::Ipv6Addr::UNSPECIFIED.into(),
+            port,
+        ))
+    };
+    let local = |port: u16| Some(SocketAddr::from(([127, 0, 0, 1], port)));
+    let metrics = args.metrics.unwrap_or_else(|| {
+        if cluster_mode {
+            all(15020)
+        } else {
+            local(15020)
+        }
+    });
+    let ready = args.ready.unwrap_or_else(|| {
+        if cluster_mode {
+            all(15021)
+        } else {
+            local(15021)
+        }
+    });
+    let mut runtime = args.runtime.config();
+    if args.runtime.cores.is_none()
+        && let Ok(v) = std::env::var("ZTUNNEL_WORKER_THREADS")
+    {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = cluster::worker_threads(&v, cpus).map_err(|e| anyhow::anyhow!(e))?;
+        runtime.cores = runtime::Cores::Count(n);
+    }
+    let mut drain_timeout = args.runtime.drain();
+    if args.runtime.drain_timeout.is_none() {
+        if let Ok(v) = std::env::var("CONNECTION_TERMINATION_DEADLINE") {
+            drain_timeout = cluster::parse_env_duration("CONNECTION_TERMINATION_DEADLINE", &v)
+                .map_err(|e| anyhow::anyhow!(e))?;
+        } else if let Ok(v) = std::env::var("TERMINATION_GRACE_PERIOD_SECONDS") {
+            drain_timeout = cluster::drain_from_grace(&v).map_err(|e| anyhow::anyhow!(e))?;
+        }
+    }
     let opts = NodeOptions {
         config: args.config,
         node: args.node,
         ca_dir: args.ca_dir,
-        runtime: args.runtime.config(),
-        drain_timeout: args.runtime.drain_timeout,
+        cluster: settings,
+        runtime,
+        drain_timeout,
         entries: EntryAddrs {
             capture: args.capture,
             socks5: args.socks5,
         },
         admin: AdminAddrs {
             admin: args.admin,
-            metrics: args.metrics,
-            ready: args.ready,
+            metrics,
+            ready,
         },
         hbone_port: args.hbone_port,
         plaintext_port: args.plaintext_port,
@@ -397,7 +503,7 @@ fn run_forward(args: ForwardArgs) -> anyhow::Result<()> {
         incoming_cpu: args.incoming_cpu,
     };
     let shutdown = Shutdown::default();
-    shutdown.drain_on_signals(args.runtime.drain_timeout)?;
+    shutdown.drain_on_signals(args.runtime.drain())?;
     let rt = forward::start(&args.runtime.config(), shutdown, config)?;
     tracing::info!(
         listen = %args.listen,

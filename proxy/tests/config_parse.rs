@@ -115,6 +115,21 @@ fn example_parses_with_expected_contents() {
     assert_eq!(summary.local_workloads, 2);
 }
 
+/// A connection from `src` (None: plaintext, from 127.0.0.1) to `dst`'s first IP on `port`.
+fn decide(
+    snap: &Snapshot,
+    src: Option<&proxy::identity::Identity>,
+    dst: &proxy::config::Workload,
+    port: u16,
+) -> Decision {
+    let req = proxy::config::Request {
+        source: src,
+        source_ip: ip("127.0.0.1"),
+        destination: std::net::SocketAddr::new(dst.ips[0], port),
+    };
+    snap.decide(&req, dst)
+}
+
 #[test]
 fn example_policies_decide() {
     let snap = load_file(&example_path(), &LoadOptions::default()).unwrap();
@@ -124,24 +139,24 @@ fn example_policies_decide() {
     let other_ns = id("spiffe://cluster.local/ns/prod/sa/web");
     let legacy = id("spiffe://cluster.local/ns/legacy/sa/app");
 
-    assert_eq!(snap.decide(Some(&client), echo0, 8080), Decision::Allow);
+    assert_eq!(decide(&snap, Some(&client), echo0, 8080), Decision::Allow);
     assert_eq!(
-        snap.decide(Some(&client), echo0, 9000),
+        decide(&snap, Some(&client), echo0, 9000),
         Decision::Deny(DenyReason::NotAllowed)
     );
     assert_eq!(
-        snap.decide(Some(&other_ns), echo0, 8080),
+        decide(&snap, Some(&other_ns), echo0, 8080),
         Decision::Deny(DenyReason::NotAllowed)
     );
     assert_eq!(
-        snap.decide(None, echo0, 8080),
+        decide(&snap, None, echo0, 8080),
         Decision::Deny(DenyReason::NotAllowed)
     );
     // db has no Allow policy: open, except to what a Deny policy names.
-    assert_eq!(snap.decide(Some(&other_ns), db, 15432), Decision::Allow);
-    assert_eq!(snap.decide(None, db, 15432), Decision::Allow);
+    assert_eq!(decide(&snap, Some(&other_ns), db, 15432), Decision::Allow);
+    assert_eq!(decide(&snap, None, db, 15432), Decision::Allow);
     assert_eq!(
-        snap.decide(Some(&legacy), db, 15432),
+        decide(&snap, Some(&legacy), db, 15432),
         Decision::Deny(DenyReason::DeniedBy("no-legacy".into()))
     );
 }
@@ -173,8 +188,8 @@ fn rejects_with_path_and_reason() {
         ),
         (
             "80: 8080",
-            "80: 0",
-            "services[0].ports.80",
+            "0: 8080",
+            "services[0].ports",
             "port 0 is not allowed (ports are 1-65535)",
         ),
         (
@@ -217,7 +232,7 @@ fn rejects_with_path_and_reason() {
             "workloadIps: [\"10.0.0.2\"]",
             "workloadIps: []",
             "workloads[1].workloadIps",
-            "must list at least one IP",
+            "must list at least one IP (or give a hostname)",
         ),
         (
             "protocol: HBONE",
@@ -242,12 +257,6 @@ fn rejects_with_path_and_reason() {
             "vips: [\"net/\"]",
             "services[0].vips[0]",
             "\"net/\" is not an IP address or \"network/IP\"",
-        ),
-        (
-            "vips: [\"10.1.0.1\"]",
-            "vips: []",
-            "services[0].vips",
-            "must list at least one VIP",
         ),
         (
             "services: [\"ns/s.ns\"]\n  - name: b",
@@ -279,12 +288,17 @@ fn rejects_with_path_and_reason() {
             "workloads[1].uid",
             "uid \"ns/a\" is already used by workloads[0] (an absent uid defaults to namespace/name)",
         ),
-        ("    node: n2\n", "", "workloads[1]", "missing field `node`"),
+        (
+            "    node: n2\n",
+            "    node: \"\"\n",
+            "workloads[1].node",
+            "must not be empty",
+        ),
         (
             "serviceAccount: sa-a",
             "serviceAccount: sa-a\n    port: 80",
             "workloads[0]",
-            "unknown field `port`, expected one of `uid`, `name`, `namespace`, `serviceAccount`, `workloadIps`, `node`, `protocol`, `trustDomain`, `services`, `status`, `workloadName`, `canonicalName`, `canonicalRevision`, `clusterId`, `locality`",
+            "unknown field `port`, expected one of `uid`, `name`, `namespace`, `serviceAccount`, `workloadIps`, `hostname`, `network`, `node`, `protocol`, `networkMode`, `trustDomain`, `services`, `authorizationPolicies`, `status`, `workloadName`, `workloadType`, `canonicalName`, `canonicalRevision`, `clusterId`, `locality`, `nativeTunnel`, `applicationTunnel`, `waypoint`, `networkGateway`, `capacity`",
         ),
         (
             "      80: 8080\n",
@@ -518,14 +532,14 @@ fn policy_scoping_by_service_and_namespace() {
     let a = snap.workload_by_uid("ns/a").unwrap();
     let b = snap.workload_by_uid("ns/b").unwrap();
     let outsider = id("spiffe://cluster.local/ns/other/sa/x");
-    assert!(!snap.decide(Some(&outsider), a, 8080).is_allow());
-    assert!(snap.decide(Some(&outsider), b, 8080).is_allow());
+    assert!(!decide(&snap, Some(&outsider), a, 8080).is_allow());
+    assert!(decide(&snap, Some(&outsider), b, 8080).is_allow());
 
     let by_service = BASE.replace("workloads: [\"ns/a\"]", "services: [\"ns/s.ns\"]");
     let snap = parse(&by_service, &LoadOptions::default()).unwrap();
     for w in snap.workloads() {
         assert!(
-            !snap.decide(Some(&outsider), w, 8080).is_allow(),
+            !decide(&snap, Some(&outsider), w, 8080).is_allow(),
             "{}",
             w.name
         );
@@ -534,7 +548,7 @@ fn policy_scoping_by_service_and_namespace() {
     let snap = parse(&by_ns, &LoadOptions::default()).unwrap();
     for w in snap.workloads() {
         assert!(
-            snap.decide(Some(&outsider), w, 8080).is_allow(),
+            decide(&snap, Some(&outsider), w, 8080).is_allow(),
             "{}",
             w.name
         );

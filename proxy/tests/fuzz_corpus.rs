@@ -1,4 +1,4 @@
-//! Replays the committed `socks5` and `config` fuzz corpora (`fuzz/corpus/`, at the workspace
+//! Replays the committed `socks5`, `config` and `xds` fuzz corpora (`fuzz/corpus/`, at the workspace
 //! root) on stable Rust through the same checks the fuzz targets run, so an input that broke
 //! an invariant once and was added to a corpus stays fixed.
 
@@ -41,6 +41,11 @@ fn socks5_corpus() {
 #[test]
 fn config_corpus() {
     replay("config", proxy::config::fuzz_check);
+}
+
+#[test]
+fn xds_corpus() {
+    replay("xds", proxy::config::xds::fuzz_check);
 }
 
 #[test]

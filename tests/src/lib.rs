@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod istioctl;
+pub mod istiod;
 mod prom;
 
 pub use prom::{Sample, metric_samples, metric_value};
@@ -87,6 +88,28 @@ pub fn wait_listening(addr: SocketAddr, timeout: Duration) -> Result<()> {
     })
 }
 
+/// ztunnel's environment variables a node reads (see `proxy::node::cluster`).
+const ZTUNNEL_ENV: &[&str] = &[
+    "XDS_ADDRESS",
+    "CA_ADDRESS",
+    "XDS_ROOT_CA",
+    "CA_ROOT_CA",
+    "AUTH_TOKEN",
+    "CLUSTER_ID",
+    "ISTIO_META_CLUSTER_ID",
+    "NODE_NAME",
+    "POD_NAME",
+    "POD_NAMESPACE",
+    "INSTANCE_IP",
+    "PROXY_MODE",
+    "SECRET_TTL",
+    "LOCAL_XDS_PATH",
+    "KUBERNETES_SERVICE_HOST",
+    "ZTUNNEL_WORKER_THREADS",
+    "CONNECTION_TERMINATION_DEADLINE",
+    "TERMINATION_GRACE_PERIOD_SECONDS",
+];
+
 /// A child process killed and reaped on drop; its stderr is captured for assertions.
 pub struct Proc {
     child: Option<Child>,
@@ -97,7 +120,18 @@ pub struct Proc {
 impl Proc {
     /// Spawns `path args...` with stdout discarded and stderr captured.
     pub fn spawn(path: &PathBuf, args: &[&str]) -> Result<Proc> {
-        let mut child = Command::new(path)
+        Proc::spawn_env(path, args, &[])
+    }
+
+    /// [`Proc::spawn`] with `env` set. Variables that would turn a node into cluster mode
+    /// (ztunnel's) are never inherited from the test's environment.
+    pub fn spawn_env(path: &PathBuf, args: &[&str], env: &[(&str, &str)]) -> Result<Proc> {
+        let mut cmd = Command::new(path);
+        for var in ZTUNNEL_ENV {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied());
+        let mut child = cmd
             .args(args)
             // The process dies with the test thread that started it, even when the test
             // binary is killed and cannot run its guards.
@@ -302,44 +336,80 @@ impl Node {
         Node::launch(&mesh.config, &mesh.ca, name, ip, extra)
     }
 
-    fn launch(
-        config: &std::path::Path,
-        ca: &std::path::Path,
+    /// Starts node `name` on `ip` in cluster mode: no config file and no CA directory, only
+    /// `env` (ztunnel's variables: XDS_ADDRESS, XDS_ROOT_CA, ...); waits until it is ready
+    /// (istiod's state and every local certificate in).
+    pub fn start_cluster(
         name: &str,
         ip: IpAddr,
+        env: &[(&str, &str)],
         extra: &[&str],
     ) -> Result<Node> {
+        let node = Node::spawn_cluster(name, ip, env, extra)?;
+        node.wait_ready()
+    }
+
+    /// [`Node::start_cluster`] without waiting for readiness.
+    pub fn spawn_cluster(
+        name: &str,
+        ip: IpAddr,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Result<Node> {
+        let args = Node::args(None, name, ip, extra);
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        env.push(("NODE_NAME", name));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Ok(Node {
+            proc: Proc::spawn_env(&bin("ringmesh"), &args, &env)?,
+            name: name.to_string(),
+            ip,
+        })
+    }
+
+    /// `run` arguments: the files (embedded mode), then the endpoints on `ip`, then `extra`.
+    fn args(files: Option<(&str, &str)>, name: &str, ip: IpAddr, extra: &[&str]) -> Vec<String> {
         let addr = |port: u16| SocketAddr::new(ip, port).to_string();
-        let (socks, admin, metrics, ready) = (addr(15080), addr(15000), addr(15020), addr(15021));
-        let config = config.to_string_lossy().into_owned();
-        let ca = ca.to_string_lossy().into_owned();
-        let mut args = vec![
-            "run", "--config", &config, "--ca-dir", &ca, "--node", name, "--log", "info",
-        ];
+        let mut args: Vec<String> = vec!["run".into()];
+        if let Some((config, ca)) = files {
+            args.extend([
+                "--config".into(),
+                config.into(),
+                "--ca-dir".into(),
+                ca.into(),
+            ]);
+            args.extend(["--node".into(), name.into()]);
+        }
         let defaults = [
-            ("--capture", "none"),
-            ("--socks5", socks.as_str()),
-            ("--admin", admin.as_str()),
-            ("--metrics", metrics.as_str()),
-            ("--ready", ready.as_str()),
-            ("--cores", "1"),
+            ("--log", "info".to_string()),
+            ("--capture", "none".to_string()),
+            ("--socks5", addr(15080)),
+            ("--admin", addr(15000)),
+            ("--metrics", addr(15020)),
+            ("--ready", addr(15021)),
+            ("--cores", "1".to_string()),
         ];
         for (flag, value) in defaults {
             if !extra.contains(&flag) {
-                args.extend([flag, value]);
+                args.extend([flag.to_string(), value]);
             }
         }
-        args.extend_from_slice(extra);
-        let mut node = Node {
-            proc: Proc::spawn(&bin("ringmesh"), &args)?,
-            name: name.to_string(),
-            ip,
-        };
-        let ready_addr = SocketAddr::new(ip, 15021);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// The readiness endpoint's answer (status and body).
+    pub fn readiness(&self) -> Result<(u16, String)> {
+        http_request(SocketAddr::new(self.ip, 15021), "GET", "/healthz/ready")
+    }
+
+    fn wait_ready(mut self) -> Result<Node> {
+        let name = self.name.clone();
+        let ready_addr = SocketAddr::new(self.ip, 15021);
         let mut exited = None;
         let waited = wait_for(NODE_START, &format!("{name} ready"), || {
             // A node that exits (bad flag, port in use) fails the start at once.
-            if let Ok(code) = node.proc.wait_exit(Duration::ZERO) {
+            if let Ok(code) = self.proc.wait_exit(Duration::ZERO) {
                 exited = Some(code);
                 return true;
             }
@@ -350,15 +420,42 @@ impl Node {
         if let Some(code) = exited {
             // The stderr reader may trail the exit; its last line is the reason.
             let _ = wait_for(Duration::from_secs(1), "the exit reason on stderr", || {
-                node.proc.stderr().contains("error")
+                self.proc.stderr().contains("error")
             });
             bail!(
                 "{name} exited with {code:?} while starting:\n{}",
-                node.proc.stderr()
+                self.proc.stderr()
             );
         }
-        waited.with_context(|| format!("{name} log:\n{}", node.proc.stderr()))?;
-        Ok(node)
+        waited.with_context(|| {
+            let said = match http_request(ready_addr, "GET", "/healthz/ready") {
+                Ok((status, body)) => format!("{status} {}", body.trim()),
+                Err(e) => format!("(no answer: {e:#})"),
+            };
+            format!(
+                "{name} readiness said: {said}\n{name} log:\n{}",
+                self.proc.stderr()
+            )
+        })?;
+        Ok(self)
+    }
+
+    fn launch(
+        config: &std::path::Path,
+        ca: &std::path::Path,
+        name: &str,
+        ip: IpAddr,
+        extra: &[&str],
+    ) -> Result<Node> {
+        let (config, ca) = (config.to_string_lossy(), ca.to_string_lossy());
+        let args = Node::args(Some((&config, &ca)), name, ip, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let node = Node {
+            proc: Proc::spawn(&bin("ringmesh"), &args)?,
+            name: name.to_string(),
+            ip,
+        };
+        node.wait_ready()
     }
 
     pub fn socks(&self) -> SocketAddr {

@@ -1,18 +1,26 @@
-//! The validation pass: from the file's raw shape to a [`Snapshot`], or the first problem
-//! with its field path.
+//! The file's validation pass: from the raw shape to a [`MeshState`] and its [`Snapshot`],
+//! or the first problem with its field path.
 //!
-//! Order matters only for which error a file with several problems reports first:
-//! workloads, then services, then workload→service references, then policies. Nothing is
-//! shared with a previous snapshot, so a rejected file changes nothing.
+//! A file is the whole mesh, so it is held to more than istiod's deltas: duplicate uids,
+//! IPs, VIPs and names, and references to services or policies it does not define, are
+//! errors here (from istiod they are transient and tolerated). Order matters only for which
+//! error a file with several problems reports first: workloads, then services, then
+//! workload→service references, then policies. A rejected file changes nothing.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::ConfigError;
-use super::model::{HealthStatus, RawConfig, RawPolicy, RawService, RawWorkload};
-use super::policy::{Policy, PrincipalMatch, SourceMatch};
-use super::snapshot::{Endpoint, Service, ServicePort, Snapshot, Workload, WorkloadMeta};
+use super::model::{
+    RawConfig, RawGateway, RawMatch, RawPolicy, RawService, RawSource, RawStringMatch, RawWorkload,
+};
+use super::policy::{
+    Authorization, Cidr, Clause, Match, Rule, Scope, ServiceAccountMatch, StringMatch,
+};
+use super::snapshot::{Service, Snapshot, Workload, WorkloadMeta, WorkloadService};
+use super::state::MeshState;
+use super::types::{AppTunnel, Gateway, GatewayTarget, LocalityLb};
 use crate::identity::Identity;
 use crate::identity::spiffe::{check_segment, check_trust_domain};
 
@@ -23,7 +31,7 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// (and ztunnel's `CLUSTER_ID` default).
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 /// Kubernetes' service account for a pod that names none.
-const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 
 fn invalid(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     super::invalid_at(&path.into(), &reason.into(), None)
@@ -42,16 +50,41 @@ fn segment(path: &str, v: &str) -> Result<(), ConfigError> {
 }
 
 /// Splits `namespace/hostname`.
-fn service_ref(path: &str, v: &str) -> Result<(String, String), ConfigError> {
+pub(crate) fn service_ref(v: &str) -> Result<(&str, &str), String> {
     match v.split_once('/') {
         Some((ns, host)) if !ns.is_empty() && !host.is_empty() && !host.contains('/') => {
-            Ok((ns.to_string(), host.to_string()))
+            Ok((ns, host))
         }
-        _ => Err(invalid(
-            path,
-            format!("{v:?} is not of the form \"namespace/hostname\""),
-        )),
+        _ => Err(format!("{v:?} is not of the form \"namespace/hostname\"")),
     }
+}
+
+/// A gateway's `destination`: `network/IP` first, then `namespace/hostname` (ztunnel's order).
+pub(crate) fn gateway_target(dest: &str) -> Result<GatewayTarget, String> {
+    if let Some((network, ip)) = dest.split_once('/')
+        && let Ok(ip) = ip.parse::<IpAddr>()
+    {
+        return Ok(GatewayTarget::Address {
+            network: network.into(),
+            ip,
+        });
+    }
+    let (namespace, hostname) = service_ref(dest)
+        .map_err(|_| format!("{dest:?} is neither \"network/IP\" nor \"namespace/hostname\""))?;
+    Ok(GatewayTarget::Hostname {
+        namespace: namespace.into(),
+        hostname: hostname.into(),
+    })
+}
+
+fn gateway(path: &str, g: &Option<RawGateway>) -> Result<Option<Gateway>, ConfigError> {
+    let Some(g) = g else { return Ok(None) };
+    let target =
+        gateway_target(&g.destination).map_err(|e| invalid(format!("{path}.destination"), e))?;
+    Ok(Some(Gateway {
+        target,
+        hbone_port: g.hbone_mtls_port.0,
+    }))
 }
 
 pub(crate) fn build(
@@ -73,7 +106,6 @@ pub(crate) fn build(
         },
     };
 
-    // Workloads, without service links yet.
     let mut ip_owner: HashMap<IpAddr, usize> = HashMap::new();
     let mut uid_owner: HashMap<String, usize> = HashMap::new();
     let mut workloads: Vec<Workload> = Vec::with_capacity(raw.workloads.len());
@@ -81,22 +113,22 @@ pub(crate) fn build(
         workloads.push(build_workload(i, w, &mut ip_owner, &mut uid_owner)?);
     }
 
-    // Services and their VIPs.
     let mut vip_owner: HashMap<IpAddr, usize> = HashMap::new();
     let mut svc_index: HashMap<(String, String), usize> = HashMap::new();
+    let mut services = Vec::with_capacity(raw.services.len());
     for (i, s) in raw.services.iter().enumerate() {
-        check_service(
+        services.push(build_service(
             i,
             s,
             &ip_owner,
             &mut vip_owner,
             &mut svc_index,
             &raw.workloads,
-        )?;
+        )?);
     }
 
-    // Workload → service membership, with any per-workload target ports (ztunnel's map form).
-    let mut members: Vec<Vec<Member>> = vec![Vec::new(); raw.services.len()];
+    // Workload → service membership: the workloads' own lists, checked against the
+    // services, then the services' `endpoints` lists (ztunnel's other spelling).
     for (i, w) in raw.workloads.iter().enumerate() {
         let mut seen = HashSet::new();
         for (j, (r, overrides)) in w.services.0.iter().enumerate() {
@@ -105,8 +137,8 @@ pub(crate) fn build(
             } else {
                 format!("workloads[{i}].services[{j}]")
             };
-            let key = service_ref(&path, r)?;
-            let Some(&si) = svc_index.get(&key) else {
+            let (ns, host) = service_ref(r).map_err(|e| invalid(&path, e))?;
+            let Some(&si) = svc_index.get(&(ns.to_string(), host.to_string())) else {
                 return Err(invalid(
                     path,
                     format!("unknown service {r:?} (no service has this namespace/hostname)"),
@@ -115,134 +147,84 @@ pub(crate) fn build(
             if !seen.insert(si) {
                 return Err(invalid(path, format!("service {r:?} is listed twice")));
             }
-            let mut ports = Vec::new();
-            for (port, target) in overrides.iter().flat_map(|m| &m.0) {
+            for (port, _) in overrides.iter().flat_map(|m| &m.0) {
                 if !raw.services[si].ports.0.iter().any(|(p, _)| p == port) {
                     return Err(invalid(
                         path,
                         format!("{} is not a port of service {r:?}", port.0),
                     ));
                 }
-                ports.push((port.0, target.0));
             }
-            members[si].push(Member {
-                workload: i,
-                target_ports: ports,
-            });
+        }
+    }
+    for (si, s) in raw.services.iter().enumerate() {
+        let key: Arc<str> = format!("{}/{}", s.namespace, s.hostname).into();
+        for (uid, e) in &s.endpoints {
+            let path = format!("services[{si}].endpoints.{uid}");
+            if e.workload_uid != *uid {
+                return Err(invalid(
+                    format!("{path}.workloadUid"),
+                    format!("{:?} differs from the key {uid:?}", e.workload_uid),
+                ));
+            }
+            let Some(&wi) = uid_owner.get(uid) else {
+                return Err(invalid(path, format!("unknown workload uid {uid:?}")));
+            };
+            let ports: Vec<(u16, u16)> = e.port.0.iter().map(|(p, t)| (p.0, t.0)).collect();
+            let w = &mut workloads[wi];
+            match w.services.iter_mut().find(|m| m.key == key) {
+                Some(m) if m.ports.is_empty() => m.ports = ports,
+                Some(_) => {}
+                None => w.services.push(WorkloadService {
+                    key: key.clone(),
+                    ports,
+                }),
+            }
         }
     }
 
-    // Policies, and which workloads each applies to.
+    // Policies, and which workloads each short-form policy protects.
+    let mut state = MeshState::new();
     let mut policies = Vec::with_capacity(raw.policies.len());
-    let mut names = HashSet::new();
+    let mut keys = HashSet::new();
     for (pi, p) in raw.policies.iter().enumerate() {
         let base = format!("policies[{pi}]");
-        non_empty(&format!("{base}.name"), &p.name)?;
-        if !names.insert(p.name.as_str()) {
+        let policy = build_policy(&base, p)?;
+        let key = policy.key();
+        if !keys.insert(key.clone()) {
             return Err(invalid(
                 format!("{base}.name"),
-                format!("policy {:?} is defined twice", p.name),
+                format!("policy {key:?} is defined twice"),
             ));
         }
-        let targets = policy_targets(&base, p, &raw.workloads, &uid_owner, &svc_index, &members)?;
-        for wi in targets {
-            workloads[wi].policies.push(pi as u32);
-        }
-        policies.push(build_policy(&base, p)?);
-    }
-
-    // Freeze workloads, then services with their endpoints.
-    let workloads: Vec<Arc<Workload>> = workloads.into_iter().map(Arc::new).collect();
-    let mut services = Vec::with_capacity(raw.services.len());
-    let mut by_vip = HashMap::new();
-    let mut by_vip_ip = HashMap::new();
-    for (si, s) in raw.services.iter().enumerate() {
-        let service = Arc::new(Service {
-            name: s.name.as_str().into(),
-            namespace: s.namespace.as_str().into(),
-            hostname: s.hostname.as_str().into(),
-            vips: s.vips.clone(),
-            ports: s.ports.0.iter().map(|(p, t)| (p.0, t.0)).collect(),
-            load_balancing: s.load_balancing,
-            members: members[si]
-                .iter()
-                .map(|m| workloads[m.workload].clone())
-                .collect(),
-        });
-        for vip in &s.vips {
-            by_vip_ip.insert(vip.ip, service.clone());
-            for &(port, target_port) in &service.ports {
-                let endpoints = members[si]
-                    .iter()
-                    .map(|m| (&workloads[m.workload], &m.target_ports))
-                    .filter(|(w, _)| w.status == HealthStatus::Healthy)
-                    .map(|(w, overrides)| {
-                        let target = overrides
-                            .iter()
-                            .find(|(p, _)| *p == port)
-                            .map_or(target_port, |(_, t)| *t);
-                        Endpoint {
-                            workload: w.clone(),
-                            addr: SocketAddr::new(endpoint_ip(w, vip.ip), target),
-                        }
-                    })
-                    .collect();
-                by_vip.insert(
-                    SocketAddr::new(vip.ip, port),
-                    ServicePort {
-                        service: service.clone(),
-                        port,
-                        target_port,
-                        endpoints,
-                    },
-                );
+        if p.rules.is_none() && p.destination.is_some() {
+            for wi in policy_targets(&base, p, &raw.workloads, &uid_owner, &svc_index, &raw)? {
+                workloads[wi].authorization_policies.push(key.clone());
             }
         }
-        services.push(service);
+        policies.push(policy);
     }
-
-    let mut by_ip = HashMap::new();
-    let mut by_uid = HashMap::new();
-    for w in &workloads {
-        for ip in &w.ips {
-            by_ip.insert(*ip, w.clone());
+    for (i, w) in workloads.iter().enumerate() {
+        for (j, key) in w.authorization_policies.iter().enumerate() {
+            if !keys.contains(key) {
+                return Err(invalid(
+                    format!("workloads[{i}].authorizationPolicies[{j}]"),
+                    format!("unknown policy {key:?} (no policy has this namespace/name)"),
+                ));
+            }
         }
-        by_uid.insert(w.uid.clone(), w.clone());
     }
-    let local = match &node {
-        Some(n) => workloads.iter().filter(|w| w.node == *n).cloned().collect(),
-        None => Vec::new(),
-    };
 
-    Ok(Snapshot {
-        node,
-        workloads,
-        services,
-        policies,
-        by_ip,
-        by_uid,
-        by_vip_ip,
-        by_vip,
-        local,
-        content_hash,
-    })
-}
-
-/// A workload's membership in a service.
-#[derive(Clone)]
-struct Member {
-    workload: usize,
-    /// Service port → this workload's target port (ztunnel's map form), overriding the service's.
-    target_ports: Vec<(u16, u16)>,
-}
-
-/// The workload's first IP of the VIP's family, else its first IP.
-fn endpoint_ip(w: &Workload, vip: IpAddr) -> IpAddr {
-    w.ips
-        .iter()
-        .copied()
-        .find(|ip| ip.is_ipv4() == vip.is_ipv4())
-        .unwrap_or(w.ips[0])
+    for w in workloads {
+        state.insert_workload(w);
+    }
+    for s in services {
+        state.insert_service(s);
+    }
+    for p in policies {
+        state.insert_policy(p);
+    }
+    Ok(state.snapshot(node, content_hash))
 }
 
 fn build_workload(
@@ -252,24 +234,34 @@ fn build_workload(
     uid_owner: &mut HashMap<String, usize>,
 ) -> Result<Workload, ConfigError> {
     let base = format!("workloads[{i}]");
-    non_empty(&format!("{base}.name"), &w.name)?;
     segment(&format!("{base}.namespace"), &w.namespace)?;
-    let sa = w
-        .service_account
-        .as_deref()
-        .unwrap_or(DEFAULT_SERVICE_ACCOUNT);
-    segment(&format!("{base}.serviceAccount"), sa)?;
-    let td = w.trust_domain.as_deref().unwrap_or(DEFAULT_TRUST_DOMAIN);
-    check_trust_domain(td).map_err(|e| invalid(format!("{base}.trustDomain"), e))?;
-    non_empty(&format!("{base}.node"), &w.node)?;
-
-    let uid = match &w.uid {
-        Some(u) => {
+    let uid = match (&w.uid, &w.name) {
+        (Some(u), _) => {
             non_empty(&format!("{base}.uid"), u)?;
             u.clone()
         }
-        None => format!("{}/{}", w.namespace, w.name),
+        (None, Some(name)) => {
+            non_empty(&format!("{base}.name"), name)?;
+            format!("{}/{}", w.namespace, name)
+        }
+        (None, None) => return Err(invalid(base, "give a `uid` or a `name`")),
     };
+    let name = w.name.clone().unwrap_or_default();
+    let sa = w
+        .service_account
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(DEFAULT_SERVICE_ACCOUNT);
+    segment(&format!("{base}.serviceAccount"), sa)?;
+    let td = w
+        .trust_domain
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(DEFAULT_TRUST_DOMAIN);
+    check_trust_domain(td).map_err(|e| invalid(format!("{base}.trustDomain"), e))?;
+    if let Some(n) = &w.node {
+        non_empty(&format!("{base}.node"), n)?;
+    }
     if let Some(prev) = uid_owner.insert(uid.clone(), i) {
         return Err(invalid(
             format!("{base}.uid"),
@@ -279,16 +271,20 @@ fn build_workload(
         ));
     }
 
-    if w.workload_ips.is_empty() {
+    let hostname = w.hostname.clone().unwrap_or_default();
+    if w.workload_ips.is_empty() && hostname.is_empty() {
         return Err(invalid(
             format!("{base}.workloadIps"),
-            "must list at least one IP",
+            "must list at least one IP (or give a hostname)",
         ));
     }
     for (j, ip) in w.workload_ips.iter().enumerate() {
         let path = format!("{base}.workloadIps[{j}]");
         if ip.is_unspecified() || ip.is_multicast() {
             return Err(invalid(path, format!("{ip} cannot be a workload IP")));
+        }
+        if w.network_mode == super::types::NetworkMode::HostNetwork {
+            continue;
         }
         if let Some(prev) = ip_owner.insert(*ip, i) {
             let whose = if prev == i {
@@ -299,50 +295,106 @@ fn build_workload(
             return Err(invalid(path, format!("{ip} is already used by {whose}")));
         }
     }
+    let mut policies = Vec::with_capacity(w.authorization_policies.len());
+    for (j, p) in w.authorization_policies.iter().enumerate() {
+        let path = format!("{base}.authorizationPolicies[{j}]");
+        non_empty(&path, p)?;
+        policies.push(Arc::from(p.as_str()));
+    }
+    let workload_type = w
+        .workload_type
+        .as_deref()
+        .unwrap_or("pod")
+        .to_ascii_lowercase();
+    if !matches!(
+        workload_type.as_str(),
+        "pod" | "deployment" | "job" | "cronjob"
+    ) {
+        return Err(invalid(
+            format!("{base}.workloadType"),
+            format!("{workload_type:?} is not one of deployment, pod, job, cronjob"),
+        ));
+    }
 
     let identity =
         Identity::new(td, &w.namespace, sa).map_err(|e| invalid(base.clone(), e.to_string()))?;
+    let workload_name = w
+        .workload_name
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| name.clone());
+    let locality = w.locality.as_ref();
     Ok(Workload {
         uid: uid.into(),
-        name: w.name.as_str().into(),
+        name: name.as_str().into(),
         namespace: w.namespace.as_str().into(),
         service_account: sa.into(),
         ips: w.workload_ips.clone(),
-        node: w.node.as_str().into(),
+        hostname: hostname.into(),
+        network: w.network.as_deref().unwrap_or("").into(),
+        node: w.node.as_deref().unwrap_or("").into(),
         protocol: w.protocol,
+        network_mode: w.network_mode,
         status: w.status,
         identity,
         services: w
             .services
             .0
             .iter()
-            .map(|(s, _)| s.as_str().into())
+            .map(|(s, ports)| WorkloadService {
+                key: s.as_str().into(),
+                ports: ports
+                    .iter()
+                    .flat_map(|m| &m.0)
+                    .map(|(p, t)| (p.0, t.0))
+                    .collect(),
+            })
             .collect(),
-        policies: Vec::new(),
-        meta: {
-            let workload_name = w.workload_name.clone().unwrap_or_else(|| w.name.clone());
-            let locality = w.locality.as_ref();
-            WorkloadMeta {
-                canonical_name: w.canonical_name.as_deref().unwrap_or(&workload_name).into(),
-                workload_name: workload_name.as_str().into(),
-                canonical_revision: w.canonical_revision.as_deref().unwrap_or("latest").into(),
-                cluster_id: w.cluster_id.as_deref().unwrap_or(DEFAULT_CLUSTER_ID).into(),
-                region: locality.map_or("", |l| l.region.as_str()).into(),
-                zone: locality.map_or("", |l| l.zone.as_str()).into(),
-                subzone: locality.map_or("", |l| l.subzone.as_str()).into(),
-            }
+        authorization_policies: policies,
+        native_tunnel: w.native_tunnel,
+        application_tunnel: w.application_tunnel.as_ref().map(|t| AppTunnel {
+            protocol: t.protocol,
+            port: t.port.map(|p| p.0),
+        }),
+        waypoint: gateway(&format!("{base}.waypoint"), &w.waypoint)?,
+        network_gateway: gateway(&format!("{base}.networkGateway"), &w.network_gateway)?,
+        workload_type: workload_type.into(),
+        capacity: w.capacity.unwrap_or(1),
+        meta: WorkloadMeta {
+            canonical_name: w
+                .canonical_name
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .unwrap_or(&workload_name)
+                .into(),
+            workload_name: workload_name.as_str().into(),
+            canonical_revision: w
+                .canonical_revision
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("latest")
+                .into(),
+            cluster_id: w
+                .cluster_id
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .unwrap_or(DEFAULT_CLUSTER_ID)
+                .into(),
+            region: locality.map_or("", |l| l.region.as_str()).into(),
+            zone: locality.map_or("", |l| l.zone.as_str()).into(),
+            subzone: locality.map_or("", |l| l.subzone.as_str()).into(),
         },
     })
 }
 
-fn check_service(
+fn build_service(
     i: usize,
     s: &RawService,
     ip_owner: &HashMap<IpAddr, usize>,
     vip_owner: &mut HashMap<IpAddr, usize>,
     svc_index: &mut HashMap<(String, String), usize>,
     raw_workloads: &[RawWorkload],
-) -> Result<(), ConfigError> {
+) -> Result<Service, ConfigError> {
     let base = format!("services[{i}]");
     non_empty(&format!("{base}.name"), &s.name)?;
     segment(&format!("{base}.namespace"), &s.namespace)?;
@@ -362,12 +414,6 @@ fn check_service(
             ),
         ));
     }
-    if s.vips.is_empty() {
-        return Err(invalid(
-            format!("{base}.vips"),
-            "must list at least one VIP",
-        ));
-    }
     for (j, vip) in s.vips.iter().enumerate() {
         let path = format!("{base}.vips[{j}]");
         if let Some(&wi) = ip_owner.get(&vip.ip) {
@@ -376,7 +422,9 @@ fn check_service(
                 path,
                 format!(
                     "{} is also an IP of workloads[{wi}] ({}/{})",
-                    vip.ip, w.namespace, w.name
+                    vip.ip,
+                    w.namespace,
+                    w.name.as_deref().or(w.uid.as_deref()).unwrap_or("")
                 ),
             ));
         }
@@ -398,20 +446,44 @@ fn check_service(
             "must map at least one port",
         ));
     }
-    Ok(())
+    let mut sans = Vec::with_capacity(s.subject_alt_names.len());
+    for (j, san) in s.subject_alt_names.iter().enumerate() {
+        san.parse::<Identity>()
+            .map_err(|e| invalid(format!("{base}.subjectAltNames[{j}]"), e.to_string()))?;
+        sans.push(Arc::from(san.as_str()));
+    }
+    let lb = s.load_balancer.as_ref();
+    Ok(Service {
+        name: s.name.as_str().into(),
+        namespace: s.namespace.as_str().into(),
+        hostname: s.hostname.as_str().into(),
+        vips: s.vips.clone(),
+        ports: s.ports.0.iter().map(|(p, t)| (p.0, t.0)).collect(),
+        load_balancing: s.load_balancing,
+        health_policy: lb.map(|l| l.health_policy).unwrap_or_default(),
+        locality_lb: lb.map(|l| LocalityLb {
+            mode: l.mode,
+            routing_preference: l.routing_preferences.clone(),
+        }),
+        subject_alt_names: sans,
+        waypoint: gateway(&format!("{base}.waypoint"), &s.waypoint)?,
+        canonical: s.canonical,
+        visibility: s.visibility,
+        members: Vec::new(),
+    })
 }
 
-/// Indices of the workloads a policy protects.
+/// Indices of the workloads a short-form policy's `destination` names.
 fn policy_targets(
     base: &str,
     p: &RawPolicy,
     raw_workloads: &[RawWorkload],
     uid_owner: &HashMap<String, usize>,
     svc_index: &HashMap<(String, String), usize>,
-    members: &[Vec<Member>],
+    raw: &RawConfig,
 ) -> Result<Vec<usize>, ConfigError> {
     let Some(d) = &p.destination else {
-        return Ok((0..raw_workloads.len()).collect());
+        return Ok(Vec::new());
     };
     if d.workloads.is_empty() && d.services.is_empty() && d.namespaces.is_empty() {
         return Err(invalid(
@@ -433,10 +505,20 @@ fn policy_targets(
     }
     for (j, r) in d.services.iter().enumerate() {
         let path = format!("{base}.destination.services[{j}]");
-        let key = service_ref(&path, r)?;
-        match svc_index.get(&key) {
-            Some(&si) => out.extend(members[si].iter().map(|m| m.workload)),
-            None => return Err(invalid(path, format!("unknown service {r:?}"))),
+        let (ns, host) = service_ref(r).map_err(|e| invalid(&path, e))?;
+        let Some(&si) = svc_index.get(&(ns.to_string(), host.to_string())) else {
+            return Err(invalid(path, format!("unknown service {r:?}")));
+        };
+        let s = &raw.services[si];
+        for (wi, w) in raw_workloads.iter().enumerate() {
+            let listed = w.services.0.iter().any(|(k, _)| k == r);
+            let endpoint = s
+                .endpoints
+                .keys()
+                .any(|uid| uid_owner.get(uid) == Some(&wi));
+            if listed || endpoint {
+                out.push(wi);
+            }
         }
     }
     for (j, ns) in d.namespaces.iter().enumerate() {
@@ -454,49 +536,198 @@ fn policy_targets(
     Ok(out)
 }
 
-fn build_policy(base: &str, p: &RawPolicy) -> Result<Policy, ConfigError> {
-    let mut from = Vec::with_capacity(p.from.len());
-    for (j, s) in p.from.iter().enumerate() {
-        let fbase = format!("{base}.from[{j}]");
-        let principals = |key: &str, list: &[String]| -> Result<Vec<PrincipalMatch>, ConfigError> {
-            list.iter()
-                .enumerate()
-                .map(|(k, t)| {
-                    PrincipalMatch::parse(t).map_err(|r| invalid(format!("{fbase}.{key}[{k}]"), r))
-                })
-                .collect()
-        };
-        let namespaces = |key: &str, list: &[String]| -> Result<Vec<Arc<str>>, ConfigError> {
-            list.iter()
-                .enumerate()
-                .map(|(k, n)| {
-                    segment(&format!("{fbase}.{key}[{k}]"), n).map(|()| Arc::from(n.as_str()))
-                })
-                .collect()
-        };
-        let m = SourceMatch {
-            principals: principals("principals", &s.principals)?,
-            not_principals: principals("notPrincipals", &s.not_principals)?,
-            namespaces: namespaces("namespaces", &s.namespaces)?,
-            not_namespaces: namespaces("notNamespaces", &s.not_namespaces)?,
-        };
-        if m.principals.is_empty()
-            && m.not_principals.is_empty()
-            && m.namespaces.is_empty()
-            && m.not_namespaces.is_empty()
-        {
+fn build_policy(base: &str, p: &RawPolicy) -> Result<Authorization, ConfigError> {
+    non_empty(&format!("{base}.name"), &p.name)?;
+    let namespace = p.namespace.clone().unwrap_or_default();
+    if !namespace.is_empty() {
+        segment(&format!("{base}.namespace"), &namespace)?;
+    }
+    let Some(rules) = &p.rules else {
+        return short_policy(base, p, namespace);
+    };
+    for (key, used) in [
+        ("destination", p.destination.is_some()),
+        ("from", !p.from.is_empty()),
+        ("ports", !p.ports.is_empty()),
+    ] {
+        if used {
             return Err(invalid(
-                fbase,
-                "matches nothing in particular: give principals, namespaces, notPrincipals or notNamespaces (omit `from` to match every source)",
+                format!("{base}.{key}"),
+                "cannot be combined with `rules` (write the condition as a match of a rule)",
             ));
         }
-        from.push(m);
     }
-    Ok(Policy {
+    let Some(scope) = p.scope else {
+        return Err(invalid(
+            format!("{base}.scope"),
+            "a policy with `rules` needs a scope: Global, Namespace or WorkloadSelector",
+        ));
+    };
+    if scope != Scope::Global && namespace.is_empty() {
+        return Err(invalid(
+            format!("{base}.namespace"),
+            format!("a {scope} policy needs its namespace"),
+        ));
+    }
+    let mut out = Vec::with_capacity(rules.len());
+    for (r, rule) in rules.iter().enumerate() {
+        let mut clauses = Vec::with_capacity(rule.len());
+        for (c, clause) in rule.iter().enumerate() {
+            let mut matches = Vec::with_capacity(clause.len());
+            for (m, raw) in clause.iter().enumerate() {
+                matches.push(build_match(&format!("{base}.rules[{r}][{c}][{m}]"), raw)?);
+            }
+            clauses.push(Clause { matches });
+        }
+        out.push(Rule { clauses });
+    }
+    Ok(Authorization {
         name: p.name.as_str().into(),
+        namespace: namespace.into(),
+        scope,
         action: p.action,
-        global: p.destination.is_none(),
-        from,
-        ports: p.ports.iter().map(|p| p.0).collect(),
+        dry_run: p.dry_run,
+        rules: out,
     })
+}
+
+fn build_match(base: &str, m: &RawMatch) -> Result<Match, ConfigError> {
+    let strings = |l: &[RawStringMatch]| -> Vec<StringMatch> {
+        l.iter()
+            .map(|s| match s {
+                RawStringMatch::Exact(v) => StringMatch::Exact(v.as_str().into()),
+                RawStringMatch::Prefix(v) => StringMatch::Prefix(v.as_str().into()),
+                RawStringMatch::Suffix(v) => StringMatch::Suffix(v.as_str().into()),
+                RawStringMatch::Presence(_) => StringMatch::Presence,
+            })
+            .collect()
+    };
+    let sas = |l: &[super::model::RawServiceAccount]| {
+        l.iter()
+            .map(|s| ServiceAccountMatch {
+                namespace: s.namespace.as_str().into(),
+                service_account: s.service_account.as_str().into(),
+            })
+            .collect()
+    };
+    let cidrs = |key: &str, l: &[String]| -> Result<Vec<Cidr>, ConfigError> {
+        l.iter()
+            .enumerate()
+            .map(|(k, c)| {
+                c.parse()
+                    .map_err(|e: String| invalid(format!("{base}.{key}[{k}]"), e))
+            })
+            .collect()
+    };
+    let ports = |l: &[super::model::Port]| l.iter().map(|p| p.0).collect();
+    let out = Match {
+        namespaces: strings(&m.namespaces),
+        not_namespaces: strings(&m.not_namespaces),
+        principals: strings(&m.principals),
+        not_principals: strings(&m.not_principals),
+        service_accounts: sas(&m.service_accounts),
+        not_service_accounts: sas(&m.not_service_accounts),
+        source_ips: cidrs("sourceIps", &m.source_ips)?,
+        not_source_ips: cidrs("notSourceIps", &m.not_source_ips)?,
+        destination_ips: cidrs("destinationIps", &m.destination_ips)?,
+        not_destination_ips: cidrs("notDestinationIps", &m.not_destination_ips)?,
+        destination_ports: ports(&m.destination_ports),
+        not_destination_ports: ports(&m.not_destination_ports),
+    };
+    Ok(out)
+}
+
+/// ringmesh's short form as a full policy: one rule whose clauses are "any `from` entry"
+/// and "one of `ports`" (each only when given); global without `destination`, else scoped
+/// to the workloads `destination` names.
+fn short_policy(
+    base: &str,
+    p: &RawPolicy,
+    namespace: String,
+) -> Result<Authorization, ConfigError> {
+    if let Some(scope) = p.scope {
+        return Err(invalid(
+            format!("{base}.scope"),
+            format!("scope {scope} needs `rules`; the short form's scope is its `destination`"),
+        ));
+    }
+    let mut clauses = Vec::new();
+    if !p.from.is_empty() {
+        let mut matches = Vec::with_capacity(p.from.len());
+        for (j, s) in p.from.iter().enumerate() {
+            matches.push(source_match(&format!("{base}.from[{j}]"), s)?);
+        }
+        clauses.push(Clause { matches });
+    }
+    if !p.ports.is_empty() {
+        clauses.push(Clause {
+            matches: vec![Match {
+                destination_ports: p.ports.iter().map(|p| p.0).collect(),
+                ..Match::default()
+            }],
+        });
+    }
+    Ok(Authorization {
+        name: p.name.as_str().into(),
+        namespace: namespace.into(),
+        scope: if p.destination.is_some() {
+            Scope::WorkloadSelector
+        } else {
+            Scope::Global
+        },
+        action: p.action,
+        dry_run: p.dry_run,
+        rules: vec![Rule { clauses }],
+    })
+}
+
+fn source_match(base: &str, s: &RawSource) -> Result<Match, ConfigError> {
+    let principals = |key: &str, list: &[String]| -> Result<Vec<StringMatch>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(k, t)| principal(t).map_err(|r| invalid(format!("{base}.{key}[{k}]"), r)))
+            .collect()
+    };
+    let namespaces = |key: &str, list: &[String]| -> Result<Vec<StringMatch>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(k, n)| {
+                segment(&format!("{base}.{key}[{k}]"), n)
+                    .map(|()| StringMatch::Exact(n.as_str().into()))
+            })
+            .collect()
+    };
+    let m = Match {
+        principals: principals("principals", &s.principals)?,
+        not_principals: principals("notPrincipals", &s.not_principals)?,
+        namespaces: namespaces("namespaces", &s.namespaces)?,
+        not_namespaces: namespaces("notNamespaces", &s.not_namespaces)?,
+        ..Match::default()
+    };
+    if m.is_empty() {
+        return Err(invalid(
+            base,
+            "matches nothing in particular: give principals, namespaces, notPrincipals or notNamespaces (omit `from` to match every source)",
+        ));
+    }
+    Ok(m)
+}
+
+/// A principal as the short form writes it: `spiffe://td/ns/x/sa/y`, `td/ns/x/sa/y`,
+/// `prefix*`, `*suffix` or `*`; an exact one must be a valid identity.
+fn principal(text: &str) -> Result<StringMatch, String> {
+    let bare = text.strip_prefix("spiffe://").unwrap_or(text);
+    match bare.matches('*').count() {
+        0 => format!("spiffe://{bare}")
+            .parse::<Identity>()
+            .map(|id| StringMatch::Exact(id.principal().into()))
+            .map_err(|e| e.to_string()),
+        1 if bare == "*" || (bare.len() > 1 && (bare.starts_with('*') || bare.ends_with('*'))) => {
+            Ok(StringMatch::from_istio(bare))
+        }
+        _ => Err(format!(
+            "{text:?} is not a principal (an identity like cluster.local/ns/NS/sa/SA, \
+             optionally with one '*' at the start or end, or '*')"
+        )),
+    }
 }

@@ -1,10 +1,13 @@
 //! The mesh config: one YAML file of workloads, services and policies, read into an
 //! immutable [`Snapshot`].
 //!
-//! Owns: the file format (`model`), the whole-file validation that names the failing
-//! field's path (`build`), the snapshot and its lookups (`snapshot`), L4 authorization
-//! (`policy`), and the file watcher (`watch`). Invariant: a file is accepted whole or not
-//! at all; a rejected file never changes a snapshot anyone holds.
+//! Owns: the mesh model whatever its source (`types`, `snapshot`, `policy`), the state a
+//! source fills and the snapshot built from it (`state`), the file format (`model`, a
+//! superset of ztunnel's local config file), the whole-file validation that names the
+//! failing field's path (`build`), istiod's xDS resources turned into the model (`xds`),
+//! and the file watcher (`watch`). Invariants: a file is accepted whole or not at all; an
+//! xDS resource is accepted or rejected alone; a rejection never changes a snapshot anyone
+//! holds.
 //!
 //! Error paths use serde's field names and `[i]` for list items, e.g.
 //! `services[2].ports: "http" is not a port number`.
@@ -13,19 +16,24 @@ mod build;
 pub mod model;
 pub mod policy;
 pub mod snapshot;
+pub mod state;
+pub mod types;
 pub mod watch;
+pub mod xds;
 
 use std::collections::hash_map::DefaultHasher;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-pub use build::{DEFAULT_CLUSTER_ID, DEFAULT_TRUST_DOMAIN};
-pub use model::{Action, HealthStatus, LoadBalancing, Protocol, Vip};
-pub use policy::{Decision, DenyReason, Policy};
+pub use build::{DEFAULT_CLUSTER_ID, DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN};
+pub use model::{HealthStatus, LoadBalancing, Protocol, Vip};
+pub use policy::{Action, Authorization, Decision, DenyReason, Request, Scope};
 pub use snapshot::{
-    Destination, Endpoint, Service, ServicePort, Snapshot, Summary, Workload, WorkloadMeta, pick,
+    Destination, Endpoint, Service, ServicePort, Snapshot, Summary, Workload, WorkloadMeta,
+    WorkloadService, pick,
 };
+pub use state::MeshState;
 pub use watch::{WatchOptions, Watcher, watch};
 
 /// Why a config was rejected.
@@ -143,7 +151,7 @@ pub fn parse(yaml: &str, opts: &LoadOptions) -> Result<Snapshot, ConfigError> {
 /// The longest part of an error reason quoted from the file: a reason that quotes a value
 /// (serde's `invalid type: string "…"`) is cut there, so a 6.7 MB bad value gives a line,
 /// not 6.7 MB of log.
-pub const MAX_REASON: usize = 300;
+pub const MAX_REASON: usize = 512;
 
 pub(crate) fn invalid_at(
     path: &str,

@@ -1,18 +1,25 @@
 //! The YAML file's shape: what serde reads, before any cross-reference check.
 //!
 //! Every struct denies unknown keys, so a typo is an error with its path instead of a
-//! silently ignored setting. Key names follow ztunnel's local config file where the two
-//! overlap (`uid`, `name`, `namespace`, `serviceAccount`, `workloadIps`, `node`, `protocol`,
-//! `trustDomain`, `services`, `hostname`, `vips`, `ports`), so a ztunnel user feels at home.
+//! silently ignored setting. The schema is a superset of ztunnel's local config file (its
+//! `LOCAL_XDS_PATH` YAML: workloads, services and policies with the same camelCase keys,
+//! tagged string matches, `network/IP` VIPs), so a ztunnel file loads as it is; ringmesh
+//! adds `node`, a short policy form and defaults for identity fields (trust domain
+//! `cluster.local`, service account `default`, where ztunnel's file would leave them empty).
 //! Values that can be checked alone (IP syntax, port ranges, enum spellings) are checked
 //! here, while serde still knows the field's path; everything that needs the whole file
-//! (duplicates, references) is checked in `snapshot.rs`.
+//! (duplicates, references) is checked in `build.rs`.
 
 use std::fmt;
 use std::net::IpAddr;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+pub use super::policy::{Action, Scope};
+use super::types::{
+    AppTunnelProtocol, HealthPolicy, LocalityMode, LocalityScope, NetworkMode, Visibility,
+};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -45,27 +52,45 @@ pub(crate) struct RawWorkload {
     /// Defaults to `<namespace>/<name>`.
     #[serde(default)]
     pub uid: Option<String>,
-    pub name: String,
+    /// Required unless `uid` is given (ztunnel's files may omit it).
+    #[serde(default)]
+    pub name: Option<String>,
     pub namespace: String,
     /// Defaults to `default`, as Kubernetes does for a pod without one.
     #[serde(default)]
     pub service_account: Option<String>,
-    #[serde(deserialize_with = "ip_list")]
+    /// At least one, unless `hostname` is given.
+    #[serde(default, deserialize_with = "ip_list")]
     pub workload_ips: Vec<IpAddr>,
-    pub node: String,
+    /// A DNS name for a workload known by name (ztunnel's `hostname`).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The node it runs on; a workload without one is never local.
+    #[serde(default)]
+    pub node: Option<String>,
     #[serde(default)]
     pub protocol: Protocol,
+    #[serde(default)]
+    pub network_mode: NetworkMode,
     #[serde(default)]
     pub trust_domain: Option<String>,
     /// Services this workload is an endpoint of, as `namespace/hostname`.
     #[serde(default)]
     pub services: WorkloadServices,
+    /// Selector-scoped policies (`namespace/name`) that protect it.
+    #[serde(default)]
+    pub authorization_policies: Vec<String>,
     #[serde(default)]
     pub status: HealthStatus,
     /// The workload (controller) this pod belongs to, e.g. the Deployment; Istio's
     /// `source_workload` label. Defaults to `name`.
     #[serde(default)]
     pub workload_name: Option<String>,
+    /// `deployment`, `pod`, `job` or `cronjob`; defaults to `pod`.
+    #[serde(default)]
+    pub workload_type: Option<String>,
     /// Istio's canonical service (`service.istio.io/canonical-name`, else `app`). Defaults to
     /// the workload name.
     #[serde(default)]
@@ -79,6 +104,45 @@ pub(crate) struct RawWorkload {
     pub cluster_id: Option<String>,
     #[serde(default)]
     pub locality: Option<RawLocality>,
+    #[serde(default)]
+    pub native_tunnel: bool,
+    #[serde(default)]
+    pub application_tunnel: Option<RawAppTunnel>,
+    #[serde(default)]
+    pub waypoint: Option<RawGateway>,
+    #[serde(default)]
+    pub network_gateway: Option<RawGateway>,
+    /// Relative weight as an endpoint; defaults to 1.
+    #[serde(default)]
+    pub capacity: Option<u32>,
+}
+
+/// ztunnel's `applicationTunnel`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    rename = "applicationTunnel",
+    expecting = "an application tunnel (a mapping with protocol and port)",
+    rename_all = "camelCase",
+    deny_unknown_fields
+)]
+pub(crate) struct RawAppTunnel {
+    #[serde(default)]
+    pub protocol: AppTunnelProtocol,
+    #[serde(default)]
+    pub port: Option<Port>,
+}
+
+/// ztunnel's `GatewayAddress`: `destination` is `network/IP` or `namespace/hostname`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    rename = "gateway",
+    expecting = "a gateway (a mapping with destination and hboneMtlsPort)",
+    rename_all = "camelCase",
+    deny_unknown_fields
+)]
+pub(crate) struct RawGateway {
+    pub destination: String,
+    pub hbone_mtls_port: Port,
 }
 
 /// Where a workload runs (ztunnel's `locality`).
@@ -146,10 +210,61 @@ pub(crate) struct RawService {
     pub name: String,
     pub namespace: String,
     pub hostname: String,
+    /// Empty for a headless service.
     pub vips: Vec<Vip>,
     pub ports: PortMap,
+    /// ringmesh's pick among endpoints.
     #[serde(default)]
     pub load_balancing: LoadBalancing,
+    /// istiod's locality preferences and health policy (ztunnel's `loadBalancer`).
+    #[serde(default)]
+    pub load_balancer: Option<RawLocalityLb>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default)]
+    pub waypoint: Option<RawGateway>,
+    #[serde(default)]
+    pub canonical: bool,
+    #[serde(default)]
+    pub visibility: Visibility,
+    /// Members by workload uid, besides those whose `services` name this one (ztunnel's
+    /// local files may list them here).
+    #[serde(default)]
+    pub endpoints: std::collections::BTreeMap<String, RawEndpoint>,
+}
+
+/// ztunnel's `loadBalancer`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    rename = "loadBalancer",
+    expecting = "a load balancer (a mapping with routingPreferences, mode and healthPolicy)",
+    rename_all = "camelCase",
+    deny_unknown_fields
+)]
+pub(crate) struct RawLocalityLb {
+    #[serde(default)]
+    pub routing_preferences: Vec<LocalityScope>,
+    pub mode: LocalityMode,
+    #[serde(default)]
+    pub health_policy: HealthPolicy,
+}
+
+/// One entry of a service's `endpoints`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    rename = "endpoint",
+    expecting = "an endpoint (a mapping with workloadUid, port and status)",
+    rename_all = "camelCase",
+    deny_unknown_fields
+)]
+pub(crate) struct RawEndpoint {
+    pub workload_uid: String,
+    #[serde(default)]
+    pub port: PortMap,
+    /// Accepted for ztunnel's files and ignored: the workload's own status decides.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub status: HealthStatus,
 }
 
 /// How a service spreads connections over its endpoints.
@@ -188,7 +303,8 @@ impl<'de> Deserialize<'de> for Vip {
             None => ("", s.as_str()),
         };
         match ip.parse::<IpAddr>() {
-            Ok(ip) if !(s.contains('/') && network.is_empty()) => Ok(Vip {
+            // `/IP` is ztunnel's spelling of the default network.
+            Ok(ip) => Ok(Vip {
                 network: network.to_string(),
                 ip,
             }),
@@ -203,64 +319,83 @@ impl<'de> Deserialize<'de> for Vip {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Port(pub u16);
 
-impl Port {
-    fn from_u64<E: de::Error>(v: u64) -> Result<Port, E> {
+/// A target port, 0..=65535: 0 means "decided elsewhere" (a service's 0 lets each endpoint
+/// name its own; an endpoint's 0 takes the service's), as in Istio's workload API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TargetPort(pub u16);
+
+/// Reads a port from a YAML number or a string of digits; `ZERO` allows 0.
+struct PortVisitor<const ZERO: bool>;
+
+impl<const ZERO: bool> PortVisitor<ZERO> {
+    fn check<E: de::Error>(v: u64) -> Result<u16, E> {
+        let range = if ZERO { "0-65535" } else { "1-65535" };
         match u16::try_from(v) {
-            Ok(0) => Err(E::custom("port 0 is not allowed (ports are 1-65535)")),
-            Ok(p) => Ok(Port(p)),
+            Ok(0) if !ZERO => Err(E::custom("port 0 is not allowed (ports are 1-65535)")),
+            Ok(p) => Ok(p),
             Err(_) => Err(E::custom(format!(
-                "{v} is out of range (ports are 1-65535)"
+                "{v} is out of range (ports are {range})"
             ))),
         }
     }
 }
 
+impl<const ZERO: bool> Visitor<'_> for PortVisitor<ZERO> {
+    type Value = u16;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if ZERO {
+            "a port number (0-65535)"
+        } else {
+            "a port number (1-65535)"
+        })
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u16, E> {
+        Self::check(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u16, E> {
+        match u64::try_from(v) {
+            Ok(v) => Self::check(v),
+            Err(_) => Err(E::custom(format!(
+                "{v} is out of range (ports are 1-65535)"
+            ))),
+        }
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<u16, E> {
+        // YAML keys are often quoted; "8080" is still a port, "http" is not.
+        if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+            match v.parse::<u64>() {
+                Ok(n) => Self::check(n),
+                Err(_) => Err(E::custom(format!(
+                    "{v} is out of range (ports are 1-65535)"
+                ))),
+            }
+        } else {
+            Err(E::custom(format!("{v:?} is not a port number")))
+        }
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<u16, E> {
+        Err(E::custom(format!("{v} is not a port number")))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<u16, E> {
+        Err(E::custom(format!("{v} is not a port number")))
+    }
+}
+
 impl<'de> Deserialize<'de> for Port {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Port, D::Error> {
-        struct PortVisitor;
-        impl Visitor<'_> for PortVisitor {
-            type Value = Port;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a port number (1-65535)")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Port, E> {
-                Port::from_u64(v)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Port, E> {
-                match u64::try_from(v) {
-                    Ok(v) => Port::from_u64(v),
-                    Err(_) => Err(E::custom(format!(
-                        "{v} is out of range (ports are 1-65535)"
-                    ))),
-                }
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Port, E> {
-                // YAML keys are often quoted; "8080" is still a port, "http" is not.
-                if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-                    match v.parse::<u64>() {
-                        Ok(n) => Port::from_u64(n),
-                        Err(_) => Err(E::custom(format!(
-                            "{v} is out of range (ports are 1-65535)"
-                        ))),
-                    }
-                } else {
-                    Err(E::custom(format!("{v:?} is not a port number")))
-                }
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Port, E> {
-                Err(E::custom(format!("{v} is not a port number")))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Port, E> {
-                Err(E::custom(format!("{v} is not a port number")))
-            }
-        }
-        d.deserialize_any(PortVisitor)
+        d.deserialize_any(PortVisitor::<false>).map(Port)
+    }
+}
+
+impl<'de> Deserialize<'de> for TargetPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<TargetPort, D::Error> {
+        d.deserialize_any(PortVisitor::<true>).map(TargetPort)
     }
 }
 
 /// A service's `ports`: service port → target port, in file order, no duplicate keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PortMap(pub Vec<(Port, Port)>);
+pub struct PortMap(pub Vec<(Port, TargetPort)>);
 
 impl<'de> Deserialize<'de> for PortMap {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PortMap, D::Error> {
@@ -271,8 +406,8 @@ impl<'de> Deserialize<'de> for PortMap {
                 f.write_str("a map of service port to target port")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PortMap, A::Error> {
-                let mut out: Vec<(Port, Port)> = Vec::new();
-                while let Some((k, v)) = map.next_entry::<Port, Port>()? {
+                let mut out: Vec<(Port, TargetPort)> = Vec::new();
+                while let Some((k, v)) = map.next_entry::<Port, TargetPort>()? {
                     if out.iter().any(|(seen, _)| *seen == k) {
                         return Err(de::Error::custom(format!(
                             "service port {} is listed twice",
@@ -337,7 +472,10 @@ impl<'de> Deserialize<'de> for WorkloadServices {
     }
 }
 
-/// An L4 authorization policy.
+/// An L4 authorization policy, in either form:
+/// - ztunnel's (Istio's `Authorization`): `namespace`, `scope`, `action`, `dryRun` and
+///   `rules`, a list (any) of lists (all) of lists (any) of matches;
+/// - ringmesh's short one: `action`, optional `destination`, `from` and `ports`.
 #[derive(Debug, Deserialize)]
 #[serde(
     rename = "policy",
@@ -347,7 +485,15 @@ impl<'de> Deserialize<'de> for WorkloadServices {
 )]
 pub(crate) struct RawPolicy {
     pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub scope: Option<Scope>,
     pub action: Action,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub rules: Option<Vec<Vec<Vec<RawMatch>>>>,
     /// Which workloads it protects; absent means every workload in the mesh.
     #[serde(default)]
     pub destination: Option<RawDestination>,
@@ -359,11 +505,62 @@ pub(crate) struct RawPolicy {
     pub ports: Vec<Port>,
 }
 
-/// What a matching policy does (ztunnel's `RbacAction` spelling).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum Action {
-    Allow,
-    Deny,
+/// One match of a rule's clause (ztunnel's `RbacMatch`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    rename = "match",
+    expecting = "a match (a mapping)",
+    rename_all = "camelCase",
+    deny_unknown_fields
+)]
+pub(crate) struct RawMatch {
+    #[serde(default)]
+    pub namespaces: Vec<RawStringMatch>,
+    #[serde(default)]
+    pub not_namespaces: Vec<RawStringMatch>,
+    #[serde(default)]
+    pub principals: Vec<RawStringMatch>,
+    #[serde(default)]
+    pub not_principals: Vec<RawStringMatch>,
+    #[serde(default)]
+    pub service_accounts: Vec<RawServiceAccount>,
+    #[serde(default)]
+    pub not_service_accounts: Vec<RawServiceAccount>,
+    #[serde(default)]
+    pub source_ips: Vec<String>,
+    #[serde(default)]
+    pub not_source_ips: Vec<String>,
+    #[serde(default)]
+    pub destination_ips: Vec<String>,
+    #[serde(default)]
+    pub not_destination_ips: Vec<String>,
+    #[serde(default)]
+    pub destination_ports: Vec<Port>,
+    #[serde(default)]
+    pub not_destination_ports: Vec<Port>,
+}
+
+/// A string match as ztunnel's files tag it: `!Exact x`, `!Prefix x`, `!Suffix x`,
+/// `!Presence []`.
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a tagged string match: !Exact, !Prefix, !Suffix or !Presence")]
+pub(crate) enum RawStringMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Presence(de::IgnoredAny),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    rename = "serviceAccount",
+    expecting = "a service account match (a mapping with namespace and serviceAccount)",
+    rename_all = "camelCase",
+    deny_unknown_fields
+)]
+pub(crate) struct RawServiceAccount {
+    pub namespace: String,
+    pub service_account: String,
 }
 
 #[derive(Debug, Deserialize)]

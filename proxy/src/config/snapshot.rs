@@ -1,13 +1,16 @@
-//! The immutable, validated mesh config and the lookups the data path makes on it.
+//! The immutable mesh view the data path reads, and the lookups it makes on it.
 //!
-//! A [`Snapshot`] is built once from a whole file (`build.rs`) and never changes; a new file
-//! makes a new snapshot, handed to cores by the control thread. Invariants that hold for
-//! every snapshot (checked at build time, so lookups never re-check):
-//! - every workload IP belongs to exactly one workload and is not a service VIP;
-//! - every VIP belongs to exactly one service; every `VIP:port` key maps to one service port;
-//! - every service reference and policy reference resolves;
-//! - every workload has a valid SPIFFE identity;
-//! - endpoint lists hold only healthy workloads, in file order.
+//! A [`Snapshot`] is built from a [`MeshState`](super::state::MeshState) (whatever fed it:
+//! the file or istiod) and never changes; a change makes a new snapshot, handed to cores by
+//! the control thread as an `Arc` (one copy per node, not per core). Workload and policy
+//! objects are shared with the state and with the previous snapshot, so a rebuild copies
+//! pointers and index tables, not the mesh. Invariants that hold for every snapshot:
+//! - an IP resolves to at most one workload (host-network workloads are not indexed by IP;
+//!   on a conflict the most recently applied workload wins, as in ztunnel) and one service;
+//! - every `VIP:port` key maps to one service port whose endpoints are the member
+//!   workloads its health policy admits, in the order they were applied;
+//! - references that do not resolve (a workload naming a service or policy not known yet)
+//!   are skipped, and take effect when the referenced object arrives.
 //!
 //! Lookups are hash-map reads that do not allocate. Load-balancing state (a counter) belongs
 //! to the caller, normally one per core, so picking needs no shared atomics.
@@ -20,27 +23,56 @@ use std::sync::Arc;
 use crate::identity::Identity;
 
 pub use super::model::{HealthStatus, LoadBalancing, Protocol, Vip};
-use super::policy::{self, Decision, Policy};
+use super::policy::{self, Authorization, Decision, Request, Scope};
+pub use super::types::{
+    AppTunnel, AppTunnelProtocol, Gateway, GatewayTarget, HealthPolicy, LocalityLb, NetworkMode,
+    Visibility,
+};
 
 /// A workload (pod) of the mesh.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Workload {
     pub uid: Arc<str>,
     pub name: Arc<str>,
     pub namespace: Arc<str>,
     pub service_account: Arc<str>,
+    /// Empty for a workload known only by `hostname`.
     pub ips: Vec<IpAddr>,
+    /// A DNS name to resolve instead of (or besides) `ips`; empty if none.
+    pub hostname: Arc<str>,
+    /// Empty for the default network.
+    pub network: Arc<str>,
     pub node: Arc<str>,
     pub protocol: Protocol,
+    pub network_mode: NetworkMode,
     pub status: HealthStatus,
     /// `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>`.
     pub identity: Identity,
-    /// Services it is an endpoint of, as `namespace/hostname`.
-    pub services: Vec<Arc<str>>,
-    /// Indices into `Snapshot::policies` that apply to this workload.
-    pub(crate) policies: Vec<u32>,
+    /// Services it is an endpoint of, with its own target ports.
+    pub services: Vec<WorkloadService>,
+    /// Keys (`namespace/name`) of the selector-scoped policies that protect it.
+    pub authorization_policies: Vec<Arc<str>>,
+    /// It sends and receives HBONE itself (no tunnelling by the node).
+    pub native_tunnel: bool,
+    pub application_tunnel: Option<AppTunnel>,
+    pub waypoint: Option<Gateway>,
+    pub network_gateway: Option<Gateway>,
+    /// `deployment`, `pod`, `job`, `cronjob` (lower case, as ztunnel keeps it).
+    pub workload_type: Arc<str>,
+    /// Relative weight as an endpoint (1 unless told).
+    pub capacity: u32,
     /// What telemetry says of it (Istio's standard labels).
     pub meta: WorkloadMeta,
+}
+
+/// A workload's membership of one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadService {
+    /// `namespace/hostname`.
+    pub key: Arc<str>,
+    /// Service port → this workload's target port, overriding the service's (0: use the
+    /// service's).
+    pub ports: Vec<(u16, u16)>,
 }
 
 /// A workload's telemetry names: Istio's `*_workload`, `*_canonical_*`, `*_cluster` and
@@ -58,16 +90,24 @@ pub struct WorkloadMeta {
 }
 
 /// A service: a hostname with VIPs whose ports map to endpoint target ports.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Service {
     pub name: Arc<str>,
     pub namespace: Arc<str>,
     pub hostname: Arc<str>,
     pub vips: Vec<Vip>,
-    /// Service port → target port, in file order.
+    /// Service port → target port (0: only endpoints that name their own), in order given.
     pub ports: Vec<(u16, u16)>,
     pub load_balancing: LoadBalancing,
-    /// Every member workload (healthy or not), in file order.
+    pub health_policy: HealthPolicy,
+    /// Locality preferences (istiod's `load_balancing`); kept as given.
+    pub locality_lb: Option<LocalityLb>,
+    /// Identities to verify instead of each endpoint's own (usually empty).
+    pub subject_alt_names: Vec<Arc<str>>,
+    pub waypoint: Option<Gateway>,
+    pub canonical: bool,
+    pub visibility: Visibility,
+    /// Every member workload (healthy or not), in the order applied. Filled by the snapshot.
     pub members: Vec<Arc<Workload>>,
 }
 
@@ -149,15 +189,22 @@ pub enum Destination<'a> {
     Unknown,
 }
 
-/// The validated mesh config. Immutable; share it with `Arc` (control thread) or `Rc`.
+/// The mesh as the data path sees it. Immutable; shared by `Arc`.
 #[derive(Debug)]
 pub struct Snapshot {
     pub(crate) node: Option<Arc<str>>,
+    /// Sorted by uid.
     pub(crate) workloads: Vec<Arc<Workload>>,
+    /// Sorted by `namespace/hostname`.
     pub(crate) services: Vec<Arc<Service>>,
-    pub(crate) policies: Vec<Policy>,
+    /// Sorted by key.
+    pub(crate) policies: Vec<Arc<Authorization>>,
+    pub(crate) policy_by_key: HashMap<Arc<str>, Arc<Authorization>>,
+    pub(crate) global_policies: Vec<Arc<Authorization>>,
+    pub(crate) namespace_policies: HashMap<Arc<str>, Vec<Arc<Authorization>>>,
     pub(crate) by_ip: HashMap<IpAddr, Arc<Workload>>,
     pub(crate) by_uid: HashMap<Arc<str>, Arc<Workload>>,
+    pub(crate) by_service_key: HashMap<Arc<str>, Arc<Service>>,
     pub(crate) by_vip_ip: HashMap<IpAddr, Arc<Service>>,
     pub(crate) by_vip: HashMap<SocketAddr, ServicePort>,
     pub(crate) local: Vec<Arc<Workload>>,
@@ -165,7 +212,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// This node's name (from the file's `node:` or the override), if any.
+    /// This node's name, if any.
     pub fn node(&self) -> Option<&str> {
         self.node.as_deref()
     }
@@ -178,8 +225,13 @@ impl Snapshot {
         &self.services
     }
 
-    pub fn policies(&self) -> &[Policy] {
+    pub fn policies(&self) -> &[Arc<Authorization>] {
         &self.policies
+    }
+
+    /// The policy with this key (`namespace/name`).
+    pub fn policy(&self, key: &str) -> Option<&Arc<Authorization>> {
+        self.policy_by_key.get(key)
     }
 
     /// The distinct identities of local workloads: what the identity manager must hold
@@ -191,7 +243,7 @@ impl Snapshot {
         ids
     }
 
-    /// Workloads whose `node` is this node, in file order.
+    /// Workloads whose `node` is this node, in the order applied.
     pub fn local_workloads(&self) -> &[Arc<Workload>] {
         &self.local
     }
@@ -221,29 +273,29 @@ impl Snapshot {
         self.by_vip.get(&vip)
     }
 
+    /// The service with key `namespace/hostname`.
+    pub fn service_by_key(&self, key: &str) -> Option<&Arc<Service>> {
+        self.by_service_key.get(key)
+    }
+
     /// The service named `namespace/hostname`.
     pub fn service(&self, namespace: &str, hostname: &str) -> Option<&Arc<Service>> {
-        self.services
-            .iter()
-            .find(|s| &*s.namespace == namespace && &*s.hostname == hostname)
+        self.service_by_key(&format!("{namespace}/{hostname}"))
     }
 
     /// The service an inbound connection to `workload` on `port` was most likely for (Istio's
     /// `destination_service`, guessed as ztunnel does): the first of the workload's services
     /// that maps a port to `port` for this workload.
-    pub fn inbound_service(&self, workload: &Arc<Workload>, port: u16) -> Option<&Arc<Service>> {
-        workload.services.iter().find_map(|key| {
-            let (ns, host) = key.split_once('/')?;
-            let svc = self.service(ns, host)?;
+    pub fn inbound_service(&self, workload: &Workload, port: u16) -> Option<&Arc<Service>> {
+        workload.services.iter().find_map(|membership| {
+            let svc = self.service_by_key(&membership.key)?;
             let serves = svc.ports.iter().any(|&(svc_port, target)| {
-                let endpoint_port = svc.vips.iter().find_map(|vip| {
-                    let sp = self.by_vip.get(&SocketAddr::new(vip.ip, svc_port))?;
-                    sp.endpoints
-                        .iter()
-                        .find(|e| Arc::ptr_eq(&e.workload, workload))
-                        .map(|e| e.addr.port())
-                });
-                endpoint_port.unwrap_or(target) == port
+                let own = membership
+                    .ports
+                    .iter()
+                    .find(|(p, _)| *p == svc_port)
+                    .map_or(0, |(_, t)| *t);
+                (if own != 0 { own } else { target }) == port
             });
             serves.then_some(svc)
         })
@@ -269,17 +321,38 @@ impl Snapshot {
         Destination::Unknown
     }
 
-    /// L4 authorization of a connection from `src` (None: plaintext) to `dst` on `dst_port`
-    /// (the port the workload receives on). See `config::policy` for the rules.
-    pub fn decide(&self, src: Option<&Identity>, dst: &Workload, dst_port: u16) -> Decision {
-        policy::decide(
-            dst.policies.iter().map(|&i| &self.policies[i as usize]),
-            src,
-            dst_port,
-        )
+    /// The policies that apply to connections to `dst`: every global policy, every
+    /// namespace policy of its namespace, and the selector policies it names (names not
+    /// known yet are skipped, as ztunnel does during a push).
+    pub fn policies_for<'a>(
+        &'a self,
+        dst: &'a Workload,
+    ) -> impl Iterator<Item = &'a Authorization> + Clone + 'a {
+        let namespace = self
+            .namespace_policies
+            .get(&dst.namespace)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        self.global_policies
+            .iter()
+            .chain(namespace)
+            .map(|p| &**p)
+            .chain(
+                dst.authorization_policies
+                    .iter()
+                    .filter_map(|k| self.policy_by_key.get(k))
+                    .filter(|p| p.scope == Scope::WorkloadSelector)
+                    .map(|p| &**p),
+            )
     }
 
-    /// A hash of the file contents this snapshot was parsed from (the watcher's change key).
+    /// L4 authorization of a connection to workload `dst` (see `config::policy`).
+    pub fn decide(&self, req: &Request<'_>, dst: &Workload) -> Decision {
+        policy::decide(self.policies_for(dst), req)
+    }
+
+    /// A hash of what this snapshot was built from (the file's bytes, or the xDS state's
+    /// generation): the config dump's change key.
     pub fn content_hash(&self) -> u64 {
         self.content_hash
     }

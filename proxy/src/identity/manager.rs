@@ -401,6 +401,12 @@ impl State {
 
     fn publish(&mut self) {
         self.generation += 1;
+        // The signer's roots may have moved on (the Istio CA's answers carry them).
+        let roots = self.signer.roots();
+        if *self.roots != *roots {
+            tracing::info!(roots = roots.len(), "trust roots changed");
+            self.roots = roots.into();
+        }
         let set = Arc::new(CertSet {
             certs: self
                 .entries

@@ -8,6 +8,7 @@
 //! key or a key with wider permissions.
 
 pub mod ca;
+pub mod istio_ca;
 pub mod manager;
 pub mod spiffe;
 
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use ca::{Ca, CaFiles, CertifiedKey};
 pub use hbone::identity::Identity;
+pub use istio_ca::{CaCall, IstioCaSigner};
 pub use manager::{CertSet, IdentityManager, ManagerOptions, Signer, WorkloadCert};
 
 /// Why a CA or certificate operation failed.

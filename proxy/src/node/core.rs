@@ -26,7 +26,7 @@ use hbone::pool::{Pool, PoolConfig, PoolKey};
 
 use super::guard::OwnListeners;
 use super::limits::{Limits, NodeLoad};
-use crate::config::{Decision, Snapshot};
+use crate::config::{Decision, Request, Snapshot};
 use crate::conn::Conns;
 use crate::identity::CertSet;
 use crate::telemetry::Refusal;
@@ -340,7 +340,12 @@ impl Core {
     fn recheck_live(&self, snapshot: &Snapshot) {
         let revoked = self.conns.live.revoke(|grant| {
             let workload = snapshot.local_workload_by_ip(grant.dst.ip())?;
-            match snapshot.decide(grant.peer.as_ref(), workload, grant.dst.port()) {
+            let req = Request {
+                source: grant.peer.as_ref(),
+                source_ip: grant.src.ip(),
+                destination: grant.dst,
+            };
+            match snapshot.decide(&req, workload) {
                 Decision::Allow => None,
                 Decision::Deny(reason) => Some(reason.to_string()),
             }

@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use crate::config::snapshot::{AppTunnelProtocol, Gateway, HealthPolicy, NetworkMode, Visibility};
 use crate::config::{Action, HealthStatus, Protocol, Snapshot, Workload};
 use crate::identity::CertSet;
 use crate::telemetry::format::rfc3339_secs;
@@ -37,8 +38,8 @@ pub fn config_dump(snapshot: &Snapshot, certs: &CertSet, node: &NodeInfo) -> Val
     let mut services: Vec<_> = snapshot.services().iter().collect();
     services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
     json!({
-        "workloads": workloads.iter().map(|w| workload(snapshot, w)).collect::<Vec<_>>(),
-        "services": services.iter().map(|s| service(snapshot, s)).collect::<Vec<_>>(),
+        "workloads": workloads.iter().map(|w| workload(w)).collect::<Vec<_>>(),
+        "services": services.iter().map(|s| service(s)).collect::<Vec<_>>(),
         "policies": policies(snapshot),
         "certificates": certificates(certs),
         "stagedServices": {},
@@ -67,30 +68,55 @@ fn net_addr(network: &str, ip: IpAddr) -> String {
     format!("{network}/{ip}")
 }
 
-fn workload(snapshot: &Snapshot, w: &Workload) -> Value {
+fn gateway(g: &Gateway) -> Value {
+    json!({"destination": g.target.to_string(), "hboneMtlsPort": g.hbone_port})
+}
+
+fn workload(w: &Workload) -> Value {
     let mut v = json!({
         "uid": &*w.uid,
         "name": &*w.name,
         "namespace": &*w.namespace,
         "workloadIps": w.ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
         "protocol": match w.protocol { Protocol::Hbone => "HBONE", Protocol::Tcp => "TCP" },
-        "networkMode": "Standard",
+        "networkMode": match w.network_mode { NetworkMode::Standard => "Standard", NetworkMode::HostNetwork => "HostNetwork" },
+        "network": &*w.network,
         "trustDomain": w.identity.trust_domain(),
         "serviceAccount": &*w.service_account,
         "workloadName": &*w.meta.workload_name,
-        "workloadType": "pod",
+        "workloadType": &*w.workload_type,
         "canonicalName": &*w.meta.canonical_name,
         "canonicalRevision": &*w.meta.canonical_revision,
         "node": &*w.node,
         "status": match w.status { HealthStatus::Healthy => "Healthy", HealthStatus::Unhealthy => "Unhealthy" },
         "clusterId": &*w.meta.cluster_id,
-        "capacity": 1,
+        "capacity": w.capacity,
+        "nativeTunnel": w.native_tunnel,
     });
     let obj = v.as_object_mut().expect("a JSON object");
     if !w.services.is_empty() {
         obj.insert(
             "services".into(),
-            json!(w.services.iter().map(|s| &**s).collect::<Vec<_>>()),
+            json!(w.services.iter().map(|s| &*s.key).collect::<Vec<_>>()),
+        );
+    }
+    if !w.hostname.is_empty() {
+        obj.insert("hostname".into(), json!(&*w.hostname));
+    }
+    if let Some(g) = &w.waypoint {
+        obj.insert("waypoint".into(), gateway(g));
+    }
+    if let Some(g) = &w.network_gateway {
+        obj.insert("networkGateway".into(), gateway(g));
+    }
+    if let Some(t) = &w.application_tunnel {
+        let protocol = match t.protocol {
+            AppTunnelProtocol::None => "NONE",
+            AppTunnelProtocol::Proxy => "PROXY",
+        };
+        obj.insert(
+            "applicationTunnel".into(),
+            json!({"protocol": protocol, "port": t.port}),
         );
     }
     let m = &w.meta;
@@ -100,32 +126,26 @@ fn workload(snapshot: &Snapshot, w: &Workload) -> Value {
             json!({"region": &*m.region, "zone": &*m.zone, "subzone": &*m.subzone}),
         );
     }
-    let policies: Vec<&str> = w
-        .policies
-        .iter()
-        .filter_map(|&i| snapshot.policies().get(i as usize))
-        .map(|p| &*p.name)
-        .collect();
+    let policies: Vec<&str> = w.authorization_policies.iter().map(|k| &**k).collect();
     if !policies.is_empty() {
         obj.insert("authorizationPolicies".into(), json!(policies));
     }
     v
 }
 
-fn service(snapshot: &Snapshot, s: &crate::config::Service) -> Value {
+fn service(s: &crate::config::Service) -> Value {
     let ports: BTreeMap<String, u16> = s.ports.iter().map(|&(p, t)| (p.to_string(), t)).collect();
+    let key = s.key();
     let mut endpoints = serde_json::Map::new();
     for w in &s.members {
-        // The workload's own target ports (its endpoint may override the service's).
+        // The workload's own target ports (0 or absent: the service's).
+        let own = w.services.iter().find(|m| *m.key == *key);
         let mut port = BTreeMap::new();
         for &(svc_port, target) in &s.ports {
-            let overridden = s.vips.iter().find_map(|vip| {
-                let sp = snapshot.service_port(SocketAddr::new(vip.ip, svc_port))?;
-                sp.endpoints
-                    .iter()
-                    .find(|e| std::sync::Arc::ptr_eq(&e.workload, w))
-                    .map(|e| e.addr.port())
-            });
+            let overridden = own
+                .and_then(|m| m.ports.iter().find(|(p, _)| *p == svc_port))
+                .map(|(_, t)| *t)
+                .filter(|t| *t != 0);
             port.insert(svc_port.to_string(), overridden.unwrap_or(target));
         }
         endpoints.insert(
@@ -137,17 +157,32 @@ fn service(snapshot: &Snapshot, s: &crate::config::Service) -> Value {
             }),
         );
     }
-    json!({
+    let mut v = json!({
         "name": &*s.name,
         "namespace": &*s.namespace,
         "hostname": &*s.hostname,
         "vips": s.vips.iter().map(|v| net_addr(&v.network, v.ip)).collect::<Vec<_>>(),
         "ports": ports,
         "endpoints": endpoints,
-        "subjectAltNames": [],
-        "canonical": true,
-        "visibility": "Public",
-    })
+        "subjectAltNames": s.subject_alt_names.iter().map(|n| &**n).collect::<Vec<_>>(),
+        "canonical": s.canonical,
+        "visibility": match s.visibility { Visibility::Public => "Public", Visibility::Namespace => "Namespace" },
+    });
+    let obj = v.as_object_mut().expect("a JSON object");
+    if let Some(g) = &s.waypoint {
+        obj.insert("waypoint".into(), gateway(g));
+    }
+    if let Some(lb) = &s.locality_lb {
+        obj.insert(
+            "loadBalancer".into(),
+            json!({
+                "routingPreferences": lb.routing_preference.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                "mode": lb.mode.to_string(),
+                "healthPolicy": match s.health_policy { HealthPolicy::OnlyHealthy => "OnlyHealthy", HealthPolicy::AllowAll => "AllowAll" },
+            }),
+        );
+    }
+    v
 }
 
 fn policies(snapshot: &Snapshot) -> Vec<Value> {
@@ -157,11 +192,11 @@ fn policies(snapshot: &Snapshot) -> Vec<Value> {
         .map(|p| {
             json!({
                 "name": &*p.name,
-                "namespace": "",
-                "scope": if p.global { "Global" } else { "WorkloadSelector" },
+                "namespace": &*p.namespace,
+                "scope": p.scope.to_string(),
                 "action": match p.action { Action::Allow => "Allow", Action::Deny => "Deny" },
                 "rules": p.rules_dump(),
-                "dryRun": false,
+                "dryRun": p.dry_run,
             })
         })
         .collect()

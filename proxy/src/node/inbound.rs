@@ -24,7 +24,7 @@ use runtime::relay::{RelayOptions, relay_metered};
 
 use super::core::{Core, CoreMsg};
 use super::outbound::{tcp_relay_outcome, tunnel_relay_outcome};
-use crate::config::Decision;
+use crate::config::{Decision, Request};
 use crate::conn::{ConnRecord, Grant, Outcome};
 use crate::telemetry::ratelimit::LineKind;
 use crate::telemetry::{Carrier, Refusal, Reporter, Security};
@@ -176,7 +176,12 @@ async fn handle_connect(core: Rc<Core>, incoming: Incoming, peer: SocketAddr, lo
         let _ = incoming.reject(Status::ServiceUnavailable);
         return rec.finish(outcome);
     }
-    if let Decision::Deny(reason) = snapshot.decide(Some(&peer_id), &workload, target.port()) {
+    let req = Request {
+        source: Some(&peer_id),
+        source_ip: src.ip(),
+        destination: target,
+    };
+    if let Decision::Deny(reason) = snapshot.decide(&req, &workload) {
         let outcome = Outcome::Denied(reason.to_string());
         let _ = incoming.reject(outcome.hbone_status());
         return rec.finish(outcome);
@@ -260,7 +265,12 @@ pub async fn serve_plaintext(
     rec.set_source(source, None);
     rec.set_destination(Some(workload.clone()), service);
     rec.open(Security::Unknown);
-    if let Decision::Deny(reason) = snapshot.decide(None, &workload, target.port()) {
+    let req = Request {
+        source: None,
+        source_ip: peer.ip(),
+        destination: target,
+    };
+    if let Decision::Deny(reason) = snapshot.decide(&req, &workload) {
         let _ = client.set_zero_linger();
         return rec.finish(Outcome::Denied(reason.to_string()));
     }

@@ -12,6 +12,8 @@
 //! deadline; then every one still open is reset on both sides and logged as
 //! `connection closed due to connection drain`, and the process exits.
 
+pub mod cluster;
+pub mod control_plane;
 pub mod core;
 pub mod dump;
 pub mod guard;
@@ -71,7 +73,10 @@ struct Control {
     identities: Arc<IdentityManager>,
     metrics: Arc<Metrics>,
     load: Arc<NodeLoad>,
+    /// The listeners are up.
     ready: AtomicBool,
+    /// Cluster mode: istiod's xDS state.
+    control_plane: Option<control_plane::ControlPlane>,
     shutdown: Shutdown,
     drain_timeout: Duration,
     info: Mutex<dump::NodeInfo>,
@@ -95,10 +100,32 @@ impl AdminSource for Control {
         if self.shutdown.is_draining() {
             return Err("draining".into());
         }
+        let mut pending = Vec::new();
         if !self.ready.load(Ordering::Acquire) {
-            return Err("proxy".into());
+            pending.push("proxy");
         }
-        Ok(())
+        if self.control_plane.as_ref().is_some_and(|c| !c.xds_ready()) {
+            pending.push("xds");
+        }
+        // Every local workload's certificate: without it, its inbound handshakes fail.
+        let snap = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let certs = self.identities.current();
+        if snap
+            .local_identities()
+            .iter()
+            .any(|id| certs.get(id).is_none())
+        {
+            pending.push("certificates");
+        }
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(pending.join(", "))
+        }
     }
 
     fn metrics(&self) -> String {
@@ -140,6 +167,11 @@ impl AdminSource for Control {
                 "Connections and tunnels refused by a limit (memory, connections per node or per peer).",
                 self.load.shed() as f64,
             )],
+            families: self
+                .control_plane
+                .as_ref()
+                .map(|c| c.render_metrics())
+                .unwrap_or_default(),
         };
         self.metrics.render_prometheus(&extras)
     }
@@ -224,17 +256,92 @@ fn plan_inbound(
     (plan, errors)
 }
 
+/// What a new snapshot sets in motion, whatever produced it (the file watcher, istiod):
+/// certificates for new local identities, inbound listeners for new local workload IPs, the
+/// cores' copy, the live connections' policy re-check, the admin view.
+/// Whether [`Publisher::publish`] waits for new local workloads' certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Certs {
+    Wait,
+    Async,
+}
+
+#[derive(Clone)]
+struct Publisher {
+    broadcaster: Broadcaster<CoreMsg>,
+    control: Arc<Control>,
+    identities: Arc<IdentityManager>,
+    opts: Arc<NodeOptions>,
+    served: Arc<Mutex<HashSet<IpAddr>>>,
+}
+
+impl Publisher {
+    /// Sends `snap` to every core. With `Certs::Wait` the certificates of new local
+    /// workloads are issued first, so a core never serves a workload it holds no
+    /// certificate for (file reloads). `Certs::Async` only asks for them: the identity
+    /// manager publishes each as it arrives. The xDS client must use it, because it runs
+    /// on the control thread, and the Istio CA signer needs that same thread to answer
+    /// (waiting there would deadlock).
+    fn publish(&self, snap: Arc<Snapshot>, certs: Certs) {
+        if let Err(e) = self.identities.set_identities(snap.local_identities()) {
+            tracing::error!(error = %e, "identity manager refused the new identities");
+        }
+        if certs == Certs::Wait {
+            for id in snap.local_identities() {
+                if let Err(e) = self.identities.ensure(&id) {
+                    tracing::warn!(identity = %id, error = %e, "no certificate yet for a local workload (retrying)");
+                }
+            }
+        }
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        let (plan, errors) = plan_inbound(&snap, &self.opts, &served);
+        for e in errors {
+            tracing::error!("not serving inbound traffic: {e}");
+        }
+        *served = plan.clone();
+        drop(served);
+        let b = &self.broadcaster;
+        b.send(CoreMsg::Certs(self.identities.current()));
+        b.send(CoreMsg::Config(snap.clone()));
+        b.send(CoreMsg::Inbound(Arc::new(plan)));
+        self.control
+            .info
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .config_hash = snap.content_hash();
+        *self
+            .control
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = snap;
+    }
+}
+
 /// Runs a node until SIGTERM/SIGINT (or an admin drain) and its drain are over.
 pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
     opts.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let opts = Arc::new(opts);
     let shutdown = Shutdown::default();
     shutdown.drain_on_signals(opts.drain_timeout)?;
+
+    // Cluster mode's gRPC runs on its own thread (tokio), never on a core.
+    let needs_control_plane = opts.cluster.xds.is_some() || opts.ca_dir.is_none();
+    let control_rt = if needs_control_plane {
+        Some(control_plane::runtime()?)
+    } else {
+        None
+    };
 
     let load = LoadOptions {
         node: opts.node.clone(),
     };
-    let snapshot =
-        Arc::new(config::load_file(&opts.config, &load).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let snapshot = match &opts.config {
+        Some(path) => Arc::new(config::load_file(path, &load).map_err(|e| anyhow::anyhow!("{e}"))?),
+        // istiod fills it once connected; until then the node serves no workload.
+        None => {
+            Arc::new(config::MeshState::new().snapshot(opts.node.as_deref().map(Into::into), 0))
+        }
+    };
     let node = snapshot.node().unwrap_or("-").to_string();
 
     // Ports first: a node must not start on ports another process serves.
@@ -247,9 +354,15 @@ pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
     }
     let plan = Arc::new(plan);
 
-    let ca = ca::load(&opts.ca_dir)
-        .with_context(|| format!("loading the CA from {}", opts.ca_dir.display()))?;
-    let signer: Arc<dyn Signer> = Arc::new(ca);
+    let signer: Arc<dyn Signer> = match (&opts.ca_dir, &control_rt) {
+        (Some(dir), _) => {
+            let ca =
+                ca::load(dir).with_context(|| format!("loading the CA from {}", dir.display()))?;
+            Arc::new(ca)
+        }
+        (None, Some(rt)) => control_plane::istio_ca_signer(rt, &opts.cluster)?,
+        (None, None) => unreachable!("validate() requires a CA"),
+    };
 
     // Certificates go to the cores once they run; until then the initial set is handed over
     // directly at start-up.
@@ -270,9 +383,10 @@ pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
     let local = snapshot.local_identities();
     identities.set_identities(local.iter().cloned())?;
     for id in &local {
-        identities
-            .ensure(id)
-            .with_context(|| format!("issuing a certificate for {id}"))?;
+        // A CA that is down now is retried with backoff; readiness waits for it.
+        if let Err(e) = identities.ensure(id) {
+            tracing::error!(identity = %id, error = %e, "no certificate at start-up; retrying (the node is not ready until it has one)");
+        }
     }
 
     let workers = match &opts.runtime.cores {
@@ -353,12 +467,16 @@ pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
         plaintext_port: opts.plaintext_port,
         config_hash: snapshot.content_hash(),
     };
+    let control_plane = control_rt
+        .as_ref()
+        .map(|rt| control_plane::ControlPlane::new(rt, &opts.cluster));
     let control = Arc::new(Control {
         snapshot: Mutex::new(snapshot.clone()),
         identities: identities.clone(),
         metrics: metrics.clone(),
         load: node_load.clone(),
         ready: AtomicBool::new(false),
+        control_plane,
         shutdown: shutdown.clone(),
         drain_timeout: opts.drain_timeout,
         info: Mutex::new(info),
@@ -369,61 +487,51 @@ pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
     let _admin = crate::admin::start(&opts.admin, control.clone())?;
     let _sampler = spawn_memory_sampler(node_load, opts.limits.memory_limit, shutdown.clone());
 
-    let _watcher = if opts.watch_interval.is_zero() {
-        None
-    } else {
-        let b = rt.broadcaster();
-        let control = control.clone();
-        let ids = identities.clone();
-        let path = opts.config.clone();
-        let opts2 = opts.clone();
-        let served = Mutex::new((*plan).clone());
-        Some(config::watch(
-            &opts.config,
-            WatchOptions {
-                load,
-                interval: opts.watch_interval,
-                current: Some(snapshot.content_hash()),
-            },
-            move |res| {
-                // An error was logged by the watcher (with the file and the field path); the
-                // previous config keeps serving.
-                let Ok(snap) = res else { return };
-                {
-                    tracing::info!(config = %path.display(), workloads = snap.workloads().len(), services = snap.services().len(), "config applied");
-                    if let Err(e) = ids.set_identities(snap.local_identities()) {
-                        tracing::error!(error = %e, "identity manager refused the new identities");
-                    }
-                    for id in snap.local_identities() {
-                        if let Err(e) = ids.ensure(&id) {
-                            tracing::warn!(identity = %id, error = %e, "no certificate yet for new workload");
-                        }
-                    }
-                    let mut served = served.lock().unwrap_or_else(|p| p.into_inner());
-                    let (plan, errors) = plan_inbound(&snap, &opts2, &served);
-                    for e in errors {
-                        tracing::error!("not serving inbound traffic: {e}");
-                    }
-                    *served = plan.clone();
-                    b.send(CoreMsg::Certs(ids.current()));
-                    b.send(CoreMsg::Config(snap.clone()));
-                    b.send(CoreMsg::Inbound(Arc::new(plan)));
-                    control
-                        .info
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .config_hash = snap.content_hash();
-                    *control.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = snap;
-                }
-            },
-        )?)
+    let publisher = Publisher {
+        broadcaster: rt.broadcaster(),
+        control: control.clone(),
+        identities: identities.clone(),
+        opts: opts.clone(),
+        served: Arc::new(Mutex::new((*plan).clone())),
     };
+    let _watcher = match &opts.config {
+        Some(path) if !opts.watch_interval.is_zero() => {
+            let publisher = publisher.clone();
+            let shown = path.clone();
+            Some(config::watch(
+                path,
+                WatchOptions {
+                    load,
+                    interval: opts.watch_interval,
+                    current: Some(snapshot.content_hash()),
+                },
+                move |res| {
+                    // An error was logged by the watcher (with the file and the field path);
+                    // the previous config keeps serving.
+                    let Ok(snap) = res else { return };
+                    tracing::info!(config = %shown.display(), workloads = snap.workloads().len(), services = snap.services().len(), "config applied");
+                    publisher.publish(snap, Certs::Wait);
+                },
+            )?)
+        }
+        _ => None,
+    };
+    if let (Some(cp), Some(_)) = (&control.control_plane, &opts.cluster.xds) {
+        let publisher = publisher.clone();
+        cp.start_xds(
+            &opts.cluster,
+            opts.node.clone(),
+            shutdown.clone(),
+            move |snap| publisher.publish(snap, Certs::Async),
+        )?;
+    }
 
     control.ready.store(true, Ordering::Release);
     tracing::info!(
         node = %node,
         workers = rt.workers().len(),
         driver = %driver,
+        mode = if opts.cluster.xds.is_some() { "cluster" } else { "embedded" },
         local_workloads = snapshot.local_workloads().len(),
         capture = ?opts.entries.capture,
         socks5 = ?opts.entries.socks5,
@@ -432,6 +540,7 @@ pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
     );
     rt.join()?;
     tracing::info!("drained, exiting");
+    drop(control_rt);
     Ok(())
 }
 

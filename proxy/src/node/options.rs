@@ -48,10 +48,14 @@ pub const CLAIM_GRACE: Duration = Duration::from_secs(3);
 /// Everything `ringmesh run` needs.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
-    pub config: PathBuf,
-    /// Overrides the config file's `node:`.
+    /// The mesh config file (embedded mode); `None` with `cluster.xds_address` set.
+    pub config: Option<PathBuf>,
+    /// Overrides the config file's `node:` (cluster mode: `NODE_NAME`).
     pub node: Option<String>,
-    pub ca_dir: PathBuf,
+    /// The built-in CA; `None` with `cluster.ca_address` set.
+    pub ca_dir: Option<PathBuf>,
+    /// istiod, the Istio CA, and ztunnel's environment.
+    pub cluster: super::cluster::ClusterSettings,
     pub runtime: RuntimeConfig,
     pub drain_timeout: Duration,
     pub entries: EntryAddrs,
@@ -104,6 +108,39 @@ pub fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 impl NodeOptions {
     /// Checks every setting; the first refusal names its flag.
     pub fn validate(&self) -> Result<(), OptionError> {
+        match (&self.config, &self.cluster.xds) {
+            (None, None) => {
+                return Err(refuse(
+                    "--config or --xds-address",
+                    "the node needs its mesh: a config file (embedded mode) or istiod's \
+                     address (cluster mode; XDS_ADDRESS, or in a cluster istiod's default)",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(refuse(
+                    "--config and --xds-address",
+                    "one source of workloads and policies: a file, or istiod (set \
+                     XDS_ADDRESS=\"\" to turn xDS off)",
+                ));
+            }
+            _ => {}
+        }
+        match (&self.ca_dir, &self.cluster.ca) {
+            (None, None) => {
+                return Err(refuse(
+                    "--ca-dir or --ca-address",
+                    "the node needs a CA for workload certificates: the built-in one \
+                     (`ringmesh ca init`) or the Istio CA (CA_ADDRESS)",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(refuse(
+                    "--ca-dir and --ca-address",
+                    "one CA signs the node's certificates: the built-in one or the Istio CA",
+                ));
+            }
+            _ => {}
+        }
         if self.hbone_port == 0 {
             return Err(refuse(
                 "--hbone-port",

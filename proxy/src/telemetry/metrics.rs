@@ -396,6 +396,8 @@ pub struct Extras {
     pub gauges: Vec<(&'static str, &'static str, f64)>,
     /// Counters: (name ending in `_total`, help, value).
     pub counters: Vec<(&'static str, &'static str, f64)>,
+    /// Whole families rendered elsewhere (the control plane's), appended as they are.
+    pub families: String,
 }
 
 impl Metrics {
@@ -651,6 +653,7 @@ impl Metrics {
         for &(name, help, value) in &extras.counters {
             family(&mut out, name, "counter", help, value);
         }
+        out.push_str(&extras.families);
         out
     }
 

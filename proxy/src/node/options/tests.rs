@@ -6,9 +6,14 @@ use crate::node::limits::Limits;
 
 fn opts() -> NodeOptions {
     NodeOptions {
-        config: "mesh.yaml".into(),
+        config: Some("mesh.yaml".into()),
         node: None,
-        ca_dir: "ca".into(),
+        ca_dir: Some("ca".into()),
+        cluster: crate::node::cluster::ClusterSettings::from_env(
+            Vec::new(),
+            &crate::node::cluster::ClusterFlags::default(),
+        )
+        .unwrap(),
         runtime: runtime::RuntimeConfig::default(),
         drain_timeout: Duration::from_secs(5),
         entries: EntryAddrs {
@@ -88,4 +93,26 @@ fn a_port_another_process_serves_is_refused() {
     assert!(e.reason.contains("already served"), "{e}");
     drop(other);
     claim_port("--socks5", addr).unwrap();
+}
+
+fn istiod() -> control::grpc::ChannelConfig {
+    control::grpc::ChannelConfig::new("istiod:15012", control::grpc::RootCa::System).unwrap()
+}
+
+#[test]
+fn a_node_needs_one_source_and_one_ca() {
+    let mut o = opts();
+    o.config = None;
+    assert_eq!(flag_of(&o), "--config or --xds-address");
+    o.cluster.xds = Some(istiod());
+    o.validate().unwrap();
+    o.config = Some("mesh.yaml".into());
+    assert_eq!(flag_of(&o), "--config and --xds-address");
+    let mut o = opts();
+    o.ca_dir = None;
+    assert_eq!(flag_of(&o), "--ca-dir or --ca-address");
+    o.cluster.ca = Some(istiod());
+    o.validate().unwrap();
+    o.ca_dir = Some("ca".into());
+    assert_eq!(flag_of(&o), "--ca-dir and --ca-address");
 }

@@ -103,6 +103,7 @@ fn fixed_families_are_always_there_and_istio_ones_only_with_traffic() {
         istio_version: Some("1.28.0".into()),
         gauges: vec![("ringmesh_x", "X.", 1.5), ("bad name", "no", 1.0)],
         counters: vec![("ringmesh_y_total", "Y.", f64::INFINITY)],
+        families: String::new(),
     });
     assert!(
         !text.contains("istio_tcp_connections_opened_total"),
