@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/authorization.proto",
         "proto/discovery.proto",
         "proto/ca.proto",
+        "proto/zds.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -11,10 +11,12 @@
 //! - [`xds`]: the Delta ADS client: subscriptions, ACK/NACK, reconnects, stats, readiness.
 //! - [`ca`]: `CreateCertificate` with an optional impersonated identity, and reading the
 //!   chain it returns.
+//! - [`zds`]: the in-pod protocol with istio-cni's node agent (pods and their network
+//!   namespaces handed over a Unix socket), on its own OS thread.
 //!
 //! Invariants:
-//! - Everything here runs on the control runtime's thread; nothing touches a data-path
-//!   core, and a core never waits on this crate.
+//! - Everything here runs on the control runtime's thread (ZDS on its own thread); nothing
+//!   touches a data-path core, and a core never waits on this crate.
 //! - The mesh model is not here: resources are decoded into their proto types and handed
 //!   to the caller's [`xds::Handler`], which validates them and says which it rejects.
 //!   Keys, CSRs and certificate caching are the caller's too.
@@ -30,5 +32,6 @@ pub mod grpc;
 pub mod pb;
 pub mod runtime;
 pub mod xds;
+pub mod zds;
 
 pub use error::Error;

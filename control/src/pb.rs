@@ -2,13 +2,16 @@
 //!
 //! Owns nothing but the mapping from Istio's and Envoy's proto packages to Rust paths:
 //! `workload` (istio.workload), `security` (istio.security), `discovery`
-//! (envoy.service.discovery.v3) and `ca` (istio.v1.auth). Both clients and servers are
+//! (envoy.service.discovery.v3) and `ca` (istio.v1.auth), `zds` (istio.workload.zds). Both clients and servers are
 //! generated; the servers exist for test peers that play istiod.
 
 #[allow(clippy::all, clippy::pedantic, rust_2018_idioms)]
 mod istio {
     pub mod workload {
         tonic::include_proto!("istio.workload");
+        pub mod zds {
+            tonic::include_proto!("istio.workload.zds");
+        }
     }
     pub mod security {
         tonic::include_proto!("istio.security");
@@ -39,3 +42,5 @@ pub use istio::security;
 pub use istio::v1::auth as ca;
 /// `istio.workload`: workloads and services.
 pub use istio::workload;
+/// `istio.workload.zds`: istio-cni's node agent handing pods to the node proxy.
+pub use istio::workload::zds;

@@ -94,12 +94,24 @@ pub async fn connect(
     tls: Arc<rustls::ClientConfig>,
     settings: &H2Settings,
 ) -> Result<ClientConn> {
-    let tcp = runtime::net::TcpStream::connect(addr).await.map_err(|e| {
-        Error::Io(std::io::Error::new(
-            e.kind(),
-            format!("connect to {addr}: {e}"),
-        ))
-    })?;
+    connect_placed(&runtime::net::Placement::default(), addr, tls, settings).await
+}
+
+/// [`connect`] with the TCP socket made where `place` says (a pod's network namespace).
+pub async fn connect_placed(
+    place: &runtime::net::Placement,
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    settings: &H2Settings,
+) -> Result<ClientConn> {
+    let tcp = runtime::net::TcpStream::connect_placed(place, None, addr)
+        .await
+        .map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("connect to {addr}: {e}"),
+            ))
+        })?;
     let tls_stream = tls_connect(tcp, addr, tls).await?;
     ClientConn::handshake(tls_stream, addr, settings).await
 }

@@ -55,8 +55,11 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// hanging on the kernel's SYN retries (~2 min).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What a pooled connection is for. Two requests share connections only if all three fields
-/// are equal: the client certificate, the identities the server must prove, and the address.
+/// What a pooled connection is for. Two requests share connections only if all fields are
+/// equal: the client certificate, the identities the server must prove, the address, and
+/// where the socket is made (in in-pod mode, the source pod's namespace: a connection from
+/// one pod's address must never carry another pod's streams, as in ztunnel, whose pool
+/// keys on the source address).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     /// The identity whose certificate the client presents.
@@ -65,20 +68,37 @@ pub struct PoolKey {
     pub dst_ids: Vec<Identity>,
     /// The HBONE server address (peer node, port 15008).
     pub dst: SocketAddr,
+    /// Where the TCP socket is made (default: the node's own namespace, no mark).
+    pub place: runtime::net::Placement,
 }
 
 impl PoolKey {
-    /// Builds a key; `dst_ids` order does not matter.
+    /// Builds a key for a socket made in the node's own namespace; `dst_ids` order does not
+    /// matter.
     pub fn new(src: Identity, mut dst_ids: Vec<Identity>, dst: SocketAddr) -> PoolKey {
         dst_ids.sort();
         dst_ids.dedup();
-        PoolKey { src, dst_ids, dst }
+        PoolKey {
+            src,
+            dst_ids,
+            dst,
+            place: runtime::net::Placement::default(),
+        }
+    }
+
+    /// The same key with its socket made where `place` says.
+    pub fn placed(mut self, place: runtime::net::Placement) -> PoolKey {
+        self.place = place;
+        self
     }
 }
 
 impl std::fmt::Display for PoolKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} -> {} [", self.src, self.dst)?;
+        if let Some(ns) = &self.place.netns {
+            write!(f, "from {ns}, ")?;
+        }
         for (i, id) in self.dst_ids.iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
@@ -418,7 +438,7 @@ impl Pool {
                 Ok(tls) => {
                     match runtime::time::timeout(
                         cfg.connect_timeout,
-                        client::connect(key.dst, tls, &cfg.h2),
+                        client::connect_placed(&key.place, key.dst, tls, &cfg.h2),
                     )
                     .await
                     {

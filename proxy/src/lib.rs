@@ -8,6 +8,7 @@ pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod dns;
 pub mod forward;
 pub mod identity;
 pub mod node;

@@ -172,9 +172,39 @@ struct ClusterArgs {
     #[arg(long)]
     cluster_id: Option<String>,
     /// "shared" (one proxy for the node's pods: certificates on their behalf) or
-    /// "dedicated".
+    /// "dedicated". Set to "shared" explicitly in cluster mode, it also turns in-pod mode
+    /// on, as in ztunnel (with istio-cni's socket at its default path).
     #[arg(long, env = "PROXY_MODE")]
     proxy_mode: Option<proxy::node::cluster::ProxyMode>,
+    /// In-pod mode: take pods from istio-cni's ZDS socket at this path and serve each from
+    /// inside its network namespace (15001, 15006, 15008 there). Default when in-pod mode
+    /// is on: /var/run/ztunnel/ztunnel.sock.
+    #[arg(long, env = "INPOD_UDS")]
+    inpod_uds: Option<PathBuf>,
+    /// The packet mark on every socket made in a pod (istio-cni's rules let marked packets
+    /// pass uncaptured).
+    #[arg(long, env = "PACKET_MARK", default_value_t = proxy::node::inpod::INPOD_MARK)]
+    packet_mark: u32,
+    /// In-pod mode: answer DNS on 127.0.0.1:15053 in every pod (service hostnames from the
+    /// mesh, the rest forwarded), where istio-cni redirects port 53.
+    #[arg(long, env = "DNS_CAPTURE", default_value_t = true, action = clap::ArgAction::Set)]
+    dns_capture: bool,
+    /// Resolvers for names that are not the mesh's (comma-separated ip or ip:port).
+    /// Default: the nameservers of this host's /etc/resolv.conf.
+    #[arg(long, value_delimiter = ',', value_parser = parse_resolver)]
+    dns_upstream: Vec<SocketAddr>,
+    /// The cluster's DNS domain.
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+}
+
+fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{s:?}: expected an IP address or ip:port"))
 }
 
 /// What a peer may hold or make the node wait for (README: "Limits a node enforces").
@@ -446,6 +476,27 @@ fn run_node(args: RunArgs, set_log: node::LogControl) -> anyhow::Result<()> {
             drain_timeout = cluster::drain_from_grace(&v).map_err(|e| anyhow::anyhow!(e))?;
         }
     }
+    // In-pod mode as ztunnel chooses it: a ZDS socket named, or PROXY_MODE=shared said
+    // outright in cluster mode. Otherwise listeners go on workload IPs in this namespace.
+    let shared_said = args.cluster.proxy_mode == Some(cluster::ProxyMode::Shared);
+    let inpod = match (&args.cluster.inpod_uds, cluster_mode && shared_said) {
+        (Some(path), _) => Some(path.clone()),
+        (None, true) => Some(PathBuf::from(control::zds::DEFAULT_SOCKET)),
+        (None, false) => None,
+    }
+    .map(|uds| proxy::node::options::InPodOptions {
+        uds,
+        mark: args.cluster.packet_mark,
+        dns: args.cluster.dns_capture,
+        dns_upstreams: if args.cluster.dns_upstream.is_empty() {
+            std::fs::read_to_string("/etc/resolv.conf")
+                .map(|t| proxy::dns::nameservers(&t))
+                .unwrap_or_default()
+        } else {
+            args.cluster.dns_upstream.clone()
+        },
+        cluster_domain: args.cluster.cluster_domain.clone(),
+    });
     let opts = NodeOptions {
         config: args.config,
         node: args.node,
@@ -471,6 +522,7 @@ fn run_node(args: RunArgs, set_log: node::LogControl) -> anyhow::Result<()> {
         watch_interval: args.watch_interval,
         limits: args.limits.limits(),
         istio_version: args.istio_version,
+        inpod,
     };
     node::run(opts, set_log)
 }

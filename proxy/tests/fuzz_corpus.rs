@@ -1,4 +1,4 @@
-//! Replays the committed `socks5`, `config` and `xds` fuzz corpora (`fuzz/corpus/`, at the workspace
+//! Replays the committed `socks5`, `config`, `xds` and `zds` fuzz corpora (`fuzz/corpus/`, at the workspace
 //! root) on stable Rust through the same checks the fuzz targets run, so an input that broke
 //! an invariant once and was added to a corpus stays fixed.
 
@@ -46,6 +46,11 @@ fn config_corpus() {
 #[test]
 fn xds_corpus() {
     replay("xds", proxy::config::xds::fuzz_check);
+}
+
+#[test]
+fn zds_corpus() {
+    replay("zds", control::zds::fuzz_check);
 }
 
 #[test]

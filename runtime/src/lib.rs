@@ -10,6 +10,8 @@
 //! - Listeners: every core binds the same address with `SO_REUSEPORT`; bound with
 //!   [`net::TcpListener::bind_on_core`], the kernel hands each connection to the core that
 //!   processed its SYN instead of hashing it.
+//! - Namespaces: a socket can be made in another network namespace (a pod's) by stepping
+//!   the calling thread in for the one `socket(2)` call ([`netns::Netns::run`]).
 //! - Relay: [`relay::relay`] moves bytes between two sockets until both directions ended,
 //!   propagating FIN as FIN and RST as RST, and reports byte counts.
 //! - Shutdown: a drain stops accepting, lets live connections run to a deadline, then
@@ -23,6 +25,7 @@ pub mod coop;
 pub mod driver;
 pub mod meter;
 pub mod net;
+pub mod netns;
 pub mod relay;
 pub mod signal;
 mod sys;

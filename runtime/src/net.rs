@@ -29,6 +29,39 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 /// caps it there anyway).
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// Where a socket is made: the network namespace (`None`: the calling thread's) and the
+/// packet mark (`SO_MARK`) it carries. In in-pod mode a pod's sockets are made in its
+/// namespace with the mark istio-cni's rules exempt from capture, so the node's own
+/// connections are not redirected back to it. Equal placements make interchangeable
+/// sockets (a connection pool may key on it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Placement {
+    pub netns: Option<std::sync::Arc<crate::netns::Netns>>,
+    pub mark: Option<u32>,
+}
+
+impl Placement {
+    /// A TCP socket for `addr`'s family, made here.
+    fn socket(&self, addr: SocketAddr) -> io::Result<Socket> {
+        self.socket_of(addr, Type::STREAM, Protocol::TCP)
+    }
+
+    /// A socket of `kind` for `addr`'s family, made here.
+    fn socket_of(&self, addr: SocketAddr, kind: Type, proto: Protocol) -> io::Result<Socket> {
+        let make = || Socket::new(Domain::for_address(addr), kind, Some(proto));
+        let socket = match &self.netns {
+            Some(ns) => ns.run(make)??,
+            None => make()?,
+        };
+        if let Some(mark) = self.mark {
+            socket
+                .set_mark(mark)
+                .map_err(|e| io::Error::new(e.kind(), format!("SO_MARK {mark:#x}: {e}")))?;
+        }
+        Ok(socket)
+    }
+}
+
 /// A listening socket bound with `SO_REUSEPORT`, so that each core binds its own socket to
 /// the same address and the kernel spreads new connections over the cores.
 #[derive(Debug)]
@@ -53,7 +86,17 @@ impl TcpListener {
     /// thread ran on, so the connection stays on the core — and the cache — of its sender,
     /// and the proxy wakes the sender without a cross-core interrupt.
     pub fn bind_on_core(addr: SocketAddr, core: Option<usize>) -> io::Result<TcpListener> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        Self::bind_placed(&Placement::default(), addr, core)
+    }
+
+    /// [`bind_on_core`](Self::bind_on_core) with the socket made where `place` says (a pod's
+    /// network namespace, a packet mark).
+    pub fn bind_placed(
+        place: &Placement,
+        addr: SocketAddr,
+        core: Option<usize>,
+    ) -> io::Result<TcpListener> {
+        let socket = place.socket(addr)?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         if addr.is_ipv6() {
@@ -112,7 +155,12 @@ impl TcpListener {
 /// before the first core binds. `SO_REUSEADDR` is set, so connections of an earlier process
 /// still in TIME_WAIT do not count.
 pub fn probe_unserved(addr: SocketAddr) -> io::Result<()> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe_unserved_placed(&Placement::default(), addr)
+}
+
+/// [`probe_unserved`] for an address in the namespace `place` names.
+pub fn probe_unserved_placed(place: &Placement, addr: SocketAddr) -> io::Result<()> {
+    let socket = place.socket(addr)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -168,7 +216,51 @@ impl TcpStream {
         local: Option<SocketAddr>,
         addr: SocketAddr,
     ) -> io::Result<TcpStream> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        Self::connect_placed(&Placement::default(), local, addr).await
+    }
+
+    /// [`connect_from`](Self::connect_from) with the socket made where `place` says: from
+    /// inside a pod's network namespace the peer sees the pod's address.
+    pub async fn connect_placed(
+        place: &Placement,
+        local: Option<SocketAddr>,
+        addr: SocketAddr,
+    ) -> io::Result<TcpStream> {
+        let socket = place.socket(addr)?;
+        Self::connect_socket(socket, local, addr).await
+    }
+
+    /// Connects to `addr` from `source`, an address of another host (the original client),
+    /// with `IP_TRANSPARENT` (needs `CAP_NET_ADMIN`): the peer sees the client's address.
+    /// Replies reach this socket only if the namespace routes them back locally, as
+    /// istio-cni's in-pod rules do for packets of marked connections. When the kernel
+    /// refuses transparency, it connects from the namespace's own address instead and says
+    /// so in the second value (`false`).
+    pub async fn connect_transparent(
+        place: &Placement,
+        source: std::net::IpAddr,
+        addr: SocketAddr,
+    ) -> io::Result<(TcpStream, bool)> {
+        let socket = place.socket(addr)?;
+        let transparent = if addr.is_ipv4() {
+            socket.set_ip_transparent_v4(true)
+        } else {
+            socket.set_ip_transparent_v6(true)
+        };
+        match transparent {
+            Ok(()) => {
+                let local = SocketAddr::new(source, 0);
+                Ok((Self::connect_socket(socket, Some(local), addr).await?, true))
+            }
+            Err(_) => Ok((Self::connect_socket(socket, None, addr).await?, false)),
+        }
+    }
+
+    async fn connect_socket(
+        socket: Socket,
+        local: Option<SocketAddr>,
+        addr: SocketAddr,
+    ) -> io::Result<TcpStream> {
         socket.set_nonblocking(true)?;
         socket.set_cloexec(true)?;
         socket.set_tcp_nodelay(true)?;
@@ -417,5 +509,94 @@ impl tokio::io::AsyncWrite for TcpStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(self.shutdown_write())
+    }
+}
+
+/// A UDP socket driven by readiness on the owning core's event loop (the DNS proxy's).
+/// Every core binds its own with `SO_REUSEPORT`, as for TCP listeners.
+#[derive(Debug)]
+pub struct UdpSocket {
+    inner: PollFd<std::net::UdpSocket>,
+}
+
+impl UdpSocket {
+    /// Binds `addr` (with `SO_REUSEADDR` and `SO_REUSEPORT`) where `place` says.
+    pub fn bind_placed(place: &Placement, addr: SocketAddr) -> io::Result<UdpSocket> {
+        let socket = place.socket_of(addr, Type::DGRAM, Protocol::UDP)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.set_cloexec(true)?;
+        socket
+            .bind(&addr.into())
+            .map_err(|e| io::Error::new(e.kind(), format!("bind udp {addr}: {e}")))?;
+        let std: std::net::UdpSocket = socket.into();
+        Ok(UdpSocket {
+            inner: PollFd::new(std)?,
+        })
+    }
+
+    /// An unbound socket for talking to `peer` (an upstream resolver), made where `place`
+    /// says and connected to it.
+    pub fn connect_placed(place: &Placement, peer: SocketAddr) -> io::Result<UdpSocket> {
+        let socket = place.socket_of(peer, Type::DGRAM, Protocol::UDP)?;
+        socket.set_nonblocking(true)?;
+        socket.set_cloexec(true)?;
+        socket.connect(&peer.into())?;
+        let std: std::net::UdpSocket = socket.into();
+        Ok(UdpSocket {
+            inner: PollFd::new(std)?,
+        })
+    }
+
+    /// Receives one datagram (truncated to `buf`) and its sender.
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        loop {
+            match self.inner.recv_from(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.inner.read_ready().await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Receives one datagram from the connected peer.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.inner.recv(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.inner.read_ready().await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends one datagram to `to`.
+    pub async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        loop {
+            match self.inner.send_to(buf, to) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.inner.write_ready().await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends one datagram to the connected peer.
+    pub async fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.inner.send(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.inner.write_ready().await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
     }
 }

@@ -1,6 +1,6 @@
 //! The syscalls the runtime makes that no safe crate wraps: `pipe2`, `splice`, pipe sizing,
-//! `recv` into uninitialised memory, `TCP_INFO`, and the netfilter original-destination
-//! socket options.
+//! `recv` into uninitialised memory, `TCP_INFO`, the netfilter original-destination
+//! socket options, and `setns(2)` into a network namespace.
 //!
 //! This module is the crate's only home for `unsafe`. Every call here works on file
 //! descriptors that the caller borrows for the duration of the call (`BorrowedFd`), so no
@@ -185,6 +185,20 @@ pub(crate) fn original_dst(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<SocketA
             ip,
             u16::from_be(addr.sin_port),
         )))
+    }
+}
+
+/// Moves the calling thread into the network namespace `ns` (`setns(2)` with
+/// `CLONE_NEWNET`). Sockets the thread creates afterwards belong to that namespace; sockets
+/// it already holds keep theirs.
+pub(crate) fn setns_net(ns: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: `ns` is a descriptor borrowed for the call; setns only reads it, and with
+    // CLONE_NEWNET the kernel checks that it names a network namespace (EINVAL otherwise).
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

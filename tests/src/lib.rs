@@ -6,6 +6,7 @@
 //! drops, including when the test panics.
 #![forbid(unsafe_code)]
 
+pub mod inpod;
 pub mod istioctl;
 pub mod istiod;
 mod prom;
@@ -333,7 +334,31 @@ impl Node {
     /// `--cores 1`; any of these given in `extra` wins) and waits until `/healthz/ready`
     /// answers "ready".
     pub fn start(mesh: &MeshDir, name: &str, ip: IpAddr, extra: &[&str]) -> Result<Node> {
-        Node::launch(&mesh.config, &mesh.ca, name, ip, extra)
+        Node::spawn(mesh, name, ip, extra)?.wait_ready()
+    }
+
+    /// [`Node::start`] without waiting for readiness (a node whose readiness needs a peer
+    /// the test plays, e.g. istio-cni's snapshot; then call [`Node::wait_ready`]). Call it
+    /// on the test's own thread: the node exits with the thread that started it.
+    pub fn spawn(mesh: &MeshDir, name: &str, ip: IpAddr, extra: &[&str]) -> Result<Node> {
+        Node::spawn_with_config(mesh, &mesh.config, name, ip, extra)
+    }
+
+    fn spawn_with_config(
+        mesh: &MeshDir,
+        config: &std::path::Path,
+        name: &str,
+        ip: IpAddr,
+        extra: &[&str],
+    ) -> Result<Node> {
+        let (config, ca) = (config.to_string_lossy(), mesh.ca.to_string_lossy());
+        let args = Node::args(Some((&config, &ca)), name, ip, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Ok(Node {
+            proc: Proc::spawn(&bin("ringmesh"), &args)?,
+            name: name.to_string(),
+            ip,
+        })
     }
 
     /// Starts node `name` on `ip` in cluster mode: no config file and no CA directory, only
@@ -403,7 +428,8 @@ impl Node {
         http_request(SocketAddr::new(self.ip, 15021), "GET", "/healthz/ready")
     }
 
-    fn wait_ready(mut self) -> Result<Node> {
+    /// Waits until the node answers "ready" (or fails at once if it exits).
+    pub fn wait_ready(mut self) -> Result<Node> {
         let name = self.name.clone();
         let ready_addr = SocketAddr::new(self.ip, 15021);
         let mut exited = None;
@@ -438,24 +464,6 @@ impl Node {
             )
         })?;
         Ok(self)
-    }
-
-    fn launch(
-        config: &std::path::Path,
-        ca: &std::path::Path,
-        name: &str,
-        ip: IpAddr,
-        extra: &[&str],
-    ) -> Result<Node> {
-        let (config, ca) = (config.to_string_lossy(), ca.to_string_lossy());
-        let args = Node::args(Some((&config, &ca)), name, ip, extra);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let node = Node {
-            proc: Proc::spawn(&bin("ringmesh"), &args)?,
-            name: name.to_string(),
-            ip,
-        };
-        node.wait_ready()
     }
 
     pub fn socks(&self) -> SocketAddr {
@@ -752,7 +760,7 @@ impl Node {
         ip: IpAddr,
         extra: &[&str],
     ) -> Result<Node> {
-        Node::launch(config, &mesh.ca, name, ip, extra)
+        Node::spawn_with_config(mesh, config, name, ip, extra)?.wait_ready()
     }
 }
 

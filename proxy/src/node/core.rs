@@ -39,6 +39,8 @@ pub enum CoreMsg {
     /// The local workload IPs whose inbound listeners the node serves (their ports claimed
     /// by the control thread).
     Inbound(Arc<std::collections::HashSet<IpAddr>>),
+    /// In-pod mode: a pod to serve from inside its namespace, or one to stop serving.
+    Pod(super::inpod::PodMsg),
 }
 
 /// Options every core needs, fixed for the process's life.
@@ -58,6 +60,21 @@ pub struct CoreOptions {
     pub endpoints: Vec<SocketAddr>,
     /// The number of workers (a core's share of the node's limits).
     pub workers: usize,
+    /// In-pod mode: every local workload also listens on the capture port (in its pod).
+    pub inpod: bool,
+    /// In-pod mode's DNS proxy (`None`: off).
+    pub dns: Option<Arc<super::dns_serve::DnsSettings>>,
+}
+
+impl CoreOptions {
+    /// The ports every local workload IP listens on.
+    pub fn workload_ports(&self) -> Vec<u16> {
+        let mut ports = vec![self.hbone_port, self.plaintext_port];
+        if self.inpod {
+            ports.push(super::inpod::CAPTURE_PORT);
+        }
+        ports
+    }
 }
 
 /// Which of a core's listeners take `SO_INCOMING_CPU` (its pinned core), so that the kernel
@@ -197,12 +214,7 @@ impl Core {
         conns: Rc<Conns>,
         load: Arc<NodeLoad>,
     ) -> Rc<Core> {
-        let own = OwnListeners::new(
-            &options.endpoints,
-            &snapshot,
-            options.hbone_port,
-            options.plaintext_port,
-        );
+        let own = OwnListeners::new(&options.endpoints, &snapshot, &options.workload_ports());
         Rc::new_cyclic(|weak: &std::rc::Weak<Core>| {
             let weak = weak.clone();
             // The pool asks for a client config per dial; it reads the core's current
@@ -249,12 +261,8 @@ impl Core {
     pub fn apply(&self, msg: CoreMsg) {
         match msg {
             CoreMsg::Config(s) => {
-                let own = OwnListeners::new(
-                    &self.options.endpoints,
-                    &s,
-                    self.options.hbone_port,
-                    self.options.plaintext_port,
-                );
+                let own =
+                    OwnListeners::new(&self.options.endpoints, &s, &self.options.workload_ports());
                 *self.own.borrow_mut() = Rc::new(own);
                 *self.snapshot.borrow_mut() = s.clone();
                 self.conns.snapshot_replaced();
@@ -282,8 +290,8 @@ impl Core {
                     );
                 }
             }
-            // The worker's listeners handle it (`listeners::Inbound`).
-            CoreMsg::Inbound(_) => {}
+            // The worker's listeners handle them (`listeners::Inbound`, `inpod::PodListeners`).
+            CoreMsg::Inbound(_) | CoreMsg::Pod(_) => {}
         }
     }
 

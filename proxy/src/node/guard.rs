@@ -38,12 +38,12 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 
 impl OwnListeners {
     /// The node-wide endpoints (entries, admin, metrics, readiness) and, on every local
-    /// workload IP of `snapshot`, the HBONE and plaintext ports.
+    /// workload IP of `snapshot`, `workload_ports` (HBONE and plaintext; in in-pod mode also
+    /// the capture port, which listens inside every pod).
     pub fn new(
         endpoints: &[SocketAddr],
         snapshot: &Snapshot,
-        hbone_port: u16,
-        plaintext_port: u16,
+        workload_ports: &[u16],
     ) -> OwnListeners {
         let mut own = OwnListeners::default();
         for &addr in endpoints {
@@ -51,8 +51,9 @@ impl OwnListeners {
         }
         for w in snapshot.local_workloads() {
             for &ip in &w.ips {
-                own.add(SocketAddr::new(ip, hbone_port));
-                own.add(SocketAddr::new(ip, plaintext_port));
+                for &port in workload_ports {
+                    own.add(SocketAddr::new(ip, port));
+                }
             }
         }
         own
@@ -98,7 +99,7 @@ mod tests {
     #[test]
     fn local_workload_ports_and_endpoints_are_own_and_others_are_not() {
         let admin: SocketAddr = "127.0.0.1:15000".parse().unwrap();
-        let own = OwnListeners::new(&[admin], &snapshot(), 15008, 15006);
+        let own = OwnListeners::new(&[admin], &snapshot(), &[15008, 15006]);
         assert!(own.contains("127.0.9.1:15006".parse().unwrap()));
         assert!(own.contains("127.0.9.1:15008".parse().unwrap()));
         assert!(own.contains(admin));
@@ -114,8 +115,7 @@ mod tests {
         let own = OwnListeners::new(
             &["0.0.0.0:15001".parse().unwrap()],
             &snapshot(),
-            15008,
-            15006,
+            &[15008, 15006],
         );
         assert!(own.contains("127.0.0.1:15001".parse().unwrap()));
         assert!(own.contains("127.77.0.3:15001".parse().unwrap()));

@@ -22,6 +22,8 @@ use runtime::Worker;
 use runtime::net::TcpStream;
 use runtime::relay::{RelayOptions, relay_metered};
 
+use runtime::net::Placement;
+
 use super::core::{Core, CoreMsg};
 use super::outbound::{tcp_relay_outcome, tunnel_relay_outcome};
 use crate::config::{Decision, Request};
@@ -29,13 +31,15 @@ use crate::conn::{ConnRecord, Grant, Outcome};
 use crate::telemetry::ratelimit::LineKind;
 use crate::telemetry::{Carrier, Refusal, Reporter, Security};
 
-/// Serves one TCP connection that arrived on `local_ip`:15008.
+/// Serves one TCP connection that arrived on `local_ip`:15008. Upstream sockets are made
+/// where `place` says (in in-pod mode, in the destination pod's namespace).
 pub async fn serve_hbone(
     core: Rc<Core>,
     worker: Worker<CoreMsg>,
     client: TcpStream,
     peer: SocketAddr,
     local_ip: IpAddr,
+    place: Placement,
 ) {
     let _socket = core.conns.socket(Reporter::Destination);
     let _admitted = match core.admit(Some(peer.ip())) {
@@ -83,7 +87,8 @@ pub async fn serve_hbone(
         let core = core.clone();
         move |incoming: Incoming| {
             let core = core.clone();
-            async move { handle_connect(core, incoming, peer, local_ip).await }
+            let place = place.clone();
+            async move { handle_connect(core, incoming, peer, local_ip, place).await }
         }
     };
     if let Err(e) = hbone::server::serve_tls(client, &cfg, drain, handler).await {
@@ -122,7 +127,13 @@ fn report_connection_error(core: &Core, peer: SocketAddr, local_ip: IpAddr, e: &
     );
 }
 
-async fn handle_connect(core: Rc<Core>, incoming: Incoming, peer: SocketAddr, local_ip: IpAddr) {
+async fn handle_connect(
+    core: Rc<Core>,
+    incoming: Incoming,
+    peer: SocketAddr,
+    local_ip: IpAddr,
+    place: Placement,
+) {
     let peer_id = incoming.peer_identity().clone();
     let authority = incoming.request().authority.clone();
     // The original client, as the source node says (`forwarded: for=`), else the peer.
@@ -195,7 +206,7 @@ async fn handle_connect(core: Rc<Core>, incoming: Incoming, peer: SocketAddr, lo
     let dial_error = std::cell::RefCell::new(None);
     let limit = core.limits().connect_timeout;
     let dial = async {
-        match runtime::time::timeout(limit, TcpStream::connect(target)).await {
+        match runtime::time::timeout(limit, dial_workload(&place, src.ip(), target)).await {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => {
                 *dial_error.borrow_mut() =
@@ -231,6 +242,7 @@ pub async fn serve_plaintext(
     client: TcpStream,
     peer: SocketAddr,
     local_ip: IpAddr,
+    place: Placement,
 ) {
     let _socket = core.conns.socket(Reporter::Destination);
     let here = SocketAddr::new(local_ip, core.options.plaintext_port);
@@ -280,7 +292,7 @@ pub async fn serve_plaintext(
         dst: target,
     });
     let limit = core.limits().connect_timeout;
-    let pod = match runtime::time::timeout(limit, TcpStream::connect(target)).await {
+    let pod = match runtime::time::timeout(limit, dial_workload(&place, peer.ip(), target)).await {
         Ok(Ok(pod)) => pod,
         Ok(Err(e)) => {
             let _ = client.set_zero_linger();
@@ -303,4 +315,26 @@ pub async fn serve_plaintext(
         Err(e) => tcp_relay_outcome(&rec, e),
     };
     rec.finish(outcome);
+}
+
+/// Dials a local workload for a connection from `source`. Inside a pod (in-pod mode) the
+/// socket is made in the pod's namespace, transparent, from the original source address, so
+/// the application sees its real client, as under ztunnel; istio-cni's rules route the
+/// replies of the node's marked connections back to it. Elsewhere (dedicated mode) it
+/// connects from the node's own address.
+async fn dial_workload(
+    place: &Placement,
+    source: IpAddr,
+    target: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let spoof = place.netns.is_some()
+        && source != target.ip()
+        && source.is_ipv4() == target.is_ipv4()
+        && !source.is_loopback();
+    if spoof {
+        let (s, _) = TcpStream::connect_transparent(place, source, target).await?;
+        Ok(s)
+    } else {
+        TcpStream::connect_placed(place, None, target).await
+    }
 }

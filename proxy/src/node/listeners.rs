@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use futures_channel::oneshot;
 use runtime::Worker;
-use runtime::net::TcpListener;
+use runtime::net::{Placement, TcpListener};
 
 use super::core::{Core, CoreMsg};
 use super::{inbound, outbound};
@@ -42,7 +42,7 @@ pub fn bind_entries(
         let l = TcpListener::bind_on_core(addr, steer)?;
         let core = core.clone();
         worker.spawn_accept(l, std::future::pending(), move |s, peer| {
-            outbound::serve_captured(core.clone(), s, peer)
+            outbound::serve_captured(core.clone(), s, peer, Placement::default())
         });
     }
     if let Some(addr) = entries.socks5 {
@@ -102,12 +102,19 @@ impl Inbound {
         let (core, worker) = (self.core.clone(), self.worker.clone());
         self.worker
             .spawn_accept(hbone, stopped(rx_h), move |s, peer| {
-                inbound::serve_hbone(core.clone(), worker.clone(), s, peer, ip)
+                inbound::serve_hbone(
+                    core.clone(),
+                    worker.clone(),
+                    s,
+                    peer,
+                    ip,
+                    Placement::default(),
+                )
             });
         let core = self.core.clone();
         self.worker
             .spawn_accept(plain, stopped(rx_p), move |s, peer| {
-                inbound::serve_plaintext(core.clone(), s, peer, ip)
+                inbound::serve_plaintext(core.clone(), s, peer, ip, Placement::default())
             });
         tracing::debug!(worker = self.worker.index(), %ip, "inbound listeners up");
         Ok(vec![stop_h, stop_p])

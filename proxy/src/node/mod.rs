@@ -15,9 +15,11 @@
 pub mod cluster;
 pub mod control_plane;
 pub mod core;
+pub mod dns_serve;
 pub mod dump;
 pub mod guard;
 pub mod inbound;
+pub mod inpod;
 pub mod limits;
 pub mod listeners;
 pub mod options;
@@ -77,6 +79,10 @@ struct Control {
     ready: AtomicBool,
     /// Cluster mode: istiod's xDS state.
     control_plane: Option<control_plane::ControlPlane>,
+    /// In-pod mode: the ZDS link to istio-cni (set once it starts).
+    zds: Mutex<Option<Arc<control::zds::ZdsStats>>>,
+    /// In-pod mode's DNS proxy counters.
+    dns: Option<Arc<dns_serve::DnsStats>>,
     shutdown: Shutdown,
     drain_timeout: Duration,
     info: Mutex<dump::NodeInfo>,
@@ -106,6 +112,16 @@ impl AdminSource for Control {
         }
         if self.control_plane.as_ref().is_some_and(|c| !c.xds_ready()) {
             pending.push("xds");
+        }
+        // istio-cni's first snapshot, and no pod whose listeners could not start.
+        if self
+            .zds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|z| !z.ready())
+        {
+            pending.push("pods");
         }
         // Every local workload's certificate: without it, its inbound handshakes fail.
         let snap = self
@@ -167,12 +183,49 @@ impl AdminSource for Control {
                 "Connections and tunnels refused by a limit (memory, connections per node or per peer).",
                 self.load.shed() as f64,
             )],
-            families: self
-                .control_plane
-                .as_ref()
-                .map(|c| c.render_metrics())
-                .unwrap_or_default(),
+            families: String::new(),
         };
+        let mut extras = extras;
+        extras.families = self
+            .control_plane
+            .as_ref()
+            .map(|c| c.render_metrics())
+            .unwrap_or_default();
+        if let Some(d) = &self.dns {
+            extras.families.push_str(&d.render());
+        }
+        if let Some(z) = self.zds.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            // ztunnel's in-pod families (its root registry, so no `istio_` prefix).
+            extras.gauges.extend([
+                (
+                    "workload_manager_active_proxy_count",
+                    "The total number current workloads with active proxies (unstable)",
+                    z.active() as f64,
+                ),
+                (
+                    "workload_manager_pending_proxy_count",
+                    "The total number current workloads with pending proxies (unstable)",
+                    z.pending() as f64,
+                ),
+                (
+                    "ringmesh_zds_connected",
+                    "Whether the node holds a connection to istio-cni's ZDS socket.",
+                    f64::from(u8::from(z.connected())),
+                ),
+            ]);
+            extras.counters.extend([
+                (
+                    "workload_manager_proxies_started_total",
+                    "The total number of proxies that were started (unstable)",
+                    z.started_total() as f64,
+                ),
+                (
+                    "workload_manager_proxies_stopped_total",
+                    "The total number of proxies that were stopped (unstable)",
+                    z.stopped_total() as f64,
+                ),
+            ]);
+        }
         self.metrics.render_prometheus(&extras)
     }
 
@@ -224,6 +277,10 @@ fn plan_inbound(
 ) -> (HashSet<IpAddr>, Vec<String>) {
     let mut plan = HashSet::new();
     let mut errors = Vec::new();
+    if opts.inpod.is_some() {
+        // Pods are served inside their own namespaces (`inpod`), never on this one's IPs.
+        return (plan, errors);
+    }
     let entries = opts.shared_listeners();
     for w in snapshot.local_workloads() {
         'ip: for &ip in &w.ips {
@@ -408,6 +465,13 @@ pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
     .into_iter()
     .flatten()
     .collect();
+    let dns_settings = opts.inpod.as_ref().filter(|p| p.dns).map(|p| {
+        Arc::new(dns_serve::DnsSettings {
+            upstreams: p.dns_upstreams.clone(),
+            cluster_domain: p.cluster_domain.clone(),
+            stats: Arc::default(),
+        })
+    });
     let core_opts = CoreOptions {
         hbone_port: opts.hbone_port,
         plaintext_port: opts.plaintext_port,
@@ -420,6 +484,8 @@ pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
         limits: opts.limits.clone(),
         endpoints,
         workers,
+        inpod: opts.inpod.is_some(),
+        dns: dns_settings.clone(),
     };
     let init_snapshot = snapshot.clone();
     let init_certs = identities.current();
@@ -427,6 +493,11 @@ pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
     let init_plan = plan.clone();
     let init_load = node_load.clone();
     let entries = opts.entries.clone();
+    let pod_ports = inpod::PodPorts {
+        capture: inpod::CAPTURE_PORT,
+        plaintext: opts.plaintext_port,
+        hbone: opts.hbone_port,
+    };
     let rt = runtime::launch_with(&opts.runtime, shutdown.clone(), move |worker| {
         let i = worker.index();
         let conns = Conns::new(init_metrics.shard(i), init_metrics.series_cache(i));
@@ -442,7 +513,8 @@ pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
         if let Some(e) = inbound.reconcile(&init_plan).into_iter().next() {
             return Err(e);
         }
-        Ok(worker_main(worker, core, inbound))
+        let pods = inpod::PodListeners::new(worker.clone(), core.clone(), pod_ports);
+        Ok(worker_main(worker, core, inbound, pods))
     })?;
     *broadcaster.lock().unwrap_or_else(|p| p.into_inner()) = Some(rt.broadcaster());
     // Anything renewed between start-up and now.
@@ -477,6 +549,8 @@ pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
         load: node_load.clone(),
         ready: AtomicBool::new(false),
         control_plane,
+        zds: Mutex::new(None),
+        dns: dns_settings.as_ref().map(|d| d.stats.clone()),
         shutdown: shutdown.clone(),
         drain_timeout: opts.drain_timeout,
         info: Mutex::new(info),
@@ -526,12 +600,33 @@ pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
         )?;
     }
 
+    // In-pod mode: istio-cni hands over the pods; each core serves them in their namespaces.
+    let _zds = match &opts.inpod {
+        Some(inpod_opts) => {
+            let manager = inpod::PodManager::new(
+                rt.broadcaster(),
+                rt.workers().len(),
+                pod_ports,
+                inpod_opts.mark,
+                inpod_opts.dns,
+            );
+            let config = control::zds::ZdsConfig::new(inpod_opts.uds.clone());
+            let client = control::zds::ZdsClient::spawn(config, manager)
+                .context("starting the ZDS client (in-pod mode)")?;
+            *control.zds.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.stats());
+            tracing::info!(socket = %inpod_opts.uds.display(), mark = inpod_opts.mark, "in-pod mode: pods come from istio-cni");
+            Some(client)
+        }
+        None => None,
+    };
+
     control.ready.store(true, Ordering::Release);
     tracing::info!(
         node = %node,
         workers = rt.workers().len(),
         driver = %driver,
         mode = if opts.cluster.xds.is_some() { "cluster" } else { "embedded" },
+        inpod = opts.inpod.is_some(),
         local_workloads = snapshot.local_workloads().len(),
         capture = ?opts.entries.capture,
         socks5 = ?opts.entries.socks5,
@@ -576,15 +671,24 @@ fn spawn_memory_sampler(
 
 /// A worker's main task: apply control messages until the drain, wait for the live
 /// connections until the deadline, then reset the rest (each logs its line).
-async fn worker_main(worker: runtime::Worker<CoreMsg>, core: Rc<Core>, mut inbound: Inbound) {
+async fn worker_main(
+    worker: runtime::Worker<CoreMsg>,
+    core: Rc<Core>,
+    mut inbound: Inbound,
+    mut pods: inpod::PodListeners,
+) {
     let w = worker.clone();
     let msg_core = core.clone();
     let messages = async move {
         while let Ok(msg) = w.messages().recv().await {
-            if let CoreMsg::Inbound(plan) = &msg {
-                for e in inbound.reconcile(plan) {
-                    tracing::error!(worker = w.index(), error = %e, "could not bind an inbound listener for a new workload");
+            match &msg {
+                CoreMsg::Inbound(plan) => {
+                    for e in inbound.reconcile(plan) {
+                        tracing::error!(worker = w.index(), error = %e, "could not bind an inbound listener for a new workload");
+                    }
                 }
+                CoreMsg::Pod(p) => pods.apply(p),
+                _ => {}
             }
             msg_core.apply(msg);
         }

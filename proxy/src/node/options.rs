@@ -72,6 +72,24 @@ pub struct NodeOptions {
     pub limits: super::limits::Limits,
     /// The Istio version `istio_build{tag}` reports (`ISTIO_META_ISTIO_VERSION`).
     pub istio_version: Option<String>,
+    /// In-pod mode: pods come from istio-cni over ZDS and are served from inside their
+    /// namespaces; the node binds no listener on workload IPs of its own namespace.
+    pub inpod: Option<InPodOptions>,
+}
+
+/// In-pod mode's settings (ztunnel's `INPOD_UDS`, `PACKET_MARK`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InPodOptions {
+    /// istio-cni's ZDS socket.
+    pub uds: PathBuf,
+    /// The mark on every socket made in a pod.
+    pub mark: u32,
+    /// Serve DNS on 127.0.0.1:15053 in every pod (ztunnel's `DNS_CAPTURE`).
+    pub dns: bool,
+    /// Where queries that are not the mesh's go (the node's resolv.conf by default).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// The cluster's DNS domain (`CLUSTER_DOMAIN`).
+    pub cluster_domain: String,
 }
 
 /// A setting that cannot work, naming the flag(s).

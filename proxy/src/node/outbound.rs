@@ -15,7 +15,7 @@ use std::sync::Arc;
 use hbone::pool::PoolKey;
 use hbone::stream::{HboneStream, Originator};
 use hbone::wire::ConnectRequest;
-use runtime::net::TcpStream;
+use runtime::net::{Placement, TcpStream};
 use runtime::relay::{RelayError, RelayOptions, Side, relay_metered};
 
 use super::core::{Core, UnknownSource};
@@ -49,6 +49,7 @@ fn route(
     source: Option<&Arc<Workload>>,
     src: SocketAddr,
     dst: SocketAddr,
+    place: &Placement,
 ) -> Result<Resolved, (Refusal, String)> {
     let Some(source) = source else {
         return match core.options.unknown_source {
@@ -103,11 +104,14 @@ fn route(
     let resolved = match workload.protocol {
         Protocol::Hbone => Resolved {
             route: Route::Hbone {
-                key: Box::new(PoolKey::new(
-                    source.identity.clone(),
-                    vec![workload.identity.clone()],
-                    core.hbone_addr(addr.ip()),
-                )),
+                key: Box::new(
+                    PoolKey::new(
+                        source.identity.clone(),
+                        vec![workload.identity.clone()],
+                        core.hbone_addr(addr.ip()),
+                    )
+                    .placed(place.clone()),
+                ),
                 request: Box::new(ConnectRequest::new(addr).with_source(src)),
             },
             carrier: Carrier::Hbone,
@@ -129,7 +133,7 @@ enum Upstream {
     Tcp(TcpStream),
 }
 
-async fn open(core: &Core, route: &Route) -> Result<Upstream, Outcome> {
+async fn open(core: &Core, route: &Route, place: &Placement) -> Result<Upstream, Outcome> {
     match route {
         Route::Hbone { key, request } => core
             .pool
@@ -139,7 +143,8 @@ async fn open(core: &Core, route: &Route) -> Result<Upstream, Outcome> {
             .map_err(|e| outcome_of_hbone(&e)),
         Route::Tcp { addr } => {
             let limit = core.limits().connect_timeout;
-            match runtime::time::timeout(limit, TcpStream::connect(*addr)).await {
+            let dial = TcpStream::connect_placed(place, None, *addr);
+            match runtime::time::timeout(limit, dial).await {
                 Ok(Ok(s)) => Ok(Upstream::Tcp(s)),
                 Ok(Err(e)) => Err(Outcome::Unreachable(format!("connect {addr}: {e}"))),
                 Err(_) => Err(Outcome::Timeout {
@@ -186,7 +191,9 @@ enum Entry {
 }
 
 /// Serves one connection captured on 15001: its original destination is where it goes.
-pub async fn serve_captured(core: Rc<Core>, client: TcpStream, src: SocketAddr) {
+/// Upstream sockets are made where `place` says (in in-pod mode, in the source pod's
+/// namespace, so the peer sees the pod's address).
+pub async fn serve_captured(core: Rc<Core>, client: TcpStream, src: SocketAddr, place: Placement) {
     let _socket = core.conns.socket(Reporter::Source);
     let dst = match client.original_dst() {
         Ok(d) => d,
@@ -207,7 +214,7 @@ pub async fn serve_captured(core: Rc<Core>, client: TcpStream, src: SocketAddr) 
             return;
         }
     };
-    serve(core, client, src, dst, Entry::Capture).await;
+    serve(core, client, src, dst, Entry::Capture, place).await;
 }
 
 /// Serves one SOCKS5 connection.
@@ -215,7 +222,9 @@ pub async fn serve_socks5(core: Rc<Core>, client: TcpStream, src: SocketAddr) {
     let _socket = core.conns.socket(Reporter::Source);
     let limit = core.limits().socks5_handshake_timeout;
     let refused = match runtime::time::timeout(limit, socks5::accept(&client)).await {
-        Ok(Ok(dst)) => return serve(core, client, src, dst, Entry::Socks5).await,
+        Ok(Ok(dst)) => {
+            return serve(core, client, src, dst, Entry::Socks5, Placement::default()).await;
+        }
         Ok(Err(e)) => (Refusal::BadRequest, e.to_string()),
         Err(_) => (
             Refusal::HandshakeTimeout,
@@ -245,7 +254,14 @@ async fn refuse(rec: ConnRecord, client: &TcpStream, entry: Entry, why: Refusal,
     rec.refuse(why, detail);
 }
 
-async fn serve(core: Rc<Core>, client: TcpStream, src: SocketAddr, dst: SocketAddr, entry: Entry) {
+async fn serve(
+    core: Rc<Core>,
+    client: TcpStream,
+    src: SocketAddr,
+    dst: SocketAddr,
+    entry: Entry,
+    place: Placement,
+) {
     let mut rec = ConnRecord::accept(
         &core.conns,
         Reporter::Source,
@@ -264,7 +280,7 @@ async fn serve(core: Rc<Core>, client: TcpStream, src: SocketAddr, dst: SocketAd
     }
     let snapshot = core.snapshot();
     let source = snapshot.local_workload_by_ip(src.ip()).cloned();
-    let resolved = match route(&core, &snapshot, source.as_ref(), src, dst) {
+    let resolved = match route(&core, &snapshot, source.as_ref(), src, dst, &place) {
         Ok(r) => r,
         Err((why, detail)) => return refuse(rec, &client, entry, why, &detail).await,
     };
@@ -289,7 +305,7 @@ async fn serve(core: Rc<Core>, client: TcpStream, src: SocketAddr, dst: SocketAd
     rec.set_carrier(resolved.carrier);
     rec.open(security);
 
-    let upstream = match open(&core, &resolved.route).await {
+    let upstream = match open(&core, &resolved.route, &place).await {
         Ok(u) => u,
         Err(outcome) => {
             match entry {

@@ -30,6 +30,7 @@ fn opts() -> NodeOptions {
         watch_interval: Duration::from_millis(500),
         limits: Limits::default(),
         istio_version: None,
+        inpod: None,
     }
 }
 

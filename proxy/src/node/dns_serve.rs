@@ -1,0 +1,301 @@
+//! The DNS proxy's sockets inside each pod (in-pod mode): UDP and TCP on `127.0.0.1:15053`,
+//! where istio-cni's rules redirect the pod's port-53 traffic. Answers come from
+//! [`crate::dns::decide`]; what is not ours goes to the upstream resolvers from a socket made
+//! in the pod's namespace with the exemption mark, so it leaves as the pod's traffic would.
+//!
+//! Invariants:
+//! - every core serves its own sockets (`SO_REUSEPORT`), so a pod's queries stay on one
+//!   core each;
+//! - work per pod and core is bounded: at most [`MAX_INFLIGHT`] forwarded queries at once
+//!   (past it, SERVFAIL at once), each waiting at most [`UPSTREAM_TIMEOUT`] per resolver;
+//!   a TCP client may hold one connection's buffer of [`MAX_TCP_BUFFER`] bytes and is cut
+//!   after [`TCP_IDLE`] without a query.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+use runtime::Worker;
+use runtime::net::{Placement, TcpListener, TcpStream, UdpSocket};
+
+use super::core::{Core, CoreMsg};
+use crate::dns::{self, Answer, Client};
+
+/// Forwarded queries in flight per pod and core. A pod resolving faster than its upstream
+/// answers gets SERVFAIL past this instead of growing the node's memory.
+pub const MAX_INFLIGHT: usize = 256;
+/// How long one upstream resolver has to answer (glibc's default per-try timeout is 5 s).
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// A TCP DNS client's unanswered bytes (a query is at most 64 KiB plus its length).
+const MAX_TCP_BUFFER: usize = 66 * 1024;
+/// A TCP DNS connection with no query for this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(30);
+
+/// The node-wide DNS settings.
+#[derive(Debug)]
+pub struct DnsSettings {
+    pub upstreams: Vec<SocketAddr>,
+    pub cluster_domain: String,
+    pub stats: Arc<DnsStats>,
+}
+
+/// ztunnel's `istio_dns_*` counters, by (query type, protocol, source canonical service,
+/// source canonical revision). Rare enough (a query per connection at most) that one lock
+/// off the relay path costs nothing measurable.
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    requests: Mutex<BTreeMap<Labels, u64>>,
+    upstream: Mutex<BTreeMap<Labels, u64>>,
+    failures: Mutex<BTreeMap<Labels, u64>>,
+}
+
+type Labels = (String, &'static str, String, String);
+
+/// At most this many label sets per family; past it, new ones count under `unknown`.
+const MAX_SERIES: usize = 1_000;
+
+impl DnsStats {
+    fn bump(map: &Mutex<BTreeMap<Labels, u64>>, mut labels: Labels) {
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_SERIES && !m.contains_key(&labels) {
+            labels = (
+                "unknown".into(),
+                labels.1,
+                "unknown".into(),
+                "unknown".into(),
+            );
+        }
+        *m.entry(labels).or_default() += 1;
+    }
+
+    /// The three families in Prometheus text.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for (name, help, map) in [
+            (
+                "istio_dns_requests_total",
+                "Total number of DNS requests.",
+                &self.requests,
+            ),
+            (
+                "istio_dns_upstream_requests_total",
+                "Total number of DNS requests forwarded to upstream.",
+                &self.upstream,
+            ),
+            (
+                "istio_dns_upstream_failures_total",
+                "Total number of DNS failures.",
+                &self.failures,
+            ),
+        ] {
+            let m = map.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for ((qtype, proto, svc, rev), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{request_query_type=\"{}\",request_protocol=\"{proto}\",source_canonical_service=\"{}\",source_canonical_revision=\"{}\"}} {n}",
+                    escape(qtype),
+                    escape(svc),
+                    escape(rev)
+                );
+            }
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// One pod's DNS context on this core.
+struct PodDns {
+    core: Rc<Core>,
+    settings: Arc<DnsSettings>,
+    place: Placement,
+    uid: Arc<str>,
+    namespace: Arc<str>,
+    inflight: Cell<usize>,
+}
+
+impl PodDns {
+    fn labels(&self, query: &[u8], proto: &'static str) -> Labels {
+        let snapshot = self.core.snapshot();
+        let (svc, rev) = snapshot
+            .workload_by_uid(&self.uid)
+            .map(|w| {
+                (
+                    w.meta.canonical_name.to_string(),
+                    w.meta.canonical_revision.to_string(),
+                )
+            })
+            .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+        (dns::query_type(query), proto, svc, rev)
+    }
+
+    /// The answer to one query: ours, or the upstream's (SERVFAIL when none answers).
+    async fn answer(&self, query: &[u8], proto: &'static str) -> Option<Vec<u8>> {
+        let labels = self.labels(query, proto);
+        DnsStats::bump(&self.settings.stats.requests, labels.clone());
+        let snapshot = self.core.snapshot();
+        let client = Client {
+            namespace: &self.namespace,
+            cluster_domain: &self.settings.cluster_domain,
+        };
+        match dns::decide(&snapshot, query, &client) {
+            Answer::Reply(r) => Some(r),
+            Answer::Forward => {
+                DnsStats::bump(&self.settings.stats.upstream, labels.clone());
+                let reply = if self.inflight.get() >= MAX_INFLIGHT {
+                    None
+                } else {
+                    self.inflight.set(self.inflight.get() + 1);
+                    let r = self.forward(query).await;
+                    self.inflight.set(self.inflight.get() - 1);
+                    r
+                };
+                match reply {
+                    Some(r) => Some(r),
+                    None => {
+                        DnsStats::bump(&self.settings.stats.failures, labels);
+                        dns::servfail(query)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks each upstream in turn, from inside the pod.
+    async fn forward(&self, query: &[u8]) -> Option<Vec<u8>> {
+        for &upstream in &self.settings.upstreams {
+            let Ok(sock) = UdpSocket::connect_placed(&self.place, upstream) else {
+                continue;
+            };
+            if sock.send(query).await.is_err() {
+                continue;
+            }
+            let mut buf = vec![0u8; 65_535];
+            let deadline = Instant::now() + UPSTREAM_TIMEOUT;
+            // Skip datagrams that are not the answer to this query (a late one, a spoof).
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match runtime::time::timeout(left, sock.recv(&mut buf)).await {
+                    Ok(Ok(n)) if n >= 2 && query.len() >= 2 && buf[..2] == query[..2] => {
+                        buf.truncate(n);
+                        return Some(buf);
+                    }
+                    Ok(Ok(_)) => continue,
+                    _ => break,
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Binds one pod's DNS sockets on this core and serves them until a stop sender drops.
+pub fn bind(
+    worker: &Worker<CoreMsg>,
+    core: &Rc<Core>,
+    settings: &Arc<DnsSettings>,
+    uid: &str,
+    namespace: &str,
+    place: &Placement,
+) -> std::io::Result<Vec<oneshot::Sender<()>>> {
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), dns::DNS_PORT);
+    let udp = UdpSocket::bind_placed(place, addr)?;
+    let tcp = TcpListener::bind_placed(place, addr, None)?;
+    let pod = Rc::new(PodDns {
+        core: core.clone(),
+        settings: settings.clone(),
+        place: place.clone(),
+        uid: Arc::from(uid),
+        namespace: Arc::from(namespace),
+        inflight: Cell::new(0),
+    });
+
+    let (stop_udp, rx_udp) = oneshot::channel::<()>();
+    let p = pod.clone();
+    let w = worker.clone();
+    runtime::spawn(async move {
+        let serve = std::pin::pin!(serve_udp(p, Rc::new(udp)));
+        let stop = std::pin::pin!(async move {
+            let _ = rx_udp.await;
+        });
+        let drain = std::pin::pin!(w.shutdown().draining());
+        let stop_or_drain = futures_util::future::select(stop, drain);
+        futures_util::future::select(serve, stop_or_drain).await;
+    })
+    .detach();
+
+    let (stop_tcp, rx_tcp) = oneshot::channel::<()>();
+    let p = pod;
+    worker.spawn_accept(
+        tcp,
+        async move {
+            let _ = rx_tcp.await;
+        },
+        move |s, _peer| serve_tcp(p.clone(), s),
+    );
+    Ok(vec![stop_udp, stop_tcp])
+}
+
+async fn serve_udp(pod: Rc<PodDns>, sock: Rc<UdpSocket>) {
+    let mut buf = vec![0u8; dns::MAX_UDP_QUERY];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS: receive failed");
+                runtime::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // A response sent to us is dropped, not answered: answering it could start a
+        // reflection loop between two servers.
+        if n >= 3 && buf[2] & 0x80 != 0 {
+            continue;
+        }
+        let query = buf[..n].to_vec();
+        let (pod, sock) = (pod.clone(), sock.clone());
+        // Each query in its own task: a slow upstream does not hold the others.
+        runtime::spawn(async move {
+            if let Some(reply) = pod.answer(&query, "udp").await {
+                // Too big for the client's UDP size: truncated, so it retries over TCP.
+                let reply = dns::fit_udp(&query, reply);
+                let _ = sock.send_to(&reply, from).await;
+            }
+        })
+        .detach();
+    }
+}
+
+async fn serve_tcp(pod: Rc<PodDns>, stream: TcpStream) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        while let Some((used, query)) = dns::tcp_unframe(&buf) {
+            let query = query.to_vec();
+            buf.drain(..used);
+            let Some(reply) = pod.answer(&query, "tcp").await else {
+                return;
+            };
+            if stream.write_all(&dns::tcp_frame(&reply)).await.is_err() {
+                return;
+            }
+        }
+        if buf.len() >= MAX_TCP_BUFFER {
+            return;
+        }
+        match runtime::time::timeout(TCP_IDLE, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
