@@ -468,6 +468,8 @@ fn serve(mut stream: TcpStream, endpoint: Endpoint, shared: &Shared) {
         Err(HeadError::Version) => (Response::text(505, "only HTTP/1.x is served\n"), false),
         Err(HeadError::Malformed(why)) => (Response::text(400, format!("{why}\n")), false),
     };
+    // The answer gets its own time: a route may take long on purpose (a CPU profile).
+    let deadline = deadline.max(Instant::now() + shared.limits.request_timeout);
     if write_response(&stream, &resp, head_only, deadline).is_ok() {
         linger(&mut stream, deadline);
     }
@@ -485,7 +487,58 @@ POST /logging                      the same (as ztunnel)\n\
 POST /logging?level=F              add directives to the filter: a level, or target=level (or target:level), comma-separated\n\
 POST /logging?level=F&reset        the filter the process started with, then F\n\
 POST /quitquitquit                 drain and exit\n\
-POST /drain                        drain and exit\n";
+POST /drain                        drain and exit\n\
+GET  /debug/pprof/profile?seconds=N a CPU profile of every thread over N s (default 10, 1..=60), pprof protobuf\n";
+
+/// A profile's length when none is asked for (ztunnel's and Go's default).
+const PROFILE_DEFAULT_SECS: u64 = 10;
+/// The longest profile: the admin connection's thread is held for its length.
+const PROFILE_MAX_SECS: u64 = 60;
+/// Samples per second: 99, not 100, so sampling does not beat with 10 ms timers.
+const PROFILE_HZ: i32 = 99;
+
+/// One profile at a time: the sampler is process-wide (`SIGPROF`).
+static PROFILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Samples every thread's stack for `length` and answers with the profile in pprof's
+/// protobuf format (`go tool pprof`, `pprof -http`), as ztunnel's `/debug/pprof/profile`.
+fn cpu_profile(length: std::time::Duration) -> Response {
+    use pprof::protos::Message as _;
+    use std::sync::atomic::Ordering;
+    if PROFILING.swap(true, Ordering::AcqRel) {
+        return Response::text(
+            503,
+            "a profile is already being taken; try again after it\n",
+        );
+    }
+    let result = (|| {
+        let guard = pprof::ProfilerGuardBuilder::default()
+            .frequency(PROFILE_HZ)
+            // Unwinding from inside these can deadlock in the signal handler.
+            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+            .build()
+            .map_err(|e| format!("starting the profiler: {e}"))?;
+        std::thread::sleep(length);
+        let report = guard
+            .report()
+            .build()
+            .map_err(|e| format!("building the report: {e}"))?;
+        let profile = report
+            .pprof()
+            .map_err(|e| format!("encoding the profile: {e}"))?;
+        Ok::<_, String>(profile.encode_to_vec())
+    })();
+    PROFILING.store(false, Ordering::Release);
+    match result {
+        Ok(body) => Response {
+            status: 200,
+            content_type: "application/octet-stream",
+            body,
+            allow: None,
+        },
+        Err(e) => Response::text(500, format!("{e}\n")),
+    }
+}
 
 /// `POST /logging`'s answer: the filter in force, as ztunnel words it.
 fn current_level(src: &dyn AdminSource) -> Response {
@@ -586,6 +639,24 @@ fn route(endpoint: Endpoint, req: &Request, shared: &Shared) -> Response {
                 Err(why) => Response::text(400, format!("Failed to set new level: {why}\n")),
             }
         }
+        (Endpoint::Admin, "/debug/pprof/profile") if is_get(req) => {
+            let seconds = match query_param(req.query.as_deref().unwrap_or(""), "seconds") {
+                Ok(None) => PROFILE_DEFAULT_SECS,
+                Ok(Some(v)) => match v.parse::<u64>() {
+                    Ok(n) if (1..=PROFILE_MAX_SECS).contains(&n) => n,
+                    _ => {
+                        return Response::text(
+                            400,
+                            format!(
+                                "seconds: {v:?} is not a whole number from 1 to {PROFILE_MAX_SECS}\n"
+                            ),
+                        );
+                    }
+                },
+                Err(why) => return Response::text(400, format!("seconds: {why}\n")),
+            };
+            cpu_profile(std::time::Duration::from_secs(seconds))
+        }
         (Endpoint::Admin, "/quitquitquit") if req.method == "POST" => {
             tracing::info!("shutdown requested through the admin API (/quitquitquit)");
             src.drain();
@@ -615,6 +686,7 @@ fn route(endpoint: Endpoint, req: &Request, shared: &Shared) -> Response {
         (Endpoint::Ready, "/healthz/ready") => Response::not_allowed("GET, HEAD"),
         (Endpoint::Admin, "/logging") => Response::not_allowed("GET, HEAD, POST"),
         (Endpoint::Admin, "/drain") => Response::not_allowed("POST"),
+        (Endpoint::Admin, "/debug/pprof/profile") => Response::not_allowed("GET, HEAD"),
         _ => Response::text(404, "not found\n"),
     }
 }
