@@ -547,5 +547,10 @@ fn the_dns_proxy_answers_service_names_and_forwards_the_rest() -> Result<()> {
         bail!("no DNS request counter: {metrics}");
     }
     ensure!(metrics.contains("istio_dns_upstream_requests_total"));
+    ensure!(
+        metrics
+            .contains("istio_dns_upstream_request_duration_seconds_count{request_query_type=\"a\""),
+        "no upstream latency histogram"
+    );
     Ok(())
 }

@@ -43,7 +43,7 @@ pub struct DnsSettings {
     pub stats: Arc<DnsStats>,
 }
 
-/// ztunnel's `istio_dns_*` counters, by (query type, protocol, source canonical service,
+/// ztunnel's `istio_dns_*` counters and upstream latency histogram, by (query type, protocol, source canonical service,
 /// source canonical revision). Rare enough (a query per connection at most) that one lock
 /// off the relay path costs nothing measurable.
 #[derive(Debug, Default)]
@@ -51,6 +51,18 @@ pub struct DnsStats {
     requests: Mutex<BTreeMap<Labels, u64>>,
     upstream: Mutex<BTreeMap<Labels, u64>>,
     failures: Mutex<BTreeMap<Labels, u64>>,
+    upstream_seconds: Mutex<BTreeMap<Labels, Histogram>>,
+}
+
+/// ztunnel's buckets for `istio_dns_upstream_request_duration_seconds`.
+const UPSTREAM_BUCKETS: [f64; 6] = [0.0005, 0.001, 0.01, 0.1, 1.0, 5.0];
+
+/// One series of the upstream latency histogram.
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    /// Per bucket (not cumulative); the last slot is +Inf.
+    counts: [u64; UPSTREAM_BUCKETS.len() + 1],
+    sum: f64,
 }
 
 type Labels = (String, &'static str, String, String);
@@ -72,8 +84,62 @@ impl DnsStats {
         *m.entry(labels).or_default() += 1;
     }
 
-    /// The three families in Prometheus text.
+    fn observe(&self, mut labels: Labels, seconds: f64) {
+        let mut m = self
+            .upstream_seconds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_SERIES && !m.contains_key(&labels) {
+            labels = (
+                "unknown".into(),
+                labels.1,
+                "unknown".into(),
+                "unknown".into(),
+            );
+        }
+        let h = m.entry(labels).or_default();
+        let slot = UPSTREAM_BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(UPSTREAM_BUCKETS.len());
+        h.counts[slot] += 1;
+        h.sum += seconds;
+    }
+
+    /// The families in Prometheus text.
     pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = self.render_counters();
+        let name = "istio_dns_upstream_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Total time in seconds Istio takes to get DNS response from upstream.\n# TYPE {name} histogram"
+        );
+        let m = self
+            .upstream_seconds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for ((qtype, proto, svc, rev), h) in m.iter() {
+            let labels = format!(
+                "request_query_type=\"{}\",request_protocol=\"{proto}\",source_canonical_service=\"{}\",source_canonical_revision=\"{}\"",
+                escape(qtype),
+                escape(svc),
+                escape(rev)
+            );
+            let mut cumulative = 0;
+            for (i, le) in UPSTREAM_BUCKETS.iter().enumerate() {
+                cumulative += h.counts[i];
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            }
+            cumulative += h.counts[UPSTREAM_BUCKETS.len()];
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+        }
+        out
+    }
+
+    fn render_counters(&self) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
         for (name, help, map) in [
@@ -157,8 +223,12 @@ impl PodDns {
                     None
                 } else {
                     self.inflight.set(self.inflight.get() + 1);
+                    let started = Instant::now();
                     let r = self.forward(query).await;
                     self.inflight.set(self.inflight.get() - 1);
+                    self.settings
+                        .stats
+                        .observe(labels.clone(), started.elapsed().as_secs_f64());
                     r
                 };
                 match reply {
@@ -297,5 +367,65 @@ async fn serve_tcp(pod: Rc<PodDns>, stream: TcpStream) {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(q: &str) -> Labels {
+        (q.into(), "udp", "web".into(), "v1".into())
+    }
+
+    #[test]
+    fn counters_and_the_latency_histogram_render_in_ztunnels_names() {
+        let s = DnsStats::default();
+        DnsStats::bump(&s.requests, labels("a"));
+        DnsStats::bump(&s.requests, labels("a"));
+        DnsStats::bump(&s.upstream, labels("aaaa"));
+        s.observe(labels("aaaa"), 0.0004);
+        s.observe(labels("aaaa"), 0.05);
+        s.observe(labels("aaaa"), 9.0);
+        let text = s.render();
+        let l = "request_query_type=\"a\",request_protocol=\"udp\",source_canonical_service=\"web\",source_canonical_revision=\"v1\"";
+        assert!(
+            text.contains(&format!("istio_dns_requests_total{{{l}}} 2")),
+            "{text}"
+        );
+        let h = "istio_dns_upstream_request_duration_seconds";
+        let l = l.replace("\"a\"", "\"aaaa\"");
+        for (le, n) in [
+            ("0.0005", 1),
+            ("0.01", 1),
+            ("0.1", 2),
+            ("5", 2),
+            ("+Inf", 3),
+        ] {
+            assert!(
+                text.contains(&format!("{h}_bucket{{{l},le=\"{le}\"}} {n}")),
+                "le={le}: {text}"
+            );
+        }
+        assert!(text.contains(&format!("{h}_count{{{l}}} 3")), "{text}");
+    }
+
+    #[test]
+    fn label_sets_past_the_bound_fold_into_unknown() {
+        let s = DnsStats::default();
+        for i in 0..MAX_SERIES + 10 {
+            DnsStats::bump(&s.requests, labels(&format!("t{i}")));
+        }
+        let m = s.requests.lock().unwrap();
+        assert_eq!(m.len(), MAX_SERIES + 1);
+        assert_eq!(
+            m[&(
+                "unknown".to_string(),
+                "udp",
+                "unknown".to_string(),
+                "unknown".to_string()
+            )],
+            10
+        );
     }
 }
