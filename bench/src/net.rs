@@ -163,8 +163,23 @@ pub fn wait_accepting(
         what: what.to_string(),
         reason: format!("{listen} did not accept before the deadline"),
         log: group.log_tail(proc),
-    })
+    })?;
+    // The port accepting is not proof that this process serves it: a port picked free a
+    // moment ago may have been taken by another process since. One that has exited by
+    // now did not.
+    std::thread::sleep(EXIT_GRACE);
+    if let Some(status) = group.exited(proc) {
+        return Err(Error::NotReady {
+            what: what.to_string(),
+            reason: format!("exited with {status} (and {listen} is someone else's): {cmdline}"),
+            log: group.log_tail(proc),
+        });
+    }
+    Ok(())
 }
+
+/// How long a started proxy must stay up after its port first accepts.
+const EXIT_GRACE: Duration = Duration::from_millis(100);
 
 #[cfg(test)]
 mod tests {

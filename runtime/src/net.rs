@@ -552,15 +552,17 @@ impl UdpSocket {
         })
     }
 
-    /// Receives one datagram (truncated to `buf`) and its sender.
+    /// Receives one datagram (truncated to `buf`) and its sender. Spends the task's budget
+    /// like every other operation here ([`crate::coop`]): a socket that always has a
+    /// datagram waiting does not keep its core from the other tasks.
     pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        loop {
-            match self.inner.recv_from(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.inner.read_ready().await?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                other => return other,
-            }
-        }
+        poll_fn(|cx| {
+            std::task::ready!(crate::coop::poll_proceed(cx));
+            let r = std::task::ready!(self.inner.poll_read_with(cx, |s| s.recv_from(buf)));
+            crate::coop::spend();
+            Poll::Ready(r)
+        })
+        .await
     }
 
     /// Receives one datagram from the connected peer.

@@ -69,15 +69,24 @@ impl Netns {
             sys::setns_net(self.fd.as_fd()).map_err(|e| {
                 io::Error::new(e.kind(), format!("entering network namespace {self}: {e}"))
             })?;
-            let r = f();
-            if let Err(e) = sys::setns_net(home.as_fd()) {
-                // Unreachable in practice (we hold our own namespace open); going on would
-                // make this core's next sockets in a pod's namespace.
-                eprintln!("ringmesh: cannot return to the thread's network namespace: {e}");
-                std::process::abort();
-            }
-            Ok(r)
+            // Back home when `f` returns or unwinds.
+            let _back = Back(home.as_fd());
+            Ok(f())
         })
+    }
+}
+
+/// Returns the thread to its own namespace on drop.
+struct Back<'a>(BorrowedFd<'a>);
+
+impl Drop for Back<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = sys::setns_net(self.0) {
+            // Unreachable in practice (we hold our own namespace open); going on would make
+            // this core's next sockets in a pod's namespace.
+            eprintln!("ringmesh: cannot return to the thread's network namespace: {e}");
+            std::process::abort();
+        }
     }
 }
 

@@ -397,8 +397,29 @@ fn hostile_zds_input_is_nacked_and_the_node_keeps_serving() -> Result<()> {
     // Through all that, pod a is served.
     let mut c = m.net.a.connect(m.echo_target())?;
     ping(&mut c, b"still in the mesh")?;
+    drop(c);
     let (status, body) = m.n1.readiness()?;
     ensure!(status == 200, "{status} {body}");
+
+    // The same namespace handed over as another pod: its connections do not get pod a's
+    // identity by their address (nor leave in plaintext); they are refused.
+    ensure!(cni.del("uid-a")?.is_empty());
+    ensure!(
+        cni.add("uid-x", "impostor", "test", "client", &m.net.a.netns_path)?
+            .is_empty()
+    );
+    let refused = m
+        .net
+        .a
+        .connect(m.echo_target())
+        .and_then(|mut s| ping(&mut s, b"who am I"));
+    ensure!(
+        refused.is_err(),
+        "an impostor pod's connection went through"
+    );
+    wait_for(WAIT, "the refusal naming the pod", || {
+        m.n1.proc.stderr().contains("is not pod test/impostor")
+    })?;
     Ok(())
 }
 

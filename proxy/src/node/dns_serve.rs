@@ -6,10 +6,14 @@
 //! Invariants:
 //! - every core serves its own sockets (`SO_REUSEPORT`), so a pod's queries stay on one
 //!   core each;
-//! - work per pod and core is bounded: at most [`MAX_INFLIGHT`] forwarded queries at once
-//!   (past it, SERVFAIL at once), each waiting at most [`UPSTREAM_TIMEOUT`] per resolver;
-//!   a TCP client may hold one connection's buffer of [`MAX_TCP_BUFFER`] bytes and is cut
-//!   after [`TCP_IDLE`] without a query.
+//! - work per pod and core is bounded: at most [`MAX_QUERIES`] queries being answered
+//!   (past it a datagram is dropped), of them at most [`MAX_INFLIGHT`] forwarded (past it,
+//!   SERVFAIL at once), each waiting at most [`UPSTREAM_TIMEOUT`] per resolver with a reply
+//!   buffer of [`MAX_UPSTREAM_REPLY`]; at most [`MAX_TCP_CONNS`] TCP clients, each holding at
+//!   most [`MAX_TCP_BUFFER`] bytes and cut [`TCP_IDLE`] after its last answer without a
+//!   complete query; the UDP socket spends the core's cooperative budget like every socket.
+//! - TCP queries are forwarded over UDP: an answer too big for UDP reaches a TCP client
+//!   truncated (a known limit).
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -32,8 +36,17 @@ pub const MAX_INFLIGHT: usize = 256;
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// A TCP DNS client's unanswered bytes (a query is at most 64 KiB plus its length).
 const MAX_TCP_BUFFER: usize = 66 * 1024;
-/// A TCP DNS connection with no query for this long is closed.
+/// A TCP DNS connection with no complete query for this long is closed (the deadline runs
+/// from the end of the last answer, so a trickling client cannot hold it).
 const TCP_IDLE: Duration = Duration::from_secs(30);
+/// TCP DNS connections per pod and core; past it new ones are closed at once.
+const MAX_TCP_CONNS: usize = 32;
+/// Queries being answered at once per pod and core (local answers and forwards); past it a
+/// datagram is dropped, as an overloaded resolver does (the client retries).
+const MAX_QUERIES: usize = 512;
+/// The largest reply read from an upstream: the largest UDP query we accept says the
+/// client cannot take more (EDNS), and a truncated reply sends it to TCP.
+const MAX_UPSTREAM_REPLY: usize = dns::MAX_UDP_QUERY;
 
 /// The node-wide DNS settings.
 #[derive(Debug)]
@@ -189,6 +202,27 @@ struct PodDns {
     uid: Arc<str>,
     namespace: Arc<str>,
     inflight: Cell<usize>,
+    /// Queries being answered now (UDP tasks and TCP queries).
+    queries: Cell<usize>,
+    tcp_conns: Cell<usize>,
+}
+
+/// Counts one unit of a [`Cell`] for as long as it lives (a dropped future gives it back).
+struct Held<'a>(&'a Cell<usize>);
+
+impl<'a> Held<'a> {
+    fn take(cell: &'a Cell<usize>, max: usize) -> Option<Held<'a>> {
+        (cell.get() < max).then(|| {
+            cell.set(cell.get() + 1);
+            Held(cell)
+        })
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 impl PodDns {
@@ -219,17 +253,16 @@ impl PodDns {
             Answer::Reply(r) => Some(r),
             Answer::Forward => {
                 DnsStats::bump(&self.settings.stats.upstream, labels.clone());
-                let reply = if self.inflight.get() >= MAX_INFLIGHT {
-                    None
-                } else {
-                    self.inflight.set(self.inflight.get() + 1);
-                    let started = Instant::now();
-                    let r = self.forward(query).await;
-                    self.inflight.set(self.inflight.get() - 1);
-                    self.settings
-                        .stats
-                        .observe(labels.clone(), started.elapsed().as_secs_f64());
-                    r
+                let reply = match Held::take(&self.inflight, MAX_INFLIGHT) {
+                    None => None,
+                    Some(_held) => {
+                        let started = Instant::now();
+                        let r = self.forward(query).await;
+                        self.settings
+                            .stats
+                            .observe(labels.clone(), started.elapsed().as_secs_f64());
+                        r
+                    }
                 };
                 match reply {
                     Some(r) => Some(r),
@@ -251,7 +284,7 @@ impl PodDns {
             if sock.send(query).await.is_err() {
                 continue;
             }
-            let mut buf = vec![0u8; 65_535];
+            let mut buf = vec![0u8; MAX_UPSTREAM_REPLY];
             let deadline = Instant::now() + UPSTREAM_TIMEOUT;
             // Skip datagrams that are not the answer to this query (a late one, a spoof).
             while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -288,6 +321,8 @@ pub fn bind(
         uid: Arc::from(uid),
         namespace: Arc::from(namespace),
         inflight: Cell::new(0),
+        queries: Cell::new(0),
+        tcp_conns: Cell::new(0),
     });
 
     let (stop_udp, rx_udp) = oneshot::channel::<()>();
@@ -332,10 +367,16 @@ async fn serve_udp(pod: Rc<PodDns>, sock: Rc<UdpSocket>) {
         if n >= 3 && buf[2] & 0x80 != 0 {
             continue;
         }
+        if pod.queries.get() >= MAX_QUERIES {
+            continue;
+        }
         let query = buf[..n].to_vec();
         let (pod, sock) = (pod.clone(), sock.clone());
         // Each query in its own task: a slow upstream does not hold the others.
         runtime::spawn(async move {
+            let Some(_held) = Held::take(&pod.queries, MAX_QUERIES) else {
+                return;
+            };
             if let Some(reply) = pod.answer(&query, "udp").await {
                 // Too big for the client's UDP size: truncated, so it retries over TCP.
                 let reply = dns::fit_udp(&query, reply);
@@ -347,8 +388,12 @@ async fn serve_udp(pod: Rc<PodDns>, sock: Rc<UdpSocket>) {
 }
 
 async fn serve_tcp(pod: Rc<PodDns>, stream: TcpStream) {
+    let Some(_conn) = Held::take(&pod.tcp_conns, MAX_TCP_CONNS) else {
+        return;
+    };
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 4096];
+    let mut deadline = Instant::now() + TCP_IDLE;
     loop {
         while let Some((used, query)) = dns::tcp_unframe(&buf) {
             let query = query.to_vec();
@@ -359,11 +404,13 @@ async fn serve_tcp(pod: Rc<PodDns>, stream: TcpStream) {
             if stream.write_all(&dns::tcp_frame(&reply)).await.is_err() {
                 return;
             }
+            deadline = Instant::now() + TCP_IDLE;
         }
         if buf.len() >= MAX_TCP_BUFFER {
             return;
         }
-        match runtime::time::timeout(TCP_IDLE, stream.read(&mut chunk)).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match runtime::time::timeout(left, stream.read(&mut chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }

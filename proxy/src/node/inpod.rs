@@ -46,6 +46,9 @@ pub struct PodSpec {
     pub name: String,
     /// The pod's Kubernetes namespace (the DNS proxy's search domains).
     pub namespace: String,
+    /// The pod's name as istio-cni gave it: with the namespace, what its connections'
+    /// source workload must be (an IP alone could be claimed by another pod).
+    pub pod_name: String,
     /// Where its sockets are made.
     pub place: Placement,
     /// Each core answers here once its listeners are bound (or could not be): the ack to
@@ -54,14 +57,25 @@ pub struct PodSpec {
 }
 
 /// How long enrolling a pod waits for the cores to bind its listeners (a core busy with a
-/// long task answers late; past this the pod is NACKed and retried).
-const BIND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// long task answers late; past this the pod is NACKed and retried). Well under istio-cni's
+/// 5 s wait for each ack: an ack later than that would be read as the next request's.
+const BIND_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a pod's ports may still be held by a pod just removed from the same namespace.
+const PORTS_FREED_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A change of the pods served, sent to every core.
 #[derive(Debug, Clone)]
 pub enum PodMsg {
     Up(Arc<PodSpec>),
-    Down(Arc<str>),
+    Down(Arc<PodDown>),
+}
+
+/// A pod to stop serving; each core answers on `closed` once its listeners are closed.
+#[derive(Debug)]
+pub struct PodDown {
+    pub uid: Arc<str>,
+    pub closed: std::sync::mpsc::SyncSender<()>,
 }
 
 /// The ports a pod's listeners take, in its namespace.
@@ -112,17 +126,68 @@ impl PodManager {
     /// Checks that the pod's ports are free in its namespace (a listener bound there by
     /// someone else would share connections with ours through `SO_REUSEPORT`).
     fn check_ports(&self, place: &Placement) -> Result<(), String> {
-        for (what, port) in self.ports.all() {
-            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-            runtime::net::probe_unserved_placed(place, addr)
-                .map_err(|e| format!("the {what} port {port} in the pod's namespace: {e}"))?;
-        }
+        let mut wanted: Vec<(&str, SocketAddr)> = self
+            .ports
+            .all()
+            .iter()
+            .map(|&(what, port)| {
+                (
+                    what,
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                )
+            })
+            .collect();
         if self.dns {
-            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), crate::dns::DNS_PORT);
-            runtime::net::probe_unserved_placed(place, addr)
-                .map_err(|e| format!("the DNS port {addr} in the pod's namespace: {e}"))?;
+            let dns = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), crate::dns::DNS_PORT);
+            wanted.push(("DNS", dns));
+        }
+        for (what, addr) in wanted {
+            // A pod just removed from this namespace may still be closing its listeners
+            // (each core closes them on its next turn): give it a moment.
+            let deadline = std::time::Instant::now() + PORTS_FREED_WAIT;
+            loop {
+                match runtime::net::probe_unserved_placed(place, addr) {
+                    Ok(()) => break,
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::AddrInUse
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "the {what} port {addr} in the pod's namespace: {e}"
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
+    }
+}
+
+impl PodManager {
+    /// Tells every core to close the pod's listeners and waits (bounded) until they have:
+    /// the pod's ports are free again when istio-cni's next request arrives (a re-add of
+    /// the same namespace under another uid, for one).
+    fn stop(&self, uid: &str) {
+        let (closed, answers) = std::sync::mpsc::sync_channel(self.workers);
+        self.broadcaster
+            .send(CoreMsg::Pod(PodMsg::Down(Arc::new(PodDown {
+                uid: Arc::from(uid),
+                closed,
+            }))));
+        let deadline = std::time::Instant::now() + BIND_WAIT;
+        for _ in 0..self.workers {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if answers.recv_timeout(left).is_err() {
+                tracing::warn!(
+                    uid,
+                    "a worker did not confirm closing a pod's listeners in time"
+                );
+                return;
+            }
+        }
     }
 }
 
@@ -150,6 +215,7 @@ impl control::zds::Handler for PodManager {
                 uid: uid.to_string(),
                 name,
                 namespace: info.namespace.clone(),
+                pod_name: info.name.clone(),
                 place,
                 bound,
             }))));
@@ -164,8 +230,7 @@ impl control::zds::Handler for PodManager {
                 .and_then(|r| r);
             if let Err(e) = answer {
                 // Undo on the cores that did bind; istio-cni is NACKed and we retry.
-                self.broadcaster
-                    .send(CoreMsg::Pod(PodMsg::Down(Arc::from(uid))));
+                self.stop(uid);
                 return Err(e);
             }
         }
@@ -177,8 +242,7 @@ impl control::zds::Handler for PodManager {
             uid,
             "pod removed: its listeners close, its open connections finish"
         );
-        self.broadcaster
-            .send(CoreMsg::Pod(PodMsg::Down(Arc::from(uid))));
+        self.stop(uid);
     }
 }
 
@@ -238,10 +302,18 @@ impl PodListeners {
                     }
                 }
             }
-            PodMsg::Down(uid) => {
-                if self.running.remove(uid).is_some() {
-                    tracing::debug!(worker = self.worker.index(), %uid, "pod listeners closed");
+            PodMsg::Down(down) => {
+                let uid = &down.uid;
+                if let Some((spec, stops)) = self.running.remove(uid) {
+                    // Dropping the stop senders wakes each accept loop, which closes its
+                    // listener before its next accept.
+                    drop(stops);
+                    // Its pooled HBONE connections go too (streams in flight finish), so
+                    // nothing keeps the pod's namespace open after it left.
+                    let retired = self.core.pool.retire(|k| k.place == spec.place);
+                    tracing::debug!(worker = self.worker.index(), %uid, retired, "pod listeners closed");
                 }
+                let _ = down.closed.try_send(());
             }
         }
     }
@@ -268,10 +340,10 @@ impl PodListeners {
 
         let (stop, rx) = oneshot::channel::<()>();
         stops.push(stop);
-        let (core, p) = (self.core.clone(), place.clone());
+        let (core, pod) = (self.core.clone(), spec.clone());
         self.worker
             .spawn_accept(capture, stopped(rx), move |s, peer| {
-                outbound::serve_captured(core.clone(), s, peer, p.clone())
+                outbound::serve_captured(core.clone(), s, peer, Some(pod.clone()))
             });
 
         let (stop, rx) = oneshot::channel::<()>();

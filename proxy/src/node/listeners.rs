@@ -42,7 +42,7 @@ pub fn bind_entries(
         let l = TcpListener::bind_on_core(addr, steer)?;
         let core = core.clone();
         worker.spawn_accept(l, std::future::pending(), move |s, peer| {
-            outbound::serve_captured(core.clone(), s, peer, Placement::default())
+            outbound::serve_captured(core.clone(), s, peer, None)
         });
     }
     if let Some(addr) = entries.socks5 {

@@ -19,6 +19,7 @@ use runtime::net::{Placement, TcpStream};
 use runtime::relay::{RelayError, RelayOptions, Side, relay_metered};
 
 use super::core::{Core, UnknownSource};
+use super::inpod::PodSpec;
 use crate::config::{Destination, Protocol, Service, Snapshot, Workload};
 use crate::conn::{ConnRecord, Outcome, ResetBy};
 use crate::socks5::{self, Reply};
@@ -191,9 +192,14 @@ enum Entry {
 }
 
 /// Serves one connection captured on 15001: its original destination is where it goes.
-/// Upstream sockets are made where `place` says (in in-pod mode, in the source pod's
-/// namespace, so the peer sees the pod's address).
-pub async fn serve_captured(core: Rc<Core>, client: TcpStream, src: SocketAddr, place: Placement) {
+/// In in-pod mode `pod` is the pod whose namespace the listener is in: upstream sockets are
+/// made there (the peer sees the pod's address), and the source workload must be that pod.
+pub async fn serve_captured(
+    core: Rc<Core>,
+    client: TcpStream,
+    src: SocketAddr,
+    pod: Option<Arc<PodSpec>>,
+) {
     let _socket = core.conns.socket(Reporter::Source);
     let dst = match client.original_dst() {
         Ok(d) => d,
@@ -214,7 +220,7 @@ pub async fn serve_captured(core: Rc<Core>, client: TcpStream, src: SocketAddr, 
             return;
         }
     };
-    serve(core, client, src, dst, Entry::Capture, place).await;
+    serve(core, client, src, dst, Entry::Capture, pod).await;
 }
 
 /// Serves one SOCKS5 connection.
@@ -223,7 +229,7 @@ pub async fn serve_socks5(core: Rc<Core>, client: TcpStream, src: SocketAddr) {
     let limit = core.limits().socks5_handshake_timeout;
     let refused = match runtime::time::timeout(limit, socks5::accept(&client)).await {
         Ok(Ok(dst)) => {
-            return serve(core, client, src, dst, Entry::Socks5, Placement::default()).await;
+            return serve(core, client, src, dst, Entry::Socks5, None).await;
         }
         Ok(Err(e)) => (Refusal::BadRequest, e.to_string()),
         Err(_) => (
@@ -260,8 +266,9 @@ async fn serve(
     src: SocketAddr,
     dst: SocketAddr,
     entry: Entry,
-    place: Placement,
+    pod: Option<Arc<PodSpec>>,
 ) {
+    let place = pod.as_ref().map(|p| p.place.clone()).unwrap_or_default();
     let mut rec = ConnRecord::accept(
         &core.conns,
         Reporter::Source,
@@ -280,6 +287,22 @@ async fn serve(
     }
     let snapshot = core.snapshot();
     let source = snapshot.local_workload_by_ip(src.ip()).cloned();
+    // In a pod, the source is that pod or nobody: an address alone could be one another
+    // pod added to its own namespace, and plaintext passthrough would leak a mesh pod's
+    // traffic before its workload reached the config.
+    if let Some(p) = &pod
+        && !source
+            .as_ref()
+            .is_some_and(|w| *w.namespace == *p.namespace && *w.name == *p.pod_name)
+    {
+        let detail = format!(
+            "source {} is not pod {}/{} in the mesh config (yet)",
+            src.ip(),
+            p.namespace,
+            p.pod_name
+        );
+        return refuse(rec, &client, entry, Refusal::UnknownSource, &detail).await;
+    }
     let resolved = match route(&core, &snapshot, source.as_ref(), src, dst, &place) {
         Ok(r) => r,
         Err((why, detail)) => return refuse(rec, &client, entry, why, &detail).await,
