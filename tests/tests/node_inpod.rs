@@ -444,40 +444,81 @@ fn ask(pod: &Pod, server: SocketAddr, q: &[u8]) -> Result<hickory_proto::op::Mes
     Ok(hickory_proto::op::Message::from_vec(&buf[..n])?)
 }
 
-/// A stand-in upstream resolver in `pod` at `addr`: answers every A query with 192.0.2.7.
-fn fake_upstream(pod: &Pod, addr: SocketAddr) -> Result<()> {
+/// The stand-in upstream's answer to `query`: every question gets A 192.0.2.7.
+fn upstream_answer(query: &[u8]) -> Option<Vec<u8>> {
     use hickory_proto::op::{Message, MessageType, ResponseCode};
     use hickory_proto::rr::{RData, Record, rdata::A};
+    let q = Message::from_vec(query).ok()?;
+    let mut r = Message::new();
+    r.set_id(q.id());
+    r.set_message_type(MessageType::Response);
+    r.set_response_code(ResponseCode::NoError);
+    for question in q.queries() {
+        r.add_query(question.clone());
+        r.add_answer(Record::from_rdata(
+            question.name().clone(),
+            60,
+            RData::A(A::new(192, 0, 2, 7)),
+        ));
+    }
+    r.to_vec().ok()
+}
+
+/// A stand-in upstream resolver in `pod` at `addr`, over UDP and TCP (for a minute).
+fn fake_upstream(pod: &Pod, addr: SocketAddr) -> Result<()> {
     let sock = in_netns(&pod.netns_path, || UdpSocket::bind(addr))??;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let until = std::time::Instant::now() + Duration::from_secs(60);
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
-        let until = std::time::Instant::now() + Duration::from_secs(60);
         while std::time::Instant::now() < until {
             let Ok((n, from)) = sock.recv_from(&mut buf) else {
                 continue;
             };
-            let Ok(q) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let mut r = Message::new();
-            r.set_id(q.id());
-            r.set_message_type(MessageType::Response);
-            r.set_response_code(ResponseCode::NoError);
-            for question in q.queries() {
-                r.add_query(question.clone());
-                r.add_answer(Record::from_rdata(
-                    question.name().clone(),
-                    60,
-                    RData::A(A::new(192, 0, 2, 7)),
-                ));
-            }
-            if let Ok(bytes) = r.to_vec() {
+            if let Some(bytes) = upstream_answer(&buf[..n]) {
                 let _ = sock.send_to(&bytes, from);
             }
         }
     });
+    let listener = pod.listen(addr)?;
+    listener.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        while std::time::Instant::now() < until {
+            let Ok((mut s, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let _ = s.set_nonblocking(false);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut len = [0u8; 2];
+            if s.read_exact(&mut len).is_err() {
+                continue;
+            }
+            let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+            if s.read_exact(&mut q).is_err() {
+                continue;
+            }
+            if let Some(a) = upstream_answer(&q) {
+                let mut framed = (a.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&a);
+                let _ = s.write_all(&framed);
+            }
+        }
+    });
     Ok(())
+}
+
+/// One query over TCP from inside `pod` to `server`.
+fn ask_tcp(pod: &Pod, server: SocketAddr, q: &[u8]) -> Result<hickory_proto::op::Message> {
+    let mut t = pod.connect(server)?;
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(q);
+    t.write_all(&framed)?;
+    let mut len = [0u8; 2];
+    t.read_exact(&mut len)?;
+    let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+    t.read_exact(&mut body)?;
+    Ok(hickory_proto::op::Message::from_vec(&body)?)
 }
 
 #[test]
@@ -548,18 +589,25 @@ fn the_dns_proxy_answers_service_names_and_forwards_the_rest() -> Result<()> {
     ensure!(r.response_code() == ResponseCode::FormErr, "{r:?}");
     let r = ask(&m.net.a, resolver, &query(10, "echo.test.", RecordType::A))?;
     ensure!(!r.answers().is_empty(), "{r:?}");
-    // Over TCP too.
-    let mut t = m.net.a.connect(resolver)?;
-    let q = query(11, "echo.test.svc.cluster.local.", RecordType::A);
-    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(&q);
-    t.write_all(&framed)?;
-    let mut len = [0u8; 2];
-    t.read_exact(&mut len)?;
-    let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
-    t.read_exact(&mut body)?;
-    let r = hickory_proto::op::Message::from_vec(&body)?;
+    // Over TCP too: a service name, and a forwarded name (upstream over TCP as well).
+    let r = ask_tcp(
+        &m.net.a,
+        resolver,
+        &query(11, "echo.test.svc.cluster.local.", RecordType::A),
+    )?;
     ensure!(r.id() == 11 && !r.answers().is_empty(), "{r:?}");
+    let r = ask_tcp(
+        &m.net.a,
+        resolver,
+        &query(12, "example.org.", RecordType::A),
+    )?;
+    ensure!(
+        r.id() == 12
+            && r.answers()
+                .iter()
+                .any(|a| matches!(a.data(), RData::A(ip) if ip.to_string() == "192.0.2.7")),
+        "{r:?}"
+    );
 
     let metrics = m.n1.metrics()?;
     if !metrics

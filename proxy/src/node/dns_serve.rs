@@ -12,8 +12,8 @@
 //!   buffer of [`MAX_UPSTREAM_REPLY`]; at most [`MAX_TCP_CONNS`] TCP clients, each holding at
 //!   most [`MAX_TCP_BUFFER`] bytes and cut [`TCP_IDLE`] after its last answer without a
 //!   complete query; the UDP socket spends the core's cooperative budget like every socket.
-//! - TCP queries are forwarded over UDP: an answer too big for UDP reaches a TCP client
-//!   truncated (a known limit).
+//! - a query is forwarded with the protocol it came with: a truncated UDP answer goes back
+//!   truncated, and the client's retry over TCP is forwarded over TCP.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -257,7 +257,10 @@ impl PodDns {
                     None => None,
                     Some(_held) => {
                         let started = Instant::now();
-                        let r = self.forward(query).await;
+                        let r = match proto {
+                            "tcp" => self.forward_tcp(query).await,
+                            _ => self.forward(query).await,
+                        };
                         self.settings
                             .stats
                             .observe(labels.clone(), started.elapsed().as_secs_f64());
@@ -275,7 +278,45 @@ impl PodDns {
         }
     }
 
-    /// Asks each upstream in turn, from inside the pod.
+    /// Asks each upstream in turn over TCP, from inside the pod: a client that came over
+    /// TCP (often after a truncated UDP answer) gets the whole answer.
+    async fn forward_tcp(&self, query: &[u8]) -> Option<Vec<u8>> {
+        let framed = dns::tcp_frame(query);
+        if framed.is_empty() {
+            return None;
+        }
+        for &upstream in &self.settings.upstreams {
+            let ask = async {
+                let s = TcpStream::connect_placed(&self.place, None, upstream).await?;
+                s.write_all(&framed).await?;
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 4096];
+                loop {
+                    if let Some((_, msg)) = dns::tcp_unframe(&buf) {
+                        return Ok::<_, std::io::Error>(Some(msg.to_vec()));
+                    }
+                    if buf.len() > MAX_TCP_BUFFER {
+                        return Ok(None);
+                    }
+                    let n = s.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            };
+            if let Ok(Ok(Some(reply))) = runtime::time::timeout(UPSTREAM_TIMEOUT, ask).await
+                && reply.len() >= 2
+                && reply[..2] == query[..2]
+            {
+                return Some(reply);
+            }
+        }
+        None
+    }
+
+    /// Asks each upstream in turn over UDP, from inside the pod. A truncated answer is
+    /// passed on as it is: the client retries over TCP.
     async fn forward(&self, query: &[u8]) -> Option<Vec<u8>> {
         for &upstream in &self.settings.upstreams {
             let Ok(sock) = UdpSocket::connect_placed(&self.place, upstream) else {
