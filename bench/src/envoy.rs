@@ -24,7 +24,7 @@
 //! authz/telemetry extensions), so these figures are a lower bound on a real Istio
 //! sidecar's cost.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -192,8 +192,9 @@ fn tcp_proxy(stat_prefix: &str, cluster: &str) -> String {
     )
 }
 
-/// The server sidecar's bootstrap: mTLS listener on an ephemeral port → `backend`.
-pub fn server_config(mode: Mode, backend: SocketAddr, tls: &Tls) -> String {
+/// The server sidecar's bootstrap: mTLS listener on an ephemeral port of `listen_ip` →
+/// `backend`.
+pub fn server_config(mode: Mode, backend: SocketAddr, tls: &Tls, listen_ip: IpAddr) -> String {
     let cluster_name = format!("inbound|{}||", backend.port());
     let filter = match mode {
         Mode::Tcp => tcp_proxy("inbound_tcp", &cluster_name),
@@ -206,7 +207,7 @@ pub fn server_config(mode: Mode, backend: SocketAddr, tls: &Tls) -> String {
   listeners:
   - name: virtualInbound
     address:
-      socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+      socket_address: {{ address: {listen_ip}, port_value: 0 }}
     filter_chains:
     - transport_socket:
         name: envoy.transport_sockets.tls
@@ -410,7 +411,12 @@ mod tests {
         let t = client_config(Mode::Tcp, "127.0.0.1:9".parse().unwrap(), &tls, id);
         assert!(t.contains("istio-peer-exchange"));
         assert!(!t.contains("http2_protocol_options"));
-        let s = server_config(Mode::Tcp, "127.0.0.1:9".parse().unwrap(), &tls);
+        let s = server_config(
+            Mode::Tcp,
+            "127.0.0.1:9".parse().unwrap(),
+            &tls,
+            "127.0.0.1".parse().unwrap(),
+        );
         assert!(s.contains("require_client_certificate: true"));
         assert!(s.contains("prefix: \"spiffe://cluster.local/\""));
     }

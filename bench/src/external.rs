@@ -143,8 +143,18 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
     let server = ca.leaf(&dir, "default", "server")?;
 
     // Listen addresses from the client side inward: entry, then (for a pair) the middle hop.
+    // On the veth the second proxy of a pair runs on side `b` and listens on its address.
+    let topo = &opts.topology;
     let listens: Vec<SocketAddr> = (0..templates.len())
-        .map(|_| free_port())
+        .map(|i| {
+            let port = free_port()?.port();
+            let ip = if i == 0 {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            } else {
+                topo.server_listen_ip()
+            };
+            Ok(SocketAddr::new(ip, port))
+        })
         .collect::<Result<_>>()?;
     let mut configs = Vec::new();
     let mut pids = Vec::new();
@@ -165,11 +175,16 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
             peer_id: &peer.spiffe_id,
         };
         let line = render(&templates[i], |n| value(&side, n))?;
-        let mut cmd = launch(&opts.proxy_launcher, Path::new("sh"));
+        let place = if i == 0 { &topo.proxy1 } else { &topo.proxy2 };
+        let mut cmd = launch(&place.launcher, Path::new("sh"));
         cmd.arg("-c").arg(format!("exec {line}"));
         let what = format!("external proxy {}", i + 1);
-        let proc = group.spawn(&what, cmd)?;
-        wait_accepting(&group, &proc, &what, side.listen, START_DEADLINE, &line)?;
+        let listen = side.listen;
+        let proc = place.run(|| {
+            let proc = group.spawn(&what, cmd)?;
+            wait_accepting(&group, &proc, &what, listen, START_DEADLINE, &line)?;
+            Ok(proc)
+        })?;
         configs.push((format!("external-{}.cmd", i + 1), line));
         pids.push(proc.pid);
     }

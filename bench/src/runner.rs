@@ -24,6 +24,17 @@ use crate::{Error, Result};
 /// 1 s resolves it to 1% of a core at the usual 100 clock ticks per second.
 pub const IDLE_WINDOW: Duration = Duration::from_secs(1);
 
+/// Wait after a held-connections client exits before RssAnon is read again: the proxies
+/// see every close within milliseconds; a purge that runs on a timer has had its turn.
+pub const AFTER_CLOSE: Duration = Duration::from_secs(3);
+
+/// RssAnon of each process now, in KiB, in the order given.
+fn sample_rss_anon(pids: &[u32]) -> Result<Vec<u64>> {
+    pids.iter()
+        .map(|&p| crate::sampler::mem(p).map(|m| m.rss_anon_kib))
+        .collect()
+}
+
 /// Backend start-up deadline.
 const BACKEND_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -40,9 +51,8 @@ pub struct Plan {
     /// Load duration of one run.
     pub duration: Duration,
     pub loadgen: PathBuf,
+    /// How scenarios are launched, and where every role runs (`scenario_opts.topology`).
     pub scenario_opts: scenario::Options,
-    /// Launcher prefix for the load generator and backend (e.g. `taskset -c 0`).
-    pub client_launcher: Vec<String>,
     /// Print each scenario's generated configs the first time it starts.
     pub show_config: bool,
 }
@@ -165,6 +175,8 @@ pub fn one_run(
         proxies: Vec::new(),
         wall_s: 0.0,
         idle_cpu_pct: None,
+        idle_rss_anon_kib: Vec::new(),
+        after_rss_anon_kib: Vec::new(),
         failure: None,
     };
     if let Err(e) = try_run(plan, sup, ticks_per_s, kind, w, show_config, &mut run) {
@@ -182,8 +194,12 @@ fn try_run(
     show_config: bool,
     run: &mut Run,
 ) -> Result<()> {
+    let topo = &plan.scenario_opts.topology;
     let mut backend_group = sup.group("backend")?;
-    let backend = start_backend(plan, &mut backend_group, w, scenario::backend_ip(kind))?;
+    let backend_ip = scenario::backend_ip(kind, topo);
+    let backend = topo
+        .backend
+        .run(|| start_backend(plan, &mut backend_group, w, backend_ip))?;
     let sut = scenario::start(kind, &plan.scenario_opts, sup, backend, w.protocol())?;
     if show_config {
         for (name, text) in &sut.configs {
@@ -192,8 +208,11 @@ fn try_run(
     }
     let mut client_group = sup.group("client")?;
     let json = client_group.dir().join("result.json");
-    let mut cmd = launch(&plan.client_launcher, &plan.loadgen);
+    let mut cmd = launch(&topo.client.launcher, &plan.loadgen);
     cmd.args(w.client_args(sut.entry, plan.duration, &json));
+    if topo.remote_targets() {
+        cmd.arg("--allow-remote");
+    }
     if !sut.proxy_pids.is_empty() {
         // A measurement window, not a synchronisation: the proxies are already ready.
         let idle = Sampler::start(&sut.proxy_pids, ticks_per_s)?;
@@ -201,15 +220,23 @@ fn try_run(
         let (usage, wall) = idle.finish()?;
         let cpu = usage.iter().fold(0.0, |a, u| a + u.cpu_s);
         run.idle_cpu_pct = Some(cpu / wall.as_secs_f64() * 100.0);
+        run.idle_rss_anon_kib = sample_rss_anon(&sut.proxy_pids)?;
     }
     let sampler = Sampler::start(&sut.proxy_pids, ticks_per_s)?;
-    let client = client_group.spawn(&format!("loadgen {w}"), cmd)?;
+    let what = format!("loadgen {w}");
+    let client = topo.client.run(|| client_group.spawn(&what, cmd))?;
     let status = client_group.wait(&client, Instant::now() + plan.duration + CLIENT_GRACE);
     let sampled = sampler.finish();
     let status = status?;
     let (usage, wall) = sampled?;
     run.proxies = usage;
     run.wall_s = wall.as_secs_f64();
+    if w.held_connections().is_some() && !sut.proxy_pids.is_empty() {
+        // What the proxies keep once every connection has closed: freed memory that went
+        // back to the OS is gone from RssAnon by then.
+        std::thread::sleep(AFTER_CLOSE);
+        run.after_rss_anon_kib = sample_rss_anon(&sut.proxy_pids)?;
+    }
     // loadgen exits non-zero when the run had errors; the JSON still carries the figures.
     let text = std::fs::read_to_string(&json).map_err(|e| Error::Loadgen {
         what: format!("loadgen {w} against {kind}"),
@@ -228,8 +255,12 @@ fn start_backend(
     w: Workload,
     ip: std::net::IpAddr,
 ) -> Result<SocketAddr> {
-    let mut cmd = launch(&plan.client_launcher, &plan.loadgen);
+    let topo = &plan.scenario_opts.topology;
+    let mut cmd = launch(&topo.backend.launcher, &plan.loadgen);
     cmd.args(w.backend_args(ip));
+    if topo.remote_targets() {
+        cmd.arg("--allow-remote");
+    }
     let what = format!("loadgen serve for {w}");
     let proc = group.spawn(&what, cmd)?;
     let ready = wait_for(Instant::now() + BACKEND_DEADLINE, || {

@@ -15,6 +15,7 @@ use std::str::FromStr;
 
 use crate::certs::Ca;
 use crate::procs::{Group, Supervisor};
+use crate::topology::Topology;
 use crate::workload::Protocol;
 use crate::{Error, Result, envoy, external, ringmesh, tcp_relay};
 
@@ -102,8 +103,9 @@ pub struct Options {
     pub ringmesh_args: Vec<String>,
     /// `--external-cmd` templates: one proxy, or a client-side and a server-side proxy.
     pub external_cmds: Vec<String>,
-    /// Launcher prefix for proxy processes (e.g. `taskset -c 1`); empty for none.
-    pub proxy_launcher: Vec<String>,
+    /// Where each role runs: loopback (with the `--pin` launchers) or two namespaces
+    /// joined by a veth.
+    pub topology: Topology,
 }
 
 /// A started system under test.
@@ -120,13 +122,14 @@ pub struct Sut {
     pub group: Option<Group>,
 }
 
-/// Where the backend of `kind` must listen: the server workload's IP for `ringmesh`
-/// (node 2 dials the workload's own address), 127.0.0.1 for every other scenario.
-pub fn backend_ip(kind: Kind) -> std::net::IpAddr {
-    match kind {
+/// Where the backend of `kind` must listen. On loopback: the server workload's IP for
+/// `ringmesh` (node 2 dials the workload's own address), 127.0.0.1 for every other
+/// scenario. On the veth: side `b`'s address for all.
+pub fn backend_ip(kind: Kind, topology: &Topology) -> std::net::IpAddr {
+    topology.backend_ip(match kind {
         Kind::Ringmesh => ringmesh::backend_ip(),
         _ => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-    }
+    })
 }
 
 /// A command running `program` under `launcher` (e.g. `["taskset", "-c", "1"]`), if any.
@@ -200,29 +203,35 @@ fn start_envoy_pair(
     };
     let concurrency = opts.envoy_concurrency.max(1);
 
-    let server_cfg = envoy::server_config(mode, backend, &tls(&server_leaf));
-    let server = envoy::start(
-        &mut group,
-        &binary,
-        "server-sidecar",
-        &server_cfg,
-        concurrency,
-        &opts.proxy_launcher,
-    )?;
+    let topo = &opts.topology;
+    let server_cfg =
+        envoy::server_config(mode, backend, &tls(&server_leaf), topo.server_listen_ip());
+    let server = topo.proxy2.run(|| {
+        envoy::start(
+            &mut group,
+            &binary,
+            "server-sidecar",
+            &server_cfg,
+            concurrency,
+            &topo.proxy2.launcher,
+        )
+    })?;
     let client_cfg = envoy::client_config(
         mode,
         server.listener,
         &tls(&client_leaf),
         &server_leaf.spiffe_id,
     );
-    let client = envoy::start(
-        &mut group,
-        &binary,
-        "client-sidecar",
-        &client_cfg,
-        concurrency,
-        &opts.proxy_launcher,
-    )?;
+    let client = topo.proxy1.run(|| {
+        envoy::start(
+            &mut group,
+            &binary,
+            "client-sidecar",
+            &client_cfg,
+            concurrency,
+            &topo.proxy1.launcher,
+        )
+    })?;
     Ok(Sut {
         kind,
         entry: client.listener,

@@ -47,21 +47,26 @@ pub fn forwarder_args(listen: SocketAddr, upstream: SocketAddr) -> Vec<String> {
 pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Sut> {
     let ringmesh = find_program("ringmesh", opts.ringmesh.as_deref(), BUILD_HINT)?;
     let mut group = sup.group(Kind::TcpRelay.name())?;
+    let topo = &opts.topology;
     let entry = free_port()?;
-    let middle = free_port()?;
+    // Forwarder 2 listens where the client side reaches it (side `b`'s address on the veth).
+    let middle = SocketAddr::new(topo.server_listen_ip(), free_port()?.port());
     let mut configs = Vec::new();
     let mut pids = Vec::new();
-    for (name, listen, upstream) in [
-        ("forwarder-2", middle, backend),
-        ("forwarder-1", entry, middle),
+    for (name, listen, upstream, side) in [
+        ("forwarder-2", middle, backend, &topo.proxy2),
+        ("forwarder-1", entry, middle, &topo.proxy1),
     ] {
         let args = forwarder_args(listen, upstream);
-        let mut cmd = launch(&opts.proxy_launcher, &ringmesh);
+        let mut cmd = launch(&side.launcher, &ringmesh);
         cmd.args(&args);
         let what = format!("tcp-relay {name}");
-        let proc = group.spawn(&what, cmd)?;
         let line = format!("{} {}", ringmesh.display(), args.join(" "));
-        wait_accepting(&group, &proc, &what, listen, START_DEADLINE, &line)?;
+        let proc = side.run(|| {
+            let proc = group.spawn(&what, cmd)?;
+            wait_accepting(&group, &proc, &what, listen, START_DEADLINE, &line)?;
+            Ok(proc)
+        })?;
         configs.push((format!("{name}.cmd"), line));
         pids.push(proc.pid);
     }

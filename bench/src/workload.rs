@@ -36,7 +36,19 @@ pub enum Workload {
     Bulk8,
     /// A new TCP connection per 1 KiB request/response (handshake path).
     Churn,
+    /// 1,000 TCP connections held open, each carrying one 64 B echo every
+    /// [`HOLD_PERIOD_S`] s: the memory a proxy keeps per held, mostly idle connection.
+    Hold1k,
+    /// The same with 10,000 connections.
+    Hold10k,
 }
+
+/// Seconds between two echoes on one held connection: every connection is open within the
+/// first period (loadgen dials a slot at its first send, staggered over the period), so the
+/// second half of a 10 s run, where the steady memory is read, sees them all.
+pub const HOLD_PERIOD_S: u32 = 2;
+/// Bytes of each echo on a held connection.
+pub const HOLD_PAYLOAD_BYTES: u32 = 64;
 
 /// HTTP request rate of `http-1k` (Istio's published setup).
 pub const HTTP_RATE: u32 = 1000;
@@ -49,13 +61,36 @@ pub const CHURN_CONNECTIONS: u32 = 8;
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 7] = [
         Workload::Http1k,
         Workload::HttpMax,
         Workload::Bulk1,
         Workload::Bulk8,
         Workload::Churn,
+        Workload::Hold1k,
+        Workload::Hold10k,
     ];
+
+    /// The workloads of a run without `--workloads`: all but `hold-10k` (which needs
+    /// 20,000+ descriptors in a two-hop proxy and adds little over `hold-1k` unless memory
+    /// per connection is the question).
+    pub const DEFAULT: [Workload; 6] = [
+        Workload::Http1k,
+        Workload::HttpMax,
+        Workload::Bulk1,
+        Workload::Bulk8,
+        Workload::Churn,
+        Workload::Hold1k,
+    ];
+
+    /// How many connections a held-connections workload holds; `None` for the others.
+    pub fn held_connections(self) -> Option<u32> {
+        match self {
+            Workload::Hold1k => Some(1_000),
+            Workload::Hold10k => Some(10_000),
+            _ => None,
+        }
+    }
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -65,6 +100,8 @@ impl Workload {
             Workload::Bulk1 => "bulk-1",
             Workload::Bulk8 => "bulk-8",
             Workload::Churn => "churn",
+            Workload::Hold1k => "hold-1k",
+            Workload::Hold10k => "hold-10k",
         }
     }
 
@@ -72,7 +109,11 @@ impl Workload {
     pub fn protocol(self) -> Protocol {
         match self {
             Workload::Http1k | Workload::HttpMax => Protocol::Http,
-            Workload::Bulk1 | Workload::Bulk8 | Workload::Churn => Protocol::Tcp,
+            Workload::Bulk1
+            | Workload::Bulk8
+            | Workload::Churn
+            | Workload::Hold1k
+            | Workload::Hold10k => Protocol::Tcp,
         }
     }
 
@@ -86,7 +127,7 @@ impl Workload {
     pub fn backend_args(self, ip: std::net::IpAddr) -> Vec<String> {
         let mode = match self {
             Workload::Http1k | Workload::HttpMax => "http1",
-            Workload::Bulk1 | Workload::Bulk8 | Workload::Churn => "echo",
+            _ => "echo",
         };
         let listen = SocketAddr::new(ip, 0).to_string();
         let mut args: Vec<String> = ["serve", "--mode", mode, "--listen", &listen]
@@ -140,6 +181,22 @@ impl Workload {
                 s("--connections"),
                 CHURN_CONNECTIONS.to_string(),
             ],
+            Workload::Hold1k | Workload::Hold10k => {
+                let n = self.held_connections().unwrap_or(1);
+                vec![
+                    s("tcp"),
+                    entry.to_string(),
+                    s("--rate"),
+                    (n / HOLD_PERIOD_S).max(1).to_string(),
+                    s("--size"),
+                    HOLD_PAYLOAD_BYTES.to_string(),
+                    s("--connections"),
+                    n.to_string(),
+                    // Thousands of dials in the first period queue behind each other.
+                    s("--connect-timeout"),
+                    s("10s"),
+                ]
+            }
         };
         args.extend([
             s("--duration"),

@@ -207,6 +207,8 @@ fn report_subcommand_rerenders_from_results_json() {
         proxies: vec![],
         wall_s: 3.0,
         idle_cpu_pct: None,
+        idle_rss_anon_kib: vec![],
+        after_rss_anon_kib: vec![],
         failure: None,
     };
     let runs = vec![run("direct", 100.0), run("external", 180.0)];

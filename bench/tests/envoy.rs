@@ -140,7 +140,12 @@ fn wrong_server_identity_is_refused_by_the_client_sidecar() {
         key: l.key.clone(),
     };
     let backend = http_backend();
-    let s_cfg = bench::envoy::server_config(bench::envoy::Mode::Tcp, backend, &tls(&server));
+    let s_cfg = bench::envoy::server_config(
+        bench::envoy::Mode::Tcp,
+        backend,
+        &tls(&server),
+        "127.0.0.1".parse().unwrap(),
+    );
     let s = bench::envoy::start(&mut group, &envoy, "server", &s_cfg, 1, &[]).unwrap();
     let c_cfg = bench::envoy::client_config(
         bench::envoy::Mode::Tcp,

@@ -3,7 +3,7 @@
 //! floor are computed right; the
 //! Markdown table and the SVG charts name every scenario.
 
-use bench::report::{Meta, Results, Run, summarize, write_all};
+use bench::report::{Meta, Results, Run, markdown, summarize, write_all};
 use bench::sampler::ProcUsage;
 use bench::scenario::Kind;
 use bench::workload::{ClientResult, Latency, Workload};
@@ -36,6 +36,19 @@ fn proc(pid: u32, cpu_s: f64, rss_mib: u64, anon_mib: u64) -> ProcUsage {
     }
 }
 
+/// RssAnon before the load such that proxy `i` holds `kib[i]` KiB per held connection
+/// (nothing for other workloads).
+fn held_idle(w: Workload, proxies: &[ProcUsage], kib: &[u64]) -> Vec<u64> {
+    let Some(n) = w.held_connections() else {
+        return vec![];
+    };
+    proxies
+        .iter()
+        .zip(kib)
+        .map(|(p, k)| p.rss_anon_steady_kib - k * u64::from(n))
+        .collect()
+}
+
 /// Runs where scenario `i` adds `i * 100` µs at p99 and uses `i * (1 + j)` CPU-s per proxy
 /// process in workload `j` (so a figure taken from the wrong workload shows). `external` is
 /// a one-proxy scenario.
@@ -51,10 +64,16 @@ fn synthetic() -> (Vec<Run>, Vec<(String, String)>) {
             for rep in 1..=3u32 {
                 let jitter = rep as f64; // medians must pick the middle repetition
                 let cpu = (i * (1 + j)) as f64;
+                // Held connections need room under their steady RssAnon.
+                let anon = if w.held_connections().is_some() {
+                    100
+                } else {
+                    0
+                };
                 let proxies = match k {
                     Kind::Direct => vec![],
-                    Kind::External => vec![proc(10, cpu, 60, 15)],
-                    _ => vec![proc(10, cpu, 60, 14), proc(11, cpu, 60, 16)],
+                    Kind::External => vec![proc(10, cpu, 60, 15 + anon)],
+                    _ => vec![proc(10, cpu, 60, 14 + anon), proc(11, cpu, 60, 16 + anon)],
                 };
                 runs.push(Run {
                     scenario: k.name().into(),
@@ -75,9 +94,16 @@ fn synthetic() -> (Vec<Run>, Vec<(String, String)>) {
                         bytes: 2_000_000_000,
                         duration_s: 10.0,
                     }),
-                    proxies,
                     wall_s: 10.2,
                     idle_cpu_pct: (*k != Kind::Direct).then_some(0.5 + rep as f64),
+                    // Held connections: 4 KiB each on the first proxy, 2 on the second,
+                    // and half a KiB each kept on both after they closed.
+                    idle_rss_anon_kib: held_idle(w, &proxies, &[4, 2]),
+                    after_rss_anon_kib: held_idle(w, &proxies, &[4, 2])
+                        .iter()
+                        .map(|i| i + u64::from(w.held_connections().unwrap_or(0)) / 2)
+                        .collect(),
+                    proxies,
                     failure: None,
                 });
             }
@@ -92,6 +118,8 @@ fn synthetic() -> (Vec<Run>, Vec<(String, String)>) {
         proxies: vec![],
         wall_s: 0.0,
         idle_cpu_pct: None,
+        idle_rss_anon_kib: vec![],
+        after_rss_anon_kib: vec![],
         failure: Some("ringmesh node-1 did not become ready: exited with status 1".into()),
     });
     (runs, order)
@@ -242,6 +270,8 @@ fn markdown_and_charts_name_every_scenario() {
             "cpu-per-1k-req.svg",
             "cpu-per-gb.svg",
             "latency-churn.svg",
+            "latency-hold-10k.svg",
+            "latency-hold-1k.svg",
             "latency-http-1k.svg",
             "latency-http-max.svg",
             "memory-rss-anon.svg",
@@ -270,4 +300,40 @@ fn markdown_and_charts_name_every_scenario() {
         let h: f64 = h.split('"').next().unwrap().parse().unwrap();
         assert!(h.is_finite() && h >= 0.0);
     }
+}
+
+#[test]
+fn held_connection_memory_is_per_connection_on_the_worse_proxy() {
+    let (runs, order) = synthetic();
+    let summary = summarize(&runs, &order);
+    for w in ["hold-1k", "hold-10k"] {
+        let s = summary
+            .iter()
+            .find(|s| s.scenario == "ringmesh" && s.workload == w)
+            .unwrap();
+        assert_eq!(
+            s.held_kib_per_conn,
+            Some(4.0),
+            "{w}: the worse of 4 and 2 KiB"
+        );
+        assert_eq!(s.retained_kib_per_conn, Some(0.5), "{w}");
+    }
+    let bulk = summary
+        .iter()
+        .find(|s| s.scenario == "ringmesh" && s.workload == "bulk-1")
+        .unwrap();
+    assert_eq!(
+        bulk.held_kib_per_conn, None,
+        "only hold-* workloads hold connections"
+    );
+    let md = markdown(&Results {
+        meta: Meta::default(),
+        summary,
+        runs,
+    });
+    assert!(md.contains("## Held connections"), "{md}");
+    assert!(
+        md.contains("| ringmesh | hold-10k | 4.00 (4.00–4.00) | 0.500 |"),
+        "{md}"
+    );
 }

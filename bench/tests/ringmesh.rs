@@ -48,8 +48,12 @@ fn ringmesh_two_nodes_carry_http_and_echo_then_stop_cleanly() {
     // scenarios in parallel tests of this binary would collide.
     for protocol in [Protocol::Http, Protocol::Tcp] {
         let backend = match protocol {
-            Protocol::Http => http_backend_on(scenario::backend_ip(Kind::Ringmesh)),
-            Protocol::Tcp => echo_backend_on(scenario::backend_ip(Kind::Ringmesh)),
+            Protocol::Http => {
+                http_backend_on(scenario::backend_ip(Kind::Ringmesh, &Default::default()))
+            }
+            Protocol::Tcp => {
+                echo_backend_on(scenario::backend_ip(Kind::Ringmesh, &Default::default()))
+            }
         };
         let sut = scenario::start(Kind::Ringmesh, &opts, &sup, backend, protocol)
             .expect("ringmesh starts");
@@ -84,7 +88,7 @@ fn ringmesh_two_nodes_carry_http_and_echo_then_stop_cleanly() {
         ringmesh_args: vec!["--incoming-cpu".into(), "capture".into()],
         ..opts.clone()
     };
-    let backend = http_backend_on(scenario::backend_ip(Kind::Ringmesh));
+    let backend = http_backend_on(scenario::backend_ip(Kind::Ringmesh, &Default::default()));
     let sut = scenario::start(Kind::Ringmesh, &steered, &sup, backend, Protocol::Http)
         .expect("ringmesh starts with --incoming-cpu capture");
     assert_eq!(
@@ -97,7 +101,7 @@ fn ringmesh_two_nodes_carry_http_and_echo_then_stop_cleanly() {
         ringmesh_args: vec!["--incoming-cpu".into(), "sideways".into()],
         ..opts
     };
-    let backend = http_backend_on(scenario::backend_ip(Kind::Ringmesh));
+    let backend = http_backend_on(scenario::backend_ip(Kind::Ringmesh, &Default::default()));
     let err = match scenario::start(Kind::Ringmesh, &bad, &sup, backend, Protocol::Http) {
         Ok(_) => panic!("a node flag the node refuses must fail the scenario"),
         Err(e) => format!("{e:#}"),
