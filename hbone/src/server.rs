@@ -493,12 +493,10 @@ fn dispatch<H, Fut>(
                 respond: Some(respond),
                 body: Some(body),
             };
-            let fut = handler(incoming);
-            runtime::spawn(async move {
-                let _ticket = ticket;
-                fut.await
-            })
-            .detach();
+            // `map`, not an `async` block awaiting the handler: that would hold the handler's
+            // future twice for the stream's life (see `runtime::coop::budgeted`).
+            let fut = futures_util::FutureExt::map(handler(incoming), move |()| drop(ticket));
+            runtime::spawn(fut).detach();
         }
         Err(e) => {
             debug!(peer = %peer, error = %e, "HBONE: bad request; answering 400");

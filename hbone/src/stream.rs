@@ -251,7 +251,11 @@ impl AsyncRead for HboneStream {
         let n = chunk.len().min(buf.remaining());
         buf.put_slice(&chunk[..n]);
         chunk.advance(n);
-        this.pending = chunk;
+        // An empty remainder would still pin h2's receive buffer (`advance` keeps the shared
+        // allocation alive); keep only a non-empty one.
+        if !chunk.is_empty() {
+            this.pending = chunk;
+        }
         this.release(n);
         Poll::Ready(Ok(()))
     }
@@ -342,16 +346,27 @@ impl Originator {
     }
 }
 
-/// A socket a relay can reset: its coming close sends RST, so the far end sees an abort and
-/// not an end of stream.
+/// The socket end of a [`relay`]: one it can reset (its coming close sends RST, so the far
+/// end sees an abort and not an end of stream) and wait on before reading.
 pub trait Abort {
     fn abort(&self);
+
+    /// Ready when a read may find bytes. The relay allocates its read buffer only then, so an
+    /// idle tunnel holds none. The default (always ready) suits sockets that cannot say: the
+    /// relay then allocates for each read it tries and drops the buffer when it would block.
+    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl Abort for runtime::net::TcpStream {
     fn abort(&self) {
         // SO_LINGER 0: close sends RST. Failing to set it leaves a FIN, nothing worse.
         let _ = self.set_zero_linger();
+    }
+
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        runtime::net::TcpStream::poll_readable(self, cx)
     }
 }
 
@@ -380,9 +395,11 @@ impl RelayError {
 }
 
 /// First read buffer of a relay direction, and the size it shrinks back to. Small, because
-/// most tunnels are idle or carry short messages and the buffer is held for the tunnel's life
-/// (DESIGN.md: memory per idle connection is a tracked figure). A read that fills the buffer
-/// doubles the next one, so a bulk transfer reaches [`RELAY_BUF_MAX`] within six reads.
+/// most tunnels carry short messages. A buffer exists only while bytes flow: it is allocated
+/// once the socket is readable and dropped when a read would block, so an idle tunnel holds
+/// none (DESIGN.md: memory per idle connection is a tracked figure). A read that fills the
+/// buffer doubles the next one, so a bulk transfer reaches [`RELAY_BUF_MAX`] within six
+/// reads.
 const RELAY_BUF_MIN: usize = 4 * 1024;
 /// Largest read buffer. ≥ 64 KiB for bulk (DESIGN.md measured 4 KiB copy loops losing 77 % of
 /// throughput). Each buffer stays pinned until h2 has sent its last byte, so a bulk stream
@@ -414,12 +431,7 @@ where
     let up_flow = originator.into_tunnel();
     let down_flow = up_flow.reverse();
     let mut down = Down::default();
-    let mut up = Up {
-        buf: BytesMut::new(),
-        next: RELAY_BUF_MIN,
-        out: Bytes::new(),
-        done: false,
-    };
+    let mut up = Up::new();
     let mut abort = std::pin::pin!(abort);
     let result = std::future::poll_fn(|cx| {
         // Poll both directions every time: each registers its own wake-ups.
@@ -500,6 +512,10 @@ impl Down {
                 return Poll::Ready(Err(socket_failed(tunnel, io::ErrorKind::WriteZero.into())));
             }
             self.chunk.advance(n);
+            if self.chunk.is_empty() {
+                // An emptied `Bytes` still pins h2's receive buffer; an idle tunnel holds none.
+                self.chunk = Bytes::new();
+            }
             self.unflushed = true;
             tunnel.release(n);
             meter.add(flow, n);
@@ -517,7 +533,7 @@ fn socket_failed(tunnel: &mut HboneStream, e: io::Error) -> RelayError {
 /// Socket → tunnel.
 struct Up {
     /// Spare read capacity (always empty between reads); filled bytes are split off and
-    /// frozen for h2.
+    /// frozen for h2. No capacity while the socket has nothing to read.
     buf: BytesMut,
     /// Size of the next buffer to allocate (adaptive, see [`RELAY_BUF_MIN`]).
     next: usize,
@@ -527,7 +543,16 @@ struct Up {
 }
 
 impl Up {
-    fn poll<T: AsyncRead + Unpin>(
+    fn new() -> Up {
+        Up {
+            buf: BytesMut::new(),
+            next: RELAY_BUF_MIN,
+            out: Bytes::new(),
+            done: false,
+        }
+    }
+
+    fn poll<T: AsyncRead + Abort + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         tunnel: &mut HboneStream,
@@ -541,17 +566,22 @@ impl Up {
                 meter.add(flow, n);
             }
             if self.buf.capacity() < RELAY_BUF_MIN / 2 {
+                // No buffer before the socket may have bytes: an idle tunnel holds none.
+                ready!(io.poll_readable(cx)).map_err(|e| socket_failed(tunnel, e))?;
                 // Read straight into the memory h2 will send from. The socket reads into
                 // uninitialised capacity (`runtime::net::TcpStream` does not zero it first).
                 self.buf = BytesMut::with_capacity(self.next);
             }
             let room = self.buf.capacity();
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut *io),
-                cx,
-                &mut self.buf
-            ))
-            .map_err(|e| socket_failed(tunnel, e))?;
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut self.buf);
+            let Poll::Ready(read) = read else {
+                // The read would block: give the spare capacity back rather than park it
+                // for as long as the socket stays quiet. (Bytes already split off and
+                // queued in h2 keep their part of the allocation until sent.)
+                self.buf = BytesMut::new();
+                return Poll::Pending;
+            };
+            let n = read.map_err(|e| socket_failed(tunnel, e))?;
             if n == 0 {
                 ready!(tunnel.poll_close_write(cx)).map_err(RelayError::Tunnel)?;
                 self.done = true;
@@ -568,3 +598,6 @@ impl Up {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

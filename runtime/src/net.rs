@@ -411,6 +411,18 @@ impl TcpStream {
         self.inner.poll_read_ready(cx)
     }
 
+    /// Ready when a read is worth a syscall: at once, unless the last read hit EAGAIN and
+    /// the kernel has not reported readability since (then it waits for that report, with no
+    /// syscall). Lets a caller hold a read buffer only once bytes may be there, without
+    /// paying a readiness round trip on a socket that is known to be busy.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.read_parked.get() {
+            std::task::ready!(self.inner.poll_read_ready(cx))?;
+            self.read_parked.set(false);
+        }
+        Poll::Ready(Ok(()))
+    }
+
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.inner.poll_write_ready(cx)
     }

@@ -329,11 +329,10 @@ impl<M: 'static> Worker<M> {
         let guard = LiveGuard {
             worker: self.inner.clone(),
         };
-        compio::runtime::spawn(crate::coop::budgeted(async move {
-            let _guard = guard;
-            fut.await;
-        }))
-        .detach();
+        // `map`, not an `async` block awaiting `fut`: the block would hold `fut` twice (see
+        // `coop::budgeted`). The guard drops when `fut` completes, or with it.
+        let fut = futures_util::FutureExt::map(fut, move |()| drop(guard));
+        compio::runtime::spawn(crate::coop::budgeted(fut)).detach();
     }
 
     /// Accepts on `listener` until a drain starts, handing each connection to `handler` in
