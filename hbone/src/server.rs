@@ -21,7 +21,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -153,9 +153,26 @@ impl Incoming {
     /// If the relay fails (a reset from either side, an I/O error) or `abort` completes, both
     /// ends are reset (`crate::stream::relay`), so neither mistakes the cut for a complete
     /// stream.
-    pub async fn serve<U, F>(
-        mut self,
+    ///
+    /// The dial is boxed, and freed once it completes: held inline, its state (a connect
+    /// with its timer, ~1.4 KiB on a node) stayed in the stream's task for the whole relay,
+    /// idle or not (an `async fn` keeps its arguments to the end).
+    pub fn serve<'a, U, F>(
+        self,
         upstream: F,
+        meter: &'a Meter,
+        abort: impl Future<Output = ()> + 'a,
+    ) -> impl Future<Output = Served> + 'a
+    where
+        F: Future<Output = std::result::Result<U, Status>> + 'a,
+        U: AsyncRead + AsyncWrite + Abort + Unpin + 'a,
+    {
+        self.serve_boxed(Box::pin(upstream), meter, abort)
+    }
+
+    async fn serve_boxed<U, F>(
+        mut self,
+        mut upstream: Pin<Box<F>>,
         meter: &Meter,
         abort: impl Future<Output = ()>,
     ) -> Served
@@ -164,7 +181,6 @@ impl Incoming {
         U: AsyncRead + AsyncWrite + Abort + Unpin,
     {
         let dialed = {
-            let mut upstream = pin!(upstream);
             let respond = &mut self.respond;
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = upstream.as_mut().poll(cx) {
@@ -178,6 +194,7 @@ impl Incoming {
             })
             .await
         };
+        drop(upstream);
         let mut up = match dialed {
             Some(Ok(up)) => up,
             Some(Err(status)) => {

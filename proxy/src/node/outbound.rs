@@ -328,7 +328,9 @@ async fn serve(
     rec.set_carrier(resolved.carrier);
     rec.open(security);
 
-    let upstream = match open(&core, &resolved.route, &place).await {
+    // Boxed: a pool dial that handshakes is several KiB of state, and inline it would size
+    // this task, which lives as long as the connection, for the dial rather than the relay.
+    let upstream = match Box::pin(open(&core, &resolved.route, &place)).await {
         Ok(u) => u,
         Err(outcome) => {
             match entry {
@@ -353,7 +355,11 @@ async fn serve(
                 idle_timeout: core.limits().idle_timeout,
                 ..RelayOptions::default()
             };
-            match relay_metered(client, up, &opts, rec.meter(), rec.aborted()).await {
+            // Boxed: the plain relay's state (2.3 KiB) would otherwise size this task for
+            // every connection, HBONE ones included (a task is as large as its largest
+            // await), and the task lives as long as the connection.
+            let relay = Box::pin(relay_metered(client, up, &opts, rec.meter(), rec.aborted()));
+            match relay.await {
                 Ok(()) => Outcome::Complete,
                 Err(e) => tcp_relay_outcome(&rec, e),
             }
