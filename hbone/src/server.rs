@@ -74,7 +74,10 @@ impl ServerConfig {
 /// connected, [`Incoming::accept`] (200) — or let [`Incoming::serve`] do both around a dial.
 /// Dropped unanswered, it answers 503.
 pub struct Incoming {
-    request: ConnectRequest,
+    /// Boxed: an `Incoming` moves through every layer of a stream's task until the 200, and
+    /// each layer that holds it across an await keeps its own slot for the stream's life
+    /// (120 B inline each); the request itself is freed when the stream is answered.
+    request: Box<ConnectRequest>,
     peer: Rc<Identity>,
     respond: Option<SendResponse<Bytes>>,
     body: Option<h2::RecvStream>,
@@ -156,12 +159,13 @@ impl Incoming {
     ///
     /// The dial is boxed, and freed once it completes: held inline, its state (a connect
     /// with its timer, ~1.4 KiB on a node) stayed in the stream's task for the whole relay,
-    /// idle or not (an `async fn` keeps its arguments to the end).
+    /// idle or not (an `async fn` keeps its arguments to the end). `abort` is `Unpin` for
+    /// the same reason (see [`stream::relay`]): pin it where you own it.
     pub fn serve<'a, U, F>(
         self,
         upstream: F,
         meter: &'a Meter,
-        abort: impl Future<Output = ()> + 'a,
+        abort: impl Future<Output = ()> + Unpin + 'a,
     ) -> impl Future<Output = Served> + 'a
     where
         F: Future<Output = std::result::Result<U, Status>> + 'a,
@@ -170,60 +174,68 @@ impl Incoming {
         self.serve_boxed(Box::pin(upstream), meter, abort)
     }
 
-    async fn serve_boxed<U, F>(
+    /// Not an `async fn`, which would keep a second copy of `self` for the stream's life:
+    /// the block uses what it captures in place.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold `self` twice for the stream's life"
+    )]
+    fn serve_boxed<'a, U, F>(
         mut self,
         mut upstream: Pin<Box<F>>,
-        meter: &Meter,
-        abort: impl Future<Output = ()>,
-    ) -> Served
+        meter: &'a Meter,
+        mut abort: impl Future<Output = ()> + Unpin + 'a,
+    ) -> impl Future<Output = Served> + 'a
     where
-        F: Future<Output = std::result::Result<U, Status>>,
-        U: AsyncRead + AsyncWrite + Abort + Unpin,
+        F: Future<Output = std::result::Result<U, Status>> + 'a,
+        U: AsyncRead + AsyncWrite + Abort + Unpin + 'a,
     {
-        let dialed = {
-            let respond = &mut self.respond;
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = upstream.as_mut().poll(cx) {
-                    return Poll::Ready(Some(r));
+        async move {
+            let dialed = {
+                let respond = &mut self.respond;
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = upstream.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                    // A reset (or a dead connection) ends the wait.
+                    if peer_reset(cx, respond) {
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            drop(upstream);
+            let mut up = match dialed {
+                Some(Ok(up)) => up,
+                Some(Err(status)) => {
+                    let status = if status.is_ok() {
+                        Status::ServiceUnavailable
+                    } else {
+                        status
+                    };
+                    if let Err(e) = self.reject(status) {
+                        debug!(error = %e, "HBONE: could not send rejection (peer gone)");
+                    }
+                    return Served::Rejected(status);
                 }
-                // A reset (or a dead connection) ends the wait.
-                if peer_reset(cx, respond) {
-                    return Poll::Ready(None);
+                None => {
+                    // Nobody to answer: drop the handle without the 503 of an unanswered request.
+                    drop(self.respond.take());
+                    return Served::Cancelled;
                 }
-                Poll::Pending
-            })
-            .await
-        };
-        drop(upstream);
-        let mut up = match dialed {
-            Some(Ok(up)) => up,
-            Some(Err(status)) => {
-                let status = if status.is_ok() {
-                    Status::ServiceUnavailable
-                } else {
-                    status
-                };
-                if let Err(e) = self.reject(status) {
-                    debug!(error = %e, "HBONE: could not send rejection (peer gone)");
+            };
+            let mut tunnel = match self.accept() {
+                Ok(t) => t,
+                Err(e) => {
+                    up.abort();
+                    return Served::RelayFailed(RelayError::Tunnel(std::io::Error::other(e)));
                 }
-                return Served::Rejected(status);
+            };
+            match stream::relay(&mut tunnel, &mut up, meter, Originator::Tunnel, &mut abort).await {
+                Ok(()) => Served::Relayed,
+                Err(e) => Served::RelayFailed(e),
             }
-            None => {
-                // Nobody to answer: drop the handle without the 503 of an unanswered request.
-                self.respond = None;
-                return Served::Cancelled;
-            }
-        };
-        let mut tunnel = match self.accept() {
-            Ok(t) => t,
-            Err(e) => {
-                up.abort();
-                return Served::RelayFailed(RelayError::Tunnel(std::io::Error::other(e)));
-            }
-        };
-        match stream::relay(&mut tunnel, &mut up, meter, Originator::Tunnel, abort).await {
-            Ok(()) => Served::Relayed,
-            Err(e) => Served::RelayFailed(e),
         }
     }
 }
@@ -505,7 +517,7 @@ fn dispatch<H, Fut>(
     match ConnectRequest::from_http(&parts) {
         Ok(request) => {
             let incoming = Incoming {
-                request,
+                request: Box::new(request),
                 peer: peer.clone(),
                 respond: Some(respond),
                 body: Some(body),

@@ -418,12 +418,17 @@ const RELAY_BUF_MAX: usize = 128 * 1024;
 /// CONNECT_ERROR, a tunnel error resets the socket; `abort` resets both. Tunnel payload is
 /// written to `io` straight from h2's buffers, and socket reads go straight into the buffers
 /// h2 sends from: no copy beyond the kernel's.
+///
+/// `abort` is `Unpin`: a caller with an `async` signal pins it where it owns it
+/// (`std::pin::pin!`) and passes the `Pin<&mut _>`. Taken by value, a signal is stored once
+/// more by every `async` layer it passes through, for the life of the tunnel (a node's idle
+/// cut, 256 B, was held four times per stream).
 pub async fn relay<T>(
     tunnel: &mut HboneStream,
     io: &mut T,
     meter: &Meter,
     originator: Originator,
-    abort: impl Future<Output = ()>,
+    mut abort: impl Future<Output = ()> + Unpin,
 ) -> Result<(), RelayError>
 where
     T: AsyncRead + AsyncWrite + Abort + Unpin,
@@ -432,7 +437,6 @@ where
     let down_flow = up_flow.reverse();
     let mut down = Down::default();
     let mut up = Up::new();
-    let mut abort = std::pin::pin!(abort);
     let result = std::future::poll_fn(|cx| {
         // Poll both directions every time: each registers its own wake-ups.
         let down_res = if down.done {
@@ -448,7 +452,7 @@ where
         match (down_res, up_res) {
             (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
-            _ => match abort.as_mut().poll(cx) {
+            _ => match Pin::new(&mut abort).poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(RelayError::Aborted)),
                 Poll::Pending => Poll::Pending,
             },

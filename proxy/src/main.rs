@@ -235,8 +235,8 @@ struct LimitArgs {
     /// Inbound HBONE connections one peer IP may hold on one worker.
     #[arg(long, default_value_t = proxy::node::limits::MAX_PEER_CONNECTIONS)]
     max_peer_connections: usize,
-    /// Refuse new connections while the node's resident memory is above this ("512MiB",
-    /// "2GiB"; "none": no limit).
+    /// Refuse new connections once the node's resident memory is above this ("512MiB",
+    /// "2GiB"; "none": no limit), until it falls below 90% of it.
     #[arg(long, default_value = "none", value_parser = parse_memory_limit)]
     memory_limit: MemoryLimit,
 }

@@ -668,6 +668,49 @@ fn the_drain_deadline_resets_open_connections_and_logs_each() -> Result<()> {
 }
 
 #[test]
+fn a_silent_tunnel_is_cut_at_the_idle_timeout_on_both_halves() -> Result<()> {
+    const X: u8 = 250;
+    let idle = Duration::from_secs(1);
+    let mesh = one_node(X)?;
+    let mut n = Node::start(&mesh, "node-1", ip4(X, 0, 1), &["--idle-timeout", "1s"])?;
+    let echo = SocketAddr::new(ip4(X, 2, 1), 8080);
+    let mut held = socks_connect(ip4(X, 1, 1), n.socks(), echo)?;
+    // Bytes keep it open past the limit...
+    e2e::ping(&mut held, b"still here")?;
+    for _ in 0..3 {
+        std::thread::sleep(idle / 2);
+        e2e::ping(&mut held, b"still here")?;
+    }
+    // ...and silence ends it, no sooner than the limit after the last byte.
+    let last = Instant::now();
+    held.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = [0u8; 16];
+    let end = held.read(&mut buf);
+    let quiet = last.elapsed();
+    ensure!(
+        matches!(&end, Ok(0))
+            || matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the client saw {end:?} after {quiet:?} of silence, not an end"
+    );
+    ensure!(
+        quiet >= idle,
+        "cut after {quiet:?} of silence, limit {idle:?}"
+    );
+    // The half whose last byte is older (inbound: the reply leaves it first) is cut as idle
+    // and resets the tunnel, so the other half ends too; both are logged.
+    let cut = n.wait_access(Duration::from_secs(5), "an idle line", |l| {
+        l.outcome() == "idle"
+    })?;
+    ensure!(cut.num("bytes_sent") > 0, "bytes kept: {}", cut.line);
+    for direction in ["outbound", "inbound"] {
+        n.wait_access(Duration::from_secs(5), direction, |l| {
+            l.complete() && l.get("direction") == direction
+        })?;
+    }
+    still_serving(&mut n, &mesh, X)
+}
+
+#[test]
 fn a_backend_reset_reaches_the_client_as_a_reset() -> Result<()> {
     const X: u8 = 247;
     let mesh = one_node(X)?;
@@ -919,8 +962,8 @@ fn above_its_memory_limit_a_node_sheds_new_connections_and_recovers() -> Result<
     let (client, sink_id) = (spiffe("test", "client"), spiffe("test", "sink"));
     let hbone = SocketAddr::new(ip4(X, 2, 2), 15008);
     let sink = SocketAddr::new(ip4(X, 2, 2), 8080);
-    // Streams into a backend that never reads: each parks up to a stream window of data in
-    // the node. Fill them until the node says it is over its limit.
+    // Streams into a backend that never reads: each holds an upstream socket, a task and its
+    // relay in the node. Open them until the node says it is over its limit.
     let mut conns = Vec::new();
     let chunk = {
         let mut b = Vec::new();
@@ -942,13 +985,13 @@ fn above_its_memory_limit_a_node_sheds_new_connections_and_recovers() -> Result<
                 if raw.connect(id, sink).is_err() {
                     return false;
                 }
-                // A stream window's worth (256 KiB) in 16 KiB frames.
-                for _ in 0..16 {
-                    let mut f = chunk.clone();
-                    f[5..9].copy_from_slice(&id.to_be_bytes());
-                    if raw.send(&f).is_err() {
-                        return false;
-                    }
+                // One frame each, so every stream's relay is under way. (More bytes would not
+                // hold more: the kernel's socket buffers toward the sink take megabytes
+                // before the node keeps anything.)
+                let mut f = chunk.clone();
+                f[5..9].copy_from_slice(&id.to_be_bytes());
+                if raw.send(&f).is_err() {
+                    return false;
                 }
             }
             conns.push(raw);

@@ -11,4 +11,4 @@ mod record;
 
 pub use live::{AbortReason, Grant, Live};
 pub use outcome::{Outcome, ResetBy};
-pub use record::{ConnRecord, Conns, SocketGuard};
+pub use record::{ConnRecord, Conns, Cut, SocketGuard};

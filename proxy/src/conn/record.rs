@@ -25,8 +25,10 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use runtime::meter::{Meter, Transferred};
@@ -107,7 +109,7 @@ enum State {
 #[derive(Debug)]
 pub struct ConnRecord {
     conns: Rc<Conns>,
-    id: u64,
+    id: usize,
     abort: Rc<Abort>,
     reporter: Reporter,
     carrier: Carrier,
@@ -255,24 +257,12 @@ impl ConnRecord {
 
     /// Completes when the connection is aborted from outside, or when no byte moved for
     /// `idle` (for relays without an idle timeout of their own, such as the tunnel relay).
-    pub fn cut(&self, idle: Option<Duration>) -> impl Future<Output = ()> + '_ {
-        let abort = self.abort.clone();
-        let meter = &self.meter;
-        async move {
-            let aborted = std::pin::pin!(abort.aborted());
-            let quiet = std::pin::pin!(async move {
-                let Some(idle) = idle else {
-                    return std::future::pending().await;
-                };
-                loop {
-                    let since = meter.last_activity().elapsed();
-                    if since >= idle {
-                        return;
-                    }
-                    runtime::time::sleep(idle - since).await;
-                }
-            });
-            futures_util::future::select(aborted, quiet).await;
+    pub fn cut(&self, idle: Option<Duration>) -> Cut<'_> {
+        Cut {
+            abort: self.abort.clone(),
+            meter: &self.meter,
+            idle,
+            timer: None,
         }
     }
 
@@ -373,5 +363,110 @@ impl Drop for ConnRecord {
         // A task dropped mid-way (the runtime going away): the connection is gone with it.
         self.end(Outcome::Drained);
         self.conns.live.unregister(self.id);
+    }
+}
+
+/// The signal of [`ConnRecord::cut`]: a small `Unpin` future, because a relay keeps it for
+/// the connection's whole life. Written out rather than as an `async` block, which held an
+/// inline timer (256 B) in every connection's task even with no idle limit (the default).
+pub struct Cut<'a> {
+    abort: Rc<Abort>,
+    meter: &'a Meter,
+    idle: Option<Duration>,
+    /// Armed only while an idle limit is being waited out.
+    timer: Option<Pin<Box<dyn Future<Output = ()>>>>,
+}
+
+impl Future for Cut<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.abort.poll_aborted(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let Some(idle) = this.idle else {
+            return Poll::Pending;
+        };
+        loop {
+            if let Some(timer) = this.timer.as_mut() {
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.timer = None;
+            }
+            // Bytes may have moved while the timer ran: wait out only what is left.
+            let since = this.meter.last_activity().elapsed();
+            if since >= idle {
+                return Poll::Ready(());
+            }
+            this.timer = Some(Box::pin(runtime::time::sleep(idle - since)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use runtime::DriverChoice;
+    use runtime::meter::{Flow, Meter};
+
+    use super::*;
+    use crate::conn::live::AbortReason;
+
+    fn cut<'a>(abort: &Rc<Abort>, meter: &'a Meter, idle: Option<Duration>) -> Cut<'a> {
+        Cut {
+            abort: abort.clone(),
+            meter,
+            idle,
+            timer: None,
+        }
+    }
+
+    /// Whether `fut` completes within `within`.
+    async fn done_within(fut: impl Future<Output = ()> + Unpin, within: Duration) -> bool {
+        runtime::time::timeout(within, fut).await.is_ok()
+    }
+
+    #[test]
+    fn cut_without_idle_limit_waits_for_abort_only_and_arms_no_timer() {
+        for driver in [DriverChoice::IoUring, DriverChoice::Epoll] {
+            runtime::block_on(driver, async {
+                let abort = Rc::new(Abort::default());
+                let meter = Meter::new();
+                let mut c = cut(&abort, &meter, None);
+                assert!(!done_within(&mut c, Duration::from_millis(50)).await);
+                assert!(c.timer.is_none(), "no idle limit, no timer");
+                abort.abort(AbortReason::Drain);
+                assert!(done_within(&mut c, Duration::from_secs(5)).await);
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn cut_fires_only_after_idle_without_bytes() {
+        let idle = Duration::from_millis(200);
+        for driver in [DriverChoice::IoUring, DriverChoice::Epoll] {
+            runtime::block_on(driver, async {
+                let abort = Rc::new(Abort::default());
+                let meter = Meter::new();
+                let mut c = cut(&abort, &meter, Some(idle));
+                // Bytes move halfway through: the timer armed at the start must not fire
+                // the cut; it re-arms for what is left.
+                assert!(!done_within(&mut c, Duration::from_millis(100)).await);
+                meter.add(Flow::FromOriginator, 1);
+                let moved = Instant::now();
+                assert!(done_within(&mut c, Duration::from_secs(10)).await);
+                assert!(
+                    moved.elapsed() >= idle,
+                    "cut {:?} after the last byte, limit {idle:?}",
+                    moved.elapsed()
+                );
+                assert!(abort.reason().is_none(), "an idle cut is no abort");
+            })
+            .unwrap();
+        }
     }
 }

@@ -244,12 +244,13 @@ impl PodDns {
     async fn answer(&self, query: &[u8], proto: &'static str) -> Option<Vec<u8>> {
         let labels = self.labels(query, proto);
         DnsStats::bump(&self.settings.stats.requests, labels.clone());
-        let snapshot = self.core.snapshot();
         let client = Client {
             namespace: &self.namespace,
             cluster_domain: &self.settings.cluster_domain,
         };
-        match dns::decide(&snapshot, query, &client) {
+        // The snapshot is a temporary: a forward that waits on the upstream does not pin it.
+        let decided = dns::decide(&self.core.snapshot(), query, &client);
+        match decided {
             Answer::Reply(r) => Some(r),
             Answer::Forward => {
                 DnsStats::bump(&self.settings.stats.upstream, labels.clone());

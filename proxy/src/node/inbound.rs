@@ -11,9 +11,11 @@
 //! succeeded (503 if it did not). Handshake failures and refusals are counted and logged at
 //! WARN, rate-limited (`crate::telemetry::ratelimit`).
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
+use futures_util::future::Either;
 use hbone::h2conn::H2Settings;
 use hbone::server::{Incoming, Served, ServerConfig};
 use hbone::stream::Originator;
@@ -69,6 +71,8 @@ pub async fn serve_hbone(
             return;
         }
     };
+    // The connection may outlive many snapshots; it must not pin this one.
+    drop((snapshot, workload));
     let limits = core.limits();
     let cfg = ServerConfig {
         tls,
@@ -86,9 +90,7 @@ pub async fn serve_hbone(
     let handler = {
         let core = core.clone();
         move |incoming: Incoming| {
-            let core = core.clone();
-            let place = place.clone();
-            async move { handle_connect(core, incoming, peer, local_ip, place).await }
+            handle_connect(core.clone(), incoming, peer, local_ip, place.clone())
         }
     };
     if let Err(e) = hbone::server::serve_tls(client, &cfg, drain, handler).await {
@@ -127,15 +129,36 @@ fn report_connection_error(core: &Core, peer: SocketAddr, local_ip: IpAddr, e: &
     );
 }
 
-async fn handle_connect(
+/// Serves one CONNECT: decided synchronously ([`admit_connect`]), then the dial and the relay.
+///
+/// Not an `async fn`: an `async fn` keeps a second copy of every argument it moves into its
+/// body (the request, the record) for the stream's whole life. The returned block uses what
+/// it captures in place (docs/design-notes.md, "Memory per held connection").
+fn handle_connect(
     core: Rc<Core>,
     incoming: Incoming,
     peer: SocketAddr,
     local_ip: IpAddr,
     place: Placement,
-) {
+) -> impl Future<Output = ()> + 'static {
+    match admit_connect(&core, incoming, peer, local_ip) {
+        None => Either::Left(std::future::ready(())),
+        Some((rec, incoming, src, target)) => {
+            Either::Right(relay_connect(core, rec, incoming, src, target, place))
+        }
+    }
+}
+
+/// Everything decided before the dial: the request checked, the record opened, policy
+/// applied. `None` once the stream was answered (and its record ended).
+fn admit_connect(
+    core: &Core,
+    incoming: Incoming,
+    peer: SocketAddr,
+    local_ip: IpAddr,
+) -> Option<(ConnRecord, Incoming, SocketAddr, SocketAddr)> {
     let peer_id = incoming.peer_identity().clone();
-    let authority = incoming.request().authority.clone();
+    let authority = &incoming.request().authority;
     // The original client, as the source node says (`forwarded: for=`), else the peer.
     let src = incoming
         .request()
@@ -154,6 +177,7 @@ async fn handle_connect(
     let refuse = |rec: ConnRecord, incoming: Incoming, why: Refusal, detail: String| {
         let _ = incoming.reject(why.hbone_status());
         rec.refuse(why, &detail);
+        None
     };
     let Some(target) = authority.socket_addr() else {
         let detail = format!("authority {authority} is not ip:port");
@@ -185,7 +209,8 @@ async fn handle_connect(
         core.load.count_shed();
         let outcome = Outcome::Shed("resident memory is above --memory-limit".into());
         let _ = incoming.reject(Status::ServiceUnavailable);
-        return rec.finish(outcome);
+        rec.finish(outcome);
+        return None;
     }
     let req = Request {
         source: Some(&peer_id),
@@ -195,7 +220,8 @@ async fn handle_connect(
     if let Decision::Deny(reason) = snapshot.decide(&req, &workload) {
         let outcome = Outcome::Denied(reason.to_string());
         let _ = incoming.reject(outcome.hbone_status());
-        return rec.finish(outcome);
+        rec.finish(outcome);
+        return None;
     }
     // Until it ends, a policy change that denies this peer closes the tunnel.
     rec.grant(Grant {
@@ -203,36 +229,54 @@ async fn handle_connect(
         src,
         dst: target,
     });
-    let dial_error = std::cell::RefCell::new(None);
-    let limit = core.limits().connect_timeout;
-    let dial = async {
-        match runtime::time::timeout(limit, dial_workload(&place, src.ip(), target)).await {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => {
-                *dial_error.borrow_mut() =
-                    Some(Outcome::Unreachable(format!("connect {target}: {e}")));
-                Err(Status::ServiceUnavailable)
+    Some((rec, incoming, src, target))
+}
+
+/// Dials the workload for an admitted CONNECT, answers, and relays until the stream ends.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold the record and the request twice for the stream's life"
+)]
+fn relay_connect(
+    core: Rc<Core>,
+    rec: ConnRecord,
+    incoming: Incoming,
+    src: SocketAddr,
+    target: SocketAddr,
+    place: Placement,
+) -> impl Future<Output = ()> + 'static {
+    async move {
+        let dial_error = std::cell::RefCell::new(None);
+        let limit = core.limits().connect_timeout;
+        let dial = async {
+            match runtime::time::timeout(limit, dial_workload(&place, src.ip(), target)).await {
+                Ok(Ok(s)) => Ok(s),
+                Ok(Err(e)) => {
+                    *dial_error.borrow_mut() =
+                        Some(Outcome::Unreachable(format!("connect {target}: {e}")));
+                    Err(Status::ServiceUnavailable)
+                }
+                Err(_) => {
+                    *dial_error.borrow_mut() = Some(Outcome::Timeout {
+                        detail: format!("connect {target} after {limit:?}"),
+                        hbone: false,
+                    });
+                    Err(Status::ServiceUnavailable)
+                }
             }
-            Err(_) => {
-                *dial_error.borrow_mut() = Some(Outcome::Timeout {
-                    detail: format!("connect {target} after {limit:?}"),
-                    hbone: false,
-                });
-                Err(Status::ServiceUnavailable)
-            }
-        }
-    };
-    let idle = core.limits().idle_timeout;
-    let served = incoming.serve(dial, rec.meter(), rec.cut(idle)).await;
-    let outcome = match served {
-        Served::Relayed => Outcome::Complete,
-        Served::Rejected(status) => dial_error
-            .take()
-            .unwrap_or_else(|| Outcome::Unreachable(format!("answered {status}"))),
-        Served::Cancelled => Outcome::Reset(crate::conn::ResetBy::Downstream),
-        Served::RelayFailed(e) => tunnel_relay_outcome(&rec, &e, Originator::Tunnel, idle),
-    };
-    rec.finish(outcome);
+        };
+        let idle = core.limits().idle_timeout;
+        let served = incoming.serve(dial, rec.meter(), rec.cut(idle)).await;
+        let outcome = match served {
+            Served::Relayed => Outcome::Complete,
+            Served::Rejected(status) => dial_error
+                .take()
+                .unwrap_or_else(|| Outcome::Unreachable(format!("answered {status}"))),
+            Served::Cancelled => Outcome::Reset(crate::conn::ResetBy::Downstream),
+            Served::RelayFailed(e) => tunnel_relay_outcome(&rec, &e, Originator::Tunnel, idle),
+        };
+        rec.finish(outcome);
+    }
 }
 
 /// Serves one plaintext connection that arrived on `local_ip`:15006 from a source outside
@@ -291,6 +335,7 @@ pub async fn serve_plaintext(
         src: peer,
         dst: target,
     });
+    drop((snapshot, workload));
     let limit = core.limits().connect_timeout;
     let pod = match runtime::time::timeout(limit, dial_workload(&place, peer.ip(), target)).await {
         Ok(Ok(pod)) => pod,

@@ -14,7 +14,8 @@
 //!   either, a new connection is refused at once (RST), counted and logged (rate-limited);
 //! - while the node's resident memory is above [`Limits::memory_limit`], every new connection
 //!   and every new tunnel is refused (RST, or 503 on an open HBONE connection) and the node
-//!   says so, until memory falls below the limit again: load is shed, memory does not grow.
+//!   says so, until memory falls below [`MEMORY_RESUME_PERCENT`] of the limit: load is shed,
+//!   memory does not grow, and a node hovering at its limit does not flap between the two.
 //!   Connections already open carry on.
 
 use std::sync::Arc;
@@ -203,11 +204,19 @@ impl NodeLoad {
     }
 
     /// Records a measurement against `limit`; returns `Some(now_over)` when the state
-    /// changed.
+    /// changed. The node goes over above `limit` and comes back only below
+    /// [`MEMORY_RESUME_PERCENT`] of it.
     pub fn observe(&self, rss: u64, limit: Option<u64>) -> Option<bool> {
         self.rss.store(rss, Ordering::Relaxed);
-        let over = limit.is_some_and(|l| rss > l);
-        let was = self.over_memory.swap(over, Ordering::Relaxed);
+        let was = self.over_memory.load(Ordering::Relaxed);
+        let over = limit.is_some_and(|l| {
+            if was {
+                rss >= l / 100 * MEMORY_RESUME_PERCENT
+            } else {
+                rss > l
+            }
+        });
+        self.over_memory.store(over, Ordering::Relaxed);
         (was != over).then_some(over)
     }
 
@@ -232,6 +241,14 @@ pub fn resident_bytes() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib << 10)
 }
+
+/// A node over its memory limit accepts again only once its resident set is below this
+/// share of the limit. Without the gap, a node at its limit flips every sample: the workers
+/// hand freed memory back to the OS every few seconds, which drops RSS by a MiB or two,
+/// admits a burst of connections, and goes over again; operators see a flapping log and
+/// clients see refusals come and go. 90 % leaves 10 % (51 MiB of 512) to be freed first,
+/// which closing a few busy connections does.
+pub const MEMORY_RESUME_PERCENT: u64 = 90;
 
 /// How often the control thread measures the resident set. A flood at line rate grows a
 /// node by at most a few MiB in 100 ms, and reading `/proc/self/status` costs microseconds.
@@ -285,5 +302,27 @@ mod tests {
         assert_eq!(l.validate().unwrap_err().flag, "--memory-limit");
         assert!(Limits::default().validate().is_ok());
         assert_eq!(Limits::default().per_core_connections(3), 33_334);
+    }
+
+    #[test]
+    fn memory_shedding_starts_above_the_limit_and_ends_below_ninety_percent() {
+        let load = NodeLoad::default();
+        let limit = Some(100 << 20);
+        assert_eq!(
+            load.observe(100 << 20, limit),
+            None,
+            "at the limit is not over"
+        );
+        assert_eq!(load.observe((100 << 20) + 1, limit), Some(true));
+        assert!(load.over_memory());
+        // Falling a little does not reopen the door.
+        assert_eq!(load.observe(95 << 20, limit), None);
+        assert!(load.over_memory());
+        assert_eq!(load.observe(91 << 20, limit), None);
+        assert_eq!(load.observe(89 << 20, limit), Some(false));
+        assert!(!load.over_memory());
+        // Back under, growing to the limit again does not shed yet.
+        assert_eq!(load.observe(99 << 20, limit), None);
+        assert_eq!(load.observe(1 << 40, None), None, "no limit: never over");
     }
 }

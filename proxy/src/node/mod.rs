@@ -270,10 +270,14 @@ fn open_fds() -> (usize, u64) {
 /// The local workload IPs whose inbound listeners the node serves under `snapshot`: the ones
 /// already served, and the new ones whose two ports no other process listens on. Each
 /// refusal names the workload and the address.
+///
+/// `claim_until` is the start-up grace for addresses a killed predecessor still holds (see
+/// [`options::claim_port`]); `None` on snapshot updates.
 fn plan_inbound(
     snapshot: &Snapshot,
     opts: &NodeOptions,
     served: &HashSet<IpAddr>,
+    claim_until: Option<Instant>,
 ) -> (HashSet<IpAddr>, Vec<String>) {
     let mut plan = HashSet::new();
     let mut errors = Vec::new();
@@ -302,7 +306,7 @@ fn plan_inbound(
                     ));
                     continue 'ip;
                 }
-                if let Err(e) = options::claim_port(flag, addr) {
+                if let Err(e) = options::claim_port(flag, addr, claim_until) {
                     errors.push(format!("workload {} ({ip}): {e}", w.uid));
                     continue 'ip;
                 }
@@ -351,7 +355,7 @@ impl Publisher {
             }
         }
         let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
-        let (plan, errors) = plan_inbound(&snap, &self.opts, &served);
+        let (plan, errors) = plan_inbound(&snap, &self.opts, &served, None);
         for e in errors {
             tracing::error!("not serving inbound traffic: {e}");
         }
@@ -401,11 +405,13 @@ pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
     };
     let node = snapshot.node().unwrap_or("-").to_string();
 
-    // Ports first: a node must not start on ports another process serves.
+    // Ports first: a node must not start on ports another process serves. One grace for
+    // all of them: a killed predecessor's rings let go of its listeners together.
+    let claim_until = Some(Instant::now() + options::CLAIM_GRACE);
     for (flag, addr) in opts.shared_listeners() {
-        options::claim_port(flag, addr).map_err(|e| anyhow::anyhow!("{e}"))?;
+        options::claim_port(flag, addr, claim_until).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    let (plan, errors) = plan_inbound(&snapshot, &opts, &HashSet::new());
+    let (plan, errors) = plan_inbound(&snapshot, &opts, &HashSet::new(), claim_until);
     if let Some(e) = errors.first() {
         anyhow::bail!("{e}");
     }
@@ -655,6 +661,8 @@ fn spawn_memory_sampler(
                         Some(true) => tracing::error!(
                             rss_mib = rss >> 20,
                             limit_mib = limit.unwrap_or(0) >> 20,
+                            resume_below_mib =
+                                (limit.unwrap_or(0) / 100 * limits::MEMORY_RESUME_PERCENT) >> 20,
                             "memory above --memory-limit: refusing new connections until it falls"
                         ),
                         Some(false) => tracing::warn!(

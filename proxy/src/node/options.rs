@@ -45,6 +45,11 @@ pub const MIN_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// (io_uring tears a ring down from a kernel worker, which waits its turn).
 pub const CLAIM_GRACE: Duration = Duration::from_secs(3);
 
+/// How often [`claim_port`] probes an address in use again within [`CLAIM_GRACE`]: often
+/// enough to start within a few ms of the address coming free, rarely enough (150 probes in
+/// the whole grace) to cost nothing.
+pub const CLAIM_RETRY: Duration = Duration::from_millis(20);
+
 /// Everything `ringmesh run` needs.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -278,15 +283,34 @@ impl NodeOptions {
 /// `SO_REUSEPORT` fails while any other socket listens there, so this probe, made before
 /// the cores bind, tells a free address from a served one. (A process that binds between
 /// the probe and the cores is not caught: the window is the node's start-up.)
-pub fn claim_port(flag: &str, addr: SocketAddr) -> Result<(), OptionError> {
-    runtime::net::probe_unserved(addr).map_err(|e| {
-        let reason = if e.kind() == std::io::ErrorKind::AddrInUse {
+///
+/// With `until`, an address in use is probed again every [`CLAIM_RETRY`] until that instant
+/// before it counts as served: a node restarted after `kill -9` must not be refused for the
+/// listeners its predecessor's io_uring rings still hold for a moment ([`CLAIM_GRACE`]).
+/// Without it (a snapshot update on the control thread, which must not stall) the first
+/// answer stands.
+pub fn claim_port(
+    flag: &str,
+    addr: SocketAddr,
+    until: Option<std::time::Instant>,
+) -> Result<(), OptionError> {
+    loop {
+        let e = match runtime::net::probe_unserved(addr) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let in_use = e.kind() == std::io::ErrorKind::AddrInUse;
+        if in_use && until.is_some_and(|t| std::time::Instant::now() < t) {
+            std::thread::sleep(CLAIM_RETRY);
+            continue;
+        }
+        let reason = if in_use {
             format!("{addr} is already served by another process (is another node running?)")
         } else {
             format!("cannot listen on {addr}: {e}")
         };
-        refuse(flag, reason)
-    })
+        return Err(refuse(flag, reason));
+    }
 }
 
 #[cfg(test)]

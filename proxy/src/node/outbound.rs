@@ -8,7 +8,9 @@
 //! any byte of the client's is relayed. The relay then only moves and counts bytes. Every
 //! step reports through the connection's record (`crate::conn`).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -248,7 +250,25 @@ pub async fn serve_socks5(core: Rc<Core>, client: TcpStream, src: SocketAddr) {
     rec.refuse(refused.0, &refused.1);
 }
 
-async fn refuse(rec: ConnRecord, client: &TcpStream, entry: Entry, why: Refusal, detail: &str) {
+/// Boxed where it is awaited only on a refusal: its SOCKS5 write (~0.7 KiB of state) would
+/// otherwise size every connection's task (a task is as large as its largest await).
+fn refuse<'a>(
+    rec: ConnRecord,
+    client: &'a TcpStream,
+    entry: Entry,
+    why: Refusal,
+    detail: &'a str,
+) -> Pin<Box<dyn Future<Output = ()> + 'a>> {
+    Box::pin(refuse_inline(rec, client, entry, why, detail))
+}
+
+async fn refuse_inline(
+    rec: ConnRecord,
+    client: &TcpStream,
+    entry: Entry,
+    why: Refusal,
+    detail: &str,
+) {
     match entry {
         Entry::Socks5 => {
             let _ = socks5::reply(client, why.socks_reply(), None).await;
@@ -260,9 +280,69 @@ async fn refuse(rec: ConnRecord, client: &TcpStream, entry: Entry, why: Refusal,
     rec.refuse(why, detail);
 }
 
+/// The decisions made before any byte moves: loops, the source workload, the route. Fills
+/// in and opens `rec`. Synchronous, so that nothing it looks at (the snapshot, the own
+/// listeners) is held by the connection's task past it: a long connection must not pin an
+/// old snapshot.
+fn decide(
+    core: &Core,
+    rec: &mut ConnRecord,
+    pod: Option<&PodSpec>,
+    place: &Placement,
+) -> Result<Route, (Refusal, String)> {
+    let (src, dst) = (rec.src(), rec.dst());
+    let own = core.own_listeners();
+    if own.contains(dst) {
+        return Err((
+            Refusal::Loop,
+            format!("{dst} is this node's own listener (a loop)"),
+        ));
+    }
+    let snapshot = core.snapshot();
+    let source = snapshot.local_workload_by_ip(src.ip()).cloned();
+    // In a pod, the source is that pod or nobody: an address alone could be one another
+    // pod added to its own namespace, and plaintext passthrough would leak a mesh pod's
+    // traffic before its workload reached the config.
+    if let Some(p) = pod
+        && !source
+            .as_ref()
+            .is_some_and(|w| *w.namespace == *p.namespace && *w.name == *p.pod_name)
+    {
+        let detail = format!(
+            "source {} is not pod {}/{} in the mesh config (yet)",
+            src.ip(),
+            p.namespace,
+            p.pod_name
+        );
+        return Err((Refusal::UnknownSource, detail));
+    }
+    let resolved = route(core, &snapshot, source.as_ref(), src, dst, place)?;
+    let security = match &resolved.route {
+        Route::Hbone { key, request } => {
+            rec.set_dst(key.dst);
+            rec.set_hbone_addr(request.authority.socket_addr().unwrap_or(key.dst));
+            Security::MutualTls
+        }
+        Route::Tcp { addr } => {
+            if own.contains(*addr) {
+                let detail = format!("{addr} is this node's own listener (a loop)");
+                return Err((Refusal::Loop, detail));
+            }
+            rec.set_dst(*addr);
+            Security::Unknown
+        }
+    };
+    let identity = source.as_ref().map(|w| w.identity.clone());
+    rec.set_source(source, identity);
+    rec.set_destination(resolved.destination, resolved.service);
+    rec.set_carrier(resolved.carrier);
+    rec.open(security);
+    Ok(resolved.route)
+}
+
 async fn serve(
     core: Rc<Core>,
-    client: TcpStream,
+    mut client: TcpStream,
     src: SocketAddr,
     dst: SocketAddr,
     entry: Entry,
@@ -280,57 +360,14 @@ async fn serve(
         Ok(a) => a,
         Err((why, detail)) => return refuse(rec, &client, entry, why, &detail).await,
     };
-    let own = core.own_listeners();
-    if own.contains(dst) {
-        let detail = format!("{dst} is this node's own listener (a loop)");
-        return refuse(rec, &client, entry, Refusal::Loop, &detail).await;
-    }
-    let snapshot = core.snapshot();
-    let source = snapshot.local_workload_by_ip(src.ip()).cloned();
-    // In a pod, the source is that pod or nobody: an address alone could be one another
-    // pod added to its own namespace, and plaintext passthrough would leak a mesh pod's
-    // traffic before its workload reached the config.
-    if let Some(p) = &pod
-        && !source
-            .as_ref()
-            .is_some_and(|w| *w.namespace == *p.namespace && *w.name == *p.pod_name)
-    {
-        let detail = format!(
-            "source {} is not pod {}/{} in the mesh config (yet)",
-            src.ip(),
-            p.namespace,
-            p.pod_name
-        );
-        return refuse(rec, &client, entry, Refusal::UnknownSource, &detail).await;
-    }
-    let resolved = match route(&core, &snapshot, source.as_ref(), src, dst, &place) {
+    let route = match decide(&core, &mut rec, pod.as_deref(), &place) {
         Ok(r) => r,
         Err((why, detail)) => return refuse(rec, &client, entry, why, &detail).await,
     };
-    let security = match &resolved.route {
-        Route::Hbone { key, request } => {
-            rec.set_dst(key.dst);
-            rec.set_hbone_addr(request.authority.socket_addr().unwrap_or(key.dst));
-            Security::MutualTls
-        }
-        Route::Tcp { addr } => {
-            if own.contains(*addr) {
-                let detail = format!("{addr} is this node's own listener (a loop)");
-                return refuse(rec, &client, entry, Refusal::Loop, &detail).await;
-            }
-            rec.set_dst(*addr);
-            Security::Unknown
-        }
-    };
-    let identity = source.as_ref().map(|w| w.identity.clone());
-    rec.set_source(source, identity);
-    rec.set_destination(resolved.destination, resolved.service);
-    rec.set_carrier(resolved.carrier);
-    rec.open(security);
-
+    drop(pod);
     // Boxed: a pool dial that handshakes is several KiB of state, and inline it would size
     // this task, which lives as long as the connection, for the dial rather than the relay.
-    let upstream = match Box::pin(open(&core, &resolved.route, &place)).await {
+    let upstream = match Box::pin(open(&core, &route, &place)).await {
         Ok(u) => u,
         Err(outcome) => {
             match entry {
@@ -344,6 +381,10 @@ async fn serve(
             return rec.finish(outcome);
         }
     };
+    // The pool key and request (with their identities and headers) are not needed past the
+    // dial; the task lives as long as the connection.
+    drop(route);
+    drop(place);
     if entry == Entry::Socks5
         && let Err(e) = socks5::reply(&client, Reply::Succeeded, client.local_addr().ok()).await
     {
@@ -365,7 +406,6 @@ async fn serve(
             }
         }
         Upstream::Hbone(mut tunnel) => {
-            let mut client = client;
             let idle = core.limits().idle_timeout;
             let cut = rec.cut(idle);
             match hbone::stream::relay(

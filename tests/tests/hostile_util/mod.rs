@@ -41,6 +41,7 @@ impl Raw {
             vec![server.clone()],
         )?;
         let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
         tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
         let conn = rustls::ClientConnection::new(cfg, hbone::tls::server_name())?;

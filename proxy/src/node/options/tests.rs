@@ -89,11 +89,29 @@ fn overlap_is_same_port_and_family_with_one_ip_or_a_wildcard() {
 fn a_port_another_process_serves_is_refused() {
     let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = other.local_addr().unwrap();
-    let e = claim_port("--socks5", addr).unwrap_err();
+    let e = claim_port("--socks5", addr, None).unwrap_err();
     assert_eq!(e.flag, "--socks5");
     assert!(e.reason.contains("already served"), "{e}");
+    // Within a grace, still served at its end: refused, after the grace.
+    let started = std::time::Instant::now();
+    let e = claim_port("--socks5", addr, Some(started + Duration::from_millis(100))).unwrap_err();
+    assert!(e.reason.contains("already served"), "{e}");
+    assert!(started.elapsed() >= Duration::from_millis(100));
     drop(other);
-    claim_port("--socks5", addr).unwrap();
+    claim_port("--socks5", addr, None).unwrap();
+}
+
+#[test]
+fn a_port_freed_within_the_grace_is_claimed() {
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = other.local_addr().unwrap();
+    let freer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        drop(other);
+    });
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    claim_port("--socks5", addr, Some(until)).unwrap();
+    freer.join().unwrap();
 }
 
 fn istiod() -> control::grpc::ChannelConfig {
