@@ -209,13 +209,7 @@ impl NodeLoad {
     pub fn observe(&self, rss: u64, limit: Option<u64>) -> Option<bool> {
         self.rss.store(rss, Ordering::Relaxed);
         let was = self.over_memory.load(Ordering::Relaxed);
-        let over = limit.is_some_and(|l| {
-            if was {
-                rss >= l / 100 * MEMORY_RESUME_PERCENT
-            } else {
-                rss > l
-            }
-        });
+        let over = limit.is_some_and(|l| if was { rss >= resume_below(l) } else { rss > l });
         self.over_memory.store(over, Ordering::Relaxed);
         (was != over).then_some(over)
     }
@@ -249,6 +243,11 @@ pub fn resident_bytes() -> Option<u64> {
 /// clients see refusals come and go. 90 % leaves 10 % (51 MiB of 512) to be freed first,
 /// which closing a few busy connections does.
 pub const MEMORY_RESUME_PERCENT: u64 = 90;
+
+/// The resident set below which a node over `limit` accepts again.
+pub fn resume_below(limit: u64) -> u64 {
+    limit / 100 * MEMORY_RESUME_PERCENT
+}
 
 /// How often the control thread measures the resident set. A flood at line rate grows a
 /// node by at most a few MiB in 100 ms, and reading `/proc/self/status` costs microseconds.

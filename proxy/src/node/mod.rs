@@ -661,8 +661,7 @@ fn spawn_memory_sampler(
                         Some(true) => tracing::error!(
                             rss_mib = rss >> 20,
                             limit_mib = limit.unwrap_or(0) >> 20,
-                            resume_below_mib =
-                                (limit.unwrap_or(0) / 100 * limits::MEMORY_RESUME_PERCENT) >> 20,
+                            resume_below_mib = limits::resume_below(limit.unwrap_or(0)) >> 20,
                             "memory above --memory-limit: refusing new connections until it falls"
                         ),
                         Some(false) => tracing::warn!(
