@@ -11,14 +11,16 @@
 //! - a second node on the same ports, and flags that cannot work;
 //! - PING, SETTINGS and bulk floods on one connection while others handshake on the same
 //!   core (worker fairness);
-//! - mTLS without an HTTP/2 preface;
-//! - the drain deadline and a backend's reset (RST must reach the client as RST);
+//! - a backend's reset (RST must reach the client as RST);
 //! - rapid resets, CONTINUATION floods, huge header blocks, 10,000 streams;
 //! - a flood of failed handshakes (logged at WARN, rate-limited);
 //! - config corruption and kill -9.
 //!
-//! Address plan: 127.226.0.0/16 and 127.241–249.0.0/16, one per test; node-1 on .0.1,
-//! workloads on .1.* and .2.*.
+//! The deadlines and limits themselves (HTTP/2 handshake, drain, idle, memory) are tested in
+//! `node_limits.rs`.
+//!
+//! Address plan: 127.226.0.0/16, 127.241–244.0.0/16 and 127.247–249.0.0/16, one per test;
+//! node-1 on .0.1, workloads on .1.* and .2.*.
 
 mod hostile_util;
 
@@ -29,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use e2e::{MeshDir, Node, echo_once, hbone_request, ip4, socks_connect, spawn_echo, spiffe};
+use hostile_util::*;
 
 const X: u8 = 226;
 /// The node's TLS handshake and SOCKS5 handshake deadlines are 10 s each (hbone's
@@ -203,63 +206,6 @@ fn hostile_peers_are_refused_and_the_node_keeps_serving() -> Result<()> {
         n1.proc.stderr()
     );
     Ok(())
-}
-
-use hostile_util::*;
-
-/// A mesh of one node with a client (.1.1), an echo (.2.1) and a sink that never reads
-/// (.2.2) as HBONE workloads, all on node-1.
-fn one_node(x: u8) -> Result<MeshDir> {
-    let (client, echo, sink) = (ip4(x, 1, 1), ip4(x, 2, 1), ip4(x, 2, 2));
-    let w = |name: &str, ip| {
-        format!(
-            "  - {{name: {name}, namespace: test, serviceAccount: {name}, workloadIps: [\"{ip}\"], node: node-1, protocol: HBONE}}\n"
-        )
-    };
-    let config = format!(
-        "workloads:\n{}{}{}",
-        w("client", client),
-        w("echo", echo),
-        w("sink", sink)
-    );
-    let mesh = MeshDir::new(&config)?;
-    spawn_echo(SocketAddr::new(echo, 8080))?;
-    spawn_sink(SocketAddr::new(sink, 8080))?;
-    Ok(mesh)
-}
-
-/// A normal client still gets through, over SOCKS5 and HBONE, and the node is alive.
-fn still_serving(n: &mut Node, mesh: &MeshDir, x: u8) -> Result<()> {
-    ensure!(
-        n.proc.wait_exit(Duration::from_millis(10)).is_err(),
-        "the node exited:\n{}",
-        n.proc.stderr()
-    );
-    let echo = SocketAddr::new(ip4(x, 2, 1), 8080);
-    let back = echo_once(socks_connect(ip4(x, 1, 1), n.socks(), echo)?, b"still here")?;
-    ensure!(back == b"still here", "SOCKS5 → HBONE echo: {back:?}");
-    let r = hbone_request(
-        &mesh.ca,
-        &spiffe("test", "client"),
-        &spiffe("test", "echo"),
-        SocketAddr::new(ip4(x, 2, 1), 15008),
-        echo,
-        b"direct",
-    )?;
-    ensure!(
-        r.as_ref().is_ok_and(|b| b == b"direct"),
-        "HBONE echo: {r:?}"
-    );
-    ensure!(
-        !n.proc.stderr().contains("panicked"),
-        "the node panicked:\n{}",
-        n.proc.stderr()
-    );
-    Ok(())
-}
-
-fn metric(n: &Node, name: &str, labels: &[&str]) -> Result<f64> {
-    Ok(e2e::metric_sum(&n.metrics()?, name, labels))
 }
 
 #[test]
@@ -590,127 +536,6 @@ fn one_flooding_peer_does_not_stall_handshakes_on_its_core() -> Result<()> {
 }
 
 #[test]
-fn mtls_without_a_preface_is_closed_at_the_http2_deadline() -> Result<()> {
-    const X: u8 = 245;
-    let mesh = one_node(X)?;
-    let mut n = Node::start(
-        &mesh,
-        "node-1",
-        ip4(X, 0, 1),
-        &["--h2-handshake-timeout", "1s", "--h2-idle-timeout", "2s"],
-    )?;
-    let hbone = SocketAddr::new(ip4(X, 2, 1), 15008);
-    let (client, server) = (spiffe("test", "client"), spiffe("test", "echo"));
-    let started = Instant::now();
-    let mut silent = Raw::tls(&mesh.ca, &client, &server, hbone)?;
-    silent.until_closed(Duration::from_secs(8))?;
-    let took = started.elapsed();
-    ensure!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
-        "{took:?}"
-    );
-    // A connection that never opens a stream gets GOAWAY at the idle timeout.
-    let started = Instant::now();
-    let mut idle = Raw::h2(&mesh.ca, &client, &server, hbone)?;
-    let goaway = idle.until_closed(Duration::from_secs(10))?;
-    ensure!(goaway.is_some(), "closed without GOAWAY");
-    ensure!(
-        started.elapsed() >= Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
-    let timeouts = metric(
-        &n,
-        "ringmesh_connections_refused_total",
-        &["reason=\"handshake_timeout\""],
-    )?;
-    ensure!(timeouts >= 1.0, "handshake timeouts counted: {timeouts}");
-    still_serving(&mut n, &mesh, X)
-}
-
-#[test]
-fn the_drain_deadline_resets_open_connections_and_logs_each() -> Result<()> {
-    const X: u8 = 246;
-    let mesh = one_node(X)?;
-    let mut n = Node::start(&mesh, "node-1", ip4(X, 0, 1), &["--drain-timeout", "1s"])?;
-    let echo = SocketAddr::new(ip4(X, 2, 1), 8080);
-    let mut held = socks_connect(ip4(X, 1, 1), n.socks(), echo)?;
-    e2e::ping(&mut held, b"before the drain")?;
-    n.proc.signal("TERM")?;
-    held.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut buf = [0u8; 16];
-    let end = held.read(&mut buf);
-    ensure!(
-        matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-        "the client saw {end:?} at the drain deadline, not a reset"
-    );
-    n.proc.wait_exit(Duration::from_secs(10))?;
-    let drained: Vec<_> = n
-        .access_logs()
-        .into_iter()
-        .filter(|l| l.outcome() == "drained")
-        .collect();
-    // The outbound half and the inbound half (both on this node).
-    ensure!(
-        drained.len() >= 2,
-        "drained lines: {drained:?}\n{}",
-        n.proc.stderr()
-    );
-    for l in &drained {
-        ensure!(
-            l.get("error") == "connection closed due to connection drain" && l.level == "error",
-            "{}",
-            l.line
-        );
-        ensure!(l.num("bytes_sent") > 0, "bytes kept: {}", l.line);
-    }
-    Ok(())
-}
-
-#[test]
-fn a_silent_tunnel_is_cut_at_the_idle_timeout_on_both_halves() -> Result<()> {
-    const X: u8 = 250;
-    let idle = Duration::from_secs(1);
-    let mesh = one_node(X)?;
-    let mut n = Node::start(&mesh, "node-1", ip4(X, 0, 1), &["--idle-timeout", "1s"])?;
-    let echo = SocketAddr::new(ip4(X, 2, 1), 8080);
-    let mut held = socks_connect(ip4(X, 1, 1), n.socks(), echo)?;
-    // Bytes keep it open past the limit...
-    e2e::ping(&mut held, b"still here")?;
-    for _ in 0..3 {
-        std::thread::sleep(idle / 2);
-        e2e::ping(&mut held, b"still here")?;
-    }
-    // ...and silence ends it, no sooner than the limit after the last byte.
-    let last = Instant::now();
-    held.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut buf = [0u8; 16];
-    let end = held.read(&mut buf);
-    let quiet = last.elapsed();
-    ensure!(
-        matches!(&end, Ok(0))
-            || matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-        "the client saw {end:?} after {quiet:?} of silence, not an end"
-    );
-    ensure!(
-        quiet >= idle,
-        "cut after {quiet:?} of silence, limit {idle:?}"
-    );
-    // The half whose last byte is older (inbound: the reply leaves it first) is cut as idle
-    // and resets the tunnel, so the other half ends too; both are logged.
-    let cut = n.wait_access(Duration::from_secs(5), "an idle line", |l| {
-        l.outcome() == "idle"
-    })?;
-    ensure!(cut.num("bytes_sent") > 0, "bytes kept: {}", cut.line);
-    for direction in ["outbound", "inbound"] {
-        n.wait_access(Duration::from_secs(5), direction, |l| {
-            l.complete() && l.get("direction") == direction
-        })?;
-    }
-    still_serving(&mut n, &mesh, X)
-}
-
-#[test]
 fn a_backend_reset_reaches_the_client_as_a_reset() -> Result<()> {
     const X: u8 = 247;
     let mesh = one_node(X)?;
@@ -926,93 +751,4 @@ fn failed_handshakes_are_logged_at_warn_and_rate_limited() -> Result<()> {
     std::fs::write(&mesh.config, one_node_config(X))?;
     let mut again = Node::start(&mesh, "node-1", ip4(X, 0, 1), &["--cores", "1"])?;
     still_serving(&mut again, &mesh, X)
-}
-
-fn one_node_config(x: u8) -> String {
-    let w = |name: &str, ip| {
-        format!(
-            "  - {{name: {name}, namespace: test, serviceAccount: {name}, workloadIps: [\"{ip}\"], node: node-1, protocol: HBONE}}\n"
-        )
-    };
-    format!(
-        "workloads:\n{}{}{}",
-        w("client", ip4(x, 1, 1)),
-        w("echo", ip4(x, 2, 1)),
-        w("sink", ip4(x, 2, 2))
-    )
-}
-
-#[test]
-fn above_its_memory_limit_a_node_sheds_new_connections_and_recovers() -> Result<()> {
-    const X: u8 = 240;
-    let mesh = one_node(X)?;
-    let mut n = Node::start(
-        &mesh,
-        "node-1",
-        ip4(X, 0, 1),
-        &["--cores", "1", "--memory-limit", "48MiB"],
-    )?;
-    let pid = n.proc.pid();
-    let baseline = rss(pid)?;
-    ensure!(
-        baseline < 40 << 20,
-        "the idle node already holds {} MiB",
-        baseline >> 20
-    );
-    let (client, sink_id) = (spiffe("test", "client"), spiffe("test", "sink"));
-    let hbone = SocketAddr::new(ip4(X, 2, 2), 15008);
-    let sink = SocketAddr::new(ip4(X, 2, 2), 8080);
-    // Streams into a backend that never reads: each holds an upstream socket, a task and its
-    // relay in the node. Open them until the node says it is over its limit.
-    let mut conns = Vec::new();
-    let chunk = {
-        let mut b = Vec::new();
-        frame(&mut b, DATA, 0, 1, &[0x5a; 16 * 1024]);
-        b
-    };
-    let over = e2e::wait_for(
-        Duration::from_secs(30),
-        "the node to go over its limit",
-        || {
-            if n.proc.stderr().contains("memory above --memory-limit") {
-                return true;
-            }
-            let Ok(mut raw) = Raw::h2(&mesh.ca, &client, &sink_id, hbone) else {
-                return false;
-            };
-            for s in 0..50u32 {
-                let id = 1 + 2 * s;
-                if raw.connect(id, sink).is_err() {
-                    return false;
-                }
-                // One frame each, so every stream's relay is under way. (More bytes would not
-                // hold more: the kernel's socket buffers toward the sink take megabytes
-                // before the node keeps anything.)
-                let mut f = chunk.clone();
-                f[5..9].copy_from_slice(&id.to_be_bytes());
-                if raw.send(&f).is_err() {
-                    return false;
-                }
-            }
-            conns.push(raw);
-            false
-        },
-    );
-    over.with_context(|| format!("RSS now {} MiB", rss(pid).unwrap_or(0) >> 20))?;
-    // New connections are refused while over: SOCKS5 clients are reset, HBONE tunnels 503.
-    let echo = SocketAddr::new(ip4(X, 2, 1), 8080);
-    e2e::wait_for(Duration::from_secs(5), "a refused connection", || {
-        socks_connect(ip4(X, 1, 1), n.socks(), echo)
-            .and_then(|s| echo_once(s, b"x"))
-            .is_err()
-    })?;
-    let shed = metric(&n, "ringmesh_load_shed_total", &[])?;
-    ensure!(shed >= 1.0, "shed counted: {shed}");
-    // Let go: memory falls back, and the node serves again.
-    drop(conns);
-    e2e::wait_for(Duration::from_secs(20), "the node to accept again", || {
-        n.proc.stderr().contains("memory back under --memory-limit")
-    })
-    .with_context(|| format!("RSS now {} MiB", rss(pid).unwrap_or(0) >> 20))?;
-    still_serving(&mut n, &mesh, X)
 }

@@ -243,3 +243,64 @@ pub fn spawn_sink(addr: SocketAddr) -> Result<()> {
     });
     Ok(())
 }
+
+/// The config of [`one_node`]: a client (.1.1), an echo (.2.1) and a sink that never reads
+/// (.2.2) as HBONE workloads, all on node-1.
+pub fn one_node_config(x: u8) -> String {
+    let w = |name: &str, ip| {
+        format!(
+            "  - {{name: {name}, namespace: test, serviceAccount: {name}, workloadIps: [\"{ip}\"], node: node-1, protocol: HBONE}}\n"
+        )
+    };
+    format!(
+        "workloads:\n{}{}{}",
+        w("client", e2e::ip4(x, 1, 1)),
+        w("echo", e2e::ip4(x, 2, 1)),
+        w("sink", e2e::ip4(x, 2, 2))
+    )
+}
+
+/// A mesh of one node ([`one_node_config`]) with the echo and the sink listening.
+pub fn one_node(x: u8) -> Result<e2e::MeshDir> {
+    let mesh = e2e::MeshDir::new(&one_node_config(x))?;
+    e2e::spawn_echo(SocketAddr::new(e2e::ip4(x, 2, 1), 8080))?;
+    spawn_sink(SocketAddr::new(e2e::ip4(x, 2, 2), 8080))?;
+    Ok(mesh)
+}
+
+/// A normal client still gets through, over SOCKS5 and HBONE, and the node is alive.
+pub fn still_serving(n: &mut e2e::Node, mesh: &e2e::MeshDir, x: u8) -> Result<()> {
+    use anyhow::ensure;
+    use e2e::{echo_once, hbone_request, ip4, socks_connect, spiffe};
+    ensure!(
+        n.proc.wait_exit(Duration::from_millis(10)).is_err(),
+        "the node exited:\n{}",
+        n.proc.stderr()
+    );
+    let echo = SocketAddr::new(ip4(x, 2, 1), 8080);
+    let back = echo_once(socks_connect(ip4(x, 1, 1), n.socks(), echo)?, b"still here")?;
+    ensure!(back == b"still here", "SOCKS5 → HBONE echo: {back:?}");
+    let r = hbone_request(
+        &mesh.ca,
+        &spiffe("test", "client"),
+        &spiffe("test", "echo"),
+        SocketAddr::new(ip4(x, 2, 1), 15008),
+        echo,
+        b"direct",
+    )?;
+    ensure!(
+        r.as_ref().is_ok_and(|b| b == b"direct"),
+        "HBONE echo: {r:?}"
+    );
+    ensure!(
+        !n.proc.stderr().contains("panicked"),
+        "the node panicked:\n{}",
+        n.proc.stderr()
+    );
+    Ok(())
+}
+
+/// The sum of a node's metric over the series matching `labels`.
+pub fn metric(n: &e2e::Node, name: &str, labels: &[&str]) -> Result<f64> {
+    Ok(e2e::metric_sum(&n.metrics()?, name, labels))
+}
