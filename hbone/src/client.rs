@@ -121,36 +121,27 @@ pub async fn tls_connect<T>(
     io: T,
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<tokio_rustls::client::TlsStream<T>>
+) -> Result<crate::tls::TlsStream<T>>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     // The name is neither sent (no SNI) nor checked: the server is authenticated by its
     // URI SAN (crate::tls).
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(crate::tls::server_name(), io)
-        .await
-        .map_err(|e| tls_io_error(e, addr))?;
-    let session = stream.get_ref().1;
-    if !crate::tls::negotiated_h2(session) {
-        let alpn = session.alpn_protocol();
+    let stream = crate::tls::connect(io, tls).await.map_err(|e| match e {
+        Error::Io(e) => Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("TLS handshake with {addr}: {e}"),
+        )),
+        e => e,
+    })?;
+    let alpn = &stream.session().alpn;
+    if alpn.as_deref() != Some(crate::tls::ALPN_H2) {
         return Err(Error::NoH2Alpn(
-            alpn.map(|a| String::from_utf8_lossy(a).into_owned()),
+            alpn.as_ref()
+                .map(|a| String::from_utf8_lossy(a).into_owned()),
         ));
     }
     Ok(stream)
-}
-
-/// tokio-rustls reports TLS failures as `io::Error` wrapping a `rustls::Error`; unwrap it so
-/// the caller sees (and can classify) the TLS cause.
-pub(crate) fn tls_io_error(e: std::io::Error, addr: SocketAddr) -> Error {
-    if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        return Error::Tls(tls.clone());
-    }
-    Error::Io(std::io::Error::new(
-        e.kind(),
-        format!("TLS handshake with {addr}: {e}"),
-    ))
 }
 
 impl ClientConn {

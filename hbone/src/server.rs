@@ -284,10 +284,20 @@ where
     H: Fn(Incoming) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg.tls.clone());
-    let tls = match runtime::time::timeout(cfg.tls_handshake_timeout, acceptor.accept(io)).await {
+    let tls = match runtime::time::timeout(
+        cfg.tls_handshake_timeout,
+        crate::tls::accept(io, cfg.tls.clone()),
+    )
+    .await
+    {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return Err(tls_accept_error(e)),
+        Ok(Err(Error::Io(e))) => {
+            return Err(Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("TLS accept: {e}"),
+            )));
+        }
+        Ok(Err(e)) => return Err(e),
         Err(_) => {
             return Err(Error::Timeout {
                 what: "HBONE TLS handshake",
@@ -295,23 +305,21 @@ where
             });
         }
     };
-    let session = tls.get_ref().1;
-    if !crate::tls::negotiated_h2(session) {
-        let alpn = session.alpn_protocol();
+    let session = tls.session();
+    if session.alpn.as_deref() != Some(crate::tls::ALPN_H2) {
         return Err(Error::NoH2Alpn(
-            alpn.map(|a| String::from_utf8_lossy(a).into_owned()),
+            session
+                .alpn
+                .as_ref()
+                .map(|a| String::from_utf8_lossy(a).into_owned()),
         ));
     }
     // Always present after a completed handshake with crate::tls's verifier.
-    let peer = crate::tls::peer_identity(session).ok_or(Error::NoIdentity { found: Vec::new() })?;
+    let peer = session
+        .peer_identity
+        .clone()
+        .ok_or(Error::NoIdentity { found: Vec::new() })?;
     serve_h2(tls, peer, &cfg.h2, drain, handler).await
-}
-
-fn tls_accept_error(e: std::io::Error) -> Error {
-    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        Some(tls) => Error::Tls(tls.clone()),
-        None => Error::Io(std::io::Error::new(e.kind(), format!("TLS accept: {e}"))),
-    }
 }
 
 /// The requests of one connection still being handled, and the connection task's waker, so

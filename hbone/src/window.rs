@@ -38,15 +38,9 @@ impl PathRtt for runtime::net::TcpStream {
     }
 }
 
-impl<T: PathRtt> PathRtt for tokio_rustls::client::TlsStream<T> {
+impl<T: PathRtt> PathRtt for crate::tls::TlsStream<T> {
     fn rtt_probe(&self) -> Option<runtime::net::RttProbe> {
-        self.get_ref().0.rtt_probe()
-    }
-}
-
-impl<T: PathRtt> PathRtt for tokio_rustls::server::TlsStream<T> {
-    fn rtt_probe(&self) -> Option<runtime::net::RttProbe> {
-        self.get_ref().0.rtt_probe()
+        self.get_ref().rtt_probe()
     }
 }
 

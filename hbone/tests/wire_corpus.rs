@@ -57,3 +57,28 @@ fn seeds_exercise_the_parsers() {
     let r = hbone::wire::ConnectRequest::from_request(&req).unwrap();
     assert!(r.forwarded.is_some() && r.baggage.is_some() && r.traceparent.is_some());
 }
+
+/// The `tls_record` fuzz corpus through `hbone::tls::record::fuzz_check`, as the fuzzer runs it.
+#[test]
+fn tls_record_corpus() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/tls_record");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "seed corpus went missing from {}",
+        dir.display()
+    );
+    for f in &files {
+        let data = std::fs::read(f).unwrap();
+        let run = std::panic::catch_unwind(|| hbone::tls::record::fuzz_check(&data));
+        assert!(
+            run.is_ok(),
+            "corpus file {} breaks a record-layer invariant",
+            f.display()
+        );
+    }
+}

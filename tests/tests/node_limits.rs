@@ -105,12 +105,15 @@ fn a_silent_tunnel_is_cut_at_the_idle_timeout_on_both_halves() -> Result<()> {
     let mut held = socks_connect(ip4(X, 1, 1), n.socks(), echo)?;
     // Bytes keep it open past the limit...
     e2e::ping(&mut held, b"still here")?;
+    let mut last = Instant::now();
     for _ in 0..3 {
         std::thread::sleep(idle / 2);
+        // The node's last byte is after this instant (the echo of this ping) and before the
+        // client reads it, so the cut can come no sooner than the limit after this.
+        last = Instant::now();
         e2e::ping(&mut held, b"still here")?;
     }
     // ...and silence ends it, no sooner than the limit after the last byte.
-    let last = Instant::now();
     held.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut buf = [0u8; 16];
     let end = held.read(&mut buf);

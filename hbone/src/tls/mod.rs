@@ -38,6 +38,8 @@
 //! verified peer chain and an identity check passed, so [`peer_identity`] after a completed
 //! server handshake always returns `Some`.
 
+pub mod record;
+mod stream;
 mod verify;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -52,6 +54,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use crate::error::{Error, Result};
 use crate::identity::Identity;
 
+pub use stream::{READ_SIZE, Session, TX_HIGH, TlsStream, accept, connect};
 pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier, verifier_error};
 
 /// The one ALPN protocol HBONE speaks.
@@ -113,6 +116,8 @@ pub fn server_config(
     // Our clients and ztunnel's never resume, so session tickets would be wasted bytes and
     // CPU on every handshake.
     config.send_tls13_tickets = 0;
+    // After the handshake the secrets go to this crate's record layer (`record`).
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
@@ -143,6 +148,7 @@ pub fn client_config(
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.enable_sni = false;
     config.resumption = Resumption::disabled();
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

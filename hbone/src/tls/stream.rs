@@ -1,0 +1,865 @@
+//! An mTLS byte stream: rustls' handshake (its unbuffered API), then this crate's record layer
+//! ([`super::record`]) on the same socket.
+//!
+//! Owns: [`connect`] and [`accept`], which drive a handshake to completion and hand its
+//! secrets over (`rustls::kernel`), and [`TlsStream`], the `AsyncRead + AsyncWrite` that h2
+//! runs on. rustls keeps the key schedule: a key update, ours or the peer's, asks it for the
+//! next secret.
+//!
+//! Invariants:
+//! - no application byte is read or written before the handshake is complete in both
+//!   directions; bytes that arrive with the peer's last handshake flight are kept, in order;
+//! - the write side seals from the caller's slices into one queue of whole records and
+//!   accepts no more once [`TX_HIGH`] bytes are queued, so a peer that stops reading holds at
+//!   most that much of ours; the read side holds at most one record beyond what the caller
+//!   has not taken ([`READ_SIZE`] + [`record::MAX_RECORD`]);
+//! - buffers exist only while bytes move: the read buffer is freed whenever it is empty and
+//!   the socket has nothing more, the write queue once a short exchange has been flushed (a
+//!   bulk writer keeps its queue until its next short write, to avoid zeroing a new one per
+//!   write);
+//! - the write key is replaced (a KeyUpdate) before it seals more records than the suite's
+//!   confidentiality limit allows; a peer's KeyUpdate replaces the read key at its record's
+//!   end, and one that requests it is answered before our next record;
+//! - a fatal error is final: the alert it names is sent when the socket takes it, and every
+//!   later read or write returns the same error. close_notify from the peer is the end of
+//!   the stream; [`TlsStream::poll_shutdown`] sends ours.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BytesMut};
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError, UnbufferedStatus};
+use rustls::{ClientConfig, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::record::{
+    self, ContentType, Direction, HEADER_LEN, MAX_PLAINTEXT, OVERHEAD, RecordError, alert,
+};
+use crate::error::{Error, Result};
+use crate::identity::Identity;
+
+/// Ciphertext read per syscall, at most: four full records. A bulk tunnel's socket usually
+/// has that much waiting, so one read feeds four records to h2; an idle one frees it.
+pub const READ_SIZE: usize = 4 * record::MAX_RECORD;
+
+/// Sealed bytes the write queue holds before a write waits for the socket: four full
+/// records, what one 64 KiB relay chunk becomes.
+pub const TX_HIGH: usize = 4 * (MAX_PLAINTEXT + OVERHEAD);
+
+/// A slice shorter than this is copied into a record with its neighbours instead of being
+/// sealed from where it lies: h2 writes each DATA frame as its 9-byte header (and any
+/// control frames) and then the payload, and a record of its own costs a short slice an
+/// AEAD call and 22 bytes on the wire, more than copying it.
+const SMALL_SLICE: usize = 1024;
+
+/// A write queue that carried less than this between two empty states is freed once
+/// flushed: a short exchange (a request, a PING) allocates what it needs and returns it;
+/// a bulk writer keeps its queue (see the module invariants).
+const FREE_BELOW: usize = 16 * 1024;
+
+/// Records sealed with one key before it is replaced: rustls' limit for the suite (2^24
+/// for AES-GCM, RFC 8446 §5.5), less a margin so that the KeyUpdate itself stays within it.
+const KEY_UPDATE_MARGIN: u64 = 1024;
+
+/// The most handshake bytes buffered while a handshake is in flight: a certificate chain of
+/// a few KiB and the records around it; a peer that sends more is not doing a handshake.
+const HANDSHAKE_BUFFER_MAX: usize = 64 * 1024;
+
+/// The most bytes of one post-handshake message (KeyUpdate is 5, NewSessionTicket at most a
+/// few hundred) buffered across records.
+const POST_HANDSHAKE_MAX: usize = 16 * 1024;
+
+/// Handshake message types this layer handles after the handshake (RFC 8446 §4).
+const HS_NEW_SESSION_TICKET: u8 = 4;
+const HS_KEY_UPDATE: u8 = 24;
+
+/// rustls' half of a connection after the handshake: what computes the next traffic
+/// secret on a key update.
+enum Kernel {
+    Client(KernelConnection<ClientConnectionData>),
+    Server(KernelConnection<ServerConnectionData>),
+}
+
+impl Kernel {
+    fn update_tx(&mut self) -> std::result::Result<Direction, String> {
+        let (seq, secrets) = match self {
+            Kernel::Client(k) => k.update_tx_secret(),
+            Kernel::Server(k) => k.update_tx_secret(),
+        }
+        .map_err(|e| format!("updating the write key: {e}"))?;
+        Direction::new(&secrets, seq)
+    }
+
+    fn update_rx(&mut self) -> std::result::Result<Direction, String> {
+        let (seq, secrets) = match self {
+            Kernel::Client(k) => k.update_rx_secret(),
+            Kernel::Server(k) => k.update_rx_secret(),
+        }
+        .map_err(|e| format!("updating the read key: {e}"))?;
+        Direction::new(&secrets, seq)
+    }
+
+    fn confidentiality_limit(&self) -> u64 {
+        let suite = match self {
+            Kernel::Client(k) => k.negotiated_cipher_suite(),
+            Kernel::Server(k) => k.negotiated_cipher_suite(),
+        };
+        suite
+            .tls13()
+            .map_or(1 << 24, |s| s.common.confidentiality_limit)
+    }
+}
+
+/// What the handshake settled, for the caller's checks.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The negotiated ALPN protocol.
+    pub alpn: Option<Vec<u8>>,
+    /// The peer's SPIFFE identity (its leaf's first URI SAN that parses), when it sent a
+    /// certificate.
+    pub peer_identity: Option<Identity>,
+}
+
+/// One side of the unbuffered handshake, client or server.
+trait Side {
+    type Data;
+    fn common(&self) -> &rustls::CommonState;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn into_kernel(self) -> std::result::Result<(rustls::ExtractedSecrets, Kernel), rustls::Error>;
+}
+
+impl Side for UnbufferedClientConnection {
+    fn common(&self) -> &rustls::CommonState {
+        self
+    }
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(buf)
+    }
+    fn into_kernel(self) -> std::result::Result<(rustls::ExtractedSecrets, Kernel), rustls::Error> {
+        self.dangerous_into_kernel_connection()
+            .map(|(s, k)| (s, Kernel::Client(k)))
+    }
+}
+
+impl Side for UnbufferedServerConnection {
+    fn common(&self) -> &rustls::CommonState {
+        self
+    }
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(buf)
+    }
+    fn into_kernel(self) -> std::result::Result<(rustls::ExtractedSecrets, Kernel), rustls::Error> {
+        self.dangerous_into_kernel_connection()
+            .map(|(s, k)| (s, Kernel::Server(k)))
+    }
+}
+
+/// The client side of the handshake over `io`, then the stream. `config` must have
+/// `enable_secret_extraction` set (every config `crate::tls` builds has).
+pub async fn connect<T>(io: T, config: Arc<ClientConfig>) -> Result<TlsStream<T>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = UnbufferedClientConnection::new(config, super::server_name())?;
+    handshake(io, conn).await
+}
+
+/// The server side of the handshake over `io`, then the stream. `config` must have
+/// `enable_secret_extraction` set (every config `crate::tls` builds has).
+pub async fn accept<T>(io: T, config: Arc<ServerConfig>) -> Result<TlsStream<T>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = UnbufferedServerConnection::new(config)?;
+    handshake(io, conn).await
+}
+
+async fn handshake<T, S>(mut io: T, mut conn: S) -> Result<TlsStream<T>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: Side,
+{
+    let mut inb = BytesMut::with_capacity(4096);
+    let mut out: Vec<u8> = Vec::new();
+    let mut out_len = 0;
+    // Application data that came with the peer's last flight, opened by rustls.
+    let mut early = Vec::new();
+    loop {
+        enum Next {
+            Again,
+            Read,
+            Transmit,
+            Done,
+        }
+        let UnbufferedStatus { discard, state } = conn.process(&mut inb[..]);
+        let next = match state {
+            Err(e) => {
+                inb.advance(discard);
+                // An alert rustls queued for the failure goes out first (best effort).
+                send_pending_alert(&mut io, &mut conn).await;
+                return Err(Error::Tls(e));
+            }
+            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                loop {
+                    match enc.encode(&mut out[out_len..]) {
+                        Ok(n) => {
+                            out_len += n;
+                            break;
+                        }
+                        Err(EncodeError::InsufficientSize(InsufficientSizeError {
+                            required_size,
+                        })) => out.resize(out_len + required_size, 0),
+                        Err(e) => {
+                            return Err(Error::TlsConfig(format!(
+                                "encoding a handshake record: {e}"
+                            )));
+                        }
+                    }
+                }
+                Next::Again
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                t.done();
+                Next::Transmit
+            }
+            Ok(ConnectionState::BlockedHandshake) => Next::Read,
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                while let Some(rec) = r.next_record() {
+                    early.extend_from_slice(rec.map_err(Error::Tls)?.payload);
+                }
+                Next::Again
+            }
+            // 0.5-RTT: the server may write, but the client's Finished has not arrived yet.
+            Ok(ConnectionState::WriteTraffic(_)) => Next::Done,
+            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "TLS handshake: the peer closed the connection",
+                )));
+            }
+            Ok(other) => {
+                return Err(Error::TlsConfig(format!(
+                    "TLS handshake: unexpected state {other:?}"
+                )));
+            }
+        };
+        inb.advance(discard);
+        match next {
+            Next::Again => {}
+            Next::Transmit => {
+                io.write_all(&out[..out_len]).await?;
+                io.flush().await?;
+                out_len = 0;
+            }
+            Next::Done if !conn.common().is_handshaking() => break,
+            Next::Done | Next::Read => {
+                if out_len > 0 {
+                    io.write_all(&out[..out_len]).await?;
+                    io.flush().await?;
+                    out_len = 0;
+                }
+                if inb.len() >= HANDSHAKE_BUFFER_MAX {
+                    return Err(Error::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("TLS handshake: over {HANDSHAKE_BUFFER_MAX} bytes buffered"),
+                    )));
+                }
+                inb.reserve(4096);
+                let n = std::future::poll_fn(|cx| {
+                    tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut inb)
+                })
+                .await?;
+                if n == 0 {
+                    return Err(Error::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "TLS handshake: the peer closed the connection",
+                    )));
+                }
+            }
+        }
+    }
+    if out_len > 0 {
+        io.write_all(&out[..out_len]).await?;
+        io.flush().await?;
+    }
+    let session = Session {
+        alpn: conn.common().alpn_protocol().map(<[u8]>::to_vec),
+        peer_identity: super::peer_identity(conn.common()),
+    };
+    let (secrets, kernel) = conn.into_kernel()?;
+    let tx = Direction::new(&secrets.tx.1, secrets.tx.0).map_err(Error::TlsConfig)?;
+    let rx = Direction::new(&secrets.rx.1, secrets.rx.0).map_err(Error::TlsConfig)?;
+    let key_update_at = kernel
+        .confidentiality_limit()
+        .saturating_sub(KEY_UPDATE_MARGIN)
+        .max(1);
+    if inb.is_empty() {
+        inb = BytesMut::new();
+    }
+    Ok(TlsStream {
+        io,
+        session,
+        kernel,
+        tx,
+        rx,
+        key_update_at,
+        write_key_updates: 0,
+        out: Vec::new(),
+        out_start: 0,
+        out_end: 0,
+        out_batch: 0,
+        inb,
+        opened: None,
+        early,
+        early_pos: 0,
+        post_handshake: Vec::new(),
+        read_closed: false,
+        close_sent: false,
+        failed: None,
+    })
+}
+
+/// Encodes and writes the alert rustls queued for a failed handshake, if it did; errors are
+/// ignored (the handshake has failed already).
+///
+/// rustls is asked only while it holds queued records (`wants_write`), and with no input:
+/// given input again it would process it again (the bytes that failed would queue a second
+/// fatal alert), and with none while a handshake message is half-buffered it would look for
+/// that message's bytes in an empty slice.
+async fn send_pending_alert<T, S>(io: &mut T, conn: &mut S)
+where
+    T: AsyncWrite + Unpin,
+    S: Side,
+{
+    let mut out = [0u8; 64];
+    let mut len = 0;
+    while conn.common().wants_write() {
+        let UnbufferedStatus { state, .. } = conn.process(&mut []);
+        match state {
+            Ok(ConnectionState::EncodeTlsData(mut enc)) => match enc.encode(&mut out[len..]) {
+                Ok(n) => len += n,
+                Err(_) => break,
+            },
+            _ => break,
+        }
+    }
+    if len > 0 {
+        let _ = io.write_all(&out[..len]).await;
+        let _ = io.flush().await;
+    }
+}
+
+/// An mTLS connection after its handshake (see the module doc).
+pub struct TlsStream<T> {
+    io: T,
+    session: Session,
+    kernel: Kernel,
+    tx: Direction,
+    rx: Direction,
+    /// `tx.seq()` at which the write key is replaced.
+    key_update_at: u64,
+    write_key_updates: u64,
+    /// Sealed records: `out[out_start..out_end]` is still to be written; `out.len()` is what
+    /// has been initialised, never shrunk but by freeing the whole buffer.
+    out: Vec<u8>,
+    out_start: usize,
+    out_end: usize,
+    /// Bytes queued since the queue was last empty.
+    out_batch: usize,
+    /// Ciphertext read and not yet taken; while `opened` is set its first record has been
+    /// opened in place.
+    inb: BytesMut,
+    /// The opened record at the front of `inb`: its content still to give out, and its
+    /// whole length.
+    opened: Option<(std::ops::Range<usize>, usize)>,
+    /// Application data that arrived with the handshake.
+    early: Vec<u8>,
+    early_pos: usize,
+    /// A post-handshake message split over records.
+    post_handshake: Vec<u8>,
+    read_closed: bool,
+    close_sent: bool,
+    /// The error that ended the connection, returned again by every later call.
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+impl<T> std::fmt::Debug for TlsStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("session", &self.session)
+            .field("tx", &self.tx)
+            .field("rx", &self.rx)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> TlsStream<T> {
+    /// What the handshake settled.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The socket under the stream.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    /// Replaces the write key every `records` records instead of at the suite's limit, so
+    /// that tests can watch key updates happen (the limit is 2^24 records, 256 GiB).
+    #[doc(hidden)]
+    pub fn update_write_key_every(&mut self, records: u64) {
+        self.key_update_at = records.max(1);
+    }
+
+    /// Write keys this stream has moved to since its handshake (ours or on the peer's request).
+    pub fn write_key_updates(&self) -> u64 {
+        self.write_key_updates
+    }
+
+    /// Bytes of buffer the stream holds now (read buffer and write queue): 0 on an idle
+    /// connection.
+    pub fn buffered_capacity(&self) -> usize {
+        self.inb.capacity()
+            + self.out.capacity()
+            + self.early.capacity()
+            + self.post_handshake.capacity()
+    }
+
+    fn pending_out(&self) -> usize {
+        self.out_end - self.out_start
+    }
+
+    fn error(&self) -> Option<io::Error> {
+        self.failed
+            .as_ref()
+            .map(|(kind, msg)| io::Error::new(*kind, msg.clone()))
+    }
+
+    /// Room for `len` more bytes at the end of the write queue; returns where they go.
+    fn reserve_out(&mut self, len: usize) -> usize {
+        if self.out_start == self.out_end {
+            self.out_start = 0;
+            self.out_end = 0;
+        } else if self.out_end + len > self.out.len() && self.out_start > 0 {
+            self.out.copy_within(self.out_start..self.out_end, 0);
+            self.out_end -= self.out_start;
+            self.out_start = 0;
+        }
+        if self.out_end + len > self.out.len() {
+            self.out.resize(self.out_end + len, 0);
+        }
+        let at = self.out_end;
+        self.out_end += len;
+        self.out_batch += len;
+        at
+    }
+
+    /// Replaces the write key when it has sealed as many records as it may: a KeyUpdate
+    /// sealed with the old key, then the new one.
+    fn maybe_update_tx(&mut self) -> io::Result<()> {
+        // `key_update_at` counts records since the last key change; a test may set it low.
+        if self.tx.seq() >= self.key_update_at {
+            self.queue_key_update(false)?;
+        }
+        Ok(())
+    }
+
+    fn queue_key_update(&mut self, request: bool) -> io::Result<()> {
+        let msg = [HS_KEY_UPDATE, 0, 0, 1, u8::from(request)];
+        self.queue_content(ContentType::Handshake, &msg);
+        self.tx = self.kernel.update_tx().map_err(io::Error::other)?;
+        self.write_key_updates += 1;
+        Ok(())
+    }
+
+    /// Seals a short record of `typ` (an alert, a handshake message) into the queue.
+    fn queue_content(&mut self, typ: ContentType, content: &[u8]) {
+        let at = self.reserve_out(content.len() + OVERHEAD);
+        let record = &mut self.out[at..at + content.len() + OVERHEAD];
+        record[HEADER_LEN..HEADER_LEN + content.len()].copy_from_slice(content);
+        self.tx.seal_in_place(typ, record, content.len());
+    }
+
+    /// Seals as much of `bufs` as the queue has room for; returns the bytes taken.
+    fn seal_slices(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let room = TX_HIGH
+            .saturating_sub(self.pending_out())
+            .max(MAX_PLAINTEXT);
+        let mut taken = 0;
+        let mut i = 0;
+        while i < bufs.len() && taken < room {
+            if bufs[i].is_empty() {
+                i += 1;
+                continue;
+            }
+            if bufs[i].len() >= SMALL_SLICE {
+                // Sealed from where it lies, a record at a time.
+                let slice: &[u8] = &bufs[i];
+                let want = slice.len().min(room - taken);
+                for chunk in slice[..want].chunks(MAX_PLAINTEXT) {
+                    self.maybe_update_tx()?;
+                    let at = self.reserve_out(chunk.len() + OVERHEAD);
+                    self.tx.seal_to(
+                        ContentType::ApplicationData,
+                        chunk,
+                        &mut self.out[at..at + chunk.len() + OVERHEAD],
+                    );
+                }
+                taken += want;
+                if want < slice.len() {
+                    break;
+                }
+                i += 1;
+                continue;
+            }
+            // A run of short slices, copied into one record.
+            let mut len = 0;
+            let mut j = i;
+            while j < bufs.len()
+                && bufs[j].len() < SMALL_SLICE
+                && len + bufs[j].len() <= MAX_PLAINTEXT
+            {
+                len += bufs[j].len();
+                j += 1;
+            }
+            self.maybe_update_tx()?;
+            let at = self.reserve_out(len + OVERHEAD);
+            let mut pos = at + HEADER_LEN;
+            for b in &bufs[i..j] {
+                self.out[pos..pos + b.len()].copy_from_slice(b);
+                pos += b.len();
+            }
+            self.tx.seal_in_place(
+                ContentType::ApplicationData,
+                &mut self.out[at..at + len + OVERHEAD],
+                len,
+            );
+            taken += len;
+            i = j;
+        }
+        Ok(taken)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> TlsStream<T> {
+    /// Writes queued records until the queue is empty or the socket is full.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_start < self.out_end {
+            let n = ready!(
+                Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_start..self.out_end])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_start += n;
+        }
+        self.out_start = 0;
+        self.out_end = 0;
+        if self.out_batch < FREE_BELOW {
+            self.out = Vec::new();
+        }
+        self.out_batch = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ends the connection for `e`: the alert it names is queued and given one chance to go
+    /// out, and every later call returns the error.
+    fn fail(&mut self, cx: &mut Context<'_>, e: RecordError) -> io::Error {
+        if self.failed.is_none() && !self.close_sent {
+            self.queue_content(ContentType::Alert, &[2, e.alert]);
+            self.close_sent = true;
+            let _ = self.poll_drain(cx);
+        }
+        let err = io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        self.failed = Some((err.kind(), err.to_string()));
+        err
+    }
+
+    /// Handles the content of a handshake record after the handshake.
+    fn on_handshake(
+        &mut self,
+        cx: &mut Context<'_>,
+        content: &[u8],
+        record_end: bool,
+    ) -> io::Result<()> {
+        if self.post_handshake.len() + content.len() > POST_HANDSHAKE_MAX {
+            return Err(self.fail(
+                cx,
+                RecordError::new(alert::UNEXPECTED_MESSAGE, "post-handshake message too long"),
+            ));
+        }
+        self.post_handshake.extend_from_slice(content);
+        loop {
+            let buf = &self.post_handshake[..];
+            if buf.len() < 4 {
+                break;
+            }
+            let len = usize::from(buf[1]) << 16 | usize::from(buf[2]) << 8 | usize::from(buf[3]);
+            if buf.len() < 4 + len {
+                break;
+            }
+            let typ = buf[0];
+            let body = buf[4..4 + len].to_vec();
+            self.post_handshake.drain(..4 + len);
+            match typ {
+                HS_KEY_UPDATE => {
+                    let request = match body[..] {
+                        [0] => false,
+                        [1] => true,
+                        _ => {
+                            return Err(self.fail(
+                                cx,
+                                RecordError::new(alert::ILLEGAL_PARAMETER, "malformed KeyUpdate"),
+                            ));
+                        }
+                    };
+                    // RFC 8446 §5.1: a key change must fall on a record boundary.
+                    if !self.post_handshake.is_empty() || !record_end {
+                        return Err(self.fail(
+                            cx,
+                            RecordError::new(
+                                alert::UNEXPECTED_MESSAGE,
+                                "KeyUpdate not at the end of its record",
+                            ),
+                        ));
+                    }
+                    self.rx = match self.kernel.update_rx() {
+                        Ok(rx) => rx,
+                        Err(e) => {
+                            return Err(self.fail(cx, RecordError::new(alert::INTERNAL_ERROR, e)));
+                        }
+                    };
+                    if request && !self.close_sent {
+                        self.queue_key_update(false)?;
+                        let _ = self.poll_drain(cx)?;
+                    }
+                }
+                HS_NEW_SESSION_TICKET => {
+                    let res = match &mut self.kernel {
+                        Kernel::Client(k) => k.handle_new_session_ticket(&body).map_err(|e| {
+                            RecordError::new(alert::DECODE_ERROR, format!("NewSessionTicket: {e}"))
+                        }),
+                        Kernel::Server(_) => Err(RecordError::new(
+                            alert::UNEXPECTED_MESSAGE,
+                            "NewSessionTicket from a client",
+                        )),
+                    };
+                    if let Err(e) = res {
+                        return Err(self.fail(cx, e));
+                    }
+                }
+                other => {
+                    return Err(self.fail(
+                        cx,
+                        RecordError::new(
+                            alert::UNEXPECTED_MESSAGE,
+                            format!("handshake message of type {other} after the handshake"),
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.post_handshake.is_empty() {
+            self.post_handshake = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Opens the record at the front of `inb` if it is all there. `Ok(false)`: more bytes
+    /// are needed.
+    fn open_next(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        if self.inb.len() < HEADER_LEN {
+            return Ok(false);
+        }
+        let len = match record::record_len(&self.inb[..HEADER_LEN]) {
+            Ok(len) => len,
+            Err(e) => return Err(self.fail(cx, e)),
+        };
+        if self.inb.len() < len {
+            return Ok(false);
+        }
+        let (typ, range) = match self.rx.open(&mut self.inb[..len]) {
+            Ok(v) => v,
+            Err(e) => return Err(self.fail(cx, e)),
+        };
+        if typ != ContentType::Handshake && !self.post_handshake.is_empty() {
+            return Err(self.fail(
+                cx,
+                RecordError::new(
+                    alert::UNEXPECTED_MESSAGE,
+                    "handshake message cut by another record",
+                ),
+            ));
+        }
+        match typ {
+            ContentType::ApplicationData if !range.is_empty() => {
+                self.opened = Some((range, len));
+                return Ok(true);
+            }
+            ContentType::ApplicationData => {}
+            ContentType::Handshake => {
+                let content = self.inb[range].to_vec();
+                self.inb.advance(len);
+                self.on_handshake(cx, &content, true)?;
+                return Ok(true);
+            }
+            ContentType::Alert => match self.inb[range] {
+                [_, alert::CLOSE_NOTIFY] => self.read_closed = true,
+                [_, alert::USER_CANCELED] => {}
+                [_, desc] => {
+                    let name = rustls::AlertDescription::from(desc);
+                    let err = io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("TLS: the peer sent a fatal alert: {name:?}"),
+                    );
+                    self.failed = Some((err.kind(), err.to_string()));
+                    return Err(err);
+                }
+                _ => {
+                    return Err(
+                        self.fail(cx, RecordError::new(alert::DECODE_ERROR, "malformed alert"))
+                    );
+                }
+            },
+        }
+        self.inb.advance(len);
+        Ok(true)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(e) = this.error() {
+            return Poll::Ready(Err(e));
+        }
+        if this.early_pos < this.early.len() {
+            let n = buf.remaining().min(this.early.len() - this.early_pos);
+            buf.put_slice(&this.early[this.early_pos..this.early_pos + n]);
+            this.early_pos += n;
+            if this.early_pos == this.early.len() {
+                this.early = Vec::new();
+                this.early_pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if let Some((range, len)) = this.opened.as_mut() {
+                let n = buf.remaining().min(range.len());
+                buf.put_slice(&this.inb[range.start..range.start + n]);
+                range.start += n;
+                if range.start == range.end {
+                    let len = *len;
+                    this.opened = None;
+                    this.inb.advance(len);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_closed || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            if this.open_next(cx)? {
+                continue;
+            }
+            this.inb.reserve(READ_SIZE.saturating_sub(this.inb.len()));
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.inb) {
+                Poll::Pending => {
+                    if this.inb.is_empty() {
+                        this.inb = BytesMut::new();
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(0)) => {
+                    if !this.inb.is_empty() {
+                        let e = io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "TLS: the peer closed the connection inside a record",
+                        );
+                        this.failed = Some((e.kind(), e.to_string()));
+                        return Poll::Ready(Err(e));
+                    }
+                    // Closed without close_notify: HTTP/2 frames its own ends, so this is
+                    // the end of the stream, as for a peer that sent it.
+                    this.read_closed = true;
+                    this.inb = BytesMut::new();
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = this.error() {
+            return Poll::Ready(Err(e));
+        }
+        if this.close_sent {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "TLS: write after close_notify",
+            )));
+        }
+        if this.pending_out() >= TX_HIGH {
+            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if this.pending_out() >= TX_HIGH {
+                return Poll::Pending;
+            }
+        }
+        let taken = this.seal_slices(bufs)?;
+        // The records are ours now: what the socket does not take yet goes with the next
+        // write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(taken))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_sent && this.failed.is_none() {
+            this.queue_content(ContentType::Alert, &[1, alert::CLOSE_NOTIFY]);
+            this.close_sent = true;
+        }
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
