@@ -34,5 +34,6 @@ pub mod svg;
 pub mod tcp_relay;
 pub mod topology;
 pub mod workload;
+pub mod ztunnel;
 
 pub use error::{Error, Result};

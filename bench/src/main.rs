@@ -32,8 +32,9 @@ throughput, latency percentiles (and the latency added over `direct`), proxy CPU
 1,000 requests and per GB (and over the `tcp-relay` floor), and proxy memory (RSS and RssAnon).\n\n\
 Scenarios: direct (no proxy), tcp-relay (two plain TCP forwarders on ringmesh's runtime, no \
 TLS: the CPU of two hops that copy the bytes, subtracted to show each data plane's own), ringmesh (two `ringmesh run` nodes, HBONE between them), \
-envoy-sidecar-tcp and envoy-sidecar-http (two real Envoys with Istio-style mTLS), external \
-(your own proxy from --external-cmd).\n\
+envoy-sidecar-tcp and envoy-sidecar-http (two real Envoys with Istio-style mTLS), ztunnel \
+(two of Istio's ztunnels, given --ztunnel PATH and --topology veth), external (your own proxy \
+from --external-cmd).\n\
 Workloads: http-1k (HTTP/1.1, 1,000 req/s, 1 KiB, 16 connections), http-max (closed loop), \
 bulk-1 and bulk-8 (TCP streams), churn (a connection per request), hold-1k and hold-10k \
 (1,000 or 10,000 held connections, one 64 B echo each every 2 s: memory per held connection).\n\n\
@@ -86,7 +87,8 @@ struct FairnessArgs {
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// Comma-separated scenarios [default: direct,tcp-relay,ringmesh,envoy-sidecar-tcp,
-    /// envoy-sidecar-http, plus external when --external-cmd is given].
+    /// envoy-sidecar-http, plus external when --external-cmd is given and ztunnel when
+    /// --ztunnel is given].
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<String>>,
     /// Comma-separated workloads [default: http-1k,http-max,bulk-1,bulk-8,churn,hold-1k;
@@ -141,6 +143,10 @@ struct RunArgs {
     /// {upstream_port} {dir} {ca} {ca_key} {cert} {key} {peer_id}. Runs as `sh -c 'exec …'`.
     #[arg(long = "external-cmd")]
     external_cmd: Vec<String>,
+    /// A ztunnel binary built from istio/ztunnel with `--features testing` (its fake CA);
+    /// adds the `ztunnel` scenario (veth topology only: its ports are fixed).
+    #[arg(long)]
+    ztunnel: Option<PathBuf>,
 }
 
 fn fairness(args: FairnessArgs) -> anyhow::Result<()> {
@@ -259,6 +265,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             if !args.external_cmd.is_empty() {
                 v.push(Kind::External);
             }
+            if args.ztunnel.is_some() {
+                v.push(Kind::Ztunnel);
+            }
             v
         }
     };
@@ -324,6 +333,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             )
         })?)
     };
+    if scenarios.contains(&Kind::Ztunnel) {
+        if args.ztunnel.is_none() {
+            bail!(
+                "the ztunnel scenario needs --ztunnel PATH: {}",
+                bench::ztunnel::BUILD_HINT
+            );
+        }
+        if args.topology.parse::<TopologyKind>()? != TopologyKind::Veth {
+            bail!(
+                "the ztunnel scenario needs --topology veth: ztunnel's ports are fixed, so each \
+                 of the two needs its own network namespace"
+            );
+        }
+    }
     if scenarios.contains(&Kind::External) {
         if args.external_cmd.is_empty() {
             bail!("the external scenario needs --external-cmd TEMPLATE (see --help)");
@@ -362,6 +385,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ringmesh: ringmesh_bin,
             ringmesh_args: args.ringmesh_args.clone(),
             external_cmds: args.external_cmd.clone(),
+            ztunnel: args.ztunnel.clone(),
             topology,
         },
         show_config: args.show_config,

@@ -144,7 +144,7 @@ services:
 }
 
 /// The iptables rule (without the -A/-D verb) that sends the VIP to node 1's capture.
-fn dnat_rule(net: Net, capture: SocketAddr) -> Vec<String> {
+pub(crate) fn dnat_rule(net: Net, capture: SocketAddr) -> Vec<String> {
     let vip = net.vip();
     [
         "-t",
@@ -166,7 +166,7 @@ fn dnat_rule(net: Net, capture: SocketAddr) -> Vec<String> {
 }
 
 /// `iptables` in network namespace `netns` (a `/run/netns/NAME` path) when given.
-fn iptables_in(netns: Option<&Path>, verb: &str, rule: &[String]) -> Vec<String> {
+pub(crate) fn iptables_in(netns: Option<&Path>, verb: &str, rule: &[String]) -> Vec<String> {
     let mut argv = Vec::new();
     if let Some(name) = netns.and_then(|p| p.file_name()) {
         argv.extend(["ip", "netns", "exec"].map(String::from));

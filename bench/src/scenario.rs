@@ -17,7 +17,7 @@ use crate::certs::Ca;
 use crate::procs::{Group, Supervisor};
 use crate::topology::Topology;
 use crate::workload::Protocol;
-use crate::{Error, Result, envoy, external, ringmesh, tcp_relay};
+use crate::{Error, Result, envoy, external, ringmesh, tcp_relay, ztunnel};
 
 /// The data planes compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,17 +36,20 @@ pub enum Kind {
     EnvoySidecarHttp,
     /// Any proxy (pair) from `--external-cmd` templates.
     External,
+    /// Two of Istio's ztunnels in place of ringmesh's nodes (`--ztunnel PATH`, veth only).
+    Ztunnel,
 }
 
 impl Kind {
     /// Every scenario, in report order.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Direct,
         Kind::TcpRelay,
         Kind::Ringmesh,
         Kind::EnvoySidecarTcp,
         Kind::EnvoySidecarHttp,
         Kind::External,
+        Kind::Ztunnel,
     ];
 
     /// The name used on the command line and in reports.
@@ -58,6 +61,7 @@ impl Kind {
             Kind::EnvoySidecarTcp => "envoy-sidecar-tcp",
             Kind::EnvoySidecarHttp => "envoy-sidecar-http",
             Kind::External => "external",
+            Kind::Ztunnel => "ztunnel",
         }
     }
 
@@ -103,6 +107,8 @@ pub struct Options {
     pub ringmesh_args: Vec<String>,
     /// `--external-cmd` templates: one proxy, or a client-side and a server-side proxy.
     pub external_cmds: Vec<String>,
+    /// The `ztunnel` binary (`--ztunnel`); the ztunnel scenario runs only with one.
+    pub ztunnel: Option<PathBuf>,
     /// Where each role runs: loopback (with the `--pin` launchers) or two namespaces
     /// joined by a veth.
     pub topology: Topology,
@@ -127,7 +133,7 @@ pub struct Sut {
 /// scenario. On the veth: side `b`'s address for all.
 pub fn backend_ip(kind: Kind, topology: &Topology) -> std::net::IpAddr {
     topology.backend_ip(match kind {
-        Kind::Ringmesh => ringmesh::backend_ip(),
+        Kind::Ringmesh | Kind::Ztunnel => ringmesh::backend_ip(),
         _ => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
     })
 }
@@ -177,6 +183,7 @@ pub fn start(
         Kind::Ringmesh => ringmesh::start(opts, sup, backend),
         Kind::External => external::start(opts, sup, backend),
         Kind::TcpRelay => tcp_relay::start(opts, sup, backend),
+        Kind::Ztunnel => ztunnel::start(opts, sup, backend),
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Layers, bottom up (STYLE.md "protocol code in three layers"):
 //! - [`identity`]: SPIFFE identities and how they are read from certificates.
-//! - [`tls`]: rustls client/server configs that authenticate peers by SPIFFE identity.
+//! - [`tls`]: rustls client/server configs that authenticate peers by SPIFFE identity, and
+//!   the mTLS stream HBONE runs on: rustls' handshake, then this crate's own TLS 1.3 record
+//!   layer (`tls::record`), which seals from the caller's buffer and opens in place.
 //! - [`wire`]: HBONE request fields (authority, `forwarded`, `baggage`, `traceparent`) and
 //!   response statuses; parse and encode with no I/O.
 //! - [`h2conn`], [`stream`]: HTTP/2 settings and connection driving; one tunnel as a byte

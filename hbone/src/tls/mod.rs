@@ -34,6 +34,12 @@
 //! (`--bench crypto_record`: seal + open + copies) it moves ~10 % more bytes per CPU-second
 //! than AES-256-GCM (2 201 vs 2 004 MB/s under load), and ztunnel accepts either.
 //!
+//! After the handshake the connection leaves rustls: [`connect`] and [`accept`] drive the
+//! handshake through rustls' unbuffered API and hand its secrets to this crate's own TLS 1.3
+//! record layer ([`record`], [`TlsStream`]), which seals from the caller's buffer and opens in
+//! place; rustls keeps the key schedule (key updates, session tickets). Every config built
+//! here enables secret extraction for that hand-off.
+//!
 //! Invariants: every config built here uses [`provider()`]; a handshake that completes has a
 //! verified peer chain and an identity check passed, so [`peer_identity`] after a completed
 //! server handshake always returns `Some`.
