@@ -10,9 +10,14 @@
 //! - a connection carries at most `min(max_streams_per_conn, peer's
 //!   SETTINGS_MAX_CONCURRENT_STREAMS)` streams (RFC 9113 §5.1.2); a request that finds every
 //!   connection of its key full opens another connection;
-//! - requests for a key with no free connection share dials: up to that limit of requests wait
-//!   on one dial before a second dial starts, so a burst of N first requests opens
-//!   ceil(N / limit) connections, not N;
+//! - streams spread before they share: while a key has fewer than `spread` connections
+//!   (dials in flight included) and none of them is idle, a request opens a connection of
+//!   its own; past that, a request takes the connection with the fewest streams. So up to
+//!   `spread` concurrent streams each get their own TCP connection and record stream, and
+//!   only more than that are multiplexed;
+//! - past `spread`, requests for a key with no free connection share dials: up to that limit
+//!   of requests wait on one dial before a second dial starts, so a burst of N requests opens
+//!   about `spread` + N / limit connections, not N;
 //! - a dial runs in its own task: a request never waits on another key's dial, and a caller
 //!   that gives up does not cancel a dial others wait on;
 //! - broken connections (GOAWAY received, PING timeout, I/O or protocol error) are never
@@ -44,6 +49,17 @@ use crate::wire::ConnectRequest;
 /// (`DEFAULT_POOL_MAX_STREAMS_PER_CONNECTION`): any conforming server accepts it, and more
 /// streams per connection would make one TCP connection's head-of-line blocking everyone's.
 pub const DEFAULT_MAX_STREAMS_PER_CONN: usize = 100;
+
+/// Connections per key (per core) that concurrent streams spread over before they are
+/// multiplexed; 1 (always multiplex, as ztunnel) by default. Spreading is a trade, measured
+/// with `ringmesh-bench` (interleaved, `--ringmesh-arg=--hbone-spread=8` against the
+/// default): eight bulk streams over the veth moved 14 % more bytes at 6 % less CPU per GB
+/// on eight connections (13.9 against 12.2 Gbit/s, 0.652 against 0.697 CPU-s/GB: one
+/// connection funnels every stream through one HTTP/2 task, one record stream, one TCP
+/// flow), but closed-loop small requests lost 13 % of their rate (75.8k against 87.2k req/s
+/// at http-max: one connection batches many streams' frames per syscall) and churn cost 11 %
+/// more CPU per connection. Nodes set it with `--hbone-spread`.
+pub const DEFAULT_SPREAD: usize = 1;
 
 /// A connection with no stream for this long is closed. 5 min as ztunnel
 /// (`DEFAULT_POOL_UNUSED_RELEASE_TIMEOUT`): long enough to carry bursty traffic between two
@@ -132,6 +148,9 @@ where
 pub struct PoolConfig {
     /// Upper bound on streams per connection (the peer's SETTINGS may lower it).
     pub max_streams_per_conn: usize,
+    /// Connections per key that concurrent streams spread over before any is shared
+    /// ([`DEFAULT_SPREAD`]: 1, always multiplex).
+    pub spread: usize,
     /// Close connections that have carried no stream for this long.
     pub idle_timeout: Duration,
     /// Deadline for TCP connect + TLS + HTTP/2 handshake.
@@ -144,6 +163,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             max_streams_per_conn: DEFAULT_MAX_STREAMS_PER_CONN,
+            spread: DEFAULT_SPREAD,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             h2: H2Settings::default(),
@@ -389,10 +409,26 @@ impl Pool {
                     ok
                 });
                 let max = self.inner.cfg.max_streams_per_conn;
-                let found = entry.conns.iter().find_map(|c| {
-                    let limit = max.min(c.peer_max_streams());
-                    c.try_reserve(limit).map(|slot| (c.clone(), slot))
-                });
+                let spread = self.inner.cfg.spread.max(1);
+                // An idle connection first; then, while the key has fewer than `spread`
+                // connections, a new one; then the least loaded with room.
+                let idle = entry.conns.iter().find(|c| c.active_streams() == 0);
+                let grow = idle.is_none() && entry.conns.len() + entry.dials.len() < spread;
+                let found = match idle {
+                    Some(c) => c
+                        .try_reserve(max.min(c.peer_max_streams()))
+                        .map(|s| (c.clone(), s)),
+                    None if grow => None,
+                    None => entry
+                        .conns
+                        .iter()
+                        .filter(|c| c.active_streams() < max.min(c.peer_max_streams()))
+                        .min_by_key(|c| c.active_streams())
+                        .and_then(|c| {
+                            c.try_reserve(max.min(c.peer_max_streams()))
+                                .map(|slot| (c.clone(), slot))
+                        }),
+                };
                 if let Some(found) = found {
                     self.bump(|s| {
                         s.evicted_broken += broken;
@@ -405,8 +441,14 @@ impl Pool {
                     return Ok(found);
                 }
                 self.bump(|s| s.evicted_broken += broken);
-                // Join a dial that will still have room for us, or start one.
-                match entry.dials.iter().find(|d| d.waiters.get() < max) {
+                // Spreading: a dial of our own. Else join a dial that will still have room
+                // for us, or start one.
+                let joinable = if grow {
+                    None
+                } else {
+                    entry.dials.iter().find(|d| d.waiters.get() < max)
+                };
+                match joinable {
                     Some(d) => DialWait::join(d),
                     None => {
                         let d = Rc::new(Dial::default());

@@ -35,6 +35,15 @@ fn pool(pki: Rc<Pki>, cfg: PoolConfig) -> Pool {
     )
 }
 
+/// The pool with spreading off: every stream shares the first connection with room (the
+/// tests of multiplexing and of shared dials).
+fn multiplexing() -> PoolConfig {
+    PoolConfig {
+        spread: 1,
+        ..PoolConfig::default()
+    }
+}
+
 /// Opens `n` tunnels at once through `pool`, holds them all open until every one is
 /// established (so they are concurrent), then echoes a distinct 1 KiB through each.
 async fn batch(pool: &Pool, key: &PoolKey, n: usize) -> Result<()> {
@@ -120,7 +129,7 @@ fn peer_stream_limit_below_ours_opens_more_connections() -> Result<()> {
             ..H2Settings::default()
         };
         let server = start_server_with(cfg)?;
-        let pool = pool(pki.clone(), PoolConfig::default());
+        let pool = pool(pki.clone(), multiplexing());
         let key = PoolKey::new(id("client"), vec![server_id], server.addr);
         // 50 streams held open at once against a peer allowing 10 per connection: a pool that
         // ignored the peer's SETTINGS would queue 40 of them forever and the batch would hang.
@@ -140,7 +149,7 @@ fn failed_dial_is_shared_and_reported() -> Result<()> {
             let l = TcpListener::bind("127.0.0.1:0".parse()?)?;
             l.local_addr()?
         };
-        let pool = pool(pki, PoolConfig::default());
+        let pool = pool(pki, multiplexing());
         let key = PoolKey::new(id("client"), vec![id("server")], closed);
         let mut tasks = Vec::new();
         for _ in 0..50 {
@@ -229,7 +238,7 @@ fn idle_connections_are_evicted_and_closed() -> Result<()> {
             pki,
             PoolConfig {
                 idle_timeout: Duration::from_millis(200),
-                ..PoolConfig::default()
+                ..multiplexing()
             },
         );
         let key = PoolKey::new(id("client"), vec![server_id], server.addr);
@@ -348,6 +357,67 @@ fn retired_connections_finish_their_streams_and_new_requests_redial() -> Result<
             server.log.live.get() == 2
         })
         .await?;
+        Ok(())
+    })
+}
+
+#[test]
+fn concurrent_streams_spread_over_connections_before_they_share() -> Result<()> {
+    run(DriverChoice::Auto, async || {
+        let pki = Rc::new(Pki::new());
+        let server_id = id("server");
+        let server = start_server(&pki, &server_id)?;
+        let spread = PoolConfig {
+            spread: 4,
+            ..PoolConfig::default()
+        };
+        let pool = pool(pki.clone(), spread.clone());
+        let key = PoolKey::new(id("client"), vec![server_id.clone()], server.addr);
+        // Four at once: a connection each.
+        batch(&pool, &key, 4).await?;
+        let s = pool.stats();
+        ensure!(
+            s.dials == 4 && s.open == 4,
+            "four streams, four connections: {s:?}"
+        );
+        // Four more once those ended: the idle connections are reused, none is dialled.
+        batch(&pool, &key, 4).await?;
+        ensure!(
+            pool.stats().dials == 4,
+            "idle connections reused: {:?}",
+            pool.stats()
+        );
+        // Twelve at once: past the spread they share the four, least loaded first.
+        batch(&pool, &key, 12).await?;
+        let s = pool.stats();
+        ensure!(
+            s.dials == 4 && s.open == 4,
+            "twelve streams on four connections: {s:?}"
+        );
+
+        // A burst to a dead address makes at most `spread` dials, each failure reported to
+        // every request that waited on it.
+        let closed = {
+            let l = TcpListener::bind("127.0.0.1:0".parse()?)?;
+            l.local_addr()?
+        };
+        let burst = crate::pool(pki, spread);
+        let dead = PoolKey::new(id("client"), vec![server_id], closed);
+        let mut tasks = Vec::new();
+        for _ in 0..30 {
+            let (pool, dead) = (burst.clone(), dead.clone());
+            tasks.push(runtime::spawn(async move {
+                pool.connect(&dead, &echo_authority()).await
+            }));
+        }
+        for t in tasks {
+            match deadline("dead dial", t).await? {
+                Ok(Err(Error::Dial { .. })) => {}
+                other => bail!("a request to a dead address ended with {other:?}"),
+            }
+        }
+        let s = burst.stats();
+        ensure!(s.dial_failures <= 4 && s.dial_failures >= 1, "{s:?}");
         Ok(())
     })
 }

@@ -405,6 +405,51 @@ fn hbone_pool_metrics_count_dials_and_reuses() -> Result<()> {
     Ok(())
 }
 
+/// `--hbone-spread 4`: four tunnels open at once to one peer get a connection each (the pool
+/// dials four times), where the default multiplexes them on one.
+#[test]
+fn hbone_spread_gives_concurrent_tunnels_their_own_connections() -> Result<()> {
+    const X: u8 = 252;
+    let (client, echo) = (ip4(X, 1, 1), ip4(X, 2, 1));
+    let config = format!(
+        "workloads:{}{}\n",
+        workload("client", "client", client, "node-1", "HBONE", None),
+        workload("echo", "echo", echo, "node-2", "HBONE", None),
+    );
+    let mesh = MeshDir::new(&config)?;
+    spawn_echo(SocketAddr::new(echo, 8080))?;
+    let n1 = Node::start(
+        &mesh,
+        "node-1",
+        ip4(X, 0, 1),
+        &["--cores", "1", "--hbone-spread", "4"],
+    )?;
+    let _n2 = Node::start(&mesh, "node-2", ip4(X, 0, 2), &[])?;
+    // Four held open at once, then each echoes.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(socks_connect(
+            client,
+            n1.socks(),
+            SocketAddr::new(echo, 8080),
+        )?);
+    }
+    for (i, s) in held.into_iter().enumerate() {
+        let back = echo_once(s, b"spread")?;
+        ensure!(back == b"spread", "tunnel {i}: got {back:?}");
+    }
+    let dials = || {
+        metric_sum(
+            &n1.metrics().unwrap_or_default(),
+            "ringmesh_hbone_pool_dials_total",
+            &[],
+        )
+    };
+    let ok = e2e::wait_for(LOG_WAIT, "four pool dials in /metrics", || dials() >= 4.0);
+    ensure!(ok.is_ok() && dials() == 4.0, "pool dials: {}", dials());
+    Ok(())
+}
+
 #[test]
 fn endpoint_on_the_same_node_goes_through_its_own_hbone_listener() -> Result<()> {
     const X: u8 = 207;

@@ -485,6 +485,7 @@ pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
         incoming_cpu: opts.incoming_cpu,
         pool: PoolConfig {
             idle_timeout: opts.pool_idle_timeout,
+            spread: opts.hbone_spread,
             ..PoolConfig::default()
         },
         limits: opts.limits.clone(),

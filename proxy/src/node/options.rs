@@ -39,6 +39,11 @@ pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 /// stops paying for the handshakes it saves.
 pub const MIN_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Most connections per peer (per core) that `--hbone-spread` may ask for: a connection
+/// holds ~50 KiB of TLS and HTTP/2 state, and past a few per core its gain is gone (the
+/// cores, not the connections, are then what is shared).
+pub const MAX_HBONE_SPREAD: usize = 64;
+
 /// How long an address in use may take to become free before start-up gives up on it (see
 /// [`claim_port`]). Measured: a killed node's listeners were gone 12–35 ms after its exit on
 /// an idle machine, and over a second later while the whole test suite loaded both cores
@@ -71,6 +76,9 @@ pub struct NodeOptions {
     pub incoming_cpu: IncomingCpu,
     pub cert_lifetime: Duration,
     pub pool_idle_timeout: Duration,
+    /// Concurrent HBONE streams to one peer (per core) that get a connection each before
+    /// streams share one (`hbone::pool::DEFAULT_SPREAD`).
+    pub hbone_spread: usize,
     /// Re-read the config file this often (0: never).
     pub watch_interval: Duration,
     /// Per-phase deadlines and per-peer bounds.
@@ -255,6 +263,16 @@ impl NodeOptions {
                     "{:?} is shorter than {MIN_POOL_IDLE_TIMEOUT:?}: connections would close \
                      between requests",
                     self.pool_idle_timeout
+                ),
+            ));
+        }
+        if !(1..=MAX_HBONE_SPREAD).contains(&self.hbone_spread) {
+            return Err(refuse(
+                "--hbone-spread",
+                format!(
+                    "{} is outside 1..={MAX_HBONE_SPREAD} (1 multiplexes every stream to a peer \
+                     on one connection; N gives the first N concurrent streams a connection each)",
+                    self.hbone_spread
                 ),
             ));
         }

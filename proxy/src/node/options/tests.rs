@@ -27,6 +27,7 @@ fn opts() -> NodeOptions {
         incoming_cpu: IncomingCpu::All,
         cert_lifetime: Duration::from_secs(24 * 3600),
         pool_idle_timeout: Duration::from_secs(300),
+        hbone_spread: 1,
         watch_interval: Duration::from_millis(500),
         limits: Limits::default(),
         istio_version: None,
@@ -73,6 +74,19 @@ fn each_bad_setting_is_refused_naming_its_flag() {
     let mut o = opts();
     o.pool_idle_timeout = Duration::ZERO;
     assert_eq!(flag_of(&o), "--pool-idle-timeout");
+    for bad in [0, MAX_HBONE_SPREAD + 1] {
+        let mut o = opts();
+        o.hbone_spread = bad;
+        let e = o.validate().unwrap_err();
+        assert_eq!(e.flag, "--hbone-spread");
+        assert!(
+            e.to_string().contains(&format!("{bad} is outside 1..=")),
+            "{e}"
+        );
+    }
+    let mut o = opts();
+    o.hbone_spread = 8;
+    assert!(o.validate().is_ok());
 }
 
 #[test]
