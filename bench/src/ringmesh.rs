@@ -300,7 +300,13 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
     })
 }
 
-fn wait_ready(group: &Group, proc: &crate::procs::Proc, ready: SocketAddr) -> Result<()> {
+/// Waits until `proc` answers 200 on `ready`/healthz/ready (ringmesh's and ztunnel's
+/// readiness path), failing with its log if it exits or [`START_DEADLINE`] passes.
+pub(crate) fn wait_ready(
+    group: &Group,
+    proc: &crate::procs::Proc,
+    ready: SocketAddr,
+) -> Result<()> {
     let deadline = Instant::now() + START_DEADLINE;
     let ok = wait_for(deadline, || {
         if let Some(status) = group.exited(proc) {

@@ -20,9 +20,8 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use crate::net::{find_program, http_get, wait_for};
+use crate::net::find_program;
 use crate::procs::Supervisor;
 use crate::ringmesh::{self, Net};
 use crate::scenario::{Kind, Options, Sut, launch};
@@ -32,9 +31,6 @@ use crate::{Error, Result};
 /// How to get the binary.
 pub const BUILD_HINT: &str = "build it from istio/ztunnel with `cargo build --release \
      --no-default-features -F tls-ring,jemalloc,testing` (needs protoc) and pass --ztunnel PATH";
-
-/// Start-up deadline of one ztunnel (it fetches its certificates from the fake CA first).
-const START_DEADLINE: Duration = Duration::from_secs(60);
 
 /// ztunnel's fixed ports (`src/config.rs`).
 const OUTBOUND_PORT: u16 = 15001;
@@ -184,7 +180,7 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
         let ready = SocketAddr::new(net.node(index), READY_PORT);
         let proc = side.run(|| {
             let proc = group.spawn(&what, cmd)?;
-            wait_ready(&group, &proc, ready)?;
+            ringmesh::wait_ready(&group, &proc, ready)?;
             Ok(proc)
         })?;
         pids.push(proc.pid);
@@ -202,29 +198,6 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
         proxy_pids: pids,
         configs,
         group: Some(group),
-    })
-}
-
-fn wait_ready(
-    group: &crate::procs::Group,
-    proc: &crate::procs::Proc,
-    ready: SocketAddr,
-) -> Result<()> {
-    let deadline = Instant::now() + START_DEADLINE;
-    let ok = wait_for(deadline, || {
-        if let Some(status) = group.exited(proc) {
-            return Err(Error::NotReady {
-                what: proc.what.clone(),
-                reason: format!("exited with {status}"),
-                log: group.log_tail(proc),
-            });
-        }
-        Ok(matches!(http_get(ready, "/healthz/ready"), Ok((200, _))).then_some(()))
-    })?;
-    ok.ok_or_else(|| Error::NotReady {
-        what: proc.what.clone(),
-        reason: format!("{ready}/healthz/ready not 200 before the deadline"),
-        log: group.log_tail(proc),
     })
 }
 
