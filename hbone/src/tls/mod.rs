@@ -44,6 +44,7 @@
 //! verified peer chain and an identity check passed, so [`peer_identity`] after a completed
 //! server handshake always returns `Some`.
 
+mod handshake;
 pub mod record;
 mod stream;
 mod verify;
@@ -60,7 +61,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use crate::error::{Error, Result};
 use crate::identity::Identity;
 
-pub use stream::{READ_SIZE, Session, TX_HIGH, TlsStream, accept, connect};
+pub use handshake::{accept, connect};
+pub use stream::{READ_SIZE, Session, TX_HIGH, TlsStream};
 pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier, verifier_error};
 
 /// The one ALPN protocol HBONE speaks.
