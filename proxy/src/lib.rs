@@ -11,6 +11,7 @@ pub mod demo;
 pub mod dns;
 pub mod forward;
 pub mod identity;
+pub mod l7;
 pub mod node;
 pub mod socks5;
 pub mod telemetry;

@@ -51,6 +51,43 @@ enum Command {
     Config(ConfigCommand),
     /// Forward TCP from one address to another on every core (no mesh logic).
     Forward(ForwardArgs),
+    /// Run a waypoint: the L7 proxy that node proxies send a Service's traffic to when the
+    /// Service names it (`waypoint:` in the mesh config). HBONE in on <its IP>:15008, HTTP/1.1
+    /// and HTTP/2 routed by the config's `httpRoutes`, HBONE out to the chosen endpoints.
+    Waypoint(WaypointArgs),
+}
+
+#[derive(Debug, Args)]
+struct WaypointArgs {
+    /// The mesh config file (the nodes' file; `httpRoutes` are read from it). Watched.
+    #[arg(long, env = "LOCAL_XDS_PATH")]
+    config: PathBuf,
+    /// Directory of the built-in CA (from `ringmesh ca init`).
+    #[arg(long)]
+    ca_dir: PathBuf,
+    /// The waypoint's own workload in the config, by uid (`namespace/name` unless the
+    /// workload sets `uid`): its IP is where the waypoint listens, its service account the
+    /// identity it presents.
+    #[arg(long)]
+    workload: String,
+    /// HBONE port (mesh-wide, as the nodes').
+    #[arg(long, default_value_t = 15008)]
+    hbone_port: u16,
+    /// /metrics and /healthz/ready. "none" disables it. Default: port 15020 on the
+    /// waypoint's IP.
+    #[arg(long, value_parser = parse_opt_addr)]
+    metrics: Option<OptAddr>,
+    /// Lifetime of the waypoint's certificate (renewed at half-life).
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
+    cert_lifetime: Duration,
+    /// How often to check the config file for changes ("0" = never).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    watch_interval: Duration,
+    /// Close pooled HBONE connections to endpoints idle for this long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pool_idle_timeout: Duration,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -416,6 +453,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => proxy::demo::run(args),
         Command::Ca(CaCommand::Init { dir, force }) => ca_init(&dir, force),
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+        Command::Waypoint(args) => run_waypoint(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -548,6 +586,42 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
     let summary = proxy::config::check_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{}: ok ({summary})", file.display());
     Ok(())
+}
+
+fn run_waypoint(args: WaypointArgs) -> anyhow::Result<()> {
+    let metrics = match args.metrics {
+        Some(a) => a,
+        None => Some(SocketAddr::new(
+            waypoint_ip(&args.config, &args.workload)?,
+            15020,
+        )),
+    };
+    proxy::l7::run(proxy::l7::WaypointOptions {
+        config: args.config,
+        ca_dir: args.ca_dir,
+        workload: args.workload,
+        hbone_port: args.hbone_port,
+        metrics,
+        cert_lifetime: args.cert_lifetime,
+        watch_interval: args.watch_interval,
+        pool_idle_timeout: args.pool_idle_timeout,
+        runtime: args.runtime.config(),
+        drain_timeout: args.runtime.drain(),
+    })
+}
+
+/// The IP of workload `uid` in `config` (for the waypoint's default metrics address).
+fn waypoint_ip(config: &std::path::Path, uid: &str) -> anyhow::Result<std::net::IpAddr> {
+    let load = proxy::config::LoadOptions { node: None };
+    let snap = proxy::config::load_file(config, &load).map_err(|e| anyhow::anyhow!("{e}"))?;
+    snap.workload_by_uid(uid)
+        .and_then(|w| w.ips.first().copied())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--workload {uid}: no workload with this uid and an IP in {}",
+                config.display()
+            )
+        })
 }
 
 fn run_forward(args: ForwardArgs) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@
 pub mod inpod;
 pub mod istioctl;
 pub mod istiod;
+pub mod l7;
 mod prom;
 
 pub use prom::{Sample, metric_samples, metric_value};

@@ -224,7 +224,59 @@ pub(crate) fn build(
     for p in policies {
         state.insert_policy(p);
     }
-    Ok(state.snapshot(node, content_hash))
+    let routes = build_routes(&raw)?;
+    let mut snapshot = state.snapshot(node, content_hash);
+    snapshot.routes = Arc::new(routes);
+    Ok(snapshot)
+}
+
+/// `httpRoutes`: compiled by the waypoint crate (which names the field on error), and every
+/// Service a route names as parent, backend or mirror must exist.
+fn build_routes(raw: &RawConfig) -> Result<waypoint::route::RouteTable, ConfigError> {
+    let table = waypoint::route::RouteTable::build(&raw.http_routes)
+        .map_err(|e| invalid(e.path, e.message))?;
+    let known: HashSet<(&str, &str)> = raw
+        .services
+        .iter()
+        .map(|s| (s.namespace.as_str(), s.name.as_str()))
+        .collect();
+    for r in &raw.http_routes {
+        let base = format!("httpRoutes[{}/{}]", r.namespace, r.name);
+        let check = |ns: &Option<String>, name: &str, at: String| {
+            let ns = ns.as_deref().unwrap_or(&r.namespace);
+            if known.contains(&(ns, name)) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    at,
+                    format!("unknown service {ns}/{name} (no service has this namespace and name)"),
+                ))
+            }
+        };
+        for (i, p) in r.parent_refs.iter().enumerate() {
+            check(&p.namespace, &p.name, format!("{base}.parentRefs[{i}]"))?;
+        }
+        for (j, rule) in r.rules.iter().enumerate() {
+            for (k, b) in rule.backend_refs.iter().enumerate() {
+                check(
+                    &b.namespace,
+                    &b.name,
+                    format!("{base}.rules[{j}].backendRefs[{k}]"),
+                )?;
+            }
+            for (k, f) in rule.filters.iter().enumerate() {
+                if let Some(m) = &f.request_mirror {
+                    let b = &m.backend_ref;
+                    check(
+                        &b.namespace,
+                        &b.name,
+                        format!("{base}.rules[{j}].filters[{k}].requestMirror.backendRef"),
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(table)
 }
 
 fn build_workload(

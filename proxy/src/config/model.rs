@@ -25,7 +25,7 @@ use super::types::{
 #[derive(Debug, Deserialize)]
 #[serde(
     rename = "MeshConfig",
-    expecting = "a mesh config: a mapping with `node`, `workloads`, `services` and `policies`",
+    expecting = "a mesh config: a mapping with `node`, `workloads`, `services`, `policies` and `httpRoutes`",
     rename_all = "camelCase",
     deny_unknown_fields
 )]
@@ -39,6 +39,10 @@ pub(crate) struct RawConfig {
     pub services: Vec<RawService>,
     #[serde(default)]
     pub policies: Vec<RawPolicy>,
+    /// L7 routes for the waypoint (Gateway API HTTPRoute, attached to Services); nodes
+    /// carry them but only `ringmesh waypoint` applies them.
+    #[serde(default)]
+    pub http_routes: Vec<waypoint::route::HttpRouteSpec>,
 }
 
 #[derive(Debug, Deserialize)]

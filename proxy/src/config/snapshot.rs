@@ -209,6 +209,8 @@ pub struct Snapshot {
     pub(crate) by_vip: HashMap<SocketAddr, ServicePort>,
     pub(crate) local: Vec<Arc<Workload>>,
     pub(crate) content_hash: u64,
+    /// The waypoint's HTTP routes (empty from xDS: istiod sends those to Envoy waypoints).
+    pub(crate) routes: Arc<waypoint::route::RouteTable>,
 }
 
 impl Snapshot {
@@ -219,6 +221,18 @@ impl Snapshot {
 
     pub fn workloads(&self) -> &[Arc<Workload>] {
         &self.workloads
+    }
+
+    /// The compiled HTTP routes (`httpRoutes`).
+    pub fn routes(&self) -> &Arc<waypoint::route::RouteTable> {
+        &self.routes
+    }
+
+    /// The service `namespace/name` (by name, as routes refer to Services).
+    pub fn service_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
+        self.services
+            .iter()
+            .find(|s| &*s.namespace == namespace && &*s.name == name)
     }
 
     pub fn services(&self) -> &[Arc<Service>] {

@@ -191,6 +191,7 @@ impl MeshState {
             by_vip,
             local,
             content_hash,
+            routes: Arc::default(),
         }
     }
 }

@@ -22,6 +22,7 @@ use runtime::relay::{RelayError, RelayOptions, Side, relay_metered};
 
 use super::core::{Core, UnknownSource};
 use super::inpod::PodSpec;
+use crate::config::types::{Gateway, GatewayTarget};
 use crate::config::{Destination, Protocol, Service, Snapshot, Workload};
 use crate::conn::{ConnRecord, Outcome, ResetBy};
 use crate::socks5::{self, Reply};
@@ -69,6 +70,28 @@ fn route(
         };
     };
     let (workload, addr, service) = match snapshot.resolve(dst, core.next_pick()) {
+        Destination::Service { port, .. } | Destination::NoEndpoint { port }
+            if port.service.waypoint.is_some()
+                && !is_waypoint(source, port.service.waypoint.as_ref()) =>
+        {
+            let gw = port.service.waypoint.as_ref().expect("checked");
+            return via_waypoint(
+                core,
+                snapshot,
+                source,
+                src,
+                dst,
+                gw,
+                Some(port.service.clone()),
+                place,
+            );
+        }
+        Destination::Workload { workload, .. }
+            if workload.waypoint.is_some() && !is_waypoint(source, workload.waypoint.as_ref()) =>
+        {
+            let gw = workload.waypoint.as_ref().expect("checked");
+            return via_waypoint(core, snapshot, source, src, dst, gw, None, place);
+        }
         Destination::Service { endpoint, port } => (
             endpoint.workload.clone(),
             endpoint.addr,
@@ -129,6 +152,71 @@ fn route(
         },
     };
     Ok(resolved)
+}
+
+/// Whether `source` is the waypoint `gw` names (its own traffic never loops back to it).
+fn is_waypoint(source: &Arc<Workload>, gw: Option<&Gateway>) -> bool {
+    match gw.map(|g| &g.target) {
+        Some(GatewayTarget::Address { ip, .. }) => source.ips.contains(ip),
+        _ => false,
+    }
+}
+
+/// The route to a Service (or workload) that names a waypoint: an HBONE CONNECT to the
+/// waypoint for the original destination (ztunnel's behaviour: the authority stays the
+/// Service VIP:port, the tunnel presents the source's identity and expects the waypoint's).
+#[allow(clippy::too_many_arguments)]
+fn via_waypoint(
+    core: &Core,
+    snapshot: &Snapshot,
+    source: &Arc<Workload>,
+    src: SocketAddr,
+    dst: SocketAddr,
+    gw: &Gateway,
+    service: Option<Arc<Service>>,
+    place: &Placement,
+) -> Result<Resolved, (Refusal, String)> {
+    let waypoint = match &gw.target {
+        GatewayTarget::Address { ip, .. } => snapshot.workload_by_ip(*ip).cloned(),
+        GatewayTarget::Hostname {
+            namespace,
+            hostname,
+        } => snapshot.service(namespace, hostname).and_then(|svc| {
+            let vip = svc.vips.first()?;
+            match snapshot.resolve(SocketAddr::new(vip.ip, gw.hbone_port), core.next_pick()) {
+                Destination::Service { endpoint, .. } => Some(endpoint.workload.clone()),
+                _ => None,
+            }
+        }),
+    };
+    let Some(waypoint) = waypoint else {
+        return Err((
+            Refusal::NoEndpoint,
+            format!("waypoint {} of {dst} has no known workload", gw.target),
+        ));
+    };
+    let Some(&ip) = waypoint.ips.first() else {
+        return Err((
+            Refusal::NoEndpoint,
+            format!("waypoint {} has no IP", waypoint.uid),
+        ));
+    };
+    Ok(Resolved {
+        route: Route::Hbone {
+            key: Box::new(
+                PoolKey::new(
+                    source.identity.clone(),
+                    vec![waypoint.identity.clone()],
+                    SocketAddr::new(ip, gw.hbone_port),
+                )
+                .placed(place.clone()),
+            ),
+            request: Box::new(ConnectRequest::new(dst).with_source(src)),
+        },
+        carrier: Carrier::Hbone,
+        destination: Some(waypoint),
+        service,
+    })
 }
 
 enum Upstream {

@@ -1,0 +1,545 @@
+//! `ringmesh waypoint`: the L7 proxy process of ambient mode, on the node's runtime.
+//!
+//! Owns the waypoint's process: its own workload (IP and identity, from the mesh config),
+//! its certificate (the same [`IdentityManager`] and CA as a node), one HBONE listener per
+//! core on `<waypoint IP>:15008`, the mapping from each CONNECT's authority to the Service
+//! it addressed, and the [`Upstreams`] that turn a Service port into an HBONE stream to one
+//! of its endpoints (or plain TCP for an endpoint outside the mesh). HTTP, routing and
+//! resilience are the `waypoint` crate's.
+//!
+//! Why a subcommand of `ringmesh` and not a binary of its own: it shares the config file,
+//! its checks, the CA and the identity manager with the node, and an operator deploys one
+//! image; the node's paths are not linked into the waypoint's work (DESIGN.md's border).
+//!
+//! Invariants:
+//! - a CONNECT is answered 200 only for a Service VIP:port (or a workload IP:port) the
+//!   mesh knows, 400 for an authority that is not IP:port and 503 for one the mesh does not
+//!   know (as a node answers a CONNECT to no local workload);
+//! - a config change applies to the next request; a rejected config changes nothing;
+//! - certificates renew in the background and reach every core by message.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use hbone::pool::{Pool, PoolConfig, PoolKey};
+use hbone::server::ServerConfig;
+use hbone::stream::HboneStream;
+use hbone::wire::{ConnectRequest, Status};
+use runtime::net::{TcpListener, TcpStream};
+use runtime::{Broadcaster, RuntimeConfig, Shutdown, Worker};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use waypoint::route::ServiceRef;
+use waypoint::serve::{Target, UpstreamError, Upstreams, Waypoint};
+use waypoint::stats::{Snapshot as StatsSnapshot, Stats};
+
+use crate::config::{self, Destination, LoadOptions, Protocol, Snapshot, WatchOptions};
+use crate::identity::ca;
+use crate::identity::manager::{CertSet, IdentityManager, ManagerOptions, Signer};
+
+/// Everything `ringmesh waypoint` takes.
+#[derive(Debug, Clone)]
+pub struct WaypointOptions {
+    pub config: PathBuf,
+    pub ca_dir: PathBuf,
+    /// The waypoint's own workload: its uid (`namespace/name` by default).
+    pub workload: String,
+    pub hbone_port: u16,
+    /// `/metrics` and `/healthz/ready`; `None`: not served.
+    pub metrics: Option<SocketAddr>,
+    pub cert_lifetime: Duration,
+    pub watch_interval: Duration,
+    pub pool_idle_timeout: Duration,
+    pub runtime: RuntimeConfig,
+    pub drain_timeout: Duration,
+}
+
+/// What the control thread sends the cores.
+#[derive(Clone)]
+enum Msg {
+    Certs(Arc<CertSet>),
+    Config(Arc<Snapshot>),
+    /// Each core answers with its counters.
+    Stats(std::sync::mpsc::Sender<StatsSnapshot>),
+}
+
+/// One core's state.
+struct Core {
+    snapshot: RefCell<Arc<Snapshot>>,
+    certs: Rc<RefCell<Arc<CertSet>>>,
+    identity: hbone::Identity,
+    hbone_port: u16,
+}
+
+impl Core {
+    fn server_tls(&self) -> hbone::Result<Arc<rustls::ServerConfig>> {
+        let certs = self.certs.borrow();
+        let cert = certs.get(&self.identity).ok_or_else(|| {
+            hbone::Error::TlsConfig(format!("no certificate for {} yet", self.identity))
+        })?;
+        hbone::tls::server_config(
+            cert.chain.clone(),
+            cert.key_der(),
+            certs.roots(),
+            self.identity.trust_domain(),
+        )
+    }
+}
+
+/// The waypoint's way to a Service: an endpoint picked by the Service's load balancing,
+/// reached over HBONE at its node (or plain TCP outside the mesh).
+struct MeshUpstreams {
+    core: Rc<Core>,
+    pool: Pool,
+    counter: std::cell::Cell<u64>,
+}
+
+/// An upstream stream: HBONE, or TCP for an endpoint outside the mesh.
+enum Io {
+    Hbone(Box<HboneStream>),
+    Tcp(TcpStream),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Hbone(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Hbone(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Hbone(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Hbone(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Where `service`:`port` leads right now: the endpoint to dial, as a route.
+enum Dial {
+    Hbone(Box<PoolKey>, Box<ConnectRequest>),
+    Tcp(SocketAddr),
+}
+
+impl MeshUpstreams {
+    fn dial_for(&self, service: &ServiceRef, port: u16) -> Result<Dial, UpstreamError> {
+        let snapshot = self.core.snapshot.borrow().clone();
+        let svc = snapshot
+            .service_by_name(&service.namespace, &service.name)
+            .ok_or_else(|| UpstreamError::NoEndpoint(format!("no service {service}")))?;
+        let vip = svc.vips.first().ok_or_else(|| {
+            UpstreamError::NoEndpoint(format!("service {service} has no VIP (headless)"))
+        })?;
+        let n = self.counter.get();
+        self.counter.set(n.wrapping_add(1));
+        let (workload, addr) = match snapshot.resolve(SocketAddr::new(vip.ip, port), n) {
+            Destination::Service { endpoint, .. } => (endpoint.workload.clone(), endpoint.addr),
+            Destination::NoEndpoint { .. } => {
+                return Err(UpstreamError::NoEndpoint(format!(
+                    "service {service} has no healthy endpoint for port {port}"
+                )));
+            }
+            _ => {
+                return Err(UpstreamError::NoEndpoint(format!(
+                    "service {service} does not expose port {port}"
+                )));
+            }
+        };
+        Ok(match workload.protocol {
+            Protocol::Hbone => Dial::Hbone(
+                Box::new(PoolKey::new(
+                    self.core.identity.clone(),
+                    vec![workload.identity.clone()],
+                    SocketAddr::new(addr.ip(), self.core.hbone_port),
+                )),
+                Box::new(ConnectRequest::new(addr)),
+            ),
+            Protocol::Tcp => Dial::Tcp(addr),
+        })
+    }
+}
+
+/// Deadline for a plain TCP connect to an endpoint outside the mesh.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The core's [`MeshUpstreams`], shared by its waypoint and its housekeeping.
+#[derive(Clone)]
+struct Ups(Rc<MeshUpstreams>);
+
+impl Upstreams for Ups {
+    type Io = Io;
+
+    fn open(
+        &self,
+        service: &ServiceRef,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = Result<Io, UpstreamError>>>> {
+        let dial = self.0.dial_for(service, port);
+        let me = self.0.clone();
+        Box::pin(async move {
+            match dial? {
+                Dial::Hbone(key, req) => me
+                    .pool
+                    .connect(&key, &req)
+                    .await
+                    .map(|s| Io::Hbone(Box::new(s)))
+                    .map_err(|e| UpstreamError::Connect(e.to_string())),
+                Dial::Tcp(addr) => {
+                    match runtime::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr))
+                        .await
+                    {
+                        Ok(Ok(s)) => Ok(Io::Tcp(s)),
+                        Ok(Err(e)) => Err(UpstreamError::Connect(format!("connect {addr}: {e}"))),
+                        Err(_) => Err(UpstreamError::Connect(format!(
+                            "connect {addr}: no answer in {TCP_CONNECT_TIMEOUT:?}"
+                        ))),
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The Service (or workload) a CONNECT authority names: a Service VIP:port, or a workload
+/// IP:port whose workload is the endpoint of exactly the Service that port serves.
+fn target_of(snapshot: &Snapshot, authority: SocketAddr) -> Result<Target, Status> {
+    if let Some(sp) = snapshot.service_port(authority) {
+        return Ok(Target {
+            service: ServiceRef::new(&sp.service.namespace, &sp.service.name),
+            port: sp.port,
+        });
+    }
+    if let Some(w) = snapshot.workload_by_ip(authority.ip())
+        && let Some(svc) = snapshot.inbound_service(w, authority.port())
+    {
+        // Addressed to a pod: the route of the Service behind that port applies, and the
+        // request goes to that Service (Istio routes workload-addressed traffic likewise).
+        let port = svc
+            .ports
+            .iter()
+            .find(|(_, t)| *t == authority.port())
+            .map_or(authority.port(), |(p, _)| *p);
+        return Ok(Target {
+            service: ServiceRef::new(&svc.namespace, &svc.name),
+            port,
+        });
+    }
+    Err(Status::ServiceUnavailable)
+}
+
+/// Runs the waypoint until SIGTERM/SIGINT (then drains).
+pub fn run(opts: WaypointOptions) -> Result<()> {
+    let shutdown = Shutdown::default();
+    shutdown.drain_on_signals(opts.drain_timeout)?;
+    let load = LoadOptions { node: None };
+    let snapshot = Arc::new(config::load_file(&opts.config, &load).map_err(|e| anyhow!("{e}"))?);
+    let me = snapshot.workload_by_uid(&opts.workload).cloned().ok_or_else(|| {
+        anyhow!(
+            "--workload {}: no workload with this uid in {} (a workload's uid defaults to namespace/name)",
+            opts.workload,
+            opts.config.display()
+        )
+    })?;
+    let ip: IpAddr = *me.ips.first().ok_or_else(|| {
+        anyhow!(
+            "--workload {}: the workload has no IP to listen on",
+            opts.workload
+        )
+    })?;
+    let identity = me.identity.clone();
+
+    let signer: Arc<dyn Signer> = Arc::new(
+        ca::load(&opts.ca_dir)
+            .with_context(|| format!("loading the CA from {}", opts.ca_dir.display()))?,
+    );
+    let broadcaster: Arc<Mutex<Option<Broadcaster<Msg>>>> = Arc::new(Mutex::new(None));
+    let publish = {
+        let b = broadcaster.clone();
+        move |certs: Arc<CertSet>| {
+            if let Some(b) = b.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                b.send(Msg::Certs(certs));
+            }
+        }
+    };
+    let identities = IdentityManager::start(
+        signer,
+        ManagerOptions {
+            lifetime: opts.cert_lifetime,
+            ..ManagerOptions::default()
+        },
+        publish,
+    )?;
+    identities.set_identities([identity.clone()])?;
+    identities
+        .ensure(&identity)
+        .map_err(|e| anyhow!("certificate for {identity}: {e}"))?;
+
+    let listen = SocketAddr::new(ip, opts.hbone_port);
+    let init_certs = identities.current();
+    let init_snapshot = snapshot.clone();
+    let pool_cfg = PoolConfig {
+        idle_timeout: opts.pool_idle_timeout,
+        ..PoolConfig::default()
+    };
+    let hbone_port = opts.hbone_port;
+    let init_identity = identity.clone();
+    let rt = runtime::launch_with(
+        &opts.runtime,
+        shutdown.clone(),
+        move |worker: Worker<Msg>| {
+            let listener = TcpListener::bind_on_core(listen, worker.core())?;
+            let certs = Rc::new(RefCell::new(init_certs.clone()));
+            let core = Rc::new(Core {
+                snapshot: RefCell::new(init_snapshot.clone()),
+                certs: certs.clone(),
+                identity: init_identity.clone(),
+                hbone_port,
+            });
+            let tls_certs = certs.clone();
+            let pool = Pool::new(pool_cfg.clone(), move |key: &PoolKey| {
+                let certs = tls_certs.borrow();
+                let cert = certs.get(&key.src).ok_or_else(|| {
+                    hbone::Error::TlsConfig(format!("no certificate for {} yet", key.src))
+                })?;
+                hbone::tls::client_config(
+                    cert.chain.clone(),
+                    cert.key_der(),
+                    certs.roots(),
+                    key.dst_ids.clone(),
+                )
+            });
+            let upstreams = Rc::new(MeshUpstreams {
+                core: core.clone(),
+                pool,
+                counter: std::cell::Cell::new(worker.index() as u64),
+            });
+            let stats = Rc::new(Stats::default());
+            let wp = Waypoint::new(
+                init_snapshot.routes().clone(),
+                Ups(upstreams),
+                stats.clone(),
+            );
+            Ok(worker_main(worker, listener, core, wp))
+        },
+    )?;
+    *broadcaster.lock().unwrap_or_else(|p| p.into_inner()) = Some(rt.broadcaster());
+    rt.broadcast(Msg::Certs(identities.current()));
+
+    let _watcher = if opts.watch_interval.is_zero() {
+        None
+    } else {
+        let b = rt.broadcaster();
+        let shown = opts.config.clone();
+        Some(config::watch(
+            &opts.config,
+            WatchOptions {
+                load,
+                interval: opts.watch_interval,
+                current: Some(snapshot.content_hash()),
+            },
+            move |res| {
+                // A rejected file was logged by the watcher; the previous config serves on.
+                let Ok(snap) = res else { return };
+                tracing::info!(config = %shown.display(), routes = snap.routes().len(), "config applied");
+                b.send(Msg::Config(snap));
+            },
+        )?)
+    };
+    if let Some(addr) = opts.metrics {
+        serve_metrics(addr, rt.broadcaster(), rt.workers().len())?;
+    }
+    tracing::info!(
+        workload = %opts.workload,
+        identity = %identity,
+        listen = %listen,
+        routes = snapshot.routes().len(),
+        workers = rt.workers().len(),
+        "waypoint ready"
+    );
+    rt.join()?;
+    tracing::info!("drained, exiting");
+    Ok(())
+}
+
+async fn worker_main(
+    worker: Worker<Msg>,
+    listener: TcpListener,
+    core: Rc<Core>,
+    wp: Rc<Waypoint<Ups>>,
+) {
+    let (w, msg_core, msg_wp) = (worker.clone(), core.clone(), wp.clone());
+    runtime::spawn(async move {
+        while let Ok(msg) = w.messages().recv().await {
+            match msg {
+                Msg::Certs(c) => *msg_core.certs.borrow_mut() = c,
+                Msg::Config(s) => {
+                    msg_wp.set_table(s.routes().clone());
+                    *msg_core.snapshot.borrow_mut() = s;
+                }
+                Msg::Stats(reply) => {
+                    let _ = reply.send(msg_wp.stats.snapshot());
+                }
+            }
+        }
+    })
+    .detach();
+    let evict = (wp.clone(), worker.clone());
+    runtime::spawn(async move {
+        while !evict.1.shutdown().is_draining() {
+            runtime::time::sleep(Duration::from_secs(10)).await;
+            evict.0.upstreams().0.pool.evict_idle();
+        }
+    })
+    .detach();
+    worker
+        .serve(listener, move |stream, peer| {
+            serve_tunnel_conn(core.clone(), wp.clone(), stream, peer)
+        })
+        .await;
+}
+
+/// One HBONE connection from a node proxy: TLS with the waypoint's certificate, then each
+/// CONNECT served as an HTTP connection of its own.
+async fn serve_tunnel_conn(
+    core: Rc<Core>,
+    wp: Rc<Waypoint<Ups>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let tls = match core.server_tls() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "HBONE connection refused");
+            return;
+        }
+    };
+    let cfg = ServerConfig::new(tls);
+    let handler = move |incoming: hbone::server::Incoming| {
+        let (core, wp) = (core.clone(), wp.clone());
+        async move {
+            let Some(authority) = incoming.request().authority.socket_addr() else {
+                let _ = incoming.reject(Status::BadRequest);
+                return;
+            };
+            let snapshot = core.snapshot.borrow().clone();
+            let target = match target_of(&snapshot, authority) {
+                Ok(t) => t,
+                Err(status) => {
+                    tracing::debug!(%peer, %authority, "CONNECT to no known service");
+                    let _ = incoming.reject(status);
+                    return;
+                }
+            };
+            drop(snapshot);
+            let source = incoming.peer_identity().clone();
+            let stream = match incoming.accept() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "CONNECT could not be answered");
+                    return;
+                }
+            };
+            if let Err(e) = wp.serve_connection(stream, target.clone()).await {
+                tracing::debug!(%peer, %source, service = %target.service, error = %e, "HTTP connection ended with an error");
+            }
+        }
+    };
+    if let Err(e) = hbone::server::serve_tls(stream, &cfg, std::future::pending(), handler).await {
+        tracing::debug!(%peer, error = %e, "HBONE connection ended");
+    }
+}
+
+/// Time a core has to answer a stats request before /metrics answers without it.
+const STATS_WAIT: Duration = Duration::from_secs(2);
+
+/// `/metrics` (the cores' counters, summed) and `/healthz/ready` on a small thread of its
+/// own: a scrape never runs on a core.
+fn serve_metrics(addr: SocketAddr, b: Broadcaster<Msg>, workers: usize) -> Result<()> {
+    let listener =
+        StdListener::bind(addr).with_context(|| format!("--metrics {addr}: cannot listen"))?;
+    std::thread::Builder::new()
+        .name("waypoint-metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                // The whole request head (up to 8 KiB): closing with unread bytes would
+                // reset the connection under the answer.
+                let mut buf = Vec::with_capacity(1024);
+                let mut chunk = [0u8; 1024];
+                while buf.len() < 8192 && !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf);
+                let path = head.split_whitespace().nth(1).unwrap_or("");
+                let (status, body) = match path {
+                    "/metrics" => ("200 OK", gather(&b, workers).render()),
+                    "/healthz/ready" => ("200 OK", "ready\n".to_string()),
+                    _ => ("404 Not Found", "try /metrics or /healthz/ready\n".to_string()),
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+            }
+        })?;
+    Ok(())
+}
+
+fn gather(b: &Broadcaster<Msg>, workers: usize) -> StatsSnapshot {
+    let (tx, rx) = std::sync::mpsc::channel();
+    b.send(Msg::Stats(tx));
+    let mut total = StatsSnapshot::default();
+    let deadline = std::time::Instant::now() + STATS_WAIT;
+    for _ in 0..workers {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(s) => total.add(&s),
+            Err(_) => break,
+        }
+    }
+    total
+}

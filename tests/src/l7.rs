@@ -1,0 +1,337 @@
+//! L7 test peers for the waypoint's end-to-end tests: an HTTP/1.1 backend whose paths script
+//! its misbehaviour, a keep-alive HTTP/1.1 client (also for hand-made hostile requests), and
+//! the `ringmesh waypoint` process.
+//!
+//! The backend answers every request with `200` and a body `<name> <method> <path>` followed
+//! by the request's headers (one `name: value` per line) and `len=<body bytes>`, unless the
+//! path says otherwise:
+//! - `/status/<code>`: that status;
+//! - `/flaky/<n>/...`: the first `n` requests to that exact path answer 503;
+//! - `/reset/<n>/...`: the first `n` requests to that exact path get the connection reset
+//!   before any response byte;
+//! - `/slow/<ms>/...`: the answer waits `ms` milliseconds.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::{MeshDir, Proc, bin, wait_for};
+
+/// A running test backend.
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// Requests answered (or reset) so far.
+    pub requests: Arc<AtomicUsize>,
+    /// How often each path was asked for.
+    pub paths: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// Starts backend `name` on `addr` (a thread per connection; keep-alive).
+pub fn spawn_backend(addr: SocketAddr, name: &str) -> Result<Backend> {
+    spawn_slow_backend(addr, name, Duration::ZERO)
+}
+
+/// [`spawn_backend`] that waits `delay` before every answer.
+pub fn spawn_slow_backend(addr: SocketAddr, name: &str, delay: Duration) -> Result<Backend> {
+    let l = TcpListener::bind(addr).with_context(|| format!("binding backend {addr}"))?;
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let (count, name, paths) = (requests.clone(), name.to_string(), seen.clone());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            let (count, seen, name) = (count.clone(), seen.clone(), name.clone());
+            std::thread::spawn(move || {
+                let _ = serve_backend_conn(s, &name, delay, &count, &seen);
+            });
+        }
+    });
+    Ok(Backend {
+        addr,
+        requests,
+        paths,
+    })
+}
+
+fn serve_backend_conn(
+    s: TcpStream,
+    name: &str,
+    delay: Duration,
+    count: &AtomicUsize,
+    seen: &Mutex<HashMap<String, u32>>,
+) -> Result<()> {
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    loop {
+        let Some(req) = read_request(&mut r)? else {
+            return Ok(());
+        };
+        count.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(delay);
+        let times = {
+            let mut seen = seen.lock().unwrap();
+            let n = seen.entry(req.path.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let mut parts = req.path.trim_start_matches('/').split('/');
+        let (kind, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let arg: u64 = arg.split('?').next().unwrap_or("").parse().unwrap_or(0);
+        let mut status = 200;
+        match kind {
+            "status" => status = arg as u16,
+            "flaky" if u64::from(times) <= arg => status = 503,
+            "reset" if u64::from(times) <= arg => {
+                let sock = socket2::SockRef::from(&w);
+                let _ = sock.set_linger(Some(Duration::ZERO));
+                return Ok(());
+            }
+            "slow" => std::thread::sleep(Duration::from_millis(arg)),
+            _ => {}
+        }
+        let mut body = format!("{name} {} {}\n", req.method, req.path);
+        for (k, v) in &req.headers {
+            body.push_str(&format!("{k}: {v}\n"));
+        }
+        body.push_str(&format!("len={}\n", req.body_len));
+        write!(
+            w,
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nx-backend: {name}\r\n\r\n{body}",
+            body.len()
+        )?;
+    }
+}
+
+struct BackendRequest {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body_len: u64,
+}
+
+/// One request off a keep-alive connection (its body read and counted, not kept).
+fn read_request(r: &mut BufReader<TcpStream>) -> Result<Option<BackendRequest>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut it = line.split_whitespace();
+    let (method, path) = (
+        it.next().unwrap_or("").to_string(),
+        it.next().unwrap_or("").to_string(),
+    );
+    let headers = read_headers(r)?;
+    let len = header(&headers, "content-length").and_then(|v| v.parse().ok());
+    let chunked = header(&headers, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let body_len = if chunked {
+        read_chunked(r, &mut std::io::sink())?
+    } else {
+        std::io::copy(&mut r.by_ref().take(len.unwrap_or(0)), &mut std::io::sink())?
+    };
+    Ok(Some(BackendRequest {
+        method,
+        path,
+        headers,
+        body_len,
+    }))
+}
+
+fn read_headers(r: &mut impl BufRead) -> Result<Vec<(String, String)>> {
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        ensure!(r.read_line(&mut line)? > 0, "EOF inside the header block");
+        let line = line.trim_end();
+        if line.is_empty() {
+            return Ok(headers);
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Reads a chunked body into `out`; returns its length.
+fn read_chunked(r: &mut impl BufRead, out: &mut impl Write) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let mut size = String::new();
+        r.read_line(&mut size)?;
+        let n = u64::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+            .with_context(|| format!("chunk size {size:?}"))?;
+        if n == 0 {
+            read_headers(r)?; // trailers
+            return Ok(total);
+        }
+        total += std::io::copy(&mut r.by_ref().take(n), out)?;
+        let mut crlf = String::new();
+        r.read_line(&mut crlf)?;
+    }
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+}
+
+/// An HTTP/1.1 client on one keep-alive connection.
+pub struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Client {
+    pub fn new(s: TcpStream) -> Result<Client> {
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(Client {
+            w: s.try_clone()?,
+            r: BufReader::new(s),
+        })
+    }
+
+    /// Sends `method path` with `headers` and `body`, reads the response.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: echo.test\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            head.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        self.w.write_all(head.as_bytes())?;
+        self.w.write_all(body)?;
+        self.read_response()
+    }
+
+    /// Writes raw bytes (a hand-made, possibly hostile request).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.w.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Reads one response.
+    pub fn read_response(&mut self) -> Result<Response> {
+        let mut line = String::new();
+        ensure!(
+            self.r.read_line(&mut line)? > 0,
+            "connection closed before a response"
+        );
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("status line {line:?}"))?;
+        let headers = read_headers(&mut self.r)?;
+        let mut body = Vec::new();
+        if header(&headers, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            read_chunked(&mut self.r, &mut body)?;
+        } else if let Some(n) =
+            header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok())
+        {
+            self.r.by_ref().take(n).read_to_end(&mut body)?;
+        } else {
+            self.r.read_to_end(&mut body)?;
+        }
+        Ok(Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    /// Whether the peer closed the connection (reads EOF within `wait`).
+    pub fn closed_within(&mut self, wait: Duration) -> bool {
+        let _ = self.w.set_read_timeout(Some(wait));
+        let mut b = [0u8; 1];
+        matches!(self.r.read(&mut b), Ok(0) | Err(_))
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.w.shutdown(Shutdown::Both);
+    }
+}
+
+/// A running `ringmesh waypoint`.
+pub struct Waypoint {
+    pub proc: Proc,
+    pub ip: IpAddr,
+}
+
+impl Waypoint {
+    /// Starts the waypoint of workload `uid` (which has IP `ip` in the mesh's config) and
+    /// waits until it answers on `/healthz/ready`.
+    pub fn start(mesh: &MeshDir, uid: &str, ip: IpAddr) -> Result<Waypoint> {
+        let metrics = SocketAddr::new(ip, 15020).to_string();
+        let (config, ca) = (mesh.config.to_string_lossy(), mesh.ca.to_string_lossy());
+        let args = [
+            "waypoint",
+            "--config",
+            &config,
+            "--ca-dir",
+            &ca,
+            "--workload",
+            uid,
+            "--metrics",
+            &metrics,
+            "--cores",
+            "1",
+        ];
+        let mut proc = Proc::spawn(&bin("ringmesh"), &args)?;
+        let ready = SocketAddr::new(ip, 15020);
+        let mut exited = None;
+        wait_for(Duration::from_secs(15), "the waypoint ready", || {
+            if let Ok(code) = proc.wait_exit(Duration::ZERO) {
+                exited = Some(code);
+                return true;
+            }
+            proxy::demo::http_get(ready, "/healthz/ready").is_ok_and(|b| b.starts_with("ready"))
+        })
+        .with_context(|| format!("waypoint log:\n{}", proc.stderr()))?;
+        if let Some(code) = exited {
+            bail!("the waypoint exited with {code:?}:\n{}", proc.stderr());
+        }
+        Ok(Waypoint { proc, ip })
+    }
+
+    pub fn metrics(&self) -> Result<String> {
+        proxy::demo::http_get(SocketAddr::new(self.ip, 15020), "/metrics")
+    }
+
+    /// The process's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("VmRSS in /proc/<pid>/status")
+    }
+}

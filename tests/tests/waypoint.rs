@@ -1,0 +1,492 @@
+//! The waypoint end to end: a client pod on node-1 calls Service `echo`, which names the
+//! waypoint; node-1 tunnels to the waypoint (HBONE), the waypoint routes each HTTP request
+//! and tunnels to the chosen endpoint's node (node-2), which hands it to the backend. Every
+//! hop is a real process on real sockets.
+//!
+//! Address plan: 127.190/16 .. 127.194/16.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use e2e::l7::{Backend, Client, Waypoint, spawn_backend, spawn_slow_backend};
+use e2e::{MeshDir, Node, ip4, metric_sum, socks_connect};
+
+/// The mesh: client on node-1; backends v1, v2 and mirror on node-2 (each the endpoint of
+/// its own Service); Service `echo` (VIP .100.1:80) has no endpoint of its own and names the
+/// waypoint (.3.1), whose routes are `routes` (a YAML list, indented for `httpRoutes:`).
+fn mesh_config(x: u8, routes: &str) -> String {
+    let ip = |c, d| ip4(x, c, d);
+    format!(
+        "workloads:
+  - {{name: client, namespace: demo, serviceAccount: client, workloadIps: [\"{client}\"], node: node-1, protocol: HBONE}}
+  - {{name: waypoint, namespace: demo, serviceAccount: waypoint, workloadIps: [\"{wp}\"], node: waypoints, protocol: HBONE}}
+  - {{name: v1, namespace: demo, serviceAccount: echo, workloadIps: [\"{v1}\"], node: node-2, protocol: HBONE, services: [demo/echo-v1.demo.svc.cluster.local]}}
+  - {{name: v2, namespace: demo, serviceAccount: echo, workloadIps: [\"{v2}\"], node: node-2, protocol: HBONE, services: [demo/echo-v2.demo.svc.cluster.local]}}
+  - {{name: mirror, namespace: demo, serviceAccount: mirror, workloadIps: [\"{m}\"], node: node-2, protocol: HBONE, services: [demo/mirror.demo.svc.cluster.local]}}
+services:
+  - {{name: echo, namespace: demo, hostname: echo.demo.svc.cluster.local, vips: [\"{vip}\"], ports: {{80: 8080}}, waypoint: {{destination: \"/{wp}\", hboneMtlsPort: 15008}}}}
+  - {{name: echo-v1, namespace: demo, hostname: echo-v1.demo.svc.cluster.local, vips: [\"{vip1}\"], ports: {{80: 8080}}}}
+  - {{name: echo-v2, namespace: demo, hostname: echo-v2.demo.svc.cluster.local, vips: [\"{vip2}\"], ports: {{80: 8080}}}}
+  - {{name: mirror, namespace: demo, hostname: mirror.demo.svc.cluster.local, vips: [\"{vipm}\"], ports: {{80: 8080}}}}
+httpRoutes:
+{routes}",
+        client = ip(1, 1),
+        wp = ip(3, 1),
+        v1 = ip(2, 1),
+        v2 = ip(2, 2),
+        m = ip(2, 3),
+        vip = ip(100, 1),
+        vip1 = ip(100, 2),
+        vip2 = ip(100, 3),
+        vipm = ip(100, 4),
+    )
+}
+
+struct Mesh {
+    _mesh: MeshDir,
+    n1: Node,
+    _n2: Node,
+    wp: Waypoint,
+    v1: Backend,
+    v2: Backend,
+    mirror: Backend,
+    x: u8,
+}
+
+impl Mesh {
+    fn start(x: u8, routes: &str) -> Result<Mesh> {
+        let backend = |d, name| spawn_backend(SocketAddr::new(ip4(x, 2, d), 8080), name);
+        let (v1, v2) = (backend(1, "v1")?, backend(2, "v2")?);
+        // The mirror is slow: the client must never wait for it.
+        let mirror = spawn_slow_backend(
+            SocketAddr::new(ip4(x, 2, 3), 8080),
+            "mirror",
+            Duration::from_secs(2),
+        )?;
+        let mesh = MeshDir::new(&mesh_config(x, routes))?;
+        let n1 = Node::start(&mesh, "node-1", ip4(x, 0, 1), &[])?;
+        let n2 = Node::start(&mesh, "node-2", ip4(x, 0, 2), &[])?;
+        let wp = Waypoint::start(&mesh, "demo/waypoint", ip4(x, 3, 1))?;
+        Ok(Mesh {
+            _mesh: mesh,
+            n1,
+            _n2: n2,
+            wp,
+            v1,
+            v2,
+            mirror,
+            x,
+        })
+    }
+
+    fn client_ip(&self) -> IpAddr {
+        ip4(self.x, 1, 1)
+    }
+
+    fn vip(&self) -> SocketAddr {
+        SocketAddr::new(ip4(self.x, 100, 1), 80)
+    }
+
+    /// A keep-alive HTTP/1.1 connection from the client pod to Service `echo`.
+    fn client(&self) -> Result<Client> {
+        Client::new(socks_connect(
+            self.client_ip(),
+            self.n1.socks(),
+            self.vip(),
+        )?)
+    }
+
+    fn context(&self) -> String {
+        format!("waypoint log:\n{}", self.wp.proc.stderr())
+    }
+}
+
+#[test]
+fn weighted_split_header_match_and_rewrites_over_http1() -> Result<()> {
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo, port: 80}]
+    rules:
+      - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-canary, value: \"yes\"}]}]
+        backendRefs: [{name: echo-v2, port: 80}]
+        filters:
+          - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-route, value: canary}], remove: [x-secret]}}
+          - {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-served-by, value: waypoint}]}}
+      - backendRefs: [{name: echo-v1, port: 80, weight: 90}, {name: echo-v2, port: 80, weight: 10}]
+";
+    let m = Mesh::start(190, routes)?;
+    let mut c = m.client()?;
+
+    // The header match wins over the weighted rule; the rewrites apply both ways.
+    let r = c.request(
+        "GET",
+        "/api/items",
+        &[("x-canary", "yes"), ("x-secret", "s3")],
+        b"",
+    )?;
+    ensure!(r.status == 200, "{r:?}\n{}", m.context());
+    ensure!(r.body.starts_with("v2 GET /api/items"), "{r:?}");
+    ensure!(
+        r.body.contains("x-route: canary") && !r.body.contains("x-secret"),
+        "{r:?}"
+    );
+    ensure!(r.header("x-served-by") == Some("waypoint"), "{r:?}");
+    // Without the header: the weighted rule, untouched headers.
+    let r = c.request("GET", "/api/items", &[("x-secret", "s3")], b"")?;
+    ensure!(
+        r.body.contains("x-secret: s3") && r.header("x-served-by").is_none(),
+        "{r:?}"
+    );
+
+    // 90/10 over 10,000 requests on one keep-alive connection: within 5 standard deviations
+    // (σ = √(n·p·(1−p)) = 30).
+    let n = 10_000;
+    let (v1_before, v2_before) = (
+        m.v1.requests.load(std::sync::atomic::Ordering::SeqCst),
+        m.v2.requests.load(std::sync::atomic::Ordering::SeqCst),
+    );
+    let mut v1 = 0;
+    for i in 0..n {
+        let r = c.request("GET", &format!("/split?{i}"), &[], b"")?;
+        ensure!(r.status == 200, "request {i}: {r:?}");
+        if r.body.starts_with("v1 ") {
+            v1 += 1;
+        }
+    }
+    ensure!(
+        (v1 as i64 - 9000).abs() <= 150,
+        "v1 got {v1} of {n}, expected 9000 ± 150"
+    );
+    // The backends saw exactly those requests (nothing retried or duplicated).
+    let seen1 = m.v1.requests.load(std::sync::atomic::Ordering::SeqCst) - v1_before;
+    let seen2 = m.v2.requests.load(std::sync::atomic::Ordering::SeqCst) - v2_before;
+    ensure!(
+        seen1 == v1 && seen2 == n - v1,
+        "backends saw {seen1}/{seen2}"
+    );
+
+    let metrics = m.wp.metrics()?;
+    let ok = metric_sum(
+        &metrics,
+        "ringmesh_waypoint_requests_total",
+        &["destination_service=\"demo/echo\"", "response_code=\"200\""],
+    );
+    ensure!(ok >= f64::from(n as u32), "{metrics}");
+    Ok(())
+}
+
+#[test]
+fn retries_timeouts_faults_and_mirror() -> Result<()> {
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - name: retried
+        matches: [{path: {value: /flaky}}, {path: {value: /reset}}]
+        backendRefs: [{name: echo-v1, port: 80}]
+        retry: {attempts: 2, codes: [503], backoff: 1ms, retryOn: [reset, connect-failure]}
+      - name: timed
+        matches: [{path: {value: /slow}}]
+        backendRefs: [{name: echo-v1, port: 80}]
+        timeouts: {request: 300ms}
+      - name: aborted
+        matches: [{path: {value: /abort}}]
+        backendRefs: [{name: echo-v1, port: 80}]
+        fault: {abort: {httpStatus: 418, percentage: 30}}
+      - name: delayed
+        matches: [{path: {value: /delay}}]
+        backendRefs: [{name: echo-v1, port: 80}]
+        fault: {delay: {fixedDelay: 200ms, percentage: 100}}
+      - name: mirrored
+        matches: [{path: {value: /mirrored}}]
+        backendRefs: [{name: echo-v1, port: 80}]
+        filters: [{type: RequestMirror, requestMirror: {backendRef: {name: mirror, port: 80}, percent: 100}}]
+      - backendRefs: [{name: echo-v1, port: 80}]
+";
+    let m = Mesh::start(191, routes)?;
+    let mut c = m.client()?;
+
+    // One 503, then 200: the retry hides it. Without a retry rule the 503 shows.
+    let r = c.request("GET", "/flaky/1/a", &[], b"")?;
+    ensure!(r.status == 200, "retried 503: {r:?}\n{}", m.context());
+    let r = c.request("GET", "/other/flaky/1/b", &[], b"")?;
+    ensure!(r.status == 200, "{r:?}");
+    // A reset before any response byte, then success.
+    let r = c.request("GET", "/reset/1/a", &[], b"")?;
+    ensure!(r.status == 200, "retried reset: {r:?}\n{}", m.context());
+    // More failures than attempts: the last answer reaches the client.
+    let r = c.request("GET", "/flaky/5/c", &[], b"")?;
+    ensure!(r.status == 503, "{r:?}");
+    let r = c.request("GET", "/reset/5/c", &[], b"")?;
+    ensure!(r.status == 503 && r.body.contains("reset"), "{r:?}");
+
+    // The route's timeout fires: 504 long before the backend's 3 s.
+    let t = Instant::now();
+    let r = c.request("GET", "/slow/3000/x", &[], b"")?;
+    ensure!(
+        r.status == 504 && r.body.contains("upstream request timeout"),
+        "{r:?}"
+    );
+    ensure!(
+        t.elapsed() < Duration::from_millis(2000),
+        "timeout took {:?}",
+        t.elapsed()
+    );
+    let mut c = m.client()?;
+
+    // Aborts at 30 % over 1,000 requests: σ = √(1000·0.3·0.7) ≈ 14.5; 5σ ≈ 73.
+    let mut aborted = 0;
+    for i in 0..1000 {
+        let r = c.request("GET", &format!("/abort?{i}"), &[], b"")?;
+        match r.status {
+            418 => aborted += 1,
+            200 => {}
+            s => anyhow::bail!("abort route answered {s}: {r:?}"),
+        }
+    }
+    ensure!(
+        (aborted as i64 - 300).abs() <= 73,
+        "{aborted} of 1000 aborted, expected 300 ± 73"
+    );
+    // A delay at 100 %.
+    let t = Instant::now();
+    let r = c.request("GET", "/delay", &[], b"")?;
+    ensure!(
+        r.status == 200 && t.elapsed() >= Duration::from_millis(200),
+        "{r:?} after {:?}",
+        t.elapsed()
+    );
+
+    // The mirror gets its copy (Host with -shadow); the client does not wait for it, even
+    // when the mirror is slow.
+    let before = m.mirror.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let r = c.request("POST", "/mirrored", &[], b"hello")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v1 POST /mirrored") && r.body.contains("len=5"),
+        "{r:?}"
+    );
+    e2e::wait_for(Duration::from_secs(5), "the mirror's copy", || {
+        m.mirror.requests.load(std::sync::atomic::Ordering::SeqCst) > before
+    })?;
+    let t = Instant::now();
+    for i in 0..5 {
+        let r = c.request("GET", &format!("/mirrored?{i}"), &[], b"")?;
+        ensure!(r.status == 200, "{r:?}");
+    }
+    // Five copies to a mirror that takes 2 s each did not hold the client up.
+    ensure!(
+        t.elapsed() < Duration::from_millis(1500),
+        "mirrored requests took {:?}",
+        t.elapsed()
+    );
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metric_sum(&metrics, "ringmesh_waypoint_retries_total", &[]) >= 4.0,
+        "{metrics}"
+    );
+    ensure!(
+        metric_sum(&metrics, "ringmesh_waypoint_fault_aborts_total", &[]) == f64::from(aborted),
+        "{metrics}"
+    );
+    ensure!(
+        metric_sum(
+            &metrics,
+            "ringmesh_waypoint_requests_total",
+            &["response_flags=\"UT\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[test]
+fn http2_large_bodies_and_hostile_http() -> Result<()> {
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - backendRefs: [{name: echo-v1, port: 80, weight: 1}, {name: echo-v2, port: 80, weight: 1}]
+";
+    let m = Mesh::start(192, routes)?;
+
+    // HTTP/2 with prior knowledge: 200 concurrent streams on one connection, each answered
+    // by one of the two backends.
+    let s = socks_connect(m.client_ip(), m.n1.socks(), m.vip())?;
+    s.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bodies: Vec<String> = rt
+        .block_on(async move {
+            let io = tokio::net::TcpStream::from_std(s)?;
+            let (client, conn) = h2::client::handshake(io).await?;
+            tokio::spawn(conn);
+            let mut tasks = Vec::new();
+            for i in 0..200 {
+                let client = client.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut client = client.ready().await?;
+                    let req =
+                        http::Request::get(format!("http://echo.demo.svc.cluster.local/h2/{i}"))
+                            .body(())?;
+                    let (resp, _) = client.send_request(req, true)?;
+                    let resp = resp.await?;
+                    anyhow::ensure!(resp.status() == 200, "stream {i}: {resp:?}");
+                    let mut body = resp.into_body();
+                    let mut text = Vec::new();
+                    while let Some(chunk) = body.data().await {
+                        let chunk = chunk?;
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                        text.extend_from_slice(&chunk);
+                    }
+                    Ok::<_, anyhow::Error>(String::from_utf8_lossy(&text).into_owned())
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await??);
+            }
+            Ok::<_, anyhow::Error>(out)
+        })
+        .with_context(|| m.context())?;
+    let v1 = bodies
+        .iter()
+        .filter(|b| b.starts_with("v1 GET /h2/"))
+        .count();
+    let v2 = bodies
+        .iter()
+        .filter(|b| b.starts_with("v2 GET /h2/"))
+        .count();
+    ensure!(v1 + v2 == 200 && v1 > 40 && v2 > 40, "v1 {v1}, v2 {v2}");
+    // HTTP/2's :authority became HTTP/1.1's Host.
+    ensure!(
+        bodies[0].contains("host: echo.demo.svc.cluster.local"),
+        "{}",
+        bodies[0]
+    );
+
+    // A 128 MiB upload streams: the backend counts every byte, and the waypoint's peak
+    // memory stays far below the body's size.
+    let mut c = m.client()?;
+    let big = vec![b'x'; 128 << 20];
+    let r = c.request("POST", "/upload", &[], &big)?;
+    ensure!(
+        r.status == 200 && r.body.contains(&format!("len={}", big.len())),
+        "{r:?}"
+    );
+    let peak = peak_rss_kib(m.wp.proc.pid())?;
+    ensure!(
+        peak < 64 * 1024,
+        "waypoint peak RSS {peak} KiB after a 128 MiB upload"
+    );
+
+    // Hostile HTTP/1.1: each refused with a 4xx and its connection closed; the waypoint
+    // serves the next client.
+    let cases: [(&str, String, u16); 3] = [
+        (
+            "two Content-Lengths",
+            "POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!".into(),
+            400,
+        ),
+        (
+            "a bad chunk size",
+            "POST /x HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".into(),
+            400,
+        ),
+        (
+            "a 100 KiB header",
+            format!("GET /x HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n", "a".repeat(100 << 10)),
+            431,
+        ),
+    ];
+    for (what, raw, want) in cases {
+        let mut c = m.client()?;
+        c.send_raw(raw.as_bytes())?;
+        let r = c.read_response().with_context(|| what.to_string())?;
+        ensure!(r.status == want, "{what}: {r:?}");
+        ensure!(
+            c.closed_within(Duration::from_secs(5)),
+            "{what}: connection left open"
+        );
+        ensure!(!r.body.contains("smuggled"), "{what}: {r:?}");
+    }
+    // Content-Length with Transfer-Encoding (the classic smuggling frame): RFC 9112 §6.3
+    // lets the chunked framing win and requires the connection closed after the answer,
+    // which is what happens; the request hidden behind the chunked body never reaches a
+    // backend.
+    let mut c = m.client()?;
+    c.send_raw(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n")?;
+    let r = c.read_response()?;
+    ensure!(r.status == 200 && r.body.contains("len=0"), "{r:?}");
+    ensure!(
+        c.closed_within(Duration::from_secs(5)),
+        "CL+TE: connection left open"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    for b in [&m.v1, &m.v2] {
+        ensure!(
+            !b.paths.lock().unwrap().contains_key("/smuggled"),
+            "a smuggled request reached a backend"
+        );
+    }
+    let r = m.client()?.request("GET", "/after", &[], b"")?;
+    ensure!(
+        r.status == 200,
+        "after the hostile requests: {r:?}\n{}",
+        m.context()
+    );
+    Ok(())
+}
+
+/// The process's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmHWM in /proc/<pid>/status")
+}
+
+#[test]
+fn a_bad_route_is_an_error_naming_its_field() -> Result<()> {
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - matches: [{path: {type: RegularExpression, value: \"/(unclosed\"}}]
+";
+    let mesh = MeshDir::new("workloads: []\n")?;
+    std::fs::write(&mesh.config, mesh_config(193, routes))?;
+    let out = std::process::Command::new(e2e::bin("ringmesh"))
+        .args(["config", "check"])
+        .arg(&mesh.config)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "accepted: {stderr}");
+    ensure!(
+        stderr.contains("httpRoutes[demo/echo].rules[0].matches[0].path.value"),
+        "{stderr}"
+    );
+    // A backend that names no Service.
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - backendRefs: [{name: nowhere, port: 80}]
+";
+    std::fs::write(&mesh.config, mesh_config(193, routes))?;
+    let out = std::process::Command::new(e2e::bin("ringmesh"))
+        .args(["config", "check"])
+        .arg(&mesh.config)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && stderr.contains("rules[0].backendRefs[0]")
+            && stderr.contains("demo/nowhere"),
+        "{stderr}"
+    );
+    Ok(())
+}

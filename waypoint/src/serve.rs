@@ -1,0 +1,771 @@
+//! Serving one tunnel: HTTP/1.1 or HTTP/2 (prior knowledge) parsed by hyper, each request
+//! routed by the [`RouteTable`] and forwarded over HTTP/1.1 to an endpoint of the Service
+//! its rule picks, through the caller's [`Upstreams`].
+//!
+//! Per request, in order (Envoy's order, so results compare): route match (404 when the
+//! Service has routes and none match), fault delay, fault abort, request header edits, the
+//! weighted backend pick, the mirror (spawned, never awaited), then attempts under the
+//! route's timeout: each attempt under its own per-try timeout, retried on the configured
+//! conditions while the retry budget allows, with a backoff between tries. Response header
+//! edits last.
+//!
+//! Local answers follow Envoy's wording (`no healthy upstream`, `upstream request timeout`,
+//! `upstream connect error or disconnect/reset before headers`), so operators find what
+//! they know.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::io::{LocalExec, Protocol, sniff};
+use crate::route::{Retry, RouteTable, Rule, ServiceRef};
+use crate::stats::{Outcome, Stats};
+
+/// Largest request body held for a retry or a mirror. A body that may be larger (no
+/// Content-Length, or a larger one) streams straight through and is neither retried nor
+/// mirrored: the waypoint never buffers a whole upload. 64 KiB as Envoy's default
+/// per-request buffer for retries.
+pub const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// Idle HTTP/1.1 connections kept per backend Service port on a core. Enough for the
+/// concurrency one client connection's HTTP/2 streams produce; more are closed when done.
+pub const IDLE_PER_BACKEND: usize = 64;
+
+/// Largest request head (HTTP/1.1: request line and headers) and header list (HTTP/2) a
+/// client may send. Larger is refused (431), and the connection's buffer stays bounded.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Concurrent HTTP/2 streams per client connection (each holds an upstream request).
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// A mirror that takes longer than this is dropped: its copy must not hold memory for long.
+pub const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Bodies on both sides: a streamed hyper body or bytes in hand. Boxed without `Send`:
+/// a body never leaves its core.
+pub struct Body(Pin<Box<dyn http_body::Body<Data = Bytes, Error = BoxError>>>);
+
+impl Body {
+    pub fn new<B>(body: B) -> Body
+    where
+        B: http_body::Body<Data = Bytes> + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Body(Box::pin(body.map_err(Into::into)))
+    }
+
+    /// Bytes in hand.
+    pub fn full(bytes: Bytes) -> Body {
+        Body::new(Full::new(bytes).map_err(|e| match e {}))
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body").finish_non_exhaustive()
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+/// Why an upstream could not be had.
+#[derive(Debug, Clone)]
+pub enum UpstreamError {
+    /// The Service has no healthy endpoint (not retried).
+    NoEndpoint(String),
+    /// An endpoint was chosen and could not be reached (retried on `connect-failure`).
+    Connect(String),
+}
+
+/// How the waypoint reaches a Service's endpoints: the caller resolves and dials (an HBONE
+/// stream to the endpoint's node, or plain TCP outside the mesh).
+pub trait Upstreams: 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + 'static;
+
+    /// A byte stream to one endpoint of `service` on its Service port `port`.
+    fn open(
+        &self,
+        service: &ServiceRef,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = Result<Self::Io, UpstreamError>>>>;
+}
+
+/// What the tunnel was addressed to: the Service and Service port a node proxy sent here.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub service: ServiceRef,
+    pub port: u16,
+}
+
+type IdleKey = (ServiceRef, u16);
+type Idle = Rc<RefCell<HashMap<IdleKey, Vec<SendRequest<Body>>>>>;
+
+/// One core's waypoint: the route table in force, the upstream connections, the counters.
+pub struct Waypoint<U: Upstreams> {
+    table: RefCell<Arc<RouteTable>>,
+    passthrough: Arc<Rule>,
+    upstreams: U,
+    idle: Idle,
+    rng: RefCell<SmallRng>,
+    in_flight: Rc<Cell<u32>>,
+    retries_in_flight: Rc<Cell<u32>>,
+    pub stats: Rc<Stats>,
+}
+
+impl<U: Upstreams> Waypoint<U> {
+    pub fn new(table: Arc<RouteTable>, upstreams: U, stats: Rc<Stats>) -> Rc<Waypoint<U>> {
+        Rc::new(Waypoint {
+            table: RefCell::new(table),
+            passthrough: Arc::new(Rule::passthrough()),
+            upstreams,
+            idle: Rc::default(),
+            rng: RefCell::new(SmallRng::from_os_rng()),
+            in_flight: Rc::new(Cell::new(0)),
+            retries_in_flight: Rc::new(Cell::new(0)),
+            stats,
+        })
+    }
+
+    /// Routes from now on (requests under way keep theirs).
+    pub fn set_table(&self, table: Arc<RouteTable>) {
+        *self.table.borrow_mut() = table;
+    }
+
+    pub fn upstreams(&self) -> &U {
+        &self.upstreams
+    }
+
+    /// Serves one tunnel until the client is done with it. HTTP errors on the connection
+    /// (a malformed request, a reset) end it and are returned for the caller's log.
+    pub async fn serve_connection<T>(self: Rc<Self>, io: T, target: Target) -> Result<(), String>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let Some((proto, io)) = sniff(io)
+            .await
+            .map_err(|e| format!("reading the request: {e}"))?
+        else {
+            return Ok(());
+        };
+        let wp = self.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let wp = wp.clone();
+            let target = target.clone();
+            async move { Ok::<_, Infallible>(wp.handle(&target, req).await) }
+        });
+        let io = TokioIo::new(io);
+        let res = match proto {
+            Protocol::Http1 => {
+                hyper::server::conn::http1::Builder::new()
+                    .max_buf_size(MAX_HEADER_BYTES.max(8192))
+                    .serve_connection(io, service)
+                    .await
+            }
+            Protocol::Http2 => {
+                hyper::server::conn::http2::Builder::new(LocalExec)
+                    .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                    .max_header_list_size(MAX_HEADER_BYTES as u32)
+                    .serve_connection(io, service)
+                    .await
+            }
+        };
+        res.map_err(|e| e.to_string())
+    }
+
+    fn chance(&self, p: f64) -> bool {
+        p >= 1.0 || (p > 0.0 && self.rng.borrow_mut().random::<f64>() < p)
+    }
+
+    fn rule_for(&self, target: &Target, parts: &Parts) -> Result<Arc<Rule>, ()> {
+        let table = self.table.borrow().clone();
+        if let Some(rule) = table.select(&target.service, target.port, parts)? {
+            return Ok(rule);
+        }
+        Ok(self.passthrough.clone())
+    }
+
+    /// One request, start to response head.
+    async fn handle(self: &Rc<Self>, target: &Target, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let _in_flight = Gauge::enter(&self.in_flight);
+        let rule = match self.rule_for(target, &parts) {
+            Ok(r) => r,
+            Err(()) => {
+                return self.answer(
+                    target,
+                    None,
+                    start,
+                    Outcome::NoRoute,
+                    local(StatusCode::NOT_FOUND, "no route matched the request"),
+                );
+            }
+        };
+        if let Some(fault) = &rule.fault {
+            if let Some((delay, p)) = fault.delay
+                && self.chance(p)
+            {
+                self.stats.delays.set(self.stats.delays.get() + 1);
+                runtime::time::sleep(delay).await;
+            }
+            if let Some((status, p)) = fault.abort
+                && self.chance(p)
+            {
+                self.stats.aborts.set(self.stats.aborts.get() + 1);
+                return self.answer(
+                    target,
+                    Some(&rule),
+                    start,
+                    Outcome::FaultAbort,
+                    local(status, "fault filter abort"),
+                );
+            }
+        }
+        rule.request_headers.apply(&mut parts.headers);
+        let r = self.rng.borrow_mut().random::<u64>();
+        let Some(backend) = rule.pick_for(&target.service, r) else {
+            return self.answer(
+                target,
+                Some(&rule),
+                start,
+                Outcome::NoRoute,
+                local(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "no backend of the route has weight",
+                ),
+            );
+        };
+        let port = backend.port.unwrap_or(target.port);
+        let wants_copy =
+            rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some();
+        let body = if wants_copy && fits(&body.size_hint()) {
+            match Limited::collect(body).await {
+                Ok(bytes) => ReqBody::Replay(bytes),
+                Err(e) => {
+                    return self.answer(
+                        target,
+                        Some(&rule),
+                        start,
+                        Outcome::ClientError,
+                        local(
+                            StatusCode::BAD_REQUEST,
+                            &format!("reading the request body: {e}"),
+                        ),
+                    );
+                }
+            }
+        } else {
+            ReqBody::Stream(Some(body))
+        };
+        let head = Head::of(&parts, &backend.service, port);
+        if let (Some(m), ReqBody::Replay(bytes)) = (&rule.mirror, &body)
+            && self.chance(m.fraction)
+        {
+            let port = m.backend.port.unwrap_or(target.port);
+            self.mirror(
+                head.shadow(),
+                bytes.clone(),
+                m.backend.service.clone(),
+                port,
+            );
+        }
+        let attempts = self.attempts(&rule, &backend.service, port, &head, body);
+        let result = match rule.request_timeout {
+            Some(t) => runtime::time::timeout(t, attempts)
+                .await
+                .unwrap_or(Err(SendError::Timeout)),
+            None => attempts.await,
+        };
+        let (outcome, mut resp) = match result {
+            Ok(resp) => (Outcome::Forwarded, resp),
+            Err(e) => e.answer(),
+        };
+        strip_hop_by_hop(resp.headers_mut());
+        rule.response_headers.apply(resp.headers_mut());
+        self.answer(target, Some(&rule), start, outcome, resp)
+    }
+
+    fn answer(
+        &self,
+        target: &Target,
+        rule: Option<&Rule>,
+        start: Instant,
+        outcome: Outcome,
+        resp: Response<Body>,
+    ) -> Response<Body> {
+        self.stats.record(
+            &target.service,
+            rule,
+            resp.status(),
+            outcome,
+            start.elapsed(),
+        );
+        resp
+    }
+
+    /// The attempts at one backend, under the rule's retry policy.
+    async fn attempts(
+        &self,
+        rule: &Rule,
+        service: &ServiceRef,
+        port: u16,
+        head: &Head,
+        mut body: ReqBody,
+    ) -> Result<Response<Body>, SendError> {
+        let retry = rule.retry.as_ref();
+        let max_retries = match (&body, retry) {
+            (ReqBody::Replay(_), Some(r)) => r.attempts,
+            _ => 0,
+        };
+        let mut retried = 0;
+        let mut _retrying: Option<Gauge> = None;
+        loop {
+            let req = head.request(body.take());
+            let send = self.send(service, port, req);
+            let res = match retry.and_then(|r| r.per_try_timeout) {
+                Some(t) => runtime::time::timeout(t, send)
+                    .await
+                    .unwrap_or(Err(SendError::Timeout)),
+                None => send.await,
+            };
+            let again = retried < max_retries
+                && retry.is_some_and(|r| match &res {
+                    Ok(resp) => r.retries_status(resp.status().as_u16()),
+                    Err(e) => e.retried_by(r),
+                });
+            if !again {
+                return res;
+            }
+            if !self.budget_allows(retry) {
+                self.stats
+                    .retries_over_budget
+                    .set(self.stats.retries_over_budget.get() + 1);
+                return res;
+            }
+            drop(res);
+            retried += 1;
+            self.stats.retries.set(self.stats.retries.get() + 1);
+            if _retrying.is_none() {
+                _retrying = Some(Gauge::enter(&self.retries_in_flight));
+            }
+            if let Some(r) = retry
+                && !r.backoff.is_zero()
+            {
+                // Jittered as Envoy does: uniformly in [0, backoff × 2^(n-1)], capped at 10×.
+                let cap = r
+                    .backoff
+                    .saturating_mul(1 << (retried - 1).min(3))
+                    .min(r.backoff * 10);
+                let pause = cap.mul_f64(self.rng.borrow_mut().random::<f64>());
+                runtime::time::sleep(pause).await;
+            }
+        }
+    }
+
+    /// Envoy's retry budget: concurrent retries at most `budget_percent` of the requests in
+    /// flight on this core, but always `min_retry_concurrency`.
+    fn budget_allows(&self, retry: Option<&Retry>) -> bool {
+        let Some(r) = retry else { return false };
+        let active = f64::from(self.in_flight.get());
+        let allowed = (active * r.budget_percent)
+            .floor()
+            .max(f64::from(r.min_retry_concurrency));
+        f64::from(self.retries_in_flight.get()) < allowed
+    }
+
+    /// One attempt: a pooled or new HTTP/1.1 connection to an endpoint, the request, the
+    /// response head. The connection goes back to the pool when the response body ends.
+    async fn send(
+        &self,
+        service: &ServiceRef,
+        port: u16,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, SendError> {
+        let key = (service.clone(), port);
+        let mut sender = None;
+        while let Some(mut s) = self.pooled(&key) {
+            // A kept connection finishes its previous exchange before it takes another;
+            // one the endpoint closed meanwhile is dropped.
+            if s.ready().await.is_ok() {
+                sender = Some(s);
+                break;
+            }
+        }
+        if sender.is_none() {
+            let io = self
+                .upstreams
+                .open(service, port)
+                .await
+                .map_err(SendError::Upstream)?;
+            let (s, conn) = hyper::client::conn::http1::Builder::new()
+                .max_buf_size(MAX_HEADER_BYTES.max(8192))
+                .handshake::<_, Body>(TokioIo::new(io))
+                .await
+                .map_err(|e| SendError::Upstream(UpstreamError::Connect(e.to_string())))?;
+            runtime::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP connection ended");
+                }
+            })
+            .detach();
+            sender = Some(s);
+        }
+        let mut sender = sender.expect("set above");
+        let resp = sender.send_request(req).await.map_err(|e| {
+            // A "user" error is the request body's: the client sent a broken body (a bad
+            // chunk), which is the client's fault, not the backend's.
+            if e.is_user() {
+                SendError::ClientBody(e.to_string())
+            } else {
+                SendError::Reset(e.to_string())
+            }
+        })?;
+        let idle = self.idle.clone();
+        Ok(resp.map(move |body| {
+            Body::new(ReturnOnEnd {
+                body,
+                sender: Some(sender),
+                key: Some(key),
+                idle,
+            })
+        }))
+    }
+
+    fn pooled(&self, key: &IdleKey) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(key)?;
+        while let Some(s) = list.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Sends a copy to the mirror and forgets it: the client never waits for it, and its
+    /// failure is only counted.
+    fn mirror(self: &Rc<Self>, head: Head, body: Bytes, service: ServiceRef, port: u16) {
+        let wp = self.clone();
+        self.stats.mirrors.set(self.stats.mirrors.get() + 1);
+        runtime::spawn(async move {
+            let req = head.request(Some(Body::full(body)));
+            let sent = runtime::time::timeout(MIRROR_TIMEOUT, async {
+                let resp = wp.send(&service, port, req).await?;
+                // Drain it so the connection can be reused.
+                let _ = resp.into_body().collect().await;
+                Ok::<_, SendError>(())
+            })
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                wp.stats
+                    .mirror_failures
+                    .set(wp.stats.mirror_failures.get() + 1);
+            }
+        })
+        .detach();
+    }
+}
+
+/// A counter held up while something is in flight.
+struct Gauge(Rc<Cell<u32>>);
+
+impl Gauge {
+    fn enter(c: &Rc<Cell<u32>>) -> Gauge {
+        c.set(c.get() + 1);
+        Gauge(c.clone())
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// The request body for the next attempt.
+enum ReqBody {
+    /// Held (small, with a retry or mirror): every attempt gets a copy.
+    Replay(Bytes),
+    /// Streaming: one attempt only.
+    Stream(Option<Incoming>),
+}
+
+impl ReqBody {
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            ReqBody::Replay(b) => Some(Body::full(b.clone())),
+            ReqBody::Stream(s) => s.take().map(Body::new),
+        }
+    }
+}
+
+/// Whether a body known by its size hint fits [`REPLAY_LIMIT`].
+fn fits(hint: &SizeHint) -> bool {
+    hint.upper().is_some_and(|u| u <= REPLAY_LIMIT)
+}
+
+struct Limited;
+
+impl Limited {
+    async fn collect(body: Incoming) -> Result<Bytes, String> {
+        let limited = http_body_util::Limited::new(body, REPLAY_LIMIT as usize);
+        limited
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The parts of a request every attempt repeats (`Parts` is not `Clone`: its extensions).
+#[derive(Clone)]
+struct Head {
+    method: http::Method,
+    path: http::uri::PathAndQuery,
+    headers: HeaderMap,
+}
+
+impl Head {
+    /// HTTP/1.1 to the backend: origin-form target, `Host` from the authority (HTTP/2's
+    /// `:authority`), hop-by-hop headers dropped.
+    fn of(parts: &Parts, _service: &ServiceRef, _port: u16) -> Head {
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        if !headers.contains_key(header::HOST)
+            && let Some(a) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(a.as_str())
+        {
+            headers.insert(header::HOST, v);
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        Head {
+            method: parts.method.clone(),
+            path,
+            headers,
+        }
+    }
+
+    /// The mirror's copy: `Host` gets Envoy's `-shadow` suffix, so the mirror can tell.
+    fn shadow(&self) -> Head {
+        let mut h = self.clone();
+        if let Some(host) = h.headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
+            let shadow = match host.rsplit_once(':') {
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+                    format!("{name}-shadow:{port}")
+                }
+                _ => format!("{host}-shadow"),
+            };
+            if let Ok(v) = HeaderValue::from_str(&shadow) {
+                h.headers.insert(header::HOST, v);
+            }
+        }
+        h
+    }
+
+    fn request(&self, body: Option<Body>) -> Request<Body> {
+        let body = body.unwrap_or_else(|| Body::full(Bytes::new()));
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = http::Uri::from(self.path.clone());
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Headers that belong to one hop (RFC 9110 §7.6.1), plus those the `Connection` header
+/// names. HTTP/2 forbids them; HTTP/1.1 must not forward them.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for h in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(h);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// A local answer: `status`, plain text.
+pub fn local(status: StatusCode, text: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::full(Bytes::from(format!("{text}\n"))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Why an attempt produced no response.
+#[derive(Debug)]
+enum SendError {
+    Upstream(UpstreamError),
+    /// The connection broke before the response head.
+    Reset(String),
+    /// The client's request body could not be read (never retried).
+    ClientBody(String),
+    Timeout,
+}
+
+impl SendError {
+    fn retried_by(&self, r: &Retry) -> bool {
+        match self {
+            SendError::Upstream(UpstreamError::Connect(_)) => r.on_connect_failure,
+            SendError::Upstream(UpstreamError::NoEndpoint(_)) => false,
+            SendError::Reset(_) => r.on_reset,
+            SendError::ClientBody(_) => false,
+            // A per-try timeout is worth another try (Envoy retries it on `5xx` and
+            // `gateway-error` too, as a 504).
+            SendError::Timeout => r.on_5xx || r.on_gateway_error || r.codes.contains(&504),
+        }
+    }
+
+    fn answer(self) -> (Outcome, Response<Body>) {
+        match self {
+            SendError::Upstream(UpstreamError::NoEndpoint(why)) => {
+                tracing::debug!(%why, "no endpoint");
+                (
+                    Outcome::NoHealthyUpstream,
+                    local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                )
+            }
+            SendError::Upstream(UpstreamError::Connect(why)) => (
+                Outcome::ConnectFailure,
+                local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {why}"
+                    ),
+                ),
+            ),
+            SendError::Reset(why) => (
+                Outcome::Reset,
+                local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection termination ({why})"
+                    ),
+                ),
+            ),
+            SendError::ClientBody(why) => {
+                let mut resp = local(
+                    StatusCode::BAD_REQUEST,
+                    &format!("the request body could not be read: {why}"),
+                );
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                (Outcome::ClientError, resp)
+            }
+            SendError::Timeout => (
+                Outcome::Timeout,
+                local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+            ),
+        }
+    }
+}
+
+/// A response body that hands its connection back to the pool when it ends cleanly.
+struct ReturnOnEnd {
+    body: Incoming,
+    sender: Option<SendRequest<Body>>,
+    key: Option<IdleKey>,
+    idle: Idle,
+}
+
+impl http_body::Body for ReturnOnEnd {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Err(_))) => {
+                self.sender = None;
+            }
+            _ => {}
+        }
+        polled.map(|o| o.map(|r| r.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl ReturnOnEnd {
+    fn give_back(&mut self) {
+        if let (Some(sender), Some(key)) = (self.sender.take(), self.key.take()) {
+            let mut idle = self.idle.borrow_mut();
+            let list = idle.entry(key).or_default();
+            if list.len() < IDLE_PER_BACKEND {
+                list.push(sender);
+            }
+        }
+    }
+}
