@@ -37,7 +37,8 @@ use runtime::net::{TcpListener, TcpStream};
 use runtime::{Broadcaster, RuntimeConfig, Shutdown, Worker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use waypoint::route::ServiceRef;
-use waypoint::serve::{Target, UpstreamError, Upstreams, Waypoint};
+use waypoint::security::Peer;
+use waypoint::serve::{Endpoint, Target, UpstreamError, Upstreams, Waypoint};
 use waypoint::stats::{Snapshot as StatsSnapshot, Stats};
 
 use crate::config::{self, Destination, LoadOptions, Protocol, Snapshot, WatchOptions};
@@ -160,7 +161,7 @@ enum Dial {
 }
 
 impl MeshUpstreams {
-    fn dial_for(&self, service: &ServiceRef, port: u16) -> Result<Dial, UpstreamError> {
+    fn dial_for(&self, service: &ServiceRef, port: u16) -> Result<(Dial, Endpoint), UpstreamError> {
         let snapshot = self.core.snapshot.borrow().clone();
         let svc = snapshot
             .service_by_name(&service.namespace, &service.name)
@@ -183,7 +184,11 @@ impl MeshUpstreams {
                 )));
             }
         };
-        Ok(match workload.protocol {
+        let endpoint = Endpoint {
+            uid: workload.uid.clone(),
+            addr,
+        };
+        let dial = match workload.protocol {
             Protocol::Hbone => Dial::Hbone(
                 Box::new(PoolKey::new(
                     self.core.identity.clone(),
@@ -193,7 +198,8 @@ impl MeshUpstreams {
                 Box::new(ConnectRequest::new(addr)),
             ),
             Protocol::Tcp => Dial::Tcp(addr),
-        })
+        };
+        Ok((dial, endpoint))
     }
 }
 
@@ -211,22 +217,23 @@ impl Upstreams for Ups {
         &self,
         service: &ServiceRef,
         port: u16,
-    ) -> Pin<Box<dyn Future<Output = Result<Io, UpstreamError>>>> {
+    ) -> Pin<Box<dyn Future<Output = Result<(Io, Endpoint), UpstreamError>>>> {
         let dial = self.0.dial_for(service, port);
         let me = self.0.clone();
         Box::pin(async move {
-            match dial? {
+            let (dial, endpoint) = dial?;
+            match dial {
                 Dial::Hbone(key, req) => me
                     .pool
                     .connect(&key, &req)
                     .await
-                    .map(|s| Io::Hbone(Box::new(s)))
+                    .map(|s| (Io::Hbone(Box::new(s)), endpoint))
                     .map_err(|e| UpstreamError::Connect(e.to_string())),
                 Dial::Tcp(addr) => {
                     match runtime::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr))
                         .await
                     {
-                        Ok(Ok(s)) => Ok(Io::Tcp(s)),
+                        Ok(Ok(s)) => Ok((Io::Tcp(s), endpoint)),
                         Ok(Err(e)) => Err(UpstreamError::Connect(format!("connect {addr}: {e}"))),
                         Err(_) => Err(UpstreamError::Connect(format!(
                             "connect {addr}: no answer in {TCP_CONNECT_TIMEOUT:?}"
@@ -245,6 +252,7 @@ fn target_of(snapshot: &Snapshot, authority: SocketAddr) -> Result<Target, Statu
         return Ok(Target {
             service: ServiceRef::new(&sp.service.namespace, &sp.service.name),
             port: sp.port,
+            peer: Peer::default(),
         });
     }
     if let Some(w) = snapshot.workload_by_ip(authority.ip())
@@ -260,6 +268,7 @@ fn target_of(snapshot: &Snapshot, authority: SocketAddr) -> Result<Target, Statu
         return Ok(Target {
             service: ServiceRef::new(&svc.namespace, &svc.name),
             port,
+            peer: Peer::default(),
         });
     }
     Err(Status::ServiceUnavailable)
@@ -354,6 +363,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
             let stats = Rc::new(Stats::default());
             let wp = Waypoint::new(
                 init_snapshot.routes().clone(),
+                init_snapshot.security().clone(),
                 Ups(upstreams),
                 stats.clone(),
             );
@@ -363,10 +373,12 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
     *broadcaster.lock().unwrap_or_else(|p| p.into_inner()) = Some(rt.broadcaster());
     rt.broadcast(Msg::Certs(identities.current()));
 
+    let current = Arc::new(Mutex::new(snapshot.clone()));
     let _watcher = if opts.watch_interval.is_zero() {
         None
     } else {
         let b = rt.broadcaster();
+        let current = current.clone();
         let shown = opts.config.clone();
         Some(config::watch(
             &opts.config,
@@ -379,12 +391,13 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
                 // A rejected file was logged by the watcher; the previous config serves on.
                 let Ok(snap) = res else { return };
                 tracing::info!(config = %shown.display(), routes = snap.routes().len(), "config applied");
+                *current.lock().unwrap_or_else(|p| p.into_inner()) = snap.clone();
                 b.send(Msg::Config(snap));
             },
         )?)
     };
     if let Some(addr) = opts.metrics {
-        serve_metrics(addr, rt.broadcaster(), rt.workers().len())?;
+        serve_metrics(addr, rt.broadcaster(), rt.workers().len(), current.clone())?;
     }
     tracing::info!(
         workload = %opts.workload,
@@ -411,7 +424,7 @@ async fn worker_main(
             match msg {
                 Msg::Certs(c) => *msg_core.certs.borrow_mut() = c,
                 Msg::Config(s) => {
-                    msg_wp.set_table(s.routes().clone());
+                    msg_wp.set_config(s.routes().clone(), s.security().clone());
                     *msg_core.snapshot.borrow_mut() = s;
                 }
                 Msg::Stats(reply) => {
@@ -460,7 +473,7 @@ async fn serve_tunnel_conn(
                 return;
             };
             let snapshot = core.snapshot.borrow().clone();
-            let target = match target_of(&snapshot, authority) {
+            let mut target = match target_of(&snapshot, authority) {
                 Ok(t) => t,
                 Err(status) => {
                     tracing::debug!(%peer, %authority, "CONNECT to no known service");
@@ -470,6 +483,23 @@ async fn serve_tunnel_conn(
             };
             drop(snapshot);
             let source = incoming.peer_identity().clone();
+            let client = incoming
+                .request()
+                .forwarded
+                .as_ref()
+                .and_then(|f| f.client_addr());
+            let workload = client.and_then(|a| {
+                core.snapshot
+                    .borrow()
+                    .workload_by_ip(a.ip())
+                    .map(|w| w.uid.clone())
+            });
+            target.peer = Peer {
+                principal: Some(source.principal().into()),
+                namespace: Some(source.namespace().into()),
+                workload,
+                addr: client,
+            };
             let stream = match incoming.accept() {
                 Ok(s) => s,
                 Err(e) => {
@@ -492,7 +522,12 @@ const STATS_WAIT: Duration = Duration::from_secs(2);
 
 /// `/metrics` (the cores' counters, summed) and `/healthz/ready` on a small thread of its
 /// own: a scrape never runs on a core.
-fn serve_metrics(addr: SocketAddr, b: Broadcaster<Msg>, workers: usize) -> Result<()> {
+fn serve_metrics(
+    addr: SocketAddr,
+    b: Broadcaster<Msg>,
+    workers: usize,
+    snapshot: Arc<Mutex<Arc<Snapshot>>>,
+) -> Result<()> {
     let listener =
         StdListener::bind(addr).with_context(|| format!("--metrics {addr}: cannot listen"))?;
     std::thread::Builder::new()
@@ -514,7 +549,13 @@ fn serve_metrics(addr: SocketAddr, b: Broadcaster<Msg>, workers: usize) -> Resul
                 let head = String::from_utf8_lossy(&buf);
                 let path = head.split_whitespace().nth(1).unwrap_or("");
                 let (status, body) = match path {
-                    "/metrics" => ("200 OK", gather(&b, workers).render()),
+                    "/metrics" => {
+                        let stats = gather(&b, workers);
+                        let snap = snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        let mut text = render_istio(&stats, &snap);
+                        text.push_str(&stats.render());
+                        ("200 OK", text)
+                    }
                     "/healthz/ready" => ("200 OK", "ready\n".to_string()),
                     _ => ("404 Not Found", "try /metrics or /healthz/ready\n".to_string()),
                 };
@@ -542,4 +583,96 @@ fn gather(b: &Broadcaster<Msg>, workers: usize) -> StatsSnapshot {
         }
     }
     total
+}
+
+/// Istio's request series as a waypoint reports them (`reporter="waypoint"`): the standard
+/// labels of the source workload, the Service and the endpoint that answered, with
+/// `response_code`, `response_flags` and `request_protocol` (`http` or `grpc`).
+pub fn render_istio(stats: &StatsSnapshot, snap: &Snapshot) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+
+    use crate::telemetry::labels::LabelSet;
+    use crate::telemetry::{Reporter, Security};
+    use waypoint::stats::{BYTES_BUCKETS, DURATION_BUCKETS_MS, Tally};
+
+    let mut series: BTreeMap<String, Tally> = BTreeMap::new();
+    for (k, t) in &stats.requests {
+        let source = k.source.as_deref().and_then(|u| snap.workload_by_uid(u));
+        let destination = k.endpoint.as_deref().and_then(|u| snap.workload_by_uid(u));
+        let service = snap.service_by_name(&k.service.namespace, &k.service.name);
+        let labels = LabelSet {
+            reporter: Reporter::Destination,
+            source: source.map(|w| &**w),
+            source_principal: source.map(|w| &w.identity),
+            destination: destination.map(|w| &**w),
+            service: service.map(|s| &**s),
+            security: Security::MutualTls,
+        }
+        .render_as("waypoint", if k.grpc { "grpc" } else { "http" });
+        let key = format!(
+            "{},response_code=\"{}\",response_flags=\"{}\",{}",
+            labels.head,
+            k.code,
+            k.outcome.flag(),
+            labels.tail
+        );
+        let e = series.entry(key).or_default();
+        e.requests += t.requests;
+        e.duration_ms.add(&t.duration_ms);
+        e.request_bytes.add(&t.request_bytes);
+        e.response_bytes.add(&t.response_bytes);
+    }
+    let mut out = String::new();
+    out.push_str("# HELP istio_requests_total Requests the waypoint answered.\n# TYPE istio_requests_total counter\n");
+    for (labels, t) in &series {
+        let _ = writeln!(out, "istio_requests_total{{{labels}}} {}", t.requests);
+    }
+    write_hist(
+        &mut out,
+        "istio_request_duration_milliseconds",
+        "Request duration, to the end of the response.",
+        &DURATION_BUCKETS_MS,
+        &series,
+        |t| &t.duration_ms,
+    );
+    write_hist(
+        &mut out,
+        "istio_request_bytes",
+        "Request body sizes.",
+        &BYTES_BUCKETS,
+        &series,
+        |t| &t.request_bytes,
+    );
+    write_hist(
+        &mut out,
+        "istio_response_bytes",
+        "Response body sizes.",
+        &BYTES_BUCKETS,
+        &series,
+        |t| &t.response_bytes,
+    );
+    out
+}
+
+/// One Prometheus histogram over every series.
+fn write_hist<const N: usize>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    bounds: &[f64; N],
+    series: &std::collections::BTreeMap<String, waypoint::stats::Tally>,
+    pick: fn(&waypoint::stats::Tally) -> &waypoint::stats::Hist<N>,
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (labels, t) in series {
+        let h = pick(t);
+        for (b, c) in bounds.iter().zip(h.cumulative()) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+    }
 }

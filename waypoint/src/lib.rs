@@ -18,5 +18,6 @@
 
 pub mod io;
 pub mod route;
+pub mod security;
 pub mod serve;
 pub mod stats;

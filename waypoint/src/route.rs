@@ -696,6 +696,44 @@ impl RouteTable {
     }
 }
 
+/// A path with its dot segments removed (RFC 3986 §5.2.4), as Envoy's `normalize_path`
+/// (Istio's default `BASE` normalization) does before routing and authorization: so
+/// `/public/../admin` is matched, denied and forwarded as `/admin`. Borrowed when there is
+/// nothing to remove.
+pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let has_dots = path.split('/').any(|seg| seg == "." || seg == "..");
+    if !has_dots {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segs: Vec<&str> = path.split('/').collect();
+    let last = segs.len().saturating_sub(1);
+    for (i, seg) in segs.iter().enumerate() {
+        match *seg {
+            "." => {
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                if out.len() > 1 {
+                    out.pop();
+                }
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let joined = out.join("/");
+    std::borrow::Cow::Owned(if joined.starts_with('/') {
+        joined
+    } else {
+        format!("/{joined}")
+    })
+}
+
 /// The request's host without the port: `:authority` (HTTP/2, or an absolute URI) or `Host`.
 pub fn request_host(parts: &Parts) -> &str {
     let raw = parts

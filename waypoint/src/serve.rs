@@ -38,7 +38,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::io::{LocalExec, Protocol, sniff};
 use crate::route::{Retry, RouteTable, Rule, ServiceRef};
-use crate::stats::{Outcome, Stats};
+use crate::security::{Peer, Refusal, SecurityTable};
+use crate::stats::{Key, Outcome, Stats};
 
 /// Largest request body held for a retry or a mirror. A body that may be larger (no
 /// Content-Length, or a larger one) streams straight through and is neither retried nor
@@ -120,27 +121,40 @@ pub enum UpstreamError {
 pub trait Upstreams: 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + 'static;
 
-    /// A byte stream to one endpoint of `service` on its Service port `port`.
+    /// A byte stream to one endpoint of `service` on its Service port `port`, and which
+    /// endpoint it is.
+    #[allow(clippy::type_complexity)]
     fn open(
         &self,
         service: &ServiceRef,
         port: u16,
-    ) -> Pin<Box<dyn Future<Output = Result<Self::Io, UpstreamError>>>>;
+    ) -> Pin<Box<dyn Future<Output = Result<(Self::Io, Endpoint), UpstreamError>>>>;
 }
 
-/// What the tunnel was addressed to: the Service and Service port a node proxy sent here.
+/// The endpoint an upstream connection reached (for telemetry: Istio's `destination_*`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    /// The endpoint workload's uid.
+    pub uid: Arc<str>,
+    pub addr: std::net::SocketAddr,
+}
+
+/// What the tunnel was addressed to: the Service and Service port a node proxy sent here,
+/// and who sent it (the tunnel's verified peer: the source pod's identity).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub service: ServiceRef,
     pub port: u16,
+    pub peer: Peer,
 }
 
 type IdleKey = (ServiceRef, u16);
-type Idle = Rc<RefCell<HashMap<IdleKey, Vec<SendRequest<Body>>>>>;
+type Idle = Rc<RefCell<HashMap<IdleKey, Vec<(SendRequest<Body>, Endpoint)>>>>;
 
 /// One core's waypoint: the route table in force, the upstream connections, the counters.
 pub struct Waypoint<U: Upstreams> {
     table: RefCell<Arc<RouteTable>>,
+    security: RefCell<Arc<SecurityTable>>,
     passthrough: Arc<Rule>,
     upstreams: U,
     idle: Idle,
@@ -151,9 +165,15 @@ pub struct Waypoint<U: Upstreams> {
 }
 
 impl<U: Upstreams> Waypoint<U> {
-    pub fn new(table: Arc<RouteTable>, upstreams: U, stats: Rc<Stats>) -> Rc<Waypoint<U>> {
+    pub fn new(
+        table: Arc<RouteTable>,
+        security: Arc<SecurityTable>,
+        upstreams: U,
+        stats: Rc<Stats>,
+    ) -> Rc<Waypoint<U>> {
         Rc::new(Waypoint {
             table: RefCell::new(table),
+            security: RefCell::new(security),
             passthrough: Arc::new(Rule::passthrough()),
             upstreams,
             idle: Rc::default(),
@@ -164,9 +184,10 @@ impl<U: Upstreams> Waypoint<U> {
         })
     }
 
-    /// Routes from now on (requests under way keep theirs).
-    pub fn set_table(&self, table: Arc<RouteTable>) {
+    /// Routes and policies from now on (requests under way keep theirs).
+    pub fn set_config(&self, table: Arc<RouteTable>, security: Arc<SecurityTable>) {
         *self.table.borrow_mut() = table;
+        *self.security.borrow_mut() = security;
     }
 
     pub fn upstreams(&self) -> &U {
@@ -224,16 +245,43 @@ impl<U: Upstreams> Waypoint<U> {
 
     /// One request, start to response head.
     async fn handle(self: &Rc<Self>, target: &Target, req: Request<Incoming>) -> Response<Body> {
-        let start = Instant::now();
         let (mut parts, body) = req.into_parts();
+        normalize(&mut parts);
         let _in_flight = Gauge::enter(&self.in_flight);
+        let mut rec = Record::new(self.stats.clone(), target, &parts);
+        // Deny before routing: authentication, then authorization.
+        let security = self.security.borrow().clone();
+        if let Err(refusal) = security.check(&target.service, target.port, &target.peer, &mut parts)
+        {
+            let (outcome, resp) = match refusal {
+                Refusal::Unauthenticated(why) => {
+                    let mut resp = local(StatusCode::UNAUTHORIZED, why);
+                    resp.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static(
+                            "Bearer realm=\"http://waypoint\", error=\"invalid_token\"",
+                        ),
+                    );
+                    (Outcome::Unauthenticated, resp)
+                }
+                Refusal::Denied(policy) => {
+                    tracing::debug!(service = %target.service, %policy, "RBAC: access denied");
+                    (
+                        Outcome::Denied,
+                        local(StatusCode::FORBIDDEN, "RBAC: access denied"),
+                    )
+                }
+            };
+            return self.answer(rec, outcome, resp);
+        }
         let rule = match self.rule_for(target, &parts) {
-            Ok(r) => r,
+            Ok(r) => {
+                rec.route = r.route.clone();
+                r
+            }
             Err(()) => {
                 return self.answer(
-                    target,
-                    None,
-                    start,
+                    rec,
                     Outcome::NoRoute,
                     local(StatusCode::NOT_FOUND, "no route matched the request"),
                 );
@@ -251,9 +299,7 @@ impl<U: Upstreams> Waypoint<U> {
             {
                 self.stats.aborts.set(self.stats.aborts.get() + 1);
                 return self.answer(
-                    target,
-                    Some(&rule),
-                    start,
+                    rec,
                     Outcome::FaultAbort,
                     local(status, "fault filter abort"),
                 );
@@ -263,9 +309,7 @@ impl<U: Upstreams> Waypoint<U> {
         let r = self.rng.borrow_mut().random::<u64>();
         let Some(backend) = rule.pick_for(&target.service, r) else {
             return self.answer(
-                target,
-                Some(&rule),
-                start,
+                rec,
                 Outcome::NoRoute,
                 local(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -281,9 +325,7 @@ impl<U: Upstreams> Waypoint<U> {
                 Ok(bytes) => ReqBody::Replay(bytes),
                 Err(e) => {
                     return self.answer(
-                        target,
-                        Some(&rule),
-                        start,
+                        rec,
                         Outcome::ClientError,
                         local(
                             StatusCode::BAD_REQUEST,
@@ -293,8 +335,14 @@ impl<U: Upstreams> Waypoint<U> {
                 }
             }
         } else {
-            ReqBody::Stream(Some(body))
+            ReqBody::Stream(Some(Counted {
+                inner: body,
+                n: rec.request_bytes.clone(),
+            }))
         };
+        if let ReqBody::Replay(b) = &body {
+            rec.request_bytes.set(b.len() as u64);
+        }
         let head = Head::of(&parts, &backend.service, port);
         if let (Some(m), ReqBody::Replay(bytes)) = (&rule.mirror, &body)
             && self.chance(m.fraction)
@@ -315,30 +363,31 @@ impl<U: Upstreams> Waypoint<U> {
             None => attempts.await,
         };
         let (outcome, mut resp) = match result {
-            Ok(resp) => (Outcome::Forwarded, resp),
+            Ok((resp, endpoint)) => {
+                rec.endpoint = Some(endpoint);
+                (Outcome::Forwarded, resp)
+            }
             Err(e) => e.answer(),
         };
         strip_hop_by_hop(resp.headers_mut());
         rule.response_headers.apply(resp.headers_mut());
-        self.answer(target, Some(&rule), start, outcome, resp)
+        self.answer(rec, outcome, resp)
     }
 
-    fn answer(
-        &self,
-        target: &Target,
-        rule: Option<&Rule>,
-        start: Instant,
-        outcome: Outcome,
-        resp: Response<Body>,
-    ) -> Response<Body> {
-        self.stats.record(
-            &target.service,
-            rule,
-            resp.status(),
-            outcome,
-            start.elapsed(),
-        );
-        resp
+    /// The response, with its record riding on the body: counted and logged when the body
+    /// ends (or the client goes away).
+    fn answer(&self, mut rec: Record, outcome: Outcome, resp: Response<Body>) -> Response<Body> {
+        rec.code = resp.status().as_u16();
+        rec.outcome = outcome;
+        resp.map(|inner| {
+            Body::new(Finish {
+                inner,
+                rec: Some(Pending {
+                    record: rec,
+                    response_bytes: 0,
+                }),
+            })
+        })
     }
 
     /// The attempts at one backend, under the rule's retry policy.
@@ -349,7 +398,7 @@ impl<U: Upstreams> Waypoint<U> {
         port: u16,
         head: &Head,
         mut body: ReqBody,
-    ) -> Result<Response<Body>, SendError> {
+    ) -> Result<(Response<Body>, Endpoint), SendError> {
         let retry = rule.retry.as_ref();
         let max_retries = match (&body, retry) {
             (ReqBody::Replay(_), Some(r)) => r.attempts,
@@ -368,7 +417,7 @@ impl<U: Upstreams> Waypoint<U> {
             };
             let again = retried < max_retries
                 && retry.is_some_and(|r| match &res {
-                    Ok(resp) => r.retries_status(resp.status().as_u16()),
+                    Ok((resp, _)) => r.retries_status(resp.status().as_u16()),
                     Err(e) => e.retried_by(r),
                 });
             if !again {
@@ -418,19 +467,19 @@ impl<U: Upstreams> Waypoint<U> {
         service: &ServiceRef,
         port: u16,
         req: Request<Body>,
-    ) -> Result<Response<Body>, SendError> {
+    ) -> Result<(Response<Body>, Endpoint), SendError> {
         let key = (service.clone(), port);
         let mut sender = None;
-        while let Some(mut s) = self.pooled(&key) {
+        while let Some((mut s, endpoint)) = self.pooled(&key) {
             // A kept connection finishes its previous exchange before it takes another;
             // one the endpoint closed meanwhile is dropped.
             if s.ready().await.is_ok() {
-                sender = Some(s);
+                sender = Some((s, endpoint));
                 break;
             }
         }
         if sender.is_none() {
-            let io = self
+            let (io, endpoint) = self
                 .upstreams
                 .open(service, port)
                 .await
@@ -446,9 +495,9 @@ impl<U: Upstreams> Waypoint<U> {
                 }
             })
             .detach();
-            sender = Some(s);
+            sender = Some((s, endpoint));
         }
-        let mut sender = sender.expect("set above");
+        let (mut sender, endpoint) = sender.expect("set above");
         let resp = sender.send_request(req).await.map_err(|e| {
             // A "user" error is the request body's: the client sent a broken body (a bad
             // chunk), which is the client's fault, not the backend's.
@@ -459,22 +508,24 @@ impl<U: Upstreams> Waypoint<U> {
             }
         })?;
         let idle = self.idle.clone();
-        Ok(resp.map(move |body| {
+        let kept = endpoint.clone();
+        let resp = resp.map(move |body| {
             Body::new(ReturnOnEnd {
                 body,
-                sender: Some(sender),
+                sender: Some((sender, kept)),
                 key: Some(key),
                 idle,
             })
-        }))
+        });
+        Ok((resp, endpoint))
     }
 
-    fn pooled(&self, key: &IdleKey) -> Option<SendRequest<Body>> {
+    fn pooled(&self, key: &IdleKey) -> Option<(SendRequest<Body>, Endpoint)> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(key)?;
-        while let Some(s) = list.pop() {
+        while let Some((s, e)) = list.pop() {
             if !s.is_closed() {
-                return Some(s);
+                return Some((s, e));
             }
         }
         None
@@ -488,7 +539,7 @@ impl<U: Upstreams> Waypoint<U> {
         runtime::spawn(async move {
             let req = head.request(Some(Body::full(body)));
             let sent = runtime::time::timeout(MIRROR_TIMEOUT, async {
-                let resp = wp.send(&service, port, req).await?;
+                let (resp, _) = wp.send(&service, port, req).await?;
                 // Drain it so the connection can be reused.
                 let _ = resp.into_body().collect().await;
                 Ok::<_, SendError>(())
@@ -525,7 +576,7 @@ enum ReqBody {
     /// Held (small, with a retry or mirror): every attempt gets a copy.
     Replay(Bytes),
     /// Streaming: one attempt only.
-    Stream(Option<Incoming>),
+    Stream(Option<Counted>),
 }
 
 impl ReqBody {
@@ -612,6 +663,28 @@ impl Head {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
         req
+    }
+}
+
+/// Removes dot segments from the request's path before policy, routing and forwarding
+/// (Envoy's `normalize_path`, Istio's default): what is checked is what is sent.
+fn normalize(parts: &mut Parts) {
+    let std::borrow::Cow::Owned(path) = crate::route::normalize_path(parts.uri.path()) else {
+        return;
+    };
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut builder = http::Uri::builder();
+    if let Some(s) = parts.uri.scheme() {
+        builder = builder.scheme(s.clone());
+    }
+    if let Some(a) = parts.uri.authority() {
+        builder = builder.authority(a.clone());
+    }
+    if let Ok(uri) = builder.path_and_query(pq).build() {
+        parts.uri = uri;
     }
 }
 
@@ -725,7 +798,7 @@ impl SendError {
 /// A response body that hands its connection back to the pool when it ends cleanly.
 struct ReturnOnEnd {
     body: Incoming,
-    sender: Option<SendRequest<Body>>,
+    sender: Option<(SendRequest<Body>, Endpoint)>,
     key: Option<IdleKey>,
     idle: Idle,
 }
@@ -744,6 +817,9 @@ impl http_body::Body for ReturnOnEnd {
             Poll::Ready(Some(Err(_))) => {
                 self.sender = None;
             }
+            // hyper stops polling a body that says it has ended (a known length, all read):
+            // the connection goes back as soon as the last frame is out.
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),
             _ => {}
         }
         polled.map(|o| o.map(|r| r.map_err(BoxError::from)))
@@ -758,6 +834,15 @@ impl http_body::Body for ReturnOnEnd {
     }
 }
 
+impl Drop for ReturnOnEnd {
+    fn drop(&mut self) {
+        // A body read to its end but never polled past it (an empty one, say).
+        if self.body.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
+
 impl ReturnOnEnd {
     fn give_back(&mut self) {
         if let (Some(sender), Some(key)) = (self.sender.take(), self.key.take()) {
@@ -766,6 +851,199 @@ impl ReturnOnEnd {
             if list.len() < IDLE_PER_BACKEND {
                 list.push(sender);
             }
+        }
+    }
+}
+
+/// A request body that counts its bytes as they stream through.
+struct Counted {
+    inner: Incoming,
+    n: Rc<Cell<u64>>,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &polled
+            && let Some(d) = f.data_ref()
+        {
+            self.n.set(self.n.get() + d.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One request's telemetry, from its arrival to the end of its response body.
+struct Record {
+    stats: Rc<Stats>,
+    start: Instant,
+    service: ServiceRef,
+    port: u16,
+    route: Arc<str>,
+    peer: Peer,
+    method: http::Method,
+    path: String,
+    grpc: bool,
+    request_bytes: Rc<Cell<u64>>,
+    endpoint: Option<Endpoint>,
+    code: u16,
+    outcome: Outcome,
+}
+
+/// Longest path the access log keeps (a hostile client must not fill the log).
+const LOG_PATH_MAX: usize = 256;
+
+impl Record {
+    fn new(stats: Rc<Stats>, target: &Target, parts: &Parts) -> Record {
+        let grpc = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        let mut path = parts.uri.path().to_string();
+        if path.len() > LOG_PATH_MAX {
+            let mut cut = LOG_PATH_MAX;
+            while !path.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            path.truncate(cut);
+        }
+        Record {
+            stats,
+            start: Instant::now(),
+            service: target.service.clone(),
+            port: target.port,
+            route: Arc::from("-"),
+            peer: target.peer.clone(),
+            method: parts.method.clone(),
+            path,
+            grpc,
+            request_bytes: Rc::new(Cell::new(0)),
+            endpoint: None,
+            code: 0,
+            outcome: Outcome::Forwarded,
+        }
+    }
+
+    fn finish(self, response_bytes: u64, complete: bool) {
+        let took = self.start.elapsed();
+        let request_bytes = self.request_bytes.get();
+        let key = Key {
+            service: self.service.clone(),
+            route: self.route.clone(),
+            code: self.code,
+            outcome: self.outcome,
+            source: self.peer.workload.clone(),
+            source_principal: self.peer.principal.clone(),
+            endpoint: self.endpoint.as_ref().map(|e| e.uid.clone()),
+            grpc: self.grpc,
+        };
+        self.stats.record(key, took, request_bytes, response_bytes);
+        let src_addr = self.peer.addr.map(|a| a.to_string());
+        let dst_addr = self.endpoint.as_ref().map(|e| e.addr.to_string());
+        tracing::event!(
+            target: "access",
+            tracing::Level::INFO,
+            src.addr = src_addr.as_deref().unwrap_or("-"),
+            src.workload = self.peer.workload.as_deref().unwrap_or("-"),
+            src.identity = self.peer.principal.as_deref().unwrap_or("-"),
+            dst.service = %self.service,
+            dst.port = self.port,
+            dst.workload = self.endpoint.as_ref().map_or("-", |e| &*e.uid),
+            dst.addr = dst_addr.as_deref().unwrap_or("-"),
+            route = &*self.route,
+            http.method = %self.method,
+            http.path = %self.path,
+            http.status = self.code,
+            response_flags = self.outcome.flag(),
+            complete,
+            bytes_recv = request_bytes,
+            bytes_sent = response_bytes,
+            duration = %format_args!("{}ms", took.as_millis()),
+            "request complete"
+        );
+    }
+}
+
+/// A response body that finishes its request's record when it ends or is dropped.
+struct Finish {
+    inner: Body,
+    rec: Option<Pending>,
+}
+
+struct Pending {
+    record: Record,
+    response_bytes: u64,
+}
+
+impl http_body::Body for Finish {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(d), Some(rec)) = (f.data_ref(), self.rec.as_mut()) {
+                    rec.response_bytes += d.len() as u64;
+                }
+                // hyper stops at a body that says it ended: finish now.
+                if self.inner.is_end_stream()
+                    && let Some(rec) = self.rec.take()
+                {
+                    let n = rec.response_bytes;
+                    rec.record.finish(n, true);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(rec) = self.rec.take() {
+                    let n = rec.response_bytes;
+                    rec.record.finish(n, true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(rec) = self.rec.take() {
+                    let n = rec.response_bytes;
+                    rec.record.finish(n, false);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if let Some(rec) = self.rec.take() {
+            let n = rec.response_bytes;
+            // An empty body is complete without a single poll.
+            rec.record.finish(n, self.inner.is_end_stream());
         }
     }
 }

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use http::StatusCode;
+use std::sync::Arc;
 
-use crate::route::{Rule, ServiceRef};
+use crate::route::ServiceRef;
 
 /// How a request ended, Envoy's response flag in parentheses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -29,6 +29,10 @@ pub enum Outcome {
     Timeout,
     /// The client's request could not be read (`DPE`).
     ClientError,
+    /// An authorization policy refused it (`RBAC`).
+    Denied,
+    /// A bad JWT (`-`, as Envoy's jwt_authn sets no flag; the code says 401).
+    Unauthenticated,
 }
 
 impl Outcome {
@@ -43,22 +47,93 @@ impl Outcome {
             Outcome::Reset => "UC",
             Outcome::Timeout => "UT",
             Outcome::ClientError => "DPE",
+            Outcome::Denied => "RBAC",
+            Outcome::Unauthenticated => "-",
         }
     }
 }
 
+/// One series: what Istio's request metrics are labelled by, in the waypoint's terms (the
+/// caller turns uids into workload labels).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
+    /// The Service the request addressed.
     pub service: ServiceRef,
-    pub route: String,
+    /// `namespace/name` of the route, `-` for none.
+    pub route: Arc<str>,
     pub code: u16,
     pub outcome: Outcome,
+    /// The source workload's uid.
+    pub source: Option<Arc<str>>,
+    /// The tunnel peer's principal.
+    pub source_principal: Option<Arc<str>>,
+    /// The endpoint workload's uid (none when no endpoint answered).
+    pub endpoint: Option<Arc<str>>,
+    /// `application/grpc*` (Istio's `request_protocol="grpc"`).
+    pub grpc: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// Istio's request-duration buckets (Envoy's default histogram buckets), in ms.
+pub const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// Istio's request and response size buckets, in bytes.
+pub const BYTES_BUCKETS: [f64; 9] = [
+    1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 5000000.0, 10000000.0,
+];
+
+/// A histogram over fixed bounds: counts per bucket (not cumulative), the count and sum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hist<const N: usize> {
+    pub buckets: [u64; N],
+    pub count: u64,
+    pub sum: f64,
+}
+
+impl<const N: usize> Default for Hist<N> {
+    fn default() -> Self {
+        Hist {
+            buckets: [0; N],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+}
+
+impl<const N: usize> Hist<N> {
+    pub fn observe(&mut self, v: f64, bounds: &[f64; N]) {
+        if let Some(i) = bounds.iter().position(|b| v <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum += v;
+    }
+
+    pub fn add(&mut self, o: &Hist<N>) {
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets) {
+            *a += b;
+        }
+        self.count += o.count;
+        self.sum += o.sum;
+    }
+
+    /// Prometheus' cumulative `le` counts, then `+Inf`.
+    pub fn cumulative(&self) -> impl Iterator<Item = u64> + '_ {
+        self.buckets.iter().scan(0, |acc, b| {
+            *acc += b;
+            Some(*acc)
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tally {
     pub requests: u64,
-    pub duration_ms_sum: f64,
+    pub duration_ms: Hist<19>,
+    pub request_bytes: Hist<9>,
+    pub response_bytes: Hist<9>,
 }
 
 /// One core's counters.
@@ -86,24 +161,18 @@ pub struct Snapshot {
 }
 
 impl Stats {
-    pub fn record(
-        &self,
-        service: &ServiceRef,
-        rule: Option<&Rule>,
-        status: StatusCode,
-        outcome: Outcome,
-        took: Duration,
-    ) {
-        let key = Key {
-            service: service.clone(),
-            route: rule.map_or_else(|| "-".to_string(), |r| r.route.to_string()),
-            code: status.as_u16(),
-            outcome,
-        };
+    /// One finished request. Series are bounded by what the config and the mesh hold
+    /// (Services, routes, workloads), codes and flags, never by request contents.
+    pub fn record(&self, key: Key, took: Duration, request_bytes: u64, response_bytes: u64) {
         let mut map = self.by_key.borrow_mut();
         let t = map.entry(key).or_default();
         t.requests += 1;
-        t.duration_ms_sum += took.as_secs_f64() * 1e3;
+        t.duration_ms
+            .observe(took.as_secs_f64() * 1e3, &DURATION_BUCKETS_MS);
+        t.request_bytes
+            .observe(request_bytes as f64, &BYTES_BUCKETS);
+        t.response_bytes
+            .observe(response_bytes as f64, &BYTES_BUCKETS);
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -124,7 +193,9 @@ impl Snapshot {
         for (k, t) in &other.requests {
             let e = self.requests.entry(k.clone()).or_default();
             e.requests += t.requests;
-            e.duration_ms_sum += t.duration_ms_sum;
+            e.duration_ms.add(&t.duration_ms);
+            e.request_bytes.add(&t.request_bytes);
+            e.response_bytes.add(&t.response_bytes);
         }
         self.retries += other.retries;
         self.retries_over_budget += other.retries_over_budget;

@@ -225,9 +225,63 @@ pub(crate) fn build(
         state.insert_policy(p);
     }
     let routes = build_routes(&raw)?;
+    let security = build_security(&raw)?;
     let mut snapshot = state.snapshot(node, content_hash);
     snapshot.routes = Arc::new(routes);
+    snapshot.security = Arc::new(security);
     Ok(snapshot)
+}
+
+/// `authorizationPolicies` and `requestAuthentications`: compiled by the waypoint crate;
+/// every target must be a known Service. A `jwksFile` is read now (a relative path from the
+/// directory the process runs in).
+fn build_security(raw: &RawConfig) -> Result<waypoint::security::SecurityTable, ConfigError> {
+    let read = |path: &str| std::fs::read_to_string(path);
+    let table = waypoint::security::SecurityTable::build(
+        &raw.authorization_policies,
+        &raw.request_authentications,
+        &read,
+    )
+    .map_err(|e| invalid(e.path, e.message))?;
+    let known: HashSet<(&str, &str)> = raw
+        .services
+        .iter()
+        .map(|s| (s.namespace.as_str(), s.name.as_str()))
+        .collect();
+    let refs = raw
+        .authorization_policies
+        .iter()
+        .map(|p| {
+            (
+                "authorizationPolicies",
+                &p.namespace,
+                &p.name,
+                &p.target_refs,
+            )
+        })
+        .chain(raw.request_authentications.iter().map(|a| {
+            (
+                "requestAuthentications",
+                &a.namespace,
+                &a.name,
+                &a.target_refs,
+            )
+        }));
+    for (list, ns, name, targets) in refs {
+        for (i, t) in targets.iter().enumerate() {
+            let tns = t.namespace.as_deref().unwrap_or(ns);
+            if !known.contains(&(tns, t.name.as_str())) {
+                return Err(invalid(
+                    format!("{list}[{ns}/{name}].targetRefs[{i}]"),
+                    format!(
+                        "unknown service {tns}/{} (no service has this namespace and name)",
+                        t.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(table)
 }
 
 /// `httpRoutes`: compiled by the waypoint crate (which names the field on error), and every

@@ -25,7 +25,7 @@ use super::types::{
 #[derive(Debug, Deserialize)]
 #[serde(
     rename = "MeshConfig",
-    expecting = "a mesh config: a mapping with `node`, `workloads`, `services`, `policies` and `httpRoutes`",
+    expecting = "a mesh config: a mapping with `node`, `workloads`, `services`, `policies`, `httpRoutes`, `authorizationPolicies` and `requestAuthentications`",
     rename_all = "camelCase",
     deny_unknown_fields
 )]
@@ -43,6 +43,14 @@ pub(crate) struct RawConfig {
     /// carry them but only `ringmesh waypoint` applies them.
     #[serde(default)]
     pub http_routes: Vec<waypoint::route::HttpRouteSpec>,
+    /// Istio's L7 AuthorizationPolicy, attached to Services by `targetRefs`; enforced by the
+    /// waypoint. (`policies` is ztunnel's L4 form, enforced by the nodes.)
+    #[serde(default)]
+    pub authorization_policies: Vec<waypoint::security::AuthorizationPolicySpec>,
+    /// Istio's RequestAuthentication (JWT), attached by `targetRefs`; enforced by the
+    /// waypoint.
+    #[serde(default)]
+    pub request_authentications: Vec<waypoint::security::RequestAuthenticationSpec>,
 }
 
 #[derive(Debug, Deserialize)]

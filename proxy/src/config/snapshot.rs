@@ -211,6 +211,8 @@ pub struct Snapshot {
     pub(crate) content_hash: u64,
     /// The waypoint's HTTP routes (empty from xDS: istiod sends those to Envoy waypoints).
     pub(crate) routes: Arc<waypoint::route::RouteTable>,
+    /// The waypoint's L7 policies and JWT rules.
+    pub(crate) security: Arc<waypoint::security::SecurityTable>,
 }
 
 impl Snapshot {
@@ -226,6 +228,11 @@ impl Snapshot {
     /// The compiled HTTP routes (`httpRoutes`).
     pub fn routes(&self) -> &Arc<waypoint::route::RouteTable> {
         &self.routes
+    }
+
+    /// The compiled L7 policies and JWT rules.
+    pub fn security(&self) -> &Arc<waypoint::security::SecurityTable> {
+        &self.security
     }
 
     /// The service `namespace/name` (by name, as routes refer to Services).

@@ -192,6 +192,7 @@ impl MeshState {
             local,
             content_hash,
             routes: Arc::default(),
+            security: Arc::default(),
         }
     }
 }

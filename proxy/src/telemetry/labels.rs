@@ -9,7 +9,8 @@
 //! - order: `reporter`, eight `source_*`, `destination_service`, `_namespace`, `_name`,
 //!   eight `destination_*`, `request_protocol`, `response_flags`,
 //!   `connection_security_policy`, then the four locality labels;
-//! - an unknown or empty value is written `unknown`; `request_protocol` is always `tcp`;
+//! - an unknown or empty value is written `unknown`; `request_protocol` is `tcp` (the
+//!   waypoint's request series: `http` or `grpc`, [`LabelSet::render_as`]);
 //! - `source_app`/`source_version` are the canonical name and revision (as ztunnel);
 //! - `source_principal` is the peer's certificate identity (inbound) or the local source
 //!   workload's identity (outbound HBONE), and `unknown` off mutual TLS;
@@ -184,9 +185,16 @@ fn push(out: &mut String, name: &str, value: &str) {
 impl LabelSet<'_> {
     /// Renders the 27 labels (ztunnel's order), `response_flags` left out.
     pub fn render(&self) -> Rendered {
+        self.render_as(self.reporter.label(), "tcp")
+    }
+
+    /// [`LabelSet::render`] with another `reporter` and `request_protocol`: the waypoint's
+    /// request series (`reporter="waypoint"`, `request_protocol="http"` or `"grpc"`, as
+    /// Istio's waypoints report).
+    pub fn render_as(&self, reporter: &str, protocol: &str) -> Rendered {
         let mtls = self.security == Security::MutualTls;
         let mut head = String::with_capacity(640);
-        push(&mut head, "reporter", self.reporter.label());
+        push(&mut head, "reporter", reporter);
         let s = self.source.map(|w| &w.meta);
         push(
             &mut head,
@@ -283,7 +291,7 @@ impl LabelSet<'_> {
             "destination_cluster",
             or_unknown(d.map(|m| &*m.cluster_id)),
         );
-        push(&mut head, "request_protocol", "tcp");
+        push(&mut head, "request_protocol", protocol);
 
         let mut tail = String::with_capacity(200);
         push(

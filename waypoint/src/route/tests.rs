@@ -2015,3 +2015,20 @@ fn mirror_defaults() {
         })
     );
 }
+
+#[test]
+fn dot_segments_are_removed() {
+    for (path, want) in [
+        ("/a/b", "/a/b"),
+        ("/public/../admin", "/admin"),
+        ("/./admin", "/admin"),
+        ("/a/./b/../c", "/a/c"),
+        ("/../../etc", "/etc"),
+        ("/a/b/..", "/a/"),
+        ("/a/.", "/a/"),
+        ("/..", "/"),
+        ("/a..b/.c", "/a..b/.c"),
+    ] {
+        assert_eq!(normalize_path(path), want, "{path}");
+    }
+}
