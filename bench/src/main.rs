@@ -312,14 +312,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let envoy_version = envoy_bin.as_deref().map(envoy::version).transpose()?;
     let leave_out = "leave it out with --scenarios to run without it";
-    if scenarios.contains(&Kind::Ringmesh) {
+    if scenarios.contains(&Kind::Ringmesh) || scenarios.contains(&Kind::RingmeshWaypoint) {
         ringmesh::check_prerequisites()
             .with_context(|| format!("the ringmesh scenario: {leave_out}"))?;
     }
     // The tcp-relay floor runs `ringmesh forward`, so it needs the binary too.
     let needing: Vec<&str> = scenarios
         .iter()
-        .filter(|k| matches!(k, Kind::Ringmesh | Kind::TcpRelay))
+        .filter(|k| matches!(k, Kind::Ringmesh | Kind::TcpRelay | Kind::RingmeshWaypoint))
         .map(|k| k.name())
         .collect();
     let ringmesh_bin = if needing.is_empty() {

@@ -98,6 +98,17 @@ impl Net {
     pub fn vip(self) -> SocketAddr {
         self.vip
     }
+
+    /// The waypoint's address on loopback (127.X.3.1).
+    pub fn waypoint(self) -> IpAddr {
+        match self.server {
+            IpAddr::V4(v4) => {
+                let [a, b, _, _] = v4.octets();
+                IpAddr::V4(Ipv4Addr::new(a, b, 3, 1))
+            }
+            v6 => v6,
+        }
+    }
 }
 
 /// Where the backend must listen for the ringmesh scenario (the server workload's IP).
@@ -108,8 +119,68 @@ pub fn backend_ip() -> IpAddr {
 /// The client workload's IP: the kernel's source address for loopback connections.
 pub const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
+/// Port of the waypoint's `/metrics` and `/healthz/ready` (15020 is node 2's on the veth,
+/// where the waypoint shares node 2's address).
+const WAYPOINT_METRICS_PORT: u16 = 15120;
+
+/// The waypoint's workload entry (a pod of service account `waypoint`).
+fn waypoint_workload(waypoint: IpAddr) -> String {
+    format!(
+        "  - uid: bench/waypoint
+    name: waypoint
+    namespace: bench
+    serviceAccount: waypoint
+    workloadIps: [\"{waypoint}\"]
+    node: waypoints
+    protocol: HBONE
+"
+    )
+}
+
+/// What the waypoint applies to the server Service: a route with a timeout and a retry
+/// policy (Envoy's HTTP sidecars in the same bench route with their own default retry
+/// policy, see `envoy.rs`), and an authorization policy checked on every request.
+pub const WAYPOINT_POLICIES: &str = "httpRoutes:
+  - name: server
+    namespace: bench
+    parentRefs: [{name: server}]
+    rules:
+      - matches: [{path: {type: PathPrefix, value: /}}]
+        backendRefs: [{name: server, port: 80}]
+        timeouts: {request: 15s}
+        retry: {attempts: 2, codes: [503], retryOn: [connect-failure, reset]}
+authorizationPolicies:
+  - name: server
+    namespace: bench
+    targetRefs: [{name: server}]
+    rules:
+      - from: [{source: {namespaces: [bench]}}]
+        to: [{operation: {methods: [GET, POST]}}]
+";
+
 /// The mesh config both nodes load (`--node` picks which one each is).
 pub fn mesh_config(net: Net, backend: SocketAddr) -> String {
+    mesh_config_with(net, backend, None, 0)
+}
+
+/// [`mesh_config`]; with `waypoint`, the server Service names the waypoint there (HBONE on
+/// `hbone_port`, the mesh-wide port), and the waypoint's workload and policies follow.
+fn mesh_config_with(
+    net: Net,
+    backend: SocketAddr,
+    waypoint: Option<IpAddr>,
+    hbone_port: u16,
+) -> String {
+    let Some(w) = waypoint else {
+        return mesh_config_base(net, backend, "");
+    };
+    format!(
+        "{}    waypoint: {{destination: \"/{w}\", hboneMtlsPort: {hbone_port}}}\n{WAYPOINT_POLICIES}",
+        mesh_config_base(net, backend, &waypoint_workload(w))
+    )
+}
+
+fn mesh_config_base(net: Net, backend: SocketAddr, extra_workloads: &str) -> String {
     format!(
         "# Written by ringmesh-bench: client on node-1, server (HBONE) on node-2.
 workloads:
@@ -128,7 +199,7 @@ workloads:
     node: node-2
     protocol: HBONE
     services: [\"bench/server.bench.svc.cluster.local\"]
-services:
+{extra_workloads}services:
   - name: server
     namespace: bench
     hostname: server.bench.svc.cluster.local
@@ -198,8 +269,9 @@ pub fn check_prerequisites() -> Result<()> {
 }
 
 /// Starts the two nodes in front of `backend` (which must listen on [`backend_ip`]) and
-/// returns the service VIP as the entry.
-pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Sut> {
+/// returns the service VIP as the entry; with `waypoint`, also `ringmesh waypoint` beside
+/// node 2 (same side, same cores), and the Service sends its traffic through it.
+pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr, waypoint: bool) -> Result<Sut> {
     let binary = find_program("ringmesh", opts.ringmesh.as_deref(), BUILD_HINT)?;
     let topo = &opts.topology;
     let net = Net::for_topology(topo);
@@ -225,12 +297,17 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
             log: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    let config = mesh_config(net, backend);
-    let config_path = dir.join("mesh.yaml");
-    std::fs::write(&config_path, &config).map_err(|e| Error::io(&config_path, e))?;
     // Bound on 127.0.0.1 (the client workload) and 127.X.2.1: a port free on 127.0.0.1
     // is free on 127.X.2.1 too, which only this harness uses.
     let hbone_port = free_port()?.port();
+    // The waypoint: its own loopback address, or node 2's on the veth (a pod on node 2).
+    let waypoint_ip = waypoint.then(|| match topo.kind {
+        TopologyKind::Loopback => net.waypoint(),
+        TopologyKind::Veth => net.node(1),
+    });
+    let config = mesh_config_with(net, backend, waypoint_ip, hbone_port);
+    let config_path = dir.join("mesh.yaml");
+    std::fs::write(&config_path, &config).map_err(|e| Error::io(&config_path, e))?;
     let plaintext_port = free_port()?.port();
     let capture = SocketAddr::new(net.node(0), 15001);
 
@@ -285,6 +362,38 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
     }
     pids.reverse();
     cmdlines.reverse();
+    if let Some(ip) = waypoint_ip {
+        let metrics = SocketAddr::new(ip, WAYPOINT_METRICS_PORT);
+        let args: Vec<String> = [
+            "waypoint",
+            "--config",
+            &config_path.display().to_string(),
+            "--ca-dir",
+            &ca_dir.display().to_string(),
+            "--workload",
+            "bench/waypoint",
+            "--hbone-port",
+            &hbone_port.to_string(),
+            "--metrics",
+            &metrics.to_string(),
+            "--log",
+            "warn",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut cmd = launch(&topo.proxy2.launcher, &binary);
+        cmd.args(&args);
+        let proc = topo.proxy2.run(|| {
+            let proc = group.spawn("ringmesh waypoint", cmd)?;
+            wait_ready(&group, &proc, metrics)?;
+            Ok(proc)
+        })?;
+        pids.push(proc.pid);
+        cmdlines.push((
+            "waypoint.cmd".into(),
+            format!("ringmesh {}", args.join(" ")),
+        ));
+    }
     let mut configs = vec![("mesh.yaml".to_string(), config)];
     configs.extend(cmdlines);
     configs.push((
@@ -292,7 +401,11 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr) -> Result<Su
         iptables_in(ns, "-A", &rule).join(" "),
     ));
     Ok(Sut {
-        kind: Kind::Ringmesh,
+        kind: if waypoint {
+            Kind::RingmeshWaypoint
+        } else {
+            Kind::Ringmesh
+        },
         entry: net.vip(),
         proxy_pids: pids,
         configs,
@@ -333,6 +446,34 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_waypoint_config_loads_and_names_the_waypoint() {
+        let net = Net::for_process();
+        let backend = SocketAddr::new(backend_ip(), 41000);
+        let cfg = mesh_config_with(net, backend, Some(net.waypoint()), 41008);
+        assert!(
+            cfg.contains(&format!(
+                "waypoint: {{destination: \"/{}\", hboneMtlsPort: 41008}}",
+                net.waypoint()
+            )),
+            "{cfg}"
+        );
+        assert!(
+            cfg.contains("uid: bench/waypoint") && cfg.contains("httpRoutes:"),
+            "{cfg}"
+        );
+        // The node's own parser takes it, routes and policy included.
+        let load = proxy::config::LoadOptions { node: None };
+        let snap = proxy::config::parse(&cfg, &load).unwrap_or_else(|e| panic!("{e}\n{cfg}"));
+        assert_eq!(snap.routes().len(), 1);
+        assert_eq!(snap.security().counts(), (1, 0));
+        let svc = snap
+            .service_by_name("bench", "server")
+            .expect("the server Service");
+        assert!(svc.waypoint.is_some());
+        assert!(snap.workload_by_uid("bench/waypoint").is_some());
+    }
 
     #[test]
     fn addresses_and_config_agree() {

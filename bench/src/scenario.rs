@@ -38,11 +38,14 @@ pub enum Kind {
     External,
     /// Two of Istio's ztunnels in place of ringmesh's nodes (`--ztunnel PATH`, veth only).
     Ztunnel,
+    /// Client → node 1 → HBONE → `ringmesh waypoint` (HTTP routed, with a retry policy and
+    /// an authorization policy) → HBONE → node 2 → backend: ambient mode with L7.
+    RingmeshWaypoint,
 }
 
 impl Kind {
     /// Every scenario, in report order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Direct,
         Kind::TcpRelay,
         Kind::Ringmesh,
@@ -50,6 +53,7 @@ impl Kind {
         Kind::EnvoySidecarHttp,
         Kind::External,
         Kind::Ztunnel,
+        Kind::RingmeshWaypoint,
     ];
 
     /// The name used on the command line and in reports.
@@ -62,13 +66,15 @@ impl Kind {
             Kind::EnvoySidecarHttp => "envoy-sidecar-http",
             Kind::External => "external",
             Kind::Ztunnel => "ztunnel",
+            Kind::RingmeshWaypoint => "ringmesh-waypoint",
         }
     }
 
     /// Whether this data plane can carry traffic of `protocol` (an HTTP connection manager
     /// cannot carry raw TCP streams).
     pub fn carries(self, protocol: Protocol) -> bool {
-        !(self == Kind::EnvoySidecarHttp && protocol == Protocol::Tcp)
+        !(matches!(self, Kind::EnvoySidecarHttp | Kind::RingmeshWaypoint)
+            && protocol == Protocol::Tcp)
     }
 }
 
@@ -133,7 +139,7 @@ pub struct Sut {
 /// scenario. On the veth: side `b`'s address for all.
 pub fn backend_ip(kind: Kind, topology: &Topology) -> std::net::IpAddr {
     topology.backend_ip(match kind {
-        Kind::Ringmesh | Kind::Ztunnel => ringmesh::backend_ip(),
+        Kind::Ringmesh | Kind::Ztunnel | Kind::RingmeshWaypoint => ringmesh::backend_ip(),
         _ => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
     })
 }
@@ -180,7 +186,8 @@ pub fn start(
             };
             start_envoy_pair(kind, mode, opts, sup, backend)
         }
-        Kind::Ringmesh => ringmesh::start(opts, sup, backend),
+        Kind::Ringmesh => ringmesh::start(opts, sup, backend, false),
+        Kind::RingmeshWaypoint => ringmesh::start(opts, sup, backend, true),
         Kind::External => external::start(opts, sup, backend),
         Kind::TcpRelay => tcp_relay::start(opts, sup, backend),
         Kind::Ztunnel => ztunnel::start(opts, sup, backend),
