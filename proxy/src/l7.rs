@@ -60,6 +60,8 @@ pub struct WaypointOptions {
     pub pool_idle_timeout: Duration,
     pub runtime: RuntimeConfig,
     pub drain_timeout: Duration,
+    /// Spans over OTLP/HTTP; `None`: no tracing.
+    pub tracing: Option<waypoint::trace::TraceConfig>,
 }
 
 /// What the control thread sends the cores.
@@ -251,6 +253,7 @@ fn target_of(snapshot: &Snapshot, authority: SocketAddr) -> Result<Target, Statu
     if let Some(sp) = snapshot.service_port(authority) {
         return Ok(Target {
             service: ServiceRef::new(&sp.service.namespace, &sp.service.name),
+            host: sp.service.hostname.clone(),
             port: sp.port,
             peer: Peer::default(),
         });
@@ -267,6 +270,7 @@ fn target_of(snapshot: &Snapshot, authority: SocketAddr) -> Result<Target, Statu
             .map_or(authority.port(), |(p, _)| *p);
         return Ok(Target {
             service: ServiceRef::new(&svc.namespace, &svc.name),
+            host: svc.hostname.clone(),
             port,
             peer: Peer::default(),
         });
@@ -321,6 +325,13 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
         .ensure(&identity)
         .map_err(|e| anyhow!("certificate for {identity}: {e}"))?;
 
+    let tracing = match &opts.tracing {
+        Some(cfg) => Some(
+            waypoint::trace::Tracing::start(cfg).map_err(|e| anyhow!("--otlp-endpoint: {e}"))?,
+        ),
+        None => None,
+    };
+    let init_tracing = tracing.clone();
     let listen = SocketAddr::new(ip, opts.hbone_port);
     let init_certs = identities.current();
     let init_snapshot = snapshot.clone();
@@ -366,6 +377,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
                 init_snapshot.security().clone(),
                 Ups(upstreams),
                 stats.clone(),
+                init_tracing.clone(),
             );
             Ok(worker_main(worker, listener, core, wp))
         },
@@ -408,6 +420,9 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
         "waypoint ready"
     );
     rt.join()?;
+    if let Some(t) = &tracing {
+        t.shutdown();
+    }
     tracing::info!("drained, exiting");
     Ok(())
 }

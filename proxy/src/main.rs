@@ -86,6 +86,14 @@ struct WaypointArgs {
     /// Close pooled HBONE connections to endpoints idle for this long.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pool_idle_timeout: Duration,
+    /// Export a span per sampled request over OTLP/HTTP (protobuf) to this collector, e.g.
+    /// http://otel-collector.istio-system:4318. Unset: no tracing.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Percent of requests without a sampled `traceparent` that start a trace (Istio's
+    /// default is 1); requests with one follow its sampled flag.
+    #[arg(long, default_value_t = 1.0)]
+    trace_sampling: f64,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -607,6 +615,22 @@ fn run_waypoint(args: WaypointArgs) -> anyhow::Result<()> {
         pool_idle_timeout: args.pool_idle_timeout,
         runtime: args.runtime.config(),
         drain_timeout: args.runtime.drain(),
+        tracing: match args.otlp_endpoint {
+            Some(endpoint) => {
+                if !(0.0..=100.0).contains(&args.trace_sampling) {
+                    anyhow::bail!(
+                        "--trace-sampling {}: a percentage is 0 to 100",
+                        args.trace_sampling
+                    );
+                }
+                Some(waypoint::trace::TraceConfig {
+                    endpoint,
+                    sampling: args.trace_sampling / 100.0,
+                    service_name: "ringmesh-waypoint".into(),
+                })
+            }
+            None => None,
+        },
     })
 }
 

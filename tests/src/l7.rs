@@ -292,9 +292,14 @@ impl Waypoint {
     /// Starts the waypoint of workload `uid` (which has IP `ip` in the mesh's config) and
     /// waits until it answers on `/healthz/ready`.
     pub fn start(mesh: &MeshDir, uid: &str, ip: IpAddr) -> Result<Waypoint> {
+        Waypoint::start_with(mesh, uid, ip, &[])
+    }
+
+    /// [`Waypoint::start`] with `extra` arguments.
+    pub fn start_with(mesh: &MeshDir, uid: &str, ip: IpAddr, extra: &[&str]) -> Result<Waypoint> {
         let metrics = SocketAddr::new(ip, 15020).to_string();
         let (config, ca) = (mesh.config.to_string_lossy(), mesh.ca.to_string_lossy());
-        let args = [
+        let mut args = vec![
             "waypoint",
             "--config",
             &config,
@@ -307,6 +312,7 @@ impl Waypoint {
             "--cores",
             "1",
         ];
+        args.extend_from_slice(extra);
         let mut proc = Proc::spawn(&bin("ringmesh"), &args)?;
         let ready = SocketAddr::new(ip, 15020);
         let mut exited = None;
@@ -336,5 +342,101 @@ impl Waypoint {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .context("VmRSS in /proc/<pid>/status")
+    }
+}
+
+/// One span as the collector received it.
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub name: String,
+    /// Lower-case hex.
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    /// Attributes as text (`key` → value).
+    pub attributes: HashMap<String, String>,
+    pub service_name: String,
+}
+
+/// An OTLP/HTTP collector: answers `POST /v1/traces` (protobuf) and keeps the spans.
+pub struct Collector {
+    pub addr: SocketAddr,
+    pub spans: Arc<Mutex<Vec<Span>>>,
+}
+
+/// Starts a collector on `addr`.
+pub fn spawn_collector(addr: SocketAddr) -> Result<Collector> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    let l = TcpListener::bind(addr).with_context(|| format!("binding the collector on {addr}"))?;
+    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let kept = spans.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            let kept = kept.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let mut w = s.try_clone()?;
+                let mut r = BufReader::new(s);
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line)? == 0 {
+                        return Ok(());
+                    }
+                    let headers = read_headers(&mut r)?;
+                    let len: usize = header(&headers, "content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    r.read_exact(&mut body)?;
+                    if line.starts_with("POST /v1/traces") {
+                        let req = ExportTraceServiceRequest::decode(body.as_slice())?;
+                        let mut out = kept.lock().unwrap();
+                        for rs in req.resource_spans {
+                            let service_name = rs
+                                .resource
+                                .iter()
+                                .flat_map(|r| &r.attributes)
+                                .find(|a| a.key == "service.name")
+                                .map(|a| any_text(a.value.as_ref()))
+                                .unwrap_or_default();
+                            for ss in rs.scope_spans {
+                                for sp in ss.spans {
+                                    out.push(Span {
+                                        name: sp.name,
+                                        trace_id: hex(&sp.trace_id),
+                                        span_id: hex(&sp.span_id),
+                                        parent_span_id: hex(&sp.parent_span_id),
+                                        attributes: sp
+                                            .attributes
+                                            .iter()
+                                            .map(|a| (a.key.clone(), any_text(a.value.as_ref())))
+                                            .collect(),
+                                        service_name: service_name.clone(),
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")?;
+                }
+            });
+        }
+    });
+    Ok(Collector { addr, spans })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn any_text(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        _ => String::new(),
     }
 }

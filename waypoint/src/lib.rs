@@ -21,3 +21,4 @@ pub mod route;
 pub mod security;
 pub mod serve;
 pub mod stats;
+pub mod trace;

@@ -40,6 +40,7 @@ use crate::io::{LocalExec, Protocol, sniff};
 use crate::route::{Retry, RouteTable, Rule, ServiceRef};
 use crate::security::{Peer, Refusal, SecurityTable};
 use crate::stats::{Key, Outcome, Stats};
+use crate::trace::{TraceCtx, Tracing};
 
 /// Largest request body held for a retry or a mirror. A body that may be larger (no
 /// Content-Length, or a larger one) streams straight through and is neither retried nor
@@ -144,6 +145,8 @@ pub struct Endpoint {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub service: ServiceRef,
+    /// The Service's hostname (span names, `host:port/*` as Envoy's).
+    pub host: Arc<str>,
     pub port: u16,
     pub peer: Peer,
 }
@@ -161,6 +164,7 @@ pub struct Waypoint<U: Upstreams> {
     rng: RefCell<SmallRng>,
     in_flight: Rc<Cell<u32>>,
     retries_in_flight: Rc<Cell<u32>>,
+    tracing: Option<Arc<Tracing>>,
     pub stats: Rc<Stats>,
 }
 
@@ -170,6 +174,7 @@ impl<U: Upstreams> Waypoint<U> {
         security: Arc<SecurityTable>,
         upstreams: U,
         stats: Rc<Stats>,
+        tracing: Option<Arc<Tracing>>,
     ) -> Rc<Waypoint<U>> {
         Rc::new(Waypoint {
             table: RefCell::new(table),
@@ -180,6 +185,7 @@ impl<U: Upstreams> Waypoint<U> {
             rng: RefCell::new(SmallRng::from_os_rng()),
             in_flight: Rc::new(Cell::new(0)),
             retries_in_flight: Rc::new(Cell::new(0)),
+            tracing,
             stats,
         })
     }
@@ -249,6 +255,13 @@ impl<U: Upstreams> Waypoint<U> {
         normalize(&mut parts);
         let _in_flight = Gauge::enter(&self.in_flight);
         let mut rec = Record::new(self.stats.clone(), target, &parts);
+        if let Some(t) = &self.tracing {
+            let name = format!("{}:{}/*", target.host, target.port);
+            let random = self.rng.borrow_mut().random::<f64>();
+            rec.trace = t
+                .begin(&mut parts.headers, name, random)
+                .map(|c| (t.clone(), c));
+        }
         // Deny before routing: authentication, then authorization.
         let security = self.security.borrow().clone();
         if let Err(refusal) = security.check(&target.service, target.port, &target.peer, &mut parts)
@@ -902,6 +915,9 @@ struct Record {
     endpoint: Option<Endpoint>,
     code: u16,
     outcome: Outcome,
+    /// The request's span, when it is sampled.
+    trace: Option<(Arc<Tracing>, TraceCtx)>,
+    user_agent: Option<String>,
 }
 
 /// Longest path the access log keeps (a hostile client must not fill the log).
@@ -936,12 +952,46 @@ impl Record {
             endpoint: None,
             code: 0,
             outcome: Outcome::Forwarded,
+            trace: None,
+            user_agent: parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(LOG_PATH_MAX).collect()),
         }
     }
 
-    fn finish(self, response_bytes: u64, complete: bool) {
+    fn finish(mut self, response_bytes: u64, complete: bool) {
         let took = self.start.elapsed();
         let request_bytes = self.request_bytes.get();
+        if let Some((tracing, ctx)) = self.trace.take() {
+            use opentelemetry::KeyValue;
+            let mut attrs = vec![
+                KeyValue::new("component", "proxy"),
+                KeyValue::new("http.method", self.method.to_string()),
+                KeyValue::new("http.url", self.path.clone()),
+                KeyValue::new("http.status_code", i64::from(self.code)),
+                KeyValue::new("response_flags", self.outcome.flag()),
+                KeyValue::new("request_size", request_bytes as i64),
+                KeyValue::new("response_size", response_bytes as i64),
+                KeyValue::new(
+                    "upstream_cluster",
+                    format!("outbound|{}||{}", self.port, self.service),
+                ),
+                KeyValue::new("istio.namespace", self.service.namespace.to_string()),
+            ];
+            if let Some(e) = &self.endpoint {
+                attrs.push(KeyValue::new("upstream_address", e.addr.to_string()));
+            }
+            if let Some(a) = self.peer.addr {
+                attrs.push(KeyValue::new("peer.address", a.ip().to_string()));
+            }
+            if let Some(ua) = &self.user_agent {
+                attrs.push(KeyValue::new("user_agent", ua.clone()));
+            }
+            let error = self.code >= 500 || !complete;
+            tracing.end(ctx, error, attrs);
+        }
         let key = Key {
             service: self.service.clone(),
             route: self.route.clone(),
