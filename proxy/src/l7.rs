@@ -62,6 +62,8 @@ pub struct WaypointOptions {
     pub drain_timeout: Duration,
     /// Spans over OTLP/HTTP; `None`: no tracing.
     pub tracing: Option<waypoint::trace::TraceConfig>,
+    /// Client connections' deadlines.
+    pub conn_limits: waypoint::serve::ConnLimits,
 }
 
 /// What the control thread sends the cores.
@@ -332,6 +334,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
         None => None,
     };
     let init_tracing = tracing.clone();
+    let conn_limits = opts.conn_limits;
     let listen = SocketAddr::new(ip, opts.hbone_port);
     let init_certs = identities.current();
     let init_snapshot = snapshot.clone();
@@ -378,6 +381,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
                 Ups(upstreams),
                 stats.clone(),
                 init_tracing.clone(),
+                conn_limits,
             );
             Ok(worker_main(worker, listener, core, wp))
         },

@@ -94,6 +94,14 @@ struct WaypointArgs {
     /// default is 1); requests with one follow its sampled flag.
     #[arg(long, default_value_t = 1.0)]
     trace_sampling: f64,
+    /// Once an HTTP/1.1 request's first byte has arrived, its head must be complete within
+    /// this, or the connection is closed (slowloris).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    request_head_timeout: Duration,
+    /// Close a client connection with no request in flight for this long (Envoy's default:
+    /// 1 h).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    idle_timeout: Duration,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -615,6 +623,10 @@ fn run_waypoint(args: WaypointArgs) -> anyhow::Result<()> {
         pool_idle_timeout: args.pool_idle_timeout,
         runtime: args.runtime.config(),
         drain_timeout: args.runtime.drain(),
+        conn_limits: waypoint::serve::ConnLimits {
+            head_timeout: nonzero("--request-head-timeout", args.request_head_timeout)?,
+            idle_timeout: nonzero("--idle-timeout", args.idle_timeout)?,
+        },
         tracing: match args.otlp_endpoint {
             Some(endpoint) => {
                 if !(0.0..=100.0).contains(&args.trace_sampling) {
@@ -632,6 +644,12 @@ fn run_waypoint(args: WaypointArgs) -> anyhow::Result<()> {
             None => None,
         },
     })
+}
+
+/// `d`, or an error naming `flag` when it is zero (a zero deadline would close everything).
+fn nonzero(flag: &str, d: Duration) -> anyhow::Result<Duration> {
+    anyhow::ensure!(!d.is_zero(), "{flag}: must be longer than zero");
+    Ok(d)
 }
 
 /// The IP of workload `uid` in `config` (for the waypoint's default metrics address).

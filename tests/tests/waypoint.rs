@@ -370,7 +370,11 @@ fn http2_large_bodies_and_hostile_http() -> Result<()> {
     rules:
       - backendRefs: [{name: echo-v1, port: 80, weight: 1}, {name: echo-v2, port: 80, weight: 1}]
 ";
-    let m = Mesh::start(192, routes)?;
+    let m = Mesh::start_with(
+        192,
+        routes,
+        &["--request-head-timeout", "1s", "--idle-timeout", "3s"],
+    )?;
 
     // HTTP/2 with prior knowledge: 200 concurrent streams on one connection, each answered
     // by one of the two backends.
@@ -492,6 +496,53 @@ fn http2_large_bodies_and_hostile_http() -> Result<()> {
             "a smuggled request reached a backend"
         );
     }
+    // Slowloris: a head dripped a byte at a time is cut off after --request-head-timeout
+    // (1 s here), although bytes keep coming.
+    let mut c = m.client()?;
+    let t = std::time::Instant::now();
+    c.send_raw(b"GET /slow HTTP/1.1\r\nhost: a\r\nx-drip: ")?;
+    let mut cut = false;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        if c.send_raw(b"a").is_err() {
+            cut = true;
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    ensure!(
+        cut || c.closed_within(Duration::from_secs(2)),
+        "a dripped head kept its connection"
+    );
+    ensure!(
+        t.elapsed() < Duration::from_secs(5),
+        "cut after {:?}",
+        t.elapsed()
+    );
+    // A connection that never sends a request is closed after --idle-timeout (3 s).
+    let mut idle = m.client()?;
+    let t = std::time::Instant::now();
+    ensure!(
+        idle.closed_within(Duration::from_secs(8)),
+        "an idle connection stayed open"
+    );
+    ensure!(
+        t.elapsed() >= Duration::from_secs(2),
+        "closed after only {:?}",
+        t.elapsed()
+    );
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metric_sum(
+            &metrics,
+            "ringmesh_waypoint_connections_timed_out_total",
+            &[]
+        ) >= 2.0,
+        "{metrics}"
+    );
+
     let r = m.client()?.request("GET", "/after", &[], b"")?;
     ensure!(
         r.status == 200,

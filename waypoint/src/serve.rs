@@ -165,7 +165,29 @@ pub struct Waypoint<U: Upstreams> {
     in_flight: Rc<Cell<u32>>,
     retries_in_flight: Rc<Cell<u32>>,
     tracing: Option<Arc<Tracing>>,
+    limits: ConnLimits,
     pub stats: Rc<Stats>,
+}
+
+/// Deadlines of a client connection (a tunnel's HTTP connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Once a request's first byte has arrived, its head must be complete within this
+    /// (slowloris); 10 s by default. HTTP/1.1 only: an HTTP/2 head arrives in one frame
+    /// sequence that h2 bounds by size.
+    pub head_timeout: Duration,
+    /// A connection with no request in flight for this long is closed; 1 h by default, as
+    /// Envoy's HTTP connection manager.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
 }
 
 impl<U: Upstreams> Waypoint<U> {
@@ -175,6 +197,7 @@ impl<U: Upstreams> Waypoint<U> {
         upstreams: U,
         stats: Rc<Stats>,
         tracing: Option<Arc<Tracing>>,
+        limits: ConnLimits,
     ) -> Rc<Waypoint<U>> {
         Rc::new(Waypoint {
             table: RefCell::new(table),
@@ -186,6 +209,7 @@ impl<U: Upstreams> Waypoint<U> {
             in_flight: Rc::new(Cell::new(0)),
             retries_in_flight: Rc::new(Cell::new(0)),
             tracing,
+            limits,
             stats,
         })
     }
@@ -206,35 +230,62 @@ impl<U: Upstreams> Waypoint<U> {
     where
         T: AsyncRead + AsyncWrite + Unpin + 'static,
     {
-        let Some((proto, io)) = sniff(io)
-            .await
-            .map_err(|e| format!("reading the request: {e}"))?
-        else {
-            return Ok(());
+        let activity = Rc::new(Activity::new());
+        let io = Watched {
+            inner: io,
+            activity: activity.clone(),
         };
-        let wp = self.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let wp = wp.clone();
-            let target = target.clone();
-            async move { Ok::<_, Infallible>(wp.handle(&target, req).await) }
-        });
-        let io = TokioIo::new(io);
-        let res = match proto {
-            Protocol::Http1 => {
-                hyper::server::conn::http1::Builder::new()
-                    .max_buf_size(MAX_HEADER_BYTES.max(8192))
-                    .serve_connection(io, service)
-                    .await
-            }
-            Protocol::Http2 => {
-                hyper::server::conn::http2::Builder::new(LocalExec)
-                    .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-                    .max_header_list_size(MAX_HEADER_BYTES as u32)
-                    .serve_connection(io, service)
-                    .await
-            }
+        let watchdog = watchdog(activity.clone(), self.limits);
+        let serve = async {
+            let Some((proto, io)) = sniff(io)
+                .await
+                .map_err(|e| format!("reading the request: {e}"))?
+            else {
+                return Ok(());
+            };
+            activity.http2.set(proto == Protocol::Http2);
+            let wp = self.clone();
+            let act = activity.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let wp = wp.clone();
+                let target = target.clone();
+                let act = act.clone();
+                async move {
+                    act.begin();
+                    let resp = wp.handle(&target, req).await;
+                    act.end();
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let io = TokioIo::new(io);
+            let res = match proto {
+                Protocol::Http1 => {
+                    hyper::server::conn::http1::Builder::new()
+                        .max_buf_size(MAX_HEADER_BYTES.max(8192))
+                        .serve_connection(io, service)
+                        .await
+                }
+                Protocol::Http2 => {
+                    hyper::server::conn::http2::Builder::new(LocalExec)
+                        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                        .max_header_list_size(MAX_HEADER_BYTES as u32)
+                        .serve_connection(io, service)
+                        .await
+                }
+            };
+            res.map_err(|e| e.to_string())
         };
-        res.map_err(|e| e.to_string())
+        let serve = std::pin::pin!(serve);
+        let watchdog = std::pin::pin!(watchdog);
+        match futures_util::future::select(serve, watchdog).await {
+            futures_util::future::Either::Left((res, _)) => res,
+            futures_util::future::Either::Right((why, _)) => {
+                self.stats
+                    .connections_timed_out
+                    .set(self.stats.connections_timed_out.get() + 1);
+                Err(why)
+            }
+        }
     }
 
     fn chance(&self, p: f64) -> bool {
@@ -565,6 +616,123 @@ impl<U: Upstreams> Waypoint<U> {
             }
         })
         .detach();
+    }
+}
+
+/// What a client connection has been doing, for its deadlines.
+struct Activity {
+    /// Bytes read from the client so far.
+    bytes: Cell<u64>,
+    /// Requests between head and response head.
+    in_flight: Cell<u32>,
+    /// Since when nothing has been in flight, and the byte count then.
+    idle_since: Cell<Instant>,
+    bytes_at_idle: Cell<u64>,
+    http2: Cell<bool>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            bytes: Cell::new(0),
+            in_flight: Cell::new(0),
+            idle_since: Cell::new(Instant::now()),
+            bytes_at_idle: Cell::new(0),
+            http2: Cell::new(false),
+        }
+    }
+
+    fn begin(&self) {
+        self.in_flight.set(self.in_flight.get() + 1);
+    }
+
+    fn end(&self) {
+        let n = self.in_flight.get().saturating_sub(1);
+        self.in_flight.set(n);
+        if n == 0 {
+            self.idle_since.set(Instant::now());
+            self.bytes_at_idle.set(self.bytes.get());
+        }
+    }
+
+    /// Why the connection must close now, if it must.
+    fn verdict(&self, limits: ConnLimits, now: Instant) -> Option<String> {
+        if self.in_flight.get() > 0 {
+            return None;
+        }
+        let idle = now.saturating_duration_since(self.idle_since.get());
+        let started = self.bytes.get() > self.bytes_at_idle.get();
+        if started && !self.http2.get() && idle > limits.head_timeout {
+            return Some(format!(
+                "the request head was not complete {:?} after it began",
+                limits.head_timeout
+            ));
+        }
+        (idle > limits.idle_timeout).then(|| format!("no request for {:?}", limits.idle_timeout))
+    }
+}
+
+/// Completes when the connection's deadlines say it must close, with why. One timer per
+/// connection, not per request.
+async fn watchdog(activity: Rc<Activity>, limits: ConnLimits) -> String {
+    let check = (limits.head_timeout.min(limits.idle_timeout) / 4).max(Duration::from_millis(50));
+    loop {
+        runtime::time::sleep(check).await;
+        if let Some(why) = activity.verdict(limits, Instant::now()) {
+            return why;
+        }
+    }
+}
+
+/// The client stream, counting what it reads.
+struct Watched<T> {
+    inner: T,
+    activity: Rc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.activity.bytes.set(self.activity.bytes.get() + n);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

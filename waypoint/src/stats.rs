@@ -146,6 +146,8 @@ pub struct Stats {
     pub aborts: Cell<u64>,
     pub mirrors: Cell<u64>,
     pub mirror_failures: Cell<u64>,
+    /// Client connections closed by their deadlines (slow head, idle).
+    pub connections_timed_out: Cell<u64>,
 }
 
 /// A plain copy of [`Stats`], for summing over cores.
@@ -158,6 +160,7 @@ pub struct Snapshot {
     pub aborts: u64,
     pub mirrors: u64,
     pub mirror_failures: u64,
+    pub connections_timed_out: u64,
 }
 
 impl Stats {
@@ -184,6 +187,7 @@ impl Stats {
             aborts: self.aborts.get(),
             mirrors: self.mirrors.get(),
             mirror_failures: self.mirror_failures.get(),
+            connections_timed_out: self.connections_timed_out.get(),
         }
     }
 }
@@ -203,23 +207,26 @@ impl Snapshot {
         self.aborts += other.aborts;
         self.mirrors += other.mirrors;
         self.mirror_failures += other.mirror_failures;
+        self.connections_timed_out += other.connections_timed_out;
     }
 
-    /// Prometheus text.
+    /// Prometheus text: the waypoint's own series, by Service, route, code and flag (one
+    /// line per label set: series that differ only in source or endpoint are summed), and
+    /// its resilience counters. Istio's labelled series are the caller's (it knows the
+    /// workloads).
     pub fn render(&self) -> String {
         let mut out = String::new();
         out.push_str("# HELP ringmesh_waypoint_requests_total Requests the waypoint answered.\n# TYPE ringmesh_waypoint_requests_total counter\n");
-        let mut keys: Vec<&Key> = self.requests.keys().collect();
-        keys.sort();
-        for k in &keys {
+        let mut by: std::collections::BTreeMap<(String, &str, u16, &str), u64> =
+            std::collections::BTreeMap::new();
+        for (k, t) in &self.requests {
+            *by.entry((k.service.to_string(), &*k.route, k.code, k.outcome.flag()))
+                .or_default() += t.requests;
+        }
+        for ((service, route, code, flag), n) in by {
             let _ = writeln!(
                 out,
-                "ringmesh_waypoint_requests_total{{destination_service=\"{}\",route=\"{}\",response_code=\"{}\",response_flags=\"{}\"}} {}",
-                k.service,
-                k.route,
-                k.code,
-                k.outcome.flag(),
-                self.requests[*k].requests
+                "ringmesh_waypoint_requests_total{{destination_service=\"{service}\",route=\"{route}\",response_code=\"{code}\",response_flags=\"{flag}\"}} {n}"
             );
         }
         for (name, help, v) in [
@@ -237,6 +244,11 @@ impl Snapshot {
                 "Mirrored copies that failed or timed out.",
                 self.mirror_failures,
             ),
+            (
+                "connections_timed_out",
+                "Client connections closed by their deadlines (slow request head, idle).",
+                self.connections_timed_out,
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -244,5 +256,51 @@ impl Snapshot {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(endpoint: &str) -> Key {
+        Key {
+            service: ServiceRef::new("demo", "echo"),
+            route: Arc::from("demo/echo"),
+            code: 200,
+            outcome: Outcome::Forwarded,
+            source: None,
+            source_principal: None,
+            endpoint: Some(Arc::from(endpoint)),
+            grpc: false,
+        }
+    }
+
+    #[test]
+    fn series_differing_only_in_endpoint_render_as_one_line() {
+        let s = Stats::default();
+        s.record(key("v1"), Duration::from_millis(3), 0, 10);
+        s.record(key("v2"), Duration::from_millis(3), 0, 10);
+        s.record(key("v1"), Duration::from_millis(3), 0, 10);
+        let text = s.snapshot().render();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("ringmesh_waypoint_requests_total{"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(lines[0].ends_with(" 3"), "{text}");
+    }
+
+    #[test]
+    fn histograms_bucket_and_sum() {
+        let mut h: Hist<9> = Hist::default();
+        for v in [0.0, 1.0, 5.0, 5_000_000.0, 2e10] {
+            h.observe(v, &BYTES_BUCKETS);
+        }
+        let cum: Vec<u64> = h.cumulative().collect();
+        assert_eq!(cum, vec![2, 3, 3, 3, 3, 3, 3, 4, 4]);
+        // Above the last bound: only in the count (+Inf).
+        assert_eq!(h.count, 5);
+        assert_eq!(h.sum, 2e10 + 5_000_006.0);
     }
 }
