@@ -903,3 +903,45 @@ fn traces_propagate_and_export_over_otlp() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_virtual_service_routes_in_order_with_istio_meanings() -> Result<()> {
+    // No HTTPRoute: Istio's VirtualService shape instead (`httpRoutes: []` then the list).
+    let routes = "  []
+virtualServices:
+  - name: echo
+    namespace: demo
+    hosts: [echo.demo.svc.cluster.local]
+    http:
+      - name: canary
+        match: [{headers: {x-canary: {exact: \"yes\"}}}]
+        route: [{destination: {host: echo-v2, port: {number: 80}}}]
+      - name: api
+        match: [{uri: {prefix: /api}}]
+        route: [{destination: {host: echo-v2.demo, port: {number: 80}}}]
+        headers: {request: {set: {x-route: api}}}
+      - name: rest
+        route: [{destination: {host: echo-v1, port: {number: 80}}}]
+        retries: {attempts: 2, retryOn: \"5xx\"}
+        fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+";
+    // The rest rule aborts everything: only the first two entries reach a backend.
+    let m = Mesh::start(196, routes)?;
+    let mut c = m.client()?;
+    // First match wins: the header entry comes before the path entry.
+    let r = c.request("GET", "/api/x", &[("x-canary", "yes")], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v2 ") && !r.body.contains("x-route"),
+        "{r:?}\n{}",
+        m.context()
+    );
+    // Istio's prefix is a string prefix: /apiv2 matches /api.
+    let r = c.request("GET", "/apiv2", &[], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v2 ") && r.body.contains("x-route: api"),
+        "{r:?}"
+    );
+    let r = c.request("GET", "/other", &[], b"")?;
+    ensure!(r.status == 418, "{r:?}");
+    Ok(())
+}

@@ -22,3 +22,4 @@ pub mod security;
 pub mod serve;
 pub mod stats;
 pub mod trace;
+pub mod vs;

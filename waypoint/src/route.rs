@@ -82,6 +82,10 @@ pub struct HttpRouteSpec {
     pub hostnames: Vec<String>,
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// Set for a translated VirtualService (`crate::vs`): its rules are tried in their
+    /// order, ahead of any HTTPRoute of the same Service, instead of by precedence.
+    #[serde(skip)]
+    pub ordered: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -532,6 +536,8 @@ impl Match {
 struct Entry {
     /// The parent's port, if the route named one.
     port: Option<u16>,
+    /// A VirtualService's position (its rules first, in order); `None` for an HTTPRoute.
+    order: Option<usize>,
     hostnames: Arc<[HostMatch]>,
     matcher: Match,
     rule: Arc<Rule>,
@@ -561,6 +567,8 @@ impl HostMatch {
 pub struct RouteTable {
     by_parent: HashMap<ServiceRef, Vec<Entry>>,
     routes: usize,
+    /// Ordered (VirtualService) entries so far: the next one's position.
+    ordered_seen: usize,
 }
 
 impl RouteTable {
@@ -570,7 +578,11 @@ impl RouteTable {
         let mut seen = std::collections::HashSet::new();
         for spec in specs {
             let key = format!("{}/{}", spec.namespace, spec.name);
-            let base = format!("httpRoutes[{key}]");
+            let base = if spec.ordered {
+                format!("virtualServices[{key}] (as an HTTPRoute)")
+            } else {
+                format!("httpRoutes[{key}]")
+            };
             if spec.name.is_empty() || spec.namespace.is_empty() {
                 return Err(err(base, "name and namespace must not be empty"));
             }
@@ -584,8 +596,12 @@ impl RouteTable {
             table.routes += 1;
         }
         for entries in table.by_parent.values_mut() {
-            // Stable: ties keep file order.
-            entries.sort_by_key(|e| std::cmp::Reverse(e.matcher.precedence()));
+            // Ordered (VirtualService) entries first in their order, then by precedence;
+            // stable, so ties keep file order.
+            entries.sort_by_key(|e| match e.order {
+                Some(i) => (0, i, std::cmp::Reverse((0, 0, false, 0, 0))),
+                None => (1, 0, std::cmp::Reverse(e.matcher.precedence())),
+            });
         }
         Ok(table)
     }
@@ -634,14 +650,19 @@ impl RouteTable {
             // adds nothing.
             return Ok(());
         }
+        let first = self.ordered_seen;
+        if spec.ordered {
+            self.ordered_seen += rules.len();
+        }
         for (parent, port) in parents {
-            for (m, rule) in &rules {
+            for (i, (m, rule)) in rules.iter().enumerate() {
                 let matcher = recompile(m);
                 self.by_parent
                     .entry(parent.clone())
                     .or_default()
                     .push(Entry {
                         port,
+                        order: spec.ordered.then_some(first + i),
                         hostnames: hostnames.clone(),
                         matcher,
                         rule: rule.clone(),

@@ -287,8 +287,43 @@ fn build_security(raw: &RawConfig) -> Result<waypoint::security::SecurityTable, 
 /// `httpRoutes`: compiled by the waypoint crate (which names the field on error), and every
 /// Service a route names as parent, backend or mirror must exist.
 fn build_routes(raw: &RawConfig) -> Result<waypoint::route::RouteTable, ConfigError> {
-    let table = waypoint::route::RouteTable::build(&raw.http_routes)
+    // A VirtualService host: a Service hostname, or Kubernetes' short forms (`name`,
+    // `name.namespace`, `name.namespace.svc`) seen from the VirtualService's namespace.
+    let resolve = |ns: &str, host: &str| -> Option<waypoint::route::ServiceRef> {
+        let by_host = raw.services.iter().find(|s| s.hostname == host);
+        let short = || {
+            let mut parts = host.split('.');
+            let name = parts.next()?;
+            let sns = parts.next().unwrap_or(ns);
+            match parts.next() {
+                None | Some("svc") if parts.next().is_none() => raw
+                    .services
+                    .iter()
+                    .find(|s| s.name == name && s.namespace == sns),
+                _ => None,
+            }
+        };
+        by_host
+            .or_else(short)
+            .map(|s| waypoint::route::ServiceRef::new(&s.namespace, &s.name))
+    };
+    let mut specs = waypoint::vs::to_http_routes(&raw.virtual_services, &resolve)
         .map_err(|e| invalid(e.path, e.message))?;
+    for (vs, route) in raw.virtual_services.iter().zip(&specs) {
+        if raw
+            .http_routes
+            .iter()
+            .any(|r| r.namespace == route.namespace && r.name == route.name)
+        {
+            return Err(invalid(
+                format!("virtualServices[{}/{}]", vs.namespace, vs.name),
+                "an HTTPRoute has the same namespace/name; rename one",
+            ));
+        }
+    }
+    specs.extend(raw.http_routes.iter().cloned());
+    let table =
+        waypoint::route::RouteTable::build(&specs).map_err(|e| invalid(e.path, e.message))?;
     let known: HashSet<(&str, &str)> = raw
         .services
         .iter()

@@ -25,7 +25,7 @@ use super::types::{
 #[derive(Debug, Deserialize)]
 #[serde(
     rename = "MeshConfig",
-    expecting = "a mesh config: a mapping with `node`, `workloads`, `services`, `policies`, `httpRoutes`, `authorizationPolicies` and `requestAuthentications`",
+    expecting = "a mesh config: a mapping with `node`, `workloads`, `services`, `policies`, `httpRoutes`, `virtualServices`, `authorizationPolicies` and `requestAuthentications`",
     rename_all = "camelCase",
     deny_unknown_fields
 )]
@@ -43,6 +43,10 @@ pub(crate) struct RawConfig {
     /// carry them but only `ringmesh waypoint` applies them.
     #[serde(default)]
     pub http_routes: Vec<waypoint::route::HttpRouteSpec>,
+    /// Istio VirtualServices (the subset an HTTPRoute can express), translated into
+    /// HTTPRoutes whose rules keep their order.
+    #[serde(default)]
+    pub virtual_services: Vec<waypoint::vs::VirtualServiceSpec>,
     /// Istio's L7 AuthorizationPolicy, attached to Services by `targetRefs`; enforced by the
     /// waypoint. (`policies` is ztunnel's L4 form, enforced by the nodes.)
     #[serde(default)]
