@@ -440,3 +440,66 @@ fn any_text(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> Str
         _ => String::new(),
     }
 }
+
+/// A gRPC-shaped HTTP/2 backend (h2c, prior knowledge) on `addr`: every request is answered
+/// `200`, `content-type: application/grpc`, a body `<name> <path> te=<te header>`, and the
+/// trailers `grpc-status: 0` and `x-request-bytes: <n>`. Counts requests.
+pub fn spawn_grpc_backend(addr: SocketAddr, name: &str) -> Result<Arc<AtomicUsize>> {
+    let std_listener =
+        TcpListener::bind(addr).with_context(|| format!("binding the gRPC backend {addr}"))?;
+    std_listener.set_nonblocking(true)?;
+    let count = Arc::new(AtomicUsize::new(0));
+    let (counted, name) = (count.clone(), name.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
+            while let Ok((s, _)) = listener.accept().await {
+                let (counted, name) = (counted.clone(), name.clone());
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(s).await else {
+                        return;
+                    };
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let (name, path) = (name.clone(), req.uri().path().to_string());
+                        let te = req
+                            .headers()
+                            .get("te")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_string();
+                        tokio::spawn(async move {
+                            let mut body = req.into_body();
+                            let mut n = 0usize;
+                            while let Some(Ok(chunk)) = body.data().await {
+                                n += chunk.len();
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                            }
+                            let resp = http::Response::builder()
+                                .status(200)
+                                .header("content-type", "application/grpc")
+                                .body(())
+                                .expect("static response");
+                            let Ok(mut send) = respond.send_response(resp, false) else {
+                                return;
+                            };
+                            let text = format!("{name} {path} te={te}");
+                            let _ = send.send_data(bytes::Bytes::from(text), false);
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            if let Ok(v) = http::HeaderValue::from_str(&n.to_string()) {
+                                trailers.insert("x-request-bytes", v);
+                            }
+                            let _ = send.send_trailers(trailers);
+                        });
+                    }
+                });
+            }
+        });
+    });
+    Ok(count)
+}

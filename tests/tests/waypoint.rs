@@ -945,3 +945,89 @@ virtualServices:
     ensure!(r.status == 418, "{r:?}");
     Ok(())
 }
+
+#[test]
+fn grpc_goes_over_http2_with_its_trailers() -> Result<()> {
+    let x = 197;
+    // echo-v1's endpoint speaks gRPC (HTTP/2 only); the rest of the mesh as usual.
+    let grpc = e2e::l7::spawn_grpc_backend(SocketAddr::new(ip4(x, 2, 1), 8080), "grpc")?;
+    let _v2 = spawn_backend(SocketAddr::new(ip4(x, 2, 2), 8080), "v2")?;
+    let _mirror = spawn_backend(SocketAddr::new(ip4(x, 2, 3), 8080), "mirror")?;
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - backendRefs: [{name: echo-v1, port: 80}]
+";
+    let mesh = MeshDir::new(&mesh_config(x, routes))?;
+    let n1 = Node::start(&mesh, "node-1", ip4(x, 0, 1), &[])?;
+    let _n2 = Node::start(&mesh, "node-2", ip4(x, 0, 2), &[])?;
+    let wp = Waypoint::start(&mesh, "demo/waypoint", ip4(x, 3, 1))?;
+
+    let s = socks_connect(
+        ip4(x, 1, 1),
+        n1.socks(),
+        SocketAddr::new(ip4(x, 100, 1), 80),
+    )?;
+    s.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results: Vec<(String, http::HeaderMap)> = rt
+        .block_on(async move {
+            let io = tokio::net::TcpStream::from_std(s)?;
+            let (client, conn) = h2::client::handshake(io).await?;
+            tokio::spawn(conn);
+            let mut out = Vec::new();
+            for i in 0..20 {
+                let mut client = client.clone().ready().await?;
+                let req = http::Request::post(format!(
+                    "http://echo.demo.svc.cluster.local/pkg.Echo/Say{i}"
+                ))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())?;
+                let (resp, mut send) = client.send_request(req, false)?;
+                send.send_data(bytes::Bytes::from_static(b"\0\0\0\0\x05hello"), true)?;
+                let resp = resp.await?;
+                anyhow::ensure!(resp.status() == 200, "{resp:?}");
+                let mut body = resp.into_body();
+                let mut text = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk?;
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    text.extend_from_slice(&chunk);
+                }
+                let trailers = body.trailers().await?.unwrap_or_default();
+                out.push((String::from_utf8_lossy(&text).into_owned(), trailers));
+            }
+            Ok::<_, anyhow::Error>(out)
+        })
+        .with_context(|| format!("waypoint log:\n{}", wp.proc.stderr()))?;
+    for (i, (body, trailers)) in results.iter().enumerate() {
+        // The backend got HTTP/2 with te: trailers, and its trailers came back.
+        ensure!(
+            body == &format!("grpc /pkg.Echo/Say{i} te=trailers"),
+            "{body}"
+        );
+        ensure!(
+            trailers.get("grpc-status").is_some_and(|v| v == "0"),
+            "{trailers:?}"
+        );
+        ensure!(
+            trailers.get("x-request-bytes").is_some_and(|v| v == "10"),
+            "{trailers:?}"
+        );
+    }
+    ensure!(grpc.load(std::sync::atomic::Ordering::SeqCst) == 20);
+    let metrics = wp.metrics()?;
+    ensure!(
+        metric_sum(
+            &metrics,
+            "istio_requests_total",
+            &["request_protocol=\"grpc\"", "response_code=\"200\""]
+        ) == 20.0,
+        "{metrics}"
+    );
+    Ok(())
+}

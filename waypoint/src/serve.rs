@@ -161,6 +161,8 @@ pub struct Waypoint<U: Upstreams> {
     passthrough: Arc<Rule>,
     upstreams: U,
     idle: Idle,
+    /// HTTP/2 connections (gRPC), one per Service port.
+    h2: RefCell<HashMap<IdleKey, (hyper::client::conn::http2::SendRequest<Body>, Endpoint)>>,
     rng: RefCell<SmallRng>,
     in_flight: Rc<Cell<u32>>,
     retries_in_flight: Rc<Cell<u32>>,
@@ -205,6 +207,7 @@ impl<U: Upstreams> Waypoint<U> {
             passthrough: Arc::new(Rule::passthrough()),
             upstreams,
             idle: Rc::default(),
+            h2: RefCell::default(),
             rng: RefCell::new(SmallRng::from_os_rng()),
             in_flight: Rc::new(Cell::new(0)),
             retries_in_flight: Rc::new(Cell::new(0)),
@@ -407,7 +410,7 @@ impl<U: Upstreams> Waypoint<U> {
         if let ReqBody::Replay(b) = &body {
             rec.request_bytes.set(b.len() as u64);
         }
-        let head = Head::of(&parts, &backend.service, port);
+        let head = Head::of(&parts);
         if let (Some(m), ReqBody::Replay(bytes)) = (&rule.mirror, &body)
             && self.chance(m.fraction)
         {
@@ -532,6 +535,9 @@ impl<U: Upstreams> Waypoint<U> {
         port: u16,
         req: Request<Body>,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
+        if req.version() == Version::HTTP_2 {
+            return self.send_h2(service, port, req).await;
+        }
         let key = (service.clone(), port);
         let mut sender = None;
         while let Some((mut s, endpoint)) = self.pooled(&key) {
@@ -582,6 +588,60 @@ impl<U: Upstreams> Waypoint<U> {
             })
         });
         Ok((resp, endpoint))
+    }
+
+    /// One attempt over HTTP/2 (gRPC): one multiplexed connection per Service port on a
+    /// core, opened on first use and replaced when it closes.
+    async fn send_h2(
+        &self,
+        service: &ServiceRef,
+        port: u16,
+        req: Request<Body>,
+    ) -> Result<(Response<Body>, Endpoint), SendError> {
+        let key = (service.clone(), port);
+        let live = self
+            .h2
+            .borrow()
+            .get(&key)
+            .filter(|(s, _)| !s.is_closed())
+            .cloned();
+        let (mut sender, endpoint) = match live {
+            Some(c) => c,
+            None => {
+                let (io, endpoint) = self
+                    .upstreams
+                    .open(service, port)
+                    .await
+                    .map_err(SendError::Upstream)?;
+                let (s, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
+                    .max_header_list_size(MAX_HEADER_BYTES as u32)
+                    .handshake::<_, Body>(TokioIo::new(io))
+                    .await
+                    .map_err(|e| SendError::Upstream(UpstreamError::Connect(e.to_string())))?;
+                runtime::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                    }
+                })
+                .detach();
+                self.h2
+                    .borrow_mut()
+                    .insert(key, (s.clone(), endpoint.clone()));
+                (s, endpoint)
+            }
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|e| SendError::Reset(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| {
+            if e.is_user() {
+                SendError::ClientBody(e.to_string())
+            } else {
+                SendError::Reset(e.to_string())
+            }
+        })?;
+        Ok((resp.map(Body::new), endpoint))
     }
 
     fn pooled(&self, key: &IdleKey) -> Option<(SendRequest<Body>, Endpoint)> {
@@ -793,14 +853,21 @@ struct Head {
     method: http::Method,
     path: http::uri::PathAndQuery,
     headers: HeaderMap,
+    /// gRPC (`content-type: application/grpc*`): it goes to the backend over HTTP/2, with
+    /// `te: trailers`, because gRPC needs HTTP/2 and its trailers end to end.
+    grpc: bool,
 }
 
 impl Head {
-    /// HTTP/1.1 to the backend: origin-form target, `Host` from the authority (HTTP/2's
-    /// `:authority`), hop-by-hop headers dropped.
-    fn of(parts: &Parts, _service: &ServiceRef, _port: u16) -> Head {
+    /// HTTP/1.1 to the backend (HTTP/2 for gRPC): origin-form target, `Host` from the
+    /// authority (HTTP/2's `:authority`), hop-by-hop headers dropped.
+    fn of(parts: &Parts) -> Head {
+        let grpc = is_grpc(&parts.headers);
         let mut headers = parts.headers.clone();
         strip_hop_by_hop(&mut headers);
+        if grpc {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         if !headers.contains_key(header::HOST)
             && let Some(a) = parts.uri.authority()
             && let Ok(v) = HeaderValue::from_str(a.as_str())
@@ -816,6 +883,7 @@ impl Head {
             method: parts.method.clone(),
             path,
             headers,
+            grpc,
         }
     }
 
@@ -840,11 +908,35 @@ impl Head {
         let body = body.unwrap_or_else(|| Body::full(Bytes::new()));
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = http::Uri::from(self.path.clone());
-        *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
+        if self.grpc {
+            // HTTP/2 takes the authority from the URI (`:authority`), and Host must go.
+            let host = req
+                .headers_mut()
+                .remove(header::HOST)
+                .and_then(|h| h.to_str().ok().map(str::to_string))
+                .unwrap_or_else(|| "backend".to_string());
+            *req.uri_mut() = http::Uri::builder()
+                .scheme("http")
+                .authority(host.as_str())
+                .path_and_query(self.path.clone())
+                .build()
+                .unwrap_or_else(|_| http::Uri::from(self.path.clone()));
+            *req.version_mut() = Version::HTTP_2;
+        } else {
+            *req.uri_mut() = http::Uri::from(self.path.clone());
+            *req.version_mut() = Version::HTTP_11;
+        }
         req
     }
+}
+
+/// `content-type: application/grpc` or `application/grpc+proto` etc.
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 /// Removes dot segments from the request's path before policy, routing and forwarding
