@@ -6,8 +6,8 @@ use super::*;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{EncodingKey, Header};
-use serde_json::json;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------
 // Helpers: specs, tables, requests, peers.

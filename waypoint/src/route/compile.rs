@@ -1,0 +1,492 @@
+//! Compiling one route's spec: each check that needs more than serde, with the field it
+//! names (`httpRoutes[demo/echo].rules[0].matches[0].path.value`), and the compiled
+//! matchers, edits and policies `RouteTable` holds.
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+use super::*;
+
+pub(super) fn service_kind(
+    kind: Option<&str>,
+    group: Option<&str>,
+    at: &str,
+) -> Result<(), RouteError> {
+    match kind {
+        None | Some("Service") => {}
+        Some(k) => {
+            return Err(err(
+                format!("{at}.kind"),
+                format!("{k:?}: only Service is supported"),
+            ));
+        }
+    }
+    match group {
+        None | Some("") | Some("core") => Ok(()),
+        Some(g) => Err(err(
+            format!("{at}.group"),
+            format!("{g:?}: a Service's group is \"\" (core)"),
+        )),
+    }
+}
+
+pub(super) fn host_match(h: &str) -> Result<HostMatch, String> {
+    if h.is_empty() || h.contains(['/', ':', ' ']) {
+        return Err(format!("{h:?} is not a hostname"));
+    }
+    match h.strip_prefix('*') {
+        Some(suffix) if suffix.starts_with('.') && suffix.len() > 1 => {
+            Ok(HostMatch::Wildcard(suffix.to_string()))
+        }
+        Some(_) => Err(format!("{h:?}: a wildcard is `*.` followed by a domain")),
+        None if h.contains('*') => Err(format!(
+            "{h:?}: `*` may only open a hostname (`*.example.com`)"
+        )),
+        None => Ok(HostMatch::Exact(h.to_string())),
+    }
+}
+
+pub(super) fn regex(value: &str, at: &str) -> Result<Regex, RouteError> {
+    // Anchored: Gateway API regexes match the whole value. Size-limited so a config cannot
+    // make the matcher huge.
+    regex::RegexBuilder::new(&format!("^(?:{value})$"))
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            err(
+                at,
+                format!("{value:?} is not a valid regular expression: {e}"),
+            )
+        })
+}
+
+pub(super) fn compile_match(m: &MatchSpec, at: &str) -> Result<Match, RouteError> {
+    let path = match &m.path {
+        None => PathMatch::Prefix("/".into()),
+        Some(p) => {
+            let at = format!("{at}.path");
+            let kind = p.kind.as_deref().unwrap_or("PathPrefix");
+            if kind != "RegularExpression" && !p.value.starts_with('/') {
+                return Err(err(format!("{at}.value"), "a path starts with /"));
+            }
+            match kind {
+                "Exact" => PathMatch::Exact(p.value.clone()),
+                "PathPrefix" => PathMatch::Prefix(p.value.clone()),
+                "RegularExpression" => PathMatch::Regex(regex(&p.value, &format!("{at}.value"))?),
+                other => {
+                    return Err(err(
+                        format!("{at}.type"),
+                        format!("{other:?}: use Exact, PathPrefix or RegularExpression"),
+                    ));
+                }
+            }
+        }
+    };
+    let value = |v: &ValueMatchSpec, at: &str| -> Result<ValueMatch, RouteError> {
+        match v.kind.as_deref().unwrap_or("Exact") {
+            "Exact" => Ok(ValueMatch::Exact(v.value.clone())),
+            "RegularExpression" => Ok(ValueMatch::Regex(regex(&v.value, &format!("{at}.value"))?)),
+            other => Err(err(
+                format!("{at}.type"),
+                format!("{other:?}: use Exact or RegularExpression"),
+            )),
+        }
+    };
+    let mut headers = Vec::new();
+    for (i, h) in m.headers.iter().enumerate() {
+        let at = format!("{at}.headers[{i}]");
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
+            err(
+                format!("{at}.name"),
+                format!("{:?} is not a header name", h.name),
+            )
+        })?;
+        headers.push((name, value(h, &at)?));
+    }
+    let mut query = Vec::new();
+    for (i, q) in m.query_params.iter().enumerate() {
+        let at = format!("{at}.queryParams[{i}]");
+        if q.name.is_empty() {
+            return Err(err(format!("{at}.name"), "must not be empty"));
+        }
+        query.push((q.name.clone(), value(q, &at)?));
+    }
+    let method = match &m.method {
+        None => None,
+        Some(s) => Some(
+            Method::from_bytes(s.as_bytes())
+                .ok()
+                .filter(|_| s.bytes().all(|b| b.is_ascii_uppercase()))
+                .ok_or_else(|| {
+                    err(
+                        format!("{at}.method"),
+                        format!("{s:?} is not an HTTP method (GET, POST, ...)"),
+                    )
+                })?,
+        ),
+    };
+    Ok(Match {
+        path,
+        headers,
+        query,
+        method,
+    })
+}
+
+pub(super) fn percent(v: Option<f64>, at: &str) -> Result<f64, RouteError> {
+    let p = v.unwrap_or(100.0);
+    if !(0.0..=100.0).contains(&p) || p.is_nan() {
+        return Err(err(at, format!("{p} is not a percentage (0 to 100)")));
+    }
+    Ok(p / 100.0)
+}
+
+pub(super) fn backend(b: &BackendRefSpec, ns: &str, at: &str) -> Result<Backend, RouteError> {
+    service_kind(b.kind.as_deref(), b.group.as_deref(), at)?;
+    if b.name.is_empty() {
+        return Err(err(format!("{at}.name"), "must not be empty"));
+    }
+    if b.port == Some(0) {
+        return Err(err(format!("{at}.port"), "0 is not a port"));
+    }
+    Ok(Backend {
+        service: ServiceRef::new(b.namespace.as_deref().unwrap_or(ns), &b.name),
+        port: b.port,
+        weight: b.weight.unwrap_or(1),
+    })
+}
+
+pub(super) fn edits(h: &HeaderModifierSpec, at: &str) -> Result<HeaderEdits, RouteError> {
+    let name = |n: &str, at: String| {
+        HeaderName::from_bytes(n.as_bytes())
+            .map_err(|_| err(at, format!("{n:?} is not a header name")))
+    };
+    let pair = |v: &HeaderValueSpec, at: String| -> Result<(HeaderName, HeaderValue), RouteError> {
+        let n = name(&v.name, format!("{at}.name"))?;
+        let val = HeaderValue::from_str(&v.value).map_err(|_| {
+            err(
+                format!("{at}.value"),
+                format!("{:?} is not a header value", v.value),
+            )
+        })?;
+        Ok((n, val))
+    };
+    Ok(HeaderEdits {
+        set: h
+            .set
+            .iter()
+            .enumerate()
+            .map(|(i, v)| pair(v, format!("{at}.set[{i}]")))
+            .collect::<Result<_, _>>()?,
+        add: h
+            .add
+            .iter()
+            .enumerate()
+            .map(|(i, v)| pair(v, format!("{at}.add[{i}]")))
+            .collect::<Result<_, _>>()?,
+        remove: h
+            .remove
+            .iter()
+            .enumerate()
+            .map(|(i, n)| name(n, format!("{at}.remove[{i}]")))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+pub(super) fn compile_rule(
+    rule: &RuleSpec,
+    spec: &HttpRouteSpec,
+    key: &str,
+    name: &str,
+    at: &str,
+) -> Result<Rule, RouteError> {
+    let ns = &spec.namespace;
+    let mut backends = Vec::new();
+    for (i, b) in rule.backend_refs.iter().enumerate() {
+        backends.push(backend(b, ns, &format!("{at}.backendRefs[{i}]"))?);
+    }
+    // No backends: each request goes to the parent it addressed (`Rule::pick_for`).
+    let total_weight = if backends.is_empty() {
+        1
+    } else {
+        backends.iter().map(|b| u64::from(b.weight)).sum()
+    };
+    let mut request_headers = HeaderEdits::default();
+    let mut response_headers = HeaderEdits::default();
+    let mut mirror = None;
+    let mut seen_filters = std::collections::HashSet::new();
+    for (i, f) in rule.filters.iter().enumerate() {
+        let at = format!("{at}.filters[{i}]");
+        let bodies = [
+            ("requestHeaderModifier", f.request_header_modifier.is_some()),
+            (
+                "responseHeaderModifier",
+                f.response_header_modifier.is_some(),
+            ),
+            ("requestMirror", f.request_mirror.is_some()),
+        ];
+        let body_of = |present: bool, field: &str| {
+            if !present {
+                return Err(err(
+                    format!("{at}.{field}"),
+                    format!("required by type {}", f.kind),
+                ));
+            }
+            match bodies.iter().find(|(name, set)| *set && *name != field) {
+                Some((other, _)) => Err(err(
+                    format!("{at}.{other}"),
+                    format!("does not belong to a filter of type {}", f.kind),
+                )),
+                None => Ok(()),
+            }
+        };
+        if !seen_filters.insert(f.kind.clone()) {
+            return Err(err(
+                format!("{at}.type"),
+                format!(
+                    "a second {} filter in one rule (Gateway API allows one)",
+                    f.kind
+                ),
+            ));
+        }
+        match f.kind.as_str() {
+            "RequestHeaderModifier" => {
+                body_of(f.request_header_modifier.is_some(), "requestHeaderModifier")?;
+                if let Some(h) = &f.request_header_modifier {
+                    request_headers = edits(h, &format!("{at}.requestHeaderModifier"))?;
+                }
+            }
+            "ResponseHeaderModifier" => {
+                body_of(
+                    f.response_header_modifier.is_some(),
+                    "responseHeaderModifier",
+                )?;
+                if let Some(h) = &f.response_header_modifier {
+                    response_headers = edits(h, &format!("{at}.responseHeaderModifier"))?;
+                }
+            }
+            "RequestMirror" => {
+                body_of(f.request_mirror.is_some(), "requestMirror")?;
+                if let Some(m) = &f.request_mirror {
+                    mirror = Some(Mirror {
+                        backend: backend(
+                            &m.backend_ref,
+                            ns,
+                            &format!("{at}.requestMirror.backendRef"),
+                        )?,
+                        fraction: percent(m.percent, &format!("{at}.requestMirror.percent"))?,
+                    });
+                }
+            }
+            other => {
+                return Err(err(
+                    format!("{at}.type"),
+                    format!(
+                        "{other:?}: use RequestHeaderModifier, ResponseHeaderModifier or RequestMirror"
+                    ),
+                ));
+            }
+        }
+    }
+    let t = rule.timeouts.clone().unwrap_or_default();
+    let request_timeout = opt_duration(t.request.as_deref(), &format!("{at}.timeouts.request"))?;
+    let backend_timeout = opt_duration(
+        t.backend_request.as_deref(),
+        &format!("{at}.timeouts.backendRequest"),
+    )?;
+    if let (Some(r), Some(b)) = (request_timeout, backend_timeout)
+        && b > r
+    {
+        return Err(err(
+            format!("{at}.timeouts.backendRequest"),
+            "longer than timeouts.request, which bounds every attempt together",
+        ));
+    }
+    let retry = match &rule.retry {
+        None => backend_timeout.map(|t| Retry {
+            attempts: 0,
+            per_try_timeout: Some(t),
+            ..default_retry()
+        }),
+        Some(r) => Some(compile_retry(r, backend_timeout, &format!("{at}.retry"))?),
+    };
+    if let (Some(req), Some(try_t)) = (
+        request_timeout,
+        retry.as_ref().and_then(|r| r.per_try_timeout),
+    ) && try_t > req
+    {
+        return Err(err(
+            format!("{at}.retry.perTryTimeout"),
+            "longer than timeouts.request, which bounds every attempt together",
+        ));
+    }
+    let fault = match &rule.fault {
+        None => None,
+        Some(f) => {
+            let at = format!("{at}.fault");
+            let delay = match &f.delay {
+                None => None,
+                Some(d) => Some((
+                    duration(&d.fixed_delay, &format!("{at}.delay.fixedDelay"))?,
+                    percent(d.percentage, &format!("{at}.delay.percentage"))?,
+                )),
+            };
+            let abort = match &f.abort {
+                None => None,
+                Some(a) => {
+                    let status = http::StatusCode::from_u16(a.http_status)
+                        .ok()
+                        .filter(|s| (200..=599).contains(&s.as_u16()))
+                        .ok_or_else(|| {
+                            err(
+                                format!("{at}.abort.httpStatus"),
+                                format!("{} is not a response status (200-599)", a.http_status),
+                            )
+                        })?;
+                    Some((
+                        status,
+                        percent(a.percentage, &format!("{at}.abort.percentage"))?,
+                    ))
+                }
+            };
+            (delay.is_some() || abort.is_some()).then_some(Fault { delay, abort })
+        }
+    };
+    Ok(Rule {
+        route: Arc::from(key),
+        name: Arc::from(name),
+        backends,
+        total_weight,
+        request_timeout,
+        retry,
+        fault,
+        mirror,
+        request_headers,
+        response_headers,
+    })
+}
+
+pub(super) fn default_retry() -> Retry {
+    Retry {
+        attempts: 2,
+        codes: Vec::new(),
+        on_5xx: false,
+        on_gateway_error: false,
+        on_reset: true,
+        on_connect_failure: true,
+        backoff: Duration::from_millis(25),
+        per_try_timeout: None,
+        budget_percent: 0.2,
+        min_retry_concurrency: 3,
+    }
+}
+
+pub(super) fn compile_retry(
+    r: &RetrySpec,
+    backend_timeout: Option<Duration>,
+    at: &str,
+) -> Result<Retry, RouteError> {
+    let mut out = default_retry();
+    if let Some(a) = r.attempts {
+        if a > MAX_ATTEMPTS {
+            return Err(err(
+                format!("{at}.attempts"),
+                format!("{a}: at most {MAX_ATTEMPTS}"),
+            ));
+        }
+        out.attempts = a;
+    }
+    for (i, c) in r.codes.iter().enumerate() {
+        if !(100..=599).contains(c) {
+            return Err(err(
+                format!("{at}.codes[{i}]"),
+                format!("{c} is not a response status"),
+            ));
+        }
+    }
+    out.codes = r.codes.clone();
+    if let Some(b) = &r.backoff {
+        out.backoff = duration(b, &format!("{at}.backoff"))?;
+    }
+    out.per_try_timeout = match &r.per_try_timeout {
+        Some(t) => Some(duration(t, &format!("{at}.perTryTimeout"))?),
+        None => backend_timeout,
+    };
+    if let Some(on) = &r.retry_on {
+        out.on_reset = false;
+        out.on_connect_failure = false;
+        for (i, cond) in on.iter().enumerate() {
+            match cond.as_str() {
+                "reset" => out.on_reset = true,
+                "connect-failure" => out.on_connect_failure = true,
+                "5xx" => out.on_5xx = true,
+                "gateway-error" => out.on_gateway_error = true,
+                // Istio's spelling for "the codes list".
+                "retriable-status-codes" => {}
+                other => {
+                    return Err(err(
+                        format!("{at}.retryOn[{i}]"),
+                        format!(
+                            "{other:?}: use connect-failure, reset, 5xx, gateway-error or retriable-status-codes"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    out.budget_percent = percent(
+        r.budget_percent.or(Some(20.0)),
+        &format!("{at}.budgetPercent"),
+    )?;
+    if let Some(m) = r.min_retry_concurrency {
+        out.min_retry_concurrency = m;
+    }
+    Ok(out)
+}
+
+pub(super) fn opt_duration(v: Option<&str>, at: &str) -> Result<Option<Duration>, RouteError> {
+    v.map(|s| duration(s, at)).transpose()
+}
+
+/// A Gateway API duration (GEP-2257): one or more `<number><unit>` with units `h`, `m`, `s`,
+/// `ms`, e.g. `1h`, `500ms`, `1m30s`. Zero is refused: a zero timeout would fail everything.
+pub fn duration(s: &str, at: &str) -> Result<Duration, RouteError> {
+    let bad = || {
+        err(
+            at,
+            format!("{s:?} is not a duration (e.g. 500ms, 10s, 1m30s)"),
+        )
+    };
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else {
+            return Err(bad());
+        };
+        total += unit * u32::try_from(n).map_err(|_| bad())?;
+        rest = &rest[len..];
+    }
+    if total.is_zero() {
+        return Err(err(at, "must be longer than zero"));
+    }
+    Ok(total)
+}

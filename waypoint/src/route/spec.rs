@@ -1,0 +1,223 @@
+//! The shape of `httpRoutes` in the mesh config file: what serde reads (Gateway API
+//! `HTTPRoute`, plus Istio VirtualService's `fault` and retry fields). Every struct denies
+//! unknown keys, so a typo is an error with its path. The checks that need more than one
+//! field are `RouteTable::build`'s.
+
+use serde::Deserialize;
+
+/// One `HTTPRoute`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteSpec {
+    pub name: String,
+    pub namespace: String,
+    /// The Services whose traffic the route takes (GAMMA: `kind: Service`).
+    pub parent_refs: Vec<ParentRefSpec>,
+    /// Host header values the route answers (`*.example.com` wildcards); empty: all.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+    /// Set for a translated VirtualService (`crate::vs`): its rules are tried in their
+    /// order, ahead of any HTTPRoute of the same Service, instead of by precedence.
+    #[serde(skip)]
+    pub ordered: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParentRefSpec {
+    /// Only `Service` (the default); a Gateway parent is not a waypoint's business.
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    pub name: String,
+    /// Defaults to the route's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The Service port the route applies to; omitted: every port.
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Alternatives; none: every request.
+    #[serde(default)]
+    pub matches: Vec<MatchSpec>,
+    #[serde(default)]
+    pub filters: Vec<FilterSpec>,
+    /// Weighted Services; none: the parent Service itself, on the requested port.
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRefSpec>,
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsSpec>,
+    /// Gateway API's `retry` (codes, attempts, backoff) with Istio's `perTryTimeout` and
+    /// `retryOn`, and a budget.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    /// Istio VirtualService's `fault`.
+    #[serde(default)]
+    pub fault: Option<FaultSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MatchSpec {
+    #[serde(default)]
+    pub path: Option<PathMatchSpec>,
+    #[serde(default)]
+    pub headers: Vec<ValueMatchSpec>,
+    #[serde(default)]
+    pub query_params: Vec<ValueMatchSpec>,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathMatchSpec {
+    /// `Exact`, `PathPrefix` (default) or `RegularExpression`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValueMatchSpec {
+    /// `Exact` (default) or `RegularExpression`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilterSpec {
+    /// `RequestHeaderModifier`, `ResponseHeaderModifier` or `RequestMirror`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub request_header_modifier: Option<HeaderModifierSpec>,
+    #[serde(default)]
+    pub response_header_modifier: Option<HeaderModifierSpec>,
+    #[serde(default)]
+    pub request_mirror: Option<MirrorSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderModifierSpec {
+    #[serde(default)]
+    pub set: Vec<HeaderValueSpec>,
+    #[serde(default)]
+    pub add: Vec<HeaderValueSpec>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderValueSpec {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MirrorSpec {
+    pub backend_ref: BackendRefSpec,
+    /// Share of requests mirrored, 0–100; default 100.
+    #[serde(default)]
+    pub percent: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendRefSpec {
+    /// Only `Service` (the default).
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The Service port; defaults to the port the request came in on.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Relative weight; default 1, 0 takes no traffic.
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TimeoutsSpec {
+    /// The whole request, retries included (Gateway API duration: `10s`, `500ms`, `1m30s`).
+    #[serde(default)]
+    pub request: Option<String>,
+    /// One attempt at the backend.
+    #[serde(default)]
+    pub backend_request: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts after the first; default 2 (Istio's default).
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// Response statuses that are retried.
+    #[serde(default)]
+    pub codes: Vec<u16>,
+    /// Pause before each retry; default 25 ms (Envoy's base interval).
+    #[serde(default)]
+    pub backoff: Option<String>,
+    /// Deadline of each attempt (Istio's name; `timeouts.backendRequest` otherwise).
+    #[serde(default)]
+    pub per_try_timeout: Option<String>,
+    /// Conditions besides `codes`: `connect-failure`, `reset`, `5xx`, `gateway-error`
+    /// (Istio's `retryOn` names). Default: `connect-failure,reset`.
+    #[serde(default)]
+    pub retry_on: Option<Vec<String>>,
+    /// Retries in flight at most this percent of requests in flight (Envoy's retry budget);
+    /// default 20.
+    #[serde(default)]
+    pub budget_percent: Option<f64>,
+    /// ... but always allow this many concurrent retries; default 3.
+    #[serde(default)]
+    pub min_retry_concurrency: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultSpec {
+    #[serde(default)]
+    pub delay: Option<DelaySpec>,
+    #[serde(default)]
+    pub abort: Option<AbortSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DelaySpec {
+    pub fixed_delay: String,
+    /// Percent of requests, 0–100; default 100.
+    #[serde(default)]
+    pub percentage: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AbortSpec {
+    pub http_status: u16,
+    #[serde(default)]
+    pub percentage: Option<f64>,
+}

@@ -1,0 +1,261 @@
+//! The request side: what every attempt repeats (`Head`), the body held for retries and
+//! mirrors, header hygiene (hop-by-hop, path normalization), local answers, and why an
+//! attempt failed.
+
+use super::*;
+
+/// The request body for the next attempt.
+pub(super) enum ReqBody {
+    /// Held (small, with a retry or mirror): every attempt gets a copy.
+    Replay(Bytes),
+    /// Streaming: one attempt only.
+    Stream(Option<Counted>),
+}
+
+impl ReqBody {
+    pub(super) fn take(&mut self) -> Option<Body> {
+        match self {
+            ReqBody::Replay(b) => Some(Body::full(b.clone())),
+            ReqBody::Stream(s) => s.take().map(Body::new),
+        }
+    }
+}
+
+/// Whether a body known by its size hint fits [`REPLAY_LIMIT`].
+pub(super) fn fits(hint: &SizeHint) -> bool {
+    hint.upper().is_some_and(|u| u <= REPLAY_LIMIT)
+}
+
+pub(super) struct Limited;
+
+impl Limited {
+    pub(super) async fn collect(body: Incoming) -> Result<Bytes, String> {
+        let limited = http_body_util::Limited::new(body, REPLAY_LIMIT as usize);
+        limited
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The parts of a request every attempt repeats (`Parts` is not `Clone`: its extensions).
+#[derive(Clone)]
+pub(super) struct Head {
+    pub(super) method: http::Method,
+    pub(super) path: http::uri::PathAndQuery,
+    pub(super) headers: HeaderMap,
+    /// gRPC (`content-type: application/grpc*`): it goes to the backend over HTTP/2, with
+    /// `te: trailers`, because gRPC needs HTTP/2 and its trailers end to end.
+    pub(super) grpc: bool,
+}
+
+impl Head {
+    /// HTTP/1.1 to the backend (HTTP/2 for gRPC): origin-form target, `Host` from the
+    /// authority (HTTP/2's `:authority`), hop-by-hop headers dropped.
+    pub(super) fn of(parts: &Parts) -> Head {
+        let grpc = is_grpc(&parts.headers);
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        if grpc {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if !headers.contains_key(header::HOST)
+            && let Some(a) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(a.as_str())
+        {
+            headers.insert(header::HOST, v);
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        Head {
+            method: parts.method.clone(),
+            path,
+            headers,
+            grpc,
+        }
+    }
+
+    /// The mirror's copy: `Host` gets Envoy's `-shadow` suffix, so the mirror can tell.
+    pub(super) fn shadow(&self) -> Head {
+        let mut h = self.clone();
+        if let Some(host) = h.headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
+            let shadow = match host.rsplit_once(':') {
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+                    format!("{name}-shadow:{port}")
+                }
+                _ => format!("{host}-shadow"),
+            };
+            if let Ok(v) = HeaderValue::from_str(&shadow) {
+                h.headers.insert(header::HOST, v);
+            }
+        }
+        h
+    }
+
+    pub(super) fn request(&self, body: Option<Body>) -> Request<Body> {
+        let body = body.unwrap_or_else(|| Body::full(Bytes::new()));
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.headers_mut() = self.headers.clone();
+        if self.grpc {
+            // HTTP/2 takes the authority from the URI (`:authority`), and Host must go.
+            let host = req
+                .headers_mut()
+                .remove(header::HOST)
+                .and_then(|h| h.to_str().ok().map(str::to_string))
+                .unwrap_or_else(|| "backend".to_string());
+            *req.uri_mut() = http::Uri::builder()
+                .scheme("http")
+                .authority(host.as_str())
+                .path_and_query(self.path.clone())
+                .build()
+                .unwrap_or_else(|_| http::Uri::from(self.path.clone()));
+            *req.version_mut() = Version::HTTP_2;
+        } else {
+            *req.uri_mut() = http::Uri::from(self.path.clone());
+            *req.version_mut() = Version::HTTP_11;
+        }
+        req
+    }
+}
+
+/// `content-type: application/grpc` or `application/grpc+proto` etc.
+pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Removes dot segments from the request's path before policy, routing and forwarding
+/// (Envoy's `normalize_path`, Istio's default): what is checked is what is sent.
+pub(super) fn normalize(parts: &mut Parts) {
+    let std::borrow::Cow::Owned(path) = crate::route::normalize_path(parts.uri.path()) else {
+        return;
+    };
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut builder = http::Uri::builder();
+    if let Some(s) = parts.uri.scheme() {
+        builder = builder.scheme(s.clone());
+    }
+    if let Some(a) = parts.uri.authority() {
+        builder = builder.authority(a.clone());
+    }
+    if let Ok(uri) = builder.path_and_query(pq).build() {
+        parts.uri = uri;
+    }
+}
+
+/// Headers that belong to one hop (RFC 9110 §7.6.1), plus those the `Connection` header
+/// names. HTTP/2 forbids them; HTTP/1.1 must not forward them.
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for h in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(h);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// A local answer: `status`, plain text.
+pub fn local(status: StatusCode, text: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::full(Bytes::from(format!("{text}\n"))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Why an attempt produced no response.
+#[derive(Debug)]
+pub(super) enum SendError {
+    Upstream(UpstreamError),
+    /// The connection broke before the response head.
+    Reset(String),
+    /// The client's request body could not be read (never retried).
+    ClientBody(String),
+    Timeout,
+}
+
+impl SendError {
+    pub(super) fn retried_by(&self, r: &Retry) -> bool {
+        match self {
+            SendError::Upstream(UpstreamError::Connect(_)) => r.on_connect_failure,
+            SendError::Upstream(UpstreamError::NoEndpoint(_)) => false,
+            SendError::Reset(_) => r.on_reset,
+            SendError::ClientBody(_) => false,
+            // A per-try timeout is worth another try (Envoy retries it on `5xx` and
+            // `gateway-error` too, as a 504).
+            SendError::Timeout => r.on_5xx || r.on_gateway_error || r.codes.contains(&504),
+        }
+    }
+
+    pub(super) fn answer(self) -> (Outcome, Response<Body>) {
+        match self {
+            SendError::Upstream(UpstreamError::NoEndpoint(why)) => {
+                tracing::debug!(%why, "no endpoint");
+                (
+                    Outcome::NoHealthyUpstream,
+                    local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                )
+            }
+            SendError::Upstream(UpstreamError::Connect(why)) => (
+                Outcome::ConnectFailure,
+                local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {why}"
+                    ),
+                ),
+            ),
+            SendError::Reset(why) => (
+                Outcome::Reset,
+                local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection termination ({why})"
+                    ),
+                ),
+            ),
+            SendError::ClientBody(why) => {
+                let mut resp = local(
+                    StatusCode::BAD_REQUEST,
+                    &format!("the request body could not be read: {why}"),
+                );
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                (Outcome::ClientError, resp)
+            }
+            SendError::Timeout => (
+                Outcome::Timeout,
+                local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+            ),
+        }
+    }
+}
