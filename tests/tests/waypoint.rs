@@ -571,6 +571,28 @@ fn a_bad_route_is_an_error_naming_its_field() -> Result<()> {
       - matches: [{path: {type: RegularExpression, value: \"/(unclosed\"}}]
 ";
     let mesh = MeshDir::new("workloads: []\n")?;
+    // A good one: the check counts what the waypoint will apply.
+    let good = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules: [{backendRefs: [{name: echo-v1, port: 80}]}]
+authorizationPolicies:
+  - {name: p, namespace: demo, targetRefs: [{name: echo}], rules: [{}]}
+";
+    std::fs::write(&mesh.config, mesh_config(193, good))?;
+    let out = std::process::Command::new(e2e::bin("ringmesh"))
+        .args(["config", "check"])
+        .arg(&mesh.config)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success()
+            && stdout.contains(
+                "for waypoints: 1 routes, 1 authorization policies, 0 request authentications"
+            ),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(&mesh.config, mesh_config(193, routes))?;
     let out = std::process::Command::new(e2e::bin("ringmesh"))
         .args(["config", "check"])

@@ -387,6 +387,8 @@ impl Snapshot {
             services: self.services.len(),
             service_ports: self.by_vip.len(),
             policies: self.policies.len(),
+            routes: self.routes.len(),
+            l7_policies: self.security.counts(),
         }
     }
 }
@@ -401,6 +403,10 @@ pub struct Summary {
     /// Distinct `VIP:port` keys.
     pub service_ports: usize,
     pub policies: usize,
+    /// HTTP routes (HTTPRoutes and VirtualServices) for the waypoint.
+    pub routes: usize,
+    /// The waypoint's authorization policies and request authentications.
+    pub l7_policies: (usize, usize),
 }
 
 impl fmt::Display for Summary {
@@ -410,6 +416,14 @@ impl fmt::Display for Summary {
             "{} workloads, {} services ({} VIP:port), {} policies",
             self.workloads, self.services, self.service_ports, self.policies
         )?;
+        let (authz, authn) = self.l7_policies;
+        if self.routes + authz + authn > 0 {
+            write!(
+                f,
+                "; for waypoints: {} routes, {authz} authorization policies, {authn} request authentications",
+                self.routes
+            )?;
+        }
         match &self.node {
             Some(node) => write!(
                 f,
