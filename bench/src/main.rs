@@ -300,9 +300,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         args.loadgen.as_deref(),
         "build it with `cargo build --release -p ringmesh-loadgen` (or pass --loadgen PATH)",
     )?;
-    let uses_envoy = scenarios
-        .iter()
-        .any(|k| matches!(k, Kind::EnvoySidecarTcp | Kind::EnvoySidecarHttp));
+    let uses_envoy = scenarios.iter().any(|k| {
+        matches!(
+            k,
+            Kind::EnvoySidecarTcp | Kind::EnvoySidecarHttp | Kind::EnvoyWaypoint
+        )
+    });
     let envoy_bin = match (&args.envoy, uses_envoy) {
         (Some(p), _) => Some(p.clone()),
         (None, true) => Some(envoy::find().context(
@@ -312,14 +315,24 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let envoy_version = envoy_bin.as_deref().map(envoy::version).transpose()?;
     let leave_out = "leave it out with --scenarios to run without it";
-    if scenarios.contains(&Kind::Ringmesh) || scenarios.contains(&Kind::RingmeshWaypoint) {
+    if scenarios.iter().any(|k| {
+        matches!(
+            k,
+            Kind::Ringmesh | Kind::RingmeshWaypoint | Kind::EnvoyWaypoint
+        )
+    }) {
         ringmesh::check_prerequisites()
             .with_context(|| format!("the ringmesh scenario: {leave_out}"))?;
     }
     // The tcp-relay floor runs `ringmesh forward`, so it needs the binary too.
     let needing: Vec<&str> = scenarios
         .iter()
-        .filter(|k| matches!(k, Kind::Ringmesh | Kind::TcpRelay | Kind::RingmeshWaypoint))
+        .filter(|k| {
+            matches!(
+                k,
+                Kind::Ringmesh | Kind::TcpRelay | Kind::RingmeshWaypoint | Kind::EnvoyWaypoint
+            )
+        })
         .map(|k| k.name())
         .collect();
     let ringmesh_bin = if needing.is_empty() {

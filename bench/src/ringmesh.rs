@@ -268,10 +268,41 @@ pub fn check_prerequisites() -> Result<()> {
     Ok(())
 }
 
+/// Which waypoint, if any, the server Service sends its traffic through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waypoint {
+    None,
+    /// `ringmesh waypoint`.
+    Ringmesh,
+    /// Envoy configured as Istio configures a waypoint (`envoy_waypoint.yaml`).
+    Envoy,
+}
+
+/// Envoy as a waypoint, as Istio's waypoint config has it for one Service with one endpoint
+/// (listener `connect_terminate`, internal listeners `main_internal` and
+/// `connect_originate`, the route, retry policy and RBAC of [`WAYPOINT_POLICIES`]). Each
+/// `{placeholder}` is replaced literally (the YAML has literal `{}` too).
+const ENVOY_WAYPOINT: &str = include_str!("envoy_waypoint.yaml");
+
+/// The Envoy waypoint's bootstrap.
+fn envoy_waypoint_config(vars: &[(&str, String)]) -> String {
+    let mut cfg = ENVOY_WAYPOINT.to_string();
+    for (k, v) in vars {
+        cfg = cfg.replace(&format!("{{{k}}}"), v);
+    }
+    cfg
+}
+
 /// Starts the two nodes in front of `backend` (which must listen on [`backend_ip`]) and
-/// returns the service VIP as the entry; with `waypoint`, also `ringmesh waypoint` beside
-/// node 2 (same side, same cores), and the Service sends its traffic through it.
-pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr, waypoint: bool) -> Result<Sut> {
+/// returns the service VIP as the entry; with a `waypoint`, also that waypoint beside node 2
+/// (same side, same cores), and the Service sends its traffic through it.
+pub fn start(
+    opts: &Options,
+    sup: &Supervisor,
+    backend: SocketAddr,
+    which: Waypoint,
+) -> Result<Sut> {
+    let waypoint = which != Waypoint::None;
     let binary = find_program("ringmesh", opts.ringmesh.as_deref(), BUILD_HINT)?;
     let topo = &opts.topology;
     let net = Net::for_topology(topo);
@@ -362,7 +393,57 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr, waypoint: bo
     }
     pids.reverse();
     cmdlines.reverse();
-    if let Some(ip) = waypoint_ip {
+    if let (Some(ip), Waypoint::Envoy) = (waypoint_ip, which) {
+        let envoy_bin = match &opts.envoy {
+            Some(p) => p.clone(),
+            None => crate::envoy::find()?,
+        };
+        // The waypoint's certificate, from the nodes' CA.
+        let read = |name: &str| {
+            let path = ca_dir.join(name);
+            std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))
+        };
+        let ca = hbone::certs::CertificateAuthority::from_pem(
+            &read("root-cert.pem")?,
+            &read("root-key.pem")?,
+        )
+        .map_err(|e| Error::invalid("the nodes' CA", e.to_string()))?;
+        let id = hbone::Identity::new("cluster.local", "bench", "waypoint")
+            .map_err(|e| Error::invalid("waypoint identity", e.to_string()))?;
+        let leaf = ca
+            .issue(&id, &hbone::certs::LeafOptions::default())
+            .map_err(|e| Error::invalid("waypoint certificate", e.to_string()))?;
+        let (cert, key) = (dir.join("waypoint.pem"), dir.join("waypoint-key.pem"));
+        std::fs::write(&cert, &leaf.chain_pem).map_err(|e| Error::io(&cert, e))?;
+        std::fs::write(&key, &leaf.key_pem).map_err(|e| Error::io(&key, e))?;
+        let cfg = envoy_waypoint_config(&[
+            ("listen_ip", ip.to_string()),
+            ("listen_port", hbone_port.to_string()),
+            ("hbone_port", hbone_port.to_string()),
+            ("upstream_endpoint_ip", backend.ip().to_string()),
+            ("target_port", backend.port().to_string()),
+            ("ca", ca_dir.join("root-cert.pem").display().to_string()),
+            ("cert", cert.display().to_string()),
+            ("key", key.display().to_string()),
+            (
+                "peer_spiffe_id",
+                "spiffe://cluster.local/ns/bench/sa/server".to_string(),
+            ),
+        ]);
+        let running = topo.proxy2.run(|| {
+            crate::envoy::start(
+                &mut group,
+                &envoy_bin,
+                "waypoint",
+                &cfg,
+                opts.envoy_concurrency.max(1),
+                &topo.proxy2.launcher,
+            )
+        })?;
+        pids.push(running.proc.pid);
+        cmdlines.push(("envoy-waypoint.yaml".into(), cfg));
+    }
+    if let (Some(ip), Waypoint::Ringmesh) = (waypoint_ip, which) {
         let metrics = SocketAddr::new(ip, WAYPOINT_METRICS_PORT);
         let args: Vec<String> = [
             "waypoint",
@@ -401,10 +482,10 @@ pub fn start(opts: &Options, sup: &Supervisor, backend: SocketAddr, waypoint: bo
         iptables_in(ns, "-A", &rule).join(" "),
     ));
     Ok(Sut {
-        kind: if waypoint {
-            Kind::RingmeshWaypoint
-        } else {
-            Kind::Ringmesh
+        kind: match which {
+            Waypoint::None => Kind::Ringmesh,
+            Waypoint::Ringmesh => Kind::RingmeshWaypoint,
+            Waypoint::Envoy => Kind::EnvoyWaypoint,
         },
         entry: net.vip(),
         proxy_pids: pids,
@@ -473,6 +554,35 @@ mod tests {
             .expect("the server Service");
         assert!(svc.waypoint.is_some());
         assert!(snap.workload_by_uid("bench/waypoint").is_some());
+    }
+
+    #[test]
+    fn the_envoy_waypoint_template_has_every_placeholder_filled() {
+        let vars: Vec<(&str, String)> = [
+            "listen_ip",
+            "listen_port",
+            "hbone_port",
+            "upstream_endpoint_ip",
+            "target_port",
+            "ca",
+            "cert",
+            "key",
+            "peer_spiffe_id",
+        ]
+        .iter()
+        .map(|k| (*k, "X".to_string()))
+        .collect();
+        let cfg = envoy_waypoint_config(&vars);
+        for (k, _) in &vars {
+            assert!(!cfg.contains(&format!("{{{k}}}")), "{k} left in");
+        }
+        // Only the YAML's own empty maps remain in braces.
+        let left: Vec<&str> = cfg
+            .match_indices('{')
+            .map(|(i, _)| &cfg[i..(i + 20).min(cfg.len())])
+            .filter(|s| s.starts_with("{a") || s.starts_with("{l") || s.starts_with("{u"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

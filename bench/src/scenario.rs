@@ -41,11 +41,14 @@ pub enum Kind {
     /// Client → node 1 → HBONE → `ringmesh waypoint` (HTTP routed, with a retry policy and
     /// an authorization policy) → HBONE → node 2 → backend: ambient mode with L7.
     RingmeshWaypoint,
+    /// The same with Envoy as the waypoint, configured as Istio configures one (HBONE in,
+    /// internal listeners, HCM with the same route, retry and RBAC, HBONE out).
+    EnvoyWaypoint,
 }
 
 impl Kind {
     /// Every scenario, in report order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Direct,
         Kind::TcpRelay,
         Kind::Ringmesh,
@@ -54,6 +57,7 @@ impl Kind {
         Kind::External,
         Kind::Ztunnel,
         Kind::RingmeshWaypoint,
+        Kind::EnvoyWaypoint,
     ];
 
     /// The name used on the command line and in reports.
@@ -67,6 +71,7 @@ impl Kind {
             Kind::External => "external",
             Kind::Ztunnel => "ztunnel",
             Kind::RingmeshWaypoint => "ringmesh-waypoint",
+            Kind::EnvoyWaypoint => "envoy-waypoint",
         }
     }
 
@@ -139,7 +144,9 @@ pub struct Sut {
 /// scenario. On the veth: side `b`'s address for all.
 pub fn backend_ip(kind: Kind, topology: &Topology) -> std::net::IpAddr {
     topology.backend_ip(match kind {
-        Kind::Ringmesh | Kind::Ztunnel | Kind::RingmeshWaypoint => ringmesh::backend_ip(),
+        Kind::Ringmesh | Kind::Ztunnel | Kind::RingmeshWaypoint | Kind::EnvoyWaypoint => {
+            ringmesh::backend_ip()
+        }
         _ => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
     })
 }
@@ -186,8 +193,9 @@ pub fn start(
             };
             start_envoy_pair(kind, mode, opts, sup, backend)
         }
-        Kind::Ringmesh => ringmesh::start(opts, sup, backend, false),
-        Kind::RingmeshWaypoint => ringmesh::start(opts, sup, backend, true),
+        Kind::Ringmesh => ringmesh::start(opts, sup, backend, ringmesh::Waypoint::None),
+        Kind::RingmeshWaypoint => ringmesh::start(opts, sup, backend, ringmesh::Waypoint::Ringmesh),
+        Kind::EnvoyWaypoint => ringmesh::start(opts, sup, backend, ringmesh::Waypoint::Envoy),
         Kind::External => external::start(opts, sup, backend),
         Kind::TcpRelay => tcp_relay::start(opts, sup, backend),
         Kind::Ztunnel => ztunnel::start(opts, sup, backend),
