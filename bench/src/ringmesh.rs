@@ -576,11 +576,14 @@ mod tests {
         for (k, _) in &vars {
             assert!(!cfg.contains(&format!("{{{k}}}")), "{k} left in");
         }
-        // Only the YAML's own empty maps remain in braces.
+        // No `{name}` placeholder of any kind is left (only the YAML's own maps).
         let left: Vec<&str> = cfg
-            .match_indices('{')
-            .map(|(i, _)| &cfg[i..(i + 20).min(cfg.len())])
-            .filter(|s| s.starts_with("{a") || s.starts_with("{l") || s.starts_with("{u"))
+            .split('{')
+            .skip(1)
+            .filter_map(|rest| rest.split_once('}').map(|(inside, _)| inside))
+            .filter(|inside| {
+                !inside.is_empty() && inside.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
             .collect();
         assert!(left.is_empty(), "{left:?}");
     }
