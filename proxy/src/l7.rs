@@ -49,7 +49,8 @@ use crate::identity::manager::{CertSet, IdentityManager, ManagerOptions, Signer}
 #[derive(Debug, Clone)]
 pub struct WaypointOptions {
     pub config: PathBuf,
-    pub ca_dir: PathBuf,
+    /// Where the waypoint's certificate comes from.
+    pub ca: CaSource,
     /// The waypoint's own workload: its uid (`namespace/name` by default).
     pub workload: String,
     pub hbone_port: u16,
@@ -64,6 +65,16 @@ pub struct WaypointOptions {
     pub tracing: Option<waypoint::trace::TraceConfig>,
     /// Client connections' deadlines.
     pub conn_limits: waypoint::serve::ConnLimits,
+}
+
+/// The certificate authority that signs the waypoint's certificate: the same two a node
+/// can use.
+#[derive(Debug, Clone)]
+pub enum CaSource {
+    /// The built-in CA (`ringmesh ca init`).
+    Dir(PathBuf),
+    /// The Istio CA (istiod), as a dedicated proxy: its own token names its identity.
+    Istio(Box<crate::node::cluster::ClusterSettings>),
 }
 
 /// What the control thread sends the cores.
@@ -301,10 +312,19 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
     })?;
     let identity = me.identity.clone();
 
-    let signer: Arc<dyn Signer> = Arc::new(
-        ca::load(&opts.ca_dir)
-            .with_context(|| format!("loading the CA from {}", opts.ca_dir.display()))?,
-    );
+    // The Istio CA is called on a control thread of its own (tokio), never on a core.
+    let mut _control_rt = None;
+    let signer: Arc<dyn Signer> = match &opts.ca {
+        CaSource::Dir(dir) => Arc::new(
+            ca::load(dir).with_context(|| format!("loading the CA from {}", dir.display()))?,
+        ),
+        CaSource::Istio(settings) => {
+            let rt = crate::node::control_plane::runtime()?;
+            let signer = crate::node::control_plane::istio_ca_signer(&rt, settings)?;
+            _control_rt = Some(rt);
+            signer
+        }
+    };
     let broadcaster: Arc<Mutex<Option<Broadcaster<Msg>>>> = Arc::new(Mutex::new(None));
     let publish = {
         let b = broadcaster.clone();

@@ -54,7 +54,7 @@ enum Command {
     /// Run a waypoint: the L7 proxy that node proxies send a Service's traffic to when the
     /// Service names it (`waypoint:` in the mesh config). HBONE in on <its IP>:15008, HTTP/1.1
     /// and HTTP/2 routed by the config's `httpRoutes`, HBONE out to the chosen endpoints.
-    Waypoint(WaypointArgs),
+    Waypoint(Box<WaypointArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -62,9 +62,23 @@ struct WaypointArgs {
     /// The mesh config file (the nodes' file; `httpRoutes` are read from it). Watched.
     #[arg(long, env = "LOCAL_XDS_PATH")]
     config: PathBuf,
-    /// Directory of the built-in CA (from `ringmesh ca init`).
+    /// Directory of the built-in CA (from `ringmesh ca init`). Without it, the certificate
+    /// comes from the Istio CA (--ca-address).
     #[arg(long)]
-    ca_dir: PathBuf,
+    ca_dir: Option<PathBuf>,
+    /// The Istio CA's address (istiod, e.g. https://istiod.istio-system.svc:15012), used
+    /// when there is no --ca-dir.
+    #[arg(long, env = "CA_ADDRESS")]
+    ca_address: Option<String>,
+    /// Roots that verify the Istio CA: a PEM file, inline PEM, or SYSTEM.
+    #[arg(long, env = "CA_ROOT_CA")]
+    ca_root_ca: Option<String>,
+    /// Bearer token for the Istio CA: a file (re-read on every call) or the token itself.
+    #[arg(long, env = "AUTH_TOKEN")]
+    auth_token: Option<String>,
+    /// The cluster this waypoint runs in (ISTIO_META_CLUSTER_ID). Default: Kubernetes.
+    #[arg(long, env = "ISTIO_META_CLUSTER_ID")]
+    cluster_id: Option<String>,
     /// The waypoint's own workload in the config, by uid (`namespace/name` unless the
     /// workload sets `uid`): its IP is where the waypoint listens, its service account the
     /// identity it presents.
@@ -469,7 +483,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => proxy::demo::run(args),
         Command::Ca(CaCommand::Init { dir, force }) => ca_init(&dir, force),
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
-        Command::Waypoint(args) => run_waypoint(args),
+        Command::Waypoint(args) => run_waypoint(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -612,9 +626,33 @@ fn run_waypoint(args: WaypointArgs) -> anyhow::Result<()> {
             15020,
         )),
     };
+    let ca = match &args.ca_dir {
+        Some(dir) => proxy::l7::CaSource::Dir(dir.clone()),
+        None => {
+            use proxy::node::cluster::{ClusterFlags, ClusterSettings, ProxyMode};
+            let flags = ClusterFlags {
+                ca_address: args.ca_address.clone(),
+                ca_root_ca: args.ca_root_ca.clone(),
+                auth_token: args.auth_token.clone(),
+                cluster_id: args.cluster_id.clone(),
+                proxy_mode: Some(ProxyMode::Dedicated),
+                secret_ttl: Some(args.cert_lifetime),
+                has_config_file: true,
+                has_ca_dir: false,
+                ..ClusterFlags::default()
+            };
+            let settings = ClusterSettings::from_env(std::env::vars(), &flags)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            anyhow::ensure!(
+                settings.ca.is_some(),
+                "the waypoint needs a CA: --ca-dir (the built-in CA) or --ca-address (the Istio CA, CA_ADDRESS)"
+            );
+            proxy::l7::CaSource::Istio(Box::new(settings))
+        }
+    };
     proxy::l7::run(proxy::l7::WaypointOptions {
         config: args.config,
-        ca_dir: args.ca_dir,
+        ca,
         workload: args.workload,
         hbone_port: args.hbone_port,
         metrics,

@@ -8,8 +8,9 @@
 //! (with its `error_detail`), so a test can wait for the one that answers a push.
 //!
 //! CA: `CreateCertificate` checks the bearer token, signs the CSR with the test CA for the
-//! identity in `ImpersonatedIdentity` (as istiod does for a trusted node account), and
-//! answers leaf then root. It can be switched off (`Unavailable`) to play a CA outage.
+//! identity in `ImpersonatedIdentity` (as istiod does for a trusted node account), or, with
+//! none, for the identity the token belongs to (as istiod does for a dedicated proxy, from
+//! its service account token), and answers leaf then root. It can be switched off (`Unavailable`) to play a CA outage.
 //!
 //! Runs on its own tokio runtime thread; stopping it closes the listener and every stream,
 //! and [`FakeIstiod::restart`] serves the same state on the same port again.
@@ -84,6 +85,8 @@ struct Shared {
     nonce: AtomicU64,
     /// The token a call must carry (`None`: any or none).
     token: Mutex<Option<String>>,
+    /// Bearer token → the SPIFFE identity it authenticates (a dedicated proxy's own).
+    token_identities: Mutex<HashMap<String, String>>,
     cert_ttl: Mutex<Option<Duration>>,
 }
 
@@ -138,6 +141,7 @@ impl FakeIstiod {
             ca_up: AtomicBool::new(true),
             nonce: AtomicU64::new(0),
             token: Mutex::new(None),
+            token_identities: Mutex::new(HashMap::new()),
             cert_ttl: Mutex::new(None),
         });
         let addr: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse()?;
@@ -315,6 +319,16 @@ impl FakeIstiod {
     /// Calls must carry `authorization: Bearer <token>`.
     pub fn require_token(&self, token: &str) {
         *self.shared.token.lock().unwrap() = Some(token.to_string());
+    }
+
+    /// A call with `token` and no `ImpersonatedIdentity` is signed for `identity` (istiod
+    /// reads it from the service account token of a dedicated proxy).
+    pub fn token_identity(&self, token: &str, identity: &str) {
+        self.shared
+            .token_identities
+            .lock()
+            .unwrap()
+            .insert(format!("Bearer {token}"), identity.to_string());
     }
 
     /// Signs certificates for this long instead of what the CSR asks.
@@ -528,6 +542,11 @@ impl IstioCertificateService for Ca {
         if !self.0.ca_up.load(Ordering::SeqCst) {
             return Err(Status::unavailable("the fake CA is down"));
         }
+        let own = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|auth| self.0.token_identities.lock().unwrap().get(auth).cloned());
         let req = req.into_inner();
         let who = req
             .metadata
@@ -537,7 +556,10 @@ impl IstioCertificateService for Ca {
                 Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
                 _ => None,
             })
-            .ok_or_else(|| Status::unauthenticated("no ImpersonatedIdentity"))?;
+            .or(own)
+            .ok_or_else(|| {
+                Status::unauthenticated("no ImpersonatedIdentity and no identity for the token")
+            })?;
         let id: Identity = who
             .parse()
             .map_err(|e| Status::invalid_argument(format!("{e}")))?;

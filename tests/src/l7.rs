@@ -297,14 +297,27 @@ impl Waypoint {
 
     /// [`Waypoint::start`] with `extra` arguments.
     pub fn start_with(mesh: &MeshDir, uid: &str, ip: IpAddr, extra: &[&str]) -> Result<Waypoint> {
+        let ca = mesh.ca.to_string_lossy();
+        let mut args = vec!["--ca-dir", &*ca];
+        args.extend_from_slice(extra);
+        Waypoint::start_env(&mesh.config, uid, ip, &args, &[])
+    }
+
+    /// The waypoint on `config` with `extra` arguments and `env` (no CA given unless in
+    /// `extra`: the Istio CA's variables then).
+    pub fn start_env(
+        config: &std::path::Path,
+        uid: &str,
+        ip: IpAddr,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Waypoint> {
         let metrics = SocketAddr::new(ip, 15020).to_string();
-        let (config, ca) = (mesh.config.to_string_lossy(), mesh.ca.to_string_lossy());
+        let config = config.to_string_lossy();
         let mut args = vec![
             "waypoint",
             "--config",
             &config,
-            "--ca-dir",
-            &ca,
             "--workload",
             uid,
             "--metrics",
@@ -313,7 +326,7 @@ impl Waypoint {
             "1",
         ];
         args.extend_from_slice(extra);
-        let mut proc = Proc::spawn(&bin("ringmesh"), &args)?;
+        let mut proc = Proc::spawn_env(&bin("ringmesh"), &args, env)?;
         let ready = SocketAddr::new(ip, 15020);
         let mut exited = None;
         wait_for(Duration::from_secs(15), "the waypoint ready", || {

@@ -1053,3 +1053,68 @@ fn grpc_goes_over_http2_with_its_trailers() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_waypoint_can_take_its_certificate_from_the_istio_ca() -> Result<()> {
+    let x = 198;
+    let root = hbone::certs::CertificateAuthority::new_root(&hbone::certs::CaOptions::new(
+        "fake istiod root",
+    ))?;
+    let istiod = e2e::istiod::FakeIstiod::start(root)?;
+    // The nodes impersonate (shared mode); the waypoint is a dedicated proxy, signed for
+    // its token's service account.
+    istiod.require_token("waypoint-token");
+    istiod.token_identity(
+        "waypoint-token",
+        "spiffe://cluster.local/ns/demo/sa/waypoint",
+    );
+    let files = tempfile::tempdir()?;
+    let (root_file, token_file) = (
+        files.path().join("root-cert.pem"),
+        files.path().join("token"),
+    );
+    std::fs::write(&root_file, istiod.root_pem())?;
+    std::fs::write(&token_file, "waypoint-token")?;
+    let _v1 = spawn_backend(SocketAddr::new(ip4(x, 2, 1), 8080), "v1")?;
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules: [{backendRefs: [{name: echo-v1, port: 80}]}]
+";
+    let mesh = MeshDir::new(&mesh_config(x, routes))?;
+    let address = istiod.address();
+    let (root_s, token_s) = (
+        root_file.to_string_lossy().into_owned(),
+        token_file.to_string_lossy().into_owned(),
+    );
+    let env = [
+        ("CA_ADDRESS", address.as_str()),
+        ("CA_ROOT_CA", root_s.as_str()),
+        ("AUTH_TOKEN", token_s.as_str()),
+    ];
+    // Nodes and waypoint all sign with istiod's CA (config from the file, no xDS).
+    let config = mesh.config.to_string_lossy().into_owned();
+    let n1 = Node::start_cluster("node-1", ip4(x, 0, 1), &env, &["--config", &config])?;
+    let _n2 = Node::start_cluster("node-2", ip4(x, 0, 2), &env, &["--config", &config])?;
+    let wp = Waypoint::start_env(&mesh.config, "demo/waypoint", ip4(x, 3, 1), &[], &env)?;
+    let mut c = Client::new(socks_connect(
+        ip4(x, 1, 1),
+        n1.socks(),
+        SocketAddr::new(ip4(x, 100, 1), 80),
+    )?)?;
+    let r = c.request("GET", "/via-istio-ca", &[], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v1 GET /via-istio-ca"),
+        "{r:?}\nwaypoint log:\n{}",
+        wp.proc.stderr()
+    );
+    ensure!(
+        istiod
+            .signed()
+            .iter()
+            .any(|id| id.contains("/ns/demo/sa/waypoint")),
+        "istiod signed {:?}",
+        istiod.signed()
+    );
+    Ok(())
+}
