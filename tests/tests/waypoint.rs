@@ -1118,3 +1118,68 @@ fn a_waypoint_can_take_its_certificate_from_the_istio_ca() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn url_rewrites_and_redirects() -> Result<()> {
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - matches: [{path: {type: PathPrefix, value: /old}}]
+        filters:
+          - {type: RequestRedirect, requestRedirect: {hostname: echo.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}, statusCode: 301}}
+      - matches: [{path: {type: PathPrefix, value: /v1}}]
+        backendRefs: [{name: echo-v1, port: 80}]
+        filters:
+          - {type: URLRewrite, urlRewrite: {hostname: echo-internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /api}}}
+      - matches: [{path: {type: Exact, value: /ping}}]
+        backendRefs: [{name: echo-v2, port: 80}]
+        filters:
+          - {type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /healthz}}}
+";
+    let m = Mesh::start(199, routes)?;
+    let mut c = m.client()?;
+    // A redirect is answered by the waypoint: no backend sees it.
+    let r = c.request("GET", "/old/page?x=1", &[], b"")?;
+    ensure!(r.status == 301, "{r:?}\n{}", m.context());
+    let location = r
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("location"));
+    ensure!(
+        location.map(|(_, v)| v.as_str()) == Some("http://echo.example/new/page?x=1"),
+        "{r:?}"
+    );
+    // The backend gets the rewritten path (query kept) and Host.
+    let r = c.request("GET", "/v1/users?id=7", &[], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v1 GET /api/users?id=7\n"),
+        "{r:?}\n{}",
+        m.context()
+    );
+    ensure!(r.body.contains("host: echo-internal\n"), "{r:?}");
+    let r = c.request("GET", "/ping", &[], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v2 GET /healthz\n"),
+        "{r:?}"
+    );
+    // Host untouched where the rule does not rewrite it.
+    ensure!(r.body.contains("host: echo.test\n"), "{r:?}");
+    ensure!(
+        m.v1.requests.load(std::sync::atomic::Ordering::SeqCst) == 1
+            && m.v2.requests.load(std::sync::atomic::Ordering::SeqCst) == 1,
+        "backends saw redirects"
+    );
+    let metrics = m.wp.metrics()?;
+    let redirects = metric_sum(
+        &metrics,
+        "istio_requests_total",
+        &[
+            "reporter=\"waypoint\"",
+            "response_code=\"301\"",
+            "response_flags=\"-\"",
+        ],
+    );
+    ensure!(redirects == 1.0, "{metrics}");
+    Ok(())
+}

@@ -2,8 +2,8 @@
 //!
 //! Owns: HTTP routes and their matching ([`route`]), the HTTP/1.1 and HTTP/2 server that
 //! runs inside each HBONE tunnel a node proxy sends here, and forwarding each request to the
-//! Service its route picks, with timeouts, retries, faults, mirroring and header rewrites
-//! ([`serve`]). It does not know how a Service becomes an endpoint or how a tunnel is
+//! Service its route picks, with timeouts, retries, faults, mirroring, header and URL
+//! rewrites and redirects ([`serve`]). It does not know how a Service becomes an endpoint or how a tunnel is
 //! opened: the caller (`ringmesh waypoint`) gives it an [`serve::Upstreams`].
 //!
 //! Invariants:

@@ -146,8 +146,113 @@ pub struct Mirror {
     pub fraction: f64,
 }
 
+/// A path modifier (Gateway API's `HTTPPathModifier`, or Istio's `rewrite.uri`), resolved
+/// against the match that selected the rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathRewrite {
+    /// The whole path becomes this (the query stays).
+    Full(String),
+    /// Gateway API `ReplacePrefixMatch`: the matched `PathPrefix`, whole segments, becomes
+    /// `with` (`/foo/bar` with prefix `/foo` and `/xyz` gives `/xyz/bar`).
+    Prefix { matched: String, with: String },
+    /// Istio `rewrite.uri` after a `prefix` match: the matched string prefix becomes `with`
+    /// (Envoy's `prefix_rewrite`: `/apiv2` with prefix `/api` and `/new` gives `/newv2`).
+    Literal { matched: String, with: String },
+}
+
+impl PathRewrite {
+    /// The rewritten path for `path` (which the rule's match accepted).
+    pub fn apply(&self, path: &str) -> String {
+        match self {
+            PathRewrite::Full(p) => p.clone(),
+            PathRewrite::Prefix { matched, with } => {
+                let p = matched.trim_end_matches('/');
+                let rest = path.get(p.len()..).unwrap_or("");
+                let out = format!("{}{rest}", with.trim_end_matches('/'));
+                if out.starts_with('/') {
+                    out
+                } else {
+                    format!("/{out}")
+                }
+            }
+            PathRewrite::Literal { matched, with } => {
+                let rest = path.strip_prefix(matched.as_str()).unwrap_or(path);
+                format!("{with}{rest}")
+            }
+        }
+    }
+
+    /// A modifier's prefix not yet known: set per match by [`RouteTable::build`].
+    fn needs_prefix(&self) -> bool {
+        matches!(self, PathRewrite::Prefix { matched, .. } | PathRewrite::Literal { matched, .. } if matched.is_empty())
+    }
+}
+
+/// What a rule changes in the request before it goes to the backend (`URLRewrite`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    /// The new `Host` (`:authority`).
+    pub host: Option<HeaderValue>,
+    pub path: Option<PathRewrite>,
+}
+
+/// A rule that answers with a redirect (`RequestRedirect`) instead of forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathRewrite>,
+    pub status: http::StatusCode,
+}
+
+impl Redirect {
+    /// The `Location` for a request that came in on Service port `listener_port`, by
+    /// Gateway API's rules: the scheme, host and path are the request's unless the filter
+    /// sets them; without a port, a scheme given in the filter brings its well-known port
+    /// and otherwise the request's port stays; the port is left out when it is the
+    /// scheme's default (80 for http, 443 for https). The query is kept.
+    pub fn location(&self, parts: &Parts, listener_port: u16) -> String {
+        let scheme = self
+            .scheme
+            .clone()
+            .or_else(|| parts.uri.scheme_str().map(str::to_string))
+            .unwrap_or_else(|| "http".to_string());
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        let port = match (self.port, &self.scheme) {
+            (Some(p), _) => p,
+            (None, Some(_)) => default_port,
+            (None, None) => listener_port,
+        };
+        let host = self
+            .host
+            .clone()
+            .unwrap_or_else(|| request_host(parts).to_string());
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let path = parts.uri.path();
+        let path = match &self.path {
+            Some(r) => r.apply(path),
+            None => path.to_string(),
+        };
+        let query = parts
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        if port == default_port {
+            format!("{scheme}://{host}{path}{query}")
+        } else {
+            format!("{scheme}://{host}:{port}{path}{query}")
+        }
+    }
+}
+
 /// One rule of a route: what happens to a request it matches.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Rule {
     /// `namespace/route` and the rule's index or name, for logs and metrics.
     pub route: Arc<str>,
@@ -162,6 +267,9 @@ pub struct Rule {
     pub mirror: Option<Mirror>,
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
+    pub rewrite: Option<Rewrite>,
+    /// Set: the rule answers with a redirect and has no backends.
+    pub redirect: Option<Redirect>,
 }
 
 impl Rule {
@@ -178,7 +286,16 @@ impl Rule {
             mirror: None,
             request_headers: HeaderEdits::default(),
             response_headers: HeaderEdits::default(),
+            rewrite: None,
+            redirect: None,
         }
+    }
+
+    /// The path modifier that needs the matched prefix, if any.
+    fn prefix_modifier(&mut self) -> Option<&mut PathRewrite> {
+        let from_rewrite = self.rewrite.as_mut().and_then(|r| r.path.as_mut());
+        let from_redirect = self.redirect.as_mut().and_then(|r| r.path.as_mut());
+        from_rewrite.or(from_redirect).filter(|p| p.needs_prefix())
     }
 
     /// The backend for a request to `parent` and a uniform random `r` (any u64): each
@@ -417,15 +534,29 @@ impl RouteTable {
         for (r, rule) in spec.rules.iter().enumerate() {
             let at = format!("{base}.rules[{r}]");
             let name = rule.name.clone().unwrap_or_else(|| r.to_string());
-            let compiled = Arc::new(compile_rule(rule, spec, key, &name, &at)?);
+            let compiled = compile_rule(rule, spec, key, &name, &at)?;
             let matches = if rule.matches.is_empty() {
                 vec![MatchSpec::default()]
             } else {
                 rule.matches.clone()
             };
+            let mut shared = None;
             for (m, ms) in matches.iter().enumerate() {
-                let matcher = compile_match(ms, &format!("{at}.matches[{m}]"))?;
-                rules.push((matcher, compiled.clone()));
+                let at = format!("{at}.matches[{m}]");
+                let matcher = compile_match(ms, &at)?;
+                // A `ReplacePrefixMatch` replaces what this match matched: the rule is
+                // resolved per match. Otherwise every match shares one rule.
+                let mut own = compiled.clone();
+                let rule = match own.prefix_modifier() {
+                    Some(modifier) => {
+                        resolve_prefix(modifier, ms.path.as_ref(), &at)?;
+                        Arc::new(own)
+                    }
+                    None => shared
+                        .get_or_insert_with(|| Arc::new(compiled.clone()))
+                        .clone(),
+                };
+                rules.push((matcher, rule));
             }
         }
         if spec.rules.is_empty() {
@@ -498,6 +629,52 @@ impl RouteTable {
         }
         if attached { Err(()) } else { Ok(None) }
     }
+}
+
+/// Fills in the prefix a path modifier replaces, from the match that selects the rule.
+fn resolve_prefix(
+    modifier: &mut PathRewrite,
+    path: Option<&PathMatchSpec>,
+    at: &str,
+) -> Result<(), RouteError> {
+    let kind = path.and_then(|p| p.kind.as_deref()).unwrap_or("PathPrefix");
+    *modifier = match (
+        std::mem::replace(modifier, PathRewrite::Full(String::new())),
+        path,
+    ) {
+        // Gateway API: no path match is `PathPrefix /`.
+        (PathRewrite::Prefix { with, .. }, None) => PathRewrite::Prefix {
+            matched: "/".into(),
+            with,
+        },
+        (PathRewrite::Prefix { with, .. }, Some(p)) if kind == "PathPrefix" => {
+            PathRewrite::Prefix {
+                matched: p.value.clone(),
+                with,
+            }
+        }
+        (PathRewrite::Prefix { .. }, Some(_)) => {
+            return Err(err(
+                format!("{at}.path.type"),
+                format!("{kind}: ReplacePrefixMatch needs a PathPrefix match (Gateway API)"),
+            ));
+        }
+        // Istio: `rewrite.uri` replaces a matched prefix, or the whole path after an
+        // exact or regex match; with no uri match Envoy's route matches prefix `/`.
+        (PathRewrite::Literal { with, .. }, None) => PathRewrite::Literal {
+            matched: "/".into(),
+            with,
+        },
+        (PathRewrite::Literal { with, .. }, Some(p)) => match &p.literal_prefix {
+            Some(prefix) => PathRewrite::Literal {
+                matched: prefix.clone(),
+                with,
+            },
+            None => PathRewrite::Full(with),
+        },
+        (full @ PathRewrite::Full(_), _) => full,
+    };
+    Ok(())
 }
 
 /// A path with its dot segments removed (RFC 3986 §5.2.4), as Envoy's `normalize_path`

@@ -3,8 +3,8 @@
 //! its rule picks, through the caller's [`Upstreams`].
 //!
 //! Per request, in order (Envoy's order, so results compare): route match (404 when the
-//! Service has routes and none match), fault delay, fault abort, request header edits, the
-//! weighted backend pick, the mirror (spawned, never awaited), then attempts under the
+//! Service has routes and none match), fault delay, fault abort, a redirect (answered
+//! here), request header edits, the URL rewrite (path and `Host`), the weighted backend pick, the mirror (spawned, never awaited), then attempts under the
 //! route's timeout: each attempt under its own per-try timeout, retried on the configured
 //! conditions while the retry budget allows, with a backoff between tries. Response header
 //! edits last.
@@ -53,7 +53,7 @@ pub use conn::ConnLimits;
 use conn::{Activity, Watched, watchdog};
 use record::Record;
 pub use request::local;
-use request::{Head, Limited, ReqBody, SendError, fits, normalize, strip_hop_by_hop};
+use request::{Head, Limited, ReqBody, SendError, fits, normalize, rewrite, strip_hop_by_hop};
 
 /// Largest request body held for a retry or a mirror. A body that may be larger (no
 /// Content-Length, or a larger one) streams straight through and is neither retried nor
@@ -318,7 +318,30 @@ impl<U: Upstreams> Waypoint<U> {
                 );
             }
         }
+        if let Some(redirect) = &rule.redirect {
+            let location = redirect.location(&parts, target.port);
+            // As Envoy's router: the status and `Location`, no body.
+            let mut resp = Response::new(Body::full(Bytes::new()));
+            match HeaderValue::from_str(&location) {
+                Ok(v) => {
+                    *resp.status_mut() = redirect.status;
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                Err(_) => {
+                    // Only a request path with bytes a header cannot carry gets here.
+                    resp = local(
+                        StatusCode::BAD_REQUEST,
+                        "the redirect location is not a header value",
+                    );
+                }
+            }
+            rule.response_headers.apply(resp.headers_mut());
+            return self.answer(rec, Outcome::Redirect, resp);
+        }
         rule.request_headers.apply(&mut parts.headers);
+        if let Some(rw) = &rule.rewrite {
+            rewrite(&mut parts, rw);
+        }
         let r = self.rng.borrow_mut().random::<u64>();
         let Some(backend) = rule.pick_for(&target.service, r) else {
             return self.answer(

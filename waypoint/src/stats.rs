@@ -33,6 +33,8 @@ pub enum Outcome {
     Denied,
     /// A bad JWT (`-`, as Envoy's jwt_authn sets no flag; the code says 401).
     Unauthenticated,
+    /// The route answered with a redirect (`-`, as Envoy's router).
+    Redirect,
 }
 
 impl Outcome {
@@ -48,7 +50,7 @@ impl Outcome {
             Outcome::Timeout => "UT",
             Outcome::ClientError => "DPE",
             Outcome::Denied => "RBAC",
-            Outcome::Unauthenticated => "-",
+            Outcome::Unauthenticated | Outcome::Redirect => "-",
         }
     }
 }

@@ -12,8 +12,13 @@
 //!   `unavailable`) are accepted and have no effect, since backends are reached over
 //!   HTTP/1.1, where a gRPC status arrives in trailers after the retry decision.
 //!
+//! - `rewrite.uri` replaces the matched string prefix, or the whole path after an exact or
+//!   regex match (Envoy's `prefix_rewrite`); `redirect.uri` replaces the whole path, and a
+//!   redirect is 301 unless `redirectCode` says otherwise.
+//!
 //! Not supported, and refused with the field named: `subset` (it needs DestinationRule
-//! subsets), `rewrite`, `redirect`, `delegate`, regex methods, `sourceLabels`, `gateways`.
+//! subsets), `rewrite.uriRegexRewrite`, `redirect.derivePort`, `delegate`, regex methods,
+//! `sourceLabels`, `gateways`.
 
 use std::collections::BTreeMap;
 
@@ -21,8 +26,8 @@ use serde::Deserialize;
 
 use crate::route::{
     BackendRefSpec, FaultSpec, FilterSpec, HeaderModifierSpec, HeaderValueSpec, HttpRouteSpec,
-    MatchSpec, MirrorSpec, ParentRefSpec, PathMatchSpec, RetrySpec, RouteError, RuleSpec,
-    ServiceRef, TimeoutsSpec, ValueMatchSpec,
+    MatchSpec, MirrorSpec, ParentRefSpec, PathMatchSpec, PathModifierSpec, RedirectSpec, RetrySpec,
+    RouteError, RuleSpec, ServiceRef, TimeoutsSpec, UrlRewriteSpec, ValueMatchSpec,
 };
 
 fn err(path: impl Into<String>, message: impl Into<String>) -> RouteError {
@@ -64,6 +69,40 @@ pub struct HttpEntrySpec {
     pub mirror_percentage: Option<PercentSpec>,
     #[serde(default)]
     pub headers: Option<VsHeadersSpec>,
+    #[serde(default)]
+    pub rewrite: Option<VsRewriteSpec>,
+    #[serde(default)]
+    pub redirect: Option<VsRedirectSpec>,
+}
+
+/// Istio's `HTTPRewrite` (`uriRegexRewrite` is not supported).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VsRewriteSpec {
+    /// Replaces the matched prefix (or the whole path after an exact or regex match).
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// Replaces the Host / `:authority`.
+    #[serde(default)]
+    pub authority: Option<String>,
+}
+
+/// Istio's `HTTPRedirect` (`derivePort` is not supported: the port is Gateway API's rule).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VsRedirectSpec {
+    /// Replaces the whole path.
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default)]
+    pub authority: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// Default 301, as Istio.
+    #[serde(default)]
+    pub redirect_code: Option<u16>,
 }
 
 /// Istio's `StringMatch`: exactly one of the three.
@@ -255,6 +294,8 @@ fn rule(
                 Some(PathMatchSpec {
                     kind: Some(kind),
                     value,
+                    // What a `rewrite.uri` replaces.
+                    literal_prefix: u.prefix.clone(),
                 })
             }
         };
@@ -300,13 +341,57 @@ fn rule(
             service,
         )?);
     }
-    if backend_refs.is_empty() {
-        return Err(err(
-            format!("{at}.route"),
-            "at least one destination is required",
-        ));
+    match (&e.redirect, backend_refs.is_empty()) {
+        (None, true) => {
+            return Err(err(
+                format!("{at}.route"),
+                "at least one destination is required (or a redirect)",
+            ));
+        }
+        (Some(_), false) => {
+            return Err(err(
+                format!("{at}.route"),
+                "an entry with a redirect answers it itself: route and redirect cannot both be given",
+            ));
+        }
+        _ => {}
     }
     let mut filters = Vec::new();
+    if let Some(r) = &e.rewrite {
+        let path = r.uri.as_ref().map(|uri| PathModifierSpec {
+            kind: "ReplacePrefixMatch".into(),
+            replace_prefix_match: Some(uri.clone()),
+            istio: true,
+            ..PathModifierSpec::default()
+        });
+        filters.push(FilterSpec {
+            kind: "URLRewrite".into(),
+            url_rewrite: Some(UrlRewriteSpec {
+                hostname: r.authority.clone(),
+                path,
+            }),
+            ..FilterSpec::default()
+        });
+    }
+    if let Some(r) = &e.redirect {
+        // Istio: the whole path is replaced, whatever the match; 301 by default.
+        let path = r.uri.as_ref().map(|uri| PathModifierSpec {
+            kind: "ReplaceFullPath".into(),
+            replace_full_path: Some(uri.clone()),
+            ..PathModifierSpec::default()
+        });
+        filters.push(FilterSpec {
+            kind: "RequestRedirect".into(),
+            request_redirect: Some(RedirectSpec {
+                scheme: r.scheme.clone(),
+                hostname: r.authority.clone(),
+                path,
+                port: r.port,
+                status_code: Some(r.redirect_code.unwrap_or(301)),
+            }),
+            ..FilterSpec::default()
+        });
+    }
     if let Some(h) = &e.headers {
         let ops = |o: &VsHeaderOpsSpec| HeaderModifierSpec {
             set: o
@@ -332,7 +417,7 @@ fn rule(
                 kind: "RequestHeaderModifier".into(),
                 request_header_modifier: Some(ops(r)),
                 response_header_modifier: None,
-                request_mirror: None,
+                ..FilterSpec::default()
             });
         }
         if let Some(r) = &h.response {
@@ -340,19 +425,18 @@ fn rule(
                 kind: "ResponseHeaderModifier".into(),
                 request_header_modifier: None,
                 response_header_modifier: Some(ops(r)),
-                request_mirror: None,
+                ..FilterSpec::default()
             });
         }
     }
     match (&e.mirror, &e.mirror_percentage) {
         (Some(m), p) => filters.push(FilterSpec {
             kind: "RequestMirror".into(),
-            request_header_modifier: None,
-            response_header_modifier: None,
             request_mirror: Some(MirrorSpec {
                 backend_ref: backend(m, None, &format!("{at}.mirror"), service)?,
                 percent: p.as_ref().map(|p| p.value),
             }),
+            ..FilterSpec::default()
         }),
         (None, Some(_)) => {
             return Err(err(
@@ -596,6 +680,82 @@ mod tests {
         assert!(
             serde_yaml::from_str::<Vec<VirtualServiceSpec>>(
                 "- {name: v, namespace: demo, hosts: [reviews], gateways: [mesh]}"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn rewrite_and_redirect_keep_istio_meanings() {
+        let yaml = "
+- name: v
+  namespace: demo
+  hosts: [reviews]
+  http:
+    - name: moved
+      match: [{uri: {exact: /old}}]
+      redirect: {uri: /new, authority: reviews.example}
+    - name: prefixed
+      match: [{uri: {prefix: /api}}, {uri: {exact: /health}}]
+      rewrite: {uri: /v2, authority: reviews-internal}
+      route: [{destination: {host: reviews}}]
+    - name: rest
+      rewrite: {uri: /base/}
+      route: [{destination: {host: reviews}}]
+";
+        let routes = to_http_routes(&specs(yaml), &resolve).unwrap();
+        let t = RouteTable::build(&routes).unwrap();
+        let svc = ServiceRef::new("demo", "reviews");
+        let rule = |path: &str| t.select(&svc, 80, &get(path, &[])).unwrap().unwrap();
+        // Redirect: 301 by default, the whole path replaced.
+        let r = rule("/old");
+        let redirect = r.redirect.as_ref().unwrap();
+        assert_eq!(redirect.status.as_u16(), 301);
+        let parts = get("/old?x=1", &[("host", "reviews")]);
+        assert_eq!(
+            redirect.location(&parts, 80),
+            "http://reviews.example/new?x=1"
+        );
+        // Rewrite after a string prefix: only the prefix; after an exact match: the path.
+        let path_of = |p: &str| {
+            let r = rule(p);
+            let rw = r.rewrite.as_ref().unwrap();
+            assert_eq!(rw.host.as_ref().unwrap(), "reviews-internal");
+            rw.path.as_ref().unwrap().apply(p)
+        };
+        assert_eq!(path_of("/apiv1/users"), "/v2v1/users");
+        assert_eq!(path_of("/health"), "/v2");
+        // No uri match: Envoy's `/` prefix is what is replaced.
+        let r = rule("/x/y");
+        assert_eq!(
+            r.rewrite
+                .as_ref()
+                .unwrap()
+                .path
+                .as_ref()
+                .unwrap()
+                .apply("/x/y"),
+            "/base/x/y"
+        );
+        // A redirect with a route, or neither, is refused with the field named.
+        for (yaml, field) in [
+            (
+                "- {name: v, namespace: demo, hosts: [reviews], http: [{redirect: {uri: /a}, route: [{destination: {host: reviews}}]}]}",
+                "http[0].route",
+            ),
+            (
+                "- {name: v, namespace: demo, hosts: [reviews], http: [{redirect: {uri: /a, redirectCode: 200}}]}",
+                "requestRedirect.statusCode",
+            ),
+        ] {
+            let e = to_http_routes(&specs(yaml), &resolve)
+                .and_then(|r| RouteTable::build(&r).map(|_| ()).map(|_| r))
+                .unwrap_err();
+            assert!(e.path.ends_with(field), "{yaml}: {e}");
+        }
+        assert!(
+            serde_yaml::from_str::<Vec<VirtualServiceSpec>>(
+                "- {name: v, namespace: demo, hosts: [reviews], http: [{rewrite: {uriRegexRewrite: {match: a, rewrite: b}}, route: [{destination: {host: reviews}}]}]}"
             )
             .is_err()
         );

@@ -216,6 +216,8 @@ pub(super) fn compile_rule(
     let mut request_headers = HeaderEdits::default();
     let mut response_headers = HeaderEdits::default();
     let mut mirror = None;
+    let mut rewrite = None;
+    let mut redirect = None;
     let mut seen_filters = std::collections::HashSet::new();
     for (i, f) in rule.filters.iter().enumerate() {
         let at = format!("{at}.filters[{i}]");
@@ -226,6 +228,8 @@ pub(super) fn compile_rule(
                 f.response_header_modifier.is_some(),
             ),
             ("requestMirror", f.request_mirror.is_some()),
+            ("urlRewrite", f.url_rewrite.is_some()),
+            ("requestRedirect", f.request_redirect.is_some()),
         ];
         let body_of = |present: bool, field: &str| {
             if !present {
@@ -280,14 +284,47 @@ pub(super) fn compile_rule(
                     });
                 }
             }
+            "URLRewrite" => {
+                body_of(f.url_rewrite.is_some(), "urlRewrite")?;
+                if let Some(u) = &f.url_rewrite {
+                    rewrite = Some(compile_rewrite(u, &format!("{at}.urlRewrite"))?);
+                }
+            }
+            "RequestRedirect" => {
+                body_of(f.request_redirect.is_some(), "requestRedirect")?;
+                if let Some(r) = &f.request_redirect {
+                    redirect = Some(compile_redirect(r, &format!("{at}.requestRedirect"))?);
+                }
+            }
             other => {
                 return Err(err(
                     format!("{at}.type"),
                     format!(
-                        "{other:?}: use RequestHeaderModifier, ResponseHeaderModifier or RequestMirror"
+                        "{other:?}: use RequestHeaderModifier, ResponseHeaderModifier, RequestMirror, URLRewrite or RequestRedirect"
                     ),
                 ));
             }
+        }
+    }
+    if redirect.is_some() {
+        // Gateway API: the two cannot share a rule; a redirect sends nothing anywhere.
+        if rewrite.is_some() {
+            return Err(err(
+                format!("{at}.filters"),
+                "URLRewrite and RequestRedirect cannot be used in the same rule",
+            ));
+        }
+        if !backends.is_empty() {
+            return Err(err(
+                format!("{at}.backendRefs"),
+                "a rule with a RequestRedirect answers the redirect itself: remove its backendRefs",
+            ));
+        }
+        if mirror.is_some() {
+            return Err(err(
+                format!("{at}.filters"),
+                "a rule with a RequestRedirect forwards nothing, so it cannot mirror",
+            ));
         }
     }
     let t = rule.timeouts.clone().unwrap_or_default();
@@ -365,6 +402,145 @@ pub(super) fn compile_rule(
         mirror,
         request_headers,
         response_headers,
+        rewrite,
+        redirect,
+    })
+}
+
+fn path_modifier(m: &PathModifierSpec, at: &str) -> Result<PathRewrite, RouteError> {
+    let check = |v: &str, field: &str| {
+        if !v.starts_with('/')
+            || v.bytes()
+                .any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#')
+        {
+            return Err(err(
+                format!("{at}.{field}"),
+                format!("{v:?} is not an absolute path (starts with /, no query, no spaces)"),
+            ));
+        }
+        Ok(v.to_string())
+    };
+    let other = |field: &str| {
+        err(
+            format!("{at}.{field}"),
+            format!("does not belong to type {}", m.kind),
+        )
+    };
+    match m.kind.as_str() {
+        "ReplaceFullPath" => {
+            if m.replace_prefix_match.is_some() {
+                return Err(other("replacePrefixMatch"));
+            }
+            let v = m.replace_full_path.as_deref().ok_or_else(|| {
+                err(
+                    format!("{at}.replaceFullPath"),
+                    "required by type ReplaceFullPath",
+                )
+            })?;
+            Ok(PathRewrite::Full(check(v, "replaceFullPath")?))
+        }
+        "ReplacePrefixMatch" => {
+            if m.replace_full_path.is_some() {
+                return Err(other("replaceFullPath"));
+            }
+            let v = m.replace_prefix_match.as_deref().ok_or_else(|| {
+                err(
+                    format!("{at}.replacePrefixMatch"),
+                    "required by type ReplacePrefixMatch",
+                )
+            })?;
+            let with = check(v, "replacePrefixMatch")?;
+            // The matched prefix comes from each match (`RouteTable::build`).
+            Ok(if m.istio {
+                PathRewrite::Literal {
+                    matched: String::new(),
+                    with,
+                }
+            } else {
+                PathRewrite::Prefix {
+                    matched: String::new(),
+                    with,
+                }
+            })
+        }
+        other => Err(err(
+            format!("{at}.type"),
+            format!("{other:?}: use ReplaceFullPath or ReplacePrefixMatch"),
+        )),
+    }
+}
+
+fn hostname(h: &str, at: &str) -> Result<String, RouteError> {
+    match host_match(h) {
+        Ok(HostMatch::Exact(h)) => Ok(h),
+        _ => Err(err(
+            at,
+            format!("{h:?} is not a hostname (no port, no wildcard)"),
+        )),
+    }
+}
+
+fn compile_rewrite(u: &UrlRewriteSpec, at: &str) -> Result<Rewrite, RouteError> {
+    let host = match &u.hostname {
+        None => None,
+        Some(h) => {
+            let h = hostname(h, &format!("{at}.hostname"))?;
+            Some(HeaderValue::from_str(&h).map_err(|_| {
+                err(
+                    format!("{at}.hostname"),
+                    format!("{h:?} is not a header value"),
+                )
+            })?)
+        }
+    };
+    let path = match &u.path {
+        None => None,
+        Some(p) => Some(path_modifier(p, &format!("{at}.path"))?),
+    };
+    if host.is_none() && path.is_none() {
+        return Err(err(at, "rewrites nothing: give hostname or path"));
+    }
+    Ok(Rewrite { host, path })
+}
+
+fn compile_redirect(r: &RedirectSpec, at: &str) -> Result<Redirect, RouteError> {
+    let scheme = match r.scheme.as_deref() {
+        None => None,
+        Some(s @ ("http" | "https")) => Some(s.to_string()),
+        Some(s) => {
+            return Err(err(
+                format!("{at}.scheme"),
+                format!("{s:?}: use http or https"),
+            ));
+        }
+    };
+    let host = match &r.hostname {
+        None => None,
+        Some(h) => Some(hostname(h, &format!("{at}.hostname"))?),
+    };
+    if r.port == Some(0) {
+        return Err(err(format!("{at}.port"), "0 is not a port"));
+    }
+    let path = match &r.path {
+        None => None,
+        Some(p) => Some(path_modifier(p, &format!("{at}.path"))?),
+    };
+    let code = r.status_code.unwrap_or(302);
+    let status = match code {
+        301 | 302 | 303 | 307 | 308 => http::StatusCode::from_u16(code).expect("a redirect status"),
+        _ => {
+            return Err(err(
+                format!("{at}.statusCode"),
+                format!("{code} is not a redirect status (301, 302, 303, 307 or 308)"),
+            ));
+        }
+    };
+    Ok(Redirect {
+        scheme,
+        host,
+        port: r.port,
+        path,
+        status,
     })
 }
 

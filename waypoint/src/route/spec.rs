@@ -85,6 +85,10 @@ pub struct PathMatchSpec {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
     pub value: String,
+    /// Set by the VirtualService translation: the Istio string prefix this
+    /// `RegularExpression` stands for, which a rewrite replaces.
+    #[serde(skip)]
+    pub literal_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,10 +101,11 @@ pub struct ValueMatchSpec {
     pub value: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FilterSpec {
-    /// `RequestHeaderModifier`, `ResponseHeaderModifier` or `RequestMirror`.
+    /// `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestMirror`, `URLRewrite` or
+    /// `RequestRedirect`.
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default)]
@@ -109,6 +114,56 @@ pub struct FilterSpec {
     pub response_header_modifier: Option<HeaderModifierSpec>,
     #[serde(default)]
     pub request_mirror: Option<MirrorSpec>,
+    #[serde(default, rename = "urlRewrite")]
+    pub url_rewrite: Option<UrlRewriteSpec>,
+    #[serde(default)]
+    pub request_redirect: Option<RedirectSpec>,
+}
+
+/// Gateway API's `HTTPURLRewriteFilter`: what the backend is sent instead.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UrlRewriteSpec {
+    /// Replaces the `Host` header (`:authority`).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathModifierSpec>,
+}
+
+/// Gateway API's `HTTPPathModifier`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathModifierSpec {
+    /// `ReplaceFullPath` or `ReplacePrefixMatch`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub replace_full_path: Option<String>,
+    #[serde(default)]
+    pub replace_prefix_match: Option<String>,
+    /// Set by the VirtualService translation: Istio's `rewrite.uri`, which replaces the
+    /// matched string prefix, or the whole path after an exact or regex match.
+    #[serde(skip)]
+    pub istio: bool,
+}
+
+/// Gateway API's `HTTPRequestRedirectFilter`: the answer is a redirect, nothing is sent on.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedirectSpec {
+    /// `http` or `https`; default: the request's (`http` inside the mesh).
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathModifierSpec>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// 301, 302 (default), 303, 307 or 308.
+    #[serde(default)]
+    pub status_code: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

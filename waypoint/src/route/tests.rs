@@ -1519,7 +1519,7 @@ fn bad_match_fields_are_named() {
 #[test]
 fn filter_errors_are_named() {
     let cases = [
-        ("{filters: [{type: URLRewrite}]}", ".filters[0].type"),
+        ("{filters: [{type: URLRewrite}]}", ".filters[0].urlRewrite"),
         (
             "{filters: [{type: requestHeaderModifier}]}",
             ".filters[0].type",
@@ -2032,3 +2032,5 @@ fn dot_segments_are_removed() {
         assert_eq!(normalize_path(path), want, "{path}");
     }
 }
+
+mod rewrite;

@@ -137,6 +137,23 @@ pub(super) fn normalize(parts: &mut Parts) {
     let std::borrow::Cow::Owned(path) = crate::route::normalize_path(parts.uri.path()) else {
         return;
     };
+    set_path(parts, path);
+}
+
+/// A rule's `URLRewrite`: the new path (query kept) and `Host`.
+pub(super) fn rewrite(parts: &mut Parts, rw: &crate::route::Rewrite) {
+    if let Some(p) = &rw.path {
+        let path = p.apply(parts.uri.path());
+        set_path(parts, path);
+    }
+    if let Some(host) = &rw.host {
+        // `Head::of` takes `Host` over the URI's authority (HTTP/2's `:authority`).
+        parts.headers.insert(header::HOST, host.clone());
+    }
+}
+
+/// Replaces the URI's path, keeping its scheme, authority and query.
+fn set_path(parts: &mut Parts, path: String) {
     let pq = match parts.uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path,
