@@ -73,6 +73,20 @@ fn serve_backend_conn(
             return Ok(());
         };
         count.fetch_add(1, Ordering::SeqCst);
+        if req.path.starts_with("/ws")
+            && header(&req.headers, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        {
+            // A WebSocket handshake: 101, a greeting right behind the head, then an echo of
+            // whatever arrives until the peer closes.
+            w.write_all(
+                format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: websocket\r\nx-backend: {name}\r\n\r\nhello from {name}\n"
+                )
+                .as_bytes(),
+            )?;
+            std::io::copy(&mut r, &mut w)?;
+            return Ok(());
+        }
         std::thread::sleep(delay);
         let times = {
             let mut seen = seen.lock().unwrap();
@@ -205,6 +219,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The connection itself, for bytes after an upgrade: its buffered reader and writer.
+    pub fn raw(&mut self) -> (&mut BufReader<TcpStream>, &mut TcpStream) {
+        (&mut self.r, &mut self.w)
+    }
+
     pub fn new(s: TcpStream) -> Result<Client> {
         s.set_read_timeout(Some(Duration::from_secs(20)))?;
         Ok(Client {

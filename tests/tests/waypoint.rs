@@ -1183,3 +1183,92 @@ fn url_rewrites_and_redirects() -> Result<()> {
     ensure!(redirects == 1.0, "{metrics}");
     Ok(())
 }
+
+#[test]
+fn websockets_pass_through_the_waypoint() -> Result<()> {
+    use std::io::{BufRead, Write};
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - matches: [{path: {type: PathPrefix, value: /chat}}]
+        backendRefs: [{name: echo-v1, port: 80}]
+        filters:
+          - {type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /ws}}}
+      - backendRefs: [{name: echo-v2, port: 80}]
+";
+    let m = Mesh::start_with(189, routes, &["--request-head-timeout", "1s"])?;
+    let upgrade = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ];
+    // A backend that refuses the handshake answers as usual, and the connection stays
+    // an HTTP one.
+    let mut c = m.client()?;
+    let r = c.request("GET", "/status/403", &upgrade, b"")?;
+    ensure!(r.status == 403, "{r:?}\n{}", m.context());
+    let r = c.request("GET", "/after", &[], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v2 GET /after"),
+        "{r:?}"
+    );
+
+    // Routed and rewritten like any request, then bytes both ways.
+    let mut c = m.client()?;
+    let (reader, writer) = c.raw();
+    let mut head = String::from("GET /chat/room HTTP/1.1\r\nhost: echo.test\r\n");
+    for (k, v) in upgrade {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    writer.write_all(head.as_bytes())?;
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    ensure!(
+        status.starts_with("HTTP/1.1 101"),
+        "{status:?}\n{}",
+        m.context()
+    );
+    let mut saw_upgrade = false;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        saw_upgrade |= line.to_ascii_lowercase().starts_with("upgrade: websocket");
+    }
+    ensure!(saw_upgrade, "the 101 lost its Upgrade header");
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    ensure!(line == "hello from v1\n", "{line:?}");
+    for i in 0..100 {
+        let msg = format!("message {i} {}\n", "x".repeat(i * 50));
+        writer.write_all(msg.as_bytes())?;
+        let mut back = String::new();
+        reader.read_line(&mut back)?;
+        ensure!(back == msg, "echo {i}: {back:?}");
+    }
+    // Past the head deadline (1 s here), an open WebSocket is not a slow request.
+    std::thread::sleep(Duration::from_millis(1500));
+    writer.write_all(b"still there\n")?;
+    let mut back = String::new();
+    reader.read_line(&mut back)?;
+    ensure!(back == "still there\n", "{back:?}\n{}", m.context());
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metric_sum(&metrics, "ringmesh_waypoint_websockets_total", &[]) == 1.0,
+        "{metrics}"
+    );
+    ensure!(
+        metric_sum(
+            &metrics,
+            "istio_requests_total",
+            &["response_code=\"101\"", "destination_workload=\"v1\""]
+        ) == 1.0,
+        "{metrics}"
+    );
+    Ok(())
+}

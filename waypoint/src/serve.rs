@@ -53,7 +53,9 @@ pub use conn::ConnLimits;
 use conn::{Activity, Watched, watchdog};
 use record::Record;
 pub use request::local;
-use request::{Head, Limited, ReqBody, SendError, fits, normalize, rewrite, strip_hop_by_hop};
+use request::{
+    Head, Limited, ReqBody, SendError, fits, is_websocket, normalize, rewrite, strip_hop_by_hop,
+};
 
 /// Largest request body held for a retry or a mirror. A body that may be larger (no
 /// Content-Length, or a larger one) streams straight through and is neither retried nor
@@ -116,6 +118,48 @@ pub struct Target {
     pub host: Arc<str>,
     pub port: u16,
     pub peer: Peer,
+}
+
+/// The backend's side of a WebSocket, once its handshake answered 101: its stream and the
+/// bytes it sent after the head.
+type UpgradedStream<U> = futures_channel::oneshot::Receiver<(<U as Upstreams>::Io, Bytes)>;
+/// Per client connection: set by the request whose handshake succeeded.
+type Upgraded<U> = Rc<RefCell<Option<UpgradedStream<U>>>>;
+
+/// Copies a WebSocket both ways until either side closes: the client stream (and what it
+/// sent after its head) against the backend's.
+async fn splice<C, S>(
+    mut client: C,
+    client_early: Bytes,
+    upstream: futures_channel::oneshot::Receiver<(S, Bytes)>,
+) -> Result<(), String>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut backend, backend_early) = upstream
+        .await
+        .map_err(|_| "the backend's WebSocket connection ended before the upgrade".to_string())?;
+    if !client_early.is_empty() {
+        backend
+            .write_all(&client_early)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    if !backend_early.is_empty() {
+        client
+            .write_all(&backend_early)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        Ok((up, down)) => {
+            tracing::debug!(up, down, "WebSocket closed");
+            Ok(())
+        }
+        Err(e) => Err(format!("WebSocket: {e}")),
+    }
 }
 
 type IdleKey = (ServiceRef, u16);
@@ -195,24 +239,50 @@ impl<U: Upstreams> Waypoint<U> {
             activity.http2.set(proto == Protocol::Http2);
             let wp = self.clone();
             let act = activity.clone();
+            let upgraded: Upgraded<U> = Rc::default();
+            let slot = upgraded.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let wp = wp.clone();
                 let target = target.clone();
                 let act = act.clone();
-                async move {
+                let slot = slot.clone();
+                // Boxed: polling the connection by hand (below) needs an `Unpin` future.
+                Box::pin(async move {
                     act.begin();
-                    let resp = wp.handle(&target, req).await;
+                    let resp = wp.handle(&target, req, &slot).await;
                     act.end();
                     Ok::<_, Infallible>(resp)
-                }
+                })
             });
             let io = TokioIo::new(io);
             let res = match proto {
                 Protocol::Http1 => {
-                    hyper::server::conn::http1::Builder::new()
+                    // Without shutdown, so the stream is ours again after a WebSocket
+                    // handshake (hyper's own upgrades need `Send` streams; ours are per core).
+                    let mut conn = hyper::server::conn::http1::Builder::new()
                         .max_buf_size(MAX_HEADER_BYTES.max(8192))
-                        .serve_connection(io, service)
-                        .await
+                        .serve_connection(io, service);
+                    let done = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)).await;
+                    let parts = conn.into_parts();
+                    let mut client = parts.io.into_inner();
+                    if let Err(e) = done {
+                        // hyper has written its 4xx; the stream still closes gracefully,
+                        // so the answer is not lost to a reset.
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut client).await;
+                        return Err(e.to_string());
+                    }
+                    let upstream = upgraded.borrow_mut().take();
+                    return match upstream {
+                        Some(upstream) => {
+                            // A WebSocket is in flight until it closes: no idle deadline.
+                            activity.begin();
+                            splice(client, parts.read_buf, upstream).await
+                        }
+                        None => {
+                            let _ = tokio::io::AsyncWriteExt::shutdown(&mut client).await;
+                            Ok(())
+                        }
+                    };
                 }
                 Protocol::Http2 => {
                     hyper::server::conn::http2::Builder::new(LocalExec)
@@ -250,7 +320,13 @@ impl<U: Upstreams> Waypoint<U> {
     }
 
     /// One request, start to response head.
-    async fn handle(self: &Rc<Self>, target: &Target, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(
+        self: &Rc<Self>,
+        target: &Target,
+        req: Request<Incoming>,
+        upgraded: &Upgraded<U>,
+    ) -> Response<Body> {
+        let websocket = is_websocket(&req);
         let (mut parts, body) = req.into_parts();
         normalize(&mut parts);
         let _in_flight = Gauge::enter(&self.in_flight);
@@ -354,6 +430,30 @@ impl<U: Upstreams> Waypoint<U> {
             );
         };
         let port = backend.port.unwrap_or(target.port);
+        if websocket {
+            // A handshake has no body to replay or mirror: one attempt, on a connection of
+            // its own that becomes the WebSocket's if the backend switches protocols.
+            let head = Head::of(&parts).websocket();
+            let send = self.send_websocket(&backend.service, port, head.request(None), upgraded);
+            let result = match rule.request_timeout {
+                Some(t) => runtime::time::timeout(t, send)
+                    .await
+                    .unwrap_or(Err(SendError::Timeout)),
+                None => send.await,
+            };
+            let (outcome, mut resp) = match result {
+                Ok((resp, endpoint)) => {
+                    rec.endpoint = Some(endpoint);
+                    (Outcome::Forwarded, resp)
+                }
+                Err(e) => e.answer(),
+            };
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                strip_hop_by_hop(resp.headers_mut());
+            }
+            rule.response_headers.apply(resp.headers_mut());
+            return self.answer(rec, outcome, resp);
+        }
         let wants_copy =
             rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some();
         let body = if wants_copy && fits(&body.size_hint()) {
@@ -483,6 +583,49 @@ impl<U: Upstreams> Waypoint<U> {
                 runtime::time::sleep(pause).await;
             }
         }
+    }
+
+    /// A WebSocket handshake on a new HTTP/1.1 connection to an endpoint. On `101` the
+    /// connection is left in `upgraded` for the client connection to splice once hyper has
+    /// written the 101 to the client; any other answer is a plain response, and the
+    /// connection is not pooled.
+    async fn send_websocket(
+        &self,
+        service: &ServiceRef,
+        port: u16,
+        req: Request<Body>,
+        upgraded: &Upgraded<U>,
+    ) -> Result<(Response<Body>, Endpoint), SendError> {
+        let (io, endpoint) = self
+            .upstreams
+            .open(service, port)
+            .await
+            .map_err(SendError::Upstream)?;
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(MAX_HEADER_BYTES.max(8192))
+            .handshake::<_, Body>(TokioIo::new(io))
+            .await
+            .map_err(|e| SendError::Upstream(UpstreamError::Connect(e.to_string())))?;
+        let (tx, rx) = futures_channel::oneshot::channel();
+        runtime::spawn(async move {
+            // Ends after the 101 with the stream handed back, or when the exchange is over.
+            match conn.without_shutdown().await {
+                Ok(parts) => {
+                    let _ = tx.send((parts.io.into_inner(), parts.read_buf));
+                }
+                Err(e) => tracing::debug!(error = %e, "upstream WebSocket handshake failed"),
+            }
+        })
+        .detach();
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| SendError::Reset(e.to_string()))?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            self.stats.websockets.set(self.stats.websockets.get() + 1);
+            *upgraded.borrow_mut() = Some(rx);
+        }
+        Ok((resp.map(Body::new), endpoint))
     }
 
     /// Envoy's retry budget: concurrent retries at most `budget_percent` of the requests in

@@ -150,6 +150,8 @@ pub struct Stats {
     pub mirror_failures: Cell<u64>,
     /// Client connections closed by their deadlines (slow head, idle).
     pub connections_timed_out: Cell<u64>,
+    /// WebSocket handshakes the backend accepted (101).
+    pub websockets: Cell<u64>,
 }
 
 /// A plain copy of [`Stats`], for summing over cores.
@@ -163,6 +165,7 @@ pub struct Snapshot {
     pub mirrors: u64,
     pub mirror_failures: u64,
     pub connections_timed_out: u64,
+    pub websockets: u64,
 }
 
 impl Stats {
@@ -190,6 +193,7 @@ impl Stats {
             mirrors: self.mirrors.get(),
             mirror_failures: self.mirror_failures.get(),
             connections_timed_out: self.connections_timed_out.get(),
+            websockets: self.websockets.get(),
         }
     }
 }
@@ -210,6 +214,7 @@ impl Snapshot {
         self.mirrors += other.mirrors;
         self.mirror_failures += other.mirror_failures;
         self.connections_timed_out += other.connections_timed_out;
+        self.websockets += other.websockets;
     }
 
     /// Prometheus text: the waypoint's own series, by Service, route, code and flag (one
@@ -250,6 +255,11 @@ impl Snapshot {
                 "connections_timed_out",
                 "Client connections closed by their deadlines (slow request head, idle).",
                 self.connections_timed_out,
+            ),
+            (
+                "websockets",
+                "WebSocket upgrades the backend accepted.",
+                self.websockets,
             ),
         ] {
             let _ = writeln!(

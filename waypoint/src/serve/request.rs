@@ -79,6 +79,16 @@ impl Head {
         }
     }
 
+    /// The WebSocket handshake goes on with its upgrade headers, which [`Head::of`] drops as
+    /// hop-by-hop.
+    pub(super) fn websocket(mut self) -> Head {
+        self.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        self.headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        self
+    }
+
     /// The mirror's copy: `Host` gets Envoy's `-shadow` suffix, so the mirror can tell.
     pub(super) fn shadow(&self) -> Head {
         let mut h = self.clone();
@@ -121,6 +131,25 @@ impl Head {
         }
         req
     }
+}
+
+/// An HTTP/1.1 WebSocket handshake (`Connection: upgrade`, `Upgrade: websocket`), the one
+/// upgrade Istio lets through a waypoint by default. Other upgrades (`h2c`) are stripped as
+/// hop-by-hop headers and the request goes on as a plain one.
+pub(super) fn is_websocket<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
 /// `content-type: application/grpc` or `application/grpc+proto` etc.
