@@ -120,6 +120,19 @@ pub struct Target {
     pub peer: Peer,
 }
 
+/// `send` under the route's timeout, if it has one.
+async fn within<T>(
+    timeout: Option<Duration>,
+    send: impl Future<Output = Result<T, SendError>>,
+) -> Result<T, SendError> {
+    match timeout {
+        Some(t) => runtime::time::timeout(t, send)
+            .await
+            .unwrap_or(Err(SendError::Timeout)),
+        None => send.await,
+    }
+}
+
 /// The backend's side of a WebSocket, once its handshake answered 101: its stream and the
 /// bytes it sent after the head.
 type UpgradedStream<U> = futures_channel::oneshot::Receiver<(<U as Upstreams>::Io, Bytes)>;
@@ -430,73 +443,52 @@ impl<U: Upstreams> Waypoint<U> {
             );
         };
         let port = backend.port.unwrap_or(target.port);
-        if websocket {
+        let result = if websocket {
             // A handshake has no body to replay or mirror: one attempt, on a connection of
             // its own that becomes the WebSocket's if the backend switches protocols.
             let head = Head::of(&parts).websocket();
             let send = self.send_websocket(&backend.service, port, head.request(None), upgraded);
-            let result = match rule.request_timeout {
-                Some(t) => runtime::time::timeout(t, send)
-                    .await
-                    .unwrap_or(Err(SendError::Timeout)),
-                None => send.await,
-            };
-            let (outcome, mut resp) = match result {
-                Ok((resp, endpoint)) => {
-                    rec.endpoint = Some(endpoint);
-                    (Outcome::Forwarded, resp)
-                }
-                Err(e) => e.answer(),
-            };
-            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                strip_hop_by_hop(resp.headers_mut());
-            }
-            rule.response_headers.apply(resp.headers_mut());
-            return self.answer(rec, outcome, resp);
-        }
-        let wants_copy =
-            rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some();
-        let body = if wants_copy && fits(&body.size_hint()) {
-            match Limited::collect(body).await {
-                Ok(bytes) => ReqBody::Replay(bytes),
-                Err(e) => {
-                    return self.answer(
-                        rec,
-                        Outcome::ClientError,
-                        local(
-                            StatusCode::BAD_REQUEST,
-                            &format!("reading the request body: {e}"),
-                        ),
-                    );
-                }
-            }
+            within(rule.request_timeout, send).await
         } else {
-            ReqBody::Stream(Some(Counted {
-                inner: body,
-                n: rec.request_bytes.clone(),
-            }))
-        };
-        if let ReqBody::Replay(b) = &body {
-            rec.request_bytes.set(b.len() as u64);
-        }
-        let head = Head::of(&parts);
-        if let (Some(m), ReqBody::Replay(bytes)) = (&rule.mirror, &body)
-            && self.chance(m.fraction)
-        {
-            let port = m.backend.port.unwrap_or(target.port);
-            self.mirror(
-                head.shadow(),
-                bytes.clone(),
-                m.backend.service.clone(),
-                port,
-            );
-        }
-        let attempts = self.attempts(&rule, &backend.service, port, &head, body);
-        let result = match rule.request_timeout {
-            Some(t) => runtime::time::timeout(t, attempts)
-                .await
-                .unwrap_or(Err(SendError::Timeout)),
-            None => attempts.await,
+            let wants_copy =
+                rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some();
+            let body = if wants_copy && fits(&body.size_hint()) {
+                match Limited::collect(body).await {
+                    Ok(bytes) => ReqBody::Replay(bytes),
+                    Err(e) => {
+                        return self.answer(
+                            rec,
+                            Outcome::ClientError,
+                            local(
+                                StatusCode::BAD_REQUEST,
+                                &format!("reading the request body: {e}"),
+                            ),
+                        );
+                    }
+                }
+            } else {
+                ReqBody::Stream(Some(Counted {
+                    inner: body,
+                    n: rec.request_bytes.clone(),
+                }))
+            };
+            if let ReqBody::Replay(b) = &body {
+                rec.request_bytes.set(b.len() as u64);
+            }
+            let head = Head::of(&parts);
+            if let (Some(m), ReqBody::Replay(bytes)) = (&rule.mirror, &body)
+                && self.chance(m.fraction)
+            {
+                let port = m.backend.port.unwrap_or(target.port);
+                self.mirror(
+                    head.shadow(),
+                    bytes.clone(),
+                    m.backend.service.clone(),
+                    port,
+                );
+            }
+            let attempts = self.attempts(&rule, &backend.service, port, &head, body);
+            within(rule.request_timeout, attempts).await
         };
         let (outcome, mut resp) = match result {
             Ok((resp, endpoint)) => {
@@ -505,7 +497,10 @@ impl<U: Upstreams> Waypoint<U> {
             }
             Err(e) => e.answer(),
         };
-        strip_hop_by_hop(resp.headers_mut());
+        // A WebSocket's 101 keeps the headers that say what it switches to.
+        if !(websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS) {
+            strip_hop_by_hop(resp.headers_mut());
+        }
         rule.response_headers.apply(resp.headers_mut());
         self.answer(rec, outcome, resp)
     }
