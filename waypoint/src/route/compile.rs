@@ -420,54 +420,38 @@ fn path_modifier(m: &PathModifierSpec, at: &str) -> Result<PathRewrite, RouteErr
         }
         Ok(v.to_string())
     };
-    let other = |field: &str| {
-        err(
-            format!("{at}.{field}"),
-            format!("does not belong to type {}", m.kind),
-        )
+    let full = ("replaceFullPath", &m.replace_full_path);
+    let prefix = ("replacePrefixMatch", &m.replace_prefix_match);
+    let (want, unwanted) = match m.kind.as_str() {
+        "ReplaceFullPath" => (full, prefix),
+        "ReplacePrefixMatch" => (prefix, full),
+        other => {
+            return Err(err(
+                format!("{at}.type"),
+                format!("{other:?}: use ReplaceFullPath or ReplacePrefixMatch"),
+            ));
+        }
     };
-    match m.kind.as_str() {
-        "ReplaceFullPath" => {
-            if m.replace_prefix_match.is_some() {
-                return Err(other("replacePrefixMatch"));
-            }
-            let v = m.replace_full_path.as_deref().ok_or_else(|| {
-                err(
-                    format!("{at}.replaceFullPath"),
-                    "required by type ReplaceFullPath",
-                )
-            })?;
-            Ok(PathRewrite::Full(check(v, "replaceFullPath")?))
-        }
-        "ReplacePrefixMatch" => {
-            if m.replace_full_path.is_some() {
-                return Err(other("replaceFullPath"));
-            }
-            let v = m.replace_prefix_match.as_deref().ok_or_else(|| {
-                err(
-                    format!("{at}.replacePrefixMatch"),
-                    "required by type ReplacePrefixMatch",
-                )
-            })?;
-            let with = check(v, "replacePrefixMatch")?;
-            // The matched prefix comes from each match (`RouteTable::build`).
-            Ok(if m.istio {
-                PathRewrite::Literal {
-                    matched: String::new(),
-                    with,
-                }
-            } else {
-                PathRewrite::Prefix {
-                    matched: String::new(),
-                    with,
-                }
-            })
-        }
-        other => Err(err(
-            format!("{at}.type"),
-            format!("{other:?}: use ReplaceFullPath or ReplacePrefixMatch"),
-        )),
+    if unwanted.1.is_some() {
+        return Err(err(
+            format!("{at}.{}", unwanted.0),
+            format!("does not belong to type {}", m.kind),
+        ));
     }
+    let v = want.1.as_deref().ok_or_else(|| {
+        err(
+            format!("{at}.{}", want.0),
+            format!("required by type {}", m.kind),
+        )
+    })?;
+    let with = check(v, want.0)?;
+    // A prefix's matched part comes from each match (`RouteTable::build`).
+    let matched = String::new();
+    Ok(match (m.kind.as_str(), m.istio) {
+        ("ReplaceFullPath", _) => PathRewrite::Full(with),
+        (_, true) => PathRewrite::Literal { matched, with },
+        (_, false) => PathRewrite::Prefix { matched, with },
+    })
 }
 
 fn hostname(h: &str, at: &str) -> Result<String, RouteError> {
