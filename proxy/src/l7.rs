@@ -36,12 +36,14 @@ use hbone::wire::{ConnectRequest, Status};
 use runtime::net::{TcpListener, TcpStream};
 use runtime::{Broadcaster, RuntimeConfig, Shutdown, Worker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use waypoint::dr::Balance;
 use waypoint::route::ServiceRef;
 use waypoint::security::Peer;
-use waypoint::serve::{Endpoint, Target, UpstreamError, Upstreams, Waypoint};
+use waypoint::serve::{Endpoint, Target, Upstream, UpstreamError, Upstreams, Waypoint};
 use waypoint::stats::{Snapshot as StatsSnapshot, Stats};
 
-use crate::config::{self, Destination, LoadOptions, Protocol, Snapshot, WatchOptions};
+use crate::config::snapshot::{LoadBalancing, ServicePort};
+use crate::config::{self, LoadOptions, Protocol, Snapshot, WatchOptions};
 use crate::identity::ca;
 use crate::identity::manager::{CertSet, IdentityManager, ManagerOptions, Signer};
 
@@ -176,8 +178,9 @@ enum Dial {
 }
 
 impl MeshUpstreams {
-    fn dial_for(&self, service: &ServiceRef, port: u16) -> Result<(Dial, Endpoint), UpstreamError> {
+    fn dial_for(&self, to: &Upstream) -> Result<(Dial, Endpoint), UpstreamError> {
         let snapshot = self.core.snapshot.borrow().clone();
+        let (service, port) = (&to.service, to.port);
         let svc = snapshot
             .service_by_name(&service.namespace, &service.name)
             .ok_or_else(|| UpstreamError::NoEndpoint(format!("no service {service}")))?;
@@ -186,19 +189,14 @@ impl MeshUpstreams {
         })?;
         let n = self.counter.get();
         self.counter.set(n.wrapping_add(1));
-        let (workload, addr) = match snapshot.resolve(SocketAddr::new(vip.ip, port), n) {
-            Destination::Service { endpoint, .. } => (endpoint.workload.clone(), endpoint.addr),
-            Destination::NoEndpoint { .. } => {
-                return Err(UpstreamError::NoEndpoint(format!(
-                    "service {service} has no healthy endpoint for port {port}"
-                )));
-            }
-            _ => {
-                return Err(UpstreamError::NoEndpoint(format!(
-                    "service {service} does not expose port {port}"
-                )));
-            }
+        let Some(sp) = snapshot.service_port(SocketAddr::new(vip.ip, port)) else {
+            return Err(UpstreamError::NoEndpoint(format!(
+                "service {service} does not expose port {port}"
+            )));
         };
+        let (workload, addr) = pick_endpoint(&snapshot, sp, to, n)
+            .map(|e| (e.workload.clone(), e.addr))
+            .map_err(UpstreamError::NoEndpoint)?;
         let endpoint = Endpoint {
             uid: workload.uid.clone(),
             addr,
@@ -218,6 +216,54 @@ impl MeshUpstreams {
     }
 }
 
+/// The endpoint of `sp` for `to`: among the healthy endpoints, those of `to`'s subset, by
+/// the DestinationRule's balancing or else the Service's. Filters in place (two passes,
+/// no allocation): subsets are small lists, and this runs once per new upstream connection.
+fn pick_endpoint<'a>(
+    snapshot: &Snapshot,
+    sp: &'a ServicePort,
+    to: &Upstream,
+    counter: u64,
+) -> Result<&'a config::snapshot::Endpoint, String> {
+    let service = &to.service;
+    let rules = snapshot.destination_rules();
+    let subset = match &to.subset {
+        None => None,
+        // The route was checked against the rules it came with; a later file may have
+        // dropped the subset while a request was in flight.
+        Some(name) => Some(rules.subset(service, name).ok_or_else(|| {
+            format!("service {service} has no subset {name:?} in its DestinationRule")
+        })?),
+    };
+    let balance = match rules.balance(service, to.subset.as_deref()) {
+        Some(Balance::RoundRobin) => LoadBalancing::RoundRobin,
+        Some(Balance::Random) => LoadBalancing::Random,
+        None => sp.service.load_balancing,
+    };
+    let admitted = |e: &&'a config::snapshot::Endpoint| {
+        subset.is_none_or(|s| s.admits(|k| e.workload.label(k)))
+    };
+    let count = sp.endpoints.iter().filter(admitted).count();
+    let Some(i) = config::snapshot::pick_index(balance, count, counter) else {
+        return Err(match &to.subset {
+            Some(name) => format!(
+                "service {service} has no healthy endpoint in subset {name:?} for port {}",
+                sp.port
+            ),
+            None => format!(
+                "service {service} has no healthy endpoint for port {}",
+                sp.port
+            ),
+        });
+    };
+    Ok(sp
+        .endpoints
+        .iter()
+        .filter(admitted)
+        .nth(i)
+        .expect("i < count"))
+}
+
 /// Deadline for a plain TCP connect to an endpoint outside the mesh.
 const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -230,10 +276,9 @@ impl Upstreams for Ups {
 
     fn open(
         &self,
-        service: &ServiceRef,
-        port: u16,
+        to: &Upstream,
     ) -> Pin<Box<dyn Future<Output = Result<(Io, Endpoint), UpstreamError>>>> {
-        let dial = self.0.dial_for(service, port);
+        let dial = self.0.dial_for(to);
         let me = self.0.clone();
         Box::pin(async move {
             let (dial, endpoint) = dial?;
@@ -713,5 +758,70 @@ fn write_hist<const N: usize>(
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `reviews` has three endpoints: r1 and r2 labelled v1 (r2 unhealthy), r3 with no labels
+    /// of its own and canonical revision v2 (as a workload from istiod would be).
+    const MESH: &str = r#"
+workloads:
+  - {name: r1, namespace: demo, workloadIps: ["10.0.0.1"], protocol: HBONE, labels: {version: v1, app: reviews}, services: [demo/reviews.demo.svc.cluster.local]}
+  - {name: r2, namespace: demo, workloadIps: ["10.0.0.2"], protocol: HBONE, labels: {version: v1}, status: Unhealthy, services: [demo/reviews.demo.svc.cluster.local]}
+  - {name: r3, namespace: demo, workloadIps: ["10.0.0.3"], protocol: HBONE, canonicalRevision: v2, services: [demo/reviews.demo.svc.cluster.local]}
+  - {name: r4, namespace: demo, workloadIps: ["10.0.0.4"], protocol: HBONE, labels: {version: v1, app: reviews}, services: [demo/reviews.demo.svc.cluster.local]}
+services:
+  - {name: reviews, namespace: demo, hostname: reviews.demo.svc.cluster.local, vips: ["/10.1.0.1"], ports: {80: 9080}}
+destinationRules:
+  - name: reviews
+    namespace: demo
+    host: reviews
+    trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+    subsets:
+      - {name: v1, labels: {version: v1}}
+      - {name: v2, labels: {version: v2}}
+      - {name: v3, labels: {version: v3}}
+      - {name: random, labels: {app: reviews}, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
+"#;
+
+    fn picks(snapshot: &Snapshot, subset: Option<&str>, n: u64) -> Result<Vec<String>, String> {
+        let sp = snapshot
+            .service_port(SocketAddr::from(([10, 1, 0, 1], 80)))
+            .expect("service port");
+        let to = Upstream {
+            service: ServiceRef::new("demo", "reviews"),
+            subset: subset.map(Arc::from),
+            port: 80,
+        };
+        (0..n)
+            .map(|i| pick_endpoint(snapshot, sp, &to, i).map(|e| e.workload.name.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn subsets_pick_only_their_healthy_endpoints() {
+        let snap = config::parse(MESH, &LoadOptions::default()).unwrap();
+        // Round robin over the whole Service's healthy endpoints.
+        assert_eq!(picks(&snap, None, 3).unwrap(), ["r1", "r3", "r4"]);
+        // v1: r1 and r4 (r2 is unhealthy), in turn.
+        assert_eq!(
+            picks(&snap, Some("v1"), 4).unwrap(),
+            ["r1", "r4", "r1", "r4"]
+        );
+        // v2: r3 has no labels; its canonical revision answers for `version`.
+        assert_eq!(picks(&snap, Some("v2"), 2).unwrap(), ["r3", "r3"]);
+        // A subset no endpoint belongs to is an error, never another subset's endpoint.
+        let e = picks(&snap, Some("v3"), 1).unwrap_err();
+        assert!(e.contains("no healthy endpoint in subset \"v3\""), "{e}");
+        let e = picks(&snap, Some("gone"), 1).unwrap_err();
+        assert!(e.contains("no subset \"gone\""), "{e}");
+        // The subset's own balancing (random) still keeps to its members.
+        let random = picks(&snap, Some("random"), 64).unwrap();
+        assert!(random.iter().all(|w| w == "r1" || w == "r4"), "{random:?}");
+        assert!(random.iter().any(|w| w == "r1") && random.iter().any(|w| w == "r4"));
+        assert_ne!(random, picks(&snap, Some("v1"), 64).unwrap());
     }
 }

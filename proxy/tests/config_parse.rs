@@ -298,7 +298,7 @@ fn rejects_with_path_and_reason() {
             "serviceAccount: sa-a",
             "serviceAccount: sa-a\n    port: 80",
             "workloads[0]",
-            "unknown field `port`, expected one of `uid`, `name`, `namespace`, `serviceAccount`, `workloadIps`, `hostname`, `network`, `node`, `protocol`, `networkMode`, `trustDomain`, `services`, `authorizationPolicies`, `status`, `workloadName`, `workloadType`, `canonicalName`, `canonicalRevision`, `clusterId`, `locality`, `nativeTunnel`, `applicationTunnel`, `waypoint`, `networkGateway`, `capacity`",
+            "unknown field `port`, expected one of `uid`, `name`, `namespace`, `serviceAccount`, `workloadIps`, `hostname`, `network`, `node`, `protocol`, `networkMode`, `trustDomain`, `services`, `authorizationPolicies`, `status`, `workloadName`, `workloadType`, `canonicalName`, `canonicalRevision`, `clusterId`, `locality`, `nativeTunnel`, `applicationTunnel`, `waypoint`, `networkGateway`, `capacity`, `labels`",
         ),
         (
             "      80: 8080\n",
@@ -682,4 +682,71 @@ fn local_identities_are_distinct() {
         snap.local_identities(),
         [id("spiffe://cluster.local/ns/ns/sa/sa-a")]
     );
+}
+
+/// Workload labels and DestinationRules: checked with the field named; a VirtualService
+/// subset must be in the rule of its host.
+#[test]
+fn labels_and_destination_rules() {
+    let with = |extra: &str| {
+        format!(
+            "{}destinationRules:\n  - {{name: s, namespace: ns, host: s.ns, subsets: [{{name: v1, labels: {{version: v1}}}}]}}\n{extra}",
+            BASE.replacen(
+                "    services: [\"ns/s.ns\"]\n",
+                "    services: [\"ns/s.ns\"]\n    labels: {version: v1, app.kubernetes.io/name: a}\n",
+                1
+            )
+        )
+    };
+    let snap = parse(&with(""), &LoadOptions::default()).unwrap();
+    let a = snap.workloads().iter().find(|w| &*w.name == "a").unwrap();
+    assert_eq!(a.label("version"), Some("v1"));
+    assert_eq!(a.label("app.kubernetes.io/name"), Some("a"));
+    // Labels of its own: the canonical names do not stand in.
+    assert_eq!(a.label("app"), None);
+    let b = snap.workloads().iter().find(|w| &*w.name == "b").unwrap();
+    assert_eq!(b.label("app"), Some("b"));
+    assert_eq!(b.label("version"), Some("latest"));
+    assert_eq!(snap.destination_rules().len(), 1);
+    assert!(snap.summary().to_string().contains("1 destination rules"));
+
+    let vs = |subset: &str| {
+        with(&format!(
+            "virtualServices:\n  - {{name: v, namespace: ns, hosts: [s.ns], http: [{{route: [{{destination: {{host: s.ns, subset: {subset}}}}}]}}]}}\n"
+        ))
+    };
+    assert!(parse(&vs("v1"), &LoadOptions::default()).is_ok());
+    let cases = [
+        (
+            vs("v9"),
+            "virtualServices[ns/v].http[0].route[0].destination.subset",
+            "DestinationRule ns/s of ns/s has no subset \"v9\"",
+        ),
+        (
+            BASE.replacen(
+                "    services: [\"ns/s.ns\"]\n",
+                "    services: [\"ns/s.ns\"]\n    labels: {version: \"v 1\"}\n",
+                1,
+            ),
+            "workloads[0].labels.version",
+            "a label value is at most 63 characters",
+        ),
+        (
+            format!("{BASE}destinationRules:\n  - {{name: d, namespace: ns, host: t.ns}}\n"),
+            "destinationRules[ns/d].host",
+            "\"t.ns\" is no Service of the mesh",
+        ),
+        (
+            format!(
+                "{BASE}destinationRules:\n  - {{name: d, namespace: ns, host: s, trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}}}\n"
+            ),
+            "destinationRules[ns/d].trafficPolicy.loadBalancer.simple",
+            "LEAST_REQUEST: use ROUND_ROBIN, RANDOM",
+        ),
+    ];
+    for (yaml, path, reason) in cases {
+        let e = parse(&yaml, &LoadOptions::default()).expect_err(path);
+        assert_eq!(e.field_path(), path, "{}", e.reason());
+        assert!(e.reason().contains(reason), "{path}: {}", e.reason());
+    }
 }

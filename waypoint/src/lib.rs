@@ -1,6 +1,7 @@
 //! The ringmesh waypoint: the L7 half of ambient mode, on the node proxy's runtime.
 //!
-//! Owns: HTTP routes and their matching ([`route`]), the HTTP/1.1 and HTTP/2 server that
+//! Owns: HTTP routes and their matching ([`route`]), DestinationRule subsets and balancing
+//! ([`dr`]), the HTTP/1.1 and HTTP/2 server that
 //! runs inside each HBONE tunnel a node proxy sends here, and forwarding each request to the
 //! Service its route picks, with timeouts, retries, faults, mirroring, header and URL
 //! rewrites and redirects ([`serve`]). It does not know how a Service becomes an endpoint or how a tunnel is
@@ -16,6 +17,7 @@
 //! - nothing a peer sends panics: hyper parses and limits the HTTP, and every local answer
 //!   is built from checked parts.
 
+pub mod dr;
 pub mod io;
 pub mod route;
 pub mod security;

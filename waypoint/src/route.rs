@@ -76,6 +76,8 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> RouteError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     pub service: ServiceRef,
+    /// A DestinationRule subset of the Service's endpoints (VirtualService only).
+    pub subset: Option<Arc<str>>,
     /// `None`: the port the request came in on.
     pub port: Option<u16>,
     pub weight: u32,
@@ -305,6 +307,7 @@ impl Rule {
         if self.backends.is_empty() {
             return Some(Backend {
                 service: parent.clone(),
+                subset: None,
                 port: None,
                 weight: 1,
             });

@@ -16,6 +16,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -37,7 +38,7 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::io::{LocalExec, Protocol, sniff};
-use crate::route::{Retry, RouteTable, Rule, ServiceRef};
+use crate::route::{Backend, Retry, RouteTable, Rule, ServiceRef};
 use crate::security::{Peer, Refusal, SecurityTable};
 use crate::stats::{Key, Outcome, Stats};
 use crate::trace::{TraceCtx, Tracing};
@@ -93,14 +94,44 @@ pub enum UpstreamError {
 pub trait Upstreams: 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + 'static;
 
-    /// A byte stream to one endpoint of `service` on its Service port `port`, and which
-    /// endpoint it is.
+    /// A byte stream to one endpoint of `to` (a Service port, or a subset of its endpoints),
+    /// and which endpoint it is.
     #[allow(clippy::type_complexity)]
     fn open(
         &self,
-        service: &ServiceRef,
-        port: u16,
+        to: &Upstream,
     ) -> Pin<Box<dyn Future<Output = Result<(Self::Io, Endpoint), UpstreamError>>>>;
+}
+
+/// Where an attempt goes: a Service port, or the endpoints of one of its DestinationRule
+/// subsets. Also the key of the upstream connection pools, so a connection opened for one
+/// subset never carries a request meant for another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Upstream {
+    pub service: ServiceRef,
+    pub subset: Option<Arc<str>>,
+    pub port: u16,
+}
+
+impl Upstream {
+    /// The backend's Service port, or `default` (the port the request came in on).
+    pub fn of(backend: &Backend, default: u16) -> Upstream {
+        Upstream {
+            service: backend.service.clone(),
+            subset: backend.subset.clone(),
+            port: backend.port.unwrap_or(default),
+        }
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.service, self.port)?;
+        if let Some(s) = &self.subset {
+            write!(f, " (subset {s})")?;
+        }
+        Ok(())
+    }
 }
 
 /// The endpoint an upstream connection reached (for telemetry: Istio's `destination_*`).
@@ -135,7 +166,7 @@ async fn within<T>(
     }
 }
 
-type IdleKey = (ServiceRef, u16);
+type IdleKey = Upstream;
 type Idle = Rc<RefCell<HashMap<IdleKey, Vec<(SendRequest<Body>, Endpoint)>>>>;
 
 /// One core's waypoint: the route table in force, the upstream connections, the counters.
@@ -402,12 +433,12 @@ impl<U: Upstreams> Waypoint<U> {
                 ),
             );
         };
-        let port = backend.port.unwrap_or(target.port);
+        let to = Upstream::of(&backend, target.port);
         let result = if websocket {
             // A handshake has no body to replay or mirror: one attempt, on a connection of
             // its own that becomes the WebSocket's if the backend switches protocols.
             let head = Head::of(&parts).websocket();
-            let send = self.send_websocket(&backend.service, port, head.request(None), upgraded);
+            let send = self.send_websocket(&to, head.request(None), upgraded);
             within(rule.request_timeout, send).await
         } else {
             let wants_copy =
@@ -439,15 +470,10 @@ impl<U: Upstreams> Waypoint<U> {
             if let (Some(m), ReqBody::Replay(bytes)) = (&rule.mirror, &body)
                 && self.chance(m.fraction)
             {
-                let port = m.backend.port.unwrap_or(target.port);
-                self.mirror(
-                    head.shadow(),
-                    bytes.clone(),
-                    m.backend.service.clone(),
-                    port,
-                );
+                let mirror = Upstream::of(&m.backend, target.port);
+                self.mirror(head.shadow(), bytes.clone(), mirror);
             }
-            let attempts = self.attempts(&rule, &backend.service, port, &head, body);
+            let attempts = self.attempts(&rule, &to, &head, body);
             within(rule.request_timeout, attempts).await
         };
         let (outcome, mut resp) = match result {
@@ -485,8 +511,7 @@ impl<U: Upstreams> Waypoint<U> {
     async fn attempts(
         &self,
         rule: &Rule,
-        service: &ServiceRef,
-        port: u16,
+        to: &Upstream,
         head: &Head,
         mut body: ReqBody,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
@@ -499,7 +524,7 @@ impl<U: Upstreams> Waypoint<U> {
         let mut _retrying: Option<Gauge> = None;
         loop {
             let req = head.request(body.take());
-            let send = self.send(service, port, req);
+            let send = self.send(to, req);
             let res = match retry.and_then(|r| r.per_try_timeout) {
                 Some(t) => runtime::time::timeout(t, send)
                     .await
@@ -555,14 +580,13 @@ impl<U: Upstreams> Waypoint<U> {
     /// response head. The connection goes back to the pool when the response body ends.
     async fn send(
         &self,
-        service: &ServiceRef,
-        port: u16,
+        to: &Upstream,
         req: Request<Body>,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
         if req.version() == Version::HTTP_2 {
-            return self.send_h2(service, port, req).await;
+            return self.send_h2(to, req).await;
         }
-        let key = (service.clone(), port);
+        let key = to.clone();
         let mut sender = None;
         while let Some((mut s, endpoint)) = self.pooled(&key) {
             // A kept connection finishes its previous exchange before it takes another;
@@ -573,11 +597,7 @@ impl<U: Upstreams> Waypoint<U> {
             }
         }
         if sender.is_none() {
-            let (io, endpoint) = self
-                .upstreams
-                .open(service, port)
-                .await
-                .map_err(SendError::Upstream)?;
+            let (io, endpoint) = self.upstreams.open(to).await.map_err(SendError::Upstream)?;
             let (s, conn) = hyper::client::conn::http1::Builder::new()
                 .max_buf_size(MAX_HEADER_BYTES.max(8192))
                 .handshake::<_, Body>(TokioIo::new(io))
@@ -618,11 +638,10 @@ impl<U: Upstreams> Waypoint<U> {
     /// core, opened on first use and replaced when it closes.
     async fn send_h2(
         &self,
-        service: &ServiceRef,
-        port: u16,
+        to: &Upstream,
         req: Request<Body>,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
-        let key = (service.clone(), port);
+        let key = to.clone();
         let live = self
             .h2
             .borrow()
@@ -632,11 +651,7 @@ impl<U: Upstreams> Waypoint<U> {
         let (mut sender, endpoint) = match live {
             Some(c) => c,
             None => {
-                let (io, endpoint) = self
-                    .upstreams
-                    .open(service, port)
-                    .await
-                    .map_err(SendError::Upstream)?;
+                let (io, endpoint) = self.upstreams.open(to).await.map_err(SendError::Upstream)?;
                 let (s, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
                     .max_header_list_size(MAX_HEADER_BYTES as u32)
                     .handshake::<_, Body>(TokioIo::new(io))
@@ -681,13 +696,13 @@ impl<U: Upstreams> Waypoint<U> {
 
     /// Sends a copy to the mirror and forgets it: the client never waits for it, and its
     /// failure is only counted.
-    fn mirror(self: &Rc<Self>, head: Head, body: Bytes, service: ServiceRef, port: u16) {
+    fn mirror(self: &Rc<Self>, head: Head, body: Bytes, to: Upstream) {
         let wp = self.clone();
         self.stats.mirrors.set(self.stats.mirrors.get() + 1);
         runtime::spawn(async move {
             let req = head.request(Some(Body::full(body)));
             let sent = runtime::time::timeout(MIRROR_TIMEOUT, async {
-                let (resp, _) = wp.send(&service, port, req).await?;
+                let (resp, _) = wp.send(&to, req).await?;
                 // Drain it so the connection can be reused.
                 let _ = resp.into_body().collect().await;
                 Ok::<_, SendError>(())

@@ -16,14 +16,17 @@
 //!   regex match (Envoy's `prefix_rewrite`); `redirect.uri` replaces the whole path, and a
 //!   redirect is 301 unless `redirectCode` says otherwise.
 //!
-//! Not supported, and refused with the field named: `subset` (it needs DestinationRule
-//! subsets), `rewrite.uriRegexRewrite`, `redirect.derivePort`, `delegate`, regex methods,
+//! - `destination.subset` (and `mirror.subset`) must name a subset of the DestinationRule
+//!   for that host ([`crate::dr`]); the request then goes to the subset's endpoints only.
+//!
+//! Not supported, and refused with the field named: `rewrite.uriRegexRewrite`, `redirect.derivePort`, `delegate`, regex methods,
 //! `sourceLabels`, `gateways`.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::dr::DestinationRules;
 use crate::route::{
     BackendRefSpec, FaultSpec, FilterSpec, HeaderModifierSpec, HeaderValueSpec, HttpRouteSpec,
     MatchSpec, MirrorSpec, ParentRefSpec, PathMatchSpec, PathModifierSpec, RedirectSpec, RetrySpec,
@@ -221,9 +224,11 @@ pub struct VsHeaderOpsSpec {
 /// Translates `specs` into HTTPRoutes (ordered). `resolve(namespace, host)` finds the
 /// Service a host names, seen from `namespace` (short names are the VirtualService's
 /// namespace's).
+/// `subsets` holds the DestinationRules a destination's `subset` must be found in.
 pub fn to_http_routes(
     specs: &[VirtualServiceSpec],
     resolve: &dyn Fn(&str, &str) -> Option<ServiceRef>,
+    subsets: &DestinationRules,
 ) -> Result<Vec<HttpRouteSpec>, RouteError> {
     let mut out = Vec::new();
     for vs in specs {
@@ -252,7 +257,7 @@ pub fn to_http_routes(
         let mut rules = Vec::new();
         for (i, e) in vs.http.iter().enumerate() {
             let at = format!("{base}.http[{i}]");
-            rules.push(rule(e, &at, &service)?);
+            rules.push(rule(e, &at, &service, subsets)?);
         }
         out.push(HttpRouteSpec {
             name: vs.name.clone(),
@@ -283,6 +288,7 @@ fn rule(
     e: &HttpEntrySpec,
     at: &str,
     service: &dyn Fn(&str, String) -> Result<ServiceRef, RouteError>,
+    subsets: &DestinationRules,
 ) -> Result<RuleSpec, RouteError> {
     let mut matches = Vec::new();
     for (j, m) in e.matches.iter().enumerate() {
@@ -339,6 +345,7 @@ fn rule(
             r.weight,
             &format!("{at}.route[{j}].destination"),
             service,
+            subsets,
         )?);
     }
     match (&e.redirect, backend_refs.is_empty()) {
@@ -433,7 +440,7 @@ fn rule(
         (Some(m), p) => filters.push(FilterSpec {
             kind: "RequestMirror".into(),
             request_mirror: Some(MirrorSpec {
-                backend_ref: backend(m, None, &format!("{at}.mirror"), service)?,
+                backend_ref: backend(m, None, &format!("{at}.mirror"), service, subsets)?,
                 percent: p.as_ref().map(|p| p.value),
             }),
             ..FilterSpec::default()
@@ -479,14 +486,21 @@ fn backend(
     weight: Option<u32>,
     at: &str,
     service: &dyn Fn(&str, String) -> Result<ServiceRef, RouteError>,
+    subsets: &DestinationRules,
 ) -> Result<BackendRefSpec, RouteError> {
-    if d.subset.is_some() {
-        return Err(err(
-            format!("{at}.subset"),
-            "subsets need DestinationRule, which is not supported: route to a Service per version",
-        ));
-    }
     let s = service(&d.host, format!("{at}.host"))?;
+    if let Some(name) = &d.subset
+        && subsets.subset(&s, name).is_none()
+    {
+        let why = match subsets.get(&s) {
+            Some(rule) => format!(
+                "DestinationRule {} of {s} has no subset {name:?}",
+                rule.name
+            ),
+            None => format!("no DestinationRule names {s}, so it has no subset {name:?}"),
+        };
+        return Err(err(format!("{at}.subset"), why));
+    }
     Ok(BackendRefSpec {
         kind: None,
         group: None,
@@ -494,6 +508,7 @@ fn backend(
         namespace: Some(s.namespace.to_string()),
         port: d.port.as_ref().map(|p| p.number),
         weight,
+        subset: d.subset.clone(),
     })
 }
 
@@ -587,7 +602,7 @@ mod tests {
 
     #[test]
     fn entries_keep_their_order_and_istio_meanings() {
-        let routes = to_http_routes(&specs(VS), &resolve).unwrap();
+        let routes = to_http_routes(&specs(VS), &resolve, &DestinationRules::default()).unwrap();
         assert_eq!(routes.len(), 1);
         assert!(routes[0].ordered);
         let t = RouteTable::build(&routes).unwrap();
@@ -635,6 +650,53 @@ mod tests {
     }
 
     #[test]
+    fn subsets_come_from_destination_rules() {
+        let drs: Vec<crate::dr::DestinationRuleSpec> = serde_yaml::from_str(
+            "[{name: reviews, namespace: demo, host: reviews, subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]}]",
+        )
+        .unwrap();
+        let drs = DestinationRules::build(&drs, &resolve).unwrap();
+        let yaml = "
+- name: reviews
+  namespace: demo
+  hosts: [reviews]
+  http:
+    - route:
+        - {destination: {host: reviews, subset: v1}, weight: 75}
+        - {destination: {host: reviews, subset: v2}, weight: 25}
+      mirror: {host: reviews, subset: v2}
+";
+        let routes = to_http_routes(&specs(yaml), &resolve, &drs).unwrap();
+        let t = RouteTable::build(&routes).unwrap();
+        let svc = ServiceRef::new("demo", "reviews");
+        let rule = t.select(&svc, 80, &get("/", &[])).unwrap().unwrap();
+        let subsets: Vec<_> = rule.backends.iter().map(|b| b.subset.as_deref()).collect();
+        assert_eq!(subsets, [Some("v1"), Some("v2")]);
+        assert_eq!(
+            rule.mirror
+                .as_ref()
+                .and_then(|m| m.backend.subset.as_deref()),
+            Some("v2")
+        );
+        let e = to_http_routes(
+            &specs(
+                "- {name: v, namespace: demo, hosts: [reviews], http: [{route: [{destination: {host: reviews, subset: v3}}]}]}",
+            ),
+            &resolve,
+            &drs,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.path,
+            "virtualServices[demo/v].http[0].route[0].destination.subset"
+        );
+        assert!(
+            e.message.contains("demo/reviews has no subset \"v3\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unsupported_and_unknown_things_are_refused_with_their_field() {
         let cases = [
             (
@@ -672,7 +734,8 @@ mod tests {
             ("- {name: v, namespace: demo, hosts: [], http: []}", "hosts"),
         ];
         for (yaml, field) in cases {
-            let e = to_http_routes(&specs(yaml), &resolve).unwrap_err();
+            let e =
+                to_http_routes(&specs(yaml), &resolve, &DestinationRules::default()).unwrap_err();
             assert!(e.path.ends_with(field), "{yaml}: {e}");
             assert!(e.path.starts_with("virtualServices[demo/v]"), "{e}");
         }
@@ -703,7 +766,7 @@ mod tests {
       rewrite: {uri: /base/}
       route: [{destination: {host: reviews}}]
 ";
-        let routes = to_http_routes(&specs(yaml), &resolve).unwrap();
+        let routes = to_http_routes(&specs(yaml), &resolve, &DestinationRules::default()).unwrap();
         let t = RouteTable::build(&routes).unwrap();
         let svc = ServiceRef::new("demo", "reviews");
         let rule = |path: &str| t.select(&svc, 80, &get(path, &[])).unwrap().unwrap();
@@ -748,7 +811,7 @@ mod tests {
                 "requestRedirect.statusCode",
             ),
         ] {
-            let e = to_http_routes(&specs(yaml), &resolve)
+            let e = to_http_routes(&specs(yaml), &resolve, &DestinationRules::default())
                 .and_then(|r| RouteTable::build(&r).map(|_| ()).map(|_| r))
                 .unwrap_err();
             assert!(e.path.ends_with(field), "{yaml}: {e}");

@@ -224,10 +224,11 @@ pub(crate) fn build(
     for p in policies {
         state.insert_policy(p);
     }
-    let routes = build_routes(&raw)?;
+    let (routes, destination_rules) = build_routes(&raw)?;
     let security = build_security(&raw)?;
     let mut snapshot = state.snapshot(node, content_hash);
     snapshot.routes = Arc::new(routes);
+    snapshot.destination_rules = Arc::new(destination_rules);
     snapshot.security = Arc::new(security);
     Ok(snapshot)
 }
@@ -284,9 +285,12 @@ fn build_security(raw: &RawConfig) -> Result<waypoint::security::SecurityTable, 
     Ok(table)
 }
 
-/// `httpRoutes`: compiled by the waypoint crate (which names the field on error), and every
-/// Service a route names as parent, backend or mirror must exist.
-fn build_routes(raw: &RawConfig) -> Result<waypoint::route::RouteTable, ConfigError> {
+/// `httpRoutes`, `virtualServices` and `destinationRules`: compiled by the waypoint crate
+/// (which names the field on error); every Service a route names as parent, backend or
+/// mirror must exist, and every subset a VirtualService names must be in a DestinationRule.
+fn build_routes(
+    raw: &RawConfig,
+) -> Result<(waypoint::route::RouteTable, waypoint::dr::DestinationRules), ConfigError> {
     // A VirtualService host: a Service hostname, or Kubernetes' short forms (`name`,
     // `name.namespace`, `name.namespace.svc`) seen from the VirtualService's namespace.
     let resolve = |ns: &str, host: &str| -> Option<waypoint::route::ServiceRef> {
@@ -307,8 +311,11 @@ fn build_routes(raw: &RawConfig) -> Result<waypoint::route::RouteTable, ConfigEr
             .or_else(short)
             .map(|s| waypoint::route::ServiceRef::new(&s.namespace, &s.name))
     };
-    let mut specs = waypoint::vs::to_http_routes(&raw.virtual_services, &resolve)
+    let destination_rules = waypoint::dr::DestinationRules::build(&raw.destination_rules, &resolve)
         .map_err(|e| invalid(e.path, e.message))?;
+    let mut specs =
+        waypoint::vs::to_http_routes(&raw.virtual_services, &resolve, &destination_rules)
+            .map_err(|e| invalid(e.path, e.message))?;
     for (vs, route) in raw.virtual_services.iter().zip(&specs) {
         if raw
             .http_routes
@@ -365,7 +372,7 @@ fn build_routes(raw: &RawConfig) -> Result<waypoint::route::RouteTable, ConfigEr
             }
         }
     }
-    Ok(table)
+    Ok((table, destination_rules))
 }
 
 fn build_workload(
@@ -456,6 +463,13 @@ fn build_workload(
             format!("{workload_type:?} is not one of deployment, pod, job, cronjob"),
         ));
     }
+    let mut labels = Vec::with_capacity(w.labels.len());
+    for (k, v) in &w.labels {
+        let path = format!("{base}.labels.{k}");
+        waypoint::dr::label_key(k).map_err(|e| invalid(&path, e))?;
+        waypoint::dr::label_value(v).map_err(|e| invalid(&path, e))?;
+        labels.push((Arc::from(k.as_str()), Arc::from(v.as_str())));
+    }
 
     let identity =
         Identity::new(td, &w.namespace, sa).map_err(|e| invalid(base.clone(), e.to_string()))?;
@@ -525,6 +539,7 @@ fn build_workload(
             zone: locality.map_or("", |l| l.zone.as_str()).into(),
             subzone: locality.map_or("", |l| l.subzone.as_str()).into(),
         },
+        labels,
     })
 }
 

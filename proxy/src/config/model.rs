@@ -25,7 +25,7 @@ use super::types::{
 #[derive(Debug, Deserialize)]
 #[serde(
     rename = "MeshConfig",
-    expecting = "a mesh config: a mapping with `node`, `workloads`, `services`, `policies`, `httpRoutes`, `virtualServices`, `authorizationPolicies` and `requestAuthentications`",
+    expecting = "a mesh config: a mapping with `node`, `workloads`, `services`, `policies`, `httpRoutes`, `virtualServices`, `destinationRules`, `authorizationPolicies` and `requestAuthentications`",
     rename_all = "camelCase",
     deny_unknown_fields
 )]
@@ -47,6 +47,10 @@ pub(crate) struct RawConfig {
     /// HTTPRoutes whose rules keep their order.
     #[serde(default)]
     pub virtual_services: Vec<waypoint::vs::VirtualServiceSpec>,
+    /// Istio DestinationRules: the subsets VirtualService destinations name, and the
+    /// waypoint's endpoint balancing per Service.
+    #[serde(default)]
+    pub destination_rules: Vec<waypoint::dr::DestinationRuleSpec>,
     /// Istio's L7 AuthorizationPolicy, attached to Services by `targetRefs`; enforced by the
     /// waypoint. (`policies` is ztunnel's L4 form, enforced by the nodes.)
     #[serde(default)]
@@ -131,6 +135,10 @@ pub(crate) struct RawWorkload {
     /// Relative weight as an endpoint; defaults to 1.
     #[serde(default)]
     pub capacity: Option<u32>,
+    /// The pod's labels, for DestinationRule subsets (a ringmesh addition: istiod does not
+    /// send labels to node proxies).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// ztunnel's `applicationTunnel`.

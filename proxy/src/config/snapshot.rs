@@ -63,6 +63,34 @@ pub struct Workload {
     pub capacity: u32,
     /// What telemetry says of it (Istio's standard labels).
     pub meta: WorkloadMeta,
+    /// The pod's labels, sorted by key (the file's `labels`; istiod sends none).
+    pub labels: Vec<(Arc<str>, Arc<str>)>,
+}
+
+impl Workload {
+    /// The value of label `key`, for DestinationRule subsets. A workload with no labels of
+    /// its own (every workload from istiod, whose workload API carries none) answers for
+    /// the labels its canonical names come from: `app` and `version`, and their
+    /// `app.kubernetes.io/*` and `service.istio.io/canonical-*` forms.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        if !self.labels.is_empty() {
+            return self
+                .labels
+                .binary_search_by(|(k, _)| (**k).cmp(key))
+                .ok()
+                .map(|i| &*self.labels[i].1);
+        }
+        let v = match key {
+            "app" | "app.kubernetes.io/name" | "service.istio.io/canonical-name" => {
+                &self.meta.canonical_name
+            }
+            "version" | "app.kubernetes.io/version" | "service.istio.io/canonical-revision" => {
+                &self.meta.canonical_revision
+            }
+            _ => return None,
+        };
+        (!v.is_empty()).then_some(&**v)
+    }
 }
 
 /// A workload's membership of one service.
@@ -148,15 +176,20 @@ impl ServicePort {
 /// `counter`, so a caller that just increments a counter still gets a random-looking spread.
 /// Pure: the caller owns the counter (one per core, no atomics).
 pub fn pick(lb: LoadBalancing, endpoints: &[Endpoint], counter: u64) -> Option<&Endpoint> {
-    if endpoints.is_empty() {
+    endpoints.get(pick_index(lb, endpoints.len(), counter)?)
+}
+
+/// The index [`pick`] takes among `n` candidates; `None` when there are none.
+pub fn pick_index(lb: LoadBalancing, n: usize, counter: u64) -> Option<usize> {
+    if n == 0 {
         return None;
     }
-    let n = endpoints.len() as u64;
+    let n = n as u64;
     let i = match lb {
         LoadBalancing::RoundRobin => counter % n,
         LoadBalancing::Random => splitmix64(counter) % n,
     };
-    endpoints.get(i as usize)
+    Some(i as usize)
 }
 
 /// SplitMix64's finalizer: a bijective mix with full avalanche, so consecutive counters
@@ -213,6 +246,8 @@ pub struct Snapshot {
     pub(crate) routes: Arc<waypoint::route::RouteTable>,
     /// The waypoint's L7 policies and JWT rules.
     pub(crate) security: Arc<waypoint::security::SecurityTable>,
+    /// The waypoint's DestinationRules (subsets and balancing).
+    pub(crate) destination_rules: Arc<waypoint::dr::DestinationRules>,
 }
 
 impl Snapshot {
@@ -233,6 +268,11 @@ impl Snapshot {
     /// The compiled L7 policies and JWT rules.
     pub fn security(&self) -> &Arc<waypoint::security::SecurityTable> {
         &self.security
+    }
+
+    /// The DestinationRules, by Service.
+    pub fn destination_rules(&self) -> &waypoint::dr::DestinationRules {
+        &self.destination_rules
     }
 
     /// The service `namespace/name` (by name, as routes refer to Services).
@@ -388,6 +428,7 @@ impl Snapshot {
             service_ports: self.by_vip.len(),
             policies: self.policies.len(),
             routes: self.routes.len(),
+            destination_rules: self.destination_rules.len(),
             l7_policies: self.security.counts(),
         }
     }
@@ -405,6 +446,8 @@ pub struct Summary {
     pub policies: usize,
     /// HTTP routes (HTTPRoutes and VirtualServices) for the waypoint.
     pub routes: usize,
+    /// DestinationRules for the waypoint.
+    pub destination_rules: usize,
     /// The waypoint's authorization policies and request authentications.
     pub l7_policies: (usize, usize),
 }
@@ -417,12 +460,15 @@ impl fmt::Display for Summary {
             self.workloads, self.services, self.service_ports, self.policies
         )?;
         let (authz, authn) = self.l7_policies;
-        if self.routes + authz + authn > 0 {
+        if self.routes + self.destination_rules + authz + authn > 0 {
             write!(
                 f,
                 "; for waypoints: {} routes, {authz} authorization policies, {authn} request authentications",
                 self.routes
             )?;
+            if self.destination_rules > 0 {
+                write!(f, ", {} destination rules", self.destination_rules)?;
+            }
         }
         match &self.node {
             Some(node) => write!(

@@ -193,6 +193,7 @@ impl MeshState {
             content_hash,
             routes: Arc::default(),
             security: Arc::default(),
+            destination_rules: Arc::default(),
         }
     }
 }

@@ -236,6 +236,7 @@ pub fn workload(w: &pw::Workload) -> Result<Workload> {
             zone: locality.zone.as_str().into(),
             subzone: locality.subzone.as_str().into(),
         },
+        labels: Vec::new(),
     })
 }
 

@@ -153,6 +153,7 @@ pub(super) fn backend(b: &BackendRefSpec, ns: &str, at: &str) -> Result<Backend,
     }
     Ok(Backend {
         service: ServiceRef::new(b.namespace.as_deref().unwrap_or(ns), &b.name),
+        subset: b.subset.as_deref().map(Arc::from),
         port: b.port,
         weight: b.weight.unwrap_or(1),
     })

@@ -210,6 +210,10 @@ pub struct BackendRefSpec {
     /// Relative weight; default 1, 0 takes no traffic.
     #[serde(default)]
     pub weight: Option<u32>,
+    /// Set by the VirtualService translation: a DestinationRule subset of the Service
+    /// (Gateway API has none: it routes to a Service per version).
+    #[serde(skip)]
+    pub subset: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

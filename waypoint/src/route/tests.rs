@@ -212,11 +212,13 @@ fn full_spec_parses_and_builds() {
         vec![
             Backend {
                 service: ServiceRef::new("demo", "echo-v1"),
+                subset: None,
                 port: None,
                 weight: 90,
             },
             Backend {
                 service: ServiceRef::new("canary", "echo-v2"),
+                subset: None,
                 port: Some(8080),
                 weight: 10,
             },
@@ -244,6 +246,7 @@ fn full_spec_parses_and_builds() {
         Some(Mirror {
             backend: Backend {
                 service: ServiceRef::new("demo", "shadow"),
+                subset: None,
                 port: Some(8080),
                 weight: 1,
             },
@@ -992,6 +995,7 @@ fn passthrough_rule_sends_to_the_service() {
             rule.pick_for(&echo(), r),
             Some(Backend {
                 service: echo(),
+                subset: None,
                 port: None,
                 weight: 1,
             })
@@ -1292,6 +1296,7 @@ fn default_backend_is_the_parent_service() {
         rule.pick_for(&echo(), 12345),
         Some(Backend {
             service: echo(),
+            subset: None,
             port: None,
             weight: 1,
         })
@@ -2008,6 +2013,7 @@ fn mirror_defaults() {
         Some(Mirror {
             backend: Backend {
                 service: ServiceRef::new("demo", "shadow"),
+                subset: None,
                 port: None,
                 weight: 1,
             },

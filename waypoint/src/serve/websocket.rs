@@ -60,16 +60,11 @@ impl<U: Upstreams> Waypoint<U> {
     /// connection is not pooled.
     pub(super) async fn send_websocket(
         &self,
-        service: &ServiceRef,
-        port: u16,
+        to: &Upstream,
         req: Request<Body>,
         upgraded: &Upgraded<U>,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
-        let (io, endpoint) = self
-            .upstreams
-            .open(service, port)
-            .await
-            .map_err(SendError::Upstream)?;
+        let (io, endpoint) = self.upstreams.open(to).await.map_err(SendError::Upstream)?;
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(MAX_HEADER_BYTES.max(8192))
             .handshake::<_, Body>(TokioIo::new(io))

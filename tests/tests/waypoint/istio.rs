@@ -1,0 +1,181 @@
+//! Istio's own shapes at the waypoint: VirtualService, DestinationRule subsets, and the
+//! Istio CA as the waypoint's certificate source.
+
+use super::*;
+
+#[test]
+fn a_virtual_service_routes_in_order_with_istio_meanings() -> Result<()> {
+    // No HTTPRoute: Istio's VirtualService shape instead (`httpRoutes: []` then the list).
+    let routes = "  []
+virtualServices:
+  - name: echo
+    namespace: demo
+    hosts: [echo.demo.svc.cluster.local]
+    http:
+      - name: canary
+        match: [{headers: {x-canary: {exact: \"yes\"}}}]
+        route: [{destination: {host: echo-v2, port: {number: 80}}}]
+      - name: api
+        match: [{uri: {prefix: /api}}]
+        route: [{destination: {host: echo-v2.demo, port: {number: 80}}}]
+        headers: {request: {set: {x-route: api}}}
+      - name: rest
+        route: [{destination: {host: echo-v1, port: {number: 80}}}]
+        retries: {attempts: 2, retryOn: \"5xx\"}
+        fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+";
+    // The rest rule aborts everything: only the first two entries reach a backend.
+    let m = Mesh::start(196, routes)?;
+    let mut c = m.client()?;
+    // First match wins: the header entry comes before the path entry.
+    let r = c.request("GET", "/api/x", &[("x-canary", "yes")], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v2 ") && !r.body.contains("x-route"),
+        "{r:?}\n{}",
+        m.context()
+    );
+    // Istio's prefix is a string prefix: /apiv2 matches /api.
+    let r = c.request("GET", "/apiv2", &[], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v2 ") && r.body.contains("x-route: api"),
+        "{r:?}"
+    );
+    let r = c.request("GET", "/other", &[], b"")?;
+    ensure!(r.status == 418, "{r:?}");
+    Ok(())
+}
+
+#[test]
+fn destination_rule_subsets_choose_endpoints_by_labels() -> Result<()> {
+    // `echo-all` has both backends as endpoints. v1 carries `version: v1`; v2 has no labels,
+    // and its canonical revision answers for `version` (as for a workload from istiod).
+    let routes = "  []
+virtualServices:
+  - name: echo
+    namespace: demo
+    hosts: [echo.demo.svc.cluster.local]
+    http:
+      - name: pinned
+        match: [{headers: {x-version: {regex: \"v[0-9]\"}}}]
+        route: [{destination: {host: echo-all, subset: v2, port: {number: 80}}}]
+      - name: nobody
+        match: [{uri: {prefix: /v3}}]
+        route: [{destination: {host: echo-all, subset: v3, port: {number: 80}}}]
+      - name: split
+        route:
+          - {destination: {host: echo-all, subset: v1, port: {number: 80}}, weight: 80}
+          - {destination: {host: echo-all, subset: v2, port: {number: 80}}, weight: 20}
+destinationRules:
+  - name: echo-all
+    namespace: demo
+    host: echo-all
+    trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}, tls: {mode: ISTIO_MUTUAL}}
+    subsets:
+      - {name: v1, labels: {version: v1}}
+      - {name: v2, labels: {version: v2}}
+      - {name: v3, labels: {version: v3}}
+";
+    let m = Mesh::start(188, routes)?;
+    let mut c = m.client()?;
+    // Requests for two subsets, alternating on one client connection: each goes to its
+    // subset's endpoint, never to a pooled connection of the other subset.
+    let (mut v1, mut v2) = (0, 0);
+    for i in 0..200 {
+        let pinned = i % 4 == 0;
+        let headers: &[(&str, &str)] = if pinned { &[("x-version", "v2")] } else { &[] };
+        let r = c.request("GET", &format!("/r{i}"), headers, b"")?;
+        ensure!(r.status == 200, "{r:?}\n{}", m.context());
+        match &r.body[..3] {
+            "v1 " => {
+                ensure!(!pinned, "a request pinned to subset v2 reached v1: {r:?}");
+                v1 += 1;
+            }
+            "v2 " if pinned => {}
+            "v2 " => v2 += 1,
+            _ => anyhow::bail!("{r:?}"),
+        }
+    }
+    // 150 unpinned requests split 80/20 over the subsets: v1 expects 120, standard
+    // deviation 4.9; ±5σ.
+    ensure!((96..=144).contains(&v1), "v1 {v1}, v2 {v2}");
+    ensure!(v1 + v2 == 150, "v1 {v1}, v2 {v2}");
+    // A subset no endpoint belongs to: Envoy's 503 (no healthy upstream, flag UH), and no
+    // endpoint of another subset answers.
+    let r = c.request("GET", "/v3/x", &[], b"")?;
+    ensure!(
+        r.status == 503 && r.body == "no healthy upstream\n",
+        "{r:?}\n{}",
+        m.context()
+    );
+    let logged = "http.path=/v3/x http.status=503 response_flags=\"UH\"";
+    e2e::wait_for(Duration::from_secs(5), "the UH access log line", || {
+        m.wp.proc.stderr().contains(logged)
+    })
+    .with_context(|| m.context())?;
+    Ok(())
+}
+
+#[test]
+fn a_waypoint_can_take_its_certificate_from_the_istio_ca() -> Result<()> {
+    let x = 198;
+    let root = hbone::certs::CertificateAuthority::new_root(&hbone::certs::CaOptions::new(
+        "fake istiod root",
+    ))?;
+    let istiod = e2e::istiod::FakeIstiod::start(root)?;
+    // The nodes impersonate (shared mode); the waypoint is a dedicated proxy, signed for
+    // its token's service account.
+    istiod.require_token("waypoint-token");
+    istiod.token_identity(
+        "waypoint-token",
+        "spiffe://cluster.local/ns/demo/sa/waypoint",
+    );
+    let files = tempfile::tempdir()?;
+    let (root_file, token_file) = (
+        files.path().join("root-cert.pem"),
+        files.path().join("token"),
+    );
+    std::fs::write(&root_file, istiod.root_pem())?;
+    std::fs::write(&token_file, "waypoint-token")?;
+    let _v1 = spawn_backend(SocketAddr::new(ip4(x, 2, 1), 8080), "v1")?;
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules: [{backendRefs: [{name: echo-v1, port: 80}]}]
+";
+    let mesh = MeshDir::new(&mesh_config(x, routes))?;
+    let address = istiod.address();
+    let (root_s, token_s) = (
+        root_file.to_string_lossy().into_owned(),
+        token_file.to_string_lossy().into_owned(),
+    );
+    let env = [
+        ("CA_ADDRESS", address.as_str()),
+        ("CA_ROOT_CA", root_s.as_str()),
+        ("AUTH_TOKEN", token_s.as_str()),
+    ];
+    // Nodes and waypoint all sign with istiod's CA (config from the file, no xDS).
+    let config = mesh.config.to_string_lossy().into_owned();
+    let n1 = Node::start_cluster("node-1", ip4(x, 0, 1), &env, &["--config", &config])?;
+    let _n2 = Node::start_cluster("node-2", ip4(x, 0, 2), &env, &["--config", &config])?;
+    let wp = Waypoint::start_env(&mesh.config, "demo/waypoint", ip4(x, 3, 1), &[], &env)?;
+    let mut c = Client::new(socks_connect(
+        ip4(x, 1, 1),
+        n1.socks(),
+        SocketAddr::new(ip4(x, 100, 1), 80),
+    )?)?;
+    let r = c.request("GET", "/via-istio-ca", &[], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v1 GET /via-istio-ca"),
+        "{r:?}\nwaypoint log:\n{}",
+        wp.proc.stderr()
+    );
+    ensure!(
+        istiod
+            .signed()
+            .iter()
+            .any(|id| id.contains("/ns/demo/sa/waypoint")),
+        "istiod signed {:?}",
+        istiod.signed()
+    );
+    Ok(())
+}

@@ -1,0 +1,378 @@
+//! The waypoint with HTTP/2 clients, large bodies, hostile HTTP, gRPC and WebSockets.
+
+use super::*;
+
+#[test]
+fn http2_large_bodies_and_hostile_http() -> Result<()> {
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - backendRefs: [{name: echo-v1, port: 80, weight: 1}, {name: echo-v2, port: 80, weight: 1}]
+";
+    let m = Mesh::start_with(
+        192,
+        routes,
+        &["--request-head-timeout", "1s", "--idle-timeout", "3s"],
+    )?;
+
+    // HTTP/2 with prior knowledge: 200 concurrent streams on one connection, each answered
+    // by one of the two backends.
+    let s = socks_connect(m.client_ip(), m.n1.socks(), m.vip())?;
+    s.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bodies: Vec<String> = rt
+        .block_on(async move {
+            let io = tokio::net::TcpStream::from_std(s)?;
+            let (client, conn) = h2::client::handshake(io).await?;
+            tokio::spawn(conn);
+            let mut tasks = Vec::new();
+            for i in 0..200 {
+                let client = client.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut client = client.ready().await?;
+                    let req =
+                        http::Request::get(format!("http://echo.demo.svc.cluster.local/h2/{i}"))
+                            .body(())?;
+                    let (resp, _) = client.send_request(req, true)?;
+                    let resp = resp.await?;
+                    anyhow::ensure!(resp.status() == 200, "stream {i}: {resp:?}");
+                    let mut body = resp.into_body();
+                    let mut text = Vec::new();
+                    while let Some(chunk) = body.data().await {
+                        let chunk = chunk?;
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                        text.extend_from_slice(&chunk);
+                    }
+                    Ok::<_, anyhow::Error>(String::from_utf8_lossy(&text).into_owned())
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await??);
+            }
+            Ok::<_, anyhow::Error>(out)
+        })
+        .with_context(|| m.context())?;
+    let v1 = bodies
+        .iter()
+        .filter(|b| b.starts_with("v1 GET /h2/"))
+        .count();
+    let v2 = bodies
+        .iter()
+        .filter(|b| b.starts_with("v2 GET /h2/"))
+        .count();
+    ensure!(v1 + v2 == 200 && v1 > 40 && v2 > 40, "v1 {v1}, v2 {v2}");
+    // HTTP/2's :authority became HTTP/1.1's Host.
+    ensure!(
+        bodies[0].contains("host: echo.demo.svc.cluster.local"),
+        "{}",
+        bodies[0]
+    );
+
+    // A 128 MiB upload streams: the backend counts every byte, and the waypoint's peak
+    // memory stays far below the body's size.
+    let mut c = m.client()?;
+    let big = vec![b'x'; 128 << 20];
+    let r = c.request("POST", "/upload", &[], &big)?;
+    ensure!(
+        r.status == 200 && r.body.contains(&format!("len={}", big.len())),
+        "{r:?}"
+    );
+    let peak = peak_rss_kib(m.wp.proc.pid())?;
+    ensure!(
+        peak < 64 * 1024,
+        "waypoint peak RSS {peak} KiB after a 128 MiB upload"
+    );
+
+    // Hostile HTTP/1.1: each refused with a 4xx and its connection closed; the waypoint
+    // serves the next client.
+    let cases: [(&str, String, u16); 3] = [
+        (
+            "two Content-Lengths",
+            "POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!".into(),
+            400,
+        ),
+        (
+            "a bad chunk size",
+            "POST /x HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".into(),
+            400,
+        ),
+        (
+            "a 100 KiB header",
+            format!("GET /x HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n", "a".repeat(100 << 10)),
+            431,
+        ),
+    ];
+    for (what, raw, want) in cases {
+        let mut c = m.client()?;
+        c.send_raw(raw.as_bytes())?;
+        let r = c.read_response().with_context(|| what.to_string())?;
+        ensure!(r.status == want, "{what}: {r:?}");
+        ensure!(
+            c.closed_within(Duration::from_secs(5)),
+            "{what}: connection left open"
+        );
+        ensure!(!r.body.contains("smuggled"), "{what}: {r:?}");
+    }
+    // Content-Length with Transfer-Encoding (the classic smuggling frame): RFC 9112 §6.3
+    // lets the chunked framing win and requires the connection closed after the answer,
+    // which is what happens; the request hidden behind the chunked body never reaches a
+    // backend.
+    let mut c = m.client()?;
+    c.send_raw(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n")?;
+    let r = c.read_response()?;
+    ensure!(r.status == 200 && r.body.contains("len=0"), "{r:?}");
+    ensure!(
+        c.closed_within(Duration::from_secs(5)),
+        "CL+TE: connection left open"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    for b in [&m.v1, &m.v2] {
+        ensure!(
+            !b.paths.lock().unwrap().contains_key("/smuggled"),
+            "a smuggled request reached a backend"
+        );
+    }
+    // Slowloris: a head dripped a byte at a time is cut off after --request-head-timeout
+    // (1 s here), although bytes keep coming.
+    let mut c = m.client()?;
+    let t = std::time::Instant::now();
+    c.send_raw(b"GET /slow HTTP/1.1\r\nhost: a\r\nx-drip: ")?;
+    let mut cut = false;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        if c.send_raw(b"a").is_err() {
+            cut = true;
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    ensure!(
+        cut || c.closed_within(Duration::from_secs(2)),
+        "a dripped head kept its connection"
+    );
+    ensure!(
+        t.elapsed() < Duration::from_secs(5),
+        "cut after {:?}",
+        t.elapsed()
+    );
+    // A connection that never sends a request is closed after --idle-timeout (3 s).
+    let mut idle = m.client()?;
+    let t = std::time::Instant::now();
+    ensure!(
+        idle.closed_within(Duration::from_secs(8)),
+        "an idle connection stayed open"
+    );
+    ensure!(
+        t.elapsed() >= Duration::from_secs(2),
+        "closed after only {:?}",
+        t.elapsed()
+    );
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metric_sum(
+            &metrics,
+            "ringmesh_waypoint_connections_timed_out_total",
+            &[]
+        ) >= 2.0,
+        "{metrics}"
+    );
+
+    let r = m.client()?.request("GET", "/after", &[], b"")?;
+    ensure!(
+        r.status == 200,
+        "after the hostile requests: {r:?}\n{}",
+        m.context()
+    );
+    Ok(())
+}
+
+/// The process's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmHWM in /proc/<pid>/status")
+}
+
+#[test]
+fn grpc_goes_over_http2_with_its_trailers() -> Result<()> {
+    let x = 197;
+    // echo-v1's endpoint speaks gRPC (HTTP/2 only); the rest of the mesh as usual.
+    let grpc = e2e::l7::spawn_grpc_backend(SocketAddr::new(ip4(x, 2, 1), 8080), "grpc")?;
+    let _v2 = spawn_backend(SocketAddr::new(ip4(x, 2, 2), 8080), "v2")?;
+    let _mirror = spawn_backend(SocketAddr::new(ip4(x, 2, 3), 8080), "mirror")?;
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - backendRefs: [{name: echo-v1, port: 80}]
+";
+    let mesh = MeshDir::new(&mesh_config(x, routes))?;
+    let n1 = Node::start(&mesh, "node-1", ip4(x, 0, 1), &[])?;
+    let _n2 = Node::start(&mesh, "node-2", ip4(x, 0, 2), &[])?;
+    let wp = Waypoint::start(&mesh, "demo/waypoint", ip4(x, 3, 1))?;
+
+    let s = socks_connect(
+        ip4(x, 1, 1),
+        n1.socks(),
+        SocketAddr::new(ip4(x, 100, 1), 80),
+    )?;
+    s.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results: Vec<(String, http::HeaderMap)> = rt
+        .block_on(async move {
+            let io = tokio::net::TcpStream::from_std(s)?;
+            let (client, conn) = h2::client::handshake(io).await?;
+            tokio::spawn(conn);
+            let mut out = Vec::new();
+            for i in 0..20 {
+                let mut client = client.clone().ready().await?;
+                let req = http::Request::post(format!(
+                    "http://echo.demo.svc.cluster.local/pkg.Echo/Say{i}"
+                ))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())?;
+                let (resp, mut send) = client.send_request(req, false)?;
+                send.send_data(bytes::Bytes::from_static(b"\0\0\0\0\x05hello"), true)?;
+                let resp = resp.await?;
+                anyhow::ensure!(resp.status() == 200, "{resp:?}");
+                let mut body = resp.into_body();
+                let mut text = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk?;
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    text.extend_from_slice(&chunk);
+                }
+                let trailers = body.trailers().await?.unwrap_or_default();
+                out.push((String::from_utf8_lossy(&text).into_owned(), trailers));
+            }
+            Ok::<_, anyhow::Error>(out)
+        })
+        .with_context(|| format!("waypoint log:\n{}", wp.proc.stderr()))?;
+    for (i, (body, trailers)) in results.iter().enumerate() {
+        // The backend got HTTP/2 with te: trailers, and its trailers came back.
+        ensure!(
+            body == &format!("grpc /pkg.Echo/Say{i} te=trailers"),
+            "{body}"
+        );
+        ensure!(
+            trailers.get("grpc-status").is_some_and(|v| v == "0"),
+            "{trailers:?}"
+        );
+        ensure!(
+            trailers.get("x-request-bytes").is_some_and(|v| v == "10"),
+            "{trailers:?}"
+        );
+    }
+    ensure!(grpc.load(std::sync::atomic::Ordering::SeqCst) == 20);
+    let metrics = wp.metrics()?;
+    ensure!(
+        metric_sum(
+            &metrics,
+            "istio_requests_total",
+            &["request_protocol=\"grpc\"", "response_code=\"200\""]
+        ) == 20.0,
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[test]
+fn websockets_pass_through_the_waypoint() -> Result<()> {
+    use std::io::{BufRead, Write};
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - matches: [{path: {type: PathPrefix, value: /chat}}]
+        backendRefs: [{name: echo-v1, port: 80}]
+        filters:
+          - {type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /ws}}}
+      - backendRefs: [{name: echo-v2, port: 80}]
+";
+    let m = Mesh::start_with(189, routes, &["--request-head-timeout", "1s"])?;
+    let upgrade = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ];
+    // A backend that refuses the handshake answers as usual, and the connection stays
+    // an HTTP one.
+    let mut c = m.client()?;
+    let r = c.request("GET", "/status/403", &upgrade, b"")?;
+    ensure!(r.status == 403, "{r:?}\n{}", m.context());
+    let r = c.request("GET", "/after", &[], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v2 GET /after"),
+        "{r:?}"
+    );
+
+    // Routed and rewritten like any request, then bytes both ways.
+    let mut c = m.client()?;
+    let (reader, writer) = c.raw();
+    let mut head = String::from("GET /chat/room HTTP/1.1\r\nhost: echo.test\r\n");
+    for (k, v) in upgrade {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    writer.write_all(head.as_bytes())?;
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    ensure!(
+        status.starts_with("HTTP/1.1 101"),
+        "{status:?}\n{}",
+        m.context()
+    );
+    let mut saw_upgrade = false;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        saw_upgrade |= line.to_ascii_lowercase().starts_with("upgrade: websocket");
+    }
+    ensure!(saw_upgrade, "the 101 lost its Upgrade header");
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    ensure!(line == "hello from v1\n", "{line:?}");
+    for i in 0..100 {
+        let msg = format!("message {i} {}\n", "x".repeat(i * 50));
+        writer.write_all(msg.as_bytes())?;
+        let mut back = String::new();
+        reader.read_line(&mut back)?;
+        ensure!(back == msg, "echo {i}: {back:?}");
+    }
+    // Past the head deadline (1 s here), an open WebSocket is not a slow request.
+    std::thread::sleep(Duration::from_millis(1500));
+    writer.write_all(b"still there\n")?;
+    let mut back = String::new();
+    reader.read_line(&mut back)?;
+    ensure!(back == "still there\n", "{back:?}\n{}", m.context());
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metric_sum(&metrics, "ringmesh_waypoint_websockets_total", &[]) == 1.0,
+        "{metrics}"
+    );
+    ensure!(
+        metric_sum(
+            &metrics,
+            "istio_requests_total",
+            &["response_code=\"101\"", "destination_workload=\"v1\""]
+        ) == 1.0,
+        "{metrics}"
+    );
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! L7 security at the waypoint: JWT (RequestAuthentication) and L7 AuthorizationPolicy.
+
+use super::*;
+
+/// A signing key and its public JWKS.
+struct Signer {
+    key: jsonwebtoken::EncodingKey,
+    jwks: String,
+}
+
+fn signer(kid: &str) -> Result<Signer> {
+    let pair = rcgen::KeyPair::generate()?;
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes())?;
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::ES256)?;
+    jwk.common.key_id = Some(kid.to_string());
+    let jwks = serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys: vec![jwk] })?;
+    Ok(Signer { key, jwks })
+}
+
+impl Signer {
+    fn token(&self, kid: &str, claims: serde_json::Value) -> Result<String> {
+        let mut head = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        head.kid = Some(kid.to_string());
+        Ok(jsonwebtoken::encode(&head, &claims, &self.key)?)
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn jwt_and_l7_authorization() -> Result<()> {
+    let x = 194;
+    let good = signer("k1")?;
+    let other = signer("k1")?;
+    let dir = tempfile::tempdir()?;
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, &good.jwks)?;
+    let routes = format!(
+        "  - name: echo
+    namespace: demo
+    parentRefs: [{{name: echo}}]
+    rules:
+      - backendRefs: [{{name: echo-v1, port: 80}}]
+requestAuthentications:
+  - name: jwt
+    namespace: demo
+    targetRefs: [{{name: echo}}]
+    jwtRules:
+      - issuer: https://issuer.test
+        audiences: [echo]
+        jwksFile: {jwks}
+        outputClaimToHeaders: [{{header: x-jwt-sub, claim: sub}}]
+authorizationPolicies:
+  - name: deny-admin
+    namespace: demo
+    targetRefs: [{{name: echo}}]
+    action: DENY
+    rules:
+      - to: [{{operation: {{paths: [\"/admin/*\"]}}}}]
+      - to: [{{operation: {{methods: [DELETE]}}}}]
+  - name: secure-needs-admins
+    namespace: demo
+    targetRefs: [{{name: echo}}]
+    rules:
+      - to: [{{operation: {{notPaths: [\"/secure/*\"]}}}}]
+      - from: [{{source: {{requestPrincipals: [\"https://issuer.test/*\"], principals: [cluster.local/ns/demo/sa/client]}}}}]
+        to: [{{operation: {{paths: [\"/secure/*\"]}}}}]
+        when: [{{key: \"request.auth.claims[groups]\", values: [admins]}}]
+",
+        jwks = jwks.display()
+    );
+    let m = Mesh::start(x, &routes)?;
+    let mut c = m.client()?;
+    let claims = |iss: &str, aud: &str, exp: u64, groups: &[&str]| serde_json::json!({"iss": iss, "aud": aud, "sub": "alice", "exp": exp, "groups": groups});
+    let bearer = |t: &str| format!("Bearer {t}");
+    let valid = good.token(
+        "k1",
+        claims("https://issuer.test", "echo", now() + 600, &["admins"]),
+    )?;
+
+    // L7 deny by path and by method, before any routing.
+    let r = c.request("GET", "/public", &[], b"")?;
+    ensure!(r.status == 200, "{r:?}\n{}", m.context());
+    let r = c.request("GET", "/admin/users", &[], b"")?;
+    ensure!(
+        r.status == 403 && r.body.contains("RBAC: access denied"),
+        "{r:?}"
+    );
+    let r = c.request("DELETE", "/public", &[], b"")?;
+    ensure!(r.status == 403, "{r:?}");
+
+    // A valid token from the right source with the right claim: allowed; the token is not
+    // forwarded and its subject is.
+    let r = c.request(
+        "GET",
+        "/secure/doc",
+        &[("authorization", &bearer(&valid))],
+        b"",
+    )?;
+    ensure!(r.status == 200, "{r:?}\n{}", m.context());
+    ensure!(
+        r.body.contains("x-jwt-sub: alice") && !r.body.contains("authorization"),
+        "{r:?}"
+    );
+
+    // Each way a token can fail, with Envoy's status and words.
+    let expired = good.token(
+        "k1",
+        claims("https://issuer.test", "echo", now() - 600, &["admins"]),
+    )?;
+    let wrong_iss = good.token(
+        "k1",
+        claims("https://other.test", "echo", now() + 600, &["admins"]),
+    )?;
+    let wrong_aud = good.token(
+        "k1",
+        claims("https://issuer.test", "other", now() + 600, &["admins"]),
+    )?;
+    let bad_sig = other.token(
+        "k1",
+        claims("https://issuer.test", "echo", now() + 600, &["admins"]),
+    )?;
+    let users = good.token(
+        "k1",
+        claims("https://issuer.test", "echo", now() + 600, &["users"]),
+    )?;
+    let cases = [
+        ("expired", Some(expired), 401, "Jwt is expired"),
+        (
+            "wrong issuer",
+            Some(wrong_iss),
+            401,
+            "Jwt issuer is not configured",
+        ),
+        (
+            "wrong audience",
+            Some(wrong_aud),
+            401,
+            "Audiences in Jwt are not allowed",
+        ),
+        (
+            "bad signature",
+            Some(bad_sig),
+            401,
+            "Jwt verification fails",
+        ),
+        (
+            "not a JWT",
+            Some("abc.def".to_string()),
+            401,
+            "Jwt is not in the form",
+        ),
+        ("missing", None, 403, "RBAC: access denied"),
+        (
+            "claim not matching",
+            Some(users),
+            403,
+            "RBAC: access denied",
+        ),
+    ];
+    for (what, token, status, words) in cases {
+        let auth = token.map(|t| bearer(&t));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let r = c.request("GET", "/secure/doc", &headers, b"")?;
+        ensure!(
+            r.status == status && r.body.contains(words),
+            "{what}: {r:?}"
+        );
+    }
+    // A bad token is refused on any path, not only where a policy asks for one.
+    let r = c.request(
+        "GET",
+        "/public",
+        &[("authorization", "Bearer abc.def.ghi")],
+        b"",
+    )?;
+    ensure!(r.status == 401, "{r:?}");
+
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metric_sum(
+            &metrics,
+            "ringmesh_waypoint_requests_total",
+            &["response_code=\"403\"", "response_flags=\"RBAC\""]
+        ) >= 4.0,
+        "{metrics}"
+    );
+    ensure!(
+        metric_sum(
+            &metrics,
+            "ringmesh_waypoint_requests_total",
+            &["response_code=\"401\""]
+        ) >= 6.0,
+        "{metrics}"
+    );
+    Ok(())
+}

@@ -1,0 +1,488 @@
+//! Istio `DestinationRule`, the part a waypoint applies: named **subsets** of a Service's
+//! endpoints, chosen by workload labels, that VirtualService destinations name
+//! (`destination: {host: reviews, subset: v2}`), and the endpoint **load-balancing** rule
+//! for the Service or for one subset.
+//!
+//! Two layers, as in [`crate::route`]: the `*Spec` types serde reads from the mesh config's
+//! `destinationRules` list, and [`DestinationRules::build`], which checks them (each error
+//! names the rule and the field) and keys them by Service.
+//!
+//! Meaning, as Istio's:
+//! - a subset is the Service's endpoints whose workload labels include every one of the
+//!   subset's labels (no labels: every endpoint);
+//! - a subset's `trafficPolicy` overrides the rule's, which overrides the Service's own
+//!   load balancing;
+//! - `tls.mode: ISTIO_MUTUAL` is accepted and changes nothing: the waypoint reaches mesh
+//!   endpoints over HBONE, which is always mutual TLS.
+//!
+//! Not supported, and refused with the field named rather than accepted and ignored:
+//! `LEAST_REQUEST`, `LEAST_CONN` and `PASSTHROUGH` load balancing, `consistentHash`,
+//! `localityLbSetting`, `warmupDurationSecs`, `connectionPool`, `outlierDetection`,
+//! `portLevelSettings`, `tunnel`, `proxyProtocol`, TLS modes other than `ISTIO_MUTUAL`,
+//! `exportTo` and `workloadSelector`. One rule per Service (Istio would merge several).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use crate::route::{RouteError, ServiceRef};
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> RouteError {
+    RouteError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationRuleSpec {
+    pub name: String,
+    pub namespace: String,
+    /// The Service: its hostname, or a short form (`reviews`, `reviews.demo`) seen from the
+    /// rule's namespace.
+    pub host: String,
+    #[serde(default)]
+    pub subsets: Vec<SubsetSpec>,
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicySpec>,
+    #[serde(default)]
+    pub export_to: Option<IgnoredAny>,
+    #[serde(default)]
+    pub workload_selector: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubsetSpec {
+    pub name: String,
+    /// Workload labels an endpoint must carry, all of them.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicySpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficPolicySpec {
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancerSpec>,
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+    #[serde(default)]
+    pub connection_pool: Option<IgnoredAny>,
+    #[serde(default)]
+    pub outlier_detection: Option<IgnoredAny>,
+    #[serde(default)]
+    pub port_level_settings: Option<IgnoredAny>,
+    #[serde(default)]
+    pub tunnel: Option<IgnoredAny>,
+    #[serde(default)]
+    pub proxy_protocol: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancerSpec {
+    /// `ROUND_ROBIN`, `RANDOM` or `UNSPECIFIED` (the Service's own rule).
+    #[serde(default)]
+    pub simple: Option<String>,
+    #[serde(default)]
+    pub consistent_hash: Option<IgnoredAny>,
+    #[serde(default)]
+    pub locality_lb_setting: Option<IgnoredAny>,
+    #[serde(default)]
+    pub warmup_duration_secs: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// How a waypoint picks among the endpoints it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    Random,
+}
+
+/// One subset: the labels an endpoint must carry, and its own balancing if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subset {
+    /// Sorted by key; every one must be among the endpoint's labels.
+    pub labels: Vec<(String, String)>,
+    pub balance: Option<Balance>,
+}
+
+impl Subset {
+    /// Whether a workload whose labels `label` looks up belongs to this subset.
+    pub fn admits<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.labels
+            .iter()
+            .all(|(k, v)| label(k) == Some(v.as_str()))
+    }
+}
+
+/// One Service's rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRule {
+    /// `namespace/name` of the DestinationRule, for messages.
+    pub name: String,
+    pub balance: Option<Balance>,
+    pub subsets: BTreeMap<String, Subset>,
+}
+
+/// Every DestinationRule of the config, by the Service it applies to.
+#[derive(Debug, Clone, Default)]
+pub struct DestinationRules {
+    by_service: HashMap<ServiceRef, ServiceRule>,
+}
+
+impl DestinationRules {
+    /// Checks and keys the rules; `resolve(namespace, host)` turns a rule's `host` into the
+    /// Service it names, seen from the rule's namespace.
+    pub fn build(
+        specs: &[DestinationRuleSpec],
+        resolve: &dyn Fn(&str, &str) -> Option<ServiceRef>,
+    ) -> Result<DestinationRules, RouteError> {
+        let mut by_service: HashMap<ServiceRef, ServiceRule> = HashMap::new();
+        for spec in specs {
+            let at = format!("destinationRules[{}/{}]", spec.namespace, spec.name);
+            if spec.export_to.is_some() {
+                return Err(err(
+                    format!("{at}.exportTo"),
+                    "not supported: a waypoint applies every rule in its config",
+                ));
+            }
+            if spec.workload_selector.is_some() {
+                return Err(err(
+                    format!("{at}.workloadSelector"),
+                    "not supported: it selects sidecars, which a waypoint is not",
+                ));
+            }
+            let service = resolve(&spec.namespace, &spec.host).ok_or_else(|| {
+                err(
+                    format!("{at}.host"),
+                    format!("{:?} is no Service of the mesh", spec.host),
+                )
+            })?;
+            if let Some(other) = by_service.get(&service) {
+                return Err(err(
+                    format!("{at}.host"),
+                    format!(
+                        "{service} already has DestinationRule {}: give a Service one rule",
+                        other.name
+                    ),
+                ));
+            }
+            let balance = match &spec.traffic_policy {
+                Some(p) => traffic_policy(p, &format!("{at}.trafficPolicy"))?,
+                None => None,
+            };
+            let mut subsets = BTreeMap::new();
+            for (i, s) in spec.subsets.iter().enumerate() {
+                let at = format!("{at}.subsets[{i}]");
+                if s.name.is_empty() {
+                    return Err(err(format!("{at}.name"), "must not be empty"));
+                }
+                let mut labels = Vec::with_capacity(s.labels.len());
+                for (k, v) in &s.labels {
+                    label_key(k).map_err(|m| err(format!("{at}.labels.{k}"), m))?;
+                    label_value(v).map_err(|m| err(format!("{at}.labels.{k}"), m))?;
+                    labels.push((k.clone(), v.clone()));
+                }
+                let balance = match &s.traffic_policy {
+                    Some(p) => traffic_policy(p, &format!("{at}.trafficPolicy"))?,
+                    None => None,
+                };
+                if subsets
+                    .insert(s.name.clone(), Subset { labels, balance })
+                    .is_some()
+                {
+                    return Err(err(
+                        format!("{at}.name"),
+                        format!("another subset is named {:?}", s.name),
+                    ));
+                }
+            }
+            by_service.insert(
+                service,
+                ServiceRule {
+                    name: format!("{}/{}", spec.namespace, spec.name),
+                    balance,
+                    subsets,
+                },
+            );
+        }
+        Ok(DestinationRules { by_service })
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_service.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_service.is_empty()
+    }
+
+    /// The rule for `service`, if one names it.
+    pub fn get(&self, service: &ServiceRef) -> Option<&ServiceRule> {
+        self.by_service.get(service)
+    }
+
+    /// The subset `name` of `service`.
+    pub fn subset(&self, service: &ServiceRef, name: &str) -> Option<&Subset> {
+        self.get(service)?.subsets.get(name)
+    }
+
+    /// The balancing that applies to `service`, or to its subset: the subset's, else the
+    /// rule's; `None` leaves the Service's own.
+    pub fn balance(&self, service: &ServiceRef, subset: Option<&str>) -> Option<Balance> {
+        let rule = self.get(service)?;
+        subset
+            .and_then(|s| rule.subsets.get(s))
+            .and_then(|s| s.balance)
+            .or(rule.balance)
+    }
+}
+
+fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Option<Balance>, RouteError> {
+    let unsupported = [
+        ("connectionPool", p.connection_pool.is_some()),
+        ("outlierDetection", p.outlier_detection.is_some()),
+        ("portLevelSettings", p.port_level_settings.is_some()),
+        ("tunnel", p.tunnel.is_some()),
+        ("proxyProtocol", p.proxy_protocol.is_some()),
+    ];
+    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return Err(err(
+            format!("{at}.{field}"),
+            "not supported by the ringmesh waypoint; remove it (the waypoint would not apply it)",
+        ));
+    }
+    if let Some(tls) = &p.tls {
+        match tls.mode.as_deref() {
+            Some("ISTIO_MUTUAL") => {}
+            other => {
+                return Err(err(
+                    format!("{at}.tls.mode"),
+                    format!(
+                        "{}: only ISTIO_MUTUAL, which HBONE always is; the waypoint reaches mesh endpoints over HBONE",
+                        other.unwrap_or("(none)")
+                    ),
+                ));
+            }
+        }
+    }
+    let Some(lb) = &p.load_balancer else {
+        return Ok(None);
+    };
+    let at = format!("{at}.loadBalancer");
+    let unsupported = [
+        ("consistentHash", lb.consistent_hash.is_some()),
+        ("localityLbSetting", lb.locality_lb_setting.is_some()),
+        ("warmupDurationSecs", lb.warmup_duration_secs.is_some()),
+    ];
+    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return Err(err(
+            format!("{at}.{field}"),
+            "not supported by the ringmesh waypoint; use simple: ROUND_ROBIN or RANDOM",
+        ));
+    }
+    match lb.simple.as_deref() {
+        None | Some("UNSPECIFIED") => Ok(None),
+        Some("ROUND_ROBIN") => Ok(Some(Balance::RoundRobin)),
+        Some("RANDOM") => Ok(Some(Balance::Random)),
+        Some(other) => Err(err(
+            format!("{at}.simple"),
+            format!("{other}: use ROUND_ROBIN, RANDOM or UNSPECIFIED (the Service's own)"),
+        )),
+    }
+}
+
+/// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of at most
+/// 63 characters, alphanumeric at both ends, with `-`, `_` and `.` inside.
+pub fn label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        let dns = !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if !dns {
+            return Err(format!(
+                "{key:?}: the prefix before '/' must be a DNS subdomain (lower case)"
+            ));
+        }
+    }
+    if name.is_empty() {
+        return Err(format!("{key:?}: the name part is empty"));
+    }
+    label_value(name).map_err(|_| {
+        format!(
+            "{key:?}: a label name is at most 63 characters, alphanumeric at both ends, with '-', '_' or '.' inside"
+        )
+    })
+}
+
+/// A Kubernetes label value: empty, or at most 63 characters, alphanumeric at both ends,
+/// with `-`, `_` and `.` inside.
+pub fn label_value(v: &str) -> Result<(), String> {
+    let alnum = |b: u8| b.is_ascii_alphanumeric();
+    let ok = v.is_empty()
+        || (v.len() <= 63
+            && v.bytes().all(|b| alnum(b) || b"-_.".contains(&b))
+            && v.bytes().next().is_some_and(alnum)
+            && v.bytes().last().is_some_and(alnum));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{v:?}: a label value is at most 63 characters, alphanumeric at both ends, with '-', '_' or '.' inside"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(ns: &str, host: &str) -> Option<ServiceRef> {
+        let name = host.split('.').next()?;
+        ["reviews", "ratings"]
+            .contains(&name)
+            .then(|| ServiceRef::new(ns, name))
+    }
+
+    fn build(yaml: &str) -> Result<DestinationRules, RouteError> {
+        let specs: Vec<DestinationRuleSpec> = serde_yaml::from_str(yaml).expect("yaml");
+        DestinationRules::build(&specs, &resolve)
+    }
+
+    #[test]
+    fn subsets_and_balancing_follow_istio() {
+        let drs = build(
+            r#"
+- name: reviews
+  namespace: demo
+  host: reviews.demo.svc.cluster.local
+  trafficPolicy: {loadBalancer: {simple: RANDOM}, tls: {mode: ISTIO_MUTUAL}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2, app.kubernetes.io/part-of: bookinfo}
+    trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+  - {name: all}
+"#,
+        )
+        .unwrap();
+        let reviews = ServiceRef::new("demo", "reviews");
+        assert_eq!(drs.len(), 1);
+        assert_eq!(drs.balance(&reviews, None), Some(Balance::Random));
+        assert_eq!(drs.balance(&reviews, Some("v1")), Some(Balance::Random));
+        assert_eq!(drs.balance(&reviews, Some("v2")), Some(Balance::RoundRobin));
+        assert_eq!(drs.balance(&ServiceRef::new("demo", "ratings"), None), None);
+        let labels: HashMap<&str, &str> = [("version", "v2"), ("app", "reviews")].into();
+        let look = |k: &str| labels.get(k).copied();
+        assert!(!drs.subset(&reviews, "v1").unwrap().admits(look));
+        // Every label must match: v2 also wants part-of.
+        assert!(!drs.subset(&reviews, "v2").unwrap().admits(look));
+        let more: HashMap<&str, &str> =
+            [("version", "v2"), ("app.kubernetes.io/part-of", "bookinfo")].into();
+        assert!(
+            drs.subset(&reviews, "v2")
+                .unwrap()
+                .admits(|k| more.get(k).copied())
+        );
+        assert!(drs.subset(&reviews, "all").unwrap().admits(|_| None));
+        assert!(drs.subset(&reviews, "v3").is_none());
+    }
+
+    #[test]
+    fn unsupported_and_wrong_things_are_refused_with_their_field() {
+        let cases = [
+            (
+                "[{name: r, namespace: demo, host: nowhere}]",
+                "destinationRules[demo/r].host",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews}, {name: s, namespace: demo, host: reviews.demo}]",
+                "destinationRules[demo/s].host",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, subsets: [{name: v1}, {name: v1}]}]",
+                "destinationRules[demo/r].subsets[1].name",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, subsets: [{name: ''}]}]",
+                "destinationRules[demo/r].subsets[0].name",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, subsets: [{name: v1, labels: {version: -v1}}]}]",
+                "destinationRules[demo/r].subsets[0].labels.version",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, subsets: [{name: v1, labels: {'Bad/x': v1}}]}]",
+                "destinationRules[demo/r].subsets[0].labels.Bad/x",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}}]",
+                "destinationRules[demo/r].trafficPolicy.loadBalancer.simple",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x}}}}]",
+                "destinationRules[demo/r].trafficPolicy.loadBalancer.consistentHash",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}}]",
+                "destinationRules[demo/r].trafficPolicy.connectionPool",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, subsets: [{name: v1, trafficPolicy: {outlierDetection: {}}}]}]",
+                "destinationRules[demo/r].subsets[0].trafficPolicy.outlierDetection",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {tls: {mode: SIMPLE}}}]",
+                "destinationRules[demo/r].trafficPolicy.tls.mode",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, exportTo: ['.']}]",
+                "destinationRules[demo/r].exportTo",
+            ),
+        ];
+        for (yaml, path) in cases {
+            let e = build(yaml).expect_err(yaml);
+            assert_eq!(e.path, path, "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn label_syntax_is_kubernetes() {
+        for ok in ["version", "app.kubernetes.io/name", "a", "x_y-z.1"] {
+            assert!(label_key(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "/x", "Ab.io/x", "-x", "x-", &"a".repeat(64), "a/b/"] {
+            assert!(label_key(bad).is_err(), "{bad}");
+        }
+        for ok in ["", "v1", "1.2.3", "a_b"] {
+            assert!(label_value(ok).is_ok(), "{ok}");
+        }
+        for bad in ["-v1", "v1.", "a b", &"a".repeat(64)] {
+            assert!(label_value(bad).is_err(), "{bad}");
+        }
+    }
+}
