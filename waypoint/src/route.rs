@@ -28,6 +28,12 @@ mod compile;
 mod spec;
 
 pub use compile::duration;
+
+/// Checks an Istio `uriRegexRewrite` (its pattern and substitution) where `at` names it, so
+/// the VirtualService translation can report it under its own field.
+pub fn check_regex_rewrite(pattern: &str, with: &str, at: &str) -> Result<(), RouteError> {
+    compile::regex_rewrite(pattern, with, at).map(|_| ())
+}
 use compile::{compile_match, compile_rule, host_match, service_kind};
 pub use spec::*;
 
@@ -160,7 +166,22 @@ pub enum PathRewrite {
     /// Istio `rewrite.uri` after a `prefix` match: the matched string prefix becomes `with`
     /// (Envoy's `prefix_rewrite`: `/apiv2` with prefix `/api` and `/new` gives `/newv2`).
     Literal { matched: String, with: String },
+    /// Istio `rewrite.uriRegexRewrite` (Envoy's `regex_rewrite`): every match of the pattern
+    /// in the path is replaced, `with` naming capture groups as `${1}`.
+    Regex { pattern: Pattern, with: String },
 }
+
+/// A compiled regular expression that compares by its source (routes compare in tests).
+#[derive(Debug, Clone)]
+pub struct Pattern(pub Regex);
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for Pattern {}
 
 impl PathRewrite {
     /// The rewritten path for `path` (which the rule's match accepted).
@@ -180,6 +201,14 @@ impl PathRewrite {
             PathRewrite::Literal { matched, with } => {
                 let rest = path.strip_prefix(matched.as_str()).unwrap_or(path);
                 format!("{with}{rest}")
+            }
+            PathRewrite::Regex { pattern, with } => {
+                let out = pattern.0.replace_all(path, with.as_str());
+                if out.starts_with('/') {
+                    out.into_owned()
+                } else {
+                    format!("/{out}")
+                }
             }
         }
     }
@@ -675,7 +704,7 @@ fn resolve_prefix(
             },
             None => PathRewrite::Full(with),
         },
-        (full @ PathRewrite::Full(_), _) => full,
+        (done @ (PathRewrite::Full(_) | PathRewrite::Regex { .. }), _) => done,
     };
     Ok(())
 }

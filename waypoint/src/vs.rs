@@ -19,7 +19,10 @@
 //! - `destination.subset` (and `mirror.subset`) must name a subset of the DestinationRule
 //!   for that host ([`crate::dr`]); the request then goes to the subset's endpoints only.
 //!
-//! Not supported, and refused with the field named: `rewrite.uriRegexRewrite`, `redirect.derivePort`, `delegate`, regex methods,
+//! - `rewrite.uriRegexRewrite` replaces every match of its pattern in the path (Envoy's
+//!   `regex_rewrite`), with RE2's `\1` group references.
+//!
+//! Not supported, and refused with the field named: `redirect.derivePort`, `delegate`, regex methods,
 //! `sourceLabels`, `gateways`.
 
 use std::collections::BTreeMap;
@@ -78,16 +81,30 @@ pub struct HttpEntrySpec {
     pub redirect: Option<VsRedirectSpec>,
 }
 
-/// Istio's `HTTPRewrite` (`uriRegexRewrite` is not supported).
+/// Istio's `HTTPRewrite`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VsRewriteSpec {
     /// Replaces the matched prefix (or the whole path after an exact or regex match).
     #[serde(default)]
     pub uri: Option<String>,
+    /// Replaces every match of a pattern in the path.
+    #[serde(default)]
+    pub uri_regex_rewrite: Option<RegexRewriteSpec>,
     /// Replaces the Host / `:authority`.
     #[serde(default)]
     pub authority: Option<String>,
+}
+
+/// Istio's `RegexRewrite`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegexRewriteSpec {
+    /// An RE2 pattern, unanchored.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// The substitution; `\1` is the first capture group.
+    pub rewrite: String,
 }
 
 /// Istio's `HTTPRedirect` (`derivePort` is not supported: the port is Gateway API's rule).
@@ -365,12 +382,33 @@ fn rule(
     }
     let mut filters = Vec::new();
     if let Some(r) = &e.rewrite {
-        let path = r.uri.as_ref().map(|uri| PathModifierSpec {
-            kind: "ReplacePrefixMatch".into(),
-            replace_prefix_match: Some(uri.clone()),
-            istio: true,
-            ..PathModifierSpec::default()
-        });
+        let path = match (&r.uri, &r.uri_regex_rewrite) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    format!("{at}.rewrite.uriRegexRewrite"),
+                    "give uri or uriRegexRewrite, not both",
+                ));
+            }
+            (Some(uri), None) => Some(PathModifierSpec {
+                kind: "ReplacePrefixMatch".into(),
+                replace_prefix_match: Some(uri.clone()),
+                istio: true,
+                ..PathModifierSpec::default()
+            }),
+            (None, Some(rx)) => {
+                crate::route::check_regex_rewrite(
+                    &rx.pattern,
+                    &rx.rewrite,
+                    &format!("{at}.rewrite.uriRegexRewrite"),
+                )?;
+                Some(PathModifierSpec {
+                    kind: "ReplaceFullPath".into(),
+                    istio_regex: Some((rx.pattern.clone(), rx.rewrite.clone())),
+                    ..PathModifierSpec::default()
+                })
+            }
+            (None, None) => None,
+        };
         filters.push(FilterSpec {
             kind: "URLRewrite".into(),
             url_rewrite: Some(UrlRewriteSpec {
@@ -816,11 +854,60 @@ mod tests {
                 .unwrap_err();
             assert!(e.path.ends_with(field), "{yaml}: {e}");
         }
-        assert!(
-            serde_yaml::from_str::<Vec<VirtualServiceSpec>>(
-                "- {name: v, namespace: demo, hosts: [reviews], http: [{rewrite: {uriRegexRewrite: {match: a, rewrite: b}}, route: [{destination: {host: reviews}}]}]}"
-            )
-            .is_err()
-        );
+    }
+
+    #[test]
+    fn uri_regex_rewrite_replaces_every_match_as_envoy() {
+        let yaml = r#"
+- name: v
+  namespace: demo
+  hosts: [reviews]
+  http:
+    - match: [{uri: {prefix: /service}}]
+      rewrite: {uriRegexRewrite: {match: "^/service/([^/]+)(/.*)$", rewrite: "\\2/instance/\\1"}}
+      route: [{destination: {host: reviews}}]
+    - rewrite: {uriRegexRewrite: {match: "o", rewrite: "0$"}}
+      route: [{destination: {host: reviews}}]
+"#;
+        let routes = to_http_routes(&specs(yaml), &resolve, &DestinationRules::default()).unwrap();
+        let t = RouteTable::build(&routes).unwrap();
+        let svc = ServiceRef::new("demo", "reviews");
+        let apply = |p: &str| {
+            let r = t.select(&svc, 80, &get(p, &[])).unwrap().unwrap();
+            r.rewrite.as_ref().unwrap().path.as_ref().unwrap().apply(p)
+        };
+        // Envoy's documented example: groups swapped.
+        assert_eq!(apply("/service/foo/v1/api"), "/v1/api/instance/foo");
+        // Every match, and a `$` is literal.
+        assert_eq!(apply("/foo/boo"), "/f0$0$/b0$0$");
+        for (rewrite, field) in [
+            (
+                "{uri: /a, uriRegexRewrite: {match: a, rewrite: b}}",
+                "rewrite.uriRegexRewrite",
+            ),
+            (
+                "{uriRegexRewrite: {match: \"(\", rewrite: b}}",
+                "rewrite.uriRegexRewrite.match",
+            ),
+            (
+                "{uriRegexRewrite: {match: \"(a)\", rewrite: \"/\\\\2\"}}",
+                "rewrite.uriRegexRewrite.rewrite",
+            ),
+            (
+                "{uriRegexRewrite: {match: a, rewrite: \"/x?y\"}}",
+                "rewrite.uriRegexRewrite.rewrite",
+            ),
+        ] {
+            let yaml = format!(
+                "- {{name: v, namespace: demo, hosts: [reviews], http: [{{rewrite: {rewrite}, route: [{{destination: {{host: reviews}}}}]}}]}}"
+            );
+            let e =
+                to_http_routes(&specs(&yaml), &resolve, &DestinationRules::default()).unwrap_err();
+            assert_eq!(
+                e.path,
+                format!("virtualServices[demo/v].http[0].{field}"),
+                "{e}"
+            );
+        }
     }
 }

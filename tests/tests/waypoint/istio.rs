@@ -19,6 +19,10 @@ virtualServices:
         match: [{uri: {prefix: /api}}]
         route: [{destination: {host: echo-v2.demo, port: {number: 80}}}]
         headers: {request: {set: {x-route: api}}}
+      - name: regex
+        match: [{uri: {prefix: /svc/}}]
+        rewrite: {uriRegexRewrite: {match: \"^/svc/([^/]+)(/.*)$\", rewrite: \"\\\\2/instance/\\\\1\"}}
+        route: [{destination: {host: echo-v1, port: {number: 80}}}]
       - name: rest
         route: [{destination: {host: echo-v1, port: {number: 80}}}]
         retries: {attempts: 2, retryOn: \"5xx\"}
@@ -39,6 +43,13 @@ virtualServices:
     ensure!(
         r.status == 200 && r.body.starts_with("v2 ") && r.body.contains("x-route: api"),
         "{r:?}"
+    );
+    // uriRegexRewrite: groups swapped, the query kept.
+    let r = c.request("GET", "/svc/foo/v1/api?q=1", &[], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v1 GET /v1/api/instance/foo?q=1\n"),
+        "{r:?}\n{}",
+        m.context()
     );
     let r = c.request("GET", "/other", &[], b"")?;
     ensure!(r.status == 418, "{r:?}");

@@ -48,11 +48,14 @@ pub(super) fn host_match(h: &str) -> Result<HostMatch, String> {
     }
 }
 
+/// The compiled size a config's regex may reach (the regex crate's own default is 10 MiB):
+/// a route table is per core, and a config must not make a matcher huge.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
 pub(super) fn regex(value: &str, at: &str) -> Result<Regex, RouteError> {
-    // Anchored: Gateway API regexes match the whole value. Size-limited so a config cannot
-    // make the matcher huge.
+    // Anchored: Gateway API regexes match the whole value.
     regex::RegexBuilder::new(&format!("^(?:{value})$"))
-        .size_limit(1 << 20)
+        .size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map_err(|e| {
             err(
@@ -409,6 +412,9 @@ pub(super) fn compile_rule(
 }
 
 fn path_modifier(m: &PathModifierSpec, at: &str) -> Result<PathRewrite, RouteError> {
+    if let Some((pattern, with)) = &m.istio_regex {
+        return regex_rewrite(pattern, with, at);
+    }
     let check = |v: &str, field: &str| {
         if !v.starts_with('/')
             || v.bytes()
@@ -452,6 +458,74 @@ fn path_modifier(m: &PathModifierSpec, at: &str) -> Result<PathRewrite, RouteErr
         ("ReplaceFullPath", _) => PathRewrite::Full(with),
         (_, true) => PathRewrite::Literal { matched, with },
         (_, false) => PathRewrite::Prefix { matched, with },
+    })
+}
+
+/// Istio's `uriRegexRewrite` (`at` is its path): the pattern compiled, and RE2's `\N`
+/// group references turned into the regex crate's `${N}` (a literal `$` escaped), as Envoy
+/// substitutes them.
+pub(super) fn regex_rewrite(
+    pattern: &str,
+    with: &str,
+    at: &str,
+) -> Result<PathRewrite, RouteError> {
+    let re = regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| {
+            err(
+                format!("{at}.match"),
+                format!("{pattern:?} is not a valid regular expression: {e}"),
+            )
+        })?;
+    if with
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#')
+    {
+        return Err(err(
+            format!("{at}.rewrite"),
+            format!("{with:?}: a path has no spaces, query or fragment"),
+        ));
+    }
+    let mut out = String::with_capacity(with.len() + 8);
+    let mut chars = with.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("$$"),
+            '\\' => match chars.peek() {
+                Some(d) if d.is_ascii_digit() => {
+                    let group = d.to_digit(10).unwrap_or(0) as usize;
+                    chars.next();
+                    if group > re.captures_len() - 1 {
+                        return Err(err(
+                            format!("{at}.rewrite"),
+                            format!(
+                                "\\{group}: the pattern has {} groups",
+                                re.captures_len() - 1
+                            ),
+                        ));
+                    }
+                    out.push_str(&format!("${{{group}}}"));
+                }
+                Some('\\') => {
+                    chars.next();
+                    out.push('\\');
+                }
+                _ => {
+                    return Err(err(
+                        format!("{at}.rewrite"),
+                        format!(
+                            "{with:?}: a backslash is followed by a group number or another backslash"
+                        ),
+                    ));
+                }
+            },
+            c => out.push(c),
+        }
+    }
+    Ok(PathRewrite::Regex {
+        pattern: Pattern(re),
+        with: out,
     })
 }
 

@@ -146,6 +146,10 @@ pub struct PathModifierSpec {
     /// matched string prefix, or the whole path after an exact or regex match.
     #[serde(skip)]
     pub istio: bool,
+    /// Set by the VirtualService translation: Istio's `rewrite.uriRegexRewrite`, as
+    /// (pattern, substitution in RE2's `\1` form).
+    #[serde(skip)]
+    pub istio_regex: Option<(String, String)>,
 }
 
 /// Gateway API's `HTTPRequestRedirectFilter`: the answer is a redirect, nothing is sent on.
