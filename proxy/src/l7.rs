@@ -36,13 +36,12 @@ use hbone::wire::{ConnectRequest, Status};
 use runtime::net::{TcpListener, TcpStream};
 use runtime::{Broadcaster, RuntimeConfig, Shutdown, Worker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use waypoint::dr::Balance;
 use waypoint::route::ServiceRef;
 use waypoint::security::Peer;
 use waypoint::serve::{Endpoint, Target, Upstream, UpstreamError, Upstreams, Waypoint};
 use waypoint::stats::{Snapshot as StatsSnapshot, Stats};
 
-use crate::config::snapshot::{LoadBalancing, ServicePort};
+use crate::config::snapshot::ServicePort;
 use crate::config::{self, LoadOptions, Protocol, Snapshot, WatchOptions};
 use crate::identity::ca;
 use crate::identity::manager::{CertSet, IdentityManager, ManagerOptions, Signer};
@@ -178,30 +177,38 @@ enum Dial {
 }
 
 impl MeshUpstreams {
-    fn dial_for(&self, to: &Upstream) -> Result<(Dial, Endpoint), UpstreamError> {
-        let snapshot = self.core.snapshot.borrow().clone();
+    /// See [`Upstreams::pick`].
+    fn pick(&self, to: &Upstream, load: &dyn Fn(SocketAddr) -> u32) -> Result<Endpoint, String> {
+        let snapshot = self.core.snapshot.borrow();
         let (service, port) = (&to.service, to.port);
         let svc = snapshot
             .service_by_name(&service.namespace, &service.name)
-            .ok_or_else(|| UpstreamError::NoEndpoint(format!("no service {service}")))?;
-        let vip = svc.vips.first().ok_or_else(|| {
-            UpstreamError::NoEndpoint(format!("service {service} has no VIP (headless)"))
-        })?;
+            .ok_or_else(|| format!("no service {service}"))?;
+        let vip = svc
+            .vips
+            .first()
+            .ok_or_else(|| format!("service {service} has no VIP (headless)"))?;
+        let Some(sp) = snapshot.service_port(SocketAddr::new(vip.ip, port)) else {
+            return Err(format!("service {service} does not expose port {port}"));
+        };
         let n = self.counter.get();
         self.counter.set(n.wrapping_add(1));
-        let Some(sp) = snapshot.service_port(SocketAddr::new(vip.ip, port)) else {
-            return Err(UpstreamError::NoEndpoint(format!(
-                "service {service} does not expose port {port}"
-            )));
-        };
-        let (workload, addr) = pick_endpoint(&snapshot, sp, to, n)
-            .map(|e| (e.workload.clone(), e.addr))
-            .map_err(UpstreamError::NoEndpoint)?;
-        let endpoint = Endpoint {
-            uid: workload.uid.clone(),
-            addr,
-        };
-        let dial = match workload.protocol {
+        let e = pick_endpoint(&snapshot, sp, to, n, load)?;
+        Ok(Endpoint {
+            uid: e.workload.uid.clone(),
+            addr: e.addr,
+        })
+    }
+
+    /// How to reach `endpoint` right now: HBONE to its node for a mesh workload, TCP
+    /// otherwise.
+    fn dial_for(&self, endpoint: &Endpoint) -> Result<Dial, UpstreamError> {
+        let snapshot = self.core.snapshot.borrow();
+        let workload = snapshot.workload_by_uid(&endpoint.uid).ok_or_else(|| {
+            UpstreamError::NoEndpoint(format!("endpoint {} is gone", endpoint.uid))
+        })?;
+        let addr = endpoint.addr;
+        Ok(match workload.protocol {
             Protocol::Hbone => Dial::Hbone(
                 Box::new(PoolKey::new(
                     self.core.identity.clone(),
@@ -211,19 +218,20 @@ impl MeshUpstreams {
                 Box::new(ConnectRequest::new(addr)),
             ),
             Protocol::Tcp => Dial::Tcp(addr),
-        };
-        Ok((dial, endpoint))
+        })
     }
 }
 
-/// The endpoint of `sp` for `to`: among the healthy endpoints, those of `to`'s subset, by
-/// the DestinationRule's balancing or else the Service's. Filters in place (two passes,
-/// no allocation): subsets are small lists, and this runs once per new upstream connection.
+/// The endpoint of `sp` for a request to `to`: among the healthy endpoints, those of `to`'s
+/// subset, by the DestinationRule's balancing, least-request without one (Istio's default
+/// for Envoy, so for waypoints). Filters in place, without allocating: this runs once per
+/// request, and a Service's endpoints are a short list.
 fn pick_endpoint<'a>(
     snapshot: &Snapshot,
     sp: &'a ServicePort,
     to: &Upstream,
     counter: u64,
+    load: &dyn Fn(SocketAddr) -> u32,
 ) -> Result<&'a config::snapshot::Endpoint, String> {
     let service = &to.service;
     let rules = snapshot.destination_rules();
@@ -235,16 +243,21 @@ fn pick_endpoint<'a>(
             format!("service {service} has no subset {name:?} in its DestinationRule")
         })?),
     };
-    let balance = match rules.balance(service, to.subset.as_deref()) {
-        Some(Balance::RoundRobin) => LoadBalancing::RoundRobin,
-        Some(Balance::Random) => LoadBalancing::Random,
-        None => sp.service.load_balancing,
-    };
+    let balance = rules
+        .balance(service, to.subset.as_deref())
+        .unwrap_or_default();
     let admitted = |e: &&'a config::snapshot::Endpoint| {
         subset.is_none_or(|s| s.admits(|k| e.workload.label(k)))
     };
-    let count = sp.endpoints.iter().filter(admitted).count();
-    let Some(i) = config::snapshot::pick_index(balance, count, counter) else {
+    let nth = |i: usize| sp.endpoints.iter().filter(admitted).nth(i);
+    let count = match subset {
+        None => sp.endpoints.len(),
+        Some(_) => sp.endpoints.iter().filter(admitted).count(),
+    };
+    let chosen = balance.choose(count, counter, |i| {
+        nth(i).map_or(u32::MAX, |e| load(e.addr))
+    });
+    let Some(e) = chosen.and_then(nth) else {
         return Err(match &to.subset {
             Some(name) => format!(
                 "service {service} has no healthy endpoint in subset {name:?} for port {}",
@@ -256,12 +269,7 @@ fn pick_endpoint<'a>(
             ),
         });
     };
-    Ok(sp
-        .endpoints
-        .iter()
-        .filter(admitted)
-        .nth(i)
-        .expect("i < count"))
+    Ok(e)
 }
 
 /// Deadline for a plain TCP connect to an endpoint outside the mesh.
@@ -274,26 +282,33 @@ struct Ups(Rc<MeshUpstreams>);
 impl Upstreams for Ups {
     type Io = Io;
 
-    fn open(
+    fn pick(
         &self,
         to: &Upstream,
-    ) -> Pin<Box<dyn Future<Output = Result<(Io, Endpoint), UpstreamError>>>> {
-        let dial = self.0.dial_for(to);
+        load: &dyn Fn(SocketAddr) -> u32,
+    ) -> Result<Endpoint, UpstreamError> {
+        self.0.pick(to, load).map_err(UpstreamError::NoEndpoint)
+    }
+
+    fn connect(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Pin<Box<dyn Future<Output = Result<Io, UpstreamError>>>> {
+        let dial = self.0.dial_for(endpoint);
         let me = self.0.clone();
         Box::pin(async move {
-            let (dial, endpoint) = dial?;
-            match dial {
+            match dial? {
                 Dial::Hbone(key, req) => me
                     .pool
                     .connect(&key, &req)
                     .await
-                    .map(|s| (Io::Hbone(Box::new(s)), endpoint))
+                    .map(|s| Io::Hbone(Box::new(s)))
                     .map_err(|e| UpstreamError::Connect(e.to_string())),
                 Dial::Tcp(addr) => {
                     match runtime::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr))
                         .await
                     {
-                        Ok(Ok(s)) => Ok((Io::Tcp(s), endpoint)),
+                        Ok(Ok(s)) => Ok(Io::Tcp(s)),
                         Ok(Err(e)) => Err(UpstreamError::Connect(format!("connect {addr}: {e}"))),
                         Err(_) => Err(UpstreamError::Connect(format!(
                             "connect {addr}: no answer in {TCP_CONNECT_TIMEOUT:?}"
@@ -785,9 +800,19 @@ destinationRules:
       - {name: v2, labels: {version: v2}}
       - {name: v3, labels: {version: v3}}
       - {name: random, labels: {app: reviews}, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
+      - {name: least, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}}
 "#;
 
     fn picks(snapshot: &Snapshot, subset: Option<&str>, n: u64) -> Result<Vec<String>, String> {
+        picks_loaded(snapshot, subset, n, &|_| 0)
+    }
+
+    fn picks_loaded(
+        snapshot: &Snapshot,
+        subset: Option<&str>,
+        n: u64,
+        load: &dyn Fn(SocketAddr) -> u32,
+    ) -> Result<Vec<String>, String> {
         let sp = snapshot
             .service_port(SocketAddr::from(([10, 1, 0, 1], 80)))
             .expect("service port");
@@ -797,7 +822,7 @@ destinationRules:
             port: 80,
         };
         (0..n)
-            .map(|i| pick_endpoint(snapshot, sp, &to, i).map(|e| e.workload.name.to_string()))
+            .map(|i| pick_endpoint(snapshot, sp, &to, i, load).map(|e| e.workload.name.to_string()))
             .collect()
     }
 
@@ -823,5 +848,11 @@ destinationRules:
         assert!(random.iter().all(|w| w == "r1" || w == "r4"), "{random:?}");
         assert!(random.iter().any(|w| w == "r1") && random.iter().any(|w| w == "r4"));
         assert_ne!(random, picks(&snap, Some("v1"), 64).unwrap());
+        // Least-request: r1 busy, so its subset's other member takes every request.
+        let busy = |a: SocketAddr| u32::from(a.ip() == IpAddr::from([10, 0, 0, 1])) * 3;
+        let least = picks_loaded(&snap, Some("least"), 32, &busy).unwrap();
+        assert!(least.iter().all(|w| w == "r4"), "{least:?}");
+        let idle = picks(&snap, Some("least"), 64).unwrap();
+        assert!(idle.iter().any(|w| w == "r1") && idle.iter().any(|w| w == "r4"));
     }
 }

@@ -10,13 +10,13 @@
 //! Meaning, as Istio's:
 //! - a subset is the Service's endpoints whose workload labels include every one of the
 //!   subset's labels (no labels: every endpoint);
-//! - a subset's `trafficPolicy` overrides the rule's, which overrides the Service's own
-//!   load balancing;
+//! - the endpoint is picked per request: least-request (Istio's default), or what
+//!   `loadBalancer.simple` says, a subset's `trafficPolicy` overriding the rule's;
 //! - `tls.mode: ISTIO_MUTUAL` is accepted and changes nothing: the waypoint reaches mesh
 //!   endpoints over HBONE, which is always mutual TLS.
 //!
 //! Not supported, and refused with the field named rather than accepted and ignored:
-//! `LEAST_REQUEST`, `LEAST_CONN` and `PASSTHROUGH` load balancing, `consistentHash`,
+//! `PASSTHROUGH` load balancing, `consistentHash`,
 //! `localityLbSetting`, `warmupDurationSecs`, `connectionPool`, `outlierDetection`,
 //! `portLevelSettings`, `tunnel`, `proxyProtocol`, TLS modes other than `ISTIO_MUTUAL`,
 //! `exportTo` and `workloadSelector`. One rule per Service (Istio would merge several).
@@ -86,7 +86,8 @@ pub struct TrafficPolicySpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancerSpec {
-    /// `ROUND_ROBIN`, `RANDOM` or `UNSPECIFIED` (the Service's own rule).
+    /// `LEAST_REQUEST` (or its old name `LEAST_CONN`), `ROUND_ROBIN`, `RANDOM`, or
+    /// `UNSPECIFIED` (least-request).
     #[serde(default)]
     pub simple: Option<String>,
     #[serde(default)]
@@ -104,11 +105,51 @@ pub struct TlsSpec {
     pub mode: Option<String>,
 }
 
-/// How a waypoint picks among the endpoints it may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a waypoint picks an endpoint for each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Balance {
     RoundRobin,
     Random,
+    /// Envoy's least-request with equal weights: of two endpoints drawn at random, the one
+    /// with fewer requests in flight. Istio's default, so the waypoint's without a rule.
+    #[default]
+    LeastRequest,
+}
+
+impl Balance {
+    /// The index of the endpoint to use among `n` candidates (`None` if there are none).
+    /// `counter` advances once per pick (one per core: no shared state); `load(i)` is the
+    /// requests in flight to candidate `i`, read only by least-request.
+    pub fn choose(self, n: usize, counter: u64, load: impl Fn(usize) -> u32) -> Option<usize> {
+        if n == 0 {
+            return None;
+        }
+        let n64 = n as u64;
+        Some(match self {
+            Balance::RoundRobin => (counter % n64) as usize,
+            Balance::Random => (splitmix64(counter) % n64) as usize,
+            Balance::LeastRequest if n == 1 => 0,
+            Balance::LeastRequest => {
+                // Two distinct candidates, uniformly: the second is drawn from the n-1 others.
+                let r = splitmix64(counter);
+                let a = (r % n64) as usize;
+                let mut b = ((r >> 32) % (n64 - 1)) as usize;
+                if b >= a {
+                    b += 1;
+                }
+                if load(b) < load(a) { b } else { a }
+            }
+        })
+    }
+}
+
+/// SplitMix64's finalizer (Steele, Lea, Flood 2014; their constants): consecutive counters
+/// land on unrelated values, so a per-core counter serves as the random source.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// One subset: the labels an endpoint must carry, and its own balancing if it has one.
@@ -241,7 +282,7 @@ impl DestinationRules {
     }
 
     /// The balancing that applies to `service`, or to its subset: the subset's, else the
-    /// rule's; `None` leaves the Service's own.
+    /// rule's; `None` when neither says (least-request).
     pub fn balance(&self, service: &ServiceRef, subset: Option<&str>) -> Option<Balance> {
         let rule = self.get(service)?;
         subset
@@ -291,16 +332,18 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Option<Balance>, Ro
     if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
         return Err(err(
             format!("{at}.{field}"),
-            "not supported by the ringmesh waypoint; use simple: ROUND_ROBIN or RANDOM",
+            "not supported by the ringmesh waypoint; use simple: LEAST_REQUEST, ROUND_ROBIN or RANDOM",
         ));
     }
     match lb.simple.as_deref() {
         None | Some("UNSPECIFIED") => Ok(None),
         Some("ROUND_ROBIN") => Ok(Some(Balance::RoundRobin)),
         Some("RANDOM") => Ok(Some(Balance::Random)),
+        // LEAST_CONN is Istio's deprecated name for the same thing.
+        Some("LEAST_REQUEST" | "LEAST_CONN") => Ok(Some(Balance::LeastRequest)),
         Some(other) => Err(err(
             format!("{at}.simple"),
-            format!("{other}: use ROUND_ROBIN, RANDOM or UNSPECIFIED (the Service's own)"),
+            format!("{other}: use LEAST_REQUEST (the default), ROUND_ROBIN, RANDOM or UNSPECIFIED"),
         )),
     }
 }
@@ -440,7 +483,7 @@ mod tests {
                 "destinationRules[demo/r].subsets[0].labels.Bad/x",
             ),
             (
-                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}}]",
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}}]",
                 "destinationRules[demo/r].trafficPolicy.loadBalancer.simple",
             ),
             (
@@ -468,6 +511,44 @@ mod tests {
             let e = build(yaml).expect_err(yaml);
             assert_eq!(e.path, path, "{yaml}: {e}");
         }
+    }
+
+    #[test]
+    fn least_request_takes_the_less_loaded_of_two() {
+        let lr = Balance::LeastRequest;
+        assert_eq!(lr.choose(0, 7, |_| 0), None);
+        assert_eq!(lr.choose(1, 7, |_| 9), Some(0));
+        // Two candidates: the idle one always wins.
+        for c in 0..100 {
+            assert_eq!(lr.choose(2, c, |i| [5, 0][i]), Some(1));
+        }
+        // Four candidates, one loaded: it is never taken, since the other of the pair is
+        // always lighter; the rest share the picks.
+        let mut seen = [0; 4];
+        for c in 0..4000 {
+            seen[lr.choose(4, c, |i| [0, 0, 9, 0][i]).unwrap()] += 1;
+        }
+        assert_eq!(seen[2], 0, "{seen:?}");
+        assert!(
+            seen.iter().enumerate().all(|(i, &k)| i == 2 || k > 1000),
+            "{seen:?}"
+        );
+        // Equal loads: uniform.
+        let mut seen = [0; 3];
+        for c in 0..3000 {
+            seen[lr.choose(3, c, |_| 1).unwrap()] += 1;
+        }
+        assert!(seen.iter().all(|&k| (800..1200).contains(&k)), "{seen:?}");
+        // Round robin is in turn; random covers all.
+        let rr: Vec<_> = (0..6)
+            .map(|c| Balance::RoundRobin.choose(3, c, |_| 0).unwrap())
+            .collect();
+        assert_eq!(rr, [0, 1, 2, 0, 1, 2]);
+        let mut seen = [false; 5];
+        for c in 0..100 {
+            seen[Balance::Random.choose(5, c, |_| 0).unwrap()] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -50,7 +51,7 @@ mod request;
 mod websocket;
 
 pub use body::{Body, BoxError};
-use body::{Counted, Finish, Pending, ReturnOnEnd};
+use body::{Counted, Finish, Holding, Pending, ReturnOnEnd};
 pub use conn::ConnLimits;
 use conn::{Activity, Watched, watchdog};
 use record::Record;
@@ -66,8 +67,8 @@ use websocket::{Upgraded, splice};
 /// per-request buffer for retries.
 pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
-/// Idle HTTP/1.1 connections kept per backend Service port on a core. Enough for the
-/// concurrency one client connection's HTTP/2 streams produce; more are closed when done.
+/// Idle HTTP/1.1 connections kept per endpoint on a core. Enough for the concurrency one
+/// client connection's HTTP/2 streams produce; more are closed when done.
 pub const IDLE_PER_BACKEND: usize = 64;
 
 /// Largest request head (HTTP/1.1: request line and headers) and header list (HTTP/2) a
@@ -89,23 +90,32 @@ pub enum UpstreamError {
     Connect(String),
 }
 
-/// How the waypoint reaches a Service's endpoints: the caller resolves and dials (an HBONE
-/// stream to the endpoint's node, or plain TCP outside the mesh).
+/// How the waypoint reaches a Service's endpoints: the caller knows the mesh (which
+/// endpoints a Service or subset has, and how to balance among them) and how to dial one
+/// (an HBONE stream to the endpoint's node, or plain TCP outside the mesh). The waypoint
+/// picks an endpoint per request and keeps the connections, per endpoint.
 pub trait Upstreams: 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + 'static;
 
-    /// A byte stream to one endpoint of `to` (a Service port, or a subset of its endpoints),
-    /// and which endpoint it is.
-    #[allow(clippy::type_complexity)]
-    fn open(
+    /// The endpoint for the next request to `to`: one of its healthy endpoints (of its
+    /// subset, if it names one), by the balancing its DestinationRule asks for.
+    /// `load(addr)` is the requests this core has in flight to the endpoint at `addr`.
+    fn pick(
         &self,
         to: &Upstream,
-    ) -> Pin<Box<dyn Future<Output = Result<(Self::Io, Endpoint), UpstreamError>>>>;
+        load: &dyn Fn(SocketAddr) -> u32,
+    ) -> Result<Endpoint, UpstreamError>;
+
+    /// A new byte stream to `endpoint`, which [`Upstreams::pick`] chose.
+    #[allow(clippy::type_complexity)]
+    fn connect(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Pin<Box<dyn Future<Output = Result<Self::Io, UpstreamError>>>>;
 }
 
 /// Where an attempt goes: a Service port, or the endpoints of one of its DestinationRule
-/// subsets. Also the key of the upstream connection pools, so a connection opened for one
-/// subset never carries a request meant for another.
+/// subsets.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Upstream {
     pub service: ServiceRef,
@@ -139,7 +149,7 @@ impl fmt::Display for Upstream {
 pub struct Endpoint {
     /// The endpoint workload's uid.
     pub uid: Arc<str>,
-    pub addr: std::net::SocketAddr,
+    pub addr: SocketAddr,
 }
 
 /// What the tunnel was addressed to: the Service and Service port a node proxy sent here,
@@ -166,8 +176,41 @@ async fn within<T>(
     }
 }
 
-type IdleKey = Upstream;
-type Idle = Rc<RefCell<HashMap<IdleKey, Vec<(SendRequest<Body>, Endpoint)>>>>;
+/// Idle HTTP/1.1 connections, per endpoint.
+type Idle = Rc<RefCell<HashMap<Endpoint, Vec<SendRequest<Body>>>>>;
+
+/// Requests in flight per endpoint on this core (least-request reads it). An endpoint with
+/// none has no entry, so the map holds at most the endpoints in use.
+type Load = Rc<RefCell<HashMap<SocketAddr, u32>>>;
+
+/// One request in flight to an endpoint, from the pick until its response body is done
+/// with (or the attempt fails).
+struct Active {
+    load: Load,
+    addr: SocketAddr,
+}
+
+impl Active {
+    fn enter(load: &Load, addr: SocketAddr) -> Active {
+        *load.borrow_mut().entry(addr).or_insert(0) += 1;
+        Active {
+            load: load.clone(),
+            addr,
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let mut load = self.load.borrow_mut();
+        if let Some(n) = load.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                load.remove(&self.addr);
+            }
+        }
+    }
+}
 
 /// One core's waypoint: the route table in force, the upstream connections, the counters.
 pub struct Waypoint<U: Upstreams> {
@@ -176,8 +219,9 @@ pub struct Waypoint<U: Upstreams> {
     passthrough: Arc<Rule>,
     upstreams: U,
     idle: Idle,
-    /// HTTP/2 connections (gRPC), one per Service port.
-    h2: RefCell<HashMap<IdleKey, (hyper::client::conn::http2::SendRequest<Body>, Endpoint)>>,
+    /// HTTP/2 connections (gRPC), one per endpoint.
+    h2: RefCell<HashMap<Endpoint, hyper::client::conn::http2::SendRequest<Body>>>,
+    load: Load,
     rng: RefCell<SmallRng>,
     in_flight: Rc<Cell<u32>>,
     retries_in_flight: Rc<Cell<u32>>,
@@ -202,6 +246,7 @@ impl<U: Upstreams> Waypoint<U> {
             upstreams,
             idle: Rc::default(),
             h2: RefCell::default(),
+            load: Rc::default(),
             rng: RefCell::new(SmallRng::from_os_rng()),
             in_flight: Rc::new(Cell::new(0)),
             retries_in_flight: Rc::new(Cell::new(0)),
@@ -576,42 +621,61 @@ impl<U: Upstreams> Waypoint<U> {
         f64::from(self.retries_in_flight.get()) < allowed
     }
 
-    /// One attempt: a pooled or new HTTP/1.1 connection to an endpoint, the request, the
-    /// response head. The connection goes back to the pool when the response body ends.
+    /// The endpoint for one attempt at `to`, counted in flight until the guard drops.
+    fn pick(&self, to: &Upstream) -> Result<(Endpoint, Active), SendError> {
+        let endpoint = {
+            let load = self.load.borrow();
+            self.upstreams
+                .pick(to, &|addr| load.get(&addr).copied().unwrap_or(0))
+                .map_err(SendError::Upstream)?
+        };
+        let active = Active::enter(&self.load, endpoint.addr);
+        Ok((endpoint, active))
+    }
+
+    /// One attempt: an endpoint picked for this request, a pooled or new HTTP/1.1
+    /// connection to it, the request, the response head. The connection goes back to the
+    /// endpoint's pool when the response body ends.
     async fn send(
         &self,
         to: &Upstream,
         req: Request<Body>,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
+        let (endpoint, active) = self.pick(to)?;
         if req.version() == Version::HTTP_2 {
-            return self.send_h2(to, req).await;
+            return self.send_h2(endpoint, active, req).await;
         }
-        let key = to.clone();
         let mut sender = None;
-        while let Some((mut s, endpoint)) = self.pooled(&key) {
+        while let Some(mut s) = self.pooled(&endpoint) {
             // A kept connection finishes its previous exchange before it takes another;
             // one the endpoint closed meanwhile is dropped.
             if s.ready().await.is_ok() {
-                sender = Some((s, endpoint));
+                sender = Some(s);
                 break;
             }
         }
-        if sender.is_none() {
-            let (io, endpoint) = self.upstreams.open(to).await.map_err(SendError::Upstream)?;
-            let (s, conn) = hyper::client::conn::http1::Builder::new()
-                .max_buf_size(MAX_HEADER_BYTES.max(8192))
-                .handshake::<_, Body>(TokioIo::new(io))
-                .await
-                .map_err(|e| SendError::Upstream(UpstreamError::Connect(e.to_string())))?;
-            runtime::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream HTTP connection ended");
-                }
-            })
-            .detach();
-            sender = Some((s, endpoint));
-        }
-        let (mut sender, endpoint) = sender.expect("set above");
+        let mut sender = match sender {
+            Some(s) => s,
+            None => {
+                let io = self
+                    .upstreams
+                    .connect(&endpoint)
+                    .await
+                    .map_err(SendError::Upstream)?;
+                let (s, conn) = hyper::client::conn::http1::Builder::new()
+                    .max_buf_size(MAX_HEADER_BYTES.max(8192))
+                    .handshake::<_, Body>(TokioIo::new(io))
+                    .await
+                    .map_err(|e| SendError::Upstream(UpstreamError::Connect(e.to_string())))?;
+                runtime::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "upstream HTTP connection ended");
+                    }
+                })
+                .detach();
+                s
+            }
+        };
         let resp = sender.send_request(req).await.map_err(|e| {
             // A "user" error is the request body's: the client sent a broken body (a bad
             // chunk), which is the client's fault, not the backend's.
@@ -626,32 +690,38 @@ impl<U: Upstreams> Waypoint<U> {
         let resp = resp.map(move |body| {
             Body::new(ReturnOnEnd {
                 body,
-                sender: Some((sender, kept)),
-                key: Some(key),
+                sender: Some(sender),
+                key: Some(kept),
                 idle,
+                active: Some(active),
             })
         });
         Ok((resp, endpoint))
     }
 
-    /// One attempt over HTTP/2 (gRPC): one multiplexed connection per Service port on a
-    /// core, opened on first use and replaced when it closes.
+    /// One attempt over HTTP/2 (gRPC): one multiplexed connection per endpoint on a core,
+    /// opened on first use and replaced when it closes. The endpoint is still picked per
+    /// request, so a client's streams spread over the Service.
     async fn send_h2(
         &self,
-        to: &Upstream,
+        endpoint: Endpoint,
+        active: Active,
         req: Request<Body>,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
-        let key = to.clone();
         let live = self
             .h2
             .borrow()
-            .get(&key)
-            .filter(|(s, _)| !s.is_closed())
+            .get(&endpoint)
+            .filter(|s| !s.is_closed())
             .cloned();
-        let (mut sender, endpoint) = match live {
-            Some(c) => c,
+        let mut sender = match live {
+            Some(s) => s,
             None => {
-                let (io, endpoint) = self.upstreams.open(to).await.map_err(SendError::Upstream)?;
+                let io = self
+                    .upstreams
+                    .connect(&endpoint)
+                    .await
+                    .map_err(SendError::Upstream)?;
                 let (s, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
                     .max_header_list_size(MAX_HEADER_BYTES as u32)
                     .handshake::<_, Body>(TokioIo::new(io))
@@ -663,10 +733,11 @@ impl<U: Upstreams> Waypoint<U> {
                     }
                 })
                 .detach();
-                self.h2
-                    .borrow_mut()
-                    .insert(key, (s.clone(), endpoint.clone()));
-                (s, endpoint)
+                let mut h2 = self.h2.borrow_mut();
+                // Closed connections of endpoints no longer picked go when another opens.
+                h2.retain(|_, s| !s.is_closed());
+                h2.insert(endpoint.clone(), s.clone());
+                s
             }
         };
         sender
@@ -680,18 +751,31 @@ impl<U: Upstreams> Waypoint<U> {
                 SendError::Reset(e.to_string())
             }
         })?;
-        Ok((resp.map(Body::new), endpoint))
+        Ok((
+            resp.map(|body| {
+                Body::new(Holding {
+                    body,
+                    _active: active,
+                })
+            }),
+            endpoint,
+        ))
     }
 
-    fn pooled(&self, key: &IdleKey) -> Option<(SendRequest<Body>, Endpoint)> {
+    fn pooled(&self, endpoint: &Endpoint) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(key)?;
-        while let Some((s, e)) = list.pop() {
+        let list = idle.get_mut(endpoint)?;
+        let mut found = None;
+        while let Some(s) = list.pop() {
             if !s.is_closed() {
-                return Some((s, e));
+                found = Some(s);
+                break;
             }
         }
-        None
+        if list.is_empty() {
+            idle.remove(endpoint);
+        }
+        found
     }
 
     /// Sends a copy to the mirror and forgets it: the client never waits for it, and its

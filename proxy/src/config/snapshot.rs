@@ -238,6 +238,9 @@ pub struct Snapshot {
     pub(crate) by_ip: HashMap<IpAddr, Arc<Workload>>,
     pub(crate) by_uid: HashMap<Arc<str>, Arc<Workload>>,
     pub(crate) by_service_key: HashMap<Arc<str>, Arc<Service>>,
+    /// Services by name (the waypoint looks up routes' backends by namespace and name, once
+    /// per request), each list in `services` order.
+    pub(crate) by_name: HashMap<Arc<str>, Vec<Arc<Service>>>,
     pub(crate) by_vip_ip: HashMap<IpAddr, Arc<Service>>,
     pub(crate) by_vip: HashMap<SocketAddr, ServicePort>,
     pub(crate) local: Vec<Arc<Workload>>,
@@ -277,9 +280,10 @@ impl Snapshot {
 
     /// The service `namespace/name` (by name, as routes refer to Services).
     pub fn service_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
-        self.services
+        self.by_name
+            .get(name)?
             .iter()
-            .find(|s| &*s.namespace == namespace && &*s.name == name)
+            .find(|s| &*s.namespace == namespace)
     }
 
     pub fn services(&self) -> &[Arc<Service>] {

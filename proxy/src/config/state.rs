@@ -156,6 +156,10 @@ impl MeshState {
 
         let mut services: Vec<Arc<Service>> = by_service_key.values().cloned().collect();
         services.sort_unstable_by_key(|s| s.key());
+        let mut by_name: HashMap<Arc<str>, Vec<Arc<Service>>> = HashMap::new();
+        for s in &services {
+            by_name.entry(s.name.clone()).or_default().push(s.clone());
+        }
         let mut workloads: Vec<Arc<Workload>> = by_uid.values().cloned().collect();
         workloads.sort_unstable_by(|a, b| a.uid.cmp(&b.uid));
 
@@ -187,6 +191,7 @@ impl MeshState {
             by_ip,
             by_uid,
             by_service_key,
+            by_name,
             by_vip_ip,
             by_vip,
             local,

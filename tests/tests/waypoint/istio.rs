@@ -69,6 +69,9 @@ virtualServices:
       - name: pinned
         match: [{headers: {x-version: {regex: \"v[0-9]\"}}}]
         route: [{destination: {host: echo-all, subset: v2, port: {number: 80}}}]
+      - name: any
+        match: [{headers: {x-any: {exact: \"1\"}}}]
+        route: [{destination: {host: echo-all, port: {number: 80}}}]
       - name: nobody
         match: [{uri: {prefix: /v3}}]
         route: [{destination: {host: echo-all, subset: v3, port: {number: 80}}}]
@@ -110,6 +113,19 @@ destinationRules:
     // deviation 4.9; ±5σ.
     ensure!((96..=144).contains(&v1), "v1 {v1}, v2 {v2}");
     ensure!(v1 + v2 == 150, "v1 {v1}, v2 {v2}");
+    // No subset: the rule's round robin, per request, on one keep-alive connection (the
+    // waypoint keeps a connection per endpoint and picks one for each request).
+    let mut last = String::new();
+    for i in 0..10 {
+        let r = c.request("GET", &format!("/any{i}"), &[("x-any", "1")], b"")?;
+        ensure!(r.status == 200, "{r:?}");
+        let who = r.body[..3].to_string();
+        ensure!(
+            who != last,
+            "request {i} went to {who} again: not round robin"
+        );
+        last = who;
+    }
     // A subset no endpoint belongs to: Envoy's 503 (no healthy upstream, flag UH), and no
     // endpoint of another subset answers.
     let r = c.request("GET", "/v3/x", &[], b"")?;

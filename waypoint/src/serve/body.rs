@@ -51,12 +51,14 @@ impl http_body::Body for Body {
     }
 }
 
-/// A response body that hands its connection back to the pool when it ends cleanly.
+/// A response body that hands its connection back to the endpoint's pool when it ends
+/// cleanly, and counts its request in flight until then.
 pub(super) struct ReturnOnEnd {
     pub(super) body: Incoming,
-    pub(super) sender: Option<(SendRequest<Body>, Endpoint)>,
-    pub(super) key: Option<IdleKey>,
+    pub(super) sender: Option<SendRequest<Body>>,
+    pub(super) key: Option<Endpoint>,
     pub(super) idle: Idle,
+    pub(super) active: Option<Active>,
 }
 
 impl http_body::Body for ReturnOnEnd {
@@ -72,6 +74,7 @@ impl http_body::Body for ReturnOnEnd {
             Poll::Ready(None) => self.give_back(),
             Poll::Ready(Some(Err(_))) => {
                 self.sender = None;
+                self.active = None;
             }
             // hyper stops polling a body that says it has ended (a known length, all read):
             // the connection goes back as soon as the last frame is out.
@@ -101,6 +104,7 @@ impl Drop for ReturnOnEnd {
 
 impl ReturnOnEnd {
     pub(super) fn give_back(&mut self) {
+        self.active = None;
         if let (Some(sender), Some(key)) = (self.sender.take(), self.key.take()) {
             let mut idle = self.idle.borrow_mut();
             let list = idle.entry(key).or_default();
@@ -108,6 +112,33 @@ impl ReturnOnEnd {
                 list.push(sender);
             }
         }
+    }
+}
+
+/// A body that keeps something alive until it is dropped (an HTTP/2 response's request
+/// in flight).
+pub(super) struct Holding<B> {
+    pub(super) body: B,
+    pub(super) _active: Active,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Holding<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

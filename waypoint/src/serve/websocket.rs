@@ -64,7 +64,12 @@ impl<U: Upstreams> Waypoint<U> {
         req: Request<Body>,
         upgraded: &Upgraded<U>,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
-        let (io, endpoint) = self.upstreams.open(to).await.map_err(SendError::Upstream)?;
+        let (endpoint, _active) = self.pick(to)?;
+        let io = self
+            .upstreams
+            .connect(&endpoint)
+            .await
+            .map_err(SendError::Upstream)?;
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(MAX_HEADER_BYTES.max(8192))
             .handshake::<_, Body>(TokioIo::new(io))
