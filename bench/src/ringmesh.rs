@@ -545,7 +545,7 @@ mod tests {
             "{cfg}"
         );
         // The node's own parser takes it, routes and policy included.
-        let load = proxy::config::LoadOptions { node: None };
+        let load = proxy::config::LoadOptions::default();
         let snap = proxy::config::parse(&cfg, &load).unwrap_or_else(|e| panic!("{e}\n{cfg}"));
         assert_eq!(snap.routes().len(), 1);
         assert_eq!(snap.security().counts(), (1, 0));

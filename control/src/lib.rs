@@ -11,6 +11,8 @@
 //! - [`xds`]: the Delta ADS client: subscriptions, ACK/NACK, reconnects, stats, readiness.
 //! - [`ca`]: `CreateCertificate` with an optional impersonated identity, and reading the
 //!   chain it returns.
+//! - [`fetch`]: one-shot HTTP(S) GETs (a waypoint's remote JWKS and OpenID discovery, which
+//!   istiod fetches for an Envoy waypoint), bounded in time and size.
 //! - [`zds`]: the in-pod protocol with istio-cni's node agent (pods and their network
 //!   namespaces handed over a Unix socket), on its own OS thread.
 //!
@@ -28,6 +30,7 @@
 
 pub mod ca;
 pub mod error;
+pub mod fetch;
 pub mod grpc;
 pub mod pb;
 pub mod runtime;

@@ -37,6 +37,8 @@ use runtime::net::{TcpListener, TcpStream};
 use runtime::{Broadcaster, RuntimeConfig, Shutdown, Worker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use waypoint::route::ServiceRef;
+
+mod jwks;
 use waypoint::security::Peer;
 use waypoint::serve::{Endpoint, Target, Upstream, UpstreamError, Upstreams, Waypoint};
 use waypoint::stats::{Snapshot as StatsSnapshot, Stats};
@@ -66,6 +68,8 @@ pub struct WaypointOptions {
     pub tracing: Option<waypoint::trace::TraceConfig>,
     /// Client connections' deadlines.
     pub conn_limits: waypoint::serve::ConnLimits,
+    /// How often fetched JWKS are fetched again.
+    pub jwks_refresh: Duration,
 }
 
 /// The certificate authority that signs the waypoint's certificate: the same two a node
@@ -355,7 +359,11 @@ fn target_of(snapshot: &Snapshot, authority: SocketAddr) -> Result<Target, Statu
 pub fn run(opts: WaypointOptions) -> Result<()> {
     let shutdown = Shutdown::default();
     shutdown.drain_on_signals(opts.drain_timeout)?;
-    let load = LoadOptions { node: None };
+    let jwks = waypoint::security::JwksRegistry::default();
+    let load = LoadOptions {
+        node: None,
+        jwks: jwks.clone(),
+    };
     let snapshot = Arc::new(config::load_file(&opts.config, &load).map_err(|e| anyhow!("{e}"))?);
     let me = snapshot.workload_by_uid(&opts.workload).cloned().ok_or_else(|| {
         anyhow!(
@@ -372,19 +380,23 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
     })?;
     let identity = me.identity.clone();
 
-    // The Istio CA is called on a control thread of its own (tokio), never on a core.
-    let mut _control_rt = None;
+    // The Istio CA and the JWKS servers are called from a control thread of its own
+    // (tokio), never from a core.
+    let control_rt = crate::node::control_plane::runtime()?;
     let signer: Arc<dyn Signer> = match &opts.ca {
         CaSource::Dir(dir) => Arc::new(
             ca::load(dir).with_context(|| format!("loading the CA from {}", dir.display()))?,
         ),
         CaSource::Istio(settings) => {
-            let rt = crate::node::control_plane::runtime()?;
-            let signer = crate::node::control_plane::istio_ca_signer(&rt, settings)?;
-            _control_rt = Some(rt);
-            signer
+            crate::node::control_plane::istio_ca_signer(&control_rt, settings)?
         }
     };
+    jwks::start(
+        &control_rt,
+        jwks,
+        control::grpc::RootCa::System,
+        opts.jwks_refresh,
+    );
     let broadcaster: Arc<Mutex<Option<Broadcaster<Msg>>>> = Arc::new(Mutex::new(None));
     let publish = {
         let b = broadcaster.clone();

@@ -116,6 +116,11 @@ struct WaypointArgs {
     /// 1 h).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     idle_timeout: Duration,
+    /// How often keys fetched for RequestAuthentications (`jwksUri`, or OpenID discovery
+    /// from the issuer) are fetched again (istiod's default). HTTPS servers are verified
+    /// against the system's roots, or the PEM file SSL_CERT_FILE names.
+    #[arg(long, default_value = "20m", value_parser = parse_duration)]
+    jwks_refresh: Duration,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -661,6 +666,7 @@ fn run_waypoint(args: WaypointArgs) -> anyhow::Result<()> {
         pool_idle_timeout: args.pool_idle_timeout,
         runtime: args.runtime.config(),
         drain_timeout: args.runtime.drain(),
+        jwks_refresh: nonzero("--jwks-refresh", args.jwks_refresh)?,
         conn_limits: waypoint::serve::ConnLimits {
             head_timeout: nonzero("--request-head-timeout", args.request_head_timeout)?,
             idle_timeout: nonzero("--idle-timeout", args.idle_timeout)?,
@@ -692,7 +698,7 @@ fn nonzero(flag: &str, d: Duration) -> anyhow::Result<Duration> {
 
 /// The IP of workload `uid` in `config` (for the waypoint's default metrics address).
 fn waypoint_ip(config: &std::path::Path, uid: &str) -> anyhow::Result<std::net::IpAddr> {
-    let load = proxy::config::LoadOptions { node: None };
+    let load = proxy::config::LoadOptions::default();
     let snap = proxy::config::load_file(config, &load).map_err(|e| anyhow::anyhow!("{e}"))?;
     snap.workload_by_uid(uid)
         .and_then(|w| w.ips.first().copied())

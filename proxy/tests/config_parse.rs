@@ -165,6 +165,7 @@ fn example_policies_decide() {
 fn node_override_changes_local_workloads() {
     let opts = LoadOptions {
         node: Some("node-2".into()),
+        ..LoadOptions::default()
     };
     let snap = load_file(&example_path(), &opts).unwrap();
     assert_eq!(snap.node(), Some("node-2"));

@@ -89,6 +89,7 @@ fn snap() -> Snapshot {
         ZTUNNEL,
         &LoadOptions {
             node: Some("n1".into()),
+            ..LoadOptions::default()
         },
     )
     .expect("a ztunnel local file loads")

@@ -11,6 +11,7 @@ pub mod istioctl;
 pub mod istiod;
 pub mod l7;
 mod prom;
+pub mod web;
 
 pub use prom::{Sample, metric_samples, metric_value};
 

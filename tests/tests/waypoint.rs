@@ -3,7 +3,7 @@
 //! and tunnels to the chosen endpoint's node (node-2), which hands it to the backend. Every
 //! hop is a real process on real sockets.
 //!
-//! Address plan: 127.188/16 .. 127.199/16.
+//! Address plan: 127.187/16 .. 127.199/16.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -65,6 +65,16 @@ impl Mesh {
 
     /// [`Mesh::start`] with extra `ringmesh waypoint` arguments.
     fn start_with(x: u8, routes: &str, waypoint_args: &[&str]) -> Result<Mesh> {
+        Mesh::start_env(x, routes, waypoint_args, &[])
+    }
+
+    /// [`Mesh::start_with`] with environment variables for the waypoint.
+    fn start_env(
+        x: u8,
+        routes: &str,
+        waypoint_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Mesh> {
         let backend = |d, name| spawn_backend(SocketAddr::new(ip4(x, 2, d), 8080), name);
         let (v1, v2) = (backend(1, "v1")?, backend(2, "v2")?);
         // The mirror is slow: the client must never wait for it.
@@ -76,7 +86,10 @@ impl Mesh {
         let mesh = MeshDir::new(&mesh_config(x, routes))?;
         let n1 = Node::start(&mesh, "node-1", ip4(x, 0, 1), &[])?;
         let n2 = Node::start(&mesh, "node-2", ip4(x, 0, 2), &[])?;
-        let wp = Waypoint::start_with(&mesh, "demo/waypoint", ip4(x, 3, 1), waypoint_args)?;
+        let ca = mesh.ca.to_string_lossy().into_owned();
+        let mut args = vec!["--ca-dir", &*ca];
+        args.extend_from_slice(waypoint_args);
+        let wp = Waypoint::start_env(&mesh.config, "demo/waypoint", ip4(x, 3, 1), &args, env)?;
         Ok(Mesh {
             _mesh: mesh,
             n1,

@@ -25,9 +25,11 @@ use http::request::Parts;
 
 use crate::route::{RouteError, ServiceRef};
 
+pub mod jwks;
 mod jwt;
 mod spec;
 
+pub use jwks::JwksRegistry;
 use jwt::{Auth, JwtRule, authenticate, claim, compile_jwt, string_list};
 pub use spec::*;
 
@@ -203,11 +205,14 @@ pub enum Refusal {
 }
 
 impl SecurityTable {
-    /// Checks and compiles the policies and authentications. `read` reads a `jwksFile`.
+    /// Checks and compiles the policies and authentications. `read` reads a `jwksFile`;
+    /// remote key sets (`jwksUri`, or OpenID discovery from the issuer) are slots of
+    /// `remote`, filled by whoever fetches them.
     pub fn build(
         policies: &[AuthorizationPolicySpec],
         authentications: &[RequestAuthenticationSpec],
         read: &dyn Fn(&str) -> std::io::Result<String>,
+        remote: &JwksRegistry,
     ) -> Result<SecurityTable, RouteError> {
         let mut table = SecurityTable::default();
         let mut seen = std::collections::HashSet::new();
@@ -264,6 +269,7 @@ impl SecurityTable {
                     r,
                     &format!("{base}.jwtRules[{i}]"),
                     read,
+                    remote,
                 )?));
             }
             for t in targets(&a.target_refs, &a.namespace, &base)? {

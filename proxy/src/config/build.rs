@@ -91,6 +91,7 @@ pub(crate) fn build(
     raw: RawConfig,
     node_override: Option<&str>,
     content_hash: u64,
+    jwks: &waypoint::security::JwksRegistry,
 ) -> Result<Snapshot, ConfigError> {
     let node: Option<Arc<str>> = match node_override {
         Some(n) => {
@@ -225,7 +226,7 @@ pub(crate) fn build(
         state.insert_policy(p);
     }
     let (routes, destination_rules) = build_routes(&raw)?;
-    let security = build_security(&raw)?;
+    let security = build_security(&raw, jwks)?;
     let mut snapshot = state.snapshot(node, content_hash);
     snapshot.routes = Arc::new(routes);
     snapshot.destination_rules = Arc::new(destination_rules);
@@ -236,12 +237,16 @@ pub(crate) fn build(
 /// `authorizationPolicies` and `requestAuthentications`: compiled by the waypoint crate;
 /// every target must be a known Service. A `jwksFile` is read now (a relative path from the
 /// directory the process runs in).
-fn build_security(raw: &RawConfig) -> Result<waypoint::security::SecurityTable, ConfigError> {
+fn build_security(
+    raw: &RawConfig,
+    jwks: &waypoint::security::JwksRegistry,
+) -> Result<waypoint::security::SecurityTable, ConfigError> {
     let read = |path: &str| std::fs::read_to_string(path);
     let table = waypoint::security::SecurityTable::build(
         &raw.authorization_policies,
         &raw.request_authentications,
         &read,
+        jwks,
     )
     .map_err(|e| invalid(e.path, e.message))?;
     let known: HashSet<(&str, &str)> = raw

@@ -122,6 +122,10 @@ impl ConfigError {
 pub struct LoadOptions {
     /// This node's name, overriding the file's `node:` (the CLI's `--node`).
     pub node: Option<String>,
+    /// Where RequestAuthentications' remote key sets (`jwksUri`, OpenID discovery) live:
+    /// the waypoint shares one registry between its loads and its fetcher; elsewhere the
+    /// slots are made and never filled.
+    pub jwks: waypoint::security::JwksRegistry,
 }
 
 pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
@@ -145,7 +149,12 @@ pub fn parse(yaml: &str, opts: &LoadOptions) -> Result<Snapshot, ConfigError> {
     }
     let de = serde_yaml::Deserializer::from_str(yaml);
     let raw: model::RawConfig = serde_path_to_error::deserialize(de).map_err(yaml_error)?;
-    build::build(raw, opts.node.as_deref(), hash_bytes(yaml.as_bytes()))
+    build::build(
+        raw,
+        opts.node.as_deref(),
+        hash_bytes(yaml.as_bytes()),
+        &opts.jwks,
+    )
 }
 
 /// The longest part of an error reason quoted from the file: a reason that quotes a value
@@ -234,6 +243,7 @@ pub fn fuzz_check(data: &[u8]) {
     };
     let opts = LoadOptions {
         node: Some("node-1".into()),
+        ..LoadOptions::default()
     };
     match parse(text, &opts) {
         Ok(snap) => {

@@ -395,6 +395,7 @@ pub fn run(opts: NodeOptions, log: LogControl) -> Result<()> {
 
     let load = LoadOptions {
         node: opts.node.clone(),
+        ..LoadOptions::default()
     };
     let snapshot = match &opts.config {
         Some(path) => Arc::new(config::load_file(path, &load).map_err(|e| anyhow::anyhow!("{e}"))?),

@@ -201,3 +201,114 @@ authorizationPolicies:
     );
     Ok(())
 }
+
+#[test]
+fn jwks_from_a_uri_and_by_openid_discovery() -> Result<()> {
+    let x = 187;
+    // Keys for issuer a.test over plain HTTP; issuer `https://<ip>:<port>` finds its own
+    // by OpenID discovery over HTTPS; down.test's keys never arrive.
+    let web = e2e::web::WebServer::http(SocketAddr::new(ip4(x, 50, 1), 0))?;
+    let tls = e2e::web::WebServer::https(SocketAddr::new(ip4(x, 50, 2), 0))?;
+    let (a, b, b2) = (signer("a")?, signer("b")?, signer("b2")?);
+    web.set("/keys", &a.jwks);
+    tls.set(
+        "/.well-known/openid-configuration",
+        &serde_json::json!({ "issuer": tls.base, "jwks_uri": format!("{}/jwks", tls.base) })
+            .to_string(),
+    );
+    tls.set("/jwks", &b.jwks);
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("web-ca.pem");
+    std::fs::write(&ca, tls.ca_pem.as_deref().unwrap_or_default())?;
+    let routes = format!(
+        "  - name: echo
+    namespace: demo
+    parentRefs: [{{name: echo}}]
+    rules:
+      - backendRefs: [{{name: echo-v1, port: 80}}]
+requestAuthentications:
+  - name: jwt
+    namespace: demo
+    targetRefs: [{{name: echo}}]
+    jwtRules:
+      - {{issuer: https://a.test, jwksUri: \"{web}/keys\"}}
+      - {{issuer: \"{tls}\"}}
+      - {{issuer: https://down.test, jwksUri: \"http://{down}/keys\", timeout: 500ms}}
+",
+        web = web.base,
+        tls = tls.base,
+        down = SocketAddr::new(ip4(x, 50, 3), 9),
+    );
+    let ca = ca.to_string_lossy();
+    let m = Mesh::start_env(
+        x,
+        &routes,
+        &["--jwks-refresh", "1s"],
+        &[("SSL_CERT_FILE", &ca)],
+    )?;
+    let mut c = m.client()?;
+    let now = now();
+    let token = |s: &Signer, kid: &str, iss: &str| {
+        s.token(
+            kid,
+            serde_json::json!({ "iss": iss, "sub": "alice", "exp": now + 600 }),
+        )
+    };
+    let auth = |t: &str| format!("Bearer {t}");
+    // Each issuer's token passes once its keys are in (fetched within about a second).
+    for (what, t) in [
+        ("jwksUri over HTTP", token(&a, "a", "https://a.test")?),
+        ("discovery over HTTPS", token(&b, "b", &tls.base)?),
+    ] {
+        let mut last = None;
+        e2e::wait_for(Duration::from_secs(10), what, || {
+            let r = c.request("GET", "/", &[("authorization", &auth(&t))], b"");
+            let ok = r.as_ref().is_ok_and(|r| r.status == 200);
+            last = Some(r.map(|r| (r.status, r.body)));
+            ok
+        })
+        .with_context(|| format!("{last:?}\n{}", m.context()))?;
+    }
+    ensure!(tls.hits("/.well-known/openid-configuration") >= 1);
+    // Keys that never arrived verify nothing.
+    let r = c.request(
+        "GET",
+        "/",
+        &[(
+            "authorization",
+            &auth(&token(&a, "a", "https://down.test")?),
+        )],
+        b"",
+    )?;
+    ensure!(
+        r.status == 401 && r.body.contains("Jwks remote fetch is failed"),
+        "{r:?}"
+    );
+    // Rotation: the discovered set is replaced; the new key passes on the next refresh, and
+    // the old one stops passing (keys are replaced whole).
+    tls.set("/jwks", &b2.jwks);
+    let new = token(&b2, "b2", &tls.base)?;
+    e2e::wait_for(Duration::from_secs(10), "the rotated key", || {
+        c.request("GET", "/", &[("authorization", &auth(&new))], b"")
+            .is_ok_and(|r| r.status == 200)
+    })
+    .with_context(|| m.context())?;
+    let old = c.request(
+        "GET",
+        "/",
+        &[("authorization", &auth(&token(&b, "b", &tls.base)?))],
+        b"",
+    )?;
+    ensure!(old.status == 401, "{old:?}");
+    // A server that fails a refresh leaves the keys in force.
+    tls.set("/jwks", "not a jwks");
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = c.request("GET", "/", &[("authorization", &auth(&new))], b"")?;
+    ensure!(r.status == 200, "{r:?}\n{}", m.context());
+    ensure!(
+        m.wp.proc.stderr().contains("JWKS fetch failed"),
+        "{}",
+        m.context()
+    );
+    Ok(())
+}

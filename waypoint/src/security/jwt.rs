@@ -3,33 +3,47 @@
 //! claims the authorization policies and the header edits read.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderName;
 use http::request::Parts;
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
 
+use super::jwks::{self, Keys, RemoteJwks};
 use super::*;
 
 /// A JWT rule, ready to verify.
 pub(super) struct JwtRule {
     pub(super) issuer: String,
     audiences: Vec<String>,
-    keys: Vec<(Option<String>, DecodingKey, Algorithm)>,
+    keys: KeySet,
     from_headers: Vec<(HeaderName, String)>,
     pub(super) claims_to_headers: Vec<(HeaderName, Vec<String>)>,
     forward_original_token: bool,
 }
 
+/// A rule's keys: given in the config, or fetched (and replaced) by the waypoint.
+enum KeySet {
+    Fixed(Arc<Keys>),
+    Remote(Arc<RemoteJwks>),
+}
+
 impl std::fmt::Debug for JwtRule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = match &self.keys {
+            KeySet::Fixed(k) => format!("{} keys", k.len()),
+            KeySet::Remote(r) => format!("from {}", r.source.url()),
+        };
         f.debug_struct("JwtRule")
             .field("issuer", &self.issuer)
-            .field("keys", &self.keys.len())
+            .field("keys", &keys)
             .finish_non_exhaustive()
     }
 }
+
+/// How long a fetch of a rule's keys may take without `timeout`: Istio's default.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a validated token says.
 #[derive(Debug, Clone)]
@@ -42,58 +56,62 @@ pub(super) fn compile_jwt(
     r: &JwtRuleSpec,
     at: &str,
     read: &dyn Fn(&str) -> std::io::Result<String>,
+    remote: &JwksRegistry,
 ) -> Result<JwtRule, RouteError> {
     if r.issuer.is_empty() {
         return Err(err(format!("{at}.issuer"), "must not be empty"));
     }
-    let text = match (&r.jwks, &r.jwks_file) {
-        (Some(j), None) => j.clone(),
-        (None, Some(f)) => {
-            read(f).map_err(|e| err(format!("{at}.jwksFile"), format!("{f}: {e}")))?
+    let timeout = match &r.timeout {
+        None => FETCH_TIMEOUT,
+        Some(t) => crate::route::duration(t, &format!("{at}.timeout"))?,
+    };
+    let fixed = |text: &str, field: &str| {
+        jwks::parse(text)
+            .map(|k| KeySet::Fixed(Arc::new(k)))
+            .map_err(|(path, why)| {
+                let path = if path.is_empty() {
+                    format!("{at}.{field}")
+                } else {
+                    format!("{at}.{field}.{path}")
+                };
+                err(path, why)
+            })
+    };
+    let keys = match (&r.jwks, &r.jwks_file, &r.jwks_uri) {
+        (Some(j), None, None) => fixed(j, "jwks")?,
+        (None, Some(f), None) => {
+            let text = read(f).map_err(|e| err(format!("{at}.jwksFile"), format!("{f}: {e}")))?;
+            fixed(&text, "jwksFile")?
+        }
+        (None, None, Some(u)) => {
+            web_url(u).map_err(|why| err(format!("{at}.jwksUri"), why))?;
+            KeySet::Remote(remote.slot(jwks::Source::Uri(u.clone()), timeout))
+        }
+        (None, None, None) => {
+            // istiod's rule: no keys given, so the issuer's OpenID discovery names them.
+            web_url(&r.issuer).map_err(|_| {
+                err(
+                    at,
+                    format!(
+                        "give the keys (jwks, jwksFile or jwksUri): issuer {:?} is not an http(s) URL, so they cannot be discovered",
+                        r.issuer
+                    ),
+                )
+            })?;
+            KeySet::Remote(remote.slot(
+                jwks::Source::Discovery {
+                    issuer: r.issuer.clone(),
+                },
+                timeout,
+            ))
         }
         _ => {
             return Err(err(
                 at,
-                "give the keys as exactly one of jwks (inline JSON) or jwksFile",
+                "give the keys as one of jwks (inline JSON), jwksFile or jwksUri, not several",
             ));
         }
     };
-    let field = if r.jwks.is_some() { "jwks" } else { "jwksFile" };
-    let set: JwkSet = serde_json::from_str(&text)
-        .map_err(|e| err(format!("{at}.{field}"), format!("not a JWKS: {e}")))?;
-    let mut keys = Vec::new();
-    for (i, k) in set.keys.iter().enumerate() {
-        let alg = match k.common.key_algorithm {
-            Some(a) => a.to_string().parse::<Algorithm>().map_err(|_| {
-                err(
-                    format!("{at}.{field}.keys[{i}].alg"),
-                    format!("{a} cannot sign a JWT"),
-                )
-            })?,
-            None => default_alg(k).ok_or_else(|| {
-                err(
-                    format!("{at}.{field}.keys[{i}]"),
-                    "no alg, and the key type does not imply one",
-                )
-            })?,
-        };
-        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-            return Err(err(
-                format!("{at}.{field}.keys[{i}]"),
-                "symmetric (HMAC) keys are refused: a JWKS is public",
-            ));
-        }
-        let key = DecodingKey::from_jwk(k).map_err(|e| {
-            err(
-                format!("{at}.{field}.keys[{i}]"),
-                format!("unusable key: {e}"),
-            )
-        })?;
-        keys.push((k.common.key_id.clone(), key, alg));
-    }
-    if keys.is_empty() {
-        return Err(err(format!("{at}.{field}"), "the JWKS holds no key"));
-    }
     let mut from_headers = Vec::new();
     for (i, h) in r.from_headers.iter().enumerate() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
@@ -125,6 +143,20 @@ pub(super) fn compile_jwt(
         claims_to_headers,
         forward_original_token: r.forward_original_token,
     })
+}
+
+/// An absolute `http` or `https` URL with a host.
+fn web_url(u: &str) -> Result<(), String> {
+    let uri: http::Uri = u.parse().map_err(|e| format!("{u:?} is not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!(
+            "{u:?}: only http:// and https:// URLs can be fetched"
+        ));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{u:?} has no host"));
+    }
+    Ok(())
 }
 
 /// The algorithm a key without `alg` is used with (the JOSE defaults Envoy assumes).
@@ -198,8 +230,14 @@ pub(super) fn authenticate(
     };
     let head = jsonwebtoken::decode_header(&token)
         .map_err(|_| Refusal::Unauthenticated("Jwt verification fails"))?;
+    let keys = match &rule.keys {
+        KeySet::Fixed(k) => k.clone(),
+        KeySet::Remote(r) => r
+            .keys()
+            .ok_or(Refusal::Unauthenticated("Jwks remote fetch is failed"))?,
+    };
     let mut verified = None;
-    for (kid, key, alg) in &rule.keys {
+    for (kid, key, alg) in &keys.0 {
         if *alg != head.alg || (head.kid.is_some() && kid.is_some() && *kid != head.kid) {
             continue;
         }

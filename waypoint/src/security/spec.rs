@@ -128,6 +128,13 @@ pub struct JwtRuleSpec {
     /// ... or a file holding it (read when the config loads, again on every reload).
     #[serde(default)]
     pub jwks_file: Option<String>,
+    /// ... or a URL to fetch it from (`http://` or `https://`), refreshed every 20 minutes.
+    /// With none of the three, the keys are found by OpenID discovery from the issuer.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// How long a fetch of the keys may take (Istio's `timeout`; default 5 s).
+    #[serde(default)]
+    pub timeout: Option<String>,
     /// Where the token is; default `Authorization: Bearer <token>`.
     #[serde(default)]
     pub from_headers: Vec<FromHeaderSpec>,

@@ -36,7 +36,7 @@ fn build(
     p: &[AuthorizationPolicySpec],
     a: &[RequestAuthenticationSpec],
 ) -> Result<SecurityTable, RouteError> {
-    SecurityTable::build(p, a, &no_file)
+    SecurityTable::build(p, a, &no_file, &JwksRegistry::default())
 }
 
 fn authz(yaml: &str) -> SecurityTable {
@@ -1678,14 +1678,76 @@ fn hmac_jwks_is_refused() {
 }
 
 #[test]
-fn jwks_and_jwks_file_exactly_one() {
+fn one_key_source_or_discovery() {
     let s = Signer::es256();
-    let e = authn_err(vec![
+    for two in [
         json!({ "issuer": ISS, "jwks": jwks(&[&s]), "jwksFile": "/etc/jwks.json" }),
-    ]);
-    assert_eq!(e.path, format!("{BASE}.jwtRules[0]"), "{e}");
-    let e = authn_err(vec![jwt_rule(&s), json!({ "issuer": "https://other" })]);
+        json!({ "issuer": ISS, "jwks": jwks(&[&s]), "jwksUri": "https://issuer.example/keys" }),
+        json!({ "issuer": ISS, "jwksFile": "/etc/jwks.json", "jwksUri": "https://issuer.example/keys" }),
+    ] {
+        let e = authn_err(vec![two.clone()]);
+        assert_eq!(e.path, format!("{BASE}.jwtRules[0]"), "{two}: {e}");
+    }
+    // No keys: discovered from the issuer, which must then be a URL.
+    let e = authn_err(vec![jwt_rule(&s), json!({ "issuer": "other" })]);
     assert_eq!(e.path, format!("{BASE}.jwtRules[1]"), "{e}");
+    assert!(e.message.contains("cannot be discovered"), "{e}");
+    for (rule, field) in [
+        (
+            json!({ "issuer": ISS, "jwksUri": "ftp://issuer.example/keys" }),
+            "jwksUri",
+        ),
+        (json!({ "issuer": ISS, "jwksUri": "/keys" }), "jwksUri"),
+        (
+            json!({ "issuer": ISS, "jwksUri": "https://issuer.example/keys", "timeout": "soon" }),
+            "timeout",
+        ),
+    ] {
+        let e = authn_err(vec![rule.clone()]);
+        assert_eq!(e.path, format!("{BASE}.jwtRules[0].{field}"), "{rule}: {e}");
+    }
+}
+
+#[test]
+fn remote_keys_verify_once_fetched_and_survive_a_reload() {
+    let s = Signer::es256();
+    let registry = JwksRegistry::default();
+    let specs = [authn(
+        json!({ "issuer": ISS, "jwksUri": "https://issuer.example/keys" }),
+    )];
+    let t = SecurityTable::build(&[], &specs, &no_file, &registry).unwrap();
+    let token = s.sign(&claims("alice"));
+    // Nothing fetched yet: Envoy's words, 401.
+    assert_eq!(
+        check(&t, &mut bearer(&token)),
+        Err(Refusal::Unauthenticated("Jwks remote fetch is failed"))
+    );
+    let slots = registry.live();
+    assert_eq!(slots.len(), 1);
+    assert_eq!(
+        slots[0].source,
+        jwks::Source::Uri("https://issuer.example/keys".into())
+    );
+    let now = std::time::Instant::now();
+    slots[0].record(Ok(jwks::parse(&jwks(&[&s])).unwrap()), now, jwks::REFRESH);
+    assert_eq!(check(&t, &mut bearer(&token)), Ok(()));
+    // A reload that keeps the rule keeps the slot, and so the keys.
+    let again = SecurityTable::build(&[], &specs, &no_file, &registry).unwrap();
+    assert_eq!(check(&again, &mut bearer(&token)), Ok(()));
+    // A failed refresh keeps them; another signer's token still fails.
+    slots[0].record(Err("down".into()), now, jwks::REFRESH);
+    assert_eq!(check(&again, &mut bearer(&token)), Ok(()));
+    let other = Signer::es256();
+    assert!(check(&again, &mut bearer(&other.sign(&claims("bob")))).is_err());
+    // Discovery: the issuer's well-known document is the source.
+    let d = [authn(json!({ "issuer": ISS }))];
+    let _t = SecurityTable::build(&[], &d, &no_file, &registry).unwrap();
+    assert!(
+        registry
+            .live()
+            .iter()
+            .any(|r| r.source == jwks::Source::Discovery { issuer: ISS.into() })
+    );
 }
 
 #[test]
@@ -1697,17 +1759,29 @@ fn jwks_file_is_read() {
         Ok(text.clone())
     };
     let a = authn(json!({ "issuer": ISS, "jwksFile": "/etc/jwks.json" }));
-    let t = SecurityTable::build(&[], std::slice::from_ref(&a), &read).unwrap();
+    let t = SecurityTable::build(
+        &[],
+        std::slice::from_ref(&a),
+        &read,
+        &JwksRegistry::default(),
+    )
+    .unwrap();
     assert_eq!(check(&t, &mut bearer(&s.sign(&claims("alice")))), Ok(()));
 
     // A read error names the field and the file.
-    let e = SecurityTable::build(&[], std::slice::from_ref(&a), &no_file).unwrap_err();
+    let e = SecurityTable::build(
+        &[],
+        std::slice::from_ref(&a),
+        &no_file,
+        &JwksRegistry::default(),
+    )
+    .unwrap_err();
     assert_eq!(e.path, format!("{BASE}.jwtRules[0].jwksFile"), "{e}");
     assert!(e.message.contains("/etc/jwks.json"), "{e}");
 
     // Bad contents of a file are named as the file's.
     let bad = |_: &str| -> std::io::Result<String> { Ok("not json".into()) };
-    let e = SecurityTable::build(&[], &[a], &bad).unwrap_err();
+    let e = SecurityTable::build(&[], &[a], &bad, &JwksRegistry::default()).unwrap_err();
     assert_eq!(e.path, format!("{BASE}.jwtRules[0].jwksFile"), "{e}");
 }
 
