@@ -40,7 +40,9 @@ use waypoint::route::ServiceRef;
 
 mod jwks;
 use waypoint::security::Peer;
-use waypoint::serve::{Endpoint, Target, Upstream, UpstreamError, Upstreams, Waypoint};
+use waypoint::serve::{
+    Endpoint, Host, Picked, Target, Upstream, UpstreamError, Upstreams, Waypoint,
+};
 use waypoint::stats::{Snapshot as StatsSnapshot, Stats};
 
 use crate::config::snapshot::ServicePort;
@@ -182,7 +184,7 @@ enum Dial {
 
 impl MeshUpstreams {
     /// See [`Upstreams::pick`].
-    fn pick(&self, to: &Upstream, load: &dyn Fn(SocketAddr) -> u32) -> Result<Endpoint, String> {
+    fn pick(&self, to: &Upstream, host: &dyn Fn(SocketAddr) -> Host) -> Result<Picked, String> {
         let snapshot = self.core.snapshot.borrow();
         let (service, port) = (&to.service, to.port);
         let svc = snapshot
@@ -197,11 +199,7 @@ impl MeshUpstreams {
         };
         let n = self.counter.get();
         self.counter.set(n.wrapping_add(1));
-        let e = pick_endpoint(&snapshot, sp, to, n, load)?;
-        Ok(Endpoint {
-            uid: e.workload.uid.clone(),
-            addr: e.addr,
-        })
+        pick_endpoint(&snapshot, sp, to, n, host)
     }
 
     /// How to reach `endpoint` right now: HBONE to its node for a mesh workload, TCP
@@ -227,16 +225,18 @@ impl MeshUpstreams {
 }
 
 /// The endpoint of `sp` for a request to `to`: among the healthy endpoints, those of `to`'s
-/// subset, by the DestinationRule's balancing, least-request without one (Istio's default
-/// for Envoy, so for waypoints). Filters in place, without allocating: this runs once per
+/// subset, less those outlier detection ejected, by the DestinationRule's balancing,
+/// least-request without one (Istio's default for Envoy, so for waypoints). When fewer than
+/// `minHealthPercent` of the pool are left, ejections are ignored (Envoy's panic threshold,
+/// which Istio's field sets). Filters in place, without allocating: this runs once per
 /// request, and a Service's endpoints are a short list.
-fn pick_endpoint<'a>(
+fn pick_endpoint(
     snapshot: &Snapshot,
-    sp: &'a ServicePort,
+    sp: &ServicePort,
     to: &Upstream,
     counter: u64,
-    load: &dyn Fn(SocketAddr) -> u32,
-) -> Result<&'a config::snapshot::Endpoint, String> {
+    host: &dyn Fn(SocketAddr) -> Host,
+) -> Result<Picked, String> {
     let service = &to.service;
     let rules = snapshot.destination_rules();
     let subset = match &to.subset {
@@ -250,16 +250,32 @@ fn pick_endpoint<'a>(
     let balance = rules
         .balance(service, to.subset.as_deref())
         .unwrap_or_default();
-    let admitted = |e: &&'a config::snapshot::Endpoint| {
-        subset.is_none_or(|s| s.admits(|k| e.workload.label(k)))
-    };
-    let nth = |i: usize| sp.endpoints.iter().filter(admitted).nth(i);
-    let count = match subset {
+    let outlier = rules.outlier(service, to.subset.as_deref()).cloned();
+    let in_subset =
+        |e: &&config::snapshot::Endpoint| subset.is_none_or(|s| s.admits(|k| e.workload.label(k)));
+    let pool = match subset {
         None => sp.endpoints.len(),
-        Some(_) => sp.endpoints.iter().filter(admitted).count(),
+        Some(_) => sp.endpoints.iter().filter(in_subset).count(),
     };
+    let ejected = match &outlier {
+        Some(_) => sp
+            .endpoints
+            .iter()
+            .filter(in_subset)
+            .filter(|e| host(e.addr).ejected)
+            .count(),
+        None => 0,
+    };
+    let min_health = outlier.as_ref().map_or(0, |o| o.min_health_percent);
+    // Fewer left than `minHealthPercent`: every member takes traffic again (Envoy's panic
+    // mode, which Istio's field sets; off by default).
+    let skip_ejected = ejected > 0 && (pool - ejected) * 100 >= pool * min_health as usize;
+    let admitted =
+        |e: &&config::snapshot::Endpoint| in_subset(e) && !(skip_ejected && host(e.addr).ejected);
+    let count = if skip_ejected { pool - ejected } else { pool };
+    let nth = |i: usize| sp.endpoints.iter().filter(admitted).nth(i);
     let chosen = balance.choose(count, counter, |i| {
-        nth(i).map_or(u32::MAX, |e| load(e.addr))
+        nth(i).map_or(u32::MAX, |e| host(e.addr).load)
     });
     let Some(e) = chosen.and_then(nth) else {
         return Err(match &to.subset {
@@ -273,7 +289,15 @@ fn pick_endpoint<'a>(
             ),
         });
     };
-    Ok(e)
+    Ok(Picked {
+        endpoint: Endpoint {
+            uid: e.workload.uid.clone(),
+            addr: e.addr,
+        },
+        outlier,
+        pool: pool as u32,
+        ejected: ejected as u32,
+    })
 }
 
 /// Deadline for a plain TCP connect to an endpoint outside the mesh.
@@ -289,9 +313,9 @@ impl Upstreams for Ups {
     fn pick(
         &self,
         to: &Upstream,
-        load: &dyn Fn(SocketAddr) -> u32,
-    ) -> Result<Endpoint, UpstreamError> {
-        self.0.pick(to, load).map_err(UpstreamError::NoEndpoint)
+        host: &dyn Fn(SocketAddr) -> Host,
+    ) -> Result<Picked, UpstreamError> {
+        self.0.pick(to, host).map_err(UpstreamError::NoEndpoint)
     }
 
     fn connect(
@@ -813,6 +837,8 @@ destinationRules:
       - {name: v3, labels: {version: v3}}
       - {name: random, labels: {app: reviews}, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
       - {name: least, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}}
+      - {name: guarded, labels: {version: v1}, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 2}}}
+      - {name: panicky, labels: {version: v1}, trafficPolicy: {outlierDetection: {minHealthPercent: 60}}}
 "#;
 
     fn picks(snapshot: &Snapshot, subset: Option<&str>, n: u64) -> Result<Vec<String>, String> {
@@ -825,6 +851,18 @@ destinationRules:
         n: u64,
         load: &dyn Fn(SocketAddr) -> u32,
     ) -> Result<Vec<String>, String> {
+        picks_with(snapshot, subset, n, &|a| Host {
+            load: load(a),
+            ejected: false,
+        })
+    }
+
+    fn picks_with(
+        snapshot: &Snapshot,
+        subset: Option<&str>,
+        n: u64,
+        host: &dyn Fn(SocketAddr) -> Host,
+    ) -> Result<Vec<String>, String> {
         let sp = snapshot
             .service_port(SocketAddr::from(([10, 1, 0, 1], 80)))
             .expect("service port");
@@ -834,7 +872,14 @@ destinationRules:
             port: 80,
         };
         (0..n)
-            .map(|i| pick_endpoint(snapshot, sp, &to, i, load).map(|e| e.workload.name.to_string()))
+            .map(|i| {
+                pick_endpoint(snapshot, sp, &to, i, host).map(|p| {
+                    let w = snapshot
+                        .workload_by_uid(&p.endpoint.uid)
+                        .expect("a workload");
+                    w.name.to_string()
+                })
+            })
             .collect()
     }
 
@@ -866,5 +911,44 @@ destinationRules:
         assert!(least.iter().all(|w| w == "r4"), "{least:?}");
         let idle = picks(&snap, Some("least"), 64).unwrap();
         assert!(idle.iter().any(|w| w == "r1") && idle.iter().any(|w| w == "r4"));
+    }
+
+    #[test]
+    fn ejected_endpoints_are_left_out_while_enough_remain() {
+        let snap = config::parse(MESH, &LoadOptions::default()).unwrap();
+        let r1 = IpAddr::from([10, 0, 0, 1]);
+        let r1_out = |a: SocketAddr| Host {
+            load: 0,
+            ejected: a.ip() == r1,
+        };
+        let all_out = |_| Host {
+            load: 0,
+            ejected: true,
+        };
+        let both = |v: &[String]| v.iter().any(|w| w == "r1") && v.iter().any(|w| w == "r4");
+        // With outlier detection, an ejected endpoint takes nothing.
+        let v = picks_with(&snap, Some("guarded"), 32, &r1_out).unwrap();
+        assert!(v.iter().all(|w| w == "r4"), "{v:?}");
+        // What the waypoint is told, to judge the answer: the policy and the pool.
+        let sp = snap
+            .service_port(SocketAddr::from(([10, 1, 0, 1], 80)))
+            .unwrap();
+        let to = Upstream {
+            service: ServiceRef::new("demo", "reviews"),
+            subset: Some(Arc::from("guarded")),
+            port: 80,
+        };
+        let p = pick_endpoint(&snap, sp, &to, 0, &r1_out).unwrap();
+        assert_eq!((p.pool, p.ejected), (2, 1));
+        assert_eq!(p.outlier.map(|o| o.consecutive_5xx), Some(2));
+        // Everyone ejected: no healthy upstream (Istio's default panic threshold, 0).
+        let e = picks_with(&snap, Some("guarded"), 1, &all_out).unwrap_err();
+        assert!(e.contains("no healthy endpoint"), "{e}");
+        // minHealthPercent 60: one of two left is too few, so ejections are ignored.
+        assert!(both(
+            &picks_with(&snap, Some("panicky"), 64, &r1_out).unwrap()
+        ));
+        // No outlier detection for the subset: the flag means nothing.
+        assert!(both(&picks_with(&snap, Some("v1"), 64, &r1_out).unwrap()));
     }
 }

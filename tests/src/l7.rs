@@ -7,6 +7,7 @@
 //! path says otherwise:
 //! - `/status/<code>`: that status;
 //! - `/flaky/<n>/...`: the first `n` requests to that exact path answer 503;
+//! - `/fail-on/<name>/...`: 503 from the backend called `name`, 200 from the others;
 //! - `/reset/<n>/...`: the first `n` requests to that exact path get the connection reset
 //!   before any response byte;
 //! - `/slow/<ms>/...`: the answer waits `ms` milliseconds.
@@ -95,10 +96,11 @@ fn serve_backend_conn(
             *n
         };
         let mut parts = req.path.trim_start_matches('/').split('/');
-        let (kind, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let arg: u64 = arg.split('?').next().unwrap_or("").parse().unwrap_or(0);
+        let (kind, word) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let arg: u64 = word.split('?').next().unwrap_or("").parse().unwrap_or(0);
         let mut status = 200;
         match kind {
+            "fail-on" if word == name => status = 503,
             "status" => status = arg as u16,
             "flaky" if u64::from(times) <= arg => status = 503,
             "reset" if u64::from(times) <= arg => {

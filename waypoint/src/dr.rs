@@ -12,16 +12,24 @@
 //!   subset's labels (no labels: every endpoint);
 //! - the endpoint is picked per request: least-request (Istio's default), or what
 //!   `loadBalancer.simple` says, a subset's `trafficPolicy` overriding the rule's;
+//! - `outlierDetection` ejects an endpoint after consecutive errors (5xx, or gateway
+//!   errors; connect failures, resets and timeouts count as both), for the base time
+//!   times the number of its ejections, at most `maxEjectionPercent` of the pool but
+//!   always one; a pool with fewer than `minHealthPercent` of its endpoints left ignores
+//!   ejections (Envoy's panic threshold; 0 by default, as Istio's). Counted per core, like
+//!   everything else of the data path;
 //! - `tls.mode: ISTIO_MUTUAL` is accepted and changes nothing: the waypoint reaches mesh
 //!   endpoints over HBONE, which is always mutual TLS.
 //!
 //! Not supported, and refused with the field named rather than accepted and ignored:
 //! `PASSTHROUGH` load balancing, `consistentHash`,
-//! `localityLbSetting`, `warmupDurationSecs`, `connectionPool`, `outlierDetection`,
+//! `localityLbSetting`, `warmupDurationSecs`, `connectionPool`, split local-origin errors,
 //! `portLevelSettings`, `tunnel`, `proxyProtocol`, TLS modes other than `ISTIO_MUTUAL`,
 //! `exportTo` and `workloadSelector`. One rule per Service (Istio would merge several).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -74,7 +82,7 @@ pub struct TrafficPolicySpec {
     #[serde(default)]
     pub connection_pool: Option<IgnoredAny>,
     #[serde(default)]
-    pub outlier_detection: Option<IgnoredAny>,
+    pub outlier_detection: Option<OutlierDetectionSpec>,
     #[serde(default)]
     pub port_level_settings: Option<IgnoredAny>,
     #[serde(default)]
@@ -97,6 +105,79 @@ pub struct LoadBalancerSpec {
     #[serde(default)]
     pub warmup_duration_secs: Option<IgnoredAny>,
 }
+
+/// Istio's `OutlierDetection`: passive health checking by consecutive errors.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetectionSpec {
+    /// 5xx answers (and connect failures, resets, timeouts) in a row that eject an
+    /// endpoint; default 5, 0 turns it off.
+    #[serde(default, rename = "consecutive5xxErrors")]
+    pub consecutive_5xx_errors: Option<u32>,
+    /// 502, 503, 504 (and connect failures, resets, timeouts) in a row; default 0, off.
+    #[serde(default)]
+    pub consecutive_gateway_errors: Option<u32>,
+    /// Accepted for Istio's files: ejections here happen on the error that trips them,
+    /// and end when their time is up, so there is no sweep to time.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// How long a first ejection lasts; the n-th lasts n times as long, at most 300 s or
+    /// this, whichever is longer. Default 30 s.
+    #[serde(default)]
+    pub base_ejection_time: Option<String>,
+    /// The share of a pool that may be ejected at once, 0 to 100; default 10. One endpoint
+    /// may always be ejected.
+    #[serde(default)]
+    pub max_ejection_percent: Option<i64>,
+    /// Below this share of endpoints not ejected, ejections are ignored; default 0.
+    #[serde(default)]
+    pub min_health_percent: Option<i64>,
+    #[serde(default)]
+    pub split_external_local_origin_errors: bool,
+    #[serde(default)]
+    pub consecutive_local_origin_failures: Option<IgnoredAny>,
+    /// Istio's deprecated field.
+    #[serde(default)]
+    pub consecutive_errors: Option<IgnoredAny>,
+}
+
+/// Outlier detection, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outlier {
+    /// 0: off.
+    pub consecutive_5xx: u32,
+    /// 0: off.
+    pub consecutive_gateway: u32,
+    pub base_ejection: Duration,
+    pub max_ejection_percent: u32,
+    pub min_health_percent: u32,
+}
+
+impl Outlier {
+    /// The longest an ejection lasts: Envoy's `max_ejection_time` default (300 s), or the
+    /// base time if that is longer.
+    pub fn max_ejection(&self) -> Duration {
+        self.base_ejection.max(MAX_EJECTION)
+    }
+
+    /// The `n`-th ejection's length (n ≥ 1): the base time n times, capped.
+    pub fn ejection(&self, n: u32) -> Duration {
+        self.base_ejection
+            .saturating_mul(n.max(1))
+            .min(self.max_ejection())
+    }
+
+    /// Whether one more endpoint of a pool of `pool`, `ejected` of them out already, may
+    /// be ejected: within the percentage, and always the first (Envoy's rule).
+    pub fn may_eject(&self, pool: u32, ejected: u32) -> bool {
+        ejected == 0
+            || u64::from(ejected + 1) * 100
+                <= u64::from(self.max_ejection_percent) * u64::from(pool)
+    }
+}
+
+/// Envoy's default `max_ejection_time`.
+pub const MAX_EJECTION: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -152,12 +233,13 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One subset: the labels an endpoint must carry, and its own balancing if it has one.
+/// One subset: the labels an endpoint must carry, and its own policy if it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subset {
     /// Sorted by key; every one must be among the endpoint's labels.
     pub labels: Vec<(String, String)>,
     pub balance: Option<Balance>,
+    pub outlier: Option<Arc<Outlier>>,
 }
 
 impl Subset {
@@ -175,6 +257,7 @@ pub struct ServiceRule {
     /// `namespace/name` of the DestinationRule, for messages.
     pub name: String,
     pub balance: Option<Balance>,
+    pub outlier: Option<Arc<Outlier>>,
     pub subsets: BTreeMap<String, Subset>,
 }
 
@@ -221,9 +304,9 @@ impl DestinationRules {
                     ),
                 ));
             }
-            let balance = match &spec.traffic_policy {
+            let Policy { balance, outlier } = match &spec.traffic_policy {
                 Some(p) => traffic_policy(p, &format!("{at}.trafficPolicy"))?,
-                None => None,
+                None => Policy::default(),
             };
             let mut subsets = BTreeMap::new();
             for (i, s) in spec.subsets.iter().enumerate() {
@@ -237,14 +320,16 @@ impl DestinationRules {
                     label_value(v).map_err(|m| err(format!("{at}.labels.{k}"), m))?;
                     labels.push((k.clone(), v.clone()));
                 }
-                let balance = match &s.traffic_policy {
+                let policy = match &s.traffic_policy {
                     Some(p) => traffic_policy(p, &format!("{at}.trafficPolicy"))?,
-                    None => None,
+                    None => Policy::default(),
                 };
-                if subsets
-                    .insert(s.name.clone(), Subset { labels, balance })
-                    .is_some()
-                {
+                let subset = Subset {
+                    labels,
+                    balance: policy.balance,
+                    outlier: policy.outlier,
+                };
+                if subsets.insert(s.name.clone(), subset).is_some() {
                     return Err(err(
                         format!("{at}.name"),
                         format!("another subset is named {:?}", s.name),
@@ -256,6 +341,7 @@ impl DestinationRules {
                 ServiceRule {
                     name: format!("{}/{}", spec.namespace, spec.name),
                     balance,
+                    outlier,
                     subsets,
                 },
             );
@@ -281,6 +367,15 @@ impl DestinationRules {
         self.get(service)?.subsets.get(name)
     }
 
+    /// The outlier detection for `service`, or its subset: the subset's, else the rule's.
+    pub fn outlier(&self, service: &ServiceRef, subset: Option<&str>) -> Option<&Arc<Outlier>> {
+        let rule = self.get(service)?;
+        subset
+            .and_then(|s| rule.subsets.get(s))
+            .and_then(|s| s.outlier.as_ref())
+            .or(rule.outlier.as_ref())
+    }
+
     /// The balancing that applies to `service`, or to its subset: the subset's, else the
     /// rule's; `None` when neither says (least-request).
     pub fn balance(&self, service: &ServiceRef, subset: Option<&str>) -> Option<Balance> {
@@ -292,10 +387,16 @@ impl DestinationRules {
     }
 }
 
-fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Option<Balance>, RouteError> {
+/// A traffic policy, compiled: what the waypoint applies of it.
+#[derive(Debug, Default)]
+struct Policy {
+    balance: Option<Balance>,
+    outlier: Option<Arc<Outlier>>,
+}
+
+fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError> {
     let unsupported = [
         ("connectionPool", p.connection_pool.is_some()),
-        ("outlierDetection", p.outlier_detection.is_some()),
         ("portLevelSettings", p.port_level_settings.is_some()),
         ("tunnel", p.tunnel.is_some()),
         ("proxyProtocol", p.proxy_protocol.is_some()),
@@ -306,6 +407,10 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Option<Balance>, Ro
             "not supported by the ringmesh waypoint; remove it (the waypoint would not apply it)",
         ));
     }
+    let outlier = match &p.outlier_detection {
+        Some(o) => Some(Arc::new(outlier(o, &format!("{at}.outlierDetection"))?)),
+        None => None,
+    };
     if let Some(tls) = &p.tls {
         match tls.mode.as_deref() {
             Some("ISTIO_MUTUAL") => {}
@@ -321,7 +426,10 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Option<Balance>, Ro
         }
     }
     let Some(lb) = &p.load_balancer else {
-        return Ok(None);
+        return Ok(Policy {
+            balance: None,
+            outlier,
+        });
     };
     let at = format!("{at}.loadBalancer");
     let unsupported = [
@@ -335,17 +443,63 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Option<Balance>, Ro
             "not supported by the ringmesh waypoint; use simple: LEAST_REQUEST, ROUND_ROBIN or RANDOM",
         ));
     }
-    match lb.simple.as_deref() {
-        None | Some("UNSPECIFIED") => Ok(None),
-        Some("ROUND_ROBIN") => Ok(Some(Balance::RoundRobin)),
-        Some("RANDOM") => Ok(Some(Balance::Random)),
+    let balance = match lb.simple.as_deref() {
+        None | Some("UNSPECIFIED") => None,
+        Some("ROUND_ROBIN") => Some(Balance::RoundRobin),
+        Some("RANDOM") => Some(Balance::Random),
         // LEAST_CONN is Istio's deprecated name for the same thing.
-        Some("LEAST_REQUEST" | "LEAST_CONN") => Ok(Some(Balance::LeastRequest)),
-        Some(other) => Err(err(
-            format!("{at}.simple"),
-            format!("{other}: use LEAST_REQUEST (the default), ROUND_ROBIN, RANDOM or UNSPECIFIED"),
-        )),
+        Some("LEAST_REQUEST" | "LEAST_CONN") => Some(Balance::LeastRequest),
+        Some(other) => {
+            return Err(err(
+                format!("{at}.simple"),
+                format!(
+                    "{other}: use LEAST_REQUEST (the default), ROUND_ROBIN, RANDOM or UNSPECIFIED"
+                ),
+            ));
+        }
+    };
+    Ok(Policy { balance, outlier })
+}
+
+/// Istio's `OutlierDetection`, with Istio's defaults.
+fn outlier(o: &OutlierDetectionSpec, at: &str) -> Result<Outlier, RouteError> {
+    if o.consecutive_errors.is_some() {
+        return Err(err(
+            format!("{at}.consecutiveErrors"),
+            "deprecated by Istio and not supported: use consecutive5xxErrors",
+        ));
     }
+    if o.consecutive_local_origin_failures.is_some() || o.split_external_local_origin_errors {
+        return Err(err(
+            format!("{at}.splitExternalLocalOriginErrors"),
+            "not supported: connect failures, resets and timeouts count as 5xx and gateway errors",
+        ));
+    }
+    let percent = |v: Option<i64>, default: u32, field: &str| match v {
+        None => Ok(default),
+        Some(p @ 0..=100) => Ok(p as u32),
+        Some(p) => Err(err(
+            format!("{at}.{field}"),
+            format!("{p}: a percentage is 0 to 100"),
+        )),
+    };
+    if let Some(i) = &o.interval {
+        crate::route::duration(i, &format!("{at}.interval"))?;
+    }
+    let base_ejection = match &o.base_ejection_time {
+        None => Duration::from_secs(30),
+        Some(t) => crate::route::duration(t, &format!("{at}.baseEjectionTime"))?,
+    };
+    if base_ejection.is_zero() {
+        return Err(err(format!("{at}.baseEjectionTime"), "must be more than 0"));
+    }
+    Ok(Outlier {
+        consecutive_5xx: o.consecutive_5xx_errors.unwrap_or(5),
+        consecutive_gateway: o.consecutive_gateway_errors.unwrap_or(0),
+        base_ejection,
+        max_ejection_percent: percent(o.max_ejection_percent, 10, "maxEjectionPercent")?,
+        min_health_percent: percent(o.min_health_percent, 0, "minHealthPercent")?,
+    })
 }
 
 /// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of at most
@@ -495,8 +649,16 @@ mod tests {
                 "destinationRules[demo/r].trafficPolicy.connectionPool",
             ),
             (
-                "[{name: r, namespace: demo, host: reviews, subsets: [{name: v1, trafficPolicy: {outlierDetection: {}}}]}]",
-                "destinationRules[demo/r].subsets[0].trafficPolicy.outlierDetection",
+                "[{name: r, namespace: demo, host: reviews, subsets: [{name: v1, trafficPolicy: {outlierDetection: {consecutiveErrors: 3}}}]}]",
+                "destinationRules[demo/r].subsets[0].trafficPolicy.outlierDetection.consecutiveErrors",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {outlierDetection: {maxEjectionPercent: 101}}}]",
+                "destinationRules[demo/r].trafficPolicy.outlierDetection.maxEjectionPercent",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {outlierDetection: {baseEjectionTime: soon}}}]",
+                "destinationRules[demo/r].trafficPolicy.outlierDetection.baseEjectionTime",
             ),
             (
                 "[{name: r, namespace: demo, host: reviews, trafficPolicy: {tls: {mode: SIMPLE}}}]",
@@ -511,6 +673,46 @@ mod tests {
             let e = build(yaml).expect_err(yaml);
             assert_eq!(e.path, path, "{yaml}: {e}");
         }
+    }
+
+    #[test]
+    fn outlier_detection_has_istios_defaults_and_envoys_limits() {
+        let drs = build(
+            r#"
+- name: reviews
+  namespace: demo
+  host: reviews
+  trafficPolicy: {outlierDetection: {}}
+  subsets:
+  - {name: v1, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 0, consecutiveGatewayErrors: 2, interval: 1s, baseEjectionTime: 10m, maxEjectionPercent: 50, minHealthPercent: 20}}}
+  - {name: v2}
+"#,
+        )
+        .unwrap();
+        let reviews = ServiceRef::new("demo", "reviews");
+        let d = drs.outlier(&reviews, None).unwrap();
+        assert_eq!(
+            **d,
+            Outlier {
+                consecutive_5xx: 5,
+                consecutive_gateway: 0,
+                base_ejection: Duration::from_secs(30),
+                max_ejection_percent: 10,
+                min_health_percent: 0,
+            }
+        );
+        assert!(Arc::ptr_eq(drs.outlier(&reviews, Some("v2")).unwrap(), d));
+        let v1 = drs.outlier(&reviews, Some("v1")).unwrap();
+        assert_eq!((v1.consecutive_5xx, v1.consecutive_gateway), (0, 2));
+        // Ejections lengthen with their count, capped at 300 s or the base if longer.
+        assert_eq!(d.ejection(1), Duration::from_secs(30));
+        assert_eq!(d.ejection(3), Duration::from_secs(90));
+        assert_eq!(d.ejection(50), MAX_EJECTION);
+        assert_eq!(v1.ejection(2), Duration::from_secs(600));
+        // 10 % of 4 is less than one endpoint: the first may go anyway, a second not.
+        assert!(d.may_eject(4, 0) && !d.may_eject(4, 1));
+        assert!(d.may_eject(20, 1) && !d.may_eject(20, 2));
+        assert!(v1.may_eject(4, 1) && !v1.may_eject(4, 2));
     }
 
     #[test]

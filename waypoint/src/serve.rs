@@ -38,6 +38,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::dr::Outlier;
 use crate::io::{LocalExec, Protocol, sniff};
 use crate::route::{Backend, Retry, RouteTable, Rule, ServiceRef};
 use crate::security::{Peer, Refusal, SecurityTable};
@@ -98,13 +99,14 @@ pub trait Upstreams: 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + 'static;
 
     /// The endpoint for the next request to `to`: one of its healthy endpoints (of its
-    /// subset, if it names one), by the balancing its DestinationRule asks for.
-    /// `load(addr)` is the requests this core has in flight to the endpoint at `addr`.
+    /// subset, if it names one), by the balancing its DestinationRule asks for, leaving
+    /// out endpoints outlier detection ejected. `host(addr)` is what this core knows of the
+    /// endpoint at `addr`.
     fn pick(
         &self,
         to: &Upstream,
-        load: &dyn Fn(SocketAddr) -> u32,
-    ) -> Result<Endpoint, UpstreamError>;
+        host: &dyn Fn(SocketAddr) -> Host,
+    ) -> Result<Picked, UpstreamError>;
 
     /// A new byte stream to `endpoint`, which [`Upstreams::pick`] chose.
     #[allow(clippy::type_complexity)]
@@ -112,6 +114,36 @@ pub trait Upstreams: 'static {
         &self,
         endpoint: &Endpoint,
     ) -> Pin<Box<dyn Future<Output = Result<Self::Io, UpstreamError>>>>;
+}
+
+/// What a core knows of an endpoint when it picks one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Host {
+    /// Requests in flight to it (least-request reads this).
+    pub load: u32,
+    /// Ejected by outlier detection, for now.
+    pub ejected: bool,
+}
+
+/// The endpoint picked for an attempt, and what outlier detection needs to judge its
+/// answer: the policy, the size of the pool it was picked from and how many of the pool
+/// were ejected then.
+#[derive(Debug, Clone)]
+pub struct Picked {
+    pub endpoint: Endpoint,
+    pub outlier: Option<Arc<Outlier>>,
+    pub pool: u32,
+    pub ejected: u32,
+}
+
+/// An endpoint's recent answers on this core, while they matter to outlier detection.
+#[derive(Debug, Default)]
+struct Health {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    /// Ejections so far (each lasts longer).
+    times: u32,
+    until: Option<Instant>,
 }
 
 /// Where an attempt goes: a Service port, or the endpoints of one of its DestinationRule
@@ -222,6 +254,8 @@ pub struct Waypoint<U: Upstreams> {
     /// HTTP/2 connections (gRPC), one per endpoint.
     h2: RefCell<HashMap<Endpoint, hyper::client::conn::http2::SendRequest<Body>>>,
     load: Load,
+    /// Outlier detection's view of endpoints with recent errors or ejections.
+    health: RefCell<HashMap<SocketAddr, Health>>,
     rng: RefCell<SmallRng>,
     in_flight: Rc<Cell<u32>>,
     retries_in_flight: Rc<Cell<u32>>,
@@ -247,6 +281,7 @@ impl<U: Upstreams> Waypoint<U> {
             idle: Rc::default(),
             h2: RefCell::default(),
             load: Rc::default(),
+            health: RefCell::default(),
             rng: RefCell::new(SmallRng::from_os_rng()),
             in_flight: Rc::new(Cell::new(0)),
             retries_in_flight: Rc::new(Cell::new(0)),
@@ -622,29 +657,107 @@ impl<U: Upstreams> Waypoint<U> {
     }
 
     /// The endpoint for one attempt at `to`, counted in flight until the guard drops.
-    fn pick(&self, to: &Upstream) -> Result<(Endpoint, Active), SendError> {
-        let endpoint = {
+    fn pick(&self, to: &Upstream) -> Result<(Picked, Active), SendError> {
+        let now = Instant::now();
+        let picked = {
             let load = self.load.borrow();
+            let health = self.health.borrow();
             self.upstreams
-                .pick(to, &|addr| load.get(&addr).copied().unwrap_or(0))
+                .pick(to, &|addr| Host {
+                    load: load.get(&addr).copied().unwrap_or(0),
+                    ejected: health
+                        .get(&addr)
+                        .is_some_and(|h| h.until.is_some_and(|u| u > now)),
+                })
                 .map_err(SendError::Upstream)?
         };
-        let active = Active::enter(&self.load, endpoint.addr);
-        Ok((endpoint, active))
+        let active = Active::enter(&self.load, picked.endpoint.addr);
+        Ok((picked, active))
     }
 
-    /// One attempt: an endpoint picked for this request, a pooled or new HTTP/1.1
-    /// connection to it, the request, the response head. The connection goes back to the
-    /// endpoint's pool when the response body ends.
+    /// One attempt: an endpoint picked for this request, the request sent to it, the
+    /// response head; the answer counts for outlier detection.
     async fn send(
         &self,
         to: &Upstream,
         req: Request<Body>,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
-        let (endpoint, active) = self.pick(to)?;
-        if req.version() == Version::HTTP_2 {
-            return self.send_h2(endpoint, active, req).await;
+        let (picked, active) = self.pick(to)?;
+        let result = if req.version() == Version::HTTP_2 {
+            self.send_h2(picked.endpoint.clone(), active, req).await
+        } else {
+            self.send_h1(picked.endpoint.clone(), active, req).await
+        };
+        if let Some(policy) = &picked.outlier {
+            self.judge(&picked, policy, &result);
         }
+        result
+    }
+
+    /// Outlier detection (Envoy's consecutive-errors kinds): a 5xx answer, or a failure to
+    /// connect or a reset, counts against the endpoint, anything else clears its count; at
+    /// the policy's count it is ejected for the policy's time, if the pool allows.
+    /// Timeouts, the client's own body errors and local answers do not count.
+    fn judge(
+        &self,
+        picked: &Picked,
+        policy: &Outlier,
+        result: &Result<(Response<Body>, Endpoint), SendError>,
+    ) {
+        let (e5xx, gateway) = match result {
+            Ok((resp, _)) => {
+                let s = resp.status().as_u16();
+                (s >= 500, matches!(s, 502..=504))
+            }
+            Err(SendError::Upstream(UpstreamError::Connect(_)) | SendError::Reset(_)) => {
+                (true, true)
+            }
+            Err(_) => return,
+        };
+        let now = Instant::now();
+        let addr = picked.endpoint.addr;
+        let mut health = self.health.borrow_mut();
+        let h = health.entry(addr).or_default();
+        let out = h.until.is_some_and(|u| u > now);
+        h.consecutive_5xx = if e5xx { h.consecutive_5xx + 1 } else { 0 };
+        h.consecutive_gateway = if gateway {
+            h.consecutive_gateway + 1
+        } else {
+            0
+        };
+        let tripped = (policy.consecutive_5xx > 0 && h.consecutive_5xx >= policy.consecutive_5xx)
+            || (policy.consecutive_gateway > 0
+                && h.consecutive_gateway >= policy.consecutive_gateway);
+        if tripped && !out && policy.may_eject(picked.pool, picked.ejected) {
+            h.times = h.times.saturating_add(1);
+            let length = policy.ejection(h.times);
+            h.until = Some(now + length);
+            h.consecutive_5xx = 0;
+            h.consecutive_gateway = 0;
+            self.stats.ejections.set(self.stats.ejections.get() + 1);
+            tracing::info!(
+                endpoint = %picked.endpoint.uid,
+                addr = %addr,
+                ejection = h.times,
+                seconds = length.as_secs_f64(),
+                "outlier detection ejected an endpoint"
+            );
+        } else if !e5xx && !gateway && h.until.is_none_or(|u| now > u + policy.base_ejection) {
+            // Healthy again for a base ejection time since its last one: forgotten, so the
+            // map holds only endpoints with recent trouble.
+            health.remove(&addr);
+        }
+    }
+
+    /// An attempt over HTTP/1.1: a pooled or new connection to the endpoint, the request,
+    /// the response head. The connection goes back to the endpoint's pool when the
+    /// response body ends.
+    async fn send_h1(
+        &self,
+        endpoint: Endpoint,
+        active: Active,
+        req: Request<Body>,
+    ) -> Result<(Response<Body>, Endpoint), SendError> {
         let mut sender = None;
         while let Some(mut s) = self.pooled(&endpoint) {
             // A kept connection finishes its previous exchange before it takes another;

@@ -152,6 +152,8 @@ pub struct Stats {
     pub connections_timed_out: Cell<u64>,
     /// WebSocket handshakes the backend accepted (101).
     pub websockets: Cell<u64>,
+    /// Endpoints ejected by outlier detection.
+    pub ejections: Cell<u64>,
 }
 
 /// A plain copy of [`Stats`], for summing over cores.
@@ -166,6 +168,7 @@ pub struct Snapshot {
     pub mirror_failures: u64,
     pub connections_timed_out: u64,
     pub websockets: u64,
+    pub ejections: u64,
 }
 
 impl Stats {
@@ -194,6 +197,7 @@ impl Stats {
             mirror_failures: self.mirror_failures.get(),
             connections_timed_out: self.connections_timed_out.get(),
             websockets: self.websockets.get(),
+            ejections: self.ejections.get(),
         }
     }
 }
@@ -215,6 +219,7 @@ impl Snapshot {
         self.mirror_failures += other.mirror_failures;
         self.connections_timed_out += other.connections_timed_out;
         self.websockets += other.websockets;
+        self.ejections += other.ejections;
     }
 
     /// Prometheus text: the waypoint's own series, by Service, route, code and flag (one
@@ -260,6 +265,11 @@ impl Snapshot {
                 "websockets",
                 "WebSocket upgrades the backend accepted.",
                 self.websockets,
+            ),
+            (
+                "outlier_ejections",
+                "Endpoints ejected by outlier detection (each core ejects on its own).",
+                self.ejections,
             ),
         ] {
             let _ = writeln!(

@@ -206,3 +206,55 @@ fn a_waypoint_can_take_its_certificate_from_the_istio_ca() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn outlier_detection_ejects_a_failing_endpoint() -> Result<()> {
+    let routes = "  []
+virtualServices:
+  - name: echo
+    namespace: demo
+    hosts: [echo.demo.svc.cluster.local]
+    http:
+      - route: [{destination: {host: echo-all, port: {number: 80}}}]
+destinationRules:
+  - name: echo-all
+    namespace: demo
+    host: echo-all
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+      outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 30s, maxEjectionPercent: 50}
+";
+    let m = Mesh::start(186, routes)?;
+    let mut c = m.client()?;
+    // v2 fails every request, v1 none. Round robin sends v2 its share until two failures
+    // in a row eject it; from then on every request is v1's.
+    let mut failures = 0;
+    let mut last = Vec::new();
+    for i in 0..40 {
+        let r = c.request("GET", &format!("/fail-on/v2/{i}"), &[], b"")?;
+        if r.status == 503 {
+            failures += 1;
+        }
+        if i >= 20 {
+            last.push((r.status, r.body[..2].to_string()));
+        }
+    }
+    ensure!(failures == 2, "{failures} failures\n{}", m.context());
+    ensure!(
+        last.iter().all(|(s, who)| *s == 200 && who == "v1"),
+        "{last:?}"
+    );
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metric_sum(&metrics, "ringmesh_waypoint_outlier_ejections_total", &[]) == 1.0,
+        "{metrics}"
+    );
+    ensure!(
+        m.wp.proc
+            .stderr()
+            .contains("outlier detection ejected an endpoint"),
+        "{}",
+        m.context()
+    );
+    Ok(())
+}

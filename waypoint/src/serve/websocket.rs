@@ -64,7 +64,8 @@ impl<U: Upstreams> Waypoint<U> {
         req: Request<Body>,
         upgraded: &Upgraded<U>,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
-        let (endpoint, _active) = self.pick(to)?;
+        let (picked, _active) = self.pick(to)?;
+        let endpoint = picked.endpoint;
         let io = self
             .upstreams
             .connect(&endpoint)
