@@ -49,6 +49,7 @@ mod body;
 mod conn;
 mod record;
 mod request;
+mod upstream;
 mod websocket;
 
 pub use body::{Body, BoxError};
@@ -60,6 +61,8 @@ pub use request::local;
 use request::{
     Head, Limited, ReqBody, SendError, fits, is_websocket, normalize, rewrite, strip_hop_by_hop,
 };
+pub use upstream::{Host, Picked, Upstream};
+use upstream::{Active, Health, Idle, Load};
 use websocket::{Upgraded, splice};
 
 /// Largest request body held for a retry or a mirror. A body that may be larger (no
@@ -116,66 +119,6 @@ pub trait Upstreams: 'static {
     ) -> Pin<Box<dyn Future<Output = Result<Self::Io, UpstreamError>>>>;
 }
 
-/// What a core knows of an endpoint when it picks one.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Host {
-    /// Requests in flight to it (least-request reads this).
-    pub load: u32,
-    /// Ejected by outlier detection, for now.
-    pub ejected: bool,
-}
-
-/// The endpoint picked for an attempt, and what outlier detection needs to judge its
-/// answer: the policy, the size of the pool it was picked from and how many of the pool
-/// were ejected then.
-#[derive(Debug, Clone)]
-pub struct Picked {
-    pub endpoint: Endpoint,
-    pub outlier: Option<Arc<Outlier>>,
-    pub pool: u32,
-    pub ejected: u32,
-}
-
-/// An endpoint's recent answers on this core, while they matter to outlier detection.
-#[derive(Debug, Default)]
-struct Health {
-    consecutive_5xx: u32,
-    consecutive_gateway: u32,
-    /// Ejections so far (each lasts longer).
-    times: u32,
-    until: Option<Instant>,
-}
-
-/// Where an attempt goes: a Service port, or the endpoints of one of its DestinationRule
-/// subsets.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Upstream {
-    pub service: ServiceRef,
-    pub subset: Option<Arc<str>>,
-    pub port: u16,
-}
-
-impl Upstream {
-    /// The backend's Service port, or `default` (the port the request came in on).
-    pub fn of(backend: &Backend, default: u16) -> Upstream {
-        Upstream {
-            service: backend.service.clone(),
-            subset: backend.subset.clone(),
-            port: backend.port.unwrap_or(default),
-        }
-    }
-}
-
-impl fmt::Display for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.service, self.port)?;
-        if let Some(s) = &self.subset {
-            write!(f, " (subset {s})")?;
-        }
-        Ok(())
-    }
-}
-
 /// The endpoint an upstream connection reached (for telemetry: Istio's `destination_*`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
@@ -205,42 +148,6 @@ async fn within<T>(
             .await
             .unwrap_or(Err(SendError::Timeout)),
         None => send.await,
-    }
-}
-
-/// Idle HTTP/1.1 connections, per endpoint.
-type Idle = Rc<RefCell<HashMap<Endpoint, Vec<SendRequest<Body>>>>>;
-
-/// Requests in flight per endpoint on this core (least-request reads it). An endpoint with
-/// none has no entry, so the map holds at most the endpoints in use.
-type Load = Rc<RefCell<HashMap<SocketAddr, u32>>>;
-
-/// One request in flight to an endpoint, from the pick until its response body is done
-/// with (or the attempt fails).
-struct Active {
-    load: Load,
-    addr: SocketAddr,
-}
-
-impl Active {
-    fn enter(load: &Load, addr: SocketAddr) -> Active {
-        *load.borrow_mut().entry(addr).or_insert(0) += 1;
-        Active {
-            load: load.clone(),
-            addr,
-        }
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        let mut load = self.load.borrow_mut();
-        if let Some(n) = load.get_mut(&self.addr) {
-            *n -= 1;
-            if *n == 0 {
-                load.remove(&self.addr);
-            }
-        }
     }
 }
 
@@ -654,241 +561,6 @@ impl<U: Upstreams> Waypoint<U> {
             .floor()
             .max(f64::from(r.min_retry_concurrency));
         f64::from(self.retries_in_flight.get()) < allowed
-    }
-
-    /// The endpoint for one attempt at `to`, counted in flight until the guard drops.
-    fn pick(&self, to: &Upstream) -> Result<(Picked, Active), SendError> {
-        let now = Instant::now();
-        let picked = {
-            let load = self.load.borrow();
-            let health = self.health.borrow();
-            self.upstreams
-                .pick(to, &|addr| Host {
-                    load: load.get(&addr).copied().unwrap_or(0),
-                    ejected: health
-                        .get(&addr)
-                        .is_some_and(|h| h.until.is_some_and(|u| u > now)),
-                })
-                .map_err(SendError::Upstream)?
-        };
-        let active = Active::enter(&self.load, picked.endpoint.addr);
-        Ok((picked, active))
-    }
-
-    /// One attempt: an endpoint picked for this request, the request sent to it, the
-    /// response head; the answer counts for outlier detection.
-    async fn send(
-        &self,
-        to: &Upstream,
-        req: Request<Body>,
-    ) -> Result<(Response<Body>, Endpoint), SendError> {
-        let (picked, active) = self.pick(to)?;
-        let result = if req.version() == Version::HTTP_2 {
-            self.send_h2(picked.endpoint.clone(), active, req).await
-        } else {
-            self.send_h1(picked.endpoint.clone(), active, req).await
-        };
-        if let Some(policy) = &picked.outlier {
-            self.judge(&picked, policy, &result);
-        }
-        result
-    }
-
-    /// Outlier detection (Envoy's consecutive-errors kinds): a 5xx answer, or a failure to
-    /// connect or a reset, counts against the endpoint, anything else clears its count; at
-    /// the policy's count it is ejected for the policy's time, if the pool allows.
-    /// Timeouts, the client's own body errors and local answers do not count.
-    fn judge(
-        &self,
-        picked: &Picked,
-        policy: &Outlier,
-        result: &Result<(Response<Body>, Endpoint), SendError>,
-    ) {
-        let (e5xx, gateway) = match result {
-            Ok((resp, _)) => {
-                let s = resp.status().as_u16();
-                (s >= 500, matches!(s, 502..=504))
-            }
-            Err(SendError::Upstream(UpstreamError::Connect(_)) | SendError::Reset(_)) => {
-                (true, true)
-            }
-            Err(_) => return,
-        };
-        let now = Instant::now();
-        let addr = picked.endpoint.addr;
-        let mut health = self.health.borrow_mut();
-        let h = health.entry(addr).or_default();
-        let out = h.until.is_some_and(|u| u > now);
-        h.consecutive_5xx = if e5xx { h.consecutive_5xx + 1 } else { 0 };
-        h.consecutive_gateway = if gateway {
-            h.consecutive_gateway + 1
-        } else {
-            0
-        };
-        let tripped = (policy.consecutive_5xx > 0 && h.consecutive_5xx >= policy.consecutive_5xx)
-            || (policy.consecutive_gateway > 0
-                && h.consecutive_gateway >= policy.consecutive_gateway);
-        if tripped && !out && policy.may_eject(picked.pool, picked.ejected) {
-            h.times = h.times.saturating_add(1);
-            let length = policy.ejection(h.times);
-            h.until = Some(now + length);
-            h.consecutive_5xx = 0;
-            h.consecutive_gateway = 0;
-            self.stats.ejections.set(self.stats.ejections.get() + 1);
-            tracing::info!(
-                endpoint = %picked.endpoint.uid,
-                addr = %addr,
-                ejection = h.times,
-                seconds = length.as_secs_f64(),
-                "outlier detection ejected an endpoint"
-            );
-        } else if !e5xx && !gateway && h.until.is_none_or(|u| now > u + policy.base_ejection) {
-            // Healthy again for a base ejection time since its last one: forgotten, so the
-            // map holds only endpoints with recent trouble.
-            health.remove(&addr);
-        }
-    }
-
-    /// An attempt over HTTP/1.1: a pooled or new connection to the endpoint, the request,
-    /// the response head. The connection goes back to the endpoint's pool when the
-    /// response body ends.
-    async fn send_h1(
-        &self,
-        endpoint: Endpoint,
-        active: Active,
-        req: Request<Body>,
-    ) -> Result<(Response<Body>, Endpoint), SendError> {
-        let mut sender = None;
-        while let Some(mut s) = self.pooled(&endpoint) {
-            // A kept connection finishes its previous exchange before it takes another;
-            // one the endpoint closed meanwhile is dropped.
-            if s.ready().await.is_ok() {
-                sender = Some(s);
-                break;
-            }
-        }
-        let mut sender = match sender {
-            Some(s) => s,
-            None => {
-                let io = self
-                    .upstreams
-                    .connect(&endpoint)
-                    .await
-                    .map_err(SendError::Upstream)?;
-                let (s, conn) = hyper::client::conn::http1::Builder::new()
-                    .max_buf_size(MAX_HEADER_BYTES.max(8192))
-                    .handshake::<_, Body>(TokioIo::new(io))
-                    .await
-                    .map_err(|e| SendError::Upstream(UpstreamError::Connect(e.to_string())))?;
-                runtime::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "upstream HTTP connection ended");
-                    }
-                })
-                .detach();
-                s
-            }
-        };
-        let resp = sender.send_request(req).await.map_err(|e| {
-            // A "user" error is the request body's: the client sent a broken body (a bad
-            // chunk), which is the client's fault, not the backend's.
-            if e.is_user() {
-                SendError::ClientBody(e.to_string())
-            } else {
-                SendError::Reset(e.to_string())
-            }
-        })?;
-        let idle = self.idle.clone();
-        let kept = endpoint.clone();
-        let resp = resp.map(move |body| {
-            Body::new(ReturnOnEnd {
-                body,
-                sender: Some(sender),
-                key: Some(kept),
-                idle,
-                active: Some(active),
-            })
-        });
-        Ok((resp, endpoint))
-    }
-
-    /// One attempt over HTTP/2 (gRPC): one multiplexed connection per endpoint on a core,
-    /// opened on first use and replaced when it closes. The endpoint is still picked per
-    /// request, so a client's streams spread over the Service.
-    async fn send_h2(
-        &self,
-        endpoint: Endpoint,
-        active: Active,
-        req: Request<Body>,
-    ) -> Result<(Response<Body>, Endpoint), SendError> {
-        let live = self
-            .h2
-            .borrow()
-            .get(&endpoint)
-            .filter(|s| !s.is_closed())
-            .cloned();
-        let mut sender = match live {
-            Some(s) => s,
-            None => {
-                let io = self
-                    .upstreams
-                    .connect(&endpoint)
-                    .await
-                    .map_err(SendError::Upstream)?;
-                let (s, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
-                    .max_header_list_size(MAX_HEADER_BYTES as u32)
-                    .handshake::<_, Body>(TokioIo::new(io))
-                    .await
-                    .map_err(|e| SendError::Upstream(UpstreamError::Connect(e.to_string())))?;
-                runtime::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                    }
-                })
-                .detach();
-                let mut h2 = self.h2.borrow_mut();
-                // Closed connections of endpoints no longer picked go when another opens.
-                h2.retain(|_, s| !s.is_closed());
-                h2.insert(endpoint.clone(), s.clone());
-                s
-            }
-        };
-        sender
-            .ready()
-            .await
-            .map_err(|e| SendError::Reset(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| {
-            if e.is_user() {
-                SendError::ClientBody(e.to_string())
-            } else {
-                SendError::Reset(e.to_string())
-            }
-        })?;
-        Ok((
-            resp.map(|body| {
-                Body::new(Holding {
-                    body,
-                    _active: active,
-                })
-            }),
-            endpoint,
-        ))
-    }
-
-    fn pooled(&self, endpoint: &Endpoint) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(endpoint)?;
-        let mut found = None;
-        while let Some(s) = list.pop() {
-            if !s.is_closed() {
-                found = Some(s);
-                break;
-            }
-        }
-        if list.is_empty() {
-            idle.remove(endpoint);
-        }
-        found
     }
 
     /// Sends a copy to the mirror and forgets it: the client never waits for it, and its

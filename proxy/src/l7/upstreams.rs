@@ -1,0 +1,383 @@
+//! The waypoint's upstreams: how a request's Service (or subset) becomes an endpoint, and
+//! how that endpoint is dialled (HBONE through the core's pool to the endpoint's node, or
+//! plain TCP for a workload outside the mesh). Implements [`waypoint::serve::Upstreams`]
+//! on a core's snapshot.
+//!
+//! The pick runs once per request, on the core, without allocating: the Service port's
+//! healthy endpoints, less those outside the subset or ejected by outlier detection, by
+//! the DestinationRule's balancing (least-request by default).
+
+use super::*;
+
+/// The waypoint's way to a Service: an endpoint picked by the Service's load balancing,
+/// reached over HBONE at its node (or plain TCP outside the mesh).
+pub(super) struct MeshUpstreams {
+    pub(super) core: Rc<Core>,
+    pub(super) pool: Pool,
+    pub(super) counter: std::cell::Cell<u64>,
+}
+
+/// An upstream stream: HBONE, or TCP for an endpoint outside the mesh.
+pub(super) enum Io {
+    Hbone(Box<HboneStream>),
+    Tcp(TcpStream),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Hbone(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Hbone(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Hbone(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Hbone(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Where `service`:`port` leads right now: the endpoint to dial, as a route.
+enum Dial {
+    Hbone(Box<PoolKey>, Box<ConnectRequest>),
+    Tcp(SocketAddr),
+}
+
+impl MeshUpstreams {
+    /// See [`Upstreams::pick`].
+    fn pick(&self, to: &Upstream, host: &dyn Fn(SocketAddr) -> Host) -> Result<Picked, String> {
+        let snapshot = self.core.snapshot.borrow();
+        let (service, port) = (&to.service, to.port);
+        let svc = snapshot
+            .service_by_name(&service.namespace, &service.name)
+            .ok_or_else(|| format!("no service {service}"))?;
+        let vip = svc
+            .vips
+            .first()
+            .ok_or_else(|| format!("service {service} has no VIP (headless)"))?;
+        let Some(sp) = snapshot.service_port(SocketAddr::new(vip.ip, port)) else {
+            return Err(format!("service {service} does not expose port {port}"));
+        };
+        let n = self.counter.get();
+        self.counter.set(n.wrapping_add(1));
+        pick_endpoint(&snapshot, sp, to, n, host)
+    }
+
+    /// How to reach `endpoint` right now: HBONE to its node for a mesh workload, TCP
+    /// otherwise.
+    fn dial_for(&self, endpoint: &Endpoint) -> Result<Dial, UpstreamError> {
+        let snapshot = self.core.snapshot.borrow();
+        let workload = snapshot.workload_by_uid(&endpoint.uid).ok_or_else(|| {
+            UpstreamError::NoEndpoint(format!("endpoint {} is gone", endpoint.uid))
+        })?;
+        let addr = endpoint.addr;
+        Ok(match workload.protocol {
+            Protocol::Hbone => Dial::Hbone(
+                Box::new(PoolKey::new(
+                    self.core.identity.clone(),
+                    vec![workload.identity.clone()],
+                    SocketAddr::new(addr.ip(), self.core.hbone_port),
+                )),
+                Box::new(ConnectRequest::new(addr)),
+            ),
+            Protocol::Tcp => Dial::Tcp(addr),
+        })
+    }
+}
+
+/// The endpoint of `sp` for a request to `to`: among the healthy endpoints, those of `to`'s
+/// subset, less those outlier detection ejected, by the DestinationRule's balancing,
+/// least-request without one (Istio's default for Envoy, so for waypoints). When fewer than
+/// `minHealthPercent` of the pool are left, ejections are ignored (Envoy's panic threshold,
+/// which Istio's field sets). Filters in place, without allocating: this runs once per
+/// request, and a Service's endpoints are a short list.
+fn pick_endpoint(
+    snapshot: &Snapshot,
+    sp: &ServicePort,
+    to: &Upstream,
+    counter: u64,
+    host: &dyn Fn(SocketAddr) -> Host,
+) -> Result<Picked, String> {
+    let service = &to.service;
+    let rules = snapshot.destination_rules();
+    let subset = match &to.subset {
+        None => None,
+        // The route was checked against the rules it came with; a later file may have
+        // dropped the subset while a request was in flight.
+        Some(name) => Some(rules.subset(service, name).ok_or_else(|| {
+            format!("service {service} has no subset {name:?} in its DestinationRule")
+        })?),
+    };
+    let balance = rules
+        .balance(service, to.subset.as_deref())
+        .unwrap_or_default();
+    let outlier = rules.outlier(service, to.subset.as_deref()).cloned();
+    let in_subset =
+        |e: &&config::snapshot::Endpoint| subset.is_none_or(|s| s.admits(|k| e.workload.label(k)));
+    let pool = match subset {
+        None => sp.endpoints.len(),
+        Some(_) => sp.endpoints.iter().filter(in_subset).count(),
+    };
+    let ejected = match &outlier {
+        Some(_) => sp
+            .endpoints
+            .iter()
+            .filter(in_subset)
+            .filter(|e| host(e.addr).ejected)
+            .count(),
+        None => 0,
+    };
+    let min_health = outlier.as_ref().map_or(0, |o| o.min_health_percent);
+    // Fewer left than `minHealthPercent`: every member takes traffic again (Envoy's panic
+    // mode, which Istio's field sets; off by default).
+    let skip_ejected = ejected > 0 && (pool - ejected) * 100 >= pool * min_health as usize;
+    let admitted =
+        |e: &&config::snapshot::Endpoint| in_subset(e) && !(skip_ejected && host(e.addr).ejected);
+    let count = if skip_ejected { pool - ejected } else { pool };
+    let nth = |i: usize| sp.endpoints.iter().filter(admitted).nth(i);
+    let chosen = balance.choose(count, counter, |i| {
+        nth(i).map_or(u32::MAX, |e| host(e.addr).load)
+    });
+    let Some(e) = chosen.and_then(nth) else {
+        return Err(match &to.subset {
+            Some(name) => format!(
+                "service {service} has no healthy endpoint in subset {name:?} for port {}",
+                sp.port
+            ),
+            None => format!(
+                "service {service} has no healthy endpoint for port {}",
+                sp.port
+            ),
+        });
+    };
+    Ok(Picked {
+        endpoint: Endpoint {
+            uid: e.workload.uid.clone(),
+            addr: e.addr,
+        },
+        outlier,
+        pool: pool as u32,
+        ejected: ejected as u32,
+    })
+}
+
+/// Deadline for a plain TCP connect to an endpoint outside the mesh.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The core's [`MeshUpstreams`], shared by its waypoint and its housekeeping.
+#[derive(Clone)]
+pub(super) struct Ups(pub(super) Rc<MeshUpstreams>);
+
+impl Upstreams for Ups {
+    type Io = Io;
+
+    fn pick(
+        &self,
+        to: &Upstream,
+        host: &dyn Fn(SocketAddr) -> Host,
+    ) -> Result<Picked, UpstreamError> {
+        self.0.pick(to, host).map_err(UpstreamError::NoEndpoint)
+    }
+
+    fn connect(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Pin<Box<dyn Future<Output = Result<Io, UpstreamError>>>> {
+        let dial = self.0.dial_for(endpoint);
+        let me = self.0.clone();
+        Box::pin(async move {
+            match dial? {
+                Dial::Hbone(key, req) => me
+                    .pool
+                    .connect(&key, &req)
+                    .await
+                    .map(|s| Io::Hbone(Box::new(s)))
+                    .map_err(|e| UpstreamError::Connect(e.to_string())),
+                Dial::Tcp(addr) => {
+                    match runtime::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr))
+                        .await
+                    {
+                        Ok(Ok(s)) => Ok(Io::Tcp(s)),
+                        Ok(Err(e)) => Err(UpstreamError::Connect(format!("connect {addr}: {e}"))),
+                        Err(_) => Err(UpstreamError::Connect(format!(
+                            "connect {addr}: no answer in {TCP_CONNECT_TIMEOUT:?}"
+                        ))),
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `reviews` has three endpoints: r1 and r2 labelled v1 (r2 unhealthy), r3 with no labels
+    /// of its own and canonical revision v2 (as a workload from istiod would be).
+    const MESH: &str = r#"
+workloads:
+  - {name: r1, namespace: demo, workloadIps: ["10.0.0.1"], protocol: HBONE, labels: {version: v1, app: reviews}, services: [demo/reviews.demo.svc.cluster.local]}
+  - {name: r2, namespace: demo, workloadIps: ["10.0.0.2"], protocol: HBONE, labels: {version: v1}, status: Unhealthy, services: [demo/reviews.demo.svc.cluster.local]}
+  - {name: r3, namespace: demo, workloadIps: ["10.0.0.3"], protocol: HBONE, canonicalRevision: v2, services: [demo/reviews.demo.svc.cluster.local]}
+  - {name: r4, namespace: demo, workloadIps: ["10.0.0.4"], protocol: HBONE, labels: {version: v1, app: reviews}, services: [demo/reviews.demo.svc.cluster.local]}
+services:
+  - {name: reviews, namespace: demo, hostname: reviews.demo.svc.cluster.local, vips: ["/10.1.0.1"], ports: {80: 9080}}
+destinationRules:
+  - name: reviews
+    namespace: demo
+    host: reviews
+    trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+    subsets:
+      - {name: v1, labels: {version: v1}}
+      - {name: v2, labels: {version: v2}}
+      - {name: v3, labels: {version: v3}}
+      - {name: random, labels: {app: reviews}, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
+      - {name: least, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}}
+      - {name: guarded, labels: {version: v1}, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 2}}}
+      - {name: panicky, labels: {version: v1}, trafficPolicy: {outlierDetection: {minHealthPercent: 60}}}
+"#;
+
+    fn picks(snapshot: &Snapshot, subset: Option<&str>, n: u64) -> Result<Vec<String>, String> {
+        picks_loaded(snapshot, subset, n, &|_| 0)
+    }
+
+    fn picks_loaded(
+        snapshot: &Snapshot,
+        subset: Option<&str>,
+        n: u64,
+        load: &dyn Fn(SocketAddr) -> u32,
+    ) -> Result<Vec<String>, String> {
+        picks_with(snapshot, subset, n, &|a| Host {
+            load: load(a),
+            ejected: false,
+        })
+    }
+
+    fn picks_with(
+        snapshot: &Snapshot,
+        subset: Option<&str>,
+        n: u64,
+        host: &dyn Fn(SocketAddr) -> Host,
+    ) -> Result<Vec<String>, String> {
+        let sp = snapshot
+            .service_port(SocketAddr::from(([10, 1, 0, 1], 80)))
+            .expect("service port");
+        let to = Upstream {
+            service: ServiceRef::new("demo", "reviews"),
+            subset: subset.map(Arc::from),
+            port: 80,
+        };
+        (0..n)
+            .map(|i| {
+                pick_endpoint(snapshot, sp, &to, i, host).map(|p| {
+                    let w = snapshot
+                        .workload_by_uid(&p.endpoint.uid)
+                        .expect("a workload");
+                    w.name.to_string()
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn subsets_pick_only_their_healthy_endpoints() {
+        let snap = config::parse(MESH, &LoadOptions::default()).unwrap();
+        // Round robin over the whole Service's healthy endpoints.
+        assert_eq!(picks(&snap, None, 3).unwrap(), ["r1", "r3", "r4"]);
+        // v1: r1 and r4 (r2 is unhealthy), in turn.
+        assert_eq!(
+            picks(&snap, Some("v1"), 4).unwrap(),
+            ["r1", "r4", "r1", "r4"]
+        );
+        // v2: r3 has no labels; its canonical revision answers for `version`.
+        assert_eq!(picks(&snap, Some("v2"), 2).unwrap(), ["r3", "r3"]);
+        // A subset no endpoint belongs to is an error, never another subset's endpoint.
+        let e = picks(&snap, Some("v3"), 1).unwrap_err();
+        assert!(e.contains("no healthy endpoint in subset \"v3\""), "{e}");
+        let e = picks(&snap, Some("gone"), 1).unwrap_err();
+        assert!(e.contains("no subset \"gone\""), "{e}");
+        // The subset's own balancing (random) still keeps to its members.
+        let random = picks(&snap, Some("random"), 64).unwrap();
+        assert!(random.iter().all(|w| w == "r1" || w == "r4"), "{random:?}");
+        assert!(random.iter().any(|w| w == "r1") && random.iter().any(|w| w == "r4"));
+        assert_ne!(random, picks(&snap, Some("v1"), 64).unwrap());
+        // Least-request: r1 busy, so its subset's other member takes every request.
+        let busy = |a: SocketAddr| u32::from(a.ip() == IpAddr::from([10, 0, 0, 1])) * 3;
+        let least = picks_loaded(&snap, Some("least"), 32, &busy).unwrap();
+        assert!(least.iter().all(|w| w == "r4"), "{least:?}");
+        let idle = picks(&snap, Some("least"), 64).unwrap();
+        assert!(idle.iter().any(|w| w == "r1") && idle.iter().any(|w| w == "r4"));
+    }
+
+    #[test]
+    fn ejected_endpoints_are_left_out_while_enough_remain() {
+        let snap = config::parse(MESH, &LoadOptions::default()).unwrap();
+        let r1 = IpAddr::from([10, 0, 0, 1]);
+        let r1_out = |a: SocketAddr| Host {
+            load: 0,
+            ejected: a.ip() == r1,
+        };
+        let all_out = |_| Host {
+            load: 0,
+            ejected: true,
+        };
+        let both = |v: &[String]| v.iter().any(|w| w == "r1") && v.iter().any(|w| w == "r4");
+        // With outlier detection, an ejected endpoint takes nothing.
+        let v = picks_with(&snap, Some("guarded"), 32, &r1_out).unwrap();
+        assert!(v.iter().all(|w| w == "r4"), "{v:?}");
+        // What the waypoint is told, to judge the answer: the policy and the pool.
+        let sp = snap
+            .service_port(SocketAddr::from(([10, 1, 0, 1], 80)))
+            .unwrap();
+        let to = Upstream {
+            service: ServiceRef::new("demo", "reviews"),
+            subset: Some(Arc::from("guarded")),
+            port: 80,
+        };
+        let p = pick_endpoint(&snap, sp, &to, 0, &r1_out).unwrap();
+        assert_eq!((p.pool, p.ejected), (2, 1));
+        assert_eq!(p.outlier.map(|o| o.consecutive_5xx), Some(2));
+        // Everyone ejected: no healthy upstream (Istio's default panic threshold, 0).
+        let e = picks_with(&snap, Some("guarded"), 1, &all_out).unwrap_err();
+        assert!(e.contains("no healthy endpoint"), "{e}");
+        // minHealthPercent 60: one of two left is too few, so ejections are ignored.
+        assert!(both(
+            &picks_with(&snap, Some("panicky"), 64, &r1_out).unwrap()
+        ));
+        // No outlier detection for the subset: the flag means nothing.
+        assert!(both(&picks_with(&snap, Some("v1"), 64, &r1_out).unwrap()));
+    }
+}
