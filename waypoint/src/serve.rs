@@ -61,8 +61,8 @@ pub use request::local;
 use request::{
     Head, Limited, ReqBody, SendError, fits, is_websocket, normalize, rewrite, strip_hop_by_hop,
 };
-pub use upstream::{Host, Picked, Upstream};
 use upstream::{Active, Health, Idle, Load};
+pub use upstream::{Host, Picked, Upstream};
 use websocket::{Upgraded, splice};
 
 /// Largest request body held for a retry or a mirror. A body that may be larger (no
