@@ -91,14 +91,21 @@ pub enum CaSource {
 #[derive(Clone)]
 enum Msg {
     Certs(Arc<CertSet>),
+    /// The mesh: workloads and Services (from the file, or from istiod).
     Config(Arc<Snapshot>),
+    /// The waypoint's own kinds: routes, DestinationRules, L7 security (from the file).
+    L7(Arc<Snapshot>),
     /// Each core answers with its counters.
     Stats(std::sync::mpsc::Sender<StatsSnapshot>),
 }
 
 /// One core's state.
 struct Core {
+    /// The mesh the endpoints are picked from.
     snapshot: RefCell<Arc<Snapshot>>,
+    /// The snapshot the routes, DestinationRules and L7 security came from (the same as
+    /// `snapshot` when the file holds the mesh too).
+    l7: RefCell<Arc<Snapshot>>,
     certs: Rc<RefCell<Arc<CertSet>>>,
     identity: hbone::Identity,
     hbone_port: u16,
@@ -150,16 +157,73 @@ fn target_of(snapshot: &Snapshot, authority: SocketAddr) -> Result<Target, Statu
     Err(Status::ServiceUnavailable)
 }
 
+/// How long a waypoint that takes its mesh from istiod waits for istiod to name its own
+/// workload before it gives up: the node proxies' readiness wait, with room for a slow
+/// first push at scale.
+const XDS_FIRST_WAIT: Duration = Duration::from_secs(60);
+
 /// Runs the waypoint until SIGTERM/SIGINT (then drains).
 pub fn run(opts: WaypointOptions) -> Result<()> {
     let shutdown = Shutdown::default();
     shutdown.drain_on_signals(opts.drain_timeout)?;
     let jwks = waypoint::security::JwksRegistry::default();
+    // With istiod's xDS, the mesh comes from istiod and the file holds the L7 kinds only.
+    let from_istiod = match &opts.ca {
+        CaSource::Istio(s) if s.xds.is_some() => Some(s.clone()),
+        _ => None,
+    };
     let load = LoadOptions {
         node: None,
         jwks: jwks.clone(),
+        l7_only: from_istiod.is_some(),
     };
-    let snapshot = Arc::new(config::load_file(&opts.config, &load).map_err(|e| anyhow!("{e}"))?);
+    let l7 = Arc::new(config::load_file(&opts.config, &load).map_err(|e| anyhow!("{e}"))?);
+    let broadcaster: Arc<Mutex<Option<Broadcaster<Msg>>>> = Arc::new(Mutex::new(None));
+    // The mesh snapshot in force (for /metrics' labels), and the first one istiod sends.
+    let current = Arc::new(Mutex::new(l7.clone()));
+    let control_rt = crate::node::control_plane::runtime()?;
+    let mut _control_plane = None;
+    let snapshot = match &from_istiod {
+        None => l7.clone(),
+        Some(settings) => {
+            let first = Arc::new((Mutex::new(None::<Arc<Snapshot>>), std::sync::Condvar::new()));
+            let (b, cur, f) = (broadcaster.clone(), current.clone(), first.clone());
+            let publish = move |snap: Arc<Snapshot>| {
+                *cur.lock().unwrap_or_else(|p| p.into_inner()) = snap.clone();
+                if let Some(b) = b.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    b.send(Msg::Config(snap.clone()));
+                }
+                *f.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(snap);
+                f.1.notify_all();
+            };
+            let cp = crate::node::control_plane::ControlPlane::new(&control_rt, settings);
+            cp.start_xds(settings, None, shutdown.clone(), publish)?;
+            _control_plane = Some(cp);
+            let deadline = std::time::Instant::now() + XDS_FIRST_WAIT;
+            let mut seen = first.0.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(s) = seen.as_ref()
+                    && s.workload_by_uid(&opts.workload).is_some()
+                {
+                    break s.clone();
+                }
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    let workloads = seen.as_ref().map_or(0, |s| s.workloads().len());
+                    anyhow::bail!(
+                        "--workload {}: istiod has not named this workload within {XDS_FIRST_WAIT:?} ({workloads} workloads received); istiod's uids are <cluster>//Pod/<namespace>/<name>",
+                        opts.workload
+                    );
+                }
+                seen = first
+                    .1
+                    .wait_timeout(seen, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+    };
+    *current.lock().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
     let me = snapshot.workload_by_uid(&opts.workload).cloned().ok_or_else(|| {
         anyhow!(
             "--workload {}: no workload with this uid in {} (a workload's uid defaults to namespace/name)",
@@ -175,9 +239,8 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
     })?;
     let identity = me.identity.clone();
 
-    // The Istio CA and the JWKS servers are called from a control thread of its own
-    // (tokio), never from a core.
-    let control_rt = crate::node::control_plane::runtime()?;
+    // The Istio CA, istiod's xDS and the JWKS servers are called from a control thread of
+    // its own (tokio), never from a core.
     let signer: Arc<dyn Signer> = match &opts.ca {
         CaSource::Dir(dir) => Arc::new(
             ca::load(dir).with_context(|| format!("loading the CA from {}", dir.display()))?,
@@ -192,7 +255,6 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
         control::grpc::RootCa::System,
         opts.jwks_refresh,
     );
-    let broadcaster: Arc<Mutex<Option<Broadcaster<Msg>>>> = Arc::new(Mutex::new(None));
     let publish = {
         let b = broadcaster.clone();
         move |certs: Arc<CertSet>| {
@@ -225,6 +287,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
     let listen = SocketAddr::new(ip, opts.hbone_port);
     let init_certs = identities.current();
     let init_snapshot = snapshot.clone();
+    let init_l7 = l7.clone();
     let pool_cfg = PoolConfig {
         idle_timeout: opts.pool_idle_timeout,
         ..PoolConfig::default()
@@ -239,6 +302,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
             let certs = Rc::new(RefCell::new(init_certs.clone()));
             let core = Rc::new(Core {
                 snapshot: RefCell::new(init_snapshot.clone()),
+                l7: RefCell::new(init_l7.clone()),
                 certs: certs.clone(),
                 identity: init_identity.clone(),
                 hbone_port,
@@ -263,8 +327,8 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
             });
             let stats = Rc::new(Stats::default());
             let wp = Waypoint::new(
-                init_snapshot.routes().clone(),
-                init_snapshot.security().clone(),
+                init_l7.routes().clone(),
+                init_l7.security().clone(),
                 Ups(upstreams),
                 stats.clone(),
                 init_tracing.clone(),
@@ -273,29 +337,42 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
             Ok(worker_main(worker, listener, core, wp))
         },
     )?;
-    *broadcaster.lock().unwrap_or_else(|p| p.into_inner()) = Some(rt.broadcaster());
-    rt.broadcast(Msg::Certs(identities.current()));
+    {
+        // Under the broadcaster's lock, so a certificate or a snapshot published meanwhile
+        // reaches the cores after these, never before.
+        let mut b = broadcaster.lock().unwrap_or_else(|p| p.into_inner());
+        *b = Some(rt.broadcaster());
+        rt.broadcast(Msg::Certs(identities.current()));
+        if from_istiod.is_some() {
+            // What istiod sent while the cores were starting.
+            let latest = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            rt.broadcast(Msg::Config(latest));
+        }
+    }
 
-    let current = Arc::new(Mutex::new(snapshot.clone()));
     let _watcher = if opts.watch_interval.is_zero() {
         None
     } else {
         let b = rt.broadcaster();
         let current = current.clone();
         let shown = opts.config.clone();
+        let mesh_too = from_istiod.is_none();
         Some(config::watch(
             &opts.config,
             WatchOptions {
                 load,
                 interval: opts.watch_interval,
-                current: Some(snapshot.content_hash()),
+                current: Some(l7.content_hash()),
             },
             move |res| {
                 // A rejected file was logged by the watcher; the previous config serves on.
                 let Ok(snap) = res else { return };
                 tracing::info!(config = %shown.display(), routes = snap.routes().len(), "config applied");
-                *current.lock().unwrap_or_else(|p| p.into_inner()) = snap.clone();
-                b.send(Msg::Config(snap));
+                if mesh_too {
+                    *current.lock().unwrap_or_else(|p| p.into_inner()) = snap.clone();
+                    b.send(Msg::Config(snap.clone()));
+                }
+                b.send(Msg::L7(snap));
             },
         )?)
     };
@@ -306,7 +383,8 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
         workload = %opts.workload,
         identity = %identity,
         listen = %listen,
-        routes = snapshot.routes().len(),
+        routes = l7.routes().len(),
+        mesh = if from_istiod.is_some() { "istiod" } else { "file" },
         workers = rt.workers().len(),
         "waypoint ready"
     );
@@ -329,9 +407,10 @@ async fn worker_main(
         while let Ok(msg) = w.messages().recv().await {
             match msg {
                 Msg::Certs(c) => *msg_core.certs.borrow_mut() = c,
-                Msg::Config(s) => {
+                Msg::Config(s) => *msg_core.snapshot.borrow_mut() = s,
+                Msg::L7(s) => {
                     msg_wp.set_config(s.routes().clone(), s.security().clone());
-                    *msg_core.snapshot.borrow_mut() = s;
+                    *msg_core.l7.borrow_mut() = s;
                 }
                 Msg::Stats(reply) => {
                     let _ = reply.send(msg_wp.stats.snapshot());

@@ -59,9 +59,20 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct WaypointArgs {
-    /// The mesh config file (the nodes' file; `httpRoutes` are read from it). Watched.
+    /// The mesh config file (the nodes' file; `httpRoutes` are read from it). Watched. With
+    /// --xds-address it holds only the waypoint's kinds (httpRoutes, virtualServices,
+    /// destinationRules, authorizationPolicies, requestAuthentications).
     #[arg(long, env = "LOCAL_XDS_PATH")]
     config: PathBuf,
+    /// istiod's workload xDS (e.g. https://istiod.istio-system.svc:15012): the waypoint then
+    /// takes workloads and Services from istiod, as the nodes do, and its own workload is
+    /// found there by --workload (istiod's uid, `<cluster>//Pod/<namespace>/<name>`).
+    /// Needs the Istio CA (no --ca-dir).
+    #[arg(long, env = "XDS_ADDRESS")]
+    xds_address: Option<String>,
+    /// Roots that verify istiod's xDS: a PEM file, inline PEM, or SYSTEM.
+    #[arg(long, env = "XDS_ROOT_CA")]
+    xds_root_ca: Option<String>,
     /// Directory of the built-in CA (from `ringmesh ca init`). Without it, the certificate
     /// comes from the Istio CA (--ca-address).
     #[arg(long)]
@@ -88,7 +99,7 @@ struct WaypointArgs {
     #[arg(long, default_value_t = 15008)]
     hbone_port: u16,
     /// /metrics and /healthz/ready. "none" disables it. Default: port 15020 on the
-    /// waypoint's IP.
+    /// waypoint's IP (every address with --xds-address).
     #[arg(long, value_parser = parse_opt_addr)]
     metrics: Option<OptAddr>,
     /// Lifetime of the waypoint's certificate (renewed at half-life).
@@ -624,18 +635,21 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn run_waypoint(args: WaypointArgs) -> anyhow::Result<()> {
-    let metrics = match args.metrics {
-        Some(a) => a,
-        None => Some(SocketAddr::new(
-            waypoint_ip(&args.config, &args.workload)?,
-            15020,
-        )),
-    };
     let ca = match &args.ca_dir {
-        Some(dir) => proxy::l7::CaSource::Dir(dir.clone()),
+        Some(dir) => {
+            anyhow::ensure!(
+                args.xds_address
+                    .as_deref()
+                    .is_none_or(|a| a.trim().is_empty()),
+                "--xds-address needs the Istio CA: with istiod's mesh, the certificate comes from istiod too (leave out --ca-dir)"
+            );
+            proxy::l7::CaSource::Dir(dir.clone())
+        }
         None => {
             use proxy::node::cluster::{ClusterFlags, ClusterSettings, ProxyMode};
             let flags = ClusterFlags {
+                xds_address: args.xds_address.clone(),
+                xds_root_ca: args.xds_root_ca.clone(),
                 ca_address: args.ca_address.clone(),
                 ca_root_ca: args.ca_root_ca.clone(),
                 auth_token: args.auth_token.clone(),
@@ -654,6 +668,19 @@ fn run_waypoint(args: WaypointArgs) -> anyhow::Result<()> {
             );
             proxy::l7::CaSource::Istio(Box::new(settings))
         }
+    };
+    let from_istiod = matches!(&ca, proxy::l7::CaSource::Istio(s) if s.xds.is_some());
+    let metrics = match args.metrics {
+        Some(a) => a,
+        // istiod's workloads arrive later: every address, as a node in a cluster.
+        None if from_istiod => Some(SocketAddr::new(
+            std::net::Ipv6Addr::UNSPECIFIED.into(),
+            15020,
+        )),
+        None => Some(SocketAddr::new(
+            waypoint_ip(&args.config, &args.workload)?,
+            15020,
+        )),
     };
     proxy::l7::run(proxy::l7::WaypointOptions {
         config: args.config,

@@ -739,14 +739,65 @@ fn labels_and_destination_rules() {
         ),
         (
             format!(
-                "{BASE}destinationRules:\n  - {{name: d, namespace: ns, host: s, trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}}}\n"
+                "{BASE}destinationRules:\n  - {{name: d, namespace: ns, host: s, trafficPolicy: {{loadBalancer: {{simple: PASSTHROUGH}}}}}}\n"
             ),
             "destinationRules[ns/d].trafficPolicy.loadBalancer.simple",
-            "LEAST_REQUEST: use ROUND_ROBIN, RANDOM",
+            "PASSTHROUGH: use LEAST_REQUEST (the default), ROUND_ROBIN, RANDOM",
         ),
     ];
     for (yaml, path, reason) in cases {
         let e = parse(&yaml, &LoadOptions::default()).expect_err(path);
+        assert_eq!(e.field_path(), path, "{}", e.reason());
+        assert!(e.reason().contains(reason), "{path}: {}", e.reason());
+    }
+}
+
+/// A waypoint whose mesh comes from istiod reads only its own kinds, and names Services by
+/// Kubernetes' rules instead of looking them up.
+#[test]
+fn l7_only_files_name_services_by_kubernetes_rules() {
+    let opts = LoadOptions {
+        l7_only: true,
+        ..LoadOptions::default()
+    };
+    let snap = parse(
+        r#"
+virtualServices:
+  - name: reviews
+    namespace: demo
+    hosts: [reviews.demo.svc.cluster.local]
+    http: [{route: [{destination: {host: reviews.demo.svc.cluster.local, subset: v1}}, {destination: {host: ratings.other}}]}]
+destinationRules:
+  - {name: reviews, namespace: demo, host: reviews, subsets: [{name: v1, labels: {version: v1}}]}
+httpRoutes:
+  - {name: echo, namespace: demo, parentRefs: [{name: echo}], rules: [{backendRefs: [{name: echo-v2, port: 80}]}]}
+requestAuthentications:
+  - {name: jwt, namespace: demo, targetRefs: [{name: reviews}], jwtRules: [{issuer: "https://issuer.example", jwksUri: "https://issuer.example/keys"}]}
+"#,
+        &opts,
+    )
+    .expect("Services need not be in the file");
+    assert!(snap.workloads().is_empty() && snap.services().is_empty());
+    assert_eq!(snap.summary().routes, 2);
+    assert_eq!(snap.destination_rules().len(), 1);
+    for (yaml, path, reason) in [
+        (
+            "workloads: [{name: a, namespace: ns, workloadIps: [\"10.0.0.1\"]}]",
+            "workloads",
+            "the mesh comes from istiod",
+        ),
+        (
+            "services: []\npolicies: [{name: p, namespace: ns, action: Allow}]",
+            "policies",
+            "the mesh comes from istiod",
+        ),
+        (
+            "virtualServices: [{name: v, namespace: demo, hosts: [www.example.com], http: []}]",
+            "virtualServices[demo/v].hosts[0]",
+            "no Service of the mesh",
+        ),
+    ] {
+        let e = parse(yaml, &opts).expect_err(yaml);
         assert_eq!(e.field_path(), path, "{}", e.reason());
         assert!(e.reason().contains(reason), "{path}: {}", e.reason());
     }

@@ -34,14 +34,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::route::{RouteError, ServiceRef};
-
-fn err(path: impl Into<String>, message: impl Into<String>) -> RouteError {
-    RouteError {
-        path: path.into(),
-        message: message.into(),
-    }
-}
+use crate::route::{RouteError, ServiceRef, err};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -71,7 +71,8 @@ pub struct RouteError {
     pub message: String,
 }
 
-fn err(path: impl Into<String>, message: impl Into<String>) -> RouteError {
+/// A [`RouteError`] at `path` (the config crates' error for a field of theirs).
+pub(crate) fn err(path: impl Into<String>, message: impl Into<String>) -> RouteError {
     RouteError {
         path: path.into(),
         message: message.into(),

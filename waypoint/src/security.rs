@@ -23,7 +23,7 @@ use std::sync::Arc;
 use http::HeaderName;
 use http::request::Parts;
 
-use crate::route::{RouteError, ServiceRef};
+use crate::route::{RouteError, ServiceRef, err};
 
 pub mod jwks;
 mod jwt;
@@ -38,13 +38,6 @@ pub const JWT_LEEWAY_SECS: u64 = 60;
 
 /// Longest token accepted (Envoy bounds headers at 60 KiB; a token is one header).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-
-fn err(path: impl Into<String>, message: impl Into<String>) -> RouteError {
-    RouteError {
-        path: path.into(),
-        message: message.into(),
-    }
-}
 
 /// Istio's string match.
 #[derive(Debug, Clone, PartialEq, Eq)]

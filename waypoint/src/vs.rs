@@ -33,15 +33,8 @@ use crate::dr::DestinationRules;
 use crate::route::{
     BackendRefSpec, FaultSpec, FilterSpec, HeaderModifierSpec, HeaderValueSpec, HttpRouteSpec,
     MatchSpec, MirrorSpec, ParentRefSpec, PathMatchSpec, PathModifierSpec, RedirectSpec, RetrySpec,
-    RouteError, RuleSpec, ServiceRef, TimeoutsSpec, UrlRewriteSpec, ValueMatchSpec,
+    RouteError, RuleSpec, ServiceRef, TimeoutsSpec, UrlRewriteSpec, ValueMatchSpec, err,
 };
-
-fn err(path: impl Into<String>, message: impl Into<String>) -> RouteError {
-    RouteError {
-        path: path.into(),
-        message: message.into(),
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -225,8 +225,8 @@ pub(crate) fn build(
     for p in policies {
         state.insert_policy(p);
     }
-    let (routes, destination_rules) = build_routes(&raw)?;
-    let security = build_security(&raw, jwks)?;
+    let (routes, destination_rules) = build_routes(&raw, Names::File)?;
+    let security = build_security(&raw, jwks, Names::File)?;
     let mut snapshot = state.snapshot(node, content_hash);
     snapshot.routes = Arc::new(routes);
     snapshot.destination_rules = Arc::new(destination_rules);
@@ -240,6 +240,7 @@ pub(crate) fn build(
 fn build_security(
     raw: &RawConfig,
     jwks: &waypoint::security::JwksRegistry,
+    names: Names,
 ) -> Result<waypoint::security::SecurityTable, ConfigError> {
     let read = |path: &str| std::fs::read_to_string(path);
     let table = waypoint::security::SecurityTable::build(
@@ -249,6 +250,9 @@ fn build_security(
         jwks,
     )
     .map_err(|e| invalid(e.path, e.message))?;
+    if names == Names::Kubernetes {
+        return Ok(table);
+    }
     let known: HashSet<(&str, &str)> = raw
         .services
         .iter()
@@ -290,15 +294,73 @@ fn build_security(
     Ok(table)
 }
 
+/// How the waypoint's kinds name Services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Names {
+    /// Looked up among the file's `services` (and checked to exist).
+    File,
+    /// Kubernetes' rules, with no list to check against (the mesh comes from istiod):
+    /// `name`, `name.namespace`, `name.namespace.svc` and `name.namespace.svc.<domain>`.
+    Kubernetes,
+}
+
+/// Only the waypoint's kinds, for a waypoint whose mesh comes from istiod: a snapshot with
+/// no workloads, Services or L4 policies, and the routes, DestinationRules and L7 security
+/// of the file.
+pub(crate) fn build_l7_only(
+    raw: &RawConfig,
+    content_hash: u64,
+    jwks: &waypoint::security::JwksRegistry,
+) -> Result<Snapshot, ConfigError> {
+    for (field, n) in [
+        ("workloads", raw.workloads.len()),
+        ("services", raw.services.len()),
+        ("policies", raw.policies.len()),
+    ] {
+        if n > 0 {
+            return Err(invalid(
+                field,
+                "the mesh comes from istiod here: this file holds only httpRoutes, virtualServices, destinationRules, authorizationPolicies and requestAuthentications",
+            ));
+        }
+    }
+    let (routes, destination_rules) = build_routes(raw, Names::Kubernetes)?;
+    let security = build_security(raw, jwks, Names::Kubernetes)?;
+    let mut snapshot = MeshState::new().snapshot(None, content_hash);
+    snapshot.routes = Arc::new(routes);
+    snapshot.destination_rules = Arc::new(destination_rules);
+    snapshot.security = Arc::new(security);
+    Ok(snapshot)
+}
+
+/// A Service by Kubernetes' rules, seen from namespace `ns`.
+fn kubernetes_service(ns: &str, host: &str) -> Option<waypoint::route::ServiceRef> {
+    let mut parts = host.split('.');
+    let name = parts.next().filter(|n| !n.is_empty())?;
+    let sns = parts.next().unwrap_or(ns);
+    match parts.next() {
+        None => {}
+        // `svc.<domain>`: any cluster domain, whole labels only.
+        Some("svc") if !parts.any(str::is_empty) => {}
+        Some(_) => return None,
+    }
+    (!sns.is_empty()).then(|| waypoint::route::ServiceRef::new(sns, name))
+}
+
 /// `httpRoutes`, `virtualServices` and `destinationRules`: compiled by the waypoint crate
-/// (which names the field on error); every Service a route names as parent, backend or
-/// mirror must exist, and every subset a VirtualService names must be in a DestinationRule.
+/// (which names the field on error); with the file's names, every Service a route names as
+/// parent, backend or mirror must exist, and every subset a VirtualService names must be in
+/// a DestinationRule.
 fn build_routes(
     raw: &RawConfig,
+    names: Names,
 ) -> Result<(waypoint::route::RouteTable, waypoint::dr::DestinationRules), ConfigError> {
     // A VirtualService host: a Service hostname, or Kubernetes' short forms (`name`,
     // `name.namespace`, `name.namespace.svc`) seen from the VirtualService's namespace.
     let resolve = |ns: &str, host: &str| -> Option<waypoint::route::ServiceRef> {
+        if names == Names::Kubernetes {
+            return kubernetes_service(ns, host);
+        }
         let by_host = raw.services.iter().find(|s| s.hostname == host);
         let short = || {
             let mut parts = host.split('.');
@@ -336,6 +398,9 @@ fn build_routes(
     specs.extend(raw.http_routes.iter().cloned());
     let table =
         waypoint::route::RouteTable::build(&specs).map_err(|e| invalid(e.path, e.message))?;
+    if names == Names::Kubernetes {
+        return Ok((table, destination_rules));
+    }
     let known: HashSet<(&str, &str)> = raw
         .services
         .iter()

@@ -126,6 +126,11 @@ pub struct LoadOptions {
     /// the waypoint shares one registry between its loads and its fetcher; elsewhere the
     /// slots are made and never filled.
     pub jwks: waypoint::security::JwksRegistry,
+    /// The file holds only a waypoint's L7 kinds (`httpRoutes`, `virtualServices`,
+    /// `destinationRules`, `authorizationPolicies`, `requestAuthentications`) and the mesh
+    /// comes from elsewhere (istiod): Services are named by Kubernetes' rules rather than
+    /// looked up in the file, and workloads, services and policies are refused.
+    pub l7_only: bool,
 }
 
 pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
@@ -149,6 +154,9 @@ pub fn parse(yaml: &str, opts: &LoadOptions) -> Result<Snapshot, ConfigError> {
     }
     let de = serde_yaml::Deserializer::from_str(yaml);
     let raw: model::RawConfig = serde_path_to_error::deserialize(de).map_err(yaml_error)?;
+    if opts.l7_only {
+        return build::build_l7_only(&raw, hash_bytes(yaml.as_bytes()), &opts.jwks);
+    }
     build::build(
         raw,
         opts.node.as_deref(),

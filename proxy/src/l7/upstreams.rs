@@ -92,7 +92,8 @@ impl MeshUpstreams {
         };
         let n = self.counter.get();
         self.counter.set(n.wrapping_add(1));
-        pick_endpoint(&snapshot, sp, to, n, host)
+        let l7 = self.core.l7.borrow();
+        pick_endpoint(l7.destination_rules(), sp, to, n, host)
     }
 
     /// How to reach `endpoint` right now: HBONE to its node for a mesh workload, TCP
@@ -124,14 +125,13 @@ impl MeshUpstreams {
 /// which Istio's field sets). Filters in place, without allocating: this runs once per
 /// request, and a Service's endpoints are a short list.
 fn pick_endpoint(
-    snapshot: &Snapshot,
+    rules: &waypoint::dr::DestinationRules,
     sp: &ServicePort,
     to: &Upstream,
     counter: u64,
     host: &dyn Fn(SocketAddr) -> Host,
 ) -> Result<Picked, String> {
     let service = &to.service;
-    let rules = snapshot.destination_rules();
     let subset = match &to.subset {
         None => None,
         // The route was checked against the rules it came with; a later file may have
@@ -302,7 +302,7 @@ destinationRules:
         };
         (0..n)
             .map(|i| {
-                pick_endpoint(snapshot, sp, &to, i, host).map(|p| {
+                pick_endpoint(snapshot.destination_rules(), sp, &to, i, host).map(|p| {
                     let w = snapshot
                         .workload_by_uid(&p.endpoint.uid)
                         .expect("a workload");
@@ -367,7 +367,7 @@ destinationRules:
             subset: Some(Arc::from("guarded")),
             port: 80,
         };
-        let p = pick_endpoint(&snap, sp, &to, 0, &r1_out).unwrap();
+        let p = pick_endpoint(snap.destination_rules(), sp, &to, 0, &r1_out).unwrap();
         assert_eq!((p.pool, p.ejected), (2, 1));
         assert_eq!(p.outlier.map(|o| o.consecutive_5xx), Some(2));
         // Everyone ejected: no healthy upstream (Istio's default panic threshold, 0).

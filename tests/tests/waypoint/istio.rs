@@ -258,3 +258,160 @@ destinationRules:
     );
     Ok(())
 }
+
+#[test]
+fn a_waypoint_in_a_cluster_takes_its_mesh_from_istiod() -> Result<()> {
+    use control::pb::workload as pw;
+    let x = 185;
+    let root = hbone::certs::CertificateAuthority::new_root(&hbone::certs::CaOptions::new(
+        "fake istiod root",
+    ))?;
+    let istiod = e2e::istiod::FakeIstiod::start(root)?;
+    istiod.require_token("waypoint-token");
+    istiod.token_identity(
+        "waypoint-token",
+        "spiffe://cluster.local/ns/demo/sa/waypoint",
+    );
+    // istiod's view of the mesh: the waypoint's own pod, v1 (an endpoint of echo-v1, no
+    // labels, canonical revision v1) and the two Services. Nothing of it is in the
+    // waypoint's file.
+    let ip = |c, d| match ip4(x, c, d) {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    let workload = |uid: &str, sa: &str, addr: Vec<u8>, services: &[&str]| pw::Address {
+        r#type: Some(pw::address::Type::Workload(pw::Workload {
+            uid: uid.into(),
+            name: uid.rsplit('/').next().unwrap_or(uid).into(),
+            namespace: "demo".into(),
+            service_account: sa.into(),
+            addresses: vec![addr],
+            tunnel_protocol: pw::TunnelProtocol::Hbone as i32,
+            canonical_name: sa.into(),
+            canonical_revision: "v1".into(),
+            services: services
+                .iter()
+                .map(|s| {
+                    let port = pw::Port {
+                        service_port: 80,
+                        target_port: 8080,
+                        app_protocol: 0,
+                    };
+                    (s.to_string(), pw::PortList { ports: vec![port] })
+                })
+                .collect(),
+            ..pw::Workload::default()
+        })),
+    };
+    let service = |name: &str, vip: Vec<u8>| pw::Address {
+        r#type: Some(pw::address::Type::Service(pw::Service {
+            name: name.into(),
+            namespace: "demo".into(),
+            hostname: format!("{name}.demo.svc.cluster.local"),
+            addresses: vec![pw::NetworkAddress {
+                network: String::new(),
+                address: vip,
+                length: None,
+            }],
+            ports: vec![pw::Port {
+                service_port: 80,
+                target_port: 8080,
+                app_protocol: 0,
+            }],
+            ..pw::Service::default()
+        })),
+    };
+    const WAYPOINT_UID: &str = "Kubernetes//Pod/demo/waypoint-0";
+    istiod.put_address(
+        WAYPOINT_UID,
+        &workload(WAYPOINT_UID, "waypoint", ip(3, 1), &[]),
+    );
+    let v1_uid = "Kubernetes//Pod/demo/v1-0";
+    istiod.put_address(
+        v1_uid,
+        &workload(
+            v1_uid,
+            "echo",
+            ip(2, 1),
+            &["demo/echo-v1.demo.svc.cluster.local"],
+        ),
+    );
+    istiod.put_address(
+        "demo/echo.demo.svc.cluster.local",
+        &service("echo", ip(100, 1)),
+    );
+    istiod.put_address(
+        "demo/echo-v1.demo.svc.cluster.local",
+        &service("echo-v1", ip(100, 2)),
+    );
+
+    let files = tempfile::tempdir()?;
+    let (root_file, token_file, l7_file) = (
+        files.path().join("root-cert.pem"),
+        files.path().join("token"),
+        files.path().join("waypoint.yaml"),
+    );
+    std::fs::write(&root_file, istiod.root_pem())?;
+    std::fs::write(&token_file, "waypoint-token")?;
+    // The waypoint's file: its own kinds only, Services named as Kubernetes names them.
+    std::fs::write(
+        &l7_file,
+        "virtualServices:
+  - name: echo
+    namespace: demo
+    hosts: [echo.demo.svc.cluster.local]
+    http: [{route: [{destination: {host: echo-v1.demo.svc.cluster.local, subset: v1}}]}]
+destinationRules:
+  - {name: echo-v1, namespace: demo, host: echo-v1, subsets: [{name: v1, labels: {version: v1}}]}
+",
+    )?;
+    let _v1 = spawn_backend(SocketAddr::new(ip4(x, 2, 1), 8080), "v1")?;
+    // The nodes keep the file (CA from istiod): what is under test is the waypoint.
+    let mesh = MeshDir::new(&mesh_config(x, "  []\n"))?;
+    let address = istiod.address();
+    let (root_s, token_s) = (
+        root_file.to_string_lossy().into_owned(),
+        token_file.to_string_lossy().into_owned(),
+    );
+    let ca_env = [
+        ("CA_ADDRESS", address.as_str()),
+        ("CA_ROOT_CA", root_s.as_str()),
+        ("AUTH_TOKEN", token_s.as_str()),
+    ];
+    let config = mesh.config.to_string_lossy().into_owned();
+    let n1 = Node::start_cluster("node-1", ip4(x, 0, 1), &ca_env, &["--config", &config])?;
+    let _n2 = Node::start_cluster("node-2", ip4(x, 0, 2), &ca_env, &["--config", &config])?;
+    let mut env = ca_env.to_vec();
+    env.extend([
+        ("XDS_ADDRESS", address.as_str()),
+        ("XDS_ROOT_CA", root_s.as_str()),
+    ]);
+    let wp = Waypoint::start_env(&l7_file, WAYPOINT_UID, ip4(x, 3, 1), &[], &env)?;
+    let mut c = Client::new(socks_connect(
+        ip4(x, 1, 1),
+        n1.socks(),
+        SocketAddr::new(ip4(x, 100, 1), 80),
+    )?)?;
+    let r = c.request("GET", "/from-istiod", &[], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v1 GET /from-istiod"),
+        "{r:?}\nwaypoint log:\n{}",
+        wp.proc.stderr()
+    );
+    ensure!(
+        wp.proc.stderr().contains("mesh=\"istiod\"") || wp.proc.stderr().contains("mesh=istiod"),
+        "{}",
+        wp.proc.stderr()
+    );
+    // istiod takes v1 away: the subset has no endpoint left, and the waypoint says so.
+    istiod.remove(e2e::istiod::ADDRESS_TYPE, v1_uid);
+    let mut last = None;
+    e2e::wait_for(Duration::from_secs(10), "istiod's removal applied", || {
+        let r = c.request("GET", "/after", &[], b"");
+        let done = r.as_ref().is_ok_and(|r| r.status == 503);
+        last = Some(r.map(|r| (r.status, r.body)));
+        done
+    })
+    .with_context(|| format!("{last:?}\n{}", wp.proc.stderr()))?;
+    Ok(())
+}

@@ -230,13 +230,8 @@ impl<U: Upstreams> Waypoint<U> {
                     .max_buf_size(MAX_HEADER_BYTES.max(8192))
                     .handshake::<_, Body>(TokioIo::new(io))
                     .await
-                    .map_err(|e| SendError::Upstream(UpstreamError::Connect(e.to_string())))?;
-                runtime::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "upstream HTTP connection ended");
-                    }
-                })
-                .detach();
+                    .map_err(handshake_failed)?;
+                drive(conn, "upstream HTTP connection ended");
                 s
             }
         };
@@ -290,13 +285,8 @@ impl<U: Upstreams> Waypoint<U> {
                     .max_header_list_size(MAX_HEADER_BYTES as u32)
                     .handshake::<_, Body>(TokioIo::new(io))
                     .await
-                    .map_err(|e| SendError::Upstream(UpstreamError::Connect(e.to_string())))?;
-                runtime::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                    }
-                })
-                .detach();
+                    .map_err(handshake_failed)?;
+                drive(conn, "upstream HTTP/2 connection ended");
                 let mut h2 = self.h2.borrow_mut();
                 // Closed connections of endpoints no longer picked go when another opens.
                 h2.retain(|_, s| !s.is_closed());
@@ -341,4 +331,24 @@ impl<U: Upstreams> Waypoint<U> {
         }
         found
     }
+}
+
+/// An upstream HTTP handshake that failed: the endpoint could not be reached as HTTP
+/// (retried on `connect-failure`).
+pub(super) fn handshake_failed(e: hyper::Error) -> SendError {
+    SendError::Upstream(UpstreamError::Connect(e.to_string()))
+}
+
+/// Runs an upstream connection's I/O on this core until it ends; how it ended is only
+/// logged (`what`), since its requests have their own errors.
+fn drive<F>(conn: F, what: &'static str)
+where
+    F: Future<Output = Result<(), hyper::Error>> + 'static,
+{
+    runtime::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "{what}");
+        }
+    })
+    .detach();
 }

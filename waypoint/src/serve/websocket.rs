@@ -75,7 +75,7 @@ impl<U: Upstreams> Waypoint<U> {
             .max_buf_size(MAX_HEADER_BYTES.max(8192))
             .handshake::<_, Body>(TokioIo::new(io))
             .await
-            .map_err(|e| SendError::Upstream(UpstreamError::Connect(e.to_string())))?;
+            .map_err(super::upstream::handshake_failed)?;
         let (tx, rx) = futures_channel::oneshot::channel();
         runtime::spawn(async move {
             // Ends after the 101 with the stream handed back, or when the exchange is over.
