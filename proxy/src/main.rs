@@ -91,8 +91,9 @@ struct WaypointArgs {
     #[arg(long, env = "ISTIO_META_CLUSTER_ID")]
     cluster_id: Option<String>,
     /// The waypoint's own workload in the config, by uid (`namespace/name` unless the
-    /// workload sets `uid`): its IP is where the waypoint listens, its service account the
-    /// identity it presents.
+    /// workload sets `uid`), or in istiod's workloads with --xds-address
+    /// (`Kubernetes//Pod/<namespace>/<name>`): its IP is where the waypoint listens, its
+    /// service account the identity it presents.
     #[arg(long)]
     workload: String,
     /// HBONE port (mesh-wide, as the nodes').
