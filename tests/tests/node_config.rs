@@ -87,6 +87,52 @@ fn bad_config() -> String {
     config(false).replace("ports: {80: 8080}", "ports: {80: \"http\"}")
 }
 
+/// `config check --waypoint`: a cluster waypoint's file, its own kinds only.
+#[test]
+fn config_check_takes_a_cluster_waypoints_file() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let l7 = dir.path().join("waypoint.yaml");
+    std::fs::write(
+        &l7,
+        "virtualServices:
+  - {name: r, namespace: demo, hosts: [reviews], http: [{route: [{destination: {host: reviews, subset: v1}}]}]}
+destinationRules:
+  - {name: r, namespace: demo, host: reviews.demo.svc.cluster.local, subsets: [{name: v1, labels: {version: v1}}]}
+",
+    )?;
+    let run = |args: &[&str], file: &std::path::Path| {
+        Command::new(bin("ringmesh"))
+            .args(["config", "check"])
+            .args(args)
+            .arg(file)
+            .output()
+    };
+    let out = run(&["--waypoint"], &l7)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.contains("1 routes, 1 destination rules"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without --waypoint the same file names Services the file does not have.
+    let out = run(&[], &l7)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("is no Service of the mesh"),
+        "{stderr}"
+    );
+    // A node's file is not a cluster waypoint's.
+    let node = dir.path().join("node.yaml");
+    std::fs::write(&node, config(true))?;
+    let out = run(&["--waypoint"], &node)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("the mesh comes from istiod"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
 #[test]
 fn config_check_names_the_field_and_reason_of_a_bad_file() -> Result<()> {
     let dir = tempfile::tempdir()?;
