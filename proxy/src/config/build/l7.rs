@@ -1,0 +1,217 @@
+//! The waypoint's kinds in the file (`httpRoutes`, `virtualServices`, `destinationRules`,
+//! `authorizationPolicies`, `requestAuthentications`): compiled by the waypoint crate, with
+//! the Services they name either looked up among the file's (and checked to exist) or, for a
+//! waypoint whose mesh comes from istiod, named by Kubernetes' rules.
+
+use super::*;
+
+/// `authorizationPolicies` and `requestAuthentications`: compiled by the waypoint crate;
+/// every target must be a known Service. A `jwksFile` is read now (a relative path from the
+/// directory the process runs in).
+pub(super) fn build_security(
+    raw: &RawConfig,
+    jwks: &waypoint::security::JwksRegistry,
+    names: Names,
+) -> Result<waypoint::security::SecurityTable, ConfigError> {
+    let read = |path: &str| std::fs::read_to_string(path);
+    let table = waypoint::security::SecurityTable::build(
+        &raw.authorization_policies,
+        &raw.request_authentications,
+        &read,
+        jwks,
+    )
+    .map_err(|e| invalid(e.path, e.message))?;
+    if names == Names::Kubernetes {
+        return Ok(table);
+    }
+    let known: HashSet<(&str, &str)> = raw
+        .services
+        .iter()
+        .map(|s| (s.namespace.as_str(), s.name.as_str()))
+        .collect();
+    let refs = raw
+        .authorization_policies
+        .iter()
+        .map(|p| {
+            (
+                "authorizationPolicies",
+                &p.namespace,
+                &p.name,
+                &p.target_refs,
+            )
+        })
+        .chain(raw.request_authentications.iter().map(|a| {
+            (
+                "requestAuthentications",
+                &a.namespace,
+                &a.name,
+                &a.target_refs,
+            )
+        }));
+    for (list, ns, name, targets) in refs {
+        for (i, t) in targets.iter().enumerate() {
+            let tns = t.namespace.as_deref().unwrap_or(ns);
+            if !known.contains(&(tns, t.name.as_str())) {
+                return Err(invalid(
+                    format!("{list}[{ns}/{name}].targetRefs[{i}]"),
+                    format!(
+                        "unknown service {tns}/{} (no service has this namespace and name)",
+                        t.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(table)
+}
+
+/// How the waypoint's kinds name Services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Names {
+    /// Looked up among the file's `services` (and checked to exist).
+    File,
+    /// Kubernetes' rules, with no list to check against (the mesh comes from istiod):
+    /// `name`, `name.namespace`, `name.namespace.svc` and `name.namespace.svc.<domain>`.
+    Kubernetes,
+}
+
+/// Only the waypoint's kinds, for a waypoint whose mesh comes from istiod: a snapshot with
+/// no workloads, Services or L4 policies, and the routes, DestinationRules and L7 security
+/// of the file.
+pub(crate) fn build_l7_only(
+    raw: &RawConfig,
+    content_hash: u64,
+    jwks: &waypoint::security::JwksRegistry,
+) -> Result<Snapshot, ConfigError> {
+    for (field, n) in [
+        ("workloads", raw.workloads.len()),
+        ("services", raw.services.len()),
+        ("policies", raw.policies.len()),
+    ] {
+        if n > 0 {
+            return Err(invalid(
+                field,
+                "the mesh comes from istiod here: this file holds only httpRoutes, virtualServices, destinationRules, authorizationPolicies and requestAuthentications",
+            ));
+        }
+    }
+    let (routes, destination_rules) = build_routes(raw, Names::Kubernetes)?;
+    let security = build_security(raw, jwks, Names::Kubernetes)?;
+    let mut snapshot = MeshState::new().snapshot(None, content_hash);
+    snapshot.routes = Arc::new(routes);
+    snapshot.destination_rules = Arc::new(destination_rules);
+    snapshot.security = Arc::new(security);
+    Ok(snapshot)
+}
+
+/// A Service by Kubernetes' rules, seen from namespace `ns`.
+fn kubernetes_service(ns: &str, host: &str) -> Option<waypoint::route::ServiceRef> {
+    let mut parts = host.split('.');
+    let name = parts.next().filter(|n| !n.is_empty())?;
+    let sns = parts.next().unwrap_or(ns);
+    match parts.next() {
+        None => {}
+        // `svc.<domain>`: any cluster domain, whole labels only.
+        Some("svc") if !parts.any(str::is_empty) => {}
+        Some(_) => return None,
+    }
+    (!sns.is_empty()).then(|| waypoint::route::ServiceRef::new(sns, name))
+}
+
+/// `httpRoutes`, `virtualServices` and `destinationRules`: compiled by the waypoint crate
+/// (which names the field on error); with the file's names, every Service a route names as
+/// parent, backend or mirror must exist, and every subset a VirtualService names must be in
+/// a DestinationRule.
+pub(super) fn build_routes(
+    raw: &RawConfig,
+    names: Names,
+) -> Result<(waypoint::route::RouteTable, waypoint::dr::DestinationRules), ConfigError> {
+    // A VirtualService host: a Service hostname, or Kubernetes' short forms (`name`,
+    // `name.namespace`, `name.namespace.svc`) seen from the VirtualService's namespace.
+    let resolve = |ns: &str, host: &str| -> Option<waypoint::route::ServiceRef> {
+        if names == Names::Kubernetes {
+            return kubernetes_service(ns, host);
+        }
+        let by_host = raw.services.iter().find(|s| s.hostname == host);
+        let short = || {
+            let mut parts = host.split('.');
+            let name = parts.next()?;
+            let sns = parts.next().unwrap_or(ns);
+            match parts.next() {
+                None | Some("svc") if parts.next().is_none() => raw
+                    .services
+                    .iter()
+                    .find(|s| s.name == name && s.namespace == sns),
+                _ => None,
+            }
+        };
+        by_host
+            .or_else(short)
+            .map(|s| waypoint::route::ServiceRef::new(&s.namespace, &s.name))
+    };
+    let destination_rules = waypoint::dr::DestinationRules::build(&raw.destination_rules, &resolve)
+        .map_err(|e| invalid(e.path, e.message))?;
+    let mut specs =
+        waypoint::vs::to_http_routes(&raw.virtual_services, &resolve, &destination_rules)
+            .map_err(|e| invalid(e.path, e.message))?;
+    for (vs, route) in raw.virtual_services.iter().zip(&specs) {
+        if raw
+            .http_routes
+            .iter()
+            .any(|r| r.namespace == route.namespace && r.name == route.name)
+        {
+            return Err(invalid(
+                format!("virtualServices[{}/{}]", vs.namespace, vs.name),
+                "an HTTPRoute has the same namespace/name; rename one",
+            ));
+        }
+    }
+    specs.extend(raw.http_routes.iter().cloned());
+    let table =
+        waypoint::route::RouteTable::build(&specs).map_err(|e| invalid(e.path, e.message))?;
+    if names == Names::Kubernetes {
+        return Ok((table, destination_rules));
+    }
+    let known: HashSet<(&str, &str)> = raw
+        .services
+        .iter()
+        .map(|s| (s.namespace.as_str(), s.name.as_str()))
+        .collect();
+    for r in &raw.http_routes {
+        let base = format!("httpRoutes[{}/{}]", r.namespace, r.name);
+        let check = |ns: &Option<String>, name: &str, at: String| {
+            let ns = ns.as_deref().unwrap_or(&r.namespace);
+            if known.contains(&(ns, name)) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    at,
+                    format!("unknown service {ns}/{name} (no service has this namespace and name)"),
+                ))
+            }
+        };
+        for (i, p) in r.parent_refs.iter().enumerate() {
+            check(&p.namespace, &p.name, format!("{base}.parentRefs[{i}]"))?;
+        }
+        for (j, rule) in r.rules.iter().enumerate() {
+            for (k, b) in rule.backend_refs.iter().enumerate() {
+                check(
+                    &b.namespace,
+                    &b.name,
+                    format!("{base}.rules[{j}].backendRefs[{k}]"),
+                )?;
+            }
+            for (k, f) in rule.filters.iter().enumerate() {
+                if let Some(m) = &f.request_mirror {
+                    let b = &m.backend_ref;
+                    check(
+                        &b.namespace,
+                        &b.name,
+                        format!("{base}.rules[{j}].filters[{k}].requestMirror.backendRef"),
+                    )?;
+                }
+            }
+        }
+    }
+    Ok((table, destination_rules))
+}
