@@ -142,27 +142,57 @@ destinationRules:
     Ok(())
 }
 
+/// A fake istiod whose CA signs the waypoint's token for `ns/demo/sa/waypoint` (a dedicated
+/// proxy) and impersonates for the nodes, with its root and that token in files.
+struct Istio {
+    istiod: e2e::istiod::FakeIstiod,
+    files: tempfile::TempDir,
+    address: String,
+    root: String,
+    token: String,
+}
+
+impl Istio {
+    fn start() -> Result<Istio> {
+        let ca = hbone::certs::CertificateAuthority::new_root(&hbone::certs::CaOptions::new(
+            "fake istiod root",
+        ))?;
+        let istiod = e2e::istiod::FakeIstiod::start(ca)?;
+        istiod.require_token("waypoint-token");
+        istiod.token_identity(
+            "waypoint-token",
+            "spiffe://cluster.local/ns/demo/sa/waypoint",
+        );
+        let files = tempfile::tempdir()?;
+        let (root, token) = (
+            files.path().join("root-cert.pem"),
+            files.path().join("token"),
+        );
+        std::fs::write(&root, istiod.root_pem())?;
+        std::fs::write(&token, "waypoint-token")?;
+        Ok(Istio {
+            address: istiod.address(),
+            root: root.to_string_lossy().into_owned(),
+            token: token.to_string_lossy().into_owned(),
+            istiod,
+            files,
+        })
+    }
+
+    /// The Istio CA's variables, for nodes and the waypoint.
+    fn ca_env(&self) -> [(&str, &str); 3] {
+        [
+            ("CA_ADDRESS", self.address.as_str()),
+            ("CA_ROOT_CA", self.root.as_str()),
+            ("AUTH_TOKEN", self.token.as_str()),
+        ]
+    }
+}
+
 #[test]
 fn a_waypoint_can_take_its_certificate_from_the_istio_ca() -> Result<()> {
     let x = 198;
-    let root = hbone::certs::CertificateAuthority::new_root(&hbone::certs::CaOptions::new(
-        "fake istiod root",
-    ))?;
-    let istiod = e2e::istiod::FakeIstiod::start(root)?;
-    // The nodes impersonate (shared mode); the waypoint is a dedicated proxy, signed for
-    // its token's service account.
-    istiod.require_token("waypoint-token");
-    istiod.token_identity(
-        "waypoint-token",
-        "spiffe://cluster.local/ns/demo/sa/waypoint",
-    );
-    let files = tempfile::tempdir()?;
-    let (root_file, token_file) = (
-        files.path().join("root-cert.pem"),
-        files.path().join("token"),
-    );
-    std::fs::write(&root_file, istiod.root_pem())?;
-    std::fs::write(&token_file, "waypoint-token")?;
+    let istio = Istio::start()?;
     let _v1 = spawn_backend(SocketAddr::new(ip4(x, 2, 1), 8080), "v1")?;
     let routes = "  - name: echo
     namespace: demo
@@ -170,16 +200,7 @@ fn a_waypoint_can_take_its_certificate_from_the_istio_ca() -> Result<()> {
     rules: [{backendRefs: [{name: echo-v1, port: 80}]}]
 ";
     let mesh = MeshDir::new(&mesh_config(x, routes))?;
-    let address = istiod.address();
-    let (root_s, token_s) = (
-        root_file.to_string_lossy().into_owned(),
-        token_file.to_string_lossy().into_owned(),
-    );
-    let env = [
-        ("CA_ADDRESS", address.as_str()),
-        ("CA_ROOT_CA", root_s.as_str()),
-        ("AUTH_TOKEN", token_s.as_str()),
-    ];
+    let env = istio.ca_env();
     // Nodes and waypoint all sign with istiod's CA (config from the file, no xDS).
     let config = mesh.config.to_string_lossy().into_owned();
     let n1 = Node::start_cluster("node-1", ip4(x, 0, 1), &env, &["--config", &config])?;
@@ -197,12 +218,13 @@ fn a_waypoint_can_take_its_certificate_from_the_istio_ca() -> Result<()> {
         wp.proc.stderr()
     );
     ensure!(
-        istiod
+        istio
+            .istiod
             .signed()
             .iter()
             .any(|id| id.contains("/ns/demo/sa/waypoint")),
         "istiod signed {:?}",
-        istiod.signed()
+        istio.istiod.signed()
     );
     Ok(())
 }
@@ -263,15 +285,8 @@ destinationRules:
 fn a_waypoint_in_a_cluster_takes_its_mesh_from_istiod() -> Result<()> {
     use control::pb::workload as pw;
     let x = 185;
-    let root = hbone::certs::CertificateAuthority::new_root(&hbone::certs::CaOptions::new(
-        "fake istiod root",
-    ))?;
-    let istiod = e2e::istiod::FakeIstiod::start(root)?;
-    istiod.require_token("waypoint-token");
-    istiod.token_identity(
-        "waypoint-token",
-        "spiffe://cluster.local/ns/demo/sa/waypoint",
-    );
+    let istio = Istio::start()?;
+    let istiod = &istio.istiod;
     // istiod's view of the mesh: the waypoint's own pod, v1 (an endpoint of echo-v1, no
     // labels, canonical revision v1) and the two Services. Nothing of it is in the
     // waypoint's file.
@@ -345,14 +360,7 @@ fn a_waypoint_in_a_cluster_takes_its_mesh_from_istiod() -> Result<()> {
         &service("echo-v1", ip(100, 2)),
     );
 
-    let files = tempfile::tempdir()?;
-    let (root_file, token_file, l7_file) = (
-        files.path().join("root-cert.pem"),
-        files.path().join("token"),
-        files.path().join("waypoint.yaml"),
-    );
-    std::fs::write(&root_file, istiod.root_pem())?;
-    std::fs::write(&token_file, "waypoint-token")?;
+    let l7_file = istio.files.path().join("waypoint.yaml");
     // The waypoint's file: its own kinds only, Services named as Kubernetes names them.
     std::fs::write(
         &l7_file,
@@ -368,23 +376,14 @@ destinationRules:
     let _v1 = spawn_backend(SocketAddr::new(ip4(x, 2, 1), 8080), "v1")?;
     // The nodes keep the file (CA from istiod): what is under test is the waypoint.
     let mesh = MeshDir::new(&mesh_config(x, "  []\n"))?;
-    let address = istiod.address();
-    let (root_s, token_s) = (
-        root_file.to_string_lossy().into_owned(),
-        token_file.to_string_lossy().into_owned(),
-    );
-    let ca_env = [
-        ("CA_ADDRESS", address.as_str()),
-        ("CA_ROOT_CA", root_s.as_str()),
-        ("AUTH_TOKEN", token_s.as_str()),
-    ];
+    let ca_env = istio.ca_env();
     let config = mesh.config.to_string_lossy().into_owned();
     let n1 = Node::start_cluster("node-1", ip4(x, 0, 1), &ca_env, &["--config", &config])?;
     let _n2 = Node::start_cluster("node-2", ip4(x, 0, 2), &ca_env, &["--config", &config])?;
     let mut env = ca_env.to_vec();
     env.extend([
-        ("XDS_ADDRESS", address.as_str()),
-        ("XDS_ROOT_CA", root_s.as_str()),
+        ("XDS_ADDRESS", istio.address.as_str()),
+        ("XDS_ROOT_CA", istio.root.as_str()),
     ]);
     let wp = Waypoint::start_env(&l7_file, WAYPOINT_UID, ip4(x, 3, 1), &[], &env)?;
     let mut c = Client::new(socks_connect(

@@ -1,0 +1,320 @@
+//! The VirtualService translation's tables: order and Istio's meanings, subsets, rewrites
+//! and redirects, and every refusal with its field.
+
+use super::*;
+use crate::route::RouteTable;
+
+fn resolve(ns: &str, host: &str) -> Option<ServiceRef> {
+    let name = host.split('.').next()?;
+    ["reviews", "reviews-v2", "shadow"]
+        .contains(&name)
+        .then(|| ServiceRef::new(ns, name))
+}
+
+fn specs(yaml: &str) -> Vec<VirtualServiceSpec> {
+    serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+fn get(path: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+    let mut b = http::Request::builder().uri(path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).unwrap().into_parts().0
+}
+
+const VS: &str = "
+- name: reviews
+  namespace: demo
+  hosts: [reviews]
+  http:
+    - name: first
+      match: [{headers: {x-a: {exact: \"1\"}}}]
+      route: [{destination: {host: reviews-v2, port: {number: 80}}}]
+    - name: exact
+      match: [{uri: {exact: /api/x}}]
+      route: [{destination: {host: reviews}}]
+      retries: {attempts: 3, perTryTimeout: 200ms, retryOn: \"5xx,refused-stream,unavailable,503\"}
+    - name: prefix
+      match: [{uri: {prefix: /api}, method: {exact: GET}}]
+      route:
+        - {destination: {host: reviews}, weight: 90}
+        - {destination: {host: reviews-v2}, weight: 10}
+      timeout: 2s
+      fault: {abort: {httpStatus: 418, percentage: {value: 5}}}
+      mirror: {host: shadow}
+      mirrorPercentage: {value: 20}
+      headers: {request: {set: {x-route: prefix}, remove: [x-secret]}, response: {add: {x-by: vs}}}
+    - route: [{destination: {host: reviews}}]
+";
+
+#[test]
+fn entries_keep_their_order_and_istio_meanings() {
+    let routes = to_http_routes(&specs(VS), &resolve, &DestinationRules::default()).unwrap();
+    assert_eq!(routes.len(), 1);
+    assert!(routes[0].ordered);
+    let t = RouteTable::build(&routes).unwrap();
+    let svc = ServiceRef::new("demo", "reviews");
+    let pick = |path: &str, h: &[(&str, &str)]| {
+        t.select(&svc, 80, &get(path, h))
+            .unwrap()
+            .unwrap()
+            .name
+            .to_string()
+    };
+    // First match wins, even over a more specific later entry.
+    assert_eq!(pick("/api/x", &[("x-a", "1")]), "first");
+    assert_eq!(pick("/api/x", &[]), "exact");
+    // Istio's prefix is a string prefix, not a path segment.
+    assert_eq!(pick("/apiv2", &[]), "prefix");
+    assert_eq!(pick("/other", &[]), "3");
+    let rule = t.select(&svc, 80, &get("/apiv2", &[])).unwrap().unwrap();
+    assert_eq!(rule.backends.len(), 2);
+    assert_eq!(
+        rule.request_timeout,
+        Some(std::time::Duration::from_secs(2))
+    );
+    assert!(
+        rule.mirror
+            .as_ref()
+            .is_some_and(|m| (m.fraction - 0.2).abs() < 1e-9)
+    );
+    assert!(rule.fault.as_ref().is_some_and(|f| f.abort.is_some()));
+    assert!(!rule.request_headers.is_empty() && !rule.response_headers.is_empty());
+    let retry = t
+        .select(&svc, 80, &get("/api/x", &[]))
+        .unwrap()
+        .unwrap()
+        .retry
+        .clone()
+        .unwrap();
+    assert_eq!(retry.attempts, 3);
+    assert!(retry.on_5xx && retry.on_reset && !retry.on_connect_failure);
+    assert_eq!(retry.codes, vec![503]);
+    assert_eq!(
+        retry.per_try_timeout,
+        Some(std::time::Duration::from_millis(200))
+    );
+}
+
+#[test]
+fn subsets_come_from_destination_rules() {
+    let drs: Vec<crate::dr::DestinationRuleSpec> = serde_yaml::from_str(
+            "[{name: reviews, namespace: demo, host: reviews, subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]}]",
+        )
+        .unwrap();
+    let drs = DestinationRules::build(&drs, &resolve).unwrap();
+    let yaml = "
+- name: reviews
+  namespace: demo
+  hosts: [reviews]
+  http:
+    - route:
+        - {destination: {host: reviews, subset: v1}, weight: 75}
+        - {destination: {host: reviews, subset: v2}, weight: 25}
+      mirror: {host: reviews, subset: v2}
+";
+    let routes = to_http_routes(&specs(yaml), &resolve, &drs).unwrap();
+    let t = RouteTable::build(&routes).unwrap();
+    let svc = ServiceRef::new("demo", "reviews");
+    let rule = t.select(&svc, 80, &get("/", &[])).unwrap().unwrap();
+    let subsets: Vec<_> = rule.backends.iter().map(|b| b.subset.as_deref()).collect();
+    assert_eq!(subsets, [Some("v1"), Some("v2")]);
+    assert_eq!(
+        rule.mirror
+            .as_ref()
+            .and_then(|m| m.backend.subset.as_deref()),
+        Some("v2")
+    );
+    let e = to_http_routes(
+            &specs(
+                "- {name: v, namespace: demo, hosts: [reviews], http: [{route: [{destination: {host: reviews, subset: v3}}]}]}",
+            ),
+            &resolve,
+            &drs,
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.path,
+        "virtualServices[demo/v].http[0].route[0].destination.subset"
+    );
+    assert!(
+        e.message.contains("demo/reviews has no subset \"v3\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn unsupported_and_unknown_things_are_refused_with_their_field() {
+    let cases = [
+        (
+            "- {name: v, namespace: demo, hosts: [nowhere], http: []}",
+            "hosts[0]",
+        ),
+        (
+            "- {name: v, namespace: demo, hosts: [reviews], http: [{route: [{destination: {host: reviews, subset: v1}}]}]}",
+            "destination.subset",
+        ),
+        (
+            "- {name: v, namespace: demo, hosts: [reviews], http: [{route: [{destination: {host: elsewhere}}]}]}",
+            "destination.host",
+        ),
+        (
+            "- {name: v, namespace: demo, hosts: [reviews], http: [{match: [{uri: {exact: /a, prefix: /b}}], route: [{destination: {host: reviews}}]}]}",
+            "match[0].uri",
+        ),
+        (
+            "- {name: v, namespace: demo, hosts: [reviews], http: [{match: [{method: {regex: G.*}}], route: [{destination: {host: reviews}}]}]}",
+            "match[0].method",
+        ),
+        (
+            "- {name: v, namespace: demo, hosts: [reviews], http: [{route: [{destination: {host: reviews}}], retries: {retryOn: \"sometimes\"}}]}",
+            "retries.retryOn",
+        ),
+        (
+            "- {name: v, namespace: demo, hosts: [reviews], http: [{route: []}]}",
+            "http[0].route",
+        ),
+        (
+            "- {name: v, namespace: demo, hosts: [reviews], http: [{route: [{destination: {host: reviews}}], mirrorPercentage: {value: 5}}]}",
+            "mirrorPercentage",
+        ),
+        ("- {name: v, namespace: demo, hosts: [], http: []}", "hosts"),
+    ];
+    for (yaml, field) in cases {
+        let e = to_http_routes(&specs(yaml), &resolve, &DestinationRules::default()).unwrap_err();
+        assert!(e.path.ends_with(field), "{yaml}: {e}");
+        assert!(e.path.starts_with("virtualServices[demo/v]"), "{e}");
+    }
+    // Keys Istio has and this does not take are serde errors, not silent.
+    assert!(
+        serde_yaml::from_str::<Vec<VirtualServiceSpec>>(
+            "- {name: v, namespace: demo, hosts: [reviews], gateways: [mesh]}"
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn rewrite_and_redirect_keep_istio_meanings() {
+    let yaml = "
+- name: v
+  namespace: demo
+  hosts: [reviews]
+  http:
+    - name: moved
+      match: [{uri: {exact: /old}}]
+      redirect: {uri: /new, authority: reviews.example}
+    - name: prefixed
+      match: [{uri: {prefix: /api}}, {uri: {exact: /health}}]
+      rewrite: {uri: /v2, authority: reviews-internal}
+      route: [{destination: {host: reviews}}]
+    - name: rest
+      rewrite: {uri: /base/}
+      route: [{destination: {host: reviews}}]
+";
+    let routes = to_http_routes(&specs(yaml), &resolve, &DestinationRules::default()).unwrap();
+    let t = RouteTable::build(&routes).unwrap();
+    let svc = ServiceRef::new("demo", "reviews");
+    let rule = |path: &str| t.select(&svc, 80, &get(path, &[])).unwrap().unwrap();
+    // Redirect: 301 by default, the whole path replaced.
+    let r = rule("/old");
+    let redirect = r.redirect.as_ref().unwrap();
+    assert_eq!(redirect.status.as_u16(), 301);
+    let parts = get("/old?x=1", &[("host", "reviews")]);
+    assert_eq!(
+        redirect.location(&parts, 80),
+        "http://reviews.example/new?x=1"
+    );
+    // Rewrite after a string prefix: only the prefix; after an exact match: the path.
+    let path_of = |p: &str| {
+        let r = rule(p);
+        let rw = r.rewrite.as_ref().unwrap();
+        assert_eq!(rw.host.as_ref().unwrap(), "reviews-internal");
+        rw.path.as_ref().unwrap().apply(p)
+    };
+    assert_eq!(path_of("/apiv1/users"), "/v2v1/users");
+    assert_eq!(path_of("/health"), "/v2");
+    // No uri match: Envoy's `/` prefix is what is replaced.
+    let r = rule("/x/y");
+    assert_eq!(
+        r.rewrite
+            .as_ref()
+            .unwrap()
+            .path
+            .as_ref()
+            .unwrap()
+            .apply("/x/y"),
+        "/base/x/y"
+    );
+    // A redirect with a route, or neither, is refused with the field named.
+    for (yaml, field) in [
+        (
+            "- {name: v, namespace: demo, hosts: [reviews], http: [{redirect: {uri: /a}, route: [{destination: {host: reviews}}]}]}",
+            "http[0].route",
+        ),
+        (
+            "- {name: v, namespace: demo, hosts: [reviews], http: [{redirect: {uri: /a, redirectCode: 200}}]}",
+            "requestRedirect.statusCode",
+        ),
+    ] {
+        let e = to_http_routes(&specs(yaml), &resolve, &DestinationRules::default())
+            .and_then(|r| RouteTable::build(&r).map(|_| ()).map(|_| r))
+            .unwrap_err();
+        assert!(e.path.ends_with(field), "{yaml}: {e}");
+    }
+}
+
+#[test]
+fn uri_regex_rewrite_replaces_every_match_as_envoy() {
+    let yaml = r#"
+- name: v
+  namespace: demo
+  hosts: [reviews]
+  http:
+    - match: [{uri: {prefix: /service}}]
+      rewrite: {uriRegexRewrite: {match: "^/service/([^/]+)(/.*)$", rewrite: "\\2/instance/\\1"}}
+      route: [{destination: {host: reviews}}]
+    - rewrite: {uriRegexRewrite: {match: "o", rewrite: "0$"}}
+      route: [{destination: {host: reviews}}]
+"#;
+    let routes = to_http_routes(&specs(yaml), &resolve, &DestinationRules::default()).unwrap();
+    let t = RouteTable::build(&routes).unwrap();
+    let svc = ServiceRef::new("demo", "reviews");
+    let apply = |p: &str| {
+        let r = t.select(&svc, 80, &get(p, &[])).unwrap().unwrap();
+        r.rewrite.as_ref().unwrap().path.as_ref().unwrap().apply(p)
+    };
+    // Envoy's documented example: groups swapped.
+    assert_eq!(apply("/service/foo/v1/api"), "/v1/api/instance/foo");
+    // Every match, and a `$` is literal.
+    assert_eq!(apply("/foo/boo"), "/f0$0$/b0$0$");
+    for (rewrite, field) in [
+        (
+            "{uri: /a, uriRegexRewrite: {match: a, rewrite: b}}",
+            "rewrite.uriRegexRewrite",
+        ),
+        (
+            "{uriRegexRewrite: {match: \"(\", rewrite: b}}",
+            "rewrite.uriRegexRewrite.match",
+        ),
+        (
+            "{uriRegexRewrite: {match: \"(a)\", rewrite: \"/\\\\2\"}}",
+            "rewrite.uriRegexRewrite.rewrite",
+        ),
+        (
+            "{uriRegexRewrite: {match: a, rewrite: \"/x?y\"}}",
+            "rewrite.uriRegexRewrite.rewrite",
+        ),
+    ] {
+        let yaml = format!(
+            "- {{name: v, namespace: demo, hosts: [reviews], http: [{{rewrite: {rewrite}, route: [{{destination: {{host: reviews}}}}]}}]}}"
+        );
+        let e = to_http_routes(&specs(&yaml), &resolve, &DestinationRules::default()).unwrap_err();
+        assert_eq!(
+            e.path,
+            format!("virtualServices[demo/v].http[0].{field}"),
+            "{e}"
+        );
+    }
+}
