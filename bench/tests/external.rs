@@ -73,7 +73,10 @@ fn one_and_two_proxy_chains_carry_traffic_and_stop() {
         let lost = echo_load(sut.entry, 4, 50, 4096);
         if lost != 0 {
             // What the forwarders said, for a failure that does not reproduce at will.
-            let g = sut.group.as_ref().expect("the external scenario has a group");
+            let g = sut
+                .group
+                .as_ref()
+                .expect("the external scenario has a group");
             let logs: Vec<String> = g
                 .procs()
                 .iter()

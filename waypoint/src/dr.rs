@@ -11,7 +11,8 @@
 //! - a subset is the Service's endpoints whose workload labels include every one of the
 //!   subset's labels (no labels: every endpoint);
 //! - the endpoint is picked per request: least-request (Istio's default), or what
-//!   `loadBalancer.simple` says, a subset's `trafficPolicy` overriding the rule's;
+//!   `loadBalancer.simple` says, or by a hash of the request (`consistentHash`, in
+//!   [`hash`]), a subset's `trafficPolicy` overriding the rule's;
 //! - `outlierDetection` ejects an endpoint after consecutive errors (5xx, or gateway
 //!   errors; connect failures, resets and timeouts count as both), for the base time
 //!   times the number of its ejections, at most `maxEjectionPercent` of the pool but
@@ -22,7 +23,7 @@
 //!   endpoints over HBONE, which is always mutual TLS.
 //!
 //! Not supported, and refused with the field named rather than accepted and ignored:
-//! `PASSTHROUGH` load balancing, `consistentHash`,
+//! `PASSTHROUGH` load balancing,
 //! `localityLbSetting`, `warmupDurationSecs`, `connectionPool`, split local-origin errors,
 //! `portLevelSettings`, `tunnel`, `proxyProtocol`, TLS modes other than `ISTIO_MUTUAL`,
 //! `exportTo` and `workloadSelector`. One rule per Service (Istio would merge several).
@@ -35,6 +36,10 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::route::{RouteError, ServiceRef, err};
+
+pub mod hash;
+
+pub use hash::{Affinity, HashPolicy};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -92,7 +97,7 @@ pub struct LoadBalancerSpec {
     #[serde(default)]
     pub simple: Option<String>,
     #[serde(default)]
-    pub consistent_hash: Option<IgnoredAny>,
+    pub consistent_hash: Option<hash::ConsistentHashSpec>,
     #[serde(default)]
     pub locality_lb_setting: Option<IgnoredAny>,
     #[serde(default)]
@@ -188,6 +193,8 @@ pub enum Balance {
     /// with fewer requests in flight. Istio's default, so the waypoint's without a rule.
     #[default]
     LeastRequest,
+    /// By a hash of the request ([`HashPolicy`]); at random for a request without its key.
+    ConsistentHash,
 }
 
 impl Balance {
@@ -201,7 +208,7 @@ impl Balance {
         let n64 = n as u64;
         Some(match self {
             Balance::RoundRobin => (counter % n64) as usize,
-            Balance::Random => (splitmix64(counter) % n64) as usize,
+            Balance::Random | Balance::ConsistentHash => (splitmix64(counter) % n64) as usize,
             Balance::LeastRequest if n == 1 => 0,
             Balance::LeastRequest => {
                 // Two distinct candidates, uniformly: the second is drawn from the n-1 others.
@@ -219,7 +226,7 @@ impl Balance {
 
 /// SplitMix64's finalizer (Steele, Lea, Flood 2014; their constants): consecutive counters
 /// land on unrelated values, so a per-core counter serves as the random source.
-fn splitmix64(x: u64) -> u64 {
+pub(crate) fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -232,6 +239,8 @@ pub struct Subset {
     /// Sorted by key; every one must be among the endpoint's labels.
     pub labels: Vec<(String, String)>,
     pub balance: Option<Balance>,
+    /// `Some` when `balance` is [`Balance::ConsistentHash`].
+    pub hash: Option<Arc<HashPolicy>>,
     pub outlier: Option<Arc<Outlier>>,
 }
 
@@ -250,6 +259,8 @@ pub struct ServiceRule {
     /// `namespace/name` of the DestinationRule, for messages.
     pub name: String,
     pub balance: Option<Balance>,
+    /// `Some` when `balance` is [`Balance::ConsistentHash`].
+    pub hash: Option<Arc<HashPolicy>>,
     pub outlier: Option<Arc<Outlier>>,
     pub subsets: BTreeMap<String, Subset>,
 }
@@ -297,7 +308,11 @@ impl DestinationRules {
                     ),
                 ));
             }
-            let Policy { balance, outlier } = match &spec.traffic_policy {
+            let Policy {
+                balance,
+                hash,
+                outlier,
+            } = match &spec.traffic_policy {
                 Some(p) => traffic_policy(p, &format!("{at}.trafficPolicy"))?,
                 None => Policy::default(),
             };
@@ -320,6 +335,7 @@ impl DestinationRules {
                 let subset = Subset {
                     labels,
                     balance: policy.balance,
+                    hash: policy.hash,
                     outlier: policy.outlier,
                 };
                 if subsets.insert(s.name.clone(), subset).is_some() {
@@ -334,6 +350,7 @@ impl DestinationRules {
                 ServiceRule {
                     name: format!("{}/{}", spec.namespace, spec.name),
                     balance,
+                    hash,
                     outlier,
                     subsets,
                 },
@@ -378,12 +395,23 @@ impl DestinationRules {
             .and_then(|s| s.balance)
             .or(rule.balance)
     }
+
+    /// The hash policy of the balancing [`DestinationRules::balance`] returns, if that is
+    /// consistent hashing.
+    pub fn hash(&self, service: &ServiceRef, subset: Option<&str>) -> Option<&Arc<HashPolicy>> {
+        let rule = self.get(service)?;
+        match subset.and_then(|s| rule.subsets.get(s)) {
+            Some(s) if s.balance.is_some() => s.hash.as_ref(),
+            _ => rule.hash.as_ref(),
+        }
+    }
 }
 
 /// A traffic policy, compiled: what the waypoint applies of it.
 #[derive(Debug, Default)]
 struct Policy {
     balance: Option<Balance>,
+    hash: Option<Arc<HashPolicy>>,
     outlier: Option<Arc<Outlier>>,
 }
 
@@ -421,20 +449,34 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError>
     let Some(lb) = &p.load_balancer else {
         return Ok(Policy {
             balance: None,
+            hash: None,
             outlier,
         });
     };
     let at = format!("{at}.loadBalancer");
     let unsupported = [
-        ("consistentHash", lb.consistent_hash.is_some()),
         ("localityLbSetting", lb.locality_lb_setting.is_some()),
         ("warmupDurationSecs", lb.warmup_duration_secs.is_some()),
     ];
     if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
         return Err(err(
             format!("{at}.{field}"),
-            "not supported by the ringmesh waypoint; use simple: LEAST_REQUEST, ROUND_ROBIN or RANDOM",
+            "not supported by the ringmesh waypoint; use simple (LEAST_REQUEST, ROUND_ROBIN, RANDOM) or consistentHash",
         ));
+    }
+    if let Some(ch) = &lb.consistent_hash {
+        if lb.simple.is_some() {
+            return Err(err(
+                format!("{at}.consistentHash"),
+                "set together with simple: a load balancer is one or the other",
+            ));
+        }
+        let policy = hash::compile(ch, &format!("{at}.consistentHash"))?;
+        return Ok(Policy {
+            balance: Some(Balance::ConsistentHash),
+            hash: Some(Arc::new(policy)),
+            outlier,
+        });
     }
     let balance = match lb.simple.as_deref() {
         None | Some("UNSPECIFIED") => None,
@@ -451,7 +493,11 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError>
             ));
         }
     };
-    Ok(Policy { balance, outlier })
+    Ok(Policy {
+        balance,
+        hash: None,
+        outlier,
+    })
 }
 
 /// Istio's `OutlierDetection`, with Istio's defaults.
@@ -634,8 +680,16 @@ mod tests {
                 "destinationRules[demo/r].trafficPolicy.loadBalancer.simple",
             ),
             (
-                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x}}}}]",
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {loadBalancer: {simple: RANDOM, consistentHash: {httpHeaderName: x}}}}]",
                 "destinationRules[demo/r].trafficPolicy.loadBalancer.consistentHash",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, subsets: [{name: v1, trafficPolicy: {loadBalancer: {consistentHash: {}}}}]}]",
+                "destinationRules[demo/r].subsets[0].trafficPolicy.loadBalancer.consistentHash",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: s, ttl: 1y}}}}}]",
+                "destinationRules[demo/r].trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl",
             ),
             (
                 "[{name: r, namespace: demo, host: reviews, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}}]",
@@ -666,6 +720,40 @@ mod tests {
             let e = build(yaml).expect_err(yaml);
             assert_eq!(e.path, path, "{yaml}: {e}");
         }
+    }
+
+    #[test]
+    fn a_consistent_hash_follows_the_balancing_that_wins() {
+        let drs = build(
+            r#"
+- name: reviews
+  namespace: demo
+  host: reviews
+  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}
+  subsets:
+    - {name: rr, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}
+    - {name: cookie, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: s, ttl: 0s}}}}}
+    - {name: plain}
+"#,
+        )
+        .unwrap();
+        let svc = ServiceRef::new("demo", "reviews");
+        let key = |subset| drs.hash(&svc, subset).map(|h| h.key.clone());
+        assert_eq!(drs.balance(&svc, None), Some(Balance::ConsistentHash));
+        assert_eq!(
+            key(None),
+            Some(hash::HashKey::Header(http::HeaderName::from_static(
+                "x-user"
+            )))
+        );
+        // A subset's own balancing replaces the rule's, hash and all.
+        assert_eq!(drs.balance(&svc, Some("rr")), Some(Balance::RoundRobin));
+        assert_eq!(key(Some("rr")), None);
+        assert!(
+            matches!(key(Some("cookie")), Some(hash::HashKey::Cookie(c)) if c.ttl == Some(Duration::ZERO))
+        );
+        // A subset without one inherits the rule's.
+        assert_eq!(key(Some("plain")), key(None));
     }
 
     #[test]

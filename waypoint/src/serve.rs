@@ -111,6 +111,10 @@ pub trait Upstreams: 'static {
         host: &dyn Fn(SocketAddr) -> Host,
     ) -> Result<Picked, UpstreamError>;
 
+    /// The consistent hashing `to`'s DestinationRule asks for, if it does: the waypoint
+    /// hashes each request's key by it and sets [`Upstream::hash`] before the pick.
+    fn hash_policy(&self, to: &Upstream) -> Option<Arc<crate::dr::HashPolicy>>;
+
     /// A new byte stream to `endpoint`, which [`Upstreams::pick`] chose.
     #[allow(clippy::type_complexity)]
     fn connect(
@@ -420,7 +424,14 @@ impl<U: Upstreams> Waypoint<U> {
                 ),
             );
         };
-        let to = Upstream::of(&backend, target.port);
+        let mut to = Upstream::of(&backend, target.port);
+        let mut set_cookie = None;
+        if let Some(policy) = self.upstreams.hash_policy(&to) {
+            let made = self.rng.borrow_mut().random::<u64>();
+            let affinity = policy.affinity(&parts, target.peer.addr, made);
+            to.hash = affinity.hash;
+            set_cookie = affinity.set_cookie;
+        }
         let result = if websocket {
             // A handshake has no body to replay or mirror: one attempt, on a connection of
             // its own that becomes the WebSocket's if the backend switches protocols.
@@ -473,6 +484,12 @@ impl<U: Upstreams> Waypoint<U> {
         // A WebSocket's 101 keeps the headers that say what it switches to.
         if !(websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS) {
             strip_hop_by_hop(resp.headers_mut());
+        }
+        if let Some(cookie) = set_cookie
+            && outcome == Outcome::Forwarded
+        {
+            // The cookie the waypoint made for consistent hashing (Envoy sets it so too).
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
         rule.response_headers.apply(resp.headers_mut());
         self.answer(rec, outcome, resp)

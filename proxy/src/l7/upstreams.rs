@@ -167,9 +167,15 @@ fn pick_endpoint(
         |e: &&config::snapshot::Endpoint| in_subset(e) && !(skip_ejected && host(e.addr).ejected);
     let count = if skip_ejected { pool - ejected } else { pool };
     let nth = |i: usize| sp.endpoints.iter().filter(admitted).nth(i);
-    let chosen = balance.choose(count, counter, |i| {
-        nth(i).map_or(u32::MAX, |e| host(e.addr).load)
-    });
+    let chosen = match (balance, to.hash) {
+        (waypoint::dr::Balance::ConsistentHash, Some(key)) => waypoint::dr::hash::rendezvous(
+            key,
+            sp.endpoints.iter().filter(admitted).map(|e| e.addr),
+        ),
+        _ => balance.choose(count, counter, |i| {
+            nth(i).map_or(u32::MAX, |e| host(e.addr).load)
+        }),
+    };
     let Some(e) = chosen.and_then(nth) else {
         return Err(match &to.subset {
             Some(name) => format!(
@@ -209,6 +215,13 @@ impl Upstreams for Ups {
         host: &dyn Fn(SocketAddr) -> Host,
     ) -> Result<Picked, UpstreamError> {
         self.0.pick(to, host).map_err(UpstreamError::NoEndpoint)
+    }
+
+    fn hash_policy(&self, to: &Upstream) -> Option<Arc<waypoint::dr::HashPolicy>> {
+        let l7 = self.0.core.l7.borrow();
+        l7.destination_rules()
+            .hash(&to.service, to.subset.as_deref())
+            .cloned()
     }
 
     fn connect(
@@ -268,6 +281,7 @@ destinationRules:
       - {name: least, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}}
       - {name: guarded, labels: {version: v1}, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 2}}}
       - {name: panicky, labels: {version: v1}, trafficPolicy: {outlierDetection: {minHealthPercent: 60}}}
+      - {name: sticky, labels: {app: reviews}, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}, outlierDetection: {consecutive5xxErrors: 2}}}
 "#;
 
     fn picks(snapshot: &Snapshot, subset: Option<&str>, n: u64) -> Result<Vec<String>, String> {
@@ -299,6 +313,7 @@ destinationRules:
             service: ServiceRef::new("demo", "reviews"),
             subset: subset.map(Arc::from),
             port: 80,
+            hash: None,
         };
         (0..n)
             .map(|i| {
@@ -343,6 +358,49 @@ destinationRules:
     }
 
     #[test]
+    fn a_hash_keeps_to_one_endpoint_until_it_is_ejected() {
+        let snap = config::parse(MESH, &LoadOptions::default()).unwrap();
+        let sp = snap
+            .service_port(SocketAddr::from(([10, 1, 0, 1], 80)))
+            .unwrap();
+        let pick = |hash: Option<u64>, n: u64, host: &dyn Fn(SocketAddr) -> Host| {
+            let to = Upstream {
+                service: ServiceRef::new("demo", "reviews"),
+                subset: Some(Arc::from("sticky")),
+                port: 80,
+                hash,
+            };
+            pick_endpoint(snap.destination_rules(), sp, &to, n, host)
+                .unwrap()
+                .endpoint
+                .addr
+        };
+        let healthy = |_| Host::default();
+        // Whatever the counter (the core's turn), one key goes to one endpoint; keys
+        // spread over both members of the subset (r1 and r4).
+        let mut seen = std::collections::HashSet::new();
+        for key in 0..64u64 {
+            let first = pick(Some(key), 0, &healthy);
+            assert!((1..8).all(|n| pick(Some(key), n, &healthy) == first));
+            seen.insert(first);
+        }
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        // The endpoint a key prefers is ejected: the key goes to the other, and back after.
+        let key = 7;
+        let home = pick(Some(key), 0, &healthy);
+        let out = |a: SocketAddr| Host {
+            load: 0,
+            ejected: a == home,
+        };
+        assert_ne!(pick(Some(key), 0, &out), home);
+        assert_eq!(pick(Some(key), 0, &healthy), home);
+        // No key: spread at random over the subset.
+        let keyless: std::collections::HashSet<_> =
+            (0..64).map(|n| pick(None, n, &healthy)).collect();
+        assert_eq!(keyless.len(), 2);
+    }
+
+    #[test]
     fn ejected_endpoints_are_left_out_while_enough_remain() {
         let snap = config::parse(MESH, &LoadOptions::default()).unwrap();
         let r1 = IpAddr::from([10, 0, 0, 1]);
@@ -366,6 +424,7 @@ destinationRules:
             service: ServiceRef::new("demo", "reviews"),
             subset: Some(Arc::from("guarded")),
             port: 80,
+            hash: None,
         };
         let p = pick_endpoint(snap.destination_rules(), sp, &to, 0, &r1_out).unwrap();
         assert_eq!((p.pool, p.ejected), (2, 1));

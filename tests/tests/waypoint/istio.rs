@@ -282,6 +282,72 @@ destinationRules:
 }
 
 #[test]
+fn consistent_hashing_keeps_a_key_on_one_endpoint() -> Result<()> {
+    let routes = "  []
+virtualServices:
+  - name: echo
+    namespace: demo
+    hosts: [echo.demo.svc.cluster.local]
+    http:
+      - name: by-cookie
+        match: [{headers: {x-cookie: {exact: \"1\"}}}]
+        route: [{destination: {host: echo-all, subset: any, port: {number: 80}}}]
+      - route: [{destination: {host: echo-all, port: {number: 80}}}]
+destinationRules:
+  - name: echo-all
+    namespace: demo
+    host: echo-all
+    trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}
+    subsets:
+      - name: any
+        trafficPolicy:
+          loadBalancer: {consistentHash: {httpCookie: {name: affinity, path: /, ttl: 60s}}}
+";
+    let m = Mesh::start(184, routes)?;
+    let mut c = m.client()?;
+    // Twenty users, five requests each, interleaved on one connection: a user's requests
+    // all reach one endpoint, and the users spread over both.
+    let mut home: std::collections::HashMap<usize, String> = Default::default();
+    for round in 0..5 {
+        for user in 0..20 {
+            let name = format!("user-{user}");
+            let r = c.request("GET", &format!("/u/{round}"), &[("x-user", &name)], b"")?;
+            ensure!(r.status == 200, "{r:?}\n{}", m.context());
+            let who = r.body[..2].to_string();
+            let first = home.entry(user).or_insert_with(|| who.clone());
+            ensure!(*first == who, "{name} went to {first}, then to {who}");
+        }
+    }
+    let homes: std::collections::HashSet<_> = home.values().collect();
+    ensure!(homes.len() == 2, "every user on one endpoint: {home:?}");
+    // By cookie: the first answer sets one (Envoy's shape), and with it every later
+    // request reaches the endpoint that first answered.
+    let r = c.request("GET", "/c/0", &[("x-cookie", "1")], b"")?;
+    ensure!(r.status == 200, "{r:?}");
+    let set = r.header("set-cookie").context("no Set-Cookie")?.to_string();
+    ensure!(
+        set.starts_with("affinity=\"") && set.ends_with("; Max-Age=60; Path=/; HttpOnly"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap_or_default().to_string();
+    let first = r.body[..2].to_string();
+    for i in 1..12 {
+        let r = c.request(
+            "GET",
+            &format!("/c/{i}"),
+            &[("x-cookie", "1"), ("cookie", &cookie)],
+            b"",
+        )?;
+        ensure!(
+            r.status == 200 && r.body[..2] == first,
+            "{r:?} (first {first})"
+        );
+        ensure!(r.header("set-cookie").is_none(), "{r:?}");
+    }
+    Ok(())
+}
+
+#[test]
 fn a_waypoint_in_a_cluster_takes_its_mesh_from_istiod() -> Result<()> {
     use control::pb::workload as pw;
     let x = 185;

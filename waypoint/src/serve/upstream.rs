@@ -41,12 +41,14 @@ pub(super) struct Health {
 }
 
 /// Where an attempt goes: a Service port, or the endpoints of one of its DestinationRule
-/// subsets.
+/// subsets; with the request's hash when the Service balances by consistent hashing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Upstream {
     pub service: ServiceRef,
     pub subset: Option<Arc<str>>,
     pub port: u16,
+    /// The request's key, hashed ([`crate::dr::HashPolicy`]); `None` without one.
+    pub hash: Option<u64>,
 }
 
 impl Upstream {
@@ -56,6 +58,7 @@ impl Upstream {
             service: backend.service.clone(),
             subset: backend.subset.clone(),
             port: backend.port.unwrap_or(default),
+            hash: None,
         }
     }
 }
