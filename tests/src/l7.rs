@@ -28,6 +28,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Requests answered (or reset) so far.
     pub requests: Arc<AtomicUsize>,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
     /// How often each path was asked for.
     pub paths: Arc<Mutex<HashMap<String, u32>>>,
 }
@@ -41,11 +43,14 @@ pub fn spawn_backend(addr: SocketAddr, name: &str) -> Result<Backend> {
 pub fn spawn_slow_backend(addr: SocketAddr, name: &str, delay: Duration) -> Result<Backend> {
     let l = TcpListener::bind(addr).with_context(|| format!("binding backend {addr}"))?;
     let requests = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
     let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let (count, name, paths) = (requests.clone(), name.to_string(), seen.clone());
+    let accepted = connections.clone();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(s) = s else { break };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let (count, seen, name) = (count.clone(), seen.clone(), name.clone());
             std::thread::spawn(move || {
                 let _ = serve_backend_conn(s, &name, delay, &count, &seen);
@@ -55,6 +60,7 @@ pub fn spawn_slow_backend(addr: SocketAddr, name: &str, delay: Duration) -> Resu
     Ok(Backend {
         addr,
         requests,
+        connections,
         paths,
     })
 }

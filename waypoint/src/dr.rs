@@ -20,11 +20,13 @@
 //!   ejections (Envoy's panic threshold; 0 by default, as Istio's). Counted per core, like
 //!   everything else of the data path;
 //! - `tls.mode: ISTIO_MUTUAL` is accepted and changes nothing: the waypoint reaches mesh
-//!   endpoints over HBONE, which is always mutual TLS.
+//!   endpoints over HBONE, which is always mutual TLS;
+//! - `connectionPool` sets the Service's circuit breakers and connection limits ([`pool`]),
+//!   shared by every core.
 //!
 //! Not supported, and refused with the field named rather than accepted and ignored:
 //! `PASSTHROUGH` load balancing,
-//! `localityLbSetting`, `warmupDurationSecs`, `connectionPool`, split local-origin errors,
+//! `localityLbSetting`, `warmupDurationSecs`, split local-origin errors,
 //! `portLevelSettings`, `tunnel`, `proxyProtocol`, TLS modes other than `ISTIO_MUTUAL`,
 //! `exportTo` and `workloadSelector`. One rule per Service (Istio would merge several).
 
@@ -38,8 +40,10 @@ use serde::de::IgnoredAny;
 use crate::route::{RouteError, ServiceRef, err};
 
 pub mod hash;
+pub mod pool;
 
 pub use hash::{Affinity, HashPolicy};
+pub use pool::{Limits, PoolPolicy};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -78,7 +82,7 @@ pub struct TrafficPolicySpec {
     #[serde(default)]
     pub tls: Option<TlsSpec>,
     #[serde(default)]
-    pub connection_pool: Option<IgnoredAny>,
+    pub connection_pool: Option<pool::ConnectionPoolSpec>,
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetectionSpec>,
     #[serde(default)]
@@ -242,6 +246,7 @@ pub struct Subset {
     /// `Some` when `balance` is [`Balance::ConsistentHash`].
     pub hash: Option<Arc<HashPolicy>>,
     pub outlier: Option<Arc<Outlier>>,
+    pub limits: Option<Arc<Limits>>,
 }
 
 impl Subset {
@@ -262,6 +267,7 @@ pub struct ServiceRule {
     /// `Some` when `balance` is [`Balance::ConsistentHash`].
     pub hash: Option<Arc<HashPolicy>>,
     pub outlier: Option<Arc<Outlier>>,
+    pub limits: Option<Arc<Limits>>,
     pub subsets: BTreeMap<String, Subset>,
 }
 
@@ -312,6 +318,7 @@ impl DestinationRules {
                 balance,
                 hash,
                 outlier,
+                limits,
             } = match &spec.traffic_policy {
                 Some(p) => traffic_policy(p, &format!("{at}.trafficPolicy"))?,
                 None => Policy::default(),
@@ -337,6 +344,7 @@ impl DestinationRules {
                     balance: policy.balance,
                     hash: policy.hash,
                     outlier: policy.outlier,
+                    limits: policy.limits,
                 };
                 if subsets.insert(s.name.clone(), subset).is_some() {
                     return Err(err(
@@ -352,6 +360,7 @@ impl DestinationRules {
                     balance,
                     hash,
                     outlier,
+                    limits,
                     subsets,
                 },
             );
@@ -396,6 +405,17 @@ impl DestinationRules {
             .or(rule.balance)
     }
 
+    /// The connection pool limits for `service`, or its subset: the subset's, else the
+    /// rule's. A subset with limits of its own counts apart from the rule's (Istio makes
+    /// each subset a cluster of its own).
+    pub fn limits(&self, service: &ServiceRef, subset: Option<&str>) -> Option<&Arc<Limits>> {
+        let rule = self.get(service)?;
+        subset
+            .and_then(|s| rule.subsets.get(s))
+            .and_then(|s| s.limits.as_ref())
+            .or(rule.limits.as_ref())
+    }
+
     /// The hash policy of the balancing [`DestinationRules::balance`] returns, if that is
     /// consistent hashing.
     pub fn hash(&self, service: &ServiceRef, subset: Option<&str>) -> Option<&Arc<HashPolicy>> {
@@ -413,11 +433,11 @@ struct Policy {
     balance: Option<Balance>,
     hash: Option<Arc<HashPolicy>>,
     outlier: Option<Arc<Outlier>>,
+    limits: Option<Arc<Limits>>,
 }
 
 fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError> {
     let unsupported = [
-        ("connectionPool", p.connection_pool.is_some()),
         ("portLevelSettings", p.port_level_settings.is_some()),
         ("tunnel", p.tunnel.is_some()),
         ("proxyProtocol", p.proxy_protocol.is_some()),
@@ -428,6 +448,10 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError>
             "not supported by the ringmesh waypoint; remove it (the waypoint would not apply it)",
         ));
     }
+    let limits = match &p.connection_pool {
+        Some(c) => Some(Arc::new(pool::compile(c, &format!("{at}.connectionPool"))?)),
+        None => None,
+    };
     let outlier = match &p.outlier_detection {
         Some(o) => Some(Arc::new(outlier(o, &format!("{at}.outlierDetection"))?)),
         None => None,
@@ -451,6 +475,7 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError>
             balance: None,
             hash: None,
             outlier,
+            limits,
         });
     };
     let at = format!("{at}.loadBalancer");
@@ -476,6 +501,7 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError>
             balance: Some(Balance::ConsistentHash),
             hash: Some(Arc::new(policy)),
             outlier,
+            limits,
         });
     }
     let balance = match lb.simple.as_deref() {
@@ -497,6 +523,7 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError>
         balance,
         hash: None,
         outlier,
+        limits,
     })
 }
 
@@ -692,8 +719,8 @@ mod tests {
                 "destinationRules[demo/r].trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl",
             ),
             (
-                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}}]",
-                "destinationRules[demo/r].trafficPolicy.connectionPool",
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {connectionPool: {tcp: {tcpKeepalive: {time: 1s}}}}}]",
+                "destinationRules[demo/r].trafficPolicy.connectionPool.tcp.tcpKeepalive",
             ),
             (
                 "[{name: r, namespace: demo, host: reviews, subsets: [{name: v1, trafficPolicy: {outlierDetection: {consecutiveErrors: 3}}}]}]",

@@ -38,7 +38,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::dr::Outlier;
+use crate::dr::pool::Slot;
+use crate::dr::{Limits, Outlier, PoolPolicy};
 use crate::io::{LocalExec, Protocol, sniff};
 use crate::route::{Backend, Retry, RouteTable, Rule, ServiceRef};
 use crate::security::{Peer, Refusal, SecurityTable};
@@ -47,6 +48,7 @@ use crate::trace::{TraceCtx, Tracing};
 
 mod body;
 mod conn;
+mod pool;
 mod record;
 mod request;
 mod upstream;
@@ -56,12 +58,13 @@ pub use body::{Body, BoxError};
 use body::{Counted, Finish, Holding, Pending, ReturnOnEnd};
 pub use conn::ConnLimits;
 use conn::{Activity, Watched, watchdog};
+use pool::{Conn, Idle};
 use record::Record;
 pub use request::local;
 use request::{
     Head, Limited, ReqBody, SendError, fits, is_websocket, normalize, rewrite, strip_hop_by_hop,
 };
-use upstream::{Active, Health, Idle, Load};
+use upstream::{Active, H2Conn, Health, Load};
 pub use upstream::{Host, Picked, Upstream};
 use websocket::{Upgraded, splice};
 
@@ -110,6 +113,10 @@ pub trait Upstreams: 'static {
         to: &Upstream,
         host: &dyn Fn(SocketAddr) -> Host,
     ) -> Result<Picked, UpstreamError>;
+
+    /// The connection pool limits of `to`'s DestinationRule (the Service's, or its
+    /// subset's), if it sets any; the same every [`Picked::limits`] for `to` carries.
+    fn limits(&self, to: &Upstream) -> Option<Arc<Limits>>;
 
     /// The consistent hashing `to`'s DestinationRule asks for, if it does: the waypoint
     /// hashes each request's key by it and sets [`Upstream::hash`] before the pick.
@@ -163,7 +170,7 @@ pub struct Waypoint<U: Upstreams> {
     upstreams: U,
     idle: Idle,
     /// HTTP/2 connections (gRPC), one per endpoint.
-    h2: RefCell<HashMap<Endpoint, hyper::client::conn::http2::SendRequest<Body>>>,
+    h2: RefCell<HashMap<Endpoint, H2Conn>>,
     load: Load,
     /// Outlier detection's view of endpoints with recent errors or ejections.
     health: RefCell<HashMap<SocketAddr, Health>>,
@@ -526,6 +533,7 @@ impl<U: Upstreams> Waypoint<U> {
         };
         let mut retried = 0;
         let mut _retrying: Option<Gauge> = None;
+        let mut _retry_slot = None;
         loop {
             let req = head.request(body.take());
             let send = self.send(to, req);
@@ -548,6 +556,18 @@ impl<U: Upstreams> Waypoint<U> {
                     .retries_over_budget
                     .set(self.stats.retries_over_budget.get() + 1);
                 return res;
+            }
+            // The Service's `maxRetries`: retries in flight at once, over every core.
+            if let Some(l) = self.upstreams.limits(to) {
+                match l.retries.try_enter(l.policy.max_retries) {
+                    Some(slot) => _retry_slot = Some(slot),
+                    None => {
+                        self.stats
+                            .retries_overflow
+                            .set(self.stats.retries_overflow.get() + 1);
+                        return res;
+                    }
+                }
             }
             drop(res);
             retried += 1;

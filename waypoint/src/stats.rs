@@ -35,6 +35,8 @@ pub enum Outcome {
     Unauthenticated,
     /// The route answered with a redirect (`-`, as Envoy's router).
     Redirect,
+    /// The Service's `connectionPool` limits were reached (`UO`).
+    Overflow,
 }
 
 impl Outcome {
@@ -50,6 +52,7 @@ impl Outcome {
             Outcome::Timeout => "UT",
             Outcome::ClientError => "DPE",
             Outcome::Denied => "RBAC",
+            Outcome::Overflow => "UO",
             Outcome::Unauthenticated | Outcome::Redirect => "-",
         }
     }
@@ -144,6 +147,8 @@ pub struct Stats {
     by_key: RefCell<HashMap<Key, Tally>>,
     pub retries: Cell<u64>,
     pub retries_over_budget: Cell<u64>,
+    /// Retries not sent because the Service had its `maxRetries` in flight.
+    pub retries_overflow: Cell<u64>,
     pub delays: Cell<u64>,
     pub aborts: Cell<u64>,
     pub mirrors: Cell<u64>,
@@ -162,6 +167,7 @@ pub struct Snapshot {
     pub requests: HashMap<Key, Tally>,
     pub retries: u64,
     pub retries_over_budget: u64,
+    pub retries_overflow: u64,
     pub delays: u64,
     pub aborts: u64,
     pub mirrors: u64,
@@ -191,6 +197,7 @@ impl Stats {
             requests: self.by_key.borrow().clone(),
             retries: self.retries.get(),
             retries_over_budget: self.retries_over_budget.get(),
+            retries_overflow: self.retries_overflow.get(),
             delays: self.delays.get(),
             aborts: self.aborts.get(),
             mirrors: self.mirrors.get(),
@@ -213,6 +220,7 @@ impl Snapshot {
         }
         self.retries += other.retries;
         self.retries_over_budget += other.retries_over_budget;
+        self.retries_overflow += other.retries_overflow;
         self.delays += other.delays;
         self.aborts += other.aborts;
         self.mirrors += other.mirrors;
@@ -247,6 +255,11 @@ impl Snapshot {
                 "retries_over_budget",
                 "Retries not sent because the retry budget was spent.",
                 self.retries_over_budget,
+            ),
+            (
+                "retries_overflow",
+                "Retries not sent because the Service's DestinationRule maxRetries were in flight.",
+                self.retries_overflow,
             ),
             ("fault_delays", "Injected delays.", self.delays),
             ("fault_aborts", "Injected aborts.", self.aborts),

@@ -144,6 +144,7 @@ fn pick_endpoint(
         .balance(service, to.subset.as_deref())
         .unwrap_or_default();
     let outlier = rules.outlier(service, to.subset.as_deref()).cloned();
+    let limits = rules.limits(service, to.subset.as_deref()).cloned();
     let in_subset =
         |e: &&config::snapshot::Endpoint| subset.is_none_or(|s| s.admits(|k| e.workload.label(k)));
     let pool = match subset {
@@ -196,6 +197,7 @@ fn pick_endpoint(
         outlier,
         pool: pool as u32,
         ejected: ejected as u32,
+        limits,
     })
 }
 
@@ -215,6 +217,13 @@ impl Upstreams for Ups {
         host: &dyn Fn(SocketAddr) -> Host,
     ) -> Result<Picked, UpstreamError> {
         self.0.pick(to, host).map_err(UpstreamError::NoEndpoint)
+    }
+
+    fn limits(&self, to: &Upstream) -> Option<Arc<waypoint::dr::Limits>> {
+        let l7 = self.0.core.l7.borrow();
+        l7.destination_rules()
+            .limits(&to.service, to.subset.as_deref())
+            .cloned()
     }
 
     fn hash_policy(&self, to: &Upstream) -> Option<Arc<waypoint::dr::HashPolicy>> {

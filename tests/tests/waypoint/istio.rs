@@ -348,6 +348,101 @@ destinationRules:
 }
 
 #[test]
+fn connection_pools_limit_connections_and_requests_as_circuit_breakers() -> Result<()> {
+    // echo-v1: Istio's circuit-breaking task (one connection, one pending request, one
+    // request per connection). echo-v2: two requests in flight at most.
+    let routes = "  []
+virtualServices:
+  - name: echo
+    namespace: demo
+    hosts: [echo.demo.svc.cluster.local]
+    http:
+      - match: [{headers: {x-to: {exact: v2}}}]
+        route: [{destination: {host: echo-v2, port: {number: 80}}}]
+      - route: [{destination: {host: echo-v1, port: {number: 80}}}]
+destinationRules:
+  - name: echo-v1
+    namespace: demo
+    host: echo-v1
+    trafficPolicy:
+      connectionPool:
+        tcp: {maxConnections: 1, connectTimeout: 2s}
+        http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
+  - name: echo-v2
+    namespace: demo
+    host: echo-v2
+    trafficPolicy:
+      connectionPool: {http: {http2MaxRequests: 2}}
+";
+    let m = Mesh::start(183, routes)?;
+    // One request per connection: five requests in turn open five upstream connections.
+    let mut c = m.client()?;
+    let before = m.v1.connections.load(std::sync::atomic::Ordering::SeqCst);
+    for i in 0..5 {
+        let r = c.request("GET", &format!("/seq/{i}"), &[], b"")?;
+        ensure!(r.status == 200, "{r:?}\n{}", m.context());
+    }
+    let opened = m.v1.connections.load(std::sync::atomic::Ordering::SeqCst) - before;
+    ensure!(opened == 5, "{opened} upstream connections for 5 requests");
+    // Six slow requests at once, each on its own client connection.
+    let burst = |headers: &'static [(&'static str, &'static str)],
+                 n: usize|
+     -> Result<Vec<e2e::l7::Response>> {
+        let clients = (0..n).map(|_| m.client()).collect::<Result<Vec<_>>>()?;
+        let threads: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut c)| {
+                std::thread::spawn(move || {
+                    c.request("GET", &format!("/slow/1500/{i}"), headers, b"")
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("client thread"))
+            .collect()
+    };
+    let check = |answers: &[e2e::l7::Response], most: usize, what: &str| -> Result<()> {
+        let ok = answers.iter().filter(|r| r.status == 200).count();
+        let overflow: Vec<_> = answers.iter().filter(|r| r.status != 200).collect();
+        ensure!(
+            ok >= 1 && ok <= most && overflow.len() == answers.len() - ok,
+            "{what}: {ok} answered of {}: {answers:?}",
+            answers.len()
+        );
+        for r in overflow {
+            ensure!(
+                r.status == 503
+                    && r.header("x-envoy-overloaded") == Some("true")
+                    && r.body.contains("reset reason: overflow"),
+                "{what}: {r:?}"
+            );
+        }
+        Ok(())
+    };
+    // echo-v1: one connection per core at most (a core with none may open one, as in
+    // Envoy) and one request waiting: at most three of six get through.
+    check(&burst(&[], 6)?, 3, "echo-v1")?;
+    // echo-v2: two in flight, whatever the connections.
+    check(&burst(&[("x-to", "v2")], 5)?, 2, "echo-v2")?;
+    // Overflows are Envoy's flag UO, in the metrics and the access log.
+    e2e::wait_for(Duration::from_secs(5), "the UO access log line", || {
+        m.wp.proc.stderr().contains("response_flags=\"UO\"")
+    })
+    .with_context(|| m.context())?;
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metric_sum(&metrics, "istio_requests_total", &["response_flags=\"UO\""]) >= 2.0,
+        "{metrics}"
+    );
+    // The limits free up: a request after the burst gets through.
+    let r = m.client()?.request("GET", "/after", &[], b"")?;
+    ensure!(r.status == 200, "{r:?}");
+    Ok(())
+}
+
+#[test]
 fn a_waypoint_in_a_cluster_takes_its_mesh_from_istiod() -> Result<()> {
     use control::pb::workload as pw;
     let x = 185;

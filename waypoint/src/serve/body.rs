@@ -55,9 +55,11 @@ impl http_body::Body for Body {
 /// cleanly, and counts its request in flight until then.
 pub(super) struct ReturnOnEnd {
     pub(super) body: Incoming,
-    pub(super) sender: Option<SendRequest<Body>>,
+    pub(super) conn: Option<Conn>,
     pub(super) key: Option<Endpoint>,
     pub(super) idle: Idle,
+    /// The Service's limits (or the defaults), which decide whether the connection is kept.
+    pub(super) policy: Option<Arc<Limits>>,
     pub(super) active: Option<Active>,
 }
 
@@ -73,7 +75,7 @@ impl http_body::Body for ReturnOnEnd {
         match &polled {
             Poll::Ready(None) => self.give_back(),
             Poll::Ready(Some(Err(_))) => {
-                self.sender = None;
+                self.conn = None;
                 self.active = None;
             }
             // hyper stops polling a body that says it has ended (a known length, all read):
@@ -105,12 +107,10 @@ impl Drop for ReturnOnEnd {
 impl ReturnOnEnd {
     pub(super) fn give_back(&mut self) {
         self.active = None;
-        if let (Some(sender), Some(key)) = (self.sender.take(), self.key.take()) {
-            let mut idle = self.idle.borrow_mut();
-            let list = idle.entry(key).or_default();
-            if list.len() < IDLE_PER_BACKEND {
-                list.push(sender);
-            }
+        if let (Some(conn), Some(key)) = (self.conn.take(), self.key.take()) {
+            let default = PoolPolicy::default();
+            let policy = self.policy.as_ref().map_or(&default, |l| &l.policy);
+            self.idle.borrow_mut().give_back(key, conn, policy);
         }
     }
 }

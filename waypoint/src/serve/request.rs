@@ -247,6 +247,9 @@ pub(super) enum SendError {
     /// The client's request body could not be read (never retried).
     ClientBody(String),
     Timeout,
+    /// The Service's `connectionPool` is full: requests in flight or waiting for a
+    /// connection at their limits (never retried, as Envoy's).
+    Overflow,
 }
 
 impl SendError {
@@ -255,7 +258,7 @@ impl SendError {
             SendError::Upstream(UpstreamError::Connect(_)) => r.on_connect_failure,
             SendError::Upstream(UpstreamError::NoEndpoint(_)) => false,
             SendError::Reset(_) => r.on_reset,
-            SendError::ClientBody(_) => false,
+            SendError::ClientBody(_) | SendError::Overflow => false,
             // A per-try timeout is worth another try (Envoy retries it on `5xx` and
             // `gateway-error` too, as a 504).
             SendError::Timeout => r.on_5xx || r.on_gateway_error || r.codes.contains(&504),
@@ -302,6 +305,16 @@ impl SendError {
                 Outcome::Timeout,
                 local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
             ),
+            SendError::Overflow => {
+                // Envoy's circuit breaker answer, and its header saying why.
+                let mut resp = local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                );
+                resp.headers_mut()
+                    .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+                (Outcome::Overflow, resp)
+            }
         }
     }
 }

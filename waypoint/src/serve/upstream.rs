@@ -1,12 +1,14 @@
 //! The upstream side of a core's waypoint: the endpoint each attempt goes to (picked per
 //! request, by the caller's balancing, with this core's requests in flight and outlier
-//! ejections), the connections kept per endpoint (HTTP/1.1 idle lists, one HTTP/2
-//! connection each), and outlier detection's judgement of every answer.
+//! ejections), the connections kept per endpoint (HTTP/1.1 in [`super::pool`], one HTTP/2
+//! connection each), the Service's `connectionPool` limits, and outlier detection's
+//! judgement of every answer.
 //!
-//! Invariants: a request is counted in flight to its endpoint from the pick until its
-//! response body is done with; a connection carries requests for the endpoint it was
-//! opened to only; the per-endpoint maps hold only endpoints in use or with recent
-//! trouble.
+//! Invariants: a request is counted in flight to its endpoint, and against its Service's
+//! `http2MaxRequests`, from the pick until its response body is done with; a connection
+//! carries requests for the endpoint it was opened to only, and counts against its
+//! Service's `maxConnections` until it closes; the per-endpoint maps hold only endpoints in
+//! use or with recent trouble.
 
 use super::*;
 
@@ -28,6 +30,16 @@ pub struct Picked {
     pub outlier: Option<Arc<Outlier>>,
     pub pool: u32,
     pub ejected: u32,
+    /// The Service's (or subset's) `connectionPool` limits, if its rule sets them.
+    pub limits: Option<Arc<Limits>>,
+}
+
+/// An HTTP/2 connection to an endpoint (gRPC), with what its reuse depends on.
+pub(super) struct H2Conn {
+    sender: hyper::client::conn::http2::SendRequest<Body>,
+    /// Streams it has carried.
+    uses: u32,
+    opened: Instant,
 }
 
 /// An endpoint's recent answers on this core, while they matter to outlier detection.
@@ -73,9 +85,6 @@ impl fmt::Display for Upstream {
     }
 }
 
-/// Idle HTTP/1.1 connections, per endpoint.
-pub(super) type Idle = Rc<RefCell<HashMap<Endpoint, Vec<SendRequest<Body>>>>>;
-
 /// Requests in flight per endpoint on this core (least-request reads it). An endpoint with
 /// none has no entry, so the map holds at most the endpoints in use.
 pub(super) type Load = Rc<RefCell<HashMap<SocketAddr, u32>>>;
@@ -85,14 +94,17 @@ pub(super) type Load = Rc<RefCell<HashMap<SocketAddr, u32>>>;
 pub(super) struct Active {
     load: Load,
     addr: SocketAddr,
+    /// The request's place in its Service's `http2MaxRequests`.
+    _request: Option<Slot>,
 }
 
 impl Active {
-    pub(super) fn enter(load: &Load, addr: SocketAddr) -> Active {
+    pub(super) fn enter(load: &Load, addr: SocketAddr, request: Option<Slot>) -> Active {
         *load.borrow_mut().entry(addr).or_insert(0) += 1;
         Active {
             load: load.clone(),
             addr,
+            _request: request,
         }
     }
 }
@@ -110,7 +122,8 @@ impl Drop for Active {
 }
 
 impl<U: Upstreams> Waypoint<U> {
-    /// The endpoint for one attempt at `to`, counted in flight until the guard drops.
+    /// The endpoint for one attempt at `to`, counted in flight until the guard drops; an
+    /// overflow if the Service has its `http2MaxRequests` in flight already.
     pub(super) fn pick(&self, to: &Upstream) -> Result<(Picked, Active), SendError> {
         let now = Instant::now();
         let picked = {
@@ -125,7 +138,15 @@ impl<U: Upstreams> Waypoint<U> {
                 })
                 .map_err(SendError::Upstream)?
         };
-        let active = Active::enter(&self.load, picked.endpoint.addr);
+        let request = match &picked.limits {
+            Some(l) => Some(
+                l.requests
+                    .try_enter(l.policy.max_requests)
+                    .ok_or(SendError::Overflow)?,
+            ),
+            None => None,
+        };
+        let active = Active::enter(&self.load, picked.endpoint.addr, request);
         Ok((picked, active))
     }
 
@@ -138,9 +159,9 @@ impl<U: Upstreams> Waypoint<U> {
     ) -> Result<(Response<Body>, Endpoint), SendError> {
         let (picked, active) = self.pick(to)?;
         let result = if req.version() == Version::HTTP_2 {
-            self.send_h2(picked.endpoint.clone(), active, req).await
+            self.send_h2(&picked, active, req).await
         } else {
-            self.send_h1(picked.endpoint.clone(), active, req).await
+            self.send_h1(&picked, active, req).await
         };
         if let Some(policy) = &picked.outlier {
             self.judge(&picked, policy, &result);
@@ -208,37 +229,14 @@ impl<U: Upstreams> Waypoint<U> {
     /// response body ends.
     async fn send_h1(
         &self,
-        endpoint: Endpoint,
+        picked: &Picked,
         active: Active,
         req: Request<Body>,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
-        let mut sender = None;
-        while let Some(mut s) = self.pooled(&endpoint) {
-            // A kept connection finishes its previous exchange before it takes another;
-            // one the endpoint closed meanwhile is dropped.
-            if s.ready().await.is_ok() {
-                sender = Some(s);
-                break;
-            }
-        }
-        let mut sender = match sender {
-            Some(s) => s,
-            None => {
-                let io = self
-                    .upstreams
-                    .connect(&endpoint)
-                    .await
-                    .map_err(SendError::Upstream)?;
-                let (s, conn) = hyper::client::conn::http1::Builder::new()
-                    .max_buf_size(MAX_HEADER_BYTES.max(8192))
-                    .handshake::<_, Body>(TokioIo::new(io))
-                    .await
-                    .map_err(handshake_failed)?;
-                drive(conn, "upstream HTTP connection ended");
-                s
-            }
-        };
-        let resp = sender.send_request(req).await.map_err(|e| {
+        let endpoint = &picked.endpoint;
+        let mut conn = self.h1_conn(endpoint, picked.limits.as_ref()).await?;
+        conn.uses = conn.uses.saturating_add(1);
+        let resp = conn.sender.send_request(req).await.map_err(|e| {
             // A "user" error is the request body's: the client sent a broken body (a bad
             // chunk), which is the client's fault, not the backend's.
             if e.is_user() {
@@ -249,51 +247,173 @@ impl<U: Upstreams> Waypoint<U> {
         })?;
         let idle = self.idle.clone();
         let kept = endpoint.clone();
+        let policy = picked.limits.clone();
         let resp = resp.map(move |body| {
             Body::new(ReturnOnEnd {
                 body,
-                sender: Some(sender),
+                conn: Some(conn),
                 key: Some(kept),
                 idle,
+                policy,
                 active: Some(active),
             })
         });
-        Ok((resp, endpoint))
+        Ok((resp, endpoint.clone()))
+    }
+
+    /// A connection to `endpoint` ready for a request: an idle one; else a new one, if
+    /// the Service is within its `maxConnections` (or this core has none to the endpoint,
+    /// Envoy's rule); else the next of this core's to come free, waited for as one of the
+    /// Service's pending requests. A request waiting for its new connection to be set up is
+    /// pending too, as in Envoy.
+    async fn h1_conn(
+        &self,
+        endpoint: &Endpoint,
+        limits: Option<&Arc<Limits>>,
+    ) -> Result<Conn, SendError> {
+        let default = PoolPolicy::default();
+        let policy = limits.map_or(&default, |l| &l.policy);
+        loop {
+            let idle = self.idle.borrow_mut().take(endpoint, policy);
+            if let Some(mut c) = idle {
+                // A kept connection finishes its previous exchange before it takes
+                // another; one the endpoint closed meanwhile is dropped.
+                if c.sender.ready().await.is_ok() {
+                    return Ok(c);
+                }
+                continue;
+            }
+            let Some(l) = limits else {
+                return self.open_h1(endpoint, policy.connect_timeout, None).await;
+            };
+            let _pending = l
+                .pending
+                .try_enter(l.policy.max_pending)
+                .ok_or(SendError::Overflow)?;
+            let slot = match l.connections.try_enter(l.policy.max_connections) {
+                Some(slot) => slot,
+                None if self.idle.borrow().open(endpoint) == 0 => l.connections.enter(),
+                None => {
+                    let rx = self.idle.borrow_mut().wait(endpoint);
+                    if let Ok(Some(mut c)) = rx.await
+                        && c.sender.ready().await.is_ok()
+                    {
+                        return Ok(c);
+                    }
+                    // A connection closed (or the one handed over had): look again.
+                    continue;
+                }
+            };
+            return self
+                .open_h1(endpoint, l.policy.connect_timeout, Some(slot))
+                .await;
+        }
+    }
+
+    /// A new HTTP/1.1 connection to `endpoint`, counted open on this core (and in the
+    /// Service's connections, by `slot`) until it closes.
+    async fn open_h1(
+        &self,
+        endpoint: &Endpoint,
+        connect_timeout: Duration,
+        slot: Option<Slot>,
+    ) -> Result<Conn, SendError> {
+        let io = self.connect(endpoint, connect_timeout).await?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(MAX_HEADER_BYTES.max(8192))
+            .handshake::<_, Body>(TokioIo::new(io))
+            .await
+            .map_err(handshake_failed)?;
+        self.idle.borrow_mut().opened(endpoint);
+        let pool = self.idle.clone();
+        let key = endpoint.clone();
+        runtime::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP connection ended");
+            }
+            drop(slot);
+            pool.borrow_mut().closed(&key);
+        })
+        .detach();
+        Ok(Conn {
+            sender,
+            uses: 0,
+            opened: Instant::now(),
+        })
+    }
+
+    /// A byte stream to `endpoint`, within `timeout` (the rule's `connectTimeout`, else
+    /// Istio's 10 s).
+    pub(super) async fn connect(
+        &self,
+        endpoint: &Endpoint,
+        timeout: Duration,
+    ) -> Result<U::Io, SendError> {
+        match runtime::time::timeout(timeout, self.upstreams.connect(endpoint)).await {
+            Ok(io) => io.map_err(SendError::Upstream),
+            Err(_) => Err(SendError::Upstream(UpstreamError::Connect(format!(
+                "no connection to {} within {timeout:?}",
+                endpoint.addr
+            )))),
+        }
     }
 
     /// One attempt over HTTP/2 (gRPC): one multiplexed connection per endpoint on a core,
-    /// opened on first use and replaced when it closes. The endpoint is still picked per
-    /// request, so a client's streams spread over the Service.
+    /// opened on first use and replaced when it closes or has carried its
+    /// `maxRequestsPerConnection` or lived its `maxConnectionDuration`. The endpoint is
+    /// still picked per request, so a client's streams spread over the Service.
     async fn send_h2(
         &self,
-        endpoint: Endpoint,
+        picked: &Picked,
         active: Active,
         req: Request<Body>,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
-        let live = self
-            .h2
-            .borrow()
-            .get(&endpoint)
-            .filter(|s| !s.is_closed())
-            .cloned();
+        let endpoint = &picked.endpoint;
+        let default = PoolPolicy::default();
+        let policy = picked.limits.as_ref().map_or(&default, |l| &l.policy);
+        let live = {
+            let mut h2 = self.h2.borrow_mut();
+            match h2.get_mut(endpoint) {
+                Some(c) if !c.sender.is_closed() && policy.reusable(c.uses, c.opened) => {
+                    c.uses += 1;
+                    Some(c.sender.clone())
+                }
+                _ => None,
+            }
+        };
         let mut sender = match live {
             Some(s) => s,
             None => {
-                let io = self
-                    .upstreams
-                    .connect(&endpoint)
-                    .await
-                    .map_err(SendError::Upstream)?;
+                let slot = picked.limits.as_ref().map(|l| {
+                    l.connections
+                        .try_enter(l.policy.max_connections)
+                        // One connection per endpoint and core at least (Envoy's rule).
+                        .unwrap_or_else(|| l.connections.enter())
+                });
+                let io = self.connect(endpoint, policy.connect_timeout).await?;
                 let (s, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
                     .max_header_list_size(MAX_HEADER_BYTES as u32)
                     .handshake::<_, Body>(TokioIo::new(io))
                     .await
                     .map_err(handshake_failed)?;
-                drive(conn, "upstream HTTP/2 connection ended");
+                runtime::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                    }
+                    drop(slot);
+                })
+                .detach();
                 let mut h2 = self.h2.borrow_mut();
                 // Closed connections of endpoints no longer picked go when another opens.
-                h2.retain(|_, s| !s.is_closed());
-                h2.insert(endpoint.clone(), s.clone());
+                h2.retain(|_, c| !c.sender.is_closed());
+                h2.insert(
+                    endpoint.clone(),
+                    H2Conn {
+                        sender: s.clone(),
+                        uses: 1,
+                        opened: Instant::now(),
+                    },
+                );
                 s
             }
         };
@@ -315,24 +435,8 @@ impl<U: Upstreams> Waypoint<U> {
                     _active: active,
                 })
             }),
-            endpoint,
+            endpoint.clone(),
         ))
-    }
-
-    fn pooled(&self, endpoint: &Endpoint) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(endpoint)?;
-        let mut found = None;
-        while let Some(s) = list.pop() {
-            if !s.is_closed() {
-                found = Some(s);
-                break;
-            }
-        }
-        if list.is_empty() {
-            idle.remove(endpoint);
-        }
-        found
     }
 }
 
@@ -340,18 +444,4 @@ impl<U: Upstreams> Waypoint<U> {
 /// (retried on `connect-failure`).
 pub(super) fn handshake_failed(e: hyper::Error) -> SendError {
     SendError::Upstream(UpstreamError::Connect(e.to_string()))
-}
-
-/// Runs an upstream connection's I/O on this core until it ends; how it ended is only
-/// logged (`what`), since its requests have their own errors.
-fn drive<F>(conn: F, what: &'static str)
-where
-    F: Future<Output = Result<(), hyper::Error>> + 'static,
-{
-    runtime::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "{what}");
-        }
-    })
-    .detach();
 }

@@ -65,12 +65,14 @@ impl<U: Upstreams> Waypoint<U> {
         upgraded: &Upgraded<U>,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
         let (picked, _active) = self.pick(to)?;
+        let timeout = picked
+            .limits
+            .as_ref()
+            .map_or(crate::dr::pool::CONNECT_TIMEOUT, |l| {
+                l.policy.connect_timeout
+            });
         let endpoint = picked.endpoint;
-        let io = self
-            .upstreams
-            .connect(&endpoint)
-            .await
-            .map_err(SendError::Upstream)?;
+        let io = self.connect(&endpoint, timeout).await?;
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(MAX_HEADER_BYTES.max(8192))
             .handshake::<_, Body>(TokioIo::new(io))
