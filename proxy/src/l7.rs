@@ -109,6 +109,8 @@ struct Core {
     certs: Rc<RefCell<Arc<CertSet>>>,
     identity: hbone::Identity,
     hbone_port: u16,
+    /// The waypoint's own workload uid (its locality ranks endpoints).
+    workload: Arc<str>,
 }
 
 impl Core {
@@ -294,6 +296,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
     };
     let hbone_port = opts.hbone_port;
     let init_identity = identity.clone();
+    let own_uid: Arc<str> = Arc::from(opts.workload.as_str());
     let rt = runtime::launch_with(
         &opts.runtime,
         shutdown.clone(),
@@ -306,6 +309,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
                 certs: certs.clone(),
                 identity: init_identity.clone(),
                 hbone_port,
+                workload: own_uid.clone(),
             });
             let tls_certs = certs.clone();
             let pool = Pool::new(pool_cfg.clone(), move |key: &PoolKey| {

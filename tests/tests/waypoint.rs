@@ -3,7 +3,7 @@
 //! and tunnels to the chosen endpoint's node (node-2), which hands it to the backend. Every
 //! hop is a real process on real sockets.
 //!
-//! Address plan: 127.187/16 .. 127.199/16.
+//! Address plan: 127.182/16 .. 127.199/16.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -75,6 +75,16 @@ impl Mesh {
         waypoint_args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Mesh> {
+        Mesh::start_config(x, &mesh_config(x, routes), waypoint_args, env)
+    }
+
+    /// [`Mesh::start_env`] with the whole mesh config given (a [`mesh_config`], edited).
+    fn start_config(
+        x: u8,
+        config: &str,
+        waypoint_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Mesh> {
         let backend = |d, name| spawn_backend(SocketAddr::new(ip4(x, 2, d), 8080), name);
         let (v1, v2) = (backend(1, "v1")?, backend(2, "v2")?);
         // The mirror is slow: the client must never wait for it.
@@ -83,7 +93,7 @@ impl Mesh {
             "mirror",
             Duration::from_secs(2),
         )?;
-        let mesh = MeshDir::new(&mesh_config(x, routes))?;
+        let mesh = MeshDir::new(config)?;
         let n1 = Node::start(&mesh, "node-1", ip4(x, 0, 1), &[])?;
         let n2 = Node::start(&mesh, "node-2", ip4(x, 0, 2), &[])?;
         let ca = mesh.ca.to_string_lossy().into_owned();

@@ -22,11 +22,12 @@
 //! - `tls.mode: ISTIO_MUTUAL` is accepted and changes nothing: the waypoint reaches mesh
 //!   endpoints over HBONE, which is always mutual TLS;
 //! - `connectionPool` sets the Service's circuit breakers and connection limits ([`pool`]),
-//!   shared by every core.
+//!   shared by every core;
+//! - `loadBalancer.localityLbSetting`, and Istio's default locality failover for a Service
+//!   with outlier detection, prefer endpoints near the waypoint ([`locality`]).
 //!
 //! Not supported, and refused with the field named rather than accepted and ignored:
-//! `PASSTHROUGH` load balancing,
-//! `localityLbSetting`, `warmupDurationSecs`, split local-origin errors,
+//! `PASSTHROUGH` load balancing, `localityLbSetting.failoverPriority`, `warmupDurationSecs`, split local-origin errors,
 //! `portLevelSettings`, `tunnel`, `proxyProtocol`, TLS modes other than `ISTIO_MUTUAL`,
 //! `exportTo` and `workloadSelector`. One rule per Service (Istio would merge several).
 
@@ -40,9 +41,11 @@ use serde::de::IgnoredAny;
 use crate::route::{RouteError, ServiceRef, err};
 
 pub mod hash;
+pub mod locality;
 pub mod pool;
 
 pub use hash::{Affinity, HashPolicy};
+pub use locality::{Locality, LocalityPolicy};
 pub use pool::{Limits, PoolPolicy};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,7 +106,7 @@ pub struct LoadBalancerSpec {
     #[serde(default)]
     pub consistent_hash: Option<hash::ConsistentHashSpec>,
     #[serde(default)]
-    pub locality_lb_setting: Option<IgnoredAny>,
+    pub locality_lb_setting: Option<locality::LocalityLbSpec>,
     #[serde(default)]
     pub warmup_duration_secs: Option<IgnoredAny>,
 }
@@ -230,7 +233,7 @@ impl Balance {
 
 /// SplitMix64's finalizer (Steele, Lea, Flood 2014; their constants): consecutive counters
 /// land on unrelated values, so a per-core counter serves as the random source.
-pub(crate) fn splitmix64(x: u64) -> u64 {
+pub fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -247,6 +250,7 @@ pub struct Subset {
     pub hash: Option<Arc<HashPolicy>>,
     pub outlier: Option<Arc<Outlier>>,
     pub limits: Option<Arc<Limits>>,
+    pub locality: Option<Arc<LocalityPolicy>>,
 }
 
 impl Subset {
@@ -268,6 +272,7 @@ pub struct ServiceRule {
     pub hash: Option<Arc<HashPolicy>>,
     pub outlier: Option<Arc<Outlier>>,
     pub limits: Option<Arc<Limits>>,
+    pub locality: Option<Arc<LocalityPolicy>>,
     pub subsets: BTreeMap<String, Subset>,
 }
 
@@ -319,6 +324,7 @@ impl DestinationRules {
                 hash,
                 outlier,
                 limits,
+                locality,
             } = match &spec.traffic_policy {
                 Some(p) => traffic_policy(p, &format!("{at}.trafficPolicy"))?,
                 None => Policy::default(),
@@ -345,6 +351,7 @@ impl DestinationRules {
                     hash: policy.hash,
                     outlier: policy.outlier,
                     limits: policy.limits,
+                    locality: policy.locality,
                 };
                 if subsets.insert(s.name.clone(), subset).is_some() {
                     return Err(err(
@@ -361,6 +368,7 @@ impl DestinationRules {
                     hash,
                     outlier,
                     limits,
+                    locality,
                     subsets,
                 },
             );
@@ -416,6 +424,20 @@ impl DestinationRules {
             .or(rule.limits.as_ref())
     }
 
+    /// The locality setting for `service`, or its subset: the subset's, else the rule's;
+    /// `None` when neither sets one (Istio's default then applies).
+    pub fn locality(
+        &self,
+        service: &ServiceRef,
+        subset: Option<&str>,
+    ) -> Option<&Arc<LocalityPolicy>> {
+        let rule = self.get(service)?;
+        subset
+            .and_then(|s| rule.subsets.get(s))
+            .and_then(|s| s.locality.as_ref())
+            .or(rule.locality.as_ref())
+    }
+
     /// The hash policy of the balancing [`DestinationRules::balance`] returns, if that is
     /// consistent hashing.
     pub fn hash(&self, service: &ServiceRef, subset: Option<&str>) -> Option<&Arc<HashPolicy>> {
@@ -434,6 +456,7 @@ struct Policy {
     hash: Option<Arc<HashPolicy>>,
     outlier: Option<Arc<Outlier>>,
     limits: Option<Arc<Limits>>,
+    locality: Option<Arc<LocalityPolicy>>,
 }
 
 fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError> {
@@ -476,13 +499,18 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError>
             hash: None,
             outlier,
             limits,
+            locality: None,
         });
     };
     let at = format!("{at}.loadBalancer");
-    let unsupported = [
-        ("localityLbSetting", lb.locality_lb_setting.is_some()),
-        ("warmupDurationSecs", lb.warmup_duration_secs.is_some()),
-    ];
+    let unsupported = [("warmupDurationSecs", lb.warmup_duration_secs.is_some())];
+    let locality = match &lb.locality_lb_setting {
+        Some(l) => Some(Arc::new(locality::compile(
+            l,
+            &format!("{at}.localityLbSetting"),
+        )?)),
+        None => None,
+    };
     if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
         return Err(err(
             format!("{at}.{field}"),
@@ -502,6 +530,7 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError>
             hash: Some(Arc::new(policy)),
             outlier,
             limits,
+            locality,
         });
     }
     let balance = match lb.simple.as_deref() {
@@ -524,6 +553,7 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError>
         hash: None,
         outlier,
         limits,
+        locality,
     })
 }
 

@@ -8,6 +8,7 @@
 //! the DestinationRule's balancing (least-request by default).
 
 use super::*;
+use waypoint::dr::{Locality, LocalityPolicy};
 
 /// The waypoint's way to a Service: an endpoint picked by the Service's load balancing,
 /// reached over HBONE at its node (or plain TCP outside the mesh).
@@ -93,7 +94,16 @@ impl MeshUpstreams {
         let n = self.counter.get();
         self.counter.set(n.wrapping_add(1));
         let l7 = self.core.l7.borrow();
-        pick_endpoint(l7.destination_rules(), sp, to, n, host)
+        // Only a DestinationRule brings locality balancing: look up where the waypoint runs
+        // only for a Service that has one.
+        let me = match l7.destination_rules().get(service) {
+            Some(_) => snapshot
+                .workload_by_uid(&self.core.workload)
+                .map(|w| locality_of(w))
+                .unwrap_or_default(),
+            None => Locality::default(),
+        };
+        pick_endpoint(l7.destination_rules(), sp, to, n, me, host)
     }
 
     /// How to reach `endpoint` right now: HBONE to its node for a mesh workload, TCP
@@ -129,6 +139,7 @@ fn pick_endpoint(
     sp: &ServicePort,
     to: &Upstream,
     counter: u64,
+    me: Locality<'_>,
     host: &dyn Fn(SocketAddr) -> Host,
 ) -> Result<Picked, String> {
     let service = &to.service;
@@ -164,9 +175,27 @@ fn pick_endpoint(
     // Fewer left than `minHealthPercent`: every member takes traffic again (Envoy's panic
     // mode, which Istio's field sets; off by default).
     let skip_ejected = ejected > 0 && (pool - ejected) * 100 >= pool * min_health as usize;
-    let admitted =
+    let admitted_anywhere =
         |e: &&config::snapshot::Endpoint| in_subset(e) && !(skip_ejected && host(e.addr).ejected);
-    let count = if skip_ejected { pool - ejected } else { pool };
+    // Locality: a distribution by weight, or failover by rank (Istio's default where
+    // outlier detection is set), narrows the candidates to one locality or rank.
+    let near = near_filter(
+        rules.locality(service, to.subset.as_deref()).map(|l| &**l),
+        outlier.is_some(),
+        me,
+        sp,
+        &in_subset,
+        &|e| !host(e.addr).ejected,
+        counter,
+    );
+    let admitted = |e: &&config::snapshot::Endpoint| {
+        admitted_anywhere(e) && near.as_ref().is_none_or(|n| n.keeps(e))
+    };
+    let count = match &near {
+        None if skip_ejected => pool - ejected,
+        None => pool,
+        Some(_) => sp.endpoints.iter().filter(admitted).count(),
+    };
     let nth = |i: usize| sp.endpoints.iter().filter(admitted).nth(i);
     let chosen = match (balance, to.hash) {
         (waypoint::dr::Balance::ConsistentHash, Some(key)) => waypoint::dr::hash::rendezvous(
@@ -199,6 +228,113 @@ fn pick_endpoint(
         ejected: ejected as u32,
         limits,
     })
+}
+
+/// Where a workload runs, as locality balancing compares it.
+fn locality_of(w: &config::snapshot::Workload) -> Locality<'_> {
+    Locality {
+        region: &w.meta.region,
+        zone: &w.meta.zone,
+        subzone: &w.meta.subzone,
+    }
+}
+
+/// Locality's say in a pick, as a filter on endpoints: `distribute`'s weighted choice of a
+/// locality for traffic from `me`, or failover's choice of a rank (when the Service has
+/// outlier detection and locality balancing is not turned off). `None`: every endpoint
+/// (no setting applies, or no locality has a healthy endpoint). `healthy` says whether an
+/// endpoint is not ejected.
+fn near_filter<'a>(
+    policy: Option<&'a LocalityPolicy>,
+    has_outlier: bool,
+    me: Locality<'a>,
+    sp: &'a ServicePort,
+    in_subset: &dyn Fn(&&config::snapshot::Endpoint) -> bool,
+    healthy: &dyn Fn(&config::snapshot::Endpoint) -> bool,
+    counter: u64,
+) -> Option<Near<'a>> {
+    static DEFAULT: std::sync::LazyLock<LocalityPolicy> =
+        std::sync::LazyLock::new(LocalityPolicy::default);
+    let policy = policy.unwrap_or(&DEFAULT);
+    if !policy.enabled {
+        return None;
+    }
+    // A draw independent of the balancer's (which mixes the bare counter).
+    let draw = waypoint::dr::splitmix64(counter ^ 0x6c6f_6361_6c69_7479);
+    let members = || sp.endpoints.iter().filter(|e| in_subset(e));
+    if let Some(weights) = policy.weights_for(me) {
+        // Each endpoint belongs to the first pattern it matches; a locality with no
+        // healthy endpoint takes nothing.
+        let bucket = |e: &config::snapshot::Endpoint| {
+            weights
+                .iter()
+                .position(|(p, _)| p.matches(locality_of(&e.workload)))
+        };
+        // Weights of localities with a healthy endpoint (computed twice rather than kept:
+        // no allocation per request).
+        let live = |i: usize, w: u32| {
+            let any = members().any(|e| healthy(e) && bucket(e) == Some(i));
+            if any { u64::from(w) } else { 0 }
+        };
+        let total: u64 = weights
+            .iter()
+            .enumerate()
+            .map(|(i, (_, w))| live(i, *w))
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut r = draw % total;
+        let chosen = weights.iter().enumerate().position(|(i, (_, w))| {
+            let w = live(i, *w);
+            if r < w {
+                true
+            } else {
+                r -= w;
+                false
+            }
+        })?;
+        return Some(Near::Bucket { weights, chosen });
+    }
+    if !has_outlier {
+        return None;
+    }
+    let mut per_rank = [(0u32, 0u32); waypoint::dr::locality::LAST_RANK as usize + 1];
+    for e in members() {
+        let r = &mut per_rank[policy.rank(me, locality_of(&e.workload)) as usize];
+        r.0 += 1;
+        r.1 += u32::from(healthy(e));
+    }
+    let rank = waypoint::dr::locality::rank_for(&per_rank, draw)?;
+    Some(Near::Rank { policy, me, rank })
+}
+
+/// The endpoints locality balancing keeps for one pick (no allocation: it runs per
+/// request).
+enum Near<'a> {
+    /// Those whose first matching `distribute` pattern is the chosen one.
+    Bucket {
+        weights: &'a [(waypoint::dr::locality::Pattern, u32)],
+        chosen: usize,
+    },
+    /// Those of one failover rank.
+    Rank {
+        policy: &'a LocalityPolicy,
+        me: Locality<'a>,
+        rank: usize,
+    },
+}
+
+impl Near<'_> {
+    fn keeps(&self, e: &config::snapshot::Endpoint) -> bool {
+        let at = locality_of(&e.workload);
+        match self {
+            Near::Bucket { weights, chosen } => {
+                weights.iter().position(|(p, _)| p.matches(at)) == Some(*chosen)
+            }
+            Near::Rank { policy, me, rank } => usize::from(policy.rank(*me, at)) == *rank,
+        }
+    }
 }
 
 /// Deadline for a plain TCP connect to an endpoint outside the mesh.
@@ -326,7 +462,15 @@ destinationRules:
         };
         (0..n)
             .map(|i| {
-                pick_endpoint(snapshot.destination_rules(), sp, &to, i, host).map(|p| {
+                pick_endpoint(
+                    snapshot.destination_rules(),
+                    sp,
+                    &to,
+                    i,
+                    Locality::default(),
+                    host,
+                )
+                .map(|p| {
                     let w = snapshot
                         .workload_by_uid(&p.endpoint.uid)
                         .expect("a workload");
@@ -379,10 +523,17 @@ destinationRules:
                 port: 80,
                 hash,
             };
-            pick_endpoint(snap.destination_rules(), sp, &to, n, host)
-                .unwrap()
-                .endpoint
-                .addr
+            pick_endpoint(
+                snap.destination_rules(),
+                sp,
+                &to,
+                n,
+                Locality::default(),
+                host,
+            )
+            .unwrap()
+            .endpoint
+            .addr
         };
         let healthy = |_| Host::default();
         // Whatever the counter (the core's turn), one key goes to one endpoint; keys
@@ -407,6 +558,80 @@ destinationRules:
         let keyless: std::collections::HashSet<_> =
             (0..64).map(|n| pick(None, n, &healthy)).collect();
         assert_eq!(keyless.len(), 2);
+    }
+
+    /// `near` has three endpoints: one in the waypoint's zone, one in another zone of its
+    /// region, one in the failover region.
+    const NEAR: &str = r#"
+workloads:
+  - {name: wp, namespace: demo, workloadIps: ["10.0.9.9"], protocol: HBONE, locality: {region: us-east, zone: a, subzone: "1"}}
+  - {name: l1, namespace: demo, workloadIps: ["10.0.0.1"], protocol: HBONE, locality: {region: us-east, zone: a, subzone: "1"}, services: [demo/near.demo.svc.cluster.local]}
+  - {name: l2, namespace: demo, workloadIps: ["10.0.0.2"], protocol: HBONE, locality: {region: us-east, zone: b, subzone: "1"}, services: [demo/near.demo.svc.cluster.local]}
+  - {name: l3, namespace: demo, workloadIps: ["10.0.0.3"], protocol: HBONE, locality: {region: us-west, zone: a, subzone: "1"}, services: [demo/near.demo.svc.cluster.local]}
+services:
+  - {name: near, namespace: demo, hostname: near.demo.svc.cluster.local, vips: ["/10.1.0.2"], ports: {80: 9080}}
+destinationRules:
+  - name: near
+    namespace: demo
+    host: near
+    trafficPolicy:
+      outlierDetection: {consecutive5xxErrors: 1, maxEjectionPercent: 100}
+      loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {failover: [{from: us-east, to: us-west}]}}
+    subsets:
+      - name: none
+        trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: false}}}
+      - name: split
+        trafficPolicy:
+          loadBalancer:
+            simple: ROUND_ROBIN
+            localityLbSetting: {distribute: [{from: us-east/a/*, to: {us-east/a/*: 80, us-west/*: 20}}]}
+"#;
+
+    #[test]
+    fn locality_keeps_traffic_near_and_fails_over_in_rank_order() {
+        let snap = config::parse(NEAR, &LoadOptions::default()).unwrap();
+        let sp = snap
+            .service_port(SocketAddr::from(([10, 1, 0, 2], 80)))
+            .unwrap();
+        let wp = snap
+            .workload_by_uid("demo/wp")
+            .expect("the waypoint's workload");
+        let me = locality_of(wp);
+        let counts = |subset: Option<&str>, out: &[u8]| {
+            let mut n = std::collections::BTreeMap::<String, u32>::new();
+            let to = Upstream {
+                service: ServiceRef::new("demo", "near"),
+                subset: subset.map(Arc::from),
+                port: 80,
+                hash: None,
+            };
+            let host = |a: SocketAddr| Host {
+                load: 0,
+                ejected: matches!(a.ip(), IpAddr::V4(ip) if out.contains(&ip.octets()[3])),
+            };
+            for i in 0..1000 {
+                let p = pick_endpoint(snap.destination_rules(), sp, &to, i, me, &host).unwrap();
+                let w = snap.workload_by_uid(&p.endpoint.uid).unwrap();
+                *n.entry(w.name.to_string()).or_default() += 1;
+            }
+            n
+        };
+        let only = |name: &str| std::collections::BTreeMap::from([(name.to_string(), 1000)]);
+        // All healthy: the waypoint's own zone takes everything.
+        assert_eq!(counts(None, &[]), only("l1"));
+        // l1 out: its region's other zone; then the failover region.
+        assert_eq!(counts(None, &[1]), only("l2"));
+        assert_eq!(counts(None, &[1, 2]), only("l3"));
+        // Turned off: round robin over all three.
+        let off = counts(Some("none"), &[]);
+        assert_eq!(off.values().copied().collect::<Vec<_>>(), [334, 333, 333]);
+        // Distribute: 80 % to the waypoint's zone, 20 % to us-west (l2 matches neither).
+        let split = counts(Some("split"), &[]);
+        let (l1, l3) = (split["l1"], split["l3"]);
+        assert!(!split.contains_key("l2"), "{split:?}");
+        assert!((740..=860).contains(&l1) && l1 + l3 == 1000, "{split:?}");
+        // A locality with nothing healthy takes nothing: us-west gets all.
+        assert_eq!(counts(Some("split"), &[1]), only("l3"));
     }
 
     #[test]
@@ -435,7 +660,15 @@ destinationRules:
             port: 80,
             hash: None,
         };
-        let p = pick_endpoint(snap.destination_rules(), sp, &to, 0, &r1_out).unwrap();
+        let p = pick_endpoint(
+            snap.destination_rules(),
+            sp,
+            &to,
+            0,
+            Locality::default(),
+            &r1_out,
+        )
+        .unwrap();
         assert_eq!((p.pool, p.ejected), (2, 1));
         assert_eq!(p.outlier.map(|o| o.consecutive_5xx), Some(2));
         // Everyone ejected: no healthy upstream (Istio's default panic threshold, 0).

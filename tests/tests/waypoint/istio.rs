@@ -443,6 +443,58 @@ destinationRules:
 }
 
 #[test]
+fn locality_failover_prefers_the_waypoints_zone() -> Result<()> {
+    let x = 182;
+    let routes = "  []
+virtualServices:
+  - name: echo
+    namespace: demo
+    hosts: [echo.demo.svc.cluster.local]
+    http:
+      - route: [{destination: {host: echo-all, port: {number: 80}}}]
+destinationRules:
+  - name: echo-all
+    namespace: demo
+    host: echo-all
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+      outlierDetection: {consecutive5xxErrors: 1, baseEjectionTime: 30s}
+";
+    // The waypoint and v1 in us-east/a, v2 in us-west/a.
+    let east = "locality: {region: us-east, zone: a}, ";
+    let config = mesh_config(x, routes)
+        .replace("{name: waypoint, ", &format!("{{name: waypoint, {east}"))
+        .replace("{name: v1, ", &format!("{{name: v1, {east}"))
+        .replace(
+            "{name: v2, ",
+            "{name: v2, locality: {region: us-west, zone: a}, ",
+        );
+    let m = Mesh::start_config(x, &config, &[], &[])?;
+    let mut c = m.client()?;
+    // Round robin, but over the waypoint's zone only: v1 takes everything.
+    for i in 0..20 {
+        let r = c.request("GET", &format!("/near/{i}"), &[], b"")?;
+        ensure!(
+            r.status == 200 && r.body.starts_with("v1 "),
+            "{r:?}\n{}",
+            m.context()
+        );
+    }
+    // v1 fails once and is ejected: the traffic fails over to the other region.
+    let r = c.request("GET", "/fail-on/v1/x", &[], b"")?;
+    ensure!(r.status == 503, "{r:?}");
+    for i in 0..10 {
+        let r = c.request("GET", &format!("/far/{i}"), &[], b"")?;
+        ensure!(
+            r.status == 200 && r.body.starts_with("v2 "),
+            "{r:?}\n{}",
+            m.context()
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn a_waypoint_in_a_cluster_takes_its_mesh_from_istiod() -> Result<()> {
     use control::pb::workload as pw;
     let x = 185;
