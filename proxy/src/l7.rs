@@ -75,6 +75,9 @@ pub struct WaypointOptions {
     pub conn_limits: waypoint::serve::ConnLimits,
     /// How often fetched JWKS are fetched again.
     pub jwks_refresh: Duration,
+    /// `--gateway`: the waypoint's Gateway, `NAME` or `NAMESPACE/NAME`; `None`: from the
+    /// workload (see [`gateway_of`]).
+    pub gateway: Option<String>,
 }
 
 /// The certificate authority that signs the waypoint's certificate: the same two a node
@@ -85,6 +88,33 @@ pub enum CaSource {
     Dir(PathBuf),
     /// The Istio CA (istiod), as a dedicated proxy: its own token names its identity.
     Istio(Box<crate::node::cluster::ClusterSettings>),
+}
+
+/// The waypoint's Gateway: `--gateway` (`NAME` in the workload's namespace, or
+/// `NAMESPACE/NAME`), else the workload's `gateway.networking.k8s.io/gateway-name` label,
+/// else its canonical name, else its name.
+fn gateway_of(flag: Option<&str>, me: &config::snapshot::Workload) -> Result<ServiceRef> {
+    if let Some(g) = flag {
+        let (ns, name) = g.split_once('/').unwrap_or((&me.namespace, g));
+        let dns_label = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        if !dns_label(ns) || !dns_label(name) {
+            anyhow::bail!(
+                "--gateway {g:?}: give NAME or NAMESPACE/NAME, lower-case Kubernetes names"
+            );
+        }
+        return Ok(ServiceRef::new(ns, name));
+    }
+    let name = me
+        .label("gateway.networking.k8s.io/gateway-name")
+        .filter(|n| !n.is_empty())
+        .or_else(|| Some(&*me.meta.canonical_name).filter(|n| !n.is_empty()))
+        .unwrap_or(&me.name);
+    Ok(ServiceRef::new(&me.namespace, name))
 }
 
 /// What the control thread sends the cores.
@@ -240,6 +270,8 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
         )
     })?;
     let identity = me.identity.clone();
+    let gateway = gateway_of(opts.gateway.as_deref(), &me)?;
+    tracing::debug!(%gateway, "the waypoint's Gateway, for policies that target it");
 
     // The Istio CA, istiod's xDS and the JWKS servers are called from a control thread of
     // its own (tokio), never from a core.
@@ -337,6 +369,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
                 stats.clone(),
                 init_tracing.clone(),
                 conn_limits,
+                Some(gateway.clone()),
             );
             Ok(worker_main(worker, listener, core, wp))
         },
@@ -663,5 +696,33 @@ fn write_hist<const N: usize>(
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_comes_from_the_flag_or_the_workload() {
+        let snap = config::parse(
+            r#"
+workloads:
+  - {name: wp-7f9c, namespace: demo, workloadIps: ["10.0.0.1"], labels: {gateway.networking.k8s.io/gateway-name: edge}}
+  - {name: wp-1a2b, namespace: demo, workloadIps: ["10.0.0.2"], canonicalName: waypoint}
+  - {name: plain, namespace: prod, workloadIps: ["10.0.0.3"]}
+"#,
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        let w = |uid: &str| snap.workload_by_uid(uid).unwrap().clone();
+        let g = |flag: Option<&str>, uid: &str| gateway_of(flag, &w(uid)).map(|g| g.to_string());
+        assert_eq!(g(None, "demo/wp-7f9c").unwrap(), "demo/edge");
+        assert_eq!(g(None, "demo/wp-1a2b").unwrap(), "demo/waypoint");
+        assert_eq!(g(None, "prod/plain").unwrap(), "prod/plain");
+        assert_eq!(g(Some("east"), "prod/plain").unwrap(), "prod/east");
+        assert_eq!(g(Some("ops/east"), "prod/plain").unwrap(), "ops/east");
+        let e = g(Some("Bad Name"), "prod/plain").unwrap_err().to_string();
+        assert!(e.contains("--gateway"), "{e}");
     }
 }

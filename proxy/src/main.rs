@@ -133,6 +133,13 @@ struct WaypointArgs {
     /// against the system's roots, or the PEM file SSL_CERT_FILE names.
     #[arg(long, default_value = "20m", value_parser = parse_duration)]
     jwks_refresh: Duration,
+    /// The waypoint's Gateway (NAME, or NAMESPACE/NAME): AuthorizationPolicies and
+    /// RequestAuthentications whose targetRefs name it (kind Gateway) apply to every
+    /// request. Default: the workload's `gateway.networking.k8s.io/gateway-name` label, else
+    /// its canonical name (Istio names a waypoint's pods after their Gateway), in its
+    /// namespace.
+    #[arg(long)]
+    gateway: Option<String>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -716,6 +723,7 @@ fn run_waypoint(args: WaypointArgs) -> anyhow::Result<()> {
         runtime: args.runtime.config(),
         drain_timeout: args.runtime.drain(),
         jwks_refresh: nonzero("--jwks-refresh", args.jwks_refresh)?,
+        gateway: args.gateway,
         conn_limits: waypoint::serve::ConnLimits {
             head_timeout: nonzero("--request-head-timeout", args.request_head_timeout)?,
             idle_timeout: nonzero("--idle-timeout", args.idle_timeout)?,

@@ -1,6 +1,6 @@
 //! L7 security: Istio's `RequestAuthentication` (JWT) and `AuthorizationPolicy` with its L7
-//! fields, attached to Services by `targetRefs` as ambient mode attaches them to a waypoint's
-//! Services.
+//! fields, attached by `targetRefs` as ambient mode attaches them: to a Service the waypoint
+//! serves, or to the waypoint's own `Gateway` (every request through it).
 //!
 //! Per request, before any routing (Envoy's filter order: jwt_authn, then RBAC):
 //! 1. A token (the `Authorization: Bearer` header, or a rule's `fromHeaders`) is checked
@@ -11,6 +11,10 @@
 //!    request just has no request principal.
 //! 2. DENY policies: any matching rule refuses with 403 `RBAC: access denied`.
 //! 3. ALLOW policies: when a Service has any, one rule must match, else 403.
+//!
+//! Policies on the waypoint's Gateway are checked first, then the Service's, each level on
+//! its own (as istiod builds a waypoint's two RBAC filters): a request passes when neither
+//! level denies it. JWT rules of both levels verify tokens together.
 //!
 //! Matching follows Istio's semantics: within a rule, `from`, `to` and `when` must all hold;
 //! each of them holds when any of its entries does; within an entry every field given must
@@ -168,10 +172,12 @@ struct ServiceSecurity {
     allow: Vec<Arc<Policy>>,
 }
 
-/// Every L7 policy and JWT rule, by target Service.
+/// Every L7 policy and JWT rule, by target: a Service, or a waypoint's Gateway.
 #[derive(Debug, Default)]
 pub struct SecurityTable {
     by_service: HashMap<ServiceRef, ServiceSecurity>,
+    /// By the Gateway's namespace and name.
+    by_gateway: HashMap<ServiceRef, ServiceSecurity>,
     policies: usize,
     authentications: usize,
 }
@@ -233,7 +239,7 @@ impl SecurityTable {
                 rules,
             });
             for t in targets(&p.target_refs, &p.namespace, &base)? {
-                let s = table.by_service.entry(t).or_default();
+                let s = table.level(t);
                 match action {
                     Action::Allow => s.allow.push(policy.clone()),
                     Action::Deny => s.deny.push(policy.clone()),
@@ -266,12 +272,12 @@ impl SecurityTable {
                 )?));
             }
             for t in targets(&a.target_refs, &a.namespace, &base)? {
-                let s = table.by_service.entry(t).or_default();
+                let s = table.level(t);
                 for r in &rules {
                     if s.jwt.iter().any(|x| x.issuer == r.issuer) {
                         return Err(err(
                             format!("{base}.jwtRules"),
-                            format!("issuer {:?} already has a rule for this Service", r.issuer),
+                            format!("issuer {:?} already has a rule for this target", r.issuer),
                         ));
                     }
                     s.jwt.push(r.clone());
@@ -282,77 +288,113 @@ impl SecurityTable {
         Ok(table)
     }
 
+    fn level(&mut self, t: Target) -> &mut ServiceSecurity {
+        match t {
+            Target::Service(s) => self.by_service.entry(s).or_default(),
+            Target::Gateway(g) => self.by_gateway.entry(g).or_default(),
+        }
+    }
+
     /// Policies and authentications compiled.
     pub fn counts(&self) -> (usize, usize) {
         (self.policies, self.authentications)
     }
 
-    /// Authenticates and authorizes a request to `service`:`port` from `peer`. On success
-    /// the request's headers are edited as the JWT rule says (claims to headers, the token
-    /// removed unless forwarded).
+    /// Authenticates and authorizes a request to `service`:`port` from `peer`, through the
+    /// waypoint whose Gateway is `gateway`. On success the request's headers are edited as
+    /// the JWT rule says (claims to headers, the token removed unless forwarded).
     pub fn check(
         &self,
         service: &ServiceRef,
+        gateway: Option<&ServiceRef>,
         port: u16,
         peer: &Peer,
         parts: &mut Parts,
     ) -> Result<(), Refusal> {
-        let Some(s) = self.by_service.get(service) else {
+        let g = gateway.and_then(|g| self.by_gateway.get(g));
+        let s = self.by_service.get(service);
+        if g.is_none() && s.is_none() {
             return Ok(());
+        }
+        let auth = match (g, s) {
+            (Some(g), Some(s)) if !g.jwt.is_empty() && !s.jwt.is_empty() => {
+                let both: Vec<Arc<JwtRule>> = g.jwt.iter().chain(&s.jwt).cloned().collect();
+                authenticate(&both, parts)?
+            }
+            (Some(g), _) if !g.jwt.is_empty() => authenticate(&g.jwt, parts)?,
+            (_, Some(s)) => authenticate(&s.jwt, parts)?,
+            _ => None,
         };
-        let auth = authenticate(&s.jwt, parts)?;
         let req = RequestView {
             parts,
             peer,
             port,
             auth: auth.as_ref(),
         };
-        for p in &s.deny {
-            if p.rules.iter().any(|r| req.matches(r)) {
-                return Err(Refusal::Denied(p.key.clone()));
+        for level in [g, s].into_iter().flatten() {
+            for p in &level.deny {
+                if p.rules.iter().any(|r| req.matches(r)) {
+                    return Err(Refusal::Denied(p.key.clone()));
+                }
             }
-        }
-        if !s.allow.is_empty()
-            && !s
-                .allow
-                .iter()
-                .any(|p| p.rules.iter().any(|r| req.matches(r)))
-        {
-            return Err(Refusal::Denied(s.allow[0].key.clone()));
+            if !level.allow.is_empty()
+                && !level
+                    .allow
+                    .iter()
+                    .any(|p| p.rules.iter().any(|r| req.matches(r)))
+            {
+                return Err(Refusal::Denied(level.allow[0].key.clone()));
+            }
         }
         Ok(())
     }
 }
 
-fn targets(refs: &[TargetRefSpec], ns: &str, base: &str) -> Result<Vec<ServiceRef>, RouteError> {
+/// What a `targetRef` attaches a policy to.
+enum Target {
+    Service(ServiceRef),
+    /// A waypoint's Gateway (Gateway API), by namespace and name.
+    Gateway(ServiceRef),
+}
+
+fn targets(refs: &[TargetRefSpec], ns: &str, base: &str) -> Result<Vec<Target>, RouteError> {
     if refs.is_empty() {
         return Err(err(
             format!("{base}.targetRefs"),
-            "at least one target Service is required (a waypoint enforces policies on the Services it serves)",
+            "at least one target is required: a Service, or the waypoint's Gateway (a waypoint enforces policies on the traffic it serves)",
         ));
     }
     let mut out = Vec::new();
     for (i, t) in refs.iter().enumerate() {
         let at = format!("{base}.targetRefs[{i}]");
+        let group = t.group.as_deref().unwrap_or("");
+        let name = ServiceRef::new(t.namespace.as_deref().unwrap_or(ns), &t.name);
         match t.kind.as_deref() {
-            None | Some("Service") => {}
+            None | Some("Service") => {
+                if !matches!(group, "" | "core") {
+                    return Err(err(
+                        format!("{at}.group"),
+                        "a Service's group is \"\" (core)",
+                    ));
+                }
+                out.push(Target::Service(name));
+            }
+            Some("Gateway") => {
+                if group != "gateway.networking.k8s.io" {
+                    return Err(err(
+                        format!("{at}.group"),
+                        "a Gateway's group is gateway.networking.k8s.io",
+                    ));
+                }
+                out.push(Target::Gateway(name));
+            }
             Some(k) => {
                 return Err(err(
                     format!("{at}.kind"),
-                    format!("{k:?}: only Service is supported"),
+                    format!("{k:?}: a waypoint's policies target a Service or its Gateway"),
                 ));
             }
         }
-        if !matches!(t.group.as_deref(), None | Some("") | Some("core")) {
-            return Err(err(
-                format!("{at}.group"),
-                "a Service's group is \"\" (core)",
-            ));
-        }
-        out.push(ServiceRef::new(
-            t.namespace.as_deref().unwrap_or(ns),
-            &t.name,
-        ));
     }
     Ok(out)
 }

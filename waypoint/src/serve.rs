@@ -179,6 +179,9 @@ pub struct Waypoint<U: Upstreams> {
     retries_in_flight: Rc<Cell<u32>>,
     tracing: Option<Arc<Tracing>>,
     limits: ConnLimits,
+    /// The waypoint's own Gateway (namespace and name): policies that target it apply to
+    /// every request.
+    gateway: Option<ServiceRef>,
     pub stats: Rc<Stats>,
 }
 
@@ -190,6 +193,7 @@ impl<U: Upstreams> Waypoint<U> {
         stats: Rc<Stats>,
         tracing: Option<Arc<Tracing>>,
         limits: ConnLimits,
+        gateway: Option<ServiceRef>,
     ) -> Rc<Waypoint<U>> {
         Rc::new(Waypoint {
             table: RefCell::new(table),
@@ -205,6 +209,7 @@ impl<U: Upstreams> Waypoint<U> {
             retries_in_flight: Rc::new(Cell::new(0)),
             tracing,
             limits,
+            gateway,
             stats,
         })
     }
@@ -342,8 +347,13 @@ impl<U: Upstreams> Waypoint<U> {
         }
         // Deny before routing: authentication, then authorization.
         let security = self.security.borrow().clone();
-        if let Err(refusal) = security.check(&target.service, target.port, &target.peer, &mut parts)
-        {
+        if let Err(refusal) = security.check(
+            &target.service,
+            self.gateway.as_ref(),
+            target.port,
+            &target.peer,
+            &mut parts,
+        ) {
             let (outcome, resp) = match refusal {
                 Refusal::Unauthenticated(why) => {
                     let mut resp = local(StatusCode::UNAUTHORIZED, why);

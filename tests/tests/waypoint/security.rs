@@ -56,6 +56,11 @@ requestAuthentications:
         jwksFile: {jwks}
         outputClaimToHeaders: [{{header: x-jwt-sub, claim: sub}}]
 authorizationPolicies:
+  - name: waypoint-no-trace
+    namespace: demo
+    targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+    action: DENY
+    rules: [{{to: [{{operation: {{methods: [TRACE]}}}}]}}]
   - name: deny-admin
     namespace: demo
     targetRefs: [{{name: echo}}]
@@ -173,6 +178,14 @@ authorizationPolicies:
             "{what}: {r:?}"
         );
     }
+    // The waypoint's own Gateway (its workload's name, by default) denies TRACE for
+    // every Service it serves.
+    let r = c.request("TRACE", "/public", &[], b"")?;
+    ensure!(
+        r.status == 403 && r.body.contains("RBAC: access denied"),
+        "{r:?}\n{}",
+        m.context()
+    );
     // A bad token is refused on any path, not only where a policy asks for one.
     let r = c.request(
         "GET",

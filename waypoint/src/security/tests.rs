@@ -100,12 +100,12 @@ fn client() -> Peer {
 
 /// `t.check` for Service `demo/web`, port 80, from [`client`].
 fn check(t: &SecurityTable, p: &mut Parts) -> Result<(), Refusal> {
-    t.check(&web(), 80, &client(), p)
+    t.check(&web(), None, 80, &client(), p)
 }
 
 /// Whether the single-rule ALLOW table `t` lets `p` through from `peer` on `port`.
 fn allows(t: &SecurityTable, port: u16, peer: &Peer, mut p: Parts) -> bool {
-    match t.check(&web(), port, peer, &mut p) {
+    match t.check(&web(), None, port, peer, &mut p) {
         Ok(()) => true,
         Err(Refusal::Denied(k)) => {
             assert_eq!(&*k, "demo/p");
@@ -288,6 +288,7 @@ fn no_policies_allow_everything() {
     assert_eq!(
         t.check(
             &web(),
+            None,
             8080,
             &Peer::default(),
             &mut parts("DELETE", "/x", &[])
@@ -385,7 +386,13 @@ fn allow_with_no_rules_allows_nothing() {
     );
     assert_eq!(check(&t, &mut get("/")), denied("demo/p"));
     assert_eq!(
-        t.check(&web(), 1, &Peer::default(), &mut parts("POST", "/x", &[])),
+        t.check(
+            &web(),
+            None,
+            1,
+            &Peer::default(),
+            &mut parts("POST", "/x", &[])
+        ),
         denied("demo/p")
     );
 }
@@ -395,7 +402,13 @@ fn allow_with_an_empty_rule_allows_all() {
     let t = authz(&policy_yaml("ALLOW", "[{}]"));
     assert_eq!(check(&t, &mut get("/")), Ok(()));
     assert_eq!(
-        t.check(&web(), 1, &Peer::default(), &mut parts("POST", "/x", &[])),
+        t.check(
+            &web(),
+            None,
+            1,
+            &Peer::default(),
+            &mut parts("POST", "/x", &[])
+        ),
         Ok(())
     );
 }
@@ -421,7 +434,7 @@ fn policies_apply_only_to_their_target_services() {
         ServiceRef::new("prod", "web"),
     ] {
         assert_eq!(
-            t.check(&other, 80, &client(), &mut get("/")),
+            t.check(&other, None, 80, &client(), &mut get("/")),
             Ok(()),
             "{other}"
         );
@@ -442,8 +455,15 @@ fn target_refs_namespace_defaults_to_the_policys() {
   rules: [{}]
 "#,
     );
-    let deny =
-        |ns: &str, name: &str| t.check(&ServiceRef::new(ns, name), 80, &client(), &mut get("/"));
+    let deny = |ns: &str, name: &str| {
+        t.check(
+            &ServiceRef::new(ns, name),
+            None,
+            80,
+            &client(),
+            &mut get("/"),
+        )
+    };
     assert_eq!(deny("demo", "web"), denied("demo/p"));
     assert_eq!(deny("prod", "api"), denied("demo/p"));
     assert_eq!(deny("demo", "db"), denied("demo/p"));
@@ -684,7 +704,7 @@ fn source_not_principals() {
     ));
     assert_eq!(check(&t, &mut get("/")), Ok(()));
     assert_eq!(
-        t.check(&web(), 80, &Peer::default(), &mut get("/")),
+        t.check(&web(), None, 80, &Peer::default(), &mut get("/")),
         denied("demo/p")
     );
 }
@@ -824,14 +844,14 @@ fn build_error_target_refs() {
         "
 - name: p
   namespace: demo
-  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]
 ",
     );
     assert_eq!(
         e.path, "authorizationPolicies[demo/p].targetRefs[0].kind",
         "{e}"
     );
-    assert!(e.message.contains("Gateway"), "{e}");
+    assert!(e.message.contains("a Service or its Gateway"), "{e}");
 
     let e = authz_err(
         "
@@ -998,7 +1018,13 @@ fn services_without_jwt_rules_do_not_look_at_tokens() {
     let t = jwt_table(jwt_rule(&s), "");
     let mut p = bearer("abc");
     assert_eq!(
-        t.check(&ServiceRef::new("demo", "other"), 80, &client(), &mut p),
+        t.check(
+            &ServiceRef::new("demo", "other"),
+            None,
+            80,
+            &client(),
+            &mut p
+        ),
         Ok(())
     );
     assert!(p.headers.get("authorization").is_some());
@@ -1886,7 +1912,7 @@ fn other_authentication_build_errors() {
     let mut a = authn(jwt_rule(&s));
     a.target_refs[0].kind = Some("Gateway".into());
     let e = build(&[], &[a]).unwrap_err();
-    assert_eq!(e.path, format!("{BASE}.targetRefs[0].kind"), "{e}");
+    assert_eq!(e.path, format!("{BASE}.targetRefs[0].group"), "{e}");
 
     let e = build(&[], &[authn(jwt_rule(&s)), authn(jwt_rule(&s))]).unwrap_err();
     assert_eq!(e.path, BASE, "{e}");
@@ -1951,4 +1977,76 @@ fn request_principal_presence_needs_a_subject() {
     );
     let c = json!({ "iss": ISS, "exp": now() + 600 });
     assert_eq!(check(&t, &mut bearer(&s.sign(&c))), denied("demo/p"));
+}
+
+#[test]
+fn gateway_policies_apply_to_every_service_and_both_levels_must_allow() {
+    let t = authz(
+        "
+- name: gw-allow
+  namespace: demo
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  rules: [{to: [{operation: {methods: [GET, POST]}}]}]
+- name: gw-deny
+  namespace: demo
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin*]}}]}]
+- name: web-allow
+  namespace: demo
+  targetRefs: [{name: web}]
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+",
+    );
+    let gw = ServiceRef::new("demo", "waypoint");
+    let other = ServiceRef::new("demo", "other");
+    let run = |svc: &ServiceRef, gateway: Option<&ServiceRef>, method: &str, path: &str| {
+        t.check(
+            svc,
+            gateway,
+            80,
+            &client(),
+            &mut parts(method, path, &[("host", HOST)]),
+        )
+    };
+    // Through this Gateway: its policies hold for a Service with none of its own...
+    assert_eq!(run(&other, Some(&gw), "POST", "/x"), Ok(()));
+    assert_eq!(run(&other, Some(&gw), "PUT", "/x"), denied("demo/gw-allow"));
+    assert_eq!(
+        run(&other, Some(&gw), "GET", "/admin/x"),
+        denied("demo/gw-deny")
+    );
+    // ...and with the Service's: both levels must allow (POST passes the Gateway's, not
+    // web's).
+    assert_eq!(run(&web(), Some(&gw), "GET", "/x"), Ok(()));
+    assert_eq!(
+        run(&web(), Some(&gw), "POST", "/x"),
+        denied("demo/web-allow")
+    );
+    // Another waypoint's Gateway, or none: the Gateway's policies do not apply.
+    let elsewhere = ServiceRef::new("prod", "waypoint");
+    assert_eq!(run(&other, Some(&elsewhere), "PUT", "/admin"), Ok(()));
+    assert_eq!(run(&other, None, "PUT", "/admin"), Ok(()));
+}
+
+#[test]
+fn targets_are_a_service_or_a_gateway() {
+    let bad = |refs: &str| {
+        authz_err(&format!(
+            "[{{name: p, namespace: demo, targetRefs: [{refs}], rules: [{{}}]}}]"
+        ))
+        .path
+    };
+    assert_eq!(
+        bad("{kind: Gateway, name: waypoint}"),
+        "authorizationPolicies[demo/p].targetRefs[0].group"
+    );
+    assert_eq!(
+        bad("{kind: ServiceEntry, group: networking.istio.io, name: x}"),
+        "authorizationPolicies[demo/p].targetRefs[0].kind"
+    );
+    assert_eq!(
+        bad("{kind: Service, group: apps, name: web}"),
+        "authorizationPolicies[demo/p].targetRefs[0].group"
+    );
 }

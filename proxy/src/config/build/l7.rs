@@ -50,6 +50,10 @@ pub(super) fn build_security(
         }));
     for (list, ns, name, targets) in refs {
         for (i, t) in targets.iter().enumerate() {
+            // A Gateway is the waypoint's own, not a Service of the file.
+            if t.kind.as_deref() == Some("Gateway") {
+                continue;
+            }
             let tns = t.namespace.as_deref().unwrap_or(ns);
             if !known.contains(&(tns, t.name.as_str())) {
                 return Err(invalid(
