@@ -69,52 +69,7 @@ pub async fn get(
 }
 
 async fn exchange(uri: &Uri, roots: &RootCa, limit: usize) -> Result<Vec<u8>, String> {
-    let https = uri.scheme_str() == Some("https");
-    let host = uri.host().unwrap_or_default();
-    // `[::1]` in a URL is `::1` to the resolver and to the certificate check.
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let tcp = TcpStream::connect((bare, port))
-        .await
-        .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let authority = match uri.port_u16() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.to_string(),
-    };
-    let req = Request::get(path)
-        .header(http::header::HOST, authority)
-        .header(http::header::ACCEPT, "application/json")
-        .header(http::header::USER_AGENT, "ringmesh")
-        .body(Empty::<bytes::Bytes>::new())
-        .map_err(|e| format!("building the request: {e}"))?;
-    if https {
-        let config = tls_config(roots)?;
-        let name = ServerName::try_from(bare.to_string())
-            .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS with {host}: {e}"))?;
-        send(TokioIo::new(tls), req, limit).await
-    } else {
-        send(TokioIo::new(tcp), req, limit).await
-    }
-}
-
-async fn send<T>(io: T, req: Request<Empty<bytes::Bytes>>, limit: usize) -> Result<Vec<u8>, String>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("HTTP/1.1: {e}"))?;
-    let conn = tokio::spawn(conn);
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("HTTP/1.1: {e}"))?;
+    let (resp, conn) = open(uri, roots, &[]).await?;
     let status = resp.status();
     if status != StatusCode::OK {
         conn.abort();
@@ -132,6 +87,86 @@ where
         })?;
     conn.abort();
     Ok(body.to_bytes().to_vec())
+}
+
+/// A GET of `uri` with extra `headers`, up to the response head: the response (its body
+/// still to read) and the connection's task, which the caller aborts when done. HTTPS
+/// servers are verified against `roots`. No deadline of its own: callers bound it.
+pub(crate) async fn open(
+    uri: &Uri,
+    roots: &RootCa,
+    headers: &[(http::HeaderName, String)],
+) -> Result<
+    (
+        http::Response<hyper::body::Incoming>,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+> {
+    let https = uri.scheme_str() == Some("https");
+    let host = uri.host().unwrap_or_default();
+    // `[::1]` in a URL is `::1` to the resolver and to the certificate check.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = TcpStream::connect((bare, port))
+        .await
+        .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = match uri.port_u16() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let mut req = Request::get(path)
+        .header(http::header::HOST, authority)
+        .header(http::header::ACCEPT, "application/json")
+        .header(http::header::USER_AGENT, "ringmesh");
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let req = req
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| format!("building the request: {e}"))?;
+    if https {
+        let config = tls_config(roots)?;
+        let name = ServerName::try_from(bare.to_string())
+            .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {host}: {e}"))?;
+        send(TokioIo::new(tls), req).await
+    } else {
+        send(TokioIo::new(tcp), req).await
+    }
+}
+
+async fn send<T>(
+    io: T,
+    req: Request<Empty<bytes::Bytes>>,
+) -> Result<
+    (
+        http::Response<hyper::body::Incoming>,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP/1.1: {e}"))?;
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    match sender.send_request(req).await {
+        Ok(resp) => Ok((resp, conn)),
+        Err(e) => {
+            conn.abort();
+            Err(format!("HTTP/1.1: {e}"))
+        }
+    }
 }
 
 /// TLS 1.2 or 1.3 (public JWKS endpoints still offer 1.2), ALPN `http/1.1`, no client

@@ -13,6 +13,8 @@
 //!   chain it returns.
 //! - [`fetch`]: one-shot HTTP(S) GETs (a waypoint's remote JWKS and OpenID discovery, which
 //!   istiod fetches for an Envoy waypoint), bounded in time and size.
+//! - [`kube`]: list and watch of Kubernetes objects (a waypoint's L7 config from the
+//!   cluster), bounded in time and size, with relists and backoff.
 //! - [`zds`]: the in-pod protocol with istio-cni's node agent (pods and their network
 //!   namespaces handed over a Unix socket), on its own OS thread.
 //!
@@ -32,6 +34,7 @@ pub mod ca;
 pub mod error;
 pub mod fetch;
 pub mod grpc;
+pub mod kube;
 pub mod pb;
 pub mod runtime;
 pub mod xds;

@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use waypoint::route::ServiceRef;
 
 mod jwks;
+pub mod kube;
 mod upstreams;
 
 use upstreams::{MeshUpstreams, Ups};
@@ -56,7 +57,12 @@ use crate::identity::manager::{CertSet, IdentityManager, ManagerOptions, Signer}
 /// Everything `ringmesh waypoint` takes.
 #[derive(Debug, Clone)]
 pub struct WaypointOptions {
-    pub config: PathBuf,
+    /// The mesh config file: the mesh and the waypoint's kinds; only the waypoint's kinds
+    /// when the mesh comes from istiod; only the mesh when the kinds come from Kubernetes.
+    /// `None` only with both istiod and Kubernetes.
+    pub config: Option<PathBuf>,
+    /// Where to read the waypoint's kinds from the cluster, instead of the file.
+    pub kube: Option<control::kube::KubeApi>,
     /// Where the waypoint's certificate comes from.
     pub ca: CaSource,
     /// The waypoint's own workload: its uid (`namespace/name` by default).
@@ -209,14 +215,64 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
         jwks: jwks.clone(),
         l7_only: from_istiod.is_some(),
     };
-    let l7 = Arc::new(config::load_file(&opts.config, &load).map_err(|e| anyhow!("{e}"))?);
+    let file = match &opts.config {
+        Some(path) => Some(Arc::new(
+            config::load_file(path, &load).map_err(|e| anyhow!("{e}"))?,
+        )),
+        None => None,
+    };
     let broadcaster: Arc<Mutex<Option<Broadcaster<Msg>>>> = Arc::new(Mutex::new(None));
-    // The mesh snapshot in force (for /metrics' labels), and the first one istiod sends.
-    let current = Arc::new(Mutex::new(l7.clone()));
     let control_rt = crate::node::control_plane::runtime()?;
+    // The waypoint's kinds: from the file, or from Kubernetes (then the file, if any, holds
+    // only the mesh).
+    let latest_l7: Arc<Mutex<Option<Arc<Snapshot>>>> = Arc::default();
+    let mut _kube = None;
+    let l7 = match (&opts.kube, &file) {
+        (None, Some(f)) => f.clone(),
+        (None, None) => anyhow::bail!(
+            "--config is needed: the waypoint's routes and policies come from it (or from Kubernetes, --kube)"
+        ),
+        (Some(_), Some(_)) if from_istiod.is_some() => anyhow::bail!(
+            "--config and --kube both give the waypoint's routes and policies, and istiod the mesh: leave out --config"
+        ),
+        (Some(api), f) => {
+            if let Some(f) = f
+                && (!f.routes().is_empty()
+                    || f.security().counts() != (0, 0)
+                    || !f.destination_rules().is_empty())
+            {
+                anyhow::bail!(
+                    "{}: holds routes, DestinationRules or L7 policies, but with --kube they come from Kubernetes: remove them from the file",
+                    opts.config
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display()
+                );
+            }
+            anyhow::ensure!(
+                f.is_some() || from_istiod.is_some(),
+                "--config is needed for the mesh (workloads and Services), unless istiod gives it (--xds-address)"
+            );
+            let (b, latest) = (broadcaster.clone(), latest_l7.clone());
+            let apply = move |snap: Arc<Snapshot>| {
+                // Under the broadcaster's lock: the cores get the newest, never an older
+                // one after it.
+                let b = b.lock().unwrap_or_else(|p| p.into_inner());
+                *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(snap.clone());
+                if let Some(b) = b.as_ref() {
+                    b.send(Msg::L7(snap));
+                }
+            };
+            let (first, rebuilder) = kube::sync(&control_rt, api, &jwks, apply)?;
+            _kube = Some(rebuilder);
+            first
+        }
+    };
+    // The mesh snapshot in force (for /metrics' labels), and the first one istiod sends.
+    let current = Arc::new(Mutex::new(file.clone().unwrap_or_else(|| l7.clone())));
     let mut _control_plane = None;
     let snapshot = match &from_istiod {
-        None => l7.clone(),
+        None => file.clone().unwrap_or_else(|| l7.clone()),
         Some(settings) => {
             let first = Arc::new((Mutex::new(None::<Arc<Snapshot>>), std::sync::Condvar::new()));
             let (b, cur, f) = (broadcaster.clone(), current.clone(), first.clone());
@@ -260,7 +316,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
         anyhow!(
             "--workload {}: no workload with this uid in {} (a workload's uid defaults to namespace/name)",
             opts.workload,
-            opts.config.display()
+            opts.config.as_deref().unwrap_or(std::path::Path::new("the mesh")).display()
         )
     })?;
     let ip: IpAddr = *me.ips.first().ok_or_else(|| {
@@ -385,33 +441,42 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
             let latest = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
             rt.broadcast(Msg::Config(latest));
         }
+        // What Kubernetes changed while the cores were starting.
+        if let Some(l) = latest_l7.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            rt.broadcast(Msg::L7(l));
+        }
     }
 
-    let _watcher = if opts.watch_interval.is_zero() {
-        None
-    } else {
-        let b = rt.broadcaster();
-        let current = current.clone();
-        let shown = opts.config.clone();
-        let mesh_too = from_istiod.is_none();
-        Some(config::watch(
-            &opts.config,
-            WatchOptions {
-                load,
-                interval: opts.watch_interval,
-                current: Some(l7.content_hash()),
-            },
-            move |res| {
-                // A rejected file was logged by the watcher; the previous config serves on.
-                let Ok(snap) = res else { return };
-                tracing::info!(config = %shown.display(), routes = snap.routes().len(), "config applied");
-                if mesh_too {
-                    *current.lock().unwrap_or_else(|p| p.into_inner()) = snap.clone();
-                    b.send(Msg::Config(snap.clone()));
-                }
-                b.send(Msg::L7(snap));
-            },
-        )?)
+    let _watcher = match (&opts.config, &file) {
+        (Some(path), Some(file)) if !opts.watch_interval.is_zero() => {
+            let b = rt.broadcaster();
+            let current = current.clone();
+            let shown = path.clone();
+            let mesh_too = from_istiod.is_none();
+            let l7_too = opts.kube.is_none();
+            Some(config::watch(
+                path,
+                WatchOptions {
+                    load,
+                    interval: opts.watch_interval,
+                    current: Some(file.content_hash()),
+                },
+                move |res| {
+                    // A rejected file was logged by the watcher; the previous config serves
+                    // on.
+                    let Ok(snap) = res else { return };
+                    tracing::info!(config = %shown.display(), routes = snap.routes().len(), "config applied");
+                    if mesh_too {
+                        *current.lock().unwrap_or_else(|p| p.into_inner()) = snap.clone();
+                        b.send(Msg::Config(snap.clone()));
+                    }
+                    if l7_too {
+                        b.send(Msg::L7(snap));
+                    }
+                },
+            )?)
+        }
+        _ => None,
     };
     if let Some(addr) = opts.metrics {
         serve_metrics(addr, rt.broadcaster(), rt.workers().len(), current.clone())?;
@@ -422,6 +487,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
         listen = %listen,
         routes = l7.routes().len(),
         mesh = if from_istiod.is_some() { "istiod" } else { "file" },
+        l7 = if opts.kube.is_some() { "kubernetes" } else { "file" },
         workers = rt.workers().len(),
         "waypoint ready"
     );

@@ -61,9 +61,28 @@ enum Command {
 struct WaypointArgs {
     /// The mesh config file (the nodes' file; `httpRoutes` are read from it). Watched. With
     /// --xds-address it holds only the waypoint's kinds (httpRoutes, virtualServices,
-    /// destinationRules, authorizationPolicies, requestAuthentications).
+    /// destinationRules, authorizationPolicies, requestAuthentications); with --kube only
+    /// the mesh; with both, leave it out.
     #[arg(long, env = "LOCAL_XDS_PATH")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// Read the waypoint's kinds (HTTPRoutes, VirtualServices, DestinationRules,
+    /// AuthorizationPolicies, RequestAuthentications) from the Kubernetes API, listed and
+    /// watched in every namespace, instead of the file. In a pod: the API server from
+    /// KUBERNETES_SERVICE_HOST/PORT, the service account's token and CA. The waypoint
+    /// waits for the first list of each kind (up to 60 s) before it serves.
+    #[arg(long)]
+    kube: bool,
+    /// The Kubernetes API server (implies --kube), e.g. https://10.96.0.1:443.
+    #[arg(long)]
+    kube_api: Option<String>,
+    /// The bearer token file for the API server, read for every request (default: the
+    /// service account's, /var/run/secrets/kubernetes.io/serviceaccount/token).
+    #[arg(long)]
+    kube_token: Option<PathBuf>,
+    /// Roots that verify the API server: a PEM file, inline PEM, or SYSTEM (default: the
+    /// service account's ca.crt).
+    #[arg(long)]
+    kube_ca: Option<String>,
     /// istiod's workload xDS (e.g. https://istiod.istio-system.svc:15012): the waypoint then
     /// takes workloads and Services from istiod, as the nodes do, and its own workload is
     /// found there by --workload (istiod's uid, `<cluster>//Pod/<namespace>/<name>`).
@@ -685,7 +704,7 @@ fn run_waypoint(args: WaypointArgs) -> anyhow::Result<()> {
                 cluster_id: args.cluster_id.clone(),
                 proxy_mode: Some(ProxyMode::Dedicated),
                 secret_ttl: Some(args.cert_lifetime),
-                has_config_file: true,
+                has_config_file: args.config.is_some(),
                 has_ca_dir: false,
                 ..ClusterFlags::default()
             };
@@ -707,12 +726,21 @@ fn run_waypoint(args: WaypointArgs) -> anyhow::Result<()> {
             15020,
         )),
         None => Some(SocketAddr::new(
-            waypoint_ip(&args.config, &args.workload)?,
+            waypoint_ip(
+                args.config.as_deref().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--config is needed: without --xds-address the mesh comes from this file"
+                    )
+                })?,
+                &args.workload,
+            )?,
             15020,
         )),
     };
+    let kube = kube_api(&args)?;
     proxy::l7::run(proxy::l7::WaypointOptions {
         config: args.config,
+        kube,
         ca,
         workload: args.workload,
         hbone_port: args.hbone_port,
@@ -754,6 +782,46 @@ fn nonzero(flag: &str, d: Duration) -> anyhow::Result<Duration> {
 }
 
 /// The IP of workload `uid` in `config` (for the waypoint's default metrics address).
+/// Where the Kubernetes API is, for `--kube`: the flags, else the pod's environment and
+/// service account (the environment is read here, in `main`, as everywhere).
+fn kube_api(args: &WaypointArgs) -> anyhow::Result<Option<control::kube::KubeApi>> {
+    if !args.kube && args.kube_api.is_none() {
+        return Ok(None);
+    }
+    const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let base = match &args.kube_api {
+        Some(url) => url.clone(),
+        None => {
+            let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
+                anyhow::anyhow!(
+                    "--kube: KUBERNETES_SERVICE_HOST is not set (not in a pod?): give --kube-api"
+                )
+            })?;
+            let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+            // An IPv6 host goes in brackets.
+            if host.contains(':') {
+                format!("https://[{host}]:{port}")
+            } else {
+                format!("https://{host}:{port}")
+            }
+        }
+    };
+    let base = control::fetch::check_url(&base).map_err(|e| anyhow::anyhow!("--kube-api: {e}"))?;
+    let token = match &args.kube_token {
+        Some(t) => Some(t.clone()),
+        None if args.kube_api.is_none() => Some(PathBuf::from(format!("{SA}/token"))),
+        None => None,
+    };
+    let roots = match &args.kube_ca {
+        Some(v) => control::grpc::RootCa::parse(v),
+        None if args.kube_api.is_none() => {
+            control::grpc::RootCa::File(PathBuf::from(format!("{SA}/ca.crt")))
+        }
+        None => control::grpc::RootCa::System,
+    };
+    Ok(Some(control::kube::KubeApi { base, token, roots }))
+}
+
 fn waypoint_ip(config: &std::path::Path, uid: &str) -> anyhow::Result<std::net::IpAddr> {
     let load = proxy::config::LoadOptions::default();
     let snap = proxy::config::load_file(config, &load).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -9,6 +9,7 @@
 pub mod inpod;
 pub mod istioctl;
 pub mod istiod;
+pub mod kube;
 pub mod l7;
 mod prom;
 pub mod web;

@@ -35,28 +35,9 @@ impl WebServer {
 
     /// HTTPS on `addr`, with a certificate for its IP.
     pub fn https(addr: SocketAddr) -> Result<WebServer> {
-        let ca = CertificateAuthority::new_root(&CaOptions::new("web test root"))?;
-        let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress(addr.ip()));
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        let issuer = rcgen::Issuer::from_ca_cert_pem(
-            &ca.root_pem(),
-            rcgen::KeyPair::from_pem(ca.key_pem())?,
-        )?;
-        let cert = params.signed_by(&key, &issuer)?;
-        let chain = vec![cert.der().clone()];
-        let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
-            .map_err(|e| anyhow::anyhow!("key: {e}"))?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, key_der)?;
-        let mut s = WebServer::start(addr, Some(Arc::new(config)))?;
-        s.ca_pem = Some(ca.root_pem());
+        let (config, ca_pem) = tls_for(addr.ip())?;
+        let mut s = WebServer::start(addr, Some(config))?;
+        s.ca_pem = Some(ca_pem);
         Ok(s)
     }
 
@@ -170,4 +151,25 @@ fn exchange(
     s.write_all(resp.as_bytes())?;
     s.flush()?;
     Ok(())
+}
+
+/// A TLS server config with a certificate for `ip` from a new CA, and that CA as PEM.
+pub fn tls_for(ip: std::net::IpAddr) -> Result<(Arc<rustls::ServerConfig>, String)> {
+    let ca = CertificateAuthority::new_root(&CaOptions::new("web test root"))?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names.push(rcgen::SanType::IpAddress(ip));
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&ca.root_pem(), rcgen::KeyPair::from_pem(ca.key_pem())?)?;
+    let cert = params.signed_by(&key, &issuer)?;
+    let chain = vec![cert.der().clone()];
+    let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| anyhow::anyhow!("key: {e}"))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)?;
+    Ok((Arc::new(config), ca.root_pem()))
 }

@@ -3,7 +3,7 @@
 //! and tunnels to the chosen endpoint's node (node-2), which hands it to the backend. Every
 //! hop is a real process on real sockets.
 //!
-//! Address plan: 127.182/16 .. 127.199/16.
+//! Address plan: 127.181/16 .. 127.199/16.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -521,6 +521,8 @@ fn url_rewrites_and_redirects() -> Result<()> {
 // The rest, by feature (one test binary: each file here is a module of it).
 #[path = "waypoint/istio.rs"]
 mod istio;
+#[path = "waypoint/kube.rs"]
+mod kube;
 #[path = "waypoint/protocols.rs"]
 mod protocols;
 #[path = "waypoint/security.rs"]

@@ -1,0 +1,433 @@
+//! The waypoint's L7 config from the cluster: HTTPRoutes, VirtualServices,
+//! DestinationRules, AuthorizationPolicies and RequestAuthentications read from the
+//! Kubernetes API (list and watch, [`control::kube`]) instead of the `--config` file, in the
+//! same shapes the file takes.
+//!
+//! Owns: which objects are a waypoint's (the translation below), the document they make,
+//! and building it as the file is built (Kubernetes naming, as with istiod). An object the
+//! waypoint cannot apply (a field it refuses, a bad value) is left out by name and logged,
+//! and the rest apply: one team's mistake does not freeze every other team's routes. A
+//! rebuild follows each change, at most every [`DEBOUNCE`].
+//!
+//! Which objects apply, as istiod chooses them for a waypoint:
+//! - HTTPRoutes with a `parentRef` of kind `Service` (GAMMA); other parents (ingress
+//!   Gateways) are left aside, and a route with none is not a waypoint's;
+//! - VirtualServices without `gateways`, or whose `gateways` include `mesh`;
+//! - DestinationRules without a `workloadSelector` (those configure sidecars); `exportTo`
+//!   is dropped (the waypoint applies every rule it is given);
+//! - AuthorizationPolicies and RequestAuthentications with `targetRefs` (or the older
+//!   `targetRef`); those with a `selector` or no target are enforced by the node proxies
+//!   or sidecars, not by a waypoint.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use control::kube::{KubeApi, Objects, Resource, Store};
+use serde_json::{Map, Value};
+
+use crate::config::{self, ConfigError, LoadOptions, Snapshot};
+
+/// The kinds read, with the mesh config list each goes to.
+pub const KINDS: [(Resource, &str); 5] = [
+    (
+        Resource {
+            name: "httproutes.gateway.networking.k8s.io",
+            path: "/apis/gateway.networking.k8s.io/v1/httproutes",
+        },
+        "httpRoutes",
+    ),
+    (
+        Resource {
+            name: "virtualservices.networking.istio.io",
+            path: "/apis/networking.istio.io/v1/virtualservices",
+        },
+        "virtualServices",
+    ),
+    (
+        Resource {
+            name: "destinationrules.networking.istio.io",
+            path: "/apis/networking.istio.io/v1/destinationrules",
+        },
+        "destinationRules",
+    ),
+    (
+        Resource {
+            name: "authorizationpolicies.security.istio.io",
+            path: "/apis/security.istio.io/v1/authorizationpolicies",
+        },
+        "authorizationPolicies",
+    ),
+    (
+        Resource {
+            name: "requestauthentications.security.istio.io",
+            path: "/apis/security.istio.io/v1/requestauthentications",
+        },
+        "requestAuthentications",
+    ),
+];
+
+/// Changes that arrive together make one rebuild.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// How long the waypoint waits for the first list of every kind before it gives up: it
+/// must not serve without its policies.
+pub const FIRST_SYNC: Duration = Duration::from_secs(60);
+
+/// The reflectors' stores, one per kind in [`KINDS`]' order.
+pub struct Stores(pub Vec<Arc<Mutex<Store>>>);
+
+impl Stores {
+    fn new() -> Stores {
+        Stores(KINDS.iter().map(|_| Arc::default()).collect())
+    }
+
+    /// The kinds whose first list has not arrived.
+    pub fn unsynced(&self) -> Vec<&'static str> {
+        KINDS
+            .iter()
+            .zip(&self.0)
+            .filter(|(_, s)| !s.lock().unwrap_or_else(|p| p.into_inner()).synced)
+            .map(|((r, _), _)| r.name)
+            .collect()
+    }
+
+    fn objects(&self) -> Vec<Objects> {
+        self.0
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).objects.clone())
+            .collect()
+    }
+}
+
+/// Starts a reflector per kind on the control runtime; `changed` is called after every
+/// change (from the control thread).
+pub fn start(
+    rt: &control::runtime::ControlRuntime,
+    api: &KubeApi,
+    changed: Arc<dyn Fn() + Send + Sync>,
+) -> Arc<Stores> {
+    let stores = Arc::new(Stores::new());
+    for ((resource, _), store) in KINDS.iter().zip(&stores.0) {
+        let (api, resource, store, changed) = (
+            api.clone(),
+            resource.clone(),
+            store.clone(),
+            changed.clone(),
+        );
+        let failed: Arc<control::kube::OnError> = Arc::new(|r: &Resource, e| {
+            tracing::warn!(resource = r.name, error = %e, "Kubernetes list or watch failed; retrying");
+        });
+        rt.spawn(async move { api.reflect(resource, store, changed, failed).await });
+    }
+    stores
+}
+
+/// An object as the mesh config's list takes it: its `spec` with `name` and `namespace`,
+/// or `None` when it is not a waypoint's (see the module docs).
+pub fn translate(list: &str, object: &Value) -> Option<Value> {
+    let meta = object.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
+    let namespace = meta.get("namespace")?.as_str()?;
+    let mut spec: Map<String, Value> = object.get("spec")?.as_object()?.clone();
+    match list {
+        "httpRoutes" => {
+            let parents: Vec<Value> = spec
+                .get("parentRefs")?
+                .as_array()?
+                .iter()
+                .filter(|p| {
+                    p.get("kind").and_then(Value::as_str) == Some("Service")
+                        && matches!(
+                            p.get("group").and_then(Value::as_str),
+                            None | Some("") | Some("core")
+                        )
+                })
+                .cloned()
+                .collect();
+            if parents.is_empty() {
+                return None;
+            }
+            spec.insert("parentRefs".into(), Value::Array(parents));
+        }
+        "virtualServices" => {
+            if let Some(g) = spec.remove("gateways") {
+                let mesh = g
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x.as_str() == Some("mesh")));
+                if !mesh {
+                    return None;
+                }
+            }
+            spec.remove("exportTo");
+        }
+        "destinationRules" => {
+            if spec.contains_key("workloadSelector") {
+                return None;
+            }
+            spec.remove("exportTo");
+        }
+        "authorizationPolicies" | "requestAuthentications" => {
+            if let Some(one) = spec.remove("targetRef") {
+                spec.insert("targetRefs".into(), Value::Array(vec![one]));
+            }
+            let targeted = spec
+                .get("targetRefs")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty());
+            if !targeted {
+                return None;
+            }
+        }
+        _ => return None,
+    }
+    spec.insert("name".into(), Value::from(name));
+    spec.insert("namespace".into(), Value::from(namespace));
+    Some(Value::Object(spec))
+}
+
+/// The waypoint's objects, by list, each with its `namespace/name`.
+type Lists = BTreeMap<&'static str, Vec<(String, Value)>>;
+
+fn lists(objects: &[Objects]) -> Lists {
+    let mut out = Lists::new();
+    for ((_, list), objs) in KINDS.iter().zip(objects) {
+        let entries = out.entry(*list).or_default();
+        for ((ns, name), o) in objs {
+            if let Some(v) = translate(list, o) {
+                entries.push((format!("{ns}/{name}"), v));
+            }
+        }
+    }
+    out
+}
+
+/// Builds the L7 snapshot from `objects`, leaving out each object the build refuses (and
+/// saying which, and why). Fails only on an error that names no object.
+pub fn build(
+    objects: &[Objects],
+    jwks: &waypoint::security::JwksRegistry,
+) -> Result<(Snapshot, Vec<String>), ConfigError> {
+    let mut lists = lists(objects);
+    let opts = LoadOptions {
+        node: None,
+        jwks: jwks.clone(),
+        l7_only: true,
+    };
+    let mut left_out = Vec::new();
+    loop {
+        let doc: Map<String, Value> = lists
+            .iter()
+            .map(|(k, v)| {
+                let items = v.iter().map(|(_, o)| o.clone()).collect();
+                (k.to_string(), Value::Array(items))
+            })
+            .collect();
+        let text = Value::Object(doc).to_string();
+        let err = match config::parse(&text, &opts) {
+            Ok(snap) => return Ok((snap, left_out)),
+            Err(e) => e,
+        };
+        let ConfigError::Invalid { path, reason, .. } = &err else {
+            return Err(err);
+        };
+        // `list[3]...` (serde: by index) or `list[ns/name]...` (checks: by name).
+        let culprit = path.split_once('[').and_then(|(list, rest)| {
+            let sel = rest.split(']').next()?;
+            let entries = lists.get_mut(list)?;
+            let i = match sel.parse::<usize>() {
+                Ok(i) if i < entries.len() => i,
+                _ => entries.iter().position(|(key, _)| key == sel)?,
+            };
+            Some((list.to_string(), entries.remove(i).0))
+        });
+        match culprit {
+            Some((list, key)) => {
+                tracing::warn!(list, object = %key, path, reason, "left out of the waypoint's config: it cannot be applied");
+                left_out.push(format!("{list} {key}: {path}: {reason}"));
+            }
+            None => return Err(err),
+        }
+    }
+}
+
+/// Builds again after changes, at most every [`DEBOUNCE`], and hands each snapshot to
+/// `apply`. Runs on the control runtime until dropped.
+pub struct Rebuilder {
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Rebuilder {
+    /// What the reflectors call on a change.
+    pub fn trigger(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let n = self.notify.clone();
+        Arc::new(move || n.notify_one())
+    }
+
+    pub fn start(
+        rt: &control::runtime::ControlRuntime,
+        stores: Arc<Mutex<Option<Arc<Stores>>>>,
+        jwks: waypoint::security::JwksRegistry,
+        apply: impl Fn(Arc<Snapshot>) + Send + Sync + 'static,
+    ) -> Rebuilder {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let n = notify.clone();
+        rt.spawn(async move {
+            loop {
+                n.notified().await;
+                tokio::time::sleep(DEBOUNCE).await;
+                let Some(s) = stores.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+                    continue;
+                };
+                if !s.unsynced().is_empty() {
+                    continue;
+                }
+                match build(&s.objects(), &jwks) {
+                    Ok((snap, left_out)) => {
+                        tracing::info!(
+                            routes = snap.routes().len(),
+                            left_out = left_out.len(),
+                            "config from Kubernetes applied"
+                        );
+                        apply(Arc::new(snap));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "config from Kubernetes refused; the previous one serves on");
+                    }
+                }
+            }
+        });
+        Rebuilder { notify }
+    }
+}
+
+/// Starts the reflectors and waits (at most [`FIRST_SYNC`]) for the first list of every
+/// kind; returns the first snapshot, and keeps applying new ones through `apply`.
+pub fn sync(
+    rt: &control::runtime::ControlRuntime,
+    api: &KubeApi,
+    jwks: &waypoint::security::JwksRegistry,
+    apply: impl Fn(Arc<Snapshot>) + Send + Sync + 'static,
+) -> anyhow::Result<(Arc<Snapshot>, Rebuilder)> {
+    let slot: Arc<Mutex<Option<Arc<Stores>>>> = Arc::default();
+    let rebuilder = Rebuilder::start(rt, slot.clone(), jwks.clone(), apply);
+    let stores = start(rt, api, rebuilder.trigger());
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(stores.clone());
+    let deadline = std::time::Instant::now() + FIRST_SYNC;
+    loop {
+        let missing = stores.unsynced();
+        if missing.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "Kubernetes API {}: no list of {} within {FIRST_SYNC:?} (the waypoint needs list and watch on them; the log says why)",
+                api.base,
+                missing.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (snap, left_out) = build(&stores.objects(), jwks).map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(
+        api = %api.base,
+        routes = snap.routes().len(),
+        left_out = left_out.len(),
+        "config from Kubernetes"
+    );
+    Ok((Arc::new(snap), rebuilder))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(ns: &str, name: &str, spec: Value) -> Value {
+        json!({"metadata": {"namespace": ns, "name": name}, "spec": spec})
+    }
+
+    #[test]
+    fn only_a_waypoints_objects_are_taken() {
+        let route = obj(
+            "demo",
+            "r",
+            json!({"parentRefs": [{"kind": "Service", "group": "", "name": "echo"}, {"name": "ingress"}], "rules": []}),
+        );
+        let t = translate("httpRoutes", &route).unwrap();
+        assert_eq!(t["name"], "r");
+        assert_eq!(t["namespace"], "demo");
+        assert_eq!(t["parentRefs"].as_array().unwrap().len(), 1);
+        // An ingress route (Gateway parents only) is not a waypoint's.
+        let ingress = obj("demo", "i", json!({"parentRefs": [{"name": "gw"}]}));
+        assert!(translate("httpRoutes", &ingress).is_none());
+        // VirtualServices: mesh or no gateways.
+        let vs = |g: Value| obj("demo", "v", json!({"hosts": ["echo"], "gateways": g}));
+        assert!(translate("virtualServices", &vs(json!(["mesh"]))).is_some());
+        assert!(translate("virtualServices", &vs(json!(["istio-system/ingress"]))).is_none());
+        let plain = obj("demo", "v", json!({"hosts": ["echo"], "exportTo": ["."]}));
+        assert!(
+            translate("virtualServices", &plain)
+                .unwrap()
+                .get("exportTo")
+                .is_none()
+        );
+        // DestinationRules for sidecars are not.
+        let sidecar = obj("demo", "d", json!({"host": "echo", "workloadSelector": {}}));
+        assert!(translate("destinationRules", &sidecar).is_none());
+        // Policies: targeted only; the older targetRef becomes a list.
+        let selected = obj(
+            "demo",
+            "p",
+            json!({"selector": {"matchLabels": {"app": "x"}}}),
+        );
+        assert!(translate("authorizationPolicies", &selected).is_none());
+        let old = obj(
+            "demo",
+            "p",
+            json!({"targetRef": {"kind": "Service", "name": "echo"}}),
+        );
+        let t = translate("authorizationPolicies", &old).unwrap();
+        assert_eq!(t["targetRefs"][0]["name"], "echo");
+        assert!(translate("requestAuthentications", &obj("demo", "a", json!({}))).is_none());
+    }
+
+    #[test]
+    fn an_object_that_cannot_apply_is_left_out_and_the_rest_apply() {
+        let jwks = waypoint::security::JwksRegistry::default();
+        let mut routes = Objects::new();
+        let good = json!({"parentRefs": [{"kind": "Service", "name": "echo"}], "rules": [{"backendRefs": [{"name": "echo-v1", "port": 80}]}]});
+        routes.insert(("demo".into(), "good".into()), obj("demo", "good", good));
+        // An unknown field (serde's error, by index) and a bad value (a check's, by name).
+        let unknown =
+            json!({"parentRefs": [{"kind": "Service", "name": "echo"}], "rules": [], "bogus": 1});
+        routes.insert(
+            ("demo".into(), "unknown".into()),
+            obj("demo", "unknown", unknown),
+        );
+        let mut policies = Objects::new();
+        let bad = json!({"targetRefs": [{"kind": "Service", "name": "echo"}], "action": "AUDIT"});
+        policies.insert(("demo".into(), "bad".into()), obj("demo", "bad", bad));
+        let empty = Objects::new();
+        let (snap, left_out) = build(
+            &[routes, empty.clone(), empty.clone(), policies, empty],
+            &jwks,
+        )
+        .unwrap();
+        assert_eq!(snap.routes().len(), 1, "{left_out:?}");
+        assert_eq!(left_out.len(), 2, "{left_out:?}");
+        assert!(
+            left_out
+                .iter()
+                .any(|l| l.starts_with("httpRoutes demo/unknown"))
+        );
+        assert!(
+            left_out
+                .iter()
+                .any(|l| l.starts_with("authorizationPolicies demo/bad"))
+        );
+        // Nothing at all is a valid, empty config.
+        let none = vec![Objects::new(); 5];
+        assert_eq!(build(&none, &jwks).unwrap().0.routes().len(), 0);
+    }
+}
