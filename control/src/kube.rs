@@ -197,7 +197,15 @@ impl KubeApi {
             r.path
         );
         let watch = async {
-            let (resp, conn) = self.get(&query).await?;
+            // The head comes at once from a live server; only the stream is long.
+            let (resp, conn) = tokio::time::timeout(LIST_TIMEOUT, self.get(&query))
+                .await
+                .map_err(|_| {
+                    KubeError::Failed(format!(
+                        "the {} watch had no answer within {LIST_TIMEOUT:?}",
+                        r.name
+                    ))
+                })??;
             let mut body = resp.into_body();
             let mut buf = BytesMut::new();
             let result = loop {

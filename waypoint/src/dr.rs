@@ -24,12 +24,17 @@
 //! - `connectionPool` sets the Service's circuit breakers and connection limits ([`pool`]),
 //!   shared by every core;
 //! - `loadBalancer.localityLbSetting`, and Istio's default locality failover for a Service
-//!   with outlier detection, prefer endpoints near the waypoint ([`locality`]).
+//!   with outlier detection, prefer endpoints near the waypoint ([`locality`]);
+//! - `portLevelSettings` override the policy for one Service port. Each part (the load
+//!   balancer as a whole, outlier detection, the connection pool) comes from the most
+//!   specific level that sets it: the subset's port level, the subset's policy, the rule's
+//!   port level, the rule's policy ([`DestinationRules::effective`]).
 //!
 //! Not supported, and refused with the field named rather than accepted and ignored:
-//! `PASSTHROUGH` load balancing, `localityLbSetting.failoverPriority`, `warmupDurationSecs`, split local-origin errors,
-//! `portLevelSettings`, `tunnel`, `proxyProtocol`, TLS modes other than `ISTIO_MUTUAL`,
-//! `exportTo` and `workloadSelector`. One rule per Service (Istio would merge several).
+//! `PASSTHROUGH` load balancing, `localityLbSetting.failoverPriority`,
+//! `warmupDurationSecs`, split local-origin errors, `tunnel`, `proxyProtocol`, TLS modes
+//! other than `ISTIO_MUTUAL`, `exportTo` and `workloadSelector`. One rule per Service
+//! (Istio would merge several).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -89,11 +94,33 @@ pub struct TrafficPolicySpec {
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetectionSpec>,
     #[serde(default)]
-    pub port_level_settings: Option<IgnoredAny>,
+    pub port_level_settings: Vec<PortTrafficPolicySpec>,
     #[serde(default)]
     pub tunnel: Option<IgnoredAny>,
     #[serde(default)]
     pub proxy_protocol: Option<IgnoredAny>,
+}
+
+/// A traffic policy for one Service port: the same fields, minus the ones that only make
+/// sense for the whole Service.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortTrafficPolicySpec {
+    pub port: PortSpec,
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancerSpec>,
+    #[serde(default)]
+    pub connection_pool: Option<pool::ConnectionPoolSpec>,
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetectionSpec>,
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortSpec {
+    pub number: u32,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -240,17 +267,38 @@ pub fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A load balancer, as one unit (Istio replaces a `loadBalancer` whole, never field by
+/// field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lb {
+    pub balance: Balance,
+    /// `Some` when `balance` is [`Balance::ConsistentHash`].
+    pub hash: Option<Arc<HashPolicy>>,
+    pub locality: Option<Arc<LocalityPolicy>>,
+}
+
+/// What one traffic policy (a rule's, a subset's, or one port's of either) sets; `None`:
+/// not set at this level.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layer {
+    pub lb: Option<Lb>,
+    pub outlier: Option<Arc<Outlier>>,
+    pub limits: Option<Arc<Limits>>,
+}
+
+/// A traffic policy and its `portLevelSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policies {
+    pub base: Layer,
+    pub ports: BTreeMap<u16, Layer>,
+}
+
 /// One subset: the labels an endpoint must carry, and its own policy if it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subset {
     /// Sorted by key; every one must be among the endpoint's labels.
     pub labels: Vec<(String, String)>,
-    pub balance: Option<Balance>,
-    /// `Some` when `balance` is [`Balance::ConsistentHash`].
-    pub hash: Option<Arc<HashPolicy>>,
-    pub outlier: Option<Arc<Outlier>>,
-    pub limits: Option<Arc<Limits>>,
-    pub locality: Option<Arc<LocalityPolicy>>,
+    pub policy: Policies,
 }
 
 impl Subset {
@@ -267,13 +315,18 @@ impl Subset {
 pub struct ServiceRule {
     /// `namespace/name` of the DestinationRule, for messages.
     pub name: String,
-    pub balance: Option<Balance>,
-    /// `Some` when `balance` is [`Balance::ConsistentHash`].
-    pub hash: Option<Arc<HashPolicy>>,
-    pub outlier: Option<Arc<Outlier>>,
-    pub limits: Option<Arc<Limits>>,
-    pub locality: Option<Arc<LocalityPolicy>>,
+    pub policy: Policies,
     pub subsets: BTreeMap<String, Subset>,
+}
+
+/// The policy in force for requests to a Service port (and subset): each part from the
+/// most specific level that sets it, in Istio's order: the subset's port-level settings,
+/// the subset's policy, the rule's port-level settings, the rule's policy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Effective<'a> {
+    pub lb: Option<&'a Lb>,
+    pub outlier: Option<&'a Arc<Outlier>>,
+    pub limits: Option<&'a Arc<Limits>>,
 }
 
 /// Every DestinationRule of the config, by the Service it applies to.
@@ -319,15 +372,9 @@ impl DestinationRules {
                     ),
                 ));
             }
-            let Policy {
-                balance,
-                hash,
-                outlier,
-                limits,
-                locality,
-            } = match &spec.traffic_policy {
-                Some(p) => traffic_policy(p, &format!("{at}.trafficPolicy"))?,
-                None => Policy::default(),
+            let policy = match &spec.traffic_policy {
+                Some(p) => policies(p, &format!("{at}.trafficPolicy"))?,
+                None => Policies::default(),
             };
             let mut subsets = BTreeMap::new();
             for (i, s) in spec.subsets.iter().enumerate() {
@@ -342,17 +389,10 @@ impl DestinationRules {
                     labels.push((k.clone(), v.clone()));
                 }
                 let policy = match &s.traffic_policy {
-                    Some(p) => traffic_policy(p, &format!("{at}.trafficPolicy"))?,
-                    None => Policy::default(),
+                    Some(p) => policies(p, &format!("{at}.trafficPolicy"))?,
+                    None => Policies::default(),
                 };
-                let subset = Subset {
-                    labels,
-                    balance: policy.balance,
-                    hash: policy.hash,
-                    outlier: policy.outlier,
-                    limits: policy.limits,
-                    locality: policy.locality,
-                };
+                let subset = Subset { labels, policy };
                 if subsets.insert(s.name.clone(), subset).is_some() {
                     return Err(err(
                         format!("{at}.name"),
@@ -364,11 +404,7 @@ impl DestinationRules {
                 service,
                 ServiceRule {
                     name: format!("{}/{}", spec.namespace, spec.name),
-                    balance,
-                    hash,
-                    outlier,
-                    limits,
-                    locality,
+                    policy,
                     subsets,
                 },
             );
@@ -394,74 +430,81 @@ impl DestinationRules {
         self.get(service)?.subsets.get(name)
     }
 
-    /// The outlier detection for `service`, or its subset: the subset's, else the rule's.
-    pub fn outlier(&self, service: &ServiceRef, subset: Option<&str>) -> Option<&Arc<Outlier>> {
-        let rule = self.get(service)?;
-        subset
-            .and_then(|s| rule.subsets.get(s))
-            .and_then(|s| s.outlier.as_ref())
-            .or(rule.outlier.as_ref())
-    }
-
-    /// The balancing that applies to `service`, or to its subset: the subset's, else the
-    /// rule's; `None` when neither says (least-request).
-    pub fn balance(&self, service: &ServiceRef, subset: Option<&str>) -> Option<Balance> {
-        let rule = self.get(service)?;
-        subset
-            .and_then(|s| rule.subsets.get(s))
-            .and_then(|s| s.balance)
-            .or(rule.balance)
-    }
-
-    /// The connection pool limits for `service`, or its subset: the subset's, else the
-    /// rule's. A subset with limits of its own counts apart from the rule's (Istio makes
-    /// each subset a cluster of its own).
-    pub fn limits(&self, service: &ServiceRef, subset: Option<&str>) -> Option<&Arc<Limits>> {
-        let rule = self.get(service)?;
-        subset
-            .and_then(|s| rule.subsets.get(s))
-            .and_then(|s| s.limits.as_ref())
-            .or(rule.limits.as_ref())
-    }
-
-    /// The locality setting for `service`, or its subset: the subset's, else the rule's;
-    /// `None` when neither sets one (Istio's default then applies).
-    pub fn locality(
+    /// The policy in force for requests to `service`:`port` (and `subset`): see
+    /// [`Effective`]. Every part `None` without a rule.
+    pub fn effective(
         &self,
         service: &ServiceRef,
         subset: Option<&str>,
-    ) -> Option<&Arc<LocalityPolicy>> {
-        let rule = self.get(service)?;
-        subset
-            .and_then(|s| rule.subsets.get(s))
-            .and_then(|s| s.locality.as_ref())
-            .or(rule.locality.as_ref())
-    }
-
-    /// The hash policy of the balancing [`DestinationRules::balance`] returns, if that is
-    /// consistent hashing.
-    pub fn hash(&self, service: &ServiceRef, subset: Option<&str>) -> Option<&Arc<HashPolicy>> {
-        let rule = self.get(service)?;
-        match subset.and_then(|s| rule.subsets.get(s)) {
-            Some(s) if s.balance.is_some() => s.hash.as_ref(),
-            _ => rule.hash.as_ref(),
+        port: u16,
+    ) -> Effective<'_> {
+        let Some(rule) = self.get(service) else {
+            return Effective::default();
+        };
+        let sub = subset.and_then(|s| rule.subsets.get(s)).map(|s| &s.policy);
+        let levels = [
+            sub.and_then(|p| p.ports.get(&port)),
+            sub.map(|p| &p.base),
+            rule.policy.ports.get(&port),
+            Some(&rule.policy.base),
+        ];
+        let first = |f: &dyn Fn(&Layer) -> bool| levels.iter().flatten().copied().find(|l| f(l));
+        Effective {
+            lb: first(&|l| l.lb.is_some()).and_then(|l| l.lb.as_ref()),
+            outlier: first(&|l| l.outlier.is_some()).and_then(|l| l.outlier.as_ref()),
+            limits: first(&|l| l.limits.is_some()).and_then(|l| l.limits.as_ref()),
         }
     }
+
+    /// The balancing in force (see [`DestinationRules::effective`]); `None`: least-request.
+    pub fn balance(
+        &self,
+        service: &ServiceRef,
+        subset: Option<&str>,
+        port: u16,
+    ) -> Option<Balance> {
+        self.effective(service, subset, port)
+            .lb
+            .map(|lb| lb.balance)
+    }
+
+    /// The consistent hashing in force, if the balancing is that.
+    pub fn hash(
+        &self,
+        service: &ServiceRef,
+        subset: Option<&str>,
+        port: u16,
+    ) -> Option<&Arc<HashPolicy>> {
+        self.effective(service, subset, port)
+            .lb
+            .and_then(|lb| lb.hash.as_ref())
+    }
+
+    /// The outlier detection in force.
+    pub fn outlier(
+        &self,
+        service: &ServiceRef,
+        subset: Option<&str>,
+        port: u16,
+    ) -> Option<&Arc<Outlier>> {
+        self.effective(service, subset, port).outlier
+    }
+
+    /// The connection pool limits in force. Limits set at a level count apart from every
+    /// other level's (Istio makes each subset, and each port, a cluster of its own).
+    pub fn limits(
+        &self,
+        service: &ServiceRef,
+        subset: Option<&str>,
+        port: u16,
+    ) -> Option<&Arc<Limits>> {
+        self.effective(service, subset, port).limits
+    }
 }
 
-/// A traffic policy, compiled: what the waypoint applies of it.
-#[derive(Debug, Default)]
-struct Policy {
-    balance: Option<Balance>,
-    hash: Option<Arc<HashPolicy>>,
-    outlier: Option<Arc<Outlier>>,
-    limits: Option<Arc<Limits>>,
-    locality: Option<Arc<LocalityPolicy>>,
-}
-
-fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError> {
+/// A traffic policy and its port-level settings, compiled.
+fn policies(p: &TrafficPolicySpec, at: &str) -> Result<Policies, RouteError> {
     let unsupported = [
-        ("portLevelSettings", p.port_level_settings.is_some()),
         ("tunnel", p.tunnel.is_some()),
         ("proxyProtocol", p.proxy_protocol.is_some()),
     ];
@@ -471,15 +514,59 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError>
             "not supported by the ringmesh waypoint; remove it (the waypoint would not apply it)",
         ));
     }
-    let limits = match &p.connection_pool {
+    let base = layer(
+        p.load_balancer.as_ref(),
+        p.connection_pool.as_ref(),
+        p.outlier_detection.as_ref(),
+        p.tls.as_ref(),
+        at,
+    )?;
+    let mut ports = BTreeMap::new();
+    for (i, pl) in p.port_level_settings.iter().enumerate() {
+        let at = format!("{at}.portLevelSettings[{i}]");
+        let port = u16::try_from(pl.port.number)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                err(
+                    format!("{at}.port.number"),
+                    format!("{}: a port is 1 to 65535", pl.port.number),
+                )
+            })?;
+        let l = layer(
+            pl.load_balancer.as_ref(),
+            pl.connection_pool.as_ref(),
+            pl.outlier_detection.as_ref(),
+            pl.tls.as_ref(),
+            &at,
+        )?;
+        if ports.insert(port, l).is_some() {
+            return Err(err(
+                format!("{at}.port.number"),
+                format!("port {port} has settings already"),
+            ));
+        }
+    }
+    Ok(Policies { base, ports })
+}
+
+/// One level of traffic policy, compiled.
+fn layer(
+    lb: Option<&LoadBalancerSpec>,
+    connection_pool: Option<&pool::ConnectionPoolSpec>,
+    outlier_detection: Option<&OutlierDetectionSpec>,
+    tls: Option<&TlsSpec>,
+    at: &str,
+) -> Result<Layer, RouteError> {
+    let limits = match connection_pool {
         Some(c) => Some(Arc::new(pool::compile(c, &format!("{at}.connectionPool"))?)),
         None => None,
     };
-    let outlier = match &p.outlier_detection {
+    let outlier = match outlier_detection {
         Some(o) => Some(Arc::new(outlier(o, &format!("{at}.outlierDetection"))?)),
         None => None,
     };
-    if let Some(tls) = &p.tls {
+    if let Some(tls) = tls {
         match tls.mode.as_deref() {
             Some("ISTIO_MUTUAL") => {}
             other => {
@@ -493,13 +580,11 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError>
             }
         }
     }
-    let Some(lb) = &p.load_balancer else {
-        return Ok(Policy {
-            balance: None,
-            hash: None,
+    let Some(lb) = lb else {
+        return Ok(Layer {
+            lb: None,
             outlier,
             limits,
-            locality: None,
         });
     };
     let at = format!("{at}.loadBalancer");
@@ -525,20 +610,22 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError>
             ));
         }
         let policy = hash::compile(ch, &format!("{at}.consistentHash"))?;
-        return Ok(Policy {
-            balance: Some(Balance::ConsistentHash),
-            hash: Some(Arc::new(policy)),
+        return Ok(Layer {
+            lb: Some(Lb {
+                balance: Balance::ConsistentHash,
+                hash: Some(Arc::new(policy)),
+                locality,
+            }),
             outlier,
             limits,
-            locality,
         });
     }
     let balance = match lb.simple.as_deref() {
-        None | Some("UNSPECIFIED") => None,
-        Some("ROUND_ROBIN") => Some(Balance::RoundRobin),
-        Some("RANDOM") => Some(Balance::Random),
+        None | Some("UNSPECIFIED") => Balance::LeastRequest,
+        Some("ROUND_ROBIN") => Balance::RoundRobin,
+        Some("RANDOM") => Balance::Random,
         // LEAST_CONN is Istio's deprecated name for the same thing.
-        Some("LEAST_REQUEST" | "LEAST_CONN") => Some(Balance::LeastRequest),
+        Some("LEAST_REQUEST" | "LEAST_CONN") => Balance::LeastRequest,
         Some(other) => {
             return Err(err(
                 format!("{at}.simple"),
@@ -548,12 +635,14 @@ fn traffic_policy(p: &TrafficPolicySpec, at: &str) -> Result<Policy, RouteError>
             ));
         }
     };
-    Ok(Policy {
-        balance,
-        hash: None,
+    Ok(Layer {
+        lb: Some(Lb {
+            balance,
+            hash: None,
+            locality,
+        }),
         outlier,
         limits,
-        locality,
     })
 }
 
@@ -685,10 +774,16 @@ mod tests {
         .unwrap();
         let reviews = ServiceRef::new("demo", "reviews");
         assert_eq!(drs.len(), 1);
-        assert_eq!(drs.balance(&reviews, None), Some(Balance::Random));
-        assert_eq!(drs.balance(&reviews, Some("v1")), Some(Balance::Random));
-        assert_eq!(drs.balance(&reviews, Some("v2")), Some(Balance::RoundRobin));
-        assert_eq!(drs.balance(&ServiceRef::new("demo", "ratings"), None), None);
+        assert_eq!(drs.balance(&reviews, None, 80), Some(Balance::Random));
+        assert_eq!(drs.balance(&reviews, Some("v1"), 80), Some(Balance::Random));
+        assert_eq!(
+            drs.balance(&reviews, Some("v2"), 80),
+            Some(Balance::RoundRobin)
+        );
+        assert_eq!(
+            drs.balance(&ServiceRef::new("demo", "ratings"), None, 80),
+            None
+        );
         let labels: HashMap<&str, &str> = [("version", "v2"), ("app", "reviews")].into();
         let look = |k: &str| labels.get(k).copied();
         assert!(!drs.subset(&reviews, "v1").unwrap().admits(look));
@@ -795,8 +890,8 @@ mod tests {
         )
         .unwrap();
         let svc = ServiceRef::new("demo", "reviews");
-        let key = |subset| drs.hash(&svc, subset).map(|h| h.key.clone());
-        assert_eq!(drs.balance(&svc, None), Some(Balance::ConsistentHash));
+        let key = |subset| drs.hash(&svc, subset, 80).map(|h| h.key.clone());
+        assert_eq!(drs.balance(&svc, None, 80), Some(Balance::ConsistentHash));
         assert_eq!(
             key(None),
             Some(hash::HashKey::Header(http::HeaderName::from_static(
@@ -804,13 +899,78 @@ mod tests {
             )))
         );
         // A subset's own balancing replaces the rule's, hash and all.
-        assert_eq!(drs.balance(&svc, Some("rr")), Some(Balance::RoundRobin));
+        assert_eq!(drs.balance(&svc, Some("rr"), 80), Some(Balance::RoundRobin));
         assert_eq!(key(Some("rr")), None);
         assert!(
             matches!(key(Some("cookie")), Some(hash::HashKey::Cookie(c)) if c.ttl == Some(Duration::ZERO))
         );
         // A subset without one inherits the rule's.
         assert_eq!(key(Some("plain")), key(None));
+    }
+
+    #[test]
+    fn port_level_settings_take_precedence_in_istios_order() {
+        let drs = build(
+            r#"
+- name: reviews
+  namespace: demo
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+    connectionPool: {http: {http2MaxRequests: 10}}
+    portLevelSettings:
+      - port: {number: 9080}
+        loadBalancer: {simple: ROUND_ROBIN}
+        outlierDetection: {consecutive5xxErrors: 2}
+  subsets:
+    - name: v1
+      trafficPolicy:
+        portLevelSettings:
+          - port: {number: 9080}
+            loadBalancer: {consistentHash: {useSourceIp: true}}
+    - name: v2
+      trafficPolicy:
+        loadBalancer: {simple: LEAST_REQUEST}
+"#,
+        )
+        .unwrap();
+        let svc = ServiceRef::new("demo", "reviews");
+        // The rule's port level beats the rule's own; other ports keep the rule's.
+        assert_eq!(drs.balance(&svc, None, 9080), Some(Balance::RoundRobin));
+        assert_eq!(drs.balance(&svc, None, 80), Some(Balance::Random));
+        assert!(drs.outlier(&svc, None, 9080).is_some());
+        assert!(drs.outlier(&svc, None, 80).is_none());
+        // A subset's port level beats everything; its own policy beats the rule's port
+        // level; parts it does not set come from the rule's levels.
+        assert_eq!(
+            drs.balance(&svc, Some("v1"), 9080),
+            Some(Balance::ConsistentHash)
+        );
+        assert!(drs.hash(&svc, Some("v1"), 9080).is_some());
+        assert_eq!(drs.balance(&svc, Some("v1"), 80), Some(Balance::Random));
+        assert_eq!(
+            drs.balance(&svc, Some("v2"), 9080),
+            Some(Balance::LeastRequest)
+        );
+        assert!(drs.outlier(&svc, Some("v2"), 9080).is_some());
+        let limits = drs.limits(&svc, Some("v2"), 9080).unwrap();
+        assert_eq!(limits.policy.max_requests, 10);
+        for (yaml, path) in [
+            (
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {portLevelSettings: [{port: {number: 0}}]}}]",
+                "destinationRules[demo/r].trafficPolicy.portLevelSettings[0].port.number",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {portLevelSettings: [{port: {number: 80}}, {port: {number: 80}}]}}]",
+                "destinationRules[demo/r].trafficPolicy.portLevelSettings[1].port.number",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {portLevelSettings: [{port: {number: 80}, tls: {mode: DISABLE}}]}}]",
+                "destinationRules[demo/r].trafficPolicy.portLevelSettings[0].tls.mode",
+            ),
+        ] {
+            assert_eq!(build(yaml).expect_err(yaml).path, path, "{yaml}");
+        }
     }
 
     #[test]
@@ -828,7 +988,7 @@ mod tests {
         )
         .unwrap();
         let reviews = ServiceRef::new("demo", "reviews");
-        let d = drs.outlier(&reviews, None).unwrap();
+        let d = drs.outlier(&reviews, None, 80).unwrap();
         assert_eq!(
             **d,
             Outlier {
@@ -839,8 +999,11 @@ mod tests {
                 min_health_percent: 0,
             }
         );
-        assert!(Arc::ptr_eq(drs.outlier(&reviews, Some("v2")).unwrap(), d));
-        let v1 = drs.outlier(&reviews, Some("v1")).unwrap();
+        assert!(Arc::ptr_eq(
+            drs.outlier(&reviews, Some("v2"), 80).unwrap(),
+            d
+        ));
+        let v1 = drs.outlier(&reviews, Some("v1"), 80).unwrap();
         assert_eq!((v1.consecutive_5xx, v1.consecutive_gateway), (0, 2));
         // Ejections lengthen with their count, capped at 300 s or the base if longer.
         assert_eq!(d.ejection(1), Duration::from_secs(30));

@@ -151,11 +151,10 @@ fn pick_endpoint(
             format!("service {service} has no subset {name:?} in its DestinationRule")
         })?),
     };
-    let balance = rules
-        .balance(service, to.subset.as_deref())
-        .unwrap_or_default();
-    let outlier = rules.outlier(service, to.subset.as_deref()).cloned();
-    let limits = rules.limits(service, to.subset.as_deref()).cloned();
+    let policy = rules.effective(service, to.subset.as_deref(), to.port);
+    let balance = policy.lb.map(|lb| lb.balance).unwrap_or_default();
+    let outlier = policy.outlier.cloned();
+    let limits = policy.limits.cloned();
     let in_subset =
         |e: &&config::snapshot::Endpoint| subset.is_none_or(|s| s.admits(|k| e.workload.label(k)));
     let pool = match subset {
@@ -180,7 +179,7 @@ fn pick_endpoint(
     // Locality: a distribution by weight, or failover by rank (Istio's default where
     // outlier detection is set), narrows the candidates to one locality or rank.
     let near = near_filter(
-        rules.locality(service, to.subset.as_deref()).map(|l| &**l),
+        policy.lb.and_then(|lb| lb.locality.as_deref()),
         outlier.is_some(),
         me,
         sp,
@@ -358,14 +357,14 @@ impl Upstreams for Ups {
     fn limits(&self, to: &Upstream) -> Option<Arc<waypoint::dr::Limits>> {
         let l7 = self.0.core.l7.borrow();
         l7.destination_rules()
-            .limits(&to.service, to.subset.as_deref())
+            .limits(&to.service, to.subset.as_deref(), to.port)
             .cloned()
     }
 
     fn hash_policy(&self, to: &Upstream) -> Option<Arc<waypoint::dr::HashPolicy>> {
         let l7 = self.0.core.l7.borrow();
         l7.destination_rules()
-            .hash(&to.service, to.subset.as_deref())
+            .hash(&to.service, to.subset.as_deref(), to.port)
             .cloned()
     }
 
