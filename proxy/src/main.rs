@@ -132,13 +132,17 @@ struct WaypointArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pool_idle_timeout: Duration,
     /// Export a span per sampled request over OTLP/HTTP (protobuf) to this collector, e.g.
-    /// http://otel-collector.istio-system:4318. Unset: no tracing.
+    /// http://otel-collector.istio-system:4318, or https:// (verified against --otlp-ca,
+    /// else the system's roots). Unset: no tracing.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
     /// Percent of requests without a sampled `traceparent` that start a trace (Istio's
     /// default is 1); requests with one follow its sampled flag.
     #[arg(long, default_value_t = 1.0)]
     trace_sampling: f64,
+    /// Roots (a PEM file) that verify an https:// --otlp-endpoint; default: the system's.
+    #[arg(long)]
+    otlp_ca: Option<PathBuf>,
     /// Once an HTTP/1.1 request's first byte has arrived, its head must be complete within
     /// this, or the connection is closed (slowloris).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -768,6 +772,7 @@ fn run_waypoint(args: WaypointArgs) -> anyhow::Result<()> {
                     endpoint,
                     sampling: args.trace_sampling / 100.0,
                     service_name: "ringmesh-waypoint".into(),
+                    roots: args.otlp_ca,
                 })
             }
             None => None,

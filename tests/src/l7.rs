@@ -406,64 +406,89 @@ pub struct Collector {
 
 /// Starts a collector on `addr`.
 pub fn spawn_collector(addr: SocketAddr) -> Result<Collector> {
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use prost::Message as _;
+    start_collector(addr, None)
+}
+
+/// Starts a collector on `addr` that speaks HTTPS, with a certificate for its IP; returns
+/// it and the CA that signed the certificate (PEM).
+pub fn spawn_https_collector(addr: SocketAddr) -> Result<(Collector, String)> {
+    let (config, ca) = crate::web::tls_for(addr.ip())?;
+    Ok((start_collector(addr, Some(config))?, ca))
+}
+
+fn start_collector(addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Collector> {
     let l = TcpListener::bind(addr).with_context(|| format!("binding the collector on {addr}"))?;
     let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
     let kept = spans.clone();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(s) = s else { break };
-            let kept = kept.clone();
+            let (kept, tls) = (kept.clone(), tls.clone());
             std::thread::spawn(move || -> Result<()> {
-                let mut w = s.try_clone()?;
-                let mut r = BufReader::new(s);
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line)? == 0 {
-                        return Ok(());
+                match tls {
+                    None => collect(s, &kept),
+                    Some(config) => {
+                        let conn = rustls::ServerConnection::new(config)?;
+                        collect(rustls::StreamOwned::new(conn, s), &kept)
                     }
-                    let headers = read_headers(&mut r)?;
-                    let len: usize = header(&headers, "content-length")
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    let mut body = vec![0u8; len];
-                    r.read_exact(&mut body)?;
-                    if line.starts_with("POST /v1/traces") {
-                        let req = ExportTraceServiceRequest::decode(body.as_slice())?;
-                        let mut out = kept.lock().unwrap();
-                        for rs in req.resource_spans {
-                            let service_name = rs
-                                .resource
-                                .iter()
-                                .flat_map(|r| &r.attributes)
-                                .find(|a| a.key == "service.name")
-                                .map(|a| any_text(a.value.as_ref()))
-                                .unwrap_or_default();
-                            for ss in rs.scope_spans {
-                                for sp in ss.spans {
-                                    out.push(Span {
-                                        name: sp.name,
-                                        trace_id: hex(&sp.trace_id),
-                                        span_id: hex(&sp.span_id),
-                                        parent_span_id: hex(&sp.parent_span_id),
-                                        attributes: sp
-                                            .attributes
-                                            .iter()
-                                            .map(|a| (a.key.clone(), any_text(a.value.as_ref())))
-                                            .collect(),
-                                        service_name: service_name.clone(),
-                                    });
-                                }
-                            }
-                        }
-                    }
-                    w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")?;
                 }
             });
         }
     });
     Ok(Collector { addr, spans })
+}
+
+/// Serves one collector connection: `POST /v1/traces` requests, their spans kept.
+fn collect(s: impl Read + Write, kept: &Mutex<Vec<Span>>) -> Result<()> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    let mut r = BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let headers = read_headers(&mut r)?;
+        let len: usize = header(&headers, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body)?;
+        if line.starts_with("POST /v1/traces") {
+            let req = ExportTraceServiceRequest::decode(body.as_slice())?;
+            let mut out = kept.lock().unwrap();
+            for rs in req.resource_spans {
+                let service_name = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.name")
+                    .map(|a| any_text(a.value.as_ref()))
+                    .unwrap_or_default();
+                for ss in rs.scope_spans {
+                    for sp in ss.spans {
+                        out.push(Span {
+                            name: sp.name,
+                            trace_id: hex(&sp.trace_id),
+                            span_id: hex(&sp.span_id),
+                            parent_span_id: hex(&sp.parent_span_id),
+                            attributes: sp
+                                .attributes
+                                .iter()
+                                .map(|a| (a.key.clone(), any_text(a.value.as_ref())))
+                                .collect(),
+                            service_name: service_name.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        let w = r.get_mut();
+        w.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+        )?;
+        w.flush()?;
+    }
 }
 
 fn hex(b: &[u8]) -> String {

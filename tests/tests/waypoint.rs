@@ -3,7 +3,7 @@
 //! and tunnels to the chosen endpoint's node (node-2), which hands it to the backend. Every
 //! hop is a real process on real sockets.
 //!
-//! Address plan: 127.181/16 .. 127.199/16.
+//! Address plan: 127.180/16 .. 127.199/16.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

@@ -34,6 +34,8 @@ pub struct TraceConfig {
     pub sampling: f64,
     /// `service.name` of the spans' resource.
     pub service_name: String,
+    /// A PEM file of the roots that verify an `https://` endpoint; `None`: the system's.
+    pub roots: Option<std::path::PathBuf>,
 }
 
 /// The exporter and the tracer; shared by every core.
@@ -66,6 +68,34 @@ impl std::fmt::Debug for TraceCtx {
     }
 }
 
+/// The exporter's client: HTTPS verified against `cfg.roots` (only those) or the system's
+/// roots, with a deadline per export so a stuck collector costs a batch, not the thread.
+fn http_client(cfg: &TraceConfig) -> Result<reqwest::blocking::Client, String> {
+    let mut b = reqwest::blocking::Client::builder().timeout(EXPORT_TIMEOUT);
+    if let Some(path) = &cfg.roots {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("reading the OTLP roots {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("the OTLP roots {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "the OTLP roots {}: no certificate in it",
+                path.display()
+            ));
+        }
+        b = b.tls_certs_only(certs);
+    }
+    // reqwest's blocking client starts a runtime of its own; built on a thread of its own,
+    // as it must not be built inside another runtime.
+    std::thread::spawn(move || b.build())
+        .join()
+        .map_err(|_| "building the OTLP client panicked".to_string())?
+        .map_err(|e| format!("the OTLP client: {e}"))
+}
+
+/// How long one export may take (the SDK's default export timeout).
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Tracing {
     /// Starts the exporter (a background thread; nothing is sent until a span ends).
     pub fn start(cfg: &TraceConfig) -> Result<Arc<Tracing>, String> {
@@ -77,15 +107,17 @@ impl Tracing {
         } else {
             format!("{}/v1/traces", cfg.endpoint.trim_end_matches('/'))
         };
-        if !url.starts_with("http://") {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!(
-                "{}: an OTLP/HTTP endpoint starts with http:// (TLS to the collector is not supported)",
+                "{}: an OTLP/HTTP endpoint starts with http:// or https://",
                 cfg.endpoint
             ));
         }
-        use opentelemetry_otlp::WithExportConfig as _;
+        let client = http_client(cfg)?;
+        use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(client)
             .with_endpoint(url)
             .build()
             .map_err(|e| format!("OTLP exporter for {}: {e}", cfg.endpoint))?;
@@ -194,6 +226,28 @@ pub fn parse_traceparent(v: &str) -> Option<(TraceId, SpanId, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_and_roots_are_checked_before_anything_is_sent() {
+        let cfg = |endpoint: &str, roots: Option<&str>| TraceConfig {
+            endpoint: endpoint.into(),
+            sampling: 1.0,
+            service_name: "t".into(),
+            roots: roots.map(Into::into),
+        };
+        let e = Tracing::start(&cfg("ftp://x", None)).unwrap_err();
+        assert!(e.contains("http:// or https://"), "{e}");
+        let e = Tracing::start(&cfg("https://x", Some("/nonexistent/ca.pem"))).unwrap_err();
+        assert!(
+            e.contains("reading the OTLP roots /nonexistent/ca.pem"),
+            "{e}"
+        );
+        let dir = std::env::temp_dir().join(format!("otlp-roots-{}", std::process::id()));
+        std::fs::write(&dir, "not a certificate\n").unwrap();
+        let e = Tracing::start(&cfg("https://x", Some(dir.to_str().unwrap()))).unwrap_err();
+        let _ = std::fs::remove_file(&dir);
+        assert!(e.contains("no certificate"), "{e}");
+    }
 
     #[test]
     fn traceparent_parsing_follows_the_w3c_grammar() {

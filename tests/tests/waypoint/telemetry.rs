@@ -101,3 +101,44 @@ fn traces_propagate_and_export_over_otlp() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn spans_go_to_an_https_collector_verified_against_the_given_roots() -> Result<()> {
+    let x = 180;
+    let (collector, ca) = e2e::l7::spawn_https_collector(SocketAddr::new(ip4(x, 9, 1), 4318))?;
+    let dir = tempfile::tempdir()?;
+    let roots = dir.path().join("otlp-ca.pem");
+    std::fs::write(&roots, ca)?;
+    let endpoint = format!("https://{}", collector.addr);
+    let roots = roots.display().to_string();
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - backendRefs: [{name: echo-v1, port: 80}]
+";
+    let m = Mesh::start_with(
+        x,
+        routes,
+        &[
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-ca",
+            &roots,
+            "--trace-sampling",
+            "100",
+        ],
+    )?;
+    let mut c = m.client()?;
+    let r = c.request("GET", "/over-tls", &[], b"")?;
+    ensure!(r.status == 200, "{r:?}\n{}", m.context());
+    e2e::wait_for(Duration::from_secs(20), "a span over HTTPS", || {
+        collector.spans.lock().unwrap().iter().any(|s| {
+            s.attributes
+                .get("http.url")
+                .is_some_and(|u| u.contains("/over-tls"))
+        })
+    })
+    .with_context(|| m.context())?;
+    Ok(())
+}
