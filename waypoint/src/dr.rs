@@ -31,7 +31,7 @@
 //!   port level, the rule's policy ([`DestinationRules::effective`]).
 //!
 //! Not supported, and refused with the field named rather than accepted and ignored:
-//! `PASSTHROUGH` load balancing, `localityLbSetting.failoverPriority`,
+//! `PASSTHROUGH` load balancing, `failoverPriority` together with `failover`,
 //! `warmupDurationSecs`, split local-origin errors, `tunnel`, `proxyProtocol`, TLS modes
 //! other than `ISTIO_MUTUAL`, `exportTo` and `workloadSelector`. One rule per Service
 //! (Istio would merge several).

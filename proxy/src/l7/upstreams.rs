@@ -97,11 +97,8 @@ impl MeshUpstreams {
         // Only a DestinationRule brings locality balancing: look up where the waypoint runs
         // only for a Service that has one.
         let me = match l7.destination_rules().get(service) {
-            Some(_) => snapshot
-                .workload_by_uid(&self.core.workload)
-                .map(|w| locality_of(w))
-                .unwrap_or_default(),
-            None => Locality::default(),
+            Some(_) => snapshot.workload_by_uid(&self.core.workload).map(|w| &**w),
+            None => None,
         };
         pick_endpoint(l7.destination_rules(), sp, to, n, me, host)
     }
@@ -139,7 +136,7 @@ fn pick_endpoint(
     sp: &ServicePort,
     to: &Upstream,
     counter: u64,
-    me: Locality<'_>,
+    me: Option<&config::snapshot::Workload>,
     host: &dyn Fn(SocketAddr) -> Host,
 ) -> Result<Picked, String> {
     let service = &to.service;
@@ -246,7 +243,7 @@ fn locality_of(w: &config::snapshot::Workload) -> Locality<'_> {
 fn near_filter<'a>(
     policy: Option<&'a LocalityPolicy>,
     has_outlier: bool,
-    me: Locality<'a>,
+    me: Option<&'a config::snapshot::Workload>,
     sp: &'a ServicePort,
     in_subset: &dyn Fn(&&config::snapshot::Endpoint) -> bool,
     healthy: &dyn Fn(&config::snapshot::Endpoint) -> bool,
@@ -261,7 +258,8 @@ fn near_filter<'a>(
     // A draw independent of the balancer's (which mixes the bare counter).
     let draw = waypoint::dr::splitmix64(counter ^ 0x6c6f_6361_6c69_7479);
     let members = || sp.endpoints.iter().filter(|e| in_subset(e));
-    if let Some(weights) = policy.weights_for(me) {
+    let here = me.map(locality_of).unwrap_or_default();
+    if let Some(weights) = policy.weights_for(here) {
         // Each endpoint belongs to the first pattern it matches; a locality with no
         // healthy endpoint takes nothing.
         let bucket = |e: &config::snapshot::Endpoint| {
@@ -298,9 +296,9 @@ fn near_filter<'a>(
     if !has_outlier {
         return None;
     }
-    let mut per_rank = [(0u32, 0u32); waypoint::dr::locality::LAST_RANK as usize + 1];
+    let mut per_rank = [(0u32, 0u32); RANKS];
     for e in members() {
-        let r = &mut per_rank[policy.rank(me, locality_of(&e.workload)) as usize];
+        let r = &mut per_rank[rank_of(policy, me, &e.workload)];
         r.0 += 1;
         r.1 += u32::from(healthy(e));
     }
@@ -319,9 +317,45 @@ enum Near<'a> {
     /// Those of one failover rank.
     Rank {
         policy: &'a LocalityPolicy,
-        me: Locality<'a>,
+        me: Option<&'a config::snapshot::Workload>,
         rank: usize,
     },
+}
+
+/// Ranks a pick can have: locality's five, or `failoverPriority`'s labels plus one.
+const RANKS: usize = {
+    let locality = waypoint::dr::locality::LAST_RANK as usize + 1;
+    let labels = waypoint::dr::locality::MAX_PRIORITY_LABELS + 1;
+    if locality > labels { locality } else { labels }
+};
+
+/// The failover rank of `ep` for the waypoint `me`: by `failoverPriority`'s labels when
+/// it has some, else by locality.
+fn rank_of(
+    policy: &LocalityPolicy,
+    me: Option<&config::snapshot::Workload>,
+    ep: &config::snapshot::Workload,
+) -> usize {
+    if policy.failover_priority.is_empty() {
+        let here = me.map(locality_of).unwrap_or_default();
+        return usize::from(policy.rank(here, locality_of(ep)));
+    }
+    usize::from(policy.priority_rank(
+        |k| me.and_then(|w| topology_label(w, k)),
+        |k| topology_label(ep, k),
+    ))
+}
+
+/// A workload's label `key`, with Istio's topology keys read from its locality and network.
+fn topology_label<'a>(w: &'a config::snapshot::Workload, key: &str) -> Option<&'a str> {
+    let v = match key {
+        "topology.kubernetes.io/region" => Some(&*w.meta.region),
+        "topology.kubernetes.io/zone" => Some(&*w.meta.zone),
+        "topology.istio.io/subzone" => Some(&*w.meta.subzone),
+        "topology.istio.io/network" => Some(&*w.network),
+        _ => w.label(key),
+    };
+    v.filter(|v| !v.is_empty())
 }
 
 impl Near<'_> {
@@ -331,7 +365,7 @@ impl Near<'_> {
             Near::Bucket { weights, chosen } => {
                 weights.iter().position(|(p, _)| p.matches(at)) == Some(*chosen)
             }
-            Near::Rank { policy, me, rank } => usize::from(policy.rank(*me, at)) == *rank,
+            Near::Rank { policy, me, rank } => rank_of(policy, *me, &e.workload) == *rank,
         }
     }
 }
@@ -461,15 +495,7 @@ destinationRules:
         };
         (0..n)
             .map(|i| {
-                pick_endpoint(
-                    snapshot.destination_rules(),
-                    sp,
-                    &to,
-                    i,
-                    Locality::default(),
-                    host,
-                )
-                .map(|p| {
+                pick_endpoint(snapshot.destination_rules(), sp, &to, i, None, host).map(|p| {
                     let w = snapshot
                         .workload_by_uid(&p.endpoint.uid)
                         .expect("a workload");
@@ -522,17 +548,10 @@ destinationRules:
                 port: 80,
                 hash,
             };
-            pick_endpoint(
-                snap.destination_rules(),
-                sp,
-                &to,
-                n,
-                Locality::default(),
-                host,
-            )
-            .unwrap()
-            .endpoint
-            .addr
+            pick_endpoint(snap.destination_rules(), sp, &to, n, None, host)
+                .unwrap()
+                .endpoint
+                .addr
         };
         let healthy = |_| Host::default();
         // Whatever the counter (the core's turn), one key goes to one endpoint; keys
@@ -579,6 +598,8 @@ destinationRules:
     subsets:
       - name: none
         trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: false}}}
+      - name: prio
+        trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {failoverPriority: [topology.kubernetes.io/zone]}}}
       - name: split
         trafficPolicy:
           loadBalancer:
@@ -595,7 +616,7 @@ destinationRules:
         let wp = snap
             .workload_by_uid("demo/wp")
             .expect("the waypoint's workload");
-        let me = locality_of(wp);
+        let me = Some(&**wp);
         let counts = |subset: Option<&str>, out: &[u8]| {
             let mut n = std::collections::BTreeMap::<String, u32>::new();
             let to = Upstream {
@@ -631,6 +652,14 @@ destinationRules:
         assert!((740..=860).contains(&l1) && l1 + l3 == 1000, "{split:?}");
         // A locality with nothing healthy takes nothing: us-west gets all.
         assert_eq!(counts(Some("split"), &[1]), only("l3"));
+        // failoverPriority by zone: l1 and l3 share the waypoint's zone name, whatever the
+        // region; l2 only when both are out.
+        let prio = counts(Some("prio"), &[]);
+        assert_eq!(
+            (prio.get("l1"), prio.get("l2"), prio.get("l3")),
+            (Some(&500), None, Some(&500))
+        );
+        assert_eq!(counts(Some("prio"), &[1, 3]), only("l2"));
     }
 
     #[test]
@@ -659,15 +688,7 @@ destinationRules:
             port: 80,
             hash: None,
         };
-        let p = pick_endpoint(
-            snap.destination_rules(),
-            sp,
-            &to,
-            0,
-            Locality::default(),
-            &r1_out,
-        )
-        .unwrap();
+        let p = pick_endpoint(snap.destination_rules(), sp, &to, 0, None, &r1_out).unwrap();
         assert_eq!((p.pool, p.ejected), (2, 1));
         assert_eq!(p.outlier.map(|o| o.consecutive_5xx), Some(2));
         // Everyone ejected: no healthy upstream (Istio's default panic threshold, 0).

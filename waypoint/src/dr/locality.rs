@@ -14,9 +14,15 @@
 //!   waypoint's locality over localities by weight, whatever the outlier settings. A
 //!   locality with no healthy endpoint takes nothing; its share goes to the others.
 //!
+//! - **Failover priority** (`failoverPriority`, instead of `failover`) ranks by labels
+//!   instead: an endpoint whose first n labels match the waypoint's (a `key`, compared with
+//!   the waypoint's own value, or `key=value`, compared with that value) is rank N - n.
+//!   The topology keys `topology.kubernetes.io/region`, `topology.kubernetes.io/zone`,
+//!   `topology.istio.io/subzone` and `topology.istio.io/network` read the workloads'
+//!   locality and network.
+//!
 //! Localities are `region/zone/subzone`; a pattern may end in `*` (any below). A workload
 //! or waypoint without a locality is in the empty one, which matches only itself and `*`.
-//! `failoverPriority` (by labels) is refused with its field named.
 
 use std::collections::BTreeMap;
 
@@ -111,6 +117,9 @@ pub struct LocalityPolicy {
     pub distribute: Vec<(Pattern, Vec<(Pattern, u32)>)>,
     /// Region → the region to fail over to first.
     pub failover: Vec<(String, String)>,
+    /// Labels that rank endpoints instead of the locality: a key (the waypoint's value) or
+    /// a key and a value.
+    pub failover_priority: Vec<(String, Option<String>)>,
 }
 
 impl Default for LocalityPolicy {
@@ -120,12 +129,16 @@ impl Default for LocalityPolicy {
             enabled: true,
             distribute: Vec::new(),
             failover: Vec::new(),
+            failover_priority: Vec::new(),
         }
     }
 }
 
 /// The highest failover rank (every other region).
 pub const LAST_RANK: u8 = 4;
+
+/// The most `failoverPriority` labels (each adds a rank; Envoy's priorities are bounded).
+pub const MAX_PRIORITY_LABELS: usize = 8;
 
 /// Envoy's default overprovisioning factor (1.4), as a percentage.
 const OVERPROVISION_PERCENT: u64 = 140;
@@ -140,6 +153,28 @@ impl LocalityPolicy {
             .iter()
             .find(|(from, _)| from.matches(me))
             .map(|(_, to)| to.as_slice())
+    }
+
+    /// The `failoverPriority` rank of an endpoint whose labels `ep` looks up, for a
+    /// waypoint whose labels `me` looks up: the number of labels, less how many of them
+    /// match in order before the first that does not.
+    pub fn priority_rank<'a>(
+        &self,
+        me: impl Fn(&str) -> Option<&'a str>,
+        ep: impl Fn(&str) -> Option<&'a str>,
+    ) -> u8 {
+        let matched = self
+            .failover_priority
+            .iter()
+            .take_while(|(key, value)| {
+                let want = match value {
+                    Some(v) => Some(v.as_str()),
+                    None => me(key),
+                };
+                want.is_some() && ep(key) == want
+            })
+            .count();
+        (self.failover_priority.len() - matched) as u8
     }
 
     /// The failover rank of an endpoint at `ep` for a waypoint at `me`: 0 is the best.
@@ -191,11 +226,29 @@ pub fn rank_for(per_rank: &[(u32, u32)], r: u64) -> Option<usize> {
 
 /// Checks and compiles a `localityLbSetting`, at `at`.
 pub fn compile(spec: &LocalityLbSpec, at: &str) -> Result<LocalityPolicy, RouteError> {
-    if !spec.failover_priority.is_empty() {
+    if !spec.failover_priority.is_empty() && !spec.failover.is_empty() {
         return Err(err(
             format!("{at}.failoverPriority"),
-            "not supported by the ringmesh waypoint: use failover (by region) or distribute",
+            "set together with failover: the ringmesh waypoint ranks by one of them; keep failoverPriority, or failover",
         ));
+    }
+    if spec.failover_priority.len() > MAX_PRIORITY_LABELS {
+        return Err(err(
+            format!("{at}.failoverPriority"),
+            format!("at most {MAX_PRIORITY_LABELS} labels"),
+        ));
+    }
+    let mut failover_priority = Vec::with_capacity(spec.failover_priority.len());
+    for (i, l) in spec.failover_priority.iter().enumerate() {
+        let (key, value) = match l.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (l.as_str(), None),
+        };
+        crate::dr::label_key(key).map_err(|m| err(format!("{at}.failoverPriority[{i}]"), m))?;
+        if let Some(v) = &value {
+            crate::dr::label_value(v).map_err(|m| err(format!("{at}.failoverPriority[{i}]"), m))?;
+        }
+        failover_priority.push((key.to_string(), value));
     }
     if !spec.distribute.is_empty() && !spec.failover.is_empty() {
         return Err(err(
@@ -245,6 +298,7 @@ pub fn compile(spec: &LocalityLbSpec, at: &str) -> Result<LocalityPolicy, RouteE
         enabled: spec.enabled.unwrap_or(true),
         distribute,
         failover,
+        failover_priority,
     })
 }
 
@@ -307,6 +361,33 @@ mod tests {
     }
 
     #[test]
+    fn failover_priority_ranks_by_leading_label_matches() {
+        let p = compile(
+            &spec("failoverPriority: [topology.istio.io/network, topology.kubernetes.io/zone, tier=gold]"),
+            "l",
+        )
+        .unwrap();
+        let me = |k: &str| match k {
+            "topology.istio.io/network" => Some("n1"),
+            "topology.kubernetes.io/zone" => Some("a"),
+            _ => None,
+        };
+        let ep = |net: &'static str, zone: &'static str, tier: Option<&'static str>| {
+            move |k: &str| match k {
+                "topology.istio.io/network" => Some(net),
+                "topology.kubernetes.io/zone" => Some(zone),
+                "tier" => tier,
+                _ => None,
+            }
+        };
+        assert_eq!(p.priority_rank(me, ep("n1", "a", Some("gold"))), 0);
+        assert_eq!(p.priority_rank(me, ep("n1", "a", None)), 1);
+        assert_eq!(p.priority_rank(me, ep("n1", "b", Some("gold"))), 2);
+        // A later label counts only after the earlier ones matched.
+        assert_eq!(p.priority_rank(me, ep("n2", "a", Some("gold"))), 3);
+    }
+
+    #[test]
     fn distribute_picks_weights_by_source() {
         let p = compile(
             &spec("distribute: [{from: us-east/a/*, to: {us-east/a/*: 80, us-east/b/*: 20}}, {from: '*', to: {us-west: 100}}]"),
@@ -331,7 +412,12 @@ mod tests {
     fn bad_settings_are_named() {
         let e = |yaml: &str| compile(&spec(yaml), "l").unwrap_err().path;
         assert_eq!(
-            e("failoverPriority: [topology.kubernetes.io/zone]"),
+            e("{failoverPriority: [topology.kubernetes.io/zone], failover: [{from: a, to: b}]}"),
+            "l.failoverPriority"
+        );
+        assert_eq!(e("failoverPriority: ['Bad Key']"), "l.failoverPriority[0]");
+        assert_eq!(
+            e("failoverPriority: [a, b, c, d, e, f, g, h, i]"),
             "l.failoverPriority"
         );
         assert_eq!(
