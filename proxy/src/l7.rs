@@ -147,6 +147,43 @@ struct Core {
     hbone_port: u16,
     /// The waypoint's own workload uid (its locality ranks endpoints).
     workload: Arc<str>,
+    /// When each workload IP joined the mesh, for slow start; the IPs there at start are
+    /// not in it (not new). Only IPs still in the mesh are kept.
+    arrivals: RefCell<std::collections::HashMap<IpAddr, std::time::Instant>>,
+}
+
+impl Core {
+    /// A new mesh snapshot: IPs it has that the last one had not arrive now.
+    fn set_snapshot(&self, new: Arc<Snapshot>) {
+        note_arrivals(
+            &mut self.arrivals.borrow_mut(),
+            &self.snapshot.borrow(),
+            &new,
+            std::time::Instant::now(),
+        );
+        *self.snapshot.borrow_mut() = new;
+    }
+}
+
+/// Records in `arrivals` the workload IPs `new` has and `old` had not, as arrived `now`,
+/// and forgets IPs `new` no longer has.
+fn note_arrivals(
+    arrivals: &mut std::collections::HashMap<IpAddr, std::time::Instant>,
+    old: &Snapshot,
+    new: &Snapshot,
+    now: std::time::Instant,
+) {
+    let ips = |s: &Snapshot| -> std::collections::HashSet<IpAddr> {
+        s.workloads()
+            .iter()
+            .flat_map(|w| w.ips.iter().copied())
+            .collect()
+    };
+    let (known, present) = (ips(old), ips(new));
+    arrivals.retain(|ip, _| present.contains(ip));
+    for ip in present.difference(&known) {
+        arrivals.insert(*ip, now);
+    }
 }
 
 impl Core {
@@ -398,6 +435,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
                 identity: init_identity.clone(),
                 hbone_port,
                 workload: own_uid.clone(),
+                arrivals: RefCell::default(),
             });
             let tls_certs = certs.clone();
             let pool = Pool::new(pool_cfg.clone(), move |key: &PoolKey| {
@@ -510,7 +548,7 @@ async fn worker_main(
         while let Ok(msg) = w.messages().recv().await {
             match msg {
                 Msg::Certs(c) => *msg_core.certs.borrow_mut() = c,
-                Msg::Config(s) => *msg_core.snapshot.borrow_mut() = s,
+                Msg::Config(s) => msg_core.set_snapshot(s),
                 Msg::L7(s) => {
                     msg_wp.set_config(s.routes().clone(), s.security().clone());
                     *msg_core.l7.borrow_mut() = s;
@@ -768,6 +806,33 @@ fn write_hist<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_that_join_later_are_new_and_those_that_leave_are_forgotten() {
+        let mesh = |ips: &[&str]| {
+            let workloads: String = ips
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| {
+                    format!("  - {{name: w{i}, namespace: demo, workloadIps: [\"{ip}\"]}}\n")
+                })
+                .collect();
+            config::parse(&format!("workloads:\n{workloads}"), &LoadOptions::default()).unwrap()
+        };
+        let (t0, t1) = (std::time::Instant::now(), std::time::Instant::now());
+        let mut arrivals = std::collections::HashMap::new();
+        let first = mesh(&["10.0.0.1", "10.0.0.2"]);
+        let second = mesh(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        note_arrivals(&mut arrivals, &first, &second, t0);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(arrivals.len(), 1);
+        assert_eq!(arrivals.get(&ip("10.0.0.3")), Some(&t0));
+        // Seen again: still the first arrival; gone: forgotten.
+        note_arrivals(&mut arrivals, &second, &second, t1);
+        assert_eq!(arrivals.get(&ip("10.0.0.3")), Some(&t0));
+        note_arrivals(&mut arrivals, &second, &first, t1);
+        assert!(arrivals.is_empty());
+    }
 
     #[test]
     fn the_gateway_comes_from_the_flag_or_the_workload() {

@@ -28,11 +28,13 @@
 //! - `portLevelSettings` override the policy for one Service port. Each part (the load
 //!   balancer as a whole, outlier detection, the connection pool) comes from the most
 //!   specific level that sets it: the subset's port level, the subset's policy, the rule's
-//!   port level, the rule's policy ([`DestinationRules::effective`]).
+//!   port level, the rule's policy ([`DestinationRules::effective`]);
+//! - `warmupDurationSecs` / `warmup` slow-start new endpoints ([`warmup`]).
 //!
 //! Not supported, and refused with the field named rather than accepted and ignored:
-//! `PASSTHROUGH` load balancing, `failoverPriority` together with `failover`,
-//! `warmupDurationSecs`, split local-origin errors, `tunnel`, `proxyProtocol`, TLS modes
+//! `PASSTHROUGH` load balancing, `failoverPriority` together with `failover`, slow start
+//! (`warmupDurationSecs`, `warmup`) with `RANDOM` or `consistentHash`, split local-origin
+//! errors, `tunnel`, `proxyProtocol`, TLS modes
 //! other than `ISTIO_MUTUAL`, `exportTo` and `workloadSelector`. One rule per Service
 //! (Istio would merge several).
 
@@ -48,6 +50,7 @@ use crate::route::{RouteError, ServiceRef, err};
 pub mod hash;
 pub mod locality;
 pub mod pool;
+pub mod warmup;
 
 pub use hash::{Affinity, HashPolicy};
 pub use locality::{Locality, LocalityPolicy};
@@ -134,8 +137,11 @@ pub struct LoadBalancerSpec {
     pub consistent_hash: Option<hash::ConsistentHashSpec>,
     #[serde(default)]
     pub locality_lb_setting: Option<locality::LocalityLbSpec>,
+    /// Slow start's window (Istio's older field).
     #[serde(default)]
-    pub warmup_duration_secs: Option<IgnoredAny>,
+    pub warmup_duration_secs: Option<String>,
+    #[serde(default)]
+    pub warmup: Option<warmup::WarmupSpec>,
 }
 
 /// Istio's `OutlierDetection`: passive health checking by consecutive errors.
@@ -258,6 +264,49 @@ impl Balance {
     }
 }
 
+impl Balance {
+    /// [`Balance::choose`] with weights (0..=1, slow start's): round robin becomes a draw in
+    /// proportion to weight; least-request keeps, of two drawn candidates, the one with the
+    /// most weight per request in flight (`weight / (load + 1)`, Envoy's weighted
+    /// least-request with its default bias of 1).
+    pub fn choose_weighted(
+        self,
+        n: usize,
+        counter: u64,
+        load: impl Fn(usize) -> u32,
+        weight: impl Fn(usize) -> f64,
+    ) -> Option<usize> {
+        if n <= 1 || !matches!(self, Balance::RoundRobin | Balance::LeastRequest) {
+            return self.choose(n, counter, load);
+        }
+        let r = splitmix64(counter);
+        if self == Balance::LeastRequest {
+            let n64 = n as u64;
+            let a = (r % n64) as usize;
+            let mut b = ((r >> 32) % (n64 - 1)) as usize;
+            if b >= a {
+                b += 1;
+            }
+            let score = |i: usize| weight(i) / (f64::from(load(i)) + 1.0);
+            return Some(if score(b) > score(a) { b } else { a });
+        }
+        let total: f64 = (0..n).map(&weight).sum();
+        if total <= 0.0 {
+            return self.choose(n, counter, load);
+        }
+        // A uniform draw in [0, total) from the top 53 bits.
+        let mut x = (r >> 11) as f64 / (1u64 << 53) as f64 * total;
+        for i in 0..n {
+            let w = weight(i);
+            if x < w {
+                return Some(i);
+            }
+            x -= w;
+        }
+        Some(n - 1)
+    }
+}
+
 /// SplitMix64's finalizer (Steele, Lea, Flood 2014; their constants): consecutive counters
 /// land on unrelated values, so a per-core counter serves as the random source.
 pub fn splitmix64(x: u64) -> u64 {
@@ -275,6 +324,8 @@ pub struct Lb {
     /// `Some` when `balance` is [`Balance::ConsistentHash`].
     pub hash: Option<Arc<HashPolicy>>,
     pub locality: Option<Arc<LocalityPolicy>>,
+    /// Slow start for new endpoints (round robin and least-request only).
+    pub warmup: Option<warmup::Warmup>,
 }
 
 /// What one traffic policy (a rule's, a subset's, or one port's of either) sets; `None`:
@@ -588,7 +639,7 @@ fn layer(
         });
     };
     let at = format!("{at}.loadBalancer");
-    let unsupported = [("warmupDurationSecs", lb.warmup_duration_secs.is_some())];
+    let warmup = warmup::compile(lb.warmup_duration_secs.as_deref(), lb.warmup.as_ref(), &at)?;
     let locality = match &lb.locality_lb_setting {
         Some(l) => Some(Arc::new(locality::compile(
             l,
@@ -596,13 +647,18 @@ fn layer(
         )?)),
         None => None,
     };
-    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
-        return Err(err(
-            format!("{at}.{field}"),
-            "not supported by the ringmesh waypoint; use simple (LEAST_REQUEST, ROUND_ROBIN, RANDOM) or consistentHash",
-        ));
-    }
+    let slow_start_refused = |with: &str| {
+        err(
+            format!("{at}.warmup"),
+            format!(
+                "slow start applies to ROUND_ROBIN and LEAST_REQUEST only, not {with} (as in Envoy)"
+            ),
+        )
+    };
     if let Some(ch) = &lb.consistent_hash {
+        if warmup.is_some() {
+            return Err(slow_start_refused("consistentHash"));
+        }
         if lb.simple.is_some() {
             return Err(err(
                 format!("{at}.consistentHash"),
@@ -615,6 +671,7 @@ fn layer(
                 balance: Balance::ConsistentHash,
                 hash: Some(Arc::new(policy)),
                 locality,
+                warmup: None,
             }),
             outlier,
             limits,
@@ -635,11 +692,15 @@ fn layer(
             ));
         }
     };
+    if balance == Balance::Random && warmup.is_some() {
+        return Err(slow_start_refused("RANDOM"));
+    }
     Ok(Layer {
         lb: Some(Lb {
             balance,
             hash: None,
             locality,
+            warmup,
         }),
         outlier,
         limits,
@@ -834,6 +895,14 @@ mod tests {
             (
                 "[{name: r, namespace: demo, host: reviews, trafficPolicy: {loadBalancer: {simple: RANDOM, consistentHash: {httpHeaderName: x}}}}]",
                 "destinationRules[demo/r].trafficPolicy.loadBalancer.consistentHash",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {loadBalancer: {simple: RANDOM, warmupDurationSecs: 60s}}}]",
+                "destinationRules[demo/r].trafficPolicy.loadBalancer.warmup",
+            ),
+            (
+                "[{name: r, namespace: demo, host: reviews, trafficPolicy: {loadBalancer: {warmup: {duration: 1m, aggression: -1}}}}]",
+                "destinationRules[demo/r].trafficPolicy.loadBalancer.warmup.aggression",
             ),
             (
                 "[{name: r, namespace: demo, host: reviews, subsets: [{name: v1, trafficPolicy: {loadBalancer: {consistentHash: {}}}}]}]",

@@ -100,7 +100,14 @@ impl MeshUpstreams {
             Some(_) => snapshot.workload_by_uid(&self.core.workload).map(|w| &**w),
             None => None,
         };
-        pick_endpoint(l7.destination_rules(), sp, to, n, me, host)
+        // What the waypoint knows of each endpoint, and when it joined the mesh.
+        let arrivals = self.core.arrivals.borrow();
+        let now = std::time::Instant::now();
+        let host = |addr: SocketAddr| Host {
+            age: arrivals.get(&addr.ip()).map(|t| now.duration_since(*t)),
+            ..host(addr)
+        };
+        pick_endpoint(l7.destination_rules(), sp, to, n, me, &host)
     }
 
     /// How to reach `endpoint` right now: HBONE to its node for a mesh workload, TCP
@@ -198,9 +205,25 @@ fn pick_endpoint(
             key,
             sp.endpoints.iter().filter(admitted).map(|e| e.addr),
         ),
-        _ => balance.choose(count, counter, |i| {
-            nth(i).map_or(u32::MAX, |e| host(e.addr).load)
-        }),
+        _ => {
+            let load = |i: usize| nth(i).map_or(u32::MAX, |e| host(e.addr).load);
+            let warmup = policy.lb.and_then(|lb| lb.warmup.as_ref());
+            // Slow start: weights only while some candidate is new (no cost otherwise).
+            match warmup {
+                Some(w)
+                    if sp
+                        .endpoints
+                        .iter()
+                        .filter(admitted)
+                        .any(|e| host(e.addr).age.is_some_and(|a| a < w.window)) =>
+                {
+                    balance.choose_weighted(count, counter, load, |i| {
+                        w.weight(nth(i).and_then(|e| host(e.addr).age))
+                    })
+                }
+                _ => balance.choose(count, counter, load),
+            }
+        }
     };
     let Some(e) = chosen.and_then(nth) else {
         return Err(match &to.subset {
@@ -459,6 +482,8 @@ destinationRules:
       - {name: least, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}}
       - {name: guarded, labels: {version: v1}, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 2}}}
       - {name: panicky, labels: {version: v1}, trafficPolicy: {outlierDetection: {minHealthPercent: 60}}}
+      - {name: slow-rr, labels: {app: reviews}, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 100s}}}
+      - {name: slow-lr, labels: {app: reviews}, trafficPolicy: {loadBalancer: {warmup: {duration: 100s, minimumPercent: 10}}}}
       - {name: sticky, labels: {app: reviews}, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}, outlierDetection: {consecutive5xxErrors: 2}}}
 "#;
 
@@ -475,6 +500,7 @@ destinationRules:
         picks_with(snapshot, subset, n, &|a| Host {
             load: load(a),
             ejected: false,
+            ..Host::default()
         })
     }
 
@@ -569,6 +595,7 @@ destinationRules:
         let out = |a: SocketAddr| Host {
             load: 0,
             ejected: a == home,
+            ..Host::default()
         };
         assert_ne!(pick(Some(key), 0, &out), home);
         assert_eq!(pick(Some(key), 0, &healthy), home);
@@ -628,6 +655,7 @@ destinationRules:
             let host = |a: SocketAddr| Host {
                 load: 0,
                 ejected: matches!(a.ip(), IpAddr::V4(ip) if out.contains(&ip.octets()[3])),
+                ..Host::default()
             };
             for i in 0..1000 {
                 let p = pick_endpoint(snap.destination_rules(), sp, &to, i, me, &host).unwrap();
@@ -663,16 +691,47 @@ destinationRules:
     }
 
     #[test]
+    fn a_new_endpoint_starts_slow_and_takes_its_full_share_after_the_window() {
+        let snap = config::parse(MESH, &LoadOptions::default()).unwrap();
+        let r4 = IpAddr::from([10, 0, 0, 4]);
+        // r4 joined 10 s ago (weight 0.1 of 100 s), or 60 s ago (0.6), or long ago.
+        let aged = |secs: Option<u64>, r1_load: u32| {
+            move |a: SocketAddr| Host {
+                load: if a.ip() == r4 { 0 } else { r1_load },
+                age: secs.filter(|_| a.ip() == r4).map(Duration::from_secs),
+                ..Host::default()
+            }
+        };
+        let share = |subset: &str, host: &dyn Fn(SocketAddr) -> Host| {
+            let v = picks_with(&snap, Some(subset), 2000, host).unwrap();
+            v.iter().filter(|w| *w == "r4").count()
+        };
+        // Round robin: in proportion to weight, 0.1/1.1 and 0.6/1.6 of 2,000.
+        let young = share("slow-rr", &aged(Some(10), 0));
+        assert!((120..=250).contains(&young), "{young}");
+        let older = share("slow-rr", &aged(Some(60), 0));
+        assert!((650..=850).contains(&older), "{older}");
+        assert_eq!(share("slow-rr", &aged(Some(100), 0)), 1000);
+        assert_eq!(share("slow-rr", &aged(None, 0)), 1000);
+        // Least-request: weight over requests in flight; r1 idle wins every draw, r1 with
+        // 12 in flight (1/13 < 0.1) loses them all.
+        assert_eq!(share("slow-lr", &aged(Some(10), 0)), 0);
+        assert_eq!(share("slow-lr", &aged(Some(10), 12)), 2000);
+    }
+
+    #[test]
     fn ejected_endpoints_are_left_out_while_enough_remain() {
         let snap = config::parse(MESH, &LoadOptions::default()).unwrap();
         let r1 = IpAddr::from([10, 0, 0, 1]);
         let r1_out = |a: SocketAddr| Host {
             load: 0,
             ejected: a.ip() == r1,
+            ..Host::default()
         };
         let all_out = |_| Host {
             load: 0,
             ejected: true,
+            ..Host::default()
         };
         let both = |v: &[String]| v.iter().any(|w| w == "r1") && v.iter().any(|w| w == "r4");
         // With outlier detection, an ejected endpoint takes nothing.

@@ -19,6 +19,9 @@ pub struct Host {
     pub load: u32,
     /// Ejected by outlier detection, for now.
     pub ejected: bool,
+    /// How long ago it joined the mesh, if recently (slow start reads this); the
+    /// [`Upstreams`] knows, the waypoint leaves it `None`.
+    pub age: Option<Duration>,
 }
 
 /// The endpoint picked for an attempt, and what outlier detection needs to judge its
@@ -135,6 +138,7 @@ impl<U: Upstreams> Waypoint<U> {
                     ejected: health
                         .get(&addr)
                         .is_some_and(|h| h.until.is_some_and(|u| u > now)),
+                    age: None,
                 })
                 .map_err(SendError::Upstream)?
         };
