@@ -52,25 +52,13 @@ impl FakeKube {
         let state: Arc<Mutex<State>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (st, stopping, token) = (state.clone(), stop.clone(), token.to_string());
-        std::thread::spawn(move || {
-            while !stopping.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let (st, stopping, token, config) =
-                            (st.clone(), stopping.clone(), token.clone(), config.clone());
-                        std::thread::spawn(move || {
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                            let Ok(conn) = rustls::ServerConnection::new(config) else {
-                                return;
-                            };
-                            let tls = rustls::StreamOwned::new(conn, s);
-                            let _ = serve(tls, &st, &stopping, &token);
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
+        let watches_stop = stopping.clone();
+        crate::web::accept_threads(listener, stopping, move |s| {
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                return;
+            };
+            let tls = rustls::StreamOwned::new(conn, s);
+            let _ = serve(tls, &st, &watches_stop, &token);
         });
         Ok(FakeKube {
             addr,

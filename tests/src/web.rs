@@ -50,20 +50,8 @@ impl WebServer {
         let hits: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (d, h, st) = (docs.clone(), hits.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !st.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let (d, h, tls) = (d.clone(), h.clone(), tls.clone());
-                        std::thread::spawn(move || {
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                            let _ = serve(s, tls, &d, &h);
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
+        accept_threads(listener, st, move |s| {
+            let _ = serve(s, tls.clone(), &d, &h);
         });
         Ok(WebServer {
             addr,
@@ -172,4 +160,29 @@ pub fn tls_for(ip: std::net::IpAddr) -> Result<(Arc<rustls::ServerConfig>, Strin
         .with_no_client_auth()
         .with_single_cert(chain, key_der)?;
     Ok((Arc::new(config), ca.root_pem()))
+}
+
+/// Accepts on `listener` (non-blocking) until `stop`, and runs `handle` on a thread of its
+/// own for each connection (blocking, with a 5 s read timeout).
+pub fn accept_threads(
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    handle: impl Fn(TcpStream) + Send + Sync + 'static,
+) {
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    let handle = handle.clone();
+                    std::thread::spawn(move || {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                        handle(s);
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
 }
