@@ -240,15 +240,7 @@ impl<U: Upstreams> Waypoint<U> {
         let endpoint = &picked.endpoint;
         let mut conn = self.h1_conn(endpoint, picked.limits.as_ref()).await?;
         conn.uses = conn.uses.saturating_add(1);
-        let resp = conn.sender.send_request(req).await.map_err(|e| {
-            // A "user" error is the request body's: the client sent a broken body (a bad
-            // chunk), which is the client's fault, not the backend's.
-            if e.is_user() {
-                SendError::ClientBody(e.to_string())
-            } else {
-                SendError::Reset(e.to_string())
-            }
-        })?;
+        let resp = conn.sender.send_request(req).await.map_err(send_failed)?;
         let idle = self.idle.clone();
         let kept = endpoint.clone();
         let policy = picked.limits.clone();
@@ -425,13 +417,7 @@ impl<U: Upstreams> Waypoint<U> {
             .ready()
             .await
             .map_err(|e| SendError::Reset(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| {
-            if e.is_user() {
-                SendError::ClientBody(e.to_string())
-            } else {
-                SendError::Reset(e.to_string())
-            }
-        })?;
+        let resp = sender.send_request(req).await.map_err(send_failed)?;
         Ok((
             resp.map(|body| {
                 Body::new(Holding {
@@ -441,6 +427,17 @@ impl<U: Upstreams> Waypoint<U> {
             }),
             endpoint.clone(),
         ))
+    }
+}
+
+/// An exchange that failed after its connection was had. A "user" error is the request
+/// body's: the client sent a broken body (a bad chunk), which is the client's fault, not
+/// the backend's; anything else is a reset.
+fn send_failed(e: hyper::Error) -> SendError {
+    if e.is_user() {
+        SendError::ClientBody(e.to_string())
+    } else {
+        SendError::Reset(e.to_string())
     }
 }
 
