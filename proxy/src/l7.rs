@@ -20,8 +20,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -41,7 +40,13 @@ use waypoint::route::ServiceRef;
 mod gateway;
 mod jwks;
 pub mod kube;
+mod metrics;
+mod telemetry;
 mod upstreams;
+
+pub use metrics::render_istio;
+use metrics::serve_metrics;
+use telemetry::TelemetrySource;
 
 use gateway::gateway_of;
 use upstreams::{MeshUpstreams, Ups};
@@ -77,8 +82,13 @@ pub struct WaypointOptions {
     pub pool_idle_timeout: Duration,
     pub runtime: RuntimeConfig,
     pub drain_timeout: Duration,
-    /// Spans over OTLP/HTTP; `None`: no tracing.
+    /// Spans over OTLP (`--otlp-endpoint`); `None`: none, unless a Telemetry names a
+    /// provider.
     pub tracing: Option<waypoint::trace::TraceConfig>,
+    /// Istio's MeshConfig (`--mesh-config`): the Telemetry API's providers. Watched.
+    pub mesh_config: Option<PathBuf>,
+    /// Roots for `https://` trace collectors (`--otlp-ca`); `None`: the system's.
+    pub otlp_ca: Option<PathBuf>,
     /// Client connections' deadlines.
     pub conn_limits: waypoint::serve::ConnLimits,
     /// How often fetched JWKS are fetched again.
@@ -106,6 +116,8 @@ enum Msg {
     Config(Arc<Snapshot>),
     /// The waypoint's own kinds: routes, DestinationRules, L7 security (from the file).
     L7(Arc<Snapshot>),
+    /// The Telemetry API's plans, per Service.
+    Telemetry(Arc<waypoint::telemetry::TelemetryTable>),
     /// Each core answers with its counters.
     Stats(std::sync::mpsc::Sender<StatsSnapshot>),
 }
@@ -238,6 +250,8 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
     // The waypoint's kinds: from the file, or from Kubernetes (then the file, if any, holds
     // only the mesh).
     let latest_l7: Arc<Mutex<Option<Arc<Snapshot>>>> = Arc::default();
+    // The Telemetry API's table, once built (after the waypoint knows its Gateway).
+    let telemetry_slot: Arc<std::sync::OnceLock<Arc<TelemetrySource>>> = Arc::default();
     let mut _kube = None;
     let l7 = match (&opts.kube, &file) {
         (None, Some(f)) => f.clone(),
@@ -251,10 +265,11 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
             if let Some(f) = f
                 && (!f.routes().is_empty()
                     || f.security().counts() != (0, 0)
-                    || !f.destination_rules().is_empty())
+                    || !f.destination_rules().is_empty()
+                    || !f.telemetries().is_empty())
             {
                 anyhow::bail!(
-                    "{}: holds routes, DestinationRules or L7 policies, but with --kube they come from Kubernetes: remove them from the file",
+                    "{}: holds routes, DestinationRules, L7 policies or Telemetries, but with --kube they come from Kubernetes: remove them from the file",
                     opts.config
                         .as_deref()
                         .unwrap_or(std::path::Path::new(""))
@@ -265,12 +280,19 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
                 f.is_some() || from_istiod.is_some(),
                 "--config is needed for the mesh (workloads and Services), unless istiod gives it (--xds-address)"
             );
-            let (b, latest) = (broadcaster.clone(), latest_l7.clone());
+            let (b, latest, tele) = (
+                broadcaster.clone(),
+                latest_l7.clone(),
+                telemetry_slot.clone(),
+            );
             let apply = move |snap: Arc<Snapshot>| {
                 // Under the broadcaster's lock: the cores get the newest, never an older
                 // one after it.
                 let b = b.lock().unwrap_or_else(|p| p.into_inner());
                 *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(snap.clone());
+                if let Some(t) = tele.get() {
+                    t.set_telemetries(snap.telemetries().clone());
+                }
                 if let Some(b) = b.as_ref() {
                     b.send(Msg::L7(snap));
                 }
@@ -384,7 +406,18 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
         ),
         None => None,
     };
-    let init_tracing = tracing.clone();
+    let telemetry = TelemetrySource::start(
+        opts.mesh_config.clone(),
+        &gateway,
+        tracing
+            .clone()
+            .map(|t| (t, opts.tracing.as_ref().map_or(0.01, |c| c.sampling))),
+        opts.otlp_ca.clone(),
+        l7.telemetries().clone(),
+    )?;
+    let _ = telemetry_slot.set(telemetry.clone());
+    telemetry.watch(&control_rt, opts.watch_interval);
+    let init_telemetry = telemetry.current();
     let conn_limits = opts.conn_limits;
     let listen = SocketAddr::new(ip, opts.hbone_port);
     let init_certs = identities.current();
@@ -436,7 +469,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
                 init_l7.security().clone(),
                 Ups(upstreams),
                 stats.clone(),
-                init_tracing.clone(),
+                init_telemetry.clone(),
                 conn_limits,
                 Some(gateway.clone()),
             );
@@ -456,8 +489,12 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
         }
         // What Kubernetes changed while the cores were starting.
         if let Some(l) = latest_l7.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            telemetry.set_telemetries(l.telemetries().clone());
             rt.broadcast(Msg::L7(l));
         }
+        let tb = rt.broadcaster();
+        telemetry.set_publisher(move |t| tb.send(Msg::Telemetry(t)));
+        rt.broadcast(Msg::Telemetry(telemetry.current()));
     }
 
     let _watcher = match (&opts.config, &file) {
@@ -467,6 +504,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
             let shown = path.clone();
             let mesh_too = from_istiod.is_none();
             let l7_too = opts.kube.is_none();
+            let tele = telemetry.clone();
             Some(config::watch(
                 path,
                 WatchOptions {
@@ -484,6 +522,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
                         b.send(Msg::Config(snap.clone()));
                     }
                     if l7_too {
+                        tele.set_telemetries(snap.telemetries().clone());
                         b.send(Msg::L7(snap));
                     }
                 },
@@ -492,7 +531,13 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
         _ => None,
     };
     if let Some(addr) = opts.metrics {
-        serve_metrics(addr, rt.broadcaster(), rt.workers().len(), current.clone())?;
+        serve_metrics(
+            addr,
+            rt.broadcaster(),
+            rt.workers().len(),
+            current.clone(),
+            telemetry.clone(),
+        )?;
     }
     tracing::info!(
         workload = %opts.workload,
@@ -508,6 +553,7 @@ pub fn run(opts: WaypointOptions) -> Result<()> {
     if let Some(t) = &tracing {
         t.shutdown();
     }
+    telemetry.shutdown();
     tracing::info!("drained, exiting");
     Ok(())
 }
@@ -528,6 +574,7 @@ async fn worker_main(
                     msg_wp.set_config(s.routes().clone(), s.security().clone());
                     *msg_core.l7.borrow_mut() = s;
                 }
+                Msg::Telemetry(t) => msg_wp.set_telemetry(t),
                 Msg::Stats(reply) => {
                     let _ = reply.send(msg_wp.stats.snapshot());
                 }
@@ -615,166 +662,6 @@ async fn serve_tunnel_conn(
     };
     if let Err(e) = hbone::server::serve_tls(stream, &cfg, std::future::pending(), handler).await {
         tracing::debug!(%peer, error = %e, "HBONE connection ended");
-    }
-}
-
-/// Time a core has to answer a stats request before /metrics answers without it.
-const STATS_WAIT: Duration = Duration::from_secs(2);
-
-/// `/metrics` (the cores' counters, summed) and `/healthz/ready` on a small thread of its
-/// own: a scrape never runs on a core.
-fn serve_metrics(
-    addr: SocketAddr,
-    b: Broadcaster<Msg>,
-    workers: usize,
-    snapshot: Arc<Mutex<Arc<Snapshot>>>,
-) -> Result<()> {
-    let listener =
-        StdListener::bind(addr).with_context(|| format!("--metrics {addr}: cannot listen"))?;
-    std::thread::Builder::new()
-        .name("waypoint-metrics".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                // The whole request head (up to 8 KiB): closing with unread bytes would
-                // reset the connection under the answer.
-                let mut buf = Vec::with_capacity(1024);
-                let mut chunk = [0u8; 1024];
-                while buf.len() < 8192 && !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf);
-                let path = head.split_whitespace().nth(1).unwrap_or("");
-                let (status, body) = match path {
-                    "/metrics" => {
-                        let stats = gather(&b, workers);
-                        let snap = snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                        let mut text = render_istio(&stats, &snap);
-                        text.push_str(&stats.render());
-                        ("200 OK", text)
-                    }
-                    "/healthz/ready" => ("200 OK", "ready\n".to_string()),
-                    _ => ("404 Not Found", "try /metrics or /healthz/ready\n".to_string()),
-                };
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.shutdown(std::net::Shutdown::Write);
-            }
-        })?;
-    Ok(())
-}
-
-fn gather(b: &Broadcaster<Msg>, workers: usize) -> StatsSnapshot {
-    let (tx, rx) = std::sync::mpsc::channel();
-    b.send(Msg::Stats(tx));
-    let mut total = StatsSnapshot::default();
-    let deadline = std::time::Instant::now() + STATS_WAIT;
-    for _ in 0..workers {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(s) => total.add(&s),
-            Err(_) => break,
-        }
-    }
-    total
-}
-
-/// Istio's request series as a waypoint reports them (`reporter="waypoint"`): the standard
-/// labels of the source workload, the Service and the endpoint that answered, with
-/// `response_code`, `response_flags` and `request_protocol` (`http` or `grpc`).
-pub fn render_istio(stats: &StatsSnapshot, snap: &Snapshot) -> String {
-    use std::collections::BTreeMap;
-    use std::fmt::Write as _;
-
-    use crate::telemetry::labels::LabelSet;
-    use crate::telemetry::{Reporter, Security};
-    use waypoint::stats::{BYTES_BUCKETS, DURATION_BUCKETS_MS, Tally};
-
-    let mut series: BTreeMap<String, Tally> = BTreeMap::new();
-    for (k, t) in &stats.requests {
-        let source = k.source.as_deref().and_then(|u| snap.workload_by_uid(u));
-        let destination = k.endpoint.as_deref().and_then(|u| snap.workload_by_uid(u));
-        let service = snap.service_by_name(&k.service.namespace, &k.service.name);
-        let labels = LabelSet {
-            reporter: Reporter::Destination,
-            source: source.map(|w| &**w),
-            source_principal: source.map(|w| &w.identity),
-            destination: destination.map(|w| &**w),
-            service: service.map(|s| &**s),
-            security: Security::MutualTls,
-        }
-        .render_as("waypoint", if k.grpc { "grpc" } else { "http" });
-        let key = format!(
-            "{},response_code=\"{}\",response_flags=\"{}\",{}",
-            labels.head,
-            k.code,
-            k.outcome.flag(),
-            labels.tail
-        );
-        let e = series.entry(key).or_default();
-        e.requests += t.requests;
-        e.duration_ms.add(&t.duration_ms);
-        e.request_bytes.add(&t.request_bytes);
-        e.response_bytes.add(&t.response_bytes);
-    }
-    let mut out = String::new();
-    out.push_str("# HELP istio_requests_total Requests the waypoint answered.\n# TYPE istio_requests_total counter\n");
-    for (labels, t) in &series {
-        let _ = writeln!(out, "istio_requests_total{{{labels}}} {}", t.requests);
-    }
-    write_hist(
-        &mut out,
-        "istio_request_duration_milliseconds",
-        "Request duration, to the end of the response.",
-        &DURATION_BUCKETS_MS,
-        &series,
-        |t| &t.duration_ms,
-    );
-    write_hist(
-        &mut out,
-        "istio_request_bytes",
-        "Request body sizes.",
-        &BYTES_BUCKETS,
-        &series,
-        |t| &t.request_bytes,
-    );
-    write_hist(
-        &mut out,
-        "istio_response_bytes",
-        "Response body sizes.",
-        &BYTES_BUCKETS,
-        &series,
-        |t| &t.response_bytes,
-    );
-    out
-}
-
-/// One Prometheus histogram over every series.
-fn write_hist<const N: usize>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    bounds: &[f64; N],
-    series: &std::collections::BTreeMap<String, waypoint::stats::Tally>,
-    pick: fn(&waypoint::stats::Tally) -> &waypoint::stats::Hist<N>,
-) {
-    use std::fmt::Write as _;
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for (labels, t) in series {
-        let h = pick(t);
-        for (b, c) in bounds.iter().zip(h.cumulative()) {
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {c}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
     }
 }
 

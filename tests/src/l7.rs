@@ -456,32 +456,7 @@ fn collect(s: impl Read + Write, kept: &Mutex<Vec<Span>>) -> Result<()> {
         r.read_exact(&mut body)?;
         if line.starts_with("POST /v1/traces") {
             let req = ExportTraceServiceRequest::decode(body.as_slice())?;
-            let mut out = kept.lock().unwrap();
-            for rs in req.resource_spans {
-                let service_name = rs
-                    .resource
-                    .iter()
-                    .flat_map(|r| &r.attributes)
-                    .find(|a| a.key == "service.name")
-                    .map(|a| any_text(a.value.as_ref()))
-                    .unwrap_or_default();
-                for ss in rs.scope_spans {
-                    for sp in ss.spans {
-                        out.push(Span {
-                            name: sp.name,
-                            trace_id: hex(&sp.trace_id),
-                            span_id: hex(&sp.span_id),
-                            parent_span_id: hex(&sp.parent_span_id),
-                            attributes: sp
-                                .attributes
-                                .iter()
-                                .map(|a| (a.key.clone(), any_text(a.value.as_ref())))
-                                .collect(),
-                            service_name: service_name.clone(),
-                        });
-                    }
-                }
-            }
+            kept.lock().unwrap().extend(spans_of(req));
         }
         let w = r.get_mut();
         w.write_all(
@@ -489,6 +464,39 @@ fn collect(s: impl Read + Write, kept: &Mutex<Vec<Span>>) -> Result<()> {
         )?;
         w.flush()?;
     }
+}
+
+/// The spans of one export, as the collectors keep them.
+pub(crate) fn spans_of(
+    req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+) -> Vec<Span> {
+    let mut out = Vec::new();
+    for rs in req.resource_spans {
+        let service_name = rs
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|a| a.key == "service.name")
+            .map(|a| any_text(a.value.as_ref()))
+            .unwrap_or_default();
+        for ss in rs.scope_spans {
+            for sp in ss.spans {
+                out.push(Span {
+                    name: sp.name,
+                    trace_id: hex(&sp.trace_id),
+                    span_id: hex(&sp.span_id),
+                    parent_span_id: hex(&sp.parent_span_id),
+                    attributes: sp
+                        .attributes
+                        .iter()
+                        .map(|a| (a.key.clone(), any_text(a.value.as_ref())))
+                        .collect(),
+                    service_name: service_name.clone(),
+                });
+            }
+        }
+    }
+    out
 }
 
 fn hex(b: &[u8]) -> String {

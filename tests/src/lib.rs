@@ -11,6 +11,7 @@ pub mod istioctl;
 pub mod istiod;
 pub mod kube;
 pub mod l7;
+pub mod otlp_grpc;
 mod prom;
 pub mod web;
 

@@ -143,14 +143,7 @@ fn exchange(
 
 /// A TLS server config with a certificate for `ip` from a new CA, and that CA as PEM.
 pub fn tls_for(ip: std::net::IpAddr) -> Result<(Arc<rustls::ServerConfig>, String)> {
-    let ca = CertificateAuthority::new_root(&CaOptions::new("web test root"))?;
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.subject_alt_names.push(rcgen::SanType::IpAddress(ip));
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let issuer =
-        rcgen::Issuer::from_ca_cert_pem(&ca.root_pem(), rcgen::KeyPair::from_pem(ca.key_pem())?)?;
-    let cert = params.signed_by(&key, &issuer)?;
+    let (cert, key, ca) = leaf_for(ip)?;
     let chain = vec![cert.der().clone()];
     let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
         .map_err(|e| anyhow::anyhow!("key: {e}"))?;
@@ -159,7 +152,28 @@ pub fn tls_for(ip: std::net::IpAddr) -> Result<(Arc<rustls::ServerConfig>, Strin
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key_der)?;
-    Ok((Arc::new(config), ca.root_pem()))
+    Ok((Arc::new(config), ca))
+}
+
+/// [`tls_for`]'s certificate as PEM, for servers that take PEM (tonic's): (certificate,
+/// key, the CA's root).
+pub fn pem_for(ip: std::net::IpAddr) -> Result<(String, String, String)> {
+    let (cert, key, ca) = leaf_for(ip)?;
+    Ok((cert.pem(), key.serialize_pem(), ca))
+}
+
+/// A certificate for `ip` (its only name) from a new CA of its own; with its key and the
+/// CA's root (PEM).
+fn leaf_for(ip: std::net::IpAddr) -> Result<(rcgen::Certificate, rcgen::KeyPair, String)> {
+    let ca = CertificateAuthority::new_root(&CaOptions::new("web test root"))?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names.push(rcgen::SanType::IpAddress(ip));
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&ca.root_pem(), rcgen::KeyPair::from_pem(ca.key_pem())?)?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert, key, ca.root_pem()))
 }
 
 /// Accepts on `listener` (non-blocking) until `stop`, and runs `handle` on a thread of its

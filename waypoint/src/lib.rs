@@ -1,11 +1,12 @@
 //! The ringmesh waypoint: the L7 half of ambient mode, on the node proxy's runtime.
 //!
 //! Owns: HTTP routes and their matching ([`route`]), DestinationRule subsets and balancing
-//! ([`dr`]), the HTTP/1.1 and HTTP/2 server that
-//! runs inside each HBONE tunnel a node proxy sends here, and forwarding each request to the
-//! Service its route picks, with timeouts, retries, faults, mirroring, header and URL
-//! rewrites and redirects ([`serve`]). It does not know how a Service becomes an endpoint or how a tunnel is
-//! opened: the caller (`ringmesh waypoint`) gives it an [`serve::Upstreams`].
+//! ([`dr`]), the HTTP/1.1 and HTTP/2 server that runs inside each HBONE tunnel a node proxy
+//! sends here, and forwarding each request to the Service its route picks, with timeouts,
+//! retries, faults, mirroring, header and URL rewrites and redirects ([`serve`]), and what
+//! each request reports under Istio's Telemetry API ([`telemetry`]: spans, access log,
+//! metrics). It does not know how a Service becomes an endpoint or how a tunnel is opened:
+//! the caller (`ringmesh waypoint`) gives it an [`serve::Upstreams`].
 //!
 //! Invariants:
 //! - a request is routed by the table that was current when it arrived; a new table applies
@@ -23,5 +24,6 @@ pub mod route;
 pub mod security;
 pub mod serve;
 pub mod stats;
+pub mod telemetry;
 pub mod trace;
 pub mod vs;

@@ -44,6 +44,7 @@ use crate::io::{LocalExec, Protocol, sniff};
 use crate::route::{Backend, Retry, RouteTable, Rule, ServiceRef};
 use crate::security::{Peer, Refusal, SecurityTable};
 use crate::stats::{Key, Outcome, Stats};
+use crate::telemetry::{Plan, TelemetryTable};
 use crate::trace::{TraceCtx, Tracing};
 
 mod body;
@@ -177,7 +178,8 @@ pub struct Waypoint<U: Upstreams> {
     rng: RefCell<SmallRng>,
     in_flight: Rc<Cell<u32>>,
     retries_in_flight: Rc<Cell<u32>>,
-    tracing: Option<Arc<Tracing>>,
+    /// Spans, access log and metrics per Service (the Telemetry API).
+    telemetry: RefCell<Arc<TelemetryTable>>,
     limits: ConnLimits,
     /// The waypoint's own Gateway (namespace and name): policies that target it apply to
     /// every request.
@@ -191,7 +193,7 @@ impl<U: Upstreams> Waypoint<U> {
         security: Arc<SecurityTable>,
         upstreams: U,
         stats: Rc<Stats>,
-        tracing: Option<Arc<Tracing>>,
+        telemetry: Arc<TelemetryTable>,
         limits: ConnLimits,
         gateway: Option<ServiceRef>,
     ) -> Rc<Waypoint<U>> {
@@ -207,7 +209,7 @@ impl<U: Upstreams> Waypoint<U> {
             rng: RefCell::new(SmallRng::from_os_rng()),
             in_flight: Rc::new(Cell::new(0)),
             retries_in_flight: Rc::new(Cell::new(0)),
-            tracing,
+            telemetry: RefCell::new(telemetry),
             limits,
             gateway,
             stats,
@@ -218,6 +220,11 @@ impl<U: Upstreams> Waypoint<U> {
     pub fn set_config(&self, table: Arc<RouteTable>, security: Arc<SecurityTable>) {
         *self.table.borrow_mut() = table;
         *self.security.borrow_mut() = security;
+    }
+
+    /// Telemetry from now on (requests under way keep their plan).
+    pub fn set_telemetry(&self, table: Arc<TelemetryTable>) {
+        *self.telemetry.borrow_mut() = table;
     }
 
     pub fn upstreams(&self) -> &U {
@@ -337,13 +344,15 @@ impl<U: Upstreams> Waypoint<U> {
         let (mut parts, body) = req.into_parts();
         normalize(&mut parts);
         let _in_flight = Gauge::enter(&self.in_flight);
-        let mut rec = Record::new(self.stats.clone(), target, &parts);
-        if let Some(t) = &self.tracing {
+        let table = self.telemetry.borrow().clone();
+        let plan: Arc<Plan> = table.plan(&target.service).clone();
+        let mut rec = Record::new(self.stats.clone(), target, &parts, &table, plan);
+        if let Some(t) = &rec.plan.tracing {
             let name = format!("{}:{}/*", target.host, target.port);
-            let random = self.rng.borrow_mut().random::<f64>();
-            rec.trace = t
-                .begin(&mut parts.headers, name, random)
-                .map(|c| (t.clone(), c));
+            let sample = self.rng.borrow_mut().random::<f64>() < t.sampling;
+            if let Some(c) = t.tracer.begin(&mut parts.headers, name, sample) {
+                rec.trace = Some((t.tracer.clone(), c));
+            }
         }
         // Deny before routing: authentication, then authorization.
         let security = self.security.borrow().clone();

@@ -76,6 +76,8 @@ pub struct Key {
     pub endpoint: Option<Arc<str>>,
     /// `application/grpc*` (Istio's `request_protocol="grpc"`).
     pub grpc: bool,
+    /// Labels a Telemetry `UPSERT`s, by name, with this request's values (usually none).
+    pub tags: Vec<(Arc<str>, String)>,
 }
 
 /// Istio's request-duration buckets (Envoy's default histogram buckets), in ms.
@@ -190,6 +192,11 @@ impl Stats {
             .observe(request_bytes as f64, &BYTES_BUCKETS);
         t.response_bytes
             .observe(response_bytes as f64, &BYTES_BUCKETS);
+    }
+
+    /// How many series this core holds.
+    pub fn series(&self) -> usize {
+        self.by_key.borrow().len()
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -308,6 +315,7 @@ mod tests {
             source_principal: None,
             endpoint: Some(Arc::from(endpoint)),
             grpc: false,
+            tags: Vec::new(),
         }
     }
 

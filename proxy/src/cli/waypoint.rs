@@ -77,18 +77,47 @@ pub(crate) struct WaypointArgs {
     /// Close pooled HBONE connections to endpoints idle for this long.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pool_idle_timeout: Duration,
-    /// Export a span per sampled request over OTLP/HTTP (protobuf) to this collector, e.g.
-    /// http://otel-collector.istio-system:4318, or https:// (verified against --otlp-ca,
-    /// else the system's roots). Unset: no tracing.
+    /// Export a span per sampled request over OTLP to this collector: with --otlp-protocol
+    /// http, e.g. http://otel-collector.istio-system:4318 (/v1/traces is added); with grpc,
+    /// e.g. http://otel-collector.istio-system:4317 (no path). https:// is verified against
+    /// --otlp-ca, else the system's roots. Unset: no tracing.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// How spans reach --otlp-endpoint: `grpc` (OTLP/gRPC, what Istio's OpenTelemetry
+    /// provider uses by default) or `http` (OTLP/HTTP with protobuf bodies; `http/protobuf`
+    /// is the same).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        value_name = "grpc|http",
+        default_value = "http",
+        value_parser = parse_otlp_protocol
+    )]
+    otlp_protocol: waypoint::trace::OtlpProtocol,
+    /// A header sent with every export, NAME=VALUE (repeat the flag for more): an HTTP
+    /// header over http, gRPC metadata over grpc (Istio's `http.headers` /
+    /// `grpc.initialMetadata`), e.g. `authorization=Bearer <token>`. Without the flag:
+    /// OTEL_EXPORTER_OTLP_HEADERS, in its form `name=value,name2=value2` (values
+    /// percent-encoded). The exporter also adds OTEL_EXPORTER_OTLP_HEADERS and
+    /// OTEL_EXPORTER_OTLP_TRACES_HEADERS itself: with the flag, leave them unset.
+    #[arg(long = "otlp-header", value_name = "NAME=VALUE", value_parser = parse_otlp_header)]
+    otlp_headers: Vec<(String, String)>,
     /// Percent of requests without a sampled `traceparent` that start a trace (Istio's
     /// default is 1); requests with one follow its sampled flag.
     #[arg(long, default_value_t = 1.0)]
     trace_sampling: f64,
-    /// Roots (a PEM file) that verify an https:// --otlp-endpoint; default: the system's.
+    /// Roots (a PEM file) that verify an https:// --otlp-endpoint (and an OpenTelemetry
+    /// provider on port 443); default: the system's.
     #[arg(long)]
     otlp_ca: Option<PathBuf>,
+    /// Istio's MeshConfig (YAML: the `mesh` key of the `istio` ConfigMap, as mounted in a
+    /// pod, e.g. /etc/istio/config/mesh): its `extensionProviders` and `defaultProviders`
+    /// are the providers Telemetry objects name (OpenTelemetry tracing, over gRPC or HTTP;
+    /// `envoyFileAccessLog` to /dev/stdout; Prometheus), and `accessLogFile` turns access
+    /// logs on where no Telemetry decides. Watched. Without it: Prometheus metrics and
+    /// access logs on, spans only to --otlp-endpoint.
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
     /// Once an HTTP/1.1 request's first byte has arrived, its head must be complete within
     /// this, or the connection is closed (slowloris).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -171,6 +200,8 @@ pub(crate) fn run_waypoint(args: WaypointArgs) -> anyhow::Result<()> {
     let kube = kube_api(&args)?;
     proxy::l7::run(proxy::l7::WaypointOptions {
         config: args.config,
+        mesh_config: args.mesh_config,
+        otlp_ca: args.otlp_ca.clone(),
         kube,
         ca,
         workload: args.workload,
@@ -195,16 +226,60 @@ pub(crate) fn run_waypoint(args: WaypointArgs) -> anyhow::Result<()> {
                         args.trace_sampling
                     );
                 }
+                let headers = otlp_headers(
+                    args.otlp_headers,
+                    std::env::var("OTEL_EXPORTER_OTLP_HEADERS").ok(),
+                    &args.otlp_protocol,
+                )?;
                 Some(waypoint::trace::TraceConfig {
-                    endpoint,
                     sampling: args.trace_sampling / 100.0,
-                    service_name: "ringmesh-waypoint".into(),
-                    roots: args.otlp_ca,
+                    roots: args.otlp_ca.clone(),
+                    protocol: args.otlp_protocol,
+                    headers,
+                    ..waypoint::trace::TraceConfig::new(endpoint)
                 })
             }
             None => None,
         },
     })
+}
+
+/// `--otlp-protocol`: grpc, http/protobuf or http.
+fn parse_otlp_protocol(s: &str) -> Result<waypoint::trace::OtlpProtocol, String> {
+    s.parse()
+}
+
+/// `--otlp-header NAME=VALUE`, split at the first `=` (the value may hold more); checked
+/// against the protocol in [`otlp_headers`].
+fn parse_otlp_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.to_string()))
+        }
+        _ => Err("expected NAME=VALUE".into()),
+    }
+}
+
+/// The export headers: the flags', else those of `env` (OTEL_EXPORTER_OTLP_HEADERS), each
+/// checked for `protocol`; an error names where the bad one came from.
+fn otlp_headers(
+    flags: Vec<(String, String)>,
+    env: Option<String>,
+    protocol: &waypoint::trace::OtlpProtocol,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let (headers, from) = match env {
+        Some(text) if flags.is_empty() => (
+            waypoint::trace::parse_header_list(&text)
+                .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_HEADERS: {e}"))?,
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ),
+        _ => (flags, "--otlp-header"),
+    };
+    for (name, value) in &headers {
+        waypoint::trace::check_header(name, value, protocol)
+            .map_err(|e| anyhow::anyhow!("{from} {name}=...: {e}"))?;
+    }
+    Ok(headers)
 }
 
 /// `d`, or an error naming `flag` when it is zero (a zero deadline would close everything).

@@ -27,7 +27,7 @@ use crate::identity::spiffe::{check_segment, check_trust_domain};
 mod l7;
 
 pub(crate) use l7::build_l7_only;
-use l7::{Names, build_routes, build_security};
+use l7::{Names, build_routes, build_security, build_telemetries};
 
 /// Istio's default trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -232,7 +232,9 @@ pub(crate) fn build(
     }
     let (routes, destination_rules) = build_routes(&raw, Names::File)?;
     let security = build_security(&raw, jwks, Names::File)?;
+    let telemetries = build_telemetries(&raw, Names::File)?;
     let mut snapshot = state.snapshot(node, content_hash);
+    snapshot.telemetries = Arc::new(telemetries);
     snapshot.routes = Arc::new(routes);
     snapshot.destination_rules = Arc::new(destination_rules);
     snapshot.security = Arc::new(security);

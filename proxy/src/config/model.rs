@@ -25,7 +25,7 @@ use super::types::{
 #[derive(Debug, Deserialize)]
 #[serde(
     rename = "MeshConfig",
-    expecting = "a mesh config: a mapping with `node`, `workloads`, `services`, `policies`, `httpRoutes`, `virtualServices`, `destinationRules`, `authorizationPolicies` and `requestAuthentications`",
+    expecting = "a mesh config: a mapping with `node`, `workloads`, `services`, `policies`, `httpRoutes`, `virtualServices`, `destinationRules`, `authorizationPolicies`, `requestAuthentications` and `telemetries`",
     rename_all = "camelCase",
     deny_unknown_fields
 )]
@@ -59,6 +59,10 @@ pub(crate) struct RawConfig {
     /// waypoint.
     #[serde(default)]
     pub request_authentications: Vec<waypoint::security::RequestAuthenticationSpec>,
+    /// Istio's Telemetry API (`telemetry.istio.io` Telemetry): the waypoint's spans, access
+    /// log and metrics, with the providers of `--mesh-config`.
+    #[serde(default)]
+    pub telemetries: Vec<waypoint::telemetry::TelemetrySpec>,
 }
 
 #[derive(Debug, Deserialize)]

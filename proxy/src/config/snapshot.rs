@@ -251,6 +251,9 @@ pub struct Snapshot {
     pub(crate) security: Arc<waypoint::security::SecurityTable>,
     /// The waypoint's DestinationRules (subsets and balancing).
     pub(crate) destination_rules: Arc<waypoint::dr::DestinationRules>,
+    /// The waypoint's Telemetry objects, checked; merged with the MeshConfig's providers
+    /// into a table by the waypoint.
+    pub(crate) telemetries: Arc<Vec<waypoint::telemetry::TelemetrySpec>>,
 }
 
 impl Snapshot {
@@ -271,6 +274,11 @@ impl Snapshot {
     /// The compiled L7 policies and JWT rules.
     pub fn security(&self) -> &Arc<waypoint::security::SecurityTable> {
         &self.security
+    }
+
+    /// The Telemetry objects (`telemetries`).
+    pub fn telemetries(&self) -> &Arc<Vec<waypoint::telemetry::TelemetrySpec>> {
+        &self.telemetries
     }
 
     /// The DestinationRules, by Service.
@@ -434,6 +442,7 @@ impl Snapshot {
             routes: self.routes.len(),
             destination_rules: self.destination_rules.len(),
             l7_policies: self.security.counts(),
+            telemetries: self.telemetries.len(),
         }
     }
 }
@@ -454,6 +463,8 @@ pub struct Summary {
     pub destination_rules: usize,
     /// The waypoint's authorization policies and request authentications.
     pub l7_policies: (usize, usize),
+    /// The waypoint's Telemetry objects.
+    pub telemetries: usize,
 }
 
 impl fmt::Display for Summary {
@@ -464,7 +475,7 @@ impl fmt::Display for Summary {
             self.workloads, self.services, self.service_ports, self.policies
         )?;
         let (authz, authn) = self.l7_policies;
-        if self.routes + self.destination_rules + authz + authn > 0 {
+        if self.routes + self.destination_rules + authz + authn + self.telemetries > 0 {
             write!(
                 f,
                 "; for waypoints: {} routes, {authz} authorization policies, {authn} request authentications",
@@ -472,6 +483,9 @@ impl fmt::Display for Summary {
             )?;
             if self.destination_rules > 0 {
                 write!(f, ", {} destination rules", self.destination_rules)?;
+            }
+            if self.telemetries > 0 {
+                write!(f, ", {} telemetries", self.telemetries)?;
             }
         }
         match &self.node {

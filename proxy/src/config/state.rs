@@ -199,6 +199,7 @@ impl MeshState {
             routes: Arc::default(),
             security: Arc::default(),
             destination_rules: Arc::default(),
+            telemetries: Arc::default(),
         }
     }
 }

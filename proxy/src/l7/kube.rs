@@ -1,5 +1,5 @@
 //! The waypoint's L7 config from the cluster: HTTPRoutes, VirtualServices,
-//! DestinationRules, AuthorizationPolicies and RequestAuthentications read from the
+//! DestinationRules, AuthorizationPolicies, RequestAuthentications and Telemetries read from the
 //! Kubernetes API (list and watch, [`control::kube`]) instead of the `--config` file, in the
 //! same shapes the file takes.
 //!
@@ -17,7 +17,10 @@
 //!   is dropped (the waypoint applies every rule it is given);
 //! - AuthorizationPolicies and RequestAuthentications with `targetRefs` (or the older
 //!   `targetRef`); those with a `selector` or no target are enforced by the node proxies
-//!   or sidecars, not by a waypoint.
+//!   or sidecars, not by a waypoint;
+//! - Telemetries without a workload `selector` (namespace-wide ones, and those that target
+//!   the waypoint's Gateway or a Service); which of them apply is the waypoint crate's
+//!   choice (`waypoint::telemetry`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -29,7 +32,7 @@ use serde_json::{Map, Value};
 use crate::config::{self, ConfigError, LoadOptions, Snapshot};
 
 /// The kinds read, with the mesh config list each goes to.
-pub const KINDS: [(Resource, &str); 5] = [
+pub const KINDS: [(Resource, &str); 6] = [
     (
         Resource {
             name: "httproutes.gateway.networking.k8s.io",
@@ -64,6 +67,13 @@ pub const KINDS: [(Resource, &str); 5] = [
             path: "/apis/security.istio.io/v1/requestauthentications",
         },
         "requestAuthentications",
+    ),
+    (
+        Resource {
+            name: "telemetries.telemetry.istio.io",
+            path: "/apis/telemetry.istio.io/v1/telemetries",
+        },
+        "telemetries",
     ),
 ];
 
@@ -178,6 +188,18 @@ pub fn translate(list: &str, object: &Value) -> Option<Value> {
             if !targeted {
                 return None;
             }
+        }
+        "telemetries" => {
+            // A workload selector configures sidecars and node proxies, not a waypoint.
+            let selected = spec
+                .get("selector")
+                .and_then(|s| s.get("matchLabels"))
+                .and_then(Value::as_object)
+                .is_some_and(|m| !m.is_empty());
+            if selected {
+                return None;
+            }
+            spec.remove("selector");
         }
         _ => return None,
     }
@@ -390,6 +412,16 @@ mod tests {
         let t = translate("authorizationPolicies", &old).unwrap();
         assert_eq!(t["targetRefs"][0]["name"], "echo");
         assert!(translate("requestAuthentications", &obj("demo", "a", json!({}))).is_none());
+        // Telemetries: all but those with a workload selector (an empty one is none).
+        let sidecars = obj(
+            "demo",
+            "t",
+            json!({"selector": {"matchLabels": {"app": "x"}}, "tracing": [{}]}),
+        );
+        assert!(translate("telemetries", &sidecars).is_none());
+        let wide = obj("demo", "t", json!({"selector": {}, "tracing": [{}]}));
+        let t = translate("telemetries", &wide).unwrap();
+        assert!(t.get("selector").is_none() && t["name"] == "t");
     }
 
     #[test]
@@ -408,14 +440,32 @@ mod tests {
         let mut policies = Objects::new();
         let bad = json!({"targetRefs": [{"kind": "Service", "name": "echo"}], "action": "AUDIT"});
         policies.insert(("demo".into(), "bad".into()), obj("demo", "bad", bad));
+        let mut telemetries = Objects::new();
+        let sampled = json!({"tracing": [{"randomSamplingPercentage": 10}]});
+        telemetries.insert(("demo".into(), "ok".into()), obj("demo", "ok", sampled));
+        let over = json!({"tracing": [{"randomSamplingPercentage": 200}]});
+        telemetries.insert(("demo".into(), "over".into()), obj("demo", "over", over));
         let empty = Objects::new();
         let (snap, left_out) = build(
-            &[routes, empty.clone(), empty.clone(), policies, empty],
+            &[
+                routes,
+                empty.clone(),
+                empty.clone(),
+                policies,
+                empty,
+                telemetries,
+            ],
             &jwks,
         )
         .unwrap();
         assert_eq!(snap.routes().len(), 1, "{left_out:?}");
-        assert_eq!(left_out.len(), 2, "{left_out:?}");
+        assert_eq!(snap.telemetries().len(), 1, "{left_out:?}");
+        assert_eq!(left_out.len(), 3, "{left_out:?}");
+        assert!(
+            left_out
+                .iter()
+                .any(|l| l.starts_with("telemetries demo/over"))
+        );
         assert!(
             left_out
                 .iter()
@@ -427,7 +477,7 @@ mod tests {
                 .any(|l| l.starts_with("authorizationPolicies demo/bad"))
         );
         // Nothing at all is a valid, empty config.
-        let none = vec![Objects::new(); 5];
+        let none = vec![Objects::new(); KINDS.len()];
         assert_eq!(build(&none, &jwks).unwrap().0.routes().len(), 0);
     }
 }

@@ -1,5 +1,6 @@
 //! The waypoint's kinds from a Kubernetes API server (`--kube-api`): listed and watched,
-//! applied as they change, an object that cannot apply left out and the rest kept.
+//! applied as they change, an object that cannot apply left out and the rest kept;
+//! Telemetries among them.
 
 use super::*;
 use e2e::kube::FakeKube;
@@ -7,6 +8,7 @@ use serde_json::json;
 
 const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 const POLICIES: &str = "/apis/security.istio.io/v1/authorizationpolicies";
+const TELEMETRIES: &str = "/apis/telemetry.istio.io/v1/telemetries";
 
 fn route(default_backend: &str) -> serde_json::Value {
     json!({
@@ -49,6 +51,21 @@ fn routes_and_policies_come_from_the_kubernetes_api_as_they_change() -> Result<(
         json!({"metadata": {"namespace": "demo", "name": "audit"},
                "spec": {"targetRefs": [{"kind": "Service", "name": "echo"}], "action": "AUDIT", "rules": [{}]}}),
     );
+    // Mesh-wide: no access log, and a `team` label from a header on the request count.
+    api.apply(
+        TELEMETRIES,
+        json!({"metadata": {"namespace": "istio-system", "name": "mesh-default"},
+               "spec": {"accessLogging": [{"disabled": true}],
+                        "metrics": [{"overrides": [{"match": {"metric": "REQUEST_COUNT"},
+                                                    "tagOverrides": {"team": {"value": "request.headers['x-team']"}}}]}]}}),
+    );
+    // A sidecar's (a workload selector): not the waypoint's, or it would turn metrics off.
+    api.apply(
+        TELEMETRIES,
+        json!({"metadata": {"namespace": "demo", "name": "sidecars"},
+               "spec": {"selector": {"matchLabels": {"app": "echo"}},
+                        "metrics": [{"overrides": [{"disabled": true}]}]}}),
+    );
     let dir = tempfile::tempdir()?;
     let (token, ca) = (dir.path().join("token"), dir.path().join("ca.pem"));
     std::fs::write(&token, "s3cret\n")?;
@@ -83,6 +100,27 @@ fn routes_and_policies_come_from_the_kubernetes_api_as_they_change() -> Result<(
         "{}",
         m.context()
     );
+    // The Telemetry applies: the label, and no access log line.
+    ensure!(c.request("GET", "/k", &[("x-team", "blue")], b"")?.status == 200);
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{") && l.contains("team=\"blue\"")),
+        "{metrics}"
+    );
+    ensure!(
+        !m.wp.proc.stderr().contains("request complete"),
+        "{}",
+        m.context()
+    );
+    // Deleted, it stops applying: access logs are on again.
+    api.delete(TELEMETRIES, "istio-system", "mesh-default");
+    e2e::wait_for(Duration::from_secs(10), "the access log back", || {
+        let _ = c.request("GET", "/logged", &[], b"");
+        m.wp.proc.stderr().contains("request complete")
+    })
+    .with_context(|| m.context())?;
     // A change to the route applies without a restart.
     api.apply(ROUTES, route("echo-v2"));
     e2e::wait_for(Duration::from_secs(10), "the changed route", || {

@@ -1,7 +1,9 @@
 //! One request's telemetry: created on arrival, finished when the response body ends or
-//! is dropped; counted in `Stats`, logged on target `access`, and its span ended.
+//! is dropped; counted in `Stats`, logged on target `access`, and its span ended, each as
+//! its Service's [`Plan`] says.
 
 use super::*;
+use crate::telemetry::{Attributes, MAX_TAG_VALUE, TagValue};
 
 /// One request's telemetry, from its arrival to the end of its response body.
 pub(super) struct Record {
@@ -21,13 +23,39 @@ pub(super) struct Record {
     /// The request's span, when it is sampled.
     pub(super) trace: Option<(Arc<Tracing>, TraceCtx)>,
     pub(super) user_agent: Option<String>,
+    /// How this request is observed (its Service's Telemetry).
+    pub(super) plan: Arc<Plan>,
+    /// The table the plan came from (its `UPSERT` expressions).
+    table: Arc<TelemetryTable>,
+    /// What a filter or an `UPSERT` reads; taken only when the plan has one.
+    attrs: Option<Box<Captured>>,
+    /// Custom span tags, resolved on arrival (a header tag reads the client's header).
+    custom_tags: Vec<(String, String)>,
 }
+
+/// The request's side of the attributes expressions read.
+struct Captured {
+    path: String,
+    headers: HeaderMap,
+    protocol: &'static str,
+    host: Arc<str>,
+}
+
+/// Beyond this many series on a core, `UPSERT` values are replaced by `overflow`: values
+/// from request contents must not grow the counters without bound.
+pub(super) const MAX_UPSERT_SERIES: usize = 10_000;
 
 /// Longest path the access log keeps (a hostile client must not fill the log).
 pub(super) const LOG_PATH_MAX: usize = 256;
 
 impl Record {
-    pub(super) fn new(stats: Rc<Stats>, target: &Target, parts: &Parts) -> Record {
+    pub(super) fn new(
+        stats: Rc<Stats>,
+        target: &Target,
+        parts: &Parts,
+        table: &Arc<TelemetryTable>,
+        plan: Arc<Plan>,
+    ) -> Record {
         let grpc = parts
             .headers
             .get(header::CONTENT_TYPE)
@@ -41,6 +69,50 @@ impl Record {
             }
             path.truncate(cut);
         }
+        let filtered = plan.access_log.as_ref().is_some_and(|l| l.filter.is_some())
+            || (!table.upserts().is_empty()
+                && plan
+                    .metrics
+                    .metrics
+                    .iter()
+                    .flatten()
+                    .any(|l| !l.upserted.is_empty()));
+        let attrs = filtered.then(|| {
+            Box::new(Captured {
+                path: parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+                headers: parts.headers.clone(),
+                protocol: if parts.version == Version::HTTP_2 {
+                    "HTTP/2"
+                } else {
+                    "HTTP/1.1"
+                },
+                host: target.host.clone(),
+            })
+        });
+        let custom_tags = match &plan.tracing {
+            Some(t) => t
+                .custom_tags
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        TagValue::Fixed(s) => s.clone(),
+                        TagValue::Header { name, default } => parts
+                            .headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map_or_else(
+                                || default.clone(),
+                                |v| v.chars().take(LOG_PATH_MAX).collect(),
+                            ),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         Record {
             stats,
             start: Instant::now(),
@@ -61,6 +133,36 @@ impl Record {
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.chars().take(LOG_PATH_MAX).collect()),
+            plan,
+            table: table.clone(),
+            attrs,
+            custom_tags,
+        }
+    }
+
+    /// The attributes an expression reads, once the response is known.
+    fn attributes<'a>(
+        &'a self,
+        c: &'a Captured,
+        took: Duration,
+        req: u64,
+        resp: u64,
+    ) -> Attributes<'a> {
+        Attributes {
+            method: self.method.as_str(),
+            path: &c.path,
+            host: &c.host,
+            headers: &c.headers,
+            protocol: c.protocol,
+            code: self.code,
+            flags: self.outcome.flag(),
+            request_size: req,
+            response_size: resp,
+            duration: took,
+            source: self.peer.addr,
+            source_principal: self.peer.principal.as_deref(),
+            port: self.port,
+            upstream: self.endpoint.as_ref().map(|e| e.addr),
         }
     }
 
@@ -68,44 +170,40 @@ impl Record {
         let took = self.start.elapsed();
         let request_bytes = self.request_bytes.get();
         if let Some((tracing, ctx)) = self.trace.take() {
-            use opentelemetry::KeyValue;
-            let mut attrs = vec![
-                KeyValue::new("component", "proxy"),
-                KeyValue::new("http.method", self.method.to_string()),
-                KeyValue::new("http.url", self.path.clone()),
-                KeyValue::new("http.status_code", i64::from(self.code)),
-                KeyValue::new("response_flags", self.outcome.flag()),
-                KeyValue::new("request_size", request_bytes as i64),
-                KeyValue::new("response_size", response_bytes as i64),
-                KeyValue::new(
-                    "upstream_cluster",
-                    format!("outbound|{}||{}", self.port, self.service),
-                ),
-                KeyValue::new("istio.namespace", self.service.namespace.to_string()),
-            ];
-            if let Some(e) = &self.endpoint {
-                attrs.push(KeyValue::new("upstream_address", e.addr.to_string()));
-            }
-            if let Some(a) = self.peer.addr {
-                attrs.push(KeyValue::new("peer.address", a.ip().to_string()));
-            }
-            if let Some(ua) = &self.user_agent {
-                attrs.push(KeyValue::new("user_agent", ua.clone()));
-            }
             let error = self.code >= 500 || !complete;
+            let attrs = self.span_attributes(request_bytes, response_bytes);
             tracing.end(ctx, error, attrs);
         }
-        let key = Key {
-            service: self.service.clone(),
-            route: self.route.clone(),
-            code: self.code,
-            outcome: self.outcome,
-            source: self.peer.workload.clone(),
-            source_principal: self.peer.principal.clone(),
-            endpoint: self.endpoint.as_ref().map(|e| e.uid.clone()),
-            grpc: self.grpc,
+        let attrs = self
+            .attrs
+            .as_deref()
+            .map(|c| self.attributes(c, took, request_bytes, response_bytes));
+        if self.plan.metrics.reports_any() {
+            let tags = self.upserted(attrs.as_ref());
+            let key = Key {
+                service: self.service.clone(),
+                route: self.route.clone(),
+                code: self.code,
+                outcome: self.outcome,
+                source: self.peer.workload.clone(),
+                source_principal: self.peer.principal.clone(),
+                endpoint: self.endpoint.as_ref().map(|e| e.uid.clone()),
+                grpc: self.grpc,
+                tags,
+            };
+            self.stats.record(key, took, request_bytes, response_bytes);
+        }
+        let log = match &self.plan.access_log {
+            None => false,
+            Some(l) => match (&l.filter, &attrs) {
+                (None, _) => true,
+                (Some(f), Some(a)) => f.matches(a).unwrap_or(false),
+                (Some(_), None) => false,
+            },
         };
-        self.stats.record(key, took, request_bytes, response_bytes);
+        if !log {
+            return;
+        }
         let src_addr = self.peer.addr.map(|a| a.to_string());
         let dst_addr = self.endpoint.as_ref().map(|e| e.addr.to_string());
         tracing::event!(
@@ -129,5 +227,100 @@ impl Record {
             duration = %format_args!("{}ms", took.as_millis()),
             "request complete"
         );
+    }
+
+    /// The span's attributes: Istio's standard tags (unless the Telemetry turned them off)
+    /// and the custom ones.
+    fn span_attributes(
+        &self,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) -> Vec<opentelemetry::KeyValue> {
+        use opentelemetry::KeyValue;
+        let mut attrs = Vec::with_capacity(12 + self.custom_tags.len());
+        let istio = self.plan.tracing.as_ref().is_none_or(|t| t.istio_tags);
+        if istio {
+            let max = self
+                .plan
+                .tracing
+                .as_ref()
+                .map_or(LOG_PATH_MAX, |t| t.max_path);
+            let mut url = self.path.as_str();
+            if url.len() > max {
+                let mut cut = max;
+                while !url.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                url = &url[..cut];
+            }
+            attrs.extend([
+                KeyValue::new("component", "proxy"),
+                KeyValue::new("http.method", self.method.to_string()),
+                KeyValue::new("http.url", url.to_string()),
+                KeyValue::new("http.status_code", i64::from(self.code)),
+                KeyValue::new("response_flags", self.outcome.flag()),
+                KeyValue::new("request_size", request_bytes as i64),
+                KeyValue::new("response_size", response_bytes as i64),
+                KeyValue::new(
+                    "upstream_cluster",
+                    format!("outbound|{}||{}", self.port, self.service),
+                ),
+                KeyValue::new("istio.namespace", self.service.namespace.to_string()),
+            ]);
+            if let Some(e) = &self.endpoint {
+                attrs.push(KeyValue::new("upstream_address", e.addr.to_string()));
+            }
+            if let Some(a) = self.peer.addr {
+                attrs.push(KeyValue::new("peer.address", a.ip().to_string()));
+            }
+            if let Some(ua) = &self.user_agent {
+                attrs.push(KeyValue::new("user_agent", ua.clone()));
+            }
+        }
+        for (k, v) in &self.custom_tags {
+            attrs.push(KeyValue::new(k.clone(), v.clone()));
+        }
+        attrs
+    }
+
+    /// The values of the plan's `UPSERT` tags, by name (empty when it has none).
+    fn upserted(&self, attrs: Option<&Attributes<'_>>) -> Vec<(Arc<str>, String)> {
+        let Some(a) = attrs else {
+            return Vec::new();
+        };
+        let mut names: Vec<&str> = self
+            .plan
+            .metrics
+            .metrics
+            .iter()
+            .flatten()
+            .flat_map(|l| l.upserted.iter().map(String::as_str))
+            .collect();
+        if names.is_empty() {
+            return Vec::new();
+        }
+        names.sort_unstable();
+        names.dedup();
+        let full = self.stats.series() >= MAX_UPSERT_SERIES;
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let e = self.table.upserts().get(n)?;
+                let v = if full {
+                    "overflow".to_string()
+                } else {
+                    let mut v = e.label(a).unwrap_or_else(|| "unknown".into());
+                    if v.len() > MAX_TAG_VALUE {
+                        let mut cut = MAX_TAG_VALUE;
+                        while !v.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        v.truncate(cut);
+                    }
+                    v
+                };
+                Some((Arc::from(n), v))
+            })
+            .collect()
     }
 }

@@ -69,6 +69,42 @@ pub(super) fn build_security(
     Ok(table)
 }
 
+/// `telemetries`: each checked by the waypoint crate, names unique; with the file's names,
+/// a Service a Telemetry targets must exist.
+pub(super) fn build_telemetries(
+    raw: &RawConfig,
+    names: Names,
+) -> Result<Vec<waypoint::telemetry::TelemetrySpec>, ConfigError> {
+    let mut seen = HashSet::new();
+    for t in &raw.telemetries {
+        waypoint::telemetry::check(t).map_err(|e| invalid(e.path, e.message))?;
+        let at = format!("telemetries[{}/{}]", t.namespace, t.name);
+        if !seen.insert((t.namespace.as_str(), t.name.as_str())) {
+            return Err(invalid(format!("{at}.name"), "defined twice"));
+        }
+        if names == Names::Kubernetes {
+            continue;
+        }
+        for (i, r) in t.target_ref.iter().chain(&t.target_refs).enumerate() {
+            if r.kind == "Service"
+                && !raw
+                    .services
+                    .iter()
+                    .any(|s| s.namespace == t.namespace && s.name == r.name)
+            {
+                return Err(invalid(
+                    format!("{at}.targetRefs[{i}]"),
+                    format!(
+                        "unknown service {}/{} (no service has this namespace and name)",
+                        t.namespace, r.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(raw.telemetries.clone())
+}
+
 /// How the waypoint's kinds name Services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Names {
@@ -95,16 +131,18 @@ pub(crate) fn build_l7_only(
         if n > 0 {
             return Err(invalid(
                 field,
-                "the mesh comes from istiod here: this file holds only httpRoutes, virtualServices, destinationRules, authorizationPolicies and requestAuthentications",
+                "the mesh comes from istiod here: this file holds only httpRoutes, virtualServices, destinationRules, authorizationPolicies, requestAuthentications and telemetries",
             ));
         }
     }
     let (routes, destination_rules) = build_routes(raw, Names::Kubernetes)?;
     let security = build_security(raw, jwks, Names::Kubernetes)?;
+    let telemetries = build_telemetries(raw, Names::Kubernetes)?;
     let mut snapshot = MeshState::new().snapshot(None, content_hash);
     snapshot.routes = Arc::new(routes);
     snapshot.destination_rules = Arc::new(destination_rules);
     snapshot.security = Arc::new(security);
+    snapshot.telemetries = Arc::new(telemetries);
     Ok(snapshot)
 }
 

@@ -1,0 +1,315 @@
+//! Istio's Telemetry API on the waypoint: Telemetry objects in the config, the providers of
+//! a MeshConfig (`--mesh-config`), spans to a gRPC OpenTelemetry provider with custom tags,
+//! access logs filtered by a CEL expression, metrics turned off and relabelled; changes
+//! apply without a restart.
+
+use super::*;
+
+/// Every request to `echo` goes to v1.
+const ROUTES: &str = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - backendRefs: [{name: echo-v1, port: 80}]
+";
+
+/// Writes `mesh` as the MeshConfig file and starts the mesh with `telemetries` (a YAML
+/// list, indented for `telemetries:`) in the config.
+fn start(
+    x: u8,
+    mesh: &str,
+    telemetries: &str,
+    env: &[(&str, &str)],
+) -> Result<(Mesh, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let mesh_path = dir.path().join("mesh");
+    std::fs::write(&mesh_path, mesh)?;
+    let config = format!("{}telemetries:\n{telemetries}", mesh_config(x, ROUTES));
+    let path = mesh_path.display().to_string();
+    let m = Mesh::start_config(
+        x,
+        &config,
+        &["--mesh-config", &path, "--watch-interval", "100ms"],
+        env,
+    )?;
+    Ok((m, dir))
+}
+
+fn span_for<'a>(spans: &'a [e2e::l7::Span], path: &str) -> Option<&'a e2e::l7::Span> {
+    spans
+        .iter()
+        .find(|s| s.attributes.get("http.url").map(String::as_str) == Some(path))
+}
+
+#[test]
+fn telemetry_sends_sampled_spans_with_custom_tags_to_a_grpc_provider() -> Result<()> {
+    let x = 175;
+    let collector = e2e::otlp_grpc::spawn_grpc_collector(SocketAddr::new(ip4(x, 9, 1), 4317))?;
+    // Istio's shape: a provider by service and port, gRPC since it has no `http`.
+    let mesh = format!(
+        "defaultProviders: {{metrics: [prometheus]}}
+extensionProviders:
+- name: otel
+  opentelemetry:
+    service: {}
+    port: 4317
+    grpc:
+      initialMetadata: [{{name: x-tenant, value: acme}}]
+",
+        ip4(x, 9, 1)
+    );
+    let telemetry = |team: &str| {
+        format!(
+            "  - name: mesh-default
+    namespace: istio-system
+    tracing: [{{providers: [{{name: otel}}], randomSamplingPercentage: 100}}]
+  - name: tags
+    namespace: demo
+    targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+    tracing:
+      - customTags:
+          team: {{literal: {{value: {team}}}}}
+          user: {{header: {{name: x-user, defaultValue: anon}}}}
+          zone: {{environment: {{name: RINGMESH_TEST_ZONE, defaultValue: nowhere}}}}
+"
+        )
+    };
+    let (m, _dir) = start(x, &mesh, &telemetry("pay"), &[("RINGMESH_TEST_ZONE", "z1")])?;
+    let mut c = m.client()?;
+    let r = c.request("GET", "/first", &[("x-user", "alice")], b"")?;
+    ensure!(r.status == 200, "{r:?}\n{}", m.context());
+    ensure!(
+        r.body.contains("traceparent: 00-"),
+        "sampled at 100 %: {r:?}"
+    );
+    let r = c.request("GET", "/anonymous", &[], b"")?;
+    ensure!(r.status == 200, "{r:?}");
+    e2e::wait_for(Duration::from_secs(20), "two spans over gRPC", || {
+        collector.spans.lock().unwrap().len() >= 2
+    })
+    .with_context(|| m.context())?;
+    {
+        let spans = collector.spans.lock().unwrap().clone();
+        let s = span_for(&spans, "/first").with_context(|| format!("{spans:?}"))?;
+        ensure!(
+            s.service_name == "waypoint.demo",
+            "Istio's name for the waypoint: {s:?}"
+        );
+        for (k, v) in [
+            ("team", "pay"),
+            ("user", "alice"),
+            ("zone", "z1"),
+            ("http.method", "GET"),
+            ("component", "proxy"),
+        ] {
+            ensure!(
+                s.attributes.get(k).map(String::as_str) == Some(v),
+                "{k}: {s:?}"
+            );
+        }
+        let a = span_for(&spans, "/anonymous").with_context(|| format!("{spans:?}"))?;
+        ensure!(
+            a.attributes.get("user").map(String::as_str) == Some("anon"),
+            "{a:?}"
+        );
+        let exports = collector.exports.lock().unwrap();
+        ensure!(
+            exports
+                .iter()
+                .all(|md| md.get("x-tenant").map(String::as_str) == Some("acme")),
+            "the provider's initialMetadata: {exports:?}"
+        );
+    }
+
+    // A changed Telemetry applies to the next request, without a restart.
+    let config = format!(
+        "{}telemetries:\n{}",
+        mesh_config(x, ROUTES),
+        telemetry("ops")
+    );
+    std::fs::write(&m._mesh.config, config)?;
+    e2e::wait_for(Duration::from_secs(20), "the new tag on a span", || {
+        let Ok(mut c) = m.client() else { return false };
+        let _ = c.request("GET", "/after", &[], b"");
+        collector.spans.lock().unwrap().iter().any(|s| {
+            s.attributes.get("http.url").map(String::as_str) == Some("/after")
+                && s.attributes.get("team").map(String::as_str) == Some("ops")
+        })
+    })
+    .with_context(|| m.context())?;
+
+    // Span reporting off for the Service: the context passes untouched, no span.
+    let quiet = format!(
+        "{}  - name: quiet\n    namespace: demo\n    targetRefs: [{{kind: Service, name: echo}}]\n    tracing: [{{disableSpanReporting: true}}]\n",
+        telemetry("ops")
+    );
+    let config = format!("{}telemetries:\n{quiet}", mesh_config(x, ROUTES));
+    std::fs::write(&m._mesh.config, config)?;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    e2e::wait_for(Duration::from_secs(20), "the traceparent untouched", || {
+        let Ok(mut c) = m.client() else { return false };
+        c.request("GET", "/quiet", &[("traceparent", parent)], b"")
+            .is_ok_and(|r| r.body.contains(&format!("traceparent: {parent}")))
+    })
+    .with_context(|| m.context())?;
+    Ok(())
+}
+
+#[test]
+fn telemetry_filters_access_logs_and_shapes_metrics() -> Result<()> {
+    let x = 176;
+    // No accessLogFile and no default access log provider: logs only where a Telemetry
+    // turns them on.
+    let mesh = "defaultProviders: {metrics: [prometheus]}\n";
+    let telemetries = "  - name: errors-only
+    namespace: demo
+    accessLogging:
+      - providers: [{name: envoy}]
+        filter: {expression: \"response.code >= 400 || request.headers['x-debug'] == 'on'\"}
+    metrics:
+      - overrides:
+          - match: {metric: REQUEST_SIZE}
+            disabled: true
+          - match: {metric: REQUEST_COUNT}
+            tagOverrides:
+              source_principal: {operation: REMOVE}
+              team: {value: \"request.headers['x-team']\"}
+";
+    let (m, _dir) = start(x, mesh, telemetries, &[])?;
+    let mut c = m.client()?;
+    for (path, headers) in [
+        ("/quiet-ok", vec![("x-team", "blue")]),
+        ("/status/404", vec![("x-team", "red")]),
+        ("/debug-ok", vec![("x-debug", "on")]),
+    ] {
+        let r = c.request("GET", path, &headers, b"")?;
+        ensure!(r.status < 500, "{r:?}\n{}", m.context());
+    }
+    e2e::wait_for(
+        Duration::from_secs(10),
+        "the filtered access log lines",
+        || {
+            let log = m.wp.proc.stderr();
+            log.contains("/status/404") && log.contains("/debug-ok")
+        },
+    )
+    .with_context(|| m.context())?;
+    let log = m.wp.proc.stderr();
+    ensure!(
+        !log.lines()
+            .any(|l| l.contains("request complete") && l.contains("/quiet-ok")),
+        "a 200 without x-debug is not logged:\n{log}"
+    );
+
+    let metrics = m.wp.metrics()?;
+    let count: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect();
+    ensure!(
+        count.len() == 3,
+        "one series per team (blue, red, unknown): {metrics}"
+    );
+    for team in ["blue", "red", "unknown"] {
+        ensure!(
+            count
+                .iter()
+                .any(|l| l.contains(&format!("team=\"{team}\""))),
+            "{team}: {metrics}"
+        );
+    }
+    ensure!(
+        count.iter().all(|l| !l.contains("source_principal=")),
+        "source_principal removed: {metrics}"
+    );
+    ensure!(
+        metrics.lines().any(
+            |l| l.starts_with("istio_request_duration_milliseconds_count{")
+                && l.contains("source_principal=")
+                && !l.contains("team=")
+        ),
+        "the duration keeps the standard labels: {metrics}"
+    );
+    ensure!(
+        !metrics.contains("istio_request_bytes_count{"),
+        "REQUEST_SIZE is off: {metrics}"
+    );
+
+    // A MeshConfig without a metrics provider: no Istio series, without a restart.
+    std::fs::write(
+        _dir.path().join("mesh"),
+        "defaultProviders: {metrics: []}\n",
+    )?;
+    e2e::wait_for(Duration::from_secs(20), "the Istio series gone", || {
+        m.wp.metrics()
+            .is_ok_and(|t| !t.contains("istio_requests_total{"))
+    })
+    .with_context(|| m.context())?;
+    // A broken MeshConfig changes nothing.
+    std::fs::write(
+        _dir.path().join("mesh"),
+        "extensionProviders: [{name: x, opentelemetry: {service: a, port: 0}}]\n",
+    )?;
+    e2e::wait_for(Duration::from_secs(20), "the rejection logged", || {
+        m.wp.proc.stderr().contains("--mesh-config rejected")
+    })
+    .with_context(|| m.context())?;
+    let r = m
+        .client()?
+        .request("GET", "/still-filtered", &[("x-debug", "on")], b"")?;
+    ensure!(r.status == 200, "{r:?}");
+    e2e::wait_for(Duration::from_secs(10), "the filter still in force", || {
+        m.wp.proc.stderr().contains("/still-filtered")
+    })
+    .with_context(|| m.context())?;
+    ensure!(
+        !m.wp.metrics()?.contains("istio_requests_total{"),
+        "still no metrics provider"
+    );
+    Ok(())
+}
+
+#[test]
+fn config_check_names_a_bad_telemetry() -> Result<()> {
+    let check = |telemetries: &str| -> Result<(bool, String)> {
+        let mesh = MeshDir::new(&format!(
+            "{}telemetries:\n{telemetries}",
+            mesh_config(177, ROUTES)
+        ))?;
+        let out = std::process::Command::new(e2e::bin("ringmesh"))
+            .args(["config", "check"])
+            .arg(&mesh.config)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    };
+    let (ok, text) =
+        check("  - {name: t, namespace: demo, tracing: [{randomSamplingPercentage: 5}]}\n")?;
+    ensure!(ok && text.contains("1 telemetries"), "{text}");
+    for (telemetry, at) in [
+        (
+            "  - {name: t, namespace: demo, tracing: [{randomSamplingPercentage: 500}]}\n",
+            "telemetries[demo/t].tracing[0].randomSamplingPercentage",
+        ),
+        (
+            "  - {name: t, namespace: demo, targetRefs: [{kind: Service, name: nowhere}]}\n",
+            "telemetries[demo/t].targetRefs[0]",
+        ),
+        (
+            "  - {name: t, namespace: demo, accessLogging: [{filter: {expression: 'response.code =='}}]}\n",
+            "telemetries[demo/t].accessLogging[0].filter.expression",
+        ),
+        (
+            "  - {name: t, namespace: demo, tracing: [{sampling: 5}]}\n",
+            "sampling",
+        ),
+    ] {
+        let (ok, text) = check(telemetry)?;
+        ensure!(!ok && text.contains(at), "{at}: {text}");
+    }
+    Ok(())
+}

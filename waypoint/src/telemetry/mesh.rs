@@ -1,0 +1,209 @@
+//! The MeshConfig's telemetry providers, checked: what each provider is to the waypoint,
+//! and where an OpenTelemetry provider's spans go.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::*;
+
+/// A provider of the MeshConfig, as the waypoint can use it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Provider {
+    /// OTLP traces.
+    OpenTelemetry(Exporter),
+    /// Access log lines on standard output.
+    StdoutLog,
+    Prometheus,
+    /// A kind the waypoint does not export to, with why.
+    Unusable(String),
+}
+
+/// Where and how an OpenTelemetry provider's spans go.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Exporter {
+    /// `http://host:port` (`https://` for port 443).
+    pub endpoint: String,
+    /// `None`: gRPC; `Some(path)`: OTLP/HTTP to that path.
+    pub http_path: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    /// `service.name` of the spans' resource.
+    pub service_name: String,
+    pub max_tag_length: usize,
+}
+
+/// Starts (or reuses) the exporter of an OpenTelemetry provider.
+pub trait Exporters {
+    fn exporter(&mut self, e: &Exporter) -> Result<Arc<Tracing>, String>;
+}
+
+/// The MeshConfig's telemetry part, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mesh {
+    pub root_namespace: String,
+    /// `accessLogFile` is set.
+    pub access_log_file: bool,
+    pub default_tracing: Vec<String>,
+    pub default_metrics: Vec<String>,
+    pub default_access_logging: Vec<String>,
+    /// By lower-case name (Istio matches provider names without case).
+    pub providers: HashMap<String, (String, Provider)>,
+}
+
+impl Default for Mesh {
+    /// The waypoint without a MeshConfig: Istio's built-in providers, metrics by
+    /// Prometheus and access logs on standard output by default.
+    fn default() -> Mesh {
+        Mesh::build(
+            &MeshSpec {
+                default_providers: spec::DefaultProvidersSpec {
+                    metrics: vec!["prometheus".into()],
+                    access_logging: vec!["envoy".into()],
+                    tracing: Vec::new(),
+                },
+                ..MeshSpec::default()
+            },
+            "waypoint",
+        )
+        .expect("the built-in MeshConfig is valid")
+    }
+}
+
+impl Mesh {
+    /// Checks `spec`; `service_name` names the spans' resource (`<gateway>.<namespace>`, as
+    /// Istio names a waypoint's).
+    pub fn build(spec: &MeshSpec, service_name: &str) -> Result<Mesh, RouteError> {
+        let mut providers = HashMap::new();
+        for (i, p) in spec.extension_providers.iter().enumerate() {
+            let at = format!("extensionProviders[{i}]");
+            if p.name.is_empty() {
+                return Err(err(format!("{at}.name"), "a provider needs a name"));
+            }
+            let provider = if let Some(o) = &p.opentelemetry {
+                Provider::OpenTelemetry(exporter(o, &at, service_name)?)
+            } else if let Some(f) = &p.envoy_file_access_log {
+                match f.path.as_deref() {
+                    None | Some("") | Some("/dev/stdout") => Provider::StdoutLog,
+                    Some(other) => Provider::Unusable(format!(
+                        "writes to {other}; the waypoint's access log goes to standard output only"
+                    )),
+                }
+            } else if p.prometheus.is_some() {
+                Provider::Prometheus
+            } else {
+                let kind = p.other.keys().next().map_or("none", String::as_str);
+                Provider::Unusable(format!(
+                    "a provider of kind {kind}, which the waypoint does not export to"
+                ))
+            };
+            if providers
+                .insert(p.name.to_ascii_lowercase(), (p.name.clone(), provider))
+                .is_some()
+            {
+                return Err(err(
+                    format!("{at}.name"),
+                    format!("provider {:?} is defined twice", p.name),
+                ));
+            }
+        }
+        // Istio's built-in providers, unless the MeshConfig defines its own.
+        providers
+            .entry("prometheus".into())
+            .or_insert(("prometheus".into(), Provider::Prometheus));
+        providers
+            .entry("envoy".into())
+            .or_insert(("envoy".into(), Provider::StdoutLog));
+        let root = spec
+            .root_namespace
+            .clone()
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| DEFAULT_ROOT_NAMESPACE.into());
+        Ok(Mesh {
+            root_namespace: root,
+            access_log_file: spec
+                .access_log_file
+                .as_deref()
+                .is_some_and(|f| !f.is_empty()),
+            default_tracing: spec.default_providers.tracing.clone(),
+            default_metrics: spec.default_providers.metrics.clone(),
+            default_access_logging: spec.default_providers.access_logging.clone(),
+            providers,
+        })
+    }
+
+    pub(super) fn provider(&self, name: &str) -> Option<&Provider> {
+        self.providers
+            .get(&name.to_ascii_lowercase())
+            .map(|(_, p)| p)
+    }
+}
+
+/// An `opentelemetry` provider's exporter.
+fn exporter(
+    o: &spec::OpenTelemetrySpec,
+    at: &str,
+    service_name: &str,
+) -> Result<Exporter, RouteError> {
+    // `[<namespace>/]<hostname>`: the namespace only disambiguates in Istio's registry.
+    let host = o.service.rsplit('/').next().unwrap_or("");
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == ':' || c == '@') {
+        return Err(err(
+            format!("{at}.opentelemetry.service"),
+            format!("{:?} is not a host name", o.service),
+        ));
+    }
+    let port = u16::try_from(o.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| {
+            err(
+                format!("{at}.opentelemetry.port"),
+                format!("{} is not a port", o.port),
+            )
+        })?;
+    let scheme = if port == 443 { "https" } else { "http" };
+    let (http_path, timeout, headers) = match (&o.http, &o.grpc) {
+        (Some(h), _) => {
+            let path = h.path.clone().unwrap_or_else(|| "/v1/traces".into());
+            if !path.starts_with('/') {
+                return Err(err(
+                    format!("{at}.opentelemetry.http.path"),
+                    format!("{path:?} does not start with /"),
+                ));
+            }
+            (Some(path), h.timeout.as_deref(), &h.headers)
+        }
+        (None, Some(g)) => (None, g.timeout.as_deref(), &g.initial_metadata),
+        (None, None) => (None, None, &Vec::new()),
+    };
+    let timeout = match timeout {
+        Some(t) => crate::route::duration(t, &format!("{at}.opentelemetry.timeout"))?,
+        None => Duration::from_secs(10),
+    };
+    let mut hs = Vec::with_capacity(headers.len());
+    for (j, h) in headers.iter().enumerate() {
+        http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
+            err(
+                format!("{at}.opentelemetry.headers[{j}].name"),
+                format!("{:?} is not a header name", h.name),
+            )
+        })?;
+        http::HeaderValue::from_str(&h.value).map_err(|_| {
+            err(
+                format!("{at}.opentelemetry.headers[{j}].value"),
+                "not a header value",
+            )
+        })?;
+        hs.push((h.name.to_ascii_lowercase(), h.value.clone()));
+    }
+    Ok(Exporter {
+        endpoint: format!("{scheme}://{host}:{port}"),
+        http_path,
+        headers: hs,
+        timeout,
+        service_name: service_name.to_string(),
+        max_tag_length: o
+            .max_tag_length
+            .map_or(DEFAULT_MAX_TAG_LENGTH, |n| (n as usize).max(1)),
+    })
+}
