@@ -12,6 +12,13 @@
 //!   `upstream.address`, `upstream.port`,
 //!   `connection.mtls` (always true: the waypoint is reached over HBONE).
 //!
+//! An evaluation builds only the maps and fields the expression names (and only the
+//! headers it indexes by a literal name, when it reads them no other way): building the
+//! attributes costs more than evaluating most expressions (`cargo bench -p
+//! ringmesh-waypoint --bench telemetry_expr`: about 0.6 µs for `response.code >= 400`, 10
+//! µs with every attribute built). So an expression that reads a map whole
+//! (`size(request)`) sees only the fields it names.
+//!
 //! Expressions come from the operator's config, never from a peer; still, their size is
 //! bounded ([`MAX_LEN`], [`MAX_DEPTH`]) so a config cannot make the parser recurse deep.
 
@@ -33,6 +40,73 @@ pub const MAX_DEPTH: usize = 32;
 pub struct Expr {
     source: Arc<str>,
     program: Arc<Program>,
+    /// The attribute roots it names ([`Roots`]): only those are built for an evaluation.
+    roots: u8,
+    /// Its identifiers: a root's field is built only when named (a map with fewer fields
+    /// is cheaper to build than the expression is to evaluate).
+    words: Arc<[Box<str>]>,
+    /// The request headers it reads, when it reads them only as `headers['name']`: only
+    /// those are copied. `None`: every header.
+    header_names: Option<Arc<[String]>>,
+}
+
+/// The names in `headers['a']`, `headers["b"]`, when every `headers` in `source` is
+/// indexed by a string literal; `None` otherwise (or when there are none to read).
+fn literal_header_names(source: &str) -> Option<Arc<[String]>> {
+    let mut names = Vec::new();
+    let mut rest = source;
+    while let Some(i) = rest.find("headers") {
+        let before = rest[..i].chars().next_back();
+        rest = &rest[i + "headers".len()..];
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            || rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        {
+            continue; // part of a longer identifier
+        }
+        let r = rest.trim_start().strip_prefix('[')?.trim_start();
+        let quote = r.chars().next().filter(|q| *q == '\'' || *q == '"')?;
+        let body = &r[1..];
+        let end = body.find(quote)?;
+        let name = &body[..end];
+        if name.contains('\\') {
+            return None;
+        }
+        body[end + 1..].trim_start().strip_prefix(']')?;
+        names.push(name.to_string());
+        rest = &body[end + 1..];
+    }
+    Some(names.into())
+}
+
+/// Bits of [`Expr::roots`]: which attribute maps an expression reads. Building a map costs
+/// more than evaluating most expressions, so an evaluation builds only these.
+struct Roots;
+
+impl Roots {
+    const REQUEST: u8 = 1;
+    const RESPONSE: u8 = 2;
+    const SOURCE: u8 = 4;
+    const DESTINATION: u8 = 8;
+    const UPSTREAM: u8 = 16;
+    const CONNECTION: u8 = 32;
+
+    /// The roots `source` names, by its identifiers (a name inside a string literal only
+    /// builds a map for nothing).
+    fn of(source: &str) -> u8 {
+        let mut roots = 0;
+        for word in source.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            roots |= match word {
+                "request" => Roots::REQUEST,
+                "response" => Roots::RESPONSE,
+                "source" => Roots::SOURCE,
+                "destination" => Roots::DESTINATION,
+                "upstream" => Roots::UPSTREAM,
+                "connection" => Roots::CONNECTION,
+                _ => 0,
+            };
+        }
+        roots
+    }
 }
 
 impl std::fmt::Debug for Expr {
@@ -80,6 +154,15 @@ impl Expr {
         Ok(Expr {
             source: Arc::from(source),
             program: Arc::new(program),
+            roots: Roots::of(source),
+            words: source
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| !w.is_empty())
+                .map(Box::from)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            header_names: literal_header_names(source),
         })
     }
 
@@ -112,7 +195,7 @@ impl Expr {
     fn eval(&self, a: &Attributes<'_>) -> Option<Value> {
         ROOT.with(|root| {
             let mut cx = root.new_inner_scope();
-            a.bind(&mut cx);
+            a.bind(&mut cx, self);
             self.program.execute(&cx).ok()
         })
     }
@@ -146,11 +229,122 @@ pub struct Attributes<'a> {
 }
 
 impl Attributes<'_> {
-    fn bind(&self, cx: &mut Context<'_, '_>) {
+    fn bind(&self, cx: &mut Context<'_, '_>, e: &Expr) {
+        let roots = e.roots;
+        let header_names = e.header_names.as_deref();
+        // A field named nowhere in the expression is left out of its map.
+        let want = |field: &str| e.words.iter().any(|w| &**w == field);
+        if roots & Roots::REQUEST != 0 {
+            let header = |name: &str| {
+                self.headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let url_path = self.path.split('?').next().unwrap_or(self.path);
+            let mut request: HashMap<&str, Value> = HashMap::with_capacity(12);
+            if want("method") {
+                request.insert("method", self.method.to_string().into());
+            }
+            if want("path") {
+                request.insert("path", self.path.to_string().into());
+            }
+            if want("url_path") {
+                request.insert("url_path", url_path.to_string().into());
+            }
+            if want("host") {
+                request.insert("host", self.host.to_string().into());
+            }
+            if want("scheme") {
+                request.insert("scheme", "http".to_string().into());
+            }
+            if want("protocol") {
+                request.insert("protocol", self.protocol.to_string().into());
+            }
+            if want("headers") {
+                request.insert("headers", self.header_map(header_names).into());
+            }
+            if want("useragent") {
+                request.insert("useragent", header("user-agent").into());
+            }
+            if want("id") {
+                request.insert("id", header("x-request-id").into());
+            }
+            if want("size") {
+                request.insert("size", Value::Int(self.request_size as i64));
+            }
+            if want("duration") {
+                request.insert("duration", Value::Float(self.duration.as_secs_f64()));
+            }
+            cx.add_variable_from_value("request", request);
+        }
+        if roots & Roots::RESPONSE != 0 {
+            let mut response: HashMap<&str, Value> = HashMap::with_capacity(3);
+            if want("code") {
+                response.insert("code", Value::Int(i64::from(self.code)));
+            }
+            if want("flags") {
+                response.insert("flags", self.flags.to_string().into());
+            }
+            if want("size") {
+                response.insert("size", Value::Int(self.response_size as i64));
+            }
+            cx.add_variable_from_value("response", response);
+        }
+        if roots & Roots::SOURCE != 0 {
+            let mut source: HashMap<&str, Value> = HashMap::with_capacity(3);
+            if let Some(s) = self.source {
+                if want("address") {
+                    source.insert("address", s.ip().to_string().into());
+                }
+                if want("port") {
+                    source.insert("port", Value::Int(i64::from(s.port())));
+                }
+            }
+            source.insert(
+                "principal",
+                self.source_principal.unwrap_or("").to_string().into(),
+            );
+            cx.add_variable_from_value("source", source);
+        }
+        if roots & Roots::DESTINATION != 0 {
+            let mut destination: HashMap<&str, Value> = HashMap::with_capacity(1);
+            if want("port") {
+                destination.insert("port", Value::Int(i64::from(self.port)));
+            }
+            cx.add_variable_from_value("destination", destination);
+        }
+        if roots & Roots::UPSTREAM != 0 {
+            let mut upstream: HashMap<&str, Value> = HashMap::with_capacity(2);
+            if let Some(u) = self.upstream {
+                if want("address") {
+                    upstream.insert("address", u.ip().to_string().into());
+                }
+                if want("port") {
+                    upstream.insert("port", Value::Int(i64::from(u.port())));
+                }
+            }
+            cx.add_variable_from_value("upstream", upstream);
+        }
+        if roots & Roots::CONNECTION != 0 {
+            let mut connection: HashMap<&str, Value> = HashMap::with_capacity(1);
+            if want("mtls") {
+                connection.insert("mtls", Value::Bool(true));
+            }
+            cx.add_variable_from_value("connection", connection);
+        }
+    }
+
+    /// `request.headers` (all, or only `names`): lower-case names; repeated headers joined
+    /// with a comma, as Envoy presents them.
+    fn header_map(&self, names: Option<&[String]>) -> HashMap<String, Value> {
         let mut headers: HashMap<String, Value> = HashMap::with_capacity(self.headers.len());
         for (k, v) in self.headers {
+            if names.is_some_and(|n| !n.iter().any(|n| n == k.as_str())) {
+                continue;
+            }
             if let Ok(v) = v.to_str() {
-                // Repeated headers join with a comma, as Envoy presents them.
                 headers
                     .entry(k.as_str().to_string())
                     .and_modify(|e| {
@@ -161,53 +355,6 @@ impl Attributes<'_> {
                     .or_insert_with(|| Value::String(Arc::new(v.to_string())));
             }
         }
-        let header = |name: &str| {
-            self.headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string()
-        };
-        let url_path = self.path.split('?').next().unwrap_or(self.path);
-        let mut request: HashMap<&str, Value> = HashMap::new();
-        request.insert("method", self.method.to_string().into());
-        request.insert("path", self.path.to_string().into());
-        request.insert("url_path", url_path.to_string().into());
-        request.insert("host", self.host.to_string().into());
-        request.insert("scheme", "http".to_string().into());
-        request.insert("protocol", self.protocol.to_string().into());
-        request.insert("headers", headers.into());
-        request.insert("useragent", header("user-agent").into());
-        request.insert("id", header("x-request-id").into());
-        request.insert("size", Value::Int(self.request_size as i64));
-        request.insert("duration", Value::Float(self.duration.as_secs_f64()));
-        let mut response: HashMap<&str, Value> = HashMap::new();
-        response.insert("code", Value::Int(i64::from(self.code)));
-        response.insert("flags", self.flags.to_string().into());
-        response.insert("size", Value::Int(self.response_size as i64));
-        let mut source: HashMap<&str, Value> = HashMap::new();
-        if let Some(s) = self.source {
-            source.insert("address", s.ip().to_string().into());
-            source.insert("port", Value::Int(i64::from(s.port())));
-        }
-        source.insert(
-            "principal",
-            self.source_principal.unwrap_or("").to_string().into(),
-        );
-        let mut destination: HashMap<&str, Value> = HashMap::new();
-        destination.insert("port", Value::Int(i64::from(self.port)));
-        let mut upstream: HashMap<&str, Value> = HashMap::new();
-        if let Some(u) = self.upstream {
-            upstream.insert("address", u.ip().to_string().into());
-            upstream.insert("port", Value::Int(i64::from(u.port())));
-        }
-        let mut connection: HashMap<&str, Value> = HashMap::new();
-        connection.insert("mtls", Value::Bool(true));
-        cx.add_variable_from_value("request", request);
-        cx.add_variable_from_value("response", response);
-        cx.add_variable_from_value("source", source);
-        cx.add_variable_from_value("destination", destination);
-        cx.add_variable_from_value("upstream", upstream);
-        cx.add_variable_from_value("connection", connection);
+        headers
     }
 }

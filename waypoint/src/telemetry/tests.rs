@@ -441,6 +441,16 @@ fn expressions_read_the_request() {
         Expr::compile("response.code").unwrap().label(&a).as_deref(),
         Some("503")
     );
+    // Headers read any other way than by a literal name: all of them are there.
+    let e = Expr::compile("'x-user' in request.headers && size(request.headers) == 2").unwrap();
+    assert_eq!(e.matches(&a), Some(true));
+    assert_eq!(
+        Expr::compile(r#"request.headers["x-user"] + request.headers [ 'x-multi' ]"#)
+            .unwrap()
+            .label(&a)
+            .as_deref(),
+        Some("alicea,b")
+    );
     // Errors and non-booleans are not a match.
     assert_eq!(
         Expr::compile("request.headers['absent'] == 'x'")
