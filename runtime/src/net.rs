@@ -195,7 +195,8 @@ impl AsFd for TcpListener {
 #[derive(Debug)]
 pub struct TcpStream {
     inner: PollFd<std::net::TcpStream>,
-    /// Set after a read hit EAGAIN; cleared when the kernel reports readability. While set,
+    /// Set after a read hit EAGAIN or came back short (the socket drained); cleared when the
+    /// kernel reports readability. While set,
     /// a poll does not try the syscall again: the readiness wait still in flight says the
     /// socket has nothing (rustls and h2 poll their socket on every wake-up, most of which
     /// are not about it, and each would otherwise cost a failing `recv`).
@@ -365,7 +366,20 @@ impl TcpStream {
     }
 
     pub fn poll_read_buf(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, &self.read_parked, true, |mut s| s.read(buf))
+        let want = buf.len();
+        let n = std::task::ready!(self.poll_io(cx, &self.read_parked, true, |mut s| s.read(buf)))?;
+        self.park_if_drained(n, want);
+        Poll::Ready(Ok(n))
+    }
+
+    /// A read that returned less than it could take drained the socket: the next read
+    /// waits for readiness instead of trying a `recv` that would almost always fail with
+    /// EAGAIN (a syscall saved per wake-up on request/response traffic; a read that fills
+    /// the buffer, as under bulk backlog, tries again at once).
+    fn park_if_drained(&self, got: usize, wanted: usize) {
+        if got > 0 && got < wanted {
+            self.read_parked.set(true);
+        }
     }
 
     pub fn poll_write_buf(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -480,9 +494,11 @@ impl tokio::io::AsyncRead for TcpStream {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         // Straight into the caller's (possibly uninitialised) memory: no memset first.
+        let (want, before) = (buf.remaining(), buf.filled().len());
         std::task::ready!(self.poll_io(cx, &self.read_parked, true, |s| {
             crate::sys::recv_into(s.as_fd(), buf)
         }))?;
+        self.park_if_drained(buf.filled().len() - before, want);
         Poll::Ready(Ok(()))
     }
 }

@@ -63,7 +63,8 @@ use pool::{Conn, Idle};
 use record::Record;
 pub use request::local;
 use request::{
-    Head, Limited, ReqBody, SendError, fits, is_websocket, normalize, rewrite, strip_hop_by_hop,
+    Head, Limited, ReqBody, SendError, X_REQUEST_ID, ensure_request_id, fits, is_websocket,
+    normalize, rewrite, strip_hop_by_hop,
 };
 use upstream::{Active, H2Conn, Health, Load};
 pub use upstream::{Host, Picked, Upstream};
@@ -343,6 +344,7 @@ impl<U: Upstreams> Waypoint<U> {
         let websocket = is_websocket(&req);
         let (mut parts, body) = req.into_parts();
         normalize(&mut parts);
+        ensure_request_id(&mut parts, &mut *self.rng.borrow_mut());
         let _in_flight = Gauge::enter(&self.in_flight);
         let table = self.telemetry.borrow().clone();
         let plan: Arc<Plan> = table.plan(&target.service).clone();

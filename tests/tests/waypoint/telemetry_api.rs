@@ -107,6 +107,12 @@ extensionProviders:
                 "{k}: {s:?}"
             );
         }
+        ensure!(
+            s.attributes
+                .get("guid:x-request-id")
+                .is_some_and(|id| id.len() == 36),
+            "Envoy's request id tag: {s:?}"
+        );
         let a = span_for(&spans, "/anonymous").with_context(|| format!("{spans:?}"))?;
         ensure!(
             a.attributes.get("user").map(String::as_str) == Some("anon"),
@@ -177,14 +183,33 @@ fn telemetry_filters_access_logs_and_shapes_metrics() -> Result<()> {
 ";
     let (m, _dir) = start(x, mesh, telemetries, &[])?;
     let mut c = m.client()?;
+    let mut bodies = Vec::new();
     for (path, headers) in [
         ("/quiet-ok", vec![("x-team", "blue")]),
         ("/status/404", vec![("x-team", "red")]),
-        ("/debug-ok", vec![("x-debug", "on")]),
+        (
+            "/debug-ok",
+            vec![("x-debug", "on"), ("x-request-id", "req-123")],
+        ),
     ] {
         let r = c.request("GET", path, &headers, b"")?;
         ensure!(r.status < 500, "{r:?}\n{}", m.context());
+        bodies.push(r.body);
     }
+    // Envoy's x-request-id: a new UUID (v4) where the client sent none, the client's kept.
+    let made = bodies[0]
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .with_context(|| format!("no x-request-id at the backend: {}", bodies[0]))?;
+    ensure!(
+        made.len() == 36 && made.as_bytes()[14] == b'4' && made.matches('-').count() == 4,
+        "{made}"
+    );
+    ensure!(
+        bodies[2].contains("x-request-id: req-123\n"),
+        "{}",
+        bodies[2]
+    );
     e2e::wait_for(
         Duration::from_secs(10),
         "the filtered access log lines",
@@ -195,6 +220,11 @@ fn telemetry_filters_access_logs_and_shapes_metrics() -> Result<()> {
     )
     .with_context(|| m.context())?;
     let log = m.wp.proc.stderr();
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("/debug-ok") && l.contains("request_id=req-123")),
+        "the request id in the access log:\n{log}"
+    );
     ensure!(
         !log.lines()
             .any(|l| l.contains("request complete") && l.contains("/quiet-ok")),

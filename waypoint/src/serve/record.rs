@@ -23,6 +23,8 @@ pub(super) struct Record {
     /// The request's span, when it is sampled.
     pub(super) trace: Option<(Arc<Tracing>, TraceCtx)>,
     pub(super) user_agent: Option<String>,
+    /// `x-request-id` (the client's, or the one the waypoint made).
+    request_id: Option<HeaderValue>,
     /// How this request is observed (its Service's Telemetry).
     pub(super) plan: Arc<Plan>,
     /// The table the plan came from (its `UPSERT` expressions).
@@ -133,6 +135,7 @@ impl Record {
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.chars().take(LOG_PATH_MAX).collect()),
+            request_id: parts.headers.get(X_REQUEST_ID).cloned(),
             plan,
             table: table.clone(),
             attrs,
@@ -225,6 +228,7 @@ impl Record {
             bytes_recv = request_bytes,
             bytes_sent = response_bytes,
             duration = %format_args!("{}ms", took.as_millis()),
+            request_id = %self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
             "request complete"
         );
     }
@@ -275,6 +279,9 @@ impl Record {
             }
             if let Some(ua) = &self.user_agent {
                 attrs.push(KeyValue::new("user_agent", ua.clone()));
+            }
+            if let Some(id) = self.request_id.as_ref().and_then(|v| v.to_str().ok()) {
+                attrs.push(KeyValue::new("guid:x-request-id", id.to_string()));
             }
         }
         for (k, v) in &self.custom_tags {

@@ -169,6 +169,40 @@ pub(super) fn normalize(parts: &mut Parts) {
     set_path(parts, path);
 }
 
+/// Envoy's `x-request-id`: a request that has one keeps it (the waypoint is inside the
+/// mesh, where Envoy preserves it); one without gets a random UUID (version 4), which the
+/// backend, the access log and the span then share.
+pub(super) fn ensure_request_id(parts: &mut Parts, rng: &mut impl rand::Rng) {
+    if parts
+        .headers
+        .get(X_REQUEST_ID)
+        .is_some_and(|v| !v.is_empty())
+    {
+        return;
+    }
+    let mut b: [u8; 16] = rng.random();
+    b[6] = (b[6] & 0x0f) | 0x40; // version 4
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut j = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[j] = b'-';
+            j += 1;
+        }
+        out[j] = HEX[usize::from(byte >> 4)];
+        out[j + 1] = HEX[usize::from(byte & 0x0f)];
+        j += 2;
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&out) {
+        parts.headers.insert(X_REQUEST_ID, v);
+    }
+}
+
+/// The request id header (Envoy's `x-request-id`).
+pub(super) const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
 /// A rule's `URLRewrite`: the new path (query kept) and `Host`.
 pub(super) fn rewrite(parts: &mut Parts, rw: &crate::route::Rewrite) {
     if let Some(p) = &rw.path {
@@ -316,5 +350,48 @@ impl SendError {
                 (Outcome::Overflow, resp)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn request_ids_are_kept_or_made_as_uuid_v4() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        ensure_request_id(&mut parts, &mut rng);
+        let made = parts.headers[X_REQUEST_ID].to_str().unwrap().to_string();
+        let groups: Vec<&str> = made.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12],
+            "{made}"
+        );
+        assert!(groups[2].starts_with('4'), "version 4: {made}");
+        assert!(
+            matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+            "{made}"
+        );
+        assert!(
+            made.bytes()
+                .all(|b| b == b'-' || b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        // Kept: a second call, and a client's own.
+        ensure_request_id(&mut parts, &mut rng);
+        assert_eq!(parts.headers[X_REQUEST_ID], made.as_str());
+        parts
+            .headers
+            .insert(X_REQUEST_ID, HeaderValue::from_static("abc"));
+        ensure_request_id(&mut parts, &mut rng);
+        assert_eq!(parts.headers[X_REQUEST_ID], "abc");
+        // An empty one is replaced.
+        parts
+            .headers
+            .insert(X_REQUEST_ID, HeaderValue::from_static(""));
+        ensure_request_id(&mut parts, &mut rng);
+        assert_eq!(parts.headers[X_REQUEST_ID].len(), 36);
     }
 }
