@@ -203,6 +203,8 @@ pub struct TcpStream {
     read_parked: Cell<bool>,
     /// The same for writes.
     write_parked: Cell<bool>,
+    /// Whether a short read parks too (io_uring only; see `park_if_drained`).
+    park_on_short_read: bool,
 }
 
 impl TcpStream {
@@ -290,8 +292,15 @@ impl TcpStream {
     }
 
     fn from_nonblocking(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+        // Parking after a short read pays on io_uring, where the readiness wait is a
+        // POLL_ADD that rides along with the ring's next enter; on epoll it is an
+        // `epoll_ctl` and a wait, dearer than the `recv` it saves (see `park_if_drained`).
+        let park_on_short_read =
+            compio::runtime::Runtime::try_with_current(|rt| rt.driver_type().is_iouring())
+                .unwrap_or(false);
         Ok(TcpStream {
             inner: PollFd::new(stream)?,
+            park_on_short_read,
             read_parked: Cell::new(false),
             write_parked: Cell::new(false),
         })
@@ -372,12 +381,14 @@ impl TcpStream {
         Poll::Ready(Ok(n))
     }
 
-    /// A read that returned less than it could take drained the socket: the next read
-    /// waits for readiness instead of trying a `recv` that would almost always fail with
-    /// EAGAIN (a syscall saved per wake-up on request/response traffic; a read that fills
-    /// the buffer, as under bulk backlog, tries again at once).
+    /// A read that returned less than it could take drained the socket: on io_uring the
+    /// next read waits for readiness instead of trying a `recv` that would almost always
+    /// fail with EAGAIN (a syscall saved per wake-up on request/response traffic; a read
+    /// that fills the buffer, as under bulk backlog, tries again at once). On epoll the
+    /// wait costs more than the failing `recv`, and the socket tries again as before
+    /// (docs/design-notes.md, "Park after a short read, on io_uring only").
     fn park_if_drained(&self, got: usize, wanted: usize) {
-        if got > 0 && got < wanted {
+        if self.park_on_short_read && got > 0 && got < wanted {
             self.read_parked.set(true);
         }
     }
