@@ -431,3 +431,125 @@ fn a_server_with_another_identity_is_refused_with_an_alert() -> Result<()> {
         Ok(())
     })
 }
+
+/// A socket that counts the writes made to it.
+struct CountWrites {
+    inner: TcpStream,
+    writes: std::rc::Rc<std::cell::Cell<usize>>,
+}
+
+impl tokio::io::AsyncRead for CountWrites {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountWrites {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.writes.set(self.writes.get() + 1);
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Two tasks that write and flush short records to one connection in the same turn of the
+/// loop (two streams of an HTTP/2 connection answering at once) send them in one write: a
+/// flush waits for the turn's end. A full record is not held back.
+fn flushes_of_one_turn_share_a_send(driver: DriverChoice) -> Result<()> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    run(driver, async || {
+        let cfg = configs();
+        let (l, addr) = listener().await?;
+        let server = cfg.server.clone();
+        let accept = runtime::spawn(async move {
+            let (tcp, _) = l.accept().await?;
+            anyhow::Ok(tls::accept(tcp, server).await?)
+        });
+        let writes = Rc::new(std::cell::Cell::new(0));
+        let io = CountWrites {
+            inner: TcpStream::connect(addr).await?,
+            writes: writes.clone(),
+        };
+        let ours = Rc::new(RefCell::new(tls::connect(io, cfg.client.clone()).await?));
+        let mut theirs = join("our accept", accept).await?;
+
+        let before = writes.get();
+        let mut tasks = Vec::new();
+        for part in [&b"first"[..], &b"second"[..]] {
+            let s = ours.clone();
+            let mut written = false;
+            tasks.push(runtime::spawn(std::future::poll_fn(move |cx| {
+                let mut s = s.borrow_mut();
+                if !written {
+                    let n = std::task::ready!(tokio::io::AsyncWrite::poll_write(
+                        std::pin::Pin::new(&mut *s),
+                        cx,
+                        part
+                    ))?;
+                    assert_eq!(n, part.len());
+                    written = true;
+                }
+                tokio::io::AsyncWrite::poll_flush(std::pin::Pin::new(&mut *s), cx)
+            })));
+        }
+        for t in tasks {
+            deadline("a flush", t)
+                .await?
+                .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+        }
+        ensure!(
+            writes.get() - before == 1,
+            "two short records took {} writes",
+            writes.get() - before
+        );
+        let mut got = vec![0u8; 11];
+        deadline("the records", theirs.read_exact(&mut got)).await??;
+        ensure!(got == b"firstsecond", "{:?}", String::from_utf8_lossy(&got));
+
+        // A full record's worth leaves before any flush.
+        let mut ours = Rc::try_unwrap(ours)
+            .map_err(|_| anyhow::anyhow!("a writer still holds the stream"))?
+            .into_inner();
+        let before = writes.get();
+        let big = vec![7u8; 20_000];
+        let n = ours.write(&big).await?;
+        ensure!(writes.get() > before, "{n} bytes queued and not sent");
+        ours.flush().await?;
+        let mut got = vec![0u8; n];
+        deadline("the big write", theirs.read_exact(&mut got)).await??;
+        Ok(())
+    })
+}
+
+#[test]
+fn flushes_of_one_turn_share_a_send_io_uring() -> Result<()> {
+    flushes_of_one_turn_share_a_send(DriverChoice::IoUring)
+}
+
+#[test]
+fn flushes_of_one_turn_share_a_send_epoll() -> Result<()> {
+    flushes_of_one_turn_share_a_send(DriverChoice::Epoll)
+}

@@ -38,10 +38,8 @@ pub use worker::{
     launch_with,
 };
 
-/// Timers on the current worker's event loop.
-pub mod time {
-    pub use compio::time::{Elapsed, Interval, interval, sleep, sleep_until, timeout, timeout_at};
-}
+pub mod time;
+pub mod turn;
 
 /// Spawns a task on the current worker, with a cooperative budget per poll
 /// ([`coop`]). A dropped `JoinHandle` cancels the task: call `.detach()` on what must run
@@ -57,5 +55,5 @@ pub fn block_on<F: std::future::Future>(
     fut: F,
 ) -> std::io::Result<F::Output> {
     let (rt, _) = driver::build(driver)?;
-    Ok(rt.block_on(fut))
+    Ok(driver::block_on(rt, fut))
 }

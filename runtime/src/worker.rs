@@ -574,12 +574,13 @@ where
                 // compio polls the future it blocks on at every turn of its loop, woken or
                 // not. So the worker's main future runs as a task, polled only when woken:
                 // an accept loop in it cost an accept4 syscall per completion otherwise.
-                rt.block_on(async move {
+                // Dropping the runtime at the end cancels and closes whatever outlived the
+                // drain.
+                driver::block_on(rt, async move {
                     if let Err(e) = crate::spawn(main).await {
                         e.resume_unwind();
                     }
                 });
-                // Dropping the runtime here cancels and closes whatever outlived the drain.
             })
             .map_err(|source| Error::Spawn { index, source })?;
         threads.push(thread);

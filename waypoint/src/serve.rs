@@ -26,6 +26,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Version};
@@ -151,17 +152,13 @@ pub struct Target {
     pub peer: Peer,
 }
 
-/// `send` under the route's timeout, if it has one.
-async fn within<T>(
+/// `send` under a timeout, if there is one. Not an `async fn`: `runtime::time::Timeout`
+/// holds the future once, and this is the largest future of a request.
+fn within<T>(
     timeout: Option<Duration>,
     send: impl Future<Output = Result<T, SendError>>,
-) -> Result<T, SendError> {
-    match timeout {
-        Some(t) => runtime::time::timeout(t, send)
-            .await
-            .unwrap_or(Err(SendError::Timeout)),
-        None => send.await,
-    }
+) -> impl Future<Output = Result<T, SendError>> {
+    runtime::time::timeout_if(timeout, send).map(|r| r.unwrap_or(Err(SendError::Timeout)))
 }
 
 /// One core's waypoint: the route table in force, the upstream connections, the counters.
@@ -499,8 +496,7 @@ impl<U: Upstreams> Waypoint<U> {
                 let mirror = Upstream::of(&m.backend, target.port);
                 self.mirror(head.shadow(), bytes.clone(), mirror);
             }
-            let attempts = self.attempts(&rule, &to, &head, body);
-            within(rule.request_timeout, attempts).await
+            within(rule.request_timeout, self.attempts(&rule, &to, &head, body)).await
         };
         let (outcome, mut resp) = match result {
             Ok((resp, endpoint)) => {
@@ -557,13 +553,8 @@ impl<U: Upstreams> Waypoint<U> {
         let mut _retry_slot = None;
         loop {
             let req = head.request(body.take());
-            let send = self.send(to, req);
-            let res = match retry.and_then(|r| r.per_try_timeout) {
-                Some(t) => runtime::time::timeout(t, send)
-                    .await
-                    .unwrap_or(Err(SendError::Timeout)),
-                None => send.await,
-            };
+            let per_try = retry.and_then(|r| r.per_try_timeout);
+            let res = within(per_try, self.send(to, req)).await;
             let again = retried < max_retries
                 && retry.is_some_and(|r| match &res {
                     Ok((resp, _)) => r.retries_status(resp.status().as_u16()),

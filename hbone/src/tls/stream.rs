@@ -147,6 +147,9 @@ pub struct TlsStream<T> {
     close_sent: bool,
     /// The error that ended the connection, returned again by every later call.
     failed: Option<(io::ErrorKind, String)>,
+    /// A flush waiting for the end of the loop's turn, so that what other tasks write to
+    /// this connection during the turn leaves in the same send.
+    flush_at: Option<runtime::turn::Ticket>,
 }
 
 impl<T> std::fmt::Debug for TlsStream<T> {
@@ -199,6 +202,7 @@ impl<T> TlsStream<T> {
             read_closed: false,
             close_sent: false,
             failed: None,
+            flush_at: None,
         })
     }
 
@@ -636,9 +640,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<T> {
             }
         }
         let taken = this.seal_slices(bufs)?;
-        // The records are ours now: what the socket does not take yet goes with the next
-        // write or flush.
-        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+        // The records are ours now. Short writes wait for the flush, so the records of one
+        // batch (h2's frames of a poll) leave in one send; a full record goes at once.
+        if this.pending_out() >= MAX_PLAINTEXT
+            && let Poll::Ready(Err(e)) = this.poll_drain(cx)
+        {
             return Poll::Ready(Err(e));
         }
         Poll::Ready(Ok(taken))
@@ -650,6 +656,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // Short records wait for the end of the turn (`runtime::turn`): the other streams
+        // of this connection that answer in the same turn add theirs, and one send carries
+        // them all. A full record's worth goes at once, as does everything outside a
+        // worker loop.
+        let pending = this.pending_out();
+        if pending > 0 && pending < MAX_PLAINTEXT && this.failed.is_none() {
+            let due = this.flush_at.is_some_and(runtime::turn::Ticket::is_due);
+            if !due && let Some(ticket) = runtime::turn::defer(cx.waker()) {
+                this.flush_at.get_or_insert(ticket);
+                return Poll::Pending;
+            }
+        }
+        this.flush_at = None;
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.io).poll_flush(cx)
     }

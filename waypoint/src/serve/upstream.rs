@@ -280,7 +280,7 @@ impl<U: Upstreams> Waypoint<U> {
                 continue;
             }
             let Some(l) = limits else {
-                return self.open_h1(endpoint, policy.connect_timeout, None).await;
+                return Box::pin(self.open_h1(endpoint, policy.connect_timeout, None)).await;
             };
             let _pending = l
                 .pending
@@ -300,14 +300,13 @@ impl<U: Upstreams> Waypoint<U> {
                     continue;
                 }
             };
-            return self
-                .open_h1(endpoint, l.policy.connect_timeout, Some(slot))
-                .await;
+            return Box::pin(self.open_h1(endpoint, l.policy.connect_timeout, Some(slot))).await;
         }
     }
 
     /// A new HTTP/1.1 connection to `endpoint`, counted open on this core (and in the
-    /// Service's connections, by `slot`) until it closes.
+    /// Service's connections, by `slot`) until it closes. Callers box it: dialling is rare
+    /// (connections are pooled), and its future inline would grow every request's.
     async fn open_h1(
         &self,
         endpoint: &Endpoint,
@@ -386,12 +385,17 @@ impl<U: Upstreams> Waypoint<U> {
                         // One connection per endpoint and core at least (Envoy's rule).
                         .unwrap_or_else(|| l.connections.enter())
                 });
-                let io = self.connect(endpoint, policy.connect_timeout).await?;
-                let (s, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
-                    .max_header_list_size(MAX_HEADER_BYTES as u32)
-                    .handshake::<_, Body>(TokioIo::new(io))
-                    .await
-                    .map_err(handshake_failed)?;
+                // Boxed, as `open_h1`: the dial and the handshake are rare, and inline they
+                // would grow every request's future.
+                let (s, conn) = Box::pin(async {
+                    let io = self.connect(endpoint, policy.connect_timeout).await?;
+                    hyper::client::conn::http2::Builder::new(LocalExec)
+                        .max_header_list_size(MAX_HEADER_BYTES as u32)
+                        .handshake::<_, Body>(TokioIo::new(io))
+                        .await
+                        .map_err(handshake_failed)
+                })
+                .await?;
                 runtime::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
