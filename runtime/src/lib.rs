@@ -5,6 +5,9 @@
 //! - Threads: one worker thread per planned core, pinned, each with its own event loop
 //!   (io_uring, or epoll when io_uring cannot start or is not wanted). No work item ever
 //!   moves between cores; the control thread talks to workers only by message.
+//! - The loop: a turn runs the tasks woken during it, round after round (at most
+//!   eight rounds), before it polls the ring; its end can be waited for ([`turn`]), and
+//!   every deadline holds its future once ([`time`]).
 //! - Sockets: every socket is non-blocking and driven by readiness on the core that
 //!   accepted or dialled it ([`net`]); dropping a pending operation never loses bytes.
 //! - Listeners: every core binds the same address with `SO_REUSEPORT`; bound with

@@ -10,6 +10,9 @@
 //!   accepts no more once [`TX_HIGH`] bytes are queued, so a peer that stops reading holds at
 //!   most that much of ours; the read side holds at most one record beyond what the caller
 //!   has not taken ([`READ_SIZE`] + [`record::MAX_RECORD`]);
+//! - queued records go to the socket once a record's worth is queued, or on flush; inside a
+//!   worker loop a flush of less waits for the end of the loop's turn (`runtime::turn`), so
+//!   the streams of one connection that write in the same turn share one send;
 //! - buffers exist only while bytes move: the read buffer is freed whenever it is empty and
 //!   the socket has nothing more, the write queue once a short exchange has been flushed (a
 //!   bulk writer keeps its queue until its next short write, to avoid zeroing a new one per
