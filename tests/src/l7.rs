@@ -514,9 +514,13 @@ fn any_text(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> Str
     }
 }
 
-/// A gRPC-shaped HTTP/2 backend (h2c, prior knowledge) on `addr`: every request is answered
-/// `200`, `content-type: application/grpc`, a body `<name> <path> te=<te header>`, and the
-/// trailers `grpc-status: 0` and `x-request-bytes: <n>`. Counts requests.
+/// A gRPC-shaped HTTP/2 backend (h2c, prior knowledge) on `addr` that echoes: it answers
+/// every call at once with `200`, `content-type: application/grpc` and the headers
+/// `x-backend: <name>`, `x-path: <path>`, `x-te: <te header>`, sends each request DATA
+/// frame back as it arrives (so the response holds the request's messages), and ends with
+/// the trailers `grpc-status` and `x-request-bytes: <n>`. The status is 0, or by the method:
+/// `…/Fail` ends with 14 (UNAVAILABLE) and a `grpc-message`; `…/TrailersOnly` answers at
+/// once with `grpc-status: 5` in its headers and no body. Counts calls.
 pub fn spawn_grpc_backend(addr: SocketAddr, name: &str) -> Result<Arc<AtomicUsize>> {
     let std_listener =
         TcpListener::bind(addr).with_context(|| format!("binding the gRPC backend {addr}"))?;
@@ -536,43 +540,68 @@ pub fn spawn_grpc_backend(addr: SocketAddr, name: &str) -> Result<Arc<AtomicUsiz
                     let Ok(mut conn) = h2::server::handshake(s).await else {
                         return;
                     };
-                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    while let Some(Ok((req, respond))) = conn.accept().await {
                         counted.fetch_add(1, Ordering::SeqCst);
-                        let (name, path) = (name.clone(), req.uri().path().to_string());
-                        let te = req
-                            .headers()
-                            .get("te")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("-")
-                            .to_string();
-                        tokio::spawn(async move {
-                            let mut body = req.into_body();
-                            let mut n = 0usize;
-                            while let Some(Ok(chunk)) = body.data().await {
-                                n += chunk.len();
-                                let _ = body.flow_control().release_capacity(chunk.len());
-                            }
-                            let resp = http::Response::builder()
-                                .status(200)
-                                .header("content-type", "application/grpc")
-                                .body(())
-                                .expect("static response");
-                            let Ok(mut send) = respond.send_response(resp, false) else {
-                                return;
-                            };
-                            let text = format!("{name} {path} te={te}");
-                            let _ = send.send_data(bytes::Bytes::from(text), false);
-                            let mut trailers = http::HeaderMap::new();
-                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                            if let Ok(v) = http::HeaderValue::from_str(&n.to_string()) {
-                                trailers.insert("x-request-bytes", v);
-                            }
-                            let _ = send.send_trailers(trailers);
-                        });
+                        tokio::spawn(grpc_echo(name.clone(), req, respond));
                     }
                 });
             }
         });
     });
     Ok(count)
+}
+
+/// One call of [`spawn_grpc_backend`].
+async fn grpc_echo(
+    name: String,
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+) {
+    let path = req.uri().path().to_string();
+    let te = req
+        .headers()
+        .get("te")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let head = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .header("x-backend", name)
+        .header("x-path", &path)
+        .header("x-te", te);
+    if path.ends_with("/TrailersOnly") {
+        let resp = head
+            .header("grpc-status", "5")
+            .body(())
+            .expect("static response");
+        let _ = respond.send_response(resp, true);
+        return;
+    }
+    let Ok(mut send) = respond.send_response(head.body(()).expect("static response"), false) else {
+        return;
+    };
+    let mut body = req.into_body();
+    let mut n = 0usize;
+    while let Some(Ok(chunk)) = body.data().await {
+        n += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if send.send_data(chunk, false).is_err() {
+            return;
+        }
+    }
+    let mut trailers = http::HeaderMap::new();
+    if path.ends_with("/Fail") {
+        trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+        trailers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("backend%20down"),
+        );
+    } else {
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&n.to_string()) {
+        trailers.insert("x-request-bytes", v);
+    }
+    let _ = send.send_trailers(trailers);
 }

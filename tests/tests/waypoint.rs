@@ -219,8 +219,8 @@ fn weighted_split_header_match_and_rewrites_over_http1() -> Result<()> {
                 "destination_service=\"echo.demo.svc.cluster.local\"",
                 &format!("destination_workload=\"{dst}\""),
                 "request_protocol=\"http\"",
-                "response_code=\"200\"",
-                "response_flags=\"-\"",
+                // Plain HTTP has no gRPC status (Envoy writes the label empty).
+                "response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\"",
             ],
         )
     };

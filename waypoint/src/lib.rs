@@ -5,7 +5,7 @@
 //! sends here, and forwarding each request to the Service its route picks, with timeouts,
 //! retries, faults, mirroring, header and URL rewrites and redirects ([`serve`]), and what
 //! each request reports under Istio's Telemetry API ([`telemetry`]: spans, access log,
-//! metrics). It does not know how a Service becomes an endpoint or how a tunnel is opened:
+//! metrics; gRPC's messages and statuses, [`grpc`]). It does not know how a Service becomes an endpoint or how a tunnel is opened:
 //! the caller (`ringmesh waypoint`) gives it an [`serve::Upstreams`].
 //!
 //! Invariants:
@@ -19,6 +19,7 @@
 //!   is built from checked parts.
 
 pub mod dr;
+pub mod grpc;
 pub mod io;
 pub mod route;
 pub mod security;

@@ -145,7 +145,17 @@ impl Retry {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fault {
     pub delay: Option<(Duration, f64)>,
-    pub abort: Option<(http::StatusCode, f64)>,
+    pub abort: Option<(Abort, f64)>,
+}
+
+/// An injected abort's answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Abort {
+    /// The HTTP status (`200` for an abort that gives only a gRPC status, as Envoy's).
+    pub status: http::StatusCode,
+    /// The gRPC status a gRPC client gets (`grpcStatus`); without it, the one the HTTP
+    /// status stands for.
+    pub grpc_status: Option<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

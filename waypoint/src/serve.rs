@@ -44,7 +44,7 @@ use crate::dr::{Limits, Outlier, PoolPolicy};
 use crate::io::{LocalExec, Protocol, sniff};
 use crate::route::{Backend, Retry, RouteTable, Rule, ServiceRef};
 use crate::security::{Peer, Refusal, SecurityTable};
-use crate::stats::{Key, Outcome, Stats};
+use crate::stats::{Key, Messages, Outcome, Stats};
 use crate::telemetry::{Plan, TelemetryTable};
 use crate::trace::{TraceCtx, Tracing};
 
@@ -64,7 +64,7 @@ use pool::{Conn, Idle};
 use record::Record;
 pub use request::local;
 use request::{
-    Head, Limited, ReqBody, SendError, X_REQUEST_ID, ensure_request_id, fits, is_websocket,
+    Head, Limited, Local, ReqBody, SendError, X_REQUEST_ID, ensure_request_id, fits, is_websocket,
     normalize, rewrite, strip_hop_by_hop,
 };
 use upstream::{Active, H2Conn, Health, Load};
@@ -403,15 +403,15 @@ impl<U: Upstreams> Waypoint<U> {
                 self.stats.delays.set(self.stats.delays.get() + 1);
                 runtime::time::sleep(delay).await;
             }
-            if let Some((status, p)) = fault.abort
+            if let Some((abort, p)) = fault.abort
                 && self.chance(p)
             {
                 self.stats.aborts.set(self.stats.aborts.get() + 1);
-                return self.answer(
-                    rec,
-                    Outcome::FaultAbort,
-                    local(status, "fault filter abort"),
-                );
+                let mut resp = local(abort.status, "fault filter abort");
+                if let Some(l) = resp.extensions_mut().get_mut::<Local>() {
+                    l.grpc_status = abort.grpc_status;
+                }
+                return self.answer(rec, Outcome::FaultAbort, resp);
             }
         }
         if let Some(redirect) = &rule.redirect {
@@ -468,7 +468,12 @@ impl<U: Upstreams> Waypoint<U> {
                 rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some();
             let body = if wants_copy && fits(&body.size_hint()) {
                 match Limited::collect(body).await {
-                    Ok(bytes) => ReqBody::Replay(bytes),
+                    Ok(bytes) => {
+                        if let Some(m) = &rec.messages {
+                            m.request.set(crate::grpc::Frames::default().scan(&bytes));
+                        }
+                        ReqBody::Replay(bytes)
+                    }
                     Err(e) => {
                         return self.answer(
                             rec,
@@ -484,6 +489,10 @@ impl<U: Upstreams> Waypoint<U> {
                 ReqBody::Stream(Some(Counted {
                     inner: body,
                     n: rec.request_bytes.clone(),
+                    messages: rec
+                        .messages
+                        .as_ref()
+                        .map(|m| (crate::grpc::Frames::default(), m.clone())),
                 }))
             };
             if let ReqBody::Replay(b) = &body {
@@ -521,15 +530,32 @@ impl<U: Upstreams> Waypoint<U> {
 
     /// The response, with its record riding on the body: counted and logged when the body
     /// ends (or the client goes away).
+    ///
+    /// A gRPC client gets the waypoint's own answers (denials, faults, timeouts, no route)
+    /// in gRPC's trailers-only form, as Envoy sends them, so its library reports a gRPC
+    /// status and message rather than a protocol error; the telemetry keeps the HTTP code
+    /// the answer stands for.
     fn answer(&self, mut rec: Record, outcome: Outcome, resp: Response<Body>) -> Response<Body> {
         rec.code = resp.status().as_u16();
         rec.outcome = outcome;
+        let resp = match resp.extensions().get::<Local>().cloned() {
+            Some(l) if rec.grpc => {
+                crate::grpc::trailers_only(resp, l.grpc_status, &l.text, Body::full(Bytes::new()))
+            }
+            _ => resp,
+        };
+        if rec.grpc {
+            // A trailers-only answer (the backend's or ours) carries its status here.
+            rec.grpc_status = crate::grpc::status_in(resp.headers());
+            rec.open_stream();
+        }
         resp.map(|inner| {
             Body::new(Finish {
                 inner,
                 rec: Some(Pending {
                     record: rec,
                     response_bytes: 0,
+                    frames: crate::grpc::Frames::default(),
                 }),
             })
         })

@@ -4,6 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::rc::Rc;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -76,8 +77,46 @@ pub struct Key {
     pub endpoint: Option<Arc<str>>,
     /// `application/grpc*` (Istio's `request_protocol="grpc"`).
     pub grpc: bool,
+    /// A gRPC request's status (Istio's `grpc_response_status`): the response's
+    /// `grpc-status`, or the one its HTTP code stands for; `None` for plain HTTP.
+    pub grpc_status: Option<u8>,
     /// Labels a Telemetry `UPSERT`s, by name, with this request's values (usually none).
     pub tags: Vec<(Arc<str>, String)>,
+}
+
+/// What Istio's gRPC message counters are labelled by: the peers and the Service. No code,
+/// flag or protocol: a stream's messages count while it is open, before its status is
+/// known (Envoy labels them so too).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey {
+    pub service: ServiceRef,
+    pub source: Option<Arc<str>>,
+    pub source_principal: Option<Arc<str>>,
+    pub endpoint: Option<Arc<str>>,
+    /// `UPSERT` labels, with the values they had when the response head went out.
+    pub tags: Vec<(Arc<str>, String)>,
+}
+
+/// A gRPC stream's message counts so far, shared by its two bodies (which count) and,
+/// while the stream is open, by its core's [`Stats`] (so a scrape sees open streams).
+#[derive(Debug, Default)]
+pub struct Messages {
+    pub request: Cell<u64>,
+    pub response: Cell<u64>,
+}
+
+/// Messages each way, summed over streams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageTally {
+    pub request: u64,
+    pub response: u64,
+}
+
+impl MessageTally {
+    fn add(&mut self, request: u64, response: u64) {
+        self.request += request;
+        self.response += response;
+    }
 }
 
 /// Istio's request-duration buckets (Envoy's default histogram buckets), in ms.
@@ -147,6 +186,13 @@ pub struct Tally {
 #[derive(Debug, Default)]
 pub struct Stats {
     by_key: RefCell<HashMap<Key, Tally>>,
+    /// gRPC messages of the streams that ended.
+    messages: RefCell<HashMap<StreamKey, MessageTally>>,
+    /// The gRPC streams open on this core whose response head went out, by id: their
+    /// counts so far join every snapshot, and move to `messages` when they end. Bounded
+    /// by the streams in flight.
+    open_streams: RefCell<HashMap<u64, (StreamKey, Rc<Messages>)>>,
+    next_stream: Cell<u64>,
     pub retries: Cell<u64>,
     pub retries_over_budget: Cell<u64>,
     /// Retries not sent because the Service had its `maxRetries` in flight.
@@ -167,6 +213,8 @@ pub struct Stats {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     pub requests: HashMap<Key, Tally>,
+    /// gRPC messages, of ended streams and of open ones so far.
+    pub messages: HashMap<StreamKey, MessageTally>,
     pub retries: u64,
     pub retries_over_budget: u64,
     pub retries_overflow: u64,
@@ -196,12 +244,41 @@ impl Stats {
 
     /// How many series this core holds.
     pub fn series(&self) -> usize {
-        self.by_key.borrow().len()
+        self.by_key.borrow().len() + self.messages.borrow().len()
+    }
+
+    /// A gRPC stream whose response head went out: its messages count under `key` from
+    /// now on, while it is open. Returns its id for [`Stats::close_stream`].
+    pub fn open_stream(&self, key: StreamKey, messages: Rc<Messages>) -> u64 {
+        let id = self.next_stream.get();
+        self.next_stream.set(id.wrapping_add(1));
+        self.open_streams.borrow_mut().insert(id, (key, messages));
+        id
+    }
+
+    /// The stream ended: its final counts join the ended streams'.
+    pub fn close_stream(&self, id: u64) {
+        let Some((key, m)) = self.open_streams.borrow_mut().remove(&id) else {
+            return;
+        };
+        self.messages
+            .borrow_mut()
+            .entry(key)
+            .or_default()
+            .add(m.request.get(), m.response.get());
     }
 
     pub fn snapshot(&self) -> Snapshot {
+        let mut messages = self.messages.borrow().clone();
+        for (key, m) in self.open_streams.borrow().values() {
+            messages
+                .entry(key.clone())
+                .or_default()
+                .add(m.request.get(), m.response.get());
+        }
         Snapshot {
             requests: self.by_key.borrow().clone(),
+            messages,
             retries: self.retries.get(),
             retries_over_budget: self.retries_over_budget.get(),
             retries_overflow: self.retries_overflow.get(),
@@ -224,6 +301,12 @@ impl Snapshot {
             e.duration_ms.add(&t.duration_ms);
             e.request_bytes.add(&t.request_bytes);
             e.response_bytes.add(&t.response_bytes);
+        }
+        for (k, m) in &other.messages {
+            self.messages
+                .entry(k.clone())
+                .or_default()
+                .add(m.request, m.response);
         }
         self.retries += other.retries;
         self.retries_over_budget += other.retries_over_budget;
@@ -315,8 +398,56 @@ mod tests {
             source_principal: None,
             endpoint: Some(Arc::from(endpoint)),
             grpc: false,
+            grpc_status: None,
             tags: Vec::new(),
         }
+    }
+
+    #[test]
+    fn open_streams_count_in_snapshots_and_move_when_they_end() {
+        let s = Stats::default();
+        let key = StreamKey {
+            service: ServiceRef::new("demo", "echo"),
+            source: None,
+            source_principal: None,
+            endpoint: Some(Arc::from("v1")),
+            tags: Vec::new(),
+        };
+        let a = Rc::new(Messages::default());
+        let b = Rc::new(Messages::default());
+        let ia = s.open_stream(key.clone(), a.clone());
+        let ib = s.open_stream(key.clone(), b.clone());
+        a.request.set(3);
+        b.response.set(2);
+        let tally = |s: &Stats| s.snapshot().messages.get(&key).copied().unwrap_or_default();
+        assert_eq!(
+            tally(&s),
+            MessageTally {
+                request: 3,
+                response: 2
+            }
+        );
+        a.response.set(4);
+        s.close_stream(ia);
+        s.close_stream(ia);
+        assert_eq!(
+            tally(&s),
+            MessageTally {
+                request: 3,
+                response: 6
+            },
+            "closing twice counts once"
+        );
+        b.request.set(1);
+        s.close_stream(ib);
+        assert_eq!(
+            tally(&s),
+            MessageTally {
+                request: 4,
+                response: 6
+            }
+        );
+        assert!(s.open_streams.borrow().is_empty());
     }
 
     #[test]

@@ -56,17 +56,33 @@ pub const DEFAULT_MAX_TAG_LENGTH: usize = 256;
 /// Longest value an `UPSERT` tag gets: request contents must not make labels unbounded.
 pub const MAX_TAG_VALUE: usize = 128;
 
-/// Istio's four HTTP metrics, in the order the plan keeps them.
+/// Istio's HTTP metrics and its two gRPC message counters, in the order the plan keeps
+/// them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Metric {
     RequestCount = 0,
     RequestDuration = 1,
     RequestSize = 2,
     ResponseSize = 3,
+    /// `istio_request_messages_total`: gRPC messages the client sent.
+    GrpcRequestMessages = 4,
+    /// `istio_response_messages_total`: gRPC messages the server sent.
+    GrpcResponseMessages = 5,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 4] = [
+    pub const ALL: [Metric; 6] = [
+        Metric::RequestCount,
+        Metric::RequestDuration,
+        Metric::RequestSize,
+        Metric::ResponseSize,
+        Metric::GrpcRequestMessages,
+        Metric::GrpcResponseMessages,
+    ];
+
+    /// The metrics a request reports once it ends (the message counters also count while
+    /// a stream is open).
+    pub const PER_REQUEST: [Metric; 4] = [
         Metric::RequestCount,
         Metric::RequestDuration,
         Metric::RequestSize,
@@ -141,7 +157,7 @@ pub struct LogPlan {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct MetricsPlan {
     /// Per [`Metric`]: `None` when it is not reported.
-    pub metrics: [Option<Labels>; 4],
+    pub metrics: [Option<Labels>; Metric::ALL.len()],
 }
 
 /// One metric's label changes.

@@ -206,7 +206,10 @@ pub struct VsDelaySpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VsAbortSpec {
-    pub http_status: u16,
+    #[serde(default)]
+    pub http_status: Option<u16>,
+    #[serde(default)]
+    pub grpc_status: Option<String>,
     #[serde(default)]
     pub percentage: Option<PercentSpec>,
 }
@@ -495,6 +498,7 @@ fn rule(
         }),
         abort: f.abort.as_ref().map(|a| crate::route::AbortSpec {
             http_status: a.http_status,
+            grpc_status: a.grpc_status.clone(),
             percentage: a.percentage.as_ref().map(|p| p.value),
         }),
     });

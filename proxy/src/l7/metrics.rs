@@ -88,9 +88,11 @@ fn gather(b: &Broadcaster<Msg>, workers: usize) -> StatsSnapshot {
 
 /// Istio's request series as a waypoint reports them (`reporter="waypoint"`): the standard
 /// labels of the source workload, the Service and the endpoint that answered, with
-/// `response_code`, `response_flags` and `request_protocol` (`http` or `grpc`). Each metric
-/// takes the labels its Service's plan gives it (removed, or set by an `UPSERT`), and a
-/// metric the plan turns off is not written for that Service.
+/// `response_code`, `grpc_response_status` (empty for plain HTTP), `response_flags` and
+/// `request_protocol` (`http` or `grpc`); and gRPC's message counters, labelled by the
+/// peers and the Service only (as Envoy labels them). Each metric takes the labels its
+/// Service's plan gives it (removed, or set by an `UPSERT`), and a metric the plan turns
+/// off is not written for that Service.
 pub fn render_istio(stats: &StatsSnapshot, snap: &Snapshot, table: &TelemetryTable) -> String {
     use std::collections::BTreeMap;
     use std::fmt::Write as _;
@@ -101,15 +103,14 @@ pub fn render_istio(stats: &StatsSnapshot, snap: &Snapshot, table: &TelemetryTab
 
     // Per metric: label string -> summed tally.
     let mut series: [BTreeMap<String, Tally>; 4] = Default::default();
-    for (k, t) in &stats.requests {
-        let plan = table.plan(&k.service);
-        if !plan.metrics.reports_any() {
-            continue;
-        }
-        let source = k.source.as_deref().and_then(|u| snap.workload_by_uid(u));
-        let destination = k.endpoint.as_deref().and_then(|u| snap.workload_by_uid(u));
-        let service = snap.service_by_name(&k.service.namespace, &k.service.name);
-        let labels = LabelSet {
+    let labels_of = |service: &waypoint::route::ServiceRef,
+                     source: Option<&str>,
+                     endpoint: Option<&str>,
+                     grpc: bool| {
+        let source = source.and_then(|u| snap.workload_by_uid(u));
+        let destination = endpoint.and_then(|u| snap.workload_by_uid(u));
+        let service = snap.service_by_name(&service.namespace, &service.name);
+        LabelSet {
             reporter: Reporter::Destination,
             source: source.map(|w| &**w),
             source_principal: source.map(|w| &w.identity),
@@ -117,15 +118,28 @@ pub fn render_istio(stats: &StatsSnapshot, snap: &Snapshot, table: &TelemetryTab
             service: service.map(|s| &**s),
             security: Security::MutualTls,
         }
-        .render_as("waypoint", if k.grpc { "grpc" } else { "http" });
+        .render_as("waypoint", if grpc { "grpc" } else { "http" })
+    };
+    for (k, t) in &stats.requests {
+        let plan = table.plan(&k.service);
+        if !plan.metrics.reports_any() {
+            continue;
+        }
+        let labels = labels_of(
+            &k.service,
+            k.source.as_deref(),
+            k.endpoint.as_deref(),
+            k.grpc,
+        );
+        let grpc_status = k.grpc_status.map(|s| s.to_string()).unwrap_or_default();
         let standard = format!(
-            "{},response_code=\"{}\",response_flags=\"{}\",{}",
+            "{},response_code=\"{}\",grpc_response_status=\"{grpc_status}\",response_flags=\"{}\",{}",
             labels.head,
             k.code,
             k.outcome.flag(),
             labels.tail
         );
-        for m in Metric::ALL {
+        for m in Metric::PER_REQUEST {
             let Some(changes) = plan.metrics.get(m) else {
                 continue;
             };
@@ -171,6 +185,54 @@ pub fn render_istio(stats: &StatsSnapshot, snap: &Snapshot, table: &TelemetryTab
         resp_size,
         |t| &t.response_bytes,
     );
+    // gRPC messages: per metric, label string -> count.
+    let mut messages: [BTreeMap<String, u64>; 2] = Default::default();
+    for (k, m) in &stats.messages {
+        let plan = table.plan(&k.service);
+        let labels = labels_of(&k.service, k.source.as_deref(), k.endpoint.as_deref(), true);
+        // Envoy's message counters carry the peers' labels, not the request's outcome.
+        let standard = relabel(
+            &format!("{},{}", labels.head, labels.tail),
+            &[
+                "request_protocol".into(),
+                "connection_security_policy".into(),
+            ],
+            &[],
+            &[],
+        );
+        for (i, metric, n) in [
+            (0, Metric::GrpcRequestMessages, m.request),
+            (1, Metric::GrpcResponseMessages, m.response),
+        ] {
+            let Some(changes) = plan.metrics.get(metric) else {
+                continue;
+            };
+            let key = if changes.removed.is_empty() && changes.upserted.is_empty() {
+                standard.clone()
+            } else {
+                relabel(&standard, &changes.removed, &changes.upserted, &k.tags)
+            };
+            *messages[i].entry(key).or_default() += n;
+        }
+    }
+    for ((name, help), series) in [
+        (
+            "istio_request_messages_total",
+            "gRPC messages the clients sent.",
+        ),
+        (
+            "istio_response_messages_total",
+            "gRPC messages the servers sent.",
+        ),
+    ]
+    .into_iter()
+    .zip(&messages)
+    {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (labels, n) in series {
+            let _ = writeln!(out, "{name}{{{labels}}} {n}");
+        }
+    }
     out
 }
 

@@ -202,6 +202,69 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
         .context("VmHWM in /proc/<pid>/status")
 }
 
+/// One gRPC message: the uncompressed flag, the length, the payload.
+fn grpc_message(payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![0];
+    m.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    m.extend_from_slice(payload);
+    m
+}
+
+/// A gRPC call's answer: its head, body and trailers.
+struct GrpcAnswer {
+    head: http::response::Parts,
+    body: Vec<u8>,
+    trailers: http::HeaderMap,
+}
+
+/// A unary-shaped gRPC call on `client`: `body` sent whole, the answer read to its end.
+async fn grpc_call(
+    client: &h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<GrpcAnswer> {
+    let mut client = client.clone().ready().await?;
+    let req = http::Request::post(format!("http://echo.demo.svc.cluster.local{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())?;
+    let (resp, mut send) = client.send_request(req, false)?;
+    send.send_data(bytes::Bytes::from(body), true)?;
+    let (head, mut recv) = resp.await?.into_parts();
+    let mut body = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk?;
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        body.extend_from_slice(&chunk);
+    }
+    let trailers = recv.trailers().await?.unwrap_or_default();
+    Ok(GrpcAnswer {
+        head,
+        body,
+        trailers,
+    })
+}
+
+/// A client pod's h2c connection to Service `echo` over node-1.
+fn grpc_client(
+    rt: &tokio::runtime::Runtime,
+    n1: &Node,
+    x: u8,
+) -> Result<h2::client::SendRequest<bytes::Bytes>> {
+    let s = socks_connect(
+        ip4(x, 1, 1),
+        n1.socks(),
+        SocketAddr::new(ip4(x, 100, 1), 80),
+    )?;
+    s.set_nonblocking(true)?;
+    rt.block_on(async move {
+        let io = tokio::net::TcpStream::from_std(s)?;
+        let (client, conn) = h2::client::handshake(io).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    })
+}
+
 #[test]
 fn grpc_goes_over_http2_with_its_trailers() -> Result<()> {
     let x = 197;
@@ -220,59 +283,39 @@ fn grpc_goes_over_http2_with_its_trailers() -> Result<()> {
     let _n2 = Node::start(&mesh, "node-2", ip4(x, 0, 2), &[])?;
     let wp = Waypoint::start(&mesh, "demo/waypoint", ip4(x, 3, 1))?;
 
-    let s = socks_connect(
-        ip4(x, 1, 1),
-        n1.socks(),
-        SocketAddr::new(ip4(x, 100, 1), 80),
-    )?;
-    s.set_nonblocking(true)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let results: Vec<(String, http::HeaderMap)> = rt
+    let client = grpc_client(&rt, &n1, x)?;
+    let results: Vec<GrpcAnswer> = rt
         .block_on(async move {
-            let io = tokio::net::TcpStream::from_std(s)?;
-            let (client, conn) = h2::client::handshake(io).await?;
-            tokio::spawn(conn);
             let mut out = Vec::new();
             for i in 0..20 {
-                let mut client = client.clone().ready().await?;
-                let req = http::Request::post(format!(
-                    "http://echo.demo.svc.cluster.local/pkg.Echo/Say{i}"
-                ))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .body(())?;
-                let (resp, mut send) = client.send_request(req, false)?;
-                send.send_data(bytes::Bytes::from_static(b"\0\0\0\0\x05hello"), true)?;
-                let resp = resp.await?;
-                anyhow::ensure!(resp.status() == 200, "{resp:?}");
-                let mut body = resp.into_body();
-                let mut text = Vec::new();
-                while let Some(chunk) = body.data().await {
-                    let chunk = chunk?;
-                    let _ = body.flow_control().release_capacity(chunk.len());
-                    text.extend_from_slice(&chunk);
-                }
-                let trailers = body.trailers().await?.unwrap_or_default();
-                out.push((String::from_utf8_lossy(&text).into_owned(), trailers));
+                let path = format!("/pkg.Echo/Say{i}");
+                out.push(grpc_call(&client, &path, grpc_message(b"hello")).await?);
             }
             Ok::<_, anyhow::Error>(out)
         })
         .with_context(|| format!("waypoint log:\n{}", wp.proc.stderr()))?;
-    for (i, (body, trailers)) in results.iter().enumerate() {
-        // The backend got HTTP/2 with te: trailers, and its trailers came back.
+    for (i, a) in results.iter().enumerate() {
+        // The backend got HTTP/2 with te: trailers, and its messages and trailers came back.
+        let h = &a.head.headers;
         ensure!(
-            body == &format!("grpc /pkg.Echo/Say{i} te=trailers"),
-            "{body}"
+            h.get("x-path")
+                .is_some_and(|v| v == &*format!("/pkg.Echo/Say{i}"))
+                && h.get("x-te").is_some_and(|v| v == "trailers"),
+            "{h:?}"
+        );
+        ensure!(a.body == grpc_message(b"hello"), "{:?}", a.body);
+        ensure!(
+            a.trailers.get("grpc-status").is_some_and(|v| v == "0"),
+            "{:?}",
+            a.trailers
         );
         ensure!(
-            trailers.get("grpc-status").is_some_and(|v| v == "0"),
-            "{trailers:?}"
-        );
-        ensure!(
-            trailers.get("x-request-bytes").is_some_and(|v| v == "10"),
-            "{trailers:?}"
+            a.trailers.get("x-request-bytes").is_some_and(|v| v == "10"),
+            "{:?}",
+            a.trailers
         );
     }
     // One client connection's streams are balanced per request over both endpoints (a
@@ -287,10 +330,243 @@ fn grpc_goes_over_http2_with_its_trailers() -> Result<()> {
         metric_sum(
             &metrics,
             "istio_requests_total",
-            &["request_protocol=\"grpc\"", "response_code=\"200\""]
+            &[
+                "request_protocol=\"grpc\"",
+                "response_code=\"200\",grpc_response_status=\"0\""
+            ]
         ) == 20.0,
         "{metrics}"
     );
+    for name in [
+        "istio_request_messages_total",
+        "istio_response_messages_total",
+    ] {
+        ensure!(
+            metric_sum(&metrics, name, &["reporter=\"waypoint\""]) == 20.0,
+            "{name}: {metrics}"
+        );
+    }
+    Ok(())
+}
+
+/// gRPC's side of Istio's telemetry and Envoy's local answers: message counters that count
+/// while a stream is open, `grpc_response_status` from trailers or a trailers-only head,
+/// and the waypoint's own denials and faults in gRPC's form, with the HTTP code they stand
+/// for in `response_code`.
+#[test]
+fn grpc_statuses_messages_and_local_answers() -> Result<()> {
+    let x = 173;
+    let _g1 = e2e::l7::spawn_grpc_backend(SocketAddr::new(ip4(x, 2, 1), 8080), "grpc")?;
+    let _g2 = e2e::l7::spawn_grpc_backend(SocketAddr::new(ip4(x, 2, 2), 8080), "grpc")?;
+    let _mirror = spawn_backend(SocketAddr::new(ip4(x, 2, 3), 8080), "mirror")?;
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - matches: [{path: {value: /pkg.Echo/Busy}}]
+        backendRefs: [{name: echo-all, port: 80}]
+        fault: {abort: {grpcStatus: RESOURCE_EXHAUSTED, percentage: 100}}
+      - backendRefs: [{name: echo-all, port: 80}]
+authorizationPolicies:
+  - name: no-admin
+    namespace: demo
+    targetRefs: [{name: echo}]
+    action: DENY
+    rules: [{to: [{operation: {paths: [/pkg.Admin/*]}}]}]
+";
+    let mesh = MeshDir::new(&mesh_config(x, routes))?;
+    let n1 = Node::start(&mesh, "node-1", ip4(x, 0, 1), &[])?;
+    let _n2 = Node::start(&mesh, "node-2", ip4(x, 0, 2), &[])?;
+    let wp = Waypoint::start(&mesh, "demo/waypoint", ip4(x, 3, 1))?;
+    let context = || format!("waypoint log:\n{}", wp.proc.stderr());
+    let messages = |metrics: &str, name: &str| {
+        metric_sum(
+            metrics,
+            name,
+            &[
+                "reporter=\"waypoint\"",
+                "source_workload=\"client\"",
+                "destination_service=\"echo.demo.svc.cluster.local\"",
+            ],
+        )
+    };
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = grpc_client(&rt, &n1, x)?;
+
+    // A stream: three messages, the second split over two DATA frames; each comes back.
+    let (mut send, mut recv, sent) = rt
+        .block_on(async {
+            let mut c = client.clone().ready().await?;
+            let req = http::Request::post("http://echo.demo.svc.cluster.local/pkg.Echo/Chat")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())?;
+            let (resp, mut send) = c.send_request(req, false)?;
+            let mut first = grpc_message(b"one");
+            let two = grpc_message(b"two, a longer one");
+            first.extend_from_slice(&two[..7]);
+            let mut rest = two[7..].to_vec();
+            rest.extend(grpc_message(b"three"));
+            let sent = first.len() + rest.len();
+            send.send_data(bytes::Bytes::from(first), false)?;
+            send.send_data(bytes::Bytes::from(rest), false)?;
+            let resp = resp.await?;
+            anyhow::ensure!(resp.status() == 200, "{resp:?}");
+            let mut recv = resp.into_body();
+            let mut got = 0;
+            while got < sent {
+                let chunk = recv.data().await.context("the stream ended early")??;
+                let _ = recv.flow_control().release_capacity(chunk.len());
+                got += chunk.len();
+            }
+            Ok::<_, anyhow::Error>((send, recv, sent))
+        })
+        .with_context(context)?;
+    // Open, it already counts.
+    let metrics = wp.metrics()?;
+    ensure!(
+        messages(&metrics, "istio_request_messages_total") == 3.0
+            && messages(&metrics, "istio_response_messages_total") == 3.0,
+        "three each way while the stream is open:\n{metrics}"
+    );
+    ensure!(
+        metric_sum(
+            &metrics,
+            "istio_requests_total",
+            &["request_protocol=\"grpc\""]
+        ) == 0.0,
+        "the call has not ended:\n{metrics}"
+    );
+    let trailers = rt
+        .block_on(async {
+            let mut more = grpc_message(b"four");
+            more.extend(grpc_message(b""));
+            let (sent, more_len) = (sent + more.len(), more.len());
+            send.send_data(bytes::Bytes::from(more), true)?;
+            let mut got = 0;
+            while let Some(chunk) = recv.data().await {
+                let chunk = chunk?;
+                let _ = recv.flow_control().release_capacity(chunk.len());
+                got += chunk.len();
+            }
+            anyhow::ensure!(
+                got == more_len,
+                "{got} of {more_len} more bytes came back ({sent} in all)"
+            );
+            Ok::<_, anyhow::Error>(recv.trailers().await?.unwrap_or_default())
+        })
+        .with_context(context)?;
+    ensure!(
+        trailers.get("grpc-status").is_some_and(|v| v == "0"),
+        "{trailers:?}"
+    );
+    let metrics = wp.metrics()?;
+    ensure!(
+        messages(&metrics, "istio_request_messages_total") == 5.0
+            && messages(&metrics, "istio_response_messages_total") == 5.0,
+        "five each way once it ended:\n{metrics}"
+    );
+    // Envoy's message counters carry no outcome labels.
+    ensure!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("istio_request_messages_total{")
+                && (l.contains("response_code") || l.contains("request_protocol"))),
+        "{metrics}"
+    );
+
+    // Statuses: from the trailers, from a trailers-only head, and the waypoint's own.
+    let answers = rt
+        .block_on(async {
+            let mut out = Vec::new();
+            for path in [
+                "/pkg.Echo/Fail",
+                "/pkg.Echo/TrailersOnly",
+                "/pkg.Admin/Drop",
+                "/pkg.Echo/Busy",
+            ] {
+                out.push(grpc_call(&client, path, grpc_message(b"x")).await?);
+            }
+            Ok::<_, anyhow::Error>(out)
+        })
+        .with_context(context)?;
+    let status = |a: &GrpcAnswer| {
+        let h = a
+            .trailers
+            .get("grpc-status")
+            .or(a.head.headers.get("grpc-status"));
+        h.and_then(|v| v.to_str().ok()).map(str::to_string)
+    };
+    ensure!(
+        status(&answers[0]).as_deref() == Some("14"),
+        "{:?}",
+        answers[0].trailers
+    );
+    ensure!(
+        status(&answers[1]).as_deref() == Some("5"),
+        "{:?}",
+        answers[1].head
+    );
+    // The denial: trailers-only, :status 200, PERMISSION_DENIED and Envoy's words.
+    let denied = &answers[2];
+    ensure!(
+        denied.head.status == 200
+            && denied
+                .head
+                .headers
+                .get("content-type")
+                .is_some_and(|v| v == "application/grpc")
+            && status(denied).as_deref() == Some("7")
+            && denied
+                .head
+                .headers
+                .get("grpc-message")
+                .is_some_and(|v| v == "RBAC: access denied")
+            && denied.body.is_empty(),
+        "{:?} {:?}",
+        denied.head,
+        denied.body
+    );
+    // The fault's own gRPC status.
+    let busy = &answers[3];
+    ensure!(
+        busy.head.status == 200 && status(busy).as_deref() == Some("8"),
+        "{:?}",
+        busy.head
+    );
+    let metrics = wp.metrics()?;
+    let requests = |labels: &[&str]| {
+        let mut all = vec!["request_protocol=\"grpc\""];
+        all.extend_from_slice(labels);
+        metric_sum(&metrics, "istio_requests_total", &all)
+    };
+    for (labels, want) in [
+        (
+            &["response_code=\"200\",grpc_response_status=\"0\",response_flags=\"-\""][..],
+            1.0,
+        ),
+        (
+            &["response_code=\"200\",grpc_response_status=\"14\""][..],
+            1.0,
+        ),
+        (
+            &["response_code=\"200\",grpc_response_status=\"5\""][..],
+            1.0,
+        ),
+        (
+            &["response_code=\"403\",grpc_response_status=\"7\",response_flags=\"RBAC\""][..],
+            1.0,
+        ),
+        (
+            &["response_code=\"200\",grpc_response_status=\"8\",response_flags=\"FI\""][..],
+            1.0,
+        ),
+    ] {
+        ensure!(requests(labels) == want, "{labels:?}:\n{metrics}");
+    }
     Ok(())
 }
 

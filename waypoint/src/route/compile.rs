@@ -377,17 +377,46 @@ pub(super) fn compile_rule(
             let abort = match &f.abort {
                 None => None,
                 Some(a) => {
-                    let status = http::StatusCode::from_u16(a.http_status)
-                        .ok()
-                        .filter(|s| (200..=599).contains(&s.as_u16()))
-                        .ok_or_else(|| {
+                    let status = match (a.http_status, &a.grpc_status) {
+                        (Some(_), Some(_)) => {
+                            return Err(err(
+                                format!("{at}.abort"),
+                                "give httpStatus or grpcStatus, not both",
+                            ));
+                        }
+                        (None, None) => {
+                            return Err(err(
+                                format!("{at}.abort"),
+                                "an abort needs httpStatus or grpcStatus",
+                            ));
+                        }
+                        (Some(code), None) => http::StatusCode::from_u16(code)
+                            .ok()
+                            .filter(|s| (200..=599).contains(&s.as_u16()))
+                            .ok_or_else(|| {
+                                err(
+                                    format!("{at}.abort.httpStatus"),
+                                    format!("{code} is not a response status (200-599)"),
+                                )
+                            })?,
+                        (None, Some(_)) => http::StatusCode::OK,
+                    };
+                    let grpc_status = match &a.grpc_status {
+                        None => None,
+                        Some(name) => Some(crate::grpc::status_by_name(name).ok_or_else(|| {
                             err(
-                                format!("{at}.abort.httpStatus"),
-                                format!("{} is not a response status (200-599)", a.http_status),
+                                format!("{at}.abort.grpcStatus"),
+                                format!(
+                                    "{name:?} is not a gRPC status (a name such as UNAVAILABLE, or 0-16)"
+                                ),
                             )
-                        })?;
+                        })?),
+                    };
                     Some((
-                        status,
+                        Abort {
+                            status,
+                            grpc_status,
+                        },
                         percent(a.percentage, &format!("{at}.abort.percentage"))?,
                     ))
                 }

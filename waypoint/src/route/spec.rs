@@ -280,7 +280,12 @@ pub struct DelaySpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AbortSpec {
-    pub http_status: u16,
+    /// One of `httpStatus` and `grpcStatus`.
+    #[serde(default)]
+    pub http_status: Option<u16>,
+    /// A gRPC status by name (`UNAVAILABLE`), as Istio's `grpcStatus`.
+    #[serde(default)]
+    pub grpc_status: Option<String>,
     #[serde(default)]
     pub percentage: Option<f64>,
 }

@@ -238,7 +238,7 @@ fn full_spec_parses_and_builds() {
         rule.fault,
         Some(Fault {
             delay: Some((secs(1), 0.1)),
-            abort: Some((http::StatusCode::SERVICE_UNAVAILABLE, 0.01)),
+            abort: Some((http_abort(http::StatusCode::SERVICE_UNAVAILABLE), 0.01)),
         })
     );
     assert_eq!(
@@ -1872,7 +1872,7 @@ fn fault_percentages_become_fractions() {
         rule.fault,
         Some(Fault {
             delay: Some((secs(5), 0.1)),
-            abort: Some((http::StatusCode::SERVICE_UNAVAILABLE, 0.5)),
+            abort: Some((http_abort(http::StatusCode::SERVICE_UNAVAILABLE), 0.5)),
         })
     );
 
@@ -1890,13 +1890,13 @@ fn fault_percentages_become_fractions() {
         rule.fault,
         Some(Fault {
             delay: None,
-            abort: Some((http::StatusCode::TOO_MANY_REQUESTS, 0.0)),
+            abort: Some((http_abort(http::StatusCode::TOO_MANY_REQUESTS), 0.0)),
         })
     );
     let rule = one_rule("{fault: {abort: {httpStatus: 200, percentage: 0.5}}}");
     assert_eq!(
         rule.fault.as_ref().unwrap().abort,
-        Some((http::StatusCode::OK, 0.005))
+        Some((http_abort(http::StatusCode::OK), 0.005))
     );
 
     // An empty fault block is no fault.
@@ -1912,10 +1912,52 @@ fn abort_status_must_be_a_response_status() {
     for status in [200, 404, 500, 599] {
         let rule = one_rule(&format!("{{fault: {{abort: {{httpStatus: {status}}}}}}}"));
         assert_eq!(
-            rule.fault.as_ref().unwrap().abort.unwrap().0.as_u16(),
+            rule.fault
+                .as_ref()
+                .unwrap()
+                .abort
+                .unwrap()
+                .0
+                .status
+                .as_u16(),
             status
         );
     }
+}
+
+fn http_abort(status: http::StatusCode) -> Abort {
+    Abort {
+        status,
+        grpc_status: None,
+    }
+}
+
+#[test]
+fn a_grpc_abort_gives_its_status_by_name() {
+    let rule = one_rule("{fault: {abort: {grpcStatus: UNAVAILABLE, percentage: 20}}}");
+    assert_eq!(
+        rule.fault.as_ref().unwrap().abort,
+        Some((
+            Abort {
+                status: http::StatusCode::OK,
+                grpc_status: Some(14),
+            },
+            0.2
+        ))
+    );
+    let rule = one_rule("{fault: {abort: {grpcStatus: \"7\"}}}");
+    assert_eq!(
+        rule.fault.as_ref().unwrap().abort.unwrap().0.grpc_status,
+        Some(7)
+    );
+    for bad in ["TEAPOT", "17", "\"\""] {
+        let e = one_rule_err(&format!("{{fault: {{abort: {{grpcStatus: {bad}}}}}}}"));
+        assert_rule_err(&e, ".fault.abort.grpcStatus");
+    }
+    let e = one_rule_err("{fault: {abort: {httpStatus: 503, grpcStatus: UNAVAILABLE}}}");
+    assert_rule_err(&e, ".fault.abort");
+    let e = one_rule_err("{fault: {abort: {percentage: 5}}}");
+    assert_rule_err(&e, ".fault.abort");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -142,10 +142,13 @@ impl<B: http_body::Body + Unpin> http_body::Body for Holding<B> {
     }
 }
 
-/// A request body that counts its bytes as they stream through.
+/// A request body that counts its bytes (and a gRPC stream's messages) as they stream
+/// through.
 pub(super) struct Counted {
     pub(super) inner: Incoming,
     pub(super) n: Rc<Cell<u64>>,
+    /// A gRPC request's messages: where the scan is, and the stream's counts.
+    pub(super) messages: Option<(crate::grpc::Frames, Rc<Messages>)>,
 }
 
 impl http_body::Body for Counted {
@@ -161,6 +164,9 @@ impl http_body::Body for Counted {
             && let Some(d) = f.data_ref()
         {
             self.n.set(self.n.get() + d.len() as u64);
+            if let Some((frames, m)) = &mut self.messages {
+                m.request.set(m.request.get() + frames.scan(d));
+            }
         }
         polled
     }
@@ -183,6 +189,8 @@ pub(super) struct Finish {
 pub(super) struct Pending {
     pub(super) record: Record,
     pub(super) response_bytes: u64,
+    /// Where the scan of a gRPC response's messages is.
+    pub(super) frames: crate::grpc::Frames,
 }
 
 impl http_body::Body for Finish {
@@ -196,8 +204,18 @@ impl http_body::Body for Finish {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(f))) => {
-                if let (Some(d), Some(rec)) = (f.data_ref(), self.rec.as_mut()) {
-                    rec.response_bytes += d.len() as u64;
+                if let Some(rec) = self.rec.as_mut() {
+                    if let Some(d) = f.data_ref() {
+                        rec.response_bytes += d.len() as u64;
+                        if let Some(m) = &rec.record.messages {
+                            m.response.set(m.response.get() + rec.frames.scan(d));
+                        }
+                    } else if let Some(t) = f.trailers_ref()
+                        && rec.record.grpc
+                        && let Some(status) = crate::grpc::status_in(t)
+                    {
+                        rec.record.grpc_status = Some(status);
+                    }
                 }
                 // hyper stops at a body that says it ended: finish now.
                 if self.inner.is_end_stream()

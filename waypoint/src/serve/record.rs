@@ -3,7 +3,8 @@
 //! its Service's [`Plan`] says.
 
 use super::*;
-use crate::telemetry::{Attributes, MAX_TAG_VALUE, TagValue};
+use crate::stats::{Messages, StreamKey};
+use crate::telemetry::{Attributes, MAX_TAG_VALUE, Metric, TagValue};
 
 /// One request's telemetry, from its arrival to the end of its response body.
 pub(super) struct Record {
@@ -16,6 +17,13 @@ pub(super) struct Record {
     pub(super) method: http::Method,
     pub(super) path: String,
     pub(super) grpc: bool,
+    /// A gRPC response's status, once a `grpc-status` went by (headers or trailers).
+    pub(super) grpc_status: Option<u8>,
+    /// A gRPC stream's message counts (`None` for plain HTTP, or when the plan reports
+    /// neither message counter).
+    pub(super) messages: Option<Rc<Messages>>,
+    /// The id [`Stats::open_stream`] gave, while the stream is open.
+    stream: Option<u64>,
     pub(super) request_bytes: Rc<Cell<u64>>,
     pub(super) endpoint: Option<Endpoint>,
     pub(super) code: u16,
@@ -115,6 +123,10 @@ impl Record {
                 .collect(),
             None => Vec::new(),
         };
+        let messages = (grpc
+            && (plan.metrics.get(Metric::GrpcRequestMessages).is_some()
+                || plan.metrics.get(Metric::GrpcResponseMessages).is_some()))
+        .then(|| Rc::new(Messages::default()));
         Record {
             stats,
             start: Instant::now(),
@@ -125,6 +137,9 @@ impl Record {
             method: parts.method.clone(),
             path,
             grpc,
+            grpc_status: None,
+            messages,
+            stream: None,
             request_bytes: Rc::new(Cell::new(0)),
             endpoint: None,
             code: 0,
@@ -169,9 +184,42 @@ impl Record {
         }
     }
 
+    /// The response head is going out: a gRPC stream's messages count from now on under
+    /// the peers it has, so a scrape sees a long stream before it ends.
+    pub(super) fn open_stream(&mut self) {
+        let Some(m) = &self.messages else { return };
+        if self.stream.is_some() {
+            return;
+        }
+        let attrs = self
+            .attrs
+            .as_deref()
+            .map(|c| self.attributes(c, self.start.elapsed(), self.request_bytes.get(), 0));
+        let key = StreamKey {
+            service: self.service.clone(),
+            source: self.peer.workload.clone(),
+            source_principal: self.peer.principal.clone(),
+            endpoint: self.endpoint.as_ref().map(|e| e.uid.clone()),
+            tags: self.upserted(attrs.as_ref()),
+        };
+        self.stream = Some(self.stats.open_stream(key, m.clone()));
+    }
+
+    /// `grpc_response_status`: the status a `grpc-status` gave, or the one the HTTP code
+    /// stands for; `None` for plain HTTP.
+    fn grpc_status(&self) -> Option<u8> {
+        self.grpc.then(|| {
+            self.grpc_status
+                .unwrap_or_else(|| crate::grpc::status_of_http(self.code))
+        })
+    }
+
     pub(super) fn finish(mut self, response_bytes: u64, complete: bool) {
         let took = self.start.elapsed();
         let request_bytes = self.request_bytes.get();
+        if let Some(id) = self.stream.take() {
+            self.stats.close_stream(id);
+        }
         if let Some((tracing, ctx)) = self.trace.take() {
             let error = self.code >= 500 || !complete;
             let attrs = self.span_attributes(request_bytes, response_bytes);
@@ -192,6 +240,7 @@ impl Record {
                 source_principal: self.peer.principal.clone(),
                 endpoint: self.endpoint.as_ref().map(|e| e.uid.clone()),
                 grpc: self.grpc,
+                grpc_status: self.grpc_status(),
                 tags,
             };
             self.stats.record(key, took, request_bytes, response_bytes);
@@ -273,6 +322,10 @@ impl Record {
             ]);
             if let Some(e) = &self.endpoint {
                 attrs.push(KeyValue::new("upstream_address", e.addr.to_string()));
+            }
+            if let Some(status) = self.grpc_status() {
+                // As Envoy tags a gRPC request's span.
+                attrs.push(KeyValue::new("grpc.status_code", i64::from(status)));
             }
             if let Some(a) = self.peer.addr {
                 attrs.push(KeyValue::new("peer.address", a.ip().to_string()));

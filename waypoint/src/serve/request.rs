@@ -261,7 +261,8 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-/// A local answer: `status`, plain text.
+/// A local answer: `status`, plain text (to a gRPC client, the same in gRPC's form: see
+/// [`Waypoint::answer`]).
 pub fn local(status: StatusCode, text: &str) -> Response<Body> {
     let mut resp = Response::new(Body::full(Bytes::from(format!("{text}\n"))));
     *resp.status_mut() = status;
@@ -269,7 +270,20 @@ pub fn local(status: StatusCode, text: &str) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    resp.extensions_mut().insert(Local {
+        text: Arc::from(text),
+        grpc_status: None,
+    });
     resp
+}
+
+/// What a local answer says, riding on the response for a gRPC client's trailers-only
+/// form: its text (`grpc-message`) and the gRPC status it gives, when it names one (a
+/// fault's `grpcStatus`); otherwise the status its HTTP code stands for.
+#[derive(Debug, Clone)]
+pub(super) struct Local {
+    pub(super) text: Arc<str>,
+    pub(super) grpc_status: Option<u8>,
 }
 
 /// Why an attempt produced no response.

@@ -172,14 +172,14 @@ pub(super) fn metric_selector(
         (Some("REQUEST_DURATION"), _) => vec![Metric::RequestDuration],
         (Some("REQUEST_SIZE"), _) => vec![Metric::RequestSize],
         (Some("RESPONSE_SIZE"), _) => vec![Metric::ResponseSize],
+        (Some("GRPC_REQUEST_MESSAGES"), _) => vec![Metric::GrpcRequestMessages],
+        (Some("GRPC_RESPONSE_MESSAGES"), _) => vec![Metric::GrpcResponseMessages],
         (
             Some(
                 "TCP_OPENED_CONNECTIONS"
                 | "TCP_CLOSED_CONNECTIONS"
                 | "TCP_SENT_BYTES"
-                | "TCP_RECEIVED_BYTES"
-                | "GRPC_REQUEST_MESSAGES"
-                | "GRPC_RESPONSE_MESSAGES",
+                | "TCP_RECEIVED_BYTES",
             ),
             _,
         ) => Vec::new(),
@@ -194,6 +194,8 @@ pub(super) fn metric_selector(
             "request_duration_milliseconds" => vec![Metric::RequestDuration],
             "request_bytes" => vec![Metric::RequestSize],
             "response_bytes" => vec![Metric::ResponseSize],
+            "request_messages_total" => vec![Metric::GrpcRequestMessages],
+            "response_messages_total" => vec![Metric::GrpcResponseMessages],
             // Another proxy's metric: not one this waypoint reports.
             _ => Vec::new(),
         },

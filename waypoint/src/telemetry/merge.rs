@@ -371,7 +371,7 @@ impl Builder<'_> {
             disabled: bool,
             tags: BTreeMap<String, Option<Expr>>,
         }
-        let mut state: [State; 4] = Default::default();
+        let mut state: [State; Metric::ALL.len()] = Default::default();
         for (t, e) in &entries {
             // Overrides for a provider other than Prometheus are not the waypoint's.
             let for_prometheus = e.providers.is_empty()

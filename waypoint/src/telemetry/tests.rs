@@ -366,6 +366,8 @@ fn metrics_overrides_merge_per_metric() {
     - {match: {metric: REQUEST_COUNT, mode: SERVER}, tagOverrides: {request_host: {value: request.host}}}
     - {match: {metric: RESPONSE_SIZE, mode: CLIENT}, disabled: true}
     - {match: {metric: TCP_SENT_BYTES}, disabled: true}
+    - {match: {metric: GRPC_RESPONSE_MESSAGES}, disabled: true}
+    - {match: {customMetric: request_messages_total}, tagOverrides: {source_cluster: {operation: REMOVE}}}
 - {name: none, namespace: demo, targetRefs: [{kind: Service, name: dark}], metrics: [{providers: [{name: otel}]}]}
 "#,
         MESH,
@@ -383,6 +385,21 @@ fn metrics_overrides_merge_per_metric() {
         "a CLIENT override is not the waypoint's"
     );
     assert!(p.get(Metric::RequestDuration).unwrap().upserted.is_empty());
+    // gRPC's message counters, by Istio's metric name and by the Prometheus name.
+    assert!(p.get(Metric::GrpcResponseMessages).is_none());
+    assert_eq!(
+        p.get(Metric::GrpcRequestMessages).unwrap().removed,
+        vec![
+            "destination_canonical_revision".to_string(),
+            "source_cluster".to_string()
+        ]
+    );
+    assert!(
+        t.plan(&svc("other"))
+            .metrics
+            .get(Metric::GrpcResponseMessages)
+            .is_some()
+    );
     assert_eq!(t.upserts()["request_host"].source(), "request.host");
     let other = &t.plan(&svc("other")).metrics;
     assert!(other.get(Metric::RequestCount).unwrap().upserted.is_empty());

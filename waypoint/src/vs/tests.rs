@@ -34,6 +34,7 @@ const VS: &str = "
     - name: exact
       match: [{uri: {exact: /api/x}}]
       route: [{destination: {host: reviews}}]
+      fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 50}}}
       retries: {attempts: 3, perTryTimeout: 200ms, retryOn: \"5xx,refused-stream,unavailable,503\"}
     - name: prefix
       match: [{uri: {prefix: /api}, method: {exact: GET}}]
@@ -90,6 +91,18 @@ fn entries_keep_their_order_and_istio_meanings() {
         .unwrap();
     assert_eq!(retry.attempts, 3);
     assert!(retry.on_5xx && retry.on_reset && !retry.on_connect_failure);
+    // A gRPC abort: 200 on the wire, UNAVAILABLE in grpc-status.
+    let exact = t.select(&svc, 80, &get("/api/x", &[])).unwrap().unwrap();
+    assert_eq!(
+        exact.fault.as_ref().and_then(|f| f.abort),
+        Some((
+            crate::route::Abort {
+                status: http::StatusCode::OK,
+                grpc_status: Some(14)
+            },
+            0.5
+        ))
+    );
     assert_eq!(retry.codes, vec![503]);
     assert_eq!(
         retry.per_try_timeout,
