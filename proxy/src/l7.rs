@@ -197,6 +197,7 @@ fn target_of(snapshot: &Snapshot, authority: SocketAddr) -> Result<Target, Statu
             host: sp.service.hostname.clone(),
             port: sp.port,
             peer: Peer::default(),
+            local: Some(authority),
         });
     }
     if let Some(w) = snapshot.workload_by_ip(authority.ip())
@@ -214,6 +215,7 @@ fn target_of(snapshot: &Snapshot, authority: SocketAddr) -> Result<Target, Statu
             host: svc.hostname.clone(),
             port,
             peer: Peer::default(),
+            local: Some(authority),
         });
     }
     Err(Status::ServiceUnavailable)

@@ -124,10 +124,23 @@ pub struct Proc {
     child: Option<Child>,
     name: String,
     stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+}
+
+/// Appends each line `pipe` gives to `sink`, on a thread of its own, until the pipe ends.
+fn collect_lines(pipe: impl std::io::Read + Send + 'static, sink: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
 }
 
 impl Proc {
-    /// Spawns `path args...` with stdout discarded and stderr captured.
+    /// Spawns `path args...` with stdout and stderr captured.
     pub fn spawn(path: &PathBuf, args: &[&str]) -> Result<Proc> {
         Proc::spawn_env(path, args, &[])
     }
@@ -146,26 +159,25 @@ impl Proc {
             // binary is killed and cannot run its guards.
             .env("RINGMESH_EXIT_WITH_PARENT", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("spawn {}", path.display()))?;
         let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
+        let stdout = Arc::new(Mutex::new(String::new()));
+        collect_lines(child.stderr.take().unwrap(), stderr.clone());
+        collect_lines(child.stdout.take().unwrap(), stdout.clone());
         Ok(Proc {
             child: Some(child),
             name: path.file_name().unwrap().to_string_lossy().into_owned(),
             stderr,
+            stdout,
         })
+    }
+
+    /// Everything the process wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     pub fn pid(&self) -> u32 {

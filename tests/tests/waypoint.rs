@@ -3,8 +3,8 @@
 //! and tunnels to the chosen endpoint's node (node-2), which hands it to the backend. Every
 //! hop is a real process on real sockets.
 //!
-//! Address plan: 127.180/16 .. 127.199/16, 127.170/16 .. 127.172/16 (gRPC tracing) and
-//! 127.175/16 .. 127.176/16 (the Telemetry API).
+//! Address plan: 127.180/16 .. 127.199/16, 127.170/16 .. 127.172/16 (gRPC tracing),
+//! 127.173/16 (gRPC statuses and messages), 127.174/16 .. 127.176/16 (the Telemetry API).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

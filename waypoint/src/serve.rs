@@ -150,6 +150,9 @@ pub struct Target {
     pub host: Arc<str>,
     pub port: u16,
     pub peer: Peer,
+    /// The address the client called (the tunnel's CONNECT authority), for the access
+    /// log's `%DOWNSTREAM_LOCAL_ADDRESS%`.
+    pub local: Option<SocketAddr>,
 }
 
 /// `send` under a timeout, if there is one. Not an `async fn`: `runtime::time::Timeout`
@@ -364,6 +367,11 @@ impl<U: Upstreams> Waypoint<U> {
         ) {
             let (outcome, resp) = match refusal {
                 Refusal::Unauthenticated(why) => {
+                    // Envoy's details: the words, spaces as underscores.
+                    rec.details = Some(format!(
+                        "jwt_authn_access_denied{{{}}}",
+                        why.replace(' ', "_")
+                    ));
                     let mut resp = local(StatusCode::UNAUTHORIZED, why);
                     resp.headers_mut().insert(
                         header::WWW_AUTHENTICATE,
@@ -375,6 +383,11 @@ impl<U: Upstreams> Waypoint<U> {
                 }
                 Refusal::Denied(policy) => {
                     tracing::debug!(service = %target.service, %policy, "RBAC: access denied");
+                    // Envoy names the policy `ns[NS]-policy[NAME]`.
+                    let (ns, name) = policy.split_once('/').unwrap_or(("", &policy));
+                    rec.details = Some(format!(
+                        "rbac_access_denied_matched_policy[ns[{ns}]-policy[{name}]]"
+                    ));
                     (
                         Outcome::Denied,
                         local(StatusCode::FORBIDDEN, "RBAC: access denied"),
@@ -544,6 +557,7 @@ impl<U: Upstreams> Waypoint<U> {
             }
             _ => resp,
         };
+        rec.capture_response(resp.headers());
         if rec.grpc {
             // A trailers-only answer (the backend's or ours) carries its status here.
             rec.grpc_status = crate::grpc::status_in(resp.headers());

@@ -41,6 +41,24 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for it (a denial and a bad JWT give their own).
+    pub fn details(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "via_upstream",
+            Outcome::NoRoute => "route_not_found",
+            Outcome::FaultAbort => "fault_filter_abort",
+            Outcome::NoHealthyUpstream => "no_healthy_upstream",
+            Outcome::ConnectFailure => "upstream_reset_before_response_started{connection_failure}",
+            Outcome::Reset => "upstream_reset_before_response_started{connection_termination}",
+            Outcome::Timeout => "response_timeout",
+            Outcome::ClientError => "codec_error",
+            Outcome::Denied => "rbac_access_denied_matched_policy[none]",
+            Outcome::Unauthenticated => "jwt_authn_access_denied",
+            Outcome::Redirect => "direct_response",
+            Outcome::Overflow => "upstream_reset_before_response_started{overflow}",
+        }
+    }
+
     /// Envoy's response flag, as Istio's `response_flags` label has it.
     pub fn flag(self) -> &'static str {
         match self {

@@ -24,7 +24,8 @@
 //!   provider is in scope.
 //!
 //! Providers: `opentelemetry` (OTLP over gRPC, or HTTP when `http` is set), an
-//! `envoyFileAccessLog` to standard output, and `prometheus`. Istio's built-in `envoy` and
+//! `envoyFileAccessLog` to standard output (in an Envoy format when it has a `logFormat`,
+//! [`format`]), and `prometheus`. Istio's built-in `envoy` and
 //! `prometheus` exist when the MeshConfig does not define them. A Telemetry that names a
 //! provider the waypoint cannot use (Zipkin, a file path) is warned about and that provider
 //! is skipped, as istiod skips a provider it cannot fetch.
@@ -37,6 +38,7 @@ use crate::trace::Tracing;
 
 mod check;
 pub mod expr;
+pub mod format;
 mod merge;
 mod mesh;
 pub mod spec;
@@ -45,6 +47,7 @@ mod tests;
 
 pub use check::check;
 pub use expr::{Attributes, Expr};
+pub use format::LogFormat;
 pub use merge::{Scope, Warnings};
 pub use mesh::{Exporter, Exporters, Mesh, Provider};
 pub use spec::{MeshSpec, TelemetrySpec};
@@ -95,9 +98,20 @@ impl Metric {
 pub struct Plan {
     /// `None`: no span (a `traceparent` passes untouched).
     pub tracing: Option<TracingPlan>,
-    /// `None`: no access log line.
+    /// `None`: no access log line of the waypoint's own.
     pub access_log: Option<LogPlan>,
+    /// Lines in Envoy's formats (providers with a `logFormat`, or the MeshConfig's), one
+    /// per provider that takes the request.
+    pub formatted_logs: Vec<FormattedLog>,
     pub metrics: MetricsPlan,
+}
+
+/// Access log lines in an Envoy format, on standard output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FormattedLog {
+    /// Write a line only when this is true for the request.
+    pub filter: Option<Expr>,
+    pub format: Arc<LogFormat>,
 }
 
 /// Spans for a Service's requests.
@@ -210,6 +224,7 @@ impl TelemetryTable {
                     max_path: DEFAULT_MAX_TAG_LENGTH,
                 }),
                 access_log: Some(LogPlan { filter: None }),
+                formatted_logs: Vec::new(),
                 metrics: MetricsPlan::standard(),
             }),
             by_service: HashMap::new(),

@@ -343,3 +343,90 @@ fn config_check_names_a_bad_telemetry() -> Result<()> {
     }
     Ok(())
 }
+
+/// Envoy's access log formats: the MeshConfig's `accessLogEncoding: JSON` for the built-in
+/// `envoy` provider (Istio's default JSON line), and a provider's `logFormat.text` with
+/// its own filter, each line on standard output.
+#[test]
+fn access_logs_in_envoy_formats_with_their_own_filters() -> Result<()> {
+    let x = 174;
+    let mesh = "defaultProviders: {metrics: [prometheus]}
+accessLogEncoding: JSON
+extensionProviders:
+- name: bobs
+  envoyFileAccessLog:
+    path: /dev/stdout
+    logFormat:
+      text: \"%RESPONSE_CODE% %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %UPSTREAM_CLUSTER% %DOWNSTREAM_PEER_URI_SAN% %REQ(X-USER)% %RESP(X-MISSING)%\"
+";
+    let telemetry = "  - name: logs
+    namespace: demo
+    accessLogging:
+      - providers: [{name: envoy}]
+      - providers: [{name: bobs}]
+        filter: {expression: \"request.headers['x-user'] == 'bob'\"}
+";
+    let (m, _dir) = start(x, mesh, telemetry, &[])?;
+    let mut c = m.client()?;
+    for (path, user) in [("/a?q=1", "alice"), ("/b", "bob")] {
+        let r = c.request("GET", path, &[("x-user", user)], b"")?;
+        ensure!(r.status == 200, "{r:?}\n{}", m.context());
+    }
+    e2e::wait_for(Duration::from_secs(10), "three access lines", || {
+        m.wp.proc.stdout().lines().count() >= 3
+    })
+    .with_context(|| format!("stdout:\n{}\n{}", m.wp.proc.stdout(), m.context()))?;
+    let out = m.wp.proc.stdout();
+    let json: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| out.clone())?;
+    ensure!(json.len() == 2, "one JSON line per request:\n{out}");
+    let a = &json[0];
+    for (k, want) in [
+        ("path", serde_json::json!("/a?q=1")),
+        ("method", serde_json::json!("GET")),
+        ("response_code", serde_json::json!(200)),
+        ("response_flags", serde_json::json!("-")),
+        ("response_code_details", serde_json::json!("via_upstream")),
+        (
+            "upstream_cluster",
+            serde_json::json!("outbound|80||echo.demo.svc.cluster.local"),
+        ),
+        (
+            "downstream_local_address",
+            serde_json::json!(format!("{}:80", ip4(x, 100, 1))),
+        ),
+        ("route_name", serde_json::json!("demo/echo")),
+        ("requested_server_name", serde_json::Value::Null),
+    ] {
+        ensure!(a[k] == want, "{k}: {a}");
+    }
+    ensure!(
+        a["upstream_host"]
+            .as_str()
+            .is_some_and(|h| h.starts_with(&ip4(x, 2, 1).to_string())),
+        "{a}"
+    );
+    ensure!(
+        a["request_id"].as_str().is_some_and(|id| id.len() == 36),
+        "{a}"
+    );
+    // Only bob's request passed the text provider's filter.
+    let text: Vec<&str> = out.lines().filter(|l| !l.starts_with('{')).collect();
+    ensure!(
+        text == [
+            "200 GET /b outbound|80||echo.demo.svc.cluster.local spiffe://cluster.local/ns/demo/sa/client bob -"
+        ],
+        "{out}"
+    );
+    // The waypoint's own line is not written for these providers.
+    ensure!(
+        !m.wp.proc.stderr().contains("request complete"),
+        "{}",
+        m.context()
+    );
+    Ok(())
+}

@@ -41,6 +41,23 @@ pub(super) struct Record {
     attrs: Option<Box<Captured>>,
     /// Custom span tags, resolved on arrival (a header tag reads the client's header).
     custom_tags: Vec<(String, String)>,
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` when the outcome's own is not precise enough.
+    pub(super) details: Option<String>,
+    /// What lines in Envoy's formats read; taken only when the plan has such a log.
+    log: Option<Box<LogCapture>>,
+    /// The address the client called.
+    local: Option<std::net::SocketAddr>,
+    host: Arc<str>,
+}
+
+/// The request's side of a line in an Envoy format, and the response headers it reads.
+struct LogCapture {
+    start: std::time::SystemTime,
+    path: String,
+    authority: String,
+    protocol: &'static str,
+    request_headers: Vec<(header::HeaderName, HeaderValue)>,
+    response_headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 /// The request's side of the attributes expressions read.
@@ -80,6 +97,7 @@ impl Record {
             path.truncate(cut);
         }
         let filtered = plan.access_log.as_ref().is_some_and(|l| l.filter.is_some())
+            || plan.formatted_logs.iter().any(|l| l.filter.is_some())
             || (!table.upserts().is_empty()
                 && plan
                     .metrics
@@ -123,6 +141,40 @@ impl Record {
                 .collect(),
             None => Vec::new(),
         };
+        let log = (!plan.formatted_logs.is_empty()).then(|| {
+            let mut request_headers = Vec::new();
+            for l in &plan.formatted_logs {
+                for name in l.format.request_headers() {
+                    if request_headers.iter().any(|(n, _)| *n == name) {
+                        continue;
+                    }
+                    if let Some(v) = parts.headers.get(&name) {
+                        request_headers.push((name, v.clone()));
+                    }
+                }
+            }
+            Box::new(LogCapture {
+                start: std::time::SystemTime::now(),
+                path: parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+                authority: parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+                    .unwrap_or("")
+                    .to_string(),
+                protocol: if parts.version == Version::HTTP_2 {
+                    "HTTP/2"
+                } else {
+                    "HTTP/1.1"
+                },
+                request_headers,
+                response_headers: Vec::new(),
+            })
+        });
         let messages = (grpc
             && (plan.metrics.get(Metric::GrpcRequestMessages).is_some()
                 || plan.metrics.get(Metric::GrpcResponseMessages).is_some()))
@@ -155,6 +207,88 @@ impl Record {
             table: table.clone(),
             attrs,
             custom_tags,
+            details: None,
+            log,
+            local: target.local,
+            host: target.host.clone(),
+        }
+    }
+
+    /// The response headers lines in Envoy's formats read, as the response head goes out.
+    pub(super) fn capture_response(&mut self, headers: &HeaderMap) {
+        let Some(log) = self.log.as_deref_mut() else {
+            return;
+        };
+        for l in &self.plan.formatted_logs {
+            for name in l.format.response_headers() {
+                if log.response_headers.iter().any(|(n, _)| *n == name) {
+                    continue;
+                }
+                if let Some(v) = headers.get(&name) {
+                    log.response_headers.push((name, v.clone()));
+                }
+            }
+        }
+    }
+
+    /// Lines in Envoy's formats, to standard output, for the providers that take this
+    /// request.
+    fn write_formatted(
+        &self,
+        attrs: Option<&Attributes<'_>>,
+        took: Duration,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        use std::io::Write as _;
+        let Some(log) = self.log.as_deref() else {
+            return;
+        };
+        let peer_uri_san = self
+            .peer
+            .principal
+            .as_deref()
+            .map(|p| format!("spiffe://{p}"));
+        let cluster = format!("outbound|{}||{}", self.port, self.host);
+        let entry = crate::telemetry::format::Entry {
+            start: log.start,
+            method: self.method.as_str(),
+            path: &log.path,
+            authority: &log.authority,
+            protocol: log.protocol,
+            request_headers: &log.request_headers,
+            response_headers: &log.response_headers,
+            code: self.code,
+            flags: self.outcome.flag(),
+            details: self
+                .details
+                .as_deref()
+                .unwrap_or_else(|| self.outcome.details()),
+            bytes_received: request_bytes,
+            bytes_sent: response_bytes,
+            duration: took,
+            upstream_host: self.endpoint.as_ref().map(|e| e.addr),
+            upstream_cluster: &cluster,
+            downstream_local: self.local,
+            downstream_remote: self.peer.addr,
+            peer_uri_san: peer_uri_san.as_deref(),
+            route: &self.route,
+            grpc_status: self.grpc_status(),
+        };
+        let mut out = String::new();
+        for l in &self.plan.formatted_logs {
+            let take = match (&l.filter, attrs) {
+                (None, _) => true,
+                (Some(f), Some(a)) => f.matches(a).unwrap_or(false),
+                (Some(_), None) => false,
+            };
+            if take {
+                out.push_str(&l.format.line(&entry));
+            }
+        }
+        if !out.is_empty() {
+            // One write for the request's lines: they stay whole beside other cores'.
+            let _ = std::io::stdout().lock().write_all(out.as_bytes());
         }
     }
 
@@ -245,6 +379,7 @@ impl Record {
             };
             self.stats.record(key, took, request_bytes, response_bytes);
         }
+        self.write_formatted(attrs.as_ref(), took, request_bytes, response_bytes);
         let log = match &self.plan.access_log {
             None => false,
             Some(l) => match (&l.filter, &attrs) {

@@ -114,9 +114,11 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn plan(&mut self, applied: &[&TelemetrySpec]) -> Result<Plan, RouteError> {
+        let (access_log, formatted_logs) = self.access_log(applied)?;
         Ok(Plan {
             tracing: self.tracing(applied)?,
-            access_log: self.access_log(applied)?,
+            access_log,
+            formatted_logs,
             metrics: self.metrics(applied)?,
         })
     }
@@ -137,7 +139,7 @@ impl Builder<'_> {
                 let kind_ok = matches!(
                     (p, want),
                     (Provider::OpenTelemetry(_), "tracing")
-                        | (Provider::StdoutLog, "access logging")
+                        | (Provider::StdoutLog(_), "access logging")
                         | (Provider::OpenTelemetry(_), "access logging")
                         | (Provider::Prometheus, "metrics")
                 );
@@ -228,8 +230,13 @@ impl Builder<'_> {
     }
 
     /// Istio's merge of access logging: a provider list overrides its parent's; `disabled`
-    /// and `filter` apply to the providers they name.
-    fn access_log(&mut self, applied: &[&TelemetrySpec]) -> Result<Option<LogPlan>, RouteError> {
+    /// and `filter` apply to the providers they name. Returns the waypoint's own line (for
+    /// the providers without a format) and the lines in Envoy formats.
+    #[allow(clippy::type_complexity)]
+    fn access_log(
+        &mut self,
+        applied: &[&TelemetrySpec],
+    ) -> Result<(Option<LogPlan>, Vec<FormattedLog>), RouteError> {
         // Entries for the client side are not the waypoint's: dropped before merging, so
         // they leave the server side as it would be without them.
         let logs: Vec<(&TelemetrySpec, &spec::AccessLoggingSpec)> = applied
@@ -238,10 +245,19 @@ impl Builder<'_> {
             .filter(|(_, e)| mode(e.match_.as_ref(), "").unwrap_or(false))
             .collect();
         if logs.is_empty() && self.mesh.default_access_logging.is_empty() {
-            return Ok(self
-                .mesh
-                .access_log_file
-                .then_some(LogPlan { filter: None }));
+            if !self.mesh.access_log_file {
+                return Ok((None, Vec::new()));
+            }
+            return Ok(match &self.mesh.access_log_format {
+                None => (Some(LogPlan { filter: None }), Vec::new()),
+                Some(format) => (
+                    None,
+                    vec![FormattedLog {
+                        filter: None,
+                        format: format.clone(),
+                    }],
+                ),
+            });
         }
         let names = |e: &spec::AccessLoggingSpec| -> Vec<String> {
             e.providers
@@ -311,14 +327,20 @@ impl Builder<'_> {
                 state.insert(n.clone(), Some(None));
             }
         }
-        // The waypoint has one log (standard output): it writes a line when any enabled
-        // provider would; a provider without a filter takes every request.
+        // The waypoint's own line: written once when any enabled provider without a format
+        // would; a provider without a filter takes every request. A provider with a format
+        // writes its own lines.
         let mut plan: Option<LogPlan> = None;
+        let mut formatted = Vec::new();
         for (n, s) in state {
             let Some(filter) = s else { continue };
             let who = "accessLogging";
             match self.provider(&n, who, "access logging") {
-                Some(Provider::StdoutLog) => {}
+                Some(Provider::StdoutLog(None)) => {}
+                Some(Provider::StdoutLog(Some(format))) => {
+                    formatted.push(FormattedLog { filter, format });
+                    continue;
+                }
                 Some(_) => {
                     self.warnings.push(format!(
                         "{who}: provider {n:?} is not a log to standard output; skipped"
@@ -341,7 +363,7 @@ impl Builder<'_> {
                 }
             });
         }
-        Ok(plan)
+        Ok((plan, formatted))
     }
 
     /// Istio's merge of metrics: a provider list overrides its parent's; overrides merge

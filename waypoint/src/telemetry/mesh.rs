@@ -11,8 +11,8 @@ use super::*;
 pub enum Provider {
     /// OTLP traces.
     OpenTelemetry(Exporter),
-    /// Access log lines on standard output.
-    StdoutLog,
+    /// Access log lines on standard output: the waypoint's own line, or Envoy's format.
+    StdoutLog(Option<Arc<LogFormat>>),
     Prometheus,
     /// A kind the waypoint does not export to, with why.
     Unusable(String),
@@ -43,6 +43,9 @@ pub struct Mesh {
     pub root_namespace: String,
     /// `accessLogFile` is set.
     pub access_log_file: bool,
+    /// The MeshConfig's `accessLogFormat` / `accessLogEncoding`, for `accessLogFile` and
+    /// the built-in `envoy` provider (`None`: the waypoint's own line).
+    pub access_log_format: Option<Arc<LogFormat>>,
     pub default_tracing: Vec<String>,
     pub default_metrics: Vec<String>,
     pub default_access_logging: Vec<String>,
@@ -82,8 +85,15 @@ impl Mesh {
             let provider = if let Some(o) = &p.opentelemetry {
                 Provider::OpenTelemetry(exporter(o, &at, service_name)?)
             } else if let Some(f) = &p.envoy_file_access_log {
+                let format = match &f.log_format {
+                    None => None,
+                    Some(l) => Some(log_format(
+                        l,
+                        &format!("{at}.envoyFileAccessLog.logFormat"),
+                    )?),
+                };
                 match f.path.as_deref() {
-                    None | Some("") | Some("/dev/stdout") => Provider::StdoutLog,
+                    None | Some("") | Some("/dev/stdout") => Provider::StdoutLog(format),
                     Some(other) => Provider::Unusable(format!(
                         "writes to {other}; the waypoint's access log goes to standard output only"
                     )),
@@ -106,13 +116,15 @@ impl Mesh {
                 ));
             }
         }
+        let access_log_format = mesh_log_format(spec)?;
         // Istio's built-in providers, unless the MeshConfig defines its own.
         providers
             .entry("prometheus".into())
             .or_insert(("prometheus".into(), Provider::Prometheus));
-        providers
-            .entry("envoy".into())
-            .or_insert(("envoy".into(), Provider::StdoutLog));
+        providers.entry("envoy".into()).or_insert((
+            "envoy".into(),
+            Provider::StdoutLog(access_log_format.clone()),
+        ));
         let root = spec
             .root_namespace
             .clone()
@@ -124,6 +136,7 @@ impl Mesh {
                 .access_log_file
                 .as_deref()
                 .is_some_and(|f| !f.is_empty()),
+            access_log_format,
             default_tracing: spec.default_providers.tracing.clone(),
             default_metrics: spec.default_providers.metrics.clone(),
             default_access_logging: spec.default_providers.access_logging.clone(),
@@ -206,4 +219,51 @@ fn exporter(
             .max_tag_length
             .map_or(DEFAULT_MAX_TAG_LENGTH, |n| (n as usize).max(1)),
     })
+}
+
+/// A provider's `logFormat`, checked.
+fn log_format(l: &spec::LogFormatSpec, at: &str) -> Result<Arc<LogFormat>, RouteError> {
+    let f = match (&l.text, &l.labels) {
+        (Some(_), Some(_)) => return Err(err(at, "give text or labels, not both")),
+        (Some(t), None) => LogFormat::text(t).map_err(|e| err(format!("{at}.text"), e))?,
+        (None, Some(m)) => LogFormat::json(m).map_err(|e| err(format!("{at}.labels"), e))?,
+        (None, None) => return Err(err(at, "give text or labels")),
+    };
+    Ok(Arc::new(f))
+}
+
+/// The MeshConfig's `accessLogFormat` in its `accessLogEncoding`, as Istio reads them: a
+/// JSON format is an object of format strings; JSON without a format is Istio's default
+/// JSON line; TEXT without a format is the waypoint's own line.
+fn mesh_log_format(spec: &MeshSpec) -> Result<Option<Arc<LogFormat>>, RouteError> {
+    let json = match spec.access_log_encoding.as_deref() {
+        None | Some("") | Some("TEXT") => false,
+        Some("JSON") => true,
+        Some(other) => {
+            return Err(err(
+                "accessLogEncoding",
+                format!("{other:?} is not TEXT or JSON"),
+            ));
+        }
+    };
+    let text = spec
+        .access_log_format
+        .as_deref()
+        .filter(|f| !f.trim().is_empty());
+    let f = match (json, text) {
+        (false, None) => return Ok(None),
+        (false, Some(t)) => LogFormat::text(t).map_err(|e| err("accessLogFormat", e))?,
+        (true, None) => LogFormat::istio_json(),
+        (true, Some(t)) => {
+            let labels: serde_json::Map<String, serde_json::Value> = serde_json::from_str(t)
+                .map_err(|e| {
+                    err(
+                        "accessLogFormat",
+                        format!("with accessLogEncoding JSON, a JSON object of formats: {e}"),
+                    )
+                })?;
+            LogFormat::json(&labels).map_err(|e| err("accessLogFormat", e))?
+        }
+    };
+    Ok(Some(Arc::new(f)))
 }

@@ -200,6 +200,12 @@ pub struct MeshSpec {
     /// says otherwise.
     #[serde(default)]
     pub access_log_file: Option<String>,
+    /// Envoy's format for the built-in `envoy` provider and `accessLogFile` lines.
+    #[serde(default)]
+    pub access_log_format: Option<String>,
+    /// `TEXT` (default) or `JSON`.
+    #[serde(default)]
+    pub access_log_encoding: Option<String>,
     #[serde(default)]
     pub default_providers: DefaultProvidersSpec,
     #[serde(default)]
@@ -300,5 +306,15 @@ pub struct FileAccessLogSpec {
     #[serde(default)]
     pub path: Option<String>,
     #[serde(default)]
-    pub log_format: Option<serde_yaml_ignored::Ignored>,
+    pub log_format: Option<LogFormatSpec>,
+}
+
+/// A provider's `logFormat`: one of `text` and `labels` (a JSON line).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogFormatSpec {
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub labels: Option<serde_json::Map<String, serde_json::Value>>,
 }

@@ -103,7 +103,10 @@ fn providers_from_the_mesh_config() {
         Some((_, Provider::Unusable(_)))
     ));
     assert!(
-        matches!(m.providers.get("envoy"), Some((_, Provider::StdoutLog))),
+        matches!(
+            m.providers.get("envoy"),
+            Some((_, Provider::StdoutLog(None)))
+        ),
         "built in"
     );
     assert!(matches!(
@@ -477,4 +480,90 @@ fn expressions_read_the_request() {
     );
     assert_eq!(Expr::compile("request.host").unwrap().matches(&a), None);
     assert_eq!(Expr::compile("upstream.address").unwrap().label(&a), None);
+}
+
+#[test]
+fn envoy_log_formats_come_from_providers_and_the_mesh_config() {
+    // A provider with a text format and one with labels: each writes its own lines, the
+    // filter applying to the provider it names; the waypoint's own line is not written.
+    let with_formats = format!(
+        r#"{MESH}
+- name: envoy-text
+  envoyFileAccessLog: {{path: /dev/stdout, logFormat: {{text: "%RESPONSE_CODE% %REQ(X-USER)%"}}}}
+- name: envoy-json
+  envoyFileAccessLog: {{path: /dev/stdout, logFormat: {{labels: {{code: "%RESPONSE_CODE%", ua: "%REQ(USER-AGENT)%"}}}}}}
+"#
+    );
+    let (t, w, _) = build(
+        r#"
+- name: both
+  namespace: demo
+  accessLogging:
+  - providers: [{name: envoy-text}]
+    filter: {expression: "response.code >= 400"}
+  - providers: [{name: envoy-json}]
+"#,
+        &with_formats,
+    );
+    assert!(w.is_empty(), "{w:?}");
+    let p = t.plan(&svc("echo"));
+    assert!(p.access_log.is_none());
+    assert_eq!(p.formatted_logs.len(), 2);
+    let text = p
+        .formatted_logs
+        .iter()
+        .find(|l| matches!(&*l.format, LogFormat::Text(_)))
+        .unwrap();
+    assert_eq!(
+        text.filter.as_ref().unwrap().source(),
+        "response.code >= 400"
+    );
+    assert_eq!(text.format.request_headers(), vec!["x-user"]);
+
+    // A format the waypoint cannot write is an error naming the field.
+    for (bad, field) in [
+        (
+            "envoyFileAccessLog: {path: /dev/stdout, logFormat: {text: \"%DYNAMIC_METADATA(x)%\"}}",
+            "extensionProviders[0].envoyFileAccessLog.logFormat.text",
+        ),
+        (
+            "envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {a: \"%NOPE%\"}}}",
+            "extensionProviders[0].envoyFileAccessLog.logFormat.labels",
+        ),
+        (
+            "envoyFileAccessLog: {path: /dev/stdout, logFormat: {text: a, labels: {a: b}}}",
+            "extensionProviders[0].envoyFileAccessLog.logFormat",
+        ),
+    ] {
+        let spec: MeshSpec =
+            serde_yaml::from_str(&format!("extensionProviders:\n- name: x\n  {bad}\n")).unwrap();
+        let e = Mesh::build(&spec, "waypoint.demo").unwrap_err().to_string();
+        assert!(e.contains(field), "{bad}: {e}");
+    }
+
+    // The MeshConfig's encoding and format: for accessLogFile and the built-in `envoy`.
+    let (t, ..) = build(
+        "[]",
+        &format!("accessLogFile: /dev/stdout\naccessLogEncoding: JSON\n{MESH}"),
+    );
+    let p = t.plan(&svc("echo"));
+    assert!(p.access_log.is_none());
+    assert!(matches!(&*p.formatted_logs[0].format, LogFormat::Json(m) if m.len() == 24));
+    let (t, ..) = build(
+        "[{name: default, namespace: istio-system, accessLogging: [{providers: [{name: envoy}]}]}]",
+        &format!("accessLogFormat: \"%RESPONSE_CODE%\"\n{MESH}"),
+    );
+    assert_eq!(t.plan(&svc("echo")).formatted_logs.len(), 1);
+    for (bad, field) in [
+        ("accessLogEncoding: YAML", "accessLogEncoding"),
+        ("accessLogFormat: \"%NOPE%\"", "accessLogFormat"),
+        (
+            "accessLogEncoding: JSON\naccessLogFormat: \"not json\"",
+            "accessLogFormat",
+        ),
+    ] {
+        let spec: MeshSpec = serde_yaml::from_str(bad).unwrap();
+        let e = Mesh::build(&spec, "waypoint.demo").unwrap_err().to_string();
+        assert!(e.contains(field), "{bad}: {e}");
+    }
 }

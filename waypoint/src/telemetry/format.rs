@@ -1,0 +1,676 @@
+//! Envoy's access log formats on the waypoint: `logFormat.text` (a line of literal text
+//! and command operators such as `%RESPONSE_CODE%`) and `logFormat.labels` (a JSON object
+//! whose values are such strings), as Istio hands them to Envoy from an
+//! `envoyFileAccessLog` provider or the MeshConfig's `accessLogFormat` and
+//! `accessLogEncoding`.
+//!
+//! Owns: parsing a format ([`Format`], [`LogFormat`]), the operators the waypoint fills,
+//! and writing one request's line ([`LogFormat::line`]) from an [`Entry`].
+//!
+//! Invariants:
+//! - a format is checked when the config is read: an operator the waypoint cannot fill is
+//!   refused by name then, never written as something else;
+//! - a value a request does not have is `-` in text and `null` in JSON, as Envoy writes;
+//!   a JSON value that is one operator keeps its type (numbers stay numbers);
+//! - `%OP:N%` cuts the value to N bytes at a character boundary.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderName;
+use http::header::HeaderValue;
+
+/// Istio's default text format (`EnvoyTextLogFormat`), Envoy's default line with the
+/// upstream and downstream addresses.
+pub const ISTIO_TEXT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+/// Istio's default JSON labels (`accessLogEncoding: JSON` without `accessLogFormat`).
+pub const ISTIO_JSON: [(&str, &str); 24] = [
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    (
+        "connection_termination_details",
+        "%CONNECTION_TERMINATION_DETAILS%",
+    ),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("duration", "%DURATION%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("route_name", "%ROUTE_NAME%"),
+    ("start_time", "%START_TIME%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER_RAW%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
+    (
+        "upstream_service_time",
+        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    ),
+    (
+        "upstream_transport_failure_reason",
+        "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    ),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+];
+
+/// A header an operator reads: a pseudo-header the waypoint knows, or a header by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Header {
+    Method,
+    Path,
+    Authority,
+    Scheme,
+    Named(HeaderName),
+}
+
+/// A command operator the waypoint fills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    StartTime,
+    /// `REQ(A?B)`: the first of the request headers that is present.
+    Req(Vec<Header>),
+    /// `RESP(A?B)`: the same of the response's headers.
+    Resp(Vec<Header>),
+    Protocol,
+    ResponseCode,
+    ResponseFlags,
+    ResponseCodeDetails,
+    ConnectionTerminationDetails,
+    UpstreamTransportFailureReason,
+    BytesReceived,
+    BytesSent,
+    Duration,
+    UpstreamHost,
+    UpstreamCluster,
+    UpstreamLocalAddress,
+    DownstreamLocalAddress,
+    DownstreamRemoteAddress,
+    DownstreamRemoteAddressWithoutPort,
+    DownstreamPeerUriSan,
+    RequestedServerName,
+    RouteName,
+    GrpcStatus,
+    GrpcStatusNumber,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Op(Op, Option<usize>),
+}
+
+/// One format string, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Format(Vec<Piece>);
+
+/// A provider's line: text, or a JSON object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogFormat {
+    Text(Format),
+    Json(BTreeMap<String, JsonValue>),
+}
+
+/// A value of a JSON format: a format string, a nested object, or a literal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonValue {
+    Format(Format),
+    Object(BTreeMap<String, JsonValue>),
+    Literal(serde_json::Value),
+}
+
+/// What one request's line is written from.
+#[derive(Debug, Clone)]
+pub struct Entry<'a> {
+    pub start: SystemTime,
+    pub method: &'a str,
+    /// The path and query as the client sent them.
+    pub path: &'a str,
+    pub authority: &'a str,
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'a str,
+    /// The request headers the format reads ([`LogFormat::request_headers`]).
+    pub request_headers: &'a [(HeaderName, HeaderValue)],
+    /// The response headers the format reads.
+    pub response_headers: &'a [(HeaderName, HeaderValue)],
+    pub code: u16,
+    pub flags: &'a str,
+    pub details: &'a str,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub duration: Duration,
+    pub upstream_host: Option<SocketAddr>,
+    /// `outbound|<port>||<host>`, as Envoy names a waypoint's Service cluster.
+    pub upstream_cluster: &'a str,
+    pub downstream_local: Option<SocketAddr>,
+    pub downstream_remote: Option<SocketAddr>,
+    /// The tunnel peer's identity, as a URI SAN (`spiffe://…`).
+    pub peer_uri_san: Option<&'a str>,
+    pub route: &'a str,
+    pub grpc_status: Option<u8>,
+}
+
+/// A filled value: text, or a number (kept as one in JSON).
+enum Value<'a> {
+    Str(std::borrow::Cow<'a, str>),
+    Num(u64),
+}
+
+impl Format {
+    /// Parses `text`; an operator the waypoint cannot fill, or one that is not closed, is
+    /// an error naming it.
+    pub fn parse(text: &str) -> Result<Format, String> {
+        let mut pieces = Vec::new();
+        let mut lit = String::new();
+        let mut rest = text;
+        while let Some(i) = rest.find('%') {
+            lit.push_str(&rest[..i]);
+            rest = &rest[i + 1..];
+            let (op, used) = parse_op(rest)?;
+            if !lit.is_empty() {
+                pieces.push(Piece::Text(std::mem::take(&mut lit)));
+            }
+            pieces.push(op);
+            rest = &rest[used..];
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            pieces.push(Piece::Text(lit));
+        }
+        Ok(Format(pieces))
+    }
+
+    fn ops(&self) -> impl Iterator<Item = &Op> {
+        self.0.iter().filter_map(|p| match p {
+            Piece::Op(op, _) => Some(op),
+            Piece::Text(_) => None,
+        })
+    }
+
+    /// As text: a missing value is `-`.
+    fn write(&self, e: &Entry<'_>, out: &mut String) {
+        for p in &self.0 {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Op(op, cap) => match value(op, e) {
+                    None => out.push('-'),
+                    Some(Value::Num(n)) => {
+                        let _ = write!(out, "{n}");
+                    }
+                    Some(Value::Str(s)) => out.push_str(cut(&s, *cap)),
+                },
+            }
+        }
+    }
+
+    /// As a JSON value: one operator keeps its type (`null` when missing); anything else
+    /// is a string.
+    fn json(&self, e: &Entry<'_>) -> serde_json::Value {
+        if let [Piece::Op(op, cap)] = &self.0[..] {
+            return match value(op, e) {
+                None => serde_json::Value::Null,
+                Some(Value::Num(n)) => n.into(),
+                Some(Value::Str(s)) => cut(&s, *cap).into(),
+            };
+        }
+        let mut s = String::new();
+        self.write(e, &mut s);
+        s.into()
+    }
+}
+
+impl LogFormat {
+    /// `logFormat.text`, with the newline Istio adds when it has none.
+    pub fn text(text: &str) -> Result<LogFormat, String> {
+        let mut f = Format::parse(text)?;
+        if !text.ends_with('\n') {
+            f.0.push(Piece::Text("\n".into()));
+        }
+        Ok(LogFormat::Text(f))
+    }
+
+    /// `logFormat.labels`: each string value a format, objects nested.
+    pub fn json(labels: &serde_json::Map<String, serde_json::Value>) -> Result<LogFormat, String> {
+        Ok(LogFormat::Json(json_object(labels, "")?))
+    }
+
+    /// Istio's default JSON line.
+    pub fn istio_json() -> LogFormat {
+        let map = ISTIO_JSON
+            .iter()
+            .map(|(k, v)| {
+                let f = Format::parse(v).expect("Istio's default format parses");
+                (k.to_string(), JsonValue::Format(f))
+            })
+            .collect();
+        LogFormat::Json(map)
+    }
+
+    fn formats(&self) -> Vec<&Format> {
+        fn walk<'a>(m: &'a BTreeMap<String, JsonValue>, out: &mut Vec<&'a Format>) {
+            for v in m.values() {
+                match v {
+                    JsonValue::Format(f) => out.push(f),
+                    JsonValue::Object(o) => walk(o, out),
+                    JsonValue::Literal(_) => {}
+                }
+            }
+        }
+        match self {
+            LogFormat::Text(f) => vec![f],
+            LogFormat::Json(m) => {
+                let mut out = Vec::new();
+                walk(m, &mut out);
+                out
+            }
+        }
+    }
+
+    fn headers(&self, response: bool) -> Vec<HeaderName> {
+        let mut names: Vec<HeaderName> = Vec::new();
+        for f in self.formats() {
+            for op in f.ops() {
+                let hs = match (op, response) {
+                    (Op::Req(hs), false) | (Op::Resp(hs), true) => hs,
+                    _ => continue,
+                };
+                for h in hs {
+                    if let Header::Named(n) = h
+                        && !names.contains(n)
+                    {
+                        names.push(n.clone());
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    /// The request headers the format reads (captured when a request arrives).
+    pub fn request_headers(&self) -> Vec<HeaderName> {
+        self.headers(false)
+    }
+
+    /// The response headers the format reads.
+    pub fn response_headers(&self) -> Vec<HeaderName> {
+        self.headers(true)
+    }
+
+    /// One request's line, with its newline.
+    pub fn line(&self, e: &Entry<'_>) -> String {
+        match self {
+            LogFormat::Text(f) => {
+                let mut s = String::with_capacity(256);
+                f.write(e, &mut s);
+                s
+            }
+            LogFormat::Json(m) => {
+                let mut s = json_fill(m, e).to_string();
+                s.push('\n');
+                s
+            }
+        }
+    }
+}
+
+fn json_object(
+    labels: &serde_json::Map<String, serde_json::Value>,
+    at: &str,
+) -> Result<BTreeMap<String, JsonValue>, String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in labels {
+        let here = if at.is_empty() {
+            k.clone()
+        } else {
+            format!("{at}.{k}")
+        };
+        let v = match v {
+            serde_json::Value::String(s) => {
+                JsonValue::Format(Format::parse(s).map_err(|e| format!("{here}: {e}"))?)
+            }
+            serde_json::Value::Object(o) => JsonValue::Object(json_object(o, &here)?),
+            other => JsonValue::Literal(other.clone()),
+        };
+        out.insert(k.clone(), v);
+    }
+    Ok(out)
+}
+
+fn json_fill(m: &BTreeMap<String, JsonValue>, e: &Entry<'_>) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for (k, v) in m {
+        let v = match v {
+            JsonValue::Format(f) => f.json(e),
+            JsonValue::Object(o) => json_fill(o, e),
+            JsonValue::Literal(l) => l.clone(),
+        };
+        out.insert(k.clone(), v);
+    }
+    serde_json::Value::Object(out)
+}
+
+/// `s` cut to `cap` bytes at a character boundary.
+fn cut(s: &str, cap: Option<usize>) -> &str {
+    match cap {
+        Some(mut n) if n < s.len() => {
+            while !s.is_char_boundary(n) {
+                n -= 1;
+            }
+            &s[..n]
+        }
+        _ => s,
+    }
+}
+
+/// One operator after its opening `%`: `NAME`, `NAME(args)`, each with an optional `:N`,
+/// then `%`. Returns the piece and the bytes read, closing `%` included.
+fn parse_op(s: &str) -> Result<(Piece, usize), String> {
+    let name_len = s
+        .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .unwrap_or(s.len());
+    let name = &s[..name_len];
+    if name.is_empty() {
+        return Err(format!(
+            "a '%' at {:?} starts no command operator (a literal '%' is not allowed here)",
+            s.chars().take(16).collect::<String>()
+        ));
+    }
+    let mut i = name_len;
+    let mut args = None;
+    if s[i..].starts_with('(') {
+        let close = s[i..]
+            .find(')')
+            .ok_or_else(|| format!("%{name}(: the argument is not closed with ')'"))?;
+        args = Some(&s[i + 1..i + close]);
+        i += close + 1;
+    }
+    let mut cap = None;
+    if s[i..].starts_with(':') {
+        let digits = s[i + 1..]
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.len() - i - 1);
+        let n = s[i + 1..i + 1 + digits]
+            .parse::<usize>()
+            .map_err(|_| format!("%{name}: ':' must be followed by a length"))?;
+        cap = Some(n);
+        i += 1 + digits;
+    }
+    if !s[i..].starts_with('%') {
+        return Err(format!("%{name}: the operator is not closed with '%'"));
+    }
+    let op = op(name, args)?;
+    Ok((Piece::Op(op, cap), i + 1))
+}
+
+fn op(name: &str, args: Option<&str>) -> Result<Op, String> {
+    let no_args = |op: Op| match args {
+        None => Ok(op),
+        Some(a) => Err(format!(
+            "%{name}({a})%: the waypoint writes %{name}% without arguments"
+        )),
+    };
+    Ok(match name {
+        "REQ" | "RESP" => {
+            let a = args
+                .ok_or_else(|| format!("%{name}%: a header name is needed, as %{name}(X-NAME)%"))?;
+            let headers = a
+                .split('?')
+                .map(header)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("%{name}({a})%: {e}"))?;
+            if name == "REQ" {
+                Op::Req(headers)
+            } else {
+                Op::Resp(headers)
+            }
+        }
+        "START_TIME" => no_args(Op::StartTime)?,
+        "PROTOCOL" => no_args(Op::Protocol)?,
+        "RESPONSE_CODE" => no_args(Op::ResponseCode)?,
+        "RESPONSE_FLAGS" => no_args(Op::ResponseFlags)?,
+        "RESPONSE_CODE_DETAILS" => no_args(Op::ResponseCodeDetails)?,
+        "CONNECTION_TERMINATION_DETAILS" => no_args(Op::ConnectionTerminationDetails)?,
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => no_args(Op::UpstreamTransportFailureReason)?,
+        "BYTES_RECEIVED" => no_args(Op::BytesReceived)?,
+        "BYTES_SENT" => no_args(Op::BytesSent)?,
+        "DURATION" => no_args(Op::Duration)?,
+        "UPSTREAM_HOST" | "UPSTREAM_REMOTE_ADDRESS" => no_args(Op::UpstreamHost)?,
+        "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => no_args(Op::UpstreamCluster)?,
+        "UPSTREAM_LOCAL_ADDRESS" => no_args(Op::UpstreamLocalAddress)?,
+        "DOWNSTREAM_LOCAL_ADDRESS" => no_args(Op::DownstreamLocalAddress)?,
+        "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => {
+            no_args(Op::DownstreamRemoteAddress)?
+        }
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT"
+        | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
+            no_args(Op::DownstreamRemoteAddressWithoutPort)?
+        }
+        "DOWNSTREAM_PEER_URI_SAN" => no_args(Op::DownstreamPeerUriSan)?,
+        "REQUESTED_SERVER_NAME" => no_args(Op::RequestedServerName)?,
+        "ROUTE_NAME" => no_args(Op::RouteName)?,
+        "GRPC_STATUS" => no_args(Op::GrpcStatus)?,
+        "GRPC_STATUS_NUMBER" => no_args(Op::GrpcStatusNumber)?,
+        other => {
+            return Err(format!(
+                "%{other}% is not a command operator the waypoint writes"
+            ));
+        }
+    })
+}
+
+fn header(name: &str) -> Result<Header, String> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        ":method" => Header::Method,
+        ":path" => Header::Path,
+        ":authority" | "host" => Header::Authority,
+        ":scheme" => Header::Scheme,
+        n => Header::Named(
+            HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| format!("{name:?} is not a header name"))?,
+        ),
+    })
+}
+
+/// gRPC's status names, by code.
+const GRPC_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+fn value<'a>(op: &Op, e: &'a Entry<'a>) -> Option<Value<'a>> {
+    use std::borrow::Cow;
+    let s = |v: &'a str| Some(Value::Str(Cow::Borrowed(v)));
+    let owned = |v: String| Some(Value::Str(Cow::Owned(v)));
+    let header = |hs: &[Header], list: &'a [(HeaderName, HeaderValue)]| -> Option<Value<'a>> {
+        hs.iter().find_map(|h| match h {
+            Header::Method => s(e.method),
+            Header::Path => s(e.path),
+            Header::Authority => (!e.authority.is_empty()).then_some(()).and(s(e.authority)),
+            Header::Scheme => s("http"),
+            Header::Named(n) => list
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| Value::Str(String::from_utf8_lossy(v.as_bytes()))),
+        })
+    };
+    match op {
+        Op::StartTime => owned(start_time(e.start)),
+        Op::Req(hs) => header(hs, e.request_headers),
+        Op::Resp(hs) => header(hs, e.response_headers),
+        Op::Protocol => s(e.protocol),
+        Op::ResponseCode => Some(Value::Num(u64::from(e.code))),
+        Op::ResponseFlags => s(e.flags),
+        Op::ResponseCodeDetails => s(e.details),
+        Op::ConnectionTerminationDetails
+        | Op::UpstreamTransportFailureReason
+        | Op::UpstreamLocalAddress
+        | Op::RequestedServerName => None,
+        Op::BytesReceived => Some(Value::Num(e.bytes_received)),
+        Op::BytesSent => Some(Value::Num(e.bytes_sent)),
+        Op::Duration => Some(Value::Num(e.duration.as_millis() as u64)),
+        Op::UpstreamHost => e
+            .upstream_host
+            .map(|a| Value::Str(Cow::Owned(a.to_string()))),
+        Op::UpstreamCluster => s(e.upstream_cluster),
+        Op::DownstreamLocalAddress => e.downstream_local.and_then(|a| owned(a.to_string())),
+        Op::DownstreamRemoteAddress => e.downstream_remote.and_then(|a| owned(a.to_string())),
+        Op::DownstreamRemoteAddressWithoutPort => {
+            e.downstream_remote.and_then(|a| owned(a.ip().to_string()))
+        }
+        Op::DownstreamPeerUriSan => e.peer_uri_san.and_then(s),
+        Op::RouteName => (e.route != "-").then_some(()).and(s(e.route)),
+        Op::GrpcStatus => e
+            .grpc_status
+            .and_then(|c| GRPC_NAMES.get(usize::from(c)).copied())
+            .and_then(s),
+        Op::GrpcStatusNumber => e.grpc_status.map(|c| Value::Num(u64::from(c))),
+    }
+}
+
+/// Envoy's default `START_TIME`: `2024-01-02T03:04:05.678Z`.
+fn start_time(t: SystemTime) -> String {
+    let d = time::OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        d.year(),
+        u8::from(d.month()),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second(),
+        d.millisecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry<'a>(
+        req: &'a [(HeaderName, HeaderValue)],
+        resp: &'a [(HeaderName, HeaderValue)],
+    ) -> Entry<'a> {
+        Entry {
+            start: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            method: "GET",
+            path: "/api/items?x=1",
+            authority: "echo.demo.svc.cluster.local",
+            protocol: "HTTP/1.1",
+            request_headers: req,
+            response_headers: resp,
+            code: 200,
+            flags: "-",
+            details: "via_upstream",
+            bytes_received: 0,
+            bytes_sent: 11,
+            duration: Duration::from_micros(3_900),
+            upstream_host: Some("10.0.0.2:8080".parse().unwrap()),
+            upstream_cluster: "outbound|80||echo.demo.svc.cluster.local",
+            downstream_local: Some("10.96.0.1:80".parse().unwrap()),
+            downstream_remote: Some("10.0.0.1:40000".parse().unwrap()),
+            peer_uri_san: Some("spiffe://cluster.local/ns/demo/sa/client"),
+            route: "demo/echo",
+            grpc_status: None,
+        }
+    }
+
+    #[test]
+    fn istios_default_text_line() {
+        let f = LogFormat::text(ISTIO_TEXT).unwrap();
+        assert_eq!(f.request_headers().len(), 4, "{:?}", f.request_headers());
+        let req = [
+            (
+                HeaderName::from_static("user-agent"),
+                HeaderValue::from_static("curl/8"),
+            ),
+            (
+                HeaderName::from_static("x-request-id"),
+                HeaderValue::from_static("abc"),
+            ),
+        ];
+        let line = f.line(&entry(&req, &[]));
+        assert_eq!(
+            line,
+            "[2023-11-14T22:13:20.123Z] \"GET /api/items?x=1 HTTP/1.1\" 200 - via_upstream - \"-\" 0 11 3 - \"-\" \"curl/8\" \"abc\" \"echo.demo.svc.cluster.local\" \"10.0.0.2:8080\" outbound|80||echo.demo.svc.cluster.local - 10.96.0.1:80 10.0.0.1:40000 - demo/echo\n"
+        );
+    }
+
+    #[test]
+    fn json_keeps_types_and_writes_null_for_what_is_missing() {
+        let labels: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+            r#"{"code": "%RESPONSE_CODE%", "ua": "%REQ(USER-AGENT)%", "mixed": "%REQ(:METHOD)% to %UPSTREAM_HOST%",
+               "short": "%REQ(:PATH):4%", "grpc": "%GRPC_STATUS%", "fixed": 7, "nested": {"who": "%DOWNSTREAM_PEER_URI_SAN%"}}"#,
+        )
+        .unwrap();
+        let f = LogFormat::json(&labels).unwrap();
+        let mut e = entry(&[], &[]);
+        e.grpc_status = Some(14);
+        let v: serde_json::Value = serde_json::from_str(&f.line(&e)).unwrap();
+        assert_eq!(v["code"], 200);
+        assert_eq!(v["ua"], serde_json::Value::Null);
+        assert_eq!(v["mixed"], "GET to 10.0.0.2:8080");
+        assert_eq!(v["short"], "/api");
+        assert_eq!(v["grpc"], "Unavailable");
+        assert_eq!(v["fixed"], 7);
+        assert_eq!(
+            v["nested"]["who"],
+            "spiffe://cluster.local/ns/demo/sa/client"
+        );
+        let istio: serde_json::Value =
+            serde_json::from_str(&LogFormat::istio_json().line(&e)).unwrap();
+        assert_eq!(istio["response_code"], 200);
+        assert_eq!(istio["path"], "/api/items?x=1");
+        assert_eq!(istio["start_time"], "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn operators_the_waypoint_cannot_fill_are_refused_by_name() {
+        for (text, names) in [
+            ("%DYNAMIC_METADATA(istio)%", "%DYNAMIC_METADATA%"),
+            ("%START_TIME(%s)%", "START_TIME"),
+            ("100% sure", "'%'"),
+            ("%REQ(X-A", "not closed"),
+            ("%RESPONSE_CODE", "not closed"),
+            ("%REQ%", "header name"),
+            ("%REQ(bad header)%", "not a header name"),
+        ] {
+            let e = Format::parse(text).unwrap_err();
+            assert!(e.contains(names), "{text}: {e}");
+        }
+        let e = LogFormat::json(&serde_json::from_str(r#"{"a": {"b": "%NOPE%"}}"#).unwrap())
+            .unwrap_err();
+        assert!(e.starts_with("a.b: "), "{e}");
+    }
+
+    #[test]
+    fn a_text_format_ends_its_line() {
+        let f = LogFormat::text("%RESPONSE_CODE% %ROUTE_NAME%").unwrap();
+        let mut e = entry(&[], &[]);
+        e.route = "-";
+        assert_eq!(f.line(&e), "200 -\n");
+    }
+}
