@@ -503,7 +503,8 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn any_text(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+/// An attribute or body value as text (numbers and booleans written out).
+pub fn any_text(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     match v.and_then(|v| v.value.as_ref()) {
         Some(Value::StringValue(s)) => s.clone(),

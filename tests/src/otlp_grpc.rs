@@ -1,6 +1,7 @@
-//! An OTLP/gRPC trace collector for the waypoint's tests: OpenTelemetry's own
-//! `opentelemetry.proto.collector.trace.v1.TraceService` (`Export`) served by tonic, over h2c
-//! or over TLS with a certificate for its IP, keeping every span and each export's metadata.
+//! An OTLP/gRPC collector for the waypoint's tests: OpenTelemetry's own
+//! `opentelemetry.proto.collector.trace.v1.TraceService` and `…logs.v1.LogsService`
+//! (`Export`) served by tonic, over h2c or over TLS with a certificate for its IP, keeping
+//! every span, every log record and each trace export's metadata.
 //! Also a collector that never answers, for exports that stall.
 //!
 //! Each collector runs on a thread of its own (a current-thread tokio runtime) and stops
@@ -13,6 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -31,6 +38,8 @@ pub struct GrpcCollector {
     /// The text metadata of each export (names lower-case), in arrival order; recorded
     /// before the export's spans.
     pub exports: Arc<Mutex<Vec<HashMap<String, String>>>>,
+    /// Every log record received, in arrival order.
+    pub logs: Arc<Mutex<Vec<LogRecord>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -58,19 +67,35 @@ impl Drop for GrpcCollector {
     }
 }
 
-/// Starts a collector on `addr` speaking h2c (gRPC without TLS).
+/// Starts a trace collector on `addr` speaking h2c (gRPC without TLS).
 pub fn spawn_grpc_collector(addr: SocketAddr) -> Result<GrpcCollector> {
-    start(addr, None)
+    start(addr, None, Service::Traces)
+}
+
+/// Starts a log collector (`LogsService`) on `addr` speaking h2c; records land in `logs`.
+pub fn spawn_grpc_log_collector(addr: SocketAddr) -> Result<GrpcCollector> {
+    start(addr, None, Service::Logs)
+}
+
+/// Which OTLP service a collector serves.
+#[derive(Clone, Copy)]
+enum Service {
+    Traces,
+    Logs,
 }
 
 /// Starts a collector on `addr` speaking gRPC over TLS, with a certificate for its IP;
 /// returns it and the CA that signed the certificate (PEM).
 pub fn spawn_grpc_tls_collector(addr: SocketAddr) -> Result<(GrpcCollector, String)> {
     let (cert, key, ca) = crate::web::pem_for(addr.ip())?;
-    Ok((start(addr, Some((cert, key)))?, ca))
+    Ok((start(addr, Some((cert, key)), Service::Traces)?, ca))
 }
 
-fn start(addr: SocketAddr, tls: Option<(String, String)>) -> Result<GrpcCollector> {
+fn start(
+    addr: SocketAddr,
+    tls: Option<(String, String)>,
+    service: Service,
+) -> Result<GrpcCollector> {
     let listener =
         TcpListener::bind(addr).with_context(|| format!("binding the gRPC collector on {addr}"))?;
     listener.set_nonblocking(true)?;
@@ -79,6 +104,8 @@ fn start(addr: SocketAddr, tls: Option<(String, String)>) -> Result<GrpcCollecto
         exports: Arc::default(),
     };
     let (spans, exports) = (sink.spans.clone(), sink.exports.clone());
+    let log_sink = LogSink::default();
+    let logs = log_sink.records.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tonic::transport::Server::builder();
     if let Some((cert, key)) = tls {
@@ -98,11 +125,31 @@ fn start(addr: SocketAddr, tls: Option<(String, String)>) -> Result<GrpcCollecto
                     return;
                 };
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                let _ = server
-                    .serve_with_incoming_shutdown(TraceServiceServer::new(sink), incoming, async {
-                        let _ = stopped.await;
-                    })
-                    .await;
+                let stopped = async {
+                    let _ = stopped.await;
+                };
+                // One service per collector: tonic routes several only with its `router`
+                // feature (axum), which these tests do without.
+                let _ = match service {
+                    Service::Traces => {
+                        server
+                            .serve_with_incoming_shutdown(
+                                TraceServiceServer::new(sink),
+                                incoming,
+                                stopped,
+                            )
+                            .await
+                    }
+                    Service::Logs => {
+                        server
+                            .serve_with_incoming_shutdown(
+                                LogsServiceServer::new(log_sink),
+                                incoming,
+                                stopped,
+                            )
+                            .await
+                    }
+                };
             });
             // Dropping the runtime cuts the connections still open.
             drop(rt);
@@ -111,6 +158,7 @@ fn start(addr: SocketAddr, tls: Option<(String, String)>) -> Result<GrpcCollecto
         addr,
         spans,
         exports,
+        logs,
         stop: Some(stop),
         thread: Some(thread),
     })
@@ -143,6 +191,59 @@ impl TraceService for Sink {
             .unwrap()
             .extend(crate::l7::spans_of(req.into_inner()));
         Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// One OTLP log record as the collector saw it: its body, attributes (values as text), the
+/// scope's name and the resource's `service.name`.
+#[derive(Debug, Clone, Default)]
+pub struct LogRecord {
+    pub body: String,
+    pub attributes: HashMap<String, String>,
+    pub scope: String,
+    pub service_name: String,
+}
+
+#[derive(Default)]
+struct LogSink {
+    records: Arc<Mutex<Vec<LogRecord>>>,
+}
+
+#[tonic::async_trait]
+impl LogsService for LogSink {
+    async fn export(
+        &self,
+        req: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let mut out = Vec::new();
+        for rl in req.into_inner().resource_logs {
+            let service_name = rl
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .map(|kv| crate::l7::any_text(kv.value.as_ref()))
+                .unwrap_or_default();
+            for sl in rl.scope_logs {
+                let scope = sl.scope.map(|s| s.name).unwrap_or_default();
+                for r in sl.log_records {
+                    out.push(LogRecord {
+                        body: crate::l7::any_text(r.body.as_ref()),
+                        attributes: r
+                            .attributes
+                            .iter()
+                            .map(|kv| (kv.key.clone(), crate::l7::any_text(kv.value.as_ref())))
+                            .collect(),
+                        scope: scope.clone(),
+                        service_name: service_name.clone(),
+                    });
+                }
+            }
+        }
+        self.records.lock().unwrap().extend(out);
+        Ok(Response::new(ExportLogsServiceResponse {
             partial_success: None,
         }))
     }

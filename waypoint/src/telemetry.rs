@@ -25,7 +25,7 @@
 //!
 //! Providers: `opentelemetry` (OTLP over gRPC, or HTTP when `http` is set), an
 //! `envoyFileAccessLog` to standard output (in an Envoy format when it has a `logFormat`,
-//! [`format`]), and `prometheus`. Istio's built-in `envoy` and
+//! [`format`]), `envoyOtelAls` (access log records over OTLP/gRPC), and `prometheus`. Istio's built-in `envoy` and
 //! `prometheus` exist when the MeshConfig does not define them. A Telemetry that names a
 //! provider the waypoint cannot use (Zipkin, a file path) is warned about and that provider
 //! is skipped, as istiod skips a provider it cannot fetch.
@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use crate::route::{RouteError, ServiceRef, err};
 use crate::trace::Tracing;
+use crate::trace::logs::LogExport;
 
 mod check;
 pub mod expr;
@@ -49,7 +50,7 @@ pub use check::check;
 pub use expr::{Attributes, Expr};
 pub use format::LogFormat;
 pub use merge::{Scope, Warnings};
-pub use mesh::{Exporter, Exporters, Mesh, Provider};
+pub use mesh::{Exporter, Exporters, Mesh, OtelLog, Provider};
 pub use spec::{MeshSpec, TelemetrySpec};
 
 /// The root namespace when the MeshConfig names none.
@@ -106,12 +107,31 @@ pub struct Plan {
     pub metrics: MetricsPlan,
 }
 
-/// Access log lines in an Envoy format, on standard output.
+/// Access log lines in an Envoy format, on standard output or as OTLP records.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FormattedLog {
     /// Write a line only when this is true for the request.
     pub filter: Option<Expr>,
     pub format: Arc<LogFormat>,
+    pub sink: LogSink,
+}
+
+/// Where a [`FormattedLog`] goes.
+#[derive(Debug, Clone)]
+pub enum LogSink {
+    Stdout,
+    /// An `envoyOtelAls` provider's exporter ([`LogFormat::Otel`] records).
+    Otel(Arc<LogExport>),
+}
+
+impl PartialEq for LogSink {
+    fn eq(&self, o: &LogSink) -> bool {
+        match (self, o) {
+            (LogSink::Stdout, LogSink::Stdout) => true,
+            (LogSink::Otel(a), LogSink::Otel(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 /// Spans for a Service's requests.

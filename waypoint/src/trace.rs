@@ -10,6 +10,7 @@
 //!
 //! Owns: a [`Tracing`] owns the SDK's tracer provider (with its batch processor and that
 //! processor's thread) and, for gRPC, the exporter's tokio runtime (`trace/export.rs`).
+//! The access log records of `envoyOtelAls` ride the same export code ([`logs`]).
 //!
 //! Invariants:
 //! - a core never waits on the exporter: ending a span only queues it to the batch
@@ -23,6 +24,7 @@
 //!   timeout, sampling): a bad one is an error naming the field and its value.
 
 mod export;
+pub mod logs;
 #[cfg(test)]
 mod tests;
 

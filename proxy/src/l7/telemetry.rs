@@ -19,16 +19,20 @@ use waypoint::route::ServiceRef;
 use waypoint::telemetry::{
     Exporter, Exporters, Mesh, MeshSpec, Scope, TelemetrySpec, TelemetryTable,
 };
+use waypoint::trace::logs::LogExport;
 use waypoint::trace::{OtlpProtocol, TraceConfig, Tracing};
 
 /// The exporters in use, by the provider definition they serve.
 #[derive(Default)]
 struct ExporterCache {
     started: HashMap<Exporter, Arc<Tracing>>,
+    /// Access log exporters (`envoyOtelAls`), by collector and log name.
+    logs: HashMap<(Exporter, String), Arc<LogExport>>,
     /// Roots for `https://` providers (`--otlp-ca`), else the system's.
     roots: Option<PathBuf>,
     /// What the build in progress asked for.
     used: Vec<Exporter>,
+    used_logs: Vec<(Exporter, String)>,
 }
 
 impl Exporters for ExporterCache {
@@ -54,6 +58,25 @@ impl Exporters for ExporterCache {
         tracing::info!(endpoint = %e.endpoint, grpc = e.http_path.is_none(), "trace exporter started");
         self.started.insert(e.clone(), t.clone());
         Ok(t)
+    }
+
+    fn log_exporter(&mut self, e: &Exporter, log_name: &str) -> Result<Arc<LogExport>, String> {
+        let key = (e.clone(), log_name.to_string());
+        self.used_logs.push(key.clone());
+        if let Some(l) = self.logs.get(&key) {
+            return Ok(l.clone());
+        }
+        let cfg = TraceConfig {
+            service_name: e.service_name.clone(),
+            roots: self.roots.clone(),
+            protocol: OtlpProtocol::Grpc,
+            timeout: e.timeout,
+            ..TraceConfig::new(e.endpoint.clone())
+        };
+        let l = LogExport::start(&cfg, log_name).map_err(|m| format!("{}: {m}", e.endpoint))?;
+        tracing::info!(endpoint = %e.endpoint, log_name, "access log exporter started");
+        self.logs.insert(key, l.clone());
+        Ok(l)
     }
 }
 
@@ -180,6 +203,7 @@ impl TelemetrySource {
     /// Builds and publishes; `false` (and a warning) when it does not build.
     fn rebuild(&self, st: &mut State, telemetries: &[TelemetrySpec], mesh: &Mesh) -> bool {
         st.exporters.used.clear();
+        st.exporters.used_logs.clear();
         match TelemetryTable::build(telemetries, mesh, &self.scope, &mut st.exporters) {
             Ok((table, warnings)) => {
                 log_warnings(&warnings);
@@ -205,9 +229,18 @@ impl TelemetrySource {
 
     /// Flushes every exporter's last spans (at shutdown).
     pub(super) fn shutdown(&self) {
-        let started: Vec<Arc<Tracing>> = self.lock().exporters.started.values().cloned().collect();
+        let (started, logs): (Vec<Arc<Tracing>>, Vec<Arc<LogExport>>) = {
+            let st = self.lock();
+            (
+                st.exporters.started.values().cloned().collect(),
+                st.exporters.logs.values().cloned().collect(),
+            )
+        };
         for t in started {
             t.shutdown();
+        }
+        for l in logs {
+            l.shutdown();
         }
     }
 
@@ -241,10 +274,15 @@ impl ExporterCache {
             .into_iter()
             .partition(|(e, _)| used.contains(e));
         self.started = keep;
-        if !gone.is_empty() {
+        let used_logs = std::mem::take(&mut self.used_logs);
+        let (keep_logs, gone_logs): (HashMap<_, _>, HashMap<_, _>) = std::mem::take(&mut self.logs)
+            .into_iter()
+            .partition(|(k, _)| used_logs.contains(k));
+        self.logs = keep_logs;
+        if !gone.is_empty() || !gone_logs.is_empty() {
             let _ = std::thread::Builder::new()
                 .name("otlp-retire".into())
-                .spawn(move || drop(gone));
+                .spawn(move || drop((gone, gone_logs)));
         }
     }
 }

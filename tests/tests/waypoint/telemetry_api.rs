@@ -345,12 +345,15 @@ fn config_check_names_a_bad_telemetry() -> Result<()> {
 }
 
 /// Envoy's access log formats: the MeshConfig's `accessLogEncoding: JSON` for the built-in
-/// `envoy` provider (Istio's default JSON line), and a provider's `logFormat.text` with
-/// its own filter, each line on standard output.
+/// `envoy` provider (Istio's default JSON line), a provider's `logFormat.text` with its own
+/// filter, each line on standard output; and an `envoyOtelAls` provider's records, over
+/// OTLP/gRPC to a collector.
 #[test]
 fn access_logs_in_envoy_formats_with_their_own_filters() -> Result<()> {
     let x = 174;
-    let mesh = "defaultProviders: {metrics: [prometheus]}
+    let collector = e2e::otlp_grpc::spawn_grpc_log_collector(SocketAddr::new(ip4(x, 9, 1), 4317))?;
+    let mesh = format!(
+        "defaultProviders: {{metrics: [prometheus]}}
 accessLogEncoding: JSON
 extensionProviders:
 - name: bobs
@@ -358,15 +361,25 @@ extensionProviders:
     path: /dev/stdout
     logFormat:
       text: \"%RESPONSE_CODE% %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %UPSTREAM_CLUSTER% %DOWNSTREAM_PEER_URI_SAN% %REQ(X-USER)% %RESP(X-MISSING)%\"
-";
+- name: otel-als
+  envoyOtelAls:
+    service: {}
+    port: 4317
+    logName: waypoint-access
+    logFormat:
+      labels: {{code: \"%RESPONSE_CODE%\", user: \"%REQ(X-USER)%\", flags: \"%RESPONSE_FLAGS%\", missing: \"%REQ(X-NONE)%\"}}
+",
+        ip4(x, 9, 1)
+    );
     let telemetry = "  - name: logs
     namespace: demo
     accessLogging:
       - providers: [{name: envoy}]
       - providers: [{name: bobs}]
         filter: {expression: \"request.headers['x-user'] == 'bob'\"}
+      - providers: [{name: otel-als}]
 ";
-    let (m, _dir) = start(x, mesh, telemetry, &[])?;
+    let (m, _dir) = start(x, &mesh, telemetry, &[])?;
     let mut c = m.client()?;
     for (path, user) in [("/a?q=1", "alice"), ("/b", "bob")] {
         let r = c.request("GET", path, &[("x-user", user)], b"")?;
@@ -427,6 +440,34 @@ extensionProviders:
         !m.wp.proc.stderr().contains("request complete"),
         "{}",
         m.context()
+    );
+    // The OTLP records: Istio's text line as the body, the labels as attributes (one the
+    // request has no value for left out), the log name as the scope.
+    e2e::wait_for(Duration::from_secs(20), "two OTLP log records", || {
+        collector.logs.lock().unwrap().len() >= 2
+    })
+    .with_context(|| m.context())?;
+    let records = collector.logs.lock().unwrap().clone();
+    let alice = records
+        .iter()
+        .find(|r| r.attributes.get("user").map(String::as_str) == Some("alice"))
+        .with_context(|| format!("{records:?}"))?;
+    ensure!(
+        alice.body.starts_with('[')
+            && alice
+                .body
+                .contains("\"GET /a?q=1 HTTP/1.1\" 200 - via_upstream"),
+        "{alice:?}"
+    );
+    ensure!(
+        alice.attributes.get("code").map(String::as_str) == Some("200")
+            && alice.attributes.get("flags").map(String::as_str) == Some("-")
+            && !alice.attributes.contains_key("missing"),
+        "{alice:?}"
+    );
+    ensure!(
+        alice.scope == "waypoint-access" && alice.service_name == "waypoint.demo",
+        "{alice:?}"
     );
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::stats::{Messages, StreamKey};
-use crate::telemetry::{Attributes, MAX_TAG_VALUE, Metric, TagValue};
+use crate::telemetry::{Attributes, LogSink, MAX_TAG_VALUE, Metric, TagValue};
 
 /// One request's telemetry, from its arrival to the end of its response body.
 pub(super) struct Record {
@@ -231,8 +231,8 @@ impl Record {
         }
     }
 
-    /// Lines in Envoy's formats, to standard output, for the providers that take this
-    /// request.
+    /// Lines in Envoy's formats, to standard output or as OTLP records, for the providers
+    /// that take this request.
     fn write_formatted(
         &self,
         attrs: Option<&Attributes<'_>>,
@@ -282,8 +282,16 @@ impl Record {
                 (Some(f), Some(a)) => f.matches(a).unwrap_or(false),
                 (Some(_), None) => false,
             };
-            if take {
-                out.push_str(&l.format.line(&entry));
+            if !take {
+                continue;
+            }
+            match &l.sink {
+                LogSink::Stdout => out.push_str(&l.format.line(&entry)),
+                LogSink::Otel(export) => {
+                    if let Some((body, attributes)) = l.format.record(&entry) {
+                        export.emit(body, attributes);
+                    }
+                }
             }
         }
         if !out.is_empty() {

@@ -113,11 +113,16 @@ enum Piece {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Format(Vec<Piece>);
 
-/// A provider's line: text, or a JSON object.
+/// A provider's line: text, or a JSON object; or an OpenTelemetry log record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogFormat {
     Text(Format),
     Json(BTreeMap<String, JsonValue>),
+    /// An `envoyOtelAls` record: its body and its attributes.
+    Otel {
+        body: Format,
+        attributes: BTreeMap<String, JsonValue>,
+    },
 }
 
 /// A value of a JSON format: a format string, a nested object, or a literal.
@@ -243,6 +248,47 @@ impl LogFormat {
         Ok(LogFormat::Json(json_object(labels, "")?))
     }
 
+    /// An `envoyOtelAls` record: `text` the body (Istio's text format when `None`, without
+    /// its newline), `labels` the attributes.
+    pub fn otel(
+        text: Option<&str>,
+        labels: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<LogFormat, String> {
+        let text = text.unwrap_or(ISTIO_TEXT);
+        let body = Format::parse(text.strip_suffix('\n').unwrap_or(text))
+            .map_err(|e| format!("text: {e}"))?;
+        let attributes = match labels {
+            Some(l) => json_object(l, "").map_err(|e| format!("labels.{e}"))?,
+            None => BTreeMap::new(),
+        };
+        Ok(LogFormat::Otel { body, attributes })
+    }
+
+    /// An `envoyOtelAls` record's body and attributes (an attribute the request has no
+    /// value for is left out); `None` for the other formats.
+    pub fn record(
+        &self,
+        e: &Entry<'_>,
+    ) -> Option<(String, Vec<(String, opentelemetry::logs::AnyValue)>)> {
+        let LogFormat::Otel { body, attributes } = self else {
+            return None;
+        };
+        let mut text = String::with_capacity(256);
+        body.write(e, &mut text);
+        let attrs = attributes
+            .iter()
+            .filter_map(|(k, v)| {
+                let v = match v {
+                    JsonValue::Format(f) => f.json(e),
+                    JsonValue::Object(o) => json_fill(o, e),
+                    JsonValue::Literal(l) => l.clone(),
+                };
+                Some((k.clone(), any_value(v)?))
+            })
+            .collect();
+        Some((text, attrs))
+    }
+
     /// Istio's default JSON line.
     pub fn istio_json() -> LogFormat {
         let map = ISTIO_JSON
@@ -270,6 +316,11 @@ impl LogFormat {
             LogFormat::Json(m) => {
                 let mut out = Vec::new();
                 walk(m, &mut out);
+                out
+            }
+            LogFormat::Otel { body, attributes } => {
+                let mut out = vec![body];
+                walk(attributes, &mut out);
                 out
             }
         }
@@ -305,10 +356,10 @@ impl LogFormat {
         self.headers(true)
     }
 
-    /// One request's line, with its newline.
+    /// One request's line, with its newline (a record's body, for [`LogFormat::Otel`]).
     pub fn line(&self, e: &Entry<'_>) -> String {
         match self {
-            LogFormat::Text(f) => {
+            LogFormat::Text(f) | LogFormat::Otel { body: f, .. } => {
                 let mut s = String::with_capacity(256);
                 f.write(e, &mut s);
                 s
@@ -343,6 +394,28 @@ fn json_object(
         out.insert(k.clone(), v);
     }
     Ok(out)
+}
+
+/// A JSON value as an OpenTelemetry attribute value; `None` for null.
+fn any_value(v: serde_json::Value) -> Option<opentelemetry::logs::AnyValue> {
+    use opentelemetry::logs::AnyValue;
+    Some(match v {
+        serde_json::Value::Null => return None,
+        serde_json::Value::Bool(b) => AnyValue::Boolean(b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => AnyValue::Int(i),
+            None => AnyValue::Double(n.as_f64().unwrap_or_default()),
+        },
+        serde_json::Value::String(s) => AnyValue::String(s.into()),
+        serde_json::Value::Array(a) => {
+            AnyValue::ListAny(Box::new(a.into_iter().filter_map(any_value).collect()))
+        }
+        serde_json::Value::Object(o) => AnyValue::Map(Box::new(
+            o.into_iter()
+                .filter_map(|(k, v)| Some((k.into(), any_value(v)?)))
+                .collect(),
+        )),
+    })
 }
 
 fn json_fill(m: &BTreeMap<String, JsonValue>, e: &Entry<'_>) -> serde_json::Value {
@@ -664,6 +737,45 @@ mod tests {
         let e = LogFormat::json(&serde_json::from_str(r#"{"a": {"b": "%NOPE%"}}"#).unwrap())
             .unwrap_err();
         assert!(e.starts_with("a.b: "), "{e}");
+    }
+
+    #[test]
+    fn an_otel_record_has_a_body_and_typed_attributes() {
+        use opentelemetry::logs::AnyValue;
+        let labels: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+            r#"{"code": "%RESPONSE_CODE%", "ua": "%REQ(USER-AGENT)%", "route": "%ROUTE_NAME%"}"#,
+        )
+        .unwrap();
+        let f = LogFormat::otel(None, Some(&labels)).unwrap();
+        let (body, attrs) = f.record(&entry(&[], &[])).unwrap();
+        assert!(body.starts_with("[2023-11-14T22:13:20.123Z] \"GET /api/items?x=1 HTTP/1.1\" 200"));
+        assert!(!body.ends_with('\n'), "{body:?}");
+        assert_eq!(
+            attrs,
+            vec![
+                ("code".to_string(), AnyValue::Int(200)),
+                ("route".to_string(), AnyValue::String("demo/echo".into())),
+            ],
+            "a missing value is left out"
+        );
+        // The body's headers and the attributes', once each.
+        assert_eq!(
+            f.request_headers(),
+            vec![
+                "x-envoy-original-path",
+                "x-forwarded-for",
+                "user-agent",
+                "x-request-id"
+            ]
+        );
+        let e = LogFormat::otel(Some("%NOPE%"), None).unwrap_err();
+        assert!(e.starts_with("text: "), "{e}");
+        assert!(
+            LogFormat::text("x")
+                .unwrap()
+                .record(&entry(&[], &[]))
+                .is_none()
+        );
     }
 
     #[test]

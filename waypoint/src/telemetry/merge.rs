@@ -141,6 +141,7 @@ impl Builder<'_> {
                     (Provider::OpenTelemetry(_), "tracing")
                         | (Provider::StdoutLog(_), "access logging")
                         | (Provider::OpenTelemetry(_), "access logging")
+                        | (Provider::OtelLog(_), "access logging")
                         | (Provider::Prometheus, "metrics")
                 );
                 if !kind_ok {
@@ -255,6 +256,7 @@ impl Builder<'_> {
                     vec![FormattedLog {
                         filter: None,
                         format: format.clone(),
+                        sink: LogSink::Stdout,
                     }],
                 ),
             });
@@ -338,7 +340,23 @@ impl Builder<'_> {
             match self.provider(&n, who, "access logging") {
                 Some(Provider::StdoutLog(None)) => {}
                 Some(Provider::StdoutLog(Some(format))) => {
-                    formatted.push(FormattedLog { filter, format });
+                    formatted.push(FormattedLog {
+                        filter,
+                        format,
+                        sink: LogSink::Stdout,
+                    });
+                    continue;
+                }
+                Some(Provider::OtelLog(o)) => {
+                    let export = self
+                        .exporters
+                        .log_exporter(&o.exporter, &o.log_name)
+                        .map_err(|m| err(format!("extensionProviders[{n}]"), m))?;
+                    formatted.push(FormattedLog {
+                        filter,
+                        format: o.format.clone(),
+                        sink: LogSink::Otel(export),
+                    });
                     continue;
                 }
                 Some(_) => {

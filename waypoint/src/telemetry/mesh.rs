@@ -13,6 +13,8 @@ pub enum Provider {
     OpenTelemetry(Exporter),
     /// Access log lines on standard output: the waypoint's own line, or Envoy's format.
     StdoutLog(Option<Arc<LogFormat>>),
+    /// Access log records over OTLP/gRPC (`envoyOtelAls`).
+    OtelLog(OtelLog),
     Prometheus,
     /// A kind the waypoint does not export to, with why.
     Unusable(String),
@@ -32,9 +34,22 @@ pub struct Exporter {
     pub max_tag_length: usize,
 }
 
+/// An `envoyOtelAls` provider: where its records go and what they hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtelLog {
+    /// The collector (gRPC).
+    pub exporter: Exporter,
+    /// The records' scope name.
+    pub log_name: String,
+    /// The body and attributes ([`LogFormat::Otel`]).
+    pub format: Arc<LogFormat>,
+}
+
 /// Starts (or reuses) the exporter of an OpenTelemetry provider.
 pub trait Exporters {
     fn exporter(&mut self, e: &Exporter) -> Result<Arc<Tracing>, String>;
+    /// The access log exporter of an `envoyOtelAls` provider.
+    fn log_exporter(&mut self, e: &Exporter, log_name: &str) -> Result<Arc<LogExport>, String>;
 }
 
 /// The MeshConfig's telemetry part, checked.
@@ -98,6 +113,8 @@ impl Mesh {
                         "writes to {other}; the waypoint's access log goes to standard output only"
                     )),
                 }
+            } else if let Some(a) = &p.envoy_otel_als {
+                Provider::OtelLog(otel_log(a, &at, service_name)?)
             } else if p.prometheus.is_some() {
                 Provider::Prometheus
             } else {
@@ -151,29 +168,57 @@ impl Mesh {
     }
 }
 
+/// A provider's `service` (`[<namespace>/]<hostname>`: the namespace only disambiguates
+/// in Istio's registry) and `port`, checked.
+fn host_port<'a>(service: &'a str, port: u32, at: &str) -> Result<(&'a str, u16), RouteError> {
+    let host = service.rsplit('/').next().unwrap_or("");
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == ':' || c == '@') {
+        return Err(err(
+            format!("{at}.service"),
+            format!("{service:?} is not a host name"),
+        ));
+    }
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| err(format!("{at}.port"), format!("{port} is not a port")))?;
+    Ok((host, port))
+}
+
+/// An `envoyOtelAls` provider: gRPC to `service:port`, the body in `logFormat.text` (Istio's
+/// text format when none), the attributes in `logFormat.labels`.
+fn otel_log(a: &spec::OtelAlsSpec, at: &str, service_name: &str) -> Result<OtelLog, RouteError> {
+    let at = format!("{at}.envoyOtelAls");
+    let (host, port) = host_port(&a.service, a.port, &at)?;
+    let scheme = if port == 443 { "https" } else { "http" };
+    let f = a.log_format.clone().unwrap_or_default();
+    let format = LogFormat::otel(f.text.as_deref(), f.labels.as_ref())
+        .map_err(|e| err(format!("{at}.logFormat"), e))?;
+    Ok(OtelLog {
+        exporter: Exporter {
+            endpoint: format!("{scheme}://{host}:{port}"),
+            http_path: None,
+            headers: Vec::new(),
+            timeout: crate::trace::EXPORT_TIMEOUT,
+            service_name: service_name.to_string(),
+            max_tag_length: DEFAULT_MAX_TAG_LENGTH,
+        },
+        log_name: a
+            .log_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| crate::trace::logs::DEFAULT_LOG_NAME.into()),
+        format: Arc::new(format),
+    })
+}
+
 /// An `opentelemetry` provider's exporter.
 fn exporter(
     o: &spec::OpenTelemetrySpec,
     at: &str,
     service_name: &str,
 ) -> Result<Exporter, RouteError> {
-    // `[<namespace>/]<hostname>`: the namespace only disambiguates in Istio's registry.
-    let host = o.service.rsplit('/').next().unwrap_or("");
-    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == ':' || c == '@') {
-        return Err(err(
-            format!("{at}.opentelemetry.service"),
-            format!("{:?} is not a host name", o.service),
-        ));
-    }
-    let port = u16::try_from(o.port)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| {
-            err(
-                format!("{at}.opentelemetry.port"),
-                format!("{} is not a port", o.port),
-            )
-        })?;
+    let (host, port) = host_port(&o.service, o.port, &format!("{at}.opentelemetry"))?;
     let scheme = if port == 443 { "https" } else { "http" };
     let (http_path, timeout, headers) = match (&o.http, &o.grpc) {
         (Some(h), _) => {

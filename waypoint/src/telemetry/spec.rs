@@ -234,6 +234,9 @@ pub struct ProviderSpec {
     pub opentelemetry: Option<OpenTelemetrySpec>,
     #[serde(default)]
     pub envoy_file_access_log: Option<FileAccessLogSpec>,
+    /// Access log records over OTLP/gRPC.
+    #[serde(default)]
+    pub envoy_otel_als: Option<OtelAlsSpec>,
     #[serde(default)]
     pub prometheus: Option<serde_yaml_ignored::Ignored>,
     /// Every other key: the provider's kind, unknown or not taken.
@@ -305,6 +308,21 @@ pub struct HeaderSpec {
 pub struct FileAccessLogSpec {
     #[serde(default)]
     pub path: Option<String>,
+    #[serde(default)]
+    pub log_format: Option<LogFormatSpec>,
+}
+
+/// Istio's `envoyOtelAls`: access log records to an OpenTelemetry collector over gRPC.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OtelAlsSpec {
+    /// `[<namespace>/]<hostname>`.
+    pub service: String,
+    pub port: u32,
+    /// The records' scope name (Istio's default: `otel_envoy_accesslog`).
+    #[serde(default)]
+    pub log_name: Option<String>,
+    /// `text`: the record's body (default: Istio's text format); `labels`: its attributes.
     #[serde(default)]
     pub log_format: Option<LogFormatSpec>,
 }

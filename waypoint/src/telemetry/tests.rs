@@ -21,6 +21,19 @@ impl Exporters for Fake {
         self.cache.insert(e.clone(), t.clone());
         Ok(t)
     }
+
+    fn log_exporter(
+        &mut self,
+        e: &Exporter,
+        log_name: &str,
+    ) -> Result<Arc<crate::trace::logs::LogExport>, String> {
+        self.started.push(e.clone());
+        let cfg = TraceConfig {
+            protocol: crate::trace::OtlpProtocol::Grpc,
+            ..TraceConfig::new("http://127.0.0.1:9")
+        };
+        crate::trace::logs::LogExport::start(&cfg, log_name)
+    }
 }
 
 fn telemetries(yaml: &str) -> Vec<TelemetrySpec> {
@@ -533,6 +546,38 @@ fn envoy_log_formats_come_from_providers_and_the_mesh_config() {
         (
             "envoyFileAccessLog: {path: /dev/stdout, logFormat: {text: a, labels: {a: b}}}",
             "extensionProviders[0].envoyFileAccessLog.logFormat",
+        ),
+    ] {
+        let spec: MeshSpec =
+            serde_yaml::from_str(&format!("extensionProviders:\n- name: x\n  {bad}\n")).unwrap();
+        let e = Mesh::build(&spec, "waypoint.demo").unwrap_err().to_string();
+        assert!(e.contains(field), "{bad}: {e}");
+    }
+
+    // An envoyOtelAls provider: records to its collector, Istio's text as the body.
+    let (t, w, _) = build(
+        "[{name: als, namespace: demo, accessLogging: [{providers: [{name: als}]}]}]",
+        &format!(
+            "{MESH}- name: als\n  envoyOtelAls: {{service: otel.obs.svc.cluster.local, port: 4317}}\n"
+        ),
+    );
+    assert!(w.is_empty(), "{w:?}");
+    let als = &t.plan(&svc("echo")).formatted_logs;
+    assert_eq!(als.len(), 1);
+    assert!(matches!(als[0].sink, LogSink::Otel(_)));
+    assert!(matches!(&*als[0].format, LogFormat::Otel { attributes, .. } if attributes.is_empty()));
+    for (bad, field) in [
+        (
+            "envoyOtelAls: {service: otel, port: 0}",
+            "extensionProviders[0].envoyOtelAls.port",
+        ),
+        (
+            "envoyOtelAls: {service: \"a b\", port: 4317}",
+            "extensionProviders[0].envoyOtelAls.service",
+        ),
+        (
+            "envoyOtelAls: {service: otel, port: 4317, logFormat: {labels: {a: \"%NOPE%\"}}}",
+            "extensionProviders[0].envoyOtelAls.logFormat",
         ),
     ] {
         let spec: MeshSpec =

@@ -155,7 +155,9 @@ fn http_client(cfg: &TraceConfig, headers: HeaderMap) -> Result<reqwest::blockin
 
 /// For an `https://` gRPC endpoint, its TLS: verified against `cfg.roots` only, or the
 /// system's roots; `None` for `http://` (h2c).
-fn grpc_tls(cfg: &TraceConfig) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+pub(super) fn grpc_tls(
+    cfg: &TraceConfig,
+) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
     if !check_scheme(&cfg.endpoint)? {
         return Ok(None);
     }
@@ -170,7 +172,7 @@ fn grpc_tls(cfg: &TraceConfig) -> Result<Option<tonic::transport::ClientTlsConfi
 
 /// The gRPC channel to `cfg.endpoint` (`scheme://host:port`, no path: the service's path is
 /// fixed), connected on first use, on `runtime`.
-fn grpc_channel(
+pub(super) fn grpc_channel(
     cfg: &TraceConfig,
     tls: Option<tonic::transport::ClientTlsConfig>,
     runtime: &ExportRuntime,
@@ -206,11 +208,11 @@ fn grpc_channel(
 pub(crate) struct ExportRuntime {
     /// `None` once dropped.
     runtime: Option<tokio::runtime::Runtime>,
-    handle: tokio::runtime::Handle,
+    pub(super) handle: tokio::runtime::Handle,
 }
 
 impl ExportRuntime {
-    fn new() -> Result<ExportRuntime, String> {
+    pub(super) fn new() -> Result<ExportRuntime, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             // The resolver's getaddrinfo calls (the collector's name), one at a time.
