@@ -25,7 +25,7 @@
 //!
 //! Providers: `opentelemetry` (OTLP over gRPC, or HTTP when `http` is set), an
 //! `envoyFileAccessLog` to standard output (in an Envoy format when it has a `logFormat`,
-//! [`format`]), `envoyOtelAls` (access log records over OTLP/gRPC), and `prometheus`. Istio's built-in `envoy` and
+//! [`format`](mod@format)), `envoyOtelAls` (access log records over OTLP/gRPC), and `prometheus`. Istio's built-in `envoy` and
 //! `prometheus` exist when the MeshConfig does not define them. A Telemetry that names a
 //! provider the waypoint cannot use (Zipkin, a file path) is warned about and that provider
 //! is skipped, as istiod skips a provider it cannot fetch.

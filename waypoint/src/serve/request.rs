@@ -261,8 +261,8 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-/// A local answer: `status`, plain text (to a gRPC client, the same in gRPC's form: see
-/// [`Waypoint::answer`]).
+/// A local answer: `status`, plain text (a gRPC client gets it in gRPC's trailers-only
+/// form, [`crate::grpc::trailers_only`]).
 pub fn local(status: StatusCode, text: &str) -> Response<Body> {
     let mut resp = Response::new(Body::full(Bytes::from(format!("{text}\n"))));
     *resp.status_mut() = status;
