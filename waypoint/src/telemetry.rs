@@ -178,6 +178,8 @@ pub enum TagValue {
         name: http::HeaderName,
         default: String,
     },
+    /// Envoy's command operators (`formatter`), filled when the span ends.
+    Format(Arc<format::Format>),
 }
 
 /// Access log lines for a Service's requests.

@@ -71,6 +71,7 @@ extensionProviders:
           team: {{literal: {{value: {team}}}}}
           user: {{header: {{name: x-user, defaultValue: anon}}}}
           zone: {{environment: {{name: RINGMESH_TEST_ZONE, defaultValue: nowhere}}}}
+          outcome: {{formatter: {{value: \"%ROUTE_NAME% %RESPONSE_CODE% %REQ(X-USER)% %ENVIRONMENT(RINGMESH_TEST_ZONE)%\"}}}}
 "
         )
     };
@@ -101,6 +102,8 @@ extensionProviders:
             ("zone", "z1"),
             ("http.method", "GET"),
             ("component", "proxy"),
+            // Envoy's operators, filled when the span ended.
+            ("outcome", "demo/echo 200 alice z1"),
         ] {
             ensure!(
                 s.attributes.get(k).map(String::as_str) == Some(v),
@@ -115,7 +118,8 @@ extensionProviders:
         );
         let a = span_for(&spans, "/anonymous").with_context(|| format!("{spans:?}"))?;
         ensure!(
-            a.attributes.get("user").map(String::as_str) == Some("anon"),
+            a.attributes.get("user").map(String::as_str) == Some("anon")
+                && a.attributes.get("outcome").map(String::as_str) == Some("demo/echo 200 - z1"),
             "{a:?}"
         );
         let exports = collector.exports.lock().unwrap();

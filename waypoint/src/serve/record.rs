@@ -39,8 +39,9 @@ pub(super) struct Record {
     table: Arc<TelemetryTable>,
     /// What a filter or an `UPSERT` reads; taken only when the plan has one.
     attrs: Option<Box<Captured>>,
-    /// Custom span tags, resolved on arrival (a header tag reads the client's header).
-    custom_tags: Vec<(String, String)>,
+    /// Custom span tags, resolved on arrival (a header tag reads the client's header);
+    /// `None` for a formatter tag, filled when the span ends.
+    custom_tags: Vec<(String, Option<String>)>,
     /// Envoy's `%RESPONSE_CODE_DETAILS%` when the outcome's own is not precise enough.
     pub(super) details: Option<String>,
     /// What lines in Envoy's formats read; taken only when the plan has such a log.
@@ -126,25 +127,29 @@ impl Record {
                 .iter()
                 .map(|(k, v)| {
                     let v = match v {
-                        TagValue::Fixed(s) => s.clone(),
-                        TagValue::Header { name, default } => parts
-                            .headers
-                            .get(name)
-                            .and_then(|v| v.to_str().ok())
-                            .map_or_else(
-                                || default.clone(),
-                                |v| v.chars().take(LOG_PATH_MAX).collect(),
-                            ),
+                        TagValue::Fixed(s) => Some(s.clone()),
+                        TagValue::Header { name, default } => Some(
+                            parts
+                                .headers
+                                .get(name)
+                                .and_then(|v| v.to_str().ok())
+                                .map_or_else(
+                                    || default.clone(),
+                                    |v| v.chars().take(LOG_PATH_MAX).collect(),
+                                ),
+                        ),
+                        TagValue::Format(_) => None,
                     };
                     (k.clone(), v)
                 })
                 .collect(),
             None => Vec::new(),
         };
-        let log = (!plan.formatted_logs.is_empty()).then(|| {
+        let formats = plan_formats(&plan);
+        let log = (!formats.is_empty()).then(|| {
             let mut request_headers = Vec::new();
-            for l in &plan.formatted_logs {
-                for name in l.format.request_headers() {
+            for f in &formats {
+                for name in f.headers(false) {
                     if request_headers.iter().any(|(n, _)| *n == name) {
                         continue;
                     }
@@ -219,8 +224,8 @@ impl Record {
         let Some(log) = self.log.as_deref_mut() else {
             return;
         };
-        for l in &self.plan.formatted_logs {
-            for name in l.format.response_headers() {
+        for f in plan_formats(&self.plan) {
+            for name in f.headers(true) {
                 if log.response_headers.iter().any(|(n, _)| *n == name) {
                     continue;
                 }
@@ -231,26 +236,16 @@ impl Record {
         }
     }
 
-    /// Lines in Envoy's formats, to standard output or as OTLP records, for the providers
-    /// that take this request.
-    fn write_formatted(
-        &self,
-        attrs: Option<&Attributes<'_>>,
+    /// What Envoy's formats read of this request, once it ended.
+    fn entry<'a>(
+        &'a self,
+        log: &'a LogCapture,
         took: Duration,
         request_bytes: u64,
         response_bytes: u64,
-    ) {
-        use std::io::Write as _;
-        let Some(log) = self.log.as_deref() else {
-            return;
-        };
-        let peer_uri_san = self
-            .peer
-            .principal
-            .as_deref()
-            .map(|p| format!("spiffe://{p}"));
-        let cluster = format!("outbound|{}||{}", self.port, self.host);
-        let entry = crate::telemetry::format::Entry {
+        strings: &'a (Option<String>, String),
+    ) -> crate::telemetry::format::Entry<'a> {
+        crate::telemetry::format::Entry {
             start: log.start,
             method: self.method.as_str(),
             path: &log.path,
@@ -268,13 +263,34 @@ impl Record {
             bytes_sent: response_bytes,
             duration: took,
             upstream_host: self.endpoint.as_ref().map(|e| e.addr),
-            upstream_cluster: &cluster,
+            upstream_cluster: &strings.1,
             downstream_local: self.local,
             downstream_remote: self.peer.addr,
-            peer_uri_san: peer_uri_san.as_deref(),
+            peer_uri_san: strings.0.as_deref(),
             route: &self.route,
             grpc_status: self.grpc_status(),
-        };
+        }
+    }
+
+    /// The strings an [`Record::entry`] borrows: the peer's URI SAN and the cluster name.
+    fn entry_strings(&self) -> (Option<String>, String) {
+        (
+            self.peer
+                .principal
+                .as_deref()
+                .map(|p| format!("spiffe://{p}")),
+            format!("outbound|{}||{}", self.port, self.host),
+        )
+    }
+
+    /// Lines in Envoy's formats, to standard output or as OTLP records, for the providers
+    /// that take this request.
+    fn write_formatted(
+        &self,
+        attrs: Option<&Attributes<'_>>,
+        entry: &crate::telemetry::format::Entry<'_>,
+    ) {
+        use std::io::Write as _;
         let mut out = String::new();
         for l in &self.plan.formatted_logs {
             let take = match (&l.filter, attrs) {
@@ -286,9 +302,9 @@ impl Record {
                 continue;
             }
             match &l.sink {
-                LogSink::Stdout => out.push_str(&l.format.line(&entry)),
+                LogSink::Stdout => out.push_str(&l.format.line(entry)),
                 LogSink::Otel(export) => {
-                    if let Some((body, attributes)) = l.format.record(&entry) {
+                    if let Some((body, attributes)) = l.format.record(entry) {
                         export.emit(body, attributes);
                     }
                 }
@@ -362,9 +378,17 @@ impl Record {
         if let Some(id) = self.stream.take() {
             self.stats.close_stream(id);
         }
-        if let Some((tracing, ctx)) = self.trace.take() {
+        let trace = self.trace.take();
+        let strings = self.log.as_ref().map(|_| self.entry_strings());
+        let entry = match (self.log.as_deref(), &strings) {
+            (Some(log), Some(strings)) => {
+                Some(self.entry(log, took, request_bytes, response_bytes, strings))
+            }
+            _ => None,
+        };
+        if let Some((tracing, ctx)) = trace {
             let error = self.code >= 500 || !complete;
-            let attrs = self.span_attributes(request_bytes, response_bytes);
+            let attrs = self.span_attributes(request_bytes, response_bytes, entry.as_ref());
             tracing.end(ctx, error, attrs);
         }
         let attrs = self
@@ -387,7 +411,9 @@ impl Record {
             };
             self.stats.record(key, took, request_bytes, response_bytes);
         }
-        self.write_formatted(attrs.as_ref(), took, request_bytes, response_bytes);
+        if let Some(entry) = &entry {
+            self.write_formatted(attrs.as_ref(), entry);
+        }
         let log = match &self.plan.access_log {
             None => false,
             Some(l) => match (&l.filter, &attrs) {
@@ -431,6 +457,7 @@ impl Record {
         &self,
         request_bytes: u64,
         response_bytes: u64,
+        entry: Option<&crate::telemetry::format::Entry<'_>>,
     ) -> Vec<opentelemetry::KeyValue> {
         use opentelemetry::KeyValue;
         let mut attrs = Vec::with_capacity(12 + self.custom_tags.len());
@@ -480,8 +507,17 @@ impl Record {
                 attrs.push(KeyValue::new("guid:x-request-id", id.to_string()));
             }
         }
-        for (k, v) in &self.custom_tags {
-            attrs.push(KeyValue::new(k.clone(), v.clone()));
+        let tags = self.plan.tracing.as_ref().map(|t| &t.custom_tags);
+        for (i, (k, v)) in self.custom_tags.iter().enumerate() {
+            let v = match v {
+                Some(v) => v.clone(),
+                // A formatter tag: Envoy's operators over the ended request.
+                None => match (tags.and_then(|t| t.get(i)), entry) {
+                    (Some((_, TagValue::Format(f))), Some(e)) => f.text(e),
+                    _ => continue,
+                },
+            };
+            attrs.push(KeyValue::new(k.clone(), v));
         }
         attrs
     }
@@ -526,4 +562,21 @@ impl Record {
             })
             .collect()
     }
+}
+
+/// Every Envoy format a plan writes with: its formatted logs' and its formatter span tags'.
+fn plan_formats(plan: &Plan) -> Vec<&crate::telemetry::format::Format> {
+    let mut out: Vec<&crate::telemetry::format::Format> = plan
+        .formatted_logs
+        .iter()
+        .flat_map(|l| l.format.formats())
+        .collect();
+    if let Some(t) = &plan.tracing {
+        for (_, v) in &t.custom_tags {
+            if let TagValue::Format(f) = v {
+                out.push(f);
+            }
+        }
+    }
+    out
 }

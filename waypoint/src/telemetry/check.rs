@@ -115,13 +115,15 @@ pub(super) fn custom_tag(
         t.formatter.is_some(),
     ];
     if given.iter().filter(|g| **g).count() != 1 {
-        return Err(err(at, "give exactly one of literal, environment, header"));
-    }
-    if t.formatter.is_some() {
         return Err(err(
-            format!("{at}.formatter"),
-            "Envoy's formatter strings are not supported; use literal, environment or header",
+            at,
+            "give exactly one of literal, environment, header, formatter",
         ));
+    }
+    if let Some(f) = &t.formatter {
+        let f = super::format::Format::parse(&f.value)
+            .map_err(|e| err(format!("{at}.formatter.value"), e))?;
+        return Ok(TagValue::Format(Arc::new(f)));
     }
     if let Some(l) = &t.literal {
         return Ok(TagValue::Fixed(l.value.clone()));

@@ -101,6 +101,8 @@ pub enum Op {
     RouteName,
     GrpcStatus,
     GrpcStatusNumber,
+    /// `ENVIRONMENT(X)`: the variable's value when the format was read.
+    Environment(Option<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +194,32 @@ impl Format {
             pieces.push(Piece::Text(lit));
         }
         Ok(Format(pieces))
+    }
+
+    /// The headers the format reads: the response's (`RESP`) or the request's (`REQ`).
+    pub fn headers(&self, response: bool) -> Vec<HeaderName> {
+        let mut names: Vec<HeaderName> = Vec::new();
+        for op in self.ops() {
+            let hs = match (op, response) {
+                (Op::Req(hs), false) | (Op::Resp(hs), true) => hs,
+                _ => continue,
+            };
+            for h in hs {
+                if let Header::Named(n) = h
+                    && !names.contains(n)
+                {
+                    names.push(n.clone());
+                }
+            }
+        }
+        names
+    }
+
+    /// As text, a missing value written `-` (a custom span tag's value).
+    pub fn text(&self, e: &Entry<'_>) -> String {
+        let mut s = String::new();
+        self.write(e, &mut s);
+        s
     }
 
     fn ops(&self) -> impl Iterator<Item = &Op> {
@@ -301,7 +329,8 @@ impl LogFormat {
         LogFormat::Json(map)
     }
 
-    fn formats(&self) -> Vec<&Format> {
+    /// The format strings it holds.
+    pub fn formats(&self) -> Vec<&Format> {
         fn walk<'a>(m: &'a BTreeMap<String, JsonValue>, out: &mut Vec<&'a Format>) {
             for v in m.values() {
                 match v {
@@ -329,17 +358,9 @@ impl LogFormat {
     fn headers(&self, response: bool) -> Vec<HeaderName> {
         let mut names: Vec<HeaderName> = Vec::new();
         for f in self.formats() {
-            for op in f.ops() {
-                let hs = match (op, response) {
-                    (Op::Req(hs), false) | (Op::Resp(hs), true) => hs,
-                    _ => continue,
-                };
-                for h in hs {
-                    if let Header::Named(n) = h
-                        && !names.contains(n)
-                    {
-                        names.push(n.clone());
-                    }
+            for n in f.headers(response) {
+                if !names.contains(&n) {
+                    names.push(n);
                 }
             }
         }
@@ -532,6 +553,12 @@ fn op(name: &str, args: Option<&str>) -> Result<Op, String> {
         "ROUTE_NAME" => no_args(Op::RouteName)?,
         "GRPC_STATUS" => no_args(Op::GrpcStatus)?,
         "GRPC_STATUS_NUMBER" => no_args(Op::GrpcStatusNumber)?,
+        "ENVIRONMENT" => {
+            let var = args.filter(|a| !a.is_empty()).ok_or_else(|| {
+                "%ENVIRONMENT%: a variable is needed, as %ENVIRONMENT(POD_NAME)%".to_string()
+            })?;
+            Op::Environment(std::env::var(var).ok())
+        }
         other => {
             return Err(format!(
                 "%{other}% is not a command operator the waypoint writes"
@@ -574,7 +601,7 @@ const GRPC_NAMES: [&str; 17] = [
     "Unauthenticated",
 ];
 
-fn value<'a>(op: &Op, e: &'a Entry<'a>) -> Option<Value<'a>> {
+fn value<'a>(op: &'a Op, e: &'a Entry<'a>) -> Option<Value<'a>> {
     use std::borrow::Cow;
     let s = |v: &'a str| Some(Value::Str(Cow::Borrowed(v)));
     let owned = |v: String| Some(Value::Str(Cow::Owned(v)));
@@ -621,6 +648,7 @@ fn value<'a>(op: &Op, e: &'a Entry<'a>) -> Option<Value<'a>> {
             .and_then(|c| GRPC_NAMES.get(usize::from(c)).copied())
             .and_then(s),
         Op::GrpcStatusNumber => e.grpc_status.map(|c| Value::Num(u64::from(c))),
+        Op::Environment(v) => v.as_deref().and_then(s),
     }
 }
 
@@ -775,6 +803,21 @@ mod tests {
                 .unwrap()
                 .record(&entry(&[], &[]))
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn environment_is_read_with_the_format() {
+        // PATH is set in any test environment; the other is nobody's.
+        let f =
+            Format::parse("%ENVIRONMENT(PATH)%|%ENVIRONMENT(RINGMESH_TEST_SURELY_UNSET)%").unwrap();
+        let path = std::env::var("PATH").unwrap_or_default();
+        let want = format!("{}|-", if path.is_empty() { "-" } else { &path });
+        assert_eq!(f.text(&entry(&[], &[])), want);
+        assert!(
+            Format::parse("%ENVIRONMENT%")
+                .unwrap_err()
+                .contains("variable")
         );
     }
 

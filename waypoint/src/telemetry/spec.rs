@@ -90,8 +90,7 @@ pub struct TracingSpec {
     pub disable_context_propagation: Option<bool>,
 }
 
-/// One of `literal`, `environment`, `header` (`formatter` is Envoy's command language, not
-/// taken).
+/// One of `literal`, `environment`, `header`, `formatter` (Envoy's command operators).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CustomTagSpec {

@@ -165,8 +165,8 @@ fn checks_name_the_field() {
         ),
         ("tracing: [{match: {mode: BOTH}}]", "tracing[0].match.mode"),
         (
-            "tracing: [{customTags: {a: {formatter: {value: '%REQ(x)%'}}}}]",
-            "tracing[0].customTags.a.formatter",
+            "tracing: [{customTags: {a: {formatter: {value: '%DYNAMIC_METADATA(x)%'}}}}]",
+            "tracing[0].customTags.a.formatter.value",
         ),
         (
             "tracing: [{customTags: {a: {}}}]",
