@@ -377,7 +377,14 @@ authorizationPolicies:
     let mesh = MeshDir::new(&mesh_config(x, routes))?;
     let n1 = Node::start(&mesh, "node-1", ip4(x, 0, 1), &[])?;
     let _n2 = Node::start(&mesh, "node-2", ip4(x, 0, 2), &[])?;
-    let wp = Waypoint::start(&mesh, "demo/waypoint", ip4(x, 3, 1))?;
+    let collector = e2e::l7::spawn_collector(SocketAddr::new(ip4(x, 9, 1), 4318))?;
+    let endpoint = format!("http://{}", collector.addr);
+    let wp = Waypoint::start_with(
+        &mesh,
+        "demo/waypoint",
+        ip4(x, 3, 1),
+        &["--otlp-endpoint", &endpoint, "--trace-sampling", "100"],
+    )?;
     let context = || format!("waypoint log:\n{}", wp.proc.stderr());
     let messages = |metrics: &str, name: &str| {
         metric_sum(
@@ -566,6 +573,28 @@ authorizationPolicies:
         ),
     ] {
         ensure!(requests(labels) == want, "{labels:?}:\n{metrics}");
+    }
+    // Each call's span carries its gRPC status, as Envoy tags it.
+    e2e::wait_for(Duration::from_secs(20), "five spans", || {
+        collector.spans.lock().unwrap().len() >= 5
+    })
+    .with_context(context)?;
+    let spans = collector.spans.lock().unwrap().clone();
+    for (path, status) in [
+        ("/pkg.Echo/Chat", "0"),
+        ("/pkg.Echo/Fail", "14"),
+        ("/pkg.Echo/TrailersOnly", "5"),
+        ("/pkg.Admin/Drop", "7"),
+        ("/pkg.Echo/Busy", "8"),
+    ] {
+        let s = spans
+            .iter()
+            .find(|s| s.attributes.get("http.url").map(String::as_str) == Some(path))
+            .with_context(|| format!("no span for {path}: {spans:?}"))?;
+        ensure!(
+            s.attributes.get("grpc.status_code").map(String::as_str) == Some(status),
+            "{path}: {s:?}"
+        );
     }
     Ok(())
 }
