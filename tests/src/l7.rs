@@ -521,7 +521,8 @@ pub fn any_text(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) ->
 /// frame back as it arrives (so the response holds the request's messages), and ends with
 /// the trailers `grpc-status` and `x-request-bytes: <n>`. The status is 0, or by the method:
 /// `…/Fail` ends with 14 (UNAVAILABLE) and a `grpc-message`; `…/TrailersOnly` answers at
-/// once with `grpc-status: 5` in its headers and no body. Counts calls.
+/// once with `grpc-status: 5` in its headers and no body, and the test binary's first
+/// `…/FlakyOnce` call with `grpc-status: 14` so. Counts calls.
 pub fn spawn_grpc_backend(addr: SocketAddr, name: &str) -> Result<Arc<AtomicUsize>> {
     let std_listener =
         TcpListener::bind(addr).with_context(|| format!("binding the gRPC backend {addr}"))?;
@@ -571,9 +572,14 @@ async fn grpc_echo(
         .header("x-backend", name)
         .header("x-path", &path)
         .header("x-te", te);
-    if path.ends_with("/TrailersOnly") {
+    // The first `…/FlakyOnce` call of the test binary is UNAVAILABLE, trailers-only; the
+    // rest go on as usual (a retry's test).
+    static FLAKY: AtomicUsize = AtomicUsize::new(0);
+    let flaky_first = path.ends_with("/FlakyOnce") && FLAKY.fetch_add(1, Ordering::SeqCst) == 0;
+    if path.ends_with("/TrailersOnly") || flaky_first {
+        let status = if flaky_first { "14" } else { "5" };
         let resp = head
-            .header("grpc-status", "5")
+            .header("grpc-status", status)
             .body(())
             .expect("static response");
         let _ = respond.send_response(resp, true);

@@ -12,7 +12,8 @@
 //! - a request is routed by the table that was current when it arrived; a new table applies
 //!   to the next request;
 //! - bodies stream: a request body is held only when a retry or a mirror needs a copy, and
-//!   then only up to [`serve::REPLAY_LIMIT`]; a larger body streams without them;
+//!   then only up to [`serve::REPLAY_LIMIT`] (one of unknown length is kept as it streams);
+//!   a larger body streams without them;
 //! - a failure of the mirror never reaches the client, and the client never waits for it;
 //! - retries are bounded per request ([`route::MAX_ATTEMPTS`]) and per core (the budget);
 //! - nothing a peer sends panics: hyper parses and limits the HTTP, and every local answer

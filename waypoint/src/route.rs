@@ -126,6 +126,10 @@ pub struct Retry {
     pub on_gateway_error: bool,
     pub on_reset: bool,
     pub on_connect_failure: bool,
+    /// gRPC statuses that are worth another attempt when a response's head carries them
+    /// (a trailers-only answer), as Envoy's `cancelled`, `deadline-exceeded`, `internal`,
+    /// `resource-exhausted` and `unavailable` conditions.
+    pub grpc_statuses: Vec<u8>,
     pub backoff: Duration,
     pub per_try_timeout: Option<Duration>,
     pub budget_percent: f64,
@@ -139,7 +143,24 @@ impl Retry {
             || (self.on_5xx && (500..600).contains(&status))
             || (self.on_gateway_error && matches!(status, 502..=504))
     }
+
+    /// Whether a response head with these headers is worth another attempt: its status, or
+    /// the gRPC status a trailers-only answer carries in its head.
+    pub fn retries_response(&self, status: u16, headers: &http::HeaderMap) -> bool {
+        self.retries_status(status)
+            || (!self.grpc_statuses.is_empty()
+                && crate::grpc::status_in(headers).is_some_and(|s| self.grpc_statuses.contains(&s)))
+    }
 }
+
+/// Envoy's gRPC retry conditions and the statuses they name.
+pub const GRPC_RETRY_ON: [(&str, u8); 5] = [
+    ("cancelled", 1),
+    ("deadline-exceeded", 4),
+    ("resource-exhausted", 8),
+    ("internal", 13),
+    ("unavailable", 14),
+];
 
 /// Injected faults (percentages as probabilities in 0..=1).
 #[derive(Debug, Clone, PartialEq)]

@@ -53,6 +53,7 @@ mod conn;
 mod pool;
 mod record;
 mod request;
+mod tee;
 mod upstream;
 mod websocket;
 
@@ -67,13 +68,14 @@ use request::{
     Head, Limited, Local, ReqBody, SendError, X_REQUEST_ID, ensure_request_id, fits, is_websocket,
     normalize, rewrite, strip_hop_by_hop,
 };
+use tee::Tee;
 use upstream::{Active, H2Conn, Health, Load};
 pub use upstream::{Host, Picked, Upstream};
 use websocket::{Upgraded, splice};
 
-/// Largest request body held for a retry or a mirror. A body that may be larger (no
-/// Content-Length, or a larger one) streams straight through and is neither retried nor
-/// mirrored: the waypoint never buffers a whole upload. 64 KiB as Envoy's default
+/// Largest request body held for a retry or a mirror. A body of unknown length streams to
+/// the first attempt and is kept for a retry only while it fits; a larger body is neither
+/// retried nor mirrored: the waypoint never buffers a whole upload. 64 KiB as Envoy's default
 /// per-request buffer for retries.
 pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
@@ -477,8 +479,16 @@ impl<U: Upstreams> Waypoint<U> {
             let send = self.send_websocket(&to, head.request(None), upgraded);
             within(rule.request_timeout, send).await
         } else {
-            let wants_copy =
-                rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some();
+            let retried = rule.retry.as_ref().is_some_and(|r| r.attempts > 0);
+            let wants_copy = retried || rule.mirror.is_some();
+            let counted = |inner| Counted {
+                inner,
+                n: rec.request_bytes.clone(),
+                messages: rec
+                    .messages
+                    .as_ref()
+                    .map(|m| (crate::grpc::Frames::default(), m.clone())),
+            };
             let body = if wants_copy && fits(&body.size_hint()) {
                 match Limited::collect(body).await {
                     Ok(bytes) => {
@@ -498,15 +508,12 @@ impl<U: Upstreams> Waypoint<U> {
                         );
                     }
                 }
+            } else if retried {
+                // Length unknown or over the limit (gRPC, chunked): streamed, and kept
+                // while it fits so that a retry can start over.
+                ReqBody::Tee(Tee::new(Body::new(counted(body))))
             } else {
-                ReqBody::Stream(Some(Counted {
-                    inner: body,
-                    n: rec.request_bytes.clone(),
-                    messages: rec
-                        .messages
-                        .as_ref()
-                        .map(|m| (crate::grpc::Frames::default(), m.clone())),
-                }))
+                ReqBody::Stream(Some(counted(body)))
             };
             if let ReqBody::Replay(b) = &body {
                 rec.request_bytes.set(b.len() as u64);
@@ -585,7 +592,7 @@ impl<U: Upstreams> Waypoint<U> {
     ) -> Result<(Response<Body>, Endpoint), SendError> {
         let retry = rule.retry.as_ref();
         let max_retries = match (&body, retry) {
-            (ReqBody::Replay(_), Some(r)) => r.attempts,
+            (ReqBody::Replay(_) | ReqBody::Tee(_), Some(r)) => r.attempts,
             _ => 0,
         };
         let mut retried = 0;
@@ -596,8 +603,9 @@ impl<U: Upstreams> Waypoint<U> {
             let per_try = retry.and_then(|r| r.per_try_timeout);
             let res = within(per_try, self.send(to, req)).await;
             let again = retried < max_retries
+                && body.replayable()
                 && retry.is_some_and(|r| match &res {
-                    Ok((resp, _)) => r.retries_status(resp.status().as_u16()),
+                    Ok((resp, _)) => r.retries_response(resp.status().as_u16(), resp.headers()),
                     Err(e) => e.retried_by(r),
                 });
             if !again {

@@ -7,10 +7,10 @@
 //!   regular expression, not Gateway API's segment-wise `PathPrefix`;
 //! - header `prefix` matches likewise become regular expressions;
 //! - `retryOn` is Envoy's list: `5xx`, `gateway-error`, `connect-failure`, `reset`,
-//!   `refused-stream` (a reset here), `retriable-status-codes` and numeric codes; the gRPC
-//!   conditions (`cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`,
-//!   `unavailable`) are accepted and have no effect, since backends are reached over
-//!   HTTP/1.1, where a gRPC status arrives in trailers after the retry decision.
+//!   `refused-stream` (a reset here), `retriable-status-codes` and numeric codes, and the
+//!   gRPC conditions (`cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`,
+//!   `unavailable`), which, as Envoy's, retry a trailers-only answer whose head carries that
+//!   `grpc-status` (a status in trailers comes after the response is the client's).
 //!
 //! - `rewrite.uri` replaces the matched string prefix, or the whole path after an exact or
 //!   regex match (Envoy's `prefix_rewrite`); `redirect.uri` replaces the whole path, and a
@@ -560,7 +560,7 @@ fn retry(r: &VsRetriesSpec, at: &str) -> Result<RetrySpec, RouteError> {
                 | "retriable-status-codes" => on.push(cond.to_string()),
                 "refused-stream" => on.push("reset".to_string()),
                 "cancelled" | "deadline-exceeded" | "internal" | "resource-exhausted"
-                | "unavailable" => {}
+                | "unavailable" => on.push(cond.to_string()),
                 code => match code.parse::<u16>() {
                     Ok(c) => codes.push(c),
                     Err(_) => {

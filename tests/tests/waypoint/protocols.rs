@@ -366,6 +366,9 @@ fn grpc_statuses_messages_and_local_answers() -> Result<()> {
       - matches: [{path: {value: /pkg.Echo/Busy}}]
         backendRefs: [{name: echo-all, port: 80}]
         fault: {abort: {grpcStatus: RESOURCE_EXHAUSTED, percentage: 100}}
+      - matches: [{path: {value: /pkg.Echo/FlakyOnce}}]
+        backendRefs: [{name: echo-all, port: 80}]
+        retry: {attempts: 2, retryOn: [unavailable], backoff: 1ms}
       - backendRefs: [{name: echo-all, port: 80}]
 authorizationPolicies:
   - name: no-admin
@@ -494,6 +497,7 @@ authorizationPolicies:
                 "/pkg.Echo/TrailersOnly",
                 "/pkg.Admin/Drop",
                 "/pkg.Echo/Busy",
+                "/pkg.Echo/FlakyOnce",
             ] {
                 out.push(grpc_call(&client, path, grpc_message(b"x")).await?);
             }
@@ -544,6 +548,14 @@ authorizationPolicies:
         "{:?}",
         busy.head
     );
+    // A trailers-only UNAVAILABLE is retried under `retryOn: [unavailable]`.
+    let flaky = &answers[4];
+    ensure!(
+        status(flaky).as_deref() == Some("0") && flaky.body == grpc_message(b"x"),
+        "{:?} {:?}",
+        flaky.head,
+        flaky.trailers
+    );
     let metrics = wp.metrics()?;
     let requests = |labels: &[&str]| {
         let mut all = vec!["request_protocol=\"grpc\""];
@@ -553,7 +565,7 @@ authorizationPolicies:
     for (labels, want) in [
         (
             &["response_code=\"200\",grpc_response_status=\"0\",response_flags=\"-\""][..],
-            1.0,
+            2.0,
         ),
         (
             &["response_code=\"200\",grpc_response_status=\"14\""][..],
@@ -574,9 +586,13 @@ authorizationPolicies:
     ] {
         ensure!(requests(labels) == want, "{labels:?}:\n{metrics}");
     }
+    ensure!(
+        metric_sum(&metrics, "ringmesh_waypoint_retries_total", &[]) == 1.0,
+        "one retry:\n{metrics}"
+    );
     // Each call's span carries its gRPC status, as Envoy tags it.
-    e2e::wait_for(Duration::from_secs(20), "five spans", || {
-        collector.spans.lock().unwrap().len() >= 5
+    e2e::wait_for(Duration::from_secs(20), "six spans", || {
+        collector.spans.lock().unwrap().len() >= 6
     })
     .with_context(context)?;
     let spans = collector.spans.lock().unwrap().clone();
@@ -586,6 +602,7 @@ authorizationPolicies:
         ("/pkg.Echo/TrailersOnly", "5"),
         ("/pkg.Admin/Drop", "7"),
         ("/pkg.Echo/Busy", "8"),
+        ("/pkg.Echo/FlakyOnce", "0"),
     ] {
         let s = spans
             .iter()

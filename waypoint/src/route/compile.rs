@@ -640,6 +640,8 @@ pub(super) fn default_retry() -> Retry {
         on_gateway_error: false,
         on_reset: true,
         on_connect_failure: true,
+        // Istio's default `retryOn` names `unavailable` and `cancelled`.
+        grpc_statuses: vec![1, 14],
         backoff: Duration::from_millis(25),
         per_try_timeout: None,
         budget_percent: 0.2,
@@ -681,6 +683,7 @@ pub(super) fn compile_retry(
     if let Some(on) = &r.retry_on {
         out.on_reset = false;
         out.on_connect_failure = false;
+        out.grpc_statuses.clear();
         for (i, cond) in on.iter().enumerate() {
             match cond.as_str() {
                 "reset" => out.on_reset = true,
@@ -689,14 +692,24 @@ pub(super) fn compile_retry(
                 "gateway-error" => out.on_gateway_error = true,
                 // Istio's spelling for "the codes list".
                 "retriable-status-codes" => {}
-                other => {
-                    return Err(err(
-                        format!("{at}.retryOn[{i}]"),
-                        format!(
-                            "{other:?}: use connect-failure, reset, 5xx, gateway-error or retriable-status-codes"
-                        ),
-                    ));
-                }
+                other => match crate::route::GRPC_RETRY_ON
+                    .iter()
+                    .find(|(n, _)| *n == other)
+                {
+                    Some((_, code)) => {
+                        if !out.grpc_statuses.contains(code) {
+                            out.grpc_statuses.push(*code);
+                        }
+                    }
+                    None => {
+                        return Err(err(
+                            format!("{at}.retryOn[{i}]"),
+                            format!(
+                                "{other:?}: use connect-failure, reset, 5xx, gateway-error, retriable-status-codes, or a gRPC condition (cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)"
+                            ),
+                        ));
+                    }
+                },
             }
         }
     }

@@ -1807,6 +1807,36 @@ fn retries_status_for_codes_5xx_and_gateway_errors() {
 }
 
 #[test]
+fn grpc_conditions_retry_a_trailers_only_status() {
+    let grpc = |status: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", status.parse().unwrap());
+        h
+    };
+    // Istio's default conditions: unavailable and cancelled.
+    let rule = one_rule("{retry: {}}");
+    let r = rule.retry.as_ref().unwrap();
+    assert_eq!(r.grpc_statuses, vec![1, 14]);
+    assert!(r.retries_response(200, &grpc("14")));
+    assert!(r.retries_response(200, &grpc("1")));
+    assert!(!r.retries_response(200, &grpc("13")));
+    assert!(!r.retries_response(200, &http::HeaderMap::new()));
+
+    let rule = one_rule("{retry: {retryOn: [internal, resource-exhausted, internal]}}");
+    let r = rule.retry.as_ref().unwrap();
+    assert_eq!(r.grpc_statuses, vec![13, 8]);
+    assert!(r.retries_response(200, &grpc("13")) && r.retries_response(200, &grpc("8")));
+    assert!(
+        !r.retries_response(200, &grpc("14")),
+        "the list replaces the defaults"
+    );
+    assert!(!r.retries_response(200, &grpc("0")));
+
+    let rule = one_rule("{retry: {retryOn: [5xx]}}");
+    assert!(rule.retry.as_ref().unwrap().grpc_statuses.is_empty());
+}
+
+#[test]
 fn retry_fields_override_defaults() {
     let rule = one_rule(
         "{retry: {attempts: 0, backoff: 100ms, perTryTimeout: 3s, budgetPercent: 50, minRetryConcurrency: 7}}",

@@ -8,6 +8,9 @@ use super::*;
 pub(super) enum ReqBody {
     /// Held (small, with a retry or mirror): every attempt gets a copy.
     Replay(Bytes),
+    /// Of unknown length, with a retry: streamed and kept while it fits, so a retry can
+    /// start over ([`Tee`]).
+    Tee(Tee),
     /// Streaming: one attempt only.
     Stream(Option<Counted>),
 }
@@ -16,7 +19,17 @@ impl ReqBody {
     pub(super) fn take(&mut self) -> Option<Body> {
         match self {
             ReqBody::Replay(b) => Some(Body::full(b.clone())),
+            ReqBody::Tee(t) => Some(t.attempt()),
             ReqBody::Stream(s) => s.take().map(Body::new),
+        }
+    }
+
+    /// Whether another attempt can have the whole body.
+    pub(super) fn replayable(&self) -> bool {
+        match self {
+            ReqBody::Replay(_) => true,
+            ReqBody::Tee(t) => t.replayable(),
+            ReqBody::Stream(_) => false,
         }
     }
 }
