@@ -4,7 +4,8 @@
 //! hop is a real process on real sockets.
 //!
 //! Address plan: 127.180/16 .. 127.199/16, 127.170/16 .. 127.172/16 (gRPC tracing),
-//! 127.173/16 (gRPC statuses and messages), 127.174/16 .. 127.176/16 (the Telemetry API).
+//! 127.173/16 (gRPC statuses and messages), 127.174/16 .. 127.176/16 (the Telemetry API),
+//! 127.178/16 (the default retry policy).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -516,6 +517,40 @@ fn url_rewrites_and_redirects() -> Result<()> {
         ],
     );
     ensure!(redirects == 1.0, "{metrics}");
+    Ok(())
+}
+
+/// A route without a retry block gets Istio's default policy: an endpoint that cannot be
+/// reached is retried, on another endpoint, and the client never sees it.
+#[test]
+fn the_default_retry_policy_hides_an_unreachable_endpoint() -> Result<()> {
+    let x = 178;
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - backendRefs: [{name: echo-all, port: 80}]
+";
+    // A third endpoint of echo-all where nothing listens.
+    let dead = format!(
+        "\n  - {{name: dead, namespace: demo, serviceAccount: echo, workloadIps: [\"{}\"], node: node-2, protocol: HBONE, services: [demo/echo-all.demo.svc.cluster.local]}}\nservices:",
+        ip4(x, 2, 9)
+    );
+    let config = mesh_config(x, routes).replacen("\nservices:", &dead, 1);
+    let m = Mesh::start_config(x, &config, &[], &[])?;
+    let mut c = m.client()?;
+    for i in 0..30 {
+        let r = c.request("GET", &format!("/default-retry/{i}"), &[], b"")?;
+        ensure!(r.status == 200, "request {i}: {r:?}\n{}", m.context());
+    }
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metric_sum(&metrics, "ringmesh_waypoint_retries_total", &[]) >= 1.0,
+        "the dead endpoint was picked and retried:\n{metrics}"
+    );
+    let served = m.v1.requests.load(std::sync::atomic::Ordering::SeqCst)
+        + m.v2.requests.load(std::sync::atomic::Ordering::SeqCst);
+    ensure!(served == 30, "{served} requests reached v1 and v2");
     Ok(())
 }
 

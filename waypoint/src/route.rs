@@ -125,6 +125,9 @@ pub struct Retry {
     pub on_5xx: bool,
     pub on_gateway_error: bool,
     pub on_reset: bool,
+    /// An HTTP/2 backend's `REFUSED_STREAM` (the request was not processed; `reset`
+    /// covers it too).
+    pub on_refused_stream: bool,
     pub on_connect_failure: bool,
     /// gRPC statuses that are worth another attempt when a response's head carries them
     /// (a trailers-only answer), as Envoy's `cancelled`, `deadline-exceeded`, `internal`,
@@ -336,7 +339,8 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// The rule a Service without routes gets: all traffic to itself, on the port asked.
+    /// The rule a Service without routes gets: all traffic to itself, on the port asked,
+    /// under Istio's default retry policy.
     pub fn passthrough() -> Rule {
         Rule {
             route: Arc::from("-"),
@@ -344,7 +348,7 @@ impl Rule {
             backends: Vec::new(),
             total_weight: 1,
             request_timeout: None,
-            retry: None,
+            retry: Some(compile::istio_default_retry(None)),
             fault: None,
             mirror: None,
             request_headers: HeaderEdits::default(),

@@ -596,12 +596,14 @@ impl<U: Upstreams> Waypoint<U> {
             _ => 0,
         };
         let mut retried = 0;
+        // The endpoints tried so far: a retry prefers another.
+        let mut tried = Vec::new();
         let mut _retrying: Option<Gauge> = None;
         let mut _retry_slot = None;
         loop {
             let req = head.request(body.take());
             let per_try = retry.and_then(|r| r.per_try_timeout);
-            let res = within(per_try, self.send(to, req)).await;
+            let res = within(per_try, self.send(to, req, &mut tried)).await;
             let again = retried < max_retries
                 && body.replayable()
                 && retry.is_some_and(|r| match &res {
@@ -668,7 +670,7 @@ impl<U: Upstreams> Waypoint<U> {
         runtime::spawn(async move {
             let req = head.request(Some(Body::full(body)));
             let sent = runtime::time::timeout(MIRROR_TIMEOUT, async {
-                let (resp, _) = wp.send(&to, req).await?;
+                let (resp, _) = wp.send(&to, req, &mut Vec::new()).await?;
                 // Drain it so the connection can be reused.
                 let _ = resp.into_body().collect().await;
                 Ok::<_, SendError>(())

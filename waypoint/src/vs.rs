@@ -7,10 +7,12 @@
 //!   regular expression, not Gateway API's segment-wise `PathPrefix`;
 //! - header `prefix` matches likewise become regular expressions;
 //! - `retryOn` is Envoy's list: `5xx`, `gateway-error`, `connect-failure`, `reset`,
-//!   `refused-stream` (a reset here), `retriable-status-codes` and numeric codes, and the
-//!   gRPC conditions (`cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`,
-//!   `unavailable`), which, as Envoy's, retry a trailers-only answer whose head carries that
-//!   `grpc-status` (a status in trailers comes after the response is the client's).
+//!   `refused-stream` (an HTTP/2 backend's `REFUSED_STREAM`), `retriable-status-codes`,
+//!   numeric codes, and the gRPC conditions (`cancelled`, `deadline-exceeded`, `internal`,
+//!   `resource-exhausted`, `unavailable`), which, as Envoy's, retry a trailers-only answer
+//!   whose head carries that `grpc-status` (a status in trailers comes after the response
+//!   is the client's); an entry without `retries` gets Istio's default policy, and
+//!   `attempts: 0` turns retries off.
 //!
 //! - `rewrite.uri` replaces the matched string prefix, or the whole path after an exact or
 //!   regex match (Envoy's `prefix_rewrite`); `redirect.uri` replaces the whole path, and a
@@ -558,7 +560,7 @@ fn retry(r: &VsRetriesSpec, at: &str) -> Result<RetrySpec, RouteError> {
                 | "connect-failure"
                 | "reset"
                 | "retriable-status-codes" => on.push(cond.to_string()),
-                "refused-stream" => on.push("reset".to_string()),
+                "refused-stream" => on.push(cond.to_string()),
                 "cancelled" | "deadline-exceeded" | "internal" | "resource-exhausted"
                 | "unavailable" => on.push(cond.to_string()),
                 code => match code.parse::<u16>() {

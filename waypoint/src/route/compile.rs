@@ -346,11 +346,7 @@ pub(super) fn compile_rule(
         ));
     }
     let retry = match &rule.retry {
-        None => backend_timeout.map(|t| Retry {
-            attempts: 0,
-            per_try_timeout: Some(t),
-            ..default_retry()
-        }),
+        None => Some(istio_default_retry(backend_timeout)),
         Some(r) => Some(compile_retry(r, backend_timeout, &format!("{at}.retry"))?),
     };
     if let (Some(req), Some(try_t)) = (
@@ -632,6 +628,19 @@ fn compile_redirect(r: &RedirectSpec, at: &str) -> Result<Redirect, RouteError> 
     })
 }
 
+/// Istio's retry policy for a route that sets none (`DefaultPolicy`): two retries on
+/// `connect-failure`, `refused-stream`, `unavailable` and `cancelled`, which never repeat
+/// a request the backend may have processed. The 503 Istio can add (unless
+/// `EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY`) is left out: a 503 may come from a backend
+/// that did the work.
+pub(crate) fn istio_default_retry(per_try_timeout: Option<Duration>) -> Retry {
+    Retry {
+        on_reset: false,
+        per_try_timeout,
+        ..default_retry()
+    }
+}
+
 pub(super) fn default_retry() -> Retry {
     Retry {
         attempts: 2,
@@ -639,6 +648,7 @@ pub(super) fn default_retry() -> Retry {
         on_5xx: false,
         on_gateway_error: false,
         on_reset: true,
+        on_refused_stream: true,
         on_connect_failure: true,
         // Istio's default `retryOn` names `unavailable` and `cancelled`.
         grpc_statuses: vec![1, 14],
@@ -682,11 +692,13 @@ pub(super) fn compile_retry(
     };
     if let Some(on) = &r.retry_on {
         out.on_reset = false;
+        out.on_refused_stream = false;
         out.on_connect_failure = false;
         out.grpc_statuses.clear();
         for (i, cond) in on.iter().enumerate() {
             match cond.as_str() {
                 "reset" => out.on_reset = true,
+                "refused-stream" => out.on_refused_stream = true,
                 "connect-failure" => out.on_connect_failure = true,
                 "5xx" => out.on_5xx = true,
                 "gateway-error" => out.on_gateway_error = true,
@@ -705,7 +717,7 @@ pub(super) fn compile_retry(
                         return Err(err(
                             format!("{at}.retryOn[{i}]"),
                             format!(
-                                "{other:?}: use connect-failure, reset, 5xx, gateway-error, retriable-status-codes, or a gRPC condition (cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)"
+                                "{other:?}: use connect-failure, reset, refused-stream, 5xx, gateway-error, retriable-status-codes, or a gRPC condition (cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)"
                             ),
                         ));
                     }

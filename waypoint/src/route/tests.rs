@@ -1,6 +1,7 @@
 //! Unit tests for route parsing, compiling and selection.
 
 use super::*;
+use compile::istio_default_retry;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -264,7 +265,8 @@ fn full_spec_parses_and_builds() {
     assert_eq!(&*rest.name, "1");
     assert!(rest.backends.is_empty());
     assert_eq!(rest.pick_for(&echo(), 7).unwrap().service, echo());
-    assert!(rest.retry.is_none() && rest.fault.is_none() && rest.mirror.is_none());
+    assert_eq!(rest.retry, Some(istio_default_retry(None)));
+    assert!(rest.fault.is_none() && rest.mirror.is_none());
     assert!(rest.request_headers.is_empty() && rest.response_headers.is_empty());
 }
 
@@ -1001,7 +1003,8 @@ fn passthrough_rule_sends_to_the_service() {
             })
         );
     }
-    assert!(rule.retry.is_none() && rule.fault.is_none() && rule.mirror.is_none());
+    assert_eq!(rule.retry, Some(istio_default_retry(None)));
+    assert!(rule.fault.is_none() && rule.mirror.is_none());
     assert!(rule.request_timeout.is_none());
 }
 
@@ -1858,9 +1861,10 @@ fn retry_fields_override_defaults() {
 
 #[test]
 fn backend_request_timeout_without_retry() {
+    // Istio's default policy, each attempt under the backend timeout.
     let rule = one_rule("{timeouts: {backendRequest: 750ms}}");
     let r = rule.retry.as_ref().unwrap();
-    assert_eq!(r.attempts, 0);
+    assert_eq!(r.attempts, 2);
     assert_eq!(r.per_try_timeout, Some(ms(750)));
     assert_eq!(rule.request_timeout, None);
 }
@@ -1880,14 +1884,35 @@ fn per_try_timeout_sources() {
 }
 
 #[test]
-fn no_retry_and_no_timeouts() {
+fn a_rule_without_retry_gets_istios_default_policy() {
     let rule = one_rule("{}");
-    assert!(rule.retry.is_none());
+    let r = rule.retry.as_ref().unwrap();
+    // Istio's DefaultPolicy: connect-failure, refused-stream, unavailable, cancelled; no
+    // condition that repeats a request the backend may have processed.
+    assert_eq!(r.attempts, 2);
+    assert!(r.on_connect_failure && r.on_refused_stream);
+    assert!(!r.on_reset && !r.on_5xx && !r.on_gateway_error && r.codes.is_empty());
+    assert_eq!(r.grpc_statuses, vec![1, 14]);
+    assert_eq!(r.per_try_timeout, None);
     assert!(rule.request_timeout.is_none());
-    // A request timeout alone does not make a retry.
     let rule = one_rule("{timeouts: {request: 1m30s}}");
-    assert!(rule.retry.is_none());
+    assert_eq!(rule.retry, Some(istio_default_retry(None)));
     assert_eq!(rule.request_timeout, Some(secs(90)));
+    // `attempts: 0` turns retries off.
+    assert_eq!(
+        one_rule("{retry: {attempts: 0}}")
+            .retry
+            .clone()
+            .unwrap()
+            .attempts,
+        0
+    );
+    // `refused-stream` by name; `reset` is the wider condition.
+    let r = one_rule("{retry: {retryOn: [refused-stream]}}")
+        .retry
+        .clone()
+        .unwrap();
+    assert!(r.on_refused_stream && !r.on_reset && !r.on_connect_failure);
 }
 
 // ---------------------------------------------------------------------------------------

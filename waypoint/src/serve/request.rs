@@ -305,6 +305,9 @@ pub(super) enum SendError {
     Upstream(UpstreamError),
     /// The connection broke before the response head.
     Reset(String),
+    /// The HTTP/2 backend refused the stream (`REFUSED_STREAM`): it did not process the
+    /// request, so another attempt is always safe (Envoy's `refused-stream`).
+    Refused(String),
     /// The client's request body could not be read (never retried).
     ClientBody(String),
     Timeout,
@@ -319,6 +322,7 @@ impl SendError {
             SendError::Upstream(UpstreamError::Connect(_)) => r.on_connect_failure,
             SendError::Upstream(UpstreamError::NoEndpoint(_)) => false,
             SendError::Reset(_) => r.on_reset,
+            SendError::Refused(_) => r.on_reset || r.on_refused_stream,
             SendError::ClientBody(_) | SendError::Overflow => false,
             // A per-try timeout is worth another try (Envoy retries it on `5xx` and
             // `gateway-error` too, as a 504).
@@ -341,6 +345,15 @@ impl SendError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!(
                         "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {why}"
+                    ),
+                ),
+            ),
+            SendError::Refused(why) => (
+                Outcome::Reset,
+                local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset ({why})"
                     ),
                 ),
             ),

@@ -55,6 +55,10 @@ pub(super) struct Health {
     until: Option<Instant>,
 }
 
+/// How many times a retry picks again to find an endpoint its request has not tried
+/// (Istio's `HostSelectionRetryMaxAttempts`).
+const RETRY_HOST_PICKS: usize = 5;
+
 /// Where an attempt goes: a Service port, or the endpoints of one of its DestinationRule
 /// subsets; with the request's hash when the Service balances by consistent hashing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -127,20 +131,40 @@ impl Drop for Active {
 impl<U: Upstreams> Waypoint<U> {
     /// The endpoint for one attempt at `to`, counted in flight until the guard drops; an
     /// overflow if the Service has its `http2MaxRequests` in flight already.
-    pub(super) fn pick(&self, to: &Upstream) -> Result<(Picked, Active), SendError> {
+    pub(super) fn pick(
+        &self,
+        to: &Upstream,
+        avoid: &[SocketAddr],
+    ) -> Result<(Picked, Active), SendError> {
         let now = Instant::now();
         let picked = {
             let load = self.load.borrow();
             let health = self.health.borrow();
-            self.upstreams
-                .pick(to, &|addr| Host {
-                    load: load.get(&addr).copied().unwrap_or(0),
-                    ejected: health
-                        .get(&addr)
-                        .is_some_and(|h| h.until.is_some_and(|u| u > now)),
-                    age: None,
-                })
-                .map_err(SendError::Upstream)?
+            let host = |addr| Host {
+                load: load.get(&addr).copied().unwrap_or(0),
+                ejected: health
+                    .get(&addr)
+                    .is_some_and(|h| h.until.is_some_and(|u| u > now)),
+                age: None,
+            };
+            let mut picked = self
+                .upstreams
+                .pick(to, &host)
+                .map_err(SendError::Upstream)?;
+            // A retry prefers an endpoint not tried yet (Istio's `previous_hosts`), picking
+            // again a few times; by hash, the key's endpoint is the one wanted.
+            if to.hash.is_none() {
+                for _ in 0..RETRY_HOST_PICKS {
+                    if !avoid.contains(&picked.endpoint.addr) {
+                        break;
+                    }
+                    picked = self
+                        .upstreams
+                        .pick(to, &host)
+                        .map_err(SendError::Upstream)?;
+                }
+            }
+            picked
         };
         let request = match &picked.limits {
             Some(l) => Some(
@@ -156,12 +180,15 @@ impl<U: Upstreams> Waypoint<U> {
 
     /// One attempt: an endpoint picked for this request, the request sent to it, the
     /// response head; the answer counts for outlier detection.
+    /// `tried` holds the endpoints of the request's earlier attempts, and gets this one's.
     pub(super) async fn send(
         &self,
         to: &Upstream,
         req: Request<Body>,
+        tried: &mut Vec<SocketAddr>,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
-        let (picked, active) = self.pick(to)?;
+        let (picked, active) = self.pick(to, tried)?;
+        tried.push(picked.endpoint.addr);
         let result = if req.version() == Version::HTTP_2 {
             self.send_h2(&picked, active, req).await
         } else {
@@ -188,9 +215,11 @@ impl<U: Upstreams> Waypoint<U> {
                 let s = resp.status().as_u16();
                 (s >= 500, matches!(s, 502..=504))
             }
-            Err(SendError::Upstream(UpstreamError::Connect(_)) | SendError::Reset(_)) => {
-                (true, true)
-            }
+            Err(
+                SendError::Upstream(UpstreamError::Connect(_))
+                | SendError::Reset(_)
+                | SendError::Refused(_),
+            ) => (true, true),
             Err(_) => return,
         };
         let now = Instant::now();
@@ -440,9 +469,24 @@ impl<U: Upstreams> Waypoint<U> {
 fn send_failed(e: hyper::Error) -> SendError {
     if e.is_user() {
         SendError::ClientBody(e.to_string())
+    } else if refused_stream(&e) {
+        SendError::Refused(e.to_string())
     } else {
         SendError::Reset(e.to_string())
     }
+}
+
+/// Whether an HTTP/2 backend refused the stream (`REFUSED_STREAM`, RFC 9113 §8.7: the
+/// request was not processed).
+fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// An upstream HTTP handshake that failed: the endpoint could not be reached as HTTP

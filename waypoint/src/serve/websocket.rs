@@ -64,7 +64,7 @@ impl<U: Upstreams> Waypoint<U> {
         req: Request<Body>,
         upgraded: &Upgraded<U>,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
-        let (picked, _active) = self.pick(to)?;
+        let (picked, _active) = self.pick(to, &[])?;
         let timeout = picked
             .limits
             .as_ref()

@@ -90,7 +90,8 @@ fn entries_keep_their_order_and_istio_meanings() {
         .clone()
         .unwrap();
     assert_eq!(retry.attempts, 3);
-    assert!(retry.on_5xx && retry.on_reset && !retry.on_connect_failure);
+    assert!(retry.on_5xx && retry.on_refused_stream && !retry.on_reset);
+    assert!(!retry.on_connect_failure);
     assert_eq!(retry.grpc_statuses, vec![14], "`unavailable`");
     // A gRPC abort: 200 on the wire, UNAVAILABLE in grpc-status.
     let exact = t.select(&svc, 80, &get("/api/x", &[])).unwrap().unwrap();
