@@ -62,7 +62,7 @@ use body::{Counted, Finish, Holding, Pending, ReturnOnEnd};
 pub use conn::ConnLimits;
 use conn::{Activity, Watched, watchdog};
 use pool::{Conn, Idle};
-use record::Record;
+use record::{LOG_PATH_MAX, Record};
 pub use request::local;
 use request::{
     Head, Limited, Local, ReqBody, SendError, X_REQUEST_ID, ensure_request_id, fits, is_websocket,
@@ -532,7 +532,12 @@ impl<U: Upstreams> Waypoint<U> {
                 rec.endpoint = Some(endpoint);
                 (Outcome::Forwarded, resp)
             }
-            Err(e) => e.answer(),
+            Err(e) => {
+                if let SendError::Upstream(UpstreamError::Connect(why)) = &e {
+                    rec.transport_failure = Some(why.chars().take(LOG_PATH_MAX).collect());
+                }
+                e.answer()
+            }
         };
         // A WebSocket's 101 keeps the headers that say what it switches to.
         if !(websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS) {

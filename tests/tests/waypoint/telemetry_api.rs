@@ -21,10 +21,30 @@ fn start(
     telemetries: &str,
     env: &[(&str, &str)],
 ) -> Result<(Mesh, tempfile::TempDir)> {
+    start_env(x, mesh, &mesh_config(x, ROUTES), telemetries, env)
+}
+
+/// [`start`], with a config of the test's own (`mesh_config`'s, changed).
+fn start_with(
+    x: u8,
+    mesh: &str,
+    config: &str,
+    telemetries: &str,
+) -> Result<(Mesh, tempfile::TempDir)> {
+    start_env(x, mesh, config, telemetries, &[])
+}
+
+fn start_env(
+    x: u8,
+    mesh: &str,
+    config: &str,
+    telemetries: &str,
+    env: &[(&str, &str)],
+) -> Result<(Mesh, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let mesh_path = dir.path().join("mesh");
     std::fs::write(&mesh_path, mesh)?;
-    let config = format!("{}telemetries:\n{telemetries}", mesh_config(x, ROUTES));
+    let config = format!("{config}telemetries:\n{telemetries}");
     let path = mesh_path.display().to_string();
     let m = Mesh::start_config(
         x,
@@ -364,7 +384,7 @@ extensionProviders:
   envoyFileAccessLog:
     path: /dev/stdout
     logFormat:
-      text: \"%RESPONSE_CODE% %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %UPSTREAM_CLUSTER% %DOWNSTREAM_PEER_URI_SAN% %REQ(X-USER)% %RESP(X-MISSING)%\"
+      text: \"%START_TIME(%s)% %RESPONSE_CODE% %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %UPSTREAM_CLUSTER% %DOWNSTREAM_PEER_URI_SAN% %REQ(X-USER)% %RESP(X-MISSING)%\"
 - name: otel-als
   envoyOtelAls:
     service: {}
@@ -383,14 +403,48 @@ extensionProviders:
         filter: {expression: \"request.headers['x-user'] == 'bob'\"}
       - providers: [{name: otel-als}]
 ";
-    let (m, _dir) = start(x, &mesh, telemetry, &[])?;
+    // `/dead` goes to a Service whose one endpoint has nothing listening: the waypoint
+    // answers 503 `UF`, and the line says why.
+    let routes = format!(
+        "  - name: echo
+    namespace: demo
+    parentRefs: [{{name: echo}}]
+    rules:
+      - matches: [{{path: {{type: PathPrefix, value: /dead}}}}]
+        backendRefs: [{{name: dead, port: 80}}]
+{}",
+        ROUTES.split_once("    rules:\n").unwrap().1
+    );
+    let config = mesh_config(x, &routes)
+        .replacen(
+            "\nservices:",
+            &format!(
+                "\n  - {{name: dead, namespace: demo, serviceAccount: echo, workloadIps: [\"{}\"], node: node-2, protocol: HBONE, services: [demo/dead.demo.svc.cluster.local]}}\nservices:",
+                ip4(x, 2, 9)
+            ),
+            1,
+        )
+        .replacen(
+            "\nhttpRoutes:",
+            &format!(
+                "\n  - {{name: dead, namespace: demo, hostname: dead.demo.svc.cluster.local, vips: [\"{}\"], ports: {{80: 8080}}}}\nhttpRoutes:",
+                ip4(x, 100, 6)
+            ),
+            1,
+        );
+    let (m, _dir) = start_with(x, &mesh, &config, telemetry)?;
     let mut c = m.client()?;
+    let began = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     for (path, user) in [("/a?q=1", "alice"), ("/b", "bob")] {
         let r = c.request("GET", path, &[("x-user", user)], b"")?;
         ensure!(r.status == 200, "{r:?}\n{}", m.context());
     }
-    e2e::wait_for(Duration::from_secs(10), "three access lines", || {
-        m.wp.proc.stdout().lines().count() >= 3
+    let r = c.request("GET", "/dead", &[("x-user", "carol")], b"")?;
+    ensure!(r.status == 503, "{r:?}\n{}", m.context());
+    e2e::wait_for(Duration::from_secs(10), "four access lines", || {
+        m.wp.proc.stdout().lines().count() >= 4
     })
     .with_context(|| format!("stdout:\n{}\n{}", m.wp.proc.stdout(), m.context()))?;
     let out = m.wp.proc.stdout();
@@ -400,7 +454,7 @@ extensionProviders:
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()
         .with_context(|| out.clone())?;
-    ensure!(json.len() == 2, "one JSON line per request:\n{out}");
+    ensure!(json.len() == 3, "one JSON line per request:\n{out}");
     let a = &json[0];
     for (k, want) in [
         ("path", serde_json::json!("/a?q=1")),
@@ -431,12 +485,33 @@ extensionProviders:
         a["request_id"].as_str().is_some_and(|id| id.len() == 36),
         "{a}"
     );
-    // Only bob's request passed the text provider's filter.
-    let text: Vec<&str> = out.lines().filter(|l| !l.starts_with('{')).collect();
+    // The endpoint that could not be reached, and why, with the spaces as underscores.
+    let dead = &json[2];
     ensure!(
-        text == [
-            "200 GET /b outbound|80||echo.demo.svc.cluster.local spiffe://cluster.local/ns/demo/sa/client bob -"
-        ],
+        dead["response_code"] == 503 && dead["response_flags"] == "UF",
+        "{dead}"
+    );
+    ensure!(
+        dead["upstream_transport_failure_reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty() && !r.contains(' ')),
+        "{dead}"
+    );
+    ensure!(a["upstream_transport_failure_reason"].is_null(), "{a}");
+    // Only bob's request passed the text provider's filter; it starts with the request's
+    // start in seconds since the epoch (`%START_TIME(%s)%`).
+    let text: Vec<&str> = out.lines().filter(|l| !l.starts_with('{')).collect();
+    let [bob] = text[..] else {
+        anyhow::bail!("one text line:\n{out}");
+    };
+    let (epoch, rest) = bob.split_once(' ').with_context(|| out.clone())?;
+    let epoch: u64 = epoch.parse().with_context(|| out.clone())?;
+    ensure!(
+        (began..began + 60).contains(&epoch),
+        "start {epoch}, the test began at {began}: {bob}"
+    );
+    ensure!(
+        rest == "200 GET /b outbound|80||echo.demo.svc.cluster.local spiffe://cluster.local/ns/demo/sa/client bob -",
         "{out}"
     );
     // The waypoint's own line is not written for these providers.

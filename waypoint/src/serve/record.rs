@@ -44,6 +44,9 @@ pub(super) struct Record {
     custom_tags: Vec<(String, Option<String>)>,
     /// Envoy's `%RESPONSE_CODE_DETAILS%` when the outcome's own is not precise enough.
     pub(super) details: Option<String>,
+    /// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`: why the endpoint could not be reached,
+    /// when the answer says so (`UF`).
+    pub(super) transport_failure: Option<String>,
     /// What lines in Envoy's formats read; taken only when the plan has such a log.
     log: Option<Box<LogCapture>>,
     /// The address the client called.
@@ -213,6 +216,7 @@ impl Record {
             attrs,
             custom_tags,
             details: None,
+            transport_failure: None,
             log,
             local: target.local,
             host: target.host.clone(),
@@ -269,6 +273,7 @@ impl Record {
             peer_uri_san: strings.0.as_deref(),
             route: &self.route,
             grpc_status: self.grpc_status(),
+            transport_failure: self.transport_failure.as_deref(),
         }
     }
 

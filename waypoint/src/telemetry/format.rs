@@ -22,6 +22,9 @@ use std::time::{Duration, SystemTime};
 use http::HeaderName;
 use http::header::HeaderValue;
 
+mod start_time;
+pub use start_time::TimeFormat;
+
 /// Istio's default text format (`EnvoyTextLogFormat`), Envoy's default line with the
 /// upstream and downstream addresses.
 pub const ISTIO_TEXT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
@@ -76,7 +79,8 @@ pub enum Header {
 /// A command operator the waypoint fills.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    StartTime,
+    /// `START_TIME`, or `START_TIME(FORMAT)`.
+    StartTime(Option<TimeFormat>),
     /// `REQ(A?B)`: the first of the request headers that is present.
     Req(Vec<Header>),
     /// `RESP(A?B)`: the same of the response's headers.
@@ -164,6 +168,8 @@ pub struct Entry<'a> {
     pub peer_uri_san: Option<&'a str>,
     pub route: &'a str,
     pub grpc_status: Option<u8>,
+    /// Why the upstream could not be reached, when that was the answer (`UF`).
+    pub transport_failure: Option<&'a str>,
 }
 
 /// A filled value: text, or a number (kept as one in JSON).
@@ -527,7 +533,12 @@ fn op(name: &str, args: Option<&str>) -> Result<Op, String> {
                 Op::Resp(headers)
             }
         }
-        "START_TIME" => no_args(Op::StartTime)?,
+        "START_TIME" => match args {
+            None => Op::StartTime(None),
+            Some(a) => Op::StartTime(Some(
+                TimeFormat::parse(a).map_err(|e| format!("%START_TIME({a})%: {e}"))?,
+            )),
+        },
         "PROTOCOL" => no_args(Op::Protocol)?,
         "RESPONSE_CODE" => no_args(Op::ResponseCode)?,
         "RESPONSE_FLAGS" => no_args(Op::ResponseFlags)?,
@@ -618,17 +629,25 @@ fn value<'a>(op: &'a Op, e: &'a Entry<'a>) -> Option<Value<'a>> {
         })
     };
     match op {
-        Op::StartTime => owned(start_time(e.start)),
+        Op::StartTime(None) => owned(start_time(e.start)),
+        Op::StartTime(Some(f)) => {
+            let mut out = String::new();
+            f.write(e.start, &mut out);
+            owned(out)
+        }
         Op::Req(hs) => header(hs, e.request_headers),
         Op::Resp(hs) => header(hs, e.response_headers),
         Op::Protocol => s(e.protocol),
         Op::ResponseCode => Some(Value::Num(u64::from(e.code))),
         Op::ResponseFlags => s(e.flags),
         Op::ResponseCodeDetails => s(e.details),
-        Op::ConnectionTerminationDetails
-        | Op::UpstreamTransportFailureReason
-        | Op::UpstreamLocalAddress
-        | Op::RequestedServerName => None,
+        // Envoy writes the reason with its spaces as underscores, as it writes details.
+        Op::UpstreamTransportFailureReason => {
+            e.transport_failure.and_then(|r| owned(r.replace(' ', "_")))
+        }
+        Op::ConnectionTerminationDetails | Op::UpstreamLocalAddress | Op::RequestedServerName => {
+            None
+        }
         Op::BytesReceived => Some(Value::Num(e.bytes_received)),
         Op::BytesSent => Some(Value::Num(e.bytes_sent)),
         Op::Duration => Some(Value::Num(e.duration.as_millis() as u64)),

@@ -26,6 +26,7 @@ fn entry<'a>(
         peer_uri_san: Some("spiffe://cluster.local/ns/demo/sa/client"),
         route: "demo/echo",
         grpc_status: None,
+        transport_failure: None,
     }
 }
 
@@ -78,10 +79,40 @@ fn json_keeps_types_and_writes_null_for_what_is_missing() {
 }
 
 #[test]
+fn start_time_takes_a_format_in_text_and_json() {
+    let f = LogFormat::text("%START_TIME(%s.%3f)% [%START_TIME(%F %T%z)%] %START_TIME%\n").unwrap();
+    assert_eq!(
+        f.line(&entry(&[], &[])),
+        "1700000000.123 [2023-11-14 22:13:20+0000] 2023-11-14T22:13:20.123Z\n"
+    );
+    let labels: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(r#"{"epoch": "%START_TIME(%s)%", "day": "%START_TIME(%d/%b/%Y)%"}"#)
+            .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&LogFormat::json(&labels).unwrap().line(&entry(&[], &[]))).unwrap();
+    // A time is text, as Envoy writes it, even when it is all digits.
+    assert_eq!(v["epoch"], "1700000000");
+    assert_eq!(v["day"], "14/Nov/2023");
+}
+
+#[test]
+fn a_transport_failure_reason_is_written_with_underscores() {
+    let f = LogFormat::text("%RESPONSE_FLAGS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\"").unwrap();
+    let mut e = entry(&[], &[]);
+    assert_eq!(f.line(&e), "- \"-\"\n");
+    e.flags = "UF";
+    e.transport_failure = Some("dialing 10.0.0.3:15008: Connection refused (os error 111)");
+    assert_eq!(
+        f.line(&e),
+        "UF \"dialing_10.0.0.3:15008:_Connection_refused_(os_error_111)\"\n"
+    );
+}
+
+#[test]
 fn operators_the_waypoint_cannot_fill_are_refused_by_name() {
     for (text, names) in [
         ("%DYNAMIC_METADATA(istio)%", "%DYNAMIC_METADATA%"),
-        ("%START_TIME(%s)%", "START_TIME"),
+        ("%START_TIME(%s %Q)%", "%Q"),
         ("100% sure", "'%'"),
         ("%REQ(X-A", "not closed"),
         ("%RESPONSE_CODE", "not closed"),
