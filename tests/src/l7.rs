@@ -32,6 +32,8 @@ pub struct Backend {
     pub connections: Arc<AtomicUsize>,
     /// How often each path was asked for.
     pub paths: Arc<Mutex<HashMap<String, u32>>>,
+    /// The body length of the last request for each path, as read (before any delay).
+    pub bodies: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 /// Starts backend `name` on `addr` (a thread per connection; keep-alive).
@@ -45,15 +47,22 @@ pub fn spawn_slow_backend(addr: SocketAddr, name: &str, delay: Duration) -> Resu
     let requests = Arc::new(AtomicUsize::new(0));
     let connections = Arc::new(AtomicUsize::new(0));
     let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-    let (count, name, paths) = (requests.clone(), name.to_string(), seen.clone());
+    let lens: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let (count, name, paths, bodies) = (
+        requests.clone(),
+        name.to_string(),
+        seen.clone(),
+        lens.clone(),
+    );
     let accepted = connections.clone();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(s) = s else { break };
             accepted.fetch_add(1, Ordering::SeqCst);
-            let (count, seen, name) = (count.clone(), seen.clone(), name.clone());
+            let (count, seen, lens, name) =
+                (count.clone(), seen.clone(), lens.clone(), name.clone());
             std::thread::spawn(move || {
-                let _ = serve_backend_conn(s, &name, delay, &count, &seen);
+                let _ = serve_backend_conn(s, &name, delay, &count, &seen, &lens);
             });
         }
     });
@@ -62,6 +71,7 @@ pub fn spawn_slow_backend(addr: SocketAddr, name: &str, delay: Duration) -> Resu
         requests,
         connections,
         paths,
+        bodies,
     })
 }
 
@@ -71,6 +81,7 @@ fn serve_backend_conn(
     delay: Duration,
     count: &AtomicUsize,
     seen: &Mutex<HashMap<String, u32>>,
+    lens: &Mutex<HashMap<String, u64>>,
 ) -> Result<()> {
     s.set_nodelay(true)?;
     let mut w = s.try_clone()?;
@@ -80,6 +91,7 @@ fn serve_backend_conn(
             return Ok(());
         };
         count.fetch_add(1, Ordering::SeqCst);
+        lens.lock().unwrap().insert(req.path.clone(), req.body_len);
         if req.path.starts_with("/ws")
             && header(&req.headers, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
         {

@@ -50,6 +50,7 @@ use crate::trace::{TraceCtx, Tracing};
 
 mod body;
 mod conn;
+mod mirror;
 mod pool;
 mod record;
 mod request;
@@ -481,6 +482,20 @@ impl<U: Upstreams> Waypoint<U> {
         } else {
             let retried = rule.retry.as_ref().is_some_and(|r| r.attempts > 0);
             let wants_copy = retried || rule.mirror.is_some();
+            let mirror_to = rule
+                .mirror
+                .as_ref()
+                .filter(|m| self.chance(m.fraction))
+                .map(|m| Upstream::of(&m.backend, target.port));
+            let held = wants_copy && fits(&body.size_hint());
+            // A body that streams reaches the mirror as the request reads it.
+            let (tap, copy) = match (&mirror_to, held) {
+                (Some(_), false) => {
+                    let (tap, copy) = mirror::channel();
+                    (Some(tap), Some(copy))
+                }
+                _ => (None, None),
+            };
             let counted = |inner| Counted {
                 inner,
                 n: rec.request_bytes.clone(),
@@ -488,8 +503,9 @@ impl<U: Upstreams> Waypoint<U> {
                     .messages
                     .as_ref()
                     .map(|m| (crate::grpc::Frames::default(), m.clone())),
+                mirror: tap,
             };
-            let body = if wants_copy && fits(&body.size_hint()) {
+            let body = if held {
                 match Limited::collect(body).await {
                     Ok(bytes) => {
                         if let Some(m) = &rec.messages {
@@ -519,11 +535,14 @@ impl<U: Upstreams> Waypoint<U> {
                 rec.request_bytes.set(b.len() as u64);
             }
             let head = Head::of(&parts);
-            if let (Some(m), ReqBody::Replay(bytes)) = (&rule.mirror, &body)
-                && self.chance(m.fraction)
-            {
-                let mirror = Upstream::of(&m.backend, target.port);
-                self.mirror(head.shadow(), bytes.clone(), mirror);
+            if let Some(to) = mirror_to {
+                match (&body, copy) {
+                    (ReqBody::Replay(bytes), _) => {
+                        self.mirror(head.shadow(), Body::full(bytes.clone()), to)
+                    }
+                    (_, Some(copy)) => self.mirror(head.shadow(), Body::new(copy), to),
+                    _ => {}
+                }
             }
             within(rule.request_timeout, self.attempts(&rule, &to, &head, body)).await
         };
@@ -669,11 +688,11 @@ impl<U: Upstreams> Waypoint<U> {
 
     /// Sends a copy to the mirror and forgets it: the client never waits for it, and its
     /// failure is only counted.
-    fn mirror(self: &Rc<Self>, head: Head, body: Bytes, to: Upstream) {
+    fn mirror(self: &Rc<Self>, head: Head, body: Body, to: Upstream) {
         let wp = self.clone();
         self.stats.mirrors.set(self.stats.mirrors.get() + 1);
         runtime::spawn(async move {
-            let req = head.request(Some(Body::full(body)));
+            let req = head.request(Some(body));
             let sent = runtime::time::timeout(MIRROR_TIMEOUT, async {
                 let (resp, _) = wp.send(&to, req, &mut Vec::new()).await?;
                 // Drain it so the connection can be reused.

@@ -149,6 +149,8 @@ pub(super) struct Counted {
     pub(super) n: Rc<Cell<u64>>,
     /// A gRPC request's messages: where the scan is, and the stream's counts.
     pub(super) messages: Option<(crate::grpc::Frames, Rc<Messages>)>,
+    /// A mirror's copy of a body that streams ([`super::mirror`]).
+    pub(super) mirror: Option<super::mirror::Tap>,
 }
 
 impl http_body::Body for Counted {
@@ -166,6 +168,20 @@ impl http_body::Body for Counted {
             self.n.set(self.n.get() + d.len() as u64);
             if let Some((frames, m)) = &mut self.messages {
                 m.request.set(m.request.get() + frames.scan(d));
+            }
+        }
+        if let Some(tap) = &self.mirror {
+            match &polled {
+                Poll::Ready(Some(Ok(f))) => {
+                    tap.frame(f);
+                    // hyper stops reading a body that says it has ended.
+                    if self.inner.is_end_stream() {
+                        tap.end();
+                    }
+                }
+                Poll::Ready(None) => tap.end(),
+                Poll::Ready(Some(Err(_))) => tap.fail(),
+                Poll::Pending => {}
             }
         }
         polled
