@@ -71,7 +71,7 @@ use request::{
 };
 use tee::Tee;
 use upstream::{Active, H2Conn, Health, Load};
-pub use upstream::{Host, Picked, Upstream};
+pub use upstream::{Host, Picked, Upstream, cluster_name};
 use websocket::{Upgraded, splice};
 
 /// Largest request body held for a retry or a mirror. A body of unknown length streams to
@@ -127,6 +127,12 @@ pub trait Upstreams: 'static {
     /// The consistent hashing `to`'s DestinationRule asks for, if it does: the waypoint
     /// hashes each request's key by it and sets [`Upstream::hash`] before the pick.
     fn hash_policy(&self, to: &Upstream) -> Option<Arc<crate::dr::HashPolicy>>;
+
+    /// The Envoy cluster istiod gives `to` in a waypoint reached through a Service
+    /// `called` (what Envoy's access log and spans name): [`cluster_name`]'s, with `to`'s
+    /// hostname, and bound when `to` uses the same waypoint as `called`. `None` when
+    /// the mesh does not know `to`.
+    fn cluster_name(&self, to: &Upstream, called: &ServiceRef) -> Option<String>;
 
     /// A new byte stream to `endpoint`, which [`Upstreams::pick`] chose.
     #[allow(clippy::type_complexity)]
@@ -466,6 +472,9 @@ impl<U: Upstreams> Waypoint<U> {
             );
         };
         let mut to = Upstream::of(&backend, target.port);
+        if rec.wants_cluster() {
+            rec.cluster = self.upstreams.cluster_name(&to, &target.service);
+        }
         let mut set_cookie = None;
         if let Some(policy) = self.upstreams.hash_policy(&to) {
             let made = self.rng.borrow_mut().random::<u64>();

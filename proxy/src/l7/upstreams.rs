@@ -425,6 +425,23 @@ impl Upstreams for Ups {
             .cloned()
     }
 
+    fn cluster_name(&self, to: &Upstream, called: &ServiceRef) -> Option<String> {
+        let snapshot = self.0.core.snapshot.borrow();
+        let svc = snapshot.service_by_name(&to.service.namespace, &to.service.name)?;
+        // Bound to this waypoint: the backend uses the waypoint the called Service does
+        // (the one that brought the request here).
+        let via = snapshot
+            .service_by_name(&called.namespace, &called.name)
+            .and_then(|c| c.waypoint.as_ref());
+        let bound = svc.waypoint.is_some() && svc.waypoint.as_ref() == via;
+        Some(waypoint::serve::cluster_name(
+            to.port,
+            to.subset.as_deref(),
+            &svc.hostname,
+            bound,
+        ))
+    }
+
     fn connect(
         &self,
         endpoint: &Endpoint,

@@ -427,8 +427,9 @@ extensionProviders:
         .replacen(
             "\nhttpRoutes:",
             &format!(
-                "\n  - {{name: dead, namespace: demo, hostname: dead.demo.svc.cluster.local, vips: [\"{}\"], ports: {{80: 8080}}}}\nhttpRoutes:",
-                ip4(x, 100, 6)
+                "\n  - {{name: dead, namespace: demo, hostname: dead.demo.svc.cluster.local, vips: [\"{}\"], ports: {{80: 8080}}, waypoint: {{destination: \"/{}\", hboneMtlsPort: 15008}}}}\nhttpRoutes:",
+                ip4(x, 100, 6),
+                ip4(x, 3, 1)
             ),
             1,
         );
@@ -464,7 +465,7 @@ extensionProviders:
         ("response_code_details", serde_json::json!("via_upstream")),
         (
             "upstream_cluster",
-            serde_json::json!("outbound|80||echo.demo.svc.cluster.local"),
+            serde_json::json!("outbound|80||echo-v1.demo.svc.cluster.local"),
         ),
         (
             "downstream_local_address",
@@ -487,8 +488,12 @@ extensionProviders:
     );
     // The endpoint that could not be reached, and why, with the spaces as underscores.
     let dead = &json[2];
+    // `dead` uses this waypoint too: istiod's `inbound-vip` cluster, not the sidecar's
+    // `outbound` one that `echo-v1` (no waypoint) gets.
     ensure!(
-        dead["response_code"] == 503 && dead["response_flags"] == "UF",
+        dead["response_code"] == 503
+            && dead["response_flags"] == "UF"
+            && dead["upstream_cluster"] == "inbound-vip|80|http|dead.demo.svc.cluster.local",
         "{dead}"
     );
     ensure!(
@@ -499,7 +504,8 @@ extensionProviders:
     );
     ensure!(a["upstream_transport_failure_reason"].is_null(), "{a}");
     // Only bob's request passed the text provider's filter; it starts with the request's
-    // start in seconds since the epoch (`%START_TIME(%s)%`).
+    // start in seconds since the epoch (`%START_TIME(%s)%`), and `%UPSTREAM_CLUSTER%` is
+    // the cluster's observability name (istiod's: the name and `;`).
     let text: Vec<&str> = out.lines().filter(|l| !l.starts_with('{')).collect();
     let [bob] = text[..] else {
         anyhow::bail!("one text line:\n{out}");
@@ -511,7 +517,7 @@ extensionProviders:
         "start {epoch}, the test began at {began}: {bob}"
     );
     ensure!(
-        rest == "200 GET /b outbound|80||echo.demo.svc.cluster.local spiffe://cluster.local/ns/demo/sa/client bob -",
+        rest == "200 GET /b outbound|80||echo-v1.demo.svc.cluster.local; spiffe://cluster.local/ns/demo/sa/client bob -",
         "{out}"
     );
     // The waypoint's own line is not written for these providers.

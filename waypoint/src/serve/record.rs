@@ -44,6 +44,9 @@ pub(super) struct Record {
     custom_tags: Vec<(String, Option<String>)>,
     /// Envoy's `%RESPONSE_CODE_DETAILS%` when the outcome's own is not precise enough.
     pub(super) details: Option<String>,
+    /// The cluster of the backend the route chose ([`Upstreams::cluster_name`]), when a
+    /// log format or a span names it; `None` before a route chose one.
+    pub(super) cluster: Option<String>,
     /// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`: why the endpoint could not be reached,
     /// when the answer says so (`UF`).
     pub(super) transport_failure: Option<String>,
@@ -51,7 +54,6 @@ pub(super) struct Record {
     log: Option<Box<LogCapture>>,
     /// The address the client called.
     local: Option<std::net::SocketAddr>,
-    host: Arc<str>,
 }
 
 /// The request's side of a line in an Envoy format, and the response headers it reads.
@@ -216,10 +218,10 @@ impl Record {
             attrs,
             custom_tags,
             details: None,
+            cluster: None,
             transport_failure: None,
             log,
             local: target.local,
-            host: target.host.clone(),
         }
     }
 
@@ -247,7 +249,7 @@ impl Record {
         took: Duration,
         request_bytes: u64,
         response_bytes: u64,
-        strings: &'a (Option<String>, String),
+        peer_uri_san: &'a Option<String>,
     ) -> crate::telemetry::format::Entry<'a> {
         crate::telemetry::format::Entry {
             start: log.start,
@@ -267,25 +269,28 @@ impl Record {
             bytes_sent: response_bytes,
             duration: took,
             upstream_host: self.endpoint.as_ref().map(|e| e.addr),
-            upstream_cluster: &strings.1,
+            upstream_cluster: self.cluster.as_deref(),
             downstream_local: self.local,
             downstream_remote: self.peer.addr,
-            peer_uri_san: strings.0.as_deref(),
+            peer_uri_san: peer_uri_san.as_deref(),
             route: &self.route,
             grpc_status: self.grpc_status(),
             transport_failure: self.transport_failure.as_deref(),
         }
     }
 
-    /// The strings an [`Record::entry`] borrows: the peer's URI SAN and the cluster name.
-    fn entry_strings(&self) -> (Option<String>, String) {
-        (
-            self.peer
-                .principal
-                .as_deref()
-                .map(|p| format!("spiffe://{p}")),
-            format!("outbound|{}||{}", self.port, self.host),
-        )
+    /// The string an [`Record::entry`] borrows: the peer's URI SAN.
+    fn entry_strings(&self) -> Option<String> {
+        self.peer
+            .principal
+            .as_deref()
+            .map(|p| format!("spiffe://{p}"))
+    }
+
+    /// Whether something this request writes names its upstream cluster: a line in an
+    /// Envoy format, or a span.
+    pub(super) fn wants_cluster(&self) -> bool {
+        self.log.is_some() || self.trace.is_some()
     }
 
     /// Lines in Envoy's formats, to standard output or as OTLP records, for the providers
@@ -489,12 +494,11 @@ impl Record {
                 KeyValue::new("response_flags", self.outcome.flag()),
                 KeyValue::new("request_size", request_bytes as i64),
                 KeyValue::new("response_size", response_bytes as i64),
-                KeyValue::new(
-                    "upstream_cluster",
-                    format!("outbound|{}||{}", self.port, self.service),
-                ),
                 KeyValue::new("istio.namespace", self.service.namespace.to_string()),
             ]);
+            if let Some(c) = &self.cluster {
+                attrs.push(KeyValue::new("upstream_cluster", c.clone()));
+            }
             if let Some(e) = &self.endpoint {
                 attrs.push(KeyValue::new("upstream_address", e.addr.to_string()));
             }

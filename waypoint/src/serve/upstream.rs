@@ -82,6 +82,19 @@ impl Upstream {
     }
 }
 
+/// The Envoy cluster istiod names for a Service port in a waypoint: a Service bound to the
+/// waypoint is reached through `inbound-vip|PORT|http[/SUBSET]|HOST` (the protocol, with the
+/// DestinationRule subset behind a slash), any other through the sidecar's
+/// `outbound|PORT|SUBSET|HOST`. Envoy writes these in `%UPSTREAM_CLUSTER_RAW%` and the span's
+/// `upstream_cluster`.
+pub fn cluster_name(port: u16, subset: Option<&str>, host: &str, bound: bool) -> String {
+    match (bound, subset) {
+        (true, Some(s)) => format!("inbound-vip|{port}|http/{s}|{host}"),
+        (true, None) => format!("inbound-vip|{port}|http|{host}"),
+        (false, s) => format!("outbound|{port}|{}|{host}", s.unwrap_or("")),
+    }
+}
+
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.service, self.port)?;
@@ -493,4 +506,31 @@ fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
 /// (retried on `connect-failure`).
 pub(super) fn handshake_failed(e: hyper::Error) -> SendError {
     SendError::Upstream(UpstreamError::Connect(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// istiod's names (pilot's `BuildSubsetKey` with the waypoint's directions).
+    #[test]
+    fn clusters_are_named_as_istiod_names_them_in_a_waypoint() {
+        let host = "reviews.demo.svc.cluster.local";
+        assert_eq!(
+            cluster_name(9080, None, host, true),
+            "inbound-vip|9080|http|reviews.demo.svc.cluster.local"
+        );
+        assert_eq!(
+            cluster_name(9080, Some("v2"), host, true),
+            "inbound-vip|9080|http/v2|reviews.demo.svc.cluster.local"
+        );
+        assert_eq!(
+            cluster_name(9080, None, host, false),
+            "outbound|9080||reviews.demo.svc.cluster.local"
+        );
+        assert_eq!(
+            cluster_name(9080, Some("v2"), host, false),
+            "outbound|9080|v2|reviews.demo.svc.cluster.local"
+        );
+    }
 }

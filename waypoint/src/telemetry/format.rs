@@ -95,7 +95,11 @@ pub enum Op {
     BytesSent,
     Duration,
     UpstreamHost,
-    UpstreamCluster,
+    /// `UPSTREAM_CLUSTER_RAW`, or `UPSTREAM_CLUSTER`: the cluster's observability name,
+    /// which istiod sets to the name and `;`.
+    UpstreamCluster {
+        observability: bool,
+    },
     UpstreamLocalAddress,
     DownstreamLocalAddress,
     DownstreamRemoteAddress,
@@ -160,8 +164,9 @@ pub struct Entry<'a> {
     pub bytes_sent: u64,
     pub duration: Duration,
     pub upstream_host: Option<SocketAddr>,
-    /// `outbound|<port>||<host>`, as Envoy names a waypoint's Service cluster.
-    pub upstream_cluster: &'a str,
+    /// The cluster the route chose, as istiod names it in a waypoint
+    /// (`inbound-vip|80|http|echo.demo.svc.cluster.local`); `None` before a route chose.
+    pub upstream_cluster: Option<&'a str>,
     pub downstream_local: Option<SocketAddr>,
     pub downstream_remote: Option<SocketAddr>,
     /// The tunnel peer's identity, as a URI SAN (`spiffe://…`).
@@ -549,7 +554,12 @@ fn op(name: &str, args: Option<&str>) -> Result<Op, String> {
         "BYTES_SENT" => no_args(Op::BytesSent)?,
         "DURATION" => no_args(Op::Duration)?,
         "UPSTREAM_HOST" | "UPSTREAM_REMOTE_ADDRESS" => no_args(Op::UpstreamHost)?,
-        "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => no_args(Op::UpstreamCluster)?,
+        "UPSTREAM_CLUSTER" => no_args(Op::UpstreamCluster {
+            observability: true,
+        })?,
+        "UPSTREAM_CLUSTER_RAW" => no_args(Op::UpstreamCluster {
+            observability: false,
+        })?,
         "UPSTREAM_LOCAL_ADDRESS" => no_args(Op::UpstreamLocalAddress)?,
         "DOWNSTREAM_LOCAL_ADDRESS" => no_args(Op::DownstreamLocalAddress)?,
         "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => {
@@ -654,7 +664,13 @@ fn value<'a>(op: &'a Op, e: &'a Entry<'a>) -> Option<Value<'a>> {
         Op::UpstreamHost => e
             .upstream_host
             .map(|a| Value::Str(Cow::Owned(a.to_string()))),
-        Op::UpstreamCluster => s(e.upstream_cluster),
+        Op::UpstreamCluster { observability } => e.upstream_cluster.and_then(|c| {
+            if *observability {
+                owned(format!("{c};"))
+            } else {
+                s(c)
+            }
+        }),
         Op::DownstreamLocalAddress => e.downstream_local.and_then(|a| owned(a.to_string())),
         Op::DownstreamRemoteAddress => e.downstream_remote.and_then(|a| owned(a.to_string())),
         Op::DownstreamRemoteAddressWithoutPort => {

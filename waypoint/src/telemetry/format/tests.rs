@@ -20,7 +20,7 @@ fn entry<'a>(
         bytes_sent: 11,
         duration: Duration::from_micros(3_900),
         upstream_host: Some("10.0.0.2:8080".parse().unwrap()),
-        upstream_cluster: "outbound|80||echo.demo.svc.cluster.local",
+        upstream_cluster: Some("inbound-vip|80|http|echo.demo.svc.cluster.local"),
         downstream_local: Some("10.96.0.1:80".parse().unwrap()),
         downstream_remote: Some("10.0.0.1:40000".parse().unwrap()),
         peer_uri_san: Some("spiffe://cluster.local/ns/demo/sa/client"),
@@ -47,7 +47,7 @@ fn istios_default_text_line() {
     let line = f.line(&entry(&req, &[]));
     assert_eq!(
         line,
-        "[2023-11-14T22:13:20.123Z] \"GET /api/items?x=1 HTTP/1.1\" 200 - via_upstream - \"-\" 0 11 3 - \"-\" \"curl/8\" \"abc\" \"echo.demo.svc.cluster.local\" \"10.0.0.2:8080\" outbound|80||echo.demo.svc.cluster.local - 10.96.0.1:80 10.0.0.1:40000 - demo/echo\n"
+        "[2023-11-14T22:13:20.123Z] \"GET /api/items?x=1 HTTP/1.1\" 200 - via_upstream - \"-\" 0 11 3 - \"-\" \"curl/8\" \"abc\" \"echo.demo.svc.cluster.local\" \"10.0.0.2:8080\" inbound-vip|80|http|echo.demo.svc.cluster.local - 10.96.0.1:80 10.0.0.1:40000 - demo/echo\n"
     );
 }
 
@@ -93,6 +93,19 @@ fn start_time_takes_a_format_in_text_and_json() {
     // A time is text, as Envoy writes it, even when it is all digits.
     assert_eq!(v["epoch"], "1700000000");
     assert_eq!(v["day"], "14/Nov/2023");
+}
+
+#[test]
+fn the_cluster_raw_and_by_its_observability_name() {
+    let f = LogFormat::text("%UPSTREAM_CLUSTER_RAW% %UPSTREAM_CLUSTER%").unwrap();
+    let mut e = entry(&[], &[]);
+    assert_eq!(
+        f.line(&e),
+        "inbound-vip|80|http|echo.demo.svc.cluster.local inbound-vip|80|http|echo.demo.svc.cluster.local;\n"
+    );
+    // Answered before a route chose a backend (a denial, no route): no cluster.
+    e.upstream_cluster = None;
+    assert_eq!(f.line(&e), "- -\n");
 }
 
 #[test]
