@@ -374,7 +374,7 @@ impl Snapshot {
             ("mirrors", "Mirrored copies sent.", self.mirrors),
             (
                 "mirror_failures",
-                "Mirrored copies that failed or timed out.",
+                "Mirrored copies that failed, timed out, or were cut for falling behind the request.",
                 self.mirror_failures,
             ),
             (
