@@ -360,9 +360,9 @@ fn retries_timeouts_faults_and_mirror() -> Result<()> {
     e2e::wait_for(Duration::from_secs(5), "the mirror's copy", || {
         m.mirror.requests.load(std::sync::atomic::Ordering::SeqCst) > before
     })?;
-    // A body that streams (chunked, and over the 64 KiB a request holds for a copy)
-    // reaches the mirror whole, as the request reads it: 256 KiB, what a copy may fall
-    // behind (a mirror still connecting has read none of it).
+    // A body that streams (chunked, with trailers, and over the 64 KiB a request holds for
+    // a copy) reaches the mirror whole, as the request reads it: 256 KiB, what a copy may
+    // fall behind (a mirror still connecting has read none of it).
     let chunk = vec![b'c'; 16 * 1024];
     let mut raw =
         b"POST /mirrored/stream HTTP/1.1\r\nhost: echo.test\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -372,7 +372,8 @@ fn retries_timeouts_faults_and_mirror() -> Result<()> {
         raw.extend(&chunk);
         raw.extend(b"\r\n");
     }
-    raw.extend(b"0\r\n\r\n");
+    // Trailers end it: nothing reads a body past them.
+    raw.extend(b"0\r\nx-checksum: c16\r\n\r\n");
     c.send_raw(&raw)?;
     let r = c.read_response()?;
     ensure!(

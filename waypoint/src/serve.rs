@@ -74,10 +74,10 @@ use upstream::{Active, H2Conn, Health, Load};
 pub use upstream::{Host, Picked, Upstream, cluster_name};
 use websocket::{Upgraded, splice};
 
-/// Largest request body held for a retry or a mirror. A body of unknown length streams to
-/// the first attempt and is kept for a retry only while it fits; a larger body is neither
-/// retried nor mirrored: the waypoint never buffers a whole upload. 64 KiB as Envoy's default
-/// per-request buffer for retries.
+/// Largest request body held for a retry or a mirror. A body of unknown length or larger
+/// streams: to the first attempt, kept for a retry only while it fits (`serve/tee.rs`), and
+/// to a mirror as it is read (`serve/mirror.rs`); the waypoint never buffers a whole upload.
+/// 64 KiB as Envoy's default per-request buffer for retries.
 pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
 /// Idle HTTP/1.1 connections kept per endpoint on a core. Enough for the concurrency one
@@ -93,6 +93,12 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// A mirror that takes longer than this is dropped: its copy must not hold memory for long.
 pub const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The same for a mirror fed by a body that streams: it lasts as long as the request's body
+/// does (a gRPC stream, a long upload), so it gets longer; what it holds meanwhile is
+/// bounded by its queue (`serve/mirror.rs`), and this bounds how long a mirror that never
+/// answers keeps a connection.
+pub const MIRROR_STREAM_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why an upstream could not be had.
 #[derive(Debug, Clone)]
@@ -128,11 +134,10 @@ pub trait Upstreams: 'static {
     /// hashes each request's key by it and sets [`Upstream::hash`] before the pick.
     fn hash_policy(&self, to: &Upstream) -> Option<Arc<crate::dr::HashPolicy>>;
 
-    /// The Envoy cluster istiod gives `to` in a waypoint reached through a Service
-    /// `called` (what Envoy's access log and spans name): [`cluster_name`]'s, with `to`'s
-    /// hostname, and bound when `to` uses the same waypoint as `called`. `None` when
-    /// the mesh does not know `to`.
-    fn cluster_name(&self, to: &Upstream, called: &ServiceRef) -> Option<String>;
+    /// The Envoy cluster istiod gives `to` in this waypoint (what Envoy's access log and
+    /// spans name): [`cluster_name`]'s, with `to`'s hostname, bound when `to`'s Service
+    /// uses this waypoint. `None` when the mesh does not know `to`.
+    fn cluster_name(&self, to: &Upstream) -> Option<String>;
 
     /// A new byte stream to `endpoint`, which [`Upstreams::pick`] chose.
     #[allow(clippy::type_complexity)]
@@ -473,7 +478,7 @@ impl<U: Upstreams> Waypoint<U> {
         };
         let mut to = Upstream::of(&backend, target.port);
         if rec.wants_cluster() {
-            rec.cluster = self.upstreams.cluster_name(&to, &target.service);
+            rec.cluster = self.upstreams.cluster_name(&to);
         }
         let mut set_cookie = None;
         if let Some(policy) = self.upstreams.hash_policy(&to) {
@@ -547,9 +552,11 @@ impl<U: Upstreams> Waypoint<U> {
             if let Some(to) = mirror_to {
                 match (&body, copy) {
                     (ReqBody::Replay(bytes), _) => {
-                        self.mirror(head.shadow(), Body::full(bytes.clone()), to)
+                        self.mirror(head.shadow(), Body::full(bytes.clone()), to, MIRROR_TIMEOUT)
                     }
-                    (_, Some(copy)) => self.mirror(head.shadow(), Body::new(copy), to),
+                    (_, Some(copy)) => {
+                        self.mirror(head.shadow(), Body::new(copy), to, MIRROR_STREAM_TIMEOUT)
+                    }
                     _ => {}
                 }
             }
@@ -697,12 +704,12 @@ impl<U: Upstreams> Waypoint<U> {
 
     /// Sends a copy to the mirror and forgets it: the client never waits for it, and its
     /// failure is only counted.
-    fn mirror(self: &Rc<Self>, head: Head, body: Body, to: Upstream) {
+    fn mirror(self: &Rc<Self>, head: Head, body: Body, to: Upstream, timeout: Duration) {
         let wp = self.clone();
         self.stats.mirrors.set(self.stats.mirrors.get() + 1);
         runtime::spawn(async move {
             let req = head.request(Some(body));
-            let sent = runtime::time::timeout(MIRROR_TIMEOUT, async {
+            let sent = runtime::time::timeout(timeout, async {
                 let (resp, _) = wp.send(&to, req, &mut Vec::new()).await?;
                 // Drain it so the connection can be reused.
                 let _ = resp.into_body().collect().await;

@@ -425,15 +425,28 @@ impl Upstreams for Ups {
             .cloned()
     }
 
-    fn cluster_name(&self, to: &Upstream, called: &ServiceRef) -> Option<String> {
+    fn cluster_name(&self, to: &Upstream) -> Option<String> {
         let snapshot = self.0.core.snapshot.borrow();
         let svc = snapshot.service_by_name(&to.service.namespace, &to.service.name)?;
-        // Bound to this waypoint: the backend uses the waypoint the called Service does
-        // (the one that brought the request here).
-        let via = snapshot
-            .service_by_name(&called.namespace, &called.name)
-            .and_then(|c| c.waypoint.as_ref());
-        let bound = svc.waypoint.is_some() && svc.waypoint.as_ref() == via;
+        // Bound to this waypoint: the backend's waypoint is this workload, by address or
+        // as a member of the Service its hostname names (istiod's test: the backend is
+        // one of this waypoint's Services).
+        let me = snapshot.workload_by_uid(&self.0.core.workload);
+        let bound = match (svc.waypoint.as_ref().map(|g| &g.target), me) {
+            (Some(config::types::GatewayTarget::Address { ip, .. }), Some(me)) => {
+                me.ips.contains(ip)
+            }
+            (
+                Some(config::types::GatewayTarget::Hostname {
+                    namespace,
+                    hostname,
+                }),
+                Some(me),
+            ) => snapshot
+                .service(namespace, hostname)
+                .is_some_and(|gw| gw.members.iter().any(|w| w.uid == me.uid)),
+            _ => false,
+        };
         Some(waypoint::serve::cluster_name(
             to.port,
             to.subset.as_deref(),

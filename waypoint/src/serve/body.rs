@@ -171,14 +171,22 @@ impl http_body::Body for Counted {
             }
         }
         if let Some(tap) = &self.mirror {
+            let left = self.inner.size_hint().exact();
             match &polled {
                 Poll::Ready(Some(Ok(f))) => {
                     tap.frame(f);
-                    // hyper stops reading a body that says it has ended.
+                    // A reader may stop once the declared length is in (hyper's HTTP/1
+                    // client does), or once the body says it has ended.
+                    if f.is_data() && left == Some(0) {
+                        tap.complete();
+                    }
                     if self.inner.is_end_stream() {
                         tap.end();
                     }
                 }
+                // An HTTP/2 client's RST_STREAM(NO_ERROR) ends a body early without an
+                // error; a declared length not reached tells it from a whole body.
+                Poll::Ready(None) if left.is_some_and(|n| n > 0) => tap.fail(),
                 Poll::Ready(None) => tap.end(),
                 Poll::Ready(Some(Err(_))) => tap.fail(),
                 Poll::Pending => {}

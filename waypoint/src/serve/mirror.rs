@@ -8,7 +8,9 @@
 //! - a copy is whole or fails: when the mirror has fallen [`MIRROR_QUEUE_LIMIT`] behind,
 //!   or the client's body errs or is dropped before its end, the copy's next read is an
 //!   error, so the mirror's request is reset, never ended as if complete;
-//! - memory per mirrored request is bounded by [`MIRROR_QUEUE_LIMIT`] plus one frame.
+//! - the bytes queued per mirrored request stay within [`MIRROR_QUEUE_LIMIT`] (a frame
+//!   that would pass it is not queued; the `Bytes` handles may keep their read buffers);
+//! - a copy the mirror dropped (its timeout, a failed send) takes nothing more.
 
 use std::collections::VecDeque;
 use std::task::Waker;
@@ -36,21 +38,37 @@ struct Queue {
     trailers: Option<HeaderMap>,
     end: End,
     waker: Option<Waker>,
+    /// The source's declared length has all been read: what is left is its end (an empty
+    /// frame, trailers) that a reader may not wait for.
+    complete: bool,
 }
 
 impl Queue {
-    fn finish(&mut self, end: End) {
+    /// Ends the copy (once), and hands back the copy's waker to wake once the queue's
+    /// borrow is let go.
+    #[must_use]
+    fn finish(&mut self, end: End) -> Option<Waker> {
         if self.end == End::Open {
             self.end = end;
             if matches!(end, End::Failed(_)) {
-                self.chunks.clear();
-                self.queued = 0;
-                self.trailers = None;
+                self.drop_queued();
             }
         }
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+        self.waker.take()
+    }
+
+    fn drop_queued(&mut self) {
+        self.chunks.clear();
+        self.queued = 0;
+        self.trailers = None;
+    }
+}
+
+/// Ends the copy behind `q` with `end` and wakes its reader.
+fn finish(q: &RefCell<Queue>, end: End) {
+    let waker = q.borrow_mut().finish(end);
+    if let Some(w) = waker {
+        w.wake();
     }
 }
 
@@ -68,52 +86,80 @@ pub(super) fn channel() -> (Tap, Copy) {
         trailers: None,
         end: End::Open,
         waker: None,
+        complete: false,
     }));
     (Tap(q.clone()), Copy(q))
 }
 
 impl Tap {
-    /// A frame the request read from the client.
+    /// A frame the request read from the client. Trailers are a body's last frame: they
+    /// end the copy.
     pub(super) fn frame(&self, frame: &Frame<Bytes>) {
-        let mut q = self.0.borrow_mut();
-        if q.end != End::Open {
-            return;
-        }
-        if let Some(d) = frame.data_ref() {
-            if q.queued + d.len() > MIRROR_QUEUE_LIMIT {
-                q.finish(End::Failed("the mirror fell 256 KiB behind the request"));
+        let waker = {
+            let mut q = self.0.borrow_mut();
+            if q.end != End::Open {
                 return;
             }
-            q.queued += d.len();
-            q.chunks.push_back(d.clone());
-        } else if let Some(t) = frame.trailers_ref() {
-            q.trailers = Some(t.clone());
-        }
-        if let Some(w) = q.waker.take() {
+            if let Some(d) = frame.data_ref() {
+                if q.queued + d.len() > MIRROR_QUEUE_LIMIT {
+                    q.finish(End::Failed("the mirror fell 256 KiB behind the request"))
+                } else {
+                    q.queued += d.len();
+                    q.chunks.push_back(d.clone());
+                    q.waker.take()
+                }
+            } else if let Some(t) = frame.trailers_ref() {
+                q.trailers = Some(t.clone());
+                q.finish(End::Ended)
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
             w.wake();
         }
     }
 
+    /// The source's declared length has all been read: a reader that stops here (hyper's
+    /// HTTP/1 client, once it wrote `content-length` bytes) read the whole body.
+    pub(super) fn complete(&self) {
+        self.0.borrow_mut().complete = true;
+    }
+
     /// The client's body ended: the copy ends once it has read what is queued.
     pub(super) fn end(&self) {
-        self.0.borrow_mut().finish(End::Ended);
+        finish(&self.0, End::Ended);
     }
 
     /// The client's body failed: so does the copy.
     pub(super) fn fail(&self) {
-        self.0
-            .borrow_mut()
-            .finish(End::Failed("the request's body failed"));
+        finish(&self.0, End::Failed("the request's body failed"));
     }
 }
 
 impl Drop for Tap {
     fn drop(&mut self) {
-        // Not ended: the request stopped reading its body (the client went away, or the
-        // request was answered first). The copy must not look complete.
-        self.0
-            .borrow_mut()
-            .finish(End::Failed("the request's body was not read to its end"));
+        // Not ended: the request stopped reading its body. When all of its declared length
+        // was read, the body was whole; otherwise (the client went away, the request was
+        // answered first) the copy must not look complete.
+        let complete = self.0.borrow().complete;
+        let end = if complete {
+            End::Ended
+        } else {
+            End::Failed("the request's body was not read to its end")
+        };
+        finish(&self.0, end);
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        // The mirror gave up (its timeout, a failed send): the request's side stops
+        // queueing for it and lets go of what it queued.
+        let mut q = self.0.borrow_mut();
+        q.end = End::Failed("the mirror's request is gone");
+        q.drop_queued();
+        q.waker = None;
     }
 }
 
@@ -202,6 +248,84 @@ mod tests {
         tap.end();
         assert!(copy.is_end_stream());
         assert!(matches!(poll(&mut copy), Poll::Ready(None)));
+    }
+
+    /// Counts wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A copy that has polled once (and waits), and the count of its wake-ups.
+    fn waiting() -> (Tap, Copy, std::sync::Arc<Count>) {
+        let count = std::sync::Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let (tap, mut copy) = channel();
+        assert!(
+            Pin::new(&mut copy)
+                .poll_frame(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        (tap, copy, count)
+    }
+
+    fn wakes(c: &Count) -> usize {
+        c.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn trailers_end_the_copy_since_nothing_reads_past_them() {
+        let (tap, mut copy, count) = waiting();
+        tap.frame(&data(2, b't'));
+        tap.frame(&Frame::trailers(HeaderMap::new()));
+        // The request's reader stops after the trailers and drops its body: still whole.
+        drop(tap);
+        // Woken by the first frame; it reads what came after without waiting again.
+        assert_eq!(wakes(&count), 1);
+        assert!(matches!(poll(&mut copy), Poll::Ready(Some(Ok(f))) if f.is_data()));
+        assert!(matches!(poll(&mut copy), Poll::Ready(Some(Ok(f))) if f.is_trailers()));
+        assert!(copy.is_end_stream());
+        assert!(matches!(poll(&mut copy), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn a_body_read_to_its_declared_length_is_whole_when_its_reader_stops() {
+        // hyper's HTTP/1 client stops once it wrote `content-length` bytes, before the
+        // client's HTTP/2 END_STREAM arrives.
+        let (tap, mut copy, count) = waiting();
+        tap.frame(&data(3, b'l'));
+        tap.complete();
+        drop(tap);
+        assert_eq!(wakes(&count), 1);
+        assert!(matches!(poll(&mut copy), Poll::Ready(Some(Ok(f))) if f.is_data()));
+        assert!(matches!(poll(&mut copy), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn the_end_and_a_failure_wake_the_copy() {
+        let (tap, _copy, count) = waiting();
+        tap.end();
+        assert_eq!(wakes(&count), 1);
+        let (tap, _copy, count) = waiting();
+        tap.fail();
+        assert_eq!(wakes(&count), 1);
+        let (tap, _copy, count) = waiting();
+        drop(tap);
+        assert_eq!(wakes(&count), 1);
+    }
+
+    #[test]
+    fn a_copy_the_mirror_dropped_takes_nothing_more() {
+        let (tap, copy) = channel();
+        tap.frame(&data(8, b'd'));
+        let q = copy.0.clone();
+        drop(copy);
+        assert_eq!(q.borrow().queued, 0);
+        tap.frame(&data(8, b'd'));
+        assert!(q.borrow().chunks.is_empty() && q.borrow().queued == 0);
     }
 
     #[test]

@@ -497,7 +497,9 @@ impl Record {
                 KeyValue::new("istio.namespace", self.service.namespace.to_string()),
             ]);
             if let Some(c) = &self.cluster {
+                // The name, and the observability name istiod sets (the name and `;`).
                 attrs.push(KeyValue::new("upstream_cluster", c.clone()));
+                attrs.push(KeyValue::new("upstream_cluster.name", format!("{c};")));
             }
             if let Some(e) = &self.endpoint {
                 attrs.push(KeyValue::new("upstream_address", e.addr.to_string()));

@@ -539,7 +539,8 @@ fn op(name: &str, args: Option<&str>) -> Result<Op, String> {
             }
         }
         "START_TIME" => match args {
-            None => Op::StartTime(None),
+            // An empty format is Envoy's default one.
+            None | Some("") => Op::StartTime(None),
             Some(a) => Op::StartTime(Some(
                 TimeFormat::parse(a).map_err(|e| format!("%START_TIME({a})%: {e}"))?,
             )),
@@ -651,10 +652,15 @@ fn value<'a>(op: &'a Op, e: &'a Entry<'a>) -> Option<Value<'a>> {
         Op::ResponseCode => Some(Value::Num(u64::from(e.code))),
         Op::ResponseFlags => s(e.flags),
         Op::ResponseCodeDetails => s(e.details),
-        // Envoy writes the reason with its spaces as underscores, as it writes details.
-        Op::UpstreamTransportFailureReason => {
-            e.transport_failure.and_then(|r| owned(r.replace(' ', "_")))
-        }
+        // Envoy writes the reason with its spaces as underscores, as it writes details;
+        // control characters too, so a line stays one line.
+        Op::UpstreamTransportFailureReason => e.transport_failure.and_then(|r| {
+            owned(
+                r.chars()
+                    .map(|c| if c == ' ' || c.is_control() { '_' } else { c })
+                    .collect(),
+            )
+        }),
         Op::ConnectionTerminationDetails | Op::UpstreamLocalAddress | Op::RequestedServerName => {
             None
         }

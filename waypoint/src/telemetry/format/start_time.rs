@@ -364,6 +364,20 @@ mod tests {
     }
 
     #[test]
+    fn fractions_are_truncated_and_fields_padded() {
+        let late = UNIX_EPOCH + Duration::new(1_527_590_590, 999_999_999);
+        assert_eq!(
+            fmt("%1f %3f %6f %E3S %E*S", late),
+            "9 999 999999 10.999 10.999999999"
+        );
+        // Noon is 12 PM; the fifth day of the year is 005.
+        let noon = UNIX_EPOCH + Duration::from_secs(1_527_595_200);
+        assert_eq!(fmt("%H %I %p", noon), "12 12 PM");
+        let jan5 = UNIX_EPOCH + Duration::from_secs(1_514_764_800 + 4 * 86_400);
+        assert_eq!(fmt("%F %j %a", jan5), "2018-01-05 005 Fri");
+    }
+
+    #[test]
     fn abseil_seconds_with_their_fraction() {
         assert_eq!(fmt("%E3S", when()), "10.528");
         assert_eq!(fmt("%E0S", when()), "10");

@@ -80,10 +80,13 @@ fn json_keeps_types_and_writes_null_for_what_is_missing() {
 
 #[test]
 fn start_time_takes_a_format_in_text_and_json() {
-    let f = LogFormat::text("%START_TIME(%s.%3f)% [%START_TIME(%F %T%z)%] %START_TIME%\n").unwrap();
+    let f = LogFormat::text(
+        "%START_TIME(%s.%3f)% [%START_TIME(%F %T%z)%] %START_TIME% %START_TIME()%\n",
+    )
+    .unwrap();
     assert_eq!(
         f.line(&entry(&[], &[])),
-        "1700000000.123 [2023-11-14 22:13:20+0000] 2023-11-14T22:13:20.123Z\n"
+        "1700000000.123 [2023-11-14 22:13:20+0000] 2023-11-14T22:13:20.123Z 2023-11-14T22:13:20.123Z\n"
     );
     let labels: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(r#"{"epoch": "%START_TIME(%s)%", "day": "%START_TIME(%d/%b/%Y)%"}"#)
@@ -114,7 +117,7 @@ fn a_transport_failure_reason_is_written_with_underscores() {
     let mut e = entry(&[], &[]);
     assert_eq!(f.line(&e), "- \"-\"\n");
     e.flags = "UF";
-    e.transport_failure = Some("dialing 10.0.0.3:15008: Connection refused (os error 111)");
+    e.transport_failure = Some("dialing 10.0.0.3:15008:\nConnection refused (os error 111)");
     assert_eq!(
         f.line(&e),
         "UF \"dialing_10.0.0.3:15008:_Connection_refused_(os_error_111)\"\n"
