@@ -536,11 +536,25 @@ pub fn any_text(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) ->
 /// once with `grpc-status: 5` in its headers and no body, and the test binary's first
 /// `…/FlakyOnce` call with `grpc-status: 14` so. Counts calls.
 pub fn spawn_grpc_backend(addr: SocketAddr, name: &str) -> Result<Arc<AtomicUsize>> {
+    Ok(spawn_recording_grpc_backend(addr, name)?.requests)
+}
+
+/// A [`spawn_grpc_backend`] and what it saw.
+pub struct GrpcBackend {
+    /// Requests accepted so far.
+    pub requests: Arc<AtomicUsize>,
+    /// The body length of the last request for each path whose body ended cleanly.
+    pub bodies: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+/// [`spawn_grpc_backend`], recording each path's request body length.
+pub fn spawn_recording_grpc_backend(addr: SocketAddr, name: &str) -> Result<GrpcBackend> {
     let std_listener =
         TcpListener::bind(addr).with_context(|| format!("binding the gRPC backend {addr}"))?;
     std_listener.set_nonblocking(true)?;
     let count = Arc::new(AtomicUsize::new(0));
-    let (counted, name) = (count.clone(), name.to_string());
+    let bodies: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let (counted, name, recorded) = (count.clone(), name.to_string(), bodies.clone());
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -549,20 +563,23 @@ pub fn spawn_grpc_backend(addr: SocketAddr, name: &str) -> Result<Arc<AtomicUsiz
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
             while let Ok((s, _)) = listener.accept().await {
-                let (counted, name) = (counted.clone(), name.clone());
+                let (counted, name, recorded) = (counted.clone(), name.clone(), recorded.clone());
                 tokio::spawn(async move {
                     let Ok(mut conn) = h2::server::handshake(s).await else {
                         return;
                     };
                     while let Some(Ok((req, respond))) = conn.accept().await {
                         counted.fetch_add(1, Ordering::SeqCst);
-                        tokio::spawn(grpc_echo(name.clone(), req, respond));
+                        tokio::spawn(grpc_echo(name.clone(), req, respond, recorded.clone()));
                     }
                 });
             }
         });
     });
-    Ok(count)
+    Ok(GrpcBackend {
+        requests: count,
+        bodies,
+    })
 }
 
 /// One call of [`spawn_grpc_backend`].
@@ -570,6 +587,7 @@ async fn grpc_echo(
     name: String,
     req: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<bytes::Bytes>,
+    bodies: Arc<Mutex<HashMap<String, u64>>>,
 ) {
     let path = req.uri().path().to_string();
     let te = req
@@ -602,13 +620,21 @@ async fn grpc_echo(
     };
     let mut body = req.into_body();
     let mut n = 0usize;
-    while let Some(Ok(chunk)) = body.data().await {
-        n += chunk.len();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        if send.send_data(chunk, false).is_err() {
-            return;
+    loop {
+        match body.data().await {
+            Some(Ok(chunk)) => {
+                n += chunk.len();
+                let _ = body.flow_control().release_capacity(chunk.len());
+                if send.send_data(chunk, false).is_err() {
+                    return;
+                }
+            }
+            // A reset stream is not a body that ended.
+            Some(Err(_)) => return,
+            None => break,
         }
     }
+    bodies.lock().unwrap().insert(path.clone(), n as u64);
     let mut trailers = http::HeaderMap::new();
     if path.ends_with("/Fail") {
         trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
