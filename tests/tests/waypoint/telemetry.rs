@@ -98,6 +98,48 @@ fn check_exported_spans(spans: &[e2e::l7::Span], span_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Starts the mesh exporting every span to the TLS collector at `endpoint`, verified
+/// against `ca` (written to a file for `--otlp-ca`), with `env` for the waypoint; sends
+/// `GET /over-tls` and waits for its span among `spans`. The mesh and the roots' directory
+/// live as long as the caller keeps them.
+fn span_over_tls(
+    x: u8,
+    endpoint: &str,
+    ca: &str,
+    env: &[(&str, &str)],
+    spans: &std::sync::Mutex<Vec<e2e::l7::Span>>,
+) -> Result<(Mesh, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let roots = dir.path().join("otlp-ca.pem");
+    std::fs::write(&roots, ca)?;
+    let roots = roots.display().to_string();
+    let m = Mesh::start_env(
+        x,
+        ROUTES,
+        &[
+            "--otlp-endpoint",
+            endpoint,
+            "--otlp-ca",
+            &roots,
+            "--trace-sampling",
+            "100",
+        ],
+        env,
+    )?;
+    let mut c = m.client()?;
+    let r = c.request("GET", "/over-tls", &[], b"")?;
+    ensure!(r.status == 200, "{r:?}\n{}", m.context());
+    e2e::wait_for(Duration::from_secs(20), "a span over TLS", || {
+        spans.lock().unwrap().iter().any(|s| {
+            s.attributes
+                .get("http.url")
+                .is_some_and(|u| u.contains("/over-tls"))
+        })
+    })
+    .with_context(|| m.context())?;
+    Ok((m, dir))
+}
+
 #[test]
 fn traces_propagate_and_export_over_otlp() -> Result<()> {
     let x = 195;
@@ -123,34 +165,8 @@ fn traces_propagate_and_export_over_otlp() -> Result<()> {
 fn spans_go_to_an_https_collector_verified_against_the_given_roots() -> Result<()> {
     let x = 180;
     let (collector, ca) = e2e::l7::spawn_https_collector(SocketAddr::new(ip4(x, 9, 1), 4318))?;
-    let dir = tempfile::tempdir()?;
-    let roots = dir.path().join("otlp-ca.pem");
-    std::fs::write(&roots, ca)?;
     let endpoint = format!("https://{}", collector.addr);
-    let roots = roots.display().to_string();
-    let m = Mesh::start_with(
-        x,
-        ROUTES,
-        &[
-            "--otlp-endpoint",
-            &endpoint,
-            "--otlp-ca",
-            &roots,
-            "--trace-sampling",
-            "100",
-        ],
-    )?;
-    let mut c = m.client()?;
-    let r = c.request("GET", "/over-tls", &[], b"")?;
-    ensure!(r.status == 200, "{r:?}\n{}", m.context());
-    e2e::wait_for(Duration::from_secs(20), "a span over HTTPS", || {
-        collector.spans.lock().unwrap().iter().any(|s| {
-            s.attributes
-                .get("http.url")
-                .is_some_and(|u| u.contains("/over-tls"))
-        })
-    })
-    .with_context(|| m.context())?;
+    let _mesh = span_over_tls(x, &endpoint, &ca, &[], &collector.spans)?;
     Ok(())
 }
 
@@ -206,43 +222,17 @@ fn spans_go_to_a_grpc_collector_over_tls_verified_against_the_given_roots() -> R
     let x = 171;
     let (collector, ca) =
         e2e::otlp_grpc::spawn_grpc_tls_collector(SocketAddr::new(ip4(x, 9, 1), 4317))?;
-    let dir = tempfile::tempdir()?;
-    let roots = dir.path().join("otlp-ca.pem");
-    std::fs::write(&roots, ca)?;
     let endpoint = format!("https://{}", collector.addr);
-    let roots = roots.display().to_string();
     // The protocol and the headers in OpenTelemetry's environment variables, as a
     // Deployment would set them.
-    let m = Mesh::start_env(
-        x,
-        ROUTES,
-        &[
-            "--otlp-endpoint",
-            &endpoint,
-            "--otlp-ca",
-            &roots,
-            "--trace-sampling",
-            "100",
-        ],
-        &[
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            (
-                "OTEL_EXPORTER_OTLP_HEADERS",
-                "x-tenant=acme%2Cco, x-scope=traces",
-            ),
-        ],
-    )?;
-    let mut c = m.client()?;
-    let r = c.request("GET", "/over-tls", &[], b"")?;
-    ensure!(r.status == 200, "{r:?}\n{}", m.context());
-    e2e::wait_for(Duration::from_secs(20), "a span over gRPC with TLS", || {
-        collector.spans.lock().unwrap().iter().any(|s| {
-            s.attributes
-                .get("http.url")
-                .is_some_and(|u| u.contains("/over-tls"))
-        })
-    })
-    .with_context(|| m.context())?;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-tenant=acme%2Cco, x-scope=traces",
+        ),
+    ];
+    let _mesh = span_over_tls(x, &endpoint, &ca, &env, &collector.spans)?;
     ensure!(
         collector.metadata("x-tenant").first().map(String::as_str) == Some("acme,co"),
         "{:?}",
