@@ -62,14 +62,15 @@ pub struct TimeFormat(Vec<Piece>);
 impl TimeFormat {
     /// Parses `text`; an unknown or unfinished conversion is an error naming it.
     pub fn parse(text: &str) -> Result<TimeFormat, String> {
+        let text = expand_composites(text);
         let mut pieces = Vec::new();
         let mut lit = String::new();
         let mut chars = text.chars().peekable();
-        let push = |pieces: &mut Vec<Piece>, lit: &mut String, specs: &[Spec]| {
+        let push = |pieces: &mut Vec<Piece>, lit: &mut String, spec: Spec| {
             if !lit.is_empty() {
                 pieces.push(Piece::Text(std::mem::take(lit)));
             }
-            pieces.extend(specs.iter().map(|s| Piece::Spec(*s)));
+            pieces.push(Piece::Spec(spec));
         };
         while let Some(c) = chars.next() {
             if c != '%' {
@@ -84,71 +85,32 @@ impl TimeFormat {
                 '%' => lit.push('%'),
                 'n' => lit.push('\n'),
                 't' => lit.push('\t'),
-                'Y' => push(&mut pieces, &mut lit, &[Year]),
-                'y' => push(&mut pieces, &mut lit, &[YearOfCentury]),
-                'C' => push(&mut pieces, &mut lit, &[Century]),
-                'm' => push(&mut pieces, &mut lit, &[Month]),
-                'b' | 'h' => push(&mut pieces, &mut lit, &[MonthName { full: false }]),
-                'B' => push(&mut pieces, &mut lit, &[MonthName { full: true }]),
-                'd' => push(&mut pieces, &mut lit, &[Day]),
-                'e' => push(&mut pieces, &mut lit, &[DaySpacePadded]),
-                'j' => push(&mut pieces, &mut lit, &[DayOfYear]),
-                'H' => push(&mut pieces, &mut lit, &[Hour]),
-                'I' => push(&mut pieces, &mut lit, &[Hour12]),
-                'M' => push(&mut pieces, &mut lit, &[Minute]),
-                'S' => push(&mut pieces, &mut lit, &[Second]),
-                'p' => push(&mut pieces, &mut lit, &[AmPm]),
-                'a' => push(&mut pieces, &mut lit, &[WeekdayName { full: false }]),
-                'A' => push(&mut pieces, &mut lit, &[WeekdayName { full: true }]),
-                'u' => push(&mut pieces, &mut lit, &[WeekdayFromMonday]),
-                'w' => push(&mut pieces, &mut lit, &[WeekdayFromSunday]),
-                'z' => push(&mut pieces, &mut lit, &[Offset { colon: false }]),
-                'Z' => push(&mut pieces, &mut lit, &[ZoneName]),
-                's' => push(&mut pieces, &mut lit, &[Epoch]),
-                'f' => push(&mut pieces, &mut lit, &[Fraction(9)]),
-                'F' => {
-                    push(&mut pieces, &mut lit, &[Year]);
-                    lit.push('-');
-                    push(&mut pieces, &mut lit, &[Month]);
-                    lit.push('-');
-                    push(&mut pieces, &mut lit, &[Day]);
-                }
-                'D' | 'x' => {
-                    push(&mut pieces, &mut lit, &[Month]);
-                    lit.push('/');
-                    push(&mut pieces, &mut lit, &[Day]);
-                    lit.push('/');
-                    push(&mut pieces, &mut lit, &[YearOfCentury]);
-                }
-                'T' | 'X' | 'R' => {
-                    push(&mut pieces, &mut lit, &[Hour]);
-                    lit.push(':');
-                    push(&mut pieces, &mut lit, &[Minute]);
-                    if conv != 'R' {
-                        lit.push(':');
-                        push(&mut pieces, &mut lit, &[Second]);
-                    }
-                }
-                'c' => {
-                    // The C locale's: `Tue Jun  5 12:34:56 2018`.
-                    push(&mut pieces, &mut lit, &[WeekdayName { full: false }]);
-                    lit.push(' ');
-                    push(&mut pieces, &mut lit, &[MonthName { full: false }]);
-                    lit.push(' ');
-                    push(&mut pieces, &mut lit, &[DaySpacePadded]);
-                    lit.push(' ');
-                    push(&mut pieces, &mut lit, &[Hour]);
-                    lit.push(':');
-                    push(&mut pieces, &mut lit, &[Minute]);
-                    lit.push(':');
-                    push(&mut pieces, &mut lit, &[Second]);
-                    lit.push(' ');
-                    push(&mut pieces, &mut lit, &[Year]);
-                }
+                'Y' => push(&mut pieces, &mut lit, Year),
+                'y' => push(&mut pieces, &mut lit, YearOfCentury),
+                'C' => push(&mut pieces, &mut lit, Century),
+                'm' => push(&mut pieces, &mut lit, Month),
+                'b' | 'h' => push(&mut pieces, &mut lit, MonthName { full: false }),
+                'B' => push(&mut pieces, &mut lit, MonthName { full: true }),
+                'd' => push(&mut pieces, &mut lit, Day),
+                'e' => push(&mut pieces, &mut lit, DaySpacePadded),
+                'j' => push(&mut pieces, &mut lit, DayOfYear),
+                'H' => push(&mut pieces, &mut lit, Hour),
+                'I' => push(&mut pieces, &mut lit, Hour12),
+                'M' => push(&mut pieces, &mut lit, Minute),
+                'S' => push(&mut pieces, &mut lit, Second),
+                'p' => push(&mut pieces, &mut lit, AmPm),
+                'a' => push(&mut pieces, &mut lit, WeekdayName { full: false }),
+                'A' => push(&mut pieces, &mut lit, WeekdayName { full: true }),
+                'u' => push(&mut pieces, &mut lit, WeekdayFromMonday),
+                'w' => push(&mut pieces, &mut lit, WeekdayFromSunday),
+                'z' => push(&mut pieces, &mut lit, Offset { colon: false }),
+                'Z' => push(&mut pieces, &mut lit, ZoneName),
+                's' => push(&mut pieces, &mut lit, Epoch),
+                'f' => push(&mut pieces, &mut lit, Fraction(9)),
                 '1'..='9' => match chars.next() {
                     Some('f') => {
                         let digits = conv as u8 - b'0';
-                        push(&mut pieces, &mut lit, &[Fraction(digits)]);
+                        push(&mut pieces, &mut lit, Fraction(digits));
                     }
                     _ => {
                         return Err(format!(
@@ -174,7 +136,7 @@ impl TimeFormat {
                             ));
                         }
                     };
-                    push(&mut pieces, &mut lit, &[spec]);
+                    push(&mut pieces, &mut lit, spec);
                 }
                 other => {
                     return Err(format!(
@@ -253,6 +215,33 @@ impl TimeFormat {
             };
         }
     }
+}
+
+/// The conversions that stand for others, in the C locale: `%F` is `%Y-%m-%d`, `%c`
+/// `%a %b %e %H:%M:%S %Y` (`Tue Jun  5 12:34:56 2018`), and so on. Written out before the
+/// format is parsed, so each has one definition; `%%` stays an escaped percent.
+fn expand_composites(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('F') => out.push_str("%Y-%m-%d"),
+            Some('D' | 'x') => out.push_str("%m/%d/%y"),
+            Some('T' | 'X') => out.push_str("%H:%M:%S"),
+            Some('R') => out.push_str("%H:%M"),
+            Some('c') => out.push_str("%a %b %e %H:%M:%S %Y"),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
 }
 
 const MONTHS: [&str; 12] = [
