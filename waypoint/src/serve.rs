@@ -70,7 +70,7 @@ use request::{
     normalize, rewrite, strip_hop_by_hop,
 };
 use tee::Tee;
-use upstream::{Active, H2Conn, Health, Load};
+use upstream::{Active, H2Conn, Health, Load, Tried};
 pub use upstream::{Host, Picked, Upstream, cluster_name};
 use websocket::{Upgraded, splice};
 
@@ -637,7 +637,7 @@ impl<U: Upstreams> Waypoint<U> {
         };
         let mut retried = 0;
         // The endpoints tried so far: a retry prefers another.
-        let mut tried = Vec::new();
+        let mut tried = Tried::new();
         let mut _retrying: Option<Gauge> = None;
         let mut _retry_slot = None;
         loop {
@@ -710,7 +710,7 @@ impl<U: Upstreams> Waypoint<U> {
         runtime::spawn(async move {
             let req = head.request(Some(body));
             let sent = runtime::time::timeout(timeout, async {
-                let (resp, _) = wp.send(&to, req, &mut Vec::new()).await?;
+                let (resp, _) = wp.send(&to, req, &mut Tried::new()).await?;
                 // Drain it so the connection can be reused.
                 let _ = resp.into_body().collect().await;
                 Ok::<_, SendError>(())

@@ -59,6 +59,11 @@ pub(super) struct Health {
 /// (Istio's `HostSelectionRetryMaxAttempts`).
 const RETRY_HOST_PICKS: usize = 5;
 
+/// The endpoints a request's attempts went to, so a retry prefers another. Inline for
+/// the first attempt and Istio's default two retries: every request records one, and
+/// the hot path allocates nothing for it; a longer retry policy spills to the heap.
+pub(super) type Tried = smallvec::SmallVec<[SocketAddr; 3]>;
+
 /// Where an attempt goes: a Service port, or the endpoints of one of its DestinationRule
 /// subsets; with the request's hash when the Service balances by consistent hashing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -198,7 +203,7 @@ impl<U: Upstreams> Waypoint<U> {
         &self,
         to: &Upstream,
         req: Request<Body>,
-        tried: &mut Vec<SocketAddr>,
+        tried: &mut Tried,
     ) -> Result<(Response<Body>, Endpoint), SendError> {
         let (picked, active) = self.pick(to, tried)?;
         tried.push(picked.endpoint.addr);
