@@ -39,6 +39,9 @@ struct Shared {
     /// Set by the driver task when the connection has ended.
     closed: Cell<bool>,
     peer: SocketAddr,
+    /// This side's address on the connection's TCP socket, when it came from a socket
+    /// (`None` over other streams): telemetry's upstream local address.
+    local: Cell<Option<SocketAddr>>,
     /// The stream receive window in effect (grown by the driver's window tuner).
     recv_window: Rc<Cell<u32>>,
 }
@@ -52,6 +55,11 @@ impl StreamSlot {
     fn new(shared: &Rc<Shared>) -> StreamSlot {
         shared.active.set(shared.active.get() + 1);
         StreamSlot(shared.clone())
+    }
+
+    /// This side's address on the TCP socket the stream's connection runs on.
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        self.0.local.get()
     }
 }
 
@@ -112,8 +120,11 @@ pub async fn connect_placed(
                 format!("connect to {addr}: {e}"),
             ))
         })?;
+    let local = tcp.local_addr().ok();
     let tls_stream = tls_connect(tcp, addr, tls).await?;
-    ClientConn::handshake(tls_stream, addr, settings).await
+    let conn = ClientConn::handshake(tls_stream, addr, settings).await?;
+    conn.shared.local.set(local);
+    Ok(conn)
 }
 
 /// The client side of the mTLS handshake over any stream, checking that ALPN chose `h2`.
@@ -164,6 +175,7 @@ impl ClientConn {
             idle_since: Cell::new(Instant::now()),
             closed: Cell::new(false),
             peer,
+            local: Cell::new(None),
             recv_window: recv_window.clone(),
         });
         let driver_shared = shared.clone();
@@ -269,6 +281,12 @@ impl ClientConn {
     /// The server address this connection was dialed to.
     pub fn peer_addr(&self) -> SocketAddr {
         self.shared.peer
+    }
+
+    /// This side's address on the connection's TCP socket; `None` for a connection
+    /// handshaken over another kind of stream.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.local.get()
     }
 
     /// When the last stream ended, if none is open now.

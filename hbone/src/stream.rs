@@ -26,6 +26,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -82,6 +83,13 @@ impl HboneStream {
     /// The HTTP/2 stream identifier (for logs).
     pub fn stream_id(&self) -> u32 {
         self.send.stream_id().as_u32()
+    }
+
+    /// This side's address on the TCP socket of the HTTP/2 connection the stream rides on,
+    /// when the stream came from a pool's dialled connection; `None` for a server's
+    /// streams and connections made over other byte streams.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self._slot.as_ref().and_then(|s| s.local_addr())
     }
 
     /// Payload bytes read from the peer so far.

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use hbone::Error;
 use hbone::h2conn::H2Settings;
 use hbone::pool::{Pool, PoolConfig, PoolKey};
@@ -420,4 +420,34 @@ fn concurrent_streams_spread_over_connections_before_they_share() -> Result<()> 
         ensure!(s.dial_failures <= 4 && s.dial_failures >= 1, "{s:?}");
         Ok(())
     })
+}
+
+/// A pooled stream knows its connection's end of the TCP socket: the same for every stream
+/// on one connection, another for a stream on another connection, on both drivers.
+#[test]
+fn streams_report_their_connections_local_address() -> Result<()> {
+    for driver in [DriverChoice::IoUring, DriverChoice::Epoll] {
+        run(driver, async || {
+            let pki = Rc::new(Pki::new());
+            let server_id = id("server");
+            let server = start_server(&pki, &server_id)?;
+            let pool = pool(pki.clone(), multiplexing());
+            let key = PoolKey::new(id("client"), vec![server_id.clone()], server.addr);
+            let a = pool.connect(&key, &echo_authority()).await?;
+            let b = pool.connect(&key, &echo_authority()).await?;
+            let (Some(la), Some(lb)) = (a.local_addr(), b.local_addr()) else {
+                bail!("a pooled stream has no local address");
+            };
+            ensure!(la == lb && la.port() != 0, "{la} {lb}");
+            ensure!(la.ip() == server.addr.ip(), "{la} dialled {}", server.addr);
+            // Another key (another client identity) gets its own connection.
+            let other = PoolKey::new(id("client-2"), vec![server_id], server.addr);
+            let c = pool.connect(&other, &echo_authority()).await?;
+            let lc = c.local_addr().context("no local address")?;
+            ensure!(lc != la, "two connections, one address: {lc}");
+            ensure!(pool.stats().dials == 2, "{:?}", pool.stats());
+            Ok(())
+        })?;
+    }
+    Ok(())
 }

@@ -139,6 +139,11 @@ pub trait Upstreams: 'static {
     /// uses this waypoint. `None` when the mesh does not know `to`.
     fn cluster_name(&self, to: &Upstream) -> Option<String>;
 
+    /// This side's address on the socket that carries `io` (for an HBONE stream, its
+    /// connection's socket to the endpoint's node), for the access log's
+    /// `%UPSTREAM_LOCAL_ADDRESS%`; `None` if it has none.
+    fn local_addr(io: &Self::Io) -> Option<SocketAddr>;
+
     /// A new byte stream to `endpoint`, which [`Upstreams::pick`] chose.
     #[allow(clippy::type_complexity)]
     fn connect(
@@ -153,6 +158,14 @@ pub struct Endpoint {
     /// The endpoint workload's uid.
     pub uid: Arc<str>,
     pub addr: SocketAddr,
+}
+
+/// Where an attempt's request went: the endpoint, and this side's address on the socket
+/// that carried it.
+#[derive(Debug, Clone)]
+pub struct Reached {
+    pub endpoint: Endpoint,
+    pub local: Option<SocketAddr>,
 }
 
 /// What the tunnel was addressed to: the Service and Service port a node proxy sent here,
@@ -563,8 +576,9 @@ impl<U: Upstreams> Waypoint<U> {
             within(rule.request_timeout, self.attempts(&rule, &to, &head, body)).await
         };
         let (outcome, mut resp) = match result {
-            Ok((resp, endpoint)) => {
-                rec.endpoint = Some(endpoint);
+            Ok((resp, reached)) => {
+                rec.endpoint = Some(reached.endpoint);
+                rec.upstream_local = reached.local;
                 (Outcome::Forwarded, resp)
             }
             Err(e) => {
@@ -629,7 +643,7 @@ impl<U: Upstreams> Waypoint<U> {
         to: &Upstream,
         head: &Head,
         mut body: ReqBody,
-    ) -> Result<(Response<Body>, Endpoint), SendError> {
+    ) -> Result<(Response<Body>, Reached), SendError> {
         let retry = rule.retry.as_ref();
         let max_retries = match (&body, retry) {
             (ReqBody::Replay(_) | ReqBody::Tee(_), Some(r)) => r.attempts,

@@ -455,6 +455,13 @@ impl Upstreams for Ups {
         ))
     }
 
+    fn local_addr(io: &Io) -> Option<SocketAddr> {
+        match io {
+            Io::Hbone(s) => s.local_addr(),
+            Io::Tcp(s) => s.local_addr().ok(),
+        }
+    }
+
     fn connect(
         &self,
         endpoint: &Endpoint,

@@ -486,6 +486,25 @@ extensionProviders:
         a["request_id"].as_str().is_some_and(|id| id.len() == 36),
         "{a}"
     );
+    // The waypoint's end of the HBONE connection that carried the request to the
+    // endpoint's node: a socket address of its own, not the endpoint's.
+    let upstream_local: SocketAddr = a["upstream_local_address"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("upstream_local_address: {a}"))?;
+    ensure!(upstream_local.port() != 0, "{a}");
+    // The pooled connection is still open: the socket with that address is connected to
+    // the HBONE port for `echo-v1`'s address.
+    let ss = std::process::Command::new("ss")
+        .args(["-Htn", "state", "established", "src"])
+        .arg(upstream_local.to_string())
+        .output()
+        .context("running ss")?;
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    ensure!(
+        ss.contains(&format!("{}:15008", ip4(x, 2, 1))),
+        "no connection from {upstream_local} to echo-v1's HBONE port: {ss:?}\n{a}"
+    );
     // The endpoint that could not be reached, and why, with the spaces as underscores.
     let dead = &json[2];
     // `dead` uses this waypoint too: istiod's `inbound-vip` cluster, not the sidecar's

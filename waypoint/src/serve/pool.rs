@@ -19,6 +19,8 @@ pub(super) struct Conn {
     /// Requests it has carried.
     pub(super) uses: u32,
     pub(super) opened: Instant,
+    /// This side's address on its socket (the access log's upstream local address).
+    pub(super) local: Option<SocketAddr>,
 }
 
 /// What a waiting request is handed: a connection, or `None` when one closed (a new one may
@@ -145,6 +147,7 @@ mod tests {
             sender,
             uses,
             opened: Instant::now(),
+            local: None,
         };
         (conn, b)
     }

@@ -50,6 +50,8 @@ pub(super) struct Record {
     /// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`: why the endpoint could not be reached,
     /// when the answer says so (`UF`).
     pub(super) transport_failure: Option<String>,
+    /// This side's address on the socket that carried the request upstream.
+    pub(super) upstream_local: Option<std::net::SocketAddr>,
     /// What lines in Envoy's formats read; taken only when the plan has such a log.
     log: Option<Box<LogCapture>>,
     /// The address the client called.
@@ -220,6 +222,7 @@ impl Record {
             details: None,
             cluster: None,
             transport_failure: None,
+            upstream_local: None,
             log,
             local: target.local,
         }
@@ -269,6 +272,7 @@ impl Record {
             bytes_sent: response_bytes,
             duration: took,
             upstream_host: self.endpoint.as_ref().map(|e| e.addr),
+            upstream_local: self.upstream_local,
             upstream_cluster: self.cluster.as_deref(),
             downstream_local: self.local,
             downstream_remote: self.peer.addr,

@@ -43,6 +43,8 @@ pub(super) struct H2Conn {
     /// Streams it has carried.
     uses: u32,
     opened: Instant,
+    /// This side's address on its socket.
+    local: Option<SocketAddr>,
 }
 
 /// An endpoint's recent answers on this core, while they matter to outlier detection.
@@ -204,7 +206,7 @@ impl<U: Upstreams> Waypoint<U> {
         to: &Upstream,
         req: Request<Body>,
         tried: &mut Tried,
-    ) -> Result<(Response<Body>, Endpoint), SendError> {
+    ) -> Result<(Response<Body>, Reached), SendError> {
         let (picked, active) = self.pick(to, tried)?;
         tried.push(picked.endpoint.addr);
         let result = if req.version() == Version::HTTP_2 {
@@ -226,7 +228,7 @@ impl<U: Upstreams> Waypoint<U> {
         &self,
         picked: &Picked,
         policy: &Outlier,
-        result: &Result<(Response<Body>, Endpoint), SendError>,
+        result: &Result<(Response<Body>, Reached), SendError>,
     ) {
         let (e5xx, gateway) = match result {
             Ok((resp, _)) => {
@@ -283,11 +285,15 @@ impl<U: Upstreams> Waypoint<U> {
         picked: &Picked,
         active: Active,
         req: Request<Body>,
-    ) -> Result<(Response<Body>, Endpoint), SendError> {
+    ) -> Result<(Response<Body>, Reached), SendError> {
         let endpoint = &picked.endpoint;
         let mut conn = self.h1_conn(endpoint, picked.limits.as_ref()).await?;
         conn.uses = conn.uses.saturating_add(1);
         let resp = conn.sender.send_request(req).await.map_err(send_failed)?;
+        let reached = Reached {
+            endpoint: endpoint.clone(),
+            local: conn.local,
+        };
         let idle = self.idle.clone();
         let kept = endpoint.clone();
         let policy = picked.limits.clone();
@@ -301,7 +307,7 @@ impl<U: Upstreams> Waypoint<U> {
                 active: Some(active),
             })
         });
-        Ok((resp, endpoint.clone()))
+        Ok((resp, reached))
     }
 
     /// A connection to `endpoint` ready for a request: an idle one; else a new one, if
@@ -361,6 +367,7 @@ impl<U: Upstreams> Waypoint<U> {
         slot: Option<Slot>,
     ) -> Result<Conn, SendError> {
         let io = self.connect(endpoint, connect_timeout).await?;
+        let local = U::local_addr(&io);
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(MAX_HEADER_BYTES.max(8192))
             .handshake::<_, Body>(TokioIo::new(io))
@@ -381,6 +388,7 @@ impl<U: Upstreams> Waypoint<U> {
             sender,
             uses: 0,
             opened: Instant::now(),
+            local,
         })
     }
 
@@ -409,7 +417,7 @@ impl<U: Upstreams> Waypoint<U> {
         picked: &Picked,
         active: Active,
         req: Request<Body>,
-    ) -> Result<(Response<Body>, Endpoint), SendError> {
+    ) -> Result<(Response<Body>, Reached), SendError> {
         let endpoint = &picked.endpoint;
         let default = PoolPolicy::default();
         let policy = picked.limits.as_ref().map_or(&default, |l| &l.policy);
@@ -418,12 +426,12 @@ impl<U: Upstreams> Waypoint<U> {
             match h2.get_mut(endpoint) {
                 Some(c) if !c.sender.is_closed() && policy.reusable(c.uses, c.opened) => {
                     c.uses += 1;
-                    Some(c.sender.clone())
+                    Some((c.sender.clone(), c.local))
                 }
                 _ => None,
             }
         };
-        let mut sender = match live {
+        let (mut sender, local) = match live {
             Some(s) => s,
             None => {
                 let slot = picked.limits.as_ref().map(|l| {
@@ -434,12 +442,14 @@ impl<U: Upstreams> Waypoint<U> {
                 });
                 // Boxed, as `open_h1`: the dial and the handshake are rare, and inline they
                 // would grow every request's future.
-                let (s, conn) = Box::pin(async {
+                let (s, conn, local) = Box::pin(async {
                     let io = self.connect(endpoint, policy.connect_timeout).await?;
+                    let local = U::local_addr(&io);
                     hyper::client::conn::http2::Builder::new(LocalExec)
                         .max_header_list_size(MAX_HEADER_BYTES as u32)
                         .handshake::<_, Body>(TokioIo::new(io))
                         .await
+                        .map(|(s, conn)| (s, conn, local))
                         .map_err(handshake_failed)
                 })
                 .await?;
@@ -459,9 +469,10 @@ impl<U: Upstreams> Waypoint<U> {
                         sender: s.clone(),
                         uses: 1,
                         opened: Instant::now(),
+                        local,
                     },
                 );
-                s
+                (s, local)
             }
         };
         sender
@@ -476,7 +487,10 @@ impl<U: Upstreams> Waypoint<U> {
                     _active: active,
                 })
             }),
-            endpoint.clone(),
+            Reached {
+                endpoint: endpoint.clone(),
+                local,
+            },
         ))
     }
 }

@@ -63,7 +63,7 @@ impl<U: Upstreams> Waypoint<U> {
         to: &Upstream,
         req: Request<Body>,
         upgraded: &Upgraded<U>,
-    ) -> Result<(Response<Body>, Endpoint), SendError> {
+    ) -> Result<(Response<Body>, Reached), SendError> {
         let (picked, _active) = self.pick(to, &[])?;
         let timeout = picked
             .limits
@@ -73,6 +73,7 @@ impl<U: Upstreams> Waypoint<U> {
             });
         let endpoint = picked.endpoint;
         let io = self.connect(&endpoint, timeout).await?;
+        let local = U::local_addr(&io);
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(MAX_HEADER_BYTES.max(8192))
             .handshake::<_, Body>(TokioIo::new(io))
@@ -97,6 +98,6 @@ impl<U: Upstreams> Waypoint<U> {
             self.stats.websockets.set(self.stats.websockets.get() + 1);
             *upgraded.borrow_mut() = Some(rx);
         }
-        Ok((resp.map(Body::new), endpoint))
+        Ok((resp.map(Body::new), Reached { endpoint, local }))
     }
 }

@@ -164,6 +164,11 @@ pub struct Entry<'a> {
     pub bytes_sent: u64,
     pub duration: Duration,
     pub upstream_host: Option<SocketAddr>,
+    /// This side's address on the socket that carried the request to the endpoint (an
+    /// HBONE connection's, to the endpoint's node). Envoy's waypoint writes its internal
+    /// listener's `envoy://internal_client_address/` here; the socket's address is what
+    /// Istio means it to show (istio/istio#50321).
+    pub upstream_local: Option<SocketAddr>,
     /// The cluster the route chose, as istiod names it in a waypoint
     /// (`inbound-vip|80|http|echo.demo.svc.cluster.local`); `None` before a route chose.
     pub upstream_cluster: Option<&'a str>,
@@ -661,9 +666,12 @@ fn value<'a>(op: &'a Op, e: &'a Entry<'a>) -> Option<Value<'a>> {
                     .collect(),
             )
         }),
-        Op::ConnectionTerminationDetails | Op::UpstreamLocalAddress | Op::RequestedServerName => {
-            None
-        }
+        // Termination details are set by Envoy's filters that close connections (none
+        // here). The requested server name is the SNI of the connection the request came
+        // on: the request came in plain HTTP inside the tunnel, and HBONE clients send no
+        // SNI either, so there is none, as Envoy's waypoint writes it.
+        Op::ConnectionTerminationDetails | Op::RequestedServerName => None,
+        Op::UpstreamLocalAddress => e.upstream_local.and_then(|a| owned(a.to_string())),
         Op::BytesReceived => Some(Value::Num(e.bytes_received)),
         Op::BytesSent => Some(Value::Num(e.bytes_sent)),
         Op::Duration => Some(Value::Num(e.duration.as_millis() as u64)),

@@ -20,6 +20,7 @@ fn entry<'a>(
         bytes_sent: 11,
         duration: Duration::from_micros(3_900),
         upstream_host: Some("10.0.0.2:8080".parse().unwrap()),
+        upstream_local: Some("10.0.0.9:41000".parse().unwrap()),
         upstream_cluster: Some("inbound-vip|80|http|echo.demo.svc.cluster.local"),
         downstream_local: Some("10.96.0.1:80".parse().unwrap()),
         downstream_remote: Some("10.0.0.1:40000".parse().unwrap()),
@@ -47,7 +48,7 @@ fn istios_default_text_line() {
     let line = f.line(&entry(&req, &[]));
     assert_eq!(
         line,
-        "[2023-11-14T22:13:20.123Z] \"GET /api/items?x=1 HTTP/1.1\" 200 - via_upstream - \"-\" 0 11 3 - \"-\" \"curl/8\" \"abc\" \"echo.demo.svc.cluster.local\" \"10.0.0.2:8080\" inbound-vip|80|http|echo.demo.svc.cluster.local - 10.96.0.1:80 10.0.0.1:40000 - demo/echo\n"
+        "[2023-11-14T22:13:20.123Z] \"GET /api/items?x=1 HTTP/1.1\" 200 - via_upstream - \"-\" 0 11 3 - \"-\" \"curl/8\" \"abc\" \"echo.demo.svc.cluster.local\" \"10.0.0.2:8080\" inbound-vip|80|http|echo.demo.svc.cluster.local 10.0.0.9:41000 10.96.0.1:80 10.0.0.1:40000 - demo/echo\n"
     );
 }
 
@@ -76,6 +77,8 @@ fn json_keeps_types_and_writes_null_for_what_is_missing() {
     assert_eq!(istio["response_code"], 200);
     assert_eq!(istio["path"], "/api/items?x=1");
     assert_eq!(istio["start_time"], "2023-11-14T22:13:20.123Z");
+    assert_eq!(istio["upstream_local_address"], "10.0.0.9:41000");
+    assert_eq!(istio["requested_server_name"], serde_json::Value::Null);
 }
 
 #[test]
