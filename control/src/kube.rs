@@ -6,7 +6,8 @@
 //! request, since projected service account tokens rotate) and roots; `LIST` and
 //! `WATCH` over HTTP/1.1 with the JSON event stream; the per-resource store of objects by
 //! namespace and name; relisting when the server says the watch is too old (410) and
-//! rewatching after errors, with backoff.
+//! rewatching after errors, with backoff; a kind the server does not serve, or an optional
+//! one the credentials may not read, as one with no objects.
 //!
 //! Invariants: the store only changes as the server says (a failed list keeps what was
 //! there); every request is bounded in time and bytes (a list by [`MAX_LIST_BYTES`], one
@@ -57,6 +58,10 @@ pub struct Resource {
     /// For messages: `httproutes.gateway.networking.k8s.io`.
     pub name: &'static str,
     pub path: &'static str,
+    /// A kind the reader can do without: one it may not read (403, a ClusterRole from
+    /// before the kind was read) counts as none, as one the server does not serve (404)
+    /// always does. Kinds that carry policy are not optional: never served without them.
+    pub optional: bool,
 }
 
 /// Objects of one resource, by (namespace, name).
@@ -80,6 +85,13 @@ pub enum KubeError {
     /// 410 Gone: the watch's resourceVersion is too old; list again.
     #[error("the resource version is too old (410 Gone)")]
     Gone,
+    /// 404 for the resource's path: the server does not serve the kind (its
+    /// CustomResourceDefinition is not installed).
+    #[error("{0}: the API server does not serve this kind (404); is its CRD installed?")]
+    NotServed(String),
+    /// 403: the credentials may not read the kind.
+    #[error("{0} (the service account needs list and watch on this kind)")]
+    Forbidden(String),
 }
 
 impl KubeApi {
@@ -119,6 +131,16 @@ impl KubeApi {
                 conn.abort();
                 Err(KubeError::Gone)
             }
+            404 => {
+                conn.abort();
+                Err(KubeError::NotServed(
+                    path_and_query
+                        .split('?')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                ))
+            }
             code => {
                 // The API server's Status message says why (forbidden, not found).
                 let body = tokio::time::timeout(
@@ -134,10 +156,15 @@ impl KubeApi {
                         .unwrap_or_default(),
                     _ => String::new(),
                 };
-                Err(KubeError::Failed(format!(
+                let why = format!(
                     "GET {path_and_query}: {code} {}",
                     crate::error::peer_text(&why)
-                )))
+                );
+                Err(if code == 403 {
+                    KubeError::Forbidden(why)
+                } else {
+                    KubeError::Failed(why)
+                })
             }
         }
     }
@@ -256,6 +283,11 @@ impl KubeApi {
     /// Keeps `store` in step with resource `r` until the task is dropped: list, watch,
     /// watch again from where the last one ended, list again when the server says the
     /// version is gone, back off after errors (reported to `failed`).
+    ///
+    /// A kind the server does not serve (404: its CRD is not installed), or an optional one
+    /// the credentials may not read (403), has no objects: the store is synced and empty,
+    /// `failed` hears of it once, and the list is tried again every [`BACKOFF_MAX`], so a
+    /// CRD installed or a role granted later is picked up.
     pub async fn reflect(
         &self,
         r: Resource,
@@ -264,6 +296,7 @@ impl KubeApi {
         failed: Arc<OnError>,
     ) {
         let mut backoff = BACKOFF_MIN;
+        let mut told_not_served = false;
         loop {
             let version = match self.list(&r).await {
                 Ok((objects, version)) => {
@@ -274,7 +307,28 @@ impl KubeApi {
                     }
                     changed();
                     backoff = BACKOFF_MIN;
+                    told_not_served = false;
                     version
+                }
+                Err(e @ (KubeError::NotServed(_) | KubeError::Forbidden(_)))
+                    if r.optional || matches!(e, KubeError::NotServed(_)) =>
+                {
+                    let was = {
+                        let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+                        let was = (s.synced, s.objects.is_empty());
+                        s.objects.clear();
+                        s.synced = true;
+                        was
+                    };
+                    if was != (true, true) {
+                        changed();
+                    }
+                    if !told_not_served {
+                        failed(&r, &e);
+                        told_not_served = true;
+                    }
+                    tokio::time::sleep(BACKOFF_MAX).await;
+                    continue;
                 }
                 Err(e) => {
                     failed(&r, &e);
@@ -290,7 +344,8 @@ impl KubeApi {
                         version = v;
                         backoff = BACKOFF_MIN;
                     }
-                    Err(KubeError::Gone) => break,
+                    Err(KubeError::Gone | KubeError::NotServed(_)) => break,
+                    Err(KubeError::Forbidden(_)) if r.optional => break,
                     Err(e) => {
                         failed(&r, &e);
                         tokio::time::sleep(backoff).await;
@@ -381,6 +436,7 @@ mod tests {
     const ROUTES: Resource = Resource {
         name: "httproutes",
         path: "/apis/gateway.networking.k8s.io/v1/httproutes",
+        optional: false,
     };
 
     fn obj(ns: &str, name: &str, rv: &str, x: u32) -> Value {

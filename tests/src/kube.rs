@@ -29,6 +29,9 @@ struct State {
     events: HashMap<String, Vec<Event>>,
     /// Path → lists and watches asked for.
     requests: HashMap<String, u32>,
+    /// Paths answered with an error status instead: 404 as for a kind whose CRD is not
+    /// installed, 403 as for one the token may not read.
+    refused: HashMap<String, u16>,
 }
 
 /// A running fake; stops accepting when dropped.
@@ -116,6 +119,13 @@ impl FakeKube {
         }
     }
 
+    /// Answers `path` with `status` from now on: 404 as a server without the kind's CRD
+    /// does, 403 as one whose RBAC does not let the token read it.
+    pub fn refuse(&self, path: &str, status: u16) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.refused.insert(path.to_string(), status);
+    }
+
     /// Lists and watches asked for on `path` so far.
     pub fn requests(&self, path: &str) -> u32 {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -171,6 +181,27 @@ fn serve(
         .requests
         .entry(path.to_string())
         .or_default() += 1;
+    let refused = state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .refused
+        .get(path)
+        .copied();
+    if let Some(code) = refused {
+        let message = if code == 404 {
+            "the server could not find the requested resource"
+        } else {
+            "forbidden: the service account cannot list this resource"
+        };
+        let body = format!(r#"{{"kind":"Status","code":{code},"message":"{message}"}}"#);
+        write!(
+            s,
+            "HTTP/1.1 {code} Refused\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        s.flush()?;
+        return Ok(());
+    }
     if param("watch").is_none() {
         let body = {
             let st = state.lock().unwrap_or_else(|p| p.into_inner());

@@ -5,7 +5,8 @@
 //!
 //! Address plan: 127.180/16 .. 127.199/16, 127.170/16 .. 127.172/16 (gRPC tracing),
 //! 127.173/16 (gRPC statuses and messages), 127.174/16 .. 127.176/16 (the Telemetry API),
-//! 127.178/16 (the default retry policy).
+//! 127.178/16 (the default retry policy), 127.179/16 (GRPCRoute), 127.254/16 and 127.251/16
+//! (route kinds the API server does not serve or let the waypoint read).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -477,6 +478,29 @@ authorizationPolicies:
             && stderr.contains("demo/nowhere"),
         "{stderr}"
     );
+    // A GRPCRoute's errors name its own list and fields: a method match with an HTTPRoute's
+    // path syntax, and a mirror to no Service.
+    for (grpc, field) in [
+        (
+            "[{matches: [{method: {service: /pkg.Echo}}]}]",
+            "grpcRoutes[demo/echo].rules[0].matches[0].method.service",
+        ),
+        (
+            "[{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: nowhere}}}]}]",
+            "grpcRoutes[demo/echo].rules[0].filters[0].requestMirror.backendRef",
+        ),
+    ] {
+        let routes = format!(
+            "  []\ngrpcRoutes:\n  - {{name: echo, namespace: demo, parentRefs: [{{name: echo}}], rules: {grpc}}}\n"
+        );
+        std::fs::write(&mesh.config, mesh_config(193, &routes))?;
+        let out = std::process::Command::new(e2e::bin("ringmesh"))
+            .args(["config", "check"])
+            .arg(&mesh.config)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success() && stderr.contains(field), "{stderr}");
+    }
     Ok(())
 }
 
@@ -580,6 +604,8 @@ fn the_default_retry_policy_hides_an_unreachable_endpoint() -> Result<()> {
 }
 
 // The rest, by feature (one test binary: each file here is a module of it).
+#[path = "waypoint/grpc_route.rs"]
+mod grpc_route;
 #[path = "waypoint/istio.rs"]
 mod istio;
 #[path = "waypoint/kube.rs"]

@@ -13,7 +13,8 @@
 //! Precedence (Gateway API, HTTPRouteRule): an Exact path beats a prefix, a longer prefix a
 //! shorter one, then a regex; then a match with a method, then more header matches, then
 //! more query matches; ties go to the route that comes first in the file, then to the rule
-//! and match that come first.
+//! and match that come first. A GRPCRoute ([`grpc_to_http_routes`]) is compiled as the
+//! HTTPRoute it stands for and ranked by its own order (service, method, headers).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -27,6 +28,7 @@ use regex::Regex;
 pub use policy::{Abort, Fault, GRPC_RETRY_ON, Mirror, Retry};
 
 mod compile;
+mod grpc;
 mod policy;
 mod spec;
 
@@ -38,6 +40,9 @@ pub fn check_regex_rewrite(pattern: &str, with: &str, at: &str) -> Result<(), Ro
     compile::regex_rewrite(pattern, with, at).map(|_| ())
 }
 use compile::{compile_match, compile_rule, host_match, service_kind};
+pub use grpc::{
+    GrpcMatchSpec, GrpcMethodMatchSpec, GrpcRouteSpec, GrpcRuleSpec, grpc_to_http_routes,
+};
 pub use spec::*;
 
 /// Retries at most this many times per request whatever the config says: a route is not
@@ -372,6 +377,8 @@ struct Match {
     headers: Vec<(HeaderName, ValueMatch)>,
     query: Vec<(String, ValueMatch)>,
     method: Option<Method>,
+    /// A GRPCRoute's: the service's and the method's characters, which rank it.
+    grpc_rank: Option<(usize, usize)>,
 }
 
 impl Match {
@@ -414,7 +421,12 @@ impl Match {
     }
 
     /// Sort key, larger first (see the module docs).
-    fn precedence(&self) -> (u8, usize, bool, usize, usize) {
+    fn precedence(&self) -> Precedence {
+        if let Some((service, method)) = self.grpc_rank {
+            // GRPCRoute's order: more service characters, then more method characters,
+            // then more header matches.
+            return (1, service, method, false, self.headers.len(), 0);
+        }
         let (kind, len) = match &self.path {
             PathMatch::Exact(p) => (2, p.len()),
             PathMatch::Prefix(p) => (1, p.trim_end_matches('/').len()),
@@ -423,12 +435,18 @@ impl Match {
         (
             kind,
             len,
+            0,
             self.method.is_some(),
             self.headers.len(),
             self.query.len(),
         )
     }
 }
+
+/// A match's place in its parent's entries, larger first: the path's kind and length (a
+/// GRPCRoute's: its service's length and its method's), a method, header and query
+/// matches.
+type Precedence = (u8, usize, usize, bool, usize, usize);
 
 #[derive(Debug)]
 struct Entry {
@@ -478,6 +496,8 @@ impl RouteTable {
             let key = format!("{}/{}", spec.namespace, spec.name);
             let base = if spec.ordered {
                 format!("virtualServices[{key}] (as an HTTPRoute)")
+            } else if spec.grpc {
+                format!("grpcRoutes[{key}]")
             } else {
                 format!("httpRoutes[{key}]")
             };
@@ -487,7 +507,8 @@ impl RouteTable {
             if spec.name.contains('/') || spec.namespace.contains('/') {
                 return Err(err(base, "a name or namespace cannot contain `/`"));
             }
-            if !seen.insert(key.clone()) {
+            // A GRPCRoute and an HTTPRoute are different kinds: they may share a name.
+            if !seen.insert((spec.grpc, key.clone())) {
                 return Err(err(base, "a second route with this namespace/name"));
             }
             table.add(spec, &key, &base)?;
@@ -497,7 +518,7 @@ impl RouteTable {
             // Ordered (VirtualService) entries first in their order, then by precedence;
             // stable, so ties keep file order.
             entries.sort_by_key(|e| match e.order {
-                Some(i) => (0, i, std::cmp::Reverse((0, 0, false, 0, 0))),
+                Some(i) => (0, i, std::cmp::Reverse((0, 0, 0, false, 0, 0))),
                 None => (1, 0, std::cmp::Reverse(e.matcher.precedence())),
             });
         }
@@ -751,6 +772,7 @@ fn recompile(m: &Match) -> Match {
         headers: m.headers.iter().map(|(k, x)| (k.clone(), v(x))).collect(),
         query: m.query.iter().map(|(k, x)| (k.clone(), v(x))).collect(),
         method: m.method.clone(),
+        grpc_rank: m.grpc_rank,
     }
 }
 

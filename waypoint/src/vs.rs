@@ -281,6 +281,7 @@ pub fn to_http_routes(
             hostnames: Vec::new(),
             rules,
             ordered: true,
+            grpc: false,
         });
     }
     Ok(out)
@@ -351,6 +352,7 @@ fn rule(
             headers: values(&m.headers, "headers")?,
             query_params: values(&m.query_params, "queryParams")?,
             method,
+            grpc_rank: None,
         });
     }
     let mut backend_refs = Vec::new();

@@ -25,7 +25,7 @@ use super::types::{
 #[derive(Debug, Deserialize)]
 #[serde(
     rename = "MeshConfig",
-    expecting = "a mesh config: a mapping with `node`, `workloads`, `services`, `policies`, `httpRoutes`, `virtualServices`, `destinationRules`, `authorizationPolicies`, `requestAuthentications` and `telemetries`",
+    expecting = "a mesh config: a mapping with `node`, `workloads`, `services`, `policies`, `httpRoutes`, `grpcRoutes`, `virtualServices`, `destinationRules`, `authorizationPolicies`, `requestAuthentications` and `telemetries`",
     rename_all = "camelCase",
     deny_unknown_fields
 )]
@@ -43,6 +43,10 @@ pub(crate) struct RawConfig {
     /// carry them but only `ringmesh waypoint` applies them.
     #[serde(default)]
     pub http_routes: Vec<waypoint::route::HttpRouteSpec>,
+    /// Gateway API GRPCRoutes, attached to Services as HTTPRoutes are; compiled as the
+    /// HTTPRoutes they stand for.
+    #[serde(default)]
+    pub grpc_routes: Vec<waypoint::route::GrpcRouteSpec>,
     /// Istio VirtualServices (the subset an HTTPRoute can express), translated into
     /// HTTPRoutes whose rules keep their order.
     #[serde(default)]

@@ -1,4 +1,4 @@
-//! The waypoint's L7 config from the cluster: HTTPRoutes, VirtualServices,
+//! The waypoint's L7 config from the cluster: HTTPRoutes, GRPCRoutes, VirtualServices,
 //! DestinationRules, AuthorizationPolicies, RequestAuthentications and Telemetries read from the
 //! Kubernetes API (list and watch, [`control::kube`]) instead of the `--config` file, in the
 //! same shapes the file takes.
@@ -10,8 +10,10 @@
 //! rebuild follows each change, at most every [`DEBOUNCE`].
 //!
 //! Which objects apply, as istiod chooses them for a waypoint:
-//! - HTTPRoutes with a `parentRef` of kind `Service` (GAMMA); other parents (ingress
-//!   Gateways) are left aside, and a route with none is not a waypoint's;
+//! - HTTPRoutes and GRPCRoutes with a `parentRef` of kind `Service` (GAMMA); other parents
+//!   (ingress Gateways) are left aside, and a route with none is not a waypoint's. A
+//!   cluster whose Gateway API has no GRPCRoute (before v1.1) has none to apply: the kind
+//!   counts as listed, empty, and is asked for again now and then;
 //! - VirtualServices without `gateways`, or whose `gateways` include `mesh`;
 //! - DestinationRules without a `workloadSelector` (those configure sidecars); `exportTo`
 //!   is dropped (the waypoint applies every rule it is given);
@@ -32,18 +34,30 @@ use serde_json::{Map, Value};
 use crate::config::{self, ConfigError, LoadOptions, Snapshot};
 
 /// The kinds read, with the mesh config list each goes to.
-pub const KINDS: [(Resource, &str); 6] = [
+pub const KINDS: [(Resource, &str); 7] = [
     (
         Resource {
             name: "httproutes.gateway.networking.k8s.io",
             path: "/apis/gateway.networking.k8s.io/v1/httproutes",
+            optional: false,
         },
         "httpRoutes",
     ),
     (
         Resource {
+            name: "grpcroutes.gateway.networking.k8s.io",
+            path: "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+            // Routes only, and new: a cluster with an older Gateway API, or a role from
+            // before it was read, has none.
+            optional: true,
+        },
+        "grpcRoutes",
+    ),
+    (
+        Resource {
             name: "virtualservices.networking.istio.io",
             path: "/apis/networking.istio.io/v1/virtualservices",
+            optional: false,
         },
         "virtualServices",
     ),
@@ -51,6 +65,7 @@ pub const KINDS: [(Resource, &str); 6] = [
         Resource {
             name: "destinationrules.networking.istio.io",
             path: "/apis/networking.istio.io/v1/destinationrules",
+            optional: false,
         },
         "destinationRules",
     ),
@@ -58,6 +73,7 @@ pub const KINDS: [(Resource, &str); 6] = [
         Resource {
             name: "authorizationpolicies.security.istio.io",
             path: "/apis/security.istio.io/v1/authorizationpolicies",
+            optional: false,
         },
         "authorizationPolicies",
     ),
@@ -65,6 +81,7 @@ pub const KINDS: [(Resource, &str); 6] = [
         Resource {
             name: "requestauthentications.security.istio.io",
             path: "/apis/security.istio.io/v1/requestauthentications",
+            optional: false,
         },
         "requestAuthentications",
     ),
@@ -72,6 +89,7 @@ pub const KINDS: [(Resource, &str); 6] = [
         Resource {
             name: "telemetries.telemetry.istio.io",
             path: "/apis/telemetry.istio.io/v1/telemetries",
+            optional: false,
         },
         "telemetries",
     ),
@@ -141,7 +159,7 @@ pub fn translate(list: &str, object: &Value) -> Option<Value> {
     let namespace = meta.get("namespace")?.as_str()?;
     let mut spec: Map<String, Value> = object.get("spec")?.as_object()?.clone();
     match list {
-        "httpRoutes" => {
+        "httpRoutes" | "grpcRoutes" => {
             let parents: Vec<Value> = spec
                 .get("parentRefs")?
                 .as_array()?
@@ -383,6 +401,10 @@ mod tests {
         // An ingress route (Gateway parents only) is not a waypoint's.
         let ingress = obj("demo", "i", json!({"parentRefs": [{"name": "gw"}]}));
         assert!(translate("httpRoutes", &ingress).is_none());
+        // GRPCRoutes by the same rule.
+        let t = translate("grpcRoutes", &route).unwrap();
+        assert_eq!(t["parentRefs"].as_array().unwrap().len(), 1);
+        assert!(translate("grpcRoutes", &ingress).is_none());
         // VirtualServices: mesh or no gateways.
         let vs = |g: Value| obj("demo", "v", json!({"hosts": ["echo"], "gateways": g}));
         assert!(translate("virtualServices", &vs(json!(["mesh"]))).is_some());
@@ -437,6 +459,15 @@ mod tests {
             ("demo".into(), "unknown".into()),
             obj("demo", "unknown", unknown),
         );
+        // A GRPCRoute with a check's error under its own list; a good one beside it.
+        let mut grpc = Objects::new();
+        let rpc = json!({"parentRefs": [{"kind": "Service", "name": "echo"}], "rules": [{"matches": [{"method": {"service": "pkg.Echo"}}]}]});
+        grpc.insert(("demo".into(), "rpc".into()), obj("demo", "rpc", rpc));
+        let empty_method = json!({"parentRefs": [{"kind": "Service", "name": "echo"}], "rules": [{"matches": [{"method": {}}]}]});
+        grpc.insert(
+            ("demo".into(), "no-method".into()),
+            obj("demo", "no-method", empty_method),
+        );
         let mut policies = Objects::new();
         let bad = json!({"targetRefs": [{"kind": "Service", "name": "echo"}], "action": "AUDIT"});
         policies.insert(("demo".into(), "bad".into()), obj("demo", "bad", bad));
@@ -449,6 +480,7 @@ mod tests {
         let (snap, left_out) = build(
             &[
                 routes,
+                grpc,
                 empty.clone(),
                 empty.clone(),
                 policies,
@@ -458,9 +490,14 @@ mod tests {
             &jwks,
         )
         .unwrap();
-        assert_eq!(snap.routes().len(), 1, "{left_out:?}");
+        assert_eq!(snap.routes().len(), 2, "{left_out:?}");
         assert_eq!(snap.telemetries().len(), 1, "{left_out:?}");
-        assert_eq!(left_out.len(), 3, "{left_out:?}");
+        assert_eq!(left_out.len(), 4, "{left_out:?}");
+        assert!(
+            left_out
+                .iter()
+                .any(|l| l.starts_with("grpcRoutes demo/no-method"))
+        );
         assert!(
             left_out
                 .iter()

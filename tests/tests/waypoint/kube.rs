@@ -1,12 +1,13 @@
 //! The waypoint's kinds from a Kubernetes API server (`--kube-api`): listed and watched,
 //! applied as they change, an object that cannot apply left out and the rest kept;
-//! Telemetries among them.
+//! Telemetries and GRPCRoutes among them, and a kind the server does not serve.
 
 use super::*;
 use e2e::kube::FakeKube;
 use serde_json::json;
 
 const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
+const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
 const POLICIES: &str = "/apis/security.istio.io/v1/authorizationpolicies";
 const TELEMETRIES: &str = "/apis/telemetry.istio.io/v1/telemetries";
 
@@ -27,6 +28,21 @@ fn route(default_backend: &str) -> serde_json::Value {
     })
 }
 
+/// The waypoint's flags for `api`: its address, and its token and CA written to `dir`.
+fn kube_args(api: &FakeKube, dir: &std::path::Path) -> Result<Vec<String>> {
+    let (token, ca) = (dir.join("token"), dir.join("ca.pem"));
+    std::fs::write(&token, "s3cret\n")?;
+    std::fs::write(&ca, &api.ca_pem)?;
+    Ok(vec![
+        "--kube-api".into(),
+        api.base.clone(),
+        "--kube-token".into(),
+        token.display().to_string(),
+        "--kube-ca".into(),
+        ca.display().to_string(),
+    ])
+}
+
 #[test]
 fn routes_and_policies_come_from_the_kubernetes_api_as_they_change() -> Result<()> {
     let x = 181;
@@ -44,6 +60,14 @@ fn routes_and_policies_come_from_the_kubernetes_api_as_they_change() -> Result<(
         json!({"metadata": {"namespace": "demo", "name": "no-delete"},
                "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "echo"}], "action": "DENY",
                         "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]}}),
+    );
+    // A GRPCRoute of the same name (another kind): one method goes to v2.
+    api.apply(
+        GRPC_ROUTES,
+        json!({"metadata": {"namespace": "demo", "name": "echo"},
+               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 80}],
+                        "rules": [{"matches": [{"method": {"service": "pkg.Echo", "method": "Say"}}],
+                                   "backendRefs": [{"name": "echo-v2", "port": 80}]}]}}),
     );
     // One the waypoint cannot apply: left out by name, the rest apply.
     api.apply(
@@ -67,18 +91,8 @@ fn routes_and_policies_come_from_the_kubernetes_api_as_they_change() -> Result<(
                         "metrics": [{"overrides": [{"disabled": true}]}]}}),
     );
     let dir = tempfile::tempdir()?;
-    let (token, ca) = (dir.path().join("token"), dir.path().join("ca.pem"));
-    std::fs::write(&token, "s3cret\n")?;
-    std::fs::write(&ca, &api.ca_pem)?;
-    let (token, ca) = (token.display().to_string(), ca.display().to_string());
-    let args = [
-        "--kube-api",
-        &api.base,
-        "--kube-token",
-        &token,
-        "--kube-ca",
-        &ca,
-    ];
+    let args = kube_args(&api, dir.path())?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let m = Mesh::start_with(x, "  []", &args)?;
     let mut c = m.client()?;
     let who = |c: &mut Client, method: &str, headers: &[(&str, &str)]| -> Result<(u16, String)> {
@@ -91,6 +105,8 @@ fn routes_and_policies_come_from_the_kubernetes_api_as_they_change() -> Result<(
         m.context()
     );
     ensure!(who(&mut c, "GET", &[("x-to", "v2")])? == (200, "v2".into()));
+    let r = c.request("POST", "/pkg.Echo/Say", &[], b"")?;
+    ensure!(r.status == 200 && r.body.starts_with("v2"), "{r:?}");
     ensure!(who(&mut c, "DELETE", &[])?.0 == 403, "{}", m.context());
     ensure!(
         m.wp.proc
@@ -135,5 +151,42 @@ fn routes_and_policies_come_from_the_kubernetes_api_as_they_change() -> Result<(
     .with_context(|| m.context())?;
     // Each kind was listed, then watched.
     ensure!(api.requests(ROUTES) >= 2, "{}", api.requests(ROUTES));
+    Ok(())
+}
+
+/// A cluster whose Gateway API has no GRPCRoute (its CRD not installed: the list 404s),
+/// or whose ClusterRole predates it (403): the waypoint does not wait for the kind, says
+/// so once, and serves the other kinds.
+#[test]
+fn a_route_kind_the_waypoint_cannot_list_has_no_objects() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Each mesh on its own block: a test backend keeps its address for the test's life.
+    for (x, code, said) in [
+        (254, 404, "does not serve this kind"),
+        (251, 403, "needs list and watch on this kind"),
+    ] {
+        let api = FakeKube::start(SocketAddr::new(ip4(x, 50, 1), 0), "s3cret")?;
+        api.refuse(GRPC_ROUTES, code);
+        api.apply(ROUTES, route("echo-v2"));
+        let args = kube_args(&api, dir.path())?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        let m = Mesh::start_with(x, "  []", &args)?;
+        let mut c = m.client()?;
+        let r = c.request("GET", "/k", &[], b"")?;
+        ensure!(
+            r.status == 200 && r.body.starts_with("v2"),
+            "{code}: {r:?}\n{}",
+            m.context()
+        );
+        // Well inside the first sync's minute: the kind was not waited for.
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+        let n = m.wp.proc.stderr().matches(said).count();
+        ensure!(n == 1, "{code}: said {n} times:\n{}", m.context());
+    }
     Ok(())
 }

@@ -203,7 +203,7 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// One gRPC message: the uncompressed flag, the length, the payload.
-fn grpc_message(payload: &[u8]) -> Vec<u8> {
+pub(super) fn grpc_message(payload: &[u8]) -> Vec<u8> {
     let mut m = vec![0];
     m.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     m.extend_from_slice(payload);
@@ -211,10 +211,10 @@ fn grpc_message(payload: &[u8]) -> Vec<u8> {
 }
 
 /// A gRPC call's answer: its head, body and trailers.
-struct GrpcAnswer {
-    head: http::response::Parts,
-    body: Vec<u8>,
-    trailers: http::HeaderMap,
+pub(super) struct GrpcAnswer {
+    pub(super) head: http::response::Parts,
+    pub(super) body: Vec<u8>,
+    pub(super) trailers: http::HeaderMap,
 }
 
 /// A unary-shaped gRPC call on `client`: `body` sent whole, the answer read to its end.
@@ -223,11 +223,24 @@ async fn grpc_call(
     path: &str,
     body: Vec<u8>,
 ) -> Result<GrpcAnswer> {
+    grpc_call_with(client, path, &[], body).await
+}
+
+/// [`grpc_call`] with more request headers (metadata).
+pub(super) async fn grpc_call_with(
+    client: &h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<GrpcAnswer> {
     let mut client = client.clone().ready().await?;
-    let req = http::Request::post(format!("http://echo.demo.svc.cluster.local{path}"))
+    let mut req = http::Request::post(format!("http://echo.demo.svc.cluster.local{path}"))
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())?;
+        .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(())?;
     let (resp, mut send) = client.send_request(req, false)?;
     send.send_data(bytes::Bytes::from(body), true)?;
     let (head, mut recv) = resp.await?.into_parts();
@@ -246,7 +259,7 @@ async fn grpc_call(
 }
 
 /// A client pod's h2c connection to Service `echo` over node-1.
-fn grpc_client(
+pub(super) fn grpc_client(
     rt: &tokio::runtime::Runtime,
     n1: &Node,
     x: u8,

@@ -135,6 +135,7 @@ pub(super) fn compile_match(m: &MatchSpec, at: &str) -> Result<Match, RouteError
         headers,
         query,
         method,
+        grpc_rank: m.grpc_rank,
     })
 }
 

@@ -22,6 +22,10 @@ pub struct HttpRouteSpec {
     /// order, ahead of any HTTPRoute of the same Service, instead of by precedence.
     #[serde(skip)]
     pub ordered: bool,
+    /// Set for a translated GRPCRoute ([`super::grpc_to_http_routes`]): errors name
+    /// `grpcRoutes[...]`, and its name may also be an HTTPRoute's.
+    #[serde(skip)]
+    pub grpc: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +80,10 @@ pub struct MatchSpec {
     pub query_params: Vec<ValueMatchSpec>,
     #[serde(default)]
     pub method: Option<String>,
+    /// Set by the GRPCRoute translation: the characters of the service and of the method
+    /// the match names, which order it among the route's matches (GRPCRoute precedence).
+    #[serde(skip)]
+    pub grpc_rank: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

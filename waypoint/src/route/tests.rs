@@ -1,6 +1,6 @@
 //! Unit tests for routes: the shared helpers and how a rule is selected (precedence; headers,
 //! query parameters, methods; path normalization). The rest by concept: `config`,
-//! `targets`, `backends`, `policy`, `rewrite`.
+//! `targets`, `backends`, `policy`, `rewrite`, `grpc` (GRPCRoutes).
 
 use super::*;
 use compile::istio_default_retry;
@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 
 mod backends;
 mod config;
+mod grpc;
 mod policy;
 mod rewrite;
 mod targets;

@@ -131,7 +131,7 @@ pub(crate) fn build_l7_only(
         if n > 0 {
             return Err(invalid(
                 field,
-                "the mesh comes from istiod here: this file holds only httpRoutes, virtualServices, destinationRules, authorizationPolicies, requestAuthentications and telemetries",
+                "the mesh comes from istiod here: this file holds only httpRoutes, grpcRoutes, virtualServices, destinationRules, authorizationPolicies, requestAuthentications and telemetries",
             ));
         }
     }
@@ -209,6 +209,9 @@ pub(super) fn build_routes(
         }
     }
     specs.extend(raw.http_routes.iter().cloned());
+    let grpc = waypoint::route::grpc_to_http_routes(&raw.grpc_routes)
+        .map_err(|e| invalid(e.path, e.message))?;
+    specs.extend(grpc.iter().cloned());
     let table =
         waypoint::route::RouteTable::build(&specs).map_err(|e| invalid(e.path, e.message))?;
     if names == Names::Kubernetes {
@@ -219,8 +222,11 @@ pub(super) fn build_routes(
         .iter()
         .map(|s| (s.namespace.as_str(), s.name.as_str()))
         .collect();
-    for r in &raw.http_routes {
-        let base = format!("httpRoutes[{}/{}]", r.namespace, r.name);
+    // A translated GRPCRoute keeps its parents', backends' and filters' places, so the
+    // fields named here are its own.
+    for r in raw.http_routes.iter().chain(&grpc) {
+        let list = if r.grpc { "grpcRoutes" } else { "httpRoutes" };
+        let base = format!("{list}[{}/{}]", r.namespace, r.name);
         let check = |ns: &Option<String>, name: &str, at: String| {
             let ns = ns.as_deref().unwrap_or(&r.namespace);
             if known.contains(&(ns, name)) {
