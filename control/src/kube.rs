@@ -6,8 +6,8 @@
 //! request, since projected service account tokens rotate) and roots; `LIST` and
 //! `WATCH` over HTTP/1.1 with the JSON event stream; the per-resource store of objects by
 //! namespace and name; relisting when the server says the watch is too old (410) and
-//! rewatching after errors, with backoff; a kind the server does not serve, or an optional
-//! one the credentials may not read, as one with no objects.
+//! rewatching after errors, with backoff; an optional kind the server does not serve or the
+//! credentials may not read, as one with no objects.
 //!
 //! Invariants: the store only changes as the server says (a failed list keeps what was
 //! there); every request is bounded in time and bytes (a list by [`MAX_LIST_BYTES`], one
@@ -58,9 +58,9 @@ pub struct Resource {
     /// For messages: `httproutes.gateway.networking.k8s.io`.
     pub name: &'static str,
     pub path: &'static str,
-    /// A kind the reader can do without: one it may not read (403, a ClusterRole from
-    /// before the kind was read) counts as none, as one the server does not serve (404)
-    /// always does. Kinds that carry policy are not optional: never served without them.
+    /// A kind the reader can do without: one the server does not serve (404, no CRD) or it
+    /// may not read (403, a ClusterRole from before the kind was read) counts as none.
+    /// Kinds that carry policy are not optional: never served without them.
     pub optional: bool,
 }
 
@@ -284,10 +284,12 @@ impl KubeApi {
     /// watch again from where the last one ended, list again when the server says the
     /// version is gone, back off after errors (reported to `failed`).
     ///
-    /// A kind the server does not serve (404: its CRD is not installed), or an optional one
-    /// the credentials may not read (403), has no objects: the store is synced and empty,
-    /// `failed` hears of it once, and the list is tried again every [`BACKOFF_MAX`], so a
-    /// CRD installed or a role granted later is picked up.
+    /// An optional kind ([`Resource::optional`]) the server does not serve (404: its CRD is
+    /// not installed) or the credentials may not read (403) has no objects: the store is
+    /// synced and empty, `failed` hears of it once, and the list is tried again every
+    /// [`BACKOFF_MAX`], so a CRD installed or a role granted later is picked up. For any
+    /// other kind these are failures like the rest: the store keeps what it had, unsynced
+    /// until a list succeeds (a waypoint never serves without its policies).
     pub async fn reflect(
         &self,
         r: Resource,
@@ -310,9 +312,7 @@ impl KubeApi {
                     told_not_served = false;
                     version
                 }
-                Err(e @ (KubeError::NotServed(_) | KubeError::Forbidden(_)))
-                    if r.optional || matches!(e, KubeError::NotServed(_)) =>
-                {
+                Err(e @ (KubeError::NotServed(_) | KubeError::Forbidden(_))) if r.optional => {
                     let was = {
                         let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
                         let was = (s.synced, s.objects.is_empty());
@@ -344,8 +344,8 @@ impl KubeApi {
                         version = v;
                         backoff = BACKOFF_MIN;
                     }
-                    Err(KubeError::Gone | KubeError::NotServed(_)) => break,
-                    Err(KubeError::Forbidden(_)) if r.optional => break,
+                    Err(KubeError::Gone) => break,
+                    Err(KubeError::NotServed(_) | KubeError::Forbidden(_)) if r.optional => break,
                     Err(e) => {
                         failed(&r, &e);
                         tokio::time::sleep(backoff).await;

@@ -14,7 +14,8 @@
 //! shorter one, then a regex; then a match with a method, then more header matches, then
 //! more query matches; ties go to the route that comes first in the file, then to the rule
 //! and match that come first. A GRPCRoute ([`grpc_to_http_routes`]) is compiled as the
-//! HTTPRoute it stands for and ranked by its own order (service, method, headers).
+//! HTTPRoute it stands for and ranks with them; its matches without a method (no path
+//! condition) rank last, as istiod ranks them.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -377,8 +378,8 @@ struct Match {
     headers: Vec<(HeaderName, ValueMatch)>,
     query: Vec<(String, ValueMatch)>,
     method: Option<Method>,
-    /// A GRPCRoute's: the service's and the method's characters, which rank it.
-    grpc_rank: Option<(usize, usize)>,
+    /// No path condition (a GRPCRoute match without a method): ranks below the rest.
+    no_path: bool,
 }
 
 impl Match {
@@ -422,20 +423,15 @@ impl Match {
 
     /// Sort key, larger first (see the module docs).
     fn precedence(&self) -> Precedence {
-        if let Some((service, method)) = self.grpc_rank {
-            // GRPCRoute's order: more service characters, then more method characters,
-            // then more header matches.
-            return (1, service, method, false, self.headers.len(), 0);
-        }
         let (kind, len) = match &self.path {
-            PathMatch::Exact(p) => (2, p.len()),
-            PathMatch::Prefix(p) => (1, p.trim_end_matches('/').len()),
-            PathMatch::Regex(_) => (0, 0),
+            _ if self.no_path => (0, 0),
+            PathMatch::Exact(p) => (3, p.len()),
+            PathMatch::Prefix(p) => (2, p.trim_end_matches('/').len()),
+            PathMatch::Regex(_) => (1, 0),
         };
         (
             kind,
             len,
-            0,
             self.method.is_some(),
             self.headers.len(),
             self.query.len(),
@@ -443,10 +439,9 @@ impl Match {
     }
 }
 
-/// A match's place in its parent's entries, larger first: the path's kind and length (a
-/// GRPCRoute's: its service's length and its method's), a method, header and query
-/// matches.
-type Precedence = (u8, usize, usize, bool, usize, usize);
+/// A match's place in its parent's entries, larger first: the path's kind (exact, prefix,
+/// regex, none) and length, a method, header and query matches.
+type Precedence = (u8, usize, bool, usize, usize);
 
 #[derive(Debug)]
 struct Entry {
@@ -518,7 +513,7 @@ impl RouteTable {
             // Ordered (VirtualService) entries first in their order, then by precedence;
             // stable, so ties keep file order.
             entries.sort_by_key(|e| match e.order {
-                Some(i) => (0, i, std::cmp::Reverse((0, 0, 0, false, 0, 0))),
+                Some(i) => (0, i, std::cmp::Reverse((0, 0, false, 0, 0))),
                 None => (1, 0, std::cmp::Reverse(e.matcher.precedence())),
             });
         }
@@ -772,7 +767,7 @@ fn recompile(m: &Match) -> Match {
         headers: m.headers.iter().map(|(k, x)| (k.clone(), v(x))).collect(),
         query: m.query.iter().map(|(k, x)| (k.clone(), v(x))).collect(),
         method: m.method.clone(),
-        grpc_rank: m.grpc_rank,
+        no_path: m.no_path,
     }
 }
 

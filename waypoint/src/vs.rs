@@ -352,7 +352,7 @@ fn rule(
             headers: values(&m.headers, "headers")?,
             query_params: values(&m.query_params, "queryParams")?,
             method,
-            grpc_rank: None,
+            no_path: false,
         });
     }
     let mut backend_refs = Vec::new();

@@ -1,6 +1,6 @@
 //! Gateway API GRPCRoute through the waypoint: calls routed by service and method (exact
-//! and regular expression) and by metadata, in GRPCRoute's precedence, with its filters;
-//! a call no rule takes gets gRPC's UNIMPLEMENTED.
+//! and regular expression) and by metadata, in istiod's precedence, with its filters; a
+//! call no rule takes gets gRPC's UNIMPLEMENTED.
 
 use super::protocols::{GrpcAnswer, grpc_call_with, grpc_client, grpc_message};
 use super::*;
@@ -18,8 +18,9 @@ fn grpc_routes_pick_backends_by_service_method_and_metadata() -> Result<()> {
             "filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-rule, value: {name}}}]}}}}]"
         )
     };
-    // The rules in an order that differs from their precedence: GRPCRoute's own order
-    // (service characters, then method characters, then metadata) picks, not the file's.
+    // The rules in an order that differs from their precedence: istiod's order (an exact
+    // method, a whole service, a method of any service, metadata alone) picks, not the
+    // file's.
     let routes = format!(
         "  []
 grpcRoutes:

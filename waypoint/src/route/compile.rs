@@ -53,6 +53,17 @@ pub(super) fn host_match(h: &str) -> Result<HostMatch, String> {
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 pub(super) fn regex(value: &str, at: &str) -> Result<Regex, RouteError> {
+    // Alone first: a value that closes a group it did not open (`a)|(?:.*`) would
+    // otherwise close the anchoring group below and match anything.
+    if let Err(e) = regex::RegexBuilder::new(value)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+    {
+        return Err(err(
+            at,
+            format!("{value:?} is not a valid regular expression: {e}"),
+        ));
+    }
     // Anchored: Gateway API regexes match the whole value.
     regex::RegexBuilder::new(&format!("^(?:{value})$"))
         .size_limit(REGEX_SIZE_LIMIT)
@@ -135,7 +146,7 @@ pub(super) fn compile_match(m: &MatchSpec, at: &str) -> Result<Match, RouteError
         headers,
         query,
         method,
-        grpc_rank: m.grpc_rank,
+        no_path: m.no_path,
     })
 }
 

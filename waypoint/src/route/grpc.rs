@@ -12,10 +12,12 @@
 //! | RegularExpression, service only | RegularExpression `/<service>/.+` |
 //! | RegularExpression, method only | RegularExpression `/[^/]+/<method>` |
 //!
-//! Precedence then follows the HTTPRoute's: an exact method beats a whole service, which
-//! beats a method of any service; GRPCRoute's own order (more service characters, then
-//! more method characters, then more header matches) picks the same winner for every pair
-//! of exact matches that can both match one call.
+//! Precedence is istiod's for the routes it makes (its `sortHTTPRoutes`), the same order as
+//! an HTTPRoute's, so the two kinds rank together on one Service: an exact method, then a
+//! whole service (the longer first), then the regular expressions, then matches on
+//! metadata alone (no path condition), each tie going to more header matches. For exact
+//! matches this is GRPCRoute's own order (more service characters, then more method
+//! characters, then more header matches).
 //!
 //! A GRPCRoute has fewer filters than an HTTPRoute (`RequestHeaderModifier`,
 //! `ResponseHeaderModifier`, `RequestMirror`) and no `timeouts` or `retry`; the fields it
@@ -126,7 +128,7 @@ fn to_http_route(g: &GrpcRouteSpec) -> Result<HttpRouteSpec, RouteError> {
         if rule.matches.is_empty() {
             // Every call, ranked below any match that names something.
             matches.push(MatchSpec {
-                grpc_rank: Some((0, 0)),
+                no_path: true,
                 ..MatchSpec::default()
             });
         }
@@ -136,17 +138,12 @@ fn to_http_route(g: &GrpcRouteSpec) -> Result<HttpRouteSpec, RouteError> {
                 None => None,
                 Some(mm) => Some(method_path(mm, &format!("{at}.method"))?),
             };
-            let chars = |v: &Option<String>| v.as_deref().map_or(0, str::len);
-            let rank = gm
-                .method
-                .as_ref()
-                .map_or((0, 0), |m| (chars(&m.service), chars(&m.method)));
             matches.push(MatchSpec {
+                no_path: path.is_none(),
                 path,
                 headers: gm.headers.clone(),
                 query_params: Vec::new(),
                 method: None,
-                grpc_rank: Some(rank),
             });
         }
         rules.push(RuleSpec {
@@ -177,8 +174,16 @@ fn method_path(m: &GrpcMethodMatchSpec, at: &str) -> Result<PathMatchSpec, Route
         value,
         literal_prefix: None,
     };
-    let service = m.service.as_deref().filter(|s| !s.is_empty());
-    let method = m.method.as_deref().filter(|s| !s.is_empty());
+    for (field, v) in [("service", &m.service), ("method", &m.method)] {
+        if v.as_deref() == Some("") {
+            return Err(err(
+                format!("{at}.{field}"),
+                "must not be empty (leave it out)",
+            ));
+        }
+    }
+    let service = m.service.as_deref();
+    let method = m.method.as_deref();
     if service.is_none() && method.is_none() {
         return Err(err(at, "a method match names a service, a method or both"));
     }
@@ -217,6 +222,9 @@ fn method_path(m: &GrpcMethodMatchSpec, at: &str) -> Result<PathMatchSpec, Route
                 (None, Some(m)) => format!("/[^/]+/(?:{m})"),
                 (None, None) => unreachable!("checked above"),
             };
+            // The parts can each be fine and the whole not (a group name in both, the size
+            // limit): said of this match, not of the path it became.
+            compile::regex(&value, at)?;
             Ok(path("RegularExpression", value))
         }
         other => Err(err(

@@ -80,10 +80,11 @@ pub struct MatchSpec {
     pub query_params: Vec<ValueMatchSpec>,
     #[serde(default)]
     pub method: Option<String>,
-    /// Set by the GRPCRoute translation: the characters of the service and of the method
-    /// the match names, which order it among the route's matches (GRPCRoute precedence).
+    /// Set by the GRPCRoute translation for a match without a method: it has no path
+    /// condition, and ranks below every match that has one (as istiod ranks a route
+    /// without a URI match).
     #[serde(skip)]
-    pub grpc_rank: Option<(usize, usize)>,
+    pub no_path: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,5 +1,6 @@
-//! GRPCRoutes: the path each method match stands for, GRPCRoute's precedence, the fields a
-//! GRPCRoute refuses (named as its own), and a GRPCRoute beside an HTTPRoute of one name.
+//! GRPCRoutes: the path each method match stands for, their rank (istiod's, shared with
+//! HTTPRoutes), the fields a GRPCRoute refuses (named as its own), and GRPCRoutes beside
+//! HTTPRoutes.
 use super::*;
 
 fn grpc_specs(yaml: &str) -> Vec<GrpcRouteSpec> {
@@ -74,10 +75,11 @@ fn method_matches_stand_for_paths_as_istiod_translates_them() {
     );
     assert!(http[0].grpc && !http[0].ordered);
     assert_eq!(http[0].rules[0].matches[6].headers.len(), 1);
+    assert!(http[0].rules[0].matches[6].no_path && !http[0].rules[0].matches[0].no_path);
 }
 
 #[test]
-fn grpc_precedence_is_service_then_method_then_metadata() {
+fn grpc_matches_rank_exact_then_service_then_regex_then_metadata() {
     // Written from the least specific to the most: the file's order must not decide.
     let t = grpc_table(
         r#"
@@ -137,7 +139,21 @@ fn errors_name_the_grpc_routes_own_fields() {
     let cases = [
         ("{matches: [{method: {}}]}", ".matches[0].method"),
         (
-            "{matches: [{method: {service: \"\", method: \"\"}}]}",
+            "{matches: [{method: {service: \"\", method: Say}}]}",
+            ".matches[0].method.service",
+        ),
+        // A value that would close the anchoring group: refused, not matching everything.
+        (
+            "{matches: [{method: {type: RegularExpression, service: \"a)|(?:/b\", method: c}}]}",
+            ".matches[0].method.service",
+        ),
+        (
+            "{matches: [{headers: [{type: RegularExpression, name: x, value: \"canary)|(?:.*\"}]}]}",
+            ".matches[0].headers[0].value",
+        ),
+        // Each part compiles, the joined path does not (one group name twice).
+        (
+            "{matches: [{method: {type: RegularExpression, service: \"(?P<n>a)\", method: \"(?P<n>b)\"}}]}",
             ".matches[0].method",
         ),
         (
@@ -222,4 +238,39 @@ fn a_grpc_route_may_share_an_http_routes_name() {
     .unwrap();
     let e = RouteTable::build(&twice).unwrap_err();
     assert_eq!(e.path, "grpcRoutes[demo/r]", "{e}");
+}
+
+#[test]
+fn grpc_and_http_routes_on_one_service_rank_together() {
+    let mut specs = specs(
+        "- {name: web, namespace: demo, parentRefs: [{name: echo}], rules: [
+             {name: http-prefix, matches: [{path: {value: /pkg.Echo}}]},
+             {name: http-regex, matches: [{path: {type: RegularExpression, value: /api/.*}}]}]}",
+    );
+    specs.extend(
+        grpc_to_http_routes(&grpc_specs(
+            r#"
+- name: rpc
+  namespace: demo
+  parentRefs: [{name: echo}]
+  rules:
+  - name: say
+    matches: [{method: {service: pkg.Echo, method: Say}}]
+  - name: any-echo
+    matches: [{method: {type: RegularExpression, service: "pkg\\.Echo", method: ".*"}}]
+  - name: catch-all
+"#,
+        ))
+        .unwrap(),
+    );
+    let t = RouteTable::build(&specs).unwrap();
+    // An exact method beats an HTTPRoute's prefix, which beats a regular expression.
+    assert_eq!(pick_name(&t, &call("/pkg.Echo/Say", &[])), some("say"));
+    assert_eq!(
+        pick_name(&t, &call("/pkg.Echo/Other", &[])),
+        some("http-prefix")
+    );
+    // An HTTPRoute's regex beats a GRPCRoute rule without matches (no path: last).
+    assert_eq!(pick_name(&t, &get("/api/x")), some("http-regex"));
+    assert_eq!(pick_name(&t, &get("/elsewhere")), some("catch-all"));
 }
