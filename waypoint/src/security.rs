@@ -9,8 +9,12 @@
 //!    401 and Envoy's words (`Jwt is expired`, `Jwt issuer is not configured`, `Audiences
 //!    in Jwt are not allowed`, `Jwt verification fails`). A missing token is no error: the
 //!    request just has no request principal.
-//! 2. DENY policies: any matching rule refuses with 403 `RBAC: access denied`.
-//! 3. ALLOW policies: when a Service has any, one rule must match, else 403.
+//! 2. CUSTOM policies: when a rule matches, the request is handed to the policy's provider
+//!    ([`ext_authz`]), whose answer allows or refuses it. One provider per target (Istio's
+//!    rule): CUSTOM policies of one target that name different providers refuse every
+//!    request there, as istiod's "deny all due to bad CUSTOM action".
+//! 3. DENY policies: any matching rule refuses with 403 `RBAC: access denied`.
+//! 4. ALLOW policies: when a Service has any, one rule must match, else 403.
 //!
 //! Policies on the waypoint's Gateway are checked first, then the Service's, each level on
 //! its own (as istiod builds a waypoint's two RBAC filters): a request passes when neither
@@ -29,6 +33,7 @@ use http::request::Parts;
 
 use crate::route::{RouteError, ServiceRef, err};
 
+pub mod ext_authz;
 pub mod jwks;
 mod jwt;
 mod spec;
@@ -152,10 +157,11 @@ struct AuthzRule {
     when: Vec<Condition>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Action {
     Allow,
     Deny,
+    Custom(Arc<str>),
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +174,11 @@ struct Policy {
 #[derive(Debug, Default)]
 struct ServiceSecurity {
     jwt: Vec<Arc<JwtRule>>,
+    /// CUSTOM policies, with the one provider they name.
+    custom: Vec<Arc<Policy>>,
+    provider: Option<Arc<str>>,
+    /// CUSTOM policies here name two providers: every request is refused.
+    providers_conflict: bool,
     deny: Vec<Arc<Policy>>,
     allow: Vec<Arc<Policy>>,
 }
@@ -193,6 +204,20 @@ pub struct Peer {
     /// The original client address (HBONE's `forwarded`), for the access log.
     pub addr: Option<std::net::SocketAddr>,
 }
+
+/// A request that passed authentication: the external checks it needs (a CUSTOM policy
+/// matched), then the verdict of the DENY and ALLOW policies, which applies once the
+/// checks allow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// (provider, policy) per level whose CUSTOM policies matched: the Gateway's, then the
+    /// Service's. Usually empty.
+    pub ask: Vec<(Arc<str>, Arc<str>)>,
+    pub rbac: Result<(), Refusal>,
+}
+
+/// The policy name a refusal for CUSTOM policies that name different providers reports.
+pub const BAD_CUSTOM: &str = "default-deny-all-due-to-bad-CUSTOM-action";
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,13 +248,28 @@ impl SecurityTable {
             let action = match p.action.as_deref().unwrap_or("ALLOW") {
                 "ALLOW" => Action::Allow,
                 "DENY" => Action::Deny,
+                "CUSTOM" => match &p.provider {
+                    Some(r) if !r.name.is_empty() => Action::Custom(r.name.as_str().into()),
+                    _ => {
+                        return Err(err(
+                            format!("{base}.provider"),
+                            "a CUSTOM policy names its provider (an extensionProviders entry of the MeshConfig)",
+                        ));
+                    }
+                },
                 other => {
                     return Err(err(
                         format!("{base}.action"),
-                        format!("{other:?}: use ALLOW or DENY (CUSTOM is not supported)"),
+                        format!("{other:?}: use ALLOW, DENY or CUSTOM"),
                     ));
                 }
             };
+            if p.provider.is_some() && !matches!(action, Action::Custom(_)) {
+                return Err(err(
+                    format!("{base}.provider"),
+                    "only a CUSTOM policy names a provider",
+                ));
+            }
             let mut rules = Vec::new();
             for (i, r) in p.rules.iter().enumerate() {
                 rules.push(compile_rule(r, &format!("{base}.rules[{i}]"))?);
@@ -240,9 +280,16 @@ impl SecurityTable {
             });
             for t in targets(&p.target_refs, &p.namespace, &base)? {
                 let s = table.level(t);
-                match action {
+                match &action {
                     Action::Allow => s.allow.push(policy.clone()),
                     Action::Deny => s.deny.push(policy.clone()),
+                    Action::Custom(provider) => {
+                        match &s.provider {
+                            Some(p) if p != provider => s.providers_conflict = true,
+                            _ => s.provider = Some(provider.clone()),
+                        }
+                        s.custom.push(policy.clone());
+                    }
                 }
             }
             table.policies += 1;
@@ -302,7 +349,9 @@ impl SecurityTable {
 
     /// Authenticates and authorizes a request to `service`:`port` from `peer`, through the
     /// waypoint whose Gateway is `gateway`. On success the request's headers are edited as
-    /// the JWT rule says (claims to headers, the token removed unless forwarded).
+    /// the JWT rule says (claims to headers, the token removed unless forwarded). A bad
+    /// token is `Err`; otherwise the [`Verdict`] says which providers to ask first and what
+    /// the DENY and ALLOW policies decided.
     pub fn check(
         &self,
         service: &ServiceRef,
@@ -310,11 +359,14 @@ impl SecurityTable {
         port: u16,
         peer: &Peer,
         parts: &mut Parts,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Verdict, Refusal> {
         let g = gateway.and_then(|g| self.by_gateway.get(g));
         let s = self.by_service.get(service);
         if g.is_none() && s.is_none() {
-            return Ok(());
+            return Ok(Verdict {
+                ask: Vec::new(),
+                rbac: Ok(()),
+            });
         }
         let auth = match (g, s) {
             (Some(g), Some(s)) if !g.jwt.is_empty() && !s.jwt.is_empty() => {
@@ -331,7 +383,33 @@ impl SecurityTable {
             port,
             auth: auth.as_ref(),
         };
+        let mut ask = Vec::new();
         for level in [g, s].into_iter().flatten() {
+            if level.providers_conflict {
+                return Ok(Verdict {
+                    ask: Vec::new(),
+                    rbac: Err(Refusal::Denied(BAD_CUSTOM.into())),
+                });
+            }
+            if let (Some(provider), Some(p)) = (
+                &level.provider,
+                level
+                    .custom
+                    .iter()
+                    .find(|p| p.rules.iter().any(|r| req.matches(r))),
+            ) {
+                ask.push((provider.clone(), p.key.clone()));
+            }
+        }
+        Ok(Verdict {
+            ask,
+            rbac: Self::rbac(&req, [g, s]),
+        })
+    }
+
+    /// The DENY, then ALLOW, policies of each level.
+    fn rbac(req: &RequestView<'_>, levels: [Option<&ServiceSecurity>; 2]) -> Result<(), Refusal> {
+        for level in levels.into_iter().flatten() {
             for p in &level.deny {
                 if p.rules.iter().any(|r| req.matches(r)) {
                     return Err(Refusal::Denied(p.key.clone()));

@@ -383,15 +383,33 @@ impl<U: Upstreams> Waypoint<U> {
                 rec.trace = Some((t.tracer.clone(), c));
             }
         }
-        // Deny before routing: authentication, then authorization.
+        // Deny before routing: authentication, then the CUSTOM policies' providers, then
+        // the DENY and ALLOW policies.
         let security = self.security.borrow().clone();
-        if let Err(refusal) = security.check(
+        let verdict = security.check(
             &target.service,
             self.gateway.as_ref(),
             target.port,
             &target.peer,
             &mut parts,
-        ) {
+        );
+        let mut on_allow = Vec::new();
+        let verdict = match verdict {
+            Ok(v) => {
+                for (provider, policy) in &v.ask {
+                    match self.ext_authz(&table, provider, policy, &mut parts).await {
+                        Ok(headers) => on_allow.extend(headers),
+                        Err((outcome, details, resp)) => {
+                            rec.details = Some(details);
+                            return self.answer(rec, outcome, resp);
+                        }
+                    }
+                }
+                v.rbac
+            }
+            Err(refusal) => Err(refusal),
+        };
+        if let Err(refusal) = verdict {
             let (outcome, resp) = match refusal {
                 Refusal::Unauthenticated(why) => {
                     // Envoy's details: the words, spaces as underscores.
@@ -599,7 +617,109 @@ impl<U: Upstreams> Waypoint<U> {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
         rule.response_headers.apply(resp.headers_mut());
+        // What the CUSTOM policies' providers said the client gets when they allow.
+        for (name, value) in on_allow {
+            resp.headers_mut().append(name, value);
+        }
         self.answer(rec, outcome, resp)
+    }
+
+    /// Asks the provider of CUSTOM policy `policy` about the request: `Ok` with the headers
+    /// the client's response gets (the request's own were edited as the provider said), or
+    /// the answer the client gets instead, with its outcome and details. A provider the
+    /// MeshConfig lacks, or cannot use, refuses (fail closed, as istiod's deny-all).
+    async fn ext_authz(
+        &self,
+        table: &TelemetryTable,
+        provider: &str,
+        policy: &str,
+        parts: &mut Parts,
+    ) -> Result<Vec<(header::HeaderName, HeaderValue)>, (Outcome, String, Response<Body>)> {
+        use crate::security::ext_authz::{Decision, MAX_ANSWER_BYTES};
+        let p = match table.authz_provider(provider) {
+            Some(Ok(p)) => p.clone(),
+            other => {
+                let why = match other {
+                    Some(Err(why)) => why.clone(),
+                    _ => "is not in the MeshConfig's extensionProviders".to_string(),
+                };
+                tracing::warn!(%policy, provider, %why, "CUSTOM policy: its provider cannot be used; request refused");
+                let (ns, name) = policy.split_once('/').unwrap_or(("", policy));
+                return Err((
+                    Outcome::Denied,
+                    format!("rbac_access_denied_matched_policy[ns[{ns}]-policy[{name}]]"),
+                    local(StatusCode::FORBIDDEN, "RBAC: access denied"),
+                ));
+            }
+        };
+        let check = p.check_request(parts).map(|()| Body::full(Bytes::new()));
+        let to = Upstream {
+            service: p.service.clone(),
+            subset: None,
+            port: p.port,
+            hash: None,
+        };
+        let exchange = async {
+            let mut tried = Tried::new();
+            let (resp, _) = self
+                .send(&to, check, &mut tried)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let (head, body) = resp.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
+            Ok::<_, String>((head, body))
+        };
+        let decision = match runtime::time::timeout(p.timeout, exchange).await {
+            Err(_) => Decision::Error(format!("no answer within {:?}", p.timeout)),
+            Ok(Err(e)) => Decision::Error(e),
+            Ok(Ok((head, body))) => p.decide(head.status, &head.headers, body),
+        };
+        match decision {
+            Decision::Allow {
+                upstream,
+                remove,
+                downstream,
+            } => {
+                for (name, _) in &upstream {
+                    parts.headers.remove(name);
+                }
+                for (name, value) in upstream {
+                    parts.headers.append(name, value);
+                }
+                for name in remove {
+                    parts.headers.remove(name);
+                }
+                Ok(downstream)
+            }
+            Decision::Deny {
+                status,
+                headers,
+                body,
+            } => {
+                let mut resp = Response::new(Body::full(body));
+                *resp.status_mut() = status;
+                *resp.headers_mut() = headers;
+                Err((Outcome::ExtAuthzDenied, "ext_authz_denied".into(), resp))
+            }
+            Decision::Error(why) => {
+                tracing::debug!(provider = %p.name, %why, fail_open = p.fail_open, "ext_authz check failed");
+                if p.fail_open {
+                    return Ok(Vec::new());
+                }
+                // Envoy's local reply: the status, no body (gRPC's form for a gRPC client).
+                let mut resp = Response::new(Body::full(Bytes::new()));
+                *resp.status_mut() = p.status_on_error;
+                resp.extensions_mut().insert(Local {
+                    text: Arc::from(""),
+                    grpc_status: None,
+                });
+                Err((Outcome::ExtAuthzError, "ext_authz_error".into(), resp))
+            }
+        }
     }
 
     /// The response, with its record riding on the body: counted and logged when the body

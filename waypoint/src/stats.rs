@@ -32,6 +32,10 @@ pub enum Outcome {
     ClientError,
     /// An authorization policy refused it (`RBAC`).
     Denied,
+    /// A CUSTOM policy's provider refused it (`UAEX`).
+    ExtAuthzDenied,
+    /// A CUSTOM policy's provider gave no usable answer (`UAEX`).
+    ExtAuthzError,
     /// A bad JWT (`-`, as Envoy's jwt_authn sets no flag; the code says 401).
     Unauthenticated,
     /// The route answered with a redirect (`-`, as Envoy's router).
@@ -53,6 +57,8 @@ impl Outcome {
             Outcome::Timeout => "response_timeout",
             Outcome::ClientError => "codec_error",
             Outcome::Denied => "rbac_access_denied_matched_policy[none]",
+            Outcome::ExtAuthzDenied => "ext_authz_denied",
+            Outcome::ExtAuthzError => "ext_authz_error",
             Outcome::Unauthenticated => "jwt_authn_access_denied",
             Outcome::Redirect => "direct_response",
             Outcome::Overflow => "upstream_reset_before_response_started{overflow}",
@@ -71,6 +77,7 @@ impl Outcome {
             Outcome::Timeout => "UT",
             Outcome::ClientError => "DPE",
             Outcome::Denied => "RBAC",
+            Outcome::ExtAuthzDenied | Outcome::ExtAuthzError => "UAEX",
             Outcome::Overflow => "UO",
             Outcome::Unauthenticated | Outcome::Redirect => "-",
         }

@@ -223,13 +223,15 @@ impl MetricsPlan {
     }
 }
 
-/// Every plan, by Service.
+/// Every plan, by Service; and the MeshConfig's authorization providers, which come with
+/// the same MeshConfig and are swapped with it.
 #[derive(Debug, Clone)]
 pub struct TelemetryTable {
     default: Arc<Plan>,
     by_service: HashMap<ServiceRef, Arc<Plan>>,
     /// Expressions of `UPSERT` tags, by tag name, over every Service.
     upserts: BTreeMap<String, Expr>,
+    authz: Arc<crate::security::ext_authz::AuthzProviders>,
 }
 
 impl TelemetryTable {
@@ -251,7 +253,17 @@ impl TelemetryTable {
             }),
             by_service: HashMap::new(),
             upserts: BTreeMap::new(),
+            authz: Arc::default(),
         }
+    }
+
+    /// The MeshConfig's authorization provider `name`: usable, or why not; `None` when the
+    /// MeshConfig has no provider of that name.
+    pub fn authz_provider(
+        &self,
+        name: &str,
+    ) -> Option<&Result<Arc<crate::security::ext_authz::ExtAuthzHttp>, String>> {
+        self.authz.get(name)
     }
 
     /// The plan for requests to `service`.

@@ -113,9 +113,10 @@ pub(crate) struct WaypointArgs {
     /// Istio's MeshConfig (YAML: the `mesh` key of the `istio` ConfigMap, as mounted in a
     /// pod, e.g. /etc/istio/config/mesh): its `extensionProviders` and `defaultProviders`
     /// are the providers Telemetry objects name (OpenTelemetry tracing, over gRPC or HTTP;
-    /// `envoyFileAccessLog` to /dev/stdout; Prometheus), and `accessLogFile` turns access
-    /// logs on where no Telemetry decides. Watched. Without it: Prometheus metrics and
-    /// access logs on, spans only to --otlp-endpoint.
+    /// `envoyFileAccessLog` to /dev/stdout; Prometheus) and CUSTOM AuthorizationPolicies
+    /// name (`envoyExtAuthzHttp`), and `accessLogFile` turns access logs on where no
+    /// Telemetry decides. Watched. Without it: Prometheus metrics and access logs on, spans
+    /// only to --otlp-endpoint, no external authorization.
     #[arg(long)]
     mesh_config: Option<PathBuf>,
     /// Once an HTTP/1.1 request's first byte has arrived, its head must be complete within

@@ -325,3 +325,155 @@ requestAuthentications:
     );
     Ok(())
 }
+
+/// AuthorizationPolicy `CUSTOM`: the requests its rules match are checked by an external
+/// authorization service (Istio's `envoyExtAuthzHttp` provider, a Service of the mesh
+/// reached over HBONE), which allows them with headers for the backend and the client, or
+/// denies them with its own answer; a failing service gets `statusOnError`.
+#[test]
+fn custom_policies_ask_an_external_authorization_service() -> Result<()> {
+    let x = 252;
+    let authz = e2e::l7::spawn_ext_authz(SocketAddr::new(ip4(x, 2, 9), 8000))?;
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - backendRefs: [{name: echo-v1, port: 80}]
+authorizationPolicies:
+  - name: ext
+    namespace: demo
+    targetRefs: [{name: echo}]
+    action: CUSTOM
+    provider: {name: sample-ext-authz}
+    rules: [{to: [{operation: {paths: [/headers*, /fail*]}}]}]
+";
+    let config = mesh_config(x, routes)
+        .replacen(
+            "workloads:\n",
+            &format!(
+                "workloads:\n  - {{name: ext-authz, namespace: foo, serviceAccount: ext-authz, workloadIps: [\"{}\"], node: node-2, protocol: HBONE, services: [foo/ext-authz.foo.svc.cluster.local]}}\n",
+                ip4(x, 2, 9)
+            ),
+            1,
+        )
+        .replacen(
+            "services:\n",
+            &format!(
+                "services:\n  - {{name: ext-authz, namespace: foo, hostname: ext-authz.foo.svc.cluster.local, vips: [\"{}\"], ports: {{8000: 8000}}}}\n",
+                ip4(x, 100, 9)
+            ),
+            1,
+        );
+    let dir = tempfile::tempdir()?;
+    let mesh_cfg = dir.path().join("mesh.yaml");
+    let provider = |fail_open: bool| {
+        format!(
+            "extensionProviders:
+- name: sample-ext-authz
+  envoyExtAuthzHttp:
+    service: ext-authz.foo.svc.cluster.local
+    port: 8000
+    pathPrefix: /check
+    statusOnError: '500'
+    failOpen: {fail_open}
+    includeRequestHeadersInCheck: [x-ext-authz]
+    headersToUpstreamOnAllow: [x-ext-authz-check-result]
+    headersToDownstreamOnAllow: [set-cookie]
+    headersToDownstreamOnDeny: [x-ext-authz-check-result]
+"
+        )
+    };
+    std::fs::write(&mesh_cfg, provider(false))?;
+    let mesh_arg = mesh_cfg.display().to_string();
+    let m = Mesh::start_config(x, &config, &["--mesh-config", &mesh_arg], &[])?;
+    let mut c = m.client()?;
+    let checks = || authz.checks.lock().unwrap().len();
+
+    // Allowed: the backend gets the provider's header and not the one it removed; the
+    // client gets the provider's cookie.
+    let r = c.request(
+        "GET",
+        "/headers?q=1",
+        &[
+            ("x-ext-authz", "allow"),
+            ("x-remove-me", "1"),
+            ("x-user", "bob"),
+        ],
+        b"",
+    )?;
+    ensure!(r.status == 200, "{r:?}\n{}", m.context());
+    ensure!(
+        r.body.contains("x-ext-authz-check-result: allowed")
+            && !r.body.contains("x-remove-me")
+            && r.body.contains("x-user: bob"),
+        "{}",
+        r.body
+    );
+    ensure!(r.header("set-cookie") == Some("authz=1"), "{r:?}");
+    ensure!(r.header("x-private").is_none(), "{r:?}");
+    // The check: the method, the path behind the prefix, the listed header only, no body.
+    {
+        let seen = authz.checks.lock().unwrap();
+        ensure!(seen.len() == 1, "{seen:?}");
+        let (method, path, headers) = &seen[0];
+        let h = |k: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        ensure!(method == "GET" && path == "/check/headers?q=1", "{seen:?}");
+        ensure!(
+            h("x-ext-authz") == Some("allow")
+                && h("x-user").is_none()
+                && h("content-length") == Some("0")
+                && h("host").is_some(),
+            "{headers:?}"
+        );
+    }
+    // Denied: the provider's status, body and listed header; the backend never sees it.
+    let before = m.v1.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let r = c.request("GET", "/headers", &[], b"")?;
+    ensure!(
+        r.status == 403
+            && r.body.starts_with("denied by ext_authz")
+            && r.header("x-ext-authz-check-result") == Some("denied")
+            && r.header("x-private").is_none(),
+        "{r:?}"
+    );
+    ensure!(m.v1.requests.load(std::sync::atomic::Ordering::SeqCst) == before);
+    // Not matched by the policy: no check.
+    let n = checks();
+    let r = c.request("GET", "/public", &[], b"")?;
+    ensure!(r.status == 200 && checks() == n, "{r:?}");
+    // The provider fails (a 5xx): `statusOnError`, no body.
+    let r = c.request("GET", "/fail", &[("x-ext-authz", "allow")], b"")?;
+    ensure!(r.status == 500 && r.body.is_empty(), "{r:?}");
+    // Both refusals are Envoy's UAEX.
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metric_sum(
+            &metrics,
+            "istio_requests_total",
+            &["response_flags=\"UAEX\""]
+        ) == 2.0,
+        "{metrics}"
+    );
+    // The MeshConfig is watched: with `failOpen`, a failing provider lets requests on.
+    std::fs::write(&mesh_cfg, provider(true))?;
+    e2e::wait_for(Duration::from_secs(10), "failOpen applied", || {
+        c.request("GET", "/fail", &[], b"")
+            .is_ok_and(|r| r.status == 200 && r.body.starts_with("v1 GET /fail"))
+    })
+    .with_context(|| m.context())?;
+    // A provider the MeshConfig no longer has: what its policy matches is refused (fail
+    // closed, as istiod's deny-all for a bad CUSTOM action), the rest goes on.
+    std::fs::write(&mesh_cfg, "extensionProviders: []\n")?;
+    e2e::wait_for(Duration::from_secs(10), "the provider gone", || {
+        c.request("GET", "/headers", &[("x-ext-authz", "allow")], b"")
+            .is_ok_and(|r| r.status == 403 && r.body.starts_with("RBAC: access denied"))
+    })
+    .with_context(|| m.context())?;
+    ensure!(c.request("GET", "/public", &[], b"")?.status == 200);
+    Ok(())
+}

@@ -24,12 +24,22 @@ pub struct AuthorizationPolicySpec {
     pub name: String,
     pub namespace: String,
     pub target_refs: Vec<TargetRefSpec>,
-    /// `ALLOW` (default) or `DENY`.
+    /// `ALLOW` (default), `DENY` or `CUSTOM`.
     #[serde(default)]
     pub action: Option<String>,
+    /// The MeshConfig provider a `CUSTOM` policy hands matching requests to.
+    #[serde(default)]
+    pub provider: Option<ProviderRefSpec>,
     /// ALLOW without rules allows nothing; DENY without rules denies nothing (Istio).
     #[serde(default)]
     pub rules: Vec<AuthzRuleSpec>,
+}
+
+/// `provider` of a `CUSTOM` policy: an `extensionProviders` entry, by name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderRefSpec {
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

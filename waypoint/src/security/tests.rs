@@ -101,14 +101,30 @@ fn client() -> Peer {
     peer(Some(CLIENT), Some("demo"))
 }
 
+impl SecurityTable {
+    /// [`SecurityTable::check`] where no CUSTOM policy applies: the RBAC verdict.
+    fn rbac_check(
+        &self,
+        service: &ServiceRef,
+        gateway: Option<&ServiceRef>,
+        port: u16,
+        peer: &Peer,
+        parts: &mut Parts,
+    ) -> Result<(), Refusal> {
+        let v = self.check(service, gateway, port, peer, parts)?;
+        assert!(v.ask.is_empty(), "a provider to ask: {:?}", v.ask);
+        v.rbac
+    }
+}
+
 /// `t.check` for Service `demo/web`, port 80, from [`client`].
 fn check(t: &SecurityTable, p: &mut Parts) -> Result<(), Refusal> {
-    t.check(&web(), None, 80, &client(), p)
+    t.rbac_check(&web(), None, 80, &client(), p)
 }
 
 /// Whether the single-rule ALLOW table `t` lets `p` through from `peer` on `port`.
 fn allows(t: &SecurityTable, port: u16, peer: &Peer, mut p: Parts) -> bool {
-    match t.check(&web(), None, port, peer, &mut p) {
+    match t.rbac_check(&web(), None, port, peer, &mut p) {
         Ok(()) => true,
         Err(Refusal::Denied(k)) => {
             assert_eq!(&*k, "demo/p");
@@ -289,7 +305,7 @@ fn no_policies_allow_everything() {
     assert_eq!(t.counts(), (0, 0));
     assert_eq!(check(&t, &mut get("/")), Ok(()));
     assert_eq!(
-        t.check(
+        t.rbac_check(
             &web(),
             None,
             8080,
@@ -389,7 +405,7 @@ fn allow_with_no_rules_allows_nothing() {
     );
     assert_eq!(check(&t, &mut get("/")), denied("demo/p"));
     assert_eq!(
-        t.check(
+        t.rbac_check(
             &web(),
             None,
             1,
@@ -405,7 +421,7 @@ fn allow_with_an_empty_rule_allows_all() {
     let t = authz(&policy_yaml("ALLOW", "[{}]"));
     assert_eq!(check(&t, &mut get("/")), Ok(()));
     assert_eq!(
-        t.check(
+        t.rbac_check(
             &web(),
             None,
             1,
@@ -437,7 +453,7 @@ fn policies_apply_only_to_their_target_services() {
         ServiceRef::new("prod", "web"),
     ] {
         assert_eq!(
-            t.check(&other, None, 80, &client(), &mut get("/")),
+            t.rbac_check(&other, None, 80, &client(), &mut get("/")),
             Ok(()),
             "{other}"
         );
@@ -459,7 +475,7 @@ fn target_refs_namespace_defaults_to_the_policys() {
 "#,
     );
     let deny = |ns: &str, name: &str| {
-        t.check(
+        t.rbac_check(
             &ServiceRef::new(ns, name),
             None,
             80,
@@ -707,7 +723,7 @@ fn source_not_principals() {
     ));
     assert_eq!(check(&t, &mut get("/")), Ok(()));
     assert_eq!(
-        t.check(&web(), None, 80, &Peer::default(), &mut get("/")),
+        t.rbac_check(&web(), None, 80, &Peer::default(), &mut get("/")),
         denied("demo/p")
     );
 }
@@ -824,12 +840,70 @@ fn when_conditions_must_all_hold() {
 // Build errors of policies.
 
 #[test]
-fn build_error_action_custom() {
+fn build_error_action_and_provider() {
+    // CUSTOM needs its provider; only CUSTOM has one.
     let e = authz_err(&policy_yaml("CUSTOM", "[{}]"));
-    assert_eq!(e.path, "authorizationPolicies[demo/p].action", "{e}");
-    assert!(e.message.contains("CUSTOM"), "{e}");
+    assert_eq!(e.path, "authorizationPolicies[demo/p].provider", "{e}");
+    let e = authz_err(&policy_yaml("DENY", "[{}]\n  provider: {name: authz}"));
+    assert_eq!(e.path, "authorizationPolicies[demo/p].provider", "{e}");
     let e = authz_err(&policy_yaml("allow", "[{}]"));
     assert_eq!(e.path, "authorizationPolicies[demo/p].action", "{e}");
+    assert!(e.message.contains("CUSTOM"), "{e}");
+}
+
+/// Two CUSTOM policies on `demo/web` (`paths`, provider) each, and a DENY for `/blocked`.
+fn custom_table(first: (&str, &str), second: (&str, &str)) -> SecurityTable {
+    authz(&format!(
+        "
+- {{name: c1, namespace: demo, targetRefs: [{{name: web}}], action: CUSTOM, provider: {{name: {p1}}},
+   rules: [{{to: [{{operation: {{paths: [\"{r1}\"]}}}}]}}]}}
+- {{name: c2, namespace: demo, targetRefs: [{{name: web}}], action: CUSTOM, provider: {{name: {p2}}},
+   rules: [{{to: [{{operation: {{paths: [\"{r2}\"]}}}}]}}]}}
+- {{name: d, namespace: demo, targetRefs: [{{name: web}}], action: DENY,
+   rules: [{{to: [{{operation: {{paths: [/blocked]}}}}]}}]}}
+",
+        r1 = first.0,
+        p1 = first.1,
+        r2 = second.0,
+        p2 = second.1,
+    ))
+}
+
+#[test]
+fn custom_policies_name_the_provider_to_ask_before_rbac() {
+    let t = custom_table(("/admin*", "authz"), ("/ops*", "authz"));
+    let verdict = |path: &str| {
+        t.check(&web(), None, 80, &client(), &mut get(path))
+            .expect("no token, no refusal")
+    };
+    // A CUSTOM rule matched: ask its provider, and the RBAC verdict waits for the answer.
+    let v = verdict("/admin/users");
+    assert_eq!(v.ask, [("authz".into(), "demo/c1".into())]);
+    assert_eq!(v.rbac, Ok(()));
+    assert_eq!(verdict("/ops").ask, [("authz".into(), "demo/c2".into())]);
+    // None matched: nothing to ask.
+    let v = verdict("/public");
+    assert!(v.ask.is_empty() && v.rbac.is_ok());
+    // DENY still applies (after the provider would have been asked).
+    assert_eq!(verdict("/blocked").rbac, denied("demo/d"));
+    // Another Service is not these policies' business.
+    let other = ServiceRef::new("demo", "other");
+    let v = t
+        .check(&other, None, 80, &client(), &mut get("/admin"))
+        .unwrap();
+    assert!(v.ask.is_empty() && v.rbac.is_ok());
+}
+
+#[test]
+fn custom_policies_naming_two_providers_refuse_everything() {
+    let t = custom_table(("/admin*", "authz"), ("/ops*", "other"));
+    for path in ["/admin", "/ops", "/public"] {
+        let v = t
+            .check(&web(), None, 80, &client(), &mut get(path))
+            .unwrap();
+        assert!(v.ask.is_empty(), "{path}");
+        assert_eq!(v.rbac, denied(BAD_CUSTOM), "{path}");
+    }
 }
 
 #[test]
@@ -1069,7 +1143,7 @@ fn gateway_policies_apply_to_every_service_and_both_levels_must_allow() {
     let gw = ServiceRef::new("demo", "waypoint");
     let other = ServiceRef::new("demo", "other");
     let run = |svc: &ServiceRef, gateway: Option<&ServiceRef>, method: &str, path: &str| {
-        t.check(
+        t.rbac_check(
             svc,
             gateway,
             80,

@@ -98,6 +98,7 @@ impl TelemetryTable {
                 default,
                 by_service,
                 upserts: b.upserts,
+                authz: Arc::new(mesh.authz_providers()),
             },
             warnings,
         ))

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::security::ext_authz::{AuthzProviders, ExtAuthzHttp};
+
 use super::*;
 
 /// A provider of the MeshConfig, as the waypoint can use it.
@@ -16,6 +18,8 @@ pub enum Provider {
     /// Access log records over OTLP/gRPC (`envoyOtelAls`).
     OtelLog(OtelLog),
     Prometheus,
+    /// An external authorization service (`envoyExtAuthzHttp`), or why it cannot be used.
+    ExtAuthz(Result<Arc<ExtAuthzHttp>, String>),
     /// A kind the waypoint does not export to, with why.
     Unusable(String),
 }
@@ -117,6 +121,17 @@ impl Mesh {
                 Provider::OtelLog(otel_log(a, &at, service_name)?)
             } else if p.prometheus.is_some() {
                 Provider::Prometheus
+            } else if let Some(a) = &p.envoy_ext_authz_http {
+                // A bad one is kept, with why: the policies naming it then refuse.
+                Provider::ExtAuthz(
+                    ExtAuthzHttp::build(&p.name, a, &at)
+                        .map(Arc::new)
+                        .map_err(|e| e.to_string()),
+                )
+            } else if p.envoy_ext_authz_grpc.is_some() {
+                Provider::ExtAuthz(Err(format!(
+                    "{at}.envoyExtAuthzGrpc: the waypoint asks providers over HTTP (envoyExtAuthzHttp), not gRPC"
+                )))
             } else {
                 let kind = p.other.keys().next().map_or("none", String::as_str);
                 Provider::Unusable(format!(
@@ -165,6 +180,18 @@ impl Mesh {
         self.providers
             .get(&name.to_ascii_lowercase())
             .map(|(_, p)| p)
+    }
+
+    /// The authorization providers, by their own name (a CUSTOM policy names one exactly,
+    /// as istiod looks it up).
+    pub fn authz_providers(&self) -> AuthzProviders {
+        self.providers
+            .values()
+            .filter_map(|(name, p)| match p {
+                Provider::ExtAuthz(a) => Some((name.clone(), a.clone())),
+                _ => None,
+            })
+            .collect()
     }
 }
 

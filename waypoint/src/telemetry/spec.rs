@@ -238,6 +238,12 @@ pub struct ProviderSpec {
     pub envoy_otel_als: Option<OtelAlsSpec>,
     #[serde(default)]
     pub prometheus: Option<serde_yaml_ignored::Ignored>,
+    /// An external authorization service over HTTP (AuthorizationPolicy `CUSTOM`).
+    #[serde(default)]
+    pub envoy_ext_authz_http: Option<crate::security::ext_authz::ExtAuthzHttpSpec>,
+    /// The gRPC flavour: known, not supported (its policies refuse).
+    #[serde(default)]
+    pub envoy_ext_authz_grpc: Option<serde_yaml_ignored::Ignored>,
     /// Every other key: the provider's kind, unknown or not taken.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_yaml_ignored::Ignored>,

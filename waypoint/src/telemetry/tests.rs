@@ -612,3 +612,43 @@ fn envoy_log_formats_come_from_providers_and_the_mesh_config() {
         assert!(e.contains(field), "{bad}: {e}");
     }
 }
+
+#[test]
+fn authorization_providers_ride_with_the_table() {
+    let mesh_yaml = r#"
+extensionProviders:
+- name: Ext-Authz
+  envoyExtAuthzHttp: {service: ext-authz.foo.svc.cluster.local, port: 8000}
+- name: broken
+  envoyExtAuthzHttp: {service: auth.example.com, port: 8000}
+- name: grpc
+  envoyExtAuthzGrpc: {service: ext-authz.foo.svc.cluster.local, port: 9000}
+"#;
+    let (t, w, _) = build(
+        "- {name: t, namespace: istio-system, tracing: [{providers: [{name: ext-authz}]}]}",
+        mesh_yaml,
+    );
+    // By its exact name, as a CUSTOM policy names it.
+    let Some(Ok(p)) = t.authz_provider("Ext-Authz") else {
+        panic!("the provider is usable");
+    };
+    assert_eq!(p.service, ServiceRef::new("foo", "ext-authz"));
+    assert!(t.authz_provider("ext-authz").is_none());
+    // One it cannot use is kept with why (its policies then refuse).
+    let Some(Err(why)) = t.authz_provider("broken") else {
+        panic!("the broken provider is kept");
+    };
+    assert!(why.contains("envoyExtAuthzHttp.service"), "{why}");
+    let Some(Err(why)) = t.authz_provider("grpc") else {
+        panic!("the gRPC provider is kept");
+    };
+    assert!(why.contains("envoyExtAuthzGrpc"), "{why}");
+    // It does not trace.
+    assert!(w.iter().any(|w| w.contains("does not do tracing")), "{w:?}");
+    // A table without a MeshConfig has none.
+    assert!(
+        TelemetryTable::simple(None, 0.0)
+            .authz_provider("Ext-Authz")
+            .is_none()
+    );
+}
