@@ -144,65 +144,15 @@ fn serve_backend_conn(
     }
 }
 
-struct BackendRequest {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
+pub(crate) struct BackendRequest {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) headers: Vec<(String, String)>,
     body_len: u64,
 }
 
-/// A check an [`ExtAuthz`] server received: method, path and headers (lower-case names).
-pub type Check = (String, String, Vec<(String, String)>);
-
-/// A running external authorization server, as Istio's sample `ext-authz` (HTTP).
-pub struct ExtAuthz {
-    /// Every check received, in order.
-    pub checks: Arc<Mutex<Vec<Check>>>,
-}
-
-/// Starts an external authorization server on `addr` that answers each check as Istio's
-/// sample does: `x-ext-authz: allow` allows (200, `x-ext-authz-check-result: allowed`, a
-/// `set-cookie`, and `x-envoy-auth-headers-to-remove: x-remove-me`); anything else is
-/// denied (403, `x-ext-authz-check-result: denied`, `x-private: 1`, a text body). A path
-/// with `/fail` gets a 503 (the server failing).
-pub fn spawn_ext_authz(addr: SocketAddr) -> Result<ExtAuthz> {
-    let l = TcpListener::bind(addr).with_context(|| format!("binding ext-authz {addr}"))?;
-    let checks: Arc<Mutex<Vec<Check>>> = Arc::default();
-    let seen = checks.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(s) = s else { break };
-            let seen = seen.clone();
-            std::thread::spawn(move || -> Result<()> {
-                let mut w = s.try_clone()?;
-                let mut r = BufReader::new(s);
-                while let Some(req) = read_request(&mut r)? {
-                    let allow = header(&req.headers, "x-ext-authz") == Some("allow");
-                    let response = if req.path.contains("/fail") {
-                        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_string()
-                    } else if allow {
-                        "HTTP/1.1 200 OK\r\nx-ext-authz-check-result: allowed\r\nset-cookie: authz=1\r\nx-private: 1\r\nx-envoy-auth-headers-to-remove: x-remove-me\r\ncontent-length: 0\r\n\r\n".to_string()
-                    } else {
-                        let body = "denied by ext_authz for not found header `x-ext-authz: allow` in the request";
-                        format!(
-                            "HTTP/1.1 403 Forbidden\r\nx-ext-authz-check-result: denied\r\nx-private: 1\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        )
-                    };
-                    seen.lock()
-                        .unwrap()
-                        .push((req.method, req.path, req.headers));
-                    w.write_all(response.as_bytes())?;
-                }
-                Ok(())
-            });
-        }
-    });
-    Ok(ExtAuthz { checks })
-}
-
 /// One request off a keep-alive connection (its body read and counted, not kept).
-fn read_request(r: &mut BufReader<TcpStream>) -> Result<Option<BackendRequest>> {
+pub(crate) fn read_request(r: &mut BufReader<TcpStream>) -> Result<Option<BackendRequest>> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         return Ok(None);
@@ -243,7 +193,7 @@ fn read_headers(r: &mut impl BufRead) -> Result<Vec<(String, String)>> {
     }
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(k, _)| k == name)

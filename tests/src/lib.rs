@@ -8,6 +8,7 @@
 //! drops, including when the test panics.
 #![forbid(unsafe_code)]
 
+pub mod ext_authz;
 pub mod inpod;
 pub mod istioctl;
 pub mod istiod;

@@ -6,8 +6,8 @@
 //! Address plan: 127.180/16 .. 127.199/16, 127.170/16 .. 127.172/16 (gRPC tracing),
 //! 127.173/16 (gRPC statuses and messages), 127.174/16 .. 127.176/16 (the Telemetry API),
 //! 127.178/16 (the default retry policy), 127.179/16 (GRPCRoute), 127.254/16 and 127.251/16
-//! (route kinds the API server does not serve or let the waypoint read), 127.252/16
-//! (external authorization).
+//! (route kinds the API server does not serve or let the waypoint read), 127.252/16 and
+//! 127.253/16 (external authorization over HTTP and gRPC).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

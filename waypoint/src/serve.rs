@@ -397,7 +397,10 @@ impl<U: Upstreams> Waypoint<U> {
         let verdict = match verdict {
             Ok(v) => {
                 for (provider, policy) in &v.ask {
-                    match self.ext_authz(&table, provider, policy, &mut parts).await {
+                    match self
+                        .ext_authz(&table, provider, policy, target, &mut parts)
+                        .await
+                    {
                         Ok(headers) => on_allow.extend(headers),
                         Err((outcome, details, resp)) => {
                             rec.details = Some(details);
@@ -633,9 +636,10 @@ impl<U: Upstreams> Waypoint<U> {
         table: &TelemetryTable,
         provider: &str,
         policy: &str,
+        target: &Target,
         parts: &mut Parts,
     ) -> Result<Vec<(header::HeaderName, HeaderValue)>, (Outcome, String, Response<Body>)> {
-        use crate::security::ext_authz::{Decision, MAX_ANSWER_BYTES};
+        use crate::security::ext_authz::{CheckContext, Decision, MAX_ANSWER_BYTES};
         let p = match table.authz_provider(provider) {
             Some(Ok(p)) => p.clone(),
             other => {
@@ -652,7 +656,12 @@ impl<U: Upstreams> Waypoint<U> {
                 ));
             }
         };
-        let check = p.check_request(parts).map(|()| Body::full(Bytes::new()));
+        let ctx = CheckContext {
+            principal: target.peer.principal.as_deref(),
+            source: target.peer.addr,
+            destination: target.local,
+        };
+        let check = p.check(parts, &ctx).map(Body::full);
         let to = Upstream {
             service: p.service.clone(),
             subset: None,
@@ -666,28 +675,31 @@ impl<U: Upstreams> Waypoint<U> {
                 .await
                 .map_err(|e| format!("{e:?}"))?;
             let (head, body) = resp.into_parts();
-            let body = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
+            let collected = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|e| format!("reading the answer: {e}"))?
-                .to_bytes();
-            Ok::<_, String>((head, body))
+                .map_err(|e| format!("reading the answer: {e}"))?;
+            let trailers = collected.trailers().cloned();
+            Ok::<_, String>((head, collected.to_bytes(), trailers))
         };
         let decision = match runtime::time::timeout(p.timeout, exchange).await {
             Err(_) => Decision::Error(format!("no answer within {:?}", p.timeout)),
             Ok(Err(e)) => Decision::Error(e),
-            Ok(Ok((head, body))) => p.decide(head.status, &head.headers, body),
+            Ok(Ok((head, body, trailers))) => {
+                p.answer(head.status, &head.headers, body, trailers.as_ref())
+            }
         };
         match decision {
             Decision::Allow {
                 upstream,
+                append,
                 remove,
                 downstream,
             } => {
                 for (name, _) in &upstream {
                     parts.headers.remove(name);
                 }
-                for (name, value) in upstream {
+                for (name, value) in upstream.into_iter().chain(append) {
                     parts.headers.append(name, value);
                 }
                 for name in remove {

@@ -262,7 +262,7 @@ impl TelemetryTable {
     pub fn authz_provider(
         &self,
         name: &str,
-    ) -> Option<&Result<Arc<crate::security::ext_authz::ExtAuthzHttp>, String>> {
+    ) -> Option<&Result<Arc<crate::security::ext_authz::ExtAuthz>, String>> {
         self.authz.get(name)
     }
 

@@ -114,7 +114,7 @@ pub(crate) struct WaypointArgs {
     /// pod, e.g. /etc/istio/config/mesh): its `extensionProviders` and `defaultProviders`
     /// are the providers Telemetry objects name (OpenTelemetry tracing, over gRPC or HTTP;
     /// `envoyFileAccessLog` to /dev/stdout; Prometheus) and CUSTOM AuthorizationPolicies
-    /// name (`envoyExtAuthzHttp`), and `accessLogFile` turns access logs on where no
+    /// name (`envoyExtAuthzHttp`, `envoyExtAuthzGrpc`), and `accessLogFile` turns access logs on where no
     /// Telemetry decides. Watched. Without it: Prometheus metrics and access logs on, spans
     /// only to --otlp-endpoint, no external authorization.
     #[arg(long)]

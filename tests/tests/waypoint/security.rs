@@ -326,6 +326,28 @@ requestAuthentications:
     Ok(())
 }
 
+/// [`mesh_config`] with Service `foo/ext-authz` on `port`, whose one endpoint (.2.9, on
+/// node-2) is the external authorization server.
+fn with_ext_authz(x: u8, routes: &str, port: u16) -> String {
+    mesh_config(x, routes)
+        .replacen(
+            "workloads:\n",
+            &format!(
+                "workloads:\n  - {{name: ext-authz, namespace: foo, serviceAccount: ext-authz, workloadIps: [\"{}\"], node: node-2, protocol: HBONE, services: [foo/ext-authz.foo.svc.cluster.local]}}\n",
+                ip4(x, 2, 9)
+            ),
+            1,
+        )
+        .replacen(
+            "services:\n",
+            &format!(
+                "services:\n  - {{name: ext-authz, namespace: foo, hostname: ext-authz.foo.svc.cluster.local, vips: [\"{}\"], ports: {{{port}: {port}}}}}\n",
+                ip4(x, 100, 9)
+            ),
+            1,
+        )
+}
+
 /// AuthorizationPolicy `CUSTOM`: the requests its rules match are checked by an external
 /// authorization service (Istio's `envoyExtAuthzHttp` provider, a Service of the mesh
 /// reached over HBONE), which allows them with headers for the backend and the client, or
@@ -333,7 +355,7 @@ requestAuthentications:
 #[test]
 fn custom_policies_ask_an_external_authorization_service() -> Result<()> {
     let x = 252;
-    let authz = e2e::l7::spawn_ext_authz(SocketAddr::new(ip4(x, 2, 9), 8000))?;
+    let authz = e2e::ext_authz::spawn_ext_authz(SocketAddr::new(ip4(x, 2, 9), 8000))?;
     let routes = "  - name: echo
     namespace: demo
     parentRefs: [{name: echo}]
@@ -347,23 +369,7 @@ authorizationPolicies:
     provider: {name: sample-ext-authz}
     rules: [{to: [{operation: {paths: [/headers*, /fail*]}}]}]
 ";
-    let config = mesh_config(x, routes)
-        .replacen(
-            "workloads:\n",
-            &format!(
-                "workloads:\n  - {{name: ext-authz, namespace: foo, serviceAccount: ext-authz, workloadIps: [\"{}\"], node: node-2, protocol: HBONE, services: [foo/ext-authz.foo.svc.cluster.local]}}\n",
-                ip4(x, 2, 9)
-            ),
-            1,
-        )
-        .replacen(
-            "services:\n",
-            &format!(
-                "services:\n  - {{name: ext-authz, namespace: foo, hostname: ext-authz.foo.svc.cluster.local, vips: [\"{}\"], ports: {{8000: 8000}}}}\n",
-                ip4(x, 100, 9)
-            ),
-            1,
-        );
+    let config = with_ext_authz(x, routes, 8000);
     let dir = tempfile::tempdir()?;
     let mesh_cfg = dir.path().join("mesh.yaml");
     let provider = |fail_open: bool| {
@@ -475,5 +481,99 @@ authorizationPolicies:
     })
     .with_context(|| m.context())?;
     ensure!(c.request("GET", "/public", &[], b"")?.status == 200);
+    Ok(())
+}
+
+/// The same over gRPC (`envoyExtAuthzGrpc`), against Envoy's own generated `Authorization`
+/// service: the check carries the request and its peers, an OK answer edits the request
+/// and the response, a denial is the server's, a failed call is `statusOnError`.
+#[test]
+fn custom_policies_ask_a_grpc_external_authorization_service() -> Result<()> {
+    let x = 253;
+    let authz = e2e::ext_authz::spawn_grpc_ext_authz(SocketAddr::new(ip4(x, 2, 9), 9191))?;
+    let routes = "  - name: echo
+    namespace: demo
+    parentRefs: [{name: echo}]
+    rules:
+      - backendRefs: [{name: echo-v1, port: 80}]
+authorizationPolicies:
+  - name: opa
+    namespace: demo
+    targetRefs: [{name: echo}]
+    action: CUSTOM
+    provider: {name: opa}
+    rules: [{to: [{operation: {notPaths: [/public*]}}]}]
+";
+    let dir = tempfile::tempdir()?;
+    let mesh_cfg = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &mesh_cfg,
+        "extensionProviders:
+- name: opa
+  envoyExtAuthzGrpc: {service: ext-authz.foo.svc.cluster.local, port: 9191, timeout: 5s}
+",
+    )?;
+    let mesh_arg = mesh_cfg.display().to_string();
+    let m = Mesh::start_config(
+        x,
+        &with_ext_authz(x, routes, 9191),
+        &["--mesh-config", &mesh_arg],
+        &[],
+    )?;
+    let mut c = m.client()?;
+    let r = c.request(
+        "GET",
+        "/headers?q=1",
+        &[("x-ext-authz", "allow"), ("x-remove-me", "1")],
+        b"",
+    )?;
+    ensure!(r.status == 200, "{r:?}\n{}", m.context());
+    ensure!(
+        r.body.contains("x-ext-authz-check-result: allowed") && !r.body.contains("x-remove-me"),
+        "{}",
+        r.body
+    );
+    ensure!(r.header("x-ext-authz-checked") == Some("grpc"), "{r:?}");
+    {
+        let seen = authz.checks.lock().unwrap();
+        ensure!(seen.len() == 1, "{seen:?}");
+        let check = &seen[0];
+        ensure!(
+            check.method == "GET"
+                && check.path == "/headers?q=1"
+                && check.headers.get("x-ext-authz").map(String::as_str) == Some("allow")
+                && check.headers.get(":path").map(String::as_str) == Some("/headers?q=1"),
+            "{check:?}"
+        );
+        ensure!(
+            check.source_principal == "spiffe://cluster.local/ns/demo/sa/client"
+                && check.destination_address == format!("{}:80", ip4(x, 100, 1)),
+            "{check:?}"
+        );
+    }
+    let r = c.request("GET", "/headers", &[], b"")?;
+    ensure!(
+        r.status == 401
+            && r.body == "denied by the gRPC ext_authz"
+            && r.header("x-ext-authz-check-result") == Some("denied"),
+        "{r:?}"
+    );
+    let r = c.request("GET", "/fail", &[("x-ext-authz", "allow")], b"")?;
+    ensure!(r.status == 403 && r.body.is_empty(), "{r:?}");
+    let n = authz.checks.lock().unwrap().len();
+    ensure!(c.request("GET", "/public", &[], b"")?.status == 200);
+    ensure!(
+        authz.checks.lock().unwrap().len() == n,
+        "/public is not checked"
+    );
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metric_sum(
+            &metrics,
+            "istio_requests_total",
+            &["response_flags=\"UAEX\""]
+        ) == 2.0,
+        "{metrics}"
+    );
     Ok(())
 }

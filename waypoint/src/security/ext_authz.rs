@@ -1,6 +1,6 @@
 //! External authorization: an AuthorizationPolicy with `action: CUSTOM` hands the request
-//! to a MeshConfig provider (`envoyExtAuthzHttp`), as Envoy's `ext_authz` filter does in an
-//! Istio waypoint. This module owns the provider's checked config, the check request made
+//! to a MeshConfig provider (`envoyExtAuthzHttp` or `envoyExtAuthzGrpc`), as Envoy's
+//! `ext_authz` filter does in an Istio waypoint. This module owns the provider's checked config, the check request made
 //! from a client request, and what the provider's answer means; the waypoint sends the
 //! check through its own upstream path (the provider is a Service of the mesh).
 //!
@@ -18,11 +18,20 @@
 //!   headers (only those `headersToDownstreamOnDeny` names, when it names any, plus the
 //!   ones Envoy always keeps: `WWW-Authenticate`, `Location`, `Content-Type`).
 //!
+//! Over gRPC (`envoy.service.auth.v3.Authorization/Check`, messages in [`pb`]): the check
+//! carries the request's method, path, host, headers (pseudo-headers included), id and
+//! size, the tunnel peer's identity and address and the address it called; an `OK` status
+//! allows, with `ok_response`'s headers set (or appended) on the request, its
+//! `headers_to_remove` removed and its `response_headers_to_add` on the client's response;
+//! any other status denies with `denied_response` (its status, 403 by default, headers and
+//! body); a gRPC error, no answer or a late one is an error, as over HTTP.
+//!
 //! A provider the waypoint cannot use (a bad field, a service that is not a Service of the
 //! mesh, the request body in the check) is kept by name with why: the policies that name
 //! it deny what they match, as istiod's "deny all due to bad CUSTOM action" does.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,11 +135,14 @@ fn any_matches(list: &[NamePattern], name: &str) -> bool {
     list.iter().any(|p| p.matches(name))
 }
 
-/// A checked `envoyExtAuthzHttp` provider.
+/// A checked `envoyExtAuthzHttp` or `envoyExtAuthzGrpc` provider.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ExtAuthzHttp {
+pub struct ExtAuthz {
     /// The provider's name (for logs).
     pub name: Arc<str>,
+    /// Asked over gRPC (`Authorization/Check`), else over HTTP. The header lists and the
+    /// path prefix are the HTTP flavour's (a gRPC check carries every header).
+    pub grpc: bool,
     /// The Service the checks go to, on `port` (a Service port).
     pub service: ServiceRef,
     /// Its hostname, for the check's `:authority`.
@@ -150,10 +162,11 @@ pub struct ExtAuthzHttp {
 /// What a provider's answer means for the request.
 #[derive(Debug)]
 pub enum Decision {
-    /// Go on; `upstream` headers set on the request, `remove` removed from it, `downstream`
-    /// added to the client's response.
+    /// Go on; `upstream` headers set on the request (`append` ones appended), `remove`
+    /// removed from it, `downstream` added to the client's response.
     Allow {
         upstream: Vec<(HeaderName, HeaderValue)>,
+        append: Vec<(HeaderName, HeaderValue)>,
         remove: Vec<HeaderName>,
         downstream: Vec<(HeaderName, HeaderValue)>,
     },
@@ -182,39 +195,41 @@ fn service_of(s: &str) -> Option<(ServiceRef, String)> {
     Some((ServiceRef::new(ns, name), host.to_string()))
 }
 
-impl ExtAuthzHttp {
-    /// Checks provider `name`'s spec; `at` names it (`extensionProviders[2]`). An error
-    /// makes the provider unusable, not the MeshConfig.
-    pub fn build(name: &str, s: &ExtAuthzHttpSpec, at: &str) -> Result<ExtAuthzHttp, RouteError> {
-        let at = format!("{at}.envoyExtAuthzHttp");
-        let (service, host) = service_of(&s.service).ok_or_else(|| {
+/// The fields both flavours have, checked.
+struct Common {
+    service: ServiceRef,
+    host: String,
+    port: u16,
+    timeout: Duration,
+    status_on_error: StatusCode,
+}
+
+impl Common {
+    fn check(
+        service: &str,
+        port: u32,
+        timeout: Option<&str>,
+        status_on_error: Option<&str>,
+        with_body: bool,
+        at: &str,
+    ) -> Result<Common, RouteError> {
+        let (service, host) = service_of(service).ok_or_else(|| {
             err(
                 format!("{at}.service"),
                 format!(
-                    "{:?}: the waypoint reaches a provider that is a Service of the mesh (name.namespace.svc.cluster.local)",
-                    s.service
+                    "{service:?}: the waypoint reaches a provider that is a Service of the mesh (name.namespace.svc.cluster.local)"
                 ),
             )
         })?;
-        let port = u16::try_from(s.port)
+        let port = u16::try_from(port)
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| err(format!("{at}.port"), format!("{}: not a port", s.port)))?;
-        let timeout = match &s.timeout {
+            .ok_or_else(|| err(format!("{at}.port"), format!("{port}: not a port")))?;
+        let timeout = match timeout {
             None => DEFAULT_TIMEOUT,
             Some(t) => crate::route::duration(t, &format!("{at}.timeout"))?,
         };
-        let path_prefix = s.path_prefix.clone().unwrap_or_default();
-        if !path_prefix.is_empty()
-            && (!path_prefix.starts_with('/')
-                || http::uri::PathAndQuery::from_maybe_shared(path_prefix.clone()).is_err())
-        {
-            return Err(err(
-                format!("{at}.pathPrefix"),
-                format!("{path_prefix:?}: a path that begins with /"),
-            ));
-        }
-        let status_on_error = match s.status_on_error.as_deref() {
+        let status_on_error = match status_on_error {
             None | Some("") => StatusCode::FORBIDDEN,
             Some(v) => v
                 .parse::<u16>()
@@ -228,10 +243,228 @@ impl ExtAuthzHttp {
                     )
                 })?,
         };
-        if s.include_request_body_in_check.is_some() {
+        if with_body {
             return Err(err(
                 format!("{at}.includeRequestBodyInCheck"),
                 "the waypoint sends checks without the request body",
+            ));
+        }
+        Ok(Common {
+            service,
+            host,
+            port,
+            timeout,
+            status_on_error,
+        })
+    }
+}
+
+/// `envoyExtAuthzGrpc` in the MeshConfig's `extensionProviders`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtAuthzGrpcSpec {
+    pub service: String,
+    pub port: u32,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub fail_open: bool,
+    #[serde(default)]
+    pub status_on_error: Option<String>,
+    /// Not supported: a provider with it is unusable.
+    #[serde(default)]
+    pub include_request_body_in_check: Option<crate::telemetry::spec::serde_yaml_ignored::Ignored>,
+}
+
+/// What a check says of the request beyond its head: who sent it and where.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckContext<'a> {
+    /// The tunnel peer's identity (`cluster.local/ns/NS/sa/SA`).
+    pub principal: Option<&'a str>,
+    /// The client's address.
+    pub source: Option<SocketAddr>,
+    /// The address it called (the Service's).
+    pub destination: Option<SocketAddr>,
+}
+
+impl ExtAuthz {
+    /// Checks provider `name`'s `envoyExtAuthzGrpc` spec, as [`ExtAuthz::build`].
+    pub fn build_grpc(name: &str, s: &ExtAuthzGrpcSpec, at: &str) -> Result<ExtAuthz, RouteError> {
+        let at = format!("{at}.envoyExtAuthzGrpc");
+        let c = Common::check(
+            &s.service,
+            s.port,
+            s.timeout.as_deref(),
+            s.status_on_error.as_deref(),
+            s.include_request_body_in_check.is_some(),
+            &at,
+        )?;
+        Ok(ExtAuthz {
+            name: name.into(),
+            grpc: true,
+            service: c.service,
+            host: c.host,
+            port: c.port,
+            timeout: c.timeout,
+            path_prefix: String::new(),
+            fail_open: s.fail_open,
+            status_on_error: c.status_on_error,
+            include: Vec::new(),
+            additional: Vec::new(),
+            upstream_on_allow: Vec::new(),
+            downstream_on_deny: Vec::new(),
+            downstream_on_allow: Vec::new(),
+        })
+    }
+
+    /// The check for the client request `parts`: a gRPC `Check` call, or an HTTP/1.1
+    /// request without a body.
+    pub fn check(&self, parts: &Parts, ctx: &CheckContext<'_>) -> Request<Bytes> {
+        if self.grpc {
+            self.grpc_check(parts, ctx)
+        } else {
+            self.check_request(parts).map(|()| Bytes::new())
+        }
+    }
+
+    /// The provider's answer, whichever the flavour: what it means for the request.
+    pub fn answer(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Bytes,
+        trailers: Option<&HeaderMap>,
+    ) -> Decision {
+        if self.grpc {
+            grpc_answer(status, headers, &body, trailers)
+        } else {
+            self.decide(status, headers, body)
+        }
+    }
+
+    fn grpc_check(&self, parts: &Parts, ctx: &CheckContext<'_>) -> Request<Bytes> {
+        use prost::Message as _;
+        let mut headers = std::collections::HashMap::new();
+        for name in parts.headers.keys() {
+            let joined: Vec<&str> = parts
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            headers.insert(name.as_str().to_string(), joined.join(","));
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| parts.uri.authority().map(|a| a.as_str().to_string()))
+            .unwrap_or_default();
+        headers.insert(":method".into(), parts.method.as_str().into());
+        headers.insert(":path".into(), path.clone());
+        headers.insert(":authority".into(), host.clone());
+        headers.insert(":scheme".into(), "http".into());
+        let size = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(-1);
+        let peer = |addr: Option<SocketAddr>, principal: Option<&str>| pb::Peer {
+            address: addr.map(|a| pb::Address {
+                socket_address: Some(pb::SocketAddress {
+                    protocol: 0,
+                    address: a.ip().to_string(),
+                    port_value: u32::from(a.port()),
+                }),
+            }),
+            principal: principal.map_or_else(String::new, |p| format!("spiffe://{p}")),
+            ..Default::default()
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let check = pb::CheckRequest {
+            attributes: Some(pb::AttributeContext {
+                source: Some(peer(ctx.source, ctx.principal)),
+                destination: Some(peer(ctx.destination, None)),
+                request: Some(pb::Request {
+                    time: Some(prost_types::Timestamp {
+                        seconds: now.as_secs() as i64,
+                        nanos: now.subsec_nanos() as i32,
+                    }),
+                    http: Some(pb::HttpRequest {
+                        id: parts
+                            .headers
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string(),
+                        method: parts.method.as_str().to_string(),
+                        headers,
+                        path,
+                        host,
+                        scheme: "http".into(),
+                        size,
+                        protocol: match parts.version {
+                            http::Version::HTTP_2 => "HTTP/2",
+                            http::Version::HTTP_10 => "HTTP/1.0",
+                            _ => "HTTP/1.1",
+                        }
+                        .into(),
+                    }),
+                }),
+                context_extensions: Default::default(),
+            }),
+        };
+        let mut body = Vec::with_capacity(5 + check.encoded_len());
+        body.push(0);
+        body.extend_from_slice(&(check.encoded_len() as u32).to_be_bytes());
+        check.encode(&mut body).expect("a Vec grows");
+        let mut req = Request::new(Bytes::from(body));
+        *req.method_mut() = http::Method::POST;
+        *req.version_mut() = http::Version::HTTP_2;
+        // HTTP/2 takes `:scheme` and `:authority` from the URI.
+        *req.uri_mut() = http::Uri::builder()
+            .scheme("http")
+            .authority(format!("{}:{}", self.host, self.port))
+            .path_and_query(pb::CHECK_PATH)
+            .build()
+            .unwrap_or_else(|_| http::Uri::from_static(pb::CHECK_PATH));
+        let h = req.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        req
+    }
+
+    /// Checks provider `name`'s spec; `at` names it (`extensionProviders[2]`). An error
+    /// makes the provider unusable, not the MeshConfig.
+    pub fn build(name: &str, s: &ExtAuthzHttpSpec, at: &str) -> Result<ExtAuthz, RouteError> {
+        let at = format!("{at}.envoyExtAuthzHttp");
+        let c = Common::check(
+            &s.service,
+            s.port,
+            s.timeout.as_deref(),
+            s.status_on_error.as_deref(),
+            s.include_request_body_in_check.is_some(),
+            &at,
+        )?;
+        let path_prefix = s.path_prefix.clone().unwrap_or_default();
+        if !path_prefix.is_empty()
+            && (!path_prefix.starts_with('/')
+                || http::uri::PathAndQuery::from_maybe_shared(path_prefix.clone()).is_err())
+        {
+            return Err(err(
+                format!("{at}.pathPrefix"),
+                format!("{path_prefix:?}: a path that begins with /"),
             ));
         }
         let include = if s.include_request_headers_in_check.is_empty() {
@@ -253,15 +486,16 @@ impl ExtAuthzHttp {
             let value = HeaderValue::from_str(v).map_err(|_| err(&field, "not a header value"))?;
             additional.push((name, value));
         }
-        Ok(ExtAuthzHttp {
+        Ok(ExtAuthz {
             name: name.into(),
-            service,
-            host,
-            port,
-            timeout,
+            grpc: false,
+            service: c.service,
+            host: c.host,
+            port: c.port,
+            timeout: c.timeout,
             path_prefix,
             fail_open: s.fail_open,
-            status_on_error,
+            status_on_error: c.status_on_error,
             include,
             additional,
             upstream_on_allow: patterns(
@@ -336,6 +570,7 @@ impl ExtAuthzHttp {
                 .collect();
             return Decision::Allow {
                 upstream: pick(&self.upstream_on_allow),
+                append: Vec::new(),
                 remove,
                 downstream: pick(&self.downstream_on_allow),
             };
@@ -362,9 +597,108 @@ impl ExtAuthzHttp {
     }
 }
 
+/// What a gRPC provider's answer means: `OK` allows as its `ok_response` says, another
+/// status denies as its `denied_response` says (403 without one), and a failed call is an
+/// error.
+fn grpc_answer(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    trailers: Option<&HeaderMap>,
+) -> Decision {
+    use prost::Message as _;
+    if status != StatusCode::OK {
+        return Decision::Error(format!("the provider answered {status}"));
+    }
+    // The call's status: the trailers', or the head's for a trailers-only answer.
+    let grpc_status = trailers
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok());
+    if grpc_status != Some("0") {
+        return Decision::Error(format!(
+            "the Check call ended with grpc-status {}",
+            grpc_status.unwrap_or("(none)")
+        ));
+    }
+    let message = match body {
+        [0, a, b, c, d, rest @ ..]
+            if u32::from_be_bytes([*a, *b, *c, *d]) as usize == rest.len() =>
+        {
+            rest
+        }
+        [1, ..] => return Decision::Error("a compressed CheckResponse".into()),
+        _ => return Decision::Error("not one gRPC message in the answer".into()),
+    };
+    let resp = match pb::CheckResponse::decode(message) {
+        Ok(r) => r,
+        Err(e) => return Decision::Error(format!("the CheckResponse does not decode: {e}")),
+    };
+    let pairs = |opts: &[pb::HeaderValueOption]| -> Vec<(bool, HeaderName, HeaderValue)> {
+        opts.iter()
+            .filter_map(|o| {
+                let h = o.header.as_ref()?;
+                let name = HeaderName::from_bytes(h.key.as_bytes()).ok()?;
+                let raw = if h.raw_value.is_empty() {
+                    h.value.as_bytes()
+                } else {
+                    &h.raw_value
+                };
+                let value = HeaderValue::from_bytes(raw).ok()?;
+                Some((o.append.as_ref().is_some_and(|a| a.value), name, value))
+            })
+            .collect()
+    };
+    if resp.status.as_ref().map_or(0, |s| s.code) == 0 {
+        let ok = resp.ok_response.unwrap_or_default();
+        let (mut upstream, mut append) = (Vec::new(), Vec::new());
+        for (add, n, v) in pairs(&ok.headers) {
+            if add {
+                append.push((n, v));
+            } else {
+                upstream.push((n, v));
+            }
+        }
+        return Decision::Allow {
+            upstream,
+            append,
+            remove: ok
+                .headers_to_remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .filter(|n| *n != header::HOST)
+                .collect(),
+            downstream: pairs(&ok.response_headers_to_add)
+                .into_iter()
+                .map(|(_, n, v)| (n, v))
+                .collect(),
+        };
+    }
+    let denied = resp.denied_response.unwrap_or_default();
+    let status = denied
+        .status
+        .and_then(|s| u16::try_from(s.code).ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .filter(|c| c.as_u16() >= 200)
+        .unwrap_or(StatusCode::FORBIDDEN);
+    let mut out = HeaderMap::new();
+    for (_, n, v) in pairs(&denied.headers) {
+        if n != header::CONTENT_LENGTH && n != header::TRANSFER_ENCODING {
+            out.append(n, v);
+        }
+    }
+    Decision::Deny {
+        status,
+        headers: out,
+        body: Bytes::from(denied.body),
+    }
+}
+
 /// The MeshConfig's authorization providers, by name (exact, as istiod looks them up):
 /// each one usable, or why not.
-pub type AuthzProviders = BTreeMap<String, Result<Arc<ExtAuthzHttp>, String>>;
+pub type AuthzProviders = BTreeMap<String, Result<Arc<ExtAuthz>, String>>;
+
+pub mod pb;
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::security::ext_authz::{AuthzProviders, ExtAuthzHttp};
+use crate::security::ext_authz::{AuthzProviders, ExtAuthz};
 
 use super::*;
 
@@ -18,8 +18,9 @@ pub enum Provider {
     /// Access log records over OTLP/gRPC (`envoyOtelAls`).
     OtelLog(OtelLog),
     Prometheus,
-    /// An external authorization service (`envoyExtAuthzHttp`), or why it cannot be used.
-    ExtAuthz(Result<Arc<ExtAuthzHttp>, String>),
+    /// An external authorization service (`envoyExtAuthzHttp` or `envoyExtAuthzGrpc`), or
+    /// why it cannot be used.
+    ExtAuthz(Result<Arc<ExtAuthz>, String>),
     /// A kind the waypoint does not export to, with why.
     Unusable(String),
 }
@@ -124,14 +125,16 @@ impl Mesh {
             } else if let Some(a) = &p.envoy_ext_authz_http {
                 // A bad one is kept, with why: the policies naming it then refuse.
                 Provider::ExtAuthz(
-                    ExtAuthzHttp::build(&p.name, a, &at)
+                    ExtAuthz::build(&p.name, a, &at)
                         .map(Arc::new)
                         .map_err(|e| e.to_string()),
                 )
-            } else if p.envoy_ext_authz_grpc.is_some() {
-                Provider::ExtAuthz(Err(format!(
-                    "{at}.envoyExtAuthzGrpc: the waypoint asks providers over HTTP (envoyExtAuthzHttp), not gRPC"
-                )))
+            } else if let Some(g) = &p.envoy_ext_authz_grpc {
+                Provider::ExtAuthz(
+                    ExtAuthz::build_grpc(&p.name, g, &at)
+                        .map(Arc::new)
+                        .map_err(|e| e.to_string()),
+                )
             } else {
                 let kind = p.other.keys().next().map_or("none", String::as_str);
                 Provider::Unusable(format!(

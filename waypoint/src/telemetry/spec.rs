@@ -241,9 +241,9 @@ pub struct ProviderSpec {
     /// An external authorization service over HTTP (AuthorizationPolicy `CUSTOM`).
     #[serde(default)]
     pub envoy_ext_authz_http: Option<crate::security::ext_authz::ExtAuthzHttpSpec>,
-    /// The gRPC flavour: known, not supported (its policies refuse).
+    /// The same over gRPC (Envoy's `Authorization/Check`).
     #[serde(default)]
-    pub envoy_ext_authz_grpc: Option<serde_yaml_ignored::Ignored>,
+    pub envoy_ext_authz_grpc: Option<crate::security::ext_authz::ExtAuthzGrpcSpec>,
     /// Every other key: the provider's kind, unknown or not taken.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_yaml_ignored::Ignored>,

@@ -622,7 +622,9 @@ extensionProviders:
 - name: broken
   envoyExtAuthzHttp: {service: auth.example.com, port: 8000}
 - name: grpc
-  envoyExtAuthzGrpc: {service: ext-authz.foo.svc.cluster.local, port: 9000}
+  envoyExtAuthzGrpc: {service: opa.foo.svc.cluster.local, port: 9191}
+- name: grpc-bad
+  envoyExtAuthzGrpc: {service: opa.foo.svc.cluster.local, port: 0}
 "#;
     let (t, w, _) = build(
         "- {name: t, namespace: istio-system, tracing: [{providers: [{name: ext-authz}]}]}",
@@ -639,10 +641,14 @@ extensionProviders:
         panic!("the broken provider is kept");
     };
     assert!(why.contains("envoyExtAuthzHttp.service"), "{why}");
-    let Some(Err(why)) = t.authz_provider("grpc") else {
-        panic!("the gRPC provider is kept");
+    let Some(Ok(g)) = t.authz_provider("grpc") else {
+        panic!("the gRPC provider is usable");
     };
-    assert!(why.contains("envoyExtAuthzGrpc"), "{why}");
+    assert!(g.grpc && g.port == 9191);
+    let Some(Err(why)) = t.authz_provider("grpc-bad") else {
+        panic!("the bad gRPC provider is kept");
+    };
+    assert!(why.contains("envoyExtAuthzGrpc.port"), "{why}");
     // It does not trace.
     assert!(w.iter().any(|w| w.contains("does not do tracing")), "{w:?}");
     // A table without a MeshConfig has none.

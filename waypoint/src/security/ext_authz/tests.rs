@@ -6,13 +6,12 @@ fn spec(yaml: &str) -> ExtAuthzHttpSpec {
     serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("bad test YAML: {e}\n{yaml}"))
 }
 
-fn provider(yaml: &str) -> ExtAuthzHttp {
-    ExtAuthzHttp::build("authz", &spec(yaml), "extensionProviders[0]")
-        .unwrap_or_else(|e| panic!("{e}"))
+fn provider(yaml: &str) -> ExtAuthz {
+    ExtAuthz::build("authz", &spec(yaml), "extensionProviders[0]").unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn build_err(yaml: &str) -> RouteError {
-    ExtAuthzHttp::build("authz", &spec(yaml), "extensionProviders[0]").unwrap_err()
+    ExtAuthz::build("authz", &spec(yaml), "extensionProviders[0]").unwrap_err()
 }
 
 fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
@@ -158,9 +157,11 @@ fn answers_allow_deny_or_fail() {
     match p.decide(StatusCode::OK, &answer, Bytes::new()) {
         Decision::Allow {
             upstream,
+            append,
             remove,
             downstream,
         } => {
+            assert!(append.is_empty());
             let names: Vec<&str> = upstream.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(names, ["x-ext-authz-check-result", "x-auth-user"]);
             assert_eq!(
@@ -230,5 +231,234 @@ fn answers_allow_deny_or_fail() {
             assert_eq!(headers["location"], "/login");
         }
         other => panic!("{other:?}"),
+    }
+}
+
+fn grpc_provider() -> ExtAuthz {
+    let s: ExtAuthzGrpcSpec = serde_yaml::from_str(
+        "{service: opa.policy.svc.cluster.local, port: 9191, timeout: 1s, failOpen: true}",
+    )
+    .unwrap();
+    ExtAuthz::build_grpc("opa", &s, "extensionProviders[1]").unwrap()
+}
+
+/// One gRPC message, framed.
+fn framed(m: &impl prost::Message) -> Bytes {
+    let mut b = vec![0];
+    b.extend_from_slice(&(m.encoded_len() as u32).to_be_bytes());
+    m.encode(&mut b).unwrap();
+    Bytes::from(b)
+}
+
+fn grpc_ok() -> HeaderMap {
+    headers(&[("grpc-status", "0")])
+}
+
+fn option(key: &str, value: &str, append: bool) -> pb::HeaderValueOption {
+    pb::HeaderValueOption {
+        header: Some(pb::HeaderValue {
+            key: key.into(),
+            value: value.into(),
+            raw_value: Vec::new(),
+        }),
+        append: append.then_some(pb::BoolValue { value: true }),
+    }
+}
+
+#[test]
+fn a_grpc_check_carries_the_request_and_its_peers() {
+    use prost::Message as _;
+    let p = grpc_provider();
+    assert!(p.grpc && p.fail_open);
+    assert_eq!((p.port, p.timeout), (9191, Duration::from_secs(1)));
+    let bad: ExtAuthzGrpcSpec = serde_yaml::from_str("{service: opa, port: 9191}").unwrap();
+    let e = ExtAuthz::build_grpc("opa", &bad, "extensionProviders[1]").unwrap_err();
+    assert_eq!(e.path, "extensionProviders[1].envoyExtAuthzGrpc.service");
+    let mut req = parts(
+        "POST",
+        "/api/items?id=7",
+        &[
+            ("host", "echo.demo:80"),
+            ("x-request-id", "r-1"),
+            ("x-tag", "a"),
+            ("x-tag", "b"),
+            ("content-length", "12"),
+        ],
+    );
+    req.version = http::Version::HTTP_2;
+    let ctx = CheckContext {
+        principal: Some("cluster.local/ns/demo/sa/client"),
+        source: Some("10.0.0.1:40000".parse().unwrap()),
+        destination: Some("10.96.0.1:80".parse().unwrap()),
+    };
+    let check = p.check(&req, &ctx);
+    assert_eq!(
+        check.uri(),
+        "http://opa.policy.svc.cluster.local:9191/envoy.service.auth.v3.Authorization/Check"
+    );
+    assert_eq!(check.version(), http::Version::HTTP_2);
+    assert_eq!(check.headers()["content-type"], "application/grpc");
+    assert_eq!(check.headers()["te"], "trailers");
+    let body = check.body();
+    assert_eq!(body[0], 0, "not compressed");
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    assert_eq!(len, body.len() - 5);
+    let decoded = pb::CheckRequest::decode(&body[5..]).unwrap();
+    let a = decoded.attributes.unwrap();
+    let source = a.source.unwrap();
+    assert_eq!(source.principal, "spiffe://cluster.local/ns/demo/sa/client");
+    let sa = source.address.unwrap().socket_address.unwrap();
+    assert_eq!((sa.address.as_str(), sa.port_value), ("10.0.0.1", 40000));
+    let da = a
+        .destination
+        .unwrap()
+        .address
+        .unwrap()
+        .socket_address
+        .unwrap();
+    assert_eq!((da.address.as_str(), da.port_value), ("10.96.0.1", 80));
+    let http = a.request.unwrap().http.unwrap();
+    assert_eq!(http.method, "POST");
+    assert_eq!(http.path, "/api/items?id=7");
+    assert_eq!(http.host, "echo.demo:80");
+    assert_eq!(http.id, "r-1");
+    assert_eq!((http.size, http.protocol.as_str()), (12, "HTTP/2"));
+    assert_eq!(http.headers["x-tag"], "a,b");
+    assert_eq!(http.headers[":method"], "POST");
+    assert_eq!(http.headers[":path"], "/api/items?id=7");
+    assert_eq!(http.headers[":authority"], "echo.demo:80");
+}
+
+#[test]
+fn grpc_answers_allow_deny_or_fail() {
+    let p = grpc_provider();
+    let ok = pb::CheckResponse {
+        status: Some(pb::RpcStatus::default()),
+        ok_response: Some(pb::OkHttpResponse {
+            headers: vec![option("x-user", "alice", false), option("x-tag", "c", true)],
+            headers_to_remove: vec!["authorization".into()],
+            response_headers_to_add: vec![option("x-checked", "yes", false)],
+        }),
+        denied_response: None,
+    };
+    match p.answer(
+        StatusCode::OK,
+        &HeaderMap::new(),
+        framed(&ok),
+        Some(&grpc_ok()),
+    ) {
+        Decision::Allow {
+            upstream,
+            append,
+            remove,
+            downstream,
+        } => {
+            assert_eq!(upstream[0].0.as_str(), "x-user");
+            assert_eq!(append[0].0.as_str(), "x-tag");
+            assert_eq!(remove, [header::AUTHORIZATION]);
+            assert_eq!(downstream[0].0.as_str(), "x-checked");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A status without an ok_response allows as is.
+    let bare = pb::CheckResponse::default();
+    assert!(matches!(
+        p.answer(
+            StatusCode::OK,
+            &HeaderMap::new(),
+            framed(&bare),
+            Some(&grpc_ok())
+        ),
+        Decision::Allow { .. }
+    ));
+    let denied = pb::CheckResponse {
+        status: Some(pb::RpcStatus {
+            code: 7,
+            message: "no".into(),
+        }),
+        denied_response: Some(pb::DeniedHttpResponse {
+            status: Some(pb::HttpStatus { code: 401 }),
+            headers: vec![option("www-authenticate", "Bearer", false)],
+            body: "who are you".into(),
+        }),
+        ok_response: None,
+    };
+    match p.answer(
+        StatusCode::OK,
+        &HeaderMap::new(),
+        framed(&denied),
+        Some(&grpc_ok()),
+    ) {
+        Decision::Deny {
+            status,
+            headers,
+            body,
+        } => {
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            assert_eq!(headers["www-authenticate"], "Bearer");
+            assert_eq!(&body[..], b"who are you");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Denied without a denied_response: 403.
+    let plain = pb::CheckResponse {
+        status: Some(pb::RpcStatus {
+            code: 7,
+            message: String::new(),
+        }),
+        ..Default::default()
+    };
+    match p.answer(
+        StatusCode::OK,
+        &HeaderMap::new(),
+        framed(&plain),
+        Some(&grpc_ok()),
+    ) {
+        Decision::Deny { status, .. } => assert_eq!(status, StatusCode::FORBIDDEN),
+        other => panic!("{other:?}"),
+    }
+    // Failed calls: a gRPC error (trailers or trailers-only), an HTTP error, a compressed
+    // or cut message, bytes that do not decode.
+    let unavailable = headers(&[("grpc-status", "14")]);
+    for (status, head, body, trailers) in [
+        (
+            StatusCode::OK,
+            HeaderMap::new(),
+            framed(&ok),
+            Some(&unavailable),
+        ),
+        (StatusCode::OK, unavailable.clone(), Bytes::new(), None),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            HeaderMap::new(),
+            Bytes::new(),
+            None,
+        ),
+        (
+            StatusCode::OK,
+            HeaderMap::new(),
+            framed(&ok).slice(..7),
+            Some(&grpc_ok()),
+        ),
+        (
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(&[1, 0, 0, 0, 1, 0]),
+            Some(&grpc_ok()),
+        ),
+        (
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(&[0, 0, 0, 0, 2, 0xff, 0xff]),
+            Some(&grpc_ok()),
+        ),
+    ] {
+        assert!(
+            matches!(
+                p.answer(status, &head, body.clone(), trailers),
+                Decision::Error(_)
+            ),
+            "{status} {head:?} {body:?}"
+        );
     }
 }
