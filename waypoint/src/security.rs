@@ -9,12 +9,17 @@
 //!    401 and Envoy's words (`Jwt is expired`, `Jwt issuer is not configured`, `Audiences
 //!    in Jwt are not allowed`, `Jwt verification fails`). A missing token is no error: the
 //!    request just has no request principal.
-//! 2. CUSTOM policies: when a rule matches, the request is handed to the policy's provider
-//!    ([`ext_authz`]), whose answer allows or refuses it. One provider per target (Istio's
-//!    rule): CUSTOM policies of one target that name different providers refuse every
-//!    request there, as istiod's "deny all due to bad CUSTOM action".
 //! 3. DENY policies: any matching rule refuses with 403 `RBAC: access denied`.
 //! 4. ALLOW policies: when a Service has any, one rule must match, else 403.
+//!
+//! Before all of them (a waypoint's filter order in istiod: the CUSTOM filter, then
+//! jwt_authn, then RBAC), [`SecurityTable::custom`]: when a rule of a CUSTOM policy matches,
+//! the request is handed to the policy's provider ([`ext_authz`]), whose answer allows or
+//! refuses it, and whose header edits the steps above then see. The Gateway's and the
+//! Service's CUSTOM policies are one set, as istiod gives them to one filter, with one
+//! provider: when they name two, the requests their rules match are refused (istiod's
+//! "deny due to bad CUSTOM action"). The CUSTOM step runs before the JWT is checked, so its
+//! rules see no request principal, as in Istio.
 //!
 //! Policies on the waypoint's Gateway are checked first, then the Service's, each level on
 //! its own (as istiod builds a waypoint's two RBAC filters): a request passes when neither
@@ -174,11 +179,8 @@ struct Policy {
 #[derive(Debug, Default)]
 struct ServiceSecurity {
     jwt: Vec<Arc<JwtRule>>,
-    /// CUSTOM policies, with the one provider they name.
-    custom: Vec<Arc<Policy>>,
-    provider: Option<Arc<str>>,
-    /// CUSTOM policies here name two providers: every request is refused.
-    providers_conflict: bool,
+    /// CUSTOM policies, each with the provider it names.
+    custom: Vec<(Arc<Policy>, Arc<str>)>,
     deny: Vec<Arc<Policy>>,
     allow: Vec<Arc<Policy>>,
 }
@@ -205,16 +207,8 @@ pub struct Peer {
     pub addr: Option<std::net::SocketAddr>,
 }
 
-/// A request that passed authentication: the external checks it needs (a CUSTOM policy
-/// matched), then the verdict of the DENY and ALLOW policies, which applies once the
-/// checks allow it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    /// (provider, policy) per level whose CUSTOM policies matched: the Gateway's, then the
-    /// Service's. Usually empty.
-    pub ask: Vec<(Arc<str>, Arc<str>)>,
-    pub rbac: Result<(), Refusal>,
-}
+/// A provider to ask, and the CUSTOM policy whose rule matched (`namespace/name`).
+pub type Ask = (Arc<str>, Arc<str>);
 
 /// The policy name a refusal for CUSTOM policies that name different providers reports.
 pub const BAD_CUSTOM: &str = "default-deny-all-due-to-bad-CUSTOM-action";
@@ -283,13 +277,7 @@ impl SecurityTable {
                 match &action {
                     Action::Allow => s.allow.push(policy.clone()),
                     Action::Deny => s.deny.push(policy.clone()),
-                    Action::Custom(provider) => {
-                        match &s.provider {
-                            Some(p) if p != provider => s.providers_conflict = true,
-                            _ => s.provider = Some(provider.clone()),
-                        }
-                        s.custom.push(policy.clone());
-                    }
+                    Action::Custom(provider) => s.custom.push((policy.clone(), provider.clone())),
                 }
             }
             table.policies += 1;
@@ -347,11 +335,50 @@ impl SecurityTable {
         (self.policies, self.authentications)
     }
 
+    /// The CUSTOM step for a request to `service`:`port` from `peer` (see the module docs):
+    /// the provider to ask and the policy whose rule matched, or `None`. Refused when the
+    /// matching policies name different providers.
+    pub fn custom(
+        &self,
+        service: &ServiceRef,
+        gateway: Option<&ServiceRef>,
+        port: u16,
+        peer: &Peer,
+        parts: &Parts,
+    ) -> Result<Option<Ask>, Refusal> {
+        let levels = [
+            gateway.and_then(|g| self.by_gateway.get(g)),
+            self.by_service.get(service),
+        ];
+        let mut custom = levels.iter().flatten().flat_map(|l| &l.custom).peekable();
+        let Some((_, first)) = custom.peek() else {
+            return Ok(None);
+        };
+        let first = first.clone();
+        let req = RequestView {
+            parts,
+            peer,
+            port,
+            auth: None,
+        };
+        let mut conflict = false;
+        let mut matched = None;
+        for (policy, provider) in custom {
+            conflict |= *provider != first;
+            if matched.is_none() && policy.rules.iter().any(|r| req.matches(r)) {
+                matched = Some((provider.clone(), policy.key.clone()));
+            }
+        }
+        match matched {
+            Some(_) if conflict => Err(Refusal::Denied(BAD_CUSTOM.into())),
+            m => Ok(m),
+        }
+    }
+
     /// Authenticates and authorizes a request to `service`:`port` from `peer`, through the
-    /// waypoint whose Gateway is `gateway`. On success the request's headers are edited as
-    /// the JWT rule says (claims to headers, the token removed unless forwarded). A bad
-    /// token is `Err`; otherwise the [`Verdict`] says which providers to ask first and what
-    /// the DENY and ALLOW policies decided.
+    /// waypoint whose Gateway is `gateway` (after [`SecurityTable::custom`]'s provider, if
+    /// one was asked, allowed it). On success the request's headers are edited as the JWT
+    /// rule says (claims to headers, the token removed unless forwarded).
     pub fn check(
         &self,
         service: &ServiceRef,
@@ -359,14 +386,11 @@ impl SecurityTable {
         port: u16,
         peer: &Peer,
         parts: &mut Parts,
-    ) -> Result<Verdict, Refusal> {
+    ) -> Result<(), Refusal> {
         let g = gateway.and_then(|g| self.by_gateway.get(g));
         let s = self.by_service.get(service);
         if g.is_none() && s.is_none() {
-            return Ok(Verdict {
-                ask: Vec::new(),
-                rbac: Ok(()),
-            });
+            return Ok(());
         }
         let auth = match (g, s) {
             (Some(g), Some(s)) if !g.jwt.is_empty() && !s.jwt.is_empty() => {
@@ -383,28 +407,7 @@ impl SecurityTable {
             port,
             auth: auth.as_ref(),
         };
-        let mut ask = Vec::new();
-        for level in [g, s].into_iter().flatten() {
-            if level.providers_conflict {
-                return Ok(Verdict {
-                    ask: Vec::new(),
-                    rbac: Err(Refusal::Denied(BAD_CUSTOM.into())),
-                });
-            }
-            if let (Some(provider), Some(p)) = (
-                &level.provider,
-                level
-                    .custom
-                    .iter()
-                    .find(|p| p.rules.iter().any(|r| req.matches(r))),
-            ) {
-                ask.push((provider.clone(), p.key.clone()));
-            }
-        }
-        Ok(Verdict {
-            ask,
-            rbac: Self::rbac(&req, [g, s]),
-        })
+        Self::rbac(&req, [g, s])
     }
 
     /// The DENY, then ALLOW, policies of each level.

@@ -43,6 +43,7 @@ use crate::dr::pool::Slot;
 use crate::dr::{Limits, Outlier, PoolPolicy};
 use crate::io::{LocalExec, Protocol, sniff};
 use crate::route::{Backend, Retry, RouteTable, Rule, ServiceRef};
+use crate::security::ext_authz::Allowed;
 use crate::security::{Peer, Refusal, SecurityTable};
 use crate::stats::{Key, Messages, Outcome, Stats};
 use crate::telemetry::{Plan, TelemetryTable};
@@ -180,6 +181,30 @@ pub struct Target {
     /// The address the client called (the tunnel's CONNECT authority), for the access
     /// log's `%DOWNSTREAM_LOCAL_ADDRESS%`.
     pub local: Option<SocketAddr>,
+}
+
+/// Up to `limit` bytes of `body` and its trailers; a longer body is cut there (the rest is
+/// not read), as Envoy cuts a denial's page, and then has no trailers.
+async fn read_capped(mut body: Body, limit: usize) -> Result<(Bytes, Option<HeaderMap>), String> {
+    let mut data = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the answer: {e}"))?;
+        match frame.into_data() {
+            Ok(chunk) => {
+                let room = limit - data.len();
+                data.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if chunk.len() >= room {
+                    return Ok((data.freeze(), None));
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    return Ok((data.freeze(), Some(t)));
+                }
+            }
+        }
+    }
+    Ok((data.freeze(), None))
 }
 
 /// `send` under a timeout, if there is one. Not an `async fn`: `runtime::time::Timeout`
@@ -383,35 +408,52 @@ impl<U: Upstreams> Waypoint<U> {
                 rec.trace = Some((t.tracer.clone(), c));
             }
         }
-        // Deny before routing: authentication, then the CUSTOM policies' providers, then
-        // the DENY and ALLOW policies.
+        // Deny before routing, in istiod's waypoint filter order: the CUSTOM policies'
+        // provider, then authentication, then the DENY and ALLOW policies.
         let security = self.security.borrow().clone();
-        let verdict = security.check(
+        let mut on_allow = Vec::new();
+        // The route as chosen before the provider's edits, which do not change it (Envoy's
+        // ext_authz filter has chosen it already) unless the provider says to route again.
+        let mut routed = None;
+        let custom = security.custom(
             &target.service,
             self.gateway.as_ref(),
             target.port,
             &target.peer,
-            &mut parts,
+            &parts,
         );
-        let mut on_allow = Vec::new();
-        let verdict = match verdict {
-            Ok(v) => {
-                for (provider, policy) in &v.ask {
-                    match self
-                        .ext_authz(&table, provider, policy, target, &mut parts)
-                        .await
-                    {
-                        Ok(headers) => on_allow.extend(headers),
-                        Err((outcome, details, resp)) => {
-                            rec.details = Some(details);
-                            return self.answer(rec, outcome, resp);
+        let verdict = match custom {
+            Ok(Some((provider, policy))) => {
+                match self
+                    .ext_authz(&table, &provider, &policy, target, &parts)
+                    .await
+                {
+                    Ok((allowed, reroute)) => {
+                        if allowed.edits_request() && !reroute {
+                            routed = Some(self.rule_for(target, &parts));
                         }
+                        allowed.apply(&mut parts.headers);
+                        on_allow = allowed.downstream;
+                        Ok(())
+                    }
+                    Err((outcome, details, resp)) => {
+                        rec.details = Some(details);
+                        return self.answer(rec, outcome, resp);
                     }
                 }
-                v.rbac
             }
+            Ok(None) => Ok(()),
             Err(refusal) => Err(refusal),
         };
+        let verdict = verdict.and_then(|()| {
+            security.check(
+                &target.service,
+                self.gateway.as_ref(),
+                target.port,
+                &target.peer,
+                &mut parts,
+            )
+        });
         if let Err(refusal) = verdict {
             let (outcome, resp) = match refusal {
                 Refusal::Unauthenticated(why) => {
@@ -444,7 +486,7 @@ impl<U: Upstreams> Waypoint<U> {
             };
             return self.answer(rec, outcome, resp);
         }
-        let rule = match self.rule_for(target, &parts) {
+        let rule = match routed.unwrap_or_else(|| self.rule_for(target, &parts)) {
             Ok(r) => {
                 rec.route = r.route.clone();
                 r
@@ -627,26 +669,37 @@ impl<U: Upstreams> Waypoint<U> {
         self.answer(rec, outcome, resp)
     }
 
-    /// Asks the provider of CUSTOM policy `policy` about the request: `Ok` with the headers
-    /// the client's response gets (the request's own were edited as the provider said), or
-    /// the answer the client gets instead, with its outcome and details. A provider the
-    /// MeshConfig lacks, or cannot use, refuses (fail closed, as istiod's deny-all).
+    /// Asks the provider of CUSTOM policy `policy` about the request: `Ok` with what its
+    /// answer changes (and whether to route again after), or the answer the client gets
+    /// instead, with its outcome and details. A provider the MeshConfig lacks or cannot
+    /// use, or whose Service the mesh does not know, refuses (fail closed, as istiod's
+    /// deny-all; `failOpen` is for a provider that fails, not for one that is not there).
     async fn ext_authz(
         &self,
         table: &TelemetryTable,
         provider: &str,
         policy: &str,
         target: &Target,
-        parts: &mut Parts,
-    ) -> Result<Vec<(header::HeaderName, HeaderValue)>, (Outcome, String, Response<Body>)> {
+        parts: &Parts,
+    ) -> Result<(Allowed, bool), (Outcome, String, Response<Body>)> {
         use crate::security::ext_authz::{CheckContext, Decision, MAX_ANSWER_BYTES};
-        let p = match table.authz_provider(provider) {
-            Some(Ok(p)) => p.clone(),
-            other => {
-                let why = match other {
-                    Some(Err(why)) => why.clone(),
-                    _ => "is not in the MeshConfig's extensionProviders".to_string(),
-                };
+        let usable = match table.authz_provider(provider) {
+            Some(Ok(p)) => Ok(p.clone()),
+            Some(Err(why)) => Err(why.clone()),
+            None => Err("is not in the MeshConfig's extensionProviders".to_string()),
+        };
+        let to = usable.as_ref().ok().map(|p| Upstream {
+            service: p.service.clone(),
+            subset: None,
+            port: p.port,
+            hash: None,
+        });
+        let p = match (usable, &to) {
+            (Ok(p), Some(to)) if self.upstreams.cluster_name(to).is_some() => p,
+            (usable, _) => {
+                let why = usable
+                    .err()
+                    .unwrap_or_else(|| "names a Service the mesh does not know".to_string());
                 tracing::warn!(%policy, provider, %why, "CUSTOM policy: its provider cannot be used; request refused");
                 let (ns, name) = policy.split_once('/').unwrap_or(("", policy));
                 return Err((
@@ -656,18 +709,13 @@ impl<U: Upstreams> Waypoint<U> {
                 ));
             }
         };
+        let to = to.expect("a usable provider has its Service");
         let ctx = CheckContext {
             principal: target.peer.principal.as_deref(),
             source: target.peer.addr,
             destination: target.local,
         };
         let check = p.check(parts, &ctx).map(Body::full);
-        let to = Upstream {
-            service: p.service.clone(),
-            subset: None,
-            port: p.port,
-            hash: None,
-        };
         let exchange = async {
             let mut tried = Tried::new();
             let (resp, _) = self
@@ -675,12 +723,8 @@ impl<U: Upstreams> Waypoint<U> {
                 .await
                 .map_err(|e| format!("{e:?}"))?;
             let (head, body) = resp.into_parts();
-            let collected = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the answer: {e}"))?;
-            let trailers = collected.trailers().cloned();
-            Ok::<_, String>((head, collected.to_bytes(), trailers))
+            let (body, trailers) = read_capped(body, MAX_ANSWER_BYTES).await?;
+            Ok::<_, String>((head, body, trailers))
         };
         let decision = match runtime::time::timeout(p.timeout, exchange).await {
             Err(_) => Decision::Error(format!("no answer within {:?}", p.timeout)),
@@ -690,37 +734,28 @@ impl<U: Upstreams> Waypoint<U> {
             }
         };
         match decision {
-            Decision::Allow {
-                upstream,
-                append,
-                remove,
-                downstream,
-            } => {
-                for (name, _) in &upstream {
-                    parts.headers.remove(name);
-                }
-                for (name, value) in upstream.into_iter().chain(append) {
-                    parts.headers.append(name, value);
-                }
-                for name in remove {
-                    parts.headers.remove(name);
-                }
-                Ok(downstream)
-            }
+            Decision::Allow(allowed) => Ok((allowed, p.clear_route_cache)),
             Decision::Deny {
                 status,
                 headers,
                 body,
             } => {
+                // A gRPC client gets it in gRPC's form (the body as its message), as Envoy's
+                // local reply does.
+                let text: Arc<str> = String::from_utf8_lossy(&body[..body.len().min(1024)]).into();
                 let mut resp = Response::new(Body::full(body));
                 *resp.status_mut() = status;
                 *resp.headers_mut() = headers;
+                resp.extensions_mut().insert(Local {
+                    text,
+                    grpc_status: None,
+                });
                 Err((Outcome::ExtAuthzDenied, "ext_authz_denied".into(), resp))
             }
             Decision::Error(why) => {
                 tracing::debug!(provider = %p.name, %why, fail_open = p.fail_open, "ext_authz check failed");
                 if p.fail_open {
-                    return Ok(Vec::new());
+                    return Ok((Allowed::default(), false));
                 }
                 // Envoy's local reply: the status, no body (gRPC's form for a gRPC client).
                 let mut resp = Response::new(Body::full(Bytes::new()));

@@ -356,10 +356,14 @@ fn with_ext_authz(x: u8, routes: &str, port: u16) -> String {
 fn custom_policies_ask_an_external_authorization_service() -> Result<()> {
     let x = 252;
     let authz = e2e::ext_authz::spawn_ext_authz(SocketAddr::new(ip4(x, 2, 9), 8000))?;
+    // A route on the header the provider sets: the route is chosen before its edits
+    // (unless `clearRouteCache`); a DENY on it: policies see them.
     let routes = "  - name: echo
     namespace: demo
     parentRefs: [{name: echo}]
     rules:
+      - matches: [{headers: [{name: x-ext-authz-check-result, value: allowed}]}]
+        backendRefs: [{name: echo-v2, port: 80}]
       - backendRefs: [{name: echo-v1, port: 80}]
 authorizationPolicies:
   - name: ext
@@ -368,20 +372,28 @@ authorizationPolicies:
     action: CUSTOM
     provider: {name: sample-ext-authz}
     rules: [{to: [{operation: {paths: [/headers*, /fail*]}}]}]
+  - name: after-ext
+    namespace: demo
+    targetRefs: [{name: echo}]
+    action: DENY
+    rules:
+      - to: [{operation: {paths: [/headers/deny-when-allowed]}}]
+        when: [{key: \"request.headers[x-ext-authz-check-result]\", values: [allowed]}]
 ";
     let config = with_ext_authz(x, routes, 8000);
     let dir = tempfile::tempdir()?;
     let mesh_cfg = dir.path().join("mesh.yaml");
-    let provider = |fail_open: bool| {
+    let provider = |fail_open: bool, reroute: bool, service: &str| {
         format!(
             "extensionProviders:
 - name: sample-ext-authz
   envoyExtAuthzHttp:
-    service: ext-authz.foo.svc.cluster.local
+    service: {service}
     port: 8000
     pathPrefix: /check
     statusOnError: '500'
     failOpen: {fail_open}
+    clearRouteCache: {reroute}
     includeRequestHeadersInCheck: [x-ext-authz]
     headersToUpstreamOnAllow: [x-ext-authz-check-result]
     headersToDownstreamOnAllow: [set-cookie]
@@ -389,7 +401,8 @@ authorizationPolicies:
 "
         )
     };
-    std::fs::write(&mesh_cfg, provider(false))?;
+    const SERVICE: &str = "ext-authz.foo.svc.cluster.local";
+    std::fs::write(&mesh_cfg, provider(false, false, SERVICE))?;
     let mesh_arg = mesh_cfg.display().to_string();
     let m = Mesh::start_config(x, &config, &["--mesh-config", &mesh_arg], &[])?;
     let mut c = m.client()?;
@@ -409,10 +422,11 @@ authorizationPolicies:
     )?;
     ensure!(r.status == 200, "{r:?}\n{}", m.context());
     ensure!(
-        r.body.contains("x-ext-authz-check-result: allowed")
+        r.body.starts_with("v1 ")
+            && r.body.contains("x-ext-authz-check-result: allowed")
             && !r.body.contains("x-remove-me")
             && r.body.contains("x-user: bob"),
-        "{}",
+        "routed before the provider's edits, which the backend gets: {}",
         r.body
     );
     ensure!(r.header("set-cookie") == Some("authz=1"), "{r:?}");
@@ -437,6 +451,17 @@ authorizationPolicies:
             "{headers:?}"
         );
     }
+    // The DENY policy sees the header the provider set (CUSTOM runs first).
+    let r = c.request(
+        "GET",
+        "/headers/deny-when-allowed",
+        &[("x-ext-authz", "allow")],
+        b"",
+    )?;
+    ensure!(
+        r.status == 403 && r.body.starts_with("RBAC: access denied"),
+        "{r:?}"
+    );
     // Denied: the provider's status, body and listed header; the backend never sees it.
     let before = m.v1.requests.load(std::sync::atomic::Ordering::SeqCst);
     let r = c.request("GET", "/headers", &[], b"")?;
@@ -465,21 +490,34 @@ authorizationPolicies:
         ) == 2.0,
         "{metrics}"
     );
-    // The MeshConfig is watched: with `failOpen`, a failing provider lets requests on.
-    std::fs::write(&mesh_cfg, provider(true))?;
+    // The MeshConfig is watched: with `clearRouteCache`, the edits route the request.
+    std::fs::write(&mesh_cfg, provider(false, true, SERVICE))?;
+    e2e::wait_for(Duration::from_secs(10), "clearRouteCache applied", || {
+        c.request("GET", "/headers", &[("x-ext-authz", "allow")], b"")
+            .is_ok_and(|r| r.status == 200 && r.body.starts_with("v2 "))
+    })
+    .with_context(|| m.context())?;
+    // With `failOpen`, a failing provider lets requests on.
+    std::fs::write(&mesh_cfg, provider(true, false, SERVICE))?;
     e2e::wait_for(Duration::from_secs(10), "failOpen applied", || {
         c.request("GET", "/fail", &[], b"")
             .is_ok_and(|r| r.status == 200 && r.body.starts_with("v1 GET /fail"))
     })
     .with_context(|| m.context())?;
-    // A provider the MeshConfig no longer has: what its policy matches is refused (fail
-    // closed, as istiod's deny-all for a bad CUSTOM action), the rest goes on.
-    std::fs::write(&mesh_cfg, "extensionProviders: []\n")?;
-    e2e::wait_for(Duration::from_secs(10), "the provider gone", || {
-        c.request("GET", "/headers", &[("x-ext-authz", "allow")], b"")
-            .is_ok_and(|r| r.status == 403 && r.body.starts_with("RBAC: access denied"))
-    })
-    .with_context(|| m.context())?;
+    // `failOpen` is for a provider that fails, not one that is not there: a Service the
+    // mesh does not know refuses, as does a provider the MeshConfig no longer has (fail
+    // closed, as istiod's deny-all for a bad CUSTOM action); the rest goes on.
+    for mesh in [
+        provider(true, false, "nowhere.foo.svc.cluster.local"),
+        "extensionProviders: []\n".to_string(),
+    ] {
+        std::fs::write(&mesh_cfg, &mesh)?;
+        e2e::wait_for(Duration::from_secs(10), "the provider gone", || {
+            c.request("GET", "/headers", &[("x-ext-authz", "allow")], b"")
+                .is_ok_and(|r| r.status == 403 && r.body.starts_with("RBAC: access denied"))
+        })
+        .with_context(|| format!("{mesh}\n{}", m.context()))?;
+    }
     ensure!(c.request("GET", "/public", &[], b"")?.status == 200);
     Ok(())
 }

@@ -16,7 +16,8 @@
 //!   `statusOnError` (403 by default) with no body, unless `failOpen` lets the request on;
 //! - any other status denies: the client gets that status, the answer's body, and its
 //!   headers (only those `headersToDownstreamOnDeny` names, when it names any, plus the
-//!   ones Envoy always keeps: `WWW-Authenticate`, `Location`, `Content-Type`).
+//!   ones Envoy always keeps: `WWW-Authenticate`, `Location`).
+//!   `x-envoy-auth-headers-to-remove` and the framing never go to the client.
 //!
 //! Over gRPC (`envoy.service.auth.v3.Authorization/Check`, messages in [`pb`]): the check
 //! carries the request's method, path, host, headers (pseudo-headers included), id and
@@ -84,6 +85,9 @@ pub struct ExtAuthzHttpSpec {
     pub headers_to_downstream_on_deny: Vec<String>,
     #[serde(default)]
     pub headers_to_downstream_on_allow: Vec<String>,
+    /// Route the request again after the provider's header edits.
+    #[serde(default)]
+    pub clear_route_cache: bool,
 }
 
 /// A header name pattern (Istio's: exact, `prefix*` or `*suffix`, case-insensitive).
@@ -131,6 +135,24 @@ fn patterns(list: &[String], at: &str) -> Result<Vec<NamePattern>, RouteError> {
         .collect()
 }
 
+/// Headers a provider never sets, on the request or the response, whatever the lists say:
+/// the message's framing and the connection's (a provider's `content-length` on the
+/// request would change where the backend thinks it ends), and the request's `Host`.
+fn framing(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+    )
+}
+
 fn any_matches(list: &[NamePattern], name: &str) -> bool {
     list.iter().any(|p| p.matches(name))
 }
@@ -152,6 +174,9 @@ pub struct ExtAuthz {
     path_prefix: String,
     pub fail_open: bool,
     pub status_on_error: StatusCode,
+    /// The route is chosen again after the provider's edits (else before them, as Envoy
+    /// has chosen it when its ext_authz filter runs).
+    pub clear_route_cache: bool,
     include: Vec<NamePattern>,
     additional: Vec<(HeaderName, HeaderValue)>,
     upstream_on_allow: Vec<NamePattern>,
@@ -159,17 +184,65 @@ pub struct ExtAuthz {
     downstream_on_allow: Vec<NamePattern>,
 }
 
+/// How a provider's header goes on the request (Envoy's header mutation actions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    /// Replace any values (or add).
+    Set,
+    /// Add a value beside any there are.
+    Add,
+    /// Add only when the request has none.
+    AddIfAbsent,
+    /// Replace only when the request has one.
+    OverwriteIfExists,
+}
+
+/// An allowing answer's changes to the request and the client's response.
+#[derive(Debug, Default)]
+pub struct Allowed {
+    pub edits: Vec<(Edit, HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+    /// Added to the client's response.
+    pub downstream: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Allowed {
+    /// Whether the request's headers change (and so, perhaps, its route).
+    pub fn edits_request(&self) -> bool {
+        !self.edits.is_empty() || !self.remove.is_empty()
+    }
+
+    /// Applies the edits and removals to the request's headers, in Envoy's order.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (edit, name, value) in &self.edits {
+            let present = headers.contains_key(name);
+            match edit {
+                Edit::Set => {
+                    headers.insert(name.clone(), value.clone());
+                }
+                Edit::Add => {
+                    headers.append(name.clone(), value.clone());
+                }
+                Edit::AddIfAbsent if !present => {
+                    headers.insert(name.clone(), value.clone());
+                }
+                Edit::OverwriteIfExists if present => {
+                    headers.insert(name.clone(), value.clone());
+                }
+                Edit::AddIfAbsent | Edit::OverwriteIfExists => {}
+            }
+        }
+        for name in &self.remove {
+            headers.remove(name);
+        }
+    }
+}
+
 /// What a provider's answer means for the request.
 #[derive(Debug)]
 pub enum Decision {
-    /// Go on; `upstream` headers set on the request (`append` ones appended), `remove`
-    /// removed from it, `downstream` added to the client's response.
-    Allow {
-        upstream: Vec<(HeaderName, HeaderValue)>,
-        append: Vec<(HeaderName, HeaderValue)>,
-        remove: Vec<HeaderName>,
-        downstream: Vec<(HeaderName, HeaderValue)>,
-    },
+    /// Go on, with the answer's changes.
+    Allow(Allowed),
     /// The client gets this answer instead.
     Deny {
         status: StatusCode,
@@ -274,6 +347,9 @@ pub struct ExtAuthzGrpcSpec {
     /// Not supported: a provider with it is unusable.
     #[serde(default)]
     pub include_request_body_in_check: Option<crate::telemetry::spec::serde_yaml_ignored::Ignored>,
+    /// Route the request again after the provider's header edits.
+    #[serde(default)]
+    pub clear_route_cache: bool,
 }
 
 /// What a check says of the request beyond its head: who sent it and where.
@@ -309,6 +385,7 @@ impl ExtAuthz {
             path_prefix: String::new(),
             fail_open: s.fail_open,
             status_on_error: c.status_on_error,
+            clear_route_cache: s.clear_route_cache,
             include: Vec::new(),
             additional: Vec::new(),
             upstream_on_allow: Vec::new(),
@@ -496,6 +573,7 @@ impl ExtAuthz {
             path_prefix,
             fail_open: s.fail_open,
             status_on_error: c.status_on_error,
+            clear_route_cache: s.clear_route_cache,
             include,
             additional,
             upstream_on_allow: patterns(
@@ -555,7 +633,7 @@ impl ExtAuthz {
             let pick = |list: &[NamePattern]| -> Vec<(HeaderName, HeaderValue)> {
                 headers
                     .iter()
-                    .filter(|(n, _)| any_matches(list, n.as_str()))
+                    .filter(|(n, _)| !framing(n) && any_matches(list, n.as_str()))
                     .map(|(n, v)| (n.clone(), v.clone()))
                     .collect()
             };
@@ -565,24 +643,24 @@ impl ExtAuthz {
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
                 .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-                // Pseudo-headers and Host are not the provider's to remove.
-                .filter(|n| *n != header::HOST)
+                // Pseudo-headers, Host and the framing are not the provider's to remove.
+                .filter(|n| !framing(n))
                 .collect();
-            return Decision::Allow {
-                upstream: pick(&self.upstream_on_allow),
-                append: Vec::new(),
+            return Decision::Allow(Allowed {
+                // Envoy sets them: the last value of a name wins.
+                edits: pick(&self.upstream_on_allow)
+                    .into_iter()
+                    .map(|(n, v)| (Edit::Set, n, v))
+                    .collect(),
                 remove,
                 downstream: pick(&self.downstream_on_allow),
-            };
+            });
         }
         let mut out = HeaderMap::new();
         for (n, v) in headers {
-            let always =
-                n == header::WWW_AUTHENTICATE || n == header::LOCATION || n == header::CONTENT_TYPE;
-            let hop = n == header::CONTENT_LENGTH
-                || n == header::TRANSFER_ENCODING
-                || n == header::CONNECTION
-                || n == header::HOST;
+            // Envoy keeps these whatever the list says (and `:status`, `content-length`).
+            let always = n == header::WWW_AUTHENTICATE || n == header::LOCATION;
+            let hop = framing(n) || n == HEADERS_TO_REMOVE;
             let listed = self.downstream_on_deny.is_empty()
                 || any_matches(&self.downstream_on_deny, n.as_str());
             if !hop && (always || listed) {
@@ -634,58 +712,57 @@ fn grpc_answer(
         Ok(r) => r,
         Err(e) => return Decision::Error(format!("the CheckResponse does not decode: {e}")),
     };
-    let pairs = |opts: &[pb::HeaderValueOption]| -> Vec<(bool, HeaderName, HeaderValue)> {
+    // Envoy's reading of a header option: the deprecated `append` when set, else the
+    // action (an unknown one sets).
+    let pairs = |opts: &[pb::HeaderValueOption]| -> Vec<(Edit, HeaderName, HeaderValue)> {
         opts.iter()
             .filter_map(|o| {
                 let h = o.header.as_ref()?;
                 let name = HeaderName::from_bytes(h.key.as_bytes()).ok()?;
-                let raw = if h.raw_value.is_empty() {
-                    h.value.as_bytes()
-                } else {
+                let raw = if h.value.is_empty() {
                     &h.raw_value
+                } else {
+                    h.value.as_bytes()
                 };
                 let value = HeaderValue::from_bytes(raw).ok()?;
-                Some((o.append.as_ref().is_some_and(|a| a.value), name, value))
+                (!framing(&name)).then_some(())?;
+                let edit = match (&o.append, o.append_action) {
+                    (Some(a), _) if a.value => Edit::Add,
+                    (Some(_), _) => Edit::Set,
+                    (None, 0) => Edit::Add,
+                    (None, 1) => Edit::AddIfAbsent,
+                    (None, 3) => Edit::OverwriteIfExists,
+                    (None, _) => Edit::Set,
+                };
+                Some((edit, name, value))
             })
             .collect()
     };
     if resp.status.as_ref().map_or(0, |s| s.code) == 0 {
         let ok = resp.ok_response.unwrap_or_default();
-        let (mut upstream, mut append) = (Vec::new(), Vec::new());
-        for (add, n, v) in pairs(&ok.headers) {
-            if add {
-                append.push((n, v));
-            } else {
-                upstream.push((n, v));
-            }
-        }
-        return Decision::Allow {
-            upstream,
-            append,
+        return Decision::Allow(Allowed {
+            edits: pairs(&ok.headers),
             remove: ok
                 .headers_to_remove
                 .iter()
                 .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-                .filter(|n| *n != header::HOST)
+                .filter(|n| !framing(n))
                 .collect(),
             downstream: pairs(&ok.response_headers_to_add)
                 .into_iter()
                 .map(|(_, n, v)| (n, v))
                 .collect(),
-        };
+        });
     }
     let denied = resp.denied_response.unwrap_or_default();
     let status = denied
         .status
         .and_then(|s| u16::try_from(s.code).ok())
         .and_then(|c| StatusCode::from_u16(c).ok())
-        .filter(|c| c.as_u16() >= 200)
         .unwrap_or(StatusCode::FORBIDDEN);
     let mut out = HeaderMap::new();
     for (_, n, v) in pairs(&denied.headers) {
-        if n != header::CONTENT_LENGTH && n != header::TRANSFER_ENCODING {
-            out.append(n, v);
-        }
+        out.append(n, v);
     }
     Decision::Deny {
         status,

@@ -101,30 +101,14 @@ fn client() -> Peer {
     peer(Some(CLIENT), Some("demo"))
 }
 
-impl SecurityTable {
-    /// [`SecurityTable::check`] where no CUSTOM policy applies: the RBAC verdict.
-    fn rbac_check(
-        &self,
-        service: &ServiceRef,
-        gateway: Option<&ServiceRef>,
-        port: u16,
-        peer: &Peer,
-        parts: &mut Parts,
-    ) -> Result<(), Refusal> {
-        let v = self.check(service, gateway, port, peer, parts)?;
-        assert!(v.ask.is_empty(), "a provider to ask: {:?}", v.ask);
-        v.rbac
-    }
-}
-
 /// `t.check` for Service `demo/web`, port 80, from [`client`].
 fn check(t: &SecurityTable, p: &mut Parts) -> Result<(), Refusal> {
-    t.rbac_check(&web(), None, 80, &client(), p)
+    t.check(&web(), None, 80, &client(), p)
 }
 
 /// Whether the single-rule ALLOW table `t` lets `p` through from `peer` on `port`.
 fn allows(t: &SecurityTable, port: u16, peer: &Peer, mut p: Parts) -> bool {
-    match t.rbac_check(&web(), None, port, peer, &mut p) {
+    match t.check(&web(), None, port, peer, &mut p) {
         Ok(()) => true,
         Err(Refusal::Denied(k)) => {
             assert_eq!(&*k, "demo/p");
@@ -305,7 +289,7 @@ fn no_policies_allow_everything() {
     assert_eq!(t.counts(), (0, 0));
     assert_eq!(check(&t, &mut get("/")), Ok(()));
     assert_eq!(
-        t.rbac_check(
+        t.check(
             &web(),
             None,
             8080,
@@ -405,7 +389,7 @@ fn allow_with_no_rules_allows_nothing() {
     );
     assert_eq!(check(&t, &mut get("/")), denied("demo/p"));
     assert_eq!(
-        t.rbac_check(
+        t.check(
             &web(),
             None,
             1,
@@ -421,7 +405,7 @@ fn allow_with_an_empty_rule_allows_all() {
     let t = authz(&policy_yaml("ALLOW", "[{}]"));
     assert_eq!(check(&t, &mut get("/")), Ok(()));
     assert_eq!(
-        t.rbac_check(
+        t.check(
             &web(),
             None,
             1,
@@ -453,7 +437,7 @@ fn policies_apply_only_to_their_target_services() {
         ServiceRef::new("prod", "web"),
     ] {
         assert_eq!(
-            t.rbac_check(&other, None, 80, &client(), &mut get("/")),
+            t.check(&other, None, 80, &client(), &mut get("/")),
             Ok(()),
             "{other}"
         );
@@ -475,7 +459,7 @@ fn target_refs_namespace_defaults_to_the_policys() {
 "#,
     );
     let deny = |ns: &str, name: &str| {
-        t.rbac_check(
+        t.check(
             &ServiceRef::new(ns, name),
             None,
             80,
@@ -723,7 +707,7 @@ fn source_not_principals() {
     ));
     assert_eq!(check(&t, &mut get("/")), Ok(()));
     assert_eq!(
-        t.rbac_check(&web(), None, 80, &Peer::default(), &mut get("/")),
+        t.check(&web(), None, 80, &Peer::default(), &mut get("/")),
         denied("demo/p")
     );
 }
@@ -870,40 +854,72 @@ fn custom_table(first: (&str, &str), second: (&str, &str)) -> SecurityTable {
 }
 
 #[test]
-fn custom_policies_name_the_provider_to_ask_before_rbac() {
+fn custom_policies_name_the_provider_to_ask() {
     let t = custom_table(("/admin*", "authz"), ("/ops*", "authz"));
-    let verdict = |path: &str| {
-        t.check(&web(), None, 80, &client(), &mut get(path))
-            .expect("no token, no refusal")
-    };
-    // A CUSTOM rule matched: ask its provider, and the RBAC verdict waits for the answer.
-    let v = verdict("/admin/users");
-    assert_eq!(v.ask, [("authz".into(), "demo/c1".into())]);
-    assert_eq!(v.rbac, Ok(()));
-    assert_eq!(verdict("/ops").ask, [("authz".into(), "demo/c2".into())]);
-    // None matched: nothing to ask.
-    let v = verdict("/public");
-    assert!(v.ask.is_empty() && v.rbac.is_ok());
-    // DENY still applies (after the provider would have been asked).
-    assert_eq!(verdict("/blocked").rbac, denied("demo/d"));
+    let custom = |path: &str| t.custom(&web(), None, 80, &client(), &get(path));
+    // A CUSTOM rule matched: ask its provider (the first matching policy names it).
+    assert_eq!(
+        custom("/admin/users"),
+        Ok(Some(("authz".into(), "demo/c1".into())))
+    );
+    assert_eq!(custom("/ops"), Ok(Some(("authz".into(), "demo/c2".into()))));
+    // None matched: nothing to ask; DENY and ALLOW are `check`'s, after it.
+    assert_eq!(custom("/public"), Ok(None));
+    assert_eq!(custom("/blocked"), Ok(None));
+    assert_eq!(check(&t, &mut get("/blocked")), denied("demo/d"));
     // Another Service is not these policies' business.
     let other = ServiceRef::new("demo", "other");
-    let v = t
-        .check(&other, None, 80, &client(), &mut get("/admin"))
-        .unwrap();
-    assert!(v.ask.is_empty() && v.rbac.is_ok());
+    assert_eq!(
+        t.custom(&other, None, 80, &client(), &get("/admin")),
+        Ok(None)
+    );
 }
 
 #[test]
-fn custom_policies_naming_two_providers_refuse_everything() {
+fn custom_policies_naming_two_providers_refuse_what_they_match() {
     let t = custom_table(("/admin*", "authz"), ("/ops*", "other"));
-    for path in ["/admin", "/ops", "/public"] {
-        let v = t
-            .check(&web(), None, 80, &client(), &mut get(path))
-            .unwrap();
-        assert!(v.ask.is_empty(), "{path}");
-        assert_eq!(v.rbac, denied(BAD_CUSTOM), "{path}");
+    for path in ["/admin", "/ops"] {
+        assert_eq!(
+            t.custom(&web(), None, 80, &client(), &get(path)),
+            denied(BAD_CUSTOM).map(|()| None),
+            "{path}"
+        );
     }
+    // What no CUSTOM rule matches goes on.
+    assert_eq!(
+        t.custom(&web(), None, 80, &client(), &get("/public")),
+        Ok(None)
+    );
+}
+
+#[test]
+fn the_gateways_and_the_services_custom_policies_are_one_set() {
+    let gw = ServiceRef::new("demo", "waypoint");
+    let t = authz(
+        "
+- {name: g, namespace: demo, targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}],
+   action: CUSTOM, provider: {name: authz}, rules: [{to: [{operation: {paths: [/admin*]}}]}]}
+- {name: s, namespace: demo, targetRefs: [{name: web}], action: CUSTOM, provider: {name: other},
+   rules: [{to: [{operation: {paths: [/ops*]}}]}]}
+",
+    );
+    // Two providers over both levels: what either matches is refused, once.
+    for path in ["/admin", "/ops"] {
+        assert_eq!(
+            t.custom(&web(), Some(&gw), 80, &client(), &get(path)),
+            denied(BAD_CUSTOM).map(|()| None),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        t.custom(&web(), Some(&gw), 80, &client(), &get("/x")),
+        Ok(None)
+    );
+    // Without the Gateway's, the Service's alone: one provider.
+    assert_eq!(
+        t.custom(&web(), None, 80, &client(), &get("/ops")),
+        Ok(Some(("other".into(), "demo/s".into())))
+    );
 }
 
 #[test]
@@ -1143,7 +1159,7 @@ fn gateway_policies_apply_to_every_service_and_both_levels_must_allow() {
     let gw = ServiceRef::new("demo", "waypoint");
     let other = ServiceRef::new("demo", "other");
     let run = |svc: &ServiceRef, gateway: Option<&ServiceRef>, method: &str, path: &str| {
-        t.rbac_check(
+        t.check(
             svc,
             gateway,
             80,

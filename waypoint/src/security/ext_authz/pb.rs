@@ -145,9 +145,13 @@ pub struct HttpStatus {
 pub struct HeaderValueOption {
     #[prost(message, optional, tag = "1")]
     pub header: Option<HeaderValue>,
-    /// `google.protobuf.BoolValue`: unset is false here.
+    /// `google.protobuf.BoolValue`, deprecated: when set, true appends and false sets.
     #[prost(message, optional, tag = "2")]
     pub append: Option<BoolValue>,
+    /// `HeaderAppendAction`, read when `append` is unset: `APPEND_IF_EXISTS_OR_ADD` (0),
+    /// `ADD_IF_ABSENT` (1), `OVERWRITE_IF_EXISTS_OR_ADD` (2), `OVERWRITE_IF_EXISTS` (3).
+    #[prost(int32, tag = "3")]
+    pub append_action: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -144,7 +144,7 @@ fn the_check_request_carries_what_the_provider_asks_for() {
 #[test]
 fn answers_allow_deny_or_fail() {
     let p = provider(
-        "{service: a.b, port: 1, headersToUpstreamOnAllow: [x-ext-authz-check-result, 'x-auth-*'],
+        "{service: a.b, port: 1, headersToUpstreamOnAllow: [x-ext-authz-check-result, 'x-auth-*', 'content-*'],
           headersToDownstreamOnAllow: [set-cookie], headersToDownstreamOnDeny: [x-ext-authz-check-result]}",
     );
     let answer = headers(&[
@@ -152,24 +152,24 @@ fn answers_allow_deny_or_fail() {
         ("x-auth-user", "alice"),
         ("set-cookie", "s=1"),
         ("x-private", "no"),
-        ("x-envoy-auth-headers-to-remove", "authorization, x-secret"),
+        (
+            "x-envoy-auth-headers-to-remove",
+            "authorization, x-secret, content-length",
+        ),
+        // Framing a provider never sets, however the lists read.
+        ("content-length", "5"),
     ]);
     match p.decide(StatusCode::OK, &answer, Bytes::new()) {
-        Decision::Allow {
-            upstream,
-            append,
-            remove,
-            downstream,
-        } => {
-            assert!(append.is_empty());
-            let names: Vec<&str> = upstream.iter().map(|(n, _)| n.as_str()).collect();
+        Decision::Allow(a) => {
+            assert!(a.edits.iter().all(|(e, _, _)| *e == Edit::Set));
+            let names: Vec<&str> = a.edits.iter().map(|(_, n, _)| n.as_str()).collect();
             assert_eq!(names, ["x-ext-authz-check-result", "x-auth-user"]);
             assert_eq!(
-                remove,
+                a.remove,
                 [header::AUTHORIZATION, HeaderName::from_static("x-secret")]
             );
-            assert_eq!(downstream.len(), 1);
-            assert_eq!(downstream[0].0, header::SET_COOKIE);
+            assert_eq!(a.downstream.len(), 1);
+            assert_eq!(a.downstream[0].0, header::SET_COOKIE);
         }
         other => panic!("{other:?}"),
     }
@@ -194,14 +194,7 @@ fn answers_allow_deny_or_fail() {
             assert_eq!(&body[..], b"denied");
             let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
             names.sort();
-            assert_eq!(
-                names,
-                [
-                    "content-type",
-                    "www-authenticate",
-                    "x-ext-authz-check-result"
-                ]
-            );
+            assert_eq!(names, ["www-authenticate", "x-ext-authz-check-result"]);
         }
         other => panic!("{other:?}"),
     }
@@ -254,14 +247,16 @@ fn grpc_ok() -> HeaderMap {
     headers(&[("grpc-status", "0")])
 }
 
-fn option(key: &str, value: &str, append: bool) -> pb::HeaderValueOption {
+/// A header option with the deprecated `append` (`Some`) or an append action.
+fn option(key: &str, value: &str, append: Option<bool>, action: i32) -> pb::HeaderValueOption {
     pb::HeaderValueOption {
         header: Some(pb::HeaderValue {
             key: key.into(),
             value: value.into(),
             raw_value: Vec::new(),
         }),
-        append: append.then_some(pb::BoolValue { value: true }),
+        append: append.map(|value| pb::BoolValue { value }),
+        append_action: action,
     }
 }
 
@@ -335,9 +330,17 @@ fn grpc_answers_allow_deny_or_fail() {
     let ok = pb::CheckResponse {
         status: Some(pb::RpcStatus::default()),
         ok_response: Some(pb::OkHttpResponse {
-            headers: vec![option("x-user", "alice", false), option("x-tag", "c", true)],
-            headers_to_remove: vec!["authorization".into()],
-            response_headers_to_add: vec![option("x-checked", "yes", false)],
+            headers: vec![
+                option("x-user", "alice", Some(false), 0),
+                option("x-tag", "c", Some(true), 0),
+                option("x-new", "1", None, 0),
+                option("x-keep", "2", None, 1),
+                option("x-over", "3", None, 3),
+                option("x-set", "4", None, 2),
+                option("content-length", "9", None, 2),
+            ],
+            headers_to_remove: vec!["authorization".into(), "host".into()],
+            response_headers_to_add: vec![option("x-checked", "yes", Some(false), 0)],
         }),
         denied_response: None,
     };
@@ -347,16 +350,43 @@ fn grpc_answers_allow_deny_or_fail() {
         framed(&ok),
         Some(&grpc_ok()),
     ) {
-        Decision::Allow {
-            upstream,
-            append,
-            remove,
-            downstream,
-        } => {
-            assert_eq!(upstream[0].0.as_str(), "x-user");
-            assert_eq!(append[0].0.as_str(), "x-tag");
-            assert_eq!(remove, [header::AUTHORIZATION]);
-            assert_eq!(downstream[0].0.as_str(), "x-checked");
+        Decision::Allow(a) => {
+            let edits: Vec<(Edit, &str)> =
+                a.edits.iter().map(|(e, n, _)| (*e, n.as_str())).collect();
+            assert_eq!(
+                edits,
+                [
+                    (Edit::Set, "x-user"),
+                    (Edit::Add, "x-tag"),
+                    (Edit::Add, "x-new"),
+                    (Edit::AddIfAbsent, "x-keep"),
+                    (Edit::OverwriteIfExists, "x-over"),
+                    (Edit::Set, "x-set"),
+                ],
+                "framing is never set"
+            );
+            assert_eq!(a.remove, [header::AUTHORIZATION], "nor Host removed");
+            assert_eq!(a.downstream[0].0.as_str(), "x-checked");
+            // Applied as Envoy applies them.
+            let mut h = headers(&[
+                ("x-user", "mallory"),
+                ("x-tag", "a"),
+                ("x-keep", "mine"),
+                ("authorization", "Bearer t"),
+            ]);
+            a.apply(&mut h);
+            assert_eq!(h["x-user"], "alice");
+            assert_eq!(h.get_all("x-tag").iter().count(), 2);
+            assert_eq!(h["x-keep"], "mine");
+            assert!(h.get("x-over").is_none(), "overwrite only if it exists");
+            assert_eq!(
+                (&h["x-new"], &h["x-set"]),
+                (
+                    &"1".parse::<HeaderValue>().unwrap(),
+                    &"4".parse::<HeaderValue>().unwrap()
+                )
+            );
+            assert!(h.get("authorization").is_none());
         }
         other => panic!("{other:?}"),
     }
@@ -378,7 +408,7 @@ fn grpc_answers_allow_deny_or_fail() {
         }),
         denied_response: Some(pb::DeniedHttpResponse {
             status: Some(pb::HttpStatus { code: 401 }),
-            headers: vec![option("www-authenticate", "Bearer", false)],
+            headers: vec![option("www-authenticate", "Bearer", None, 0)],
             body: "who are you".into(),
         }),
         ok_response: None,

@@ -37,7 +37,7 @@ fn services_without_jwt_rules_do_not_look_at_tokens() {
     let t = jwt_table(jwt_rule(&s), "");
     let mut p = bearer("abc");
     assert_eq!(
-        t.rbac_check(
+        t.check(
             &ServiceRef::new("demo", "other"),
             None,
             80,
