@@ -193,6 +193,8 @@ pub struct SecurityTable {
     by_gateway: HashMap<ServiceRef, ServiceSecurity>,
     policies: usize,
     authentications: usize,
+    /// Any CUSTOM policy at all: without one, the CUSTOM step costs a branch.
+    has_custom: bool,
 }
 
 /// What the request's caller is, for `source.*` matches: the tunnel's peer.
@@ -277,7 +279,10 @@ impl SecurityTable {
                 match &action {
                     Action::Allow => s.allow.push(policy.clone()),
                     Action::Deny => s.deny.push(policy.clone()),
-                    Action::Custom(provider) => s.custom.push((policy.clone(), provider.clone())),
+                    Action::Custom(provider) => {
+                        s.custom.push((policy.clone(), provider.clone()));
+                        table.has_custom = true;
+                    }
                 }
             }
             table.policies += 1;
@@ -346,6 +351,9 @@ impl SecurityTable {
         peer: &Peer,
         parts: &Parts,
     ) -> Result<Option<Ask>, Refusal> {
+        if !self.has_custom {
+            return Ok(None);
+        }
         let levels = [
             gateway.and_then(|g| self.by_gateway.get(g)),
             self.by_service.get(service),
