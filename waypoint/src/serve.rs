@@ -411,7 +411,6 @@ impl<U: Upstreams> Waypoint<U> {
         // Deny before routing, in istiod's waypoint filter order: the CUSTOM policies'
         // provider, then authentication, then the DENY and ALLOW policies.
         let security = self.security.borrow().clone();
-        let mut on_allow = Vec::new();
         // The route as chosen before the provider's edits, which do not change it (Envoy's
         // ext_authz filter has chosen it already) unless the provider says to route again.
         let mut routed = None;
@@ -433,7 +432,9 @@ impl<U: Upstreams> Waypoint<U> {
                             routed = Some(self.rule_for(target, &parts));
                         }
                         allowed.apply(&mut parts.headers);
-                        on_allow = allowed.downstream;
+                        // On every answer from here, the waypoint's own too (Envoy adds
+                        // them as the response passes its ext_authz filter).
+                        rec.on_allow = allowed.downstream;
                         Ok(())
                     }
                     Err((outcome, details, resp)) => {
@@ -662,10 +663,6 @@ impl<U: Upstreams> Waypoint<U> {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
         rule.response_headers.apply(resp.headers_mut());
-        // What the CUSTOM policies' providers said the client gets when they allow.
-        for (name, value) in on_allow {
-            resp.headers_mut().append(name, value);
-        }
         self.answer(rec, outcome, resp)
     }
 
@@ -776,7 +773,16 @@ impl<U: Upstreams> Waypoint<U> {
     /// in gRPC's trailers-only form, as Envoy sends them, so its library reports a gRPC
     /// status and message rather than a protocol error; the telemetry keeps the HTTP code
     /// the answer stands for.
-    fn answer(&self, mut rec: Record, outcome: Outcome, resp: Response<Body>) -> Response<Body> {
+    fn answer(
+        &self,
+        mut rec: Record,
+        outcome: Outcome,
+        mut resp: Response<Body>,
+    ) -> Response<Body> {
+        // What a CUSTOM policy's provider said the client gets when it allows.
+        for (name, value) in std::mem::take(&mut rec.on_allow) {
+            resp.headers_mut().append(name, value);
+        }
         rec.code = resp.status().as_u16();
         rec.outcome = outcome;
         let resp = match resp.extensions().get::<Local>().cloned() {

@@ -462,6 +462,8 @@ authorizationPolicies:
         r.status == 403 && r.body.starts_with("RBAC: access denied"),
         "{r:?}"
     );
+    // The provider allowed it: its headers for the client ride on the waypoint's answer too.
+    ensure!(r.header("set-cookie") == Some("authz=1"), "{r:?}");
     // Denied: the provider's status, body and listed header; the backend never sees it.
     let before = m.v1.requests.load(std::sync::atomic::Ordering::SeqCst);
     let r = c.request("GET", "/headers", &[], b"")?;

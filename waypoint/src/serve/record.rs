@@ -52,6 +52,8 @@ pub(super) struct Record {
     pub(super) transport_failure: Option<String>,
     /// This side's address on the socket that carried the request upstream.
     pub(super) upstream_local: Option<std::net::SocketAddr>,
+    /// Headers a CUSTOM policy's provider gave for the client's response, when it allowed.
+    pub(super) on_allow: Vec<(http::HeaderName, http::HeaderValue)>,
     /// What lines in Envoy's formats read; taken only when the plan has such a log.
     log: Option<Box<LogCapture>>,
     /// The address the client called.
@@ -223,6 +225,7 @@ impl Record {
             cluster: None,
             transport_failure: None,
             upstream_local: None,
+            on_allow: Vec::new(),
             log,
             local: target.local,
         }
