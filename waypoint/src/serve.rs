@@ -43,7 +43,6 @@ use crate::dr::pool::Slot;
 use crate::dr::{Limits, Outlier, PoolPolicy};
 use crate::io::{LocalExec, Protocol, sniff};
 use crate::route::{Backend, Retry, RouteTable, Rule, ServiceRef};
-use crate::security::ext_authz::Allowed;
 use crate::security::{Peer, Refusal, SecurityTable};
 use crate::stats::{Key, Messages, Outcome, Stats};
 use crate::telemetry::{Plan, TelemetryTable};
@@ -51,6 +50,7 @@ use crate::trace::{TraceCtx, Tracing};
 
 mod body;
 mod conn;
+mod ext_authz;
 mod mirror;
 mod pool;
 mod record;
@@ -181,30 +181,6 @@ pub struct Target {
     /// The address the client called (the tunnel's CONNECT authority), for the access
     /// log's `%DOWNSTREAM_LOCAL_ADDRESS%`.
     pub local: Option<SocketAddr>,
-}
-
-/// Up to `limit` bytes of `body` and its trailers; a longer body is cut there (the rest is
-/// not read), as Envoy cuts a denial's page, and then has no trailers.
-async fn read_capped(mut body: Body, limit: usize) -> Result<(Bytes, Option<HeaderMap>), String> {
-    let mut data = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("reading the answer: {e}"))?;
-        match frame.into_data() {
-            Ok(chunk) => {
-                let room = limit - data.len();
-                data.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if chunk.len() >= room {
-                    return Ok((data.freeze(), None));
-                }
-            }
-            Err(frame) => {
-                if let Ok(t) = frame.into_trailers() {
-                    return Ok((data.freeze(), Some(t)));
-                }
-            }
-        }
-    }
-    Ok((data.freeze(), None))
 }
 
 /// `send` under a timeout, if there is one. Not an `async fn`: `runtime::time::Timeout`
@@ -664,106 +640,6 @@ impl<U: Upstreams> Waypoint<U> {
         }
         rule.response_headers.apply(resp.headers_mut());
         self.answer(rec, outcome, resp)
-    }
-
-    /// Asks the provider of CUSTOM policy `policy` about the request: `Ok` with what its
-    /// answer changes (and whether to route again after), or the answer the client gets
-    /// instead, with its outcome and details. A provider the MeshConfig lacks or cannot
-    /// use, or whose Service the mesh does not know, refuses (fail closed, as istiod's
-    /// deny-all; `failOpen` is for a provider that fails, not for one that is not there).
-    async fn ext_authz(
-        &self,
-        table: &TelemetryTable,
-        provider: &str,
-        policy: &str,
-        target: &Target,
-        parts: &Parts,
-    ) -> Result<(Allowed, bool), (Outcome, String, Response<Body>)> {
-        use crate::security::ext_authz::{CheckContext, Decision, MAX_ANSWER_BYTES};
-        let usable = match table.authz_provider(provider) {
-            Some(Ok(p)) => Ok(p.clone()),
-            Some(Err(why)) => Err(why.clone()),
-            None => Err("is not in the MeshConfig's extensionProviders".to_string()),
-        };
-        let to = usable.as_ref().ok().map(|p| Upstream {
-            service: p.service.clone(),
-            subset: None,
-            port: p.port,
-            hash: None,
-        });
-        let p = match (usable, &to) {
-            (Ok(p), Some(to)) if self.upstreams.cluster_name(to).is_some() => p,
-            (usable, _) => {
-                let why = usable
-                    .err()
-                    .unwrap_or_else(|| "names a Service the mesh does not know".to_string());
-                tracing::warn!(%policy, provider, %why, "CUSTOM policy: its provider cannot be used; request refused");
-                let (ns, name) = policy.split_once('/').unwrap_or(("", policy));
-                return Err((
-                    Outcome::Denied,
-                    format!("rbac_access_denied_matched_policy[ns[{ns}]-policy[{name}]]"),
-                    local(StatusCode::FORBIDDEN, "RBAC: access denied"),
-                ));
-            }
-        };
-        let to = to.expect("a usable provider has its Service");
-        let ctx = CheckContext {
-            principal: target.peer.principal.as_deref(),
-            source: target.peer.addr,
-            destination: target.local,
-        };
-        let check = p.check(parts, &ctx).map(Body::full);
-        let exchange = async {
-            let mut tried = Tried::new();
-            let (resp, _) = self
-                .send(&to, check, &mut tried)
-                .await
-                .map_err(|e| format!("{e:?}"))?;
-            let (head, body) = resp.into_parts();
-            let (body, trailers) = read_capped(body, MAX_ANSWER_BYTES).await?;
-            Ok::<_, String>((head, body, trailers))
-        };
-        let decision = match runtime::time::timeout(p.timeout, exchange).await {
-            Err(_) => Decision::Error(format!("no answer within {:?}", p.timeout)),
-            Ok(Err(e)) => Decision::Error(e),
-            Ok(Ok((head, body, trailers))) => {
-                p.answer(head.status, &head.headers, body, trailers.as_ref())
-            }
-        };
-        match decision {
-            Decision::Allow(allowed) => Ok((allowed, p.clear_route_cache)),
-            Decision::Deny {
-                status,
-                headers,
-                body,
-            } => {
-                // A gRPC client gets it in gRPC's form (the body as its message), as Envoy's
-                // local reply does.
-                let text: Arc<str> = String::from_utf8_lossy(&body[..body.len().min(1024)]).into();
-                let mut resp = Response::new(Body::full(body));
-                *resp.status_mut() = status;
-                *resp.headers_mut() = headers;
-                resp.extensions_mut().insert(Local {
-                    text,
-                    grpc_status: None,
-                });
-                Err((Outcome::ExtAuthzDenied, "ext_authz_denied".into(), resp))
-            }
-            Decision::Error(why) => {
-                tracing::debug!(provider = %p.name, %why, fail_open = p.fail_open, "ext_authz check failed");
-                if p.fail_open {
-                    return Ok((Allowed::default(), false));
-                }
-                // Envoy's local reply: the status, no body (gRPC's form for a gRPC client).
-                let mut resp = Response::new(Body::full(Bytes::new()));
-                *resp.status_mut() = p.status_on_error;
-                resp.extensions_mut().insert(Local {
-                    text: Arc::from(""),
-                    grpc_status: None,
-                });
-                Err((Outcome::ExtAuthzError, "ext_authz_error".into(), resp))
-            }
-        }
     }
 
     /// The response, with its record riding on the body: counted and logged when the body

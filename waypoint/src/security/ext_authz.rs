@@ -153,6 +153,14 @@ fn framing(name: &HeaderName) -> bool {
     )
 }
 
+/// The client's authority as it sent it (port included): `Host`, else the URI's (HTTP/2).
+fn authority(parts: &Parts) -> Option<HeaderValue> {
+    parts.headers.get(header::HOST).cloned().or_else(|| {
+        let a = parts.uri.authority()?;
+        HeaderValue::from_str(a.as_str()).ok()
+    })
+}
+
 fn any_matches(list: &[NamePattern], name: &str) -> bool {
     list.iter().any(|p| p.matches(name))
 }
@@ -436,12 +444,8 @@ impl ExtAuthz {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| parts.uri.authority().map(|a| a.as_str().to_string()))
+        let host = authority(parts)
+            .and_then(|v| v.to_str().ok().map(str::to_string))
             .unwrap_or_default();
         headers.insert(":method".into(), parts.method.as_str().into());
         headers.insert(":path".into(), path.clone());
@@ -600,12 +604,7 @@ impl ExtAuthz {
         // The prefix was checked as a path, and the client's path is one.
         *req.uri_mut() = uri.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
         let headers = req.headers_mut();
-        // The client's authority as it sent it (port included).
-        let authority = parts.headers.get(header::HOST).cloned().or_else(|| {
-            let a = parts.uri.authority()?;
-            HeaderValue::from_str(a.as_str()).ok()
-        });
-        if let Some(v) = authority {
+        if let Some(v) = authority(parts) {
             headers.insert(header::HOST, v);
         }
         for (name, value) in &parts.headers {
