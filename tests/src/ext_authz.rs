@@ -28,7 +28,10 @@ pub struct ExtAuthz {
 /// sample does: `x-ext-authz: allow` allows (200, `x-ext-authz-check-result: allowed`, a
 /// `set-cookie`, and `x-envoy-auth-headers-to-remove: x-remove-me`); anything else is
 /// denied (403, `x-ext-authz-check-result: denied`, `x-private: 1`, a text body). A path
-/// with `/fail` gets a 503 (the server failing).
+/// with `/fail` gets a 503 (the server failing). A check whose body says `deny-by-body` is
+/// denied too; an allowing answer says what the check carried of the body
+/// (`x-ext-authz-body: LEN`, `x-ext-authz-body-text` for a short one, and
+/// `x-ext-authz-partial`: the check's `x-envoy-auth-partial-body`, or `-`).
 pub fn spawn_ext_authz(addr: SocketAddr) -> Result<ExtAuthz> {
     let l = TcpListener::bind(addr).with_context(|| format!("binding ext-authz {addr}"))?;
     let checks: Arc<Mutex<Vec<Check>>> = Arc::default();
@@ -41,11 +44,21 @@ pub fn spawn_ext_authz(addr: SocketAddr) -> Result<ExtAuthz> {
                 let mut w = s.try_clone()?;
                 let mut r = BufReader::new(s);
                 while let Some(req) = read_request(&mut r)? {
-                    let allow = header(&req.headers, "x-ext-authz") == Some("allow");
+                    let by_body = req.body_head.windows(12).any(|w| w == b"deny-by-body");
+                    let allow = header(&req.headers, "x-ext-authz") == Some("allow") && !by_body;
                     let response = if req.path.contains("/fail") {
                         "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_string()
                     } else if allow {
-                        "HTTP/1.1 200 OK\r\nx-ext-authz-check-result: allowed\r\nset-cookie: authz=1\r\nx-private: 1\r\nx-envoy-auth-headers-to-remove: x-remove-me\r\ncontent-length: 0\r\n\r\n".to_string()
+                        let text = if req.body_head.len() <= 64 {
+                            String::from_utf8_lossy(&req.body_head).into_owned()
+                        } else {
+                            "(long)".into()
+                        };
+                        format!(
+                            "HTTP/1.1 200 OK\r\nx-ext-authz-check-result: allowed\r\nset-cookie: authz=1\r\nx-private: 1\r\nx-envoy-auth-headers-to-remove: x-remove-me\r\nx-ext-authz-body: {}\r\nx-ext-authz-body-text: {text}\r\nx-ext-authz-partial: {}\r\ncontent-length: 0\r\n\r\n",
+                            req.body_head.len(),
+                            header(&req.headers, "x-envoy-auth-partial-body").unwrap_or("-"),
+                        )
                     } else {
                         let body = "denied by ext_authz for not found header `x-ext-authz: allow` in the request";
                         format!(
@@ -76,6 +89,9 @@ pub struct GrpcCheck {
     pub source_principal: String,
     pub source_address: String,
     pub destination_address: String,
+    /// The check's `body` and `raw_body`.
+    pub body: String,
+    pub raw_body: Vec<u8>,
 }
 
 /// A running gRPC external authorization server.
@@ -123,6 +139,8 @@ impl Authorization for Authz {
                 .unwrap_or_default(),
             source_address: address(&attrs.source),
             destination_address: address(&attrs.destination),
+            body: http.body.clone(),
+            raw_body: http.raw_body.to_vec(),
         };
         self.checks.lock().unwrap().push(check);
         if http.path.contains("/fail") {

@@ -149,9 +149,30 @@ pub(crate) struct BackendRequest {
     pub(crate) path: String,
     pub(crate) headers: Vec<(String, String)>,
     body_len: u64,
+    /// The body's first [`BODY_HEAD`] bytes.
+    pub(crate) body_head: Vec<u8>,
 }
 
-/// One request off a keep-alive connection (its body read and counted, not kept).
+/// How much of a request body [`read_request`] keeps.
+const BODY_HEAD: usize = 4096;
+
+/// Keeps the first [`BODY_HEAD`] bytes written to it, drops the rest.
+struct KeepHead(Vec<u8>);
+
+impl Write for KeepHead {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = BODY_HEAD.saturating_sub(self.0.len());
+        self.0.extend_from_slice(&buf[..buf.len().min(room)]);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One request off a keep-alive connection (its body read and counted; only its first
+/// bytes kept).
 pub(crate) fn read_request(r: &mut BufReader<TcpStream>) -> Result<Option<BackendRequest>> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
@@ -165,16 +186,18 @@ pub(crate) fn read_request(r: &mut BufReader<TcpStream>) -> Result<Option<Backen
     let headers = read_headers(r)?;
     let len = header(&headers, "content-length").and_then(|v| v.parse().ok());
     let chunked = header(&headers, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let mut head = KeepHead(Vec::new());
     let body_len = if chunked {
-        read_chunked(r, &mut std::io::sink())?
+        read_chunked(r, &mut head)?
     } else {
-        std::io::copy(&mut r.by_ref().take(len.unwrap_or(0)), &mut std::io::sink())?
+        std::io::copy(&mut r.by_ref().take(len.unwrap_or(0)), &mut head)?
     };
     Ok(Some(BackendRequest {
         method,
         path,
         headers,
         body_len,
+        body_head: head.0,
     }))
 }
 

@@ -48,9 +48,11 @@ use crate::stats::{Key, Messages, Outcome, Stats};
 use crate::telemetry::{Plan, TelemetryTable};
 use crate::trace::{TraceCtx, Tracing};
 
+mod authorize;
 mod body;
 mod conn;
 mod ext_authz;
+mod inbound;
 mod mirror;
 mod pool;
 mod record;
@@ -63,6 +65,7 @@ pub use body::{Body, BoxError};
 use body::{Counted, Finish, Holding, Pending, ReturnOnEnd};
 pub use conn::ConnLimits;
 use conn::{Activity, Watched, watchdog};
+use inbound::Inbound;
 use pool::{Conn, Idle};
 use record::{LOG_PATH_MAX, Record};
 pub use request::local;
@@ -371,6 +374,7 @@ impl<U: Upstreams> Waypoint<U> {
     ) -> Response<Body> {
         let websocket = is_websocket(&req);
         let (mut parts, body) = req.into_parts();
+        let mut body = Inbound::new(body);
         normalize(&mut parts);
         ensure_request_id(&mut parts, &mut *self.rng.borrow_mut());
         let _in_flight = Gauge::enter(&self.in_flight);
@@ -384,85 +388,14 @@ impl<U: Upstreams> Waypoint<U> {
                 rec.trace = Some((t.tracer.clone(), c));
             }
         }
-        // Deny before routing, in istiod's waypoint filter order: the CUSTOM policies'
-        // provider, then authentication, then the DENY and ALLOW policies.
-        let security = self.security.borrow().clone();
-        // The route as chosen before the provider's edits, which do not change it (Envoy's
-        // ext_authz filter has chosen it already) unless the provider says to route again.
-        let mut routed = None;
-        let custom = security.custom(
-            &target.service,
-            self.gateway.as_ref(),
-            target.port,
-            &target.peer,
-            &parts,
-        );
-        let verdict = match custom {
-            Ok(Some((provider, policy))) => {
-                match self
-                    .ext_authz(&table, &provider, &policy, target, &parts)
-                    .await
-                {
-                    Ok((allowed, reroute)) => {
-                        if allowed.edits_request() && !reroute {
-                            routed = Some(self.rule_for(target, &parts));
-                        }
-                        allowed.apply(&mut parts.headers);
-                        // On every answer from here, the waypoint's own too (Envoy adds
-                        // them as the response passes its ext_authz filter).
-                        rec.on_allow = allowed.downstream;
-                        Ok(())
-                    }
-                    Err((outcome, details, resp)) => {
-                        rec.details = Some(details);
-                        return self.answer(rec, outcome, resp);
-                    }
-                }
-            }
-            Ok(None) => Ok(()),
-            Err(refusal) => Err(refusal),
+        // Deny before routing (`serve/authorize.rs`).
+        let routed = match self
+            .authorize(target, &mut parts, &mut body, websocket, &table, &mut rec)
+            .await
+        {
+            Ok(routed) => routed,
+            Err((outcome, resp)) => return self.answer(rec, outcome, resp),
         };
-        let verdict = verdict.and_then(|()| {
-            security.check(
-                &target.service,
-                self.gateway.as_ref(),
-                target.port,
-                &target.peer,
-                &mut parts,
-            )
-        });
-        if let Err(refusal) = verdict {
-            let (outcome, resp) = match refusal {
-                Refusal::Unauthenticated(why) => {
-                    // Envoy's details: the words, spaces as underscores.
-                    rec.details = Some(format!(
-                        "jwt_authn_access_denied{{{}}}",
-                        why.replace(' ', "_")
-                    ));
-                    let mut resp = local(StatusCode::UNAUTHORIZED, why);
-                    resp.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static(
-                            "Bearer realm=\"http://waypoint\", error=\"invalid_token\"",
-                        ),
-                    );
-                    (Outcome::Unauthenticated, resp)
-                }
-                Refusal::Denied(policy) => {
-                    tracing::debug!(service = %target.service, %policy, "RBAC: access denied");
-                    // Envoy names the policy `ns[NS]-policy[NAME]`.
-                    let (ns, name) = policy.split_once('/').unwrap_or(("", &policy));
-                    rec.details = Some(format!(
-                        "rbac_access_denied_matched_policy[ns[{ns}]-policy[{name}]]"
-                    ));
-                    (
-                        Outcome::Denied,
-                        local(StatusCode::FORBIDDEN, "RBAC: access denied"),
-                    )
-                }
-            };
-            return self.answer(rec, outcome, resp);
-        }
         let rule = match routed.unwrap_or_else(|| self.rule_for(target, &parts)) {
             Ok(r) => {
                 rec.route = r.route.clone();

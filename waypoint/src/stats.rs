@@ -42,6 +42,8 @@ pub enum Outcome {
     Redirect,
     /// The Service's `connectionPool` limits were reached (`UO`).
     Overflow,
+    /// The body was longer than a CUSTOM provider's `maxRequestBytes` takes (413, `-`).
+    TooLarge,
 }
 
 impl Outcome {
@@ -62,6 +64,7 @@ impl Outcome {
             Outcome::Unauthenticated => "jwt_authn_access_denied",
             Outcome::Redirect => "direct_response",
             Outcome::Overflow => "upstream_reset_before_response_started{overflow}",
+            Outcome::TooLarge => "request_payload_too_large",
         }
     }
 
@@ -79,7 +82,7 @@ impl Outcome {
             Outcome::Denied => "RBAC",
             Outcome::ExtAuthzDenied | Outcome::ExtAuthzError => "UAEX",
             Outcome::Overflow => "UO",
-            Outcome::Unauthenticated | Outcome::Redirect => "-",
+            Outcome::Unauthenticated | Outcome::Redirect | Outcome::TooLarge => "-",
         }
     }
 }

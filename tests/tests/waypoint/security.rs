@@ -348,6 +348,47 @@ fn with_ext_authz(x: u8, routes: &str, port: u16) -> String {
         )
 }
 
+/// Routes `echo` to `echo-v1`, with CUSTOM policy `demo/ext` asking `provider` about the
+/// requests `operation` (an AuthorizationPolicy operation) matches.
+fn custom_on_echo(provider: &str, operation: &str) -> String {
+    format!(
+        "  - name: echo
+    namespace: demo
+    parentRefs: [{{name: echo}}]
+    rules:
+      - backendRefs: [{{name: echo-v1, port: 80}}]
+authorizationPolicies:
+  - name: ext
+    namespace: demo
+    targetRefs: [{{name: echo}}]
+    action: CUSTOM
+    provider: {{name: {provider}}}
+    rules: [{{to: [{{operation: {operation}}}]}}]
+"
+    )
+}
+
+/// [`with_ext_authz`]'s mesh, its waypoint reading MeshConfig `mesh` from a file in `dir`,
+/// which it watches: the mesh and the file.
+fn start_with_mesh_config(
+    x: u8,
+    routes: &str,
+    port: u16,
+    dir: &tempfile::TempDir,
+    mesh: &str,
+) -> Result<(Mesh, std::path::PathBuf)> {
+    let mesh_cfg = dir.path().join("mesh.yaml");
+    std::fs::write(&mesh_cfg, mesh)?;
+    let mesh_arg = mesh_cfg.display().to_string();
+    let m = Mesh::start_config(
+        x,
+        &with_ext_authz(x, routes, port),
+        &["--mesh-config", &mesh_arg],
+        &[],
+    )?;
+    Ok((m, mesh_cfg))
+}
+
 /// AuthorizationPolicy `CUSTOM`: the requests its rules match are checked by an external
 /// authorization service (Istio's `envoyExtAuthzHttp` provider, a Service of the mesh
 /// reached over HBONE), which allows them with headers for the backend and the client, or
@@ -524,6 +565,124 @@ authorizationPolicies:
     Ok(())
 }
 
+/// `includeRequestBodyInCheck`: the provider decides on the request body, which the
+/// backend still gets whole; a body over `maxRequestBytes` is refused with 413 before the
+/// provider is asked, or with `allowPartialMessage` its first bytes go, marked partial.
+#[test]
+fn custom_policies_check_the_request_body() -> Result<()> {
+    let x = 250;
+    let authz = e2e::ext_authz::spawn_ext_authz(SocketAddr::new(ip4(x, 2, 9), 8000))?;
+    let routes = custom_on_echo("body-authz", "{paths: [/headers*]}");
+    let provider = |partial: bool| {
+        format!(
+            "extensionProviders:
+- name: body-authz
+  envoyExtAuthzHttp:
+    service: ext-authz.foo.svc.cluster.local
+    port: 8000
+    includeRequestHeadersInCheck: [x-ext-authz, x-envoy-auth-partial-body]
+    includeRequestBodyInCheck: {{maxRequestBytes: 32, allowPartialMessage: {partial}}}
+    headersToUpstreamOnAllow: [x-ext-authz-check-result, 'x-ext-authz-body*', x-ext-authz-partial]
+"
+        )
+    };
+    let dir = tempfile::tempdir()?;
+    let (m, mesh_cfg) = start_with_mesh_config(x, &routes, 8000, &dir, &provider(false))?;
+    let allow = [("x-ext-authz", "allow")];
+    let mut c = m.client()?;
+    // The whole body is in the check, and goes on to the backend.
+    let r = c.request("POST", "/headers", &allow, b"hello body")?;
+    ensure!(r.status == 200, "{r:?}\n{}", m.context());
+    ensure!(
+        r.body.contains("x-ext-authz-body: 10")
+            && r.body.contains("x-ext-authz-body-text: hello body")
+            && r.body.contains("x-ext-authz-partial: false")
+            && r.body.contains("len=10"),
+        "{}",
+        r.body
+    );
+    // The provider decides on what the body says.
+    let r = c.request("POST", "/headers", &allow, b"please deny-by-body")?;
+    ensure!(
+        r.status == 403 && r.body.starts_with("denied by ext_authz"),
+        "{r:?}"
+    );
+    // No body, no partial-body header; a client's own never reaches the provider.
+    let r = c.request(
+        "GET",
+        "/headers",
+        &[
+            ("x-ext-authz", "allow"),
+            ("x-envoy-auth-partial-body", "false"),
+        ],
+        b"",
+    )?;
+    ensure!(
+        r.status == 200
+            && r.body.contains("x-ext-authz-body: 0")
+            && r.body.contains("x-ext-authz-partial: -"),
+        "{r:?}"
+    );
+    // Over the limit without partial messages: 413, and neither the provider nor the
+    // backend is asked.
+    let checks = authz.checks.lock().unwrap().len();
+    let served = m.v1.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let r = m
+        .client()?
+        .request("POST", "/headers", &allow, &[b'a'; 100])?;
+    ensure!(
+        r.status == 413 && r.body.starts_with("Payload Too Large"),
+        "{r:?}"
+    );
+    ensure!(
+        authz.checks.lock().unwrap().len() == checks,
+        "the provider was asked"
+    );
+    ensure!(m.v1.requests.load(std::sync::atomic::Ordering::SeqCst) == served);
+    // Exactly the limit is not over it.
+    let r = m
+        .client()?
+        .request("POST", "/headers", &allow, &[b'b'; 32])?;
+    ensure!(
+        r.status == 200 && r.body.contains("x-ext-authz-partial: false"),
+        "{r:?}"
+    );
+    // With `allowPartialMessage`: the first 32 bytes go, marked partial, and a body far
+    // larger than that (and than what the waypoint keeps for a retry) streams on whole.
+    std::fs::write(&mesh_cfg, provider(true))?;
+    let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    // (A client per try: a 413 may close the connection.)
+    e2e::wait_for(
+        Duration::from_secs(10),
+        "allowPartialMessage applied",
+        || {
+            m.client()
+                .and_then(|mut c| c.request("POST", "/headers", &allow, &[b'a'; 100]))
+                .is_ok_and(|r| r.status == 200 && r.body.contains("x-ext-authz-partial: true"))
+        },
+    )
+    .with_context(|| m.context())?;
+    let r = m.client()?.request("POST", "/headers", &allow, &big)?;
+    ensure!(
+        r.body.contains("x-ext-authz-body: 32")
+            && r.body
+                .contains("x-ext-authz-body-text: abcdefghijklmnopqrstuvwxyzabcdef")
+            && r.body.contains("len=300000"),
+        "{}",
+        r.body
+    );
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metric_sum(
+            &metrics,
+            "istio_requests_total",
+            &["response_code=\"413\"", "response_flags=\"-\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    Ok(())
+}
+
 /// The same over gRPC (`envoyExtAuthzGrpc`), against Envoy's own generated `Authorization`
 /// service: the check carries the request and its peers, an OK answer edits the request
 /// and the response, a denial is the server's, a failed call is `statusOnError`.
@@ -531,34 +690,21 @@ authorizationPolicies:
 fn custom_policies_ask_a_grpc_external_authorization_service() -> Result<()> {
     let x = 253;
     let authz = e2e::ext_authz::spawn_grpc_ext_authz(SocketAddr::new(ip4(x, 2, 9), 9191))?;
-    let routes = "  - name: echo
-    namespace: demo
-    parentRefs: [{name: echo}]
-    rules:
-      - backendRefs: [{name: echo-v1, port: 80}]
-authorizationPolicies:
-  - name: opa
-    namespace: demo
-    targetRefs: [{name: echo}]
-    action: CUSTOM
-    provider: {name: opa}
-    rules: [{to: [{operation: {notPaths: [/public*]}}]}]
-";
+    let routes = custom_on_echo("opa", "{notPaths: [/public*]}");
     let dir = tempfile::tempdir()?;
-    let mesh_cfg = dir.path().join("mesh.yaml");
-    std::fs::write(
-        &mesh_cfg,
+    let (m, _) = start_with_mesh_config(
+        x,
+        &routes,
+        9191,
+        &dir,
         "extensionProviders:
 - name: opa
-  envoyExtAuthzGrpc: {service: ext-authz.foo.svc.cluster.local, port: 9191, timeout: 5s}
+  envoyExtAuthzGrpc:
+    service: ext-authz.foo.svc.cluster.local
+    port: 9191
+    timeout: 5s
+    includeRequestBodyInCheck: {maxRequestBytes: 16, allowPartialMessage: true, packAsBytes: true}
 ",
-    )?;
-    let mesh_arg = mesh_cfg.display().to_string();
-    let m = Mesh::start_config(
-        x,
-        &with_ext_authz(x, routes, 9191),
-        &["--mesh-config", &mesh_arg],
-        &[],
     )?;
     let mut c = m.client()?;
     let r = c.request(
@@ -588,6 +734,28 @@ authorizationPolicies:
         ensure!(
             check.source_principal == "spiffe://cluster.local/ns/demo/sa/client"
                 && check.destination_address == format!("{}:80", ip4(x, 100, 1)),
+            "{check:?}"
+        );
+    }
+    // The body's first 16 bytes, as raw bytes, marked partial; the backend gets it all.
+    let r = c.request(
+        "POST",
+        "/headers",
+        &[("x-ext-authz", "allow")],
+        b"0123456789abcdefghijklmnopqrstuvwxyz0123",
+    )?;
+    ensure!(r.status == 200 && r.body.contains("len=40"), "{r:?}");
+    {
+        let seen = authz.checks.lock().unwrap();
+        let check = seen.last().expect("a check");
+        ensure!(
+            check.raw_body == b"0123456789abcdef"
+                && check.body.is_empty()
+                && check
+                    .headers
+                    .get("x-envoy-auth-partial-body")
+                    .map(String::as_str)
+                    == Some("true"),
             "{check:?}"
         );
     }

@@ -8,7 +8,8 @@
 //! - the check request carries the client's method, its path behind `pathPrefix`, its
 //!   `:authority`, `Authorization`, the headers `includeRequestHeadersInCheck` names (exact
 //!   names, `prefix*` or `*suffix`, without case), the fixed `includeAdditionalHeadersInCheck`,
-//!   and no body (`content-length: 0`);
+//!   and no body (`content-length: 0`) unless `includeRequestBodyInCheck` asks for one
+//!   ([`BodyInCheck`]);
 //! - `200` allows: the headers `headersToUpstreamOnAllow` names are set on the request, the
 //!   ones the answer lists in `x-envoy-auth-headers-to-remove` are removed from it, and the
 //!   ones `headersToDownstreamOnAllow` names go on the client's response;
@@ -21,14 +22,15 @@
 //!
 //! Over gRPC (`envoy.service.auth.v3.Authorization/Check`, messages in [`pb`]): the check
 //! carries the request's method, path, host, headers (pseudo-headers included), id and
-//! size, the tunnel peer's identity and address and the address it called; an `OK` status
+//! size, the tunnel peer's identity and address and the address it called, and the body as
+//! `body` or, with `packAsBytes`, `raw_body`, when it is asked for; an `OK` status
 //! allows, with `ok_response`'s headers set (or appended) on the request, its
 //! `headers_to_remove` removed and its `response_headers_to_add` on the client's response;
 //! any other status denies with `denied_response` (its status, 403 by default, headers and
 //! body); a gRPC error, no answer or a late one is an error, as over HTTP.
 //!
 //! A provider the waypoint cannot use (a bad field, a service that is not a Service of the
-//! mesh, the request body in the check) is kept by name with why: the policies that name
+//! mesh, a body limit of 0 or over [`MAX_BODY_IN_CHECK`]) is kept by name with why: the policies that name
 //! it deny what they match, as istiod's "deny all due to bad CUSTOM action" does.
 
 use std::collections::BTreeMap;
@@ -53,6 +55,50 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The header in an allowing answer that names request headers to remove.
 const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
+/// The header a check with a body carries: `true` when the body is cut (Envoy's). A
+/// client's own is never passed on in a check, where it would lie about the body.
+pub const PARTIAL_BODY: &str = "x-envoy-auth-partial-body";
+
+/// Largest `maxRequestBytes` the waypoint holds for one request's check. Envoy takes any
+/// `uint32`; a waypoint that buffered 4 GiB per request would give each client a lever on
+/// its memory. 4 MiB is gRPC's default largest message, which most `envoyExtAuthzGrpc`
+/// servers would refuse a larger check with anyway.
+pub const MAX_BODY_IN_CHECK: u32 = 4 * 1024 * 1024;
+
+/// MeshConfig `includeRequestBodyInCheck`: the request body goes in the check.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestBodySpec {
+    #[serde(default)]
+    pub max_request_bytes: u32,
+    #[serde(default)]
+    pub allow_partial_message: bool,
+    #[serde(default)]
+    pub pack_as_bytes: bool,
+}
+
+/// How much of the request body a check carries, checked. As Envoy's `ext_authz`
+/// `with_request_body`: the waypoint reads the body until `max` bytes are in or it ends;
+/// a longer body is refused with 413 (before the provider is asked, whatever `failOpen`
+/// says) unless `allow_partial`, when its first `max` bytes go, marked partial. The body
+/// read is sent on to the backend whole, as the client sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyInCheck {
+    pub max: usize,
+    pub allow_partial: bool,
+    /// gRPC: the body goes as `raw_body` (bytes), not `body` (a string). Envoy ignores it
+    /// over HTTP.
+    pub raw: bool,
+}
+
+/// The body a check carries: the first bytes of the request's, and whether that is less
+/// than all of it (or it may be: the body had not ended when the limit was reached).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckBody {
+    pub bytes: Bytes,
+    pub partial: bool,
+}
+
 /// `envoyExtAuthzHttp` in the MeshConfig's `extensionProviders`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -76,9 +122,8 @@ pub struct ExtAuthzHttpSpec {
     pub include_headers_in_check: Vec<String>,
     #[serde(default)]
     pub include_additional_headers_in_check: BTreeMap<String, String>,
-    /// Not supported: a provider with it is unusable.
     #[serde(default)]
-    pub include_request_body_in_check: Option<crate::telemetry::spec::serde_yaml_ignored::Ignored>,
+    pub include_request_body_in_check: Option<RequestBodySpec>,
     #[serde(default)]
     pub headers_to_upstream_on_allow: Vec<String>,
     #[serde(default)]
@@ -185,6 +230,8 @@ pub struct ExtAuthz {
     /// The route is chosen again after the provider's edits (else before them, as Envoy
     /// has chosen it when its ext_authz filter runs).
     pub clear_route_cache: bool,
+    /// The request body in the check, and how much of it.
+    pub body: Option<BodyInCheck>,
     include: Vec<NamePattern>,
     additional: Vec<(HeaderName, HeaderValue)>,
     upstream_on_allow: Vec<NamePattern>,
@@ -283,6 +330,7 @@ struct Common {
     port: u16,
     timeout: Duration,
     status_on_error: StatusCode,
+    body: Option<BodyInCheck>,
 }
 
 impl Common {
@@ -291,7 +339,7 @@ impl Common {
         port: u32,
         timeout: Option<&str>,
         status_on_error: Option<&str>,
-        with_body: bool,
+        body: Option<&RequestBodySpec>,
         at: &str,
     ) -> Result<Common, RouteError> {
         let (service, host) = service_of(service).ok_or_else(|| {
@@ -324,18 +372,38 @@ impl Common {
                     )
                 })?,
         };
-        if with_body {
-            return Err(err(
-                format!("{at}.includeRequestBodyInCheck"),
-                "the waypoint sends checks without the request body",
-            ));
-        }
+        let body = match body {
+            None => None,
+            Some(b) if b.max_request_bytes == 0 => {
+                // Envoy's `max_request_bytes` must be more than 0: its listener would be
+                // refused.
+                return Err(err(
+                    format!("{at}.includeRequestBodyInCheck.maxRequestBytes"),
+                    "0: give how many bytes of the body the check carries (1 or more)",
+                ));
+            }
+            Some(b) if b.max_request_bytes > MAX_BODY_IN_CHECK => {
+                return Err(err(
+                    format!("{at}.includeRequestBodyInCheck.maxRequestBytes"),
+                    format!(
+                        "{}: more than the waypoint holds for one request ({MAX_BODY_IN_CHECK}); with allowPartialMessage a smaller limit sends the body's first bytes",
+                        b.max_request_bytes
+                    ),
+                ));
+            }
+            Some(b) => Some(BodyInCheck {
+                max: b.max_request_bytes as usize,
+                allow_partial: b.allow_partial_message,
+                raw: b.pack_as_bytes,
+            }),
+        };
         Ok(Common {
             service,
             host,
             port,
             timeout,
             status_on_error,
+            body,
         })
     }
 }
@@ -352,9 +420,8 @@ pub struct ExtAuthzGrpcSpec {
     pub fail_open: bool,
     #[serde(default)]
     pub status_on_error: Option<String>,
-    /// Not supported: a provider with it is unusable.
     #[serde(default)]
-    pub include_request_body_in_check: Option<crate::telemetry::spec::serde_yaml_ignored::Ignored>,
+    pub include_request_body_in_check: Option<RequestBodySpec>,
     /// Route the request again after the provider's header edits.
     #[serde(default)]
     pub clear_route_cache: bool,
@@ -380,7 +447,7 @@ impl ExtAuthz {
             s.port,
             s.timeout.as_deref(),
             s.status_on_error.as_deref(),
-            s.include_request_body_in_check.is_some(),
+            s.include_request_body_in_check.as_ref(),
             &at,
         )?;
         Ok(ExtAuthz {
@@ -394,6 +461,7 @@ impl ExtAuthz {
             fail_open: s.fail_open,
             status_on_error: c.status_on_error,
             clear_route_cache: s.clear_route_cache,
+            body: c.body,
             include: Vec::new(),
             additional: Vec::new(),
             upstream_on_allow: Vec::new(),
@@ -402,13 +470,18 @@ impl ExtAuthz {
         })
     }
 
-    /// The check for the client request `parts`: a gRPC `Check` call, or an HTTP/1.1
-    /// request without a body.
-    pub fn check(&self, parts: &Parts, ctx: &CheckContext<'_>) -> Request<Bytes> {
+    /// The check for the client request `parts` (with `body`, what was read of its body
+    /// when the provider asks for it): a gRPC `Check` call, or an HTTP/1.1 request.
+    pub fn check(
+        &self,
+        parts: &Parts,
+        ctx: &CheckContext<'_>,
+        body: Option<&CheckBody>,
+    ) -> Request<Bytes> {
         if self.grpc {
-            self.grpc_check(parts, ctx)
+            self.grpc_check(parts, ctx, body)
         } else {
-            self.check_request(parts).map(|()| Bytes::new())
+            self.check_request(parts, body)
         }
     }
 
@@ -421,109 +494,10 @@ impl ExtAuthz {
         trailers: Option<&HeaderMap>,
     ) -> Decision {
         if self.grpc {
-            grpc_answer(status, headers, &body, trailers)
+            grpc::grpc_answer(status, headers, &body, trailers)
         } else {
             self.decide(status, headers, body)
         }
-    }
-
-    fn grpc_check(&self, parts: &Parts, ctx: &CheckContext<'_>) -> Request<Bytes> {
-        use prost::Message as _;
-        let mut headers = std::collections::HashMap::new();
-        for name in parts.headers.keys() {
-            let joined: Vec<&str> = parts
-                .headers
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            headers.insert(name.as_str().to_string(), joined.join(","));
-        }
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let host = authority(parts)
-            .and_then(|v| v.to_str().ok().map(str::to_string))
-            .unwrap_or_default();
-        headers.insert(":method".into(), parts.method.as_str().into());
-        headers.insert(":path".into(), path.clone());
-        headers.insert(":authority".into(), host.clone());
-        headers.insert(":scheme".into(), "http".into());
-        let size = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(-1);
-        let peer = |addr: Option<SocketAddr>, principal: Option<&str>| pb::Peer {
-            address: addr.map(|a| pb::Address {
-                socket_address: Some(pb::SocketAddress {
-                    protocol: 0,
-                    address: a.ip().to_string(),
-                    port_value: u32::from(a.port()),
-                }),
-            }),
-            principal: principal.map_or_else(String::new, |p| format!("spiffe://{p}")),
-            ..Default::default()
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let check = pb::CheckRequest {
-            attributes: Some(pb::AttributeContext {
-                source: Some(peer(ctx.source, ctx.principal)),
-                destination: Some(peer(ctx.destination, None)),
-                request: Some(pb::Request {
-                    time: Some(prost_types::Timestamp {
-                        seconds: now.as_secs() as i64,
-                        nanos: now.subsec_nanos() as i32,
-                    }),
-                    http: Some(pb::HttpRequest {
-                        id: parts
-                            .headers
-                            .get("x-request-id")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_string(),
-                        method: parts.method.as_str().to_string(),
-                        headers,
-                        path,
-                        host,
-                        scheme: "http".into(),
-                        size,
-                        protocol: match parts.version {
-                            http::Version::HTTP_2 => "HTTP/2",
-                            http::Version::HTTP_10 => "HTTP/1.0",
-                            _ => "HTTP/1.1",
-                        }
-                        .into(),
-                    }),
-                }),
-                context_extensions: Default::default(),
-            }),
-        };
-        let mut body = Vec::with_capacity(5 + check.encoded_len());
-        body.push(0);
-        body.extend_from_slice(&(check.encoded_len() as u32).to_be_bytes());
-        check.encode(&mut body).expect("a Vec grows");
-        let mut req = Request::new(Bytes::from(body));
-        *req.method_mut() = http::Method::POST;
-        *req.version_mut() = http::Version::HTTP_2;
-        // HTTP/2 takes `:scheme` and `:authority` from the URI.
-        *req.uri_mut() = http::Uri::builder()
-            .scheme("http")
-            .authority(format!("{}:{}", self.host, self.port))
-            .path_and_query(pb::CHECK_PATH)
-            .build()
-            .unwrap_or_else(|_| http::Uri::from_static(pb::CHECK_PATH));
-        let h = req.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        req
     }
 
     /// Checks provider `name`'s spec; `at` names it (`extensionProviders[2]`). An error
@@ -535,7 +509,7 @@ impl ExtAuthz {
             s.port,
             s.timeout.as_deref(),
             s.status_on_error.as_deref(),
-            s.include_request_body_in_check.is_some(),
+            s.include_request_body_in_check.as_ref(),
             &at,
         )?;
         let path_prefix = s.path_prefix.clone().unwrap_or_default();
@@ -578,6 +552,7 @@ impl ExtAuthz {
             fail_open: s.fail_open,
             status_on_error: c.status_on_error,
             clear_route_cache: s.clear_route_cache,
+            body: c.body,
             include,
             additional,
             upstream_on_allow: patterns(
@@ -595,11 +570,13 @@ impl ExtAuthz {
         })
     }
 
-    /// The check request for the client request `parts` (HTTP/1.1, no body).
-    pub fn check_request(&self, parts: &Parts) -> Request<()> {
+    /// The check request for the client request `parts` (HTTP/1.1), with `body` as its
+    /// body. The partial-body header is among the headers the patterns may pick, as in
+    /// Envoy (which offers it to `includeRequestHeadersInCheck` like the client's own).
+    pub fn check_request(&self, parts: &Parts, body: Option<&CheckBody>) -> Request<Bytes> {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri = format!("{}{path}", self.path_prefix);
-        let mut req = Request::new(());
+        let mut req = Request::new(body.map(|b| b.bytes.clone()).unwrap_or_default());
         *req.method_mut() = parts.method.clone();
         // The prefix was checked as a path, and the client's path is one.
         *req.uri_mut() = uri.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
@@ -609,17 +586,27 @@ impl ExtAuthz {
         }
         for (name, value) in &parts.headers {
             let n = name.as_str();
-            if n == "host" || n == "content-length" || n == "transfer-encoding" {
+            if n == "host" || n == "content-length" || n == "transfer-encoding" || n == PARTIAL_BODY
+            {
                 continue;
             }
             if name == header::AUTHORIZATION || any_matches(&self.include, n) {
                 headers.append(name.clone(), value.clone());
             }
         }
+        if let Some(b) = body
+            && any_matches(&self.include, PARTIAL_BODY)
+        {
+            headers.insert(
+                HeaderName::from_static(PARTIAL_BODY),
+                HeaderValue::from_static(if b.partial { "true" } else { "false" }),
+            );
+        }
         for (k, v) in &self.additional {
             headers.insert(k.clone(), v.clone());
         }
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let len = body.map_or(0, |b| b.bytes.len());
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         req
     }
 
@@ -674,106 +661,11 @@ impl ExtAuthz {
     }
 }
 
-/// What a gRPC provider's answer means: `OK` allows as its `ok_response` says, another
-/// status denies as its `denied_response` says (403 without one), and a failed call is an
-/// error.
-fn grpc_answer(
-    status: StatusCode,
-    headers: &HeaderMap,
-    body: &[u8],
-    trailers: Option<&HeaderMap>,
-) -> Decision {
-    use prost::Message as _;
-    if status != StatusCode::OK {
-        return Decision::Error(format!("the provider answered {status}"));
-    }
-    // The call's status: the trailers', or the head's for a trailers-only answer.
-    let grpc_status = trailers
-        .and_then(|t| t.get("grpc-status"))
-        .or_else(|| headers.get("grpc-status"))
-        .and_then(|v| v.to_str().ok());
-    if grpc_status != Some("0") {
-        return Decision::Error(format!(
-            "the Check call ended with grpc-status {}",
-            grpc_status.unwrap_or("(none)")
-        ));
-    }
-    let message = match body {
-        [0, a, b, c, d, rest @ ..]
-            if u32::from_be_bytes([*a, *b, *c, *d]) as usize == rest.len() =>
-        {
-            rest
-        }
-        [1, ..] => return Decision::Error("a compressed CheckResponse".into()),
-        _ => return Decision::Error("not one gRPC message in the answer".into()),
-    };
-    let resp = match pb::CheckResponse::decode(message) {
-        Ok(r) => r,
-        Err(e) => return Decision::Error(format!("the CheckResponse does not decode: {e}")),
-    };
-    // Envoy's reading of a header option: the deprecated `append` when set, else the
-    // action (an unknown one sets).
-    let pairs = |opts: &[pb::HeaderValueOption]| -> Vec<(Edit, HeaderName, HeaderValue)> {
-        opts.iter()
-            .filter_map(|o| {
-                let h = o.header.as_ref()?;
-                let name = HeaderName::from_bytes(h.key.as_bytes()).ok()?;
-                let raw = if h.value.is_empty() {
-                    &h.raw_value
-                } else {
-                    h.value.as_bytes()
-                };
-                let value = HeaderValue::from_bytes(raw).ok()?;
-                (!framing(&name)).then_some(())?;
-                let edit = match (&o.append, o.append_action) {
-                    (Some(a), _) if a.value => Edit::Add,
-                    (Some(_), _) => Edit::Set,
-                    (None, 0) => Edit::Add,
-                    (None, 1) => Edit::AddIfAbsent,
-                    (None, 3) => Edit::OverwriteIfExists,
-                    (None, _) => Edit::Set,
-                };
-                Some((edit, name, value))
-            })
-            .collect()
-    };
-    if resp.status.as_ref().map_or(0, |s| s.code) == 0 {
-        let ok = resp.ok_response.unwrap_or_default();
-        return Decision::Allow(Allowed {
-            edits: pairs(&ok.headers),
-            remove: ok
-                .headers_to_remove
-                .iter()
-                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-                .filter(|n| !framing(n))
-                .collect(),
-            downstream: pairs(&ok.response_headers_to_add)
-                .into_iter()
-                .map(|(_, n, v)| (n, v))
-                .collect(),
-        });
-    }
-    let denied = resp.denied_response.unwrap_or_default();
-    let status = denied
-        .status
-        .and_then(|s| u16::try_from(s.code).ok())
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .unwrap_or(StatusCode::FORBIDDEN);
-    let mut out = HeaderMap::new();
-    for (_, n, v) in pairs(&denied.headers) {
-        out.append(n, v);
-    }
-    Decision::Deny {
-        status,
-        headers: out,
-        body: Bytes::from(denied.body),
-    }
-}
-
 /// The MeshConfig's authorization providers, by name (exact, as istiod looks them up):
 /// each one usable, or why not.
 pub type AuthzProviders = BTreeMap<String, Result<Arc<ExtAuthz>, String>>;
 
+mod grpc;
 pub mod pb;
 
 #[cfg(test)]

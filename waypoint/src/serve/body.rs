@@ -145,7 +145,7 @@ impl<B: http_body::Body + Unpin> http_body::Body for Holding<B> {
 /// A request body that counts its bytes (and a gRPC stream's messages) as they stream
 /// through.
 pub(super) struct Counted {
-    pub(super) inner: Incoming,
+    pub(super) inner: super::Inbound,
     pub(super) n: Rc<Cell<u64>>,
     /// A gRPC request's messages: where the scan is, and the stream's counts.
     pub(super) messages: Option<(crate::grpc::Frames, Rc<Messages>)>,

@@ -3,6 +3,7 @@
 //! it means for the request. What a check carries and what an answer means are
 //! `crate::security::ext_authz`'s; which provider to ask is `SecurityTable::custom`'s.
 
+use super::inbound::ReadAhead;
 use super::*;
 use crate::security::ext_authz::Allowed;
 
@@ -12,6 +13,9 @@ impl<U: Upstreams> Waypoint<U> {
     /// instead, with its outcome and details. A provider the MeshConfig lacks or cannot
     /// use, or whose Service the mesh does not know, refuses (fail closed, as istiod's
     /// deny-all; `failOpen` is for a provider that fails, not for one that is not there).
+    /// A provider that asks for the body gets what [`Inbound::read_for_check`] reads of it
+    /// (not for a WebSocket handshake, as Envoy's filter buffers no upgrade).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn ext_authz(
         &self,
         table: &TelemetryTable,
@@ -19,6 +23,8 @@ impl<U: Upstreams> Waypoint<U> {
         policy: &str,
         target: &Target,
         parts: &Parts,
+        body: &mut Inbound,
+        websocket: bool,
     ) -> Result<(Allowed, bool), (Outcome, String, Response<Body>)> {
         use crate::security::ext_authz::{CheckContext, Decision, MAX_ANSWER_BYTES};
         let usable = match table.authz_provider(provider) {
@@ -53,7 +59,31 @@ impl<U: Upstreams> Waypoint<U> {
             source: target.peer.addr,
             destination: target.local,
         };
-        let check = p.check(parts, &ctx).map(Body::full);
+        let read = match p.body {
+            Some(limit) if !websocket => match body.read_for_check(limit).await {
+                Ok(read) => read,
+                // Envoy's buffer limit: 413 before the provider is asked, `failOpen` or not.
+                Err(ReadAhead::TooLarge) => {
+                    return Err((
+                        Outcome::TooLarge,
+                        Outcome::TooLarge.details().into(),
+                        local(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+                    ));
+                }
+                Err(ReadAhead::Failed(e)) => {
+                    return Err((
+                        Outcome::ClientError,
+                        Outcome::ClientError.details().into(),
+                        local(
+                            StatusCode::BAD_REQUEST,
+                            &format!("reading the request body: {e}"),
+                        ),
+                    ));
+                }
+            },
+            _ => None,
+        };
+        let check = p.check(parts, &ctx, read.as_ref()).map(Body::full);
         let exchange = async {
             let mut tried = Tried::new();
             let (resp, _) = self

@@ -42,7 +42,7 @@ pub(super) fn fits(hint: &SizeHint) -> bool {
 pub(super) struct Limited;
 
 impl Limited {
-    pub(super) async fn collect(body: Incoming) -> Result<Bytes, String> {
+    pub(super) async fn collect(body: Inbound) -> Result<Bytes, String> {
         let limited = http_body_util::Limited::new(body, REPLAY_LIMIT as usize);
         limited
             .collect()

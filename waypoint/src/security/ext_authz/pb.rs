@@ -89,6 +89,13 @@ pub struct HttpRequest {
     pub size: i64,
     #[prost(string, tag = "10")]
     pub protocol: String,
+    /// The body (or its first bytes). A `string` in Envoy's proto, carried as bytes (the
+    /// same wire type) so that a body that is not UTF-8 goes as the client sent it, as
+    /// Envoy sends it; `raw_body` is the field for those.
+    #[prost(bytes = "vec", tag = "11")]
+    pub body: Vec<u8>,
+    #[prost(bytes = "vec", tag = "12")]
+    pub raw_body: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -87,8 +87,12 @@ fn a_provider_is_checked_field_by_field() {
             "includeAdditionalHeadersInCheck.a b",
         ),
         (
-            "{service: a.b, port: 1, includeRequestBodyInCheck: {maxRequestBytes: 10}}",
-            "includeRequestBodyInCheck",
+            "{service: a.b, port: 1, includeRequestBodyInCheck: {allowPartialMessage: true}}",
+            "includeRequestBodyInCheck.maxRequestBytes",
+        ),
+        (
+            "{service: a.b, port: 1, includeRequestBodyInCheck: {maxRequestBytes: 4194305}}",
+            "includeRequestBodyInCheck.maxRequestBytes",
         ),
     ] {
         let e = build_err(yaml);
@@ -96,6 +100,124 @@ fn a_provider_is_checked_field_by_field() {
     }
     // Unknown keys are refused when read.
     assert!(serde_yaml::from_str::<ExtAuthzHttpSpec>("{service: a.b, port: 1, bogus: 1}").is_err());
+    assert!(
+        serde_yaml::from_str::<ExtAuthzHttpSpec>(
+            "{service: a.b, port: 1, includeRequestBodyInCheck: {maxBytes: 1}}"
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn the_body_in_a_check_is_read_from_the_spec() {
+    let p = provider("{service: a.b, port: 1}");
+    assert_eq!(p.body, None);
+    let p = provider(
+        "{service: a.b, port: 1, includeRequestBodyInCheck: {maxRequestBytes: 4194304, allowPartialMessage: true, packAsBytes: true}}",
+    );
+    assert_eq!(
+        p.body,
+        Some(BodyInCheck {
+            max: 4 * 1024 * 1024,
+            allow_partial: true,
+            raw: true
+        })
+    );
+}
+
+#[test]
+fn an_http_check_carries_the_body_and_says_whether_it_is_partial_when_asked() {
+    let body = CheckBody {
+        bytes: Bytes::from_static(b"{\"amount\": 10}"),
+        partial: true,
+    };
+    let client = parts(
+        "POST",
+        "/pay",
+        &[
+            ("host", "h"),
+            ("content-length", "300"),
+            // A client's own never reaches the provider.
+            ("x-envoy-auth-partial-body", "false"),
+        ],
+    );
+    let listed = provider(
+        "{service: a.b, port: 1, includeRequestHeadersInCheck: [x-envoy-auth-partial-body], includeRequestBodyInCheck: {maxRequestBytes: 15, allowPartialMessage: true}}",
+    );
+    let req = listed.check_request(&client, Some(&body));
+    assert_eq!(&req.body()[..], b"{\"amount\": 10}");
+    assert_eq!(req.headers()["content-length"], "14");
+    assert_eq!(
+        req.headers()
+            .get_all("x-envoy-auth-partial-body")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["true"]
+    );
+    // Not listed: the body goes, the header does not (Envoy's HTTP client sends only the
+    // headers its patterns pick); nor does the client's.
+    let unlisted = provider(
+        "{service: a.b, port: 1, includeRequestBodyInCheck: {maxRequestBytes: 15, allowPartialMessage: true}}",
+    );
+    let req = unlisted.check_request(&client, Some(&body));
+    assert_eq!(req.headers()["content-length"], "14");
+    assert!(req.headers().get("x-envoy-auth-partial-body").is_none());
+    let req = listed.check_request(&client, None);
+    assert!(req.body().is_empty());
+    assert_eq!(req.headers()["content-length"], "0");
+    assert!(req.headers().get("x-envoy-auth-partial-body").is_none());
+}
+
+#[test]
+fn a_grpc_check_carries_the_body_as_a_string_or_as_raw_bytes() {
+    use prost::Message as _;
+    let decode = |p: &ExtAuthz, req: &Parts, body: Option<&CheckBody>| {
+        let check = p.check(req, &CheckContext::default(), body);
+        let m = pb::CheckRequest::decode(&check.body()[5..]).unwrap();
+        m.attributes.unwrap().request.unwrap().http.unwrap()
+    };
+    let req = parts(
+        "POST",
+        "/upload",
+        &[("host", "h"), ("x-envoy-auth-partial-body", "false")],
+    );
+    // Not UTF-8: it goes as the client sent it either way.
+    let body = CheckBody {
+        bytes: Bytes::from_static(b"\xff\x00ab"),
+        partial: false,
+    };
+    let grpc = |extra: &str| {
+        let s: ExtAuthzGrpcSpec = serde_yaml::from_str(&format!(
+            "{{service: opa.policy.svc.cluster.local, port: 9191{extra}}}"
+        ))
+        .unwrap();
+        ExtAuthz::build_grpc("opa", &s, "extensionProviders[0]").unwrap()
+    };
+    let text = grpc(", includeRequestBodyInCheck: {maxRequestBytes: 8}");
+    let http = decode(&text, &req, Some(&body));
+    assert_eq!(
+        (http.body.as_slice(), http.raw_body.len()),
+        (&b"\xff\x00ab"[..], 0)
+    );
+    assert_eq!(http.headers["x-envoy-auth-partial-body"], "false");
+    let raw = grpc(", includeRequestBodyInCheck: {maxRequestBytes: 8, packAsBytes: true}");
+    let http = decode(
+        &raw,
+        &req,
+        Some(&CheckBody {
+            partial: true,
+            ..body
+        }),
+    );
+    assert_eq!(
+        (http.body.len(), http.raw_body.as_slice()),
+        (0, &b"\xff\x00ab"[..])
+    );
+    assert_eq!(http.headers["x-envoy-auth-partial-body"], "true");
+    // No body read (none sent): neither field, and not the client's header either.
+    let http = decode(&raw, &req, None);
+    assert!(http.body.is_empty() && http.raw_body.is_empty());
+    assert!(!http.headers.contains_key("x-envoy-auth-partial-body"));
 }
 
 #[test]
@@ -104,19 +226,22 @@ fn the_check_request_carries_what_the_provider_asks_for() {
         "{service: a.b, port: 1, pathPrefix: /check, includeRequestHeadersInCheck: [x-ext-authz, 'x-user-*', '*-tenant'],
           includeAdditionalHeadersInCheck: {x-from: waypoint}}",
     );
-    let req = p.check_request(&parts(
-        "POST",
-        "http://echo.demo:80/api/items?id=7",
-        &[
-            ("authorization", "Bearer t"),
-            ("X-Ext-Authz", "allow"),
-            ("x-user-id", "7"),
-            ("acme-tenant", "blue"),
-            ("x-other", "no"),
-            ("content-length", "12"),
-            ("x-from", "client"),
-        ],
-    ));
+    let req = p.check_request(
+        &parts(
+            "POST",
+            "http://echo.demo:80/api/items?id=7",
+            &[
+                ("authorization", "Bearer t"),
+                ("X-Ext-Authz", "allow"),
+                ("x-user-id", "7"),
+                ("acme-tenant", "blue"),
+                ("x-other", "no"),
+                ("content-length", "12"),
+                ("x-from", "client"),
+            ],
+        ),
+        None,
+    );
     assert_eq!(req.method(), "POST");
     assert_eq!(req.uri(), "/check/api/items?id=7");
     let h = req.headers();
@@ -131,11 +256,10 @@ fn the_check_request_carries_what_the_provider_asks_for() {
     assert_eq!(h.get_all("x-from").iter().collect::<Vec<_>>(), ["waypoint"]);
     // Without a list: the method, path, authority and Authorization only.
     let bare = provider("{service: a.b, port: 1}");
-    let req = bare.check_request(&parts(
-        "GET",
-        "/x",
-        &[("host", "h"), ("x-ext-authz", "allow")],
-    ));
+    let req = bare.check_request(
+        &parts("GET", "/x", &[("host", "h"), ("x-ext-authz", "allow")]),
+        None,
+    );
     assert_eq!(req.uri(), "/x");
     assert_eq!(req.headers()["host"], "h");
     assert!(req.headers().get("x-ext-authz").is_none());
@@ -286,7 +410,7 @@ fn a_grpc_check_carries_the_request_and_its_peers() {
         source: Some("10.0.0.1:40000".parse().unwrap()),
         destination: Some("10.96.0.1:80".parse().unwrap()),
     };
-    let check = p.check(&req, &ctx);
+    let check = p.check(&req, &ctx, None);
     assert_eq!(
         check.uri(),
         "http://opa.policy.svc.cluster.local:9191/envoy.service.auth.v3.Authorization/Check"
