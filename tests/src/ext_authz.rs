@@ -12,6 +12,7 @@ use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
     HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
 };
+use envoy_types::pb::envoy::config::core::v3::QueryParameter;
 
 use crate::l7::{header, read_request};
 
@@ -155,13 +156,32 @@ impl Authorization for Authz {
             ..Default::default()
         };
         let allow = http.headers.get("x-ext-authz").map(String::as_str) == Some("allow");
-        let resp = if allow {
+        let resp = if http.path.contains("/error-page") {
+            CheckResponse {
+                status: Some(envoy_types::pb::google::rpc::Status {
+                    code: 14,
+                    message: "warming up".into(),
+                    ..Default::default()
+                }),
+                http_response: Some(HttpResponse::ErrorResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus { code: 503 }),
+                    headers: vec![header("retry-after", "5")],
+                    body: "the policy engine is warming up".into(),
+                })),
+                ..Default::default()
+            }
+        } else if allow {
             CheckResponse {
                 status: Some(envoy_types::pb::google::rpc::Status::default()),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                     headers: vec![header("x-ext-authz-check-result", "allowed")],
                     headers_to_remove: vec!["x-remove-me".into()],
                     response_headers_to_add: vec![header("x-ext-authz-checked", "grpc")],
+                    query_parameters_to_set: vec![QueryParameter {
+                        key: "authz".into(),
+                        value: "ok by grpc".into(),
+                    }],
+                    query_parameters_to_remove: vec!["secret".into()],
                     ..Default::default()
                 })),
                 ..Default::default()
@@ -188,8 +208,10 @@ impl Authorization for Authz {
 /// Starts a gRPC external authorization server on `addr` (h2c), Envoy's generated
 /// `envoy.service.auth.v3.Authorization`: `x-ext-authz: allow` allows (sets
 /// `x-ext-authz-check-result: allowed` on the request, removes `x-remove-me`, adds
-/// `x-ext-authz-checked: grpc` to the response); anything else is denied with 401, a header
-/// and a body; a path with `/fail` fails the call (UNAVAILABLE). Runs for the test's life.
+/// `x-ext-authz-checked: grpc` to the response, sets query parameter `authz=ok by grpc` and
+/// removes `secret`); anything else is denied with 401, a header and a body; a path with
+/// `/fail` fails the call (UNAVAILABLE), one with `/error-page` answers UNAVAILABLE with an
+/// `error_response` (503, `retry-after: 5`, a body). Runs for the test's life.
 pub fn spawn_grpc_ext_authz(addr: SocketAddr) -> Result<GrpcExtAuthz> {
     let listener =
         TcpListener::bind(addr).with_context(|| format!("binding the gRPC ext-authz {addr}"))?;

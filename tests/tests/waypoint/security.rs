@@ -714,6 +714,13 @@ fn custom_policies_ask_a_grpc_external_authorization_service() -> Result<()> {
         b"",
     )?;
     ensure!(r.status == 200, "{r:?}\n{}", m.context());
+    // The provider's query edits reach the backend.
+    ensure!(
+        r.body
+            .starts_with("v1 GET /headers?q=1&authz=ok%20by%20grpc\n"),
+        "{}",
+        r.body
+    );
     ensure!(
         r.body.contains("x-ext-authz-check-result: allowed") && !r.body.contains("x-remove-me"),
         "{}",
@@ -737,6 +744,19 @@ fn custom_policies_ask_a_grpc_external_authorization_service() -> Result<()> {
             "{check:?}"
         );
     }
+    // One it removes, one it sets.
+    let r = c.request(
+        "GET",
+        "/headers?secret=s3&page=2",
+        &[("x-ext-authz", "allow")],
+        b"",
+    )?;
+    ensure!(
+        r.body
+            .starts_with("v1 GET /headers?page=2&authz=ok%20by%20grpc\n"),
+        "{}",
+        r.body
+    );
     // The body's first 16 bytes, as raw bytes, marked partial; the backend gets it all.
     let r = c.request(
         "POST",
@@ -768,6 +788,14 @@ fn custom_policies_ask_a_grpc_external_authorization_service() -> Result<()> {
     );
     let r = c.request("GET", "/fail", &[("x-ext-authz", "allow")], b"")?;
     ensure!(r.status == 403 && r.body.is_empty(), "{r:?}");
+    // The provider failed and said what the client gets.
+    let r = c.request("GET", "/error-page", &[("x-ext-authz", "allow")], b"")?;
+    ensure!(
+        r.status == 503
+            && r.body == "the policy engine is warming up"
+            && r.header("retry-after") == Some("5"),
+        "{r:?}"
+    );
     let n = authz.checks.lock().unwrap().len();
     ensure!(c.request("GET", "/public", &[], b"")?.status == 200);
     ensure!(
@@ -780,7 +808,7 @@ fn custom_policies_ask_a_grpc_external_authorization_service() -> Result<()> {
             &metrics,
             "istio_requests_total",
             &["response_flags=\"UAEX\""]
-        ) == 2.0,
+        ) == 3.0,
         "{metrics}"
     );
     Ok(())

@@ -25,9 +25,12 @@
 //! size, the tunnel peer's identity and address and the address it called, and the body as
 //! `body` or, with `packAsBytes`, `raw_body`, when it is asked for; an `OK` status
 //! allows, with `ok_response`'s headers set (or appended) on the request, its
-//! `headers_to_remove` removed and its `response_headers_to_add` on the client's response;
+//! `headers_to_remove` removed, its `query_parameters_to_set`/`_to_remove` applied to the
+//! query ([`edit_query`]) and its `response_headers_to_add` on the client's response;
 //! any other status denies with `denied_response` (its status, 403 by default, headers and
-//! body); a gRPC error, no answer or a late one is an error, as over HTTP.
+//! body), or with `error_response` is an error whose answer the provider gives (its status,
+//! else `statusOnError`; `failOpen` lets the request on); a gRPC error, no answer or a late
+//! one is an error, as over HTTP.
 //!
 //! A provider the waypoint cannot use (a bad field, a service that is not a Service of the
 //! mesh, a body limit of 0 or over [`MAX_BODY_IN_CHECK`]) is kept by name with why: the policies that name
@@ -259,12 +262,35 @@ pub struct Allowed {
     pub remove: Vec<HeaderName>,
     /// Added to the client's response.
     pub downstream: Vec<(HeaderName, HeaderValue)>,
+    /// Query parameters set (gRPC's `query_parameters_to_set`), names and values as text.
+    pub query_set: Vec<(String, String)>,
+    /// Query parameters removed (gRPC's `query_parameters_to_remove`).
+    pub query_remove: Vec<String>,
 }
 
 impl Allowed {
-    /// Whether the request's headers change (and so, perhaps, its route).
+    /// Whether the request's headers or query change (and so, perhaps, its route).
     pub fn edits_request(&self) -> bool {
-        !self.edits.is_empty() || !self.remove.is_empty()
+        !self.edits.is_empty()
+            || !self.remove.is_empty()
+            || !self.query_set.is_empty()
+            || !self.query_remove.is_empty()
+    }
+
+    /// Applies the header edits and the query edits to the request.
+    pub fn apply_to(&self, parts: &mut Parts) {
+        self.apply(&mut parts.headers);
+        if self.query_set.is_empty() && self.query_remove.is_empty() {
+            return;
+        }
+        let Some(pq) = parts.uri.path_and_query() else {
+            return;
+        };
+        let edited = edit_query(pq.as_str(), &self.query_set, &self.query_remove);
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        // Every byte the edit writes is percent-encoded or was in the path already.
+        uri.path_and_query = http::uri::PathAndQuery::from_maybe_shared(edited).ok();
+        parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
     }
 
     /// Applies the edits and removals to the request's headers, in Envoy's order.
@@ -293,6 +319,80 @@ impl Allowed {
     }
 }
 
+/// `path_and_query` with the query's parameters `set` (the first of a name takes the
+/// value, later ones go; a name not there is added at the end) and `remove`d (every one of
+/// the name). Names are compared decoded; what is written is percent-encoded (all but
+/// `A-Z a-z 0-9 - . _ ~`); parameters not named stay as the client wrote them, in their
+/// order (Envoy re-encodes and sorts them all).
+pub fn edit_query(path_and_query: &str, set: &[(String, String)], remove: &[String]) -> String {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let mut out: Vec<String> = Vec::new();
+    let mut done = vec![false; set.len()];
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let key = decode(kv.split_once('=').map_or(kv, |(k, _)| k));
+        if remove.contains(&key) {
+            continue;
+        }
+        match set.iter().position(|(k, _)| *k == key) {
+            Some(i) if done[i] => {}
+            Some(i) => {
+                done[i] = true;
+                out.push(format!("{}={}", encode(&set[i].0), encode(&set[i].1)));
+            }
+            None => out.push(kv.to_string()),
+        }
+    }
+    for (i, (k, v)) in set.iter().enumerate() {
+        if !done[i] && !remove.contains(k) {
+            out.push(format!("{}={}", encode(k), encode(v)));
+        }
+    }
+    if out.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", out.join("&"))
+    }
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Percent-decoding (a malformed escape stays as written).
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// What a provider's answer means for the request.
 #[derive(Debug)]
 pub enum Decision {
@@ -306,6 +406,14 @@ pub enum Decision {
     },
     /// No usable answer: `statusOnError`, or on with `failOpen`.
     Error(String),
+    /// The provider failed and said what the client gets (gRPC's `error_response`): its
+    /// status (`statusOnError` when it gives none), headers and body; or on with
+    /// `failOpen`.
+    Failed {
+        status: Option<StatusCode>,
+        headers: HeaderMap,
+        body: Bytes,
+    },
 }
 
 /// A Kubernetes Service hostname (`name.namespace`, `name.namespace.svc`, or with any
@@ -640,6 +748,7 @@ impl ExtAuthz {
                     .collect(),
                 remove,
                 downstream: pick(&self.downstream_on_allow),
+                ..Allowed::default()
             });
         }
         let mut out = HeaderMap::new();

@@ -42,7 +42,7 @@ impl<U: Upstreams> Waypoint<U> {
                         if allowed.edits_request() && !reroute {
                             routed = Some(self.rule_for(target, parts));
                         }
-                        allowed.apply(&mut parts.headers);
+                        allowed.apply_to(parts);
                         // On every answer from here, the waypoint's own too (Envoy adds
                         // them as the response passes its ext_authz filter).
                         rec.on_allow = allowed.downstream;

@@ -107,18 +107,25 @@ impl<U: Upstreams> Waypoint<U> {
                 status,
                 headers,
                 body,
+            } => Err((
+                Outcome::ExtAuthzDenied,
+                "ext_authz_denied".into(),
+                provider_page(status, headers, body),
+            )),
+            Decision::Failed {
+                status,
+                headers,
+                body,
             } => {
-                // A gRPC client gets it in gRPC's form (the body as its message), as Envoy's
-                // local reply does.
-                let text: Arc<str> = String::from_utf8_lossy(&body[..body.len().min(1024)]).into();
-                let mut resp = Response::new(Body::full(body));
-                *resp.status_mut() = status;
-                *resp.headers_mut() = headers;
-                resp.extensions_mut().insert(Local {
-                    text,
-                    grpc_status: None,
-                });
-                Err((Outcome::ExtAuthzDenied, "ext_authz_denied".into(), resp))
+                tracing::debug!(provider = %p.name, ?status, fail_open = p.fail_open, "ext_authz provider answered with an error");
+                if p.fail_open {
+                    return Ok((Allowed::default(), false));
+                }
+                Err((
+                    Outcome::ExtAuthzError,
+                    "ext_authz_error".into(),
+                    provider_page(status.unwrap_or(p.status_on_error), headers, body),
+                ))
             }
             Decision::Error(why) => {
                 tracing::debug!(provider = %p.name, %why, fail_open = p.fail_open, "ext_authz check failed");
@@ -126,16 +133,28 @@ impl<U: Upstreams> Waypoint<U> {
                     return Ok((Allowed::default(), false));
                 }
                 // Envoy's local reply: the status, no body (gRPC's form for a gRPC client).
-                let mut resp = Response::new(Body::full(Bytes::new()));
-                *resp.status_mut() = p.status_on_error;
-                resp.extensions_mut().insert(Local {
-                    text: Arc::from(""),
-                    grpc_status: None,
-                });
-                Err((Outcome::ExtAuthzError, "ext_authz_error".into(), resp))
+                Err((
+                    Outcome::ExtAuthzError,
+                    "ext_authz_error".into(),
+                    provider_page(p.status_on_error, HeaderMap::new(), Bytes::new()),
+                ))
             }
         }
     }
+}
+
+/// The client's answer when the provider refuses or fails: its status, headers and body;
+/// in gRPC's form for a gRPC client (the body as its message), as Envoy's local reply.
+fn provider_page(status: StatusCode, headers: HeaderMap, body: Bytes) -> Response<Body> {
+    let text: Arc<str> = String::from_utf8_lossy(&body[..body.len().min(1024)]).into();
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp.extensions_mut().insert(Local {
+        text,
+        grpc_status: None,
+    });
+    resp
 }
 
 /// Up to `limit` bytes of `body` and its trailers; a longer body is cut there (the rest is

@@ -193,6 +193,13 @@ pub(super) fn grpc_answer(
     if resp.status.as_ref().map_or(0, |s| s.code) == 0 {
         let ok = resp.ok_response.unwrap_or_default();
         return Decision::Allow(Allowed {
+            query_set: ok
+                .query_parameters_to_set
+                .iter()
+                .map(|q| (q.key.clone(), q.value.clone()))
+                .filter(|(k, _)| !k.is_empty())
+                .collect(),
+            query_remove: ok.query_parameters_to_remove.clone(),
             edits: pairs(&ok.headers),
             remove: ok
                 .headers_to_remove
@@ -206,19 +213,31 @@ pub(super) fn grpc_answer(
                 .collect(),
         });
     }
-    let denied = resp.denied_response.unwrap_or_default();
-    let status = denied
-        .status
-        .and_then(|s| u16::try_from(s.code).ok())
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .unwrap_or(StatusCode::FORBIDDEN);
-    let mut out = HeaderMap::new();
-    for (_, n, v) in pairs(&denied.headers) {
-        out.append(n, v);
+    // A status the client can be given (an informational one cannot end a request).
+    let status_of = |s: Option<pb::HttpStatus>| {
+        s.and_then(|s| u16::try_from(s.code).ok())
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .filter(|c| c.as_u16() >= 200)
+    };
+    let headers_of = |opts: &[pb::HeaderValueOption]| {
+        let mut out = HeaderMap::new();
+        for (_, n, v) in pairs(opts) {
+            out.append(n, v);
+        }
+        out
+    };
+    // Not OK: a denial, unless the provider says it failed (`error_response`).
+    if let Some(failed) = resp.error_response {
+        return Decision::Failed {
+            status: status_of(failed.status),
+            headers: headers_of(&failed.headers),
+            body: Bytes::from(failed.body),
+        };
     }
+    let denied = resp.denied_response.unwrap_or_default();
     Decision::Deny {
-        status,
-        headers: out,
+        status: status_of(denied.status).unwrap_or(StatusCode::FORBIDDEN),
+        headers: headers_of(&denied.headers),
         body: Bytes::from(denied.body),
     }
 }

@@ -108,6 +108,10 @@ pub struct CheckResponse {
     /// `ok_response` of the `http_response` oneof.
     #[prost(message, optional, tag = "3")]
     pub ok_response: Option<OkHttpResponse>,
+    /// `error_response` of the `http_response` oneof: the provider failed, and says what
+    /// the client gets (unless `failOpen`).
+    #[prost(message, optional, tag = "5")]
+    pub error_response: Option<DeniedHttpResponse>,
 }
 
 /// `google.rpc.Status`: code 0 allows.
@@ -139,6 +143,21 @@ pub struct OkHttpResponse {
     /// Added to the client's response.
     #[prost(message, repeated, tag = "6")]
     pub response_headers_to_add: Vec<HeaderValueOption>,
+    /// Set on the request's query (replacing any values of the name).
+    #[prost(message, repeated, tag = "7")]
+    pub query_parameters_to_set: Vec<QueryParameter>,
+    /// Removed from the request's query (names, case-sensitive).
+    #[prost(string, repeated, tag = "8")]
+    pub query_parameters_to_remove: Vec<String>,
+}
+
+/// `config.core.v3.QueryParameter`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueryParameter {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
 }
 
 /// `type.v3.HttpStatus`.

@@ -465,8 +465,9 @@ fn grpc_answers_allow_deny_or_fail() {
             ],
             headers_to_remove: vec!["authorization".into(), "host".into()],
             response_headers_to_add: vec![option("x-checked", "yes", Some(false), 0)],
+            ..Default::default()
         }),
-        denied_response: None,
+        ..Default::default()
     };
     match p.answer(
         StatusCode::OK,
@@ -535,7 +536,7 @@ fn grpc_answers_allow_deny_or_fail() {
             headers: vec![option("www-authenticate", "Bearer", None, 0)],
             body: "who are you".into(),
         }),
-        ok_response: None,
+        ..Default::default()
     };
     match p.answer(
         StatusCode::OK,
@@ -614,5 +615,111 @@ fn grpc_answers_allow_deny_or_fail() {
             ),
             "{status} {head:?} {body:?}"
         );
+    }
+}
+
+#[test]
+fn query_edits_keep_what_they_do_not_name() {
+    let set = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let rm = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+    for (pq, s, r, want) in [
+        ("/a", set(&[("user", "bob")]), rm(&[]), "/a?user=bob"),
+        (
+            "/a?x=1&user=eve&y=%2F&user=mallory",
+            set(&[("user", "bob")]),
+            rm(&[]),
+            "/a?x=1&user=bob&y=%2F",
+        ),
+        ("/a?token=t&x=1", set(&[]), rm(&["token"]), "/a?x=1"),
+        ("/a?token=t", set(&[]), rm(&["token"]), "/a"),
+        // Names are compared decoded; values are written encoded.
+        (
+            "/a?us%65r=eve",
+            set(&[("user", "a b&c=d")]),
+            rm(&[]),
+            "/a?user=a%20b%26c%3Dd",
+        ),
+        // Removed wins over set; an empty parameter is dropped; case matters.
+        ("/a?&X=1", set(&[("x", "2")]), rm(&["x"]), "/a?X=1"),
+        ("/a?bad=%zz", set(&[]), rm(&["nothing"]), "/a?bad=%zz"),
+    ] {
+        assert_eq!(edit_query(pq, &s, &r), want, "{pq}");
+    }
+    let mut req = parts("GET", "http://echo.demo/items?secret=1&page=2", &[]);
+    let allowed = Allowed {
+        query_set: set(&[("authz", "ok")]),
+        query_remove: rm(&["secret"]),
+        ..Allowed::default()
+    };
+    assert!(allowed.edits_request());
+    allowed.apply_to(&mut req);
+    assert_eq!(req.uri, "http://echo.demo/items?page=2&authz=ok");
+}
+
+#[test]
+fn a_grpc_error_response_is_an_error_with_the_providers_answer() {
+    let p = grpc_provider();
+    let answer = |m: pb::CheckResponse| {
+        p.answer(
+            StatusCode::OK,
+            &HeaderMap::new(),
+            framed(&m),
+            Some(&grpc_ok()),
+        )
+    };
+    let failed = pb::CheckResponse {
+        status: Some(pb::RpcStatus {
+            code: 14,
+            message: "warming up".into(),
+        }),
+        error_response: Some(pb::DeniedHttpResponse {
+            status: Some(pb::HttpStatus { code: 503 }),
+            headers: vec![option("retry-after", "5", None, 0)],
+            body: "warming up".into(),
+        }),
+        ..Default::default()
+    };
+    match answer(failed.clone()) {
+        Decision::Failed {
+            status,
+            headers,
+            body,
+        } => {
+            assert_eq!(status, Some(StatusCode::SERVICE_UNAVAILABLE));
+            assert_eq!(headers["retry-after"], "5");
+            assert_eq!(&body[..], b"warming up");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without a status: the provider's `statusOnError` applies (`None` here).
+    let mut no_status = failed;
+    no_status.error_response.as_mut().unwrap().status = None;
+    assert!(matches!(
+        answer(no_status),
+        Decision::Failed { status: None, .. }
+    ));
+    // OK with query edits.
+    let ok = pb::CheckResponse {
+        status: Some(pb::RpcStatus::default()),
+        ok_response: Some(pb::OkHttpResponse {
+            query_parameters_to_set: vec![pb::QueryParameter {
+                key: "authz".into(),
+                value: "ok".into(),
+            }],
+            query_parameters_to_remove: vec!["secret".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    match answer(ok) {
+        Decision::Allow(a) => {
+            assert_eq!(a.query_set, [("authz".to_string(), "ok".to_string())]);
+            assert_eq!(a.query_remove, ["secret"]);
+        }
+        other => panic!("{other:?}"),
     }
 }
