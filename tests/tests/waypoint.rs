@@ -145,11 +145,26 @@ fn weighted_split_header_match_and_rewrites_over_http1() -> Result<()> {
     parentRefs: [{name: echo, port: 80}]
     rules:
       - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-canary, value: \"yes\"}]}]
-        backendRefs: [{name: echo-v2, port: 80}]
+        backendRefs:
+          - name: echo-v2
+            port: 80
+            filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-route, value: backend}, {name: x-backend, value: two}]}}]
         filters:
           - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-route, value: canary}], remove: [x-secret]}}
           - {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-served-by, value: waypoint}]}}
-      - backendRefs: [{name: echo-v1, port: 80, weight: 90}, {name: echo-v2, port: 80, weight: 10}]
+      - backendRefs:
+          - name: echo-v1
+            port: 80
+            weight: 90
+            filters:
+              - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-backend, value: one}]}}
+              - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-via, value: v1}]}}
+          - name: echo-v2
+            port: 80
+            weight: 10
+            filters:
+              - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-backend, value: two}]}}
+              - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-via, value: v2}]}}
 ";
     let m = Mesh::start(190, routes)?;
     let mut c = m.client()?;
@@ -163,8 +178,12 @@ fn weighted_split_header_match_and_rewrites_over_http1() -> Result<()> {
     )?;
     ensure!(r.status == 200, "{r:?}\n{}", m.context());
     ensure!(r.body.starts_with("v2 GET /api/items"), "{r:?}");
+    // The backendRef's own edits apply first; where the rule's set the same header, the
+    // rule's stays.
     ensure!(
-        r.body.contains("x-route: canary") && !r.body.contains("x-secret"),
+        r.body.contains("x-route: canary")
+            && r.body.contains("x-backend: two")
+            && !r.body.contains("x-secret"),
         "{r:?}"
     );
     ensure!(r.header("x-served-by") == Some("waypoint"), "{r:?}");
@@ -186,9 +205,17 @@ fn weighted_split_header_match_and_rewrites_over_http1() -> Result<()> {
     for i in 0..n {
         let r = c.request("GET", &format!("/split?{i}"), &[], b"")?;
         ensure!(r.status == 200, "request {i}: {r:?}");
-        if r.body.starts_with("v1 ") {
+        // Each backend's own edits, on its requests and responses only.
+        let (tag, via) = if r.body.starts_with("v1 ") {
             v1 += 1;
-        }
+            ("x-backend: one\n", "v1")
+        } else {
+            ("x-backend: two\n", "v2")
+        };
+        ensure!(
+            r.body.contains(tag) && r.header("x-via") == Some(via),
+            "request {i}: {r:?}"
+        );
     }
     ensure!(
         (v1 as i64 - 9000).abs() <= 150,

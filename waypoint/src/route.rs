@@ -97,10 +97,21 @@ pub struct Backend {
     /// `None`: the port the request came in on.
     pub port: Option<u16>,
     pub weight: u32,
+    /// Its own header edits (a backendRef's filters, a VirtualService destination's
+    /// `headers`); `None` for most, so a pick clones no more than a reference count.
+    pub edits: Option<Arc<BackendEdits>>,
+}
+
+/// A backend's own header edits, applied before its rule's (Envoy applies the weighted
+/// cluster's, then the route's: where both set a header, the rule's value stays).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendEdits {
+    pub request: HeaderEdits,
+    pub response: HeaderEdits,
 }
 
 /// Header edits, applied in Gateway API's order: set, add, remove.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderEdits {
     set: Vec<(HeaderName, HeaderValue)>,
     add: Vec<(HeaderName, HeaderValue)>,
@@ -311,6 +322,7 @@ impl Rule {
                 subset: None,
                 port: None,
                 weight: 1,
+                edits: None,
             });
         }
         self.pick(r).cloned()

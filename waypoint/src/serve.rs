@@ -447,10 +447,6 @@ impl<U: Upstreams> Waypoint<U> {
             rule.response_headers.apply(resp.headers_mut());
             return self.answer(rec, Outcome::Redirect, resp);
         }
-        rule.request_headers.apply(&mut parts.headers);
-        if let Some(rw) = &rule.rewrite {
-            rewrite(&mut parts, rw);
-        }
         let r = self.rng.borrow_mut().random::<u64>();
         let Some(backend) = rule.pick_for(&target.service, r) else {
             return self.answer(
@@ -462,6 +458,14 @@ impl<U: Upstreams> Waypoint<U> {
                 ),
             );
         };
+        // The backend's own edits, then the rule's (Envoy: weighted cluster, then route).
+        if let Some(e) = &backend.edits {
+            e.request.apply(&mut parts.headers);
+        }
+        rule.request_headers.apply(&mut parts.headers);
+        if let Some(rw) = &rule.rewrite {
+            rewrite(&mut parts, rw);
+        }
         let mut to = Upstream::of(&backend, target.port);
         if rec.wants_cluster() {
             rec.cluster = self.upstreams.cluster_name(&to);
@@ -570,6 +574,9 @@ impl<U: Upstreams> Waypoint<U> {
         {
             // The cookie the waypoint made for consistent hashing (Envoy sets it so too).
             resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        if let Some(e) = &backend.edits {
+            e.response.apply(resp.headers_mut());
         }
         rule.response_headers.apply(resp.headers_mut());
         self.answer(rec, outcome, resp)

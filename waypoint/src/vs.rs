@@ -153,6 +153,9 @@ pub struct DestinationWeightSpec {
     pub destination: DestinationSpec,
     #[serde(default)]
     pub weight: Option<u32>,
+    /// Header edits for the requests this destination gets and their responses.
+    #[serde(default)]
+    pub headers: Option<VsHeadersSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -357,13 +360,19 @@ fn rule(
     }
     let mut backend_refs = Vec::new();
     for (j, r) in e.route.iter().enumerate() {
-        backend_refs.push(backend(
+        let mut b = backend(
             &r.destination,
             r.weight,
             &format!("{at}.route[{j}].destination"),
             service,
             subsets,
-        )?);
+        )?;
+        // The destination's own `headers`, before the entry's (Envoy's weighted cluster
+        // headers, then the route's).
+        if let Some(h) = &r.headers {
+            b.filters = header_filters(h);
+        }
+        backend_refs.push(b);
     }
     match (&e.redirect, backend_refs.is_empty()) {
         (None, true) => {
@@ -438,41 +447,7 @@ fn rule(
         });
     }
     if let Some(h) = &e.headers {
-        let ops = |o: &VsHeaderOpsSpec| HeaderModifierSpec {
-            set: o
-                .set
-                .iter()
-                .map(|(n, v)| HeaderValueSpec {
-                    name: n.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
-            add: o
-                .add
-                .iter()
-                .map(|(n, v)| HeaderValueSpec {
-                    name: n.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
-            remove: o.remove.clone(),
-        };
-        if let Some(r) = &h.request {
-            filters.push(FilterSpec {
-                kind: "RequestHeaderModifier".into(),
-                request_header_modifier: Some(ops(r)),
-                response_header_modifier: None,
-                ..FilterSpec::default()
-            });
-        }
-        if let Some(r) = &h.response {
-            filters.push(FilterSpec {
-                kind: "ResponseHeaderModifier".into(),
-                request_header_modifier: None,
-                response_header_modifier: Some(ops(r)),
-                ..FilterSpec::default()
-            });
-        }
+        filters.extend(header_filters(h));
     }
     match (&e.mirror, &e.mirror_percentage) {
         (Some(m), p) => filters.push(FilterSpec {
@@ -520,6 +495,46 @@ fn rule(
     })
 }
 
+/// Istio's `Headers` (request and response `set`/`add`/`remove`) as Gateway API header
+/// modifier filters.
+fn header_filters(h: &VsHeadersSpec) -> Vec<FilterSpec> {
+    let ops = |o: &VsHeaderOpsSpec| HeaderModifierSpec {
+        set: o
+            .set
+            .iter()
+            .map(|(n, v)| HeaderValueSpec {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        add: o
+            .add
+            .iter()
+            .map(|(n, v)| HeaderValueSpec {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        remove: o.remove.clone(),
+    };
+    let mut filters = Vec::new();
+    if let Some(r) = &h.request {
+        filters.push(FilterSpec {
+            kind: "RequestHeaderModifier".into(),
+            request_header_modifier: Some(ops(r)),
+            ..FilterSpec::default()
+        });
+    }
+    if let Some(r) = &h.response {
+        filters.push(FilterSpec {
+            kind: "ResponseHeaderModifier".into(),
+            response_header_modifier: Some(ops(r)),
+            ..FilterSpec::default()
+        });
+    }
+    filters
+}
+
 fn backend(
     d: &DestinationSpec,
     weight: Option<u32>,
@@ -547,6 +562,7 @@ fn backend(
         namespace: Some(s.namespace.to_string()),
         port: d.port.as_ref().map(|p| p.number),
         weight,
+        filters: Vec::new(),
         subset: d.subset.clone(),
     })
 }

@@ -166,11 +166,67 @@ pub(super) fn backend(b: &BackendRefSpec, ns: &str, at: &str) -> Result<Backend,
     if b.port == Some(0) {
         return Err(err(format!("{at}.port"), "0 is not a port"));
     }
+    let mut own = BackendEdits::default();
+    let mut seen = std::collections::HashSet::new();
+    for (i, f) in b.filters.iter().enumerate() {
+        let at = format!("{at}.filters[{i}]");
+        let (body, field) = match f.kind.as_str() {
+            "RequestHeaderModifier" => (&f.request_header_modifier, "requestHeaderModifier"),
+            "ResponseHeaderModifier" => (&f.response_header_modifier, "responseHeaderModifier"),
+            other => {
+                return Err(err(
+                    format!("{at}.type"),
+                    format!(
+                        "{other:?}: a backendRef's filters may be RequestHeaderModifier or ResponseHeaderModifier (as istiod's)"
+                    ),
+                ));
+            }
+        };
+        if !seen.insert(f.kind.as_str()) {
+            return Err(err(
+                format!("{at}.type"),
+                format!("a second {} filter on one backendRef", f.kind),
+            ));
+        }
+        let others = [
+            ("requestMirror", f.request_mirror.is_some()),
+            ("urlRewrite", f.url_rewrite.is_some()),
+            ("requestRedirect", f.request_redirect.is_some()),
+            (
+                "responseHeaderModifier",
+                field != "responseHeaderModifier" && f.response_header_modifier.is_some(),
+            ),
+            (
+                "requestHeaderModifier",
+                field != "requestHeaderModifier" && f.request_header_modifier.is_some(),
+            ),
+        ];
+        if let Some((other, _)) = others.iter().find(|(_, set)| *set) {
+            return Err(err(
+                format!("{at}.{other}"),
+                format!("does not belong to a filter of type {}", f.kind),
+            ));
+        }
+        let Some(h) = body else {
+            return Err(err(
+                format!("{at}.{field}"),
+                format!("required by type {}", f.kind),
+            ));
+        };
+        let e = edits(h, &format!("{at}.{field}"))?;
+        if field == "requestHeaderModifier" {
+            own.request = e;
+        } else {
+            own.response = e;
+        }
+    }
+    let edits = (!own.request.is_empty() || !own.response.is_empty()).then(|| Arc::new(own));
     Ok(Backend {
         service: ServiceRef::new(b.namespace.as_deref().unwrap_or(ns), &b.name),
         subset: b.subset.as_deref().map(Arc::from),
         port: b.port,
         weight: b.weight.unwrap_or(1),
+        edits,
     })
 }
 
@@ -290,6 +346,13 @@ pub(super) fn compile_rule(
             "RequestMirror" => {
                 body_of(f.request_mirror.is_some(), "requestMirror")?;
                 if let Some(m) = &f.request_mirror {
+                    // Gateway API's mirror target is an object reference: no filters.
+                    if !m.backend_ref.filters.is_empty() {
+                        return Err(err(
+                            format!("{at}.requestMirror.backendRef.filters"),
+                            "a mirror's backendRef has no filters",
+                        ));
+                    }
                     mirror = Some(Mirror {
                         backend: backend(
                             &m.backend_ref,

@@ -223,6 +223,11 @@ pub struct BackendRefSpec {
     /// Relative weight; default 1, 0 takes no traffic.
     #[serde(default)]
     pub weight: Option<u32>,
+    /// Header edits for the requests this backend gets and their responses
+    /// (`RequestHeaderModifier`, `ResponseHeaderModifier`: what istiod supports here),
+    /// applied before the rule's, which win where both set a header.
+    #[serde(default)]
+    pub filters: Vec<FilterSpec>,
     /// Set by the VirtualService translation: a DestinationRule subset of the Service
     /// (Gateway API has none: it routes to a Service per version).
     #[serde(skip)]

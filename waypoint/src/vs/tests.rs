@@ -333,3 +333,41 @@ fn uri_regex_rewrite_replaces_every_match_as_envoy() {
         );
     }
 }
+
+#[test]
+fn a_destination_keeps_its_own_headers() {
+    let vs = "
+- name: reviews
+  namespace: demo
+  hosts: [reviews]
+  http:
+    - route:
+        - destination: {host: reviews}
+          weight: 50
+          headers: {request: {set: {x-version: v1}}, response: {remove: [x-internal]}}
+        - destination: {host: reviews-v2}
+          weight: 50
+      headers: {request: {set: {x-version: entry}}}
+";
+    let routes = to_http_routes(&specs(vs), &resolve, &DestinationRules::default()).unwrap();
+    let t = RouteTable::build(&routes).unwrap();
+    let rule = t
+        .select(&ServiceRef::new("demo", "reviews"), 80, &get("/", &[]))
+        .unwrap()
+        .unwrap();
+    let own = rule.backends[0]
+        .edits
+        .as_ref()
+        .expect("the destination's headers");
+    let mut h = http::HeaderMap::new();
+    own.request.apply(&mut h);
+    assert_eq!(h["x-version"], "v1");
+    let mut resp = http::HeaderMap::new();
+    resp.insert("x-internal", http::HeaderValue::from_static("1"));
+    own.response.apply(&mut resp);
+    assert!(resp.is_empty());
+    assert!(rule.backends[1].edits.is_none());
+    // The entry's own edits apply after (and so win).
+    rule.request_headers.apply(&mut h);
+    assert_eq!(h["x-version"], "entry");
+}

@@ -112,6 +112,7 @@ fn default_backend_is_the_parent_service() {
             subset: None,
             port: None,
             weight: 1,
+            edits: None,
         })
     );
 
@@ -258,5 +259,64 @@ fn bad_durations_are_refused() {
         let e = duration(s, "a.b").expect_err(s);
         assert_eq!(e.path, "a.b", "{s:?}");
         assert!(!e.message.is_empty());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A backendRef's own header filters.
+
+#[test]
+fn a_backend_ref_carries_its_own_header_edits() {
+    let rule = one_rule(
+        "{backendRefs: [
+            {name: a, filters: [
+              {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-backend, value: a}], remove: [x-drop]}},
+              {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-served, value: a}]}}]},
+            {name: b}]}",
+    );
+    let a = rule.backends[0].edits.as_ref().expect("a's edits");
+    let mut h = http::HeaderMap::new();
+    h.insert("x-drop", HeaderValue::from_static("1"));
+    a.request.apply(&mut h);
+    assert_eq!(h["x-backend"], "a");
+    assert!(h.get("x-drop").is_none());
+    let mut resp = http::HeaderMap::new();
+    a.response.apply(&mut resp);
+    assert_eq!(resp["x-served"], "a");
+    // None for a backend without filters: a pick clones nothing more.
+    assert!(rule.backends[1].edits.is_none());
+}
+
+#[test]
+fn a_backend_refs_filters_are_checked_by_field() {
+    for (rule, suffix) in [
+        (
+            "{backendRefs: [{name: a, filters: [{type: URLRewrite, urlRewrite: {hostname: x}}]}]}",
+            ".backendRefs[0].filters[0].type",
+        ),
+        (
+            "{backendRefs: [{name: a, filters: [{type: RequestHeaderModifier}]}]}",
+            ".backendRefs[0].filters[0].requestHeaderModifier",
+        ),
+        (
+            "{backendRefs: [{name: a}, {name: b, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x, value: y}]}, responseHeaderModifier: {}}]}]}",
+            ".backendRefs[1].filters[0].responseHeaderModifier",
+        ),
+        (
+            "{backendRefs: [{name: a, filters: [
+               {type: ResponseHeaderModifier, responseHeaderModifier: {}},
+               {type: ResponseHeaderModifier, responseHeaderModifier: {}}]}]}",
+            ".backendRefs[0].filters[1].type",
+        ),
+        (
+            "{backendRefs: [{name: a, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: 'bad name', value: y}]}}]}]}",
+            ".backendRefs[0].filters[0].requestHeaderModifier.set[0].name",
+        ),
+        (
+            "{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {}}]}}}]}",
+            ".filters[0].requestMirror.backendRef.filters",
+        ),
+    ] {
+        assert_rule_err(&one_rule_err(rule), suffix);
     }
 }

@@ -85,12 +85,14 @@ fn full_spec_parses_and_builds() {
                 subset: None,
                 port: None,
                 weight: 90,
+                edits: None,
             },
             Backend {
                 service: ServiceRef::new("canary", "echo-v2"),
                 subset: None,
                 port: Some(8080),
                 weight: 10,
+                edits: None,
             },
         ]
     );
@@ -119,6 +121,7 @@ fn full_spec_parses_and_builds() {
                 subset: None,
                 port: Some(8080),
                 weight: 1,
+                edits: None,
             },
             fraction: 0.25,
         })

@@ -274,3 +274,32 @@ fn grpc_and_http_routes_on_one_service_rank_together() {
     assert_eq!(pick_name(&t, &get("/api/x")), some("http-regex"));
     assert_eq!(pick_name(&t, &get("/elsewhere")), some("catch-all"));
 }
+
+#[test]
+fn a_grpc_backend_ref_carries_its_own_header_edits() {
+    let t = grpc_table(
+        "- name: g
+  namespace: demo
+  parentRefs: [{name: echo}]
+  rules:
+  - backendRefs:
+    - name: v2
+      filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-backend, value: v2}]}}]",
+    );
+    let rule = t
+        .select(&echo(), 80, &call("/pkg.Echo/Say", &[]))
+        .unwrap()
+        .unwrap();
+    let own = rule.backends[0]
+        .edits
+        .as_ref()
+        .expect("the backendRef's edits");
+    let mut h = http::HeaderMap::new();
+    own.request.apply(&mut h);
+    assert_eq!(h["x-backend"], "v2");
+    // As istiod: header modifiers only.
+    let e = grpc_rule_err(
+        "{backendRefs: [{name: v2, filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m}}}]}]}",
+    );
+    assert!(e.path.ends_with(".backendRefs[0].filters[0].type"), "{e}");
+}

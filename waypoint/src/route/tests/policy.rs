@@ -389,6 +389,7 @@ fn mirror_defaults() {
                 subset: None,
                 port: None,
                 weight: 1,
+                edits: None,
             },
             fraction: 1.0,
         })

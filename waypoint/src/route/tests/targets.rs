@@ -129,6 +129,7 @@ fn passthrough_rule_sends_to_the_service() {
                 subset: None,
                 port: None,
                 weight: 1,
+                edits: None,
             })
         );
     }
