@@ -126,6 +126,12 @@ impl FakeKube {
         s.refused.insert(path.to_string(), status);
     }
 
+    /// Answers `path` again (a CRD installed, a role granted).
+    pub fn serve(&self, path: &str) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.refused.remove(path);
+    }
+
     /// Lists and watches asked for on `path` so far.
     pub fn requests(&self, path: &str) -> u32 {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -187,6 +187,71 @@ fn a_route_kind_the_waypoint_cannot_list_has_no_objects() -> Result<()> {
         );
         let n = m.wp.proc.stderr().matches(said).count();
         ensure!(n == 1, "{code}: said {n} times:\n{}", m.context());
+        if code == 404 {
+            // The CRD installed later: the next list (every 30 s) finds its GRPCRoutes.
+            api.serve(GRPC_ROUTES);
+            api.apply(
+                GRPC_ROUTES,
+                json!({"metadata": {"namespace": "demo", "name": "echo"},
+                       "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 80}],
+                                "rules": [{"matches": [{"method": {"service": "pkg.Echo", "method": "Say"}}],
+                                           "backendRefs": [{"name": "echo-v1", "port": 80}]}]}}),
+            );
+            e2e::wait_for(Duration::from_secs(45), "the GRPCRoute picked up", || {
+                c.request("POST", "/pkg.Echo/Say", &[], b"")
+                    .is_ok_and(|r| r.status == 200 && r.body.starts_with("v1"))
+            })
+            .with_context(|| m.context())?;
+        }
+    }
+    Ok(())
+}
+
+/// A policy kind the API server does not serve (404) or the token may not read (403) is
+/// not a kind with no objects: the waypoint does not serve until it can list it (it never
+/// serves without its AuthorizationPolicies), and serves with them once it can.
+#[test]
+fn a_policy_kind_the_waypoint_cannot_list_is_waited_for() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    for (x, code) in [(169, 404), (168, 403)] {
+        let api = FakeKube::start(SocketAddr::new(ip4(x, 50, 1), 0), "s3cret")?;
+        api.refuse(POLICIES, code);
+        api.apply(ROUTES, route("echo-v1"));
+        api.apply(
+            POLICIES,
+            json!({"metadata": {"namespace": "demo", "name": "no-delete"},
+                   "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "echo"}], "action": "DENY",
+                            "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]}}),
+        );
+        let args = kube_args(&api, dir.path())?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let refused_for = Duration::from_secs(4);
+        let started = Instant::now();
+        let m = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(refused_for);
+                api.serve(POLICIES);
+            });
+            Mesh::start_with(x, "  []", &args)
+        })?;
+        ensure!(
+            started.elapsed() >= refused_for,
+            "{code}: ready after {:?}, while the policies were refused\n{}",
+            started.elapsed(),
+            m.context()
+        );
+        let mut c = m.client()?;
+        ensure!(
+            c.request("DELETE", "/k", &[], b"")?.status == 403,
+            "{code}: served without the policy\n{}",
+            m.context()
+        );
+        ensure!(c.request("GET", "/k", &[], b"")?.status == 200);
+        ensure!(
+            m.wp.proc.stderr().contains("authorizationpolicies"),
+            "{code}: the refusal is not in the log\n{}",
+            m.context()
+        );
     }
     Ok(())
 }
