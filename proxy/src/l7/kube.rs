@@ -6,8 +6,11 @@
 //! Owns: which objects are a waypoint's (the translation below), the document they make,
 //! and building it as the file is built (Kubernetes naming, as with istiod). An object the
 //! waypoint cannot apply (a field it refuses, a bad value) is left out by name and logged,
-//! and the rest apply: one team's mistake does not freeze every other team's routes. A
-//! rebuild follows each change, at most every [`DEBOUNCE`].
+//! and the rest apply: one team's mistake does not freeze every other team's routes. An
+//! AuthorizationPolicy is not left out but applied in its safe form ([`fail_closed`]): an
+//! ALLOW policy that allows nothing, a DENY or CUSTOM one that refuses everything it
+//! targets; leaving it out would open what it guarded. A rebuild follows each change, at
+//! most every [`DEBOUNCE`].
 //!
 //! Which objects apply, as istiod chooses them for a waypoint:
 //! - HTTPRoutes and GRPCRoutes with a `parentRef` of kind `Service` (GAMMA); other parents
@@ -254,7 +257,10 @@ pub fn build(
         jwks: jwks.clone(),
         l7_only: true,
     };
-    let mut left_out = Vec::new();
+    /// What could not apply: list, object, field, why, and the safe form it took.
+    type Refused = (String, String, String, String, Option<&'static str>);
+    let mut left_out: Vec<Refused> = Vec::new();
+    let mut closed = std::collections::HashSet::new();
     loop {
         let doc: Map<String, Value> = lists
             .iter()
@@ -265,7 +271,24 @@ pub fn build(
             .collect();
         let text = Value::Object(doc).to_string();
         let err = match config::parse(&text, &opts) {
-            Ok(snap) => return Ok((snap, left_out)),
+            Ok(snap) => {
+                let said = left_out
+                    .into_iter()
+                    .map(|(list, key, path, reason, form): Refused| {
+                        match form {
+                            None => {
+                                tracing::warn!(list, object = %key, path, reason, "left out of the waypoint's config: it cannot be applied");
+                                format!("{list} {key}: {path}: {reason}")
+                            }
+                            Some(form) => {
+                                tracing::warn!(list, object = %key, path, reason, applied_as = form, "cannot be applied as written: applied in its safe form");
+                                format!("{list} {key}: {path}: {reason} (applied as {form})")
+                            }
+                        }
+                    })
+                    .collect();
+                return Ok((snap, said));
+            }
             Err(e) => e,
         };
         let ConfigError::Invalid { path, reason, .. } = &err else {
@@ -279,16 +302,56 @@ pub fn build(
                 Ok(i) if i < entries.len() => i,
                 _ => entries.iter().position(|(key, _)| key == sel)?,
             };
-            Some((list.to_string(), entries.remove(i).0))
+            let (key, object) = &mut entries[i];
+            let key = key.clone();
+            // A policy once, in its safe form; if even that cannot apply (its targets),
+            // it targets nothing the waypoint serves and goes.
+            if list == "authorizationPolicies"
+                && closed.insert(key.clone())
+                && let Some((safe, form)) = fail_closed(object)
+            {
+                *object = safe;
+                return Some((list.to_string(), key, Some(form)));
+            }
+            entries.remove(i);
+            Some((list.to_string(), key, None))
         });
         match culprit {
-            Some((list, key)) => {
-                tracing::warn!(list, object = %key, path, reason, "left out of the waypoint's config: it cannot be applied");
-                left_out.push(format!("{list} {key}: {path}: {reason}"));
+            Some((list, key, form)) => {
+                // A safe form that could not apply either: only its leaving is said.
+                left_out.retain(|(l, k, ..)| !(*l == list && *k == key));
+                left_out.push((list, key, path.clone(), reason.clone(), form));
             }
             None => return Err(err),
         }
     }
+}
+
+/// The safe form of an AuthorizationPolicy the waypoint cannot apply as written, and its
+/// name: an ALLOW policy allows nothing (istiod skips the rules it cannot build, which
+/// leaves an ALLOW policy that allows less), a DENY or CUSTOM policy, or one whose action
+/// is not known, refuses every request to its targets (istiod skips a bad DENY rule, which
+/// would let through what it was written to stop; its bad CUSTOM action denies). `None` for
+/// an AUDIT policy, which decides nothing.
+fn fail_closed(policy: &Value) -> Option<(Value, &'static str)> {
+    let action = policy
+        .get("action")
+        .and_then(Value::as_str)
+        .unwrap_or("ALLOW");
+    let (action, rules, form) = match action {
+        "AUDIT" => return None,
+        "ALLOW" => ("ALLOW", serde_json::json!([]), "allow-nothing"),
+        _ => ("DENY", serde_json::json!([{}]), "deny-all"),
+    };
+    let mut safe = Map::new();
+    for k in ["name", "namespace", "targetRefs"] {
+        if let Some(v) = policy.get(k) {
+            safe.insert(k.into(), v.clone());
+        }
+    }
+    safe.insert("action".into(), Value::from(action));
+    safe.insert("rules".into(), rules);
+    Some((Value::Object(safe), form))
 }
 
 /// Builds again after changes, at most every [`DEBOUNCE`], and hands each snapshot to
@@ -444,6 +507,90 @@ mod tests {
         let wide = obj("demo", "t", json!({"selector": {}, "tracing": [{}]}));
         let t = translate("telemetries", &wide).unwrap();
         assert!(t.get("selector").is_none() && t["name"] == "t");
+    }
+
+    #[test]
+    fn a_policy_that_cannot_apply_is_applied_in_its_safe_form() {
+        use waypoint::route::ServiceRef;
+        use waypoint::security::{Peer, Refusal};
+        let jwks = waypoint::security::JwksRegistry::default();
+        let mut policies = Objects::new();
+        let target = |svc: &str| json!([{"kind": "Service", "group": "", "name": svc}]);
+        // An ALLOW policy with a field the waypoint refuses: allows nothing (not: dropped,
+        // which would leave the Service open to all).
+        policies.insert(
+            ("demo".into(), "allow-bad".into()),
+            obj(
+                "demo",
+                "allow-bad",
+                json!({"targetRefs": target("echo"), "action": "ALLOW",
+                       "rules": [{"from": [{"source": {"bogus": ["x"]}}]}]}),
+            ),
+        );
+        // A DENY policy with a condition it cannot evaluate: refuses everything.
+        policies.insert(
+            ("demo".into(), "deny-bad".into()),
+            obj(
+                "demo",
+                "deny-bad",
+                json!({"targetRefs": target("other"), "action": "DENY",
+                       "rules": [{"when": [{"key": "request.bogus", "values": ["1"]}]}]}),
+            ),
+        );
+        // An AUDIT policy decides nothing: left out. One whose targets are bad: its safe
+        // form cannot apply either, and it goes.
+        policies.insert(
+            ("demo".into(), "audit".into()),
+            obj(
+                "demo",
+                "audit",
+                json!({"targetRefs": target("third"), "action": "AUDIT", "rules": [{}]}),
+            ),
+        );
+        policies.insert(
+            ("demo".into(), "bad-target".into()),
+            obj(
+                "demo",
+                "bad-target",
+                json!({"targetRefs": [{"kind": "Pod", "name": "p"}], "action": "DENY", "rules": [{}]}),
+            ),
+        );
+        let empty = Objects::new();
+        let mut objects = vec![empty; KINDS.len()];
+        let at = KINDS
+            .iter()
+            .position(|(_, l)| *l == "authorizationPolicies")
+            .unwrap();
+        objects[at] = policies;
+        let (snap, left_out) = build(&objects, &jwks).unwrap();
+        let has = |s: &str| left_out.iter().any(|l| l.starts_with(s));
+        assert_eq!(left_out.len(), 4, "{left_out:?}");
+        assert!(has("authorizationPolicies demo/allow-bad"), "{left_out:?}");
+        assert!(
+            left_out
+                .iter()
+                .any(|l| l.ends_with("(applied as allow-nothing)")),
+            "{left_out:?}"
+        );
+        assert!(
+            left_out
+                .iter()
+                .any(|l| l.ends_with("(applied as deny-all)")),
+            "{left_out:?}"
+        );
+        let check = |svc: &str| {
+            let mut parts = http::Request::get("/").body(()).unwrap().into_parts().0;
+            snap.security().check(
+                &ServiceRef::new("demo", svc),
+                None,
+                80,
+                &Peer::default(),
+                &mut parts,
+            )
+        };
+        assert!(matches!(check("echo"), Err(Refusal::Denied(p)) if &*p == "demo/allow-bad"));
+        assert!(matches!(check("other"), Err(Refusal::Denied(p)) if &*p == "demo/deny-bad"));
+        assert_eq!(check("third"), Ok(()));
     }
 
     #[test]

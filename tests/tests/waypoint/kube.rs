@@ -255,3 +255,48 @@ fn a_policy_kind_the_waypoint_cannot_list_is_waited_for() -> Result<()> {
     }
     Ok(())
 }
+
+/// An AuthorizationPolicy the waypoint cannot apply as written is not left out (an ALLOW
+/// policy left out would open its Service to all): it allows nothing until it is fixed.
+#[test]
+fn a_policy_that_cannot_apply_fails_closed() -> Result<()> {
+    let x = 167;
+    let api = FakeKube::start(SocketAddr::new(ip4(x, 50, 1), 0), "s3cret")?;
+    api.apply(ROUTES, route("echo-v1"));
+    let policy = |source: serde_json::Value| {
+        json!({"metadata": {"namespace": "demo", "name": "only-client"},
+               "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "echo"}], "action": "ALLOW",
+                        "rules": [{"from": [{"source": source}]}]}})
+    };
+    api.apply(
+        POLICIES,
+        policy(json!({"principals": ["cluster.local/ns/demo/sa/client"], "bogusField": ["x"]})),
+    );
+    let dir = tempfile::tempdir()?;
+    let args = kube_args(&api, dir.path())?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let m = Mesh::start_with(x, "  []", &args)?;
+    let mut c = m.client()?;
+    let r = c.request("GET", "/k", &[], b"")?;
+    ensure!(
+        r.status == 403 && r.body.starts_with("RBAC: access denied"),
+        "{r:?}\n{}",
+        m.context()
+    );
+    ensure!(
+        m.wp.proc.stderr().contains("applied in its safe form"),
+        "{}",
+        m.context()
+    );
+    // Fixed: it applies as written (the client is the principal it allows).
+    api.apply(
+        POLICIES,
+        policy(json!({"principals": ["cluster.local/ns/demo/sa/client"]})),
+    );
+    e2e::wait_for(Duration::from_secs(10), "the fixed policy", || {
+        c.request("GET", "/k", &[], b"")
+            .is_ok_and(|r| r.status == 200 && r.body.starts_with("v1"))
+    })
+    .with_context(|| m.context())?;
+    Ok(())
+}
