@@ -122,11 +122,101 @@ impl Field {
     }
 }
 
+/// An IP prefix as Istio writes one: an address, or `address/length`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cidr {
+    net: std::net::IpAddr,
+    len: u8,
+}
+
+impl Cidr {
+    fn parse(s: &str) -> Option<Cidr> {
+        let (a, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l.parse::<u8>().ok()?)),
+            None => (s, None),
+        };
+        let net: std::net::IpAddr = a.parse().ok()?;
+        let width = if net.is_ipv4() { 32 } else { 128 };
+        let len = len.unwrap_or(width);
+        (len <= width).then_some(Cidr { net, len })
+    }
+
+    fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        // An IPv4 client seen as `::ffff:a.b.c.d` is that IPv4 client.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |n: u32, width: u32| {
+            if n == 0 {
+                0u128
+            } else {
+                (!0u128 << (width - n)) & (!0u128 >> (128 - width))
+            }
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                let m = bits(u32::from(self.len), 32);
+                (u128::from(u32::from(n)) & m) == (u128::from(u32::from(i)) & m)
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                let m = bits(u32::from(self.len), 128);
+                (u128::from(n) & m) == (u128::from(i) & m)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// [`Field`] for addresses: prefixes, and an address that may be unknown (then `values`
+/// never hold, and `not_values` alone do, as for other absent attributes).
+#[derive(Debug, Clone, Default)]
+struct IpField {
+    values: Vec<Cidr>,
+    not_values: Vec<Cidr>,
+}
+
+impl IpField {
+    /// `values` and `not_values` of field `at` (`…ipBlocks`, `…notIpBlocks`).
+    fn new(values: &[String], not_values: &[String], at: [&str; 2]) -> Result<IpField, RouteError> {
+        let parse = |list: &[String], at: &str| {
+            list.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    Cidr::parse(v).ok_or_else(|| {
+                        err(
+                            format!("{at}[{i}]"),
+                            format!("{v:?}: an address (1.2.3.4) or a CIDR (1.2.3.0/24)"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(IpField {
+            values: parse(values, at[0])?,
+            not_values: parse(not_values, at[1])?,
+        })
+    }
+
+    fn holds(&self, ip: Option<std::net::IpAddr>) -> bool {
+        match ip {
+            None => self.values.is_empty(),
+            Some(ip) => {
+                (self.values.is_empty() || self.values.iter().any(|c| c.contains(ip)))
+                    && !self.not_values.iter().any(|c| c.contains(ip))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Source {
     principals: Field,
     request_principals: Field,
     namespaces: Field,
+    ip_blocks: IpField,
+    remote_ip_blocks: IpField,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +237,8 @@ enum CondKey {
     SourcePrincipal,
     SourceNamespace,
     DestinationPort,
+    /// `source.ip`, `remote.ip`: the client's address, against prefixes.
+    ClientIp(IpField),
 }
 
 #[derive(Debug, Clone)]
@@ -492,18 +584,33 @@ fn compile_rule(r: &AuthzRuleSpec, at: &str) -> Result<AuthzRule, RouteError> {
     let from = r
         .from
         .iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| {
             let s = &f.source;
-            Source {
+            let at = format!("{at}.from[{i}].source");
+            Ok(Source {
                 principals: Field::new(
                     &strip_spiffe(&s.principals),
                     &strip_spiffe(&s.not_principals),
                 ),
                 request_principals: Field::new(&s.request_principals, &s.not_request_principals),
                 namespaces: Field::new(&s.namespaces, &s.not_namespaces),
-            }
+                ip_blocks: IpField::new(
+                    &s.ip_blocks,
+                    &s.not_ip_blocks,
+                    [&format!("{at}.ipBlocks"), &format!("{at}.notIpBlocks")],
+                )?,
+                remote_ip_blocks: IpField::new(
+                    &s.remote_ip_blocks,
+                    &s.not_remote_ip_blocks,
+                    [
+                        &format!("{at}.remoteIpBlocks"),
+                        &format!("{at}.notRemoteIpBlocks"),
+                    ],
+                )?,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, RouteError>>()?;
     let mut to = Vec::new();
     for (i, t) in r.to.iter().enumerate() {
         let o = &t.operation;
@@ -533,7 +640,14 @@ fn compile_rule(r: &AuthzRuleSpec, at: &str) -> Result<AuthzRule, RouteError> {
                 "values or notValues is required",
             ));
         }
-        let key = cond_key(&c.key).map_err(|m| err(format!("{at}.key"), m))?;
+        let mut key = cond_key(&c.key).map_err(|m| err(format!("{at}.key"), m))?;
+        if let CondKey::ClientIp(f) = &mut key {
+            *f = IpField::new(
+                &c.values,
+                &c.not_values,
+                [&format!("{at}.values"), &format!("{at}.notValues")],
+            )?;
+        }
         when.push(Condition {
             key,
             field: Field::new(&c.values, &c.not_values),
@@ -579,8 +693,9 @@ fn cond_key(k: &str) -> Result<CondKey, String> {
         "source.principal" => Ok(CondKey::SourcePrincipal),
         "source.namespace" => Ok(CondKey::SourceNamespace),
         "destination.port" => Ok(CondKey::DestinationPort),
+        "source.ip" | "remote.ip" => Ok(CondKey::ClientIp(IpField::default())),
         other => Err(format!(
-            "{other:?}: use request.headers[NAME], request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME], source.principal, source.namespace or destination.port"
+            "{other:?}: use request.headers[NAME], request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME], source.principal, source.namespace, source.ip, remote.ip or destination.port"
         )),
     }
 }
@@ -610,6 +725,14 @@ impl RequestView<'_> {
                 .holds(&Self::opt(self.peer.namespace.as_deref()))
             && s.request_principals
                 .holds(&Self::opt(self.auth.and_then(|a| a.principal.as_deref())))
+            && s.ip_blocks.holds(self.client_ip())
+            && s.remote_ip_blocks.holds(self.client_ip())
+    }
+
+    /// The client's address: the original source the node proxy forwarded (Envoy's
+    /// `direct_remote_ip`, and its `remote_ip` with no trusted hops).
+    fn client_ip(&self) -> Option<std::net::IpAddr> {
+        self.peer.addr.map(|a| a.ip())
     }
 
     fn operation(&self, o: &Operation) -> bool {
@@ -624,6 +747,7 @@ impl RequestView<'_> {
 
     fn condition(&self, c: &Condition) -> bool {
         let owned: Vec<String> = match &c.key {
+            CondKey::ClientIp(f) => return f.holds(self.client_ip()),
             CondKey::Header(h) => self
                 .parts
                 .headers

@@ -68,6 +68,12 @@ authorizationPolicies:
     rules:
       - to: [{{operation: {{paths: [\"/admin/*\"]}}}}]
       - to: [{{operation: {{methods: [DELETE]}}}}]
+      - from: [{{source: {{ipBlocks: [\"{client_ip}/32\"]}}}}]
+        to: [{{operation: {{paths: [/from-client-ip]}}}}]
+      - from: [{{source: {{notRemoteIpBlocks: [\"{client_ip}\"]}}}}]
+        to: [{{operation: {{paths: [/not-from-client-ip]}}}}]
+      - to: [{{operation: {{paths: [/client-net]}}}}]
+        when: [{{key: source.ip, values: [\"{client_net}/16\"]}}]
   - name: secure-needs-admins
     namespace: demo
     targetRefs: [{{name: echo}}]
@@ -77,7 +83,9 @@ authorizationPolicies:
         to: [{{operation: {{paths: [\"/secure/*\"]}}}}]
         when: [{{key: \"request.auth.claims[groups]\", values: [admins]}}]
 ",
-        jwks = jwks.display()
+        jwks = jwks.display(),
+        client_ip = ip4(x, 1, 1),
+        client_net = ip4(x, 1, 0),
     );
     let m = Mesh::start(x, &routes)?;
     let mut c = m.client()?;
@@ -98,6 +106,15 @@ authorizationPolicies:
     );
     let r = c.request("DELETE", "/public", &[], b"")?;
     ensure!(r.status == 403, "{r:?}");
+    // By the client's address (the original source the node proxy forwarded).
+    for (path, status) in [
+        ("/from-client-ip", 403),
+        ("/not-from-client-ip", 200),
+        ("/client-net", 403),
+    ] {
+        let r = c.request("GET", path, &[], b"")?;
+        ensure!(r.status == status, "{path}: {r:?}\n{}", m.context());
+    }
 
     // A valid token from the right source with the right claim: allowed; the token is not
     // forwarded and its subject is.

@@ -74,6 +74,18 @@ pub struct SourceSpec {
     pub namespaces: Vec<String>,
     #[serde(default)]
     pub not_namespaces: Vec<String>,
+    /// The client's address (`1.2.3.4` or a CIDR): the original source the node proxy
+    /// forwarded in the tunnel.
+    #[serde(default)]
+    pub ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub not_ip_blocks: Vec<String>,
+    /// Istio's `remote.ip` (X-Forwarded-For or PROXY protocol at an ingress; with no
+    /// trusted hops, as in a waypoint, the same client address).
+    #[serde(default)]
+    pub remote_ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub not_remote_ip_blocks: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,7 +120,7 @@ pub struct OperationSpec {
 pub struct ConditionSpec {
     /// `request.headers[NAME]`, `request.auth.principal`, `request.auth.audiences`,
     /// `request.auth.presenter`, `request.auth.claims[NAME]`, `source.principal`,
-    /// `source.namespace`, `destination.port`.
+    /// `source.namespace`, `source.ip`, `remote.ip` (CIDR values), `destination.port`.
     pub key: String,
     #[serde(default)]
     pub values: Vec<String>,

@@ -10,6 +10,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 mod custom;
+mod ip;
 mod jwt;
 mod jwt_config;
 
@@ -948,7 +949,7 @@ fn build_error_when_keys() {
 
     let e = authz_err(&policy_yaml(
         "ALLOW",
-        r#"[{}, {when: [{key: source.namespace, values: [a]}, {key: "source.ip", values: [x]}]}]"#,
+        r#"[{}, {when: [{key: source.namespace, values: [a]}, {key: "destination.ip", values: [x]}]}]"#,
     ));
     assert_eq!(
         e.path, "authorizationPolicies[demo/p].rules[1].when[1].key",
@@ -982,7 +983,7 @@ fn unsupported_fields_are_refused_when_parsing() {
     // An ignored field could widen an ALLOW or narrow a DENY: refused instead.
     for yaml in [
         "[{name: p, namespace: demo, targetRefs: [{name: web}], selector: {}}]",
-        "[{name: p, namespace: demo, targetRefs: [{name: web}], rules: [{from: [{source: {ipBlocks: [1.2.3.4]}}]}]}]",
+        "[{name: p, namespace: demo, targetRefs: [{name: web}], rules: [{from: [{source: {ipBlock: [1.2.3.4]}}]}]}]",
         "[{name: p, namespace: demo, targetRefs: [{name: web}], rules: [{to: [{operation: {x: 1}}]}]}]",
     ] {
         let r: Result<Vec<AuthorizationPolicySpec>, _> = serde_yaml::from_str(yaml);
