@@ -29,11 +29,13 @@ use regex::Regex;
 pub use policy::{Abort, Fault, GRPC_RETRY_ON, Mirror, Retry};
 
 mod compile;
+mod cors;
 mod grpc;
 mod policy;
 mod spec;
 
 pub use compile::duration;
+pub use cors::{Cors, CorsSpec, CorsStep, OriginSpec};
 
 /// Checks an Istio `uriRegexRewrite` (its pattern and substitution) where `at` names it, so
 /// the VirtualService translation can report it under its own field.
@@ -283,6 +285,8 @@ pub struct Rule {
     pub rewrite: Option<Rewrite>,
     /// Set: the rule answers with a redirect and has no backends.
     pub redirect: Option<Redirect>,
+    /// A VirtualService entry's `corsPolicy`.
+    pub cors: Option<Arc<Cors>>,
 }
 
 impl Rule {
@@ -302,6 +306,7 @@ impl Rule {
             response_headers: HeaderEdits::default(),
             rewrite: None,
             redirect: None,
+            cors: None,
         }
     }
 

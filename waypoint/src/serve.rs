@@ -42,7 +42,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::dr::pool::Slot;
 use crate::dr::{Limits, Outlier, PoolPolicy};
 use crate::io::{LocalExec, Protocol, sniff};
-use crate::route::{Backend, Retry, RouteTable, Rule, ServiceRef};
+use crate::route::{Backend, CorsStep, Retry, RouteTable, Rule, ServiceRef};
 use crate::security::{Peer, Refusal, SecurityTable};
 use crate::stats::{Key, Messages, Outcome, Stats};
 use crate::telemetry::{Plan, TelemetryTable};
@@ -409,6 +409,19 @@ impl<U: Upstreams> Waypoint<U> {
                 );
             }
         };
+        // CORS, after authorization and before faults (Envoy's filter order in a waypoint).
+        if let Some(cors) = &rule.cors {
+            match cors.step(&parts) {
+                CorsStep::Pass => {}
+                CorsStep::Allowed(origin) => rec.cors = Some((cors.clone(), origin)),
+                CorsStep::Answer(headers, origin) => {
+                    rec.cors = origin.map(|o| (cors.clone(), o));
+                    let mut resp = Response::new(Body::full(Bytes::new()));
+                    *resp.headers_mut() = headers;
+                    return self.answer(rec, Outcome::CorsPreflight, resp);
+                }
+            }
+        }
         if let Some(fault) = &rule.fault {
             if let Some((delay, p)) = fault.delay
                 && self.chance(p)
@@ -595,6 +608,9 @@ impl<U: Upstreams> Waypoint<U> {
         outcome: Outcome,
         mut resp: Response<Body>,
     ) -> Response<Body> {
+        if let Some((cors, origin)) = rec.cors.take() {
+            cors.decorate(resp.headers_mut(), origin);
+        }
         // What a CUSTOM policy's provider said the client gets when it allows.
         for (name, value) in std::mem::take(&mut rec.on_allow) {
             resp.headers_mut().append(name, value);

@@ -44,6 +44,8 @@ pub enum Outcome {
     Overflow,
     /// The body was longer than a CUSTOM provider's `maxRequestBytes` takes (413, `-`).
     TooLarge,
+    /// A CORS preflight the waypoint answered (200, `-`).
+    CorsPreflight,
 }
 
 impl Outcome {
@@ -65,6 +67,7 @@ impl Outcome {
             Outcome::Redirect => "direct_response",
             Outcome::Overflow => "upstream_reset_before_response_started{overflow}",
             Outcome::TooLarge => "request_payload_too_large",
+            Outcome::CorsPreflight => "cors_response",
         }
     }
 
@@ -82,7 +85,10 @@ impl Outcome {
             Outcome::Denied => "RBAC",
             Outcome::ExtAuthzDenied | Outcome::ExtAuthzError => "UAEX",
             Outcome::Overflow => "UO",
-            Outcome::Unauthenticated | Outcome::Redirect | Outcome::TooLarge => "-",
+            Outcome::Unauthenticated
+            | Outcome::Redirect
+            | Outcome::TooLarge
+            | Outcome::CorsPreflight => "-",
         }
     }
 }

@@ -74,6 +74,33 @@ pub struct HttpEntrySpec {
     pub rewrite: Option<VsRewriteSpec>,
     #[serde(default)]
     pub redirect: Option<VsRedirectSpec>,
+    #[serde(default)]
+    pub cors_policy: Option<VsCorsPolicySpec>,
+}
+
+/// Istio's `CorsPolicy` ([`crate::route::Cors`] applies it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VsCorsPolicySpec {
+    #[serde(default)]
+    pub allow_origins: Vec<StringMatchSpec>,
+    /// The older form of `allowOrigins`: exact origins, used when that is empty.
+    #[serde(default)]
+    pub allow_origin: Vec<String>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// A duration (`24h`); whole seconds go to the client.
+    #[serde(default)]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    /// `FORWARD` (the default) or `IGNORE`.
+    #[serde(default)]
+    pub unmatched_preflights: Option<String>,
 }
 
 /// Istio's `HTTPRewrite`.
@@ -481,7 +508,12 @@ fn rule(
             percentage: a.percentage.as_ref().map(|p| p.value),
         }),
     });
+    let cors = match &e.cors_policy {
+        None => None,
+        Some(c) => Some(cors(c, &format!("{at}.corsPolicy"))?),
+    };
     Ok(RuleSpec {
+        cors,
         name: e.name.clone(),
         matches,
         filters,
@@ -493,6 +525,57 @@ fn rule(
         retry,
         fault,
     })
+}
+
+/// Istio's `CorsPolicy`, checked (`at` names it), as istiod hands it to Envoy.
+fn cors(c: &VsCorsPolicySpec, at: &str) -> Result<crate::route::CorsSpec, RouteError> {
+    use crate::route::OriginSpec;
+    let allow_origins = if c.allow_origins.is_empty() {
+        c.allow_origin
+            .iter()
+            .map(|o| OriginSpec::Exact(o.clone()))
+            .collect()
+    } else {
+        c.allow_origins
+            .iter()
+            .enumerate()
+            .map(|(i, m)| match (&m.exact, &m.prefix, &m.regex) {
+                (Some(e), None, None) => Ok(OriginSpec::Exact(e.clone())),
+                (None, Some(p), None) => Ok(OriginSpec::Prefix(p.clone())),
+                (None, None, Some(r)) => Ok(OriginSpec::Regex(r.clone())),
+                _ => Err(err(
+                    format!("{at}.allowOrigins[{i}]"),
+                    "give exactly one of exact, prefix or regex",
+                )),
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let forward_unmatched_preflights = match c.unmatched_preflights.as_deref() {
+        None | Some("FORWARD") | Some("UNSPECIFIED") => true,
+        Some("IGNORE") => false,
+        Some(other) => {
+            return Err(err(
+                format!("{at}.unmatchedPreflights"),
+                format!("{other:?}: FORWARD or IGNORE"),
+            ));
+        }
+    };
+    let max_age = match &c.max_age {
+        None => None,
+        Some(d) => Some(crate::route::duration(d, &format!("{at}.maxAge"))?.as_secs()),
+    };
+    let spec = crate::route::CorsSpec {
+        allow_origins,
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        forward_unmatched_preflights,
+    };
+    // Checked here, so an error names the VirtualService's field.
+    crate::route::Cors::compile(&spec, at)?;
+    Ok(spec)
 }
 
 /// Istio's `Headers` (request and response `set`/`add`/`remove`) as Gateway API header

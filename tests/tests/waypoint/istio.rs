@@ -19,6 +19,13 @@ virtualServices:
         match: [{uri: {prefix: /api}}]
         route: [{destination: {host: echo-v2.demo, port: {number: 80}}}]
         headers: {request: {set: {x-route: api}}}
+        corsPolicy:
+          allowOrigins: [{exact: \"https://app.test\"}, {regex: \"https://[a-z]+\\\\.corp\"}]
+          allowMethods: [GET, POST]
+          allowHeaders: [x-token]
+          exposeHeaders: [x-trace]
+          maxAge: 24h
+          allowCredentials: true
       - name: regex
         match: [{uri: {prefix: /svc/}}]
         rewrite: {uriRegexRewrite: {match: \"^/svc/([^/]+)(/.*)$\", rewrite: \"\\\\2/instance/\\\\1\"}}
@@ -53,6 +60,58 @@ virtualServices:
     );
     let r = c.request("GET", "/other", &[], b"")?;
     ensure!(r.status == 418, "{r:?}");
+    // corsPolicy: a preflight from an allowed origin is answered by the waypoint.
+    let served = m.v2.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let r = c.request(
+        "OPTIONS",
+        "/api/x",
+        &[
+            ("origin", "https://app.test"),
+            ("access-control-request-method", "POST"),
+        ],
+        b"",
+    )?;
+    ensure!(
+        r.status == 200
+            && r.body.is_empty()
+            && r.header("access-control-allow-origin") == Some("https://app.test")
+            && r.header("access-control-allow-methods") == Some("GET,POST")
+            && r.header("access-control-allow-headers") == Some("x-token")
+            && r.header("access-control-max-age") == Some("86400")
+            && r.header("access-control-allow-credentials") == Some("true"),
+        "{r:?}\n{}",
+        m.context()
+    );
+    ensure!(m.v2.requests.load(std::sync::atomic::Ordering::SeqCst) == served);
+    // The backend's answer to an allowed origin carries the CORS headers; another
+    // origin's does not, and its preflight goes to the backend.
+    let r = c.request("GET", "/api/x", &[("origin", "https://eng.corp")], b"")?;
+    ensure!(
+        r.status == 200
+            && r.body.starts_with("v2 ")
+            && r.header("access-control-allow-origin") == Some("https://eng.corp")
+            && r.header("access-control-expose-headers") == Some("x-trace"),
+        "{r:?}"
+    );
+    let r = c.request("GET", "/api/x", &[("origin", "https://eng.corp.evil")], b"")?;
+    ensure!(
+        r.status == 200 && r.header("access-control-allow-origin").is_none(),
+        "{r:?}"
+    );
+    let r = c.request(
+        "OPTIONS",
+        "/api/x",
+        &[
+            ("origin", "https://evil.test"),
+            ("access-control-request-method", "POST"),
+        ],
+        b"",
+    )?;
+    ensure!(
+        r.body.starts_with("v2 OPTIONS /api/x")
+            && r.header("access-control-allow-origin").is_none(),
+        "{r:?}"
+    );
     Ok(())
 }
 

@@ -508,6 +508,11 @@ pub(super) fn compile_rule(
         response_headers,
         rewrite,
         redirect,
+        cors: rule
+            .cors
+            .as_ref()
+            .map(|c| super::Cors::compile(c, &format!("{at}.corsPolicy")))
+            .transpose()?,
     })
 }
 

@@ -154,6 +154,7 @@ fn to_http_route(g: &GrpcRouteSpec) -> Result<HttpRouteSpec, RouteError> {
             timeouts: None,
             retry: None,
             fault: None,
+            cors: None,
         });
     }
     Ok(HttpRouteSpec {

@@ -67,6 +67,10 @@ pub struct RuleSpec {
     /// Istio VirtualService's `fault`.
     #[serde(default)]
     pub fault: Option<FaultSpec>,
+    /// Set by the VirtualService translation: Istio's `corsPolicy` (Gateway API's CORS
+    /// filter is not read).
+    #[serde(skip)]
+    pub cors: Option<super::CorsSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

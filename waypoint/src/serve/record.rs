@@ -54,6 +54,8 @@ pub(super) struct Record {
     pub(super) upstream_local: Option<std::net::SocketAddr>,
     /// Headers a CUSTOM policy's provider gave for the client's response, when it allowed.
     pub(super) on_allow: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The route's CORS policy and the allowed origin every answer from here tells.
+    pub(super) cors: Option<(Arc<crate::route::Cors>, http::HeaderValue)>,
     /// What lines in Envoy's formats read; taken only when the plan has such a log.
     log: Option<Box<LogCapture>>,
     /// The address the client called.
@@ -226,6 +228,7 @@ impl Record {
             transport_failure: None,
             upstream_local: None,
             on_allow: Vec::new(),
+            cors: None,
             log,
             local: target.local,
         }

@@ -371,3 +371,60 @@ fn a_destination_keeps_its_own_headers() {
     rule.request_headers.apply(&mut h);
     assert_eq!(h["x-version"], "entry");
 }
+
+#[test]
+fn a_cors_policy_is_read_with_istio_meanings_and_checked_by_field() {
+    let vs = |cors: &str| {
+        format!(
+            "
+- name: reviews
+  namespace: demo
+  hosts: [reviews]
+  http:
+    - route: [{{destination: {{host: reviews}}}}]
+      corsPolicy: {cors}
+"
+        )
+    };
+    let routes = to_http_routes(
+        &specs(&vs(
+            "{allowOrigin: [\"https://a.test\"], allowMethods: [GET], maxAge: 90s, unmatchedPreflights: IGNORE}",
+        )),
+        &resolve,
+        &DestinationRules::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        routes[0].rules[0].cors,
+        Some(crate::route::CorsSpec {
+            allow_origins: vec![crate::route::OriginSpec::Exact("https://a.test".into())],
+            allow_methods: vec!["GET".into()],
+            max_age: Some(90),
+            forward_unmatched_preflights: false,
+            ..Default::default()
+        })
+    );
+    let t = RouteTable::build(&routes).unwrap();
+    let rule = t
+        .select(&ServiceRef::new("demo", "reviews"), 80, &get("/", &[]))
+        .unwrap()
+        .unwrap();
+    assert!(rule.cors.is_some());
+    for (cors, field) in [
+        ("{allowOrigins: [{exact: a, prefix: b}]}", "allowOrigins[0]"),
+        (
+            "{allowOrigins: [{exact: a}, {regex: \"(\"}]}",
+            "allowOrigins[1].regex",
+        ),
+        ("{unmatchedPreflights: DROP}", "unmatchedPreflights"),
+        ("{maxAge: soon}", "maxAge"),
+    ] {
+        let e =
+            to_http_routes(&specs(&vs(cors)), &resolve, &DestinationRules::default()).unwrap_err();
+        assert_eq!(
+            e.path,
+            format!("virtualServices[demo/reviews].http[0].corsPolicy.{field}"),
+            "{cors}: {e}"
+        );
+    }
+}

@@ -1,0 +1,335 @@
+//! CORS, as Envoy's `cors` filter applies a route's policy (Istio's VirtualService
+//! `corsPolicy`, which istiod hands Envoy as the route's CORS policy unchanged):
+//!
+//! - a request without `Origin` is not a CORS request: nothing happens;
+//! - an origin is allowed when one of `allowOrigins` matches it, or matches `*` (so an
+//!   exact `*`, an empty prefix or `.*` allow every origin);
+//! - a preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) from an
+//!   allowed origin is answered by the waypoint: 200 with `Access-Control-Allow-Origin` (the
+//!   origin), `-Allow-Credentials`, `-Allow-Methods` and `-Allow-Headers` (a policy's `*`
+//!   echoes what the preflight asked for) and `-Max-Age`; from an origin not allowed it goes
+//!   on to the backend, or with `unmatchedPreflights: IGNORE` is answered 200 without
+//!   `Access-Control-Allow-Origin`;
+//! - any other answer to an allowed origin (the backend's, or one the waypoint gives after
+//!   routing) gets `Access-Control-Allow-Origin`, `-Allow-Credentials` and
+//!   `-Expose-Headers`.
+//!
+//! The route's policy is the only one (a waypoint has no virtual host policy to fall back
+//! to). The check runs after authorization, as Envoy's filter comes after RBAC in a
+//! waypoint: a preflight must be allowed like any request.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+
+use super::{RouteError, err};
+
+/// How an origin is matched (Istio's `StringMatch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginSpec {
+    Exact(String),
+    Prefix(String),
+    /// RE2 syntax, matched against the whole origin.
+    Regex(String),
+}
+
+/// A route's CORS policy, as the VirtualService translation hands it over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorsSpec {
+    pub allow_origins: Vec<OriginSpec>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    /// Seconds.
+    pub max_age: Option<u64>,
+    pub allow_credentials: bool,
+    /// `unmatchedPreflights`: `true` (FORWARD, the default) sends a preflight from an origin
+    /// not allowed to the backend; `false` (IGNORE) answers it without CORS headers.
+    pub forward_unmatched_preflights: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Origin {
+    Exact(String),
+    Prefix(String),
+    Regex(regex::Regex),
+}
+
+impl Origin {
+    fn matches(&self, s: &str) -> bool {
+        match self {
+            Origin::Exact(e) => s == e,
+            Origin::Prefix(p) => s.starts_with(p.as_str()),
+            Origin::Regex(r) => r.is_match(s),
+        }
+    }
+}
+
+/// A compiled policy.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    origins: Vec<Origin>,
+    /// `*` in the policy: the preflight's own request.
+    allow_methods: Option<HeaderValue>,
+    allow_headers: Option<HeaderValue>,
+    expose_headers: Option<HeaderValue>,
+    max_age: Option<HeaderValue>,
+    allow_credentials: bool,
+    forward_unmatched_preflights: bool,
+}
+
+/// What the policy does with a request.
+#[derive(Debug)]
+pub enum CorsStep {
+    /// Not a CORS request, or from an origin not allowed: on to the backend as it is.
+    Pass,
+    /// On to the backend; the answer, whatever it is, carries the origin's headers.
+    Allowed(HeaderValue),
+    /// A preflight the waypoint answers: 200 with these headers (an allowed origin's also
+    /// go on it as on any answer).
+    Answer(HeaderMap, Option<HeaderValue>),
+}
+
+const ALLOW_ORIGIN: HeaderName = HeaderName::from_static("access-control-allow-origin");
+const ALLOW_CREDENTIALS: HeaderName = HeaderName::from_static("access-control-allow-credentials");
+const ALLOW_METHODS: HeaderName = HeaderName::from_static("access-control-allow-methods");
+const ALLOW_HEADERS: HeaderName = HeaderName::from_static("access-control-allow-headers");
+const EXPOSE_HEADERS: HeaderName = HeaderName::from_static("access-control-expose-headers");
+const MAX_AGE: HeaderName = HeaderName::from_static("access-control-max-age");
+const REQUEST_METHOD: HeaderName = HeaderName::from_static("access-control-request-method");
+const REQUEST_HEADERS: HeaderName = HeaderName::from_static("access-control-request-headers");
+
+impl Cors {
+    /// Compiles `spec`; `at` names the policy for errors.
+    pub fn compile(spec: &CorsSpec, at: &str) -> Result<Arc<Cors>, RouteError> {
+        let mut origins = Vec::new();
+        for (i, o) in spec.allow_origins.iter().enumerate() {
+            origins.push(match o {
+                OriginSpec::Exact(e) => Origin::Exact(e.clone()),
+                OriginSpec::Prefix(p) => Origin::Prefix(p.clone()),
+                OriginSpec::Regex(r) => Origin::Regex(super::compile::regex(
+                    r,
+                    &format!("{at}.allowOrigins[{i}].regex"),
+                )?),
+            });
+        }
+        let joined = |list: &[String], field: &str| -> Result<Option<HeaderValue>, RouteError> {
+            if list.is_empty() {
+                return Ok(None);
+            }
+            HeaderValue::from_str(&list.join(","))
+                .map(Some)
+                .map_err(|_| err(format!("{at}.{field}"), "not a header value"))
+        };
+        Ok(Arc::new(Cors {
+            origins,
+            allow_methods: joined(&spec.allow_methods, "allowMethods")?,
+            allow_headers: joined(&spec.allow_headers, "allowHeaders")?,
+            expose_headers: joined(&spec.expose_headers, "exposeHeaders")?,
+            max_age: spec.max_age.map(HeaderValue::from),
+            allow_credentials: spec.allow_credentials,
+            forward_unmatched_preflights: spec.forward_unmatched_preflights,
+        }))
+    }
+
+    fn allows(&self, origin: &str) -> bool {
+        self.origins
+            .iter()
+            .any(|o| o.matches("*") || o.matches(origin))
+    }
+
+    /// What the policy does with request `parts`.
+    pub fn step(&self, parts: &Parts) -> CorsStep {
+        let Some(origin) = parts.headers.get(header::ORIGIN).filter(|o| !o.is_empty()) else {
+            return CorsStep::Pass;
+        };
+        let allowed = origin.to_str().is_ok_and(|o| self.allows(o));
+        let latched = allowed.then(|| origin.clone());
+        let asked_method = parts.headers.get(&REQUEST_METHOD).filter(|m| !m.is_empty());
+        let preflight = parts.method == http::Method::OPTIONS && asked_method.is_some();
+        if !preflight || (!allowed && self.forward_unmatched_preflights) {
+            return latched.map_or(CorsStep::Pass, CorsStep::Allowed);
+        }
+        let mut h = HeaderMap::new();
+        if let Some(o) = &latched {
+            h.insert(ALLOW_ORIGIN, o.clone());
+        }
+        if self.allow_credentials {
+            h.insert(ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        }
+        let echo = |own: &Option<HeaderValue>, asked: Option<&HeaderValue>| match own {
+            Some(v) if v == "*" => asked.cloned(),
+            other => other.clone(),
+        };
+        if let Some(v) = echo(&self.allow_methods, asked_method) {
+            h.insert(ALLOW_METHODS, v);
+        }
+        if let Some(v) = echo(&self.allow_headers, parts.headers.get(&REQUEST_HEADERS)) {
+            h.insert(ALLOW_HEADERS, v);
+        }
+        if let Some(v) = &self.max_age {
+            h.insert(MAX_AGE, v.clone());
+        }
+        CorsStep::Answer(h, latched)
+    }
+
+    /// The headers an answer to allowed origin `origin` carries.
+    pub fn decorate(&self, headers: &mut HeaderMap, origin: HeaderValue) {
+        headers.insert(ALLOW_ORIGIN, origin);
+        if self.allow_credentials {
+            headers.insert(ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        }
+        if let Some(v) = &self.expose_headers {
+            headers.insert(EXPOSE_HEADERS, v.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().method(method).uri("/api");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn policy(origins: Vec<OriginSpec>, forward: bool) -> Arc<Cors> {
+        Cors::compile(
+            &CorsSpec {
+                allow_origins: origins,
+                allow_methods: vec!["GET".into(), "POST".into()],
+                allow_headers: vec!["x-token".into()],
+                expose_headers: vec!["x-trace".into()],
+                max_age: Some(86400),
+                allow_credentials: true,
+                forward_unmatched_preflights: forward,
+            },
+            "p",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_preflight_from_an_allowed_origin_is_answered() {
+        let c = policy(
+            vec![
+                OriginSpec::Exact("https://app.example".into()),
+                OriginSpec::Regex(r"https://.*\.test".into()),
+            ],
+            true,
+        );
+        for origin in ["https://app.example", "https://a.b.test"] {
+            let step = c.step(&req(
+                "OPTIONS",
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", "POST"),
+                ],
+            ));
+            let CorsStep::Answer(h, Some(o)) = step else {
+                panic!("{origin}: {step:?}");
+            };
+            assert_eq!(o, origin);
+            assert_eq!(h["access-control-allow-origin"], origin);
+            assert_eq!(h["access-control-allow-methods"], "GET,POST");
+            assert_eq!(h["access-control-allow-headers"], "x-token");
+            assert_eq!(h["access-control-max-age"], "86400");
+            assert_eq!(h["access-control-allow-credentials"], "true");
+        }
+        // The regex is anchored: the whole origin must match.
+        let step = c.step(&req("GET", &[("origin", "https://a.test.evil")]));
+        assert!(matches!(step, CorsStep::Pass), "{step:?}");
+    }
+
+    #[test]
+    fn other_requests_pass_and_their_answers_carry_the_origin() {
+        let c = policy(vec![OriginSpec::Exact("https://app.example".into())], true);
+        assert!(matches!(c.step(&req("GET", &[])), CorsStep::Pass));
+        let step = c.step(&req("GET", &[("origin", "https://app.example")]));
+        let CorsStep::Allowed(o) = step else {
+            panic!("{step:?}");
+        };
+        let mut h = HeaderMap::new();
+        c.decorate(&mut h, o);
+        assert_eq!(h["access-control-allow-origin"], "https://app.example");
+        assert_eq!(h["access-control-expose-headers"], "x-trace");
+        assert_eq!(h["access-control-allow-credentials"], "true");
+        // OPTIONS without Access-Control-Request-Method is not a preflight.
+        let step = c.step(&req("OPTIONS", &[("origin", "https://app.example")]));
+        assert!(matches!(step, CorsStep::Allowed(_)), "{step:?}");
+    }
+
+    #[test]
+    fn an_unmatched_preflight_goes_on_or_is_answered_bare() {
+        let preflight = req(
+            "OPTIONS",
+            &[
+                ("origin", "https://other"),
+                ("access-control-request-method", "GET"),
+            ],
+        );
+        let forward = policy(vec![OriginSpec::Exact("https://app.example".into())], true);
+        assert!(matches!(forward.step(&preflight), CorsStep::Pass));
+        let ignore = policy(vec![OriginSpec::Exact("https://app.example".into())], false);
+        let CorsStep::Answer(h, None) = ignore.step(&preflight) else {
+            panic!("answered");
+        };
+        assert!(h.get("access-control-allow-origin").is_none());
+    }
+
+    #[test]
+    fn a_wildcard_allows_every_origin_and_echoes_what_is_asked() {
+        let c = Cors::compile(
+            &CorsSpec {
+                allow_origins: vec![OriginSpec::Exact("*".into())],
+                allow_methods: vec!["*".into()],
+                allow_headers: vec!["*".into()],
+                forward_unmatched_preflights: true,
+                ..CorsSpec::default()
+            },
+            "p",
+        )
+        .unwrap();
+        let step = c.step(&req(
+            "OPTIONS",
+            &[
+                ("origin", "https://anyone"),
+                ("access-control-request-method", "PUT"),
+                ("access-control-request-headers", "x-a, x-b"),
+            ],
+        ));
+        let CorsStep::Answer(h, Some(_)) = step else {
+            panic!("{step:?}");
+        };
+        assert_eq!(h["access-control-allow-origin"], "https://anyone");
+        assert_eq!(h["access-control-allow-methods"], "PUT");
+        assert_eq!(h["access-control-allow-headers"], "x-a, x-b");
+        assert!(h.get("access-control-allow-credentials").is_none());
+        // A prefix of "" and `.*` also match `*`.
+        for o in [
+            OriginSpec::Prefix(String::new()),
+            OriginSpec::Regex(".*".into()),
+        ] {
+            let c = policy(vec![o], true);
+            assert!(c.allows("https://x"));
+        }
+    }
+
+    #[test]
+    fn a_bad_regex_is_refused_by_field() {
+        let e = Cors::compile(
+            &CorsSpec {
+                allow_origins: vec![OriginSpec::Exact("a".into()), OriginSpec::Regex("(".into())],
+                ..CorsSpec::default()
+            },
+            "http[0].corsPolicy",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "http[0].corsPolicy.allowOrigins[1].regex");
+    }
+}
