@@ -648,7 +648,9 @@ async fn serve_tunnel_conn(
                 principal: Some(source.principal().into()),
                 namespace: Some(source.namespace().into()),
                 workload,
-                addr: client,
+                // Without a usable `Forwarded`, the tunnel's own peer (Envoy's direct remote
+                // has an address always): an address policy never sees "unknown".
+                addr: client.or(Some(peer)),
             };
             let stream = match incoming.accept() {
                 Ok(s) => s,

@@ -177,10 +177,17 @@ impl Authorization for Authz {
                     headers: vec![header("x-ext-authz-check-result", "allowed")],
                     headers_to_remove: vec!["x-remove-me".into()],
                     response_headers_to_add: vec![header("x-ext-authz-checked", "grpc")],
-                    query_parameters_to_set: vec![QueryParameter {
-                        key: "authz".into(),
-                        value: "ok by grpc".into(),
-                    }],
+                    query_parameters_to_set: vec![
+                        QueryParameter {
+                            key: "authz".into(),
+                            value: "ok by grpc".into(),
+                        },
+                        // Encoded as Envoy expects a provider to send it: passed on as is.
+                        QueryParameter {
+                            key: "next".into(),
+                            value: "%2Fhome".into(),
+                        },
+                    ],
                     query_parameters_to_remove: vec!["secret".into()],
                     ..Default::default()
                 })),
@@ -208,7 +215,8 @@ impl Authorization for Authz {
 /// Starts a gRPC external authorization server on `addr` (h2c), Envoy's generated
 /// `envoy.service.auth.v3.Authorization`: `x-ext-authz: allow` allows (sets
 /// `x-ext-authz-check-result: allowed` on the request, removes `x-remove-me`, adds
-/// `x-ext-authz-checked: grpc` to the response, sets query parameter `authz=ok by grpc` and
+/// `x-ext-authz-checked: grpc` to the response, sets query parameters `authz=ok by grpc` and
+/// `next=%2Fhome` (encoded) and
 /// removes `secret`); anything else is denied with 401, a header and a body; a path with
 /// `/fail` fails the call (UNAVAILABLE), one with `/error-page` answers UNAVAILABLE with an
 /// `error_response` (503, `retry-after: 5`, a body). Runs for the test's life.

@@ -104,8 +104,9 @@ pub struct Backend {
     pub edits: Option<Arc<BackendEdits>>,
 }
 
-/// A backend's own header edits, applied before its rule's (Envoy applies the weighted
-/// cluster's, then the route's: where both set a header, the rule's value stays).
+/// A backend's own header edits: in a weighted split applied before its rule's (Envoy
+/// applies the weighted cluster's, then the route's), for a rule's one backend after them
+/// (istiod appends the destination's to the route's); see [`Rule::backend_edits_last`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BackendEdits {
     pub request: HeaderEdits,
@@ -308,6 +309,14 @@ impl Rule {
             redirect: None,
             cors: None,
         }
+    }
+
+    /// Whether a backend's own header edits come after the rule's: when the rule has one
+    /// backend that takes traffic (istiod puts its edits in the route's lists, after the
+    /// route's own); in a weighted split they come first (the weighted cluster's, which
+    /// Envoy applies before the route's).
+    pub fn backend_edits_last(&self) -> bool {
+        self.backends.iter().filter(|b| b.weight > 0).count() == 1
     }
 
     /// The path modifier that needs the matched prefix, if any.

@@ -237,8 +237,10 @@ enum CondKey {
     SourcePrincipal,
     SourceNamespace,
     DestinationPort,
-    /// `source.ip`, `remote.ip`: the client's address, against prefixes.
+    /// `source.ip`: the client's address, against prefixes.
     ClientIp(IpField),
+    /// `remote.ip`: Envoy's remote address (`X-Forwarded-For`'s last, else the client's).
+    RemoteIp(IpField),
 }
 
 #[derive(Debug, Clone)]
@@ -268,7 +270,7 @@ struct Policy {
 }
 
 /// What a Service's requests go through.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct ServiceSecurity {
     jwt: Vec<Arc<JwtRule>>,
     /// CUSTOM policies, each with the provider it names.
@@ -283,6 +285,9 @@ pub struct SecurityTable {
     by_service: HashMap<ServiceRef, ServiceSecurity>,
     /// By the Gateway's namespace and name.
     by_gateway: HashMap<ServiceRef, ServiceSecurity>,
+    /// Policies on every waypoint (GatewayClass `istio-waypoint`): merged into each
+    /// Gateway's, and a Gateway without its own has these.
+    every_gateway: ServiceSecurity,
     policies: usize,
     authentications: usize,
     /// Any CUSTOM policy at all: without one, the CUSTOM step costs a branch.
@@ -417,6 +422,13 @@ impl SecurityTable {
             }
             table.authentications += 1;
         }
+        let every = table.every_gateway.clone();
+        for g in table.by_gateway.values_mut() {
+            g.jwt.extend(every.jwt.iter().cloned());
+            g.custom.extend(every.custom.iter().cloned());
+            g.deny.extend(every.deny.iter().cloned());
+            g.allow.extend(every.allow.iter().cloned());
+        }
         Ok(table)
     }
 
@@ -424,7 +436,21 @@ impl SecurityTable {
         match t {
             Target::Service(s) => self.by_service.entry(s).or_default(),
             Target::Gateway(g) => self.by_gateway.entry(g).or_default(),
+            Target::EveryGateway => &mut self.every_gateway,
         }
+    }
+
+    /// Gateway `g`'s level: its own policies and the class-wide ones, or the class-wide
+    /// ones alone.
+    fn gateway_level(&self, g: &ServiceRef) -> Option<&ServiceSecurity> {
+        self.by_gateway.get(g).or_else(|| {
+            let e = &self.every_gateway;
+            let any = !(e.jwt.is_empty()
+                && e.custom.is_empty()
+                && e.deny.is_empty()
+                && e.allow.is_empty());
+            any.then_some(e)
+        })
     }
 
     /// Policies and authentications compiled.
@@ -447,7 +473,7 @@ impl SecurityTable {
             return Ok(None);
         }
         let levels = [
-            gateway.and_then(|g| self.by_gateway.get(g)),
+            gateway.and_then(|g| self.gateway_level(g)),
             self.by_service.get(service),
         ];
         let mut custom = levels.iter().flatten().flat_map(|l| &l.custom).peekable();
@@ -487,7 +513,7 @@ impl SecurityTable {
         peer: &Peer,
         parts: &mut Parts,
     ) -> Result<(), Refusal> {
-        let g = gateway.and_then(|g| self.by_gateway.get(g));
+        let g = gateway.and_then(|g| self.gateway_level(g));
         let s = self.by_service.get(service);
         if g.is_none() && s.is_none() {
             return Ok(());
@@ -536,7 +562,15 @@ enum Target {
     Service(ServiceRef),
     /// A waypoint's Gateway (Gateway API), by namespace and name.
     Gateway(ServiceRef),
+    /// Every waypoint (a root-namespace policy on GatewayClass `istio-waypoint`).
+    EveryGateway,
 }
+
+/// The GatewayClass of Istio's waypoints, which a root-namespace policy may target.
+const WAYPOINT_CLASS: &str = "istio-waypoint";
+
+/// istiod's default root namespace (MeshConfig `rootNamespace`).
+const ROOT_NAMESPACE: &str = "istio-system";
 
 fn targets(refs: &[TargetRefSpec], ns: &str, base: &str) -> Result<Vec<Target>, RouteError> {
     if refs.is_empty() {
@@ -549,8 +583,25 @@ fn targets(refs: &[TargetRefSpec], ns: &str, base: &str) -> Result<Vec<Target>, 
     for (i, t) in refs.iter().enumerate() {
         let at = format!("{base}.targetRefs[{i}]");
         let group = t.group.as_deref().unwrap_or("");
-        let name = ServiceRef::new(t.namespace.as_deref().unwrap_or(ns), &t.name);
+        // As istiod attaches them (`ShouldAttachPolicy`): a target in another namespace
+        // never matches (a team's policy does not reach another team's Service), and a kind
+        // a waypoint serves no traffic for (a ServiceEntry, another GatewayClass) attaches
+        // nowhere here; neither makes the policy invalid, so its other targets keep it.
+        if t.namespace.as_deref().is_some_and(|n| n != ns) {
+            tracing::debug!(target = %at, "policy target in another namespace: never matches");
+            continue;
+        }
+        let name = ServiceRef::new(ns, &t.name);
         match t.kind.as_deref() {
+            Some("GatewayClass") if group == "gateway.networking.k8s.io" => {
+                // Istio's class-wide policies: GatewayClass `istio-waypoint`, from the root
+                // namespace (istiod's default, `istio-system`), apply to every waypoint.
+                if t.name == WAYPOINT_CLASS && ns == ROOT_NAMESPACE {
+                    out.push(Target::EveryGateway);
+                }
+                continue;
+            }
+            Some("ServiceEntry") if group == "networking.istio.io" => continue,
             None | Some("Service") => {
                 if !matches!(group, "" | "core") {
                     return Err(err(
@@ -641,7 +692,7 @@ fn compile_rule(r: &AuthzRuleSpec, at: &str) -> Result<AuthzRule, RouteError> {
             ));
         }
         let mut key = cond_key(&c.key).map_err(|m| err(format!("{at}.key"), m))?;
-        if let CondKey::ClientIp(f) = &mut key {
+        if let CondKey::ClientIp(f) | CondKey::RemoteIp(f) = &mut key {
             *f = IpField::new(
                 &c.values,
                 &c.not_values,
@@ -693,7 +744,8 @@ fn cond_key(k: &str) -> Result<CondKey, String> {
         "source.principal" => Ok(CondKey::SourcePrincipal),
         "source.namespace" => Ok(CondKey::SourceNamespace),
         "destination.port" => Ok(CondKey::DestinationPort),
-        "source.ip" | "remote.ip" => Ok(CondKey::ClientIp(IpField::default())),
+        "source.ip" => Ok(CondKey::ClientIp(IpField::default())),
+        "remote.ip" => Ok(CondKey::RemoteIp(IpField::default())),
         other => Err(format!(
             "{other:?}: use request.headers[NAME], request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME], source.principal, source.namespace, source.ip, remote.ip or destination.port"
         )),
@@ -726,13 +778,30 @@ impl RequestView<'_> {
             && s.request_principals
                 .holds(&Self::opt(self.auth.and_then(|a| a.principal.as_deref())))
             && s.ip_blocks.holds(self.client_ip())
-            && s.remote_ip_blocks.holds(self.client_ip())
+            && s.remote_ip_blocks.holds(self.remote_ip())
     }
 
     /// The client's address: the original source the node proxy forwarded (Envoy's
-    /// `direct_remote_ip`, and its `remote_ip` with no trusted hops).
+    /// `direct_remote_ip`).
     fn client_ip(&self) -> Option<std::net::IpAddr> {
         self.peer.addr.map(|a| a.ip())
+    }
+
+    /// Envoy's `remote_ip` in a waypoint (`use_remote_address: false`, no trusted hops):
+    /// the last `X-Forwarded-For` address when the request has one, else the client's. The
+    /// header is the client's to write, as it is for Envoy: `ipBlocks` is the one a client
+    /// cannot choose.
+    fn remote_ip(&self) -> Option<std::net::IpAddr> {
+        let xff = self
+            .parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|last| last.trim().parse().ok());
+        xff.or_else(|| self.client_ip())
     }
 
     fn operation(&self, o: &Operation) -> bool {
@@ -748,6 +817,7 @@ impl RequestView<'_> {
     fn condition(&self, c: &Condition) -> bool {
         let owned: Vec<String> = match &c.key {
             CondKey::ClientIp(f) => return f.holds(self.client_ip()),
+            CondKey::RemoteIp(f) => return f.holds(self.remote_ip()),
             CondKey::Header(h) => self
                 .parts
                 .headers

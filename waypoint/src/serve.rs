@@ -471,11 +471,19 @@ impl<U: Upstreams> Waypoint<U> {
                 ),
             );
         };
-        // The backend's own edits, then the rule's (Envoy: weighted cluster, then route).
-        if let Some(e) = &backend.edits {
+        // A backend's own edits and the rule's, in istiod's order (`processDestination`):
+        // a rule's one backend has its edits after the rule's (they share the route's
+        // lists, the destination's last), a weighted split's go first (the weighted
+        // cluster's, which the route's then override).
+        let backend_last = rule.backend_edits_last();
+        let own = backend.edits.as_deref();
+        if let Some(e) = own.filter(|_| !backend_last) {
             e.request.apply(&mut parts.headers);
         }
         rule.request_headers.apply(&mut parts.headers);
+        if let Some(e) = own.filter(|_| backend_last) {
+            e.request.apply(&mut parts.headers);
+        }
         if let Some(rw) = &rule.rewrite {
             rewrite(&mut parts, rw);
         }
@@ -588,10 +596,13 @@ impl<U: Upstreams> Waypoint<U> {
             // The cookie the waypoint made for consistent hashing (Envoy sets it so too).
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
-        if let Some(e) = &backend.edits {
+        if let Some(e) = own.filter(|_| !backend_last) {
             e.response.apply(resp.headers_mut());
         }
         rule.response_headers.apply(resp.headers_mut());
+        if let Some(e) = own.filter(|_| backend_last) {
+            e.response.apply(resp.headers_mut());
+        }
         self.answer(rec, outcome, resp)
     }
 

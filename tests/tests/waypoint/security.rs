@@ -734,7 +734,7 @@ fn custom_policies_ask_a_grpc_external_authorization_service() -> Result<()> {
     // The provider's query edits reach the backend.
     ensure!(
         r.body
-            .starts_with("v1 GET /headers?q=1&authz=ok%20by%20grpc\n"),
+            .starts_with("v1 GET /headers?q=1&authz=ok%20by%20grpc&next=%2Fhome\n"),
         "{}",
         r.body
     );
@@ -770,7 +770,7 @@ fn custom_policies_ask_a_grpc_external_authorization_service() -> Result<()> {
     )?;
     ensure!(
         r.body
-            .starts_with("v1 GET /headers?page=2&authz=ok%20by%20grpc\n"),
+            .starts_with("v1 GET /headers?page=2&authz=ok%20by%20grpc&next=%2Fhome\n"),
         "{}",
         r.body
     );

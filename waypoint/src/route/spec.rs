@@ -229,7 +229,7 @@ pub struct BackendRefSpec {
     pub weight: Option<u32>,
     /// Header edits for the requests this backend gets and their responses
     /// (`RequestHeaderModifier`, `ResponseHeaderModifier`: what istiod supports here),
-    /// applied before the rule's, which win where both set a header.
+    /// applied in istiod's order with the rule's ([`super::Rule::backend_edits_last`]).
     #[serde(default)]
     pub filters: Vec<FilterSpec>,
     /// Set by the VirtualService translation: a DestinationRule subset of the Service

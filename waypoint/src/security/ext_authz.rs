@@ -33,7 +33,7 @@
 //! one is an error, as over HTTP.
 //!
 //! A provider the waypoint cannot use (a bad field, a service that is not a Service of the
-//! mesh, a body limit of 0 or over [`MAX_BODY_IN_CHECK`]) is kept by name with why: the policies that name
+//! mesh, a body limit of 0) is kept by name with why: the policies that name
 //! it deny what they match, as istiod's "deny all due to bad CUSTOM action" does.
 
 use std::collections::BTreeMap;
@@ -62,11 +62,15 @@ const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 /// client's own is never passed on in a check, where it would lie about the body.
 pub const PARTIAL_BODY: &str = "x-envoy-auth-partial-body";
 
-/// Largest `maxRequestBytes` the waypoint holds for one request's check. Envoy takes any
-/// `uint32`; a waypoint that buffered 4 GiB per request would give each client a lever on
-/// its memory. 4 MiB is gRPC's default largest message, which most `envoyExtAuthzGrpc`
-/// servers would refuse a larger check with anyway.
-pub const MAX_BODY_IN_CHECK: u32 = 4 * 1024 * 1024;
+/// Largest `maxRequestBytes` the waypoint holds for one request's check; a larger one is
+/// held to it (with a warning). Envoy takes any `uint32`; a waypoint that buffered 4 GiB
+/// per request would give each client a lever on its memory. gRPC's default largest
+/// message is 4 MiB, which most `envoyExtAuthzGrpc` servers hold to: this leaves room for
+/// the request's headers (at most 64 KiB) in the check, so that a body at the limit cannot
+/// turn the check into the provider's error (which `failOpen` would let through). A
+/// request's check holds about three times this at most: the frames read, the body joined,
+/// the check encoded.
+pub const MAX_BODY_IN_CHECK: u32 = 4 * 1024 * 1024 - 64 * 1024;
 
 /// MeshConfig `includeRequestBodyInCheck`: the request body goes in the check.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -287,10 +291,16 @@ impl Allowed {
             return;
         };
         let edited = edit_query(pq.as_str(), &self.query_set, &self.query_remove);
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
-        // Every byte the edit writes is percent-encoded or was in the path already.
-        uri.path_and_query = http::uri::PathAndQuery::from_maybe_shared(edited).ok();
-        parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
+        // Every byte the edit writes is a query's or was in the target already; should the
+        // URI still not rebuild, the request keeps the one it had.
+        let Ok(pq) = http::uri::PathAndQuery::from_maybe_shared(edited) else {
+            return;
+        };
+        let mut uri = parts.uri.clone().into_parts();
+        uri.path_and_query = Some(pq);
+        if let Ok(u) = http::Uri::from_parts(uri) {
+            parts.uri = u;
+        }
     }
 
     /// Applies the edits and removals to the request's headers, in Envoy's order.
@@ -321,13 +331,20 @@ impl Allowed {
 
 /// `path_and_query` with the query's parameters `set` (the first of a name takes the
 /// value, later ones go; a name not there is added at the end) and `remove`d (every one of
-/// the name). Names are compared decoded; what is written is percent-encoded (all but
-/// `A-Z a-z 0-9 - . _ ~`); parameters not named stay as the client wrote them, in their
-/// order (Envoy re-encodes and sorts them all).
+/// the name). Names are compared decoded on both sides (so `to%6Ben` is `token`); what the
+/// provider sends is written as sent where a query may hold it (Envoy expects providers to
+/// send it encoded, and writes it verbatim), with only the bytes a query cannot hold, and
+/// `&`, `#` (and `=` in a name), percent-encoded; parameters not named stay as the client
+/// wrote them, in their order (Envoy re-writes and sorts them all).
 pub fn edit_query(path_and_query: &str, set: &[(String, String)], remove: &[String]) -> String {
     let (path, query) = path_and_query
         .split_once('?')
         .unwrap_or((path_and_query, ""));
+    let set: Vec<(String, &str, &str)> = set
+        .iter()
+        .map(|(k, v)| (decode(k), k.as_str(), v.as_str()))
+        .collect();
+    let remove: Vec<String> = remove.iter().map(|r| decode(r)).collect();
     let mut out: Vec<String> = Vec::new();
     let mut done = vec![false; set.len()];
     for kv in query.split('&').filter(|kv| !kv.is_empty()) {
@@ -335,18 +352,22 @@ pub fn edit_query(path_and_query: &str, set: &[(String, String)], remove: &[Stri
         if remove.contains(&key) {
             continue;
         }
-        match set.iter().position(|(k, _)| *k == key) {
+        match set.iter().position(|(k, ..)| *k == key) {
             Some(i) if done[i] => {}
             Some(i) => {
                 done[i] = true;
-                out.push(format!("{}={}", encode(&set[i].0), encode(&set[i].1)));
+                out.push(format!(
+                    "{}={}",
+                    encode(set[i].1, true),
+                    encode(set[i].2, false)
+                ));
             }
             None => out.push(kv.to_string()),
         }
     }
-    for (i, (k, v)) in set.iter().enumerate() {
-        if !done[i] && !remove.contains(k) {
-            out.push(format!("{}={}", encode(k), encode(v)));
+    for (i, (key, k, v)) in set.iter().enumerate() {
+        if !done[i] && !remove.contains(key) {
+            out.push(format!("{}={}", encode(k, true), encode(v, false)));
         }
     }
     if out.is_empty() {
@@ -356,13 +377,23 @@ pub fn edit_query(path_and_query: &str, set: &[(String, String)], remove: &[Stri
     }
 }
 
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
+/// `s` as a query may hold it: RFC 3986's query characters and `%XX` escapes kept, the rest
+/// percent-encoded, and `&`, `#` (and `=` in a name) always.
+fn encode(s: &str, name: bool) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(b.len());
+    for (i, &c) in b.iter().enumerate() {
+        let escape = c == b'%'
+            && b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+        let keep = c.is_ascii_alphanumeric()
+            || b"-._~!$'()*+,;:@/?".contains(&c)
+            || (c == b'=' && !name)
+            || escape;
+        if keep {
+            out.push(c as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push_str(&format!("%{c:02X}"));
         }
     }
     out
@@ -490,17 +521,18 @@ impl Common {
                     "0: give how many bytes of the body the check carries (1 or more)",
                 ));
             }
-            Some(b) if b.max_request_bytes > MAX_BODY_IN_CHECK => {
-                return Err(err(
-                    format!("{at}.includeRequestBodyInCheck.maxRequestBytes"),
-                    format!(
-                        "{}: more than the waypoint holds for one request ({MAX_BODY_IN_CHECK}); with allowPartialMessage a smaller limit sends the body's first bytes",
-                        b.max_request_bytes
-                    ),
-                ));
-            }
             Some(b) => Some(BodyInCheck {
-                max: b.max_request_bytes as usize,
+                max: if b.max_request_bytes > MAX_BODY_IN_CHECK {
+                    tracing::warn!(
+                        field = %format!("{at}.includeRequestBodyInCheck.maxRequestBytes"),
+                        configured = b.max_request_bytes,
+                        held_to = MAX_BODY_IN_CHECK,
+                        "more than the waypoint holds for one request's check: a longer body is refused (413), or sent in part with allowPartialMessage"
+                    );
+                    MAX_BODY_IN_CHECK as usize
+                } else {
+                    b.max_request_bytes as usize
+                },
                 allow_partial: b.allow_partial_message,
                 raw: b.pack_as_bytes,
             }),

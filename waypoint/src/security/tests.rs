@@ -470,7 +470,9 @@ fn target_refs_namespace_defaults_to_the_policys() {
         )
     };
     assert_eq!(deny("demo", "web"), denied("demo/p"));
-    assert_eq!(deny("prod", "api"), denied("demo/p"));
+    // A target in another namespace never matches (istiod's attachment): one team's
+    // policy does not reach another team's Service; the policy's other targets keep it.
+    assert_eq!(deny("prod", "api"), Ok(()));
     assert_eq!(deny("demo", "db"), denied("demo/p"));
     assert_eq!(deny("demo", "api"), Ok(()));
     assert_eq!(deny("prod", "web"), Ok(()));
@@ -852,7 +854,7 @@ fn build_error_target_refs() {
         "
 - name: p
   namespace: demo
-  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]
+  targetRefs: [{kind: Pod, name: web-0}]
 ",
     );
     assert_eq!(
@@ -1115,11 +1117,70 @@ fn targets_are_a_service_or_a_gateway() {
         "authorizationPolicies[demo/p].targetRefs[0].group"
     );
     assert_eq!(
-        bad("{kind: ServiceEntry, group: networking.istio.io, name: x}"),
-        "authorizationPolicies[demo/p].targetRefs[0].kind"
-    );
-    assert_eq!(
         bad("{kind: Service, group: apps, name: web}"),
         "authorizationPolicies[demo/p].targetRefs[0].group"
     );
+}
+
+#[test]
+fn targets_a_waypoint_serves_nothing_for_do_not_void_the_others() {
+    // A ServiceEntry beside the Service: the DENY still holds on the Service (the whole
+    // policy dropped would open it).
+    let t = authz(
+        "
+- name: p
+  namespace: demo
+  action: DENY
+  targetRefs:
+  - {kind: Service, group: '', name: web}
+  - {kind: ServiceEntry, group: networking.istio.io, name: ext}
+  - {kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}
+  rules: [{}]
+",
+    );
+    assert_eq!(check(&t, &mut get("/")), denied("demo/p"));
+    // Not from the root namespace: a class-wide policy applies nowhere.
+    let gw = ServiceRef::new("demo", "waypoint");
+    let mut p = get("/");
+    assert_eq!(
+        t.check(
+            &ServiceRef::new("demo", "other"),
+            Some(&gw),
+            80,
+            &client(),
+            &mut p
+        ),
+        Ok(())
+    );
+}
+
+#[test]
+fn a_root_namespace_policy_on_the_waypoint_class_applies_to_every_waypoint() {
+    let t = authz(
+        "
+- name: no-trace
+  namespace: istio-system
+  action: DENY
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]
+  rules: [{to: [{operation: {methods: [TRACE]}}]}]
+- name: gw-admin
+  namespace: demo
+  action: DENY
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+",
+    );
+    let run = |gw: &ServiceRef, method: &str, path: &str| {
+        let mut p = parts(method, path, &[("host", HOST)]);
+        t.check(&web(), Some(gw), 80, &client(), &mut p)
+    };
+    // A waypoint with Gateway policies of its own gets the class's too; one without gets
+    // the class's alone.
+    let own = ServiceRef::new("demo", "waypoint");
+    let bare = ServiceRef::new("prod", "waypoint");
+    assert_eq!(run(&own, "TRACE", "/"), denied("istio-system/no-trace"));
+    assert_eq!(run(&own, "GET", "/admin"), denied("demo/gw-admin"));
+    assert_eq!(run(&bare, "TRACE", "/"), denied("istio-system/no-trace"));
+    assert_eq!(run(&bare, "GET", "/admin"), Ok(()));
+    assert_eq!(run(&own, "GET", "/"), Ok(()));
 }

@@ -68,6 +68,10 @@ impl<U: Upstreams> Waypoint<U> {
                 parts,
             )
         });
+        if verdict.is_err() {
+            // What was read of the body for a CUSTOM check, which goes no further.
+            rec.request_bytes.set(body.read_ahead());
+        }
         match verdict {
             Ok(()) => Ok(routed),
             Err(Refusal::Unauthenticated(why)) => {

@@ -40,14 +40,15 @@ impl ExtAuthz {
             Some(b) => {
                 headers.insert(PARTIAL_BODY.into(), b.partial.to_string());
                 let raw = self.body.is_some_and(|c| c.raw);
-                let bytes = b.bytes.to_vec();
+                // A handle on what was read, no copy until the check is encoded.
+                let bytes = b.bytes.clone();
                 if raw {
-                    (Vec::new(), bytes)
+                    (Bytes::new(), bytes)
                 } else {
-                    (bytes, Vec::new())
+                    (bytes, Bytes::new())
                 }
             }
-            None => (Vec::new(), Vec::new()),
+            None => (Bytes::new(), Bytes::new()),
         };
         let size = parts
             .headers

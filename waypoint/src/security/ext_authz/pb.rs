@@ -92,10 +92,10 @@ pub struct HttpRequest {
     /// The body (or its first bytes). A `string` in Envoy's proto, carried as bytes (the
     /// same wire type) so that a body that is not UTF-8 goes as the client sent it, as
     /// Envoy sends it; `raw_body` is the field for those.
-    #[prost(bytes = "vec", tag = "11")]
-    pub body: Vec<u8>,
-    #[prost(bytes = "vec", tag = "12")]
-    pub raw_body: Vec<u8>,
+    #[prost(bytes = "bytes", tag = "11")]
+    pub body: bytes::Bytes,
+    #[prost(bytes = "bytes", tag = "12")]
+    pub raw_body: bytes::Bytes,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -76,6 +76,33 @@ fn source_ip_and_remote_ip_conditions() {
 }
 
 #[test]
+fn remote_ip_is_the_last_forwarded_address_as_envoys() {
+    let xff = |v: &str| parts("GET", "/", &[("host", HOST), ("x-forwarded-for", v)]);
+    let t = allow_one(r#"{from: [{source: {remoteIpBlocks: ["203.0.113.0/24"]}}]}"#);
+    // The last address of the header, not the client's.
+    assert!(allows(
+        &t,
+        80,
+        &from("10.1.0.1:1"),
+        xff("198.51.100.1, 203.0.113.9")
+    ));
+    assert!(!allows(
+        &t,
+        80,
+        &from("10.1.0.1:1"),
+        xff("203.0.113.9, 198.51.100.1")
+    ));
+    // Not an address: the client's, as Envoy falls back to the connection's.
+    assert!(!allows(&t, 80, &from("10.1.0.1:1"), xff("unknown")));
+    assert!(allows(&t, 80, &from("203.0.113.7:1"), xff("unknown")));
+    // `ipBlocks` never reads the header.
+    let t = allow_one(r#"{from: [{source: {ipBlocks: ["203.0.113.0/24"]}}]}"#);
+    assert!(!allows(&t, 80, &from("10.1.0.1:1"), xff("203.0.113.9")));
+    let t = allow_one(r#"{when: [{key: remote.ip, values: ["203.0.113.9"]}]}"#);
+    assert!(allows(&t, 80, &from("10.1.0.1:1"), xff("203.0.113.9")));
+}
+
+#[test]
 fn bad_addresses_are_refused_by_field() {
     for (rule, path) in [
         (
