@@ -98,6 +98,12 @@ pub const KINDS: [(Resource, &str); 7] = [
     ),
 ];
 
+/// Objects from the cluster the last build left out, and AuthorizationPolicies it applied
+/// in their safe form ([`fail_closed`]): gauges on `/metrics`, so that a policy that stopped
+/// applying as written is seen, not only logged. One waypoint per process, one build loop.
+pub static LEFT_OUT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+pub static FAIL_CLOSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Changes that arrive together make one rebuild.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
@@ -272,6 +278,12 @@ pub fn build(
         let text = Value::Object(doc).to_string();
         let err = match config::parse(&text, &opts) {
             Ok(snap) => {
+                let closed = left_out.iter().filter(|r| r.4.is_some()).count();
+                FAIL_CLOSED.store(closed, std::sync::atomic::Ordering::Relaxed);
+                LEFT_OUT.store(
+                    left_out.len() - closed,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 let said = left_out
                     .into_iter()
                     .map(|(list, key, path, reason, form): Refused| {

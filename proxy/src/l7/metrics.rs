@@ -55,6 +55,7 @@ pub(super) fn serve_metrics(
                         let table = telemetry.current();
                         let mut text = render_istio(&stats, &snap, &table);
                         text.push_str(&stats.render());
+                        text.push_str(&config_gauges());
                         ("200 OK", text)
                     }
                     "/healthz/ready" => ("200 OK", "ready\n".to_string()),
@@ -324,6 +325,21 @@ fn write_hist<const N: usize>(
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
     }
+}
+
+/// What the cluster's config lost in the last build (`--kube`; zero otherwise).
+fn config_gauges() -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    format!(
+        "# HELP ringmesh_waypoint_config_left_out Objects from Kubernetes the waypoint cannot apply and left out (the log names them).\n\
+         # TYPE ringmesh_waypoint_config_left_out gauge\n\
+         ringmesh_waypoint_config_left_out {}\n\
+         # HELP ringmesh_waypoint_config_policies_fail_closed AuthorizationPolicies that cannot be applied as written, applied in their safe form (ALLOW allows nothing, DENY and CUSTOM deny all).\n\
+         # TYPE ringmesh_waypoint_config_policies_fail_closed gauge\n\
+         ringmesh_waypoint_config_policies_fail_closed {}\n",
+        super::kube::LEFT_OUT.load(Relaxed),
+        super::kube::FAIL_CLOSED.load(Relaxed),
+    )
 }
 
 #[cfg(test)]

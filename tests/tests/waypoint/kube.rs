@@ -288,6 +288,11 @@ fn a_policy_that_cannot_apply_fails_closed() -> Result<()> {
         "{}",
         m.context()
     );
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metrics.contains("\nringmesh_waypoint_config_policies_fail_closed 1\n"),
+        "{metrics}"
+    );
     // Fixed: it applies as written (the client is the principal it allows).
     api.apply(
         POLICIES,
@@ -298,5 +303,10 @@ fn a_policy_that_cannot_apply_fails_closed() -> Result<()> {
             .is_ok_and(|r| r.status == 200 && r.body.starts_with("v1"))
     })
     .with_context(|| m.context())?;
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metrics.contains("\nringmesh_waypoint_config_policies_fail_closed 0\n"),
+        "{metrics}"
+    );
     Ok(())
 }
