@@ -288,6 +288,9 @@ pub struct Rule {
     pub redirect: Option<Redirect>,
     /// A VirtualService entry's `corsPolicy`.
     pub cors: Option<Arc<Cors>>,
+    /// One destination, as istiod counts them: a VirtualService entry's listed
+    /// destinations, an HTTPRoute rule's backendRefs with weight (istiod drops the others).
+    one_destination: bool,
 }
 
 impl Rule {
@@ -308,6 +311,7 @@ impl Rule {
             rewrite: None,
             redirect: None,
             cors: None,
+            one_destination: false,
         }
     }
 
@@ -316,7 +320,7 @@ impl Rule {
     /// route's own); in a weighted split they come first (the weighted cluster's, which
     /// Envoy applies before the route's).
     pub fn backend_edits_last(&self) -> bool {
-        self.backends.iter().filter(|b| b.weight > 0).count() == 1
+        self.one_destination
     }
 
     /// The path modifier that needs the matched prefix, if any.

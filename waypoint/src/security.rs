@@ -588,7 +588,7 @@ fn targets(refs: &[TargetRefSpec], ns: &str, base: &str) -> Result<Vec<Target>, 
         // a waypoint serves no traffic for (a ServiceEntry, another GatewayClass) attaches
         // nowhere here; neither makes the policy invalid, so its other targets keep it.
         if t.namespace.as_deref().is_some_and(|n| n != ns) {
-            tracing::debug!(target = %at, "policy target in another namespace: never matches");
+            tracing::warn!(target = %at, "a policy target in another namespace never matches (as istiod attaches them)");
             continue;
         }
         let name = ServiceRef::new(ns, &t.name);
@@ -598,10 +598,16 @@ fn targets(refs: &[TargetRefSpec], ns: &str, base: &str) -> Result<Vec<Target>, 
                 // namespace (istiod's default, `istio-system`), apply to every waypoint.
                 if t.name == WAYPOINT_CLASS && ns == ROOT_NAMESPACE {
                     out.push(Target::EveryGateway);
+                } else {
+                    tracing::warn!(target = %at, "a GatewayClass target applies only as `istio-waypoint` from the root namespace (istio-system): it matches nothing here");
                 }
                 continue;
             }
-            Some("ServiceEntry") if group == "networking.istio.io" => continue,
+            // A ServiceEntry reaches a waypoint as a Service of the mesh (istiod sends it so),
+            // by its name.
+            Some("ServiceEntry") if group == "networking.istio.io" => {
+                out.push(Target::Service(name));
+            }
             None | Some("Service") => {
                 if !matches!(group, "" | "core") {
                     return Err(err(

@@ -409,19 +409,6 @@ impl<U: Upstreams> Waypoint<U> {
                 );
             }
         };
-        // CORS, after authorization and before faults (Envoy's filter order in a waypoint).
-        if let Some(cors) = &rule.cors {
-            match cors.step(&parts) {
-                CorsStep::Pass => {}
-                CorsStep::Allowed(origin) => rec.cors = Some((cors.clone(), origin)),
-                CorsStep::Answer(headers, origin) => {
-                    rec.cors = origin.map(|o| (cors.clone(), o));
-                    let mut resp = Response::new(Body::full(Bytes::new()));
-                    *resp.headers_mut() = headers;
-                    return self.answer(rec, Outcome::CorsPreflight, resp);
-                }
-            }
-        }
         if let Some(fault) = &rule.fault {
             if let Some((delay, p)) = fault.delay
                 && self.chance(p)
@@ -438,6 +425,20 @@ impl<U: Upstreams> Waypoint<U> {
                     l.grpc_status = abort.grpc_status;
                 }
                 return self.answer(rec, Outcome::FaultAbort, resp);
+            }
+        }
+        // CORS, after authorization and faults, before the router's own answers (Envoy's
+        // filter order in a waypoint: fault, cors, router).
+        if let Some(cors) = &rule.cors {
+            match cors.step(&parts) {
+                CorsStep::Pass => {}
+                CorsStep::Allowed(origin) => rec.cors = Some((cors.clone(), origin)),
+                CorsStep::Answer(headers, origin) => {
+                    rec.cors = origin.map(|o| (cors.clone(), o));
+                    let mut resp = Response::new(Body::full(Bytes::new()));
+                    *resp.headers_mut() = headers;
+                    return self.answer(rec, Outcome::CorsPreflight, resp);
+                }
             }
         }
         if let Some(redirect) = &rule.redirect {

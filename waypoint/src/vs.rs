@@ -387,9 +387,12 @@ fn rule(
     }
     let mut backend_refs = Vec::new();
     for (j, r) in e.route.iter().enumerate() {
+        // A lone destination takes every request whatever its weight says (istiod sends
+        // it as the route's cluster, weight unread).
+        let weight = if e.route.len() == 1 { None } else { r.weight };
         let mut b = backend(
             &r.destination,
-            r.weight,
+            weight,
             &format!("{at}.route[{j}].destination"),
             service,
             subsets,
@@ -540,6 +543,16 @@ fn cors(c: &VsCorsPolicySpec, at: &str) -> Result<crate::route::CorsSpec, RouteE
             .iter()
             .enumerate()
             .map(|(i, m)| match (&m.exact, &m.prefix, &m.regex) {
+                // Empty matchers are refused, as Istio's validation refuses them (an
+                // empty prefix would allow every origin).
+                (Some(v), None, None) | (None, Some(v), None) | (None, None, Some(v))
+                    if v.is_empty() =>
+                {
+                    Err(err(
+                        format!("{at}.allowOrigins[{i}]"),
+                        "an empty match: give an origin, a prefix or a regex",
+                    ))
+                }
                 (Some(e), None, None) => Ok(OriginSpec::Exact(e.clone())),
                 (None, Some(p), None) => Ok(OriginSpec::Prefix(p.clone())),
                 (None, None, Some(r)) => Ok(OriginSpec::Regex(r.clone())),

@@ -34,6 +34,7 @@ virtualServices:
         route: [{destination: {host: echo-v1, port: {number: 80}}}]
         retries: {attempts: 2, retryOn: \"5xx\"}
         fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+        corsPolicy: {allowOrigins: [{exact: \"https://app.test\"}]}
 ";
     // The rest rule aborts everything: only the first two entries reach a backend.
     let m = Mesh::start(196, routes)?;
@@ -60,6 +61,20 @@ virtualServices:
     );
     let r = c.request("GET", "/other", &[], b"")?;
     ensure!(r.status == 418, "{r:?}");
+    // Faults come before CORS (Envoy's order): the abort answers a preflight, bare.
+    let r = c.request(
+        "OPTIONS",
+        "/other",
+        &[
+            ("origin", "https://app.test"),
+            ("access-control-request-method", "GET"),
+        ],
+        b"",
+    )?;
+    ensure!(
+        r.status == 418 && r.header("access-control-allow-origin").is_none(),
+        "{r:?}"
+    );
     // corsPolicy: a preflight from an allowed origin is answered by the waypoint.
     let served = m.v2.requests.load(std::sync::atomic::Ordering::SeqCst);
     let r = c.request(

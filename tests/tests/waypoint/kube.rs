@@ -151,6 +151,12 @@ fn routes_and_policies_come_from_the_kubernetes_api_as_they_change() -> Result<(
     .with_context(|| m.context())?;
     // Each kind was listed, then watched.
     ensure!(api.requests(ROUTES) >= 2, "{}", api.requests(ROUTES));
+    // The AUDIT policy left out, counted.
+    let metrics = m.wp.metrics()?;
+    ensure!(
+        metrics.contains("\nringmesh_waypoint_config_left_out 1\n"),
+        "{metrics}"
+    );
     Ok(())
 }
 

@@ -495,6 +495,11 @@ pub(super) fn compile_rule(
             (delay.is_some() || abort.is_some()).then_some(Fault { delay, abort })
         }
     };
+    let one_destination = if spec.ordered {
+        backends.len() == 1
+    } else {
+        backends.iter().filter(|b| b.weight > 0).count() == 1
+    };
     Ok(Rule {
         route: Arc::from(key),
         name: Arc::from(name),
@@ -513,6 +518,7 @@ pub(super) fn compile_rule(
             .as_ref()
             .map(|c| super::Cors::compile(c, &format!("{at}.corsPolicy")))
             .transpose()?,
+        one_destination,
     })
 }
 

@@ -15,8 +15,9 @@
 //!   `-Expose-Headers`.
 //!
 //! The route's policy is the only one (a waypoint has no virtual host policy to fall back
-//! to). The check runs after authorization, as Envoy's filter comes after RBAC in a
-//! waypoint: a preflight must be allowed like any request.
+//! to). The check runs after authorization and faults, as Envoy's filter comes after RBAC
+//! and the fault filter in a waypoint: a preflight must be allowed like any request, and a
+//! fault's abort answers it without CORS headers.
 
 use std::sync::Arc;
 

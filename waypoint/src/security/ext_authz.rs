@@ -66,8 +66,9 @@ pub const PARTIAL_BODY: &str = "x-envoy-auth-partial-body";
 /// held to it (with a warning). Envoy takes any `uint32`; a waypoint that buffered 4 GiB
 /// per request would give each client a lever on its memory. gRPC's default largest
 /// message is 4 MiB, which most `envoyExtAuthzGrpc` servers hold to: this leaves room for
-/// the request's headers (at most 64 KiB) in the check, so that a body at the limit cannot
-/// turn the check into the provider's error (which `failOpen` would let through). A
+/// the request's head in the check (a gRPC check longer than 4 MiB all the same, from a
+/// long head, is answered 413 rather than sent, where the provider's error would let
+/// `failOpen` through). A
 /// request's check holds about three times this at most: the frames read, the body joined,
 /// the check encoded.
 pub const MAX_BODY_IN_CHECK: u32 = 4 * 1024 * 1024 - 64 * 1024;

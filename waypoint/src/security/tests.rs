@@ -1123,9 +1123,9 @@ fn targets_are_a_service_or_a_gateway() {
 }
 
 #[test]
-fn targets_a_waypoint_serves_nothing_for_do_not_void_the_others() {
-    // A ServiceEntry beside the Service: the DENY still holds on the Service (the whole
-    // policy dropped would open it).
+fn targets_that_attach_nowhere_do_not_void_the_others() {
+    // A GatewayClass not from the root namespace beside the Service: the DENY still holds
+    // on the Service (the whole policy dropped would open it).
     let t = authz(
         "
 - name: p
@@ -1139,6 +1139,12 @@ fn targets_a_waypoint_serves_nothing_for_do_not_void_the_others() {
 ",
     );
     assert_eq!(check(&t, &mut get("/")), denied("demo/p"));
+    // A ServiceEntry reaches the waypoint as a Service of the mesh: attached by name.
+    let mut p = get("/");
+    assert_eq!(
+        t.check(&ServiceRef::new("demo", "ext"), None, 80, &client(), &mut p),
+        denied("demo/p")
+    );
     // Not from the root namespace: a class-wide policy applies nowhere.
     let gw = ServiceRef::new("demo", "waypoint");
     let mut p = get("/");

@@ -83,7 +83,18 @@ impl<U: Upstreams> Waypoint<U> {
             },
             _ => None,
         };
-        let check = p.check(parts, &ctx, read.as_ref()).map(Body::full);
+        let check = p.check(parts, &ctx, read.as_ref());
+        // A check gRPC's default 4 MiB message limit would refuse (a body near the limit
+        // with a long head): 413 here, not the provider's error, which `failOpen` would
+        // let through.
+        if p.grpc && check.body().len() > GRPC_MAX_MESSAGE + 5 {
+            return Err((
+                Outcome::TooLarge,
+                Outcome::TooLarge.details().into(),
+                local(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+            ));
+        }
+        let check = check.map(Body::full);
         let exchange = async {
             let mut tried = Tried::new();
             let (resp, _) = self
@@ -156,6 +167,9 @@ fn provider_page(status: StatusCode, headers: HeaderMap, body: Bytes) -> Respons
     });
     resp
 }
+
+/// gRPC's default largest message, which most `envoyExtAuthzGrpc` servers hold to.
+const GRPC_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 /// Up to `limit` bytes of `body` and its trailers; a longer body is cut there (the rest is
 /// not read), as Envoy cuts a denial's page, and then has no trailers.

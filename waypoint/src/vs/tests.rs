@@ -413,6 +413,10 @@ fn a_cors_policy_is_read_with_istio_meanings_and_checked_by_field() {
     for (cors, field) in [
         ("{allowOrigins: [{exact: a, prefix: b}]}", "allowOrigins[0]"),
         (
+            "{allowOrigins: [{exact: a}, {prefix: \"\"}]}",
+            "allowOrigins[1]",
+        ),
+        (
             "{allowOrigins: [{exact: a}, {regex: \"(\"}]}",
             "allowOrigins[1].regex",
         ),
@@ -427,4 +431,34 @@ fn a_cors_policy_is_read_with_istio_meanings_and_checked_by_field() {
             "{cors}: {e}"
         );
     }
+}
+
+#[test]
+fn one_destination_is_counted_as_istiod_counts_it() {
+    let rule_of = |route: &str| {
+        let vs = format!(
+            "
+- name: reviews
+  namespace: demo
+  hosts: [reviews]
+  http:
+    - route: {route}
+      headers: {{request: {{set: {{x-v: entry}}}}}}
+"
+        );
+        let routes = to_http_routes(&specs(&vs), &resolve, &DestinationRules::default()).unwrap();
+        let t = RouteTable::build(&routes).unwrap();
+        t.select(&ServiceRef::new("demo", "reviews"), 80, &get("/", &[]))
+            .unwrap()
+            .unwrap()
+    };
+    // Two listed, one with no weight: still a weighted split in istiod (the entry's win).
+    let r = rule_of(
+        "[{destination: {host: reviews}, weight: 100, headers: {request: {set: {x-v: a}}}}, {destination: {host: reviews-v2}, weight: 0}]",
+    );
+    assert!(!r.backend_edits_last());
+    // One listed: its edits come last, and a weight of 0 does not stop it.
+    let r = rule_of("[{destination: {host: reviews}, weight: 0}]");
+    assert!(r.backend_edits_last());
+    assert!(r.pick_for(&ServiceRef::new("demo", "reviews"), 7).is_some());
 }

@@ -50,11 +50,17 @@ pub(super) fn build_security(
         }));
     for (list, ns, name, targets) in refs {
         for (i, t) in targets.iter().enumerate() {
-            // A Gateway is the waypoint's own, not a Service of the file.
-            if t.kind.as_deref() == Some("Gateway") {
+            // Only a Service (or ServiceEntry) target in the policy's own namespace names a
+            // Service of the file; a Gateway or GatewayClass is the waypoint's, and a target
+            // in another namespace never matches (as istiod attaches them).
+            if !matches!(
+                t.kind.as_deref(),
+                None | Some("Service") | Some("ServiceEntry")
+            ) || t.namespace.as_deref().is_some_and(|n| n != ns.as_str())
+            {
                 continue;
             }
-            let tns = t.namespace.as_deref().unwrap_or(ns);
+            let tns = ns.as_str();
             if !known.contains(&(tns, t.name.as_str())) {
                 return Err(invalid(
                     format!("{list}[{ns}/{name}].targetRefs[{i}]"),
