@@ -632,6 +632,8 @@ fn the_default_retry_policy_hides_an_unreachable_endpoint() -> Result<()> {
 }
 
 // The rest, by feature (one test binary: each file here is a module of it).
+#[path = "waypoint/ext_authz.rs"]
+mod ext_authz;
 #[path = "waypoint/grpc_route.rs"]
 mod grpc_route;
 #[path = "waypoint/istio.rs"]

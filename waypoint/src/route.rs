@@ -28,12 +28,14 @@ use regex::Regex;
 
 pub use policy::{Abort, Fault, GRPC_RETRY_ON, Mirror, Retry};
 
+mod backend;
 mod compile;
 mod cors;
 mod grpc;
 mod policy;
 mod spec;
 
+pub use backend::{BackendEdits, HeaderEdits};
 pub use compile::duration;
 pub use cors::{Cors, CorsSpec, CorsStep, OriginSpec};
 
@@ -102,41 +104,6 @@ pub struct Backend {
     /// Its own header edits (a backendRef's filters, a VirtualService destination's
     /// `headers`); `None` for most, so a pick clones no more than a reference count.
     pub edits: Option<Arc<BackendEdits>>,
-}
-
-/// A backend's own header edits: in a weighted split applied before its rule's (Envoy
-/// applies the weighted cluster's, then the route's), for a rule's one backend after them
-/// (istiod appends the destination's to the route's); see [`Rule::backend_edits_last`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BackendEdits {
-    pub request: HeaderEdits,
-    pub response: HeaderEdits,
-}
-
-/// Header edits, applied in Gateway API's order: set, add, remove.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HeaderEdits {
-    set: Vec<(HeaderName, HeaderValue)>,
-    add: Vec<(HeaderName, HeaderValue)>,
-    remove: Vec<HeaderName>,
-}
-
-impl HeaderEdits {
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
-    }
-
-    pub fn apply(&self, headers: &mut http::HeaderMap) {
-        for (k, v) in &self.set {
-            headers.insert(k.clone(), v.clone());
-        }
-        for (k, v) in &self.add {
-            headers.append(k.clone(), v.clone());
-        }
-        for k in &self.remove {
-            headers.remove(k);
-        }
-    }
 }
 
 /// A path modifier (Gateway API's `HTTPPathModifier`, or Istio's `rewrite.uri`), resolved

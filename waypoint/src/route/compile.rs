@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
+use super::backend::{compile_backend, edits};
 use super::*;
 
 pub(super) fn service_kind(
@@ -158,115 +159,6 @@ pub(super) fn percent(v: Option<f64>, at: &str) -> Result<f64, RouteError> {
     Ok(p / 100.0)
 }
 
-pub(super) fn backend(b: &BackendRefSpec, ns: &str, at: &str) -> Result<Backend, RouteError> {
-    service_kind(b.kind.as_deref(), b.group.as_deref(), at)?;
-    if b.name.is_empty() {
-        return Err(err(format!("{at}.name"), "must not be empty"));
-    }
-    if b.port == Some(0) {
-        return Err(err(format!("{at}.port"), "0 is not a port"));
-    }
-    let mut own = BackendEdits::default();
-    let mut seen = std::collections::HashSet::new();
-    for (i, f) in b.filters.iter().enumerate() {
-        let at = format!("{at}.filters[{i}]");
-        let (body, field) = match f.kind.as_str() {
-            "RequestHeaderModifier" => (&f.request_header_modifier, "requestHeaderModifier"),
-            "ResponseHeaderModifier" => (&f.response_header_modifier, "responseHeaderModifier"),
-            other => {
-                return Err(err(
-                    format!("{at}.type"),
-                    format!(
-                        "{other:?}: a backendRef's filters may be RequestHeaderModifier or ResponseHeaderModifier (as istiod's)"
-                    ),
-                ));
-            }
-        };
-        if !seen.insert(f.kind.as_str()) {
-            return Err(err(
-                format!("{at}.type"),
-                format!("a second {} filter on one backendRef", f.kind),
-            ));
-        }
-        let others = [
-            ("requestMirror", f.request_mirror.is_some()),
-            ("urlRewrite", f.url_rewrite.is_some()),
-            ("requestRedirect", f.request_redirect.is_some()),
-            (
-                "responseHeaderModifier",
-                field != "responseHeaderModifier" && f.response_header_modifier.is_some(),
-            ),
-            (
-                "requestHeaderModifier",
-                field != "requestHeaderModifier" && f.request_header_modifier.is_some(),
-            ),
-        ];
-        if let Some((other, _)) = others.iter().find(|(_, set)| *set) {
-            return Err(err(
-                format!("{at}.{other}"),
-                format!("does not belong to a filter of type {}", f.kind),
-            ));
-        }
-        let Some(h) = body else {
-            return Err(err(
-                format!("{at}.{field}"),
-                format!("required by type {}", f.kind),
-            ));
-        };
-        let e = edits(h, &format!("{at}.{field}"))?;
-        if field == "requestHeaderModifier" {
-            own.request = e;
-        } else {
-            own.response = e;
-        }
-    }
-    let edits = (!own.request.is_empty() || !own.response.is_empty()).then(|| Arc::new(own));
-    Ok(Backend {
-        service: ServiceRef::new(b.namespace.as_deref().unwrap_or(ns), &b.name),
-        subset: b.subset.as_deref().map(Arc::from),
-        port: b.port,
-        weight: b.weight.unwrap_or(1),
-        edits,
-    })
-}
-
-pub(super) fn edits(h: &HeaderModifierSpec, at: &str) -> Result<HeaderEdits, RouteError> {
-    let name = |n: &str, at: String| {
-        HeaderName::from_bytes(n.as_bytes())
-            .map_err(|_| err(at, format!("{n:?} is not a header name")))
-    };
-    let pair = |v: &HeaderValueSpec, at: String| -> Result<(HeaderName, HeaderValue), RouteError> {
-        let n = name(&v.name, format!("{at}.name"))?;
-        let val = HeaderValue::from_str(&v.value).map_err(|_| {
-            err(
-                format!("{at}.value"),
-                format!("{:?} is not a header value", v.value),
-            )
-        })?;
-        Ok((n, val))
-    };
-    Ok(HeaderEdits {
-        set: h
-            .set
-            .iter()
-            .enumerate()
-            .map(|(i, v)| pair(v, format!("{at}.set[{i}]")))
-            .collect::<Result<_, _>>()?,
-        add: h
-            .add
-            .iter()
-            .enumerate()
-            .map(|(i, v)| pair(v, format!("{at}.add[{i}]")))
-            .collect::<Result<_, _>>()?,
-        remove: h
-            .remove
-            .iter()
-            .enumerate()
-            .map(|(i, n)| name(n, format!("{at}.remove[{i}]")))
-            .collect::<Result<_, _>>()?,
-    })
-}
-
 pub(super) fn compile_rule(
     rule: &RuleSpec,
     spec: &HttpRouteSpec,
@@ -277,7 +169,7 @@ pub(super) fn compile_rule(
     let ns = &spec.namespace;
     let mut backends = Vec::new();
     for (i, b) in rule.backend_refs.iter().enumerate() {
-        backends.push(backend(b, ns, &format!("{at}.backendRefs[{i}]"))?);
+        backends.push(compile_backend(b, ns, &format!("{at}.backendRefs[{i}]"))?);
     }
     // No backends: each request goes to the parent it addressed (`Rule::pick_for`).
     let total_weight = if backends.is_empty() {
@@ -354,7 +246,7 @@ pub(super) fn compile_rule(
                         ));
                     }
                     mirror = Some(Mirror {
-                        backend: backend(
+                        backend: compile_backend(
                             &m.backend_ref,
                             ns,
                             &format!("{at}.requestMirror.backendRef"),

@@ -1,0 +1,140 @@
+//! What a policy attaches to: a Service, the waypoint's Gateway (its own level, checked
+//! first), the waypoint class from the root namespace; targets that attach nowhere here.
+use super::*;
+
+#[test]
+fn gateway_policies_apply_to_every_service_and_both_levels_must_allow() {
+    let t = authz(
+        "
+- name: gw-allow
+  namespace: demo
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  rules: [{to: [{operation: {methods: [GET, POST]}}]}]
+- name: gw-deny
+  namespace: demo
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin*]}}]}]
+- name: web-allow
+  namespace: demo
+  targetRefs: [{name: web}]
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+",
+    );
+    let gw = ServiceRef::new("demo", "waypoint");
+    let other = ServiceRef::new("demo", "other");
+    let run = |svc: &ServiceRef, gateway: Option<&ServiceRef>, method: &str, path: &str| {
+        t.check(
+            svc,
+            gateway,
+            80,
+            &client(),
+            &mut parts(method, path, &[("host", HOST)]),
+        )
+    };
+    // Through this Gateway: its policies hold for a Service with none of its own...
+    assert_eq!(run(&other, Some(&gw), "POST", "/x"), Ok(()));
+    assert_eq!(run(&other, Some(&gw), "PUT", "/x"), denied("demo/gw-allow"));
+    assert_eq!(
+        run(&other, Some(&gw), "GET", "/admin/x"),
+        denied("demo/gw-deny")
+    );
+    // ...and with the Service's: both levels must allow (POST passes the Gateway's, not
+    // web's).
+    assert_eq!(run(&web(), Some(&gw), "GET", "/x"), Ok(()));
+    assert_eq!(
+        run(&web(), Some(&gw), "POST", "/x"),
+        denied("demo/web-allow")
+    );
+    // Another waypoint's Gateway, or none: the Gateway's policies do not apply.
+    let elsewhere = ServiceRef::new("prod", "waypoint");
+    assert_eq!(run(&other, Some(&elsewhere), "PUT", "/admin"), Ok(()));
+    assert_eq!(run(&other, None, "PUT", "/admin"), Ok(()));
+}
+
+#[test]
+fn targets_are_a_service_or_a_gateway() {
+    let bad = |refs: &str| {
+        authz_err(&format!(
+            "[{{name: p, namespace: demo, targetRefs: [{refs}], rules: [{{}}]}}]"
+        ))
+        .path
+    };
+    assert_eq!(
+        bad("{kind: Gateway, name: waypoint}"),
+        "authorizationPolicies[demo/p].targetRefs[0].group"
+    );
+    assert_eq!(
+        bad("{kind: Service, group: apps, name: web}"),
+        "authorizationPolicies[demo/p].targetRefs[0].group"
+    );
+}
+
+#[test]
+fn targets_that_attach_nowhere_do_not_void_the_others() {
+    // A GatewayClass not from the root namespace beside the Service: the DENY still holds
+    // on the Service (the whole policy dropped would open it).
+    let t = authz(
+        "
+- name: p
+  namespace: demo
+  action: DENY
+  targetRefs:
+  - {kind: Service, group: '', name: web}
+  - {kind: ServiceEntry, group: networking.istio.io, name: ext}
+  - {kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}
+  rules: [{}]
+",
+    );
+    assert_eq!(check(&t, &mut get("/")), denied("demo/p"));
+    // A ServiceEntry reaches the waypoint as a Service of the mesh: attached by name.
+    let mut p = get("/");
+    assert_eq!(
+        t.check(&ServiceRef::new("demo", "ext"), None, 80, &client(), &mut p),
+        denied("demo/p")
+    );
+    // Not from the root namespace: a class-wide policy applies nowhere.
+    let gw = ServiceRef::new("demo", "waypoint");
+    let mut p = get("/");
+    assert_eq!(
+        t.check(
+            &ServiceRef::new("demo", "other"),
+            Some(&gw),
+            80,
+            &client(),
+            &mut p
+        ),
+        Ok(())
+    );
+}
+
+#[test]
+fn a_root_namespace_policy_on_the_waypoint_class_applies_to_every_waypoint() {
+    let t = authz(
+        "
+- name: no-trace
+  namespace: istio-system
+  action: DENY
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]
+  rules: [{to: [{operation: {methods: [TRACE]}}]}]
+- name: gw-admin
+  namespace: demo
+  action: DENY
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+",
+    );
+    let run = |gw: &ServiceRef, method: &str, path: &str| {
+        let mut p = parts(method, path, &[("host", HOST)]);
+        t.check(&web(), Some(gw), 80, &client(), &mut p)
+    };
+    // A waypoint with Gateway policies of its own gets the class's too; one without gets
+    // the class's alone.
+    let own = ServiceRef::new("demo", "waypoint");
+    let bare = ServiceRef::new("prod", "waypoint");
+    assert_eq!(run(&own, "TRACE", "/"), denied("istio-system/no-trace"));
+    assert_eq!(run(&own, "GET", "/admin"), denied("demo/gw-admin"));
+    assert_eq!(run(&bare, "TRACE", "/"), denied("istio-system/no-trace"));
+    assert_eq!(run(&bare, "GET", "/admin"), Ok(()));
+    assert_eq!(run(&own, "GET", "/"), Ok(()));
+}
