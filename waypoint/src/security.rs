@@ -193,19 +193,47 @@ struct ServiceSecurity {
     allow: Vec<Arc<Policy>>,
 }
 
+impl ServiceSecurity {
+    fn is_empty(&self) -> bool {
+        self.jwt.is_empty()
+            && self.custom.is_empty()
+            && self.deny.is_empty()
+            && self.allow.is_empty()
+    }
+}
+
 /// Every L7 policy and JWT rule, by target: a Service, or a waypoint's Gateway.
 #[derive(Debug, Default)]
 pub struct SecurityTable {
     by_service: HashMap<ServiceRef, ServiceSecurity>,
-    /// By the Gateway's namespace and name.
+    /// By the Gateway's namespace and name: its own policies.
     by_gateway: HashMap<ServiceRef, ServiceSecurity>,
-    /// Policies on every waypoint (GatewayClass `istio-waypoint`): merged into each
-    /// Gateway's, and a Gateway without its own has these.
-    every_gateway: ServiceSecurity,
+    /// Policies on GatewayClass `istio-waypoint`, by the namespace they live in. Only the
+    /// MeshConfig's `rootNamespace`'s apply (to every waypoint), and which namespace that
+    /// is comes with the MeshConfig, which may change without this table being rebuilt:
+    /// each namespace's are kept, merged ahead of time with every Gateway's own.
+    by_class: HashMap<Arc<str>, ClassLevel>,
     policies: usize,
     authentications: usize,
     /// Any CUSTOM policy at all: without one, the CUSTOM step costs a branch.
     has_custom: bool,
+}
+
+/// The class-wide policies of one namespace: alone (for a Gateway without its own), and
+/// merged with each Gateway's own (one RBAC filter in Envoy's waypoint: an ALLOW of either
+/// lets a request in).
+#[derive(Debug, Default)]
+struct ClassLevel {
+    alone: ServiceSecurity,
+    with_gateway: HashMap<ServiceRef, ServiceSecurity>,
+}
+
+/// The waypoint a request passes: its Gateway, and the MeshConfig's `rootNamespace`, whose
+/// policies on GatewayClass `istio-waypoint` apply to every waypoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Through<'a> {
+    pub gateway: &'a ServiceRef,
+    pub root: &'a str,
 }
 
 /// What the request's caller is, for `source.*` matches: the tunnel's peer.
@@ -336,12 +364,20 @@ impl SecurityTable {
             }
             table.authentications += 1;
         }
-        let every = table.every_gateway.clone();
-        for g in table.by_gateway.values_mut() {
-            g.jwt.extend(every.jwt.iter().cloned());
-            g.custom.extend(every.custom.iter().cloned());
-            g.deny.extend(every.deny.iter().cloned());
-            g.allow.extend(every.allow.iter().cloned());
+        for class in table.by_class.values_mut() {
+            class.with_gateway = table
+                .by_gateway
+                .iter()
+                .map(|(g, own)| {
+                    let mut both = own.clone();
+                    let c = &class.alone;
+                    both.jwt.extend(c.jwt.iter().cloned());
+                    both.custom.extend(c.custom.iter().cloned());
+                    both.deny.extend(c.deny.iter().cloned());
+                    both.allow.extend(c.allow.iter().cloned());
+                    (g.clone(), both)
+                })
+                .collect();
         }
         Ok(table)
     }
@@ -350,21 +386,25 @@ impl SecurityTable {
         match t {
             Target::Service(s) => self.by_service.entry(s).or_default(),
             Target::Gateway(g) => self.by_gateway.entry(g).or_default(),
-            Target::EveryGateway => &mut self.every_gateway,
+            Target::Class(ns) => &mut self.by_class.entry(ns).or_default().alone,
         }
     }
 
-    /// Gateway `g`'s level: its own policies and the class-wide ones, or the class-wide
-    /// ones alone.
-    fn gateway_level(&self, g: &ServiceRef) -> Option<&ServiceSecurity> {
-        self.by_gateway.get(g).or_else(|| {
-            let e = &self.every_gateway;
-            let any = !(e.jwt.is_empty()
-                && e.custom.is_empty()
-                && e.deny.is_empty()
-                && e.allow.is_empty());
-            any.then_some(e)
-        })
+    /// The Gateway's level: its own policies with the root namespace's class-wide ones,
+    /// or either alone.
+    fn gateway_level(&self, t: Through<'_>) -> Option<&ServiceSecurity> {
+        // Most meshes have no class-wide policy: one lookup then.
+        let class = match self.by_class.is_empty() {
+            true => None,
+            false => self.by_class.get(t.root),
+        };
+        match class {
+            None => self.by_gateway.get(t.gateway),
+            Some(c) => c
+                .with_gateway
+                .get(t.gateway)
+                .or_else(|| (!c.alone.is_empty()).then_some(&c.alone)),
+        }
     }
 
     /// Policies and authentications compiled.
@@ -378,7 +418,7 @@ impl SecurityTable {
     pub fn custom(
         &self,
         service: &ServiceRef,
-        gateway: Option<&ServiceRef>,
+        through: Option<Through<'_>>,
         port: u16,
         peer: &Peer,
         parts: &Parts,
@@ -387,7 +427,7 @@ impl SecurityTable {
             return Ok(None);
         }
         let levels = [
-            gateway.and_then(|g| self.gateway_level(g)),
+            through.and_then(|t| self.gateway_level(t)),
             self.by_service.get(service),
         ];
         let mut custom = levels.iter().flatten().flat_map(|l| &l.custom).peekable();
@@ -422,12 +462,12 @@ impl SecurityTable {
     pub fn check(
         &self,
         service: &ServiceRef,
-        gateway: Option<&ServiceRef>,
+        through: Option<Through<'_>>,
         port: u16,
         peer: &Peer,
         parts: &mut Parts,
     ) -> Result<(), Refusal> {
-        let g = gateway.and_then(|g| self.gateway_level(g));
+        let g = through.and_then(|t| self.gateway_level(t));
         let s = self.by_service.get(service);
         if g.is_none() && s.is_none() {
             return Ok(());
@@ -476,15 +516,13 @@ enum Target {
     Service(ServiceRef),
     /// A waypoint's Gateway (Gateway API), by namespace and name.
     Gateway(ServiceRef),
-    /// Every waypoint (a root-namespace policy on GatewayClass `istio-waypoint`).
-    EveryGateway,
+    /// GatewayClass `istio-waypoint`, from this namespace: every waypoint, when it is the
+    /// MeshConfig's `rootNamespace`.
+    Class(Arc<str>),
 }
 
 /// The GatewayClass of Istio's waypoints, which a root-namespace policy may target.
 const WAYPOINT_CLASS: &str = "istio-waypoint";
-
-/// istiod's default root namespace (MeshConfig `rootNamespace`).
-const ROOT_NAMESPACE: &str = "istio-system";
 
 fn targets(refs: &[TargetRefSpec], ns: &str, base: &str) -> Result<Vec<Target>, RouteError> {
     if refs.is_empty() {
@@ -508,12 +546,13 @@ fn targets(refs: &[TargetRefSpec], ns: &str, base: &str) -> Result<Vec<Target>, 
         let name = ServiceRef::new(ns, &t.name);
         match t.kind.as_deref() {
             Some("GatewayClass") if group == "gateway.networking.k8s.io" => {
-                // Istio's class-wide policies: GatewayClass `istio-waypoint`, from the root
-                // namespace (istiod's default, `istio-system`), apply to every waypoint.
-                if t.name == WAYPOINT_CLASS && ns == ROOT_NAMESPACE {
-                    out.push(Target::EveryGateway);
+                // Istio's class-wide policies: GatewayClass `istio-waypoint`, from the
+                // MeshConfig's root namespace (`istio-system` by default), apply to every
+                // waypoint; from another namespace, to none (kept: the root may change).
+                if t.name == WAYPOINT_CLASS {
+                    out.push(Target::Class(ns.into()));
                 } else {
-                    tracing::warn!(target = %at, "a GatewayClass target applies only as `istio-waypoint` from the root namespace (istio-system): it matches nothing here");
+                    tracing::warn!(target = %at, "a GatewayClass target applies only as `istio-waypoint` (from the MeshConfig's rootNamespace): it matches nothing here");
                 }
                 continue;
             }

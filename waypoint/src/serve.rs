@@ -43,7 +43,7 @@ use crate::dr::pool::Slot;
 use crate::dr::{Limits, Outlier, PoolPolicy};
 use crate::io::{LocalExec, Protocol, sniff};
 use crate::route::{Backend, CorsStep, Retry, RouteTable, Rule, ServiceRef};
-use crate::security::{Peer, Refusal, SecurityTable};
+use crate::security::{Peer, Refusal, SecurityTable, Through};
 use crate::stats::{Key, Messages, Outcome, Stats};
 use crate::telemetry::{Plan, TelemetryTable};
 use crate::trace::{TraceCtx, Tracing};

@@ -232,6 +232,8 @@ pub struct TelemetryTable {
     /// Expressions of `UPSERT` tags, by tag name, over every Service.
     upserts: BTreeMap<String, Expr>,
     authz: Arc<crate::security::ext_authz::AuthzProviders>,
+    /// The MeshConfig's `rootNamespace`: where class-wide policies (and Telemetry) live.
+    root_namespace: Arc<str>,
 }
 
 impl TelemetryTable {
@@ -254,7 +256,14 @@ impl TelemetryTable {
             by_service: HashMap::new(),
             upserts: BTreeMap::new(),
             authz: Arc::default(),
+            root_namespace: DEFAULT_ROOT_NAMESPACE.into(),
         }
+    }
+
+    /// The MeshConfig's `rootNamespace` (`istio-system` without one): the namespace whose
+    /// policies on GatewayClass `istio-waypoint` apply to every waypoint.
+    pub fn root_namespace(&self) -> &str {
+        &self.root_namespace
     }
 
     /// The MeshConfig's authorization provider `name`: usable, or why not; `None` when the

@@ -232,6 +232,59 @@ authorizationPolicies:
     Ok(())
 }
 
+/// Policies on GatewayClass `istio-waypoint` apply to every waypoint from the MeshConfig's
+/// `rootNamespace` (`istio-system` without one), read from `--mesh-config` and followed
+/// when the file changes, as istiod re-pushes on a new MeshConfig.
+#[test]
+fn class_wide_policies_follow_the_mesh_configs_root_namespace() -> Result<()> {
+    let x = 166;
+    let class = |ns: &str, method: &str| {
+        format!(
+            "  - name: no-{method}
+    namespace: {ns}
+    targetRefs: [{{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}}]
+    action: DENY
+    rules: [{{to: [{{operation: {{methods: [{method}]}}}}]}}]
+"
+        )
+    };
+    let routes = format!(
+        "  - name: echo
+    namespace: demo
+    parentRefs: [{{name: echo}}]
+    rules:
+      - backendRefs: [{{name: echo-v1, port: 80}}]
+authorizationPolicies:
+{}{}",
+        class("istio-system", "TRACE"),
+        class("mesh-root", "PUT")
+    );
+    let dir = tempfile::tempdir()?;
+    let mesh_cfg = dir.path().join("mesh.yaml");
+    std::fs::write(&mesh_cfg, "defaultProviders: {metrics: [prometheus]}\n")?;
+    let mesh_arg = mesh_cfg.display().to_string();
+    let m = Mesh::start_config(
+        x,
+        &mesh_config(x, &routes),
+        &["--mesh-config", &mesh_arg],
+        &[],
+    )?;
+    let mut c = m.client()?;
+    let status = |c: &mut Client, method: &str| c.request(method, "/x", &[], b"").map(|r| r.status);
+    // The default root: istio-system's policy holds, mesh-root's does not.
+    ensure!(status(&mut c, "TRACE")? == 403, "{}", m.context());
+    ensure!(status(&mut c, "PUT")? == 200, "{}", m.context());
+    // A new root: its policy holds from then on, and the old root's no longer does.
+    std::fs::write(&mesh_cfg, "rootNamespace: mesh-root\n")?;
+    e2e::wait_for(Duration::from_secs(10), "rootNamespace applied", || {
+        status(&mut c, "PUT").is_ok_and(|s| s == 403)
+    })
+    .with_context(|| m.context())?;
+    ensure!(status(&mut c, "TRACE")? == 200, "{}", m.context());
+    ensure!(status(&mut c, "GET")? == 200, "{}", m.context());
+    Ok(())
+}
+
 #[test]
 fn jwks_from_a_uri_and_by_openid_discovery() -> Result<()> {
     let x = 187;

@@ -26,6 +26,14 @@ fn web() -> ServiceRef {
     ServiceRef::new("demo", "web")
 }
 
+/// Through the waypoint of Gateway `gw`, in a mesh whose root namespace is Istio's default.
+fn via(gw: &ServiceRef) -> Option<Through<'_>> {
+    Some(Through {
+        gateway: gw,
+        root: "istio-system",
+    })
+}
+
 fn policies(yaml: &str) -> Vec<AuthorizationPolicySpec> {
     serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("bad test YAML: {e}\n{yaml}"))
 }

@@ -24,14 +24,12 @@ impl<U: Upstreams> Waypoint<U> {
         rec: &mut Record,
     ) -> Result<Routed, (Outcome, Response<Body>)> {
         let security = self.security.borrow().clone();
+        let through = self.gateway.as_ref().map(|gateway| Through {
+            gateway,
+            root: table.root_namespace(),
+        });
         let mut routed = None;
-        let custom = security.custom(
-            &target.service,
-            self.gateway.as_ref(),
-            target.port,
-            &target.peer,
-            parts,
-        );
+        let custom = security.custom(&target.service, through, target.port, &target.peer, parts);
         let verdict = match custom {
             Ok(Some((provider, policy))) => {
                 match self
@@ -60,13 +58,7 @@ impl<U: Upstreams> Waypoint<U> {
             Err(refusal) => Err(refusal),
         };
         let verdict = verdict.and_then(|()| {
-            security.check(
-                &target.service,
-                self.gateway.as_ref(),
-                target.port,
-                &target.peer,
-                parts,
-            )
+            security.check(&target.service, through, target.port, &target.peer, parts)
         });
         if verdict.is_err() {
             // What was read of the body for a CUSTOM check, which goes no further.

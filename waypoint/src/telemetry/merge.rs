@@ -99,6 +99,7 @@ impl TelemetryTable {
                 by_service,
                 upserts: b.upserts,
                 authz: Arc::new(mesh.authz_providers()),
+                root_namespace: mesh.root_namespace.as_str().into(),
             },
             warnings,
         ))

@@ -73,13 +73,13 @@ fn the_gateways_and_the_services_custom_policies_are_one_set() {
     // Two providers over both levels: what either matches is refused, once.
     for path in ["/admin", "/ops"] {
         assert_eq!(
-            t.custom(&web(), Some(&gw), 80, &client(), &get(path)),
+            t.custom(&web(), via(&gw), 80, &client(), &get(path)),
             denied(BAD_CUSTOM).map(|()| None),
             "{path}"
         );
     }
     assert_eq!(
-        t.custom(&web(), Some(&gw), 80, &client(), &get("/x")),
+        t.custom(&web(), via(&gw), 80, &client(), &get("/x")),
         Ok(None)
     );
     // Without the Gateway's, the Service's alone: one provider.

@@ -26,7 +26,7 @@ fn gateway_policies_apply_to_every_service_and_both_levels_must_allow() {
     let run = |svc: &ServiceRef, gateway: Option<&ServiceRef>, method: &str, path: &str| {
         t.check(
             svc,
-            gateway,
+            gateway.and_then(via),
             80,
             &client(),
             &mut parts(method, path, &[("host", HOST)]),
@@ -99,7 +99,7 @@ fn targets_that_attach_nowhere_do_not_void_the_others() {
     assert_eq!(
         t.check(
             &ServiceRef::new("demo", "other"),
-            Some(&gw),
+            via(&gw),
             80,
             &client(),
             &mut p
@@ -126,7 +126,7 @@ fn a_root_namespace_policy_on_the_waypoint_class_applies_to_every_waypoint() {
     );
     let run = |gw: &ServiceRef, method: &str, path: &str| {
         let mut p = parts(method, path, &[("host", HOST)]);
-        t.check(&web(), Some(gw), 80, &client(), &mut p)
+        t.check(&web(), via(gw), 80, &client(), &mut p)
     };
     // A waypoint with Gateway policies of its own gets the class's too; one without gets
     // the class's alone.
@@ -137,4 +137,52 @@ fn a_root_namespace_policy_on_the_waypoint_class_applies_to_every_waypoint() {
     assert_eq!(run(&bare, "TRACE", "/"), denied("istio-system/no-trace"));
     assert_eq!(run(&bare, "GET", "/admin"), Ok(()));
     assert_eq!(run(&own, "GET", "/"), Ok(()));
+}
+
+#[test]
+fn the_class_wide_policies_are_the_mesh_configs_root_namespaces() {
+    let t = authz(
+        "
+- name: no-trace
+  namespace: istio-system
+  action: DENY
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]
+  rules: [{to: [{operation: {methods: [TRACE]}}]}]
+- name: only-get
+  namespace: mesh-root
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+- name: gw-head
+  namespace: demo
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  rules: [{to: [{operation: {methods: [HEAD]}}]}]
+",
+    );
+    let own = ServiceRef::new("demo", "waypoint");
+    let bare = ServiceRef::new("prod", "waypoint");
+    let run = |gw: &ServiceRef, root: &str, method: &str| {
+        let mut p = parts(method, "/", &[("host", HOST)]);
+        let through = Through { gateway: gw, root };
+        t.check(&web(), Some(through), 80, &client(), &mut p)
+    };
+    // Root `istio-system`: its DENY on every waypoint; `mesh-root`'s ALLOW nowhere.
+    assert_eq!(
+        run(&bare, "istio-system", "TRACE"),
+        denied("istio-system/no-trace")
+    );
+    assert_eq!(run(&bare, "istio-system", "POST"), Ok(()));
+    assert_eq!(run(&own, "istio-system", "GET"), denied("demo/gw-head"));
+    // Root `mesh-root`: its ALLOW on every waypoint, in one set with a Gateway's own ALLOW
+    // (either lets a request in); `istio-system`'s DENY no longer applies.
+    assert_eq!(
+        run(&bare, "mesh-root", "TRACE"),
+        denied("mesh-root/only-get")
+    );
+    assert_eq!(run(&bare, "mesh-root", "GET"), Ok(()));
+    assert_eq!(run(&own, "mesh-root", "GET"), Ok(()));
+    assert_eq!(run(&own, "mesh-root", "HEAD"), Ok(()));
+    assert_eq!(run(&own, "mesh-root", "POST"), denied("demo/gw-head"));
+    // A root with no class-wide policy: a Gateway's own alone, or nothing.
+    assert_eq!(run(&own, "elsewhere", "GET"), denied("demo/gw-head"));
+    assert_eq!(run(&bare, "elsewhere", "TRACE"), Ok(()));
 }
