@@ -549,6 +549,10 @@ fn url_rewrites_and_redirects() -> Result<()> {
         backendRefs: [{name: echo-v2, port: 80}]
         filters:
           - {type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /healthz}}}
+      - matches: [{path: {type: PathPrefix, value: /cors}}]
+        backendRefs: [{name: echo-v1, port: 80}]
+        filters:
+          - {type: CORS, cors: {allowOrigins: ['https://*.example'], allowMethods: [PUT], exposeHeaders: [x-trace]}}
 ";
     let m = Mesh::start(199, routes)?;
     let mut c = m.client()?;
@@ -578,10 +582,43 @@ fn url_rewrites_and_redirects() -> Result<()> {
     );
     // Host untouched where the rule does not rewrite it.
     ensure!(r.body.contains("host: echo.test\n"), "{r:?}");
+    // Gateway API's CORS filter: a preflight from an allowed origin is answered by the
+    // waypoint, one from another origin answered bare (istiod's IGNORE); the request
+    // itself goes on and its answer carries the origin's headers.
+    let preflight = |c: &mut Client, origin: &str| {
+        c.request(
+            "OPTIONS",
+            "/cors/a",
+            &[("origin", origin), ("access-control-request-method", "PUT")],
+            b"",
+        )
+    };
+    let r = preflight(&mut c, "https://app.example")?;
     ensure!(
-        m.v1.requests.load(std::sync::atomic::Ordering::SeqCst) == 1
+        r.status == 200
+            && r.header("access-control-allow-origin") == Some("https://app.example")
+            && r.header("access-control-allow-methods") == Some("PUT")
+            && r.header("access-control-max-age") == Some("5"),
+        "{r:?}\n{}",
+        m.context()
+    );
+    let r = preflight(&mut c, "https://app.other")?;
+    ensure!(
+        r.status == 200 && r.header("access-control-allow-origin").is_none(),
+        "{r:?}"
+    );
+    let r = c.request("GET", "/cors/b", &[("origin", "https://app.example")], b"")?;
+    ensure!(
+        r.status == 200
+            && r.body.starts_with("v1 GET /cors/b\n")
+            && r.header("access-control-allow-origin") == Some("https://app.example")
+            && r.header("access-control-expose-headers") == Some("x-trace"),
+        "{r:?}"
+    );
+    ensure!(
+        m.v1.requests.load(std::sync::atomic::Ordering::SeqCst) == 2
             && m.v2.requests.load(std::sync::atomic::Ordering::SeqCst) == 1,
-        "backends saw redirects"
+        "backends saw redirects or preflights"
     );
     let metrics = m.wp.metrics()?;
     let redirects = metric_sum(

@@ -182,6 +182,7 @@ pub(super) fn compile_rule(
     let mut mirror = None;
     let mut rewrite = None;
     let mut redirect = None;
+    let mut cors = None;
     let mut seen_filters = std::collections::HashSet::new();
     for (i, f) in rule.filters.iter().enumerate() {
         let at = format!("{at}.filters[{i}]");
@@ -194,6 +195,7 @@ pub(super) fn compile_rule(
             ("requestMirror", f.request_mirror.is_some()),
             ("urlRewrite", f.url_rewrite.is_some()),
             ("requestRedirect", f.request_redirect.is_some()),
+            ("cors", f.cors.is_some()),
         ];
         let body_of = |present: bool, field: &str| {
             if !present {
@@ -267,11 +269,17 @@ pub(super) fn compile_rule(
                     redirect = Some(compile_redirect(r, &format!("{at}.requestRedirect"))?);
                 }
             }
+            "CORS" => {
+                body_of(f.cors.is_some(), "cors")?;
+                if let Some(c) = &f.cors {
+                    cors = Some(super::CorsSpec::from_gateway(c, &format!("{at}.cors"))?);
+                }
+            }
             other => {
                 return Err(err(
                     format!("{at}.type"),
                     format!(
-                        "{other:?}: use RequestHeaderModifier, ResponseHeaderModifier, RequestMirror, URLRewrite or RequestRedirect"
+                        "{other:?}: use RequestHeaderModifier, ResponseHeaderModifier, RequestMirror, URLRewrite, RequestRedirect or CORS"
                     ),
                 ));
             }
@@ -405,11 +413,11 @@ pub(super) fn compile_rule(
         response_headers,
         rewrite,
         redirect,
-        cors: rule
-            .cors
-            .as_ref()
-            .map(|c| super::Cors::compile(c, &format!("{at}.corsPolicy")))
-            .transpose()?,
+        cors: match (&cors, &rule.cors) {
+            (Some(c), _) => Some(super::Cors::compile(c, &format!("{at}.filters"))?),
+            (None, Some(c)) => Some(super::Cors::compile(c, &format!("{at}.corsPolicy"))?),
+            (None, None) => None,
+        },
         one_destination,
     })
 }

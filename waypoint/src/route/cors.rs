@@ -187,6 +187,120 @@ impl Cors {
     }
 }
 
+/// What istiod makes of Gateway API's `*` origin: any well-formed origin
+/// (`scheme://host[:port]`), not any string.
+const ANY_ORIGIN: &str = r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s?#]+";
+
+/// The most values the CRD takes in `allowOrigins`, `allowHeaders`, `exposeHeaders`.
+const MAX_VALUES: usize = 64;
+/// The most `allowMethods` the CRD takes (the nine methods of RFC 9110, or `*`).
+const MAX_METHODS: usize = 9;
+/// What the CRD takes in `allowMethods`.
+const GATEWAY_METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "*",
+];
+
+impl CorsSpec {
+    /// An HTTPRoute's `CORS` filter as istiod translates it (`createCorsFilter`): `*` any
+    /// well-formed origin, an origin without `*` exact, one ending in its only `*` a prefix,
+    /// any other `*` (a greedy match, dots included) a regex; a preflight from an origin not
+    /// allowed answered without CORS headers (`IGNORE`). What the CRD's validation refuses
+    /// is refused, by field (`at` names the filter).
+    pub fn from_gateway(f: &super::HttpCorsSpec, at: &str) -> Result<CorsSpec, RouteError> {
+        let lists = [
+            ("allowOrigins", &f.allow_origins, MAX_VALUES),
+            ("allowMethods", &f.allow_methods, MAX_METHODS),
+            ("allowHeaders", &f.allow_headers, MAX_VALUES),
+            ("exposeHeaders", &f.expose_headers, MAX_VALUES),
+        ];
+        for (field, list, max) in lists {
+            if list.len() > max {
+                return Err(err(
+                    format!("{at}.{field}"),
+                    format!("at most {max} values"),
+                ));
+            }
+            if field != "allowHeaders"
+                && field != "exposeHeaders"
+                && list.len() > 1
+                && list.iter().any(|v| v == "*")
+            {
+                return Err(err(
+                    format!("{at}.{field}"),
+                    "`*` cannot stand beside other values",
+                ));
+            }
+            if let Some(i) = list.iter().position(|v| v.is_empty()) {
+                return Err(err(format!("{at}.{field}[{i}]"), "empty"));
+            }
+        }
+        for (field, list) in [
+            ("allowHeaders", &f.allow_headers),
+            ("exposeHeaders", &f.expose_headers),
+        ] {
+            if let Some(i) = list
+                .iter()
+                .position(|v| v != "*" && HeaderName::from_bytes(v.as_bytes()).is_err())
+            {
+                return Err(err(
+                    format!("{at}.{field}[{i}]"),
+                    format!("{:?} is not a header name", list[i]),
+                ));
+            }
+        }
+        if let Some(i) = f
+            .allow_methods
+            .iter()
+            .position(|m| !GATEWAY_METHODS.contains(&m.as_str()))
+        {
+            return Err(err(
+                format!("{at}.allowMethods[{i}]"),
+                format!(
+                    "{:?}: one of {} (case matters)",
+                    f.allow_methods[i],
+                    GATEWAY_METHODS.join(", ")
+                ),
+            ));
+        }
+        let allow_origins = f
+            .allow_origins
+            .iter()
+            .map(|o| {
+                if o == "*" {
+                    OriginSpec::Regex(ANY_ORIGIN.into())
+                } else if !o.contains('*') {
+                    OriginSpec::Exact(o.clone())
+                } else if o.matches('*').count() == 1 && o.ends_with('*') {
+                    OriginSpec::Prefix(o[..o.len() - 1].into())
+                } else {
+                    OriginSpec::Regex(regex::escape(o).replace(r"\*", ".*"))
+                }
+            })
+            .collect();
+        let max_age = match f.max_age {
+            None => 5,
+            Some(s) if s >= 1 => s as u64,
+            Some(s) => {
+                return Err(err(
+                    format!("{at}.maxAge"),
+                    format!("{s}: at least 1 (seconds)"),
+                ));
+            }
+        };
+        let spec = CorsSpec {
+            allow_origins,
+            allow_methods: f.allow_methods.clone(),
+            allow_headers: f.allow_headers.clone(),
+            expose_headers: f.expose_headers.clone(),
+            max_age: Some(max_age),
+            allow_credentials: f.allow_credentials.unwrap_or(false),
+            forward_unmatched_preflights: false,
+        };
+        Cors::compile(&spec, at)?;
+        Ok(spec)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,5 +446,73 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.path, "http[0].corsPolicy.allowOrigins[1].regex");
+    }
+
+    fn gateway(yaml: &str) -> Result<CorsSpec, RouteError> {
+        let f: crate::route::HttpCorsSpec = serde_yaml::from_str(yaml).unwrap();
+        CorsSpec::from_gateway(&f, "f.cors")
+    }
+
+    #[test]
+    fn a_gateway_api_filter_is_read_as_istiod_translates_it() {
+        let spec = gateway(
+            "{allowOrigins: ['https://app.example', 'https://*.example.com', 'http://local*'],
+              allowMethods: [GET, PUT], allowHeaders: [x-token], exposeHeaders: ['*'],
+              allowCredentials: true}",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.allow_origins,
+            [
+                OriginSpec::Exact("https://app.example".into()),
+                OriginSpec::Regex(r"https://.*\.example\.com".into()),
+                OriginSpec::Prefix("http://local".into()),
+            ]
+        );
+        // The CRD's default age; a preflight from another origin answered bare.
+        assert_eq!(spec.max_age, Some(5));
+        assert!(spec.allow_credentials && !spec.forward_unmatched_preflights);
+        let c = Cors::compile(&spec, "p").unwrap();
+        // `*` in a host is greedy to the left, dots included; the rest is literal.
+        assert!(c.allows("https://a.b.example.com"));
+        assert!(!c.allows("https://a.example.com.evil"));
+        assert!(!c.allows("https://aexample.com"));
+        assert!(c.allows("http://localhost:3000"));
+        let preflight = req(
+            "OPTIONS",
+            &[
+                ("origin", "https://other"),
+                ("access-control-request-method", "PUT"),
+            ],
+        );
+        assert!(matches!(c.step(&preflight), CorsStep::Answer(_, None)));
+
+        // `*` alone: a well-formed origin, not any string.
+        let c = Cors::compile(&gateway("{allowOrigins: ['*'], maxAge: 60}").unwrap(), "p").unwrap();
+        assert!(c.allows("https://anyone.test:8443"));
+        assert!(!c.allows("null"));
+        assert!(!c.allows("https://x/path"));
+        assert_eq!(c.max_age.as_ref().unwrap(), "60");
+    }
+
+    #[test]
+    fn what_the_crd_refuses_is_refused_by_field() {
+        for (yaml, path) in [
+            ("{allowOrigins: ['*', 'https://a']}", "f.cors.allowOrigins"),
+            ("{allowMethods: [GET, '*']}", "f.cors.allowMethods"),
+            (
+                "{allowOrigins: ['https://a', '']}",
+                "f.cors.allowOrigins[1]",
+            ),
+            ("{maxAge: 0}", "f.cors.maxAge"),
+            ("{allowHeaders: ['bad header']}", "f.cors.allowHeaders[0]"),
+            ("{exposeHeaders: [x-a, 'x:b']}", "f.cors.exposeHeaders[1]"),
+            ("{allowMethods: [get]}", "f.cors.allowMethods[0]"),
+        ] {
+            let e = gateway(yaml).unwrap_err();
+            assert_eq!(e.path, path, "{yaml}: {e}");
+        }
+        let many = format!("{{allowMethods: [{}]}}", ["GET"; 10].join(","));
+        assert_eq!(gateway(&many).unwrap_err().path, "f.cors.allowMethods");
     }
 }

@@ -67,8 +67,8 @@ pub struct RuleSpec {
     /// Istio VirtualService's `fault`.
     #[serde(default)]
     pub fault: Option<FaultSpec>,
-    /// Set by the VirtualService translation: Istio's `corsPolicy` (Gateway API's CORS
-    /// filter is not read).
+    /// Set by the VirtualService translation: Istio's `corsPolicy` (an HTTPRoute's is its
+    /// `CORS` filter).
     #[serde(skip)]
     pub cors: Option<super::CorsSpec>,
 }
@@ -117,8 +117,8 @@ pub struct ValueMatchSpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FilterSpec {
-    /// `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestMirror`, `URLRewrite` or
-    /// `RequestRedirect`.
+    /// `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestMirror`, `URLRewrite`,
+    /// `RequestRedirect` or `CORS`.
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default)]
@@ -131,6 +131,30 @@ pub struct FilterSpec {
     pub url_rewrite: Option<UrlRewriteSpec>,
     #[serde(default)]
     pub request_redirect: Option<RedirectSpec>,
+    /// Gateway API's `HTTPCORSFilter` (type `CORS`).
+    #[serde(default)]
+    pub cors: Option<HttpCorsSpec>,
+}
+
+/// Gateway API's `HTTPCORSFilter`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpCorsSpec {
+    /// `<scheme>://<host>(:<port>)`, `*` in the host a greedy match to the left; `*` alone:
+    /// every origin.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Seconds; the CRD's default is 5 (the API server fills it in; so does this file).
+    #[serde(default)]
+    pub max_age: Option<i64>,
 }
 
 /// Gateway API's `HTTPURLRewriteFilter`: what the backend is sent instead.

@@ -200,3 +200,43 @@ fn rewrite_and_redirect_errors_are_named() {
         assert_rule_err(&one_rule_err(rule), suffix);
     }
 }
+
+/// Gateway API's `CORS` filter: the rule's policy, as istiod translates it.
+#[test]
+fn a_cors_filter_is_the_rules_policy() {
+    let r = one_rule(
+        "{filters: [{type: CORS, cors: {allowOrigins: ['https://*.example'], allowMethods: [PUT]}}]}",
+    );
+    let c = r.cors.as_ref().expect("a policy");
+    let preflight = |origin: &str| {
+        let mut p = get("/");
+        p.method = http::Method::OPTIONS;
+        p.headers.insert("origin", origin.parse().unwrap());
+        p.headers
+            .insert("access-control-request-method", "PUT".parse().unwrap());
+        c.step(&p)
+    };
+    let crate::route::CorsStep::Answer(h, Some(_)) = preflight("https://a.example") else {
+        panic!("answered with the origin");
+    };
+    assert_eq!(h["access-control-allow-methods"], "PUT");
+    assert_eq!(h["access-control-max-age"], "5");
+    // Another origin: answered bare (istiod's IGNORE), not sent on.
+    assert!(matches!(
+        preflight("https://a.other"),
+        crate::route::CorsStep::Answer(_, None)
+    ));
+    for (rule, suffix) in [
+        ("{filters: [{type: CORS}]}", ".filters[0].cors"),
+        (
+            "{filters: [{type: CORS, cors: {}, urlRewrite: {}}]}",
+            ".filters[0].urlRewrite",
+        ),
+        (
+            "{filters: [{type: CORS, cors: {maxAge: -1}}]}",
+            ".filters[0].cors.maxAge",
+        ),
+    ] {
+        assert_rule_err(&one_rule_err(rule), suffix);
+    }
+}
