@@ -442,7 +442,9 @@ impl Record {
                 (Some(_), None) => false,
             },
         };
-        if !log {
+        // The line's fields are formatted only if the `access` target is on (`--log warn`
+        // turns it off: nothing then is spent on it per request).
+        if !log || !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return;
         }
         let src_addr = self.peer.addr.map(|a| a.to_string());
