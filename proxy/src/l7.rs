@@ -651,6 +651,7 @@ async fn serve_tunnel_conn(
                 // Without a usable `Forwarded`, the tunnel's own peer (Envoy's direct remote
                 // has an address always): an address policy never sees "unknown".
                 addr: client.or(Some(peer)),
+                dest: target.local.map(|a| a.ip()),
             };
             let stream = match incoming.accept() {
                 Ok(s) => s,

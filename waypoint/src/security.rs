@@ -157,6 +157,13 @@ enum CondKey {
     ClientIp(IpField),
     /// `remote.ip`: Envoy's remote address (`X-Forwarded-For`'s last, else the client's).
     RemoteIp(IpField),
+    /// `destination.ip`: the address the client called (the tunnel's CONNECT authority,
+    /// Envoy's local address in a waypoint), against prefixes.
+    DestinationIp(IpField),
+    /// `connection.sni`: the HTTP a waypoint reads came inside the tunnel, not over TLS of
+    /// its own: there is no SNI (Envoy's is empty there), so `values` never hold and
+    /// `notValues` always do.
+    ConnectionSni,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +255,8 @@ pub struct Peer {
     pub workload: Option<Arc<str>>,
     /// The original client address (HBONE's `forwarded`), for the access log.
     pub addr: Option<std::net::SocketAddr>,
+    /// The address the caller called (the CONNECT authority's), for `destination.ip`.
+    pub dest: Option<std::net::IpAddr>,
 }
 
 /// A provider to ask, and the CUSTOM policy whose rule matched (`namespace/name`).
@@ -574,7 +583,7 @@ fn compile_rule(r: &AuthzRuleSpec, at: &str) -> Result<AuthzRule, RouteError> {
             ));
         }
         let mut key = cond_key(&c.key).map_err(|m| err(format!("{at}.key"), m))?;
-        if let CondKey::ClientIp(f) | CondKey::RemoteIp(f) = &mut key {
+        if let CondKey::ClientIp(f) | CondKey::RemoteIp(f) | CondKey::DestinationIp(f) = &mut key {
             *f = IpField::new(
                 &c.values,
                 &c.not_values,
@@ -628,8 +637,10 @@ fn cond_key(k: &str) -> Result<CondKey, String> {
         "destination.port" => Ok(CondKey::DestinationPort),
         "source.ip" => Ok(CondKey::ClientIp(IpField::default())),
         "remote.ip" => Ok(CondKey::RemoteIp(IpField::default())),
+        "destination.ip" => Ok(CondKey::DestinationIp(IpField::default())),
+        "connection.sni" => Ok(CondKey::ConnectionSni),
         other => Err(format!(
-            "{other:?}: use request.headers[NAME], request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME], source.principal, source.namespace, source.ip, remote.ip or destination.port"
+            "{other:?}: use request.headers[NAME], request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME], source.principal, source.namespace, source.ip, remote.ip, destination.ip, destination.port or connection.sni"
         )),
     }
 }
@@ -700,6 +711,8 @@ impl RequestView<'_> {
         let owned: Vec<String> = match &c.key {
             CondKey::ClientIp(f) => return f.holds(self.client_ip()),
             CondKey::RemoteIp(f) => return f.holds(self.remote_ip()),
+            CondKey::DestinationIp(f) => return f.holds(self.peer.dest),
+            CondKey::ConnectionSni => Vec::new(),
             CondKey::Header(h) => self
                 .parts
                 .headers

@@ -74,6 +74,12 @@ authorizationPolicies:
         to: [{{operation: {{paths: [/not-from-client-ip]}}}}]
       - to: [{{operation: {{paths: [/client-net]}}}}]
         when: [{{key: source.ip, values: [\"{client_net}/16\"]}}]
+      - to: [{{operation: {{paths: [/to-the-vip]}}}}]
+        when: [{{key: destination.ip, values: [\"{vip}\"]}}]
+      - to: [{{operation: {{paths: [/to-elsewhere]}}}}]
+        when: [{{key: destination.ip, values: [\"10.255.0.0/16\"]}}]
+      - to: [{{operation: {{paths: [/with-sni]}}}}]
+        when: [{{key: connection.sni, values: [\"*\"]}}]
   - name: secure-needs-admins
     namespace: demo
     targetRefs: [{{name: echo}}]
@@ -86,6 +92,7 @@ authorizationPolicies:
         jwks = jwks.display(),
         client_ip = ip4(x, 1, 1),
         client_net = ip4(x, 1, 0),
+        vip = ip4(x, 100, 1),
     );
     let m = Mesh::start(x, &routes)?;
     let mut c = m.client()?;
@@ -111,6 +118,10 @@ authorizationPolicies:
         ("/from-client-ip", 403),
         ("/not-from-client-ip", 200),
         ("/client-net", 403),
+        // By the address the client called (the Service's VIP), and never by an SNI.
+        ("/to-the-vip", 403),
+        ("/to-elsewhere", 200),
+        ("/with-sni", 200),
     ] {
         let r = c.request("GET", path, &[], b"")?;
         ensure!(r.status == status, "{path}: {r:?}\n{}", m.context());

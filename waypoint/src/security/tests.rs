@@ -673,7 +673,7 @@ fn build_error_when_keys() {
 
     let e = authz_err(&policy_yaml(
         "ALLOW",
-        r#"[{}, {when: [{key: source.namespace, values: [a]}, {key: "destination.ip", values: [x]}]}]"#,
+        r#"[{}, {when: [{key: source.namespace, values: [a]}, {key: "destination.name", values: [x]}]}]"#,
     ));
     assert_eq!(
         e.path, "authorizationPolicies[demo/p].rules[1].when[1].key",

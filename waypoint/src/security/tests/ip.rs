@@ -1,6 +1,7 @@
 //! Addresses in policies: `ipBlocks` and `remoteIpBlocks` (and their `not` forms), the
 //! `source.ip` and `remote.ip` conditions, against the client's address the node proxy
-//! forwarded; prefixes of both families, an unknown address, and bad values by field.
+//! forwarded; `destination.ip` against the address it called; prefixes of both families,
+//! an unknown address, and bad values by field. `connection.sni`, which a waypoint never has.
 use super::*;
 
 /// [`client`] calling from `addr`.
@@ -129,4 +130,38 @@ fn bad_addresses_are_refused_by_field() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn destination_ip_is_the_address_the_client_called() {
+    let t = allow_one(
+        r#"{when: [{key: destination.ip, values: ["10.96.0.0/12", "fd00::7"], notValues: ["10.96.0.10"]}]}"#,
+    );
+    let to = |addr: &str| Peer {
+        dest: Some(addr.parse().unwrap()),
+        ..client()
+    };
+    for (addr, allowed) in [
+        ("10.96.1.2", true),
+        ("10.96.0.10", false),
+        ("10.112.0.1", false),
+        ("fd00::7", true),
+        ("::ffff:10.100.0.1", true),
+    ] {
+        assert_eq!(allows(&t, 80, &to(addr), get("/")), allowed, "{addr}");
+    }
+    assert!(!allows(&t, 80, &client(), get("/")));
+    let e = one_rule_err(r#"{when: [{key: destination.ip, values: ["10.0.0.0/33"]}]}"#);
+    assert_eq!(
+        e.path, "authorizationPolicies[demo/p].rules[0].when[0].values[0]",
+        "{e}"
+    );
+}
+
+#[test]
+fn a_waypoint_has_no_sni() {
+    let only = allow_one(r#"{when: [{key: connection.sni, values: ["*"]}]}"#);
+    assert!(!allows(&only, 80, &client(), get("/")));
+    let not = allow_one(r#"{when: [{key: connection.sni, notValues: [web.example]}]}"#);
+    assert!(allows(&not, 80, &client(), get("/")));
 }
