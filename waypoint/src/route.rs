@@ -44,7 +44,7 @@ pub use cors::{Cors, CorsSpec, CorsStep, OriginSpec};
 pub fn check_regex_rewrite(pattern: &str, with: &str, at: &str) -> Result<(), RouteError> {
     compile::regex_rewrite(pattern, with, at).map(|_| ())
 }
-use compile::{compile_match, compile_rule, host_match, service_kind};
+use compile::{compile_match, compile_rule, host_match, parent_kind, service_kind};
 pub use grpc::{
     GrpcMatchSpec, GrpcMethodMatchSpec, GrpcRouteSpec, GrpcRuleSpec, grpc_to_http_routes,
 };
@@ -534,7 +534,7 @@ impl RouteTable {
         let mut parents = Vec::new();
         for (i, p) in spec.parent_refs.iter().enumerate() {
             let at = format!("{base}.parentRefs[{i}]");
-            service_kind(p.kind.as_deref(), p.group.as_deref(), &at)?;
+            parent_kind(p.kind.as_deref(), p.group.as_deref(), &at)?;
             if p.port == Some(0) {
                 return Err(err(format!("{at}.port"), "0 is not a port"));
             }

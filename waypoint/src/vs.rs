@@ -297,6 +297,7 @@ pub fn to_http_routes(
                 name: s.name.to_string(),
                 namespace: Some(s.namespace.to_string()),
                 port: None,
+                section_name: None,
             });
         }
         let mut rules = Vec::new();
@@ -518,6 +519,7 @@ fn rule(
     Ok(RuleSpec {
         cors,
         name: e.name.clone(),
+        session_persistence: None,
         matches,
         filters,
         backend_refs,

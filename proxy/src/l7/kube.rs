@@ -13,8 +13,9 @@
 //! most every [`DEBOUNCE`].
 //!
 //! Which objects apply, as istiod chooses them for a waypoint:
-//! - HTTPRoutes and GRPCRoutes with a `parentRef` of kind `Service` (GAMMA); other parents
-//!   (ingress Gateways) are left aside, and a route with none is not a waypoint's. A
+//! - HTTPRoutes and GRPCRoutes with a `parentRef` of kind `Service` (GAMMA) or
+//!   `ServiceEntry` (an egress waypoint's); other parents (ingress Gateways) are left
+//!   aside, and a route with none is not a waypoint's. A
 //!   cluster whose Gateway API has no GRPCRoute (before v1.1) has none to apply: the kind
 //!   counts as listed, empty, and is asked for again now and then;
 //! - VirtualServices without `gateways`, or whose `gateways` include `mesh`;
@@ -174,11 +175,14 @@ pub fn translate(list: &str, object: &Value) -> Option<Value> {
                 .as_array()?
                 .iter()
                 .filter(|p| {
-                    p.get("kind").and_then(Value::as_str) == Some("Service")
-                        && matches!(
-                            p.get("group").and_then(Value::as_str),
-                            None | Some("") | Some("core")
-                        )
+                    let group = p.get("group").and_then(Value::as_str);
+                    match p.get("kind").and_then(Value::as_str) {
+                        Some("Service") => matches!(group, None | Some("") | Some("core")),
+                        // An egress waypoint's parent (its traffic reaches the waypoint as a
+                        // Service of the mesh by this name).
+                        Some("ServiceEntry") => group == Some("networking.istio.io"),
+                        _ => false,
+                    }
                 })
                 .cloned()
                 .collect();
@@ -476,6 +480,15 @@ mod tests {
         // An ingress route (Gateway parents only) is not a waypoint's.
         let ingress = obj("demo", "i", json!({"parentRefs": [{"name": "gw"}]}));
         assert!(translate("httpRoutes", &ingress).is_none());
+        // A ServiceEntry parent is a waypoint's too.
+        let egress = obj(
+            "demo",
+            "e",
+            json!({"parentRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": "api"}, {"kind": "ServiceEntry", "name": "x"}]}),
+        );
+        let t = translate("httpRoutes", &egress).unwrap();
+        assert_eq!(t["parentRefs"].as_array().unwrap().len(), 1);
+        assert_eq!(t["parentRefs"][0]["name"], "api");
         // GRPCRoutes by the same rule.
         let t = translate("grpcRoutes", &route).unwrap();
         assert_eq!(t["parentRefs"].as_array().unwrap().len(), 1);

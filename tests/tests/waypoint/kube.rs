@@ -17,9 +17,11 @@ fn route(default_backend: &str) -> serde_json::Value {
         "kind": "HTTPRoute",
         "metadata": {"namespace": "demo", "name": "echo"},
         "spec": {
-            "parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 80}],
+            // What istiod takes and does not apply: a route with it still routes.
+            "parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 80, "sectionName": "http"}],
             "rules": [
                 {"matches": [{"headers": [{"name": "x-to", "value": "v2"}]}],
+                 "sessionPersistence": {"sessionName": "s", "type": "Cookie"},
                  "backendRefs": [{"name": "echo-v2", "port": 80}]},
                 {"backendRefs": [{"name": default_backend, "port": 80}]}
             ]
@@ -61,11 +63,12 @@ fn routes_and_policies_come_from_the_kubernetes_api_as_they_change() -> Result<(
                "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "echo"}], "action": "DENY",
                         "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]}}),
     );
-    // A GRPCRoute of the same name (another kind): one method goes to v2.
+    // A GRPCRoute of the same name (another kind): one method goes to v2. Its parent
+    // named as a ServiceEntry (an egress waypoint's kind) reaches the Service of that name.
     api.apply(
         GRPC_ROUTES,
         json!({"metadata": {"namespace": "demo", "name": "echo"},
-               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 80}],
+               "spec": {"parentRefs": [{"group": "networking.istio.io", "kind": "ServiceEntry", "name": "echo", "port": 80}],
                         "rules": [{"matches": [{"method": {"service": "pkg.Echo", "method": "Say"}}],
                                    "backendRefs": [{"name": "echo-v2", "port": 80}]}]}}),
     );

@@ -33,6 +33,30 @@ pub(super) fn service_kind(
     }
 }
 
+/// A route's parent: a Service, or a ServiceEntry (istiod attaches a route to one for a
+/// waypoint, which sees it as a Service of the mesh by its name).
+pub(super) fn parent_kind(
+    kind: Option<&str>,
+    group: Option<&str>,
+    at: &str,
+) -> Result<(), RouteError> {
+    match (kind, group) {
+        (Some("ServiceEntry"), Some("networking.istio.io")) => Ok(()),
+        (Some("ServiceEntry"), g) => Err(err(
+            format!("{at}.group"),
+            format!(
+                "{:?}: a ServiceEntry's group is networking.istio.io",
+                g.unwrap_or("")
+            ),
+        )),
+        (None | Some("Service"), _) => service_kind(kind, group, at),
+        (Some(k), _) => Err(err(
+            format!("{at}.kind"),
+            format!("{k:?}: a waypoint's routes attach to a Service or a ServiceEntry"),
+        )),
+    }
+}
+
 pub(super) fn host_match(h: &str) -> Result<HostMatch, String> {
     if h.is_empty() || h.contains(['/', ':', ' ']) {
         return Err(format!("{h:?} is not a hostname"));
@@ -167,6 +191,9 @@ pub(super) fn compile_rule(
     at: &str,
 ) -> Result<Rule, RouteError> {
     let ns = &spec.namespace;
+    if rule.session_persistence.is_some() {
+        tracing::warn!(rule = %at, "sessionPersistence is not applied (istiod does not apply it either): the rule routes without it");
+    }
     let mut backends = Vec::new();
     for (i, b) in rule.backend_refs.iter().enumerate() {
         backends.push(compile_backend(b, ns, &format!("{at}.backendRefs[{i}]"))?);

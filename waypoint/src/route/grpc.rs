@@ -47,6 +47,9 @@ pub struct GrpcRouteSpec {
 pub struct GrpcRuleSpec {
     #[serde(default)]
     pub name: Option<String>,
+    /// Taken and not applied, as an HTTPRoute's.
+    #[serde(default)]
+    pub session_persistence: Option<serde::de::IgnoredAny>,
     /// Alternatives; none: every call.
     #[serde(default)]
     pub matches: Vec<GrpcMatchSpec>,
@@ -148,6 +151,7 @@ fn to_http_route(g: &GrpcRouteSpec) -> Result<HttpRouteSpec, RouteError> {
         }
         rules.push(RuleSpec {
             name: rule.name.clone(),
+            session_persistence: rule.session_persistence,
             matches,
             filters: rule.filters.clone(),
             backend_refs: rule.backend_refs.clone(),

@@ -31,7 +31,8 @@ pub struct HttpRouteSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ParentRefSpec {
-    /// Only `Service` (the default); a Gateway parent is not a waypoint's business.
+    /// `Service` (the default) or `ServiceEntry` (group `networking.istio.io`, by its
+    /// name); a Gateway parent is not a waypoint's business.
     #[serde(default)]
     pub kind: Option<String>,
     #[serde(default)]
@@ -43,6 +44,10 @@ pub struct ParentRefSpec {
     /// The Service port the route applies to; omitted: every port.
     #[serde(default)]
     pub port: Option<u16>,
+    /// A Gateway listener's name: istiod does not read it for a Service or ServiceEntry
+    /// parent, and neither does this.
+    #[serde(default)]
+    pub section_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +55,10 @@ pub struct ParentRefSpec {
 pub struct RuleSpec {
     #[serde(default)]
     pub name: Option<String>,
+    /// Taken and not applied, as istiod takes it (it has no session affinity to map it to):
+    /// a route that sets it still routes. Said with a warning.
+    #[serde(default)]
+    pub session_persistence: Option<serde::de::IgnoredAny>,
     /// Alternatives; none: every request.
     #[serde(default)]
     pub matches: Vec<MatchSpec>,

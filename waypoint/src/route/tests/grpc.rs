@@ -303,3 +303,13 @@ fn a_grpc_backend_ref_carries_its_own_header_edits() {
     );
     assert!(e.path.ends_with(".backendRefs[0].filters[0].type"), "{e}");
 }
+
+/// A GRPCRoute's `sessionPersistence` is taken and not applied, as istiod takes it.
+#[test]
+fn session_persistence_is_taken_and_not_applied() {
+    let t = grpc_table(
+        "- {name: g, namespace: demo, parentRefs: [{name: echo}], rules: [{matches: [{method: {service: shop.Orders}}], sessionPersistence: {type: Header, sessionName: x-session}}]}",
+    );
+    let picked = t.select(&echo(), 80, &call("/shop.Orders/Create", &[]));
+    assert!(picked.unwrap().is_some());
+}

@@ -24,6 +24,51 @@ fn parent_port_restricts_the_route() {
     assert!(t.select(&echo(), 8080, &get("/other")).unwrap().is_none());
 }
 
+/// A ServiceEntry parent (an egress waypoint's), by its name; what istiod takes and does
+/// not apply (a parent's `sectionName`, a rule's `sessionPersistence`) leaves the route as
+/// it would be without it.
+#[test]
+fn a_service_entry_parent_and_what_istiod_ignores() {
+    let t = table(
+        "
+- name: r
+  namespace: demo
+  parentRefs:
+    - {kind: ServiceEntry, group: networking.istio.io, name: api-ext, sectionName: https}
+    - {name: echo, sectionName: http}
+  rules:
+    - name: api
+      matches: [{path: {value: /api}}]
+      sessionPersistence: {sessionName: s, type: Cookie}
+",
+    );
+    let ext = ServiceRef::new("demo", "api-ext");
+    let picked = t.select(&ext, 443, &get("/api")).unwrap().unwrap();
+    assert_eq!(&*picked.name, "api");
+    assert_eq!(pick_name_on(&t, 80, &get("/api")), some("api"));
+    for (parent, field) in [
+        ("{kind: ServiceEntry, name: x}", "group"),
+        ("{kind: ServiceEntry, group: '', name: x}", "group"),
+        (
+            "{kind: Gateway, group: gateway.networking.k8s.io, name: x}",
+            "kind",
+        ),
+    ] {
+        let e = build_err(&format!(
+            "
+- name: r
+  namespace: demo
+  parentRefs: [{parent}]
+"
+        ));
+        assert_eq!(
+            e.path,
+            format!("httpRoutes[demo/r].parentRefs[0].{field}"),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn parent_without_port_takes_every_port() {
     let t = table(
