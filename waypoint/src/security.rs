@@ -21,9 +21,11 @@
 //! "deny due to bad CUSTOM action"). The CUSTOM step runs before the JWT is checked, so its
 //! rules see no request principal, as in Istio.
 //!
-//! Policies on the waypoint's Gateway are checked first, then the Service's, each level on
-//! its own (as istiod builds a waypoint's two RBAC filters): a request passes when neither
-//! level denies it. JWT rules of both levels verify tokens together.
+//! The policies on the waypoint's Gateway (and the class-wide ones) and the Service's are
+//! one set, as istiod gives them to the one RBAC filter of the Service's chain in a
+//! waypoint (`ShouldAttachPolicy` attaches all three kinds of target to it): any matching
+//! DENY refuses; when there is any ALLOW, a request passes when one of them matches,
+//! whichever target it came from. JWT rules of both verify tokens together.
 //!
 //! Matching follows Istio's semantics: within a rule, `from`, `to` and `when` must all hold;
 //! each of them holds when any of its entries does; within an entry every field given must
@@ -501,24 +503,22 @@ impl SecurityTable {
         Self::rbac(&req, [g, s])
     }
 
-    /// The DENY, then ALLOW, policies of each level.
+    /// The DENY, then the ALLOW, policies of both levels as one set (the Gateway's first,
+    /// for the name a refusal reports).
     fn rbac(req: &RequestView<'_>, levels: [Option<&ServiceSecurity>; 2]) -> Result<(), Refusal> {
-        for level in levels.into_iter().flatten() {
-            for p in &level.deny {
-                if p.rules.iter().any(|r| req.matches(r)) {
-                    return Err(Refusal::Denied(p.key.clone()));
-                }
-            }
-            if !level.allow.is_empty()
-                && !level
-                    .allow
-                    .iter()
-                    .any(|p| p.rules.iter().any(|r| req.matches(r)))
-            {
-                return Err(Refusal::Denied(level.allow[0].key.clone()));
-            }
+        let levels = levels.into_iter().flatten();
+        let matched = |p: &&Arc<Policy>| p.rules.iter().any(|r| req.matches(r));
+        if let Some(p) = levels.clone().flat_map(|l| &l.deny).find(matched) {
+            return Err(Refusal::Denied(p.key.clone()));
         }
-        Ok(())
+        let mut allow = levels.flat_map(|l| &l.allow).peekable();
+        let Some(first) = allow.peek().map(|p| p.key.clone()) else {
+            return Ok(());
+        };
+        match allow.any(|p| matched(&p)) {
+            true => Ok(()),
+            false => Err(Refusal::Denied(first)),
+        }
     }
 }
 

@@ -82,6 +82,10 @@ impl Exporters for ExporterCache {
 
 struct State {
     mesh: Mesh,
+    /// The newest MeshConfig read, when it parsed but no table built with it (a Telemetry
+    /// it does not fit): tried again with the next Telemetry objects, so the file need not
+    /// change again for it to apply once they fit.
+    pending: Option<Mesh>,
     mesh_text: Option<String>,
     telemetries: Arc<Vec<TelemetrySpec>>,
     exporters: ExporterCache,
@@ -136,6 +140,7 @@ impl TelemetrySource {
             service_name,
             state: Mutex::new(State {
                 mesh,
+                pending: None,
                 mesh_text,
                 telemetries,
                 exporters,
@@ -165,6 +170,15 @@ impl TelemetrySource {
         if Arc::ptr_eq(&st.telemetries, &telemetries) {
             return;
         }
+        if let Some(pending) = st.pending.clone()
+            && self.rebuild(&mut st, &telemetries, &pending)
+        {
+            tracing::info!("mesh config applied, with the new Telemetry objects");
+            st.mesh = pending;
+            st.pending = None;
+            st.telemetries = telemetries;
+            return;
+        }
         let mesh = st.mesh.clone();
         if self.rebuild(&mut st, &telemetries, &mesh) {
             st.telemetries = telemetries;
@@ -190,6 +204,7 @@ impl TelemetrySource {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "--mesh-config rejected; the telemetry in force stays");
+                st.pending = None;
                 return;
             }
         };
@@ -197,6 +212,9 @@ impl TelemetrySource {
         if self.rebuild(&mut st, &telemetries, &mesh) {
             tracing::info!(config = %path.display(), "mesh config applied");
             st.mesh = mesh;
+            st.pending = None;
+        } else {
+            st.pending = Some(mesh);
         }
     }
 
@@ -329,5 +347,47 @@ fn parse_mesh(path: &Path, text: &str, service_name: &str) -> Result<Mesh> {
 fn log_warnings(warnings: &[String]) {
     for w in warnings {
         tracing::warn!("Telemetry: {w}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A MeshConfig whose table does not build with the Telemetry in force (its provider's
+    /// exporter cannot start) is rejected whole, its root namespace too; it applies once
+    /// the Telemetry objects change so that it builds, without the file changing again.
+    #[test]
+    fn a_mesh_config_that_does_not_fit_the_telemetry_applies_once_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.yaml");
+        let mesh = |metadata: &str, root: &str| {
+            format!(
+                "rootNamespace: {root}
+extensionProviders:
+- name: otel
+  opentelemetry: {{service: otel.istio-system.svc.cluster.local, port: 4317, grpc: {{initialMetadata: [{metadata}]}}}}
+"
+            )
+        };
+        std::fs::write(&path, mesh("", "istio-system")).unwrap();
+        let uses: Vec<TelemetrySpec> = serde_yaml::from_str(
+            "- {name: t, namespace: demo, tracing: [{providers: [{name: otel}]}]}",
+        )
+        .unwrap();
+        let gateway = ServiceRef::new("demo", "waypoint");
+        let src = TelemetrySource::start(Some(path.clone()), &gateway, None, None, Arc::new(uses))
+            .unwrap();
+        assert_eq!(src.current().root_namespace(), "istio-system");
+        // The new provider's exporter cannot start (gRPC's own metadata name): nothing
+        // changes.
+        std::fs::write(&path, mesh("{name: grpc-x, value: v}", "mesh-root")).unwrap();
+        src.reload_mesh();
+        assert!(src.lock().pending.is_some(), "the MeshConfig parses");
+        assert_eq!(src.current().root_namespace(), "istio-system");
+        // Telemetry that no longer uses the provider: the MeshConfig read last applies.
+        src.set_telemetries(Arc::new(Vec::new()));
+        assert_eq!(src.current().root_namespace(), "mesh-root");
+        src.shutdown();
     }
 }

@@ -80,6 +80,7 @@ pub(super) fn compile_backend(
             ("requestMirror", f.request_mirror.is_some()),
             ("urlRewrite", f.url_rewrite.is_some()),
             ("requestRedirect", f.request_redirect.is_some()),
+            ("cors", f.cors.is_some()),
             (
                 "responseHeaderModifier",
                 field != "responseHeaderModifier" && f.response_header_modifier.is_some(),

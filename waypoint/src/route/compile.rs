@@ -299,7 +299,7 @@ pub(super) fn compile_rule(
             "CORS" => {
                 body_of(f.cors.is_some(), "cors")?;
                 if let Some(c) = &f.cors {
-                    cors = Some(super::CorsSpec::from_gateway(c, &format!("{at}.cors"))?);
+                    cors = Some(super::Cors::from_gateway(c, &format!("{at}.cors"))?);
                 }
             }
             other => {
@@ -440,8 +440,8 @@ pub(super) fn compile_rule(
         response_headers,
         rewrite,
         redirect,
-        cors: match (&cors, &rule.cors) {
-            (Some(c), _) => Some(super::Cors::compile(c, &format!("{at}.filters"))?),
+        cors: match (cors, &rule.cors) {
+            (Some(c), _) => Some(c),
             (None, Some(c)) => Some(super::Cors::compile(c, &format!("{at}.corsPolicy"))?),
             (None, None) => None,
         },

@@ -200,13 +200,26 @@ const GATEWAY_METHODS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "*",
 ];
 
+/// The CRD's pattern for an origin: `*`, or `http(s)://host[:port]` whose host is a name
+/// (its first label may be `*`) or `*`.
+const GATEWAY_ORIGIN: &str =
+    r"\*|https?://((\*\.)?([a-zA-Z0-9-]+\.)*[a-zA-Z0-9-]+|\*)(:[0-9]{1,5})?";
+
+impl Cors {
+    /// An HTTPRoute's `CORS` filter (`at` names it), compiled: see
+    /// [`CorsSpec::from_gateway`].
+    pub fn from_gateway(f: &super::HttpCorsSpec, at: &str) -> Result<Arc<Cors>, RouteError> {
+        Cors::compile(&CorsSpec::from_gateway(f, at)?, at)
+    }
+}
+
 impl CorsSpec {
     /// An HTTPRoute's `CORS` filter as istiod translates it (`createCorsFilter`): `*` any
     /// well-formed origin, an origin without `*` exact, one ending in its only `*` a prefix,
     /// any other `*` (a greedy match, dots included) a regex; a preflight from an origin not
     /// allowed answered without CORS headers (`IGNORE`). What the CRD's validation refuses
     /// is refused, by field (`at` names the filter).
-    pub fn from_gateway(f: &super::HttpCorsSpec, at: &str) -> Result<CorsSpec, RouteError> {
+    fn from_gateway(f: &super::HttpCorsSpec, at: &str) -> Result<CorsSpec, RouteError> {
         let lists = [
             ("allowOrigins", &f.allow_origins, MAX_VALUES),
             ("allowMethods", &f.allow_methods, MAX_METHODS),
@@ -220,11 +233,7 @@ impl CorsSpec {
                     format!("at most {max} values"),
                 ));
             }
-            if field != "allowHeaders"
-                && field != "exposeHeaders"
-                && list.len() > 1
-                && list.iter().any(|v| v == "*")
-            {
+            if field != "exposeHeaders" && list.len() > 1 && list.iter().any(|v| v == "*") {
                 return Err(err(
                     format!("{at}.{field}"),
                     "`*` cannot stand beside other values",
@@ -233,6 +242,30 @@ impl CorsSpec {
             if let Some(i) = list.iter().position(|v| v.is_empty()) {
                 return Err(err(format!("{at}.{field}[{i}]"), "empty"));
             }
+            // A set in the CRD (headers compared without case).
+            for (i, v) in list.iter().enumerate() {
+                if list[..i].iter().any(|w| w.eq_ignore_ascii_case(v)) {
+                    return Err(err(
+                        format!("{at}.{field}[{i}]"),
+                        format!("{v:?} is listed twice"),
+                    ));
+                }
+            }
+        }
+        let origin_form = regex::Regex::new(&format!("^(?:{GATEWAY_ORIGIN})$"))
+            .expect("the CRD's origin pattern compiles");
+        if let Some(i) = f
+            .allow_origins
+            .iter()
+            .position(|o| o.len() > 253 || !origin_form.is_match(o))
+        {
+            return Err(err(
+                format!("{at}.allowOrigins[{i}]"),
+                format!(
+                    "{:?}: an origin is `*` or http(s)://host[:port], the host a name (its first label may be `*`) or `*`",
+                    f.allow_origins[i]
+                ),
+            ));
         }
         for (field, list) in [
             ("allowHeaders", &f.allow_headers),
@@ -296,7 +329,6 @@ impl CorsSpec {
             allow_credentials: f.allow_credentials.unwrap_or(false),
             forward_unmatched_preflights: false,
         };
-        Cors::compile(&spec, at)?;
         Ok(spec)
     }
 }
@@ -456,7 +488,7 @@ mod tests {
     #[test]
     fn a_gateway_api_filter_is_read_as_istiod_translates_it() {
         let spec = gateway(
-            "{allowOrigins: ['https://app.example', 'https://*.example.com', 'http://local*'],
+            "{allowOrigins: ['https://app.example', 'https://*.example.com', 'http://*'],
               allowMethods: [GET, PUT], allowHeaders: [x-token], exposeHeaders: ['*'],
               allowCredentials: true}",
         )
@@ -466,7 +498,7 @@ mod tests {
             [
                 OriginSpec::Exact("https://app.example".into()),
                 OriginSpec::Regex(r"https://.*\.example\.com".into()),
-                OriginSpec::Prefix("http://local".into()),
+                OriginSpec::Prefix("http://".into()),
             ]
         );
         // The CRD's default age; a preflight from another origin answered bare.
@@ -478,6 +510,7 @@ mod tests {
         assert!(!c.allows("https://a.example.com.evil"));
         assert!(!c.allows("https://aexample.com"));
         assert!(c.allows("http://localhost:3000"));
+        assert!(!c.allows("https://localhost:3000"));
         let preflight = req(
             "OPTIONS",
             &[
@@ -505,6 +538,21 @@ mod tests {
                 "f.cors.allowOrigins[1]",
             ),
             ("{maxAge: 0}", "f.cors.maxAge"),
+            (
+                "{allowOrigins: ['https://a', 'https://a']}",
+                "f.cors.allowOrigins[1]",
+            ),
+            (
+                "{allowOrigins: ['https://a/path']}",
+                "f.cors.allowOrigins[0]",
+            ),
+            ("{allowOrigins: ['ftp://a']}", "f.cors.allowOrigins[0]"),
+            (
+                "{allowOrigins: ['https://a.*.b']}",
+                "f.cors.allowOrigins[0]",
+            ),
+            ("{allowHeaders: ['*', x-a]}", "f.cors.allowHeaders"),
+            ("{exposeHeaders: [X-A, x-a]}", "f.cors.exposeHeaders[1]"),
             ("{allowHeaders: ['bad header']}", "f.cors.allowHeaders[0]"),
             ("{exposeHeaders: [x-a, 'x:b']}", "f.cors.exposeHeaders[1]"),
             ("{allowMethods: [get]}", "f.cors.allowMethods[0]"),

@@ -303,6 +303,10 @@ fn a_backend_refs_filters_are_checked_by_field() {
             ".backendRefs[1].filters[0].responseHeaderModifier",
         ),
         (
+            "{backendRefs: [{name: a, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {}, cors: {}}]}]}",
+            ".backendRefs[0].filters[0].cors",
+        ),
+        (
             "{backendRefs: [{name: a, filters: [
                {type: ResponseHeaderModifier, responseHeaderModifier: {}},
                {type: ResponseHeaderModifier, responseHeaderModifier: {}}]}]}",

@@ -3,7 +3,7 @@
 use super::*;
 
 #[test]
-fn gateway_policies_apply_to_every_service_and_both_levels_must_allow() {
+fn gateway_policies_apply_to_every_service_in_one_set_with_its_own() {
     let t = authz(
         "
 - name: gw-allow
@@ -39,13 +39,18 @@ fn gateway_policies_apply_to_every_service_and_both_levels_must_allow() {
         run(&other, Some(&gw), "GET", "/admin/x"),
         denied("demo/gw-deny")
     );
-    // ...and with the Service's: both levels must allow (POST passes the Gateway's, not
-    // web's).
+    // ...and with the Service's, one set (istiod's one RBAC filter per Service in a
+    // waypoint): an ALLOW of either lets a request in (POST by the Gateway's, GET by web's),
+    // none of them refuses it, and a DENY of either refuses.
     assert_eq!(run(&web(), Some(&gw), "GET", "/x"), Ok(()));
+    assert_eq!(run(&web(), Some(&gw), "POST", "/x"), Ok(()));
+    assert_eq!(run(&web(), Some(&gw), "PUT", "/x"), denied("demo/gw-allow"));
     assert_eq!(
-        run(&web(), Some(&gw), "POST", "/x"),
-        denied("demo/web-allow")
+        run(&web(), Some(&gw), "GET", "/admin/x"),
+        denied("demo/gw-deny")
     );
+    // Not through the Gateway: web's alone.
+    assert_eq!(run(&web(), None, "POST", "/x"), denied("demo/web-allow"));
     // Another waypoint's Gateway, or none: the Gateway's policies do not apply.
     let elsewhere = ServiceRef::new("prod", "waypoint");
     assert_eq!(run(&other, Some(&elsewhere), "PUT", "/admin"), Ok(()));
