@@ -194,6 +194,7 @@ fn target_of(snapshot: &Snapshot, authority: SocketAddr) -> Result<Target, Statu
     if let Some(sp) = snapshot.service_port(authority) {
         return Ok(Target {
             service: ServiceRef::new(&sp.service.namespace, &sp.service.name),
+            upstream: snapshot.exact_ref(&sp.service),
             host: sp.service.hostname.clone(),
             port: sp.port,
             peer: Peer::default(),
@@ -212,6 +213,7 @@ fn target_of(snapshot: &Snapshot, authority: SocketAddr) -> Result<Target, Statu
             .map_or(authority.port(), |(p, _)| *p);
         return Ok(Target {
             service: ServiceRef::new(&svc.namespace, &svc.name),
+            upstream: snapshot.exact_ref(svc),
             host: svc.hostname.clone(),
             port,
             peer: Peer::default(),

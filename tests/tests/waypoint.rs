@@ -3,11 +3,9 @@
 //! and tunnels to the chosen endpoint's node (node-2), which hands it to the backend. Every
 //! hop is a real process on real sockets.
 //!
-//! Address plan: 127.180/16 .. 127.199/16, 127.170/16 .. 127.172/16 (gRPC tracing),
-//! 127.173/16 (gRPC statuses and messages), 127.174/16 .. 127.176/16 (the Telemetry API),
-//! 127.178/16 (the default retry policy), 127.179/16 (GRPCRoute), 127.254/16 and 127.251/16
-//! (route kinds the API server does not serve or let the waypoint read), 127.252/16 and
-//! 127.253/16 (external authorization over HTTP and gRPC).
+//! Address plan: one 127.x/16 block per mesh, x in 165..=199 and 251..=254, each test
+//! naming its own (`let x = …`); other test binaries keep their own plans (cargo runs
+//! test binaries one at a time).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

@@ -386,6 +386,11 @@ pub struct Effective<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct DestinationRules {
     by_service: HashMap<ServiceRef, ServiceRule>,
+    /// The keys of rules whose `host` stayed a hostname ([`ServiceRef::by_host`]: from the
+    /// cluster, a ServiceEntry's host), by that hostname; and of the others by name: either
+    /// found from a request's Service without building a key.
+    hosts: HashMap<Arc<str>, ServiceRef>,
+    names: HashMap<Arc<str>, Vec<ServiceRef>>,
 }
 
 impl DestinationRules {
@@ -396,6 +401,8 @@ impl DestinationRules {
         resolve: &dyn Fn(&str, &str) -> Option<ServiceRef>,
     ) -> Result<DestinationRules, RouteError> {
         let mut by_service: HashMap<ServiceRef, ServiceRule> = HashMap::new();
+        let mut hosts = HashMap::new();
+        let mut names: HashMap<Arc<str>, Vec<ServiceRef>> = HashMap::new();
         for spec in specs {
             let at = format!("destinationRules[{}/{}]", spec.namespace, spec.name);
             if spec.export_to.is_some() {
@@ -413,7 +420,10 @@ impl DestinationRules {
             let service = resolve(&spec.namespace, &spec.host).ok_or_else(|| {
                 err(
                     format!("{at}.host"),
-                    format!("{:?} is no Service of the mesh", spec.host),
+                    format!(
+                        "{:?} is no Service of the mesh (or names several, as a ServiceEntry's hosts share its name: give the hostname)",
+                        spec.host
+                    ),
                 )
             })?;
             if let Some(other) = by_service.get(&service) {
@@ -453,6 +463,15 @@ impl DestinationRules {
                     ));
                 }
             }
+            match service.host() {
+                Some(host) => {
+                    hosts.insert(host.into(), service.clone());
+                }
+                None => names
+                    .entry(service.name.clone())
+                    .or_default()
+                    .push(service.clone()),
+            }
             by_service.insert(
                 service,
                 ServiceRule {
@@ -462,7 +481,38 @@ impl DestinationRules {
                 },
             );
         }
-        Ok(DestinationRules { by_service })
+        Ok(DestinationRules {
+            by_service,
+            hosts,
+            names,
+        })
+    }
+
+    /// The key the rule of a request's Service is kept under, when it is not `named` (how
+    /// the route named the Service): the Service's `hostname`, or its name (`namespace`,
+    /// `name`) when `own_name` (no other Service shares it: a rule by a ServiceEntry's name
+    /// would not say which of its hosts it means), whichever a rule was given for. `None`:
+    /// the rule, if any, is `named`'s. Allocates nothing (the keys are the table's own).
+    pub fn key_for(
+        &self,
+        named: &ServiceRef,
+        (namespace, name, hostname): (&str, &str, &str),
+        own_name: bool,
+    ) -> Option<ServiceRef> {
+        if self.by_service.is_empty() || self.by_service.contains_key(named) {
+            return None;
+        }
+        if let Some(k) = self.hosts.get(hostname).filter(|k| *k != named) {
+            return Some(k.clone());
+        }
+        if !own_name || named.host().is_none() {
+            return None;
+        }
+        self.names
+            .get(name)?
+            .iter()
+            .find(|k| &*k.namespace == namespace)
+            .cloned()
     }
 
     pub fn len(&self) -> usize {

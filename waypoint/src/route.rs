@@ -50,11 +50,27 @@ pub use grpc::{
 };
 pub use spec::*;
 
+/// The kind of a backendRef (and, from a VirtualService, of a parent) that names a Service
+/// by its hostname; its group is `networking.istio.io`, as istiod has it.
+pub const HOSTNAME_KIND: &str = "Hostname";
+
+/// Istio's networking API group (ServiceEntry, and the `Hostname` kind).
+pub const ISTIO_NETWORKING: &str = "networking.istio.io";
+
 /// Retries at most this many times per request whatever the config says: a route is not
 /// allowed to turn one request into an unbounded amount of backend work.
 pub const MAX_ATTEMPTS: u32 = 10;
 
-/// A Service, as a backend or a parent: `namespace/name`.
+/// A Service, as a backend or a parent: `namespace/name`, or a hostname alone
+/// ([`ServiceRef::by_host`]).
+///
+/// A Kubernetes Service is named by namespace and name. A ServiceEntry's hosts are Services
+/// of the mesh too, each with the entry's namespace and name and its own hostname, and Istio
+/// names them by hostname: a VirtualService's `hosts` and destinations, a DestinationRule's
+/// `host`, a backendRef of kind `Hostname`. Config read from the cluster is compiled without
+/// the registry at hand, so such a name stays a hostname here, and the waypoint finds the
+/// Service that has it when a request comes (`namespace` is empty then: no Kubernetes
+/// namespace is).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceRef {
     pub namespace: Arc<str>,
@@ -68,11 +84,27 @@ impl ServiceRef {
             name: name.into(),
         }
     }
+
+    /// The Service whose hostname is `host`, whatever its namespace and name.
+    pub fn by_host(host: &str) -> ServiceRef {
+        ServiceRef {
+            namespace: "".into(),
+            name: host.into(),
+        }
+    }
+
+    /// The hostname, for a reference made by [`ServiceRef::by_host`].
+    pub fn host(&self) -> Option<&str> {
+        self.namespace.is_empty().then_some(&*self.name)
+    }
 }
 
 impl fmt::Display for ServiceRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        match self.host() {
+            Some(host) => f.write_str(host),
+            None => write!(f, "{}/{}", self.namespace, self.name),
+        }
     }
 }
 
@@ -451,6 +483,17 @@ struct Entry {
     rule: Arc<Rule>,
 }
 
+impl Entry {
+    /// Where the entry ranks among a Service's: ordered (VirtualService) entries first in
+    /// their order, then by precedence, highest first.
+    fn rank(&self) -> (u8, usize, std::cmp::Reverse<Precedence>) {
+        match self.order {
+            Some(i) => (0, i, std::cmp::Reverse((0, 0, false, 0, 0))),
+            None => (1, 0, std::cmp::Reverse(self.matcher.precedence())),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum HostMatch {
     Exact(String),
@@ -474,6 +517,9 @@ impl HostMatch {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     by_parent: HashMap<ServiceRef, Vec<Entry>>,
+    /// Entries whose parent is a hostname (a VirtualService's host from the cluster, kept
+    /// as it stands), by that hostname: a request's Service takes these too.
+    by_hostname: HashMap<Arc<str>, Vec<Entry>>,
     routes: usize,
     /// Ordered (VirtualService) entries so far: the next one's position.
     ordered_seen: usize,
@@ -506,13 +552,13 @@ impl RouteTable {
             table.add(spec, &key, &base)?;
             table.routes += 1;
         }
-        for entries in table.by_parent.values_mut() {
-            // Ordered (VirtualService) entries first in their order, then by precedence;
-            // stable, so ties keep file order.
-            entries.sort_by_key(|e| match e.order {
-                Some(i) => (0, i, std::cmp::Reverse((0, 0, false, 0, 0))),
-                None => (1, 0, std::cmp::Reverse(e.matcher.precedence())),
-            });
+        for entries in table
+            .by_parent
+            .values_mut()
+            .chain(table.by_hostname.values_mut())
+        {
+            // Stable, so ties keep file order.
+            entries.sort_by_key(Entry::rank);
         }
         Ok(table)
     }
@@ -534,10 +580,16 @@ impl RouteTable {
         let mut parents = Vec::new();
         for (i, p) in spec.parent_refs.iter().enumerate() {
             let at = format!("{base}.parentRefs[{i}]");
-            parent_kind(p.kind.as_deref(), p.group.as_deref(), &at)?;
             if p.port == Some(0) {
                 return Err(err(format!("{at}.port"), "0 is not a port"));
             }
+            // A VirtualService's host the registry was not asked about (config from the
+            // cluster): a hostname, found per request. Not a kind an HTTPRoute may name.
+            if spec.ordered && p.kind.as_deref() == Some(HOSTNAME_KIND) {
+                parents.push((ServiceRef::by_host(&p.name), p.port));
+                continue;
+            }
+            parent_kind(p.kind.as_deref(), p.group.as_deref(), &at)?;
             let ns = p.namespace.as_deref().unwrap_or(&spec.namespace);
             parents.push((ServiceRef::new(ns, &p.name), p.port));
         }
@@ -580,18 +632,19 @@ impl RouteTable {
             self.ordered_seen += rules.len();
         }
         for (parent, port) in parents {
+            let entries = match parent.host() {
+                Some(host) => self.by_hostname.entry(host.into()).or_default(),
+                None => self.by_parent.entry(parent.clone()).or_default(),
+            };
             for (i, (m, rule)) in rules.iter().enumerate() {
                 let matcher = recompile(m);
-                self.by_parent
-                    .entry(parent.clone())
-                    .or_default()
-                    .push(Entry {
-                        port,
-                        order: spec.ordered.then_some(first + i),
-                        hostnames: hostnames.clone(),
-                        matcher,
-                        rule: rule.clone(),
-                    });
+                entries.push(Entry {
+                    port,
+                    order: spec.ordered.then_some(first + i),
+                    hostnames: hostnames.clone(),
+                    matcher,
+                    rule: rule.clone(),
+                });
             }
         }
         Ok(())
@@ -621,9 +674,43 @@ impl RouteTable {
         port: u16,
         parts: &Parts,
     ) -> Result<Option<Arc<Rule>>, ()> {
-        let Some(entries) = self.by_parent.get(service) else {
-            return Ok(None);
+        match self.by_parent.get(service) {
+            Some(entries) => self.select_in(entries, port, parts),
+            None => Ok(None),
+        }
+    }
+
+    /// [`select`](Self::select) for a request to the Service `service` whose hostname is
+    /// `hostname`: its routes by name and those naming its hostname (VirtualServices read
+    /// from the cluster), ranked as one list. The hostname is looked up only when some
+    /// route has one, so a mesh without pays nothing for it; a Service with both merges
+    /// the two sorted lists as it goes, without allocating.
+    #[allow(clippy::result_unit_err)]
+    pub fn select_for(
+        &self,
+        service: &ServiceRef,
+        hostname: &str,
+        port: u16,
+        parts: &Parts,
+    ) -> Result<Option<Arc<Rule>>, ()> {
+        let named = self.by_parent.get(service).map(Vec::as_slice);
+        let hosted = match self.by_hostname.is_empty() {
+            true => None,
+            false => self.by_hostname.get(hostname).map(Vec::as_slice),
         };
+        match (named, hosted) {
+            (Some(a), Some(b)) => self.select_in(Merged { a, b }, port, parts),
+            (Some(one), None) | (None, Some(one)) => self.select_in(one.iter(), port, parts),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn select_in<'a>(
+        &self,
+        entries: impl IntoIterator<Item = &'a Entry>,
+        port: u16,
+        parts: &Parts,
+    ) -> Result<Option<Arc<Rule>>, ()> {
         let host = request_host(parts);
         let mut attached = false;
         for e in entries {
@@ -639,6 +726,30 @@ impl RouteTable {
             }
         }
         if attached { Err(()) } else { Ok(None) }
+    }
+}
+
+/// Two ranked entry lists walked as one (a Service's routes by name and by hostname); of
+/// two that rank alike, the first list's goes first.
+struct Merged<'a> {
+    a: &'a [Entry],
+    b: &'a [Entry],
+}
+
+impl<'a> Iterator for Merged<'a> {
+    type Item = &'a Entry;
+
+    fn next(&mut self) -> Option<&'a Entry> {
+        let take_a = match (self.a.first(), self.b.first()) {
+            (Some(x), Some(y)) => x.rank() <= y.rank(),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        let list = if take_a { &mut self.a } else { &mut self.b };
+        let (first, rest) = list.split_first()?;
+        *list = rest;
+        Some(first)
     }
 }
 

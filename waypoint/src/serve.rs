@@ -177,6 +177,10 @@ pub struct Reached {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub service: ServiceRef,
+    /// How a request that goes to the Service itself (a rule without backends, no route)
+    /// names it upstream, when `service` does not name it alone: its hostname, for one of a
+    /// ServiceEntry's hosts (each a Service of the entry's namespace and name).
+    pub upstream: Option<ServiceRef>,
     /// The Service's hostname (span names, `host:port/*` as Envoy's).
     pub host: Arc<str>,
     pub port: u16,
@@ -359,7 +363,7 @@ impl<U: Upstreams> Waypoint<U> {
 
     fn rule_for(&self, target: &Target, parts: &Parts) -> Result<Arc<Rule>, ()> {
         let table = self.table.borrow().clone();
-        if let Some(rule) = table.select(&target.service, target.port, parts)? {
+        if let Some(rule) = table.select_for(&target.service, &target.host, target.port, parts)? {
             return Ok(rule);
         }
         Ok(self.passthrough.clone())
@@ -462,7 +466,8 @@ impl<U: Upstreams> Waypoint<U> {
             return self.answer(rec, Outcome::Redirect, resp);
         }
         let r = self.rng.borrow_mut().random::<u64>();
-        let Some(backend) = rule.pick_for(&target.service, r) else {
+        let parent = target.upstream.as_ref().unwrap_or(&target.service);
+        let Some(backend) = rule.pick_for(parent, r) else {
             return self.answer(
                 rec,
                 Outcome::NoRoute,

@@ -97,7 +97,8 @@ impl Outcome {
 /// caller turns uids into workload labels).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
-    /// The Service the request addressed.
+    /// The Service the request addressed: by name, or by hostname when other Services
+    /// share its name ([`ServiceRef::by_host`]: a ServiceEntry's hosts).
     pub service: ServiceRef,
     /// `namespace/name` of the route, `-` for none.
     pub route: Arc<str>,

@@ -33,9 +33,10 @@ use serde::Deserialize;
 
 use crate::dr::DestinationRules;
 use crate::route::{
-    BackendRefSpec, FaultSpec, FilterSpec, HeaderModifierSpec, HeaderValueSpec, HttpRouteSpec,
-    MatchSpec, MirrorSpec, ParentRefSpec, PathMatchSpec, PathModifierSpec, RedirectSpec, RetrySpec,
-    RouteError, RuleSpec, ServiceRef, TimeoutsSpec, UrlRewriteSpec, ValueMatchSpec, err,
+    BackendRefSpec, FaultSpec, FilterSpec, HOSTNAME_KIND, HeaderModifierSpec, HeaderValueSpec,
+    HttpRouteSpec, ISTIO_NETWORKING, MatchSpec, MirrorSpec, ParentRefSpec, PathMatchSpec,
+    PathModifierSpec, RedirectSpec, RetrySpec, RouteError, RuleSpec, ServiceRef, TimeoutsSpec,
+    UrlRewriteSpec, ValueMatchSpec, err,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -286,16 +287,17 @@ pub fn to_http_routes(
         }
         let service = |host: &str, at: String| {
             resolve(&vs.namespace, host)
-                .ok_or_else(|| err(at, format!("{host:?} is no Service of the mesh")))
+                .ok_or_else(|| err(at, format!("{host:?} is no Service of the mesh (or names several, as a ServiceEntry's hosts share its name: give the hostname)")))
         };
         let mut parent_refs = Vec::new();
         for (i, h) in vs.hosts.iter().enumerate() {
             let s = service(h, format!("{base}.hosts[{i}]"))?;
+            let (kind, group, namespace) = kind_of(&s);
             parent_refs.push(ParentRefSpec {
-                kind: None,
-                group: None,
+                kind,
+                group,
                 name: s.name.to_string(),
-                namespace: Some(s.namespace.to_string()),
+                namespace,
                 port: None,
                 section_name: None,
             });
@@ -316,6 +318,19 @@ pub fn to_http_routes(
         });
     }
     Ok(out)
+}
+
+/// How a translated ref names `s`: a Service by namespace and name, or a hostname (kind
+/// `Hostname`, no namespace) when the host was not resolved to one.
+fn kind_of(s: &ServiceRef) -> (Option<String>, Option<String>, Option<String>) {
+    match s.host() {
+        Some(_) => (
+            Some(HOSTNAME_KIND.to_string()),
+            Some(ISTIO_NETWORKING.to_string()),
+            None,
+        ),
+        None => (None, None, Some(s.namespace.to_string())),
+    }
 }
 
 fn escape_prefix(p: &str) -> String {
@@ -653,11 +668,12 @@ fn backend(
         };
         return Err(err(format!("{at}.subset"), why));
     }
+    let (kind, group, namespace) = kind_of(&s);
     Ok(BackendRefSpec {
-        kind: None,
-        group: None,
+        kind,
+        group,
         name: s.name.to_string(),
-        namespace: Some(s.namespace.to_string()),
+        namespace,
         port: d.port.as_ref().map(|p| p.number),
         weight,
         filters: Vec::new(),

@@ -241,6 +241,12 @@ pub struct Snapshot {
     /// Services by name (the waypoint looks up routes' backends by namespace and name, once
     /// per request), each list in `services` order.
     pub(crate) by_name: HashMap<Arc<str>, Vec<Arc<Service>>>,
+    /// Services by hostname (a route's `Hostname` backend, a VirtualService's host from the
+    /// cluster); of a hostname declared in two namespaces, the first by `namespace/hostname`.
+    pub(crate) by_hostname: HashMap<Arc<str>, Arc<Service>>,
+    /// Service ports whose VIP another Service took in `by_vip`, by `namespace/hostname`
+    /// (empty unless VIPs are shared).
+    pub(crate) shadowed: HashMap<Arc<str>, Vec<ServicePort>>,
     pub(crate) by_vip_ip: HashMap<IpAddr, Arc<Service>>,
     pub(crate) by_vip: HashMap<SocketAddr, ServicePort>,
     pub(crate) local: Vec<Arc<Workload>>,
@@ -292,6 +298,59 @@ impl Snapshot {
             .get(name)?
             .iter()
             .find(|s| &*s.namespace == namespace)
+    }
+
+    /// The service whose hostname is `hostname` (see `by_hostname`).
+    pub fn service_by_hostname(&self, hostname: &str) -> Option<&Arc<Service>> {
+        self.by_hostname.get(hostname)
+    }
+
+    /// The service a route names: by namespace and name, or by hostname.
+    pub fn service_for(&self, r: &waypoint::route::ServiceRef) -> Option<&Arc<Service>> {
+        match r.host() {
+            Some(host) => self.service_by_hostname(host),
+            None => self.service_by_name(&r.namespace, &r.name),
+        }
+    }
+
+    /// Whether another Service has `svc`'s namespace and name (a ServiceEntry's hosts are
+    /// each a Service of the entry's namespace and name).
+    pub fn name_is_shared(&self, svc: &Service) -> bool {
+        self.by_name.get(&svc.name).is_some_and(|all| {
+            all.iter()
+                .filter(|s| s.namespace == svc.namespace)
+                .nth(1)
+                .is_some()
+        })
+    }
+
+    /// How a route's backend names exactly `svc`, when its namespace and name do not (see
+    /// [`Snapshot::name_is_shared`]): by hostname, if that finds `svc` itself (a hostname
+    /// two namespaces declare does not). `None`: the name is as good as it gets.
+    pub fn exact_ref(&self, svc: &Arc<Service>) -> Option<waypoint::route::ServiceRef> {
+        let own_host = self
+            .by_hostname
+            .get(&svc.hostname)
+            .is_some_and(|s| Arc::ptr_eq(s, svc));
+        (own_host && self.name_is_shared(svc))
+            .then(|| waypoint::route::ServiceRef::by_host(&svc.hostname))
+    }
+
+    /// The port `port` of `svc` with its endpoints. Found by the Service's VIPs; a VIP that
+    /// several Services declare (a ServiceEntry's `addresses` are every one of its hosts')
+    /// serves the last of them there, and the others' ports are kept aside for this.
+    pub fn service_port_of(&self, svc: &Arc<Service>, port: u16) -> Option<&ServicePort> {
+        let by_vip = svc.vips.iter().find_map(|vip| {
+            self.by_vip
+                .get(&SocketAddr::new(vip.ip, port))
+                .filter(|sp| Arc::ptr_eq(&sp.service, svc))
+        });
+        by_vip.or_else(|| {
+            self.shadowed
+                .get(&*svc.key())?
+                .iter()
+                .find(|sp| sp.port == port)
+        })
     }
 
     pub fn services(&self) -> &[Arc<Service>] {

@@ -123,6 +123,7 @@ impl MeshState {
         let mut by_service_key = HashMap::with_capacity(services_ordered.len());
         let mut by_vip_ip = HashMap::new();
         let mut by_vip = HashMap::new();
+        let mut shadowed: HashMap<Arc<str>, Vec<ServicePort>> = HashMap::new();
         for (key, (_, def)) in services_ordered {
             let mut svc = Service::clone(def);
             let list = members.get(&**key).map(Vec::as_slice).unwrap_or_default();
@@ -141,7 +142,7 @@ impl MeshState {
                         })
                         .filter_map(|w| endpoint(w, key, vip.ip, port, target_port))
                         .collect();
-                    by_vip.insert(
+                    let taken = by_vip.insert(
                         SocketAddr::new(vip.ip, port),
                         ServicePort {
                             service: svc.clone(),
@@ -150,6 +151,10 @@ impl MeshState {
                             endpoints,
                         },
                     );
+                    if let Some(old) = taken.filter(|o| !Arc::ptr_eq(&o.service, &svc)) {
+                        let key: Arc<str> = old.service.key().into();
+                        shadowed.entry(key).or_default().push(old);
+                    }
                 }
             }
         }
@@ -157,8 +162,13 @@ impl MeshState {
         let mut services: Vec<Arc<Service>> = by_service_key.values().cloned().collect();
         services.sort_unstable_by_key(|s| s.key());
         let mut by_name: HashMap<Arc<str>, Vec<Arc<Service>>> = HashMap::new();
+        let mut by_hostname: HashMap<Arc<str>, Arc<Service>> = HashMap::new();
         for s in &services {
             by_name.entry(s.name.clone()).or_default().push(s.clone());
+            // The first by `namespace/hostname` keeps a hostname two namespaces declare.
+            by_hostname
+                .entry(s.hostname.clone())
+                .or_insert_with(|| s.clone());
         }
         let mut workloads: Vec<Arc<Workload>> = by_uid.values().cloned().collect();
         workloads.sort_unstable_by(|a, b| a.uid.cmp(&b.uid));
@@ -192,6 +202,8 @@ impl MeshState {
             by_uid,
             by_service_key,
             by_name,
+            by_hostname,
+            shadowed,
             by_vip_ip,
             by_vip,
             local,

@@ -18,7 +18,8 @@
 //!   aside, and a route with none is not a waypoint's. A
 //!   cluster whose Gateway API has no GRPCRoute (before v1.1) has none to apply: the kind
 //!   counts as listed, empty, and is asked for again now and then;
-//! - VirtualServices without `gateways`, or whose `gateways` include `mesh`;
+//! - VirtualServices without `gateways`, or whose `gateways` include `mesh` (a host outside
+//!   the cluster's domain, a ServiceEntry's, is a hostname found per request);
 //! - DestinationRules without a `workloadSelector` (those configure sidecars); `exportTo`
 //!   is dropped (the waypoint applies every rule it is given);
 //! - AuthorizationPolicies and RequestAuthentications with `targetRefs` (or the older

@@ -110,7 +110,7 @@ pub fn render_istio(stats: &StatsSnapshot, snap: &Snapshot, table: &TelemetryTab
                      grpc: bool| {
         let source = source.and_then(|u| snap.workload_by_uid(u));
         let destination = endpoint.and_then(|u| snap.workload_by_uid(u));
-        let service = snap.service_by_name(&service.namespace, &service.name);
+        let service = snap.service_for(service);
         LabelSet {
             reporter: Reporter::Destination,
             source: source.map(|w| &**w),
@@ -121,8 +121,17 @@ pub fn render_istio(stats: &StatsSnapshot, snap: &Snapshot, table: &TelemetryTab
         }
         .render_as("waypoint", if grpc { "grpc" } else { "http" })
     };
+    // A series kept by hostname (one of a ServiceEntry's hosts) takes the plan of the
+    // Service's name, as the request did.
+    let plan_of = |service: &waypoint::route::ServiceRef| match service.host() {
+        None => table.plan(service),
+        Some(_) => match snap.service_for(service) {
+            Some(s) => table.plan(&waypoint::route::ServiceRef::new(&s.namespace, &s.name)),
+            None => table.plan(service),
+        },
+    };
     for (k, t) in &stats.requests {
-        let plan = table.plan(&k.service);
+        let plan = plan_of(&k.service);
         if !plan.metrics.reports_any() {
             continue;
         }
@@ -189,7 +198,7 @@ pub fn render_istio(stats: &StatsSnapshot, snap: &Snapshot, table: &TelemetryTab
     // gRPC messages: per metric, label string -> count.
     let mut messages: [BTreeMap<String, u64>; 2] = Default::default();
     for (k, m) in &stats.messages {
-        let plan = table.plan(&k.service);
+        let plan = plan_of(&k.service);
         let labels = labels_of(&k.service, k.source.as_deref(), k.endpoint.as_deref(), true);
         // Envoy's message counters carry the peers' labels, not the request's outcome.
         let standard = relabel(

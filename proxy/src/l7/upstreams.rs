@@ -82,18 +82,19 @@ impl MeshUpstreams {
         let snapshot = self.core.snapshot.borrow();
         let (service, port) = (&to.service, to.port);
         let svc = snapshot
-            .service_by_name(&service.namespace, &service.name)
+            .service_for(service)
             .ok_or_else(|| format!("no service {service}"))?;
-        let vip = svc
-            .vips
-            .first()
-            .ok_or_else(|| format!("service {service} has no VIP (headless)"))?;
-        let Some(sp) = snapshot.service_port(SocketAddr::new(vip.ip, port)) else {
+        if svc.vips.is_empty() {
+            return Err(format!("service {service} has no VIP (headless)"));
+        }
+        let Some(sp) = snapshot.service_port_of(svc, port) else {
             return Err(format!("service {service} does not expose port {port}"));
         };
         let n = self.counter.get();
         self.counter.set(n.wrapping_add(1));
         let l7 = self.core.l7.borrow();
+        let keyed = keyed(l7.destination_rules(), to, svc, &snapshot);
+        let (to, service) = (&*keyed, &keyed.service);
         // Only a DestinationRule brings locality balancing: look up where the waypoint runs
         // only for a Service that has one.
         let me = match l7.destination_rules().get(service) {
@@ -129,6 +130,46 @@ impl MeshUpstreams {
             ),
             Protocol::Tcp => Dial::Tcp(addr),
         })
+    }
+}
+
+/// `to`, its Service named as its DestinationRule names it when the route named it the
+/// other way (a hostname for a name, or the reverse): see `DestinationRules::key_for`.
+fn keyed<'a>(
+    rules: &waypoint::dr::DestinationRules,
+    to: &'a Upstream,
+    svc: &config::snapshot::Service,
+    snapshot: &Snapshot,
+) -> std::borrow::Cow<'a, Upstream> {
+    if rules.is_empty() {
+        return std::borrow::Cow::Borrowed(to);
+    }
+    let at = (&*svc.namespace, &*svc.name, &*svc.hostname);
+    match rules.key_for(&to.service, at, !snapshot.name_is_shared(svc)) {
+        None => std::borrow::Cow::Borrowed(to),
+        Some(service) => std::borrow::Cow::Owned(Upstream {
+            service,
+            ..to.clone()
+        }),
+    }
+}
+
+impl MeshUpstreams {
+    /// `to` keyed for its DestinationRule (see [`keyed`]); the registry is asked only when
+    /// some rule exists.
+    fn keyed_for<'a>(
+        &self,
+        rules: &waypoint::dr::DestinationRules,
+        to: &'a Upstream,
+    ) -> std::borrow::Cow<'a, Upstream> {
+        if rules.is_empty() {
+            return std::borrow::Cow::Borrowed(to);
+        }
+        let snapshot = self.core.snapshot.borrow();
+        match snapshot.service_for(&to.service) {
+            Some(svc) => keyed(rules, to, svc, &snapshot),
+            None => std::borrow::Cow::Borrowed(to),
+        }
     }
 }
 
@@ -413,21 +454,25 @@ impl Upstreams for Ups {
 
     fn limits(&self, to: &Upstream) -> Option<Arc<waypoint::dr::Limits>> {
         let l7 = self.0.core.l7.borrow();
-        l7.destination_rules()
+        let rules = l7.destination_rules();
+        let to = self.0.keyed_for(rules, to);
+        rules
             .limits(&to.service, to.subset.as_deref(), to.port)
             .cloned()
     }
 
     fn hash_policy(&self, to: &Upstream) -> Option<Arc<waypoint::dr::HashPolicy>> {
         let l7 = self.0.core.l7.borrow();
-        l7.destination_rules()
+        let rules = l7.destination_rules();
+        let to = self.0.keyed_for(rules, to);
+        rules
             .hash(&to.service, to.subset.as_deref(), to.port)
             .cloned()
     }
 
     fn cluster_name(&self, to: &Upstream) -> Option<String> {
         let snapshot = self.0.core.snapshot.borrow();
-        let svc = snapshot.service_by_name(&to.service.namespace, &to.service.name)?;
+        let svc = snapshot.service_for(&to.service)?;
         // Bound to this waypoint: the backend's waypoint is this workload, by address or
         // as a member of the Service its hostname names (istiod's test: the backend is
         // one of this waypoint's Services).
@@ -493,308 +538,4 @@ impl Upstreams for Ups {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `reviews` has three endpoints: r1 and r2 labelled v1 (r2 unhealthy), r3 with no labels
-    /// of its own and canonical revision v2 (as a workload from istiod would be).
-    const MESH: &str = r#"
-workloads:
-  - {name: r1, namespace: demo, workloadIps: ["10.0.0.1"], protocol: HBONE, labels: {version: v1, app: reviews}, services: [demo/reviews.demo.svc.cluster.local]}
-  - {name: r2, namespace: demo, workloadIps: ["10.0.0.2"], protocol: HBONE, labels: {version: v1}, status: Unhealthy, services: [demo/reviews.demo.svc.cluster.local]}
-  - {name: r3, namespace: demo, workloadIps: ["10.0.0.3"], protocol: HBONE, canonicalRevision: v2, services: [demo/reviews.demo.svc.cluster.local]}
-  - {name: r4, namespace: demo, workloadIps: ["10.0.0.4"], protocol: HBONE, labels: {version: v1, app: reviews}, services: [demo/reviews.demo.svc.cluster.local]}
-services:
-  - {name: reviews, namespace: demo, hostname: reviews.demo.svc.cluster.local, vips: ["/10.1.0.1"], ports: {80: 9080}}
-destinationRules:
-  - name: reviews
-    namespace: demo
-    host: reviews
-    trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
-    subsets:
-      - {name: v1, labels: {version: v1}}
-      - {name: v2, labels: {version: v2}}
-      - {name: v3, labels: {version: v3}}
-      - {name: random, labels: {app: reviews}, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
-      - {name: least, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}}
-      - {name: guarded, labels: {version: v1}, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 2}}}
-      - {name: panicky, labels: {version: v1}, trafficPolicy: {outlierDetection: {minHealthPercent: 60}}}
-      - {name: slow-rr, labels: {app: reviews}, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 100s}}}
-      - {name: slow-lr, labels: {app: reviews}, trafficPolicy: {loadBalancer: {warmup: {duration: 100s, minimumPercent: 10}}}}
-      - {name: sticky, labels: {app: reviews}, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}, outlierDetection: {consecutive5xxErrors: 2}}}
-"#;
-
-    fn picks(snapshot: &Snapshot, subset: Option<&str>, n: u64) -> Result<Vec<String>, String> {
-        picks_loaded(snapshot, subset, n, &|_| 0)
-    }
-
-    fn picks_loaded(
-        snapshot: &Snapshot,
-        subset: Option<&str>,
-        n: u64,
-        load: &dyn Fn(SocketAddr) -> u32,
-    ) -> Result<Vec<String>, String> {
-        picks_with(snapshot, subset, n, &|a| Host {
-            load: load(a),
-            ejected: false,
-            ..Host::default()
-        })
-    }
-
-    fn picks_with(
-        snapshot: &Snapshot,
-        subset: Option<&str>,
-        n: u64,
-        host: &dyn Fn(SocketAddr) -> Host,
-    ) -> Result<Vec<String>, String> {
-        let sp = snapshot
-            .service_port(SocketAddr::from(([10, 1, 0, 1], 80)))
-            .expect("service port");
-        let to = Upstream {
-            service: ServiceRef::new("demo", "reviews"),
-            subset: subset.map(Arc::from),
-            port: 80,
-            hash: None,
-        };
-        (0..n)
-            .map(|i| {
-                pick_endpoint(snapshot.destination_rules(), sp, &to, i, None, host).map(|p| {
-                    let w = snapshot
-                        .workload_by_uid(&p.endpoint.uid)
-                        .expect("a workload");
-                    w.name.to_string()
-                })
-            })
-            .collect()
-    }
-
-    #[test]
-    fn subsets_pick_only_their_healthy_endpoints() {
-        let snap = config::parse(MESH, &LoadOptions::default()).unwrap();
-        // Round robin over the whole Service's healthy endpoints.
-        assert_eq!(picks(&snap, None, 3).unwrap(), ["r1", "r3", "r4"]);
-        // v1: r1 and r4 (r2 is unhealthy), in turn.
-        assert_eq!(
-            picks(&snap, Some("v1"), 4).unwrap(),
-            ["r1", "r4", "r1", "r4"]
-        );
-        // v2: r3 has no labels; its canonical revision answers for `version`.
-        assert_eq!(picks(&snap, Some("v2"), 2).unwrap(), ["r3", "r3"]);
-        // A subset no endpoint belongs to is an error, never another subset's endpoint.
-        let e = picks(&snap, Some("v3"), 1).unwrap_err();
-        assert!(e.contains("no healthy endpoint in subset \"v3\""), "{e}");
-        let e = picks(&snap, Some("gone"), 1).unwrap_err();
-        assert!(e.contains("no subset \"gone\""), "{e}");
-        // The subset's own balancing (random) still keeps to its members.
-        let random = picks(&snap, Some("random"), 64).unwrap();
-        assert!(random.iter().all(|w| w == "r1" || w == "r4"), "{random:?}");
-        assert!(random.iter().any(|w| w == "r1") && random.iter().any(|w| w == "r4"));
-        assert_ne!(random, picks(&snap, Some("v1"), 64).unwrap());
-        // Least-request: r1 busy, so its subset's other member takes every request.
-        let busy = |a: SocketAddr| u32::from(a.ip() == IpAddr::from([10, 0, 0, 1])) * 3;
-        let least = picks_loaded(&snap, Some("least"), 32, &busy).unwrap();
-        assert!(least.iter().all(|w| w == "r4"), "{least:?}");
-        let idle = picks(&snap, Some("least"), 64).unwrap();
-        assert!(idle.iter().any(|w| w == "r1") && idle.iter().any(|w| w == "r4"));
-    }
-
-    #[test]
-    fn a_hash_keeps_to_one_endpoint_until_it_is_ejected() {
-        let snap = config::parse(MESH, &LoadOptions::default()).unwrap();
-        let sp = snap
-            .service_port(SocketAddr::from(([10, 1, 0, 1], 80)))
-            .unwrap();
-        let pick = |hash: Option<u64>, n: u64, host: &dyn Fn(SocketAddr) -> Host| {
-            let to = Upstream {
-                service: ServiceRef::new("demo", "reviews"),
-                subset: Some(Arc::from("sticky")),
-                port: 80,
-                hash,
-            };
-            pick_endpoint(snap.destination_rules(), sp, &to, n, None, host)
-                .unwrap()
-                .endpoint
-                .addr
-        };
-        let healthy = |_| Host::default();
-        // Whatever the counter (the core's turn), one key goes to one endpoint; keys
-        // spread over both members of the subset (r1 and r4).
-        let mut seen = std::collections::HashSet::new();
-        for key in 0..64u64 {
-            let first = pick(Some(key), 0, &healthy);
-            assert!((1..8).all(|n| pick(Some(key), n, &healthy) == first));
-            seen.insert(first);
-        }
-        assert_eq!(seen.len(), 2, "{seen:?}");
-        // The endpoint a key prefers is ejected: the key goes to the other, and back after.
-        let key = 7;
-        let home = pick(Some(key), 0, &healthy);
-        let out = |a: SocketAddr| Host {
-            load: 0,
-            ejected: a == home,
-            ..Host::default()
-        };
-        assert_ne!(pick(Some(key), 0, &out), home);
-        assert_eq!(pick(Some(key), 0, &healthy), home);
-        // No key: spread at random over the subset.
-        let keyless: std::collections::HashSet<_> =
-            (0..64).map(|n| pick(None, n, &healthy)).collect();
-        assert_eq!(keyless.len(), 2);
-    }
-
-    /// `near` has three endpoints: one in the waypoint's zone, one in another zone of its
-    /// region, one in the failover region.
-    const NEAR: &str = r#"
-workloads:
-  - {name: wp, namespace: demo, workloadIps: ["10.0.9.9"], protocol: HBONE, locality: {region: us-east, zone: a, subzone: "1"}}
-  - {name: l1, namespace: demo, workloadIps: ["10.0.0.1"], protocol: HBONE, locality: {region: us-east, zone: a, subzone: "1"}, services: [demo/near.demo.svc.cluster.local]}
-  - {name: l2, namespace: demo, workloadIps: ["10.0.0.2"], protocol: HBONE, locality: {region: us-east, zone: b, subzone: "1"}, services: [demo/near.demo.svc.cluster.local]}
-  - {name: l3, namespace: demo, workloadIps: ["10.0.0.3"], protocol: HBONE, locality: {region: us-west, zone: a, subzone: "1"}, services: [demo/near.demo.svc.cluster.local]}
-services:
-  - {name: near, namespace: demo, hostname: near.demo.svc.cluster.local, vips: ["/10.1.0.2"], ports: {80: 9080}}
-destinationRules:
-  - name: near
-    namespace: demo
-    host: near
-    trafficPolicy:
-      outlierDetection: {consecutive5xxErrors: 1, maxEjectionPercent: 100}
-      loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {failover: [{from: us-east, to: us-west}]}}
-    subsets:
-      - name: none
-        trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: false}}}
-      - name: prio
-        trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {failoverPriority: [topology.kubernetes.io/zone]}}}
-      - name: split
-        trafficPolicy:
-          loadBalancer:
-            simple: ROUND_ROBIN
-            localityLbSetting: {distribute: [{from: us-east/a/*, to: {us-east/a/*: 80, us-west/*: 20}}]}
-"#;
-
-    #[test]
-    fn locality_keeps_traffic_near_and_fails_over_in_rank_order() {
-        let snap = config::parse(NEAR, &LoadOptions::default()).unwrap();
-        let sp = snap
-            .service_port(SocketAddr::from(([10, 1, 0, 2], 80)))
-            .unwrap();
-        let wp = snap
-            .workload_by_uid("demo/wp")
-            .expect("the waypoint's workload");
-        let me = Some(&**wp);
-        let counts = |subset: Option<&str>, out: &[u8]| {
-            let mut n = std::collections::BTreeMap::<String, u32>::new();
-            let to = Upstream {
-                service: ServiceRef::new("demo", "near"),
-                subset: subset.map(Arc::from),
-                port: 80,
-                hash: None,
-            };
-            let host = |a: SocketAddr| Host {
-                load: 0,
-                ejected: matches!(a.ip(), IpAddr::V4(ip) if out.contains(&ip.octets()[3])),
-                ..Host::default()
-            };
-            for i in 0..1000 {
-                let p = pick_endpoint(snap.destination_rules(), sp, &to, i, me, &host).unwrap();
-                let w = snap.workload_by_uid(&p.endpoint.uid).unwrap();
-                *n.entry(w.name.to_string()).or_default() += 1;
-            }
-            n
-        };
-        let only = |name: &str| std::collections::BTreeMap::from([(name.to_string(), 1000)]);
-        // All healthy: the waypoint's own zone takes everything.
-        assert_eq!(counts(None, &[]), only("l1"));
-        // l1 out: its region's other zone; then the failover region.
-        assert_eq!(counts(None, &[1]), only("l2"));
-        assert_eq!(counts(None, &[1, 2]), only("l3"));
-        // Turned off: round robin over all three.
-        let off = counts(Some("none"), &[]);
-        assert_eq!(off.values().copied().collect::<Vec<_>>(), [334, 333, 333]);
-        // Distribute: 80 % to the waypoint's zone, 20 % to us-west (l2 matches neither).
-        let split = counts(Some("split"), &[]);
-        let (l1, l3) = (split["l1"], split["l3"]);
-        assert!(!split.contains_key("l2"), "{split:?}");
-        assert!((740..=860).contains(&l1) && l1 + l3 == 1000, "{split:?}");
-        // A locality with nothing healthy takes nothing: us-west gets all.
-        assert_eq!(counts(Some("split"), &[1]), only("l3"));
-        // failoverPriority by zone: l1 and l3 share the waypoint's zone name, whatever the
-        // region; l2 only when both are out.
-        let prio = counts(Some("prio"), &[]);
-        assert_eq!(
-            (prio.get("l1"), prio.get("l2"), prio.get("l3")),
-            (Some(&500), None, Some(&500))
-        );
-        assert_eq!(counts(Some("prio"), &[1, 3]), only("l2"));
-    }
-
-    #[test]
-    fn a_new_endpoint_starts_slow_and_takes_its_full_share_after_the_window() {
-        let snap = config::parse(MESH, &LoadOptions::default()).unwrap();
-        let r4 = IpAddr::from([10, 0, 0, 4]);
-        // r4 joined 10 s ago (weight 0.1 of 100 s), or 60 s ago (0.6), or long ago.
-        let aged = |secs: Option<u64>, r1_load: u32| {
-            move |a: SocketAddr| Host {
-                load: if a.ip() == r4 { 0 } else { r1_load },
-                age: secs.filter(|_| a.ip() == r4).map(Duration::from_secs),
-                ..Host::default()
-            }
-        };
-        let share = |subset: &str, host: &dyn Fn(SocketAddr) -> Host| {
-            let v = picks_with(&snap, Some(subset), 2000, host).unwrap();
-            v.iter().filter(|w| *w == "r4").count()
-        };
-        // Round robin: in proportion to weight, 0.1/1.1 and 0.6/1.6 of 2,000.
-        let young = share("slow-rr", &aged(Some(10), 0));
-        assert!((120..=250).contains(&young), "{young}");
-        let older = share("slow-rr", &aged(Some(60), 0));
-        assert!((650..=850).contains(&older), "{older}");
-        assert_eq!(share("slow-rr", &aged(Some(100), 0)), 1000);
-        assert_eq!(share("slow-rr", &aged(None, 0)), 1000);
-        // Least-request: weight over requests in flight; r1 idle wins every draw, r1 with
-        // 12 in flight (1/13 < 0.1) loses them all.
-        assert_eq!(share("slow-lr", &aged(Some(10), 0)), 0);
-        assert_eq!(share("slow-lr", &aged(Some(10), 12)), 2000);
-    }
-
-    #[test]
-    fn ejected_endpoints_are_left_out_while_enough_remain() {
-        let snap = config::parse(MESH, &LoadOptions::default()).unwrap();
-        let r1 = IpAddr::from([10, 0, 0, 1]);
-        let r1_out = |a: SocketAddr| Host {
-            load: 0,
-            ejected: a.ip() == r1,
-            ..Host::default()
-        };
-        let all_out = |_| Host {
-            load: 0,
-            ejected: true,
-            ..Host::default()
-        };
-        let both = |v: &[String]| v.iter().any(|w| w == "r1") && v.iter().any(|w| w == "r4");
-        // With outlier detection, an ejected endpoint takes nothing.
-        let v = picks_with(&snap, Some("guarded"), 32, &r1_out).unwrap();
-        assert!(v.iter().all(|w| w == "r4"), "{v:?}");
-        // What the waypoint is told, to judge the answer: the policy and the pool.
-        let sp = snap
-            .service_port(SocketAddr::from(([10, 1, 0, 1], 80)))
-            .unwrap();
-        let to = Upstream {
-            service: ServiceRef::new("demo", "reviews"),
-            subset: Some(Arc::from("guarded")),
-            port: 80,
-            hash: None,
-        };
-        let p = pick_endpoint(snap.destination_rules(), sp, &to, 0, None, &r1_out).unwrap();
-        assert_eq!((p.pool, p.ejected), (2, 1));
-        assert_eq!(p.outlier.map(|o| o.consecutive_5xx), Some(2));
-        // Everyone ejected: no healthy upstream (Istio's default panic threshold, 0).
-        let e = picks_with(&snap, Some("guarded"), 1, &all_out).unwrap_err();
-        assert!(e.contains("no healthy endpoint"), "{e}");
-        // minHealthPercent 60: one of two left is too few, so ejections are ignored.
-        assert!(both(
-            &picks_with(&snap, Some("panicky"), 64, &r1_out).unwrap()
-        ));
-        // No outlier detection for the subset: the flag means nothing.
-        assert!(both(&picks_with(&snap, Some("v1"), 64, &r1_out).unwrap()));
-    }
-}
+mod tests;

@@ -110,7 +110,7 @@ requestAuthentications:
             "the mesh comes from istiod",
         ),
         (
-            "virtualServices: [{name: v, namespace: demo, hosts: [www.example.com], http: []}]",
+            "virtualServices: [{name: v, namespace: demo, hosts: ['*.example.com'], http: []}]",
             "virtualServices[demo/v].hosts[0]",
             "no Service of the mesh",
         ),
@@ -119,4 +119,40 @@ requestAuthentications:
         assert_eq!(e.field_path(), path, "{}", e.reason());
         assert!(e.reason().contains(reason), "{path}: {}", e.reason());
     }
+}
+
+/// By Istio's rules a host with a dot that is not `name.namespace.svc.<domain>` is a
+/// hostname as it stands (a ServiceEntry's host): its VirtualService applies to the Service
+/// that has it, and a DestinationRule for it is kept by that hostname.
+#[test]
+fn l7_only_hosts_outside_the_cluster_domain_are_hostnames() {
+    use ::waypoint::route::ServiceRef;
+    let opts = LoadOptions {
+        l7_only: true,
+        ..LoadOptions::default()
+    };
+    let snap = parse(
+        r#"
+virtualServices:
+  - name: egress
+    namespace: demo
+    hosts: [api.example.com]
+    http: [{route: [{destination: {host: api.example.com, subset: v2}}]}]
+destinationRules:
+  - {name: api, namespace: demo, host: api.example.com, subsets: [{name: v2, labels: {version: v2}}]}
+"#,
+        &opts,
+    )
+    .expect("a hostname VirtualService");
+    let get = http::Request::get("/").body(()).unwrap().into_parts().0;
+    // The ServiceEntry's Service, named by its entry: found by its hostname.
+    let se = ServiceRef::new("demo", "api-entry");
+    let rule = snap
+        .routes()
+        .select_for(&se, "api.example.com", 443, &get)
+        .unwrap()
+        .expect("the hostname's route");
+    let b = rule.pick_for(&se, 0).unwrap();
+    assert_eq!(b.service, ServiceRef::by_host("api.example.com"));
+    assert!(snap.destination_rules().subset(&b.service, "v2").is_some());
 }

@@ -319,3 +319,128 @@ fn a_policy_that_cannot_apply_fails_closed() -> Result<()> {
     );
     Ok(())
 }
+
+const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/virtualservices";
+const DESTINATION_RULES: &str = "/apis/networking.istio.io/v1/destinationrules";
+
+/// A ServiceEntry's hosts from the cluster (an egress waypoint's case): entry `ext` has two,
+/// `api.example.com` (endpoint v1) and `other.example.com` (endpoint v2), two Services of
+/// one namespace and name, both bound to the waypoint. A VirtualService on one host, a
+/// DestinationRule on the other and an HTTPRoute backend of kind `Hostname` each name a
+/// host as it stands, by Istio's rules (were: refused as no Service); a request to the
+/// other host goes to its own endpoints and is counted as itself (were: the entry's first
+/// host's, by name).
+#[test]
+fn service_entry_hosts_are_routed_by_hostname() -> Result<()> {
+    let x = 165;
+    let ip = |c, d| ip4(x, c, d);
+    let (api_vip, other_vip) = (ip(100, 6), ip(100, 7));
+    let entry = format!(
+        "\n  - {{name: ext, namespace: demo, hostname: api.example.com, vips: [\"{api_vip}\"], ports: {{80: 8080}}, waypoint: {{destination: \"/{wp}\", hboneMtlsPort: 15008}}}}\
+         \n  - {{name: ext, namespace: demo, hostname: other.example.com, vips: [\"{other_vip}\"], ports: {{80: 8080}}, waypoint: {{destination: \"/{wp}\", hboneMtlsPort: 15008}}}}\nhttpRoutes:",
+        wp = ip(3, 1),
+    );
+    let config = mesh_config(x, "  []")
+        .replacen(
+            "services: [demo/echo-v1.demo.svc.cluster.local,",
+            "services: [demo/api.example.com, demo/echo-v1.demo.svc.cluster.local,",
+            1,
+        )
+        .replacen(
+            "services: [demo/echo-v2.demo.svc.cluster.local,",
+            "services: [demo/other.example.com, demo/echo-v2.demo.svc.cluster.local,",
+            1,
+        )
+        .replacen("\nhttpRoutes:", &entry, 1);
+    let api = FakeKube::start(SocketAddr::new(ip(50, 1), 0), "s3cret")?;
+    api.apply(
+        VIRTUAL_SERVICES,
+        json!({"metadata": {"namespace": "demo", "name": "egress"},
+               "spec": {"hosts": ["api.example.com"],
+                        "http": [
+                            {"match": [{"headers": {"x-to": {"exact": "other"}}}],
+                             "route": [{"destination": {"host": "other.example.com"}}]},
+                            {"match": [{"headers": {"x-to": {"exact": "subset"}}}],
+                             "route": [{"destination": {"host": "other.example.com", "subset": "v2"}}]},
+                            {"route": [{"destination": {"host": "api.example.com"}}],
+                             "headers": {"request": {"set": {"x-via": "egress-vs"}}}}]}}),
+    );
+    api.apply(
+        DESTINATION_RULES,
+        json!({"metadata": {"namespace": "demo", "name": "other"},
+               "spec": {"host": "other.example.com", "subsets": [{"name": "v2", "labels": {"version": "v2"}}]}}),
+    );
+    api.apply(
+        ROUTES,
+        json!({"metadata": {"namespace": "demo", "name": "echo"},
+               "spec": {"parentRefs": [{"kind": "Service", "group": "", "name": "echo"}],
+                        "rules": [
+                            {"matches": [{"headers": [{"name": "x-to", "value": "hostname"}]}],
+                             "backendRefs": [{"group": "networking.istio.io", "kind": "Hostname", "name": "other.example.com", "port": 80}]},
+                            {"backendRefs": [{"name": "echo-v1", "port": 80}]}]}}),
+    );
+    let dir = tempfile::tempdir()?;
+    let args = kube_args(&api, dir.path())?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let m = Mesh::start_config(x, &config, &args, &[])?;
+    let to = |vip| -> Result<Client> {
+        Client::new(socks_connect(
+            m.client_ip(),
+            m.n1.socks(),
+            SocketAddr::new(vip, 80),
+        )?)
+    };
+    let mut c = to(api_vip)?;
+    let r = c.request("GET", "/e", &[], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v1 ") && r.body.contains("x-via: egress-vs"),
+        "{r:?}\n{}",
+        m.context()
+    );
+    for how in ["other", "subset"] {
+        let r = c.request("GET", "/e", &[("x-to", how)], b"")?;
+        ensure!(
+            r.status == 200 && r.body.starts_with("v2 "),
+            "{how}: {r:?}\n{}",
+            m.context()
+        );
+    }
+    ensure!(
+        !m.wp
+            .proc
+            .stderr()
+            .contains("left out of the waypoint's config"),
+        "{}",
+        m.context()
+    );
+    let mut c = m.client()?;
+    let r = c.request("GET", "/h", &[("x-to", "hostname")], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v2 "),
+        "{r:?}\n{}",
+        m.context()
+    );
+    let r = c.request("GET", "/h", &[], b"")?;
+    ensure!(r.status == 200 && r.body.starts_with("v1 "), "{r:?}");
+    // The other host, called: no route of its own (the first's VirtualService is not its),
+    // so on to its own endpoints, and counted under its own hostname.
+    let mut c = to(other_vip)?;
+    let r = c.request("GET", "/o", &[], b"")?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("v2 ") && !r.body.contains("x-via"),
+        "{r:?}\n{}",
+        m.context()
+    );
+    let metrics = m.wp.metrics()?;
+    let requests_to = |host: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains(&format!("destination_service=\"{host}\""))
+        })
+    };
+    ensure!(
+        requests_to("other.example.com") && requests_to("api.example.com"),
+        "{metrics}"
+    );
+    Ok(())
+}

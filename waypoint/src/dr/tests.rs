@@ -334,3 +334,46 @@ fn label_syntax_is_kubernetes() {
         assert!(label_value(bad).is_err(), "{bad}");
     }
 }
+
+/// A rule whose host stayed a hostname (a ServiceEntry's, from the cluster) is found for a
+/// request that named the Service by name, and a rule by name for one that named it by
+/// hostname; a mesh whose rules all go by name builds no key.
+#[test]
+fn a_rule_is_found_by_name_or_by_hostname() {
+    let resolve = |ns: &str, host: &str| match host {
+        "api.example.com" => Some(ServiceRef::by_host(host)),
+        _ => resolve(ns, host),
+    };
+    let specs: Vec<DestinationRuleSpec> = serde_yaml::from_str(
+        "
+- {name: api, namespace: egress, host: api.example.com, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
+- {name: reviews, namespace: demo, host: reviews, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}
+",
+    )
+    .unwrap();
+    let drs = DestinationRules::build(&specs, &resolve).unwrap();
+    let by_host = ServiceRef::by_host("api.example.com");
+    assert_eq!(drs.balance(&by_host, None, 443), Some(Balance::Random));
+    // Named by the ServiceEntry's name: its hostname finds the rule.
+    let by_name = ServiceRef::new("egress", "api");
+    let api = ("egress", "api", "api.example.com");
+    let key = drs.key_for(&by_name, api, false);
+    assert_eq!(key.as_ref(), Some(&by_host));
+    // Named by hostname, kept by name: the name finds it, if no other Service has it.
+    let reviews = ServiceRef::by_host("reviews.demo.svc.cluster.local");
+    let at = ("demo", "reviews", "reviews.demo.svc.cluster.local");
+    assert_eq!(
+        drs.key_for(&reviews, at, true),
+        Some(ServiceRef::new("demo", "reviews"))
+    );
+    // A ServiceEntry's host of that name (its name shared by its hosts): not its rule.
+    let entry_host = ServiceRef::by_host("reviews.example.com");
+    let at = ("demo", "reviews", "reviews.example.com");
+    assert_eq!(drs.key_for(&entry_host, at, false), None);
+    // The rule is the route's own, or there is none: no key.
+    assert_eq!(drs.key_for(&by_host, api, false), None);
+    let other = ServiceRef::new("demo", "ratings");
+    let at = ("demo", "ratings", "ratings.demo.svc.cluster.local");
+    assert_eq!(drs.key_for(&other, at, true), None);
+    assert_eq!(format!("{by_host}"), "api.example.com");
+}

@@ -47,10 +47,40 @@ pub(super) fn compile_backend(
     ns: &str,
     at: &str,
 ) -> Result<Backend, RouteError> {
-    service_kind(b.kind.as_deref(), b.group.as_deref(), at)?;
     if b.name.is_empty() {
         return Err(err(format!("{at}.name"), "must not be empty"));
     }
+    let service = match (b.kind.as_deref(), b.group.as_deref()) {
+        // istiod's `Hostname` kind: a ServiceEntry's host (or any Service's hostname), found
+        // in the registry when a request is sent.
+        (Some(HOSTNAME_KIND), Some(ISTIO_NETWORKING)) => {
+            if b.namespace.is_some() {
+                return Err(err(
+                    format!("{at}.namespace"),
+                    "a backendRef of kind Hostname takes no namespace (the hostname says where)",
+                ));
+            }
+            // A wildcard names the Service declared with that very host (a ServiceEntry's
+            // `*.example.com`), as istiod looks it up.
+            match host_match(&b.name) {
+                Ok(_) => ServiceRef::by_host(&b.name),
+                Err(m) => return Err(err(format!("{at}.name"), m)),
+            }
+        }
+        (Some(HOSTNAME_KIND), g) => {
+            return Err(err(
+                format!("{at}.group"),
+                format!(
+                    "{:?}: the Hostname kind's group is {ISTIO_NETWORKING}",
+                    g.unwrap_or("")
+                ),
+            ));
+        }
+        (kind, group) => {
+            service_kind(kind, group, at)?;
+            ServiceRef::new(b.namespace.as_deref().unwrap_or(ns), &b.name)
+        }
+    };
     if b.port == Some(0) {
         return Err(err(format!("{at}.port"), "0 is not a port"));
     }
@@ -111,7 +141,7 @@ pub(super) fn compile_backend(
     }
     let edits = (!own.request.is_empty() || !own.response.is_empty()).then(|| Arc::new(own));
     Ok(Backend {
-        service: ServiceRef::new(b.namespace.as_deref().unwrap_or(ns), &b.name),
+        service,
         subset: b.subset.as_deref().map(Arc::from),
         port: b.port,
         weight: b.weight.unwrap_or(1),

@@ -20,7 +20,7 @@ pub(super) fn service_kind(
         Some(k) => {
             return Err(err(
                 format!("{at}.kind"),
-                format!("{k:?}: only Service is supported"),
+                format!("{k:?}: a backend is a Service, or a Hostname ({ISTIO_NETWORKING})"),
             ));
         }
     }
@@ -41,7 +41,7 @@ pub(super) fn parent_kind(
     at: &str,
 ) -> Result<(), RouteError> {
     match (kind, group) {
-        (Some("ServiceEntry"), Some("networking.istio.io")) => Ok(()),
+        (Some("ServiceEntry"), Some(ISTIO_NETWORKING)) => Ok(()),
         (Some("ServiceEntry"), g) => Err(err(
             format!("{at}.group"),
             format!(

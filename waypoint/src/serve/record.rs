@@ -11,6 +11,9 @@ pub(super) struct Record {
     pub(super) stats: Rc<Stats>,
     pub(super) start: Instant,
     pub(super) service: ServiceRef,
+    /// The Service as its series count it: `service`, or its hostname when other Services
+    /// share its name (a ServiceEntry's hosts, each reported as itself).
+    series: ServiceRef,
     pub(super) port: u16,
     pub(super) route: Arc<str>,
     pub(super) peer: Peer,
@@ -199,6 +202,7 @@ impl Record {
             stats,
             start: Instant::now(),
             service: target.service.clone(),
+            series: target.upstream.as_ref().unwrap_or(&target.service).clone(),
             port: target.port,
             route: Arc::from("-"),
             peer: target.peer.clone(),
@@ -374,7 +378,7 @@ impl Record {
             .as_deref()
             .map(|c| self.attributes(c, self.start.elapsed(), self.request_bytes.get(), 0));
         let key = StreamKey {
-            service: self.service.clone(),
+            service: self.series.clone(),
             source: self.peer.workload.clone(),
             source_principal: self.peer.principal.clone(),
             endpoint: self.endpoint.as_ref().map(|e| e.uid.clone()),
@@ -418,7 +422,7 @@ impl Record {
         if self.plan.metrics.reports_any() {
             let tags = self.upserted(attrs.as_ref());
             let key = Key {
-                service: self.service.clone(),
+                service: self.series.clone(),
                 route: self.route.clone(),
                 code: self.code,
                 outcome: self.outcome,

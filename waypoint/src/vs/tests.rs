@@ -462,3 +462,97 @@ fn one_destination_is_counted_as_istiod_counts_it() {
     assert!(r.backend_edits_last());
     assert!(r.pick_for(&ServiceRef::new("demo", "reviews"), 7).is_some());
 }
+
+/// A host the registry was not asked about (from the cluster: a ServiceEntry's) stays a
+/// hostname: the entries apply to the Service that has it, found when a request comes, and
+/// a destination by hostname goes there.
+#[test]
+fn a_host_that_stays_a_hostname_routes_by_hostname() {
+    let resolve = |ns: &str, host: &str| match host {
+        "api.example.com" | "mirror.example.com" => Some(ServiceRef::by_host(host)),
+        _ => resolve(ns, host),
+    };
+    let routes = to_http_routes(
+        &specs(
+            "
+- name: egress
+  namespace: demo
+  hosts: [api.example.com]
+  http:
+    - route: [{destination: {host: mirror.example.com, port: {number: 443}}}]
+",
+        ),
+        &resolve,
+        &DestinationRules::default(),
+    )
+    .unwrap();
+    let t = RouteTable::build(&routes).unwrap();
+    // The ServiceEntry's Service, by its name: no route by that name, its hostname has one.
+    let se = ServiceRef::new("egress", "api");
+    assert!(t.select(&se, 443, &get("/", &[])).unwrap().is_none());
+    let rule = t
+        .select_for(&se, "api.example.com", 443, &get("/", &[]))
+        .unwrap()
+        .unwrap();
+    let b = rule.pick_for(&se, 0).unwrap();
+    assert_eq!(b.service, ServiceRef::by_host("mirror.example.com"));
+    assert_eq!(b.port, Some(443));
+    // Another host of the mesh is not routed by it.
+    assert!(
+        t.select_for(&se, "other.example.com", 443, &get("/", &[]))
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// A Service with routes by name (an HTTPRoute on a ServiceEntry) and by hostname (a
+/// VirtualService on one of its hosts) takes both, ranked as one list: the VirtualService's
+/// entries first, then the HTTPRoute's by precedence; a request neither takes is a 404.
+#[test]
+fn routes_by_name_and_by_hostname_rank_as_one_list() {
+    let resolve = |_: &str, host: &str| Some(ServiceRef::by_host(host));
+    let mut routes = to_http_routes(
+        &specs(
+            "
+- name: egress
+  namespace: demo
+  hosts: [api.example.com]
+  http:
+    - name: vs
+      match: [{uri: {prefix: /v}}]
+      route: [{destination: {host: api.example.com}}]
+",
+        ),
+        &resolve,
+        &DestinationRules::default(),
+    )
+    .unwrap();
+    let http: Vec<crate::route::HttpRouteSpec> = serde_yaml::from_str(
+        "
+- name: by-name
+  namespace: demo
+  parentRefs: [{kind: ServiceEntry, group: networking.istio.io, name: api}]
+  rules:
+    - {name: exact, matches: [{path: {type: Exact, value: /v/exact}}]}
+    - {name: other, matches: [{path: {value: /other}}]}
+",
+    )
+    .unwrap();
+    routes.extend(http);
+    let t = RouteTable::build(&routes).unwrap();
+    let se = ServiceRef::new("demo", "api");
+    let pick = |path: &str| {
+        t.select_for(&se, "api.example.com", 443, &get(path, &[]))
+            .map(|r| r.map(|r| r.name.to_string()))
+    };
+    // The VirtualService's entry first, though the HTTPRoute's exact match is more precise.
+    assert_eq!(pick("/v/exact"), Ok(Some("vs".into())));
+    assert_eq!(pick("/other"), Ok(Some("other".into())));
+    assert_eq!(pick("/none"), Err(()));
+    // Another host of the entry: the name's routes only.
+    assert_eq!(
+        t.select_for(&se, "b.example.com", 443, &get("/v/exact", &[]))
+            .map(|r| r.map(|r| r.name.to_string())),
+        Ok(Some("exact".into()))
+    );
+}

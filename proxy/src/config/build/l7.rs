@@ -116,8 +116,9 @@ pub(super) fn build_telemetries(
 pub(super) enum Names {
     /// Looked up among the file's `services` (and checked to exist).
     File,
-    /// Kubernetes' rules, with no list to check against (the mesh comes from istiod):
-    /// `name`, `name.namespace`, `name.namespace.svc` and `name.namespace.svc.<domain>`.
+    /// Istio's rules for Kubernetes, with no list to check against (the mesh comes from
+    /// istiod or the cluster): `name` and `name.namespace.svc.<domain>` name a Service, any
+    /// other host is a hostname looked up per request (see `kubernetes_service`).
     Kubernetes,
 }
 
@@ -152,18 +153,34 @@ pub(crate) fn build_l7_only(
     Ok(snapshot)
 }
 
-/// A Service by Kubernetes' rules, seen from namespace `ns`.
+/// A Service by Istio's rules for Kubernetes, seen from namespace `ns`: a short name
+/// (`reviews`) is a Service of `ns`, `name.namespace.svc.<domain>` that Service; any other
+/// name with a dot is a hostname as it stands (istiod's `ResolveShortnameToFQDN`: a
+/// ServiceEntry's host, found in the registry per request). A wildcard names no one Service.
 fn kubernetes_service(ns: &str, host: &str) -> Option<waypoint::route::ServiceRef> {
-    let mut parts = host.split('.');
-    let name = parts.next().filter(|n| !n.is_empty())?;
-    let sns = parts.next().unwrap_or(ns);
-    match parts.next() {
-        None => {}
-        // `svc.<domain>`: any cluster domain, whole labels only.
-        Some("svc") if !parts.any(str::is_empty) => {}
-        Some(_) => return None,
+    if host.is_empty() || host.contains(['*', '/', ':', ' ']) || host.split('.').any(str::is_empty)
+    {
+        return None;
     }
-    (!sns.is_empty()).then(|| waypoint::route::ServiceRef::new(sns, name))
+    let mut parts = host.split('.');
+    let name = parts.next()?;
+    let Some(sns) = parts.next() else {
+        return Some(waypoint::route::ServiceRef::new(ns, name));
+    };
+    // `svc.<domain>`: any cluster domain.
+    if parts.next() == Some("svc") && parts.next().is_some() {
+        return Some(waypoint::route::ServiceRef::new(sns, name));
+    }
+    Some(waypoint::route::ServiceRef::by_host(host))
+}
+
+/// Whether several of the file's Services are `namespace/name` (a ServiceEntry's hosts).
+fn shared_name(raw: &RawConfig, namespace: &str, name: &str) -> bool {
+    raw.services
+        .iter()
+        .filter(|s| s.namespace == namespace && s.name == name)
+        .nth(1)
+        .is_some()
 }
 
 /// `httpRoutes`, `virtualServices` and `destinationRules`: compiled by the waypoint crate
@@ -193,9 +210,16 @@ pub(super) fn build_routes(
                 _ => None,
             }
         };
-        by_host
-            .or_else(short)
-            .map(|s| waypoint::route::ServiceRef::new(&s.namespace, &s.name))
+        // One of a ServiceEntry's hosts (each a Service of the entry's namespace and name):
+        // only its hostname names it alone, and a short name names none of them.
+        let shared = |s: &crate::config::model::RawService| shared_name(raw, &s.namespace, &s.name);
+        match by_host {
+            Some(s) if shared(s) => Some(waypoint::route::ServiceRef::by_host(&s.hostname)),
+            Some(s) => Some(waypoint::route::ServiceRef::new(&s.namespace, &s.name)),
+            None => short()
+                .filter(|s| !shared(s))
+                .map(|s| waypoint::route::ServiceRef::new(&s.namespace, &s.name)),
+        }
     };
     let destination_rules = waypoint::dr::DestinationRules::build(&raw.destination_rules, &resolve)
         .map_err(|e| invalid(e.path, e.message))?;
@@ -233,8 +257,30 @@ pub(super) fn build_routes(
     for r in raw.http_routes.iter().chain(&grpc) {
         let list = if r.grpc { "grpcRoutes" } else { "httpRoutes" };
         let base = format!("{list}[{}/{}]", r.namespace, r.name);
-        let check = |ns: &Option<String>, name: &str, at: String| {
+        // `backend`: a backendRef (a parent may name all of a ServiceEntry's hosts at once).
+        let check = |backend: bool,
+                     kind: &Option<String>,
+                     ns: &Option<String>,
+                     name: &str,
+                     at: String| {
+            if kind.as_deref() == Some(waypoint::route::HOSTNAME_KIND) {
+                return match raw.services.iter().any(|s| s.hostname == name) {
+                    true => Ok(()),
+                    false => Err(invalid(
+                        at,
+                        format!("unknown hostname {name} (no service has this hostname)"),
+                    )),
+                };
+            }
             let ns = ns.as_deref().unwrap_or(&r.namespace);
+            if backend && shared_name(raw, ns, name) {
+                return Err(invalid(
+                    at,
+                    format!(
+                        "{ns}/{name} is the name of several services (a ServiceEntry's hosts): name one by its hostname ({{kind: Hostname, group: networking.istio.io, name: HOST}})"
+                    ),
+                ));
+            }
             if known.contains(&(ns, name)) {
                 Ok(())
             } else {
@@ -245,11 +291,19 @@ pub(super) fn build_routes(
             }
         };
         for (i, p) in r.parent_refs.iter().enumerate() {
-            check(&p.namespace, &p.name, format!("{base}.parentRefs[{i}]"))?;
+            check(
+                false,
+                &None,
+                &p.namespace,
+                &p.name,
+                format!("{base}.parentRefs[{i}]"),
+            )?;
         }
         for (j, rule) in r.rules.iter().enumerate() {
             for (k, b) in rule.backend_refs.iter().enumerate() {
                 check(
+                    true,
+                    &b.kind,
                     &b.namespace,
                     &b.name,
                     format!("{base}.rules[{j}].backendRefs[{k}]"),
@@ -259,6 +313,8 @@ pub(super) fn build_routes(
                 if let Some(m) = &f.request_mirror {
                     let b = &m.backend_ref;
                     check(
+                        true,
+                        &b.kind,
                         &b.namespace,
                         &b.name,
                         format!("{base}.rules[{j}].filters[{k}].requestMirror.backendRef"),

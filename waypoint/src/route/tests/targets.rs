@@ -366,3 +366,75 @@ fn request_host_strips_ports() {
     let parts = req("GET", "http://uri.test:81/", &[("host", "header.test")]);
     assert_eq!(request_host(&parts), "uri.test");
 }
+
+/// A backendRef of istiod's `Hostname` kind names a Service by hostname (a ServiceEntry's
+/// host): no namespace, one host, Istio's group; a parent cannot be one.
+#[test]
+fn a_hostname_backend_names_a_service_by_its_host() {
+    let t = table(
+        "
+- name: r
+  namespace: demo
+  parentRefs: [{name: echo}]
+  rules:
+    - backendRefs:
+        - {kind: Hostname, group: networking.istio.io, name: api.example.com, port: 443}
+",
+    );
+    let rule = t.select(&echo(), 80, &get("/")).unwrap().unwrap();
+    let b = rule.pick_for(&echo(), 0).unwrap();
+    assert_eq!(b.service, ServiceRef::by_host("api.example.com"));
+    assert_eq!(b.service.host(), Some("api.example.com"));
+    assert_eq!(b.port, Some(443));
+    for (backend, field, says) in [
+        (
+            "{kind: Hostname, group: networking.istio.io, name: api.example.com, namespace: demo}",
+            "namespace",
+            "no namespace",
+        ),
+        (
+            "{kind: Hostname, name: api.example.com}",
+            "group",
+            "networking.istio.io",
+        ),
+        (
+            "{kind: Hostname, group: networking.istio.io, name: '*example.com'}",
+            "name",
+            "a wildcard is `*.` followed by a domain",
+        ),
+        (
+            "{kind: Hostname, group: networking.istio.io, name: 'a/b'}",
+            "name",
+            "not a hostname",
+        ),
+        (
+            "{kind: ServiceEntry, group: networking.istio.io, name: x}",
+            "kind",
+            "Hostname",
+        ),
+    ] {
+        let e = build_err(&format!(
+            "
+- name: r
+  namespace: demo
+  parentRefs: [{{name: echo}}]
+  rules: [{{backendRefs: [{backend}]}}]
+"
+        ));
+        assert_eq!(
+            e.path,
+            format!("httpRoutes[demo/r].rules[0].backendRefs[0].{field}"),
+            "{e}"
+        );
+        assert!(e.message.contains(says), "{e}");
+    }
+    // A hostname parent is the VirtualService translation's, not an HTTPRoute's.
+    let e = build_err(
+        "
+- name: r
+  namespace: demo
+  parentRefs: [{kind: Hostname, group: networking.istio.io, name: api.example.com}]
+",
+    );
+    assert_eq!(e.path, "httpRoutes[demo/r].parentRefs[0].kind", "{e}");
+}
