@@ -286,15 +286,8 @@ impl DestinationRules {
                     "not supported: it selects sidecars, which a waypoint is not",
                 ));
             }
-            let service = resolve(&spec.namespace, &spec.host).ok_or_else(|| {
-                err(
-                    format!("{at}.host"),
-                    format!(
-                        "{:?} is no Service of the mesh (or names several, as a ServiceEntry's hosts share its name: give the hostname)",
-                        spec.host
-                    ),
-                )
-            })?;
+            let service = resolve(&spec.namespace, &spec.host)
+                .ok_or_else(|| err(format!("{at}.host"), crate::route::no_service(&spec.host)))?;
             if let Some(other) = by_service.get(&service) {
                 return Err(err(
                     format!("{at}.host"),
@@ -357,6 +350,16 @@ impl DestinationRules {
         })
     }
 
+    /// Whether a request to the Service `named` may find its rule under another key
+    /// ([`DestinationRules::key_for`]): some rule exists, none is kept under `named`, and
+    /// `named` is a hostname or some rule is kept by one. False for nearly every request,
+    /// which then asks the registry nothing.
+    pub fn keys_otherwise(&self, named: &ServiceRef) -> bool {
+        !self.by_service.is_empty()
+            && !self.by_service.contains_key(named)
+            && (named.host().is_some() || !self.hosts.is_empty())
+    }
+
     /// The key the rule of a request's Service is kept under, when it is not `named` (how
     /// the route named the Service): the Service's `hostname`, or its name (`namespace`,
     /// `name`) when `own_name` (no other Service shares it: a rule by a ServiceEntry's name
@@ -368,7 +371,7 @@ impl DestinationRules {
         (namespace, name, hostname): (&str, &str, &str),
         own_name: bool,
     ) -> Option<ServiceRef> {
-        if self.by_service.is_empty() || self.by_service.contains_key(named) {
+        if !self.keys_otherwise(named) {
             return None;
         }
         if let Some(k) = self.hosts.get(hostname).filter(|k| *k != named) {

@@ -57,6 +57,13 @@ pub use table::RouteTable;
 /// by its hostname; its group is `networking.istio.io`, as istiod has it.
 pub const HOSTNAME_KIND: &str = "Hostname";
 
+/// What a host that names no one Service is told (a VirtualService's, a DestinationRule's).
+pub(crate) fn no_service(host: &str) -> String {
+    format!(
+        "{host:?} is no Service of the mesh (or names several, as a ServiceEntry's hosts share its name: give the hostname)"
+    )
+}
+
 /// Istio's networking API group (ServiceEntry, and the `Hostname` kind).
 pub const ISTIO_NETWORKING: &str = "networking.istio.io";
 

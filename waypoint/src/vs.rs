@@ -286,8 +286,7 @@ pub fn to_http_routes(
             ));
         }
         let service = |host: &str, at: String| {
-            resolve(&vs.namespace, host)
-                .ok_or_else(|| err(at, format!("{host:?} is no Service of the mesh (or names several, as a ServiceEntry's hosts share its name: give the hostname)")))
+            resolve(&vs.namespace, host).ok_or_else(|| err(at, crate::route::no_service(host)))
         };
         let mut parent_refs = Vec::new();
         for (i, h) in vs.hosts.iter().enumerate() {

@@ -111,6 +111,23 @@ impl MeshUpstreams {
         pick_endpoint(l7.destination_rules(), sp, to, n, me, &host)
     }
 
+    /// `to` keyed for its DestinationRule (see [`keyed`]); the registry is asked only when
+    /// the rule may be kept under another key.
+    fn keyed_for<'a>(
+        &self,
+        rules: &waypoint::dr::DestinationRules,
+        to: &'a Upstream,
+    ) -> std::borrow::Cow<'a, Upstream> {
+        if !rules.keys_otherwise(&to.service) {
+            return std::borrow::Cow::Borrowed(to);
+        }
+        let snapshot = self.core.snapshot.borrow();
+        match snapshot.service_for(&to.service) {
+            Some(svc) => keyed(rules, to, svc, &snapshot),
+            None => std::borrow::Cow::Borrowed(to),
+        }
+    }
+
     /// How to reach `endpoint` right now: HBONE to its node for a mesh workload, TCP
     /// otherwise.
     fn dial_for(&self, endpoint: &Endpoint) -> Result<Dial, UpstreamError> {
@@ -141,7 +158,7 @@ fn keyed<'a>(
     svc: &config::snapshot::Service,
     snapshot: &Snapshot,
 ) -> std::borrow::Cow<'a, Upstream> {
-    if rules.is_empty() {
+    if !rules.keys_otherwise(&to.service) {
         return std::borrow::Cow::Borrowed(to);
     }
     let at = (&*svc.namespace, &*svc.name, &*svc.hostname);
@@ -151,25 +168,6 @@ fn keyed<'a>(
             service,
             ..to.clone()
         }),
-    }
-}
-
-impl MeshUpstreams {
-    /// `to` keyed for its DestinationRule (see [`keyed`]); the registry is asked only when
-    /// some rule exists.
-    fn keyed_for<'a>(
-        &self,
-        rules: &waypoint::dr::DestinationRules,
-        to: &'a Upstream,
-    ) -> std::borrow::Cow<'a, Upstream> {
-        if rules.is_empty() {
-            return std::borrow::Cow::Borrowed(to);
-        }
-        let snapshot = self.core.snapshot.borrow();
-        match snapshot.service_for(&to.service) {
-            Some(svc) => keyed(rules, to, svc, &snapshot),
-            None => std::borrow::Cow::Borrowed(to),
-        }
     }
 }
 
